@@ -1,0 +1,26 @@
+# Set-up from nothing: a virtual environment, prunekit, and the offline data and model sources.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.prunekit-setup
+
+.PHONY: demo test setup clean
+
+# the stamp is written only when every step succeeded, so a failed set-up is redone next time
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/prunekit data install
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/prunekit demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache results

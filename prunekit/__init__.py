@@ -1,0 +1,92 @@
+"""prunekit: the taxonomy of neural-network pruning, executable.
+
+One entry point, :func:`prune`, and the parts it is made of, each an axis of the survey's taxonomy:
+granularity (what is removed), criteria (how importance is scored), allocation (how sparsity is spread
+over layers), schedules (when), masks, and named methods composed from them.
+"""
+
+from prunekit.allocation import ALLOCATIONS, ERK, LAMP, Allocation, Global, Uniform
+from prunekit.api import prune
+from prunekit.criteria import CRITERIA, Criterion, lp
+from prunekit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    InvalidSparsityError,
+    MissingDataError,
+    ModelError,
+    NonFiniteWeightsError,
+    NothingToPruneError,
+    PatternError,
+    PlanError,
+    PrunekitError,
+    SourceMissingError,
+    UnknownNameError,
+    UnsupportedModuleError,
+)
+from prunekit.granularity import NM, Block, Channel, Granularity, Unstructured, parse_pattern
+from prunekit.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
+from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod
+from prunekit.models import build_model
+from prunekit.plan import Plan, Pruner
+from prunekit.report import Report, measure
+from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
+from prunekit.serialization import export_sparse, load_model, load_sparse, save_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOCATIONS",
+    "CRITERIA",
+    "ERK",
+    "LAMP",
+    "METHODS",
+    "NM",
+    "Allocation",
+    "Block",
+    "Channel",
+    "CheckpointError",
+    "ConfigError",
+    "Criterion",
+    "DataError",
+    "Global",
+    "Gradual",
+    "Granularity",
+    "InvalidSparsityError",
+    "Iterative",
+    "Mask",
+    "Method",
+    "MethodOutcome",
+    "MissingDataError",
+    "ModelError",
+    "NonFiniteWeightsError",
+    "NothingToPruneError",
+    "OneShot",
+    "PatternError",
+    "Plan",
+    "PlanError",
+    "PruneRequest",
+    "Pruner",
+    "PrunekitError",
+    "Report",
+    "Schedule",
+    "ScoreMethod",
+    "SourceMissingError",
+    "Uniform",
+    "UnknownNameError",
+    "Unstructured",
+    "UnsupportedModuleError",
+    "apply_mask_",
+    "build_model",
+    "export_sparse",
+    "get_mask",
+    "load_model",
+    "load_sparse",
+    "lp",
+    "measure",
+    "parse_pattern",
+    "prune",
+    "remove_masks_",
+    "save_model",
+    "squash_masks_",
+]

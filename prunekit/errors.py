@@ -1,0 +1,92 @@
+"""One exception tree for prunekit.
+
+Every error says what was wrong and what to do about it. Catch :class:`PrunekitError` to catch them all;
+the subclasses also derive from the matching built-in (``ValueError``, ``KeyError``-like lookups stay
+``ValueError`` so that messages are printed verbatim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PrunekitError(Exception):
+    """Base class of every error raised by prunekit."""
+
+
+class ConfigError(PrunekitError, ValueError):
+    """A setting passed by the user is invalid (sparsity, pattern, option values)."""
+
+
+class InvalidSparsityError(ConfigError):
+    """A sparsity outside [0, 1) or one that contradicts the chosen pattern."""
+
+
+class UnknownNameError(ConfigError):
+    """A name that no registry knows (method, criterion, allocation, pattern, data source, ...)."""
+
+    def __init__(self, kind: str, name: object, valid: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        super().__init__(
+            f"unknown {kind} {name!r}; valid {kind} names are: {', '.join(self.valid) or '(none registered)'}"
+        )
+
+
+class PatternError(ConfigError):
+    """A sparsity pattern (granularity) that cannot be applied to a layer, e.g. N:M on a dim not divisible by M."""
+
+
+class ModelError(PrunekitError, ValueError):
+    """Something about the model prevents pruning it."""
+
+
+class NonFiniteWeightsError(ModelError):
+    """A weight tensor holds NaN or infinite values."""
+
+
+class NothingToPruneError(ModelError):
+    """No parameter of the model is selected for pruning."""
+
+
+class UnsupportedModuleError(ModelError):
+    """A module or operation that prunekit cannot handle (yet)."""
+
+
+class DataError(PrunekitError, ValueError):
+    """Data needed by a method is missing, empty or malformed."""
+
+
+class MissingDataError(DataError):
+    """A data-driven method (gradient criteria, calibration) was called without data."""
+
+
+class PlanError(PrunekitError, ValueError):
+    """A pruning plan does not fit the model it is applied to, or its file is invalid."""
+
+
+class CheckpointError(PrunekitError, ValueError):
+    """A saved model or export is missing, corrupt, or of an unknown format."""
+
+
+class SourceMissingError(PrunekitError, RuntimeError):
+    """An offline data or model source is not installed; the message names the command that installs it."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "InvalidSparsityError",
+    "MissingDataError",
+    "ModelError",
+    "NonFiniteWeightsError",
+    "NothingToPruneError",
+    "PatternError",
+    "PlanError",
+    "PrunekitError",
+    "SourceMissingError",
+    "UnknownNameError",
+    "UnsupportedModuleError",
+]

@@ -1,0 +1,264 @@
+"""Granularity: what is removed (the survey's universal / specific speedup axis).
+
+A granularity is a frozen, typed value that turns element scores into a keep-mask. Scores are shaped like
+the weight they score; higher means more important. Every granularity works on *units* (single weights,
+N:M groups, tiles, output channels): :meth:`Granularity.units` reduces element scores to one score per
+unit (the mean, so units of different layers compare fairly under global allocation), and
+:meth:`Granularity.mask` keeps the highest-scoring units.
+
+The physical forms (channels, heads, layers, embedding dims removed from the architecture) live in the
+structural engine; here ``Channel()`` is the masking form: whole output rows (filters, neurons) are zeroed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from prunekit.errors import InvalidSparsityError, PatternError, UnknownNameError
+
+
+def lowest_k_mask(flat: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` lowest entries of a 1-D tensor, in O(n).
+
+    Ties at the threshold go to the lower indices, so the result is deterministic (the same as a stable
+    sort) without sorting the whole tensor.
+    """
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    if k <= 0:
+        return out
+    if k >= flat.numel():
+        return ~out
+    thr = torch.kthvalue(flat.cpu(), k).values.to(flat.device)
+    out = flat < thr
+    need = k - int(out.sum())
+    if need > 0:
+        ties = torch.nonzero(flat == thr).reshape(-1)[:need]
+        out[ties] = True
+    return out
+
+
+def _as_2d(t: Tensor) -> Tensor:
+    """A weight as [out, everything else]: rows are output units, columns their inputs."""
+    return t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(t.shape[0], 1)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """Base class. Subclasses define how element scores group into units and how units map back."""
+
+    kind: ClassVar[str] = "granularity"
+
+    @property
+    def fixed_sparsity(self) -> float | None:
+        """The sparsity this pattern imposes by itself (N:M), or None when the sparsity is free."""
+        return None
+
+    def check(self, name: str, weight: Tensor) -> None:
+        """Raise :class:`PatternError` if this pattern cannot be applied to ``weight`` (of layer ``name``)."""
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """(score per unit, number of weights per unit), both 1-D and of equal length."""
+        raise NotImplementedError
+
+    def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        """Turn a boolean keep-flag per unit back into a keep-mask shaped like the weight."""
+        raise NotImplementedError
+
+    def mask(self, scores: Tensor, sparsity: float) -> Tensor:
+        """Keep-mask (True = keep) that removes the lowest-scoring ``sparsity`` fraction of weights."""
+        _check_sparsity(sparsity)
+        unit_scores, unit_sizes = self.units(scores)
+        keep = torch.ones_like(unit_scores, dtype=torch.bool)
+        target = sparsity * scores.numel()
+        if target > 0:
+            order = torch.argsort(unit_scores, stable=True)
+            cum = torch.cumsum(unit_sizes[order].double(), 0)
+            # the number of lowest units whose removal comes closest to the target count
+            k = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).item())
+            if k < len(cum) and (k == 0 or abs(cum[k].item() - target) < abs(cum[k - 1].item() - target)):
+                k += 1
+            keep[order[:k]] = False
+        return self.expand(keep, scores.shape)
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Unstructured(Granularity):
+    """Single weights (fine-grained, unstructured sparsity; needs sparse kernels or formats to pay off)."""
+
+    kind: ClassVar[str] = "unstructured"
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        flat = scores.reshape(-1)
+        return flat, torch.ones_like(flat, dtype=torch.long)
+
+    def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        return keep_units.reshape(shape)
+
+    def mask(self, scores: Tensor, sparsity: float) -> Tensor:
+        _check_sparsity(sparsity)
+        flat = scores.reshape(-1)
+        return (~lowest_k_mask(flat, round(sparsity * flat.numel()))).reshape(scores.shape)
+
+
+@dataclass(frozen=True)
+class NM(Granularity):
+    """N:M semi-structured sparsity: keep ``n`` of every ``m`` consecutive weights along the input dim.
+
+    For a Linear weight [out, in] the groups run along ``in``; for a convolution [out, in, kh, kw] they run
+    along ``in`` at each (out, kh, kw) position, the layout sparse tensor cores use after im2col.
+    2:4 is what NVIDIA Ampere and later accelerate (Mishra et al. 2021, "Accelerating Sparse Deep Neural
+    Networks").
+    """
+
+    n: int
+    m: int
+    kind: ClassVar[str] = "n:m"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n, int) and isinstance(self.m, int)) or not 0 < self.n < self.m:
+            raise PatternError(f"N:M needs integers 0 < n < m, got {self.n}:{self.m} (e.g. NM(2, 4))")
+
+    @property
+    def fixed_sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def check(self, name: str, weight: Tensor) -> None:
+        if weight.dim() < 2:
+            raise PatternError(f"N:M needs a weight with an input dim; {name} has shape {tuple(weight.shape)}")
+        if weight.shape[1] % self.m:
+            raise PatternError(
+                f"{self} cannot be applied to {name}: its input dim has {weight.shape[1]} weights, not a multiple "
+                f"of {self.m}. Add it to ignore=[...] (or pass skip_incompatible=True to leave such layers dense)."
+            )
+
+    def _grouped(self, t: Tensor) -> Tensor:
+        # move the input dim last so consecutive groups of m are contiguous, then split into groups
+        moved = t.movedim(1, -1) if t.dim() > 2 else t
+        return moved.reshape(-1, self.m)
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        # every group keeps exactly n weights; as units for allocation each weight stands alone
+        flat = self._grouped(scores).reshape(-1)
+        return flat, torch.ones_like(flat, dtype=torch.long)
+
+    def mask(self, scores: Tensor, sparsity: float | None = None) -> Tensor:
+        if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-9):
+            raise InvalidSparsityError(
+                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; pass sparsity={self.fixed_sparsity:g}"
+            )
+        self.check("this weight", scores)
+        groups = self._grouped(scores)
+        # drop the (m - n) lowest of each group; stable sort keeps ties deterministic
+        drop = torch.argsort(groups, dim=1, stable=True)[:, : self.m - self.n]
+        keep = torch.ones_like(groups, dtype=torch.bool)
+        keep.scatter_(1, drop, False)
+        if scores.dim() > 2:
+            moved_shape = scores.movedim(1, -1).shape
+            return keep.reshape(moved_shape).movedim(-1, 1).contiguous()
+        return keep.reshape(scores.shape)
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+@dataclass(frozen=True)
+class Block(Granularity):
+    """Rectangular tiles of ``rows`` x ``cols`` weights in the [out, in*k*k] view (block sparsity).
+
+    Tiles at the edges may be smaller; a tile's score is the mean of its element scores.
+    """
+
+    rows: int
+    cols: int
+    kind: ClassVar[str] = "block"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rows, int) and isinstance(self.cols, int)) or self.rows < 1 or self.cols < 1:
+            raise PatternError(f"Block needs positive integer sizes, got {self.rows}x{self.cols} (e.g. Block(4, 4))")
+
+    def _pad(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        w2 = _as_2d(t).to(torch.float64)
+        r = -w2.shape[0] % self.rows
+        c = -w2.shape[1] % self.cols
+        valid = torch.nn.functional.pad(torch.ones_like(w2), (0, c, 0, r))
+        return torch.nn.functional.pad(w2, (0, c, 0, r)), valid
+
+    def _tiles(self, t: Tensor) -> Tensor:
+        R, C = t.shape
+        return t.reshape(R // self.rows, self.rows, C // self.cols, self.cols).transpose(1, 2)
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        padded, valid = self._pad(scores)
+        s = self._tiles(padded).sum(dim=(2, 3))
+        n = self._tiles(valid).sum(dim=(2, 3))
+        return (s / n).reshape(-1).to(scores.dtype), n.reshape(-1).long()
+
+    def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        out = shape[0]
+        inner = math.prod(shape[1:]) if len(shape) > 1 else 1
+        nr, nc = -(-out // self.rows), -(-inner // self.cols)
+        grid = keep_units.reshape(nr, nc)
+        full = grid.repeat_interleave(self.rows, 0).repeat_interleave(self.cols, 1)
+        return full[:out, :inner].reshape(shape).contiguous()
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+
+@dataclass(frozen=True)
+class Channel(Granularity):
+    """Whole output channels: filters of a convolution, neurons (rows) of a Linear layer.
+
+    In masking form the rows are zeroed; the structural engine removes them physically.
+    """
+
+    kind: ClassVar[str] = "channel"
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        s2 = _as_2d(scores)
+        return s2.mean(dim=1), torch.full((s2.shape[0],), s2.shape[1], dtype=torch.long)
+
+    def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        view = [shape[0]] + [1] * (len(shape) - 1)
+        return keep_units.reshape(view).expand(shape).contiguous()
+
+    def __str__(self) -> str:
+        return "channel"
+
+
+_NAMED = {"unstructured": Unstructured, "channel": Channel}
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_BLOCK_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_pattern(value: str | Granularity | None) -> Granularity:
+    """``None`` -> Unstructured(); "2:4" -> NM(2, 4); "4x4" -> Block(4, 4); "channel"; or a Granularity."""
+    if value is None:
+        return Unstructured()
+    if isinstance(value, Granularity):
+        return value
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _NAMED:
+            return _NAMED[key]()
+        if m := _NM_RE.match(key):
+            return NM(int(m.group(1)), int(m.group(2)))
+        if m := _BLOCK_RE.match(key):
+            return Block(int(m.group(1)), int(m.group(2)))
+    raise UnknownNameError("pattern", value, ["unstructured", "channel", "N:M (e.g. 2:4, 4:8)", "RxC (e.g. 4x4)"])
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+        raise InvalidSparsityError(
+            f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}"
+        )

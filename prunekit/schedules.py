@@ -1,0 +1,108 @@
+"""Schedules: when pruning happens. Each is a pure ``sparsity_at(step) -> float``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from prunekit.errors import ConfigError, InvalidSparsityError
+from prunekit.registry import Registry
+
+SCHEDULES: Registry[type] = Registry("schedule")
+
+
+def _check(final: float) -> None:
+    if not 0.0 <= final < 1.0:
+        raise InvalidSparsityError(f"final_sparsity must be in [0, 1), got {final!r}")
+
+
+class Schedule(ABC):
+    """Target sparsity as a function of the training step (or pruning round)."""
+
+    final_sparsity: float
+
+    @abstractmethod
+    def sparsity_at(self, step: int) -> float: ...
+
+    def steps(self) -> list[int]:
+        """The steps at which the target changes (where a pruner should act)."""
+        return [0]
+
+
+@SCHEDULES.register("one-shot", "prune once, at `at`, to the final sparsity")
+@dataclass(frozen=True)
+class OneShot(Schedule):
+    """All pruning at step ``at``."""
+
+    final_sparsity: float
+    at: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.final_sparsity)
+
+    def sparsity_at(self, step: int) -> float:
+        return self.final_sparsity if step >= self.at else 0.0
+
+    def steps(self) -> list[int]:
+        return [self.at]
+
+
+@SCHEDULES.register("iterative", "k rounds, each removing the same fraction of the remaining weights")
+@dataclass(frozen=True)
+class Iterative(Schedule):
+    """``rounds`` equal-ratio rounds, ``every`` steps apart: after round r (1-based) the sparsity is
+    ``1 - (1 - final) ** (r / rounds)``, the geometric schedule of iterative magnitude pruning
+    (Han et al. 2015; Frankle & Carbin 2019)."""
+
+    final_sparsity: float
+    rounds: int = 5
+    every: int = 1
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.final_sparsity)
+        if self.rounds < 1 or self.every < 1:
+            raise ConfigError("Iterative needs rounds >= 1 and every >= 1")
+
+    def sparsity_at(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        done = min(self.rounds, (step - self.start) // self.every + 1)
+        return 1.0 - (1.0 - self.final_sparsity) ** (done / self.rounds)
+
+    def steps(self) -> list[int]:
+        return [self.start + i * self.every for i in range(self.rounds)]
+
+
+@SCHEDULES.register("gradual", "cubic schedule of Zhu & Gupta 2017 (automated gradual pruning)")
+@dataclass(frozen=True)
+class Gradual(Schedule):
+    """Automated gradual pruning (Zhu & Gupta 2017, "To prune, or not to prune"):
+
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_1 - t_0)) ** 3`` for ``t_0 <= t <= t_1``, updated every
+    ``frequency`` steps; ``s_i`` before ``t_0`` (0 before the first pruning step) and ``s_f`` after ``t_1``.
+    """
+
+    start: int
+    end: int
+    final_sparsity: float
+    initial_sparsity: float = 0.0
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.final_sparsity)
+        _check(self.initial_sparsity)
+        if self.end <= self.start or self.frequency < 1:
+            raise ConfigError("Gradual needs end > start and frequency >= 1")
+
+    def sparsity_at(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        if step >= self.end:
+            return self.final_sparsity
+        t = self.start + ((step - self.start) // self.frequency) * self.frequency
+        frac = (t - self.start) / (self.end - self.start)
+        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - frac) ** 3
+
+    def steps(self) -> list[int]:
+        return [*range(self.start, self.end, self.frequency), self.end]

@@ -1,0 +1,139 @@
+"""Which parameters are pruned: selection, ignore lists and default ignores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+Ignore = Iterable[nn.Module | str] | Callable[[nn.Module, str], bool] | nn.Module | str | None
+
+
+@dataclass
+class Target:
+    """A parameter selected for pruning: ``module.<param>``, ``name`` being the module's qualified name."""
+
+    name: str
+    module: nn.Module
+    param: str = "weight"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.param)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.{self.param}" if self.name else self.param
+
+
+@dataclass
+class Selection:
+    targets: list[Target]
+    ignored: list[tuple[str, str]]  # (module name, reason)
+
+
+def _is_prunable(module: nn.Module) -> bool:
+    # HF's Conv1D (GPT-2) is a Linear with a transposed weight: prunable too, detected by name
+    return isinstance(module, PRUNABLE_TYPES) or type(module).__name__ == "Conv1D"
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    """The final classifier: the last prunable module in registration order (``fc``, ``classifier.6``,
+    ``lm_head``). It is kept dense by default, as in most of the literature."""
+    last = None
+    for name, module in model.named_modules():
+        if _is_prunable(module):
+            last = name
+    return last
+
+
+def _matcher(ignore: Ignore) -> Callable[[nn.Module, str], bool]:
+    if ignore is None:
+        return lambda m, n: False
+    if callable(ignore) and not isinstance(ignore, nn.Module):
+        return ignore  # type: ignore[return-value]
+    items = [ignore] if isinstance(ignore, (nn.Module, str)) else list(ignore)  # type: ignore[arg-type]
+    modules = {id(i) for i in items if isinstance(i, nn.Module)}
+    names = [i for i in items if isinstance(i, str)]
+    bad = [i for i in items if not isinstance(i, (nn.Module, str))]
+    if bad:
+        raise ConfigError(f"ignore= takes modules, module names or a filter_fn(module, name); got {bad[0]!r}")
+
+    def match(module: nn.Module, name: str) -> bool:
+        if id(module) in modules:
+            return True
+        # a name matches the module itself and everything below it ("layer1" ignores layer1.0.conv1)
+        return any(name == n or name.startswith(n + ".") or name + ".weight" == n for n in names)
+
+    return match
+
+
+def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier: bool = False) -> Selection:
+    """Every Linear / Conv weight of ``model`` that is not ignored, shared weights counted once.
+
+    Module names given in ``ignore`` that match nothing raise :class:`ConfigError`, so a typo cannot
+    silently prune a layer that was meant to stay dense.
+    """
+    match = _matcher(ignore)
+    classifier = None if prune_classifier else _classifier_name(model)
+    seen: set[int] = set()
+    targets: list[Target] = []
+    ignored: list[tuple[str, str]] = []
+    all_names = set()
+    for name, module in model.named_modules():
+        all_names.add(name)
+        if not _is_prunable(module) or getattr(module, "weight", None) is None:
+            continue
+        if match(module, name):
+            ignored.append((name, "ignored by the user"))
+            continue
+        if name == classifier:
+            ignored.append((name, "final classifier, kept dense by default (prune_classifier=True prunes it)"))
+            continue
+        w = module.weight
+        key = id(module.parametrizations.weight.original) if parametrize.is_parametrized(module, "weight") else id(w)
+        if key in seen:
+            ignored.append((name, "shares its weight with a layer already selected"))
+            continue
+        seen.add(key)
+        targets.append(Target(name, module))
+    if isinstance(ignore, str) or (ignore is not None and not callable(ignore)):
+        items = [ignore] if isinstance(ignore, str) else list(ignore)  # type: ignore[arg-type]
+        unknown = [
+            n
+            for n in items
+            if isinstance(n, str) and not any(a == n or a.startswith(n + ".") or a + ".weight" == n for a in all_names)
+        ]
+        if unknown:
+            raise ConfigError(f"ignore= names no module of the model: {', '.join(map(repr, unknown))}")
+    if not targets:
+        raise NothingToPruneError(
+            "nothing to prune: the model has no Linear or Conv weight left after ignores "
+            f"({len(ignored)} ignored). Check ignore= or pass prune_classifier=True for a one-layer model."
+        )
+    return Selection(targets, ignored)
+
+
+def check_finite(targets: Iterable[Target]) -> None:
+    """Refuse NaN / inf weights: every score computed from them would be meaningless."""
+    bad = [t.name for t in targets if not torch.isfinite(t.weight).all()]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{len(bad)} layer(s) hold NaN or infinite weights: {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Fix or reload the weights before pruning."
+        )

@@ -1,0 +1,47 @@
+"""Shared helpers for the test suite."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A bit-exact copy of every parameter and buffer, by state-dict key."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """The model has exactly the keys and bits it had (no masks added, no value changed)."""
+    after = model.state_dict()
+    assert set(after) == set(before), f"state-dict keys changed: {set(after) ^ set(before)}"
+    for k, v in before.items():
+        a = after[k].detach().cpu().contiguous()
+        assert a.dtype == v.dtype and a.shape == v.shape, f"{k} changed dtype or shape"
+        assert a.numpy().tobytes() == v.cpu().contiguous().numpy().tobytes(), f"{k} changed"
+
+
+class ThreeLayer(nn.Module):
+    """A 3-layer MLP: 100 -> 50 -> 50 -> 10 (bias-free so counts are exact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(100, 50, bias=False)
+        self.fc2 = nn.Linear(50, 50, bias=False)
+        self.fc3 = nn.Linear(50, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))

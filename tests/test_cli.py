@@ -1,0 +1,68 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from prunekit import sources
+from prunekit.cli import app
+
+runner = CliRunner()
+
+
+def test_methods_lists_every_registry():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0, result.output
+    for name in ("magnitude", "random", "snip", "lamp", "erk", "global", "grad-weight", "gradual", "2:4"):
+        assert name in result.output
+
+
+def test_prune_save_and_report(tmp_path):
+    out = tmp_path / "r18"
+    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--method", "magnitude", "--sparsity", "0.8",
+                                 "--allocation", "global", "--input-shape", "1,3,32,32", "--out", str(out), "--sparse",
+                                 "--no-latency"])
+    assert result.exit_code == 0, result.output
+    assert "sparsity of pruned layers" in result.output
+    assert (out / "model.sparse.safetensors").is_file() and (out / "report.json").is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert abs(saved["sparsity"] - 0.8) < 0.005
+    result = runner.invoke(app, ["report", str(out), "--json", "--no-latency"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["record"]["source"] == "torchvision:resnet18"
+    assert data["stats"]["flops"] > 0
+    convs = [row for row in data["layers"] if row["name"] != "fc"]
+    zeros = sum(r["params"] - r["nonzero"] for r in convs)
+    assert abs(zeros / sum(r["params"] for r in convs) - 0.8) < 0.005
+    # a saved model is a valid MODEL for the next prune (prune more)
+    result = runner.invoke(app, ["prune", str(out), "--sparsity", "0.9", "--allocation", "global", "--no-latency"])
+    assert result.exit_code == 0, result.output
+
+
+def test_prune_bad_input_gives_clear_message():
+    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--sparsity", "1.5"])
+    assert result.exit_code == 2
+    assert "[0, 1)" in result.output
+    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--method", "nope"])
+    assert result.exit_code == 2 and "magnitude" in result.output
+    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--pattern", "2:4"])
+    assert result.exit_code == 2 and "skip-incompatible" not in result.output and "conv1" in result.output
+    result = runner.invoke(app, ["report", "/nonexistent/dir"])
+    assert result.exit_code == 2 and "not a saved prunekit model" in result.output
+
+
+@pytest.mark.skipif(not (sources.is_installed("mnist") and sources.is_installed("ccexam")),
+                    reason="needs the mnist and ccexam sources: prunekit data install mnist ccexam")
+def test_demo_quick(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--sparsities", "0.5", "--test-images", "500"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["pattern"], r["allocation"]): r for r in rows}
+    dense = by[("dense", "-", "-")]
+    assert dense["accuracy"] > 0.97
+    mag = by[("magnitude", "unstructured", "global")]
+    assert mag["sparsity"] == pytest.approx(0.5, abs=0.005)
+    assert mag["accuracy"] > 0.95  # 50% global magnitude on a pretrained CNN costs little
+    assert by[("random", "unstructured", "uniform")]["accuracy"] < mag["accuracy"]
+    assert mag["sparse_bytes"] < 0.6 * mag["dense_bytes"]
+    assert (tmp_path / "results.md").read_text().count("\n|") >= len(rows)

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+import torchvision
+from conftest import SmallCNN
+
+import prunekit as pk
+from prunekit.masks import effective_state_dict
+from prunekit.serialization import DENSE_FILE, RECORD, SPARSE_FILE, dense_bytes
+
+
+@pytest.fixture(scope="module")
+def sparse_resnet18():
+    torch.manual_seed(0)
+    model = pk.build_model("torchvision:resnet18", pretrained=False)
+    pk.prune(model, "magnitude", sparsity=0.9, allocation="global", prune_classifier=True, measure=False)
+    return model
+
+
+def test_sparse_export_is_small_and_exact(sparse_resnet18, tmp_path):
+    state = effective_state_dict(sparse_resnet18)
+    dense_path = tmp_path / "dense.safetensors"
+    dense_path.write_bytes(dense_bytes(state))
+    sparse_path = pk.export_sparse(sparse_resnet18, tmp_path / "sparse.safetensors")
+    ratio = sparse_path.stat().st_size / dense_path.stat().st_size
+    assert ratio <= 0.25, ratio
+    loaded = pk.load_sparse(sparse_path)
+    assert set(loaded) == set(state)
+    for k, v in state.items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v), k
+
+
+def test_save_and_load_model_roundtrip(sparse_resnet18, tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    sparse_resnet18.eval()
+    expected = sparse_resnet18(x)
+    for sparse in (False, True):
+        out = pk.save_model(sparse_resnet18, tmp_path / f"m{sparse}", sparse=sparse)
+        record = json.loads((out / RECORD).read_text())
+        assert record["source"] == "torchvision:resnet18"
+        assert (out / (SPARSE_FILE if sparse else DENSE_FILE)).is_file()
+        model = pk.load_model(out).eval()
+        assert torch.equal(model(x), expected)
+        assert pk.get_mask(model.conv1) is None
+    again = pk.load_model(tmp_path / "mTrue", attach_masks=True)
+    assert pk.get_mask(again.layer1[0].conv1) is not None
+    assert torch.equal(pk.get_mask(again.layer1[0].conv1), again.layer1[0].conv1.weight != 0)
+
+
+def test_load_model_without_source_needs_architecture(tmp_path):
+    model = SmallCNN()
+    pk.save_model(model, tmp_path / "m")
+    with pytest.raises(pk.CheckpointError, match="model="):
+        pk.load_model(tmp_path / "m")
+    loaded = pk.load_model(tmp_path / "m", model=SmallCNN())
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_corrupt_checkpoints_raise_clear_errors(tmp_path):
+    model = SmallCNN()
+    out = pk.save_model(model, tmp_path / "m")
+    (out / DENSE_FILE).write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(pk.CheckpointError, match="corrupt"):
+        pk.load_model(out, model=SmallCNN())
+    (out / RECORD).write_text("{oops")
+    with pytest.raises(pk.CheckpointError, match="corrupt"):
+        pk.load_model(out, model=SmallCNN())
+    with pytest.raises(pk.CheckpointError, match="not a saved prunekit model"):
+        pk.load_model(tmp_path / "nothing-here")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"12345678not-a-file")
+    with pytest.raises(pk.CheckpointError):
+        pk.load_sparse(bad)
+    # a valid safetensors file that is not a sparse export
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(dense_bytes({"w": torch.ones(3)}))
+    with pytest.raises(pk.CheckpointError, match="not a prunekit sparse export"):
+        pk.load_sparse(plain)
+
+
+def test_tampered_sparse_values_are_detected(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = pk.export_sparse({"w": torch.tensor([0.0, 1.0, 0.0, 2.0] * 16)}, tmp_path / "s.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["w::values"] = tensors["w::values"][:-1].clone()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(pk.CheckpointError, match="do not agree"):
+        pk.load_sparse(path)
+
+
+def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
+    model = SmallCNN()
+    out = pk.save_model(model, tmp_path / "m")
+    before = (out / DENSE_FILE).read_bytes()
+    import prunekit.serialization as ser
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ser, "save_file", boom)
+    with pytest.raises(OSError):
+        pk.save_model(model, out)
+    assert (out / DENSE_FILE).read_bytes() == before
+    assert not list(out.glob("*.tmp"))
+
+
+def test_torchvision_spec_and_unknown_spec():
+    m = pk.build_model("torchvision:resnet18", pretrained=False)
+    assert isinstance(m, torchvision.models.ResNet)
+    with pytest.raises(pk.UnknownNameError, match="resnet18"):
+        pk.build_model("torchvision:resnet19")
+    with pytest.raises(pk.UnknownNameError, match="torchvision:NAME"):
+        pk.build_model("hub:whatever")
