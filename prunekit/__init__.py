@@ -28,6 +28,7 @@ from prunekit.granularity import NM, Block, Channel, Granularity, Unstructured, 
 from prunekit.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod
 from prunekit.models import build_model
+from prunekit import nets as _nets  # noqa: F401  (registers prunekit:lenet5, ...)
 from prunekit.plan import Plan, Pruner
 from prunekit.report import Report, measure
 from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
@@ -90,3 +91,4 @@ __all__ = [
     "save_model",
     "squash_masks_",
 ]
+from prunekit import train as _train  # noqa: E402,F401  (registers the training-time methods)

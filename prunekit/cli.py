@@ -174,7 +174,14 @@ def methods() -> None:
     from prunekit import ALLOCATIONS, CRITERIA, METHODS
     from prunekit.schedules import SCHEDULES
 
-    for title, reg in (("methods", METHODS), ("criteria", CRITERIA), ("allocations", ALLOCATIONS), ("schedules", SCHEDULES)):
+    t = Table(title="methods", title_justify="left")
+    for col in ("name", "when", "data", "description"):
+        t.add_column(col, style="bold" if col == "name" else None)
+    for e in METHODS.entries():
+        m = e.obj
+        t.add_row(e.name, m.when, "calibration" if m.needs_data else "-", e.description)
+    console.print(t)
+    for title, reg in (("criteria", CRITERIA), ("allocations", ALLOCATIONS), ("schedules", SCHEDULES)):
         t = Table(title=title, title_justify="left")
         t.add_column("name", style="bold")
         t.add_column("description")

@@ -111,3 +111,22 @@ def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def sparsity(t: Tensor) -> float:
     """Fraction of exact zeros in ``t``."""
     return 1.0 - (torch.count_nonzero(t).item() / t.numel()) if t.numel() else 0.0
+
+
+def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
+    """Replace the keep-mask of ``module.<name>`` (it may grow: dynamic sparse training regrows weights).
+    Attaches a mask if there was none."""
+    current = get_mask(module, name)
+    if current is None:
+        apply_mask_(module, mask, name)
+        return
+    if mask.shape != current.shape:
+        raise PlanError(f"mask of shape {tuple(mask.shape)} does not fit parameter of shape {tuple(current.shape)}")
+    current.copy_(mask.to(device=current.device, dtype=torch.bool))
+
+
+def original_parameter(module: nn.Module, name: str = "weight") -> nn.Parameter:
+    """The trainable tensor under a (possibly masked) parameter: what the optimizer updates."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name)

@@ -56,6 +56,7 @@ class Method:
     default_allocation: str | Allocation | None = "uniform"
     options: ClassVar[frozenset[str]] = frozenset()  # method-specific keyword options it accepts
     paper: str = ""
+    when: str = "one-shot"  # one-shot | at-init | during-training | post-training
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         raise NotImplementedError
@@ -84,6 +85,7 @@ class ScoreMethod(Method):
     default_pattern: str | Granularity | None = None
     needs_data: bool = False
     paper: str = ""
+    when: str = "one-shot"
     options: ClassVar[frozenset[str]] = frozenset({"overrides", "loss_fn"})
 
     def pruner(self, request: PruneRequest) -> Pruner:
@@ -116,12 +118,13 @@ for _m in (
         paper="Learning both Weights and Connections for Efficient Neural Networks",
     ),
     ScoreMethod(
-        "random", "random", "random scores, seeded: the baseline (unstructured by default)",
-        paper="",
+        "random", "random", "random scores, seeded: the baseline; at initialisation it is random pruning",
+        when="at-init",
     ),
     ScoreMethod(
         "snip", "grad-weight", "|g * w| from calibration data (Lee et al. 2019); needs calibration",
         needs_data=True,
+        when="at-init",
         paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity",
     ),
     ScoreMethod(

@@ -42,6 +42,8 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T, description: str = "", *, aliases: tuple[str, ...] = ()) -> None:
         if not description:
+            description = str(getattr(obj, "description", "") or "")
+        if not description:
             doc = (getattr(obj, "__doc__", None) or "").strip()
             description = doc.splitlines()[0] if doc else ""
         for key in (name, *aliases):

@@ -1,0 +1,35 @@
+"""Training-time pruning: a small trainer with hooks, and the methods of the survey's "when" axis."""
+
+from prunekit.train.trainer import Callback, History, TrainConfig, Trainer
+from prunekit.train import methods as _methods  # noqa: F401  (registers the methods)
+from prunekit.train.methods import (
+    GMP,
+    SET,
+    AtInit,
+    EarlyBird,
+    GroupLasso,
+    LotteryTicket,
+    NetworkSlimming,
+    RigL,
+    SoftFilterPruning,
+    drop_and_grow,
+    training_callback,
+)
+
+__all__ = [
+    "GMP",
+    "SET",
+    "AtInit",
+    "Callback",
+    "EarlyBird",
+    "GroupLasso",
+    "History",
+    "LotteryTicket",
+    "NetworkSlimming",
+    "RigL",
+    "SoftFilterPruning",
+    "TrainConfig",
+    "Trainer",
+    "drop_and_grow",
+    "training_callback",
+]
