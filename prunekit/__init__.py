@@ -33,6 +33,7 @@ from prunekit.plan import Plan, Pruner
 from prunekit.report import Report, measure
 from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
 from prunekit.serialization import export_sparse, load_model, load_sparse, save_model
+from prunekit.structural import Embedding, Head, Layer
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,9 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Criterion",
+    "Embedding",
+    "Head",
+    "Layer",
     "DataError",
     "Global",
     "Gradual",
@@ -92,3 +96,4 @@ __all__ = [
     "squash_masks_",
 ]
 from prunekit import train as _train  # noqa: E402,F401  (registers the training-time methods)
+from prunekit.structural import methods as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)

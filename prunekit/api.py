@@ -104,7 +104,7 @@ def prune(
     after = measure(model, example_inputs, latency=do_latency) if do_measure else None
     settings = {
         "method": m.name,
-        "pattern": str(gran),
+        "pattern": str(gran) if not m.structural else f"{getattr(m, 'kind', 'structure')} (physical)",
         "allocation": str(alloc),
         "sparsity": float(sparsity),
         "seed": seed,

@@ -256,8 +256,16 @@ class Report:
                   ratio(b.dense_bytes, a.dense_bytes))
         t.add_row("file, sparse export", _fmt_bytes(b.sparse_bytes), _fmt_bytes(a.sparse_bytes),
                   ratio(b.sparse_bytes, a.sparse_bytes))
-        t.add_row("sparsity of pruned layers", "", f"{self.sparsity:.4f}", "")
+        if self.structural:
+            t.add_row("parameters removed", "", f"{1 - a.params / b.params:.4f}" if b.params else "-", "")
+        else:
+            t.add_row("sparsity of pruned layers", "", f"{self.sparsity:.4f}", "")
         return t
+
+    @property
+    def structural(self) -> bool:
+        """True when the method removed structure physically (shapes changed) rather than masking."""
+        return "(physical)" in str(self.settings.get("pattern", ""))
 
     def layer_table(self) -> Table:
         t = Table(title="per layer")

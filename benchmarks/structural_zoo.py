@@ -1,0 +1,195 @@
+"""Structural pruning over the torchvision classification zoo: 50% of channels, default settings.
+
+For each model: success, prune time, parameters and MACs before/after, CPU latency at batch 1 and 8
+before/after. If torch-pruning is installed, the same models are pruned with it (MetaPruner, group L2
+magnitude, ratio 0.5, final classifier ignored) in the same process, and the ratios are reported.
+
+    python benchmarks/structural_zoo.py --out results/structural_zoo            # all 21 models
+    python benchmarks/structural_zoo.py --models resnet18,mobilenet_v2 --size 64  # a quick look
+
+Writes ``<out>.jsonl`` (one record per model and library) and ``<out>.md`` (a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import prunekit as pk
+import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+
+ZOO = [
+    "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg16_bn", "densenet121", "mobilenet_v2",
+    "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_800mf", "shufflenet_v2_x1_0",
+    "squeezenet1_1", "googlenet", "inception_v3", "mnasnet1_0", "convnext_tiny", "vit_b_16", "swin_t",
+    "maxvit_t", "alexnet",
+]
+FIXED_SIZE = {"vit_b_16": 224, "maxvit_t": 224}
+
+
+def build(name: str) -> nn.Module:
+    kwargs: dict[str, Any] = {}
+    if name in ("googlenet", "inception_v3"):
+        kwargs = {"aux_logits": False, "init_weights": False}
+    return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+
+
+def params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def macs(m: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as c:
+        m(x)
+    return c.get_total_flops() // 2
+
+
+def latency_ms(m: nn.Module, x: torch.Tensor, repeats: int, budget_s: float = 4.0) -> float:
+    times = []
+    with torch.no_grad():
+        for _ in range(2):
+            m(x)
+        start = time.perf_counter()
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            m(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if i >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return statistics.median(times)
+
+
+def prune_prunekit(model: nn.Module, x: torch.Tensor) -> None:
+    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
+
+
+def prune_torch_pruning(model: nn.Module, x: torch.Tensor) -> None:
+    import torch_pruning as tp
+
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.5, ignored_layers=last)
+    pruner.step()
+
+
+def measure(name: str, lib: str, fn: Any, size: int, repeats: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    s = FIXED_SIZE.get(name, size)
+    x1, x8 = torch.randn(1, 3, s, s), torch.randn(8, 3, s, s)
+    model = build(name)
+    rec: dict[str, Any] = {"model": name, "lib": lib, "input": s}
+    with torch.no_grad():
+        ref_shape = tuple(model(x1).shape)
+    rec.update(params_before=params(model), macs_before=macs(model, x1),
+               lat1_before=latency_ms(model, x1, repeats), lat8_before=latency_ms(model, x8, max(3, repeats // 3)))
+    work = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    try:
+        fn(work, x1)
+        rec["prune_s"] = time.perf_counter() - t0
+        work.eval()
+        with torch.no_grad():
+            out_shape = tuple(work(x1).shape)
+        rec["ok"] = out_shape == ref_shape and params(work) < rec["params_before"]
+        rec.update(params_after=params(work), macs_after=macs(work, x1),
+                   lat1_after=latency_ms(work, x1, repeats), lat8_after=latency_ms(work, x8, max(3, repeats // 3)))
+        rec["speedup1"] = rec["lat1_before"] / rec["lat1_after"]
+        rec["speedup8"] = rec["lat8_before"] / rec["lat8_after"]
+        rec["macs_reduction"] = rec["macs_before"] / max(rec["macs_after"], 1)
+    except Exception as e:  # noqa: BLE001  a failure is a result
+        rec["ok"] = False
+        rec["prune_s"] = time.perf_counter() - t0
+        rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rec["trace"] = traceback.format_exc(limit=3)[-600:]
+    return rec
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    by = {(r["model"], r["lib"]): r for r in records}
+    models = list(dict.fromkeys(r["model"] for r in records))
+    has_tp = any(r["lib"] == "torch-pruning" for r in records)
+    head = "| model | ok | prune s | params | MACs x | speedup b1 | speedup b8 |"
+    sep = "|---|---|---|---|---|---|---|"
+    if has_tp:
+        head += " TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | time ratio pk/TP |"
+        sep += "---|---|---|---|---|---|"
+    lines = [head, sep]
+
+    def f(r: dict | None, k: str, fmt: str = "{:.2f}") -> str:
+        return fmt.format(r[k]) if r and k in r else "-"
+
+    tot_pk = tot_tp = 0.0
+    for m in models:
+        a, b = by.get((m, "prunekit")), by.get((m, "torch-pruning"))
+        p = f"{a['params_before'] / 1e6:.1f}M -> {a['params_after'] / 1e6:.1f}M" if a and "params_after" in a else "-"
+        row = f"| {m} | {'yes' if a and a['ok'] else 'NO'} | {f(a, 'prune_s')} | {p} | {f(a, 'macs_reduction')} | " \
+              f"{f(a, 'speedup1')} | {f(a, 'speedup8')} |"
+        if has_tp:
+            ratio = "-"
+            if a and b and a.get("ok") and b.get("ok"):
+                ratio = f"{a['prune_s'] / b['prune_s']:.2f}"
+                tot_pk += a["prune_s"]
+                tot_tp += b["prune_s"]
+            row += f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | " \
+                   f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {ratio} |"
+        lines.append(row)
+    ok = sum(1 for m in models if by.get((m, "prunekit"), {}).get("ok"))
+    lines.append("")
+    lines.append(f"prunekit: {ok}/{len(models)} models pruned, ran and kept their output shape.")
+    if has_tp:
+        ok_tp = sum(1 for m in models if by.get((m, "torch-pruning"), {}).get("ok"))
+        lines.append(f"torch-pruning: {ok_tp}/{len(models)}.")
+        if tot_tp:
+            lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, torch-pruning {tot_tp:.1f} s "
+                         f"(ratio {tot_pk / tot_tp:.2f}).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(ZOO))
+    ap.add_argument("--size", type=int, default=224, help="input side for models that accept any size")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--out", default="results/structural_zoo")
+    ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning even if it is installed")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import torch_pruning  # noqa: F401
+
+        libs = [("prunekit", prune_prunekit)] + ([] if args.no_tp else [("torch-pruning", prune_torch_pruning)])
+    except ImportError:
+        libs = [("prunekit", prune_prunekit)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    with open(out.with_suffix(".jsonl"), "w") as fh:
+        for name in args.models.split(","):
+            for lib, fn in libs:
+                rec = measure(name, lib, fn, args.size, args.repeats)
+                records.append(rec)
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                print(f"{name:20s} {lib:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
+                      f"b1x{rec.get('speedup1', 0):.2f} b8x{rec.get('speedup8', 0):.2f} "
+                      f"MACsx{rec.get('macs_reduction', 0):.2f} {rec.get('error', '')}", flush=True)
+    md = table(records)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Structural pruning: dependency groups and physical removal (channels, heads, layers, hidden size).
+
+``analyze`` traces a model into groups of coupled dimensions; ``plan_channels`` / ``plan_heads`` /
+``plan_layers`` decide what goes, and the ``apply_*`` functions remove it physically. The named methods
+("l1-channel", "head", "layer", "embedding", ...) are registered with :data:`prunekit.METHODS` by
+``prunekit.structural.methods``. ``structure_record`` / ``apply_structure_record`` save and restore the
+new shapes.
+"""
+
+from prunekit.structural.allocation import GROUP_ALLOCATIONS
+from prunekit.structural.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
+from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
+from prunekit.structural.engine import StructuralPlan, analyze, apply_plan_, plan_channels, prune_channels_
+from prunekit.structural.granularity import Embedding, Head, Layer
+from prunekit.structural.handlers import HANDLERS, ModuleHandler, register_handler
+from prunekit.structural.record import apply_structure_record, structure_record
+from prunekit.structural.surgery import remove_
+from prunekit.structural.trace import Group, Member, TraceResult, trace_groups
+
+__all__ = [
+    "GROUP_ALLOCATIONS",
+    "GROUP_CRITERIA",
+    "HANDLERS",
+    "Embedding",
+    "Group",
+    "Head",
+    "HeadPlan",
+    "Layer",
+    "LayerPlan",
+    "Member",
+    "ModuleHandler",
+    "ScoreContext",
+    "StructuralPlan",
+    "TraceResult",
+    "analyze",
+    "apply_head_plan_",
+    "apply_layer_plan_",
+    "apply_plan_",
+    "apply_structure_record",
+    "plan_channels",
+    "plan_heads",
+    "plan_layers",
+    "prune_channels_",
+    "register_handler",
+    "remove_",
+    "structure_record",
+    "trace_groups",
+]

@@ -1,0 +1,289 @@
+"""Head() and Layer() removal: attention heads (GQA aware) and whole blocks.
+
+Both plan first (scores, allocation, validation) and change the model only in :func:`apply_head_plan_` /
+:func:`apply_layer_plan_`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError
+from prunekit.structural.allocation import GROUP_ALLOCATIONS
+from prunekit.structural.hf import AttentionBlock, find_attention, record_head_attrs, renumber_layers
+from prunekit.structural.surgery import _size_attrs, remove_, structure_state
+from prunekit.structural.trace import _call
+
+# ------------------------------------------------------------------------------------------------- heads
+
+
+@dataclass
+class HeadPlan:
+    blocks: list[AttentionBlock]
+    remove: list[np.ndarray]  # per block: key/value groups removed
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = ["head plan:"]
+        for b, r in zip(self.blocks, self.remove):
+            lines.append(f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({len(r) * b.q_per_kv} query heads)")
+        return "\n".join(lines)
+
+
+def _slice_score(t: Tensor, dim: int, idx: np.ndarray, criterion: str, grad: Tensor | None) -> float:
+    sl = t.detach().float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))
+    if criterion == "l1":
+        return float(sl.abs().sum())
+    if criterion in ("l2", "fpgm", "lamp", "bn-scale"):
+        return float(sl.square().sum())
+    if criterion == "taylor":
+        if grad is None:
+            return 0.0
+        return float((sl * grad.float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))).sum())
+    if criterion == "hessian":
+        if grad is None:
+            return 0.0
+        g = grad.float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))
+        return float(0.5 * (g.square() * sl.square()).sum())
+    raise ConfigError(f"criterion {criterion!r} is not available for heads; use l1, l2, taylor, hessian or random")
+
+
+def plan_heads(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    criterion: str = "l2",
+    allocation: str = "uniform",
+    seed: int = 0,
+    grads: dict[str, Tensor] | None = None,
+    global_cap: float | None = None,
+) -> HeadPlan:
+    """Remove ``sparsity`` of the key/value groups (with their query heads) of every attention module."""
+    if not 0 <= sparsity < 1:
+        raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
+    blocks = find_attention(model)
+    if not blocks:
+        raise NothingToPruneError("no attention module with q/k/v/o projections was found for Head()")
+    rng = np.random.default_rng(seed)
+    grads = grads or {}
+    scores, removable = [], []
+    for b in blocks:
+        s = np.zeros(b.groups)
+        for u in range(b.groups):
+            if criterion == "random":
+                s[u] = rng.random()
+                continue
+            for key, dims in b.unit_removal([u]).items():
+                mod_name, _, attr = key.rpartition(".")
+                t = getattr(model.get_submodule(mod_name), attr)
+                for dim, idx in dims.items():
+                    s[u] += _slice_score(t, dim, idx, criterion, grads.get(key))
+        if criterion == "taylor":
+            s = np.square(s)
+        scores.append(s)
+        removable.append(np.ones(b.groups, dtype=bool))
+    alloc = GROUP_ALLOCATIONS.resolve(allocation)
+    opts: dict[str, Any] = {} if global_cap is None else {"global_cap": global_cap}
+    remove = alloc(scores, removable, sparsity, **opts)
+    return HeadPlan(blocks, [np.asarray(r, dtype=np.int64) for r in remove])
+
+
+def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
+    removal: dict[str, dict[int, np.ndarray]] = {}
+    for b, r in zip(plan.blocks, plan.remove):
+        if len(r):
+            for key, dims in b.unit_removal(sorted(r.tolist())).items():
+                removal.setdefault(key, {}).update(dims)
+    if not removal:
+        return
+    befores = [_size_attrs(b.module) for b in plan.blocks]
+    remove_(model, removal)
+    for b, r, before in zip(plan.blocks, plan.remove, befores):
+        if len(r):
+            b.update_attrs(b.num_heads - len(r) * b.q_per_kv, b.num_kv_heads - len(r))
+            record_head_attrs(model, b, before)
+    from prunekit.structural.engine import sync_config
+
+    sync_config(model)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+
+@dataclass
+class LayerPlan:
+    candidates: list[str]  # names of removable blocks
+    remove: list[str]
+    identity: dict[str, bool]
+    scores: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"layer plan: remove {len(self.remove)} of {len(self.candidates)} blocks"]
+        lines += [f"  - {n} (influence {self.scores[n]:.4f}{', identity residual' if self.identity[n] else ''})"
+                  for n in self.remove]
+        return "\n".join(lines)
+
+
+def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2:
+            kids = list(m)
+            types = {type(c) for c in kids}
+            if len(types) == 1 and any(True for _ in kids[0].parameters()):
+                out.append((name, m))
+    return out
+
+
+def plan_layers(
+    model: nn.Module,
+    example_inputs: Any,
+    sparsity: float,
+    *,
+    identity_only: bool = False,
+    seed: int = 0,
+    criterion: str = "influence",
+) -> LayerPlan:
+    """Remove ``sparsity`` of the blocks of every stack (rounded down, at least one block kept per stack).
+
+    A block is a candidate when it keeps the shape of its input. Its score is the block influence of
+    ShortGPT (Men et al. 2024), ``1 - cos(x_in, x_out)`` averaged over tokens / positions on the example
+    inputs: blocks that change their input least go first. ``identity_only`` keeps blocks that are not
+    identity residuals (``x + f(x)``, found by following the trace's additions).
+    """
+    if not 0 <= sparsity < 1:
+        raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
+    if example_inputs is None:
+        raise DataError("Layer() needs example_inputs= to check block shapes and measure block influence")
+    stacks = _stacks(model)
+    infl: dict[str, float] = {}
+    shape_ok: dict[str, bool] = {}
+    identity: dict[str, bool] = {}
+    handles = []
+    names = {}
+    for sname, st in stacks:
+        for i, child in enumerate(st):
+            names[id(child)] = f"{sname}.{i}" if sname else str(i)
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        n = names[id(mod)]
+        ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor) and a.is_floating_point()]
+        outs = [o for o in tree_flatten(output)[0] if isinstance(o, Tensor)]
+        if not ins or not outs:
+            shape_ok[n] = False
+            return
+        x, y = ins[0], outs[0]
+        shape_ok[n] = tuple(x.shape) == tuple(y.shape) and x.dtype == y.dtype
+        if shape_ok[n]:
+            xf, yf = x.detach().float().reshape(-1, x.shape[-1]), y.detach().float().reshape(-1, y.shape[-1])
+            if x.dim() == 4 and x.shape[1] != x.shape[-1]:  # NCHW feature maps: channels as the vector
+                xf = x.detach().float().movedim(1, -1).reshape(-1, x.shape[1])
+                yf = y.detach().float().movedim(1, -1).reshape(-1, y.shape[1])
+            cos = torch.nn.functional.cosine_similarity(xf, yf, dim=-1, eps=1e-8)
+            infl[n] = float((1 - cos).mean())
+            identity[n] = _is_identity_residual(mod, args, kwargs, x)
+
+    for sname, st in stacks:
+        for child in st:
+            handles.append(child.register_forward_hook(hook, with_kwargs=True))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    plan = LayerPlan([], [], identity, infl)
+    for sname, st in stacks:
+        cands = [f"{sname}.{i}" if sname else str(i) for i in range(len(st))]
+        cands = [c for c in cands if shape_ok.get(c) and (identity.get(c) or not identity_only)]
+        if not cands:
+            continue
+        plan.candidates += cands
+        k = min(int(math.floor(sparsity * len(st) + 1e-9)), len(st) - 1, len(cands))
+        order = sorted(cands, key=lambda c: infl[c])
+        plan.remove += order[:k]
+    if not plan.candidates:
+        raise NothingToPruneError("no block of this model keeps its input shape, so Layer() has nothing to remove")
+    non_id = [n for n in plan.remove if not identity.get(n)]
+    if non_id:
+        plan.notes.append(f"{len(non_id)} removed block(s) are not identity residuals (e.g. {non_id[0]})")
+    return plan
+
+
+def _is_identity_residual(mod: nn.Module, args: tuple, kwargs: dict, x: Tensor) -> bool:
+    """Whether ``mod`` is ``x + f(x)`` (possibly several such steps), tested on a copy whose every
+    parameter is zero: an identity residual then returns its input unchanged."""
+    try:
+        m = copy.deepcopy(mod)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.zero_()
+            out = m(*args, **kwargs)
+        out = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor)][0]
+        return bool(torch.allclose(out, x, atol=1e-6))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
+    """Remove the planned blocks (highest index first, so that names stay valid)."""
+    st = structure_state(model)
+
+    def key(n: str) -> tuple[str, int]:
+        p, _, i = n.rpartition(".")
+        return p, int(i)
+
+    for n in sorted(plan.remove, key=key, reverse=True):
+        parent_name, idx = key(n)
+        parent = model.get_submodule(parent_name) if parent_name else model
+        del parent[idx]
+        st["removed_layers"].append(n)
+        _rename_after_removal(st, parent_name, idx)
+    renumber_layers(model)
+    if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
+        cfg = model.config
+        types = getattr(cfg, "layer_types", None)
+        stack_removed = sorted((key(n)[1] for n in plan.remove), reverse=True)
+        if isinstance(types, list) and len(types) == getattr(cfg, "num_hidden_layers", -1):
+            types = list(types)
+            for i in stack_removed:
+                if i < len(types):
+                    del types[i]
+            cfg.layer_types = types
+            st["config"]["layer_types"] = types
+        from prunekit.structural.engine import sync_config
+
+        sync_config(model)
+
+
+def _rename_after_removal(st: dict, parent: str, idx: int) -> None:
+    prefix = f"{parent}." if parent else ""
+
+    def rn(name: str) -> str | None:
+        if not name.startswith(prefix):
+            return name
+        rest = name[len(prefix):]
+        head, dot, tail = rest.partition(".")
+        if not head.isdigit():
+            return name
+        i = int(head)
+        if i == idx:
+            return None
+        if i > idx:
+            return f"{prefix}{i - 1}{dot}{tail}"
+        return name
+
+    st["original_shapes"] = {n2: v for n, v in st["original_shapes"].items() if (n2 := rn(n)) is not None}
+    st["attrs"] = {n2: v for n, v in st["attrs"].items() if (n2 := rn(n)) is not None}

@@ -1,0 +1,445 @@
+"""Plan, validate and apply physical channel removal over dependency groups.
+
+``plan_channels`` traces the model, scores every group with a group criterion, allocates removals over the
+groups, and (by default) proves the plan on a copy of the model before anything is changed: the copy is
+pruned and run on the example inputs; groups whose removal breaks the forward pass (shapes hard-coded in a
+model's code) are found by bisection and kept. ``apply_plan_`` then performs the surgery in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
+from prunekit.structural.allocation import GROUP_ALLOCATIONS
+from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
+from prunekit.structural.handlers import handler_for
+from prunekit.structural.surgery import Removal, remove_, tensor_slots
+from prunekit.structural.trace import Group, TraceResult, _call, trace_groups
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _is_producer_module(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or type(m).__name__ == "Conv1D"
+
+
+def _out_dim(m: nn.Module) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+        return 1
+    if type(m).__name__ == "Conv1D":
+        return 1
+    return 0
+
+
+@dataclass
+class StructuralPlan:
+    """Which units of which groups are removed. Printable; ``removal()`` is the per-tensor form."""
+
+    groups: list[Group]
+    remove: list[np.ndarray]
+    kind: str = "channel"
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def removal(self, only: Iterable[int] | None = None) -> Removal:
+        out: Removal = {}
+        sel = range(len(self.groups)) if only is None else only
+        for g in sel:
+            grp = self.groups[g]
+            for c in self.remove[g].tolist():
+                for (key, dim), idx in grp.classes[c].items():
+                    out.setdefault(key, {}).setdefault(dim, [])  # type: ignore[arg-type]
+                    out[key][dim].extend(idx.tolist())  # type: ignore[union-attr]
+        return {k: {d: np.asarray(sorted(set(v)), dtype=np.int64) for d, v in dims.items()} for k, dims in out.items()}
+
+    @property
+    def units_removed(self) -> int:
+        return int(sum(len(r) for r in self.remove))
+
+    def __str__(self) -> str:
+        lines = [f"structural plan ({self.kind}): {len(self.groups)} groups, {self.units_removed} units removed"]
+        for g, r in zip(self.groups, self.remove):
+            if len(r):
+                lines.append(f"  -{len(r)}/{g.size}  {g.describe()}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def fixed_dims(targets: set[str] | None) -> Callable[[str, nn.Module], list[tuple[str, int]]]:
+    """Dims that must not change: those handlers protect, and output dims of layers not selected."""
+
+    def f(name: str, module: nn.Module) -> list[tuple[str, int]]:
+        out = []
+        h = handler_for(module)
+        if h is not None:
+            out += h.fixed(module)
+        if targets is not None and _is_producer_module(module) and name not in targets:
+            out.append(("weight", _out_dim(module)))
+            if getattr(module, "bias", None) is not None:
+                out.append(("bias", 0))
+        return out
+
+    return f
+
+
+def analyze(model: nn.Module, example_inputs: Any, *, targets: Iterable[str] | None = None, strict: bool = True) -> TraceResult:
+    """Trace ``model`` into dependency groups (nothing is changed). ``targets``: names of the modules
+    allowed to lose output channels (default: every conv / linear layer whose outputs are not model
+    outputs)."""
+    if example_inputs is None:
+        raise DataError("structural pruning traces the model: pass example_inputs= (a batch the model accepts)")
+    tset = set(targets) if targets is not None else None
+    return trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset))
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def _context(model: nn.Module, seed: int) -> ScoreContext:
+    slots = tensor_slots(model)
+    tensors, params, norms = {}, set(), set()
+    for key, sl in slots.items():
+        t = getattr(sl[0].module, sl[0].attr)
+        tensors[key] = t
+        if sl[0].is_param:
+            params.add(key)
+            if isinstance(sl[0].module, _NORM_TYPES) or "norm" in type(sl[0].module).__name__.lower():
+                if sl[0].attr == "weight":
+                    norms.add(key)
+    return ScoreContext(tensors=tensors, params=params, norm_weights=norms, seed=seed)
+
+
+def _accumulate_gradients(model: nn.Module, ctx: ScoreContext, calibration: Any, loss_fn: Any, max_batches: int) -> None:
+    """Sum of gradients and of squared gradients over calibration batches (or one loss callable)."""
+    if calibration is None:
+        raise DataError("this criterion needs gradients: pass calibration= (batches (inputs, targets) or a loss callable)")
+    keys = {id(t): k for k, t in ctx.tensors.items() if k in ctx.params}
+    grads: dict[str, Tensor] = {}
+    sq: dict[str, Tensor] = {}
+    was = model.training
+    model.eval()
+
+    def step(loss: Tensor) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, gs):
+            if g is None or id(p) not in keys:
+                continue
+            k = keys[id(p)]
+            grads[k] = grads.get(k, 0) + g.detach()  # type: ignore[assignment]
+            sq[k] = sq.get(k, 0) + g.detach().square()  # type: ignore[assignment]
+
+    try:
+        with torch.enable_grad():
+            if callable(calibration) and not isinstance(calibration, (list, tuple)):
+                step(calibration(model))
+            else:
+                for i, batch in enumerate(calibration):
+                    if i >= max_batches:
+                        break
+                    step(_batch_loss(model, batch, loss_fn))
+    finally:
+        model.train(was)
+    if not grads:
+        raise DataError("calibration produced no gradients for the model's parameters")
+    ctx.grads, ctx.grad_sq = grads, sq
+
+
+def _batch_loss(model: nn.Module, batch: Any, loss_fn: Any) -> Tensor:
+    if isinstance(batch, dict):
+        out = model(**batch)
+        if loss_fn is not None:
+            return loss_fn(out, batch)
+        loss = getattr(out, "loss", None)
+        if loss is None:
+            raise DataError("a dict calibration batch must make the model return .loss (include labels), or pass loss_fn=")
+        return loss
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        out = _call(model, x)
+        logits = getattr(out, "logits", out)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
+    raise DataError("calibration batches must be (inputs, targets) pairs or dicts of model inputs")
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def select_groups(trace: TraceResult, model: nn.Module, kind: str) -> list[int]:
+    """Indices of the groups a granularity acts on: ``channel`` (groups made by conv / linear layers, not
+    the token-embedding stream), ``embedding`` (the stream of an nn.Embedding: a transformer's hidden size)."""
+    slots = tensor_slots(model)
+    out = []
+    for gi, g in enumerate(trace.groups):
+        if not any(g.removable):
+            continue
+        emb = False
+        prod = False
+        for m in g.members:
+            sl = slots.get(m.param)
+            if not sl:
+                continue
+            mod = sl[0].module
+            if isinstance(mod, nn.Embedding) and m.dim == 1:
+                emb = True
+            if _is_producer_module(mod) and sl[0].attr == "weight" and m.dim == _out_dim(mod):
+                prod = True
+        if kind == "channel" and prod and not emb:
+            out.append(gi)
+        elif kind == "embedding" and emb:
+            out.append(gi)
+    return out
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the analysis on one intra-op thread: it is made of many small tensor operations, for which
+    thread hand-off costs more than it gains (and a busy machine makes it much worse)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def plan_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    sparsity: float,
+    *,
+    criterion: str | Callable = "l2",
+    allocation: str | Callable = "uniform",
+    kind: str = "channel",
+    round_to: int | None = None,
+    global_cap: float | None = None,
+    targets: Iterable[str] | None = None,
+    calibration: Any = None,
+    loss_fn: Any = None,
+    calib_batches: int = 8,
+    seed: int = 0,
+    strict: bool = True,
+    validate: bool = True,
+    trace: TraceResult | None = None,
+) -> StructuralPlan:
+    """Plan the removal of ``sparsity`` of every selected group's units (nothing is changed).
+
+    ``criterion``: a name in :data:`GROUP_CRITERIA` or a callable; ``allocation``: a name in
+    :data:`GROUP_ALLOCATIONS`; ``kind``: "channel" or "embedding"; ``round_to``: keep unit counts at a
+    multiple of this; ``global_cap``: the most a group may lose under global allocation; ``targets``: names
+    of modules allowed to lose output units; ``calibration`` / ``loss_fn``: data for gradient criteria;
+    ``validate``: prove the plan on a copy first.
+    """
+    with single_thread():
+        return _plan_channels(
+            model, example_inputs, sparsity, criterion=criterion, allocation=allocation, kind=kind,
+            round_to=round_to, global_cap=global_cap, targets=targets, calibration=calibration, loss_fn=loss_fn,
+            calib_batches=calib_batches, seed=seed, strict=strict, validate=validate, trace=trace,
+        )
+
+
+def _plan_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    sparsity: float,
+    *,
+    criterion: str | Callable,
+    allocation: str | Callable,
+    kind: str,
+    round_to: int | None,
+    global_cap: float | None,
+    targets: Iterable[str] | None,
+    calibration: Any,
+    loss_fn: Any,
+    calib_batches: int,
+    seed: int,
+    strict: bool,
+    validate: bool,
+    trace: TraceResult | None,
+) -> StructuralPlan:
+    if not 0 <= sparsity < 1:
+        raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
+    t0 = time.perf_counter()
+    crit = GROUP_CRITERIA.resolve(criterion)
+    alloc = GROUP_ALLOCATIONS.resolve(allocation)
+    tr = trace if trace is not None else analyze(model, example_inputs, targets=targets, strict=strict)
+    chosen = select_groups(tr, model, kind)
+    if not chosen:
+        raise NothingToPruneError(
+            f"no {kind} group of this model can be removed (every coupled dimension is fixed by a model output, "
+            f"an ignored layer or an operation that hard-codes its size)"
+        )
+    ctx = _context(model, seed)
+    name = getattr(crit, "__name__", "")
+    if name in ("taylor", "hessian"):
+        _accumulate_gradients(model, ctx, calibration, loss_fn, calib_batches)
+    groups = [tr.groups[i] for i in chosen]
+    scores = [np.asarray(crit(g, ctx), dtype=np.float64) for g in groups]
+    removable = [np.asarray(g.removable, dtype=bool) for g in groups]
+    opts: dict[str, Any] = {"round_to": round_to}
+    if global_cap is not None:
+        opts["global_cap"] = global_cap
+    removes = alloc(scores, removable, sparsity, **opts)
+    removes = [_protect_members(g, r) for g, r in zip(groups, removes)]
+    plan = StructuralPlan(groups, removes, kind=kind, notes=list(tr.notes))
+    if validate and plan.units_removed:
+        bad = _bisect_failures(model, example_inputs, plan, tr.output_shapes)
+        if bad:
+            names = [groups[i].members[0].param for i in sorted(bad)]
+            plan.notes.append(
+                f"{len(bad)} group(s) kept because the model's code fixes their size: " + ", ".join(names[:8])
+            )
+            for i in bad:
+                plan.remove[i] = np.zeros(0, dtype=np.int64)
+    plan.seconds = time.perf_counter() - t0
+    return plan
+
+
+def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
+    """Never empty a member dimension: drop removals that would take a member's last index."""
+    left: dict[tuple[str, int], int] = {}
+    for cls in g.classes:
+        for k, idx in cls.items():
+            left[k] = left.get(k, 0) + len(idx)
+    keep = []
+    for c in remove.tolist():
+        if all(left[k] - len(idx) > 0 for k, idx in g.classes[c].items()):
+            for k, idx in g.classes[c].items():
+                left[k] -= len(idx)
+            keep.append(c)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree whose tensors live on the meta device (no data is copied)."""
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in memo:
+            continue
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.to("meta")
+    if isinstance(x, dict):
+        return type(x)({k: _to_meta(v) for k, v in x.items()}) if not hasattr(x, "data") else {k: _to_meta(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def _probe_once(model: nn.Module, example_inputs: Any, removal: Removal, shapes: list, meta: bool) -> bool:
+    m = _meta_copy(model) if meta else copy.deepcopy(model)
+    try:
+        remove_(m, removal)
+        m.eval()
+        with torch.no_grad():
+            out = _call(m, _to_meta(example_inputs) if meta else example_inputs)
+        got = [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
+        return got == shapes
+    except PrunekitError:
+        raise
+    except Exception:  # noqa: BLE001  a forward that breaks is exactly what the probe looks for
+        return False
+    finally:
+        del m
+
+
+def _probe(model: nn.Module, example_inputs: Any, removal: Removal, shapes: list[tuple[int, ...]]) -> bool:
+    """Does the model still run, with the same output shapes, after this removal? Tried on a meta-device
+    copy first (no data, fast); a failure there is confirmed on a real copy (some ops have no meta kernel)."""
+    if _probe_once(model, example_inputs, removal, shapes, meta=True):
+        return True
+    return _probe_once(model, example_inputs, removal, shapes, meta=False)
+
+
+def _bisect_failures(model: nn.Module, example_inputs: Any, plan: StructuralPlan, shapes: list) -> set[int]:
+    active = [i for i, r in enumerate(plan.remove) if len(r)]
+    if _probe(model, example_inputs, plan.removal(active), shapes):
+        return set()
+    bad: set[int] = set()
+
+    def search(ids: list[int]) -> None:
+        if not ids:
+            return
+        if len(ids) == 1:
+            if not _probe(model, example_inputs, plan.removal(ids), shapes):
+                bad.add(ids[0])
+            return
+        half = len(ids) // 2
+        for part in (ids[:half], ids[half:]):
+            if not _probe(model, example_inputs, plan.removal(part), shapes):
+                search(part)
+
+    search(active)
+    # what remains must work together
+    rest = [i for i in active if i not in bad]
+    while rest and not _probe(model, example_inputs, plan.removal(rest), shapes):
+        bad.add(rest.pop())
+    return bad
+
+
+def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, ...]]:
+    """Remove the planned units in place. Returns the old shapes of the changed tensors."""
+    removal = plan.removal()
+    if not removal:
+        return {}
+    with single_thread():
+        old = remove_(model, removal)
+    sync_config(model)
+    return old
+
+
+def sync_config(model: nn.Module) -> None:
+    """Keep a Hugging Face config in step with the new sizes (no-op for other models)."""
+    if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
+        from prunekit.structural.hf import sync_hf_config
+
+        sync_hf_config(model)
+
+
+def layer_sparsity(model: nn.Module, old_shapes: dict[str, tuple[int, ...]], targets: Iterable[str] | None = None) -> dict[str, float]:
+    """Fraction of output units removed from each conv / linear layer (by module name)."""
+    out = {}
+    tset = set(targets) if targets is not None else None
+    for name, mod in model.named_modules():
+        if not _is_producer_module(mod) or (tset is not None and name not in tset):
+            continue
+        key = f"{name}.weight" if name else "weight"
+        d = _out_dim(mod)
+        if key in old_shapes:
+            out[name] = 1.0 - mod.weight.shape[d] / old_shapes[key][d]
+        elif tset is not None:
+            out[name] = 0.0
+    return out
+
+
+def prune_channels_(model: nn.Module, example_inputs: Any, sparsity: float, **kwargs: Any) -> StructuralPlan:
+    """Plan and apply in one call; see :func:`plan_channels` for the options."""
+    plan = plan_channels(model, example_inputs, sparsity, **kwargs)
+    apply_plan_(model, plan)
+    return plan
+
+
+def check_options(round_to: Any, global_cap: Any) -> None:
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
+    if global_cap is not None and not (isinstance(global_cap, (int, float)) and 0 < global_cap < 1):
+        raise ConfigError(f"global_cap must be in (0, 1), got {global_cap!r}")

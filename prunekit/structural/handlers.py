@@ -1,0 +1,207 @@
+"""Module handlers: keep a module's attributes consistent after its tensors lost indices.
+
+Physical removal slices parameters and buffers (the engine does that, uniformly, for every tensor); a
+handler then updates what the module remembers about its sizes (``in_channels``, ``groups``,
+``num_features``, ``normalized_shape``, ...) so that the pruned module runs and prints right. A handler may
+also declare dimensions it cannot resize (``fixed``) and veto a change before anything is touched
+(``check``). Handlers are registered per module type in :data:`HANDLERS`; registration validates that a
+handler implements the interface. Modules without a handler get the plain fallback (tensors are sliced,
+no attribute changes), which is right for modules that keep no sizes (activations, layer scales, tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.registry import Registry
+
+
+class ModuleHandler:
+    """Base handler. ``module_types`` (classes) and ``type_names`` (class names, for optional packages)
+    say which modules it serves; the most specific class in a module's MRO wins."""
+
+    module_types: tuple[type, ...] = ()
+    type_names: tuple[str, ...] = ()
+
+    def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        """(local tensor name, dim) pairs this module cannot resize."""
+        return []
+
+    def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raise :class:`UnsupportedModuleError` if the module cannot take these new tensor shapes."""
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Update size attributes after the module's tensors were replaced."""
+
+
+def _validate(name: str, obj: Any) -> None:
+    if not isinstance(obj, ModuleHandler):
+        raise ConfigError(f"module handler {name!r} must be a ModuleHandler instance")
+    if not (obj.module_types or obj.type_names):
+        raise ConfigError(f"module handler {name!r} names no module types (module_types or type_names)")
+    for meth in ("fixed", "check", "update"):
+        if not callable(getattr(obj, meth, None)):
+            raise ConfigError(f"module handler {name!r} lacks a callable {meth}()")
+
+
+HANDLERS: Registry[ModuleHandler] = Registry("module handler", validate=_validate)
+
+
+def register_handler(name: str, description: str = "") -> Any:
+    """Class decorator: register one instance of a :class:`ModuleHandler` subclass under ``name``."""
+
+    def deco(cls: type[ModuleHandler]) -> type[ModuleHandler]:
+        HANDLERS.add(name, cls(), description)
+        return cls
+
+    return deco
+
+
+def handler_for(module: nn.Module) -> ModuleHandler | None:
+    """The registered handler for ``module`` (most specific class first), or None."""
+    by_type: dict[type, ModuleHandler] = {}
+    by_name: dict[str, ModuleHandler] = {}
+    for entry in HANDLERS.entries():
+        for t in entry.obj.module_types:
+            by_type[t] = entry.obj
+        for n in entry.obj.type_names:
+            by_name[n] = entry.obj
+    for cls in type(module).__mro__:
+        if cls in by_type:
+            return by_type[cls]
+        if cls.__name__ in by_name:
+            return by_name[cls.__name__]
+    return None
+
+
+@register_handler("conv", "Conv1d/2d/3d (plain, grouped, depthwise) and ConvTranspose1d/2d/3d")
+class ConvHandler(ModuleHandler):
+    module_types = (nn.modules.conv._ConvNd,)
+
+    def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
+        w = new_shapes.get("weight")
+        if w is None:
+            return
+        g = module.groups
+        if module.transposed:
+            if g != 1 and tuple(w) != tuple(module.weight.shape):
+                raise UnsupportedModuleError(f"module '{name}' ({type(module).__name__}): grouped transposed "
+                                             f"convolution cannot be resized")
+            return
+        depthwise = g > 1 and module.weight.shape[1] == 1
+        if not depthwise and g > 1 and w[0] % g:
+            raise UnsupportedModuleError(f"module '{name}': {w[0]} output channels do not split into {g} groups")
+        if depthwise and w[1] != 1:
+            raise UnsupportedModuleError(f"module '{name}': depthwise weight must keep one input channel")
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        w = module.weight
+        old = old_shapes.get("weight", tuple(w.shape))
+        if module.transposed:
+            module.in_channels = w.shape[0]
+            module.out_channels = w.shape[1] * module.groups
+            return
+        if module.groups > 1 and old[1] == 1:  # depthwise (channel multiplier m = out / groups)
+            mult = old[0] // module.groups
+            module.groups = w.shape[0] // mult
+            module.in_channels = module.groups
+        else:
+            module.in_channels = w.shape[1] * module.groups
+        module.out_channels = w.shape[0]
+
+
+@register_handler("linear", "Linear (and subclasses such as MultiheadAttention's out_proj)")
+class LinearHandler(ModuleHandler):
+    module_types = (nn.Linear,)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        module.out_features, module.in_features = module.weight.shape
+
+
+@register_handler("hf-conv1d", "Hugging Face Conv1D (GPT-2): a Linear with a transposed weight")
+class HFConv1DHandler(ModuleHandler):
+    type_names = ("Conv1D",)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        module.nx, module.nf = module.weight.shape
+
+
+@register_handler("batchnorm", "BatchNorm1d/2d/3d and SyncBatchNorm")
+class BatchNormHandler(ModuleHandler):
+    module_types = (nn.modules.batchnorm._NormBase,)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        t = module.weight if module.weight is not None else module.running_mean
+        if t is not None:
+            module.num_features = t.shape[0]
+
+
+@register_handler("layernorm", "LayerNorm over the last dimension")
+class LayerNormHandler(ModuleHandler):
+    module_types = (nn.LayerNorm,)
+
+    def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        if len(module.normalized_shape) > 1 and module.weight is not None:
+            return [("weight", d) for d in range(module.weight.dim())] + (
+                [("bias", d) for d in range(module.bias.dim())] if module.bias is not None else []
+            )
+        return []
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        if module.weight is not None:
+            module.normalized_shape = tuple(module.weight.shape)
+
+
+@register_handler("groupnorm", "GroupNorm (channels removed uniformly from every group)")
+class GroupNormHandler(ModuleHandler):
+    module_types = (nn.GroupNorm,)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        if module.weight is None:
+            return
+        old_c = old_shapes.get("weight", tuple(module.weight.shape))[0]
+        if module.num_groups == old_c:
+            module.num_groups = module.weight.shape[0]
+        module.num_channels = module.weight.shape[0]
+
+
+@register_handler("prelu", "PReLU with one slope per channel")
+class PReLUHandler(ModuleHandler):
+    module_types = (nn.PReLU,)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        module.num_parameters = module.weight.numel()
+
+
+@register_handler("embedding", "Embedding: the embedding dimension (columns); the vocabulary is kept")
+class EmbeddingHandler(ModuleHandler):
+    module_types = (nn.Embedding,)
+
+    def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        return [("weight", 0)]
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+@register_handler("multihead-attention", "nn.MultiheadAttention: resized by heads only (Head())")
+class MultiheadAttentionHandler(ModuleHandler):
+    module_types = (nn.MultiheadAttention,)
+
+    def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        out = []
+        for n, p in list(module.named_parameters()):
+            for d in range(p.dim()):
+                out.append((n, d))
+        return out
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        e = module.out_proj.weight.shape[1]
+        module.embed_dim = e
+        module.kdim = module.vdim = e
+        module.head_dim = e // module.num_heads
+        module.out_proj.in_features = e
+        module.out_proj.out_features = module.out_proj.weight.shape[0]

@@ -1,0 +1,244 @@
+"""Transformers: attention heads (GQA aware), and keeping Hugging Face configs in step with new sizes.
+
+Attention blocks are recognised by their projections, not by class: ``q_proj/k_proj/v_proj/o_proj``
+(LLaMA, Qwen2, Mistral, ...), ``c_attn/c_proj`` (GPT-2) and ``query/key/value`` with a sibling
+``output.dense`` (BERT). A head unit is one key/value group with all the query heads that share it, so
+grouped-query attention stays valid (the ratio of query to key/value heads is unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import UnsupportedModuleError
+from prunekit.structural.surgery import Removal, record_attrs, structure_state, _size_attrs
+
+
+@dataclass
+class AttentionBlock:
+    """Where the heads of one attention module live. Slices are in output rows of q/k/v and input
+    columns of o (for GPT-2's Conv1D the weight is transposed: columns of c_attn, rows of c_proj)."""
+
+    name: str
+    module: nn.Module
+    style: str  # "llama" | "gpt2" | "bert"
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    out_module: nn.Module
+    out_name: str
+
+    @property
+    def groups(self) -> int:
+        return self.num_kv_heads
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def unit_removal(self, units: list[int]) -> Removal:
+        """Tensor-key -> dim -> indices for removing key/value groups ``units`` (with their query heads)."""
+        d, g = self.head_dim, self.q_per_kv
+        q_idx = np.concatenate([np.arange(u * g * d, (u + 1) * g * d) for u in units]) if units else np.zeros(0, int)
+        kv_idx = np.concatenate([np.arange(u * d, (u + 1) * d) for u in units]) if units else np.zeros(0, int)
+        n = self.name
+        out: Removal = {}
+        if self.style == "llama":
+            out[f"{n}.q_proj.weight"] = {0: q_idx}
+            out[f"{n}.k_proj.weight"] = {0: kv_idx}
+            out[f"{n}.v_proj.weight"] = {0: kv_idx}
+            for p in ("q_proj", "k_proj", "v_proj"):
+                if getattr(self.module, p).bias is not None:
+                    out[f"{n}.{p}.bias"] = {0: q_idx if p == "q_proj" else kv_idx}
+            out[f"{n}.o_proj.weight"] = {1: q_idx}
+        elif self.style == "bert":
+            for p in ("query", "key", "value"):
+                out[f"{n}.{p}.weight"] = {0: q_idx}
+                if getattr(self.module, p).bias is not None:
+                    out[f"{n}.{p}.bias"] = {0: q_idx}
+            out[f"{self.out_name}.weight"] = {1: q_idx}
+        else:  # gpt2: c_attn weight (in, 3E), columns [q | k | v]
+            e = self.num_heads * d
+            cols = np.concatenate([q_idx, q_idx + e, q_idx + 2 * e])
+            out[f"{n}.c_attn.weight"] = {1: cols}
+            out[f"{n}.c_attn.bias"] = {0: cols}
+            out[f"{n}.c_proj.weight"] = {0: q_idx}
+        return out
+
+    def unit_tensors(self, u: int) -> list[tuple[torch.Tensor, int, np.ndarray]]:
+        """(tensor, dim, indices) slices that make up one unit, for scoring."""
+        rem = self.unit_removal([u])
+        out = []
+        for key, dims in rem.items():
+            mod_name, _, attr = key.rpartition(".")
+            t = self.root.get_submodule(mod_name).__getattr__(attr) if self.root is not None else None
+            for dim, idx in dims.items():
+                out.append((t, dim, idx))
+        return out
+
+    root: nn.Module | None = None
+
+    def update_attrs(self, new_heads: int, new_kv: int) -> None:
+        m = self.module
+        if self.style == "llama":
+            for attr, val in (("num_heads", new_heads), ("num_key_value_heads", new_kv)):
+                if hasattr(m, attr):
+                    setattr(m, attr, val)
+        elif self.style == "bert":
+            m.num_attention_heads = new_heads
+            m.all_head_size = new_heads * self.head_dim
+        else:
+            m.num_heads = new_heads
+            m.split_size = new_heads * self.head_dim
+
+
+def find_attention(model: nn.Module) -> list[AttentionBlock]:
+    """Every attention module of a transformer, by its projections. nn.MultiheadAttention is refused
+    (its head width is tied to its input width, so heads cannot go without the residual stream)."""
+    cfg = getattr(model, "config", None)
+    out = []
+    mods = dict(model.named_modules())
+    for name, m in mods.items():
+        if isinstance(m, nn.MultiheadAttention):
+            raise UnsupportedModuleError(
+                f"module '{name}' (nn.MultiheadAttention): Head() cannot remove heads from it, because its "
+                f"operation ties the head width to the input width; prune its MLP channels instead"
+            )
+        ch = dict(m.named_children())
+        if all(k in ch for k in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            hd = int(getattr(m, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
+            if not hd:
+                raise UnsupportedModuleError(f"module '{name}': cannot tell the head size (no head_dim attribute)")
+            h = ch["q_proj"].weight.shape[0] // hd
+            kv = ch["k_proj"].weight.shape[0] // hd
+            out.append(AttentionBlock(name, m, "llama", h, kv, hd, ch["o_proj"], f"{name}.o_proj"))
+        elif "c_attn" in ch and "c_proj" in ch and hasattr(m, "head_dim") and not getattr(m, "is_cross_attention", False):
+            hd = int(m.head_dim)
+            h = ch["c_proj"].weight.shape[0] // hd
+            out.append(AttentionBlock(name, m, "gpt2", h, h, hd, ch["c_proj"], f"{name}.c_proj"))
+        elif all(k in ch for k in ("query", "key", "value")) and hasattr(m, "attention_head_size"):
+            parent_name = name.rpartition(".")[0]
+            outm = mods.get(f"{parent_name}.output.dense")
+            if outm is None:
+                raise UnsupportedModuleError(f"module '{name}': no output projection found next to it")
+            hd = int(m.attention_head_size)
+            h = ch["query"].weight.shape[0] // hd
+            out.append(AttentionBlock(name, m, "bert", h, h, hd, outm, f"{parent_name}.output.dense"))
+    for b in out:
+        b.root = model
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def _layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The main stack of transformer blocks: the longest ModuleList of blocks of one class."""
+    best = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
+            if best is None or len(m) > len(best[1]):
+                best = (name, m)
+    return best
+
+
+def _mlp_width(layer: nn.Module) -> int | None:
+    ch = dict(layer.named_modules())
+    for key in ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense", "mlp.fc1"):
+        if key in ch and hasattr(ch[key], "weight"):
+            return int(ch[key].weight.shape[0])
+    if "mlp.c_fc" in ch:
+        return int(ch["mlp.c_fc"].weight.shape[1])
+    return None
+
+
+def sync_hf_config(model: nn.Module) -> dict[str, Any]:
+    """Write the new sizes into ``model.config`` (hidden size, MLP width, heads, key/value heads, layers).
+
+    Sizes that differ between layers cannot be expressed by most configs; they are stored in
+    ``config.prunekit_structure`` and reported, and ``prunekit.load_model`` restores them.
+    Returns the fields that changed.
+    """
+    cfg = model.config
+    changed: dict[str, Any] = {}
+
+    def put(field_name: str, value: Any) -> None:
+        if getattr(cfg, field_name, None) != value:
+            setattr(cfg, field_name, value)
+            changed[field_name] = value
+
+    try:
+        blocks = find_attention(model)
+    except UnsupportedModuleError:
+        blocks = []
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    old_hidden = getattr(cfg, "hidden_size", None)
+    heads_changed = bool(blocks) and any(b.num_heads != getattr(cfg, "num_attention_heads", b.num_heads) for b in blocks)
+    hidden_changed = emb is not None and old_hidden is not None and emb.weight.shape[1] != old_hidden
+    if (heads_changed or hidden_changed) and blocks and blocks[0].style == "llama":
+        # the head size must no longer be derived from hidden_size / num_attention_heads
+        put("head_dim", blocks[0].head_dim)
+    unexpressible = []
+    if (heads_changed or hidden_changed) and blocks and blocks[0].style != "llama":
+        unexpressible.append("head size (this config derives it from hidden_size / num_attention_heads)")
+    if hidden_changed:
+        put("hidden_size", int(emb.weight.shape[1]))
+    stack = _layers(model)
+    if stack is not None:
+        _, layers = stack
+        if getattr(cfg, "num_hidden_layers", None) not in (None, len(layers)):
+            put("num_hidden_layers", len(layers))
+        widths = [w for w in (_mlp_width(layer) for layer in layers) if w is not None]
+        if widths:
+            if len(set(widths)) == 1:
+                field_name = "n_inner" if hasattr(cfg, "n_inner") else "intermediate_size"
+                if getattr(cfg, field_name, None) != widths[0] and not (
+                    field_name == "n_inner" and getattr(cfg, field_name) is None and widths[0] == 4 * cfg.hidden_size
+                ):
+                    put(field_name, widths[0])
+            else:
+                changed.setdefault("per_layer", {})["intermediate_size"] = widths
+    if blocks:
+        heads = [b.num_heads for b in blocks]
+        kvs = [b.num_kv_heads for b in blocks]
+        if len(set(heads)) == 1 and len(set(kvs)) == 1:
+            if getattr(cfg, "num_attention_heads", heads[0]) != heads[0]:
+                if hasattr(cfg, "head_dim") and getattr(cfg, "head_dim", None) is None:
+                    put("head_dim", blocks[0].head_dim)
+                put("num_attention_heads", heads[0])
+            if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads != kvs[0]:
+                put("num_key_value_heads", kvs[0])
+        else:
+            changed.setdefault("per_layer", {}).update({"num_attention_heads": heads, "num_key_value_heads": kvs})
+    per_layer = changed.pop("per_layer", None)
+    st = structure_state(model)
+    st["config"].update(changed)
+    if unexpressible:
+        st["config"]["prunekit_unexpressible"] = unexpressible
+        cfg.prunekit_unexpressible = unexpressible
+    if per_layer:
+        st["config"]["prunekit_per_layer"] = per_layer
+        cfg.prunekit_per_layer = per_layer
+    return changed
+
+
+def renumber_layers(model: nn.Module) -> None:
+    """After blocks were removed: ``layer_idx`` attributes (used by key/value caches) count 0, 1, ... again
+    and per-layer config lists (``layer_types``) follow."""
+    stack = _layers(model)
+    if stack is None:
+        return
+    _, layers = stack
+    for i, layer in enumerate(layers):
+        for m in layer.modules():
+            if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int):
+                m.layer_idx = i
+
+
+def record_head_attrs(model: nn.Module, blk: AttentionBlock, before: dict) -> None:
+    record_attrs(model, blk.name, before, _size_attrs(blk.module))

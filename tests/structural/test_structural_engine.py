@@ -1,0 +1,252 @@
+"""Dependency tracing, physical channel removal, criteria and allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import prunekit as pk
+import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.structural import (
+    GROUP_ALLOCATIONS,
+    GROUP_CRITERIA,
+    HANDLERS,
+    ModuleHandler,
+    analyze,
+    apply_plan_,
+    apply_structure_record,
+    plan_channels,
+    structure_record,
+)
+from prunekit.structural.criteria import ScoreContext
+from prunekit.structural.surgery import tensor_slots
+from prunekit.structural.trace import Group, Member
+
+
+class Custom(nn.Module):
+    """Concatenation, grouped and depthwise convolution, PReLU, a layer-scale parameter, a residual add,
+    a transposed convolution and a flatten into a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 1)
+        self.g = nn.Conv2d(24, 24, 3, padding=1, groups=4)
+        self.gbn = nn.BatchNorm2d(24)
+        self.dw = nn.Conv2d(24, 48, 3, padding=1, groups=24)
+        self.prelu = nn.PReLU(48)
+        self.pw = nn.Conv2d(48, 16, 1)
+        self.scale = nn.Parameter(torch.rand(16, 1, 1) + 0.5)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.head = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.stem(x)))
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        z = F.relu(self.gbn(self.g(y)))
+        z = self.prelu(self.dw(z))
+        z = self.pw(z) * self.scale + x
+        z = self.head(self.up(z))
+        z = F.adaptive_avg_pool2d(z, 4).flatten(1)
+        return self.fc(z)
+
+
+def _randomize_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def _zero_planned(model: nn.Module, plan) -> None:  # noqa: ANN001
+    """Set every parameter slice of the units the plan removes to zero."""
+    slots = tensor_slots(model)
+    with torch.no_grad():
+        for key, dims in plan.removal().items():
+            t = getattr(slots[key][0].module, slots[key][0].attr)
+            if not isinstance(t, nn.Parameter):
+                continue
+            for d, idx in dims.items():
+                t.index_fill_(d, torch.as_tensor(idx, dtype=torch.long), 0.0)
+
+
+MODELS = {
+    "custom": (lambda: Custom(), (1, 3, 16, 16)),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (1, 3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (1, 3, 32, 32)),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=10), (1, 3, 32, 32)),
+    "shufflenet_v2_x0_5": (lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10), (1, 3, 32, 32)),
+    "resnext50_32x4d": (lambda: torchvision.models.resnext50_32x4d(num_classes=10), (1, 3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_removing_zero_channels_keeps_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    build, shape = MODELS[name]
+    model = build().eval()
+    _randomize_bn(model)
+    x = torch.randn(shape)
+    plan = plan_channels(model, x, 0.5)
+    assert plan.units_removed > 0
+    _zero_planned(model, plan)
+    with torch.no_grad():
+        before = model(x)
+    n0 = sum(p.numel() for p in model.parameters())
+    apply_plan_(model, plan)
+    with torch.no_grad():
+        after = model(x)
+    assert after.shape == before.shape
+    assert sum(p.numel() for p in model.parameters()) < n0
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_custom_model_attributes_follow_the_tensors() -> None:
+    torch.manual_seed(0)
+    model = Custom().eval()
+    x = torch.randn(1, 3, 16, 16)
+    plan = plan_channels(model, x, 0.5)
+    apply_plan_(model, plan)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels
+            assert m.weight.shape[1] * m.groups == m.in_channels
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.num_features == m.weight.shape[0] == m.running_mean.shape[0]
+    assert model.g.groups == 4  # grouped: channels removed uniformly inside every group
+    assert model.dw.groups == model.dw.in_channels and model.dw.out_channels == 2 * model.dw.groups
+    assert model.prelu.num_parameters == model.prelu.weight.numel() == model.dw.out_channels
+    assert model.scale.shape[0] == model.pw.out_channels == model.stem.out_channels
+    assert model.fc.in_features == model.head.out_channels * 16
+    assert model.fc.out_features == 10
+    assert model(x).shape == (1, 10)
+
+
+def test_resnet_residual_channels_form_one_group() -> None:
+    model = torchvision.models.resnet18(num_classes=10)
+    tr = analyze(model, torch.randn(1, 3, 32, 32))
+    g = tr.group_of("conv1.weight", 0)
+    assert g is not None
+    keys = {(m.param, m.dim) for m in g.members}
+    for k in [("bn1.weight", 0), ("layer1.0.conv2.weight", 0), ("layer1.1.conv2.weight", 0),
+              ("layer1.0.conv1.weight", 1), ("layer2.0.downsample.0.weight", 1)]:
+        assert k in keys
+    assert g.size == 64
+    # the classifier's outputs are model outputs: never removable
+    assert tr.group_of("fc.weight", 0) is None or not any(tr.group_of("fc.weight", 0).removable)
+
+
+def test_constant_split_sizes_are_kept() -> None:
+    class Splitter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(4, 4, 1)
+            self.c = nn.Conv2d(4, 4, 1)
+            self.d = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y1, y2 = torch.split(self.a(x), [4, 4], dim=1)
+            return self.d(self.b(y1) + self.c(y2))
+
+    model = Splitter()
+    x = torch.randn(1, 3, 8, 8)
+    tr = analyze(model, x)
+    assert not any(tr.group_of("a.weight", 0).removable)
+    plan = plan_channels(model, x, 0.5)
+    apply_plan_(model, plan)
+    assert model.a.out_channels == 8 and model.b.out_channels == 2
+    assert model(x).shape == (1, 4, 8, 8)
+
+
+def test_unknown_operation_is_refused_naming_module_and_op() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y = torch.fft.fft(y, dim=1).real
+            return self.out(y)
+
+    model = Odd()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(UnsupportedModuleError, match="fft") as err:
+        plan_channels(model, torch.randn(1, 3, 4, 4), 0.5)
+    assert "'<model>' (Odd)" in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_handler_registration_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        HANDLERS.add("bad-handler", object())  # type: ignore[arg-type]
+
+    class NoTypes(ModuleHandler):
+        pass
+
+    with pytest.raises(ConfigError, match="names no module types"):
+        HANDLERS.add("no-types", NoTypes())
+
+
+def _group(sizes: list[int]) -> tuple[Group, ScoreContext]:
+    w = torch.zeros(len(sizes), 2)
+    for i, s in enumerate(sizes):
+        w[i] = s
+    g = Group([Member("w", 0)], [{("w", 0): np.array([i])} for i in range(len(sizes))], [True] * len(sizes))
+    return g, ScoreContext(tensors={"w": w}, params={"w"})
+
+
+def test_criteria_by_hand() -> None:
+    g, ctx = _group([3, 1, 2])
+    np.testing.assert_allclose(GROUP_CRITERIA.get("l1")(g, ctx), [6, 2, 4])
+    np.testing.assert_allclose(GROUP_CRITERIA.get("l2")(g, ctx), np.sqrt([18, 2, 8]))
+    lamp = GROUP_CRITERIA.get("lamp")(g, ctx)
+    assert np.argsort(lamp).tolist() == [1, 2, 0] and lamp[0] == pytest.approx(1.0)
+    for name in GROUP_CRITERIA.names():
+        if name in ("taylor", "hessian"):
+            with pytest.raises(pk.MissingDataError):
+                GROUP_CRITERIA.get(name)(g, ctx)
+        else:
+            assert GROUP_CRITERIA.get(name)(g, ctx).shape == (3,)
+
+
+def test_allocations() -> None:
+    scores = [np.array([5.0, 1, 3, 2]), np.arange(16, dtype=float)]
+    rem = [np.ones(4, bool), np.ones(16, bool)]
+    u = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5)
+    assert u[0].tolist() == [1, 3] and u[1].tolist() == list(range(8))
+    r = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5, round_to=8)
+    assert len(r[1]) == 8 and len(r[0]) == 2
+    r = GROUP_ALLOCATIONS.get("uniform")([np.arange(20.0)], [np.ones(20, bool)], 0.5, round_to=8)
+    assert 20 - len(r[0]) == 16
+    gl = GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=0.5)
+    assert all(len(x) <= 0.5 * len(s) for x, s in zip(gl, scores))
+    with pytest.raises(ConfigError):
+        GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=1.5)
+
+
+def test_structure_record_round_trip(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pk.prune(model, "l1-channel", sparsity=0.4, example_inputs=x, round_to=8, measure=False)
+    rec = structure_record(model)
+    assert rec is not None and rec["shapes"]
+    fresh = apply_structure_record(torchvision.models.mobilenet_v2(num_classes=10), rec)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    torch.testing.assert_close(fresh.eval()(x), model(x))
+    pk.save_model(model, tmp_path / "m")
+    loaded = pk.load_model(tmp_path / "m", model=torchvision.models.mobilenet_v2(num_classes=10)).eval()
+    torch.testing.assert_close(loaded(x), model(x))
+    assert structure_record(torchvision.models.mobilenet_v2()) is None
