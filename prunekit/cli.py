@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prunekit import cli_bench
+from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
 
 app = typer.Typer(
@@ -19,15 +21,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("bench")(cli_bench.bench)
+app.command("advise")(cli_bench.advise)
+app.command("papers")(cli_bench.papers)
 data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -118,12 +120,18 @@ def _calibration(name: str, batches: int, seed: int) -> list:
 
 @app.command()
 def report(
-    path: Annotated[Path, typer.Argument(help="a saved prunekit model directory")],
+    path: Annotated[Path, typer.Argument(help="a saved prunekit model directory, or a results store from `prunekit bench`")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     input_shape: Annotated[Optional[str], typer.Option(help="example input shape for FLOPs and latency")] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="results store only: the report folder")] = None,
+    spec: Annotated[Optional[Path], typer.Option(help="results store only: the benchmark spec (YAML)")] = None,
 ) -> None:
-    """Measure a saved model (parameters, sparsity per layer, FLOPs, latency, file sizes)."""
+    """Measure a saved model (parameters, sparsity per layer, FLOPs, latency, file sizes), or, for a results
+    store, write its tables, plots and HTML report."""
+    if cli_bench.is_results_store(path):
+        cli_bench.report_results(path, out=out, spec=spec)
+        return
     import torch
 
     import prunekit as pk
