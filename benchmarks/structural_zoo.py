@@ -1,13 +1,20 @@
 """Structural pruning over the torchvision classification zoo: 50% of channels, default settings.
 
-For each model: success, prune time, parameters and MACs before/after, CPU latency at batch 1 and 8
-before/after. If torch-pruning is installed, the same models are pruned with it (MetaPruner, group L2
-magnitude, ratio 0.5, final classifier ignored) in the same process, and the ratios are reported.
+For each model: success (with the error message), prune time, parameters and MACs before/after, CPU
+latency at batch 1 and 8 before/after (median of repeats, warm-up excluded). If torch-pruning is installed,
+the same models are pruned with it at its defaults (MagnitudePruner with GroupMagnitudeImportance(p=2),
+pruning_ratio 0.5, the final classifier ignored) in the same process, and the ratios are reported.
 
-    python benchmarks/structural_zoo.py --out results/structural_zoo            # all 21 models
+Prune time is the pruning call alone: ``prunekit.prune(..., measure=False)`` (``prune_s``; ``engine_s`` is the
+part spent planning and cutting, without the core's transaction snapshot and input checks) and, for
+torch-pruning, building the pruner (its dependency graph) plus ``step()``. Both libraries are warmed up on a
+small model first so that lazy imports are not counted. Measurements are separate from the timed call.
+
+    python benchmarks/structural_zoo.py --threads 1                              # all 21 models
     python benchmarks/structural_zoo.py --models resnet18,mobilenet_v2 --size 64  # a quick look
 
-Writes ``<out>.jsonl`` (one record per model and library) and ``<out>.md`` (a table).
+Writes ``<out>.jsonl`` (one record per model and library) and ``<out>.md`` (a table over every record in
+the jsonl). Models already in the jsonl are skipped, so the zoo can be run in pieces (``--fresh`` starts over).
 """
 
 from __future__ import annotations
@@ -70,17 +77,52 @@ def latency_ms(m: nn.Module, x: torch.Tensor, repeats: int, budget_s: float = 4.
     return statistics.median(times)
 
 
+_ENGINE_TIME: dict[str, float] = {}
+
+
+def _time_engine() -> None:
+    """Record the time spent inside the structural method (plan + surgery), apart from pk.prune's own work."""
+    from prunekit.structural.methods import StructuralMethod
+
+    if getattr(StructuralMethod.run, "_timed", False):
+        return
+    orig = StructuralMethod.run
+
+    def run(self, model, request):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        try:
+            return orig(self, model, request)
+        finally:
+            _ENGINE_TIME["last"] = time.perf_counter() - t0
+
+    run._timed = True  # type: ignore[attr-defined]
+    StructuralMethod.run = run  # type: ignore[method-assign]
+
+
 def prune_prunekit(model: nn.Module, x: torch.Tensor) -> None:
     pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The layer that produces the logits: the last Linear or Conv2d in module order."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
 
 
 def prune_torch_pruning(model: nn.Module, x: torch.Tensor) -> None:
     import torch_pruning as tp
 
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=0.5, ignored_layers=last)
+    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                       pruning_ratio=0.5, ignored_layers=[classifier(model)])
     pruner.step()
+
+
+def warm_up(libs: list) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    for _, fn in libs:
+        try:
+            fn(torchvision.models.resnet18(num_classes=10).eval(), x)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def measure(name: str, lib: str, fn: Any, size: int, repeats: int) -> dict[str, Any]:
@@ -94,10 +136,13 @@ def measure(name: str, lib: str, fn: Any, size: int, repeats: int) -> dict[str, 
     rec.update(params_before=params(model), macs_before=macs(model, x1),
                lat1_before=latency_ms(model, x1, repeats), lat8_before=latency_ms(model, x8, max(3, repeats // 3)))
     work = copy.deepcopy(model)
+    _ENGINE_TIME.clear()
     t0 = time.perf_counter()
     try:
         fn(work, x1)
         rec["prune_s"] = time.perf_counter() - t0
+        if "last" in _ENGINE_TIME:
+            rec["engine_s"] = _ENGINE_TIME["last"]
         work.eval()
         with torch.no_grad():
             out_shape = tuple(work(x1).shape)
@@ -119,8 +164,8 @@ def table(records: list[dict[str, Any]]) -> str:
     by = {(r["model"], r["lib"]): r for r in records}
     models = list(dict.fromkeys(r["model"] for r in records))
     has_tp = any(r["lib"] == "torch-pruning" for r in records)
-    head = "| model | ok | prune s | params | MACs x | speedup b1 | speedup b8 |"
-    sep = "|---|---|---|---|---|---|---|"
+    head = "| model | ok | prune s | engine s | params | MACs x | speedup b1 | speedup b8 |"
+    sep = "|---|---|---|---|---|---|---|---|"
     if has_tp:
         head += " TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | time ratio pk/TP |"
         sep += "---|---|---|---|---|---|"
@@ -129,17 +174,19 @@ def table(records: list[dict[str, Any]]) -> str:
     def f(r: dict | None, k: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(r[k]) if r and k in r else "-"
 
-    tot_pk = tot_tp = 0.0
+    tot_pk = tot_tp = tot_eng = 0.0
     for m in models:
         a, b = by.get((m, "prunekit")), by.get((m, "torch-pruning"))
         p = f"{a['params_before'] / 1e6:.1f}M -> {a['params_after'] / 1e6:.1f}M" if a and "params_after" in a else "-"
-        row = f"| {m} | {'yes' if a and a['ok'] else 'NO'} | {f(a, 'prune_s')} | {p} | {f(a, 'macs_reduction')} | " \
+        row = f"| {m} | {'yes' if a and a['ok'] else 'NO'} | {f(a, 'prune_s')} | {f(a, 'engine_s')} | {p} | " \
+              f"{f(a, 'macs_reduction')} | " \
               f"{f(a, 'speedup1')} | {f(a, 'speedup8')} |"
         if has_tp:
             ratio = "-"
             if a and b and a.get("ok") and b.get("ok"):
                 ratio = f"{a['prune_s'] / b['prune_s']:.2f}"
                 tot_pk += a["prune_s"]
+                tot_eng += a.get("engine_s", a["prune_s"])
                 tot_tp += b["prune_s"]
             row += f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | " \
                    f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {ratio} |"
@@ -152,7 +199,12 @@ def table(records: list[dict[str, Any]]) -> str:
         lines.append(f"torch-pruning: {ok_tp}/{len(models)}.")
         if tot_tp:
             lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, torch-pruning {tot_tp:.1f} s "
-                         f"(ratio {tot_pk / tot_tp:.2f}).")
+                         f"(ratio {tot_pk / tot_tp:.2f}); prunekit's engine alone {tot_eng:.1f} s "
+                         f"(ratio {tot_eng / tot_tp:.2f}).")
+    errors = [r for r in records if not r.get("ok") and r.get("error")]
+    if errors:
+        lines += ["", "failures:"]
+        lines += [f"- {r['model']} ({r['lib']}): {r['error']}" for r in errors]
     return "\n".join(lines)
 
 
@@ -164,6 +216,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/structural_zoo")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning even if it is installed")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    ap.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the records already in <out>.jsonl")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,19 +226,31 @@ def main() -> None:
         libs = [("prunekit", prune_prunekit)] + ([] if args.no_tp else [("torch-pruning", prune_torch_pruning)])
     except ImportError:
         libs = [("prunekit", prune_prunekit)]
+    _time_engine()
+    warm_up(libs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = []
-    with open(out.with_suffix(".jsonl"), "w") as fh:
+    jsonl = out.with_suffix(".jsonl")
+    records: list[dict[str, Any]] = []
+    if jsonl.exists() and not args.fresh:
+        records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    done = {(r["model"], r["lib"]) for r in records}
+    with open(jsonl, "w" if args.fresh else "a") as fh:
         for name in args.models.split(","):
             for lib, fn in libs:
+                if (name, lib) in done:
+                    print(f"{name:20s} {lib:14s} already in {jsonl}, skipped", flush=True)
+                    continue
                 rec = measure(name, lib, fn, args.size, args.repeats)
+                rec["threads"] = torch.get_num_threads()
                 records.append(rec)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 print(f"{name:20s} {lib:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
                       f"b1x{rec.get('speedup1', 0):.2f} b8x{rec.get('speedup8', 0):.2f} "
                       f"MACsx{rec.get('macs_reduction', 0):.2f} {rec.get('error', '')}", flush=True)
+    order = {m: i for i, m in enumerate(ZOO)}
+    records.sort(key=lambda r: (order.get(r["model"], len(order)), r["lib"] != "prunekit"))
     md = table(records)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)

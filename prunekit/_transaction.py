@@ -1,30 +1,69 @@
-"""Transactional changes: any error inside leaves the model bit-identical to before."""
+"""Transactional changes: any error inside leaves the model as it was."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+_SHALLOW_DICTS = ("_parameters", "_buffers", "_modules")
+
+
+def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor]]]:
+    """For every module: its attribute dict (registries copied shallowly, other values deep-copied with one
+    shared memo so that objects shared between modules, such as a Hugging Face config, stay shared) and the
+    storage each of its tensors points at. No weight is copied."""
+    memo: dict[int, Any] = {}
+    out = []
+    for module in model.modules():
+        saved: dict[str, Any] = {}
+        for key, value in module.__dict__.items():
+            if key in _SHALLOW_DICTS or isinstance(value, (nn.Module, torch.Tensor)) or key.endswith("hooks"):
+                saved[key] = dict(value) if isinstance(value, dict) else value
+            else:
+                try:
+                    saved[key] = copy.deepcopy(value, memo)
+                except Exception:  # an attribute that cannot be copied is kept by reference
+                    saved[key] = value
+        data = {
+            id(t): t.data
+            for t in list(module._parameters.values()) + list(module._buffers.values())
+            if t is not None
+        }
+        out.append((module, saved, data))
+    return out
+
+
+def _restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor]]]) -> None:
+    for module, saved, data in snapshot:
+        module.__dict__.clear()
+        module.__dict__.update(saved)
+        for t in list(module._parameters.values()) + list(module._buffers.values()):
+            if t is not None and id(t) in data:
+                t.data = data[id(t)]
+
 
 @contextmanager
-def transaction(model: nn.Module, *, deep: bool = False) -> Iterator[None]:
+def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]:
     """Snapshot ``model``; if the block raises, restore it and re-raise.
 
-    The default snapshot copies every parameter and buffer and remembers which parametrizations exist, which
-    undoes value changes and added masks. ``deep=True`` snapshots the whole module tree, for changes that
-    replace modules or shapes (structural surgery).
+    The default snapshot copies every parameter and buffer value and remembers which parametrizations
+    exist: it undoes value changes and added masks bit for bit. ``structural=True`` is for surgery that
+    replaces modules, parameters and attributes instead of writing into tensors: it snapshots the module
+    tree (attribute dicts and tensor references, configs deep-copied) without copying any weight, and
+    restores the original objects on failure.
     """
-    if deep:
-        backup = copy.deepcopy(model)
+    if structural:
+        snap = _snapshot_tree(model)
         try:
             yield
         except BaseException:
-            model.__dict__.clear()
-            model.__dict__.update(backup.__dict__)
+            _restore_tree(snap)
             raise
         return
     tensors = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}

@@ -99,7 +99,7 @@ def prune(
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
         raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
-    with transaction(model, deep=m.structural):
+    with transaction(model, structural=m.structural):
         outcome = m.run(model, request)
     after = measure(model, example_inputs, latency=do_latency) if do_measure else None
     settings = {

@@ -263,3 +263,30 @@ def test_methods_registry_contract():
         assert method.description, name
         checked.append(name)
     assert {"magnitude", "random", "snip", "lamp", "erk", "grasp", "synflow"} <= set(checked)
+
+
+def test_structural_failure_mid_surgery_restores_model(monkeypatch):
+    from prunekit.structural import surgery
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    expected = model(x)
+    before = snapshot(model)
+    seen = {}
+
+    real = surgery.record_shapes
+
+    def flaky(m, old_shapes):
+        if m is not model:  # the engine first tries its plan on a data-free copy
+            return real(m, old_shapes)
+        seen["out"] = m.layer1[0].conv1.out_channels  # the surgery has already replaced tensors and attributes
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(surgery, "record_shapes", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        pk.prune(model, "l1-channel", sparsity=0.5, example_inputs=x, measure=False)
+    assert seen["out"] == 32
+    assert_unchanged(model, before)
+    assert model.layer1[0].conv1.out_channels == 64 and model.fc.in_features == 512
+    assert torch.equal(model(x), expected)

@@ -4,7 +4,8 @@
 ``plan_layers`` decide what goes, and the ``apply_*`` functions remove it physically. The named methods
 ("l1-channel", "head", "layer", "embedding", ...) are registered with :data:`prunekit.METHODS` by
 ``prunekit.structural.methods``. ``structure_record`` / ``apply_structure_record`` save and restore the
-new shapes.
+new shapes; ``from_pretrained_pruned`` reloads a pruned Hugging Face model whose config cannot express its
+shapes (head sizes, per-layer widths).
 """
 
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
@@ -13,6 +14,7 @@ from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
 from prunekit.structural.engine import StructuralPlan, analyze, apply_plan_, plan_channels, prune_channels_
 from prunekit.structural.granularity import Embedding, Head, Layer
 from prunekit.structural.handlers import HANDLERS, ModuleHandler, register_handler
+from prunekit.structural.hf import from_pretrained_pruned
 from prunekit.structural.record import apply_structure_record, structure_record
 from prunekit.structural.surgery import remove_
 from prunekit.structural.trace import Group, Member, TraceResult, trace_groups
@@ -37,6 +39,7 @@ __all__ = [
     "apply_layer_plan_",
     "apply_plan_",
     "apply_structure_record",
+    "from_pretrained_pruned",
     "plan_channels",
     "plan_heads",
     "plan_layers",

@@ -57,9 +57,39 @@ def _per_index(t: Tensor, dim: int, fn: Callable[[Tensor], Tensor]) -> np.ndarra
     return x.double().cpu().numpy()
 
 
+def _norm_per_index(t: Tensor, dim: int, p: int) -> np.ndarray:
+    """``sum |t|^p`` over every dimension except ``dim``, without a temporary of the tensor's size: the
+    dimensions after ``dim`` are reduced by a norm (a fast contiguous reduction), those before it in chunks
+    of rows (a norm over a leading dimension is a slow strided reduction)."""
+    x = t.detach()
+    if x.dim() == 0:
+        return np.full(1, float(x.float().abs() ** p))
+    if not x.is_contiguous():
+        x = x.contiguous()
+    n = x.shape[dim]
+    lead = int(np.prod(x.shape[:dim])) if dim else 1
+    x3 = x.reshape(lead, n, -1).float()
+
+    def part(rows: Tensor) -> Tensor:  # (r, n, b) -> (r, n): sum of |x|^p over the trailing dimension
+        if rows.shape[2] > 1:
+            v = torch.linalg.vector_norm(rows, ord=p, dim=2)
+            return v if p == 1 else v**p
+        v = rows[:, :, 0].abs()
+        return v if p == 1 else v**p
+
+    if lead == 1:
+        return part(x3)[0].double().cpu().numpy()
+    acc = torch.zeros(n, dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 20) // max(n * x3.shape[2], 1))
+    for i in range(0, lead, step):
+        acc += part(x3[i: i + step]).sum(0, dtype=torch.float64)
+    return acc.cpu().numpy()
+
+
 def _reduce(group: Group, ctx: ScoreContext, per_member: Callable[[str, int], np.ndarray | None]) -> np.ndarray:
+    """Sum the per-index values of every member into the units they belong to."""
     scores = np.zeros(group.size)
-    for m in group.members:
+    for m, lab in zip(group.members, group.index_class):
         ck = (getattr(per_member, "__qualname__", ""), m.param, m.dim)
         if ck in ctx.cache:
             vec = ctx.cache[ck]
@@ -67,11 +97,11 @@ def _reduce(group: Group, ctx: ScoreContext, per_member: Callable[[str, int], np
             vec = ctx.cache[ck] = per_member(m.param, m.dim)
         if vec is None:
             continue
-        k = (m.param, m.dim)
-        for c, cls in enumerate(group.classes):
-            idx = cls.get(k)
-            if idx is not None:
-                scores[c] += float(vec[idx[0]]) if len(idx) == 1 else float(vec[idx].sum())
+        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if vec.size != lab.size:  # a statistic of another shape (e.g. a broadcast scalar): one value per index
+            vec = np.broadcast_to(vec[:1], lab.shape) if vec.size == 1 else vec[: lab.size]
+        ok = lab >= 0
+        scores += np.bincount(lab[ok], weights=vec[ok], minlength=group.size)
     return scores
 
 
@@ -86,7 +116,7 @@ def l1(group: Group, ctx: ScoreContext) -> np.ndarray:
 
     def f(key: str, dim: int) -> np.ndarray | None:
         w = _weights(ctx, key)
-        return None if w is None else _per_index(w, dim, torch.abs)
+        return None if w is None else _norm_per_index(w, dim, 1)
 
     return _reduce(group, ctx, f)
 
@@ -98,7 +128,7 @@ def l2(group: Group, ctx: ScoreContext) -> np.ndarray:
 
     def f(key: str, dim: int) -> np.ndarray | None:
         w = _weights(ctx, key)
-        return None if w is None else _per_index(w, dim, torch.square)
+        return None if w is None else _norm_per_index(w, dim, 2)
 
     return np.sqrt(_reduce(group, ctx, f))
 
@@ -114,7 +144,7 @@ def bn_scale(group: Group, ctx: ScoreContext) -> np.ndarray:
     def f(key: str, dim: int) -> np.ndarray | None:
         if key not in ctx.norm_weights:
             return None
-        return _per_index(ctx.tensors[key], dim, torch.abs)
+        return _norm_per_index(ctx.tensors[key], dim, 1)
 
     return _reduce(group, ctx, f)
 
@@ -182,7 +212,7 @@ def lamp(group: Group, ctx: ScoreContext) -> np.ndarray:
         w = _weights(ctx, key)
         if w is None:
             return None
-        u = _per_index(w, dim, torch.square)
+        u = _norm_per_index(w, dim, 2)
         order = np.argsort(u, kind="stable")
         tail = np.cumsum(u[order][::-1])[::-1]
         out = np.empty_like(u)

@@ -54,15 +54,20 @@ class StructuralPlan:
     seconds: float = 0.0
 
     def removal(self, only: Iterable[int] | None = None) -> Removal:
-        out: Removal = {}
+        parts: dict[str, dict[int, list[np.ndarray]]] = {}
         sel = range(len(self.groups)) if only is None else only
         for g in sel:
+            r = self.remove[g]
+            if not len(r):
+                continue
             grp = self.groups[g]
-            for c in self.remove[g].tolist():
-                for (key, dim), idx in grp.classes[c].items():
-                    out.setdefault(key, {}).setdefault(dim, [])  # type: ignore[arg-type]
-                    out[key][dim].extend(idx.tolist())  # type: ignore[union-attr]
-        return {k: {d: np.asarray(sorted(set(v)), dtype=np.int64) for d, v in dims.items()} for k, dims in out.items()}
+            gone = np.zeros(grp.size, dtype=bool)
+            gone[r] = True
+            for m, lab in zip(grp.members, grp.index_class):
+                idx = np.nonzero(gone[lab])[0]
+                if idx.size:
+                    parts.setdefault(m.param, {}).setdefault(m.dim, []).append(idx)
+        return {k: {d: np.unique(np.concatenate(v)).astype(np.int64) for d, v in dims.items()} for k, dims in parts.items()}
 
     @property
     def units_removed(self) -> int:
@@ -94,14 +99,73 @@ def fixed_dims(targets: set[str] | None) -> Callable[[str, nn.Module], list[tupl
     return f
 
 
-def analyze(model: nn.Module, example_inputs: Any, *, targets: Iterable[str] | None = None, strict: bool = True) -> TraceResult:
+_TRACE_SIDE = 64  # images are traced at this shorter side: channel coupling does not depend on the size
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    targets: Iterable[str] | None = None,
+    strict: bool = True,
+    reduce_spatial: bool = True,
+) -> TraceResult:
     """Trace ``model`` into dependency groups (nothing is changed). ``targets``: names of the modules
     allowed to lose output channels (default: every conv / linear layer whose outputs are not model
-    outputs)."""
+    outputs).
+
+    ``reduce_spatial``: an image batch (one N x C x H x W float tensor) is first traced downscaled to a
+    shorter side of 64, because which channels are coupled does not depend on the image size and the trace
+    then costs a fraction of the compute. If the model refuses the smaller image (a fixed input size, a
+    flatten into a linear layer), it is traced at the given size. The output shapes recorded for
+    validation are always those of the given inputs.
+    """
     if example_inputs is None:
         raise DataError("structural pruning traces the model: pass example_inputs= (a batch the model accepts)")
     tset = set(targets) if targets is not None else None
+    small = _downscaled(example_inputs) if reduce_spatial else None
+    if small is not None:
+        try:
+            tr = trace_groups(model, small, strict=strict, fixed=fixed_dims(tset))
+        except Exception:  # noqa: BLE001  the model wants its own size: trace at that size below
+            tr = None
+        if tr is not None:
+            shapes = _output_shapes(model, example_inputs)
+            if shapes is not None:
+                tr.output_shapes = shapes
+                tr.notes.append(f"traced at {tuple(small.shape)} (channel coupling does not depend on image size)")
+                return tr
     return trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset))
+
+
+def _downscaled(x: Any) -> Tensor | None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        return None
+    h, w = x.shape[-2:]
+    if min(h, w) <= _TRACE_SIDE:
+        return None
+    scale = _TRACE_SIDE / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x.detach(), size=size, mode="bilinear", align_corners=False)
+
+
+def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]] | None:
+    """Shapes of the model's tensor outputs on ``example_inputs``, from a forward pass on the meta device
+    (no compute), or a real one if the model has an operation without a meta kernel."""
+    was = model.training
+    model.eval()
+    try:
+        for meta in (True, False):
+            try:
+                m = _meta_copy(model) if meta else model
+                with torch.no_grad():
+                    out = _call(m, _to_meta(example_inputs) if meta else example_inputs)
+                return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
+            except Exception:  # noqa: BLE001
+                continue
+        return None
+    finally:
+        model.train(was)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -311,15 +375,16 @@ def _plan_channels(
 
 def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
     """Never empty a member dimension: drop removals that would take a member's last index."""
-    left: dict[tuple[str, int], int] = {}
-    for cls in g.classes:
-        for k, idx in cls.items():
-            left[k] = left.get(k, 0) + len(idx)
+    if not len(remove):
+        return np.asarray(remove, dtype=np.int64)
+    counts = g.counts()
+    left = counts.sum(1)
+    if (counts[:, remove].sum(1) < left).all():  # the usual case: every member keeps something
+        return np.asarray(remove, dtype=np.int64)
     keep = []
     for c in remove.tolist():
-        if all(left[k] - len(idx) > 0 for k, idx in g.classes[c].items()):
-            for k, idx in g.classes[c].items():
-                left[k] -= len(idx)
+        if (left - counts[:, c] > 0).all():
+            left = left - counts[:, c]
             keep.append(c)
     return np.asarray(keep, dtype=np.int64)
 

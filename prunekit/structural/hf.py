@@ -224,6 +224,7 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
     if per_layer:
         st["config"]["prunekit_per_layer"] = per_layer
         cfg.prunekit_per_layer = per_layer
+    record_hf_structure(model)
     return changed
 
 
@@ -242,3 +243,166 @@ def renumber_layers(model: nn.Module) -> None:
 
 def record_head_attrs(model: nn.Module, blk: AttentionBlock, before: dict) -> None:
     record_attrs(model, blk.name, before, _size_attrs(blk.module))
+
+
+# ------------------------------------------------------------------------------------- save and reload
+
+HF_FORMAT = "prunekit-hf-structure/1"
+HF_CONFIG_KEY = "prunekit_structure"
+
+
+def hf_structure_diff(model: nn.Module) -> dict[str, Any] | None:
+    """What a model freshly built from ``model.config`` would get wrong: the tensor shapes and module size
+    attributes (head size, per-layer widths) that the config cannot express. None when it builds exactly.
+
+    The reference model is built on the meta device (no memory, no initialisation cost).
+    """
+    import copy
+
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, HF_CONFIG_KEY):
+        delattr(cfg, HF_CONFIG_KEY)
+    try:
+        with torch.device("meta"):
+            ref = type(model)(cfg)
+    except Exception as e:  # noqa: BLE001  a config the class refuses (e.g. hidden size not divisible by heads)
+        return {"format": HF_FORMAT, "error": f"{type(e).__name__}: {e}"}
+    ref_tensors = dict(ref.named_parameters(remove_duplicate=False)) | dict(ref.named_buffers(remove_duplicate=False))
+    shapes: dict[str, list[int]] = {}
+    missing: list[str] = []
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        r = ref_tensors.get(name)
+        if r is None:
+            missing.append(name)
+        elif tuple(r.shape) != tuple(t.shape):
+            shapes[name] = list(t.shape)
+    ref_mods = dict(ref.named_modules())
+    attrs: dict[str, dict[str, Any]] = {}
+    for mname, mod in model.named_modules():
+        rm = ref_mods.get(mname)
+        if rm is None:
+            continue
+        mine, theirs = _plain_attrs(mod), _plain_attrs(rm)
+        diff = {k: (list(v) if isinstance(v, tuple) else v) for k, v in mine.items() if theirs.get(k, v) != v}
+        if diff:
+            attrs[mname] = diff
+    if not shapes and not attrs and not missing:
+        return None
+    out: dict[str, Any] = {"format": HF_FORMAT, "shapes": shapes, "attrs": attrs}
+    if missing:
+        out["error"] = f"the config builds a model without {missing[0]} (and {len(missing) - 1} more)"
+    return out
+
+
+def _plain_attrs(module: nn.Module) -> dict[str, Any]:
+    """Size attributes and derived numbers (a head size's ``scaling``) of a module."""
+    out = _size_attrs(module)
+    for k, v in vars(module).items():
+        if not k.startswith("_") and isinstance(v, float):
+            out[k] = v
+    return out
+
+
+def record_hf_structure(model: nn.Module) -> None:
+    """Store :func:`hf_structure_diff` in ``model.config`` (removed when the config says it all), so that
+    ``save_pretrained`` writes it into config.json for :func:`from_pretrained_pruned`."""
+    diff = hf_structure_diff(model)
+    if diff is None:
+        if hasattr(model.config, HF_CONFIG_KEY):
+            delattr(model.config, HF_CONFIG_KEY)
+    else:
+        setattr(model.config, HF_CONFIG_KEY, diff)
+
+
+def from_pretrained_pruned(model_class: Any, path: str, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a structurally pruned Hugging Face model written by ``save_pretrained``.
+
+    ``model_class``: the model class (``GPT2LMHeadModel``) or an Auto class (``AutoModelForCausalLM``).
+    The model is built from the saved config, reshaped as its ``prunekit_structure`` entry records (head
+    sizes and per-layer widths that the config cannot express), and the safetensors weights are loaded
+    strictly (no pickle is read). Models whose config expresses every shape also load with the stock
+    ``from_pretrained``; this loader accepts both.
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from prunekit.errors import CheckpointError
+
+    directory = Path(path)
+    config = AutoConfig.from_pretrained(str(directory))
+    record = getattr(config, HF_CONFIG_KEY, None)
+    if record is not None and (not isinstance(record, dict) or record.get("format") != HF_FORMAT):
+        raise CheckpointError(f"{directory}: config.{HF_CONFIG_KEY} is not a prunekit record (format {HF_FORMAT!r})")
+    if record and record.get("error"):
+        raise CheckpointError(f"{directory}: the pruned model cannot be rebuilt from its config: {record['error']}")
+    model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
+    if record:
+        _apply_hf_structure(model, record)
+    state = _read_safetensors(directory)
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    unexpected = sorted(set(state) - set(tensors))
+    if unexpected:
+        raise CheckpointError(f"{directory}: weights {unexpected[:5]} do not belong to {type(model).__name__}")
+    loaded_ids = {id(tensors[k]) for k in state}
+    persistent = set(model.state_dict().keys())
+    missing = [k for k in persistent if k not in state and id(tensors.get(k)) not in loaded_ids]
+    if missing:
+        raise CheckpointError(f"{directory}: the saved weights lack {missing[:5]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            t = tensors[k]
+            if tuple(t.shape) != tuple(v.shape):
+                raise CheckpointError(f"{directory}: {k} has shape {tuple(v.shape)} in the file, "
+                                      f"{tuple(t.shape)} in the rebuilt model")
+            t.copy_(v)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def _read_safetensors(directory: Any) -> dict[str, torch.Tensor]:
+    import json
+
+    from safetensors.torch import load_file
+
+    from prunekit.errors import CheckpointError
+
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return load_file(str(single))
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            out.update(load_file(str(directory / f)))
+        return out
+    raise CheckpointError(f"{directory} holds no safetensors weights (model.safetensors); save with safe_serialization")
+
+
+def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
+    from prunekit.errors import CheckpointError
+    from prunekit.structural.surgery import tensor_slots
+
+    slots = tensor_slots(model)
+    alias = {}
+    for key, sl in slots.items():
+        for s in sl:
+            alias[f"{s.module_name}.{s.attr}" if s.module_name else s.attr] = key
+    for name, shape in record.get("shapes", {}).items():
+        key = alias.get(name)
+        if key is None:
+            raise CheckpointError(f"the structure record names {name!r}, which the rebuilt model does not have")
+        old = getattr(slots[key][0].module, slots[key][0].attr)
+        data = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        repl = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+        for s in slots[key]:
+            (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = repl  # type: ignore[assignment]
+    for mname, attrs in record.get("attrs", {}).items():
+        try:
+            mod = model.get_submodule(mname) if mname else model
+        except AttributeError as e:
+            raise CheckpointError(f"the structure record names module {mname!r}, which the model does not have") from e
+        for k, v in attrs.items():
+            setattr(mod, k, tuple(v) if isinstance(v, list) else v)

@@ -37,46 +37,59 @@ _ELEMENT_ATOM_LIMIT = 4_000_000
 
 
 class _UnionFind:
-    """Union-find over atoms with per-class flags (weak, producer)."""
+    """Atoms with per-atom flags (weak, producer) and the couplings between them.
+
+    Couplings are only recorded while tracing (a list append, or one array per operation); the classes are
+    resolved once at the end as connected components, which is much faster than a Python union-find over
+    every channel of every layer. Flags are per atom: a class is a producer if any of its atoms is one.
+    """
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self.n = 0
         self.weak: list[bool] = []
         self.producer: list[bool] = []
+        self._a: list[int] = []
+        self._b: list[int] = []
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] = []
 
     def make(self, n: int, *, weak: bool = False, producer: bool = False) -> int:
-        base = len(self.parent)
-        self.parent.extend(range(base, base + n))
+        base = self.n
+        self.n += n
         self.weak.extend([weak] * n)
         self.producer.extend([producer] * n)
         return base
 
-    def find(self, a: int) -> int:
-        p = self.parent
-        root = a
-        while p[root] != root:
-            root = p[root]
-        while p[a] != root:
-            p[a], a = root, p[a]
-        return root
-
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.weak[ra] and not self.weak[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.producer[ra] = self.producer[ra] or self.producer[rb]
-        self.weak[ra] = self.weak[ra] and self.weak[rb]
+        self._a.append(a)
+        self._b.append(b)
+
+    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        self._arrays.append((np.asarray(a, dtype=np.int64).reshape(-1), np.asarray(b, dtype=np.int64).reshape(-1)))
+
+    def mark_producer(self, base: int, n: int) -> None:
+        self.producer[base: base + n] = [True] * n
 
     def roots(self) -> np.ndarray:
-        r = np.asarray(self.parent, dtype=np.int64)
-        while True:
-            nxt = r[r]
-            if np.array_equal(nxt, r):
-                return r
-            r = nxt
+        """For every atom, the smallest atom of its class (connected components of the couplings, by
+        hooking roots onto smaller roots and pointer jumping, all vectorised)."""
+        a = np.concatenate([np.asarray(self._a, dtype=np.int64)] + [x for x, _ in self._arrays])
+        b = np.concatenate([np.asarray(self._b, dtype=np.int64)] + [y for _, y in self._arrays])
+        lab = np.arange(self.n, dtype=np.int64)
+        while a.size:
+            la, lb = lab[a], lab[b]
+            diff = la != lb
+            if not diff.any():
+                break
+            a, b, la, lb = a[diff], b[diff], la[diff], lb[diff]
+            low = np.minimum(la, lb)
+            np.minimum.at(lab, la, low)
+            np.minimum.at(lab, lb, low)
+            while True:
+                nxt = lab[lab]
+                if np.array_equal(nxt, lab):
+                    break
+                lab = nxt
+        return lab
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -179,22 +192,73 @@ class Member:
     dim: int
 
 
-@dataclass
 class Group:
-    """Coupled parameter dimensions; ``classes[k]`` maps each member to the indices removed together."""
+    """Coupled parameter dimensions, split into units (classes) that are removed together.
 
-    members: list[Member]
-    classes: list[dict[tuple[str, int], np.ndarray]]
-    removable: list[bool]
+    ``index_class[m]`` gives, for every index of member ``m`` along its dimension, the unit it belongs to
+    (the compact form the engine computes with); ``classes[k]`` is the per-unit view, mapping each member
+    to the indices of unit ``k``. Either may be given; the other is derived on first use.
+    """
+
+    def __init__(
+        self,
+        members: list[Member],
+        classes: list[dict[tuple[str, int], np.ndarray]] | None = None,
+        removable: list[bool] | None = None,
+        *,
+        index_class: list[np.ndarray] | None = None,
+        size: int | None = None,
+    ) -> None:
+        if classes is None and index_class is None:
+            raise ValueError("a Group needs classes or index_class")
+        self.members = members
+        self._classes = classes
+        if index_class is None:
+            assert classes is not None
+            index_class = []
+            for m in members:
+                k = (m.param, m.dim)
+                n = sum(len(c[k]) for c in classes if k in c)
+                lab = np.full(n, -1, dtype=np.int64)
+                for ci, c in enumerate(classes):
+                    if k in c:
+                        lab[np.asarray(c[k], dtype=np.int64)] = ci
+                index_class.append(lab)
+            size = len(classes)
+        self.index_class = [np.asarray(a, dtype=np.int64) for a in index_class]
+        self._size = int(size) if size is not None else int(max((a.max() for a in self.index_class if a.size), default=-1)) + 1
+        self.removable = list(removable) if removable is not None else [True] * self._size
 
     @property
     def size(self) -> int:
-        return len(self.classes)
+        return self._size
+
+    @property
+    def classes(self) -> list[dict[tuple[str, int], np.ndarray]]:
+        if self._classes is None:
+            out: list[dict[tuple[str, int], np.ndarray]] = [{} for _ in range(self._size)]
+            for m, lab in zip(self.members, self.index_class):
+                order = np.argsort(lab, kind="stable")
+                cuts = np.searchsorted(lab[order], np.arange(self._size + 1))
+                for c in np.unique(lab[lab >= 0]).tolist():
+                    out[c][(m.param, m.dim)] = order[cuts[c]: cuts[c + 1]]
+            self._classes = out
+        return self._classes
+
+    def counts(self) -> np.ndarray:
+        """(members x units) matrix: how many indices of each member every unit holds."""
+        out = np.zeros((len(self.members), self._size), dtype=np.int64)
+        for i, lab in enumerate(self.index_class):
+            out[i] = np.bincount(lab[lab >= 0], minlength=self._size)
+        return out
 
     def describe(self) -> str:
         ms = ", ".join(f"{m.param}[dim {m.dim}]" for m in self.members[:6])
         more = f" (+{len(self.members) - 6} more)" if len(self.members) > 6 else ""
         return f"group of {self.size} units ({sum(self.removable)} removable): {ms}{more}"
+
+    def __repr__(self) -> str:
+        return f"Group({self.describe()})"
 
 
 @dataclass
@@ -321,9 +385,7 @@ class _Tracer(TorchDispatchMode):
             self.dim_atoms[k] = self.uf.make(param.shape[dim], producer=producer)
             self.param_shapes[key] = tuple(param.shape)
         elif producer:
-            base = self.dim_atoms[k]
-            for i in range(param.shape[dim]):
-                self.uf.producer[self.uf.find(base + i)] = True
+            self.uf.mark_producer(self.dim_atoms[k], param.shape[dim])
         if producer and self.module_stack:
             self.producer_of.setdefault(k, self.module_stack[-1])
         base = self.dim_atoms[k]
@@ -336,13 +398,11 @@ class _Tracer(TorchDispatchMode):
             self.pinned.append(np.unique(a))
 
     def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
-        ok = (a >= 0) & (b >= 0)
-        if not ok.any():
-            return
-        pairs = _unique_pairs(a[ok], b[ok])
-        for x, y in pairs.tolist():
-            if x != y:
-                self.uf.union(x, y)
+        a = np.asarray(a, dtype=np.int64).reshape(-1)
+        b = np.asarray(b, dtype=np.int64).reshape(-1)
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        if ok.any():
+            self.uf.union_many(a[ok], b[ok])
 
     # -- labels -----------------------------------------------------------------------------------------
     def view_of(self, t: Tensor) -> _ParamView | None:
@@ -1423,42 +1483,51 @@ def _build_groups(tr: _Tracer) -> TraceResult:
     if not members:
         return TraceResult(groups=[], notes=notes)
     keys = list(members)
-    sizes = [len(members[k]) for k in keys]
+    sizes = np.asarray([len(members[k]) for k in keys], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
     all_roots = np.concatenate([members[k] for k in keys])
     all_keys = np.repeat(np.arange(len(keys)), sizes)
-    all_idx = np.concatenate([np.arange(n) for n in sizes])
-    order = np.lexsort((all_idx, all_keys, all_roots))
-    all_roots, all_keys, all_idx = all_roots[order], all_keys[order], all_idx[order]
-    # connected components of keys that share a root
-    parent = list(range(len(keys)))
-
-    def f(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    same = np.nonzero((all_roots[1:] == all_roots[:-1]) & (all_keys[1:] != all_keys[:-1]))[0]
-    for i in same.tolist():
-        ra, rb = f(int(all_keys[i])), f(int(all_keys[i + 1]))
-        if ra != rb:
-            parent[rb] = ra
-    comp = np.asarray([f(i) for i in range(len(keys))])
-    # split the sorted entries into (root, key) runs
-    bounds = np.nonzero((all_roots[1:] != all_roots[:-1]) | (all_keys[1:] != all_keys[:-1]))[0] + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(all_roots)]])
-    by_comp: dict[int, dict[int, dict[tuple[str, int], np.ndarray]]] = {}
+    # connected components of keys that share a root (union-find over keys, vectorised by label spreading)
+    comp = np.arange(len(keys))
+    order = np.argsort(all_roots, kind="stable")
+    r_sorted = all_roots[order]
+    run_start = np.concatenate([[True], r_sorted[1:] != r_sorted[:-1]])
+    run_id = np.cumsum(run_start) - 1
+    k_sorted = all_keys[order]
+    while True:
+        c = comp[k_sorted]
+        run_min = np.full(int(run_id[-1]) + 1, len(keys), dtype=np.int64)
+        np.minimum.at(run_min, run_id, c)
+        new = comp.copy()
+        np.minimum.at(new, k_sorted, run_min[run_id])
+        new = new[new]
+        if np.array_equal(new, comp):
+            break
+        comp = new
+    # unit (class) of every entry: rank of its root among the roots of its component
+    ent_comp = comp[all_keys]
+    o2 = np.lexsort((all_roots, ent_comp))
+    rc, cc = all_roots[o2], ent_comp[o2]
+    first = np.concatenate([[True], (rc[1:] != rc[:-1]) | (cc[1:] != cc[:-1])])
+    cls_global = np.cumsum(first) - 1
+    comp_first_cls: dict[int, int] = {}
+    comp_of_cls = cc[first]
+    root_of_cls = rc[first]
+    starts = np.nonzero(np.concatenate([[True], comp_of_cls[1:] != comp_of_cls[:-1]]))[0]
+    ends = np.concatenate([starts[1:], [len(comp_of_cls)]])
     for st, en in zip(starts.tolist(), ends.tolist()):
-        rt = int(all_roots[st])
-        kid = int(all_keys[st])
-        c = int(comp[kid])
-        by_comp.setdefault(c, {}).setdefault(rt, {})[keys[kid]] = all_idx[st:en]
+        comp_first_cls[int(comp_of_cls[st])] = st
+    flat_cls = np.empty(len(all_roots), dtype=np.int64)
+    flat_cls[o2] = cls_global  # entry i is (keys[all_keys[i]], index i - offsets[key])
+    removable_cls = prod_root[root_of_cls] & ~pinned_root[root_of_cls]
+    keys_of_comp: dict[int, list[int]] = {}
+    for i, c in enumerate(comp.tolist()):
+        keys_of_comp.setdefault(c, []).append(i)
     groups = []
-    for c, classes_by_root in by_comp.items():
-        gkeys = [keys[i] for i in range(len(keys)) if comp[i] == c]
-        rts = sorted(classes_by_root)
-        classes = [classes_by_root[rt] for rt in rts]
-        removable = [bool(prod_root[rt]) and not bool(pinned_root[rt]) for rt in rts]
-        groups.append(Group([Member(k[0], k[1]) for k in gkeys], classes, removable))
+    for st, en in sorted(zip(starts.tolist(), ends.tolist()), key=lambda se: int(root_of_cls[se[0]])):
+        c = int(comp_of_cls[st])
+        kids = keys_of_comp[c]
+        index_class = [flat_cls[offsets[k]: offsets[k + 1]] - st for k in kids]
+        groups.append(Group([Member(keys[k][0], keys[k][1]) for k in kids], None, removable_cls[st:en].tolist(),
+                            index_class=index_class, size=en - st))
     return TraceResult(groups=groups, notes=notes)

@@ -250,3 +250,91 @@ def test_structure_record_round_trip(tmp_path) -> None:  # noqa: ANN001
     loaded = pk.load_model(tmp_path / "m", model=torchvision.models.mobilenet_v2(num_classes=10)).eval()
     torch.testing.assert_close(loaded(x), model(x))
     assert structure_record(torchvision.models.mobilenet_v2()) is None
+
+
+def test_load_model_rebuilds_a_pruned_torchvision_model_from_its_source(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = pk.build_model("torchvision:resnet18", pretrained=False).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pk.prune(model, "l1-channel", sparsity=0.5, example_inputs=x, measure=False)
+    pk.save_model(model, tmp_path / "m")
+    loaded = pk.load_model(tmp_path / "m").eval()
+    assert loaded.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels < 64
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def _linear_group(w: torch.Tensor, g: torch.Tensor) -> tuple[Group, ScoreContext]:
+    """Units = output rows of one weight; gradients given by hand."""
+    n = w.shape[0]
+    grp = Group([Member("w", 0)], [{("w", 0): np.array([i])} for i in range(n)], [True] * n)
+    return grp, ScoreContext(tensors={"w": w}, params={"w"}, grads={"w": g}, grad_sq={"w": g.square()})
+
+
+def test_taylor_is_the_squared_sum_of_gradient_times_weight_over_the_unit() -> None:
+    w = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    g = torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
+    grp, ctx = _linear_group(w, g)
+    # (1 + 2)^2, (3 - 3)^2, (-1 + 1)^2: signed sums, so opposite contributions cancel
+    np.testing.assert_allclose(GROUP_CRITERIA.get("taylor")(grp, ctx), [9.0, 0.0, 0.0])
+
+
+def test_obd_is_half_the_fisher_diagonal_times_squared_weights() -> None:
+    w = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    g = torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
+    grp, ctx = _linear_group(w, g)
+    # h_ii ~ sum of g^2 over the batches (here one): 0.5 * (1*1 + 1*4), 0.5 * (1*9 + 9*1), 0.5 * (4*.25 + 4*.25)
+    np.testing.assert_allclose(GROUP_CRITERIA.get("hessian")(grp, ctx), [2.5, 9.0, 1.0])
+
+
+def test_gradient_criteria_accumulate_over_calibration_batches() -> None:
+    from prunekit.structural.engine import _accumulate_gradients, _context
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    batches = [(torch.randn(5, 4), torch.randint(0, 2, (5,))) for _ in range(2)]
+    ctx = _context(model, 0)
+    _accumulate_gradients(model, ctx, batches, None, 8)
+    grads = [torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0] for x, y in batches]
+    torch.testing.assert_close(ctx.grads["0.weight"], grads[0] + grads[1])
+    torch.testing.assert_close(ctx.grad_sq["0.weight"], grads[0].square() + grads[1].square())
+    for name in ("taylor-channel", "hessian-channel"):
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        pk.prune(m, name, sparsity=0.5, example_inputs=torch.randn(1, 4), calibration=batches, measure=False)
+        assert m[0].out_features == 4 and m[2].in_features == 4
+
+
+def test_global_allocation_on_resnet_respects_the_cap() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():  # make most channels of one group much weaker, so that global ranking targets it
+        blk = model.layer2[0]
+        blk.conv1.weight[:100].mul_(0.01)
+        blk.bn1.weight[:100].mul_(0.01)
+        blk.bn1.bias[:100].mul_(0.01)
+        blk.conv2.weight[:, :100].mul_(0.01)
+    x = torch.randn(1, 3, 32, 32)
+    plan = plan_channels(model, x, 0.4, allocation="global", global_cap=0.6)
+    fractions = [len(r) / g.size for g, r in zip(plan.groups, plan.remove)]
+    assert max(fractions) <= 0.6 + 1e-9
+    assert len({round(f, 3) for f in fractions}) > 1  # not uniform
+    total = sum(g.size for g in plan.groups)
+    assert plan.units_removed == int(0.4 * total)
+    weak = plan.groups.index(next(g for g in plan.groups if any(m.param == "layer2.0.conv1.weight" and m.dim == 0
+                                                                     for m in g.members)))
+    assert fractions[weak] == pytest.approx(int(0.6 * 128) / 128)  # the weak layer is stopped at the cap
+    apply_plan_(model, plan)
+    assert model(x).shape == (1, 10)
+
+
+def test_round_to_8_gives_channel_counts_that_are_multiples_of_8() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    pk.prune(model, "l2-channel", sparsity=0.3, example_inputs=x, round_to=8, measure=False)
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = [n for n in after if after[n] != before[n]]
+    assert changed
+    assert all(after[n] % 8 == 0 for n in changed)
+    assert model(x).shape == (1, 10)

@@ -52,11 +52,15 @@ def test_prune_runs_and_reloads(kind: str, method: str, tmp_path) -> None:  # no
     with torch.no_grad():
         logits = model(input_ids=IDS).logits
     assert logits.shape == (1, 12, 100)
+    model.save_pretrained(tmp_path)
     if (kind, method) in STOCK_RELOAD:
-        model.save_pretrained(tmp_path)
         again = type(model).from_pretrained(tmp_path).eval()
-        with torch.no_grad():
-            torch.testing.assert_close(again(input_ids=IDS).logits, logits, atol=1e-6, rtol=1e-6)
+    else:
+        from prunekit.structural.hf import from_pretrained_pruned
+
+        again = from_pretrained_pruned(type(model), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=IDS).logits, logits, atol=1e-6, rtol=1e-6)
 
 
 def test_gqa_heads_keep_the_group_ratio_and_update_config(tmp_path) -> None:  # noqa: ANN001
@@ -127,3 +131,59 @@ def test_multihead_attention_heads_are_refused_before_any_change() -> None:
     with pytest.raises(UnsupportedModuleError, match="MultiheadAttention"):
         pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 3, 32, 32), measure=False)
     assert sum(p.numel() for p in model.parameters()) == n0
+
+
+def _logits(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("kind,method", [("llama", "l2-channel"), ("qwen2", "head"), ("qwen2", "l2-channel")])
+def test_global_allocation_round_trips_through_the_pruned_loader(kind: str, method: str, tmp_path) -> None:  # noqa: ANN001
+    from prunekit.structural.hf import from_pretrained_pruned
+
+    model = _build(kind)
+    if method == "head":  # four key/value groups per layer, so that layers can lose different numbers
+        torch.manual_seed(0)
+        cfg = transformers.Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=4,
+                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
+                                       max_position_embeddings=64)
+        model = transformers.Qwen2ForCausalLM(cfg).eval()
+    pk.prune(model, method, sparsity=0.5, allocation="global", example_inputs={"input_ids": IDS}, measure=False,
+             global_cap=0.75)
+    per_layer = model.config.prunekit_per_layer
+    sizes = per_layer["intermediate_size" if method == "l2-channel" else "num_key_value_heads"]
+    assert len(set(sizes)) > 1  # the layers really differ
+    logits = _logits(model)
+    model.save_pretrained(tmp_path)
+    again = from_pretrained_pruned(transformers.AutoModelForCausalLM, tmp_path)
+    assert type(again) is type(model)
+    torch.testing.assert_close(_logits(again), logits, atol=0, rtol=0)
+    with pytest.raises(Exception):  # the stock loader cannot build per-layer sizes from the config
+        type(model).from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kind,method", [("gpt2", "head"), ("bert", "head"), ("gpt2", "embedding"), ("bert", "embedding")])
+def test_head_size_the_config_cannot_express_round_trips(kind: str, method: str, tmp_path) -> None:  # noqa: ANN001
+    from prunekit.structural.hf import from_pretrained_pruned
+
+    model = _build(kind)
+    pk.prune(model, method, sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
+    assert model.config.prunekit_structure["attrs"]  # head size differs from hidden / heads
+    logits = _logits(model)
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin"))  # safetensors only
+    again = from_pretrained_pruned(type(model), tmp_path)
+    torch.testing.assert_close(_logits(again), logits, atol=0, rtol=0)
+
+
+def test_uniform_sizes_need_no_record_and_load_with_either_loader(tmp_path) -> None:  # noqa: ANN001
+    from prunekit.structural.hf import from_pretrained_pruned
+
+    model = _build("qwen2")
+    pk.prune(model, "head", sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
+    assert not hasattr(model.config, "prunekit_structure")
+    logits = _logits(model)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(type(model).from_pretrained(tmp_path).eval()), logits, atol=0, rtol=0)
+    torch.testing.assert_close(_logits(from_pretrained_pruned(type(model), tmp_path)), logits, atol=0, rtol=0)
