@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunekit import cli_bench
+from prunekit.llm import cli as _llm_cli
 from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
 
@@ -24,6 +25,8 @@ app = typer.Typer(
 app.command("bench")(cli_bench.bench)
 app.command("advise")(cli_bench.advise)
 app.command("papers")(cli_bench.papers)
+app.command("prune-llm")(_llm_cli.prune_llm)
+app.command("eval-ppl")(_llm_cli.eval_ppl)
 data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()

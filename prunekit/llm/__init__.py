@@ -1,0 +1,51 @@
+"""Post-training pruning of causal language models.
+
+* :mod:`~prunekit.llm.runner`: one calibration runner, layer by layer, for every method and family;
+  :mod:`~prunekit.llm.adapters`: where each family keeps its layers.
+* :mod:`~prunekit.llm.solvers` and :mod:`~prunekit.llm.criteria`: magnitude, Wanda, SparseGPT, OWL.
+* :mod:`~prunekit.llm.prune`: unstructured and N:M pruning; :mod:`~prunekit.llm.structured`: physical
+  removal of heads, MLP channels and layers.
+* :mod:`~prunekit.llm.data`: calibration draws and perplexity with a recorded protocol;
+  :mod:`~prunekit.llm.models`: real pretrained models from offline GGUF packages.
+* :mod:`~prunekit.llm.methods`: registers the methods with :func:`prunekit.prune`.
+
+Importing this package needs only torch; transformers is imported where a model is loaded.
+"""
+
+from prunekit.llm.adapters import ADAPTERS, Adapter, adapter_for
+from prunekit.llm.data import CalibrationSet, Perplexity, calibration_batches, perplexity, token_hash
+from prunekit.llm.memory import AllocationMeter
+from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
+from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
+from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
+from prunekit.llm.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
+from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
+
+__all__ = [
+    "ADAPTERS",
+    "OFFLINE_MODELS",
+    "OWL",
+    "Adapter",
+    "AllocationMeter",
+    "CalibrationSet",
+    "LLMPruneResult",
+    "LayerJob",
+    "LayerVisitor",
+    "MagnitudeSolver",
+    "Perplexity",
+    "RunSummary",
+    "Solver",
+    "SparseGPTSolver",
+    "StructuredResult",
+    "WandaSolver",
+    "adapter_for",
+    "cached_model_dir",
+    "calibration_batches",
+    "load_causal_lm",
+    "perplexity",
+    "prune_causal_lm",
+    "prune_structured",
+    "remove_layers_",
+    "run_layerwise",
+    "token_hash",
+]

@@ -1,0 +1,66 @@
+"""Measuring the memory a computation allocates, on any device (also on CPU, where torch keeps no statistics).
+
+:class:`AllocationMeter` is a dispatch mode that sees every tensor an operator creates while it is active,
+counts the bytes of storages that are new (not views of, or writes into, an input) and still alive, and
+records the peak. Tensors that existed before (the model's weights) are not counted; copies of them are.
+On CUDA, ``torch.cuda.max_memory_allocated`` gives the same kind of figure for the device.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class AllocationMeter(TorchDispatchMode):
+    """``with AllocationMeter() as m: ...`` then ``m.peak_bytes`` (and ``m.live_bytes`` still held)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._storages: dict[int, list[Any]] = {}  # data_ptr -> [nbytes, ids of the live tensors using it]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs or {}))[0]
+            if isinstance(t, Tensor) and t.device.type != "meta"
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and t.device.type != "meta":
+                self._track(t, inputs)
+        return out
+
+    def _track(self, t: Tensor, inputs: set[int]) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        entry = self._storages.get(key)
+        if entry is None:
+            if key in inputs or key == 0:
+                return  # a view of (or a write into) a tensor that existed before: no new memory
+            entry = [storage.nbytes(), set()]
+            self._storages[key] = entry
+            self.live_bytes += entry[0]
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        if id(t) in entry[1]:
+            return
+        entry[1].add(id(t))
+        weakref.finalize(t, self._release, key, entry, id(t))
+
+    def _release(self, key: int, entry: list[Any], tid: int) -> None:
+        entry[1].discard(tid)
+        if not entry[1] and self._storages.get(key) is entry:
+            del self._storages[key]
+            self.live_bytes -= entry[0]
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))

@@ -1,0 +1,171 @@
+"""Registration of the language-model methods with :data:`prunekit.methods.METHODS`.
+
+Importing this module registers ``wanda``, ``sparsegpt``, ``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude``
+(layer-wise, unstructured or N:M) and ``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical).
+``magnitude`` itself is the core's method (per-matrix magnitude with any pattern), which is the layer-wise
+magnitude baseline of the papers. Importing needs only torch; transformers is used by the models passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from prunekit.errors import ConfigError, PatternError
+from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
+
+_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "owl_lambda", "owl_m"})
+
+
+class LayerwiseLLMMethod(Method):
+    """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`)."""
+
+    needs_data = True
+    structural = False
+    default_allocation = "uniform"
+    options: ClassVar[frozenset[str]] = _LAYERWISE_OPTIONS
+
+    def __init__(self, name: str, solver: str, owl: bool, description: str, paper: str):
+        self.name = name
+        self.solver = solver
+        self.owl = owl
+        self.description = description
+        self.paper = paper
+
+    def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        from prunekit.llm.prune import OWL, prune_causal_lm, select_targets
+
+        opts = request.options
+        names = [t.name for t in request.targets]
+        selected = select_targets(model, names)
+        owl = OWL(lam=float(opts.get("owl_lambda", 0.08)), multiple=float(opts.get("owl_m", 5.0))) if self.owl else None
+        result = prune_causal_lm(
+            model,
+            self.solver,
+            sparsity=request.sparsity,
+            pattern=request.pattern,
+            calibration=request.calibration,
+            owl=owl,
+            targets=selected,
+            device=opts.get("device"),
+            progress=bool(opts.get("progress", False)),
+            **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
+        )
+        notes = list(result.notes)
+        outside = sorted(set(names) - selected)
+        if outside:
+            notes.append(f"left dense (outside the decoder layers): {', '.join(outside)}")
+        return MethodOutcome(layer_sparsity=result.layer_sparsity, notes=notes)
+
+
+class StructuredLLMMethod(Method):
+    """Physical removal of attention heads, MLP channels or whole decoder layers (see :mod:`prunekit.llm.structured`)."""
+
+    needs_data = True
+    structural = True
+    default_allocation = "uniform"
+    options: ClassVar[frozenset[str]] = frozenset({"criterion", "bias_compensation", "device", "progress", "gqa"})
+
+    def __init__(self, name: str, unit: str, description: str, paper: str):
+        self.name = name
+        self.unit = unit
+        self.description = description
+        self.paper = paper
+
+    def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        from prunekit.granularity import Unstructured
+        from prunekit.llm import structured
+
+        if not isinstance(request.pattern, Unstructured):
+            raise PatternError(f"{self.name} removes whole {self.unit}; do not pass a pattern")
+        opts: dict[str, Any] = dict(request.options)
+        result = structured.prune_structured(
+            model,
+            self.unit,
+            sparsity=request.sparsity,
+            calibration=request.calibration,
+            device=opts.pop("device", None),
+            progress=bool(opts.pop("progress", False)),
+            **opts,
+        )
+        return MethodOutcome(layer_sparsity={}, notes=result.notes)
+
+
+_LAYERWISE = (
+    (
+        "wanda",
+        "wanda",
+        False,
+        "Wanda |W| * ||X|| per output row, layer by layer (Sun et al. 2023); needs calibration",
+        "A Simple and Effective Pruning Approach for Large Language Models",
+    ),
+    (
+        "sparsegpt",
+        "sparsegpt",
+        False,
+        "SparseGPT OBS reconstruction with the inverse Hessian (Frantar & Alistarh 2023); needs calibration",
+        "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+    ),
+    (
+        "owl-wanda",
+        "wanda",
+        True,
+        "Wanda with OWL outlier-weighted layer sparsity (Yin et al. 2023)",
+        "Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret Sauce for Pruning LLMs to High Sparsity",
+    ),
+    (
+        "owl-sparsegpt",
+        "sparsegpt",
+        True,
+        "SparseGPT with OWL outlier-weighted layer sparsity (Yin et al. 2023)",
+        "Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret Sauce for Pruning LLMs to High Sparsity",
+    ),
+    (
+        "owl-magnitude",
+        "magnitude",
+        True,
+        "layer-wise magnitude with OWL outlier-weighted layer sparsity",
+        "Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret Sauce for Pruning LLMs to High Sparsity",
+    ),
+)
+
+_STRUCTURED = (
+    (
+        "llm-heads",
+        "heads",
+        "remove attention heads (GQA aware) by FLAP fluctuation or Taylor scores, with bias compensation; physical",
+        "Fluctuation-based Adaptive Structured Pruning for Large Language Models",
+    ),
+    (
+        "llm-mlp",
+        "mlp",
+        "remove MLP intermediate channels by FLAP fluctuation or Taylor scores, with bias compensation; physical",
+        "Fluctuation-based Adaptive Structured Pruning for Large Language Models",
+    ),
+    (
+        "llm-layers",
+        "layers",
+        "remove whole decoder layers with the lowest Block Influence 1 - cos(x_in, x_out) (ShortGPT); physical",
+        "ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+    ),
+)
+
+
+def _add(name: str, method: Method, description: str) -> None:
+    if name in METHODS:
+        if isinstance(METHODS.get(name), (LayerwiseLLMMethod, StructuredLLMMethod)):
+            return  # registered by an earlier import
+        raise ConfigError(f"method {name!r} is already registered by another module; the LLM method cannot be added")
+    METHODS.add(name, method, description)
+
+
+def register() -> None:
+    """Add the LLM methods to the registry (idempotent)."""
+    for name, solver, owl, description, paper in _LAYERWISE:
+        _add(name, LayerwiseLLMMethod(name, solver, owl, description, paper), description)
+    for name, unit, description, paper in _STRUCTURED:
+        _add(name, StructuredLLMMethod(name, unit, description, paper), description)
+
+
+register()

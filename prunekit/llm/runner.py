@@ -1,0 +1,318 @@
+"""The calibration runner: one decoder layer at a time, for every post-training method.
+
+1. Capture: the model runs once per calibration batch with every decoder layer replaced by a recorder.
+   The recorders keep the hidden states entering layer 0 and the exact extra arguments the model passes to
+   each layer (attention mask, rotary embeddings, per-layer sliding-window masks), then stop the forward
+   before the final norm and the LM head. No layer computes anything here.
+2. For each layer in turn: hooks on its Linears feed their inputs to the visitor's statistics, the layer
+   runs on every batch, the visitor solves (prunes) the layer, and the layer runs again with the pruned
+   weights; those outputs are the next layer's inputs, so every layer is calibrated on the inputs it
+   will really see.
+
+Only one layer and the activations of the calibration set are ever live on the execution device: layers
+not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
+differ only in their :class:`~prunekit.llm.adapters.Adapter`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import DataError, MissingDataError, ModelError
+from prunekit.llm.adapters import Adapter, adapter_for, prunable_linears
+
+InputConsumer = Callable[[Tensor], None]
+
+_HOW_TO_PASS = (
+    "pass calibration= a list of token-id tensors [batch, seq_len] (or dicts with 'input_ids'), e.g. "
+    "prunekit.llm.data.calibration_batches(tokenizer, text, n_samples=32, seq_len=512)"
+)
+
+
+@dataclass
+class LayerJob:
+    """One decoder layer being processed: its index, module, dotted name and Linears (by relative name)."""
+
+    index: int
+    layer: nn.Module
+    prefix: str
+    linears: dict[str, nn.Module]
+
+    def full_name(self, relative: str) -> str:
+        return f"{self.prefix}.{relative}"
+
+
+class LayerVisitor:
+    """What a method plugs into the runner. Override what you need.
+
+    ``modifies`` says whether :meth:`finish` changes the layer; if so the runner recomputes the layer's
+    outputs with the new weights before moving on.
+    """
+
+    modifies: bool = True
+
+    def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
+        """Consumers of Linear inputs, keyed by the Linear's name relative to the layer."""
+        return {}
+
+    def observe(self, job: LayerJob, inputs: Tensor, outputs: Tensor) -> None:
+        """Called per batch with the layer's input and output hidden states (before :meth:`finish`)."""
+
+    def finish(self, job: LayerJob) -> None:
+        """Solve: prune the layer in place from the statistics gathered."""
+
+
+@dataclass
+class RunSummary:
+    """What a layer-wise pass did."""
+
+    layers: int
+    batches: int
+    tokens: int
+    seconds: float
+    per_layer_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Record:
+    hidden: Tensor
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
+    """Normalise calibration data into a list of ``{"input_ids": [B, T], ("attention_mask": [B, T])}``.
+
+    Accepts one tensor [N, T] (each row becomes a batch of one), an iterable of tensors [B, T] or [T], or
+    of dicts / tokenizer outputs holding ``input_ids``.
+    """
+    if calibration is None:
+        raise MissingDataError(f"this method needs calibration data; {_HOW_TO_PASS}")
+    if isinstance(calibration, Tensor):
+        items: Iterable[Any] = (
+            list(calibration.reshape(-1, calibration.shape[-1]).split(1)) if calibration.numel() else []
+        )
+    elif isinstance(calibration, Mapping):
+        items = [calibration]
+    else:
+        items = calibration
+    batches: list[dict[str, Tensor]] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            if "input_ids" not in item:
+                raise DataError(f"a calibration batch is a dict without 'input_ids'; {_HOW_TO_PASS}")
+            ids, mask = item["input_ids"], item.get("attention_mask")
+        elif isinstance(item, Tensor):
+            ids, mask = item, None
+        elif isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
+            ids, mask = item[0], None
+        else:
+            raise DataError(f"cannot read a calibration batch of type {type(item).__name__}; {_HOW_TO_PASS}")
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
+            raise DataError(f"calibration input_ids must be an integer tensor; {_HOW_TO_PASS}")
+        ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+        if ids.dim() != 2 or ids.numel() == 0:
+            raise DataError(f"calibration input_ids must be [batch, seq_len] and non-empty; {_HOW_TO_PASS}")
+        batch = {"input_ids": ids}
+        if mask is not None:
+            batch["attention_mask"] = mask.unsqueeze(0) if mask.dim() == 1 else mask
+        batches.append(batch)
+    if not batches:
+        raise MissingDataError(f"the calibration data is empty; {_HOW_TO_PASS}")
+    return batches
+
+
+def _unwrap(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _outside_layers(model: nn.Module, layers: nn.ModuleList) -> list[nn.Module]:
+    inside = {id(m) for m in layers.modules()}
+    return [m for m in model.modules() if id(m) not in inside]
+
+
+def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> dict[int, torch.device]:
+    """Move parameters and buffers that are not in a decoder layer; returns where each one was."""
+    before: dict[int, torch.device] = {}
+    for module in _outside_layers(model, layers):
+        for tensors in (module._parameters, module._buffers):
+            for key, t in tensors.items():
+                if t is not None and t.device != device:
+                    before[id(t)] = t.device
+                    t.data = t.data.to(device)
+    return before
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def capture_inputs(
+    model: nn.Module, batches: list[dict[str, Tensor]], adapter: Adapter, device: torch.device, store: torch.device
+) -> list[_Record]:
+    """Hidden states entering layer 0 and each layer's extra call arguments, per calibration batch."""
+    layers = adapter.layer_list(model)
+    n = len(layers)
+    if n == 0:
+        raise ModelError("the model has no decoder layers")
+    records: list[_Record] = []
+    originals = {id(t): t.device for t in model.parameters()}
+    moved = _move_outside_layers(model, layers, device) if any(d != device for d in originals.values()) else {}
+    try:
+        for batch in batches:
+            calls: list[tuple[tuple[Any, ...], dict[str, Any]] | None] = [None] * n
+            first: list[Tensor] = []
+
+            def recorder(i: int) -> Callable[..., Tensor]:
+                def forward(*args: Any, **kwargs: Any) -> Tensor:
+                    if args:
+                        hidden, rest = args[0], tuple(args[1:])
+                    else:
+                        hidden, rest = kwargs.pop("hidden_states"), ()
+                    calls[i] = (rest, kwargs)
+                    if i == 0:
+                        first.append(hidden.detach().to(store))
+                    if i == n - 1:
+                        raise _StopForward
+                    return hidden
+
+                return forward
+
+            # an instance-level forward (e.g. accelerate's device hooks) is put back afterwards
+            own_forward = [layer.__dict__.get("forward") for layer in layers]
+            for i, layer in enumerate(layers):
+                layer.forward = recorder(i)
+            try:
+                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+            except _StopForward:
+                pass
+            finally:
+                for layer, own in zip(layers, own_forward):
+                    if own is None:
+                        del layer.forward
+                    else:
+                        layer.forward = own
+            if not first or any(c is None for c in calls):
+                raise ModelError(
+                    f"{type(model).__name__} did not call all of its {n} decoder layers during the forward pass"
+                )
+            records.append(_Record(first[0], [c for c in calls if c is not None]))
+    finally:
+        if moved:
+            _restore(model, layers, moved)
+    return records
+
+
+def _restore(model: nn.Module, layers: nn.ModuleList, before: dict[int, torch.device]) -> None:
+    for module in _outside_layers(model, layers):
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None and id(t) in before:
+                    t.data = t.data.to(before[id(t)])
+
+
+def _progress(enabled: bool, description: str, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+    return progress
+
+
+@torch.no_grad()
+def run_layerwise(
+    model: nn.Module,
+    calibration: Any,
+    visitor: LayerVisitor,
+    *,
+    device: str | torch.device | None = None,
+    offload_activations: bool = False,
+    progress: bool = False,
+    description: str = "layers",
+) -> RunSummary:
+    """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
+
+    ``device``: where the current layer and the activations are computed (default: where the model is);
+    a model kept on the CPU is moved there one layer at a time. ``offload_activations`` keeps the hidden
+    states of the calibration set on the CPU between layers.
+    """
+    adapter = adapter_for(model)
+    batches = as_batches(calibration)
+    exec_device = torch.device(device) if device is not None else model_device(model)
+    store = torch.device("cpu") if offload_activations else exec_device
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    records = capture_inputs(model, batches, adapter, exec_device, store)
+    layers = adapter.layer_list(model)
+    per_layer: list[float] = []
+    with _progress(progress, description, len(layers)) as bar:
+        task = bar.add_task(description, total=len(layers))
+        for i, layer in enumerate(layers):
+            t0 = time.perf_counter()
+            home = model_device(layer)
+            if home != exec_device:
+                layer.to(exec_device)
+            job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
+            consumers = visitor.start(job)
+            handles = []
+            for rel, consume in consumers.items():
+                module = layer.get_submodule(rel)
+                handles.append(
+                    module.register_forward_hook(lambda _m, inp, _out, consume=consume: consume(inp[0].detach()))
+                )
+            outputs: list[Tensor] = []
+            try:
+                for rec in records:
+                    x = rec.hidden.to(exec_device)
+                    args, kwargs = rec.calls[i]
+                    out = _unwrap(layer(x, *args, **kwargs))
+                    visitor.observe(job, x, out)
+                    if not visitor.modifies:
+                        outputs.append(out.to(store))
+                    del out, x
+            finally:
+                for h in handles:
+                    h.remove()
+            visitor.finish(job)
+            if visitor.modifies:
+                for rec in records:
+                    args, kwargs = rec.calls[i]
+                    outputs.append(_unwrap(layer(rec.hidden.to(exec_device), *args, **kwargs)).to(store))
+            for rec, out in zip(records, outputs):
+                rec.hidden = out
+            del outputs
+            if home != exec_device:
+                layer.to(home)
+            per_layer.append(time.perf_counter() - t0)
+            bar.update(task, advance=1, description=f"{description} {i + 1}/{len(layers)}")
+    model.train(was_training)
+    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    return RunSummary(len(layers), len(batches), tokens, time.perf_counter() - start, per_layer)

@@ -1,0 +1,381 @@
+"""Structured, physical pruning of causal LMs: attention heads, MLP channels, whole decoder layers.
+
+* ``heads`` and ``mlp`` use FLAP's fluctuation criterion (An et al. 2024, "Fluctuation-based Adaptive
+  Structured Pruning for Large Language Models"): an input channel ``j`` of the output projection (``o_proj``
+  for heads, ``down_proj`` for the MLP) scores ``Var(x_j) * ||W_:,j||^2`` over the calibration tokens; a head
+  scores the sum over its ``head_dim`` channels. Removed channels are replaced by their mean through the
+  output projection's bias: ``b' = b + W_:,R E[x_R]`` (bias compensation), where the family can carry that
+  bias in its config (LLaMA: ``mlp_bias`` / ``attention_bias``; Gemma-3: ``attention_bias``; OPT: always).
+  Alternatively ``criterion="magnitude"`` scores a channel by the norm of its weights (no data needed).
+* Grouped-query attention: query heads that share a key-value head form a group. Removal keeps the same
+  number of groups and of query heads per group in every layer (``repeat_kv`` needs equal groups), choosing
+  the combination whose share of removed attention parameters is closest to ``sparsity``; groups are ranked
+  by the sum of their heads' scores, heads within a kept group by their own score.
+* ``layers``: ShortGPT (Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than
+  You Expect"): Block Influence ``BI_i = 1 - E_t[cos(x_t^in, x_t^out)]`` of each decoder layer, measured on
+  the dense model; the ``round(sparsity * L)`` layers with the lowest BI are removed.
+
+The cutting itself is the structural engine's (:func:`prunekit.structural.surgery.remove_`: slice the
+tensors, update the Linears' size attributes); this module decides what to cut, adds the zero biases that
+compensation needs and keeps the attention modules' head counts and the config in step.
+
+Every layer loses the same number of heads / channels, so the pruned model is an ordinary config of its
+family (``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``intermediate_size``,
+``num_hidden_layers``, ``layer_types`` updated) that ``save_pretrained`` writes and plain
+``from_pretrained`` reads back. Calibration runs layer by layer through :mod:`prunekit.llm.runner`, and each
+layer is cut before its outputs are recomputed, so later layers are scored on the pruned model's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import InvalidSparsityError, MissingDataError, UnknownNameError, UnsupportedModuleError
+from prunekit.llm import criteria
+from prunekit.llm.adapters import Adapter, adapter_for
+from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
+from prunekit.structural.surgery import remove_
+
+UNITS = ("heads", "mlp", "layers")
+CRITERIA = ("fluctuation", "magnitude")
+
+#: config fields that add a bias to the output projection, per model_type (None: the family has none)
+_BIAS_FIELDS: dict[str, dict[str, str]] = {
+    "llama": {"attention": "attention_bias", "mlp": "mlp_bias"},
+    "gemma3_text": {"attention": "attention_bias"},
+}
+
+
+@dataclass
+class StructuredResult:
+    """What was removed: per unit kind, the kept indices per decoder layer (or the removed layers)."""
+
+    unit: str
+    params_before: int
+    params_after: int
+    kept: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    removed_layers: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def removed_fraction(self) -> float:
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class _ChannelStats:
+    """Running E[x_j] and E[x_j^2] of a Linear's input channels (float64)."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.sum = torch.zeros(width, dtype=torch.float64, device=device)
+        self.sq = torch.zeros(width, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, x: Tensor) -> None:
+        x2 = x.reshape(-1, x.shape[-1]).double()
+        self.sum += x2.sum(0)
+        self.sq += x2.pow(2).sum(0)
+        self.n += x2.shape[0]
+
+    @property
+    def mean(self) -> Tensor:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def sq_mean(self) -> Tensor:
+        return self.sq / max(self.n, 1)
+
+
+def ensure_bias(linear: nn.Module) -> nn.Module:
+    """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go)."""
+    if not isinstance(linear, nn.Linear):
+        raise UnsupportedModuleError(f"bias compensation handles nn.Linear only, not {type(linear).__name__}")
+    if linear.bias is None:
+        w = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+    return linear
+
+
+def _drop(layer: nn.Module, removal: dict[str, dict[int, Tensor]], name: str, dim: int, index: Tensor) -> None:
+    """Add "remove ``index`` along ``dim`` of ``name``'s weight" (and of its bias for output rows) to a plan."""
+    module = layer.get_submodule(name)
+    removal[f"{name}.weight"] = {dim: index.cpu().numpy()}
+    if dim == 0 and getattr(module, "bias", None) is not None:
+        removal[f"{name}.bias"] = {0: index.cpu().numpy()}
+
+
+def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
+    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut)."""
+    if removed.numel() == 0:
+        return
+    delta = out_proj.weight.detach()[:, removed].double() @ mean[removed].to(out_proj.weight.device)
+    with torch.no_grad():
+        out_proj.bias.add_(delta.to(out_proj.bias.dtype))
+
+
+def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
+    if getattr(out_proj, "bias", None) is not None:
+        return True
+    return part in _BIAS_FIELDS.get(getattr(model.config, "model_type", ""), {})
+
+
+def choose_gqa_shape(n_heads: int, n_kv: int, sparsity: float) -> tuple[int, int]:
+    """(kept key-value groups, kept query heads per group) whose removed share of attention parameters
+    (``q``, ``o`` scale with query heads; ``k``, ``v`` with key-value heads) is closest to ``sparsity``.
+
+    Ties prefer keeping more key-value groups.
+    """
+    if n_heads % n_kv:
+        raise UnsupportedModuleError(f"{n_heads} query heads do not split into {n_kv} key-value groups")
+    per_group = n_heads // n_kv
+    dense = 2 * n_heads + 2 * n_kv
+    best: tuple[float, int, int] | None = None
+    for groups in range(n_kv, 0, -1):
+        for q in range(per_group, 0, -1):
+            removed = 1.0 - (2 * groups * q + 2 * groups) / dense
+            key = (round(abs(removed - sparsity), 12), -groups, -q)
+            if best is None or key < (best[0], -best[1], -best[2]):
+                best = (key[0], groups, q)
+    assert best is not None
+    return best[1], best[2]
+
+
+class _ChannelVisitor(LayerVisitor):
+    """Scores MLP channels or heads of each layer from its output projection's inputs, then cuts them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        unit: str,
+        sparsity: float,
+        criterion: str,
+        bias_compensation: bool,
+        result: StructuredResult,
+    ):
+        self.model = model
+        self.adapter = adapter
+        self.unit = unit
+        self.criterion = criterion
+        self.compensate = bias_compensation
+        self.result = result
+        self._stats: _ChannelStats | None = None
+        self._did_bias = False
+        cfg = model.config
+        if unit == "mlp":
+            self.mlp = adapter.require_mlp()
+            width = getattr(cfg, self.mlp.config_field)
+            self.keep_count = width - round(sparsity * width)
+            if self.keep_count < 1:
+                raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
+        else:
+            self.attn = adapter.require_attention()
+            self.n_heads = cfg.num_attention_heads
+            self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+            self.groups, self.per_group = choose_gqa_shape(self.n_heads, self.n_kv, sparsity)
+
+    @property
+    def out_name(self) -> str:
+        return self.mlp.output if self.unit == "mlp" else self.attn.o
+
+    def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
+        if self.criterion != "fluctuation":
+            return {}
+        out = job.layer.get_submodule(self.out_name)
+        self._stats = _ChannelStats(out.weight.shape[1], out.weight.device)
+        return {self.out_name: self._stats.add}
+
+    def _channel_scores(self, job: LayerJob) -> Tensor:
+        out = job.layer.get_submodule(self.out_name)
+        w = out.weight.detach()
+        if self.criterion == "fluctuation":
+            assert self._stats is not None
+            return criteria.fluctuation(self._stats.mean.float(), self._stats.sq_mean.float(), w)
+        return w.float().pow(2).sum(0)
+
+    def finish(self, job: LayerJob) -> None:
+        scores = self._channel_scores(job)
+        layer = job.layer
+        out = layer.get_submodule(self.out_name)
+        part = "mlp" if self.unit == "mlp" else "attention"
+        if self.unit == "mlp":
+            keep = torch.sort(torch.topk(scores, self.keep_count, sorted=False).indices).values
+            keep_cols = keep
+            kept = {"channels": keep.tolist()}
+        else:
+            head_scores = scores.reshape(self.n_heads, self.head_dim).sum(1)
+            per = self.n_heads // self.n_kv
+            group_scores = head_scores.reshape(self.n_kv, per).sum(1)
+            groups = torch.sort(torch.topk(group_scores, self.groups, sorted=False).indices).values
+            heads = []
+            for g in groups.tolist():
+                within = head_scores[g * per : (g + 1) * per]
+                top = torch.sort(torch.topk(within, self.per_group, sorted=False).indices).values
+                heads += [g * per + int(h) for h in top]
+            q_rows = torch.cat([torch.arange(h * self.head_dim, (h + 1) * self.head_dim) for h in heads])
+            kv_rows = torch.cat([torch.arange(g * self.head_dim, (g + 1) * self.head_dim) for g in groups.tolist()])
+            keep_cols = q_rows
+            kept = {"kv_groups": groups.tolist(), "heads": heads}
+        width = out.weight.shape[1]
+        removed_mask = torch.ones(width, dtype=torch.bool)
+        removed_mask[keep_cols] = False
+        removed = removed_mask.nonzero().flatten()
+        do_bias = self.compensate and self.criterion == "fluctuation" and _bias_possible(self.model, part, out)
+        if do_bias:
+            assert self._stats is not None
+            _compensate(ensure_bias(out), removed.to(out.weight.device), self._stats.mean)
+        # the structural engine's surgery slices every tensor and updates the Linears' size attributes
+        removal: dict[str, dict[int, Tensor]] = {}
+        _drop(layer, removal, self.out_name, 1, removed)
+        if self.unit == "mlp":
+            for name in self.mlp.inputs:
+                if do_bias:
+                    ensure_bias(layer.get_submodule(name))
+                _drop(layer, removal, name, 0, removed)
+        else:
+            kv_removed = torch.ones(self.n_kv * self.head_dim, dtype=torch.bool)
+            kv_removed[kv_rows] = False
+            for name in (self.attn.q, self.attn.k, self.attn.v):
+                if do_bias:
+                    ensure_bias(layer.get_submodule(name))
+            _drop(layer, removal, self.attn.q, 0, removed)
+            _drop(layer, removal, self.attn.k, 0, kv_removed.nonzero().flatten())
+            _drop(layer, removal, self.attn.v, 0, kv_removed.nonzero().flatten())
+        remove_(layer, removal)
+        if self.unit == "mlp":
+            mlp_module = layer.get_submodule(self.mlp.output.rpartition(".")[0]) if "." in self.mlp.output else layer
+            if hasattr(mlp_module, "intermediate_size"):
+                mlp_module.intermediate_size = self.keep_count
+        else:
+            attn = layer.get_submodule(self.attn.module)
+            if hasattr(attn, "num_key_value_groups"):
+                attn.num_key_value_groups = self.per_group
+            for attr, value in (("num_heads", len(heads)), ("num_key_value_heads", self.groups)):
+                if hasattr(attn, attr):
+                    setattr(attn, attr, value)
+        self.result.kept[job.index] = kept
+        self._stats = None
+        self._did_bias = do_bias
+
+    def update_config(self) -> None:
+        cfg = self.model.config
+        if self.unit == "mlp":
+            setattr(cfg, self.mlp.config_field, self.keep_count)
+        else:
+            cfg.num_attention_heads = self.groups * self.per_group
+            if hasattr(cfg, "num_key_value_heads"):
+                cfg.num_key_value_heads = self.groups
+            cfg.head_dim = self.head_dim
+        if self._did_bias:
+            field_name = _BIAS_FIELDS.get(cfg.model_type, {}).get("mlp" if self.unit == "mlp" else "attention")
+            if field_name:
+                setattr(cfg, field_name, True)
+
+
+class _InfluenceVisitor(LayerVisitor):
+    """Read-only pass: ShortGPT's Block Influence of each layer."""
+
+    modifies = False
+
+    def __init__(self) -> None:
+        self.sums: dict[int, float] = {}
+        self.counts: dict[int, int] = {}
+
+    def observe(self, job: LayerJob, inputs: Tensor, outputs: Tensor) -> None:
+        bi = criteria.block_influence(inputs, outputs)
+        self.sums[job.index] = self.sums.get(job.index, 0.0) + float(bi.double().sum())
+        self.counts[job.index] = self.counts.get(job.index, 0) + bi.numel()
+
+    def influence(self) -> list[float]:
+        return [self.sums[i] / self.counts[i] for i in sorted(self.sums)]
+
+
+def remove_layers_(model: nn.Module, drop: list[int]) -> None:
+    """Physically delete decoder layers ``drop`` and renumber the rest (config, cache indices, layer types)."""
+    adapter = adapter_for(model)
+    layers = adapter.layer_list(model)
+    keep = [i for i in range(len(layers)) if i not in set(drop)]
+    if not keep:
+        raise InvalidSparsityError("cannot remove every decoder layer")
+    new_layers = nn.ModuleList([layers[i] for i in keep])
+    for new_idx, layer in enumerate(new_layers):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx") and isinstance(module.layer_idx, int):
+                module.layer_idx = new_idx
+    adapter.set_layer_list(model, new_layers)
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    layer_types = getattr(cfg, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == len(layers):
+        cfg.layer_types = [layer_types[i] for i in keep]
+
+
+def prune_structured(
+    model: nn.Module,
+    unit: str,
+    *,
+    sparsity: float,
+    calibration: Any = None,
+    criterion: str = "fluctuation",
+    bias_compensation: bool = True,
+    device: str | None = None,
+    progress: bool = False,
+) -> StructuredResult:
+    """Remove ``sparsity`` of the heads' / MLP's parameters, or of the decoder layers, physically and in place."""
+    if unit not in UNITS:
+        raise UnknownNameError("structured unit", unit, UNITS)
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    adapter = adapter_for(model)
+    result = StructuredResult(unit, _count(model), 0)
+    if unit == "layers":
+        n_layers = len(adapter.layer_list(model))
+        visitor = _InfluenceVisitor()
+        run_layerwise(model, calibration, visitor, device=device, progress=progress, description="block influence")
+        bi = visitor.influence()
+        n_drop = round(sparsity * n_layers)
+        drop = sorted(sorted(range(n_layers), key=lambda i: (bi[i], i))[:n_drop])
+        remove_layers_(model, drop)
+        result.removed_layers = drop
+        result.scores = bi
+        result.notes.append(f"Block Influence per layer: {', '.join(f'{b:.4f}' for b in bi)}; removed {drop}")
+    else:
+        if criterion not in CRITERIA:
+            raise UnknownNameError("structured criterion", criterion, CRITERIA)
+        if criterion == "fluctuation" and calibration is None:
+            raise MissingDataError(
+                "the fluctuation criterion needs calibration= token batches [batch, seq_len]; "
+                "or pass criterion='magnitude' to rank by weight norms without data"
+            )
+        visitor_c = _ChannelVisitor(model, adapter, unit, sparsity, criterion, bias_compensation, result)
+        if criterion == "fluctuation":
+            run_layerwise(model, calibration, visitor_c, device=device, progress=progress, description=f"llm-{unit}")
+        else:
+            for i, layer in enumerate(adapter.layer_list(model)):
+                visitor_c.finish(LayerJob(i, layer, f"{adapter.layers}.{i}", {}))
+        visitor_c.update_config()
+        if unit == "heads":
+            result.notes.append(
+                f"kept {visitor_c.groups} of {visitor_c.n_kv} key-value groups x {visitor_c.per_group} of "
+                f"{visitor_c.n_heads // visitor_c.n_kv} query heads in every layer"
+            )
+        else:
+            result.notes.append(f"kept {visitor_c.keep_count} MLP channels in every layer")
+        part = "mlp" if unit == "mlp" else "attention"
+        if bias_compensation and criterion == "fluctuation" and not visitor_c._did_bias:
+            result.notes.append(f"no bias compensation: {model.config.model_type} has no {part} output bias")
+    result.params_after = _count(model)
+    result.notes.append(
+        f"parameters {result.params_before} -> {result.params_after} ({100 * result.removed_fraction:.1f}% removed)"
+    )
+    return result

@@ -1,0 +1,175 @@
+"""Exact tests of the layer-wise solvers on tiny matrices."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import InvalidSparsityError, PatternError
+from prunekit.granularity import NM, Block, Unstructured
+from prunekit.llm import criteria
+from prunekit.llm.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
+
+
+def linear(weight: list[list[float]] | torch.Tensor) -> nn.Linear:
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    return layer
+
+
+def test_wanda_mask_matches_hand_computation():
+    layer = linear([[1.0, -2.0, 3.0, -4.0], [0.5, 5.0, -3.5, 4.0]])
+    # one token per input feature: ||X_j|| = (4, 1, 2, 0.25)
+    x = torch.diag(torch.tensor([4.0, 1.0, 2.0, 0.25]))
+    solver = WandaSolver(layer)
+    solver.add_batch(x)
+    # |W| * ||X||: row 0 = (4, 2, 6, 1) -> keep cols 0, 2; row 1 = (2, 5, 7, 1) -> keep cols 1, 2
+    assert torch.allclose(solver.scores(), torch.tensor([[4.0, 2.0, 6.0, 1.0], [2.0, 5.0, 7.0, 1.0]]))
+    keep = solver.prune(0.5, Unstructured())
+    expected = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    assert torch.equal(keep, expected)
+    assert torch.equal(layer.weight.data, torch.tensor([[1.0, 0.0, 3.0, 0.0], [0.0, 5.0, -3.5, 0.0]]))
+
+
+def test_wanda_differs_from_magnitude_on_the_same_layer():
+    w = [[1.0, -2.0, 3.0, -4.0], [0.5, 5.0, -3.5, 4.0]]
+    mag = MagnitudeSolver(linear(w))
+    keep = mag.prune(0.5, Unstructured())  # whole matrix: drop the four smallest |w| (0.5, 1, 2, 3)
+    assert torch.equal(keep, torch.tensor([[False, False, False, True], [False, True, True, True]]))
+
+
+def test_wanda_nm_hand_computed():
+    layer = linear([[1.0, 2.0, 3.0, 4.0, 8.0, 7.0, 6.0, 5.0]])
+    solver = WandaSolver(layer)
+    solver.add_batch(torch.diag(torch.tensor([4.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0])))
+    # scores (4, 8, 3, 4, 8, 7, 6, 10): 2:4 keeps cols 0/3 tie -> stable drop of lower index, so {1, 3} and {4, 7}
+    keep = solver.prune(0.5, NM(2, 4))
+    assert keep.tolist() == [[False, True, False, True, True, False, False, True]]
+
+
+def _identity_inputs(columns: int) -> torch.Tensor:
+    # H = 2/n * X^T X = I for n = columns tokens
+    return torch.eye(columns) * (columns / 2) ** 0.5
+
+
+@pytest.mark.parametrize("blocksize", [32, 8])
+def test_sparsegpt_with_identity_hessian_is_magnitude_pruning(blocksize):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    layer = linear(w)
+    solver = SparseGPTSolver(layer, blocksize=blocksize, percdamp=0.0)
+    solver.add_batch(_identity_inputs(32))
+    assert torch.allclose(solver.H, torch.eye(32), atol=1e-6)
+    keep = solver.prune(0.5, Unstructured())
+    # magnitude over the same scope: each column block of `blocksize` columns, all rows
+    expected = torch.cat([Unstructured().mask(w[:, i : i + blocksize].abs(), 0.5) for i in range(0, 32, blocksize)], 1)
+    assert torch.equal(keep, expected)
+    assert torch.equal(layer.weight.data, w * expected)  # no surviving weight was changed
+
+
+def test_sparsegpt_nm_with_identity_hessian_is_magnitude_nm():
+    torch.manual_seed(1)
+    w = torch.randn(8, 32)
+    layer = linear(w)
+    solver = SparseGPTSolver(layer, blocksize=16, percdamp=0.0)
+    solver.add_batch(_identity_inputs(32))
+    keep = solver.prune(0.5, NM(2, 4))
+    assert torch.equal(keep, NM(2, 4).mask(w.abs()))
+    assert torch.equal(layer.weight.data, w * keep)
+
+
+def _reconstruction_errors(pattern, sparsity):
+    g = torch.Generator().manual_seed(0)
+    out_f, in_f, tokens = 32, 64, 2048
+    w = torch.randn(out_f, in_f, generator=g)
+    mixing = torch.randn(in_f, in_f, generator=g) / in_f**0.5 + 0.6 * torch.ones(in_f, in_f) / in_f**0.5
+    scales = torch.rand(in_f, generator=g) * 3 + 0.1  # unequal feature scales, as in transformer activations
+    x = (torch.randn(tokens, in_f, generator=g) @ mixing) * scales
+    errors = {}
+    for cls in (MagnitudeSolver, WandaSolver, SparseGPTSolver):
+        layer = linear(w)
+        solver = cls(layer)
+        solver.add_batch(x)
+        solver.prune(sparsity, pattern)
+        errors[cls.name] = torch.linalg.norm(x @ w.T - x @ layer.weight.data.T).item()
+    return errors
+
+
+@pytest.mark.parametrize("pattern,sparsity", [(Unstructured(), 0.5), (NM(2, 4), 0.5), (NM(4, 8), 0.5)])
+def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude(pattern, sparsity):
+    errors = _reconstruction_errors(pattern, sparsity)
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+
+
+@pytest.mark.parametrize("cls", [MagnitudeSolver, WandaSolver, SparseGPTSolver])
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_pattern_holds_exactly(cls, n, m):
+    torch.manual_seed(2)
+    layer = linear(torch.randn(24, 64))
+    solver = cls(layer)
+    solver.add_batch(torch.randn(200, 64))
+    keep = solver.prune(1 - n / m, NM(n, m))
+    groups = keep.reshape(24, 64 // m, m).sum(-1)
+    assert torch.all(groups == n)
+    nonzero = (layer.weight.data != 0).reshape(24, 64 // m, m).sum(-1)
+    assert torch.all(nonzero <= n)
+
+
+@pytest.mark.parametrize("cls", [MagnitudeSolver, WandaSolver, SparseGPTSolver])
+def test_unstructured_sparsity_is_reached(cls):
+    torch.manual_seed(3)
+    layer = linear(torch.randn(16, 256))
+    solver = cls(layer)
+    solver.add_batch(torch.randn(100, 256))
+    solver.prune(0.6, Unstructured())
+    assert (layer.weight.data == 0).float().mean().item() == pytest.approx(0.6, abs=1 / 256)
+
+
+def test_sparsegpt_raises_damping_with_a_warning_when_cholesky_fails():
+    torch.manual_seed(4)
+    layer = linear(torch.randn(4, 8))
+    solver = SparseGPTSolver(layer, percdamp=0.0)
+    solver.add_batch(torch.ones(5, 8))  # H = 2 * ones: singular, Cholesky fails without damping
+    with pytest.warns(RuntimeWarning, match="raised the damping"):
+        solver.prune(0.5, Unstructured())
+    assert solver.damping_used and solver.damping_used > 0
+    assert torch.isfinite(layer.weight).all()
+
+
+def test_sparsegpt_no_warning_with_default_damping():
+    layer = linear(torch.randn(4, 8))
+    solver = SparseGPTSolver(layer)
+    solver.add_batch(torch.randn(64, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solver.prune(0.5, Unstructured())
+
+
+def test_invalid_inputs_are_refused():
+    solver = WandaSolver(linear(torch.randn(4, 6)))
+    solver.add_batch(torch.randn(3, 6))
+    with pytest.raises(InvalidSparsityError):
+        solver.prune(1.5, Unstructured())
+    with pytest.raises(PatternError):
+        solver.prune(0.5, NM(2, 4))  # 6 inputs are not a multiple of 4
+    with pytest.raises(PatternError):
+        solver.prune(0.5, Block(2, 2))
+
+
+def test_owl_sparsities_keep_the_mean_and_favour_outlier_layers():
+    s = criteria.owl_sparsities([0.01, 0.05, 0.03, 0.02], 0.6, lam=0.08)
+    assert sum(s) / len(s) == pytest.approx(0.6)
+    assert max(s) - min(s) == pytest.approx(0.16)
+    assert s[1] == min(s) and s[0] == max(s)  # most outliers -> least pruned
+    assert criteria.owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
+
+
+def test_outlier_ratio_hand_computed():
+    scores = [torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 31.0])]  # mean 4
+    assert criteria.outlier_ratio(scores, multiple=5.0) == pytest.approx(0.1)  # 31 > 5 * 4 = 20
+    assert criteria.outlier_ratio(scores, multiple=10.0) == 0.0
