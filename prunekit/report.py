@@ -64,7 +64,8 @@ def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k not in buffers}
 
 
-def _run(model: nn.Module, inputs: Any) -> Any:
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on example inputs given as one tensor, a tuple of positional inputs or a dict of keywords."""
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -75,7 +76,7 @@ def _run(model: nn.Module, inputs: Any) -> Any:
 def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass (torch.utils.flop_counter) and the FLOPs of each named module."""
     with torch.no_grad(), parametrize.cached(), FlopCounterMode(display=False) as counter:
-        _run(model, inputs)
+        call_model(model, inputs)
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
         name = key.split(".", 1)[1] if "." in key else ""
@@ -89,11 +90,11 @@ def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int
     times = []
     with torch.no_grad(), parametrize.cached():
         for _ in range(warmup):
-            _run(model, inputs)
+            call_model(model, inputs)
         start = time.perf_counter()
         for i in range(repeats):
             t0 = time.perf_counter()
-            _run(model, inputs)
+            call_model(model, inputs)
             times.append((time.perf_counter() - t0) * 1000.0)
             if i >= 4 and time.perf_counter() - start > budget_s:
                 break

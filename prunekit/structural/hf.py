@@ -383,6 +383,7 @@ def _read_safetensors(directory: Any) -> dict[str, torch.Tensor]:
 
 def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
     from prunekit.errors import CheckpointError
+    from prunekit.structural.record import reshape_slot, set_size_attrs
     from prunekit.structural.surgery import tensor_slots
 
     slots = tensor_slots(model)
@@ -394,15 +395,5 @@ def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
         key = alias.get(name)
         if key is None:
             raise CheckpointError(f"the structure record names {name!r}, which the rebuilt model does not have")
-        old = getattr(slots[key][0].module, slots[key][0].attr)
-        data = torch.zeros(shape, dtype=old.dtype, device=old.device)
-        repl = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
-        for s in slots[key]:
-            (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = repl  # type: ignore[assignment]
-    for mname, attrs in record.get("attrs", {}).items():
-        try:
-            mod = model.get_submodule(mname) if mname else model
-        except AttributeError as e:
-            raise CheckpointError(f"the structure record names module {mname!r}, which the model does not have") from e
-        for k, v in attrs.items():
-            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+        reshape_slot(slots, key, shape)
+    set_size_attrs(model, record.get("attrs", {}))

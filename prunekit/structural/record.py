@@ -40,6 +40,26 @@ def structure_record(model: nn.Module) -> dict[str, Any] | None:
     }
 
 
+def reshape_slot(slots: dict[str, list[Any]], key: str, shape: Any) -> None:
+    """Give the tensor behind ``key`` (shared by every slot that holds it) a zero-filled tensor of ``shape``."""
+    old = getattr(slots[key][0].module, slots[key][0].attr)
+    data = torch.zeros(shape, dtype=old.dtype, device=old.device)
+    repl = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
+    for s in slots[key]:
+        (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = repl  # type: ignore[assignment]
+
+
+def set_size_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
+    """Set recorded size attributes (``{module name: {attribute: value}}``); lists become tuples."""
+    for mname, values in attrs.items():
+        try:
+            mod = model.get_submodule(mname) if mname else model
+        except AttributeError as e:
+            raise CheckpointError(f"the structure record names module {mname!r}, which the model does not have") from e
+        for k, v in values.items():
+            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+
+
 def apply_structure_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     """Reshape a freshly built ``model`` (same architecture, unpruned) as the record says, in place.
 
@@ -54,21 +74,8 @@ def apply_structure_record(model: nn.Module, record: dict[str, Any]) -> nn.Modul
     for key, shape in record.get("shapes", {}).items():
         if key not in slots:
             raise CheckpointError(f"the structure record names {key!r}, which the rebuilt model does not have")
-        old = getattr(slots[key][0].module, slots[key][0].attr)
-        data = torch.zeros(shape, dtype=old.dtype, device=old.device)
-        repl = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
-        for s in slots[key]:
-            if s.is_param:
-                s.module._parameters[s.attr] = repl  # type: ignore[assignment]
-            else:
-                s.module._buffers[s.attr] = repl
-    for mname, attrs in record.get("attrs", {}).items():
-        try:
-            mod = model.get_submodule(mname) if mname else model
-        except AttributeError as e:
-            raise CheckpointError(f"the structure record names module {mname!r}, which the model does not have") from e
-        for k, v in attrs.items():
-            setattr(mod, k, tuple(v) if isinstance(v, list) else v)
+        reshape_slot(slots, key, shape)
+    set_size_attrs(model, record.get("attrs", {}))
     cfg = record.get("config") or {}
     if cfg and getattr(model, "config", None) is not None:
         for k, v in cfg.items():

@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from prunekit.errors import ModelError, UnsupportedModuleError
+from prunekit.report import call_model
 
 NO_ATOM = -1
 _ELEMENT_ATOM_LIMIT = 4_000_000
@@ -1347,12 +1348,7 @@ _RULES: dict[str, Callable[..., None]] = {
 # ------------------------------------------------------------------------------------------------- driver
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+_call = call_model
 
 
 def trace_groups(
