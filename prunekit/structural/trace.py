@@ -1174,14 +1174,19 @@ def _norm_channel_rule(tr: _Tracer, x: Tensor, params: list[Any], ax: int) -> np
     return lab
 
 
-def _rule_batch_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    lab = _norm_channel_rule(tr, x, list(args[1:5]), 1)
+def _label_norm_outputs(tr: _Tracer, out: Any, lab: Any) -> None:
+    """A norm's first output carries the input's channel labels; its extra outputs (saved statistics) none."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     tr.set_label(outs[0], lab)
     for o in outs[1:]:
         if isinstance(o, Tensor):
             tr.set_label(o, _const(o.dim()))
+
+
+def _rule_batch_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    x = args[0]
+    lab = _norm_channel_rule(tr, x, list(args[1:5]), 1)
+    _label_norm_outputs(tr, out, lab)
 
 
 def _rule_layer_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
@@ -1197,11 +1202,7 @@ def _rule_layer_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
                     for j in range(w.dim()):
                         tr.pin(tr.pdim(pv.key, pv.param, j))
                 break
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    tr.set_label(outs[0], lab)
-    for o in outs[1:]:
-        if isinstance(o, Tensor):
-            tr.set_label(o, _const(o.dim()))
+    _label_norm_outputs(tr, out, lab)
 
 
 def _rule_group_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
@@ -1219,11 +1220,7 @@ def _rule_group_norm(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
             for g in range(1, groups):
                 for j in range(per):
                     tr.uf.union(int(atoms[j]), int(atoms[g * per + j]))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    tr.set_label(outs[0], lab)
-    for o in outs[1:]:
-        if isinstance(o, Tensor):
-            tr.set_label(o, _const(o.dim()))
+    _label_norm_outputs(tr, out, lab)
 
 
 def _rule_prelu(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
