@@ -14,6 +14,13 @@ from torch.nn.utils import parametrize
 _SHALLOW_DICTS = ("_parameters", "_buffers", "_modules")
 
 
+_ATOMS = (int, float, bool, str, type(None))
+
+
+def _immutable(value: Any) -> bool:
+    return isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))
+
+
 def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor]]]:
     """For every module: its attribute dict (registries copied shallowly, other values deep-copied with one
     shared memo so that objects shared between modules, such as a Hugging Face config, stay shared) and the
@@ -23,8 +30,12 @@ def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], di
     for module in model.modules():
         saved: dict[str, Any] = {}
         for key, value in module.__dict__.items():
-            if key in _SHALLOW_DICTS or isinstance(value, (nn.Module, torch.Tensor)) or key.endswith("hooks"):
-                saved[key] = dict(value) if isinstance(value, dict) else value
+            if key in _SHALLOW_DICTS or isinstance(value, (nn.Module, torch.Tensor)) or "hooks" in key:
+                saved[key] = type(value)(value) if isinstance(value, dict) else value
+            elif isinstance(value, (set, frozenset)) and all(isinstance(v, _ATOMS) for v in value):
+                saved[key] = set(value) if isinstance(value, set) else value
+            elif _immutable(value):  # ints, flags, shapes: nothing to copy
+                saved[key] = value
             else:
                 try:
                     saved[key] = copy.deepcopy(value, memo)

@@ -5,6 +5,12 @@ normalised scores and removes the lowest, with a per-group cap so that no layer 
 the number of kept units to a multiple (``round_to=8``) for hardware-friendly channel counts. Registered in
 :data:`GROUP_ALLOCATIONS` as ``allocate(scores, removable, sparsity, **opts) -> list[np.ndarray]`` (indices
 of the units to remove, per group).
+
+A group can join the outputs of several layers side by side (a concatenation: DenseNet's dense blocks,
+Inception's branches). Its units then fall into segments, one per producing layer, passed as
+``segments=`` (per group: a segment id for every unit, or None). Both allocations apply their fraction and
+cap to every segment, so each producing layer loses its share of channels: removing half of a
+concatenation never empties one branch while leaving another whole.
 """
 
 from __future__ import annotations
@@ -42,15 +48,34 @@ def _lowest(scores: np.ndarray, removable: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[: min(k, cand.size)])
 
 
-@GROUP_ALLOCATIONS.register("uniform", "the same fraction of every group's units")
+def _segment_list(segments: list[np.ndarray | None] | None, scores: list[np.ndarray]) -> list[np.ndarray]:
+    out = []
+    for g, s in enumerate(scores):
+        seg = segments[g] if segments is not None and g < len(segments) else None
+        out.append(np.zeros(len(s), dtype=np.int64) if seg is None else np.asarray(seg, dtype=np.int64))
+    return out
+
+
+@GROUP_ALLOCATIONS.register("uniform", "the same fraction of every group's units (of every segment of a concatenation)")
 def uniform(
-    scores: list[np.ndarray], removable: list[np.ndarray], sparsity: float, *, round_to: int | None = None, **_: object
+    scores: list[np.ndarray],
+    removable: list[np.ndarray],
+    sparsity: float,
+    *,
+    round_to: int | None = None,
+    segments: list[np.ndarray | None] | None = None,
+    **_: object,
 ) -> list[np.ndarray]:
     out = []
-    for s, r in zip(scores, removable):
-        n = len(s)
-        keep = _rounded_keep(n, max(1, n - int(math.floor(sparsity * n + 1e-9))), round_to)
-        out.append(_lowest(s, r, n - keep))
+    for s, r, seg in zip(scores, removable, _segment_list(segments, scores)):
+        r = np.asarray(r, dtype=bool)
+        parts = []
+        for k in np.unique(seg).tolist():
+            in_k = seg == k
+            n = int(in_k.sum())
+            keep = _rounded_keep(n, max(1, n - int(math.floor(sparsity * n + 1e-9))), round_to)
+            parts.append(_lowest(s, r & in_k, n - keep))
+        out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
     return out
 
 
@@ -62,14 +87,16 @@ def global_(
     *,
     round_to: int | None = None,
     global_cap: float | None = None,
+    segments: list[np.ndarray | None] | None = None,
     **_: object,
 ) -> list[np.ndarray]:
     """Scores are divided by their group's mean so that groups of different scale compare; the lowest
-    ``sparsity`` fraction of all units is removed, but no group loses more than ``global_cap`` (default
-    ``min(0.9, 2 * sparsity)``) of its units."""
+    ``sparsity`` fraction of all units is removed, but no group (no segment of a concatenation) loses more
+    than ``global_cap`` (default ``min(0.9, 2 * sparsity)``) of its units."""
     cap = global_cap if global_cap is not None else min(0.9, 2 * sparsity)
     if not 0 < cap < 1:
         raise ConfigError(f"global_cap must be in (0, 1), got {cap}")
+    segs = _segment_list(segments, scores)
     total = sum(len(s) for s in scores)
     budget = int(math.floor(sparsity * total + 1e-9))
     pool = []
@@ -78,21 +105,30 @@ def global_(
         for i in np.nonzero(r)[0]:
             pool.append((float(norm[i]), g, int(i)))
     pool.sort()
-    limit = [min(int(math.floor(cap * len(s))), len(s) - 1) for s in scores]
+    sizes = [np.bincount(seg) for seg in segs]
+    limit = [np.minimum(np.floor(cap * n).astype(np.int64), n - 1) for n in sizes]
+    taken_per = [np.zeros(len(n), dtype=np.int64) for n in sizes]
     taken: list[list[int]] = [[] for _ in scores]
     used = 0
     for _score, g, i in pool:
         if used >= budget:
             break
-        if len(taken[g]) >= limit[g]:
+        k = segs[g][i]
+        if taken_per[g][k] >= limit[g][k]:
             continue
         taken[g].append(i)
+        taken_per[g][k] += 1
         used += 1
     out = []
     for g, s in enumerate(scores):
-        n = len(s)
-        keep = _rounded_keep(n, n - len(taken[g]), round_to)
-        # keep the lowest-ranked of the chosen ones removed, drop the rest back
-        chosen = sorted(taken[g], key=lambda i: s[i])[: n - keep]
-        out.append(np.sort(np.asarray(chosen, dtype=np.int64)))
+        chosen_all = np.asarray(taken[g], dtype=np.int64)
+        parts = []
+        for k, n in enumerate(sizes[g].tolist()):
+            if n == 0:
+                continue
+            mine = chosen_all[segs[g][chosen_all] == k] if chosen_all.size else chosen_all
+            keep = _rounded_keep(n, n - len(mine), round_to)
+            # keep the lowest-ranked of the chosen ones removed, drop the rest back
+            parts.append(mine[np.argsort(s[mine], kind="stable")][: n - keep])
+        out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
     return out

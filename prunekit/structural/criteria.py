@@ -70,19 +70,21 @@ def _norm_per_index(t: Tensor, dim: int, p: int) -> np.ndarray:
     lead = int(np.prod(x.shape[:dim])) if dim else 1
     x3 = x.reshape(lead, n, -1).float()
 
-    def part(rows: Tensor) -> Tensor:  # (r, n, b) -> (r, n): sum of |x|^p over the trailing dimension
-        if rows.shape[2] > 1:
+    def part(rows: Tensor) -> Tensor:  # (r, n, b) -> (n,): sum of |x|^p over rows and the trailing dimension
+        if rows.shape[2] > 64:  # long rows: a norm kernel, no temporary of the chunk's size
             v = torch.linalg.vector_norm(rows, ord=p, dim=2)
-            return v if p == 1 else v**p
-        v = rows[:, :, 0].abs()
-        return v if p == 1 else v**p
+            return (v if p == 1 else v**p).sum(0)
+        if rows.shape[2] > 1:  # short rows (conv kernels): plain elementwise reductions are faster
+            return rows.abs().sum((0, 2)) if p == 1 else (rows * rows).sum((0, 2)) if p == 2 else rows.abs().pow(p).sum((0, 2))
+        v = rows[:, :, 0]
+        return v.abs().sum(0) if p == 1 else (v * v).sum(0) if p == 2 else v.abs().pow(p).sum(0)
 
     if lead == 1:
-        return part(x3)[0].double().cpu().numpy()
+        return part(x3).double().cpu().numpy()
     acc = torch.zeros(n, dtype=torch.float64, device=x.device)
-    step = max(1, (1 << 20) // max(n * x3.shape[2], 1))
+    step = max(1, (1 << 18) // max(n * x3.shape[2], 1))  # chunks of ~256k values stay in cache
     for i in range(0, lead, step):
-        acc += part(x3[i: i + step]).sum(0, dtype=torch.float64)
+        acc += part(x3[i: i + step]).double()  # float32 within a chunk, float64 across chunks
     return acc.cpu().numpy()
 
 

@@ -1,14 +1,15 @@
 """Plan, validate and apply physical channel removal over dependency groups.
 
-``plan_channels`` traces the model, scores every group with a group criterion, allocates removals over the
-groups, and (by default) proves the plan on a copy of the model before anything is changed: the copy is
-pruned and run on the example inputs; groups whose removal breaks the forward pass (shapes hard-coded in a
-model's code) are found by bisection and kept. ``apply_plan_`` then performs the surgery in place.
+``plan_channels`` traces the model, scores every group with a group criterion and allocates removals over
+the groups (nothing is changed). ``apply_plan_`` performs the surgery in place and, by default, proves it:
+the pruned model is run on the traced inputs and must give the same output shapes as before. If it does
+not (a size hard-coded in the model's code), the module tree is restored, the groups whose removal breaks
+the forward pass are found by bisection and kept, and the rest is applied. Proving costs one forward pass of
+the pruned model at the (downscaled) trace size, so it is cheap; no copy of the model is made.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
+from prunekit._transaction import _restore_tree, _snapshot_tree
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
 from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
@@ -52,6 +54,8 @@ class StructuralPlan:
     kind: str = "channel"
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    check_inputs: Any = field(default=None, repr=False)
+    check_shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
     def removal(self, only: Iterable[int] | None = None) -> Removal:
         parts: dict[str, dict[int, list[np.ndarray]]] = {}
@@ -117,8 +121,8 @@ def analyze(
     ``reduce_spatial``: an image batch (one N x C x H x W float tensor) is first traced downscaled to a
     shorter side of 64, because which channels are coupled does not depend on the image size and the trace
     then costs a fraction of the compute. If the model refuses the smaller image (a fixed input size, a
-    flatten into a linear layer), it is traced at the given size. The output shapes recorded for
-    validation are always those of the given inputs.
+    flatten into a linear layer), it is traced at the given size. The inputs traced and the output shapes
+    they gave are recorded (``inputs``, ``output_shapes``): plans are proved on them.
     """
     if example_inputs is None:
         raise DataError("structural pruning traces the model: pass example_inputs= (a batch the model accepts)")
@@ -130,12 +134,12 @@ def analyze(
         except Exception:  # noqa: BLE001  the model wants its own size: trace at that size below
             tr = None
         if tr is not None:
-            shapes = _output_shapes(model, example_inputs)
-            if shapes is not None:
-                tr.output_shapes = shapes
-                tr.notes.append(f"traced at {tuple(small.shape)} (channel coupling does not depend on image size)")
-                return tr
-    return trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset))
+            tr.inputs = small
+            tr.notes.append(f"traced at {tuple(small.shape)} (channel coupling does not depend on image size)")
+            return tr
+    tr = trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset))
+    tr.inputs = example_inputs
+    return tr
 
 
 def _downscaled(x: Any) -> Tensor | None:
@@ -147,25 +151,6 @@ def _downscaled(x: Any) -> Tensor | None:
     scale = _TRACE_SIDE / min(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return F.interpolate(x.detach(), size=size, mode="bilinear", align_corners=False)
-
-
-def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]] | None:
-    """Shapes of the model's tensor outputs on ``example_inputs``, from a forward pass on the meta device
-    (no compute), or a real one if the model has an operation without a meta kernel."""
-    was = model.training
-    model.eval()
-    try:
-        for meta in (True, False):
-            try:
-                m = _meta_copy(model) if meta else model
-                with torch.no_grad():
-                    out = _call(m, _to_meta(example_inputs) if meta else example_inputs)
-                return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
-            except Exception:  # noqa: BLE001
-                continue
-        return None
-    finally:
-        model.train(was)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -357,20 +342,29 @@ def _plan_channels(
     opts: dict[str, Any] = {"round_to": round_to}
     if global_cap is not None:
         opts["global_cap"] = global_cap
+    opts["segments"] = [_segments(g, tr.producer_of) for g in groups]
     removes = alloc(scores, removable, sparsity, **opts)
     removes = [_protect_members(g, r) for g, r in zip(groups, removes)]
     plan = StructuralPlan(groups, removes, kind=kind, notes=list(tr.notes))
-    if validate and plan.units_removed:
-        bad = _bisect_failures(model, example_inputs, plan, tr.output_shapes)
-        if bad:
-            names = [groups[i].members[0].param for i in sorted(bad)]
-            plan.notes.append(
-                f"{len(bad)} group(s) kept because the model's code fixes their size: " + ", ".join(names[:8])
-            )
-            for i in bad:
-                plan.remove[i] = np.zeros(0, dtype=np.int64)
+    if validate and tr.inputs is not None:
+        plan.check_inputs, plan.check_shapes = tr.inputs, list(tr.output_shapes)
     plan.seconds = time.perf_counter() - t0
     return plan
+
+
+def _segments(g: Group, producer_of: dict[tuple[str, int], str]) -> np.ndarray | None:
+    """Units of a concatenation, split by the layers that produce them: units covered by the same set of
+    producing members share a segment id. None when there is one segment (the usual group)."""
+    prod = [i for i, m in enumerate(g.members) if (m.param, m.dim) in producer_of]
+    if len(prod) < 2:
+        return None
+    cov = np.zeros((g.size, len(prod)), dtype=bool)
+    for j, i in enumerate(prod):
+        lab = g.index_class[i]
+        cov[lab[lab >= 0], j] = True
+    _, seg = np.unique(cov, axis=0, return_inverse=True)
+    seg = np.asarray(seg, dtype=np.int64).reshape(-1)
+    return seg if seg.size and seg.max() > 0 else None
 
 
 def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
@@ -389,85 +383,110 @@ def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of the module tree whose tensors live on the meta device (no data is copied)."""
-    memo: dict[int, Any] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) in memo:
-            continue
-        meta = t.detach().to("meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
-
-
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.to("meta")
-    if isinstance(x, dict):
-        return type(x)({k: _to_meta(v) for k, v in x.items()}) if not hasattr(x, "data") else {k: _to_meta(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_meta(v) for v in x)
-    return x
-
-
-def _probe_once(model: nn.Module, example_inputs: Any, removal: Removal, shapes: list, meta: bool) -> bool:
-    m = _meta_copy(model) if meta else copy.deepcopy(model)
+def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]]) -> bool:
+    """Does ``model`` run on ``inputs`` and give outputs of these shapes?"""
+    was = model.training
+    model.eval()
     try:
-        remove_(m, removal)
-        m.eval()
         with torch.no_grad():
-            out = _call(m, _to_meta(example_inputs) if meta else example_inputs)
-        got = [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
-        return got == shapes
+            out = _call(model, inputs)
+        return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)] == shapes
     except PrunekitError:
         raise
-    except Exception:  # noqa: BLE001  a forward that breaks is exactly what the probe looks for
+    except Exception:  # noqa: BLE001  a forward that breaks is exactly what the check looks for
         return False
     finally:
-        del m
+        model.train(was)
 
 
-def _probe(model: nn.Module, example_inputs: Any, removal: Removal, shapes: list[tuple[int, ...]]) -> bool:
-    """Does the model still run, with the same output shapes, after this removal? Tried on a meta-device
-    copy first (no data, fast); a failure there is confirmed on a real copy (some ops have no meta kernel)."""
-    if _probe_once(model, example_inputs, removal, shapes, meta=True):
-        return True
-    return _probe_once(model, example_inputs, removal, shapes, meta=False)
+def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[int, ...]]) -> bool:
+    """Would the model still run, with the same output shapes, after this removal? The removal is applied
+    in place and undone (module tree restored; no weight is copied)."""
+    snap = _snapshot_tree(model)
+    try:
+        remove_(model, removal)
+        return _runs(model, inputs, shapes)
+    except PrunekitError:
+        raise
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        _restore_tree(snap)
 
 
-def _bisect_failures(model: nn.Module, example_inputs: Any, plan: StructuralPlan, shapes: list) -> set[int]:
+def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list) -> set[int]:
+    """The groups whose removal breaks the model (found by bisection over the plan's active groups)."""
     active = [i for i, r in enumerate(plan.remove) if len(r)]
-    if _probe(model, example_inputs, plan.removal(active), shapes):
-        return set()
     bad: set[int] = set()
 
     def search(ids: list[int]) -> None:
         if not ids:
             return
         if len(ids) == 1:
-            if not _probe(model, example_inputs, plan.removal(ids), shapes):
+            if not _probe(model, inputs, plan.removal(ids), shapes):
                 bad.add(ids[0])
             return
         half = len(ids) // 2
         for part in (ids[:half], ids[half:]):
-            if not _probe(model, example_inputs, plan.removal(part), shapes):
+            if not _probe(model, inputs, plan.removal(part), shapes):
                 search(part)
 
     search(active)
     # what remains must work together
     rest = [i for i in active if i not in bad]
-    while rest and not _probe(model, example_inputs, plan.removal(rest), shapes):
+    while rest and not _probe(model, inputs, plan.removal(rest), shapes):
         bad.add(rest.pop())
     return bad
 
 
+def _keep_groups(plan: StructuralPlan, bad: set[int]) -> None:
+    names = [plan.groups[i].members[0].param for i in sorted(bad)]
+    plan.notes.append(f"{len(bad)} group(s) kept because the model's code fixes their size: " + ", ".join(names[:8]))
+    for i in bad:
+        plan.remove[i] = np.zeros(0, dtype=np.int64)
+
+
+def validate_plan(model: nn.Module, plan: StructuralPlan) -> set[int]:
+    """Prove ``plan`` without keeping any change: groups whose removal breaks the forward pass on the
+    traced inputs are dropped from the plan (and named in its notes). Returns their indices."""
+    if plan.check_shapes is None or not plan.units_removed:
+        return set()
+    with single_thread():
+        if _probe(model, plan.check_inputs, plan.removal(), plan.check_shapes):
+            bad: set[int] = set()
+        else:
+            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes)
+    if bad:
+        _keep_groups(plan, bad)
+    plan.check_shapes = None  # proved
+    return bad
+
+
 def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, ...]]:
-    """Remove the planned units in place. Returns the old shapes of the changed tensors."""
+    """Remove the planned units in place. Returns the old shapes of the changed tensors.
+
+    A plan made with ``validate=True`` is proved here: after the surgery the model must run on the traced
+    inputs with the same output shapes; if not, the model is restored, the offending groups are dropped from
+    the plan by bisection, and the rest is applied."""
     removal = plan.removal()
     if not removal:
         return {}
     with single_thread():
-        old = remove_(model, removal)
+        snap = _snapshot_tree(model) if plan.check_shapes is not None else None
+        try:
+            old = remove_(model, removal)
+        except BaseException:
+            if snap is not None:
+                _restore_tree(snap)
+            raise
+        if snap is not None and not _runs(model, plan.check_inputs, plan.check_shapes):
+            _restore_tree(snap)
+            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes)
+            if bad:
+                _keep_groups(plan, bad)
+            removal = plan.removal()
+            old = remove_(model, removal) if removal else {}
+        plan.check_shapes = None
     sync_config(model)
     return old
 

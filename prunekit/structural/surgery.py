@@ -7,6 +7,7 @@ does it replace anything, so a refused change leaves the model as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,14 @@ def _keep_index(n: int, drop: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.nonzero(mask)[0])
 
 
-def new_shapes(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
-    slots = tensor_slots(model)
+def _sorted_unique(drop: Any) -> np.ndarray:
+    u = np.asarray(drop, dtype=np.int64).reshape(-1)
+    return u if u.size < 2 or bool((u[1:] > u[:-1]).all()) else np.unique(u)
+
+
+def new_shapes(model: nn.Module, removal: Removal, slots: dict[str, list[_Slot]] | None = None) -> dict[str, tuple[int, ...]]:
+    """The shape every tensor of ``removal`` will have; a removal that does not fit raises :class:`PlanError`."""
+    slots = tensor_slots(model) if slots is None else slots
     out = {}
     for key, dims in removal.items():
         if key not in slots:
@@ -61,7 +68,7 @@ def new_shapes(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]
         for d, drop in dims.items():
             if d >= t.dim():
                 raise PlanError(f"the plan removes along dim {d} of {key!r}, which has shape {tuple(t.shape)}")
-            u = np.unique(np.asarray(drop, dtype=np.int64))
+            u = _sorted_unique(drop)
             if u.size and (u.min() < 0 or u.max() >= t.shape[d]):
                 raise PlanError(f"the plan removes index {int(u.max())} along dim {d} of {key!r} {tuple(t.shape)}")
             shape[d] -= u.size
@@ -74,7 +81,8 @@ def new_shapes(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]
 def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
     """Remove the given indices in place. Returns the old shape of every tensor that changed."""
     slots = tensor_slots(model)
-    shapes = new_shapes(model, removal)
+    shapes = new_shapes(model, removal, slots)
+    modules = dict(model.named_modules(remove_duplicate=False))
     # 1. compute new tensors
     new: dict[str, Tensor] = {}
     old_shapes: dict[str, tuple[int, ...]] = {}
@@ -82,8 +90,13 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
         t = getattr(slots[key][0].module, slots[key][0].attr)
         old_shapes[key] = tuple(t.shape)
         data = t.detach()
-        for d, drop in sorted(dims.items()):
-            if len(drop):
+        live = {d: drop for d, drop in dims.items() if len(drop)}
+        if set(live) == {0, 1} and data.dim() == 2 and data.numel() > (1 << 20):  # a big matrix: one 2-D gather
+            r = _keep_index(data.shape[0], live[0]).to(data.device)
+            c = _keep_index(data.shape[1], live[1]).to(data.device)
+            data = data[r[:, None], c[None, :]]
+        else:
+            for d, drop in sorted(live.items()):
                 data = data.index_select(d, _keep_index(data.shape[d], drop).to(data.device))
         new[key] = data.contiguous() if data is not t.detach() else data.clone()
     # 2. let handlers veto
@@ -97,7 +110,7 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
             entry[3][s.attr] = old_shapes[key]
     owner_handlers = []
     for mname, mod, nshapes, oshapes in per_module.values():
-        owners = _owners(model, mname)
+        owners = _owners(modules, mname)
         for oname, omod in owners:
             h = handler_for(omod)
             if h is None:
@@ -121,7 +134,7 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
             else:
                 s.module._buffers[s.attr] = repl
     seen = set()
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): n for n, m in modules.items()}
     for h, omod, rel_old in owner_handlers:
         if id(omod) in seen:
             continue
@@ -171,13 +184,8 @@ def record_attrs(model: nn.Module, module_name: str, before: dict, after: dict) 
         structure_state(model)["attrs"].setdefault(module_name, {}).update(changed)
 
 
-def _owners(model: nn.Module, mname: str) -> list[tuple[str, nn.Module]]:
+def _owners(modules: dict[str, nn.Module], mname: str) -> list[tuple[str, nn.Module]]:
     """The module holding a tensor and its ancestors, innermost first (a handler of an ancestor such as
-    MultiheadAttention owns its out_proj)."""
+    MultiheadAttention owns its out_proj). ``modules``: the model's ``dict(named_modules())``."""
     parts = mname.split(".") if mname else []
-    out = []
-    for i in range(len(parts), -1, -1):
-        n = ".".join(parts[:i])
-        out.append((n, model.get_submodule(n) if n else model))
-    # an own handler first; else the nearest ancestor with one
-    return out
+    return [(n, modules[n]) for n in (".".join(parts[:i]) for i in range(len(parts), -1, -1))]

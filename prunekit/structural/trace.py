@@ -272,6 +272,7 @@ class TraceResult:
     residual_chain: dict[int, list[int]] = field(default_factory=dict)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     producer_of: dict[tuple[str, int], str] = field(default_factory=dict)
+    inputs: Any = field(default=None, repr=False)  # what was traced (set by ``analyze``)
 
     def group_of(self, param: str, dim: int) -> Group | None:
         for g in self.groups:
@@ -357,6 +358,7 @@ class _Tracer(TorchDispatchMode):
         super().__init__()
         self.uf = _UnionFind()
         self.labels: dict[int, tuple[Tensor, np.ndarray]] = {}
+        self.layouts: dict[int, tuple[tuple[int, ...], tuple[int, ...], int]] = {}  # size, stride, offset when labelled
         self.pinned: list[np.ndarray] = []
         self.strict = strict
         self.notes: list[str] = []
@@ -465,6 +467,10 @@ class _Tracer(TorchDispatchMode):
             if lab.ndim != t.dim():
                 lab = lab.reshape((1,) * (t.dim() - lab.ndim) + lab.shape) if lab.ndim < t.dim() else _const(t.dim())
             self.labels[id(t)] = (t, lab)
+            try:
+                self.layouts[id(t)] = (tuple(t.shape), tuple(t.stride()), t.storage_offset())
+            except Exception:  # noqa: BLE001  (tensors without strides)
+                self.layouts.pop(id(t), None)
 
     def full(self, lab: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return np.broadcast_to(lab, shape)
@@ -618,28 +624,24 @@ def _couple_elementwise(tr: _Tracer, ea: tuple, eb: tuple, shape: tuple[int, ...
     if not ok.any():
         return
     pairs = _unique_pairs(fa[ok], fb[ok])
-    pa: dict[int, set[int]] = {}
-    pb: dict[int, set[int]] = {}
-    for x, y in pairs.tolist():
-        pa.setdefault(x, set()).add(y)
-        pb.setdefault(y, set()).add(x)
-    a_bcast, b_bcast = any(ba), any(bb)
+    x, y = pairs[:, 0], pairs[:, 1]
+    # how many distinct partners each atom has (pairs are distinct, so a count of occurrences)
+    ux, ix, cx = np.unique(x, return_inverse=True, return_counts=True)
+    uy, iy, cy = np.unique(y, return_inverse=True, return_counts=True)
+    many_a, many_b = cx[ix] > 1, cy[iy] > 1
     weak = tr.uf.weak
-    for x, y in pairs.tolist():
-        if x == y:
-            continue
-        many_a, many_b = len(pa[x]) > 1, len(pb[y]) > 1
-        # an operand broadcast over the other's channels (a scalar, a gate of one channel) couples nothing
-        if many_a and a_bcast:
-            continue
-        if many_b and b_bcast:
-            continue
-        # weak (element) atoms are absorbed only into a single partner
-        if weak[x] and many_a:
-            continue
-        if weak[y] and many_b:
-            continue
-        tr.uf.union(x, y)
+    weak_x = np.fromiter((weak[i] for i in ux.tolist()), dtype=bool, count=ux.size)[ix]
+    weak_y = np.fromiter((weak[i] for i in uy.tolist()), dtype=bool, count=uy.size)[iy]
+    keep = x != y
+    # an operand broadcast over the other's channels (a scalar, a gate of one channel) couples nothing
+    if any(ba):
+        keep &= ~many_a
+    if any(bb):
+        keep &= ~many_b
+    # weak (element) atoms are absorbed only into a single partner
+    keep &= ~(weak_x & many_a) & ~(weak_y & many_b)
+    if keep.any():
+        tr.uf.union_many(x[keep], y[keep])
 
 
 def _rule_view(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
@@ -912,17 +914,25 @@ def _rule_gather_like(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
             tr.set_label(o, lab if tuple(o.shape) == tuple(x.shape) else _const(o.dim()))
 
 
+def _one_atom_per_index(lab: np.ndarray, ax: int, size: int) -> np.ndarray | None:
+    """If the label holds one atom at each index along ``ax`` (the usual case), those atoms; else None."""
+    if lab.shape[ax] != size and lab.shape[ax] != 1:
+        return None
+    moved = np.moveaxis(np.broadcast_to(lab, lab.shape[:ax] + (size,) + lab.shape[ax + 1:]), ax, 0)
+    moved = moved.reshape(size, -1)
+    if moved.shape[1] == 1 or (moved == moved[:, :1]).all():
+        return moved[:, 0]
+    return None
+
+
 def _in_atoms(tr: _Tracer, lab: np.ndarray, ax: int, size: int, param_atoms: np.ndarray | None) -> None:
     """Couple each index of a consuming parameter dimension with the atoms of the activation there."""
-    if lab.shape[ax] == size or lab.shape[ax] == 1:
-        moved = np.moveaxis(np.broadcast_to(lab, lab.shape[:ax] + (size,) + lab.shape[ax + 1:]), ax, 0)
-        moved = moved.reshape(size, -1)
-        if moved.shape[1] == 1 or (moved == moved[:, :1]).all():  # one atom per index: vectorised
-            col = moved[:, 0]
-            if param_atoms is not None:
-                tr.pin(param_atoms[col < 0])
-                tr.union_pairs(np.asarray(param_atoms[: size]), col)
-            return
+    col = _one_atom_per_index(lab, ax, size)
+    if col is not None:  # one atom per index: vectorised
+        if param_atoms is not None:
+            tr.pin(param_atoms[col < 0])
+            tr.union_pairs(np.asarray(param_atoms[: size]), col)
+        return
     per = _per_index(lab, ax, size)
     for i in range(size):
         atoms = per[i]
@@ -976,8 +986,17 @@ def _rule_conv(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
         else:
             per_in = cin // groups
             per_out = w.shape[0] // groups
-            per = _per_index(lab, 1, cin)
-            for c in range(cin):
+            col = _one_atom_per_index(lab, 1, cin)
+            if col is not None:  # the usual case, vectorised: channel c feeds its group's filters
+                if per_in == 1:  # depthwise: input channel c is output channels c*per_out ... c*per_out+per_out-1
+                    tied = o_atoms[: cin * per_out].reshape(cin, per_out)
+                    tr.union_pairs(np.repeat(col, per_out), tied.reshape(-1))
+                else:  # grouped: input channel c is column c % per_in of its group's filters
+                    tied = i_atoms[np.arange(cin) % per_in][:, None]
+                    tr.union_pairs(col, tied.reshape(-1))
+                tr.pin(tied[col < 0])
+            per = _per_index(lab, 1, cin) if col is None else []
+            for c in range(len(per)):
                 atoms = per[c]
                 real = atoms[atoms >= 0]
                 g, j = divmod(c, per_in)
@@ -987,10 +1006,8 @@ def _rule_conv(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
                 for a in real.tolist():
                     for t in tied:
                         tr.uf.union(t, a)
-            if per_in > 1:  # grouped (not depthwise): uniform removal inside every group
-                for g in range(1, groups):
-                    for t in range(per_out):
-                        tr.uf.union(int(o_atoms[t]), int(o_atoms[g * per_out + t]))
+            if per_in > 1 and groups > 1:  # grouped (not depthwise): uniform removal inside every group
+                tr.union_pairs(np.tile(o_atoms[:per_out], groups - 1), o_atoms[per_out: groups * per_out])
         out_lab = _axis_label(None, 1, nd, o_atoms)  # type: ignore[arg-type]
     else:
         i_atoms = tr.pdim(pv.key, pv.param, 0)
@@ -1253,8 +1270,24 @@ def _rule_copy_(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
 
 
 def _rule_as_strided(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
-    lab = tr.label(args[0])
+    """A strided view keeps the label only when it is the same logical tensor: same sizes and offset, and
+    the same strides on every dimension longer than one (kernels restride fresh outputs this way to keep a
+    memory format). Anything else reinterprets memory: the channels it touches are fixed."""
+    x = args[0]
+    lab = tr.label(x)
     if (lab >= 0).any():
+        size = tuple(int(v) for v in args[1])
+        stride = tuple(int(v) for v in args[2])
+        off = args[3] if len(args) > 3 else kwargs.get("storage_offset")
+        before = tr.layouts.get(id(x))
+        if (
+            before is not None
+            and before[0] == size
+            and (off is None or int(off) == before[2])
+            and all(n == 1 or a == b for n, a, b in zip(size, stride, before[1]))
+        ):
+            tr.set_label(out, lab)
+            return
         tr.pin(lab)
     tr.set_label(out, _const(out.dim()))
     if out is args[0]:
@@ -1422,7 +1455,7 @@ def trace_groups(
     result.residual_chain = add_src
     result.output_shapes = [tuple(o.shape) for o in out_tensors]
     result.producer_of = dict(tr.producer_of)
-    del tr.keep_alive, tr.labels
+    del tr.keep_alive, tr.labels, tr.layouts
     return result
 
 

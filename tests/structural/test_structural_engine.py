@@ -338,3 +338,108 @@ def test_round_to_8_gives_channel_counts_that_are_multiples_of_8() -> None:
     assert changed
     assert all(after[n] % 8 == 0 for n in changed)
     assert model(x).shape == (1, 10)
+
+
+class HardCoded(nn.Module):
+    """A reshape whose channel count is written in the code: removing conv2's channels would break it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.reshape(x.shape[0], 16, -1).mean(-1))
+
+
+@pytest.mark.parametrize("how", ["apply", "validate_first"])
+def test_groups_the_code_fixes_are_found_and_kept(how: str) -> None:
+    from prunekit.structural.engine import validate_plan
+
+    torch.manual_seed(0)
+    model = HardCoded().eval()
+    x = torch.randn(2, 3, 8, 8)
+    plan = plan_channels(model, x, 0.5)
+    assert len(plan.groups) == 2 and plan.units_removed == 16
+    conv1_w = model.conv1.weight
+    if how == "validate_first":
+        assert validate_plan(model, plan) and plan.units_removed == 8
+        assert model.conv1.weight is conv1_w and model.conv2.weight.shape[0] == 16  # nothing changed
+    apply_plan_(model, plan)
+    assert model.conv1.out_channels == 8 and model.conv2.out_channels == 16
+    assert any("kept because the model's code fixes their size" in n for n in plan.notes)
+    assert model(x).shape == (2, 10)
+    # through the API: the same, and the report says so
+    model2 = HardCoded().eval()
+    rep = pk.prune(model2, "l2-channel", sparsity=0.5, example_inputs=x)
+    assert model2.conv1.out_channels == 8 and model2.conv2.out_channels == 16
+    assert any("fixes their size" in n for n in rep.notes)
+
+
+def test_allocations_split_a_concatenation_by_producer() -> None:
+    # units 0-3 come from one layer, 4-11 from another; the first layer's units all score lower
+    scores = [np.arange(12, dtype=float)]
+    rem = [np.ones(12, bool)]
+    seg = [np.array([0] * 4 + [1] * 8)]
+    u = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5, segments=seg)
+    assert u[0].tolist() == [0, 1, 4, 5, 6, 7]  # half of each segment, lowest first
+    assert GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5)[0].tolist() == [0, 1, 2, 3, 4, 5]  # no segments
+    g = GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=0.5, segments=seg)
+    assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the cap holds per segment: segment 0 keeps two units
+
+
+class Concat(nn.Module):
+    """Two branches concatenated into one consumer; branch b's weights are 100x larger than branch a's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(24)
+        self.head = nn.Conv2d(24, 4, 1)
+        with torch.no_grad():
+            self.b.weight.mul_(100)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+def test_a_concatenation_loses_the_same_share_of_every_branch() -> None:
+    torch.manual_seed(0)
+    model = Concat().eval()
+    x = torch.randn(1, 3, 8, 8)
+    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, prune_classifier=False, measure=False)
+    assert (model.a.out_channels, model.b.out_channels, model.bn.num_features, model.head.in_channels) == (4, 8, 12, 12)
+    assert model(x).shape == (1, 4, 8, 8)
+
+
+def test_a_restride_that_keeps_the_tensor_keeps_the_coupling() -> None:
+    """ConvNeXt's head: LayerNorm over permuted channels, then pooling; the pooling kernel restrides its
+    (N, C, 1, 1) result in place, which must not cut the channels off the classifier."""
+    from torchvision.models.convnext import LayerNorm2d
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(8, 4))
+    tr = analyze(model.eval(), torch.randn(1, 3, 16, 16))
+    g = tr.group_of("0.weight", 0)
+    assert g is not None
+    assert {(m.param, m.dim) for m in g.members} >= {("1.weight", 0), ("4.weight", 1)} and all(g.removable)
+
+
+class Reinterpret(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))  # (N, 8)
+        y = torch.as_strided(y, (y.shape[0], 4), (8, 2))  # every other channel: the size is in the code
+        return torch.cat([y, y], 1) @ self.fc.weight.t()
+
+
+def test_a_strided_view_that_reinterprets_memory_fixes_the_channels() -> None:
+    tr = analyze(Reinterpret().eval(), torch.randn(2, 3, 8, 8))
+    g = tr.group_of("conv.weight", 0)
+    assert g is not None and not any(g.removable)
