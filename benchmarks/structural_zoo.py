@@ -1,9 +1,15 @@
 """Structural pruning over the torchvision classification zoo: 50% of channels, default settings.
 
 For each model: success (with the error message), prune time, parameters and MACs before/after, CPU
-latency at batch 1 and 8 before/after (median of repeats, warm-up excluded). If torch-pruning is installed,
-the same models are pruned with it at its defaults (MagnitudePruner with GroupMagnitudeImportance(p=2),
-pruning_ratio 0.5, the final classifier ignored) in the same process, and the ratios are reported.
+latency at batch 1 and 8 before/after. If torch-pruning is installed, the same models are pruned with it at
+its defaults (MagnitudePruner with GroupMagnitudeImportance(p=2), pruning_ratio 0.5, the final classifier
+ignored) in the same process, and the ratios are reported.
+
+Latency: the dense model and every library's pruned model are timed interleaved (each round runs each
+model once, after warm-up), and the median per model is taken, so that a change of machine load cannot
+favour one library. ``pk/TP latency`` is the median over rounds of prunekit's latency divided by
+torch-pruning's in the same round, with a 95% bootstrap interval: below 1 means prunekit's model is
+faster. ``same shapes`` says whether both libraries produced a model with identical tensor shapes.
 
 Prune time is the pruning call alone: ``prunekit.prune(..., measure=False)`` (``prune_s``; ``engine_s`` is the
 part spent planning and cutting, without the core's transaction snapshot and input checks) and, for
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+import random
 import statistics
 import time
 import traceback
@@ -57,24 +65,50 @@ def params(m: nn.Module) -> int:
 
 
 def macs(m: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as c:
+    from prunekit.report import no_fused_attention  # the fused MHA kernel is invisible to the counter
+
+    with torch.no_grad(), no_fused_attention(), FlopCounterMode(display=False) as c:
         m(x)
     return c.get_total_flops() // 2
 
 
-def latency_ms(m: nn.Module, x: torch.Tensor, repeats: int, budget_s: float = 4.0) -> float:
-    times = []
+def latencies_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, budget_s: float = 10.0) -> dict[str, list[float]]:
+    """Per-call latencies of several models measured interleaved: every round runs each model once (after
+    two warm-up calls each), so that load changes hit all of them alike.
+
+    The order changes every round, cycling through all permutations (a seeded shuffle for more than four
+    models), so that each model follows each other one equally often: running right after a bigger model,
+    whose weights evicted the caches, costs a little and must not always hit the same one. Rounds come in
+    whole cycles: at least one, then more until ``rounds`` or ``budget_s``."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    keys = list(models)
+    perms = list(itertools.permutations(keys)) if len(keys) <= 4 else None
+    cycle = len(perms) if perms else 1
+    rng = random.Random(0)
     with torch.no_grad():
-        for _ in range(2):
-            m(x)
+        for m in models.values():
+            for _ in range(2):
+                m(x)
         start = time.perf_counter()
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            m(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-            if i >= 2 and time.perf_counter() - start > budget_s:
+        i = 0
+        while True:
+            order = perms[i % cycle] if perms else rng.sample(keys, len(keys))
+            for k in order:
+                t0 = time.perf_counter()
+                models[k](x)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+            i += 1
+            if i % cycle == 0 and (i >= rounds or time.perf_counter() - start > budget_s):
                 break
-    return statistics.median(times)
+    return times
+
+
+def paired_ratio(a: list[float], b: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Median of the per-round ratios a/b and a 95% bootstrap interval of that median."""
+    r = torch.tensor(a, dtype=torch.float64) / torch.tensor(b, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    boots = r[torch.randint(len(r), (1000, len(r)), generator=g)].median(dim=1).values
+    return float(r.median()), float(boots.quantile(0.025)), float(boots.quantile(0.975))
 
 
 _ENGINE_TIME: dict[str, float] = {}
@@ -125,39 +159,60 @@ def warm_up(libs: list) -> None:
             pass
 
 
-def measure(name: str, lib: str, fn: Any, size: int, repeats: int) -> dict[str, Any]:
+def measure(name: str, libs: list, size: int, repeats: int) -> list[dict[str, Any]]:
+    """Prune one model with every library, then time the dense and all pruned models interleaved."""
     torch.manual_seed(0)
     s = FIXED_SIZE.get(name, size)
     x1, x8 = torch.randn(1, 3, s, s), torch.randn(8, 3, s, s)
     model = build(name)
-    rec: dict[str, Any] = {"model": name, "lib": lib, "input": s}
     with torch.no_grad():
         ref_shape = tuple(model(x1).shape)
-    rec.update(params_before=params(model), macs_before=macs(model, x1),
-               lat1_before=latency_ms(model, x1, repeats), lat8_before=latency_ms(model, x8, max(3, repeats // 3)))
-    work = copy.deepcopy(model)
-    _ENGINE_TIME.clear()
-    t0 = time.perf_counter()
-    try:
-        fn(work, x1)
-        rec["prune_s"] = time.perf_counter() - t0
-        if "last" in _ENGINE_TIME:
-            rec["engine_s"] = _ENGINE_TIME["last"]
-        work.eval()
-        with torch.no_grad():
-            out_shape = tuple(work(x1).shape)
-        rec["ok"] = out_shape == ref_shape and params(work) < rec["params_before"]
-        rec.update(params_after=params(work), macs_after=macs(work, x1),
-                   lat1_after=latency_ms(work, x1, repeats), lat8_after=latency_ms(work, x8, max(3, repeats // 3)))
-        rec["speedup1"] = rec["lat1_before"] / rec["lat1_after"]
-        rec["speedup8"] = rec["lat8_before"] / rec["lat8_after"]
-        rec["macs_reduction"] = rec["macs_before"] / max(rec["macs_after"], 1)
-    except Exception as e:  # noqa: BLE001  a failure is a result
-        rec["ok"] = False
-        rec["prune_s"] = time.perf_counter() - t0
-        rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        rec["trace"] = traceback.format_exc(limit=3)[-600:]
-    return rec
+    base = {"model": name, "input": s, "params_before": params(model), "macs_before": macs(model, x1)}
+    recs: dict[str, dict[str, Any]] = {}
+    pruned: dict[str, nn.Module] = {}
+    for lib, fn in libs:
+        rec: dict[str, Any] = {**base, "lib": lib}
+        work = copy.deepcopy(model)
+        _ENGINE_TIME.clear()
+        t0 = time.perf_counter()
+        try:
+            fn(work, x1)
+            rec["prune_s"] = time.perf_counter() - t0
+            if "last" in _ENGINE_TIME:
+                rec["engine_s"] = _ENGINE_TIME["last"]
+            work.eval()
+            with torch.no_grad():
+                out_shape = tuple(work(x1).shape)
+            rec["ok"] = out_shape == ref_shape and params(work) < rec["params_before"]
+            rec.update(params_after=params(work), macs_after=macs(work, x1))
+            rec["macs_reduction"] = rec["macs_before"] / max(rec["macs_after"], 1)
+            rec["shapes"] = {k: list(v.shape) for k, v in work.state_dict().items()}
+            if rec["ok"]:
+                pruned[lib] = work
+        except Exception as e:  # noqa: BLE001  a failure is a result
+            rec["ok"] = False
+            rec["prune_s"] = time.perf_counter() - t0
+            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            rec["trace"] = traceback.format_exc(limit=3)[-600:]
+            del work
+        recs[lib] = rec
+    for tag, x, n in (("1", x1, repeats), ("8", x8, max(3, repeats // 2))):
+        t = latencies_ms({"dense": model, **pruned}, x, n)
+        for lib, m in pruned.items():
+            r = recs[lib]
+            r[f"lat{tag}_before"], r[f"lat{tag}_after"] = statistics.median(t["dense"]), statistics.median(t[lib])
+            r[f"speedup{tag}"] = r[f"lat{tag}_before"] / r[f"lat{tag}_after"]
+            r[f"rounds{tag}"] = len(t[lib])
+            if lib != "prunekit" and "prunekit" in pruned:
+                med, lo, hi = paired_ratio(t["prunekit"], t[lib])
+                r[f"pk_over_lib{tag}"], r[f"pk_over_lib{tag}_ci"] = med, [lo, hi]
+    if "prunekit" in recs:
+        for lib, r in recs.items():
+            if lib != "prunekit" and r.get("ok") and recs["prunekit"].get("ok"):
+                r["same_shapes_as_prunekit"] = r["shapes"] == recs["prunekit"]["shapes"]
+    for r in recs.values():
+        r.pop("shapes", None)
+    return list(recs.values())
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -167,12 +222,19 @@ def table(records: list[dict[str, Any]]) -> str:
     head = "| model | ok | prune s | engine s | params | MACs x | speedup b1 | speedup b8 |"
     sep = "|---|---|---|---|---|---|---|---|"
     if has_tp:
-        head += " TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | time ratio pk/TP |"
-        sep += "---|---|---|---|---|---|"
+        head += (" TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | same shapes |"
+                 " pk/TP latency b1 | pk/TP latency b8 | time ratio pk/TP |")
+        sep += "---|---|---|---|---|---|---|---|---|"
     lines = [head, sep]
 
     def f(r: dict | None, k: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(r[k]) if r and k in r else "-"
+
+    def lat(r: dict | None, tag: str) -> str:
+        if not r or f"pk_over_lib{tag}" not in r:
+            return "-"
+        lo, hi = r[f"pk_over_lib{tag}_ci"]
+        return f"{r[f'pk_over_lib{tag}']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     tot_pk = tot_tp = tot_eng = 0.0
     for m in models:
@@ -188,8 +250,9 @@ def table(records: list[dict[str, Any]]) -> str:
                 tot_pk += a["prune_s"]
                 tot_eng += a.get("engine_s", a["prune_s"])
                 tot_tp += b["prune_s"]
+            same = "-" if not b or "same_shapes_as_prunekit" not in b else ("yes" if b["same_shapes_as_prunekit"] else "no")
             row += f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | " \
-                   f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {ratio} |"
+                   f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {same} | {lat(b, '1')} | {lat(b, '8')} | {ratio} |"
         lines.append(row)
     ok = sum(1 for m in models if by.get((m, "prunekit"), {}).get("ok"))
     lines.append("")
@@ -201,6 +264,16 @@ def table(records: list[dict[str, Any]]) -> str:
             lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, torch-pruning {tot_tp:.1f} s "
                          f"(ratio {tot_pk / tot_tp:.2f}); prunekit's engine alone {tot_eng:.1f} s "
                          f"(ratio {tot_eng / tot_tp:.2f}).")
+        both = [by[(m, "torch-pruning")] for m in models if (m, "torch-pruning") in by and "pk_over_lib1" in by[(m, "torch-pruning")]]
+        if both:
+            same = sum(1 for r in both if r.get("same_shapes_as_prunekit"))
+            for tag in ("1", "8"):
+                worst = max(both, key=lambda r: r[f"pk_over_lib{tag}"])
+                lines.append(f"batch {tag}: prunekit's model at most as slow as torch-pruning's (median ratio <= 1) on "
+                             f"{sum(1 for r in both if r[f'pk_over_lib{tag}'] <= 1)}/{len(both)} models; 1 inside the 95% "
+                             f"interval or below it on {sum(1 for r in both if r[f'pk_over_lib{tag}_ci'][0] <= 1)}/{len(both)}; "
+                             f"largest ratio {worst[f'pk_over_lib{tag}']:.3f} ({worst['model']}).")
+            lines.append(f"identical tensor shapes from both libraries on {same}/{len(both)} models.")
     errors = [r for r in records if not r.get("ok") and r.get("error")]
     if errors:
         lines += ["", "failures:"]
@@ -212,7 +285,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(ZOO))
     ap.add_argument("--size", type=int, default=224, help="input side for models that accept any size")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=30, help="most rounds of interleaved timing at batch 1 (half at batch 8)")
     ap.add_argument("--out", default="results/structural_zoo")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning even if it is installed")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
@@ -234,19 +307,18 @@ def main() -> None:
     records: list[dict[str, Any]] = []
     if jsonl.exists() and not args.fresh:
         records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    done = {(r["model"], r["lib"]) for r in records}
+    done = {r["model"] for r in records}
     with open(jsonl, "w" if args.fresh else "a") as fh:
         for name in args.models.split(","):
-            for lib, fn in libs:
-                if (name, lib) in done:
-                    print(f"{name:20s} {lib:14s} already in {jsonl}, skipped", flush=True)
-                    continue
-                rec = measure(name, lib, fn, args.size, args.repeats)
+            if name in done:
+                print(f"{name:20s} already in {jsonl}, skipped", flush=True)
+                continue
+            for rec in measure(name, libs, args.size, args.repeats):
                 rec["threads"] = torch.get_num_threads()
                 records.append(rec)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
-                print(f"{name:20s} {lib:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
+                print(f"{name:20s} {rec['lib']:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
                       f"b1x{rec.get('speedup1', 0):.2f} b8x{rec.get('speedup8', 0):.2f} "
                       f"MACsx{rec.get('macs_reduction', 0):.2f} {rec.get('error', '')}", flush=True)
     order = {m: i for i, m in enumerate(ZOO)}

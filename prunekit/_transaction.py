@@ -21,10 +21,10 @@ def _immutable(value: Any) -> bool:
     return isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))
 
 
-def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor]]]:
+def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]:
     """For every module: its attribute dict (registries copied shallowly, other values deep-copied with one
     shared memo so that objects shared between modules, such as a Hugging Face config, stay shared) and the
-    storage each of its tensors points at. No weight is copied."""
+    storage each of its tensors points at, and its class. No weight is copied."""
     memo: dict[int, Any] = {}
     out = []
     for module in model.modules():
@@ -46,12 +46,14 @@ def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], di
             for t in list(module._parameters.values()) + list(module._buffers.values())
             if t is not None
         }
-        out.append((module, saved, data))
+        out.append((module, saved, data, type(module)))
     return out
 
 
-def _restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor]]]) -> None:
-    for module, saved, data in snapshot:
+def _restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]) -> None:
+    for module, saved, data, cls in snapshot:
+        if type(module) is not cls:  # surgery may switch a module's class (nn.MultiheadAttention losing heads)
+            module.__class__ = cls
         module.__dict__.clear()
         module.__dict__.update(saved)
         for t in list(module._parameters.values()) + list(module._buffers.values()):

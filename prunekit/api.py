@@ -13,7 +13,7 @@ from prunekit.errors import ConfigError, DataError, InvalidSparsityError, Missin
 from prunekit.granularity import NM, _check_sparsity, parse_pattern
 from prunekit.methods import Method, PruneRequest, resolve_method
 from prunekit.plan import split_by_pattern
-from prunekit.report import Report, layer_stats, measure
+from prunekit.report import Report, layer_stats, measure, weight_shapes
 from prunekit.targets import Ignore, check_finite, select_targets
 
 COMMON_OPTIONS = frozenset({"seed", "prune_classifier", "skip_incompatible", "measure", "measure_latency"})
@@ -99,6 +99,7 @@ def prune(
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
         raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
+    shapes_before = weight_shapes(model) if m.structural else None
     with transaction(model, structural=m.structural):
         outcome = m.run(model, request)
     after = measure(model, example_inputs, latency=do_latency) if do_measure else None
@@ -121,6 +122,6 @@ def prune(
         settings=settings,
         before=before,
         after=after,  # type: ignore[arg-type]
-        layers=layer_stats(model, outcome.layer_sparsity, dict(ignored)),
+        layers=layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before),
         notes=notes,
     )

@@ -319,7 +319,7 @@ class Pruner:
         """
         if self.schedule is None:
             raise ConfigError("Pruner.step needs a schedule (e.g. Gradual(start, end, final_sparsity))")
-        if step not in set(self.schedule.steps()):
+        if not self.schedule.acts_at(step):
             return None
         target = self.schedule.sparsity_at(step)
         if target <= 0.0:

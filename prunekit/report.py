@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +55,20 @@ class LayerStats:
     nonzero: int
     target: float | None = None
     ignored: str | None = None
+    shape_before: tuple[int, ...] | None = None  # set when the layer's weight changed shape (structural pruning)
 
     @property
     def sparsity(self) -> float:
+        """Fraction of zeros among the weights the layer still has."""
         return 1.0 - self.nonzero / self.params if self.params else 0.0
+
+    @property
+    def removed(self) -> float:
+        """Fraction of the layer's original weights that were physically removed."""
+        if not self.shape_before:
+            return 0.0
+        n0 = math.prod(self.shape_before)
+        return 1.0 - self.params / n0 if n0 else 0.0
 
 
 def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -73,9 +86,21 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+@contextmanager
+def no_fused_attention() -> Iterator[None]:
+    """Turn off nn.MultiheadAttention's fused inference kernel, which the FLOP counter cannot see (it would
+    count no attention at all for a stock module, and all of it once heads were removed)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass (torch.utils.flop_counter) and the FLOPs of each named module."""
-    with torch.no_grad(), parametrize.cached(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), no_fused_attention(), parametrize.cached(), FlopCounterMode(display=False) as counter:
         call_model(model, inputs)
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
@@ -137,8 +162,23 @@ def measure(
     return stats
 
 
-def layer_stats(model: nn.Module, targets: dict[str, float | None], ignored: dict[str, str]) -> list[LayerStats]:
-    """Per-layer statistics of every prunable module, in model order."""
+def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The weight shape of every prunable module, by name (taken before a structural method runs)."""
+    return {
+        name: tuple(m.weight.shape)
+        for name, m in model.named_modules()
+        if _is_prunable(m) and isinstance(getattr(m, "weight", None), torch.Tensor)
+    }
+
+
+def layer_stats(
+    model: nn.Module,
+    targets: dict[str, float | None],
+    ignored: dict[str, str],
+    shapes_before: dict[str, tuple[int, ...]] | None = None,
+) -> list[LayerStats]:
+    """Per-layer statistics of every prunable module, in model order. ``shapes_before``: weight shapes before
+    a structural method ran; layers whose shape changed record it."""
     rows = []
     for name, module in model.named_modules():
         if not _is_prunable(module) or getattr(module, "weight", None) is None:
@@ -152,6 +192,11 @@ def layer_stats(model: nn.Module, targets: dict[str, float | None], ignored: dic
                 nonzero=int(torch.count_nonzero(w)),
                 target=targets.get(name),
                 ignored=ignored.get(name),
+                shape_before=(
+                    shapes_before[name]
+                    if shapes_before and name in shapes_before and shapes_before[name] != tuple(w.shape)
+                    else None
+                ),
             )
         )
     return rows
@@ -210,7 +255,7 @@ class Report:
             "model_sparsity": self.model_sparsity,
             "before": asdict(self.before),
             "after": asdict(self.after),
-            "layers": [{**asdict(r), "sparsity": r.sparsity} for r in self.layers],
+            "layers": [{**asdict(r), "sparsity": r.sparsity, "removed": r.removed} for r in self.layers],
             "notes": self.notes,
         }
 
@@ -228,7 +273,11 @@ class Report:
             before=ModelStats(**d["before"]),
             after=ModelStats(**d["after"]),
             layers=[
-                LayerStats(**{k: (tuple(v) if k == "shape" else v) for k, v in r.items() if k != "sparsity"})
+                LayerStats(**{
+                    k: (tuple(v) if k in ("shape", "shape_before") and v is not None else v)
+                    for k, v in r.items()
+                    if k not in ("sparsity", "removed")
+                })
                 for r in d.get("layers", [])
             ],
             notes=list(d.get("notes", [])),
@@ -270,6 +319,19 @@ class Report:
 
     def layer_table(self) -> Table:
         t = Table(title="per layer")
+        if self.structural:  # shapes changed: what was removed, not zeros inside what is left
+            for col in ("layer", "shape", "weights", "outputs removed", "weights removed", "note"):
+                t.add_column(col, justify="left" if col in ("layer", "shape", "note") else "right")
+            for r in self.layers:
+                shape = "x".join(map(str, r.shape))
+                if r.shape_before:
+                    shape = "x".join(map(str, r.shape_before)) + " -> " + shape
+                note = r.ignored or ""
+                if note and r.shape_before:
+                    note += "; its inputs follow the layers before it"
+                t.add_row(r.name, shape, str(r.params), "-" if r.target is None else f"{r.target:.4f}",
+                          f"{r.removed:.4f}", note)
+            return t
         for col in ("layer", "shape", "weights", "non-zero", "target", "sparsity", "note"):
             t.add_column(col, justify="left" if col in ("layer", "note") else "right")
         for r in self.layers:

@@ -28,6 +28,10 @@ class Schedule(ABC):
         """The steps at which the target changes (where a pruner should act)."""
         return [0]
 
+    def acts_at(self, step: int) -> bool:
+        """Is ``step`` one of :meth:`steps`? (Subclasses answer without building the list.)"""
+        return step in self.steps()
+
 
 @SCHEDULES.register("one-shot", "prune once, at `at`, to the final sparsity")
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class Iterative(Schedule):
     def steps(self) -> list[int]:
         return [self.start + i * self.every for i in range(self.rounds)]
 
+    def acts_at(self, step: int) -> bool:
+        k, r = divmod(step - self.start, self.every)
+        return step >= self.start and r == 0 and k < self.rounds
+
 
 @SCHEDULES.register("gradual", "cubic schedule of Zhu & Gupta 2017 (automated gradual pruning)")
 @dataclass(frozen=True)
@@ -106,3 +114,6 @@ class Gradual(Schedule):
 
     def steps(self) -> list[int]:
         return [*range(self.start, self.end, self.frequency), self.end]
+
+    def acts_at(self, step: int) -> bool:
+        return step == self.end or (self.start <= step < self.end and (step - self.start) % self.frequency == 0)

@@ -35,3 +35,12 @@ def test_schedule_rejects_bad_values():
         pk.Gradual(0, 10, final_sparsity=1.2)
     with pytest.raises(pk.ConfigError):
         pk.Gradual(10, 10, final_sparsity=0.5)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [pk.OneShot(final_sparsity=0.5, at=3), pk.Iterative(rounds=4, final_sparsity=0.8, every=5, start=2), pk.Gradual(10, 47, 0.9, frequency=4)],
+)
+def test_acts_at_agrees_with_steps(schedule) -> None:  # noqa: ANN001
+    steps = set(schedule.steps())
+    assert [s for s in range(-5, 80) if schedule.acts_at(s)] == sorted(steps)

@@ -11,7 +11,14 @@ shapes (head sizes, per-layer widths).
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
 from prunekit.structural.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
 from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
-from prunekit.structural.engine import StructuralPlan, analyze, apply_plan_, plan_channels, prune_channels_
+from prunekit.structural.engine import (
+    StructuralPlan,
+    analyze,
+    apply_plan_,
+    plan_channels,
+    prune_channels_,
+    validate_plan,
+)
 from prunekit.structural.granularity import Embedding, Head, Layer
 from prunekit.structural.handlers import HANDLERS, ModuleHandler, register_handler
 from prunekit.structural.hf import from_pretrained_pruned
@@ -48,4 +55,5 @@ __all__ = [
     "remove_",
     "structure_record",
     "trace_groups",
+    "validate_plan",
 ]

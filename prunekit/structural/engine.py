@@ -291,7 +291,8 @@ def plan_channels(
     :data:`GROUP_ALLOCATIONS`; ``kind``: "channel" or "embedding"; ``round_to``: keep unit counts at a
     multiple of this; ``global_cap``: the most a group may lose under global allocation; ``targets``: names
     of modules allowed to lose output units; ``calibration`` / ``loss_fn``: data for gradient criteria;
-    ``validate``: prove the plan on a copy first.
+    ``validate``: have :func:`apply_plan_` prove the plan on the traced inputs (or call
+    :func:`validate_plan` to prove it without applying it).
     """
     with single_thread():
         return _plan_channels(

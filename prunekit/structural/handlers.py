@@ -187,7 +187,7 @@ class EmbeddingHandler(ModuleHandler):
         module.num_embeddings, module.embedding_dim = module.weight.shape
 
 
-@register_handler("multihead-attention", "nn.MultiheadAttention: resized by heads only (Head())")
+@register_handler("multihead-attention", "nn.MultiheadAttention: heads removed by Head(); other dims kept")
 class MultiheadAttentionHandler(ModuleHandler):
     module_types = (nn.MultiheadAttention,)
 
@@ -199,9 +199,6 @@ class MultiheadAttentionHandler(ModuleHandler):
         return out
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
-        e = module.out_proj.weight.shape[1]
-        module.embed_dim = e
-        module.kdim = module.vdim = e
-        module.head_dim = e // module.num_heads
-        module.out_proj.in_features = e
-        module.out_proj.out_features = module.out_proj.weight.shape[0]
+        from prunekit.structural.mha import adopt_pruned_heads
+
+        adopt_pruned_heads(module)

@@ -26,7 +26,7 @@ class AttentionBlock:
 
     name: str
     module: nn.Module
-    style: str  # "llama" | "gpt2" | "bert"
+    style: str  # "llama" | "gpt2" | "bert" | "mha" (nn.MultiheadAttention)
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -56,6 +56,13 @@ class AttentionBlock:
                 if getattr(self.module, p).bias is not None:
                     out[f"{n}.{p}.bias"] = {0: q_idx if p == "q_proj" else kv_idx}
             out[f"{n}.o_proj.weight"] = {1: q_idx}
+        elif self.style == "mha":  # packed in_proj rows [q | k | v], out_proj columns
+            inner = self.num_heads * d
+            rows = np.concatenate([q_idx, q_idx + inner, q_idx + 2 * inner])
+            out[f"{n}.in_proj_weight"] = {0: rows}
+            if self.module.in_proj_bias is not None:
+                out[f"{n}.in_proj_bias"] = {0: rows}
+            out[f"{n}.out_proj.weight"] = {1: q_idx}
         elif self.style == "bert":
             for p in ("query", "key", "value"):
                 out[f"{n}.{p}.weight"] = {0: q_idx}
@@ -89,6 +96,10 @@ class AttentionBlock:
             for attr, val in (("num_heads", new_heads), ("num_key_value_heads", new_kv)):
                 if hasattr(m, attr):
                     setattr(m, attr, val)
+        elif self.style == "mha":
+            from prunekit.structural.mha import adopt_pruned_heads
+
+            adopt_pruned_heads(m)  # the class that runs fewer heads; num_heads follows the tensors
         elif self.style == "bert":
             m.num_attention_heads = new_heads
             m.all_head_size = new_heads * self.head_dim
@@ -98,17 +109,19 @@ class AttentionBlock:
 
 
 def find_attention(model: nn.Module) -> list[AttentionBlock]:
-    """Every attention module of a transformer, by its projections. nn.MultiheadAttention is refused
-    (its head width is tied to its input width, so heads cannot go without the residual stream)."""
+    """Every attention module of a transformer, by its projections (q/k/v/o as in LLaMA, GPT-2's c_attn,
+    BERT's query/key/value) or its class (``nn.MultiheadAttention``, packed layout)."""
     cfg = getattr(model, "config", None)
     out = []
     mods = dict(model.named_modules())
     for name, m in mods.items():
         if isinstance(m, nn.MultiheadAttention):
-            raise UnsupportedModuleError(
-                f"module '{name}' (nn.MultiheadAttention): Head() cannot remove heads from it, because its "
-                f"operation ties the head width to the input width; prune its MLP channels instead"
-            )
+            from prunekit.structural.mha import check_head_prunable, inner_width
+
+            check_head_prunable(name, m)
+            out.append(AttentionBlock(name, m, "mha", inner_width(m) // m.head_dim, inner_width(m) // m.head_dim,
+                                      int(m.head_dim), m.out_proj, f"{name}.out_proj"))
+            continue
         ch = dict(m.named_children())
         if all(k in ch for k in ("q_proj", "k_proj", "v_proj", "o_proj")):
             hd = int(getattr(m, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)

@@ -76,6 +76,11 @@ def apply_structure_record(model: nn.Module, record: dict[str, Any]) -> nn.Modul
             raise CheckpointError(f"the structure record names {key!r}, which the rebuilt model does not have")
         reshape_slot(slots, key, shape)
     set_size_attrs(model, record.get("attrs", {}))
+    from prunekit.structural.mha import adopt_pruned_heads
+
+    for m in model.modules():  # nn.MultiheadAttention that lost heads runs as HeadPrunedMultiheadAttention
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            adopt_pruned_heads(m)
     cfg = record.get("config") or {}
     if cfg and getattr(model, "config", None) is not None:
         for k, v in cfg.items():

@@ -443,3 +443,18 @@ def test_a_strided_view_that_reinterprets_memory_fixes_the_channels() -> None:
     tr = analyze(Reinterpret().eval(), torch.randn(2, 3, 8, 8))
     g = tr.group_of("conv.weight", 0)
     assert g is not None and not any(g.removable)
+
+
+def test_report_per_layer_rows_say_what_was_removed() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    rep = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=torch.randn(1, 3, 32, 32), measure_latency=False)
+    row = {r.name: r for r in rep.layers}["layer1.0.conv1"]
+    assert row.shape_before == (64, 64, 3, 3) and row.shape == (32, 32, 3, 3)
+    assert row.removed == pytest.approx(0.75) and row.target == pytest.approx(0.5) and row.sparsity == 0.0
+    fc = {r.name: r for r in rep.layers}["fc"]
+    assert fc.shape_before == (10, 512) and fc.removed == pytest.approx(0.5)
+    text = str(rep)
+    assert "weights removed" in text and "64x64x3x3 ->" in text
+    again = pk.Report.from_dict(rep.to_dict())
+    assert {r.name: r.removed for r in again.layers} == {r.name: r.removed for r in rep.layers}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -123,14 +125,100 @@ def test_layer_removal_updates_config_and_indices() -> None:
     assert out.shape == (1, 15)
 
 
-def test_multihead_attention_heads_are_refused_before_any_change() -> None:
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_head_pruned_multihead_attention_computes_what_the_stock_module_does(batch_first: bool) -> None:
+    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+
+    torch.manual_seed(0)
+    stock = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    ours = copy.deepcopy(stock)
+    ours.__class__ = HeadPrunedMultiheadAttention
+    n, tgt, src = 3, 5, 7
+    q = torch.randn((n, tgt, 16) if batch_first else (tgt, n, 16))
+    kv = torch.randn((n, src, 16) if batch_first else (src, n, 16))
+    pad = torch.zeros(n, src, dtype=torch.bool)
+    pad[1, -2:] = True
+    cases = [
+        {},
+        {"key_padding_mask": pad},
+        {"attn_mask": torch.rand(tgt, src) > 0.7},
+        {"attn_mask": torch.randn(tgt, src)},
+        {"attn_mask": torch.rand(n * 4, tgt, src) > 0.8, "key_padding_mask": pad},
+        {"need_weights": False},
+        {"average_attn_weights": False},
+    ]
+    with torch.no_grad():
+        for kw in cases:
+            a, wa = stock(q, kv, kv, **kw)
+            b, wb = ours(q, kv, kv, **kw)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            assert (wa is None) == (wb is None)
+            if wa is not None:
+                torch.testing.assert_close(wb, wa, atol=1e-5, rtol=1e-5)
+        x = torch.randn(tgt, 16)  # unbatched
+        torch.testing.assert_close(ours(x, x, x)[0], stock(x, x, x)[0], atol=1e-5, rtol=1e-5)
+
+
+def _vit() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+
+
+def test_multihead_attention_heads_are_removed_physically_and_exactly() -> None:
+    from prunekit.structural import apply_structure_record, structure_record
+    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+
+    model = _vit()
+    gone = [1, 3]  # zero these heads everywhere: they score lowest, and removing them changes nothing
+    with torch.no_grad():
+        for blk in model.encoder.layers:
+            att = blk.self_attention
+            for h in gone:
+                for part in range(3):
+                    rows = slice(part * 32 + h * 8, part * 32 + (h + 1) * 8)
+                    att.in_proj_weight[rows] = 0
+                    att.in_proj_bias[rows] = 0
+                att.out_proj.weight[:, h * 8: (h + 1) * 8] = 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
     n0 = sum(p.numel() for p in model.parameters())
-    with pytest.raises(UnsupportedModuleError, match="MultiheadAttention"):
-        pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 3, 32, 32), measure=False)
-    assert sum(p.numel() for p in model.parameters()) == n0
+    pk.prune(model, "head", sparsity=0.5, example_inputs=x, measure=False)
+    for blk in model.encoder.layers:
+        att = blk.self_attention
+        assert type(att) is HeadPrunedMultiheadAttention and isinstance(att, nn.MultiheadAttention)
+        assert (att.num_heads, att.head_dim, att.embed_dim) == (2, 8, 32)
+        assert tuple(att.in_proj_weight.shape) == (48, 32) and tuple(att.out_proj.weight.shape) == (32, 16)
+    assert sum(p.numel() for p in model.parameters()) < n0
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    # the structure record rebuilds it: shapes, head count and class come back, nothing is unpickled
+    rebuilt = apply_structure_record(_vit(), structure_record(model))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert type(rebuilt.encoder.layers[0].self_attention) is HeadPrunedMultiheadAttention
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), after)
+
+
+class _CrossAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mem = x[..., :8]
+        return self.attn(x, mem, mem)[0]
+
+
+def test_multihead_attention_layouts_without_packed_projections_are_refused_before_any_change() -> None:
+    model = _CrossAttention().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModuleError, match="kdim/vdim"):
+        pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 4, 16), measure=False, prune_classifier=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
@@ -187,3 +275,49 @@ def test_uniform_sizes_need_no_record_and_load_with_either_loader(tmp_path) -> N
     model.save_pretrained(tmp_path)
     torch.testing.assert_close(_logits(type(model).from_pretrained(tmp_path).eval()), logits, atol=0, rtol=0)
     torch.testing.assert_close(_logits(from_pretrained_pruned(type(model), tmp_path)), logits, atol=0, rtol=0)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_flops_of_multihead_attention_are_counted_and_halve_with_half_the_heads() -> None:
+    """The fused inference kernel of the stock module is invisible to the FLOP counter; the report turns it
+    off, so the dense count includes the attention and half the heads is exactly half the FLOPs."""
+    from prunekit.report import count_flops
+
+    torch.manual_seed(0)
+    model = _SelfAttention().eval()
+    x = torch.randn(2, 5, 16)
+    before, _ = count_flops(model, x)
+    assert before >= 2 * 2 * 5 * 16 * 64  # at least the four projections
+    pk.prune(model, "head", sparsity=0.5, example_inputs=x, measure=False, prune_classifier=True)
+    after, _ = count_flops(model, x)
+    assert after * 2 == before
+
+
+def test_a_failure_after_heads_were_removed_restores_the_stock_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunekit.structural.methods as sm
+
+    model = _vit()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    real = sm.apply_head_plan_
+
+    def fail_after(m: nn.Module, plan: object) -> None:
+        real(m, plan)
+        raise RuntimeError("injected failure after the surgery")
+
+    monkeypatch.setattr(sm, "apply_head_plan_", fail_after)
+    with pytest.raises(RuntimeError, match="injected"):
+        pk.prune(model, "head", sparsity=0.5, example_inputs=x, measure=False)
+    att = model.encoder.layers[0].self_attention
+    assert type(att) is nn.MultiheadAttention and att.num_heads == 4 and tuple(att.in_proj_weight.shape) == (96, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
