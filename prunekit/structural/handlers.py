@@ -187,18 +187,40 @@ class EmbeddingHandler(ModuleHandler):
         module.num_embeddings, module.embedding_dim = module.weight.shape
 
 
-@register_handler("multihead-attention", "nn.MultiheadAttention: heads removed by Head(); other dims kept")
+@register_handler(
+    "multihead-attention",
+    "nn.MultiheadAttention: heads removed by Head(); the input/output width (residual stream) follows its group",
+)
 class MultiheadAttentionHandler(ModuleHandler):
     module_types = (nn.MultiheadAttention,)
 
     def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
-        out = []
-        for n, p in list(module.named_parameters()):
-            for d in range(p.dim()):
-                out.append((n, d))
+        """The packed layout can change its input and output width (the module becomes a
+        HeadPrunedMultiheadAttention); the inner width changes only by whole heads (Head()). Other layouts
+        keep every dimension."""
+        from prunekit.structural.mha import head_prunable
+
+        if not head_prunable(module):
+            return [(n, d) for n, p in module.named_parameters() for d in range(p.dim())]
+        out = [("in_proj_weight", 0), ("out_proj.weight", 1)]
+        if module.in_proj_bias is not None:
+            out.append(("in_proj_bias", 0))
         return out
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
         from prunekit.structural.mha import adopt_pruned_heads
 
         adopt_pruned_heads(module)
+
+
+@register_handler("torchvision-vit", "torchvision's VisionTransformer: hidden_dim follows the patch embedding")
+class TorchvisionViTHandler(ModuleHandler):
+    """torchvision's VisionTransformer reshapes the patch embedding with its stored ``hidden_dim``; the
+    residual width changes with the class token, which this module owns."""
+
+    type_names = ("VisionTransformer",)
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        conv = getattr(module, "conv_proj", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(getattr(module, "hidden_dim", None), int):
+            module.hidden_dim = int(conv.weight.shape[0])  # the tensor: the conv handler may not have run yet

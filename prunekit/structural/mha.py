@@ -24,6 +24,14 @@ from torch import Tensor, nn
 from prunekit.errors import UnsupportedModuleError
 
 
+def head_prunable(module: nn.MultiheadAttention) -> bool:
+    """Packed projections, no extra key/value bias, no zero attention: the layout that can be resized."""
+    return bool(
+        module._qkv_same_embed_dim and module.in_proj_weight is not None and module.bias_k is None
+        and not module.add_zero_attn
+    )
+
+
 def check_head_prunable(name: str, module: nn.MultiheadAttention) -> None:
     """Refuse (before anything changes) the configurations whose heads cannot be removed."""
     if not module._qkv_same_embed_dim or module.in_proj_weight is None:

@@ -272,7 +272,7 @@ class TraceResult:
     residual_chain: dict[int, list[int]] = field(default_factory=dict)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     producer_of: dict[tuple[str, int], str] = field(default_factory=dict)
-    inputs: Any = field(default=None, repr=False)  # what was traced (set by ``analyze``)
+    inputs: Any = field(default=None, repr=False)  # what was traced: plans are proved on it
 
     def group_of(self, param: str, dim: int) -> Group | None:
         for g in self.groups:
@@ -1454,6 +1454,7 @@ def trace_groups(
     result.module_calls = calls
     result.residual_chain = add_src
     result.output_shapes = [tuple(o.shape) for o in out_tensors]
+    result.inputs = example_inputs
     result.producer_of = dict(tr.producer_of)
     del tr.keep_alive, tr.labels, tr.layouts
     return result

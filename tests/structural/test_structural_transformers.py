@@ -321,3 +321,31 @@ def test_a_failure_after_heads_were_removed_restores_the_stock_module(monkeypatc
     assert type(att) is nn.MultiheadAttention and att.num_heads == 4 and tuple(att.in_proj_weight.shape) == (96, 32)
     with torch.no_grad():
         assert torch.equal(model(x), before)
+
+
+def test_vit_channel_pruning_shrinks_the_residual_stream_through_multihead_attention() -> None:
+    from prunekit.report import count_flops
+    from prunekit.structural import apply_structure_record, structure_record
+    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+
+    model = _vit()
+    x = torch.randn(2, 3, 32, 32)
+    flops0, _ = count_flops(model, x)
+    rep = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
+    assert not any("fixes their size" in n for n in rep.notes)
+    assert model.hidden_dim == 16 and model.conv_proj.out_channels == 16 and tuple(model.class_token.shape) == (1, 1, 16)
+    assert tuple(model.encoder.pos_embedding.shape[-1:]) == (16,)
+    for blk in model.encoder.layers:
+        att = blk.self_attention
+        assert type(att) is HeadPrunedMultiheadAttention
+        assert (att.embed_dim, att.num_heads, att.head_dim) == (16, 4, 8)  # inner width kept: whole heads only
+        assert tuple(att.in_proj_weight.shape) == (96, 16) and tuple(att.out_proj.weight.shape) == (16, 32)
+        assert blk.mlp[0].out_features == 32
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 1000)
+    assert count_flops(model, x)[0] < 0.6 * flops0
+    rebuilt = apply_structure_record(_vit(), structure_record(model))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), out)
