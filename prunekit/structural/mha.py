@@ -1,9 +1,10 @@
-"""Head removal for ``nn.MultiheadAttention``.
+"""Structural pruning of ``nn.MultiheadAttention``: heads, and the width of the residual stream around it.
 
 The stock module ties its inner width (heads x head size) to its input width ``embed_dim``: its packed
-input projection must be ``(3 * embed_dim, embed_dim)``. Once heads are removed the inner width is smaller
-than the residual stream, so the module's class is switched in place to :class:`HeadPrunedMultiheadAttention`,
-a subclass that computes the same attention with any number of heads of the same size. It keeps the stock
+input projection must be ``(3 * embed_dim, embed_dim)``. Once heads are removed (or the residual stream
+around it loses channels) the two differ, so the module's class is switched in place to
+:class:`HeadPrunedMultiheadAttention`, a subclass that computes the same attention with any number of heads
+of the same size and any input width. It keeps the stock
 call signature (``batch_first``, ``key_padding_mask``, ``attn_mask``, ``need_weights``,
 ``average_attn_weights``, ``is_causal``), so the model code that calls it is unchanged, and it is still an
 ``nn.MultiheadAttention`` for ``isinstance`` checks. Saved models get the class back on load from their
@@ -80,7 +81,8 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` with ``num_heads * head_dim`` smaller than ``embed_dim`` (heads removed).
+    """``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` differs from ``embed_dim`` (heads
+    removed, or the residual width around it pruned).
 
     Same parameters as the stock module (packed ``in_proj_weight`` of shape ``(3 * H * d, embed_dim)``,
     ``out_proj`` from ``H * d`` to ``embed_dim``) and the same forward signature and outputs. Attention is
