@@ -384,10 +384,28 @@ def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]]) -> bool:
-    """Does ``model`` run on ``inputs`` and give outputs of these shapes?"""
+def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], where: list[str] | None = None) -> bool:
+    """Does ``model`` run on ``inputs`` and give outputs of these shapes? If it raises and ``where`` is
+    given, the name of the innermost module that was running is appended to it."""
     was = model.training
     model.eval()
+    names = {id(m): n for n, m in model.named_modules()} if where is not None else {}
+    stack: list[str] = []
+    handles = []
+    if where is not None:  # a module whose forward raised never pops: the stack ends at the culprit
+
+        def enter(m: nn.Module, args: Any) -> None:
+            if id(m) in names:
+                stack.append(names[id(m)])
+
+        def leave(m: nn.Module, args: Any, out: Any) -> None:  # returns None: the output is left alone
+            if id(m) in names and stack and stack[-1] == names[id(m)]:
+                stack.pop()
+
+        handles = [
+            torch.nn.modules.module.register_module_forward_pre_hook(enter),
+            torch.nn.modules.module.register_module_forward_hook(leave),
+        ]
     try:
         with torch.no_grad():
             out = _call(model, inputs)
@@ -395,18 +413,23 @@ def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]]) -> bool:
     except PrunekitError:
         raise
     except Exception:  # noqa: BLE001  a forward that breaks is exactly what the check looks for
+        if where is not None and stack:
+            where.append(stack[-1])
         return False
     finally:
+        for h in handles:
+            h.remove()
         model.train(was)
 
 
-def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[int, ...]]) -> bool:
+def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[int, ...]],
+           where: list[str] | None = None) -> bool:
     """Would the model still run, with the same output shapes, after this removal? The removal is applied
     in place and undone (module tree restored; no weight is copied)."""
     snap = _snapshot_tree(model)
     try:
         remove_(model, removal)
-        return _runs(model, inputs, shapes)
+        return _runs(model, inputs, shapes, where)
     except PrunekitError:
         raise
     except Exception:  # noqa: BLE001
@@ -415,24 +438,55 @@ def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[i
         _restore_tree(snap)
 
 
-def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list) -> set[int]:
-    """The groups whose removal breaks the model (found by bisection over the plan's active groups)."""
+def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list,
+                     failed_in: list[str] | None = None) -> set[int]:
+    """The groups whose removal breaks the model.
+
+    First by following the errors: the module whose forward raised names the suspects (the groups with a
+    tensor inside it), and those that break the model on their own are kept; repeated until the rest runs.
+    Where that finds nothing (a wrong output shape, or a failure that needs several groups together), by
+    bisection over all the plan's active groups. ``failed_in``: where the whole plan already failed (its
+    probe is then skipped)."""
     active = [i for i, r in enumerate(plan.remove) if len(r)]
     bad: set[int] = set()
+    for step in range(len(active)):
+        rest = [i for i in active if i not in bad]
+        where: list[str] = list(failed_in) if step == 0 and failed_in is not None else []
+        if not rest or (not (step == 0 and failed_in is not None)
+                        and _probe(model, inputs, plan.removal(rest), shapes, where)):
+            return bad
+        prefix = f"{where[-1]}." if where and where[-1] else None
+        suspects = [i for i in rest if prefix and any(m.param.startswith(prefix) for m in plan.groups[i].members)]
+        found = _search(model, inputs, plan, shapes, suspects)
+        if not found:
+            break
+        bad |= found
+    return bad | _bisect_all(model, inputs, plan, shapes, [i for i in active if i not in bad])
 
-    def search(ids: list[int]) -> None:
-        if not ids:
+
+def _search(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list, ids: list[int]) -> set[int]:
+    """The groups among ``ids`` whose removal alone breaks the model (bisection: a part that runs holds
+    none of them)."""
+    bad: set[int] = set()
+
+    def search(part_ids: list[int]) -> None:
+        if not part_ids:
             return
-        if len(ids) == 1:
-            if not _probe(model, inputs, plan.removal(ids), shapes):
-                bad.add(ids[0])
+        if len(part_ids) == 1:
+            if not _probe(model, inputs, plan.removal(part_ids), shapes):
+                bad.add(part_ids[0])
             return
-        half = len(ids) // 2
-        for part in (ids[:half], ids[half:]):
+        half = len(part_ids) // 2
+        for part in (part_ids[:half], part_ids[half:]):
             if not _probe(model, inputs, plan.removal(part), shapes):
                 search(part)
 
-    search(active)
+    search(ids)
+    return bad
+
+
+def _bisect_all(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list, active: list[int]) -> set[int]:
+    bad = _search(model, inputs, plan, shapes, active)
     # what remains must work together
     rest = [i for i in active if i not in bad]
     while rest and not _probe(model, inputs, plan.removal(rest), shapes):
@@ -453,10 +507,11 @@ def validate_plan(model: nn.Module, plan: StructuralPlan) -> set[int]:
     if plan.check_shapes is None or not plan.units_removed:
         return set()
     with single_thread():
-        if _probe(model, plan.check_inputs, plan.removal(), plan.check_shapes):
+        where: list[str] = []
+        if _probe(model, plan.check_inputs, plan.removal(), plan.check_shapes, where):
             bad: set[int] = set()
         else:
-            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes)
+            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes, failed_in=where)
     if bad:
         _keep_groups(plan, bad)
     plan.check_shapes = None  # proved
@@ -480,9 +535,10 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
             if snap is not None:
                 _restore_tree(snap)
             raise
-        if snap is not None and not _runs(model, plan.check_inputs, plan.check_shapes):
+        where: list[str] = []
+        if snap is not None and not _runs(model, plan.check_inputs, plan.check_shapes, where):
             _restore_tree(snap)
-            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes)
+            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes, failed_in=where)
             if bad:
                 _keep_groups(plan, bad)
             removal = plan.removal()

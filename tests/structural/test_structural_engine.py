@@ -458,3 +458,59 @@ def test_report_per_layer_rows_say_what_was_removed() -> None:
     assert "weights removed" in text and "64x64x3x3 ->" in text
     again = pk.Report.from_dict(rep.to_dict())
     assert {r.name: r.removed for r in again.layers} == {r.name: r.removed for r in rep.layers}
+
+
+class _FixedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.reshape(y.shape[0], 16, -1).mean(-1)  # the width is written in the code
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.block = _FixedBlock()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+
+
+def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunekit.structural.engine as eng
+
+    torch.manual_seed(0)
+    model = _Nested().eval()
+    x = torch.randn(2, 3, 8, 8)
+    plan = plan_channels(model, x, 0.5)
+    assert plan.units_removed == 24
+    # the failing forward names the module it failed in (one with a tensor in the culprit group)
+    from prunekit._transaction import _restore_tree, _snapshot_tree
+    from prunekit.structural.surgery import remove_
+
+    snap = _snapshot_tree(model)
+    remove_(model, plan.removal())
+    where: list[str] = []
+    # the hard-coded reshape still runs on 8 channels but hands fc 16 features: fc is where it breaks
+    assert not eng._runs(model, plan.check_inputs, plan.check_shapes, where) and where == ["fc"]
+    _restore_tree(snap)
+    assert not torch.nn.modules.module._global_forward_hooks  # the tracking hooks are gone
+    # following the error needs fewer probes than bisecting blindly, and finds the same group
+    calls = {"n": 0}
+    real = eng._probe
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(eng, "_probe", counting)
+    apply_plan_(model, plan)
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.block.conv.out_channels) == (8, 8, 16)
+    assert model(x).shape == (2, 10)
+    assert calls["n"] <= 4
