@@ -97,9 +97,7 @@ class AttentionBlock:
                 if hasattr(m, attr):
                     setattr(m, attr, val)
         elif self.style == "mha":
-            from prunekit.structural.mha import adopt_pruned_heads
-
-            adopt_pruned_heads(m)  # the class that runs fewer heads; num_heads follows the tensors
+            pass  # the module's handler already gave it the class that runs fewer heads during the surgery
         elif self.style == "bert":
             m.num_attention_heads = new_heads
             m.all_head_size = new_heads * self.head_dim

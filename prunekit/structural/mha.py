@@ -35,6 +35,8 @@ def head_prunable(module: nn.MultiheadAttention) -> bool:
 
 def check_head_prunable(name: str, module: nn.MultiheadAttention) -> None:
     """Refuse (before anything changes) the configurations whose heads cannot be removed."""
+    if head_prunable(module):
+        return
     if not module._qkv_same_embed_dim or module.in_proj_weight is None:
         raise UnsupportedModuleError(
             f"module '{name}' (nn.MultiheadAttention with kdim/vdim != embed_dim): Head() supports the packed "
