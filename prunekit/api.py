@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -11,12 +12,17 @@ from prunekit._transaction import transaction
 from prunekit.allocation import resolve_allocation
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, MissingDataError, PrunekitError
 from prunekit.granularity import NM, _check_sparsity, parse_pattern
+from prunekit.latency import compare_latency, time_model
 from prunekit.methods import Method, PruneRequest, resolve_method
 from prunekit.plan import split_by_pattern
 from prunekit.report import Report, layer_stats, measure, weight_shapes
-from prunekit.targets import Ignore, check_finite, select_targets
+from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
 
-COMMON_OPTIONS = frozenset({"seed", "prune_classifier", "skip_incompatible", "measure", "measure_latency"})
+COMMON_OPTIONS = frozenset(
+    {"seed", "prune_classifier", "skip_incompatible", "measure", "measure_latency", "latency_threads"}
+)
+#: models larger than this are not copied to time the dense model interleaved with the pruned one
+INTERLEAVED_TIMING_MAX_BYTES = 2 << 30
 
 
 def prune(
@@ -44,7 +50,12 @@ def prune(
 
     Common options: ``seed`` (0), ``prune_classifier`` (False), ``skip_incompatible`` (False: leave layers
     that do not fit the pattern dense instead of failing), ``measure`` (True: measure before/after),
-    ``measure_latency`` (True when example inputs are given). Methods document their own options.
+    ``measure_latency`` (True when example inputs are given), ``latency_threads`` (1). Methods document their
+    own options.
+
+    Latency: the dense model (a copy taken before pruning) and the pruned one are timed interleaved at
+    ``latency_threads`` threads (:func:`prunekit.latency.compare_latency`); ``report.latency`` holds the
+    paired ratio with its 95% interval and says "faster" or "slower" only when the interval excludes 1.
 
     Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
     :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
@@ -72,7 +83,8 @@ def prune(
         )
     seed = int(options.pop("seed", 0))
     do_measure = bool(options.pop("measure", True))
-    do_latency = bool(options.pop("measure_latency", True))
+    do_latency = bool(options.pop("measure_latency", True)) and do_measure and example_inputs is not None
+    threads = options.pop("latency_threads", 1)
     prune_classifier = bool(options.pop("prune_classifier", False))
     skip_incompatible = bool(options.pop("skip_incompatible", False))
 
@@ -88,21 +100,32 @@ def prune(
         allocation=alloc,
         targets=targets,
         ignored=ignored,
+        ignored_modules=ignored_modules(model, ignore),
         example_inputs=example_inputs,
         calibration=calibration,
         seed=seed,
         options=options,
     )
     try:
-        before = measure(model, example_inputs, latency=do_latency) if do_measure else None
+        before = measure(model, example_inputs, latency=False) if do_measure else None
     except PrunekitError:
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
         raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
+    dense_copy, latency_note = _dense_copy(model) if do_latency else (None, None)
     shapes_before = weight_shapes(model) if m.structural else None
     with transaction(model, structural=m.structural):
         outcome = m.run(model, request)
-    after = measure(model, example_inputs, latency=do_latency) if do_measure else None
+    after = measure(model, example_inputs, latency=False) if do_measure else None
+    comparison = None
+    if do_latency and before is not None and after is not None:
+        if dense_copy is not None:
+            comparison = compare_latency(dense_copy, model, example_inputs, threads=threads)
+            before.set_timing(comparison.baseline)
+            after.set_timing(comparison.candidate)
+            del dense_copy
+        else:  # too large to copy: the after model alone, with its spread
+            after.set_timing(time_model(model, example_inputs, threads=threads))
     settings = {
         "method": m.name,
         "pattern": str(gran) if not m.structural else f"{getattr(m, 'kind', 'structure')} (physical)",
@@ -113,6 +136,8 @@ def prune(
     }
     notes = list(outcome.notes)
     notes += [f"{name}: {why}" for name, why in ignored]
+    if latency_note:
+        notes.append(latency_note)
     if before is None:
         from prunekit.report import ModelStats
 
@@ -124,4 +149,19 @@ def prune(
         after=after,  # type: ignore[arg-type]
         layers=layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before),
         notes=notes,
+        latency=comparison,
     )
+
+
+def _dense_copy(model: nn.Module) -> tuple[nn.Module | None, str | None]:
+    """A copy of the model before pruning, to time it interleaved with the pruned one (None and a note when
+    the model is too large or cannot be copied)."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size > INTERLEAVED_TIMING_MAX_BYTES:
+        return None, (
+            f"latency: the model ({size / 2**30:.1f} GiB) is too large to copy, so only the pruned model was timed"
+        )
+    try:
+        return copy.deepcopy(model), None
+    except Exception as e:  # a model holding something that cannot be copied
+        return None, f"latency: the dense model could not be copied ({type(e).__name__}), so only the pruned one was timed"

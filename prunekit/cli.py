@@ -57,48 +57,97 @@ def default_input_shape(spec: str, record: dict | None = None) -> tuple[int, ...
     return None
 
 
+def _options(items: list[str] | None) -> dict:
+    """``--option key=value`` pairs as Python values (JSON literals: 0.5, true, "text", [1, 2]; else a string)."""
+    from prunekit.errors import ConfigError
+
+    options: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes key=value, got {item!r} (e.g. --option strict=false)")
+        literals = {"True": True, "False": False, "None": None}
+        try:
+            options[key.strip().replace("-", "_")] = literals[value] if value in literals else json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
 @app.command()
 def prune(
     model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
     method: Annotated[str, typer.Option("--method", "-m", help="a registered method (see `prunekit methods`)")] = "magnitude",
     sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="fraction of weights to remove, in [0, 1)")] = 0.5,
     pattern: Annotated[Optional[str], typer.Option(help="unstructured, N:M (2:4), RxC blocks (4x4), channel")] = None,
-    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp")] = None,
+    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp (default: the method's)")] = None,
     ignore: Annotated[Optional[list[str]], typer.Option(help="module name to keep dense (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="directory to save the pruned model and its report")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
     sparse: Annotated[bool, typer.Option("--sparse/--dense", help="save in the sparse (bitmask) format")] = False,
     input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
-    calibration: Annotated[Optional[str], typer.Option(help="data for data-driven methods: mnist, fashion-mnist")] = None,
+    calibration: Annotated[
+        Optional[str], typer.Option(help="data for data-driven methods: mnist, fashion-mnist (default: the model's task data)")
+    ] = None,
     calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     skip_incompatible: Annotated[bool, typer.Option(help="leave layers that do not fit the pattern dense")] = False,
     prune_classifier: Annotated[bool, typer.Option(help="also prune the final classifier")] = False,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model before and after")] = True,
+    option: Annotated[
+        Optional[list[str]], typer.Option("--option", help="a method option key=value, as in Python (repeatable)")
+    ] = None,
 ) -> None:
-    """Prune MODEL with METHOD and print the before/after report (like prunekit.prune)."""
+    """Prune MODEL with METHOD, print the before/after report and the task metric where prunekit knows it
+    (like prunekit.prune)."""
     import torch
 
     import prunekit as pk
-    from prunekit.models import source_of
-    from prunekit.serialization import read_record
+    from prunekit.models import is_pretrained, source_of, task_evaluation
+    from prunekit.serialization import atomic_directory, check_output_directory, read_record
 
     try:
+        if out is not None:
+            check_output_directory(out, overwrite=overwrite)
+        options = _options(option)
+        m_obj = pk.methods.resolve_method(method)
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
         spec = source_of(m) or (record or {}).get("source") or model
+        if is_pretrained(m) is False:
+            err_console.print(
+                f"[yellow]note:[/yellow] {spec} has random-init weights (no pretrained weights found locally), so "
+                "accuracy after pruning means nothing; sizes, FLOPs and latency still do",
+                highlight=False,
+            )
         shape = _shape(input_shape) if input_shape else default_input_shape(spec, record)
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) if shape else None
-        calib = _calibration(calibration, calibration_batches, seed) if calibration else None
+        task = task_evaluation(spec) if record is None else task_evaluation(record.get("source") or "")
+        if calibration:
+            calib = _calibration(calibration, calibration_batches, seed)
+        elif m_obj.needs_data and task is not None:
+            calib = task[2](calibration_batches, seed)
+            err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
+                              "batches of 64 from its training split); pass --calibration to choose", highlight=False)
+        else:
+            calib = None
+        metric_before = task[1](m) if task is not None else None
         report = pk.prune(
             m, method, sparsity=sparsity, pattern=pattern, allocation=allocation, ignore=ignore or None,
             example_inputs=x, calibration=calib, seed=seed, skip_incompatible=skip_incompatible,
-            prune_classifier=prune_classifier, measure_latency=latency,
+            prune_classifier=prune_classifier, measure_latency=latency, **options,
         )
         console.print(report)
+        payload = report.to_dict()
+        if task is not None:
+            metric_after = task[1](m)
+            payload["task"] = {"metric": task[0], "before": metric_before, "after": metric_after}
+            console.print(f"{task[0]}: {100 * metric_before:.2f}% -> {100 * metric_after:.2f}%", highlight=False)
         if out is not None:
             pk.squash_masks_(m)
-            pk.save_model(m, out, sparse=sparse, source=spec if record is None else record.get("source"),
-                          report=report.to_dict(), extra={"input_shape": list(shape) if shape else None})
+            with atomic_directory(out, overwrite=overwrite) as tmp:
+                pk.save_model(m, tmp, sparse=sparse, source=spec if record is None else record.get("source"),
+                              report=payload, extra={"input_shape": list(shape) if shape else None})
             console.print(f"saved to {out}")
     except PrunekitError as e:
         _fail(e)
@@ -164,7 +213,7 @@ def report(
         t.add_column("value", justify="right")
         for k, v in (("parameters", stats.params), ("non-zero parameters", stats.nonzero_params),
                      ("FLOPs (dense)", stats.flops), ("FLOPs (non-zero only)", stats.effective_flops),
-                     ("latency ms", None if stats.latency_ms is None else round(stats.latency_ms, 3))):
+                     ("latency ms, median (IQR), 1 thread", None if stats.latency_ms is None else stats.latency_text())):
             t.add_row(k, "-" if v is None else str(v))
         for name, size in files.items():
             t.add_row(f"file {name}", f"{size} B")
@@ -265,7 +314,25 @@ def data_list() -> None:
 
 
 def main() -> None:
-    app()
+    """Entry point of the ``prunekit`` command: every error becomes a message and exit status 2
+    (``PRUNEKIT_DEBUG=1`` shows the traceback of an unexpected one)."""
+    import os
+    import sys
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written for the unfinished step")
+        sys.exit(130)
+    except Exception as e:  # not a PrunekitError (those are handled per command): still a message, exit 2
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        err_console.print(
+            f"[bold red]error:[/bold red] {type(e).__name__}: {e}\n(an unexpected failure: run again with "
+            "PRUNEKIT_DEBUG=1 for the traceback and report it)",
+            highlight=False,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

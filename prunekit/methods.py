@@ -30,6 +30,7 @@ class PruneRequest:
     allocation: Allocation | None
     targets: list[Target]
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    ignored_modules: list[str] = field(default_factory=list)  # outermost modules ignore= matched, of any type
     example_inputs: Any = None
     calibration: Any = None
     seed: int = 0
@@ -122,7 +123,9 @@ for _m in (
         when="at-init",
     ),
     ScoreMethod(
-        "snip", "grad-weight", "|g * w| from calibration data (Lee et al. 2019); needs calibration",
+        "snip", "grad-weight", "|g * w| from calibration data (Lee et al. 2019), one global threshold as in the paper; "
+        "needs calibration",
+        default_allocation="global",
         needs_data=True,
         when="at-init",
         paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity",

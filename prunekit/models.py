@@ -78,3 +78,40 @@ def build_model(spec: str, *, pretrained: bool = True) -> nn.Module:
     raise UnknownNameError(
         "model spec", spec, ["torchvision:NAME", *(f"prunekit:{n}" for n in MODELS.names()), "a saved model directory"]
     )
+
+
+def is_pretrained(model: nn.Module) -> bool | None:
+    """Whether :func:`build_model` loaded pretrained weights (None: not built by it)."""
+    return getattr(model, "_prunekit_pretrained", None)
+
+
+def task_evaluation(spec: str) -> tuple[str, Callable[[nn.Module], float], Callable[[int, int], list]] | None:
+    """How prunekit evaluates the model a spec names, when it knows: ``(description, evaluate, calibration)``.
+
+    ``evaluate(model)`` returns the task metric (top-1 accuracy in [0, 1] on real held-out data) and
+    ``calibration(n_batches, seed)`` draws batches ``(inputs, targets)`` from the task's training split,
+    prepared exactly as the model expects them. Only ``prunekit:mnist-cnn`` has one today: the MNIST test
+    set (10,000 images, ``mnist_normalize``d as the pretrained CNN expects).
+    """
+    if spec != "prunekit:mnist-cnn":
+        return None
+    from prunekit import sources
+
+    def evaluate(model: nn.Module) -> float:
+        x, y = sources.load_mnist("test")
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(sources.mnist_normalize(x[i : i + 1000])).argmax(1) == y[i : i + 1000]).sum())
+                for i in range(0, len(x), 1000)
+            )
+        model.train(was)
+        return correct / len(x)
+
+    def calibration(n_batches: int, seed: int) -> list:
+        x, y = sources.load_mnist("train")
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: n_batches * 64]
+        return [(sources.mnist_normalize(x[idx[i : i + 64]]), y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
+
+    return "MNIST test accuracy (10,000 images, mnist_normalize'd)", evaluate, calibration

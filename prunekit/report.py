@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import statistics
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunekit.calls import call_model
+from prunekit.latency import LatencyComparison, Timing, compare_latency, time_model
 from prunekit.masks import effective_state_dict
 from prunekit.serialization import dense_bytes, sparse_bytes
 from prunekit.targets import _is_prunable
@@ -38,9 +38,25 @@ class ModelStats:
     nonzero_params: int
     flops: int | None = None
     effective_flops: int | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # median of forward passes at batch = example inputs
     dense_bytes: int | None = None
     sparse_bytes: int | None = None
+    latency_q1_ms: float | None = None  # quartiles of the timed passes: the spread of latency_ms
+    latency_q3_ms: float | None = None
+    latency_threads: int | None = None
+
+    def set_timing(self, timing: Timing) -> None:
+        """Record a :class:`~prunekit.latency.Timing` (median, quartiles, threads)."""
+        self.latency_ms, self.latency_q1_ms, self.latency_q3_ms = timing.median_ms, timing.q1_ms, timing.q3_ms
+        self.latency_threads = timing.threads
+
+    def latency_text(self) -> str:
+        """``median (q1-q3)`` in milliseconds, or ``-`` when not measured."""
+        if self.latency_ms is None:
+            return "-"
+        if self.latency_q1_ms is None or self.latency_q3_ms is None:
+            return f"{self.latency_ms:.3f}"
+        return f"{self.latency_ms:.3f} ({self.latency_q1_ms:.3f}-{self.latency_q3_ms:.3f})"
 
     @property
     def macs(self) -> int | None:
@@ -77,15 +93,6 @@ def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k not in buffers}
 
 
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on example inputs given as one tensor, a tuple of positional inputs or a dict of keywords."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 @contextmanager
 def no_fused_attention() -> Iterator[None]:
     """Turn off nn.MultiheadAttention's fused inference kernel, which the FLOP counter cannot see (it would
@@ -110,20 +117,11 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
 
 
 def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
-    """Median wall time of a forward pass in milliseconds (warm-up runs excluded; stops early after
-    ``budget_s`` seconds once at least 5 runs were timed)."""
-    times = []
-    with torch.no_grad(), parametrize.cached():
-        for _ in range(warmup):
-            call_model(model, inputs)
-        start = time.perf_counter()
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            call_model(model, inputs)
-            times.append((time.perf_counter() - t0) * 1000.0)
-            if i >= 4 and time.perf_counter() - start > budget_s:
-                break
-    return statistics.median(times)
+    """Median wall time of a forward pass in milliseconds at the current thread count (see
+    :func:`prunekit.latency.time_model` for the spread, and :func:`prunekit.latency.compare_latency` to
+    compare two models)."""
+    return time_model(model, inputs, threads=None, warmup=warmup, min_rounds=min(5, repeats), max_rounds=repeats,
+                      budget_s=budget_s).median_ms
 
 
 def measure(
@@ -132,8 +130,14 @@ def measure(
     *,
     latency: bool = True,
     sizes: bool = True,
+    threads: int | None = 1,
 ) -> ModelStats:
-    """Measure ``model`` in eval mode (its mode is restored). FLOPs and latency need ``example_inputs``."""
+    """Measure ``model`` in eval mode (its mode is restored). FLOPs and latency need ``example_inputs``.
+
+    Latency is timed at ``threads`` threads (None: the current count), median and quartiles in ms
+    (:func:`prunekit.latency.time_model`). To compare two models, use :func:`prunekit.latency.compare_latency`,
+    which times them interleaved.
+    """
     params = _effective_params(model)
     stats = ModelStats(
         params=sum(v.numel() for v in params.values()),
@@ -152,7 +156,7 @@ def measure(
                     saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
             stats.effective_flops = int(round(total - saved))
             if latency:
-                stats.latency_ms = time_forward(model, example_inputs)
+                stats.set_timing(time_model(model, example_inputs, threads=threads))
         finally:
             model.train(was_training)
     if sizes:
@@ -230,6 +234,7 @@ class Report:
     after: ModelStats
     layers: list[LayerStats]
     notes: list[str] = field(default_factory=list)
+    latency: LatencyComparison | None = None  # the pruned model timed against the dense one, interleaved
 
     @property
     def pruned_layers(self) -> list[LayerStats]:
@@ -257,6 +262,7 @@ class Report:
             "after": asdict(self.after),
             "layers": [{**asdict(r), "sparsity": r.sparsity, "removed": r.removed} for r in self.layers],
             "notes": self.notes,
+            "latency": None if self.latency is None else self.latency.to_dict(),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -281,6 +287,7 @@ class Report:
                 for r in d.get("layers", [])
             ],
             notes=list(d.get("notes", [])),
+            latency=LatencyComparison.from_dict(d["latency"]) if d.get("latency") else None,
         )
 
     def summary_table(self) -> Table:
@@ -300,8 +307,14 @@ class Report:
         t.add_row("FLOPs (dense execution)", _fmt_int(b.flops), _fmt_int(a.flops), ratio(b.flops, a.flops))
         t.add_row("FLOPs (non-zero weights only)", _fmt_int(b.effective_flops), _fmt_int(a.effective_flops),
                   ratio(b.effective_flops, a.effective_flops))
-        t.add_row("latency, median (ms)", f"{b.latency_ms:.3f}" if b.latency_ms else "-",
-                  f"{a.latency_ms:.3f}" if a.latency_ms else "-", ratio(b.latency_ms, a.latency_ms))
+        if self.latency is not None:
+            lat = self.latency
+            threads = f", {lat.baseline.threads} thread(s)"
+            t.add_row(f"latency ms, median (IQR){threads}", b.latency_text(), a.latency_text(),
+                      f"{lat.ratio:.3f}x [{lat.ratio_low:.3f}-{lat.ratio_high:.3f}] {lat.verdict}")
+        else:
+            t.add_row("latency ms, median (IQR)", b.latency_text(), a.latency_text(),
+                      ratio(b.latency_ms, a.latency_ms) if b.latency_ms and a.latency_ms else "-")
         t.add_row("file, dense safetensors", _fmt_bytes(b.dense_bytes), _fmt_bytes(a.dense_bytes),
                   ratio(b.dense_bytes, a.dense_bytes))
         t.add_row("file, sparse export", _fmt_bytes(b.sparse_bytes), _fmt_bytes(a.sparse_bytes),
@@ -348,6 +361,8 @@ class Report:
         yield self.layer_table()
         for note in self.notes:
             yield f"note: {note}"
+        if self.latency is not None and self.latency.warning:
+            yield f"warning: {self.latency.warning}"
 
     def __str__(self) -> str:
         buf = io.StringIO()

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,46 @@ def save_model(
     _atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return directory
 
+def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse, before any long work, to write into a non-empty ``directory`` unless ``overwrite`` is set.
+
+    Raises :class:`CheckpointError` naming ``--overwrite`` / ``overwrite=True``. Returns the path.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} exists and is not a directory; choose another output path")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"{directory} already exists and is not empty; choose another output directory or pass "
+            "--overwrite (overwrite=True in Python) to replace it"
+        )
+    return directory
+
+
+@contextmanager
+def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a whole output directory or nothing: yields a temporary sibling folder to write into, which
+    replaces ``directory`` only when the block finishes without an error.
+
+    An interrupted or failed write removes the temporary folder and leaves ``directory`` as it was. A
+    non-empty ``directory`` is refused (:class:`CheckpointError`) unless ``overwrite`` is set.
+    """
+    directory = check_output_directory(directory, overwrite=overwrite)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old"))
+            os.replace(directory, old / "previous")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
 
 def read_record(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
@@ -212,7 +255,7 @@ def load_state(directory: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False) -> nn.Module:
-    """Load a model saved by :func:`save_model`.
+    """Load a model saved by :func:`save_model`, in eval mode.
 
     The architecture comes from ``model`` if given, else from the recorded source spec (only registered
     builders are used; no code is loaded from the directory). Weights load strictly. With
@@ -242,7 +285,7 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
         for key in record.get("masked", []):
             mname, _, pname = key.rpartition(".")
             apply_mask_(modules[mname], getattr(modules[mname], pname) != 0, pname)
-    return model
+    return model.eval()
 
 
 def _structure_record(model: nn.Module) -> dict[str, Any] | None:

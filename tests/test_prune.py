@@ -77,8 +77,21 @@ def test_snip_with_loss_function():
     torch.manual_seed(0)
     model = ThreeLayer()
     x = torch.randn(8, 100)
-    pk.prune(model, "snip", sparsity=0.5, calibration=lambda m: m(x).pow(2).mean(), measure=False)
+    pk.prune(model, "snip", sparsity=0.5, allocation="uniform", calibration=lambda m: m(x).pow(2).mean(),
+             measure=False)
     assert pk.get_mask(model.fc1).float().mean().item() == pytest.approx(0.5)
+
+
+def test_snip_thresholds_globally_by_default_as_in_its_paper():
+    torch.manual_seed(0)
+    model = ThreeLayer()
+    x = torch.randn(8, 100)
+    report = pk.prune(model, "snip", sparsity=0.5, calibration=lambda m: m(x).pow(2).mean(), measure=False)
+    assert report.settings["allocation"].startswith("global")
+    kept = [pk.get_mask(m).float().mean().item() for m in (model.fc1, model.fc2)]
+    assert kept[0] != pytest.approx(kept[1], abs=1e-3)  # one threshold over both layers, not 50% of each
+    total = sum(pk.get_mask(m).sum().item() for m in (model.fc1, model.fc2))
+    assert total == (100 * 50 + 50 * 50) // 2
 
 
 def test_random_is_seeded():

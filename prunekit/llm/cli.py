@@ -1,12 +1,13 @@
 """Command functions for language models, mounted by the main CLI as ``prune-llm`` and ``eval-ppl``.
 
-prunekit prune-llm smollm2-135m --method sparsegpt --sparsity 0.5 --pattern 2:4 --calibration 32 --out DIR
-prunekit eval-ppl DIR --text persuasion --max-tokens 8192
+prunekit prune-llm smollm2-135m --method sparsegpt --pattern 2:4 --calibration-samples 32 --out DIR
+prunekit eval-ppl DIR --text persuasion --max-tokens 4096
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,6 +16,8 @@ from rich.console import Console
 
 from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
+from prunekit.llm.data import DEFAULT_EVAL_TOKENS
+from prunekit.llm.methods import LM_METHOD_NAMES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -22,46 +25,53 @@ err_console = Console(stderr=True)
 RECORD_FILE = "prunekit_llm.json"
 
 
+def _ppl(model: Any, tokenizer: Any, text: str, max_tokens: int, seq_len: int = 512) -> Any:
+    from prunekit.llm.data import perplexity
+    from prunekit.sources import load_text
+
+    return perplexity(model, tokenizer, load_text(text), name=text, seq_len=seq_len, max_tokens=max_tokens or None)
 
 
 def prune_llm(
     model_dir: Annotated[
         str, typer.Argument(help="a save_pretrained dir, an offline name (smollm2-135m, gemma3-270m) or a hub name")
     ],
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            "-m",
-            help="magnitude, wanda, sparsegpt, owl-wanda, owl-sparsegpt, llm-heads, llm-mlp, llm-layers",
-        ),
-    ] = "sparsegpt",
+    method: Annotated[str, typer.Option("--method", "-m", help=", ".join(LM_METHOD_NAMES))] = "sparsegpt",
     sparsity: Annotated[
         Optional[float], typer.Option("--sparsity", "-s", help="fraction to remove (fixed by --pattern for N:M)")
     ] = None,
     pattern: Annotated[
         Optional[str], typer.Option(help="N:M pattern such as 2:4 or 4:8 (default: unstructured)")
     ] = None,
-    calibration: Annotated[int, typer.Option("--calibration", "-n", help="number of calibration windows")] = 32,
-    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
-    calib_text: Annotated[
-        str, typer.Option(help="text to calibrate on (prunekit.sources.load_text name)")
+    calibration: Annotated[
+        str, typer.Option("--calibration", help="text to calibrate on (`prunekit data list`: an Austen novel, mobydick)")
     ] = "prideprejudice",
+    calibration_samples: Annotated[int, typer.Option("--calibration-samples", "-n", help="calibration windows")] = 32,
+    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration draw")] = 0,
+    eval_text: Annotated[str, typer.Option(help="text for the perplexity before and after")] = "persuasion",
+    eval_tokens: Annotated[
+        int, typer.Option(help="tokens of --eval-text to evaluate (0: skip the evaluation)")
+    ] = DEFAULT_EVAL_TOKENS,
     device: Annotated[
         Optional[str], typer.Option(help="where each layer is computed, e.g. cuda (default: the model's)")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for the pruned model (save_pretrained)")] = Path(
         "pruned-llm"
     ),
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
+    ] = None,
 ) -> None:
-    """Prune a causal LM layer by layer with calibration data and save it with save_pretrained."""
+    """Prune a causal LM layer by layer with calibration data, report its perplexity before and after, and
+    save it with save_pretrained (written to a temporary folder, renamed into --out only when complete)."""
     try:
         import prunekit
         from prunekit.granularity import NM, parse_pattern
-        from prunekit.llm import methods as _methods  # noqa: F401  (registers the LLM methods)
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
+        from prunekit.serialization import atomic_directory, check_output_directory
         from prunekit.sources import load_text
 
         gran = parse_pattern(pattern)
@@ -69,30 +79,51 @@ def prune_llm(
             if not isinstance(gran, NM):
                 raise prunekit.InvalidSparsityError("pass --sparsity (a fraction in [0, 1)) or an N:M --pattern")
             sparsity = gran.fixed_sparsity
+        check_output_directory(out, overwrite=overwrite)
+        prunekit.methods.resolve_method(method)  # an unknown name fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         cal = calibration_batches(
-            tokenizer, [(calib_text, load_text(calib_text))], n_samples=calibration, seq_len=seq_len, seed=seed
+            tokenizer, [(calibration, load_text(calibration))], n_samples=calibration_samples, seq_len=seq_len,
+            seed=seed,
         )
-        options: dict[str, Any] = {"progress": True}
+        before = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
+        if before is not None:
+            console.print(f"dense:  {before}", highlight=False)
+        options: dict[str, Any] = {"progress": progress, "measure": False}
         if device:
             options["device"] = device
-        report = prunekit.prune(model, method, sparsity=sparsity, pattern=pattern, calibration=cal.batches, **options)
+        params_before = sum(p.numel() for p in model.parameters())
+        t0 = time.perf_counter()
+        report = prunekit.prune(model, method, sparsity=sparsity, pattern=pattern, calibration=cal, **options)
+        seconds = time.perf_counter() - t0
         prunekit.squash_masks_(model)
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        after = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
+        if after is not None:
+            console.print(f"pruned: {after}", highlight=False)
         record = {
             "source": model_dir,
             "method": method,
             "sparsity": sparsity,
             "pattern": str(gran),
             "calibration": cal.protocol,
+            "prune_seconds": seconds,
+            "params_before": params_before,
             "params_after": sum(p.numel() for p in model.parameters()),
             "nonzero_after": sum(int((p != 0).sum()) for p in model.parameters()),
+            "perplexity_before": None if before is None else {"ppl": before.ppl, "protocol": before.protocol},
+            "perplexity_after": None if after is None else {"ppl": after.ppl, "protocol": after.protocol},
             "notes": report.notes,
         }
-        (out / RECORD_FILE).write_text(json.dumps(record, indent=2))
-        console.print(f"pruned with {method} ({gran}, sparsity {sparsity:g}); saved to {out}")
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
+        console.print(
+            f"pruned with {method} ({gran}, sparsity {sparsity:g}) in {seconds:.1f} s; "
+            f"parameters {record['params_before']:,} -> {record['params_after']:,}, "
+            f"non-zero {record['nonzero_after']:,}; saved to {out}",
+            highlight=False,
+        )
         for note in report.notes[:5]:
             console.print(f"  {note}", highlight=False)
     except PrunekitError as e:
@@ -101,10 +132,12 @@ def prune_llm(
 
 def eval_ppl(
     model_dir: Annotated[str, typer.Argument(help="a save_pretrained dir, an offline name or a hub name")],
-    text: Annotated[str, typer.Option(help="evaluation text (prunekit.sources.load_text name)")] = "persuasion",
+    text: Annotated[str, typer.Option(help="evaluation text (`prunekit data list`: an Austen novel, mobydick)")] = "persuasion",
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 512,
     stride: Annotated[Optional[int], typer.Option(help="window step (default: seq_len, disjoint windows)")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="evaluate the first N tokens of the text")] = 8192,
+    max_tokens: Annotated[
+        int, typer.Option(help="evaluate the first N tokens of the text (0: the whole text)")
+    ] = DEFAULT_EVAL_TOKENS,
     device: Annotated[Optional[str], typer.Option(help="e.g. cuda")] = None,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", help="also write the result and its protocol here")
@@ -126,14 +159,11 @@ def eval_ppl(
             name=text,
             seq_len=seq_len,
             stride=stride,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens or None,
             device=device,
         )
         payload = {"model": model_dir, "ppl": result.ppl, "nll": result.nll, "protocol": result.protocol}
-        console.print(
-            f"perplexity {result.ppl:.3f} on {text} ({result.tokens} predicted tokens, "
-            f"seq_len {seq_len}, stride {stride or seq_len})"
-        )
+        console.print(str(result), highlight=False)
         if json_out is not None:
             json_out.write_text(json.dumps(payload, indent=2))
     except PrunekitError as e:

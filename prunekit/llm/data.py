@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +57,20 @@ def _tokenizer_name(tokenizer: Any) -> str:
 
 @dataclass
 class CalibrationSet:
-    """``n_samples`` windows of ``seq_len`` tokens drawn at random (seeded) from a text, as batches."""
+    """``n_samples`` windows of ``seq_len`` tokens drawn at random (seeded) from a text, as batches.
+
+    Iterating over it yields the batches (token ids, shape ``(batch_size, seq_len)``), so it can be passed
+    as ``calibration=`` directly.
+    """
 
     batches: list[Tensor]
     protocol: dict[str, Any]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def calibration_batches(
@@ -112,6 +122,21 @@ class Perplexity:
     tokens: int
     protocol: dict[str, Any] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        p = self.protocol
+        scope = (
+            f"its first {p['eval_tokens']:,} of {p['text_tokens']:,} tokens"
+            if p.get("eval_tokens", 0) < p.get("text_tokens", 0)
+            else f"all {p.get('eval_tokens', self.tokens):,} tokens"
+        )
+        return (
+            f"perplexity {self.ppl:.3f} on {p.get('corpus', 'the text')} ({scope}; {self.tokens:,} predicted, "
+            f"windows of {p.get('seq_len')} tokens, stride {p.get('stride')})"
+        )
+
+
+DEFAULT_EVAL_TOKENS = 4096
+
 
 @torch.no_grad()
 def perplexity(
@@ -122,10 +147,13 @@ def perplexity(
     name: str = "text",
     seq_len: int = 512,
     stride: int | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | None = DEFAULT_EVAL_TOKENS,
     device: str | torch.device | None = None,
 ) -> Perplexity:
-    """Sliding-window perplexity of ``text`` (its first ``max_tokens`` tokens).
+    """Sliding-window perplexity of ``text`` (its first ``max_tokens`` tokens; ``None``: the whole text).
+
+    The default evaluates the first 4,096 tokens, the length of the figures in the README, so a call takes
+    seconds on a CPU and its number compares with the published ones; ``str(result)`` says what was evaluated.
 
     Windows of ``seq_len`` tokens (a BOS token first when the tokenizer adds one, see :func:`bos_prefix`)
     start every ``stride`` text tokens (default: disjoint windows). Each
@@ -140,7 +168,10 @@ def perplexity(
     if length < 1 or not 0 < stride <= length:
         raise DataError(f"stride must be in (0, {length}] (seq_len minus a BOS token if any), got {stride}")
     ids = tokenize(tokenizer, text)
+    text_tokens = int(ids.numel())
     if max_tokens is not None:
+        if max_tokens < 2:
+            raise DataError(f"max_tokens must be at least 2 (or None for the whole text), got {max_tokens}")
         ids = ids[:max_tokens]
     if ids.numel() < 2:
         raise DataError("the evaluation text has fewer than two tokens")
@@ -172,6 +203,7 @@ def perplexity(
         "bos": bool(p),
         "max_tokens": max_tokens,
         "eval_tokens": int(ids.numel()),
+        "text_tokens": text_tokens,
         "predicted_tokens": count,
         "token_sha256": token_hash(ids),
     }

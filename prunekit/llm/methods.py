@@ -49,7 +49,7 @@ class LayerwiseLLMMethod(Method):
             owl=owl,
             targets=selected,
             device=opts.get("device"),
-            progress=bool(opts.get("progress", False)),
+            progress=opts.get("progress"),
             **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
         )
         notes = list(result.notes)
@@ -86,7 +86,7 @@ class StructuredLLMMethod(Method):
             sparsity=request.sparsity,
             calibration=request.calibration,
             device=opts.pop("device", None),
-            progress=bool(opts.pop("progress", False)),
+            progress=opts.pop("progress", None),
             **opts,
         )
         return MethodOutcome(layer_sparsity={}, notes=result.notes)
@@ -169,3 +169,10 @@ def register() -> None:
 
 
 register()
+
+#: every method name that prunes a causal LM (``magnitude`` is the core's per-matrix baseline)
+LM_METHOD_NAMES: tuple[str, ...] = (
+    "magnitude",
+    *(entry[0] for entry in _LAYERWISE),
+    *(entry[0] for entry in _STRUCTURED),
+)

