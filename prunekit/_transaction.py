@@ -32,6 +32,8 @@ def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], di
         for key, value in module.__dict__.items():
             if key in _SHALLOW_DICTS or isinstance(value, (nn.Module, torch.Tensor)) or "hooks" in key:
                 saved[key] = type(value)(value) if isinstance(value, dict) else value
+            elif isinstance(value, list) and all(v is None or isinstance(v, torch.Tensor) for v in value):
+                saved[key] = list(value)  # references to the module's own tensors (an RNN's _flat_weights)
             elif isinstance(value, (set, frozenset)) and all(isinstance(v, _ATOMS) for v in value):
                 saved[key] = set(value) if isinstance(value, set) else value
             elif _immutable(value):  # ints, flags, shapes: nothing to copy

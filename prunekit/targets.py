@@ -83,6 +83,19 @@ def _matcher(ignore: Ignore) -> Callable[[nn.Module, str], bool]:
     return match
 
 
+def ignored_modules(model: nn.Module, ignore: Ignore = None) -> list[str]:
+    """The outermost modules of any type that ``ignore`` matches (a recurrent layer, a whole block): methods
+    that trace the model treat them as opaque, so nothing inside them changes."""
+    match = _matcher(ignore)
+    out: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(o + ".") for o in out) or (not name and out):
+            continue
+        if match(module, name):
+            out.append(name)
+    return out
+
+
 def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier: bool = False) -> Selection:
     """Every Linear / Conv weight of ``model`` that is not ignored, shared weights counted once.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,62 @@ def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
     from prunekit.structural.engine import sync_config
 
     sync_config(model)
+
+
+def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
+                            apply: Callable[[nn.Module, HeadPlan], None] | None = None) -> None:
+    """:func:`apply_head_plan_`, proved on ``inputs``: the model must still run and give outputs of the same
+    shapes. An attention layout whose code does not follow the new head count (a convolution over heads,
+    a size it hard-codes) keeps its heads, and the plan's notes say which; if no block can lose heads the
+    model is restored and :class:`NothingToPruneError` names the module that broke. ``apply``: the function
+    that applies a head plan (default :func:`apply_head_plan_`)."""
+    from prunekit._transaction import _restore_tree, _snapshot_tree
+    from prunekit.structural.engine import _runs, single_thread
+
+    apply = apply or apply_head_plan_
+    if inputs is None:
+        apply(model, plan)
+        return
+    with single_thread():
+        shapes = _output_shapes(model, inputs)
+        snap = _snapshot_tree(model)
+        apply(model, plan)
+        where: list[str] = []
+        if _runs(model, inputs, shapes, where):
+            return
+        _restore_tree(snap)
+        kept: list[str] = []
+        for i, (b, r) in enumerate(zip(plan.blocks, plan.remove)):
+            if not len(r):
+                continue
+            only = HeadPlan(plan.blocks, [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))])
+            snap_one = _snapshot_tree(model)
+            apply(model, only)
+            ok = _runs(model, inputs, shapes)
+            _restore_tree(snap_one)
+            if not ok:
+                kept.append(b.name)
+                plan.remove[i] = np.zeros(0, dtype=np.int64)
+        if not any(len(r) for r in plan.remove):
+            culprit = where[-1] if where else (kept[0] if kept else "<model>")
+            raise NothingToPruneError(
+                f"removing heads breaks this model's forward pass (in module '{culprit}'): its attention code does not "
+                f"follow a smaller head count, so Head() cannot prune it; use a channel method (l2-channel) instead"
+            )
+        plan.notes.append(f"{len(kept)} attention module(s) keep their heads because their code fixes the head "
+                          f"count: {', '.join(kept[:8])}")
+        apply(model, plan)
+
+
+def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _call(model, inputs)
+    finally:
+        model.train(was)
+    return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
 
 
 # ------------------------------------------------------------------------------------------------ layers

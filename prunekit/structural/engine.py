@@ -37,6 +37,14 @@ def _is_producer_module(m: nn.Module) -> bool:
     return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or type(m).__name__ == "Conv1D"
 
 
+def _produces(m: nn.Module, attr: str, dim: int) -> bool:
+    """Is ``m.<attr>`` along ``dim`` a dimension of units the layer makes (a conv / linear layer's outputs,
+    a recurrent layer's hidden units)?"""
+    if _is_producer_module(m):
+        return attr == "weight" and dim == _out_dim(m)
+    return isinstance(m, nn.RNNBase) and attr.startswith("weight_hh_l") and dim == 1
+
+
 def _out_dim(m: nn.Module) -> int:
     if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
         return 1
@@ -113,6 +121,7 @@ def analyze(
     targets: Iterable[str] | None = None,
     strict: bool = True,
     reduce_spatial: bool = True,
+    opaque: Iterable[str] = (),
 ) -> TraceResult:
     """Trace ``model`` into dependency groups (nothing is changed). ``targets``: names of the modules
     allowed to lose output channels (default: every conv / linear layer whose outputs are not model
@@ -122,22 +131,25 @@ def analyze(
     shorter side of 64, because which channels are coupled does not depend on the image size and the trace
     then costs a fraction of the compute. If the model refuses the smaller image (a fixed input size, a
     flatten into a linear layer), it is traced at the given size. The inputs traced and the output shapes
-    they gave are recorded (``inputs``, ``output_shapes``): plans are proved on them.
+    they gave are recorded (``inputs``, ``output_shapes``): plans are proved on them. ``opaque``: modules
+    kept whole (those ``ignore=`` names): nothing inside them is traced and their inputs and outputs keep
+    their sizes.
     """
     if example_inputs is None:
         raise DataError("structural pruning traces the model: pass example_inputs= (a batch the model accepts)")
     tset = set(targets) if targets is not None else None
+    opaque = tuple(opaque)
     small = _downscaled(example_inputs) if reduce_spatial else None
     if small is not None:
         try:
-            tr = trace_groups(model, small, strict=strict, fixed=fixed_dims(tset))
+            tr = trace_groups(model, small, strict=strict, fixed=fixed_dims(tset), opaque=opaque)
         except Exception:  # noqa: BLE001  the model wants its own size: trace at that size below
             tr = None
         if tr is not None:
             tr.inputs = small
             tr.notes.append(f"traced at {tuple(small.shape)} (channel coupling does not depend on image size)")
             return tr
-    tr = trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset))
+    tr = trace_groups(model, example_inputs, strict=strict, fixed=fixed_dims(tset), opaque=opaque)
     tr.inputs = example_inputs
     return tr
 
@@ -245,7 +257,7 @@ def select_groups(trace: TraceResult, model: nn.Module, kind: str) -> list[int]:
             mod = sl[0].module
             if isinstance(mod, nn.Embedding) and m.dim == 1:
                 emb = True
-            if _is_producer_module(mod) and sl[0].attr == "weight" and m.dim == _out_dim(mod):
+            if _produces(mod, sl[0].attr, m.dim):
                 prod = True
         if kind == "channel" and prod and not emb:
             out.append(gi)
@@ -284,6 +296,7 @@ def plan_channels(
     strict: bool = True,
     validate: bool = True,
     trace: TraceResult | None = None,
+    opaque: Iterable[str] = (),
 ) -> StructuralPlan:
     """Plan the removal of ``sparsity`` of every selected group's units (nothing is changed).
 
@@ -292,13 +305,13 @@ def plan_channels(
     multiple of this; ``global_cap``: the most a group may lose under global allocation; ``targets``: names
     of modules allowed to lose output units; ``calibration`` / ``loss_fn``: data for gradient criteria;
     ``validate``: have :func:`apply_plan_` prove the plan on the traced inputs (or call
-    :func:`validate_plan` to prove it without applying it).
+    :func:`validate_plan` to prove it without applying it); ``opaque``: modules kept whole (``ignore=``).
     """
     with single_thread():
         return _plan_channels(
             model, example_inputs, sparsity, criterion=criterion, allocation=allocation, kind=kind,
             round_to=round_to, global_cap=global_cap, targets=targets, calibration=calibration, loss_fn=loss_fn,
-            calib_batches=calib_batches, seed=seed, strict=strict, validate=validate, trace=trace,
+            calib_batches=calib_batches, seed=seed, strict=strict, validate=validate, trace=trace, opaque=opaque,
         )
 
 
@@ -320,13 +333,14 @@ def _plan_channels(
     strict: bool,
     validate: bool,
     trace: TraceResult | None,
+    opaque: Iterable[str] = (),
 ) -> StructuralPlan:
     if not 0 <= sparsity < 1:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
     t0 = time.perf_counter()
     crit = GROUP_CRITERIA.resolve(criterion)
     alloc = GROUP_ALLOCATIONS.resolve(allocation)
-    tr = trace if trace is not None else analyze(model, example_inputs, targets=targets, strict=strict)
+    tr = trace if trace is not None else analyze(model, example_inputs, targets=targets, strict=strict, opaque=opaque)
     chosen = select_groups(tr, model, kind)
     if not chosen:
         raise NothingToPruneError(
@@ -526,6 +540,7 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
     the plan by bisection, and the rest is applied."""
     removal = plan.removal()
     if not removal:
+        plan.notes += recurrent_notes(model, {})
         return {}
     with single_thread():
         snap = _snapshot_tree(model) if plan.check_shapes is not None else None
@@ -544,8 +559,26 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
             removal = plan.removal()
             old = remove_(model, removal) if removal else {}
         plan.check_shapes = None
+    plan.notes += recurrent_notes(model, old)
     sync_config(model)
     return old
+
+
+def recurrent_notes(model: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """What happened to every recurrent layer: hidden units removed, or kept whole (said, never silent)."""
+    notes = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.RNNBase):
+            continue
+        key = f"{name}.weight_hh_l0" if name else "weight_hh_l0"
+        label = f"{name or '<model>'} ({type(mod).__name__})"
+        if key in old_shapes and old_shapes[key][1] != mod.hidden_size:
+            notes.append(f"{label}: hidden units {old_shapes[key][1]} -> {mod.hidden_size} (every gate, the recurrent "
+                         f"weights and the next layer's inputs)")
+        else:
+            notes.append(f"{label}: kept whole, hidden_size {mod.hidden_size} (its hidden units are fixed by an "
+                         f"ignore=, a model output or a size the code hard-codes)")
+    return notes
 
 
 def sync_config(model: nn.Module) -> None:

@@ -224,3 +224,43 @@ class TorchvisionViTHandler(ModuleHandler):
         conv = getattr(module, "conv_proj", None)
         if isinstance(conv, nn.Conv2d) and isinstance(getattr(module, "hidden_dim", None), int):
             module.hidden_dim = int(conv.weight.shape[0])  # the tensor: the conv handler may not have run yet
+
+
+@register_handler("rnn", "RNN / LSTM / GRU: hidden units leave every gate, the recurrent weights and the next layer")
+class RNNHandler(ModuleHandler):
+    """Recurrent layers keep ``input_size`` / ``hidden_size`` and a list of their weights
+    (``_flat_weights``) that must follow the new tensors. An LSTM with ``proj_size`` keeps every size."""
+
+    module_types = (nn.RNNBase,)
+
+    def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        if getattr(module, "proj_size", 0):
+            return [(n, d) for n, p in module.named_parameters(recurse=False) for d in range(p.dim())]
+        return []
+
+    def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
+        def shape(key: str) -> tuple[int, ...]:
+            return tuple(new_shapes.get(key, tuple(getattr(module, key).shape)))
+
+        gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+        nd = 2 if module.bidirectional else 1
+        hidden = shape("weight_hh_l0")[1]
+        inputs = shape("weight_ih_l0")[1]
+        for layer in range(module.num_layers):
+            for s in ["", "_reverse"][:nd]:
+                want = {f"weight_ih_l{layer}{s}": (gates * hidden, inputs if layer == 0 else nd * hidden),
+                        f"weight_hh_l{layer}{s}": (gates * hidden, hidden)}
+                if module.bias:
+                    want.update({f"bias_ih_l{layer}{s}": (gates * hidden,), f"bias_hh_l{layer}{s}": (gates * hidden,)})
+                for key, expect in want.items():
+                    if shape(key) != expect:
+                        raise UnsupportedModuleError(
+                            f"module '{name}' ({type(module).__name__}): {key} would become {shape(key)}, not "
+                            f"{expect}; its hidden units cannot be removed this way. Pass ignore=[{name!r}] to keep "
+                            f"it whole"
+                        )
+
+    def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        module.hidden_size = int(module.weight_hh_l0.shape[1])
+        module.input_size = int(module.weight_ih_l0.shape[1])
+        module._init_flat_weights()  # the forward reads the weights from this list, not from the attributes

@@ -125,8 +125,8 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
             hd = int(getattr(m, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
             if not hd:
                 raise UnsupportedModuleError(f"module '{name}': cannot tell the head size (no head_dim attribute)")
-            h = ch["q_proj"].weight.shape[0] // hd
-            kv = ch["k_proj"].weight.shape[0] // hd
+            h = _rows(f"{name}.q_proj", ch["q_proj"]) // hd
+            kv = _rows(f"{name}.k_proj", ch["k_proj"]) // hd
             out.append(AttentionBlock(name, m, "llama", h, kv, hd, ch["o_proj"], f"{name}.o_proj"))
         elif "c_attn" in ch and "c_proj" in ch and hasattr(m, "head_dim") and not getattr(m, "is_cross_attention", False):
             hd = int(m.head_dim)
@@ -138,7 +138,7 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
             if outm is None:
                 raise UnsupportedModuleError(f"module '{name}': no output projection found next to it")
             hd = int(m.attention_head_size)
-            h = ch["query"].weight.shape[0] // hd
+            h = _rows(f"{name}.query", ch["query"]) // hd
             out.append(AttentionBlock(name, m, "bert", h, h, hd, outm, f"{parent_name}.output.dense"))
     for b in out:
         b.root = model
@@ -158,13 +158,50 @@ def _layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     return best
 
 
+def input_embedding(model: nn.Module) -> nn.Module | None:
+    """The token embedding whose columns are the hidden size, or None: vision and audio encoders answer
+    with a patch embedding (no ``weight``) or raise instead of answering."""
+    getter = getattr(model, "get_input_embeddings", None)
+    if getter is None:
+        return None
+    try:
+        emb = getter()
+    except (NotImplementedError, AttributeError):
+        return None
+    w = getattr(emb, "weight", None)
+    return emb if isinstance(w, torch.Tensor) and w.dim() == 2 else None
+
+
+def _rows(name: str, mod: nn.Module) -> int:
+    """Output rows of a projection found by its attribute name; anything without a weight is refused."""
+    from prunekit.layout import weight_layout
+
+    layout = weight_layout(mod)
+    w = getattr(mod, "weight", None)
+    if layout is None or not isinstance(w, torch.Tensor):
+        raise UnsupportedModuleError(
+            f"module '{name}' ({type(mod).__name__}) is not a linear or convolution layer with a weight, so its "
+            f"heads cannot be counted; use a channel method (l2-channel) for this model"
+        )
+    return int(w.shape[layout.out_axis])
+
+
+# the first MLP projection of each family; a fused gate/up projection holds two widths
+_MLP_IN = ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense", "mlp.fc1", "mlp.c_fc", "mlp.dense_h_to_4h",
+           "mlp.fc_in", "ffn.up_proj")
+_MLP_FUSED = ("mlp.gate_up_proj",)
+
+
 def _mlp_width(layer: nn.Module) -> int | None:
+    from prunekit.layout import weight_layout
+
     ch = dict(layer.named_modules())
-    for key in ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense", "mlp.fc1"):
-        if key in ch and hasattr(ch[key], "weight"):
-            return int(ch[key].weight.shape[0])
-    if "mlp.c_fc" in ch:
-        return int(ch["mlp.c_fc"].weight.shape[1])
+    for key in _MLP_IN + _MLP_FUSED:
+        mod = ch.get(key)
+        layout = weight_layout(mod) if mod is not None else None
+        if layout is not None and isinstance(getattr(mod, "weight", None), torch.Tensor):
+            width = int(mod.weight.shape[layout.out_axis])
+            return width // 2 if key in _MLP_FUSED else width
     return None
 
 
@@ -187,7 +224,7 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
         blocks = find_attention(model)
     except UnsupportedModuleError:
         blocks = []
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = input_embedding(model)
     old_hidden = getattr(cfg, "hidden_size", None)
     heads_changed = bool(blocks) and any(b.num_heads != getattr(cfg, "num_attention_heads", b.num_heads) for b in blocks)
     hidden_changed = emb is not None and old_hidden is not None and emb.weight.shape[1] != old_hidden
@@ -207,7 +244,7 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
         widths = [w for w in (_mlp_width(layer) for layer in layers) if w is not None]
         if widths:
             if len(set(widths)) == 1:
-                field_name = "n_inner" if hasattr(cfg, "n_inner") else "intermediate_size"
+                field_name = next((f for f in ("n_inner", "ffn_hidden_size") if hasattr(cfg, f)), "intermediate_size")
                 if getattr(cfg, field_name, None) != widths[0] and not (
                     field_name == "n_inner" and getattr(cfg, field_name) is None and widths[0] == 4 * cfg.hidden_size
                 ):

@@ -15,7 +15,13 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
-from prunekit.structural.blocks import apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
+from prunekit.structural.blocks import (
+    apply_head_plan_,
+    apply_head_plan_proved_,
+    apply_layer_plan_,
+    plan_heads,
+    plan_layers,
+)
 from prunekit.structural.engine import (
     _accumulate_gradients,
     _context,
@@ -74,6 +80,7 @@ class StructuralMethod(Method):
                 seed=request.seed,
                 strict=bool(opts.get("strict", True)),
                 validate=bool(opts.get("validate", True)),
+                opaque=request.ignored_modules,
             )
             old = apply_plan_(model, plan)
             notes = [f"{plan.units_removed} {self.kind} units removed from {sum(len(r) > 0 for r in plan.remove)} groups "
@@ -88,7 +95,7 @@ class StructuralMethod(Method):
                 grads = ctx.grads if self.criterion == "taylor" else ctx.grad_sq
             hplan = plan_heads(model, request.sparsity, criterion=self.criterion, allocation=alloc, seed=request.seed,
                                grads=grads, global_cap=opts.get("global_cap"))
-            apply_head_plan_(model, hplan)
+            apply_head_plan_proved_(model, hplan, request.example_inputs, apply=apply_head_plan_)
             ls = {b.name: len(r) / b.groups for b, r in zip(hplan.blocks, hplan.remove)}
             return MethodOutcome(ls, [str(hplan)])
         if self.kind == "layer":

@@ -20,7 +20,7 @@ the module and the operation, before anything is changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,6 +310,9 @@ _ALIASING = {
     "squeeze", "select", "slice", "split", "split_with_sizes", "unbind", "alias", "detach", "view_as",
     "unflatten", "narrow", "chunk", "as_strided",
 }
+# in-place view operations, labelled through their out-of-place twin (``transpose_`` through ``transpose``)
+_INPLACE_VIEWS = {"transpose_", "t_", "squeeze_", "unsqueeze_", "swapdims_", "swapaxes_", "detach_", "as_strided_"}
+_INPLACE_VIEWS = {n for n in _INPLACE_VIEWS if hasattr(torch.ops.aten, n) and hasattr(torch.ops.aten, n[:-1])}
 _REDUCE = {
     "mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean", "norm", "linalg_vector_norm",
     "logsumexp", "any", "all", "prod", "nansum", "max", "min", "count_nonzero",
@@ -380,6 +383,7 @@ class _Tracer(TorchDispatchMode):
         self.residual: dict[int, list[int]] = {}
         self.keep_alive: list[Any] = []
         self.module_types = {n: type(m).__name__ for n, m in model.named_modules()}
+        self.quiet = 0  # > 0 while a module traced as a whole runs: its operations are not looked at
 
     # -- atoms ------------------------------------------------------------------------------------------
     def pdim(self, key: str, param: Tensor, dim: int, *, producer: bool = False) -> np.ndarray:
@@ -483,10 +487,14 @@ class _Tracer(TorchDispatchMode):
         labs = [self.label(a) for a in tree_flatten(args)[0] if isinstance(a, Tensor)]
         if any(_atoms(lab).size for lab in labs):
             if self.strict:
+                mod = self.module_stack[-1] if self.module_stack else ""
+                advice = (f"pass ignore=[{mod!r}] to keep this module whole, or strict=False to keep only the "
+                          f"channels it touches") if mod else (
+                          "the operation is in the model's own forward (no submodule to ignore): pass strict=False "
+                          "to keep the channels it touches")
                 raise UnsupportedModuleError(
                     f"module '{self.here()} applies the operation aten.{name} to prunable channels, and "
-                    f"prunekit does not know how channels flow through it; pass ignore= for this module or "
-                    f"use strict=False to keep the channels it touches"
+                    f"prunekit does not know how channels flow through it; {advice}"
                 )
             for lab in labs:
                 self.pin(lab)
@@ -498,8 +506,12 @@ class _Tracer(TorchDispatchMode):
     # -- dispatch ---------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if self.quiet:  # inside a module traced as a whole (ignored, or with a module rule)
+            return func(*args, **kwargs)
         name = _name(func)
+        if name in _INPLACE_VIEWS and args and isinstance(args[0], Tensor):
+            return self._inplace_view(func, name, args, kwargs)
+        out = func(*args, **kwargs)
         try:
             self.propagate(func, name, args, kwargs, out)
         except (UnsupportedModuleError, ModelError):
@@ -512,6 +524,26 @@ class _Tracer(TorchDispatchMode):
             for o in tree_flatten(out)[0]:
                 if isinstance(o, Tensor):
                     self.set_label(o, _const(o.dim()))
+        self.keep_alive.append(out)
+        return out
+
+    def _inplace_view(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """``transpose_``, ``t_``, ``squeeze_``, ``unsqueeze_``...: the out-of-place twin is run first (a
+        view, no data is copied) and labelled by its rule; the tensor then takes that label in place."""
+        x = args[0]
+        twin = getattr(torch.ops.aten, name[:-1])
+        view = twin(*args, **kwargs)
+        try:
+            self.propagate(twin, name[:-1], args, kwargs, view)
+            lab = self.label(view)
+        except (UnsupportedModuleError, ModelError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.notes.append(f"aten.{name} in '{self.here()}: {type(e).__name__}: {e}; channels kept")
+            self.pin(self.label(x))
+            lab = None
+        out = func(*args, **kwargs)
+        self.set_label(out, lab if lab is not None else _const(out.dim()))
         self.keep_alive.append(out)
         return out
 
@@ -745,17 +777,54 @@ def _clip(i: int, n: int) -> int:
     return max(0, min(i, n))
 
 
+def _couple_pieces(tr: _Tracer, pieces: list[np.ndarray]) -> bool:
+    """Equal pieces of one channel axis (``chunk(2)`` of a fused gate/up projection): index ``i`` of every
+    piece is one unit, so removing it keeps the pieces equal and ``chunk`` splits the smaller tensor the same
+    way. False (nothing coupled) when a piece mixes channels with constants where another has channels."""
+    first = pieces[0]
+    for p in pieces[1:]:
+        a, b = np.broadcast_arrays(first, p)
+        if ((a >= 0) != (b >= 0)).any():
+            return False
+    for p in pieces[1:]:
+        a, b = np.broadcast_arrays(first, p)
+        tr.union_pairs(a.copy(), b.copy())
+    return True
+
+
 def _rule_split(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     lab = tr.label(x)
     dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % x.dim()
     pos = 0
     if _varies(lab, dim) and len(out) > 1:
-        tr.pin(lab)
+        # ``chunk`` arrives as ``split`` by one size; explicit sizes (``split_with_sizes``) are hard-coded
+        sizes = {o.shape[dim] for o in out}
+        if isinstance(args[1], (list, tuple)) or len(sizes) > 1 or sum(o.shape[dim] for o in out) != x.shape[dim]:
+            tr.pin(lab)
+        else:
+            n = out[0].shape[dim]
+            if not _couple_pieces(tr, [np.take(lab, range(k * n, (k + 1) * n), axis=dim) for k in range(len(out))]):
+                tr.pin(lab)
     for o in out:
         n = o.shape[dim]
         tr.set_label(o, np.take(lab, range(pos, pos + n), axis=dim) if _varies(lab, dim) else lab)
         pos += n
+
+
+def _rule_glu(tr: _Tracer, args: tuple, kwargs: dict, out: Tensor) -> None:
+    """``glu``: the two halves of one axis multiply index by index (a fused gate): coupled like ``chunk(2)``."""
+    x = args[0]
+    dim = (args[1] if len(args) > 1 else kwargs.get("dim", -1)) % x.dim()
+    lab = tr.label(x)
+    if not _varies(lab, dim):
+        tr.set_label(out, lab)
+        return
+    n = x.shape[dim] // 2
+    halves = [np.take(lab, range(0, n), axis=dim), np.take(lab, range(n, 2 * n), axis=dim)]
+    if not _couple_pieces(tr, halves):
+        tr.pin(lab)
+    tr.set_label(out, np.ascontiguousarray(halves[0]))
 
 
 def _rule_unbind(tr: _Tracer, args: tuple, kwargs: dict, out: Any) -> None:
@@ -1325,6 +1394,8 @@ _RULES: dict[str, Callable[..., None]] = {
     "permute": _rule_permute,
     "transpose": _rule_transpose,
     "t": _rule_transpose,
+    "swapdims": _rule_transpose,
+    "swapaxes": _rule_transpose,
     "expand": _rule_expand,
     "unsqueeze": _rule_unsqueeze,
     "squeeze": _rule_squeeze,
@@ -1334,6 +1405,7 @@ _RULES: dict[str, Callable[..., None]] = {
     "split_with_sizes": _rule_split,
     "unsafe_split": _rule_split,
     "unbind": _rule_unbind,
+    "glu": _rule_glu,
     "cat": _rule_cat,
     "stack": _rule_stack,
     "constant_pad_nd": _rule_pad,
@@ -1365,13 +1437,106 @@ _RULES: dict[str, Callable[..., None]] = {
     "embedding": _rule_embedding,
     "copy_": _rule_copy_,
     "as_strided": _rule_as_strided,
-    "as_strided_": _rule_as_strided,
     "fill_": _rule_fill_,
     "zero_": _rule_fill_,
     "index_put_": _rule_index_put,
     "index_put": _rule_index_put,
     "channel_shuffle": _rule_channel_shuffle,
     "native_channel_shuffle": _rule_channel_shuffle,
+}
+
+
+# ---------------------------------------------------------------------------------------- module rules
+#
+# A module rule traces a module as a whole: the operations inside it are not looked at, and the rule labels
+# its outputs from its inputs and parameters once its forward has returned. It is called as
+# ``rule(tracer, name, module, args, kwargs, output)``.
+
+
+def _module_opaque(tr: _Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """A module kept whole (named by ``ignore=``): its inputs and outputs keep their sizes."""
+    for a in tree_flatten((args, kwargs))[0]:
+        if isinstance(a, Tensor):
+            tr.pin(tr.label(a))
+    for o in tree_flatten(output)[0]:
+        if isinstance(o, Tensor):
+            tr.set_label(o, _const(o.dim()))
+    tr.notes.append(f"module '{name}' ({type(mod).__name__}) is ignored: kept whole, its inputs and outputs keep their sizes")
+
+
+def _rnn_data(x: Any) -> Tensor | None:
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        return x.data
+    return x if isinstance(x, Tensor) else None
+
+
+def _module_rnn(tr: _Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """nn.RNN / nn.LSTM / nn.GRU (any depth, either direction). Hidden unit ``j`` is rows ``g*H + j`` of
+    every gate in ``weight_ih`` / ``weight_hh`` / biases, column ``j`` of ``weight_hh``, columns ``d*H + j``
+    of the next layer's ``weight_ih`` and index ``j`` (of each direction) of the outputs. All layers share
+    ``hidden_size``, so unit ``j`` is one unit across layers and directions. The input features are the
+    columns of the first layer's ``weight_ih``. An LSTM with ``proj_size`` is kept whole."""
+    x = _rnn_data(args[0] if args else kwargs.get("input"))
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    outs = [o for o in tree_flatten(output)[0] if isinstance(o, Tensor)]
+    gates = {"LSTM": 4, "GRU": 3}.get(getattr(mod, "mode", ""), 1)
+    nd = 2 if mod.bidirectional else 1
+    hsize, layers = int(mod.hidden_size), int(mod.num_layers)
+    sfx = ["", "_reverse"][:nd]
+
+    def atoms(pname: str, dim: int, *, producer: bool = False) -> np.ndarray | None:
+        t = getattr(mod, pname, None)
+        pv = tr.view_of(t) if isinstance(t, Tensor) else None
+        if pv is None or pv.dim_map() is None or pv.param.shape != t.shape:
+            return None
+        return tr.pdim(pv.key, pv.param, dim, producer=producer)
+
+    hid = atoms("weight_hh_l0", 1, producer=True)
+    if getattr(mod, "proj_size", 0) or hid is None or x is None:
+        why = "it has proj_size" if getattr(mod, "proj_size", 0) else "its weights are not plain parameters"
+        for a in tree_flatten((args, kwargs))[0]:
+            if isinstance(a, Tensor):
+                tr.pin(tr.label(a))
+        for pname, p in mod.named_parameters():
+            if (pv := tr.view_of(p)) is not None:
+                for d in range(p.dim()):
+                    tr.pin(tr.pdim(pv.key, pv.param, d))
+        for o in outs:
+            tr.set_label(o, _const(o.dim()))
+        tr.notes.append(f"module '{name}' ({type(mod).__name__}) is kept whole: {why}")
+        return
+    rows = np.tile(hid, gates)  # row g*H + j of every gate matrix is unit j
+    for layer in range(layers):
+        for s in sfx:
+            for pname, dim, unit in (
+                (f"weight_ih_l{layer}{s}", 0, rows), (f"weight_hh_l{layer}{s}", 0, rows),
+                (f"weight_hh_l{layer}{s}", 1, hid), (f"bias_ih_l{layer}{s}", 0, rows), (f"bias_hh_l{layer}{s}", 0, rows),
+            ):
+                a = atoms(pname, dim)
+                if a is not None:
+                    tr.union_pairs(a, unit)
+            cols = atoms(f"weight_ih_l{layer}{s}", 1)
+            if cols is None:
+                continue
+            if layer == 0:
+                _in_atoms(tr, tr.label(x), x.dim() - 1, x.shape[-1], cols)
+            else:
+                tr.union_pairs(cols, np.tile(hid, nd))
+    for h in tree_flatten(hx)[0]:  # initial states: their last axis is the hidden units
+        if isinstance(h, Tensor):
+            _in_atoms(tr, tr.label(h), h.dim() - 1, h.shape[-1], hid)
+    for o in outs:
+        tr.set_label(o, _const(o.dim()))
+    seq = _rnn_data(output[0] if isinstance(output, tuple) else output)
+    states = [h for h in tree_flatten(output[1] if isinstance(output, tuple) and len(output) > 1 else ())[0]
+              if isinstance(h, Tensor)]
+    for o, unit in [(seq, np.tile(hid, nd))] + [(h, hid) for h in states]:
+        if isinstance(o, Tensor) and o.shape[-1] == unit.size:
+            tr.set_label(o, _axis_label(None, o.dim() - 1, o.dim(), unit))  # type: ignore[arg-type]
+
+
+_MODULE_RULES: dict[type, Callable[..., None]] = {
+    nn.RNNBase: _module_rnn,
 }
 
 
@@ -1387,12 +1552,16 @@ def trace_groups(
     *,
     strict: bool = True,
     fixed: Callable[[str, nn.Module], list[tuple[str, int]]] | None = None,
+    opaque: Iterable[str] = (),
 ) -> TraceResult:
     """Trace ``model`` on ``example_inputs`` into dependency groups.
 
     ``fixed(name, module)`` may return (local parameter name, dim) pairs that must not change (module
-    handlers use it to protect dimensions they cannot resize). Nothing about the model is changed; it is
-    run once in eval mode with gradients enabled (so that fused inference fast paths are not taken).
+    handlers use it to protect dimensions they cannot resize). ``opaque``: names of modules traced as
+    closed boxes (the modules ``ignore=`` names): nothing inside them is looked at, and their inputs,
+    outputs and parameters keep their sizes. Modules with a module rule (recurrent layers) are traced as a
+    whole by that rule. Nothing about the model is changed; it is run once in eval mode with gradients
+    enabled (so that fused inference fast paths are not taken).
     """
     was_training = model.training
     model.eval()
@@ -1400,16 +1569,34 @@ def trace_groups(
     handles = []
     calls: list[tuple[str, list[int], int | None]] = []
     stack_inputs: list[list[int]] = []
+    closed = set(opaque)
+    unknown = closed - set(tr.module_types)
+    if unknown:
+        raise ModelError(f"modules to keep whole are not in the model: {', '.join(sorted(unknown))}")
 
-    def pre(name: str) -> Callable:
-        def hook(mod: nn.Module, args: tuple) -> None:
+    def rule_of(name: str, mod: nn.Module) -> Callable[..., None] | None:
+        if name in closed:
+            return _module_opaque
+        for cls in type(mod).__mro__:
+            if cls in _MODULE_RULES:
+                return _MODULE_RULES[cls]
+        return None
+
+    def pre(name: str, rule: Callable[..., None] | None) -> Callable:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             tr.module_stack.append(name)
             stack_inputs.append([id(a) for a in tree_flatten(args)[0] if isinstance(a, Tensor)])
+            if rule is not None:
+                tr.quiet += 1
 
         return hook
 
-    def post(name: str) -> Callable:
-        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+    def post(name: str, rule: Callable[..., None] | None) -> Callable:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if rule is not None:
+                tr.quiet -= 1
+                if not tr.quiet:  # the outermost module traced as a whole: its rule labels the outputs
+                    rule(tr, name, mod, args, kwargs, output)
             if tr.module_stack and tr.module_stack[-1] == name:
                 tr.module_stack.pop()
             ins = stack_inputs.pop() if stack_inputs else []
@@ -1419,8 +1606,9 @@ def trace_groups(
         return hook
 
     for name, mod in model.named_modules():
-        handles.append(mod.register_forward_pre_hook(pre(name)))
-        handles.append(mod.register_forward_hook(post(name)))
+        rule = rule_of(name, mod)
+        handles.append(mod.register_forward_pre_hook(pre(name, rule), with_kwargs=True))
+        handles.append(mod.register_forward_hook(post(name, rule), with_kwargs=True))
     add_src: dict[int, list[int]] = {}
     orig_propagate = tr.propagate
 
@@ -1443,6 +1631,17 @@ def trace_groups(
     out_tensors = [o for o in tree_flatten(output)[0] if isinstance(o, Tensor)]
     for o in out_tensors:
         tr.pin(tr.label(o))
+    for name in closed:  # a parameter of a closed module also used outside it (tied) keeps its sizes
+        for t in list(model.get_submodule(name).parameters()) + list(model.get_submodule(name).buffers()):
+            pv = tr.view_of(t)
+            if pv is None:
+                continue
+            for d in range(pv.param.dim()):
+                if (pv.key, d) in tr.dim_atoms:
+                    tr.pin(tr.pdim(pv.key, pv.param, d))
+            if pv.key in tr.elem_atoms:
+                base = tr.elem_atoms[pv.key]
+                tr.pin(np.arange(base, base + pv.param.numel()))
     if fixed is not None:
         for mname, mod in model.named_modules():
             for pname, dim in fixed(mname, mod):
