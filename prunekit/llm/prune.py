@@ -147,7 +147,7 @@ def prune_causal_lm(
     owl: OWL | None = None,
     targets: Iterable[str] | None = None,
     device: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
 ) -> LLMPruneResult:

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.llm.adapters import Adapter, adapter_for, prunable_linears
+from prunekit.padding import real_tokens, token_mask
+from prunekit.progress import ProgressBar
 
 InputConsumer = Callable[[Tensor], None]
 
@@ -58,11 +60,13 @@ class LayerVisitor:
     modifies: bool = True
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
-        """Consumers of Linear inputs, keyed by the Linear's name relative to the layer."""
+        """Consumers of Linear inputs, keyed by the Linear's name relative to the layer. A consumer sees the
+        inputs at real tokens only: [tokens, in] when the batch is padded (``attention_mask == 0``)."""
         return {}
 
     def observe(self, job: LayerJob, inputs: Tensor, outputs: Tensor) -> None:
-        """Called per batch with the layer's input and output hidden states (before :meth:`finish`)."""
+        """Called per batch with the layer's input and output hidden states (before :meth:`finish`); when the
+        batch is padded, only the real tokens' states, as [tokens, hidden]."""
 
     def finish(self, job: LayerJob) -> None:
         """Solve: prune the layer in place from the statistics gathered."""
@@ -83,6 +87,7 @@ class RunSummary:
 class _Record:
     hidden: Tensor
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    tokens: Tensor | None = None  # [batch, seq_len] True at real tokens; None when nothing is padding
 
 
 class _StopForward(Exception):
@@ -93,7 +98,8 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     """Normalise calibration data into a list of ``{"input_ids": [B, T], ("attention_mask": [B, T])}``.
 
     Accepts one tensor [N, T] (each row becomes a batch of one), an iterable of tensors [B, T] or [T], or
-    of dicts / tokenizer outputs holding ``input_ids``.
+    of dicts / tokenizer outputs holding ``input_ids`` (and ``attention_mask``: padded positions are fed to
+    the model but enter no statistic).
     """
     if calibration is None:
         raise MissingDataError(f"this method needs calibration data; {_HOW_TO_PASS}")
@@ -103,8 +109,13 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
         )
     elif isinstance(calibration, Mapping):
         items = [calibration]
-    else:
+    elif isinstance(calibration, Iterable):
         items = calibration
+    else:
+        raise DataError(
+            f"this method reads token batches and cannot use calibration of type {type(calibration).__name__} "
+            f"(a loss callable only serves gradient criteria); {_HOW_TO_PASS}"
+        )
     batches: list[dict[str, Tensor]] = []
     for item in items:
         if isinstance(item, Mapping):
@@ -124,11 +135,21 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
             raise DataError(f"calibration input_ids must be [batch, seq_len] and non-empty; {_HOW_TO_PASS}")
         batch = {"input_ids": ids}
         if mask is not None:
+            token_mask(ids, mask)  # refuses a mask of the wrong shape or values
             batch["attention_mask"] = mask.unsqueeze(0) if mask.dim() == 1 else mask
         batches.append(batch)
     if not batches:
         raise MissingDataError(f"the calibration data is empty; {_HOW_TO_PASS}")
+    if sum(_token_count(b) for b in batches) == 0:
+        raise MissingDataError(
+            f"every position of the calibration data is padding (attention_mask == 0); {_HOW_TO_PASS}"
+        )
     return batches
+
+
+def _token_count(batch: dict[str, Tensor]) -> int:
+    mask = token_mask(batch["input_ids"], batch.get("attention_mask"))
+    return int(batch["input_ids"].numel()) if mask is None else int(mask.sum())
 
 
 def _unwrap(out: Any) -> Tensor:
@@ -217,7 +238,9 @@ def capture_inputs(
                 raise ModelError(
                     f"{type(model).__name__} did not call all of its {n} decoder layers during the forward pass"
                 )
-            records.append(_Record(first[0], [c for c in calls if c is not None]))
+            tokens = token_mask(batch["input_ids"], batch.get("attention_mask"))
+            records.append(_Record(first[0], [c for c in calls if c is not None],
+                                   None if tokens is None else tokens.to(device)))
     finally:
         if moved:
             _restore(model, layers, moved)
@@ -232,18 +255,13 @@ def _restore(model: nn.Module, layers: nn.ModuleList, before: dict[int, torch.de
                     t.data = t.data.to(before[id(t)])
 
 
-def _progress(enabled: bool, description: str, total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _token_hook(consume: InputConsumer, current: list[Tensor | None], where: str) -> Callable[..., None]:
+    """A forward hook feeding ``consume`` a Linear's inputs at the real tokens of the batch in ``current[0]``."""
 
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-    return progress
+    def hook(_module: nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
+        consume(real_tokens(inputs[0].detach(), current[0], where))
+
+    return hook
 
 
 @torch.no_grad()
@@ -254,14 +272,15 @@ def run_layerwise(
     *,
     device: str | torch.device | None = None,
     offload_activations: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     description: str = "layers",
 ) -> RunSummary:
     """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
 
     ``device``: where the current layer and the activations are computed (default: where the model is);
     a model kept on the CPU is moved there one layer at a time. ``offload_activations`` keeps the hidden
-    states of the calibration set on the CPU between layers.
+    states of the calibration set on the CPU between layers. ``progress``: None shows a bar on a terminal and
+    logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent.
     """
     adapter = adapter_for(model)
     batches = as_batches(calibration)
@@ -273,8 +292,7 @@ def run_layerwise(
     records = capture_inputs(model, batches, adapter, exec_device, store)
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
-    with _progress(progress, description, len(layers)) as bar:
-        task = bar.add_task(description, total=len(layers))
+    with ProgressBar(description, len(layers), enabled=progress) as bar:
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
             home = model_device(layer)
@@ -283,18 +301,20 @@ def run_layerwise(
             job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
             consumers = visitor.start(job)
             handles = []
+            current: list[Tensor | None] = [None]  # the real-token mask of the batch being run
             for rel, consume in consumers.items():
                 module = layer.get_submodule(rel)
-                handles.append(
-                    module.register_forward_hook(lambda _m, inp, _out, consume=consume: consume(inp[0].detach()))
-                )
+                handles.append(module.register_forward_hook(_token_hook(consume, current, job.full_name(rel))))
             outputs: list[Tensor] = []
             try:
                 for rec in records:
                     x = rec.hidden.to(exec_device)
                     args, kwargs = rec.calls[i]
+                    current[0] = rec.tokens
                     out = _unwrap(layer(x, *args, **kwargs))
-                    visitor.observe(job, x, out)
+                    visitor.observe(
+                        job, real_tokens(x, rec.tokens, job.prefix), real_tokens(out, rec.tokens, job.prefix)
+                    )
                     if not visitor.modifies:
                         outputs.append(out.to(store))
                     del out, x
@@ -312,7 +332,7 @@ def run_layerwise(
             if home != exec_device:
                 layer.to(home)
             per_layer.append(time.perf_counter() - t0)
-            bar.update(task, advance=1, description=f"{description} {i + 1}/{len(layers)}")
+            bar.advance(description=f"{description} {i + 1}/{len(layers)}")
     model.train(was_training)
-    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    tokens = sum(_token_count(b) for b in batches)
     return RunSummary(len(layers), len(batches), tokens, time.perf_counter() - start, per_layer)

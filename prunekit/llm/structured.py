@@ -28,7 +28,7 @@ layer is cut before its outputs are recomputed, so later layers are scored on th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from prunekit.errors import InvalidSparsityError, MissingDataError, UnknownNameError, UnsupportedModuleError
 from prunekit.llm import criteria
-from prunekit.llm.adapters import Adapter, adapter_for
+from prunekit.llm.adapters import Adapter, Attention, adapter_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
+from prunekit.structural.hf import head_config_fields, own_config_, record_hf_structure
 from prunekit.structural.surgery import remove_
 
 UNITS = ("heads", "mlp", "layers")
@@ -114,12 +115,15 @@ def _drop(layer: nn.Module, removal: dict[str, dict[int, Tensor]], name: str, di
 
 
 def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
-    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut)."""
+    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut).
+
+    The sum becomes a new parameter: the old bias may be shared with another model and stays as it was.
+    """
     if removed.numel() == 0:
         return
     delta = out_proj.weight.detach()[:, removed].double() @ mean[removed].to(out_proj.weight.device)
-    with torch.no_grad():
-        out_proj.bias.add_(delta.to(out_proj.bias.dtype))
+    old = out_proj.bias
+    out_proj.bias = nn.Parameter(old.detach() + delta.to(old.dtype), requires_grad=old.requires_grad)
 
 
 def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
@@ -128,25 +132,28 @@ def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
     return part in _BIAS_FIELDS.get(getattr(model.config, "model_type", ""), {})
 
 
-def choose_gqa_shape(n_heads: int, n_kv: int, sparsity: float) -> tuple[int, int]:
+def choose_gqa_shape(
+    n_heads: int, n_kv: int, sparsity: float, allowed: Callable[[int, int], bool] | None = None
+) -> tuple[int, int]:
     """(kept key-value groups, kept query heads per group) whose removed share of attention parameters
     (``q``, ``o`` scale with query heads; ``k``, ``v`` with key-value heads) is closest to ``sparsity``.
 
-    Ties prefer keeping more key-value groups.
+    ``allowed(heads, kv_heads)`` says which shapes the model's config can state (the dense shape always
+    qualifies). Ties prefer keeping more key-value groups.
     """
     if n_heads % n_kv:
         raise UnsupportedModuleError(f"{n_heads} query heads do not split into {n_kv} key-value groups")
     per_group = n_heads // n_kv
     dense = 2 * n_heads + 2 * n_kv
-    best: tuple[float, int, int] | None = None
+    ranked = []
     for groups in range(n_kv, 0, -1):
         for q in range(per_group, 0, -1):
             removed = 1.0 - (2 * groups * q + 2 * groups) / dense
-            key = (round(abs(removed - sparsity), 12), -groups, -q)
-            if best is None or key < (best[0], -best[1], -best[2]):
-                best = (key[0], groups, q)
-    assert best is not None
-    return best[1], best[2]
+            ranked.append((round(abs(removed - sparsity), 12), -groups, -q))
+    for _, groups, q in sorted(ranked):
+        if allowed is None or (-groups, -q) == (n_kv, per_group) or allowed(-groups * -q, -groups):
+            return -groups, -q
+    return n_kv, per_group
 
 
 class _ChannelVisitor(LayerVisitor):
@@ -179,10 +186,16 @@ class _ChannelVisitor(LayerVisitor):
                 raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
         else:
             self.attn = adapter.require_attention()
-            self.n_heads = cfg.num_attention_heads
-            self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-            self.groups, self.per_group = choose_gqa_shape(self.n_heads, self.n_kv, sparsity)
+            self.n_heads, self.n_kv, self.head_dim = _head_shape(model, adapter, self.attn)
+            checked: dict[tuple[int, int], bool] = {}
+
+            def allowed(heads: int, kv: int) -> bool:
+                if (heads, kv) not in checked:
+                    checked[heads, kv] = head_config_fields(model, heads, kv, self.head_dim) is not None
+                return checked[heads, kv]
+
+            self.groups, self.per_group = choose_gqa_shape(self.n_heads, self.n_kv, sparsity, allowed)
+            self.head_fields = head_config_fields(model, self.groups * self.per_group, self.groups, self.head_dim)
 
     @property
     def out_name(self) -> str:
@@ -271,15 +284,38 @@ class _ChannelVisitor(LayerVisitor):
         cfg = self.model.config
         if self.unit == "mlp":
             setattr(cfg, self.mlp.config_field, self.keep_count)
-        else:
-            cfg.num_attention_heads = self.groups * self.per_group
-            if hasattr(cfg, "num_key_value_heads"):
-                cfg.num_key_value_heads = self.groups
-            cfg.head_dim = self.head_dim
+        elif self.head_fields is not None:
+            for key, value in self.head_fields.items():
+                setattr(cfg, key, value)
         if self._did_bias:
             field_name = _BIAS_FIELDS.get(cfg.model_type, {}).get("mlp" if self.unit == "mlp" else "attention")
             if field_name:
                 setattr(cfg, field_name, True)
+
+
+def _head_shape(model: nn.Module, adapter: Adapter, attn: Attention) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of the decoder layers, read from their projections; every
+    layer must have the same, else :class:`UnsupportedModuleError` (before anything changes)."""
+    cfg = model.config
+    shapes = set()
+    for layer in adapter.layer_list(model):
+        module = layer.get_submodule(attn.module)
+        head_dim = int(getattr(module, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
+        if not head_dim:
+            head_dim = cfg.hidden_size // cfg.num_attention_heads
+        q = layer.get_submodule(attn.q).weight.shape[0]
+        k = layer.get_submodule(attn.k).weight.shape[0]
+        if q % head_dim or k % head_dim:
+            raise UnsupportedModuleError(
+                f"{attn.q} has {q} rows, which is not a whole number of heads of size {head_dim}"
+            )
+        shapes.add((q // head_dim, k // head_dim, head_dim))
+    if len(shapes) != 1:
+        raise UnsupportedModuleError(
+            "llm-heads keeps the same heads in every layer, but the decoder layers already differ "
+            f"({sorted(shapes)}); prune heads with the 'head' method instead, or start from the dense model"
+        )
+    return shapes.pop()
 
 
 class _InfluenceVisitor(LayerVisitor):
@@ -302,6 +338,7 @@ class _InfluenceVisitor(LayerVisitor):
 
 def remove_layers_(model: nn.Module, drop: list[int]) -> None:
     """Physically delete decoder layers ``drop`` and renumber the rest (config, cache indices, layer types)."""
+    own_config_(model)
     adapter = adapter_for(model)
     layers = adapter.layer_list(model)
     keep = [i for i in range(len(layers)) if i not in set(drop)]
@@ -329,7 +366,7 @@ def prune_structured(
     criterion: str = "fluctuation",
     bias_compensation: bool = True,
     device: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> StructuredResult:
     """Remove ``sparsity`` of the heads' / MLP's parameters, or of the decoder layers, physically and in place."""
     if unit not in UNITS:
@@ -337,6 +374,7 @@ def prune_structured(
     if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
     adapter = adapter_for(model)
+    own_config_(model)  # the config may be shared with another model (a teacher); edit a copy
     result = StructuredResult(unit, _count(model), 0)
     if unit == "layers":
         n_layers = len(adapter.layer_list(model))
@@ -364,6 +402,11 @@ def prune_structured(
             for i, layer in enumerate(adapter.layer_list(model)):
                 visitor_c.finish(LayerJob(i, layer, f"{adapter.layers}.{i}", {}))
         visitor_c.update_config()
+        if unit == "heads" and visitor_c.head_fields is None:
+            result.notes.append(
+                f"{type(model.config).__name__} cannot state {visitor_c.groups * visitor_c.per_group} heads of size "
+                f"{visitor_c.head_dim}: the sizes are recorded; reload with prunekit.structural.from_pretrained_pruned"
+            )
         if unit == "heads":
             result.notes.append(
                 f"kept {visitor_c.groups} of {visitor_c.n_kv} key-value groups x {visitor_c.per_group} of "
@@ -374,6 +417,7 @@ def prune_structured(
         part = "mlp" if unit == "mlp" else "attention"
         if bias_compensation and criterion == "fluctuation" and not visitor_c._did_bias:
             result.notes.append(f"no bias compensation: {model.config.model_type} has no {part} output bias")
+    record_hf_structure(model)  # what the config cannot state travels in config.prunekit_structure
     result.params_after = _count(model)
     result.notes.append(
         f"parameters {result.params_before} -> {result.params_after} ({100 * result.removed_fraction:.1f}% removed)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +18,16 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError
+from prunekit.padding import real_tokens, token_mask
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
-from prunekit.structural.hf import AttentionBlock, find_attention, record_head_attrs, renumber_layers
+from prunekit.structural.hf import (
+    AttentionBlock,
+    find_attention,
+    fit_head_counts,
+    own_config_,
+    record_head_attrs,
+    renumber_layers,
+)
 from prunekit.structural.surgery import _size_attrs, remove_, structure_state
 from prunekit.structural.trace import _call
 
@@ -36,7 +44,7 @@ class HeadPlan:
         lines = ["head plan:"]
         for b, r in zip(self.blocks, self.remove):
             lines.append(f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({len(r) * b.q_per_kv} query heads)")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
 def _slice_score(t: Tensor, dim: int, idx: np.ndarray, criterion: str, grad: Tensor | None) -> float:
@@ -66,8 +74,13 @@ def plan_heads(
     seed: int = 0,
     grads: dict[str, Tensor] | None = None,
     global_cap: float | None = None,
+    exact: bool = False,
 ) -> HeadPlan:
-    """Remove ``sparsity`` of the key/value groups (with their query heads) of every attention module."""
+    """Remove ``sparsity`` of the key/value groups (with their query heads) of every attention module.
+
+    A Hugging Face model keeps a head count its config can state (see :func:`~prunekit.structural.hf.fit_head_counts`),
+    so that stock ``from_pretrained`` reloads it; ``exact=True`` keeps the allocation's counts instead.
+    """
     if not 0 <= sparsity < 1:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
     blocks = find_attention(model)
@@ -93,8 +106,11 @@ def plan_heads(
         removable.append(np.ones(b.groups, dtype=bool))
     alloc = GROUP_ALLOCATIONS.resolve(allocation)
     opts: dict[str, Any] = {} if global_cap is None else {"global_cap": global_cap}
-    remove = alloc(scores, removable, sparsity, **opts)
-    return HeadPlan(blocks, [np.asarray(r, dtype=np.int64) for r in remove])
+    remove = [np.asarray(r, dtype=np.int64) for r in alloc(scores, removable, sparsity, **opts)]
+    notes: list[str] = []
+    if not exact:
+        remove, notes = fit_head_counts(model, blocks, scores, remove)
+    return HeadPlan(blocks, remove, notes)
 
 
 def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
@@ -230,6 +246,8 @@ def plan_layers(
     for sname, st in stacks:
         for i, child in enumerate(st):
             names[id(child)] = f"{sname}.{i}" if sname else str(i)
+    ids = example_inputs.get("input_ids") if isinstance(example_inputs, Mapping) else None
+    tokens = token_mask(ids, example_inputs.get("attention_mask")) if isinstance(ids, Tensor) else None
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         n = names[id(mod)]
@@ -242,7 +260,9 @@ def plan_layers(
         shape_ok[n] = tuple(x.shape) == tuple(y.shape) and x.dtype == y.dtype
         if shape_ok[n]:
             xf, yf = x.detach().float().reshape(-1, x.shape[-1]), y.detach().float().reshape(-1, y.shape[-1])
-            if x.dim() == 4 and x.shape[1] != x.shape[-1]:  # NCHW feature maps: channels as the vector
+            if tokens is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(tokens.shape):
+                xf, yf = real_tokens(x.detach().float(), tokens), real_tokens(y.detach().float(), tokens)  # no padding
+            elif x.dim() == 4 and x.shape[1] != x.shape[-1]:  # NCHW feature maps: channels as the vector
                 xf = x.detach().float().movedim(1, -1).reshape(-1, x.shape[1])
                 yf = y.detach().float().movedim(1, -1).reshape(-1, y.shape[1])
             cos = torch.nn.functional.cosine_similarity(xf, yf, dim=-1, eps=1e-8)
@@ -296,6 +316,7 @@ def _is_identity_residual(mod: nn.Module, args: tuple, kwargs: dict, x: Tensor) 
 
 def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
     """Remove the planned blocks (highest index first, so that names stay valid)."""
+    own_config_(model)  # the config (layer_types below) may be shared with another model
     st = structure_state(model)
 
     def key(n: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit._transaction import _restore_tree, _snapshot_tree
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
+from prunekit.padding import mask_padding_labels
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
 from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
 from prunekit.structural.handlers import handler_for
@@ -220,6 +221,7 @@ def _accumulate_gradients(model: nn.Module, ctx: ScoreContext, calibration: Any,
 
 def _batch_loss(model: nn.Module, batch: Any, loss_fn: Any) -> Tensor:
     if isinstance(batch, dict):
+        batch = mask_padding_labels(batch)  # padding (attention_mask == 0) enters no loss, so no gradient
         out = model(**batch)
         if loss_fn is not None:
             return loss_fn(out, batch)

@@ -8,6 +8,7 @@ grouped-query attention stays valid (the ratio of query to key/value heads is un
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,42 +206,199 @@ def _mlp_width(layer: nn.Module) -> int | None:
     return None
 
 
+_PRUNEKIT_KEYS = ("prunekit_structure", "prunekit_unexpressible", "prunekit_per_layer")
+
+
+def _is_hf_config(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "to_dict") and hasattr(obj, "to_json_string")
+
+
+def own_config_(model: nn.Module) -> None:
+    """Give ``model`` its own deep copy of its Hugging Face config before prunekit edits it.
+
+    Models built from one config object (a teacher and a student, ``Model(cfg)`` twice) share it, and so do
+    sub-modules that keep ``self.config``; pruning one model must not rewrite the others. Every reference
+    inside ``model`` to the old config, or to one of its sub-configs (``text_config`` ...), is pointed at the
+    matching part of the copy. The generation config is copied as well.
+    """
+    old = getattr(model, "config", None)
+    if not _is_hf_config(old):
+        return
+    memo: dict[int, Any] = {}
+    new = copy.deepcopy(old, memo)
+    swap: dict[int, Any] = {}
+    for key, copied in memo.items():
+        if _is_hf_config(copied) or type(copied).__name__ == "GenerationConfig":
+            swap[key] = copied
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and id(gen) not in swap and hasattr(gen, "to_dict"):
+        swap[id(gen)] = copy.deepcopy(gen)
+    for module in model.modules():
+        for k, v in list(vars(module).items()):
+            if id(v) in swap:
+                module.__dict__[k] = swap[id(v)]
+    if model.config is not new:  # a config kept somewhere deepcopy does not reach (a property)
+        model.config = new
+
+
+def _validates(cfg: Any) -> bool:
+    """Whether a config passes its class's own checks (the ones save_pretrained and from_pretrained run)."""
+    check = getattr(cfg, "validate", None)
+    if check is None:
+        return True
+    try:
+        check()
+    except Exception:  # noqa: BLE001  strict dataclass validation raises its own error types
+        return False
+    return True
+
+
+def _trial_config(cfg: Any, fields: dict[str, Any]) -> Any:
+    trial = copy.deepcopy(cfg)
+    for k in _PRUNEKIT_KEYS:
+        if k in trial.__dict__:
+            delattr(trial, k)
+    for k, v in fields.items():
+        setattr(trial, k, v)
+    return trial
+
+
+def _build_on_meta(model: nn.Module, cfg: Any, *, one_layer: bool) -> nn.Module | None:
+    """``type(model)(cfg)`` on the meta device (optionally with a single layer); None if the class refuses."""
+    if one_layer:
+        cfg = copy.deepcopy(cfg)
+        if getattr(cfg, "num_hidden_layers", None):
+            cfg.num_hidden_layers = 1
+        types = getattr(cfg, "layer_types", None)
+        if isinstance(types, list) and types:
+            cfg.layer_types = types[:1]
+    try:
+        with torch.device("meta"):
+            return type(model)(cfg)
+    except Exception:  # noqa: BLE001  a config the family refuses to build
+        return None
+
+
+def head_config_fields(
+    model: nn.Module, heads: int, kv_heads: int, head_dim: int, base: Any = None
+) -> dict[str, Any] | None:
+    """The config fields with which ``model``'s family builds attention of ``heads`` query heads and
+    ``kv_heads`` key/value heads of size ``head_dim``; None when its config cannot say that.
+
+    Families differ: LLaMA / Mistral / Qwen3 read an explicit ``head_dim`` (LLaMA still needs
+    ``hidden_size % num_attention_heads == 0``), Qwen2 reads ``head_dim`` when the config carries one, and
+    BERT / GPT-2 always derive it as ``hidden_size // num_attention_heads``. Rather than a table, the config
+    is asked: a copy with the new fields must pass its class's validation and build (one layer, on the meta
+    device) attention of exactly those sizes. ``base``: the config to start from (default ``model.config``).
+    """
+    cfg = model.config if base is None else base
+    if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
+        return None
+    fields: dict[str, Any] = {"num_attention_heads": heads}
+    if hasattr(cfg, "num_key_value_heads"):
+        fields["num_key_value_heads"] = kv_heads
+    elif kv_heads != heads:
+        return None
+    tries = [fields | {"head_dim": head_dim}] if hasattr(cfg, "head_dim") else [fields, fields | {"head_dim": head_dim}]
+    for trial_fields in tries:
+        trial = _trial_config(cfg, trial_fields)
+        if not _validates(trial):
+            continue
+        ref = _build_on_meta(model, trial, one_layer=True) or _build_on_meta(model, trial, one_layer=False)
+        if ref is None:
+            continue
+        try:
+            blocks = find_attention(ref)
+        except UnsupportedModuleError:
+            continue
+        if blocks and all((b.num_heads, b.num_kv_heads, b.head_dim) == (heads, kv_heads, head_dim) for b in blocks):
+            return trial_fields
+    return None
+
+
+def expressible_group_counts(model: nn.Module, block: AttentionBlock) -> list[int]:
+    """The numbers of key/value groups (each with all its query heads) that ``block`` may keep so that the
+    model's config can still describe it, when every attention module keeps that many; ``[block.groups]``
+    (no removal) always qualifies. Models without a Hugging Face config can keep any number."""
+    if not _is_hf_config(getattr(model, "config", None)):
+        return list(range(1, block.groups + 1))
+    out = [g for g in range(1, block.groups)
+           if head_config_fields(model, g * block.q_per_kv, g, block.head_dim) is not None]
+    return out + [block.groups]
+
+
+def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list[np.ndarray],
+                    remove: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """Move a uniform head plan to the nearest group count the config can express (ties: remove less).
+
+    When the config can express no smaller count at all (BERT, GPT-2: the head size is derived from the
+    hidden size), or when layers lose different numbers, the plan is kept as it is: such a model saves
+    with its shapes recorded and reloads through :func:`from_pretrained_pruned`. Returns the plan and notes.
+    """
+    shapes = {(b.groups, b.q_per_kv, b.head_dim, b.style) for b in blocks}
+    counts = {len(r) for r in remove}
+    if not blocks or len(shapes) != 1 or len(counts) != 1 or not _is_hf_config(getattr(model, "config", None)):
+        return remove, []
+    b0 = blocks[0]
+    want = b0.groups - counts.pop()
+    if want == b0.groups:
+        return remove, []
+    allowed = expressible_group_counts(model, b0)
+    if want in allowed:
+        return remove, []
+    cls = type(model.config).__name__
+    heads = want * b0.q_per_kv
+    if allowed == [b0.groups]:
+        return remove, [f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
+                        "config.prunekit_structure: reload with prunekit.structural.from_pretrained_pruned"]
+    keep = min(allowed, key=lambda g: (abs(g - want), -g))
+    new_remove = [np.sort(np.argsort(s, kind="stable")[: b.groups - keep]).astype(np.int64)
+                  for b, s in zip(blocks, scores)]
+    options = ", ".join(f"{1 - g / b0.groups:g}" for g in allowed)
+    note = (f"{cls} cannot state {heads} heads of size {b0.head_dim} (hidden size "
+            f"{getattr(model.config, 'hidden_size', '?')}): kept {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
+            f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
+            f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "
+            "prunekit.structural.from_pretrained_pruned)")
+    return new_remove, [note]
+
+
 def sync_hf_config(model: nn.Module) -> dict[str, Any]:
     """Write the new sizes into ``model.config`` (hidden size, MLP width, heads, key/value heads, layers).
 
-    Sizes that differ between layers cannot be expressed by most configs; they are stored in
-    ``config.prunekit_structure`` and reported, and ``prunekit.load_model`` restores them.
-    Returns the fields that changed.
+    The model first gets its own copy of the config (:func:`own_config_`). A field is written only when the
+    config then still passes its class's validation (so ``save_pretrained`` and ``from_pretrained`` accept
+    it) and, for heads, builds attention of exactly the pruned sizes. What the config cannot state (a head
+    size a family derives from the hidden size, sizes that differ between layers) is recorded in
+    ``config.prunekit_structure``, which :func:`from_pretrained_pruned` replays. Returns the fields that changed.
     """
+    own_config_(model)
     cfg = model.config
     changed: dict[str, Any] = {}
+    unexpressible: list[str] = []
+    per_layer: dict[str, list[int]] = {}
 
-    def put(field_name: str, value: Any) -> None:
-        if getattr(cfg, field_name, None) != value:
-            setattr(cfg, field_name, value)
-            changed[field_name] = value
+    def put(fields: dict[str, Any], what: str) -> bool:
+        fields = {k: v for k, v in fields.items() if getattr(cfg, k, None) != v}
+        if not fields:
+            return True
+        if not _validates(_trial_config(cfg, fields)):
+            unexpressible.append(what)
+            return False
+        for k, v in fields.items():
+            setattr(cfg, k, v)
+        changed.update(fields)
+        return True
 
     try:
         blocks = find_attention(model)
     except UnsupportedModuleError:
         blocks = []
-    emb = input_embedding(model)
-    old_hidden = getattr(cfg, "hidden_size", None)
-    heads_changed = bool(blocks) and any(b.num_heads != getattr(cfg, "num_attention_heads", b.num_heads) for b in blocks)
-    hidden_changed = emb is not None and old_hidden is not None and emb.weight.shape[1] != old_hidden
-    if (heads_changed or hidden_changed) and blocks and blocks[0].style == "llama":
-        # the head size must no longer be derived from hidden_size / num_attention_heads
-        put("head_dim", blocks[0].head_dim)
-    unexpressible = []
-    if (heads_changed or hidden_changed) and blocks and blocks[0].style != "llama":
-        unexpressible.append("head size (this config derives it from hidden_size / num_attention_heads)")
-    if hidden_changed:
-        put("hidden_size", int(emb.weight.shape[1]))
     stack = _layers(model)
     if stack is not None:
         _, layers = stack
         if getattr(cfg, "num_hidden_layers", None) not in (None, len(layers)):
-            put("num_hidden_layers", len(layers))
+            put({"num_hidden_layers": len(layers)}, f"{len(layers)} layers")
         widths = [w for w in (_mlp_width(layer) for layer in layers) if w is not None]
         if widths:
             if len(set(widths)) == 1:
@@ -248,27 +406,34 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
                 if getattr(cfg, field_name, None) != widths[0] and not (
                     field_name == "n_inner" and getattr(cfg, field_name) is None and widths[0] == 4 * cfg.hidden_size
                 ):
-                    put(field_name, widths[0])
+                    put({field_name: widths[0]}, f"{field_name} {widths[0]}")
             else:
-                changed.setdefault("per_layer", {})["intermediate_size"] = widths
+                per_layer["intermediate_size"] = widths
+    emb = input_embedding(model)
+    old_hidden = getattr(cfg, "hidden_size", None)
+    hidden_changed = emb is not None and old_hidden is not None and emb.weight.shape[1] != old_hidden
+    if hidden_changed:
+        put({"hidden_size": int(emb.weight.shape[1])}, f"hidden_size {int(emb.weight.shape[1])}")
     if blocks:
         heads = [b.num_heads for b in blocks]
         kvs = [b.num_kv_heads for b in blocks]
-        if len(set(heads)) == 1 and len(set(kvs)) == 1:
-            if getattr(cfg, "num_attention_heads", heads[0]) != heads[0]:
-                if hasattr(cfg, "head_dim") and getattr(cfg, "head_dim", None) is None:
-                    put("head_dim", blocks[0].head_dim)
-                put("num_attention_heads", heads[0])
-            if hasattr(cfg, "num_key_value_heads") and cfg.num_key_value_heads != kvs[0]:
-                put("num_key_value_heads", kvs[0])
+        dims = {b.head_dim for b in blocks}
+        if len(set(heads)) == 1 and len(set(kvs)) == 1 and len(dims) == 1:
+            stated = (getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", kvs[0]))
+            if stated != (heads[0], kvs[0]) or hidden_changed:
+                fields = head_config_fields(model, heads[0], kvs[0], blocks[0].head_dim)
+                if fields is None:
+                    unexpressible.append(f"{heads[0]} heads ({kvs[0]} key/value heads) of size {blocks[0].head_dim}")
+                else:
+                    put(fields, f"{heads[0]} heads of size {blocks[0].head_dim}")
         else:
-            changed.setdefault("per_layer", {}).update({"num_attention_heads": heads, "num_key_value_heads": kvs})
-    per_layer = changed.pop("per_layer", None)
+            per_layer.update({"num_attention_heads": heads, "num_key_value_heads": kvs})
     st = structure_state(model)
     st["config"].update(changed)
     if unexpressible:
-        st["config"]["prunekit_unexpressible"] = unexpressible
-        cfg.prunekit_unexpressible = unexpressible
+        note = [f"{type(cfg).__name__} cannot state: {', '.join(unexpressible)}"]
+        st["config"]["prunekit_unexpressible"] = note
+        cfg.prunekit_unexpressible = note
     if per_layer:
         st["config"]["prunekit_per_layer"] = per_layer
         cfg.prunekit_per_layer = per_layer

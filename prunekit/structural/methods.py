@@ -3,7 +3,9 @@
 For all of them ``sparsity`` is the fraction of each group's units removed: channels of every dependency
 group ("*-channel"), key/value groups with their query heads ("head"), blocks of every stack ("layer"),
 or hidden dimensions ("embedding"). The model really gets smaller: tensors are sliced and module
-attributes (and Hugging Face config fields) updated.
+attributes (and Hugging Face config fields) updated. "head" keeps a head count the Hugging Face config can
+state (option ``exact_heads=True`` keeps the requested count; that model reloads with
+``from_pretrained_pruned``). The model's config is copied before it is edited: it may be shared.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prunekit.structural.engine import (
     plan_channels,
     single_thread,
 )
+from prunekit.structural.hf import own_config_
 
 _CHANNEL_OPTIONS = frozenset({"round_to", "global_cap", "strict", "validate", "loss_fn", "calib_batches"})
 
@@ -56,10 +59,11 @@ class StructuralMethod(Method):
     structural: bool = True
     default_pattern: Any = None
     default_allocation: Any = "uniform"
-    options: ClassVar[frozenset[str]] = _CHANNEL_OPTIONS | {"identity_only"}
+    options: ClassVar[frozenset[str]] = _CHANNEL_OPTIONS | {"identity_only", "exact_heads"}
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         opts = dict(request.options)
+        own_config_(model)  # a config shared with another model (a teacher) must not change with this one
         check_options(opts.get("round_to"), opts.get("global_cap"))
         alloc = _allocation_name(request)
         if self.kind in ("channel", "embedding"):
@@ -94,7 +98,8 @@ class StructuralMethod(Method):
                     _accumulate_gradients(model, ctx, request.calibration, opts.get("loss_fn"), int(opts.get("calib_batches", 8)))
                 grads = ctx.grads if self.criterion == "taylor" else ctx.grad_sq
             hplan = plan_heads(model, request.sparsity, criterion=self.criterion, allocation=alloc, seed=request.seed,
-                               grads=grads, global_cap=opts.get("global_cap"))
+                               grads=grads, global_cap=opts.get("global_cap"),
+                               exact=bool(opts.get("exact_heads", False)))
             apply_head_plan_proved_(model, hplan, request.example_inputs, apply=apply_head_plan_)
             ls = {b.name: len(r) / b.groups for b, r in zip(hplan.blocks, hplan.remove)}
             return MethodOutcome(ls, [str(hplan)])
