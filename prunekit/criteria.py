@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunekit.errors import DataError, MissingDataError
 from prunekit.registry import Registry
@@ -125,13 +126,17 @@ LossFn = Callable[[nn.Module], Tensor]
 
 def accumulate_gradients(
     model: nn.Module,
-    params: dict[str, Tensor],
+    params: dict[str, Tensor | tuple[nn.Module, str]],
     calibration: Batches | LossFn | None,
     *,
     loss_fn: Callable[[Any, Any], Tensor] | None = None,
     max_batches: int | None = None,
 ) -> dict[str, Tensor]:
     """Sum of d loss / d w over the calibration data, for each named parameter in ``params``.
+
+    An entry of ``params`` is a tensor the model uses (a leaf parameter) or a pair ``(module, name)``:
+    the gradient with respect to ``module.<name>`` as the model computes it, through any parametrization
+    (a mask, ``weight_norm``), shaped like that weight.
 
     ``calibration`` is either a callable ``model -> scalar loss`` (called once) or an iterable of batches
     ``(inputs, targets)``; the loss is ``loss_fn(outputs, targets)``, cross entropy by default. The model
@@ -147,7 +152,11 @@ def accumulate_gradients(
     saved_grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
     saved_req = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
-    sums = {name: torch.zeros_like(t) for name, t in params.items()}
+    def current(entry: Tensor | tuple[nn.Module, str]) -> Tensor:
+        return getattr(entry[0], entry[1]) if isinstance(entry, tuple) else entry
+
+    with torch.no_grad():
+        sums = {name: torch.zeros_like(current(t)) for name, t in params.items()}
     batches = 0
     try:
         model.eval()
@@ -161,19 +170,25 @@ def accumulate_gradients(
             if max_batches is not None and batches >= max_batches:
                 break
             model.zero_grad(set_to_none=True)
-            if batch is None:
-                loss = calibration(model)  # type: ignore[operator]
-            else:
-                inputs, targets = _split_batch(batch)
-                loss = loss_fn(model(inputs), targets)
-            if not torch.is_tensor(loss) or loss.numel() != 1:
-                raise DataError("the loss must be a scalar tensor")
-            if not torch.isfinite(loss):
-                raise DataError(f"the calibration loss is not finite ({loss.item()}); check the data and model")
-            loss.backward()
-            for name, t in params.items():
-                if t.grad is not None:
-                    sums[name] += t.grad.detach()
+            # computed weights are computed once per step and cached, so their gradient can be read
+            with parametrize.cached():
+                weights = {name: current(t) for name, t in params.items()}
+                for w in weights.values():
+                    if w.requires_grad and not w.is_leaf:
+                        w.retain_grad()
+                if batch is None:
+                    loss = calibration(model)  # type: ignore[operator]
+                else:
+                    inputs, targets = _split_batch(batch)
+                    loss = loss_fn(model(inputs), targets)
+                if not torch.is_tensor(loss) or loss.numel() != 1:
+                    raise DataError("the loss must be a scalar tensor")
+                if not torch.isfinite(loss):
+                    raise DataError(f"the calibration loss is not finite ({loss.item()}); check the data and model")
+                loss.backward()
+            for name, w in weights.items():
+                if w.grad is not None:
+                    sums[name] += w.grad.detach()
             batches += 1
     finally:
         model.train(was_training)

@@ -1,7 +1,9 @@
 """Granularity: what is removed (the survey's universal / specific speedup axis).
 
 A granularity is a frozen, typed value that turns element scores into a keep-mask. Scores are shaped like
-the weight they score; higher means more important. Every granularity works on *units* (single weights,
+the weight they score in its canonical layout ``[out, in/groups, *kernel]``; higher means more important.
+Layers that store their weight otherwise (transposed convolutions, transformers' ``Conv1D``) are brought
+into that layout by :mod:`prunekit.layout` before a granularity sees them, and the mask is mapped back. Every granularity works on *units* (single weights,
 N:M groups, tiles, output channels): :meth:`Granularity.units` reduces element scores to one score per
 unit (the mean, so units of different layers compare fairly under global allocation), and
 :meth:`Granularity.mask` keeps the highest-scoring units.
@@ -114,7 +116,9 @@ class NM(Granularity):
     """N:M semi-structured sparsity: keep ``n`` of every ``m`` consecutive weights along the input dim.
 
     For a Linear weight [out, in] the groups run along ``in``; for a convolution [out, in, kh, kw] they run
-    along ``in`` at each (out, kh, kw) position, the layout sparse tensor cores use after im2col.
+    along ``in`` at each (out, kh, kw) position, the layout sparse tensor cores use after im2col. (Weights
+    arrive canonical, so for a GPT-2 ``Conv1D`` [in, out] or a ``ConvTranspose`` [in, out, k...] the groups
+    still run along the layer's inputs.)
     2:4 is what NVIDIA Ampere and later accelerate (Mishra et al. 2021, "Accelerating Sparse Deep Neural
     Networks").
     """

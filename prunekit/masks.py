@@ -4,6 +4,9 @@ A masked parameter is computed as ``original * mask`` on every access, so traini
 loop) keeps pruned weights at exactly zero. The original values stay untouched underneath:
 :func:`remove_masks_` takes the masks off again (undo), :func:`squash_masks_` folds them into the weights
 (the zeros become real) and removes the parametrization.
+
+Masks compose with parametrizations a weight already has (``weight_norm`` as in wav2vec2, or any other):
+the mask is registered after them, so it multiplies the weight they compute.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
 
-from prunekit.errors import PlanError
+from prunekit.errors import PlanError, UnsupportedModuleError
 
 
 class Mask(nn.Module):
@@ -26,6 +30,10 @@ class Mask(nn.Module):
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.mask.to(weight.dtype)
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        # assigning a weight stores it as it is; the mask keeps zeroing the pruned positions
+        return weight
 
     def extra_repr(self) -> str:
         return f"density={self.mask.float().mean().item():.4f}"
@@ -65,19 +73,44 @@ def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
                     yield mname, module, pname, mask
 
 
+def _mask_index(plist: nn.ModuleList) -> int:
+    return next(i for i, p in enumerate(plist) if isinstance(p, Mask))
+
+
+def _check_foldable(name: str, module: nn.Module, pname: str) -> None:
+    plist = module.parametrizations[pname]
+    idx = _mask_index(plist)
+    if len(plist) == 1 or (idx == 0 and hasattr(plist, "original")) or idx == len(plist) - 1:
+        return
+    raise UnsupportedModuleError(
+        f"{name}.{pname}: the mask sits between other parametrizations "
+        f"({', '.join(type(p).__name__ for p in plist)}), so it cannot be folded into the weight; remove the "
+        "others first (torch.nn.utils.parametrize.remove_parametrizations(module, name, leave_parametrized=True))"
+    )
+
+
 def _remove(model: nn.Module, fold: bool) -> int:
+    found = list(masked_parameters(model))
+    if fold:  # refuse before anything is changed
+        for mname, module, pname, _ in found:
+            _check_foldable(mname, module, pname)
     count = 0
-    for _, module, pname, _ in list(masked_parameters(model)):
+    for _, module, pname, _ in found:
         plist = module.parametrizations[pname]
+        idx = _mask_index(plist)
         if len(plist) == 1:
             parametrize.remove_parametrizations(module, pname, leave_parametrized=fold)
-        else:  # other parametrizations stay; drop ours only
-            if fold:
-                with torch.no_grad():
-                    mask = next(p for p in plist if isinstance(p, Mask)).mask
-                    plist.original.mul_(mask.to(plist.original.dtype))
-            idx = next(i for i, p in enumerate(plist) if isinstance(p, Mask))
+        elif not fold:  # other parametrizations stay; drop ours only
             del plist[idx]
+        elif idx == 0 and hasattr(plist, "original"):  # the mask acts on the stored tensor itself
+            with torch.no_grad():
+                plist.original.mul_(plist[0].mask.to(plist.original.dtype))
+            del plist[0]
+        else:  # the mask acts on what the others compute: store that value through them
+            with torch.no_grad():
+                value = getattr(module, pname).detach().clone()
+            del plist[idx]
+            assign_weight_(module, value, pname)
         count += 1
     return count
 
@@ -128,5 +161,60 @@ def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
 def original_parameter(module: nn.Module, name: str = "weight") -> nn.Parameter:
     """The trainable tensor under a (possibly masked) parameter: what the optimizer updates."""
     if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original
+        plist = module.parametrizations[name]
+        if not hasattr(plist, "original"):
+            raise UnsupportedModuleError(
+                f"{type(module).__name__}.{name} is computed from several tensors "
+                f"({', '.join(type(p).__name__ for p in plist)}), not one trainable weight; fold them first "
+                "(torch.nn.utils.parametrize.remove_parametrizations(module, name, leave_parametrized=True))"
+            )
+        return plist.original
     return getattr(module, name)
+
+
+def assign_weight_(module: nn.Module, value: Tensor, name: str = "weight") -> None:
+    """Make ``module.<name>`` compute ``value`` from now on, whatever parametrizations it has.
+
+    A plain parameter is overwritten. Under masks the stored tensor takes the value (the masks keep
+    zeroing their positions). Under ``weight_norm`` (``w = g * v / ||v||``) ``g`` becomes ``||value||`` and
+    ``v`` the value itself, except where a whole normalised slice of ``value`` is zero: there ``g = 0`` and
+    ``v`` keeps its direction, so no 0/0 appears. Any other parametrization is written through its
+    ``right_inverse`` and the result checked; one that cannot store ``value`` raises
+    :class:`UnsupportedModuleError` and is left as it was.
+    """
+    target = getattr(module, name)
+    if value.shape != target.shape:
+        raise PlanError(f"a value of shape {tuple(value.shape)} does not fit {name} of shape {tuple(target.shape)}")
+    with torch.no_grad():
+        if not parametrize.is_parametrized(module, name):
+            target.copy_(value)
+            return
+        plist = module.parametrizations[name]
+        others = [p for p in plist if not isinstance(p, Mask)]
+        if not others:
+            plist.original.copy_(value.to(plist.original.dtype))
+            return
+        if len(others) == 1 and isinstance(plist[0], _WeightNorm):
+            g, v = plist.original0, plist.original1
+            norm = torch.norm_except_dim(value.to(v.dtype), 2, plist[0].dim).reshape(g.shape)
+            v.copy_(torch.where(norm == 0, v, value.to(v.dtype)))
+            g.copy_(norm.to(g.dtype))
+            return
+        stored = dict(plist.named_parameters()) | dict(plist.named_buffers())  # right_inverse may touch buffers
+        saved = {k: t.detach().clone() for k, t in stored.items()}
+        failure = ""
+        try:
+            setattr(module, name, value)
+            got = getattr(module, name)
+            if not torch.allclose(got, value, rtol=1e-4, atol=1e-6):
+                failure = "its right_inverse does not reproduce the value"
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            failure = str(e)
+        if failure:
+            for k, t in (dict(plist.named_parameters()) | dict(plist.named_buffers())).items():
+                t.copy_(saved[k])
+            raise UnsupportedModuleError(
+                f"cannot store a new value in {type(module).__name__}.{name} through its parametrizations "
+                f"({', '.join(type(p).__name__ for p in plist)}): {failure}. Fold them first "
+                "(torch.nn.utils.parametrize.remove_parametrizations(module, name, leave_parametrized=True))"
+            )

@@ -169,7 +169,7 @@ def split_by_pattern(
     fit, ignored, errors = [], [], []
     for t in targets:
         try:
-            pattern.check(t.name, t.weight)
+            pattern.check(t.name, t.layout.to_canonical(t.weight.detach()))
             fit.append(t)
         except PatternError as e:
             errors.append(str(e))
@@ -182,16 +182,9 @@ def split_by_pattern(
 
 
 def _weight_for_scoring(target: Target) -> Tensor:
+    """The weight as the model computes it (through masks, weight_norm, ...), in its stored layout."""
     with torch.no_grad():
         return target.weight.detach()
-
-
-def _grad_param(target: Target) -> Tensor:
-    from torch.nn.utils import parametrize
-
-    if parametrize.is_parametrized(target.module, target.param):
-        return target.module.parametrizations[target.param].original
-    return getattr(target.module, target.param)
 
 
 @dataclass
@@ -272,7 +265,9 @@ class Pruner:
         gran: Granularity = self.granularity  # type: ignore[assignment]
         grads: dict[str, Tensor] = {}
         if crit.needs_grad:
-            grads = accumulate_gradients(model, {t.key: _grad_param(t) for t in targets}, calibration, loss_fn=loss_fn)
+            grads = accumulate_gradients(
+                model, {t.key: (t.module, t.param) for t in targets}, calibration, loss_fn=loss_fn
+            )
         scores = {}
         for t in targets:
             w = _weight_for_scoring(t)
@@ -281,7 +276,8 @@ class Pruner:
             if existing is not None:  # already pruned weights go first: masks only shrink
                 fill = float("-inf") if isinstance(gran, (Unstructured, NM)) else 0.0
                 s = torch.where(existing, s, torch.full_like(s, fill))
-            scores[t.name] = s
+            # granularities see every weight as [out, in/groups, *kernel] (prunekit.layout)
+            scores[t.name] = t.layout.to_canonical(s)
         overrides = dict(self.overrides or {})
         unknown = set(overrides) - {t.name for t in targets}
         if unknown:
@@ -293,13 +289,17 @@ class Pruner:
             infos = []
             for t in free:
                 us, sz = gran.units(scores[t.name])
-                infos.append(LayerInfo(t.name, tuple(t.weight.shape), us, sz))
+                infos.append(LayerInfo(t.name, tuple(scores[t.name].shape), us, sz))
             layer_sparsity = self.allocation.allocate(infos, sparsity) if infos else {}  # type: ignore[union-attr]
             layer_sparsity.update(overrides)
         layers = []
         for t in targets:
             s_l = layer_sparsity[t.name]
             mask = gran.mask(scores[t.name], None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))
+            mask = t.layout.from_canonical(mask).contiguous()
+            existing = get_mask(t.module, t.param)
+            if existing is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
+                mask = mask & existing.to(mask.device)
             layers.append(LayerPlan(t.name, t.param, tuple(t.weight.shape), float(s_l), mask.cpu()))
         settings = {
             "criterion": crit.name,

@@ -10,7 +10,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
+from prunekit.layout import WeightLayout, is_prunable, weight_layout
 
+# the torch layer types prunekit prunes; transformers' Conv1D is recognised too (see prunekit.layout)
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -37,6 +39,12 @@ class Target:
         return getattr(self.module, self.param)
 
     @property
+    def layout(self) -> WeightLayout:
+        """Which axes of the weight are its outputs and inputs (see :mod:`prunekit.layout`)."""
+        layout = weight_layout(self.module)
+        return layout if layout is not None else WeightLayout("linear", 0, 1)
+
+    @property
     def key(self) -> str:
         return f"{self.name}.{self.param}" if self.name else self.param
 
@@ -47,9 +55,19 @@ class Selection:
     ignored: list[tuple[str, str]]  # (module name, reason)
 
 
-def _is_prunable(module: nn.Module) -> bool:
-    # HF's Conv1D (GPT-2) is a Linear with a transposed weight: prunable too, detected by name
-    return isinstance(module, PRUNABLE_TYPES) or type(module).__name__ == "Conv1D"
+_is_prunable = is_prunable  # the name other modules imported before prunekit.layout existed
+
+
+def _weight_identity(module: nn.Module) -> tuple[int, ...]:
+    """What identifies the stored tensors of ``module.weight``: shared weights have the same identity.
+    A parametrized weight is computed from one or more originals (``original``, or ``original0``,
+    ``original1``, ... under weight_norm); those are what two modules share."""
+    if parametrize.is_parametrized(module, "weight"):
+        plist = module.parametrizations["weight"]
+        return tuple(id(t) for name, t in plist.named_parameters(recurse=False) if name.startswith("original")) or (
+            id(plist),
+        )
+    return (id(module.weight),)
 
 
 def _classifier_name(model: nn.Module) -> str | None:
@@ -104,7 +122,7 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
     """
     match = _matcher(ignore)
     classifier = None if prune_classifier else _classifier_name(model)
-    seen: set[int] = set()
+    seen: set[tuple[int, ...]] = set()
     targets: list[Target] = []
     ignored: list[tuple[str, str]] = []
     all_names = set()
@@ -118,8 +136,7 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
         if name == classifier:
             ignored.append((name, "final classifier, kept dense by default (prune_classifier=True prunes it)"))
             continue
-        w = module.weight
-        key = id(module.parametrizations.weight.original) if parametrize.is_parametrized(module, "weight") else id(w)
+        key = _weight_identity(module)
         if key in seen:
             ignored.append((name, "shares its weight with a layer already selected"))
             continue

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from prunekit.errors import UnsupportedModuleError
+from prunekit.layout import weight_layout
 
 
 @dataclass(frozen=True)
@@ -120,4 +121,5 @@ def prunable_linears(layer: nn.Module) -> dict[str, nn.Module]:
 
 def is_linear(module: nn.Module) -> bool:
     """A fully connected layer: ``nn.Linear`` or transformers' ``Conv1D`` (a Linear stored transposed)."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    layout = weight_layout(module)  # by what the module is, also once a parametrization renamed its class
+    return layout is not None and layout.kind in ("linear", "hf-conv1d")

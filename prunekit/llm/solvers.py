@@ -1,6 +1,7 @@
 """Per-layer solvers for post-training pruning of language models.
 
-Each solver wraps one prunable matrix (a Linear, or a transformers ``Conv1D`` stored transposed). The
+Each solver wraps one prunable matrix (a Linear, or a transformers ``Conv1D`` stored transposed; its axes
+come from :mod:`prunekit.layout`, also after a first pruning wrapped the layer in a parametrization). The
 calibration runner feeds it that matrix's inputs with :meth:`Solver.add_batch`; :meth:`Solver.prune` then
 chooses a keep-mask for a given sparsity and pattern, writes the pruned weight back in place and returns
 the mask (True = keep). Scores come from the pure criteria in :mod:`prunekit.llm.criteria`.
@@ -17,16 +18,52 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunekit.errors import InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity import NM, Granularity, Unstructured
+from prunekit.layout import weight_layout
 from prunekit.llm import criteria
+from prunekit.masks import apply_mask_, assign_weight_, get_mask
 
 
 def weight_matrix(module: nn.Module) -> Tensor:
-    """The weight of ``module`` as an [out, in] view (``Conv1D`` stores [in, out]); writes go through."""
-    weight = module.weight
-    return weight.data.t() if type(module).__name__ == "Conv1D" else weight.data
+    """The weight of ``module`` as the model computes it, as an [out, in] matrix (``Conv1D`` stores
+    [in, out]). For a plain weight it is a view and writes go through; use :func:`store_matrix_` to write
+    the weight of any layer, parametrized or not."""
+    layout = weight_layout(module)
+    if layout is None or layout.kind not in ("linear", "hf-conv1d"):
+        raise ModelError(
+            f"layer-wise solvers prune Linear and transformers Conv1D layers, not {type(module).__name__}; "
+            "leave it out of targets="
+        )
+    if parametrize.is_parametrized(module, "weight"):
+        with torch.no_grad():
+            return layout.to_canonical(module.weight.detach())
+    return layout.to_canonical(module.weight.data)
+
+
+def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
+    """Write the pruned [out, in] ``matrix`` (zero where ``keep`` is False) into ``module``'s weight.
+
+    A layer that is already masked keeps its mask, narrowed by ``keep`` (masks only shrink); the weights it
+    still keeps take the new values through any parametrization (a mask, ``weight_norm``). Returns the
+    keep-mask in force afterwards, as [out, in].
+    """
+    layout = weight_layout(module)
+    assert layout is not None
+    if not parametrize.is_parametrized(module, "weight"):
+        w = layout.to_canonical(module.weight.data)
+        w.copy_((matrix * keep.to(matrix.dtype)).to(w.dtype))
+        return keep
+    existing = get_mask(module, "weight")
+    if existing is not None:
+        keep = keep & layout.to_canonical(existing).to(keep.device)
+    value = layout.from_canonical(matrix * keep.to(matrix.dtype)).to(module.weight.dtype)
+    assign_weight_(module, value.contiguous(), "weight")
+    if existing is not None:
+        apply_mask_(module, layout.from_canonical(keep).contiguous(), "weight")
+    return keep
 
 
 def check_pattern(pattern: Granularity, name: str, weight: Tensor) -> None:
@@ -85,8 +122,7 @@ class Solver:
         sparsity = check_sparsity(sparsity, pattern)
         scores = self.scores()
         keep = pattern.mask(scores) if isinstance(pattern, NM) else self.unstructured_mask(scores, sparsity)
-        w.mul_(keep.to(w.dtype))
-        return keep
+        return store_matrix_(self.module, w, keep)
 
     def unstructured_mask(self, scores: Tensor, sparsity: float) -> Tensor:
         return Unstructured().mask(scores, sparsity)
@@ -242,8 +278,7 @@ class SparseGPTSolver(Solver):
         W.mul_(keep)
         if not torch.isfinite(W).all():
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {self.layer_name or 'a layer'}")
-        w_view.copy_(W.to(w_view.dtype))
-        return keep
+        return store_matrix_(self.module, W.to(w_view.dtype), keep)
 
     def free(self) -> None:
         self.H = self.H.new_empty(0)

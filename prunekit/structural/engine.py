@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit._transaction import _restore_tree, _snapshot_tree
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
+from prunekit.layout import is_prunable, weight_layout
 from prunekit.padding import mask_padding_labels
 from prunekit.structural.allocation import GROUP_ALLOCATIONS
 from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
@@ -35,7 +36,7 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def _is_producer_module(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or type(m).__name__ == "Conv1D"
+    return is_prunable(m)
 
 
 def _produces(m: nn.Module, attr: str, dim: int) -> bool:
@@ -47,11 +48,8 @@ def _produces(m: nn.Module, attr: str, dim: int) -> bool:
 
 
 def _out_dim(m: nn.Module) -> int:
-    if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
-        return 1
-    if type(m).__name__ == "Conv1D":
-        return 1
-    return 0
+    layout = weight_layout(m)  # prunekit.layout decides every layer's output axis
+    return layout.out_axis if layout is not None else 0
 
 
 @dataclass

@@ -2,6 +2,10 @@
 
 :func:`remove_` first computes every new tensor and asks every handler to check the new shapes; only then
 does it replace anything, so a refused change leaves the model as it was.
+
+A parametrized weight (a prunekit mask, ``weight_norm``) is computed from stored tensors; a removal may
+name it (``conv.weight``) or any of its tensors (``conv.parametrizations.weight.original1``) and all of
+them are sliced together so that the kept part of the weight stays what it was (see :class:`_Reparam`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import ModelError, PlanError
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
+
+from prunekit.errors import ModelError, PlanError, UnsupportedModuleError
+from prunekit.masks import Mask
 from prunekit.structural.handlers import handler_for
 
 Removal = dict[str, dict[int, np.ndarray]]  # tensor key -> dim -> indices to remove
@@ -56,10 +64,140 @@ def _sorted_unique(drop: Any) -> np.ndarray:
     return u if u.size < 2 or bool((u[1:] > u[:-1]).all()) else np.unique(u)
 
 
+@dataclass
+class _Reparam:
+    """Indices removed from one parametrized weight ``module.<pname>``, along the weight's own dims.
+
+    Masks are sliced like the weight. Under ``weight_norm`` (``w = g * v / ||v||``, the norm taken over
+    every dim but ``dim``) ``v`` is sliced like the weight and ``g`` along ``dim``; removing along another
+    dim changes ``||v||``, so ``g`` is rescaled to keep ``g / ||v||`` and every kept weight unchanged.
+    """
+
+    module_name: str
+    module: nn.Module
+    pname: str
+    dims: dict[int, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        return f"{self.module_name}.{self.pname}" if self.module_name else self.pname
+
+    def tensors(self) -> list[tuple[str, Tensor]]:
+        """(local name under the ParametrizationList, tensor): the stored originals and the masks."""
+        plist = self.module.parametrizations[self.pname]
+        out = [(n, t) for n, t in plist.named_parameters(recurse=False)]
+        for i, p in enumerate(plist):
+            if isinstance(p, Mask):
+                out.append((f"{i}.mask", p.mask))
+        return out
+
+    def check(self) -> None:
+        plist = self.module.parametrizations[self.pname]
+        kinds = [type(p).__name__ for p in plist]
+        plain = all(isinstance(p, Mask) for p in plist) and hasattr(plist, "original")
+        normed = isinstance(plist[0], _WeightNorm) and all(isinstance(p, Mask) for p in list(plist)[1:])
+        if not (plain or normed):
+            raise UnsupportedModuleError(
+                f"{self.label} is computed by parametrizations ({', '.join(kinds)}) that prunekit cannot slice; "
+                f"fold them first (torch.nn.utils.parametrize.remove_parametrizations({self.module_name or 'model'}, "
+                f"{self.pname!r}, leave_parametrized=True)) or pass ignore=[{self.module_name!r}]"
+            )
+        w = getattr(self.module, self.pname)
+        for d, drop in self.dims.items():
+            if d >= w.dim():
+                raise PlanError(f"the plan removes along dim {d} of {self.label}, which has shape {tuple(w.shape)}")
+            u = _sorted_unique(drop)
+            if u.size and (u.min() < 0 or u.max() >= w.shape[d]):
+                raise PlanError(f"the plan removes index {int(u.max())} along dim {d} of {self.label} {tuple(w.shape)}")
+            if u.size >= w.shape[d]:
+                raise PlanError(f"the plan removes every index along dim {d} of {self.label}")
+
+    def _slice(self, t: Tensor, weight_shape: torch.Size) -> Tensor:
+        for d, drop in sorted(self.dims.items()):
+            if len(drop) and t.dim() == len(weight_shape) and t.shape[d] == weight_shape[d]:
+                t = t.index_select(d, _keep_index(t.shape[d], _sorted_unique(drop)).to(t.device))
+        return t
+
+    def weight_shape(self) -> tuple[int, ...]:
+        w = getattr(self.module, self.pname)
+        shape = list(w.shape)
+        for d, drop in self.dims.items():
+            shape[d] -= _sorted_unique(drop).size
+        return tuple(shape)
+
+    def new_tensors(self) -> dict[str, Tensor]:
+        """Local name -> the tensor it becomes."""
+        plist = self.module.parametrizations[self.pname]
+        with torch.no_grad():
+            wshape = getattr(self.module, self.pname).shape
+            out = {n: self._slice(t.detach(), wshape).contiguous() for n, t in self.tensors() if n != "original0"}
+            if isinstance(plist[0], _WeightNorm):
+                g, v = plist.original0.detach(), plist.original1.detach()
+                dim = plist[0].dim
+                norm = torch.norm_except_dim(v, 2, dim).reshape(g.shape)
+                scale = torch.where(norm == 0, torch.zeros_like(g), g / torch.where(norm == 0, torch.ones_like(norm), norm))
+                if dim != -1 and len(self.dims.get(dim % v.dim(), ())):
+                    d = dim % v.dim()
+                    scale = scale.index_select(d, _keep_index(scale.shape[d], _sorted_unique(self.dims[d])).to(g.device))
+                new_norm = torch.norm_except_dim(out["original1"], 2, dim).reshape(scale.shape)
+                out["original0"] = (scale * new_norm).contiguous()
+        return out
+
+
+def _reparams(model: nn.Module, removal: Removal, slots: dict[str, list[_Slot]]) -> tuple[Removal, list[_Reparam]]:
+    """Split ``removal`` into plain tensors and parametrized weights (named by the weight or by any tensor
+    stored under its parametrizations)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    plain: Removal = {}
+    found: dict[tuple[int, str], _Reparam] = {}
+
+    def add(mname: str, module: nn.Module, pname: str, dims: dict[int, np.ndarray]) -> None:
+        rp = found.setdefault((id(module), pname), _Reparam(mname, module, pname, {}))
+        for d, drop in dims.items():
+            old = rp.dims.get(d)
+            rp.dims[d] = drop if old is None else np.union1d(old, np.asarray(drop, dtype=np.int64))
+
+    for key, dims in removal.items():
+        mname, _, attr = key.rpartition(".")
+        owner = modules.get(mname)
+        if key not in slots and owner is not None and parametrize.is_parametrized(owner, attr):
+            add(mname, owner, attr, dims)
+            continue
+        parts = key.split(".")
+        if key in slots and "parametrizations" in parts:
+            i = len(parts) - 1 - parts[::-1].index("parametrizations")
+            mname, pname = ".".join(parts[:i]), parts[i + 1] if i + 1 < len(parts) else ""
+            owner = modules.get(mname)
+            if owner is not None and parametrize.is_parametrized(owner, pname):
+                # a stored tensor of the weight: its dims are the weight's (g of weight_norm keeps size-1 dims)
+                add(mname, owner, pname, dims)
+                continue
+        plain[key] = dims
+    return plain, list(found.values())
+
+
+def _reparam_keys(rp: _Reparam, slots: dict[str, list[_Slot]]) -> dict[str, str]:
+    """Local tensor name under the ParametrizationList -> its canonical tensor key."""
+    key_of = {id(getattr(sl[0].module, sl[0].attr)): k for k, sl in slots.items()}
+    return {n: key_of[id(t)] for n, t in rp.tensors() if id(t) in key_of}
+
+
 def new_shapes(model: nn.Module, removal: Removal, slots: dict[str, list[_Slot]] | None = None) -> dict[str, tuple[int, ...]]:
     """The shape every tensor of ``removal`` will have; a removal that does not fit raises :class:`PlanError`."""
     slots = tensor_slots(model) if slots is None else slots
+    removal, reparams = _reparams(model, removal, slots)
     out = {}
+    for rp in reparams:
+        rp.check()
+        wshape = getattr(rp.module, rp.pname).shape
+        keys = _reparam_keys(rp, slots)
+        for n, t in rp.tensors():
+            shape = list(t.shape)
+            for d, drop in rp.dims.items():
+                if t.dim() == len(wshape) and t.shape[d] == wshape[d]:
+                    shape[d] -= _sorted_unique(drop).size
+            if n in keys:
+                out[keys[n]] = tuple(shape)
     for key, dims in removal.items():
         if key not in slots:
             raise PlanError(f"the plan removes indices from {key!r}, which the model does not have")
@@ -83,9 +221,22 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
     slots = tensor_slots(model)
     shapes = new_shapes(model, removal, slots)
     modules = dict(model.named_modules(remove_duplicate=False))
+    removal, reparams = _reparams(model, removal, slots)
     # 1. compute new tensors
     new: dict[str, Tensor] = {}
     old_shapes: dict[str, tuple[int, ...]] = {}
+    per_module: dict[int, tuple[str, nn.Module, dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]] = {}
+    for rp in reparams:
+        keys = _reparam_keys(rp, slots)
+        olds = dict(rp.tensors())
+        for n, t in rp.new_tensors().items():
+            if n in keys:
+                new[keys[n]] = t
+                old_shapes[keys[n]] = tuple(olds[n].shape)
+        # the module's handler checks the weight it computes, by its plain name
+        per_module[id(rp.module)] = (
+            rp.module_name, rp.module, {rp.pname: rp.weight_shape()}, {rp.pname: tuple(getattr(rp.module, rp.pname).shape)}
+        )
     for key, dims in removal.items():
         t = getattr(slots[key][0].module, slots[key][0].attr)
         old_shapes[key] = tuple(t.shape)
@@ -100,7 +251,6 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
                 data = data.index_select(d, _keep_index(data.shape[d], drop).to(data.device))
         new[key] = data.contiguous() if data is not t.detach() else data.clone()
     # 2. let handlers veto
-    per_module: dict[int, tuple[str, nn.Module, dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]] = {}
     for key, slist in slots.items():
         if key not in new:
             continue

@@ -346,9 +346,12 @@ class GroupLasso(Callback):
             w = original_parameter(t.module, t.param)
             if w.grad is None:
                 continue
-            rows = w.detach().reshape(w.shape[0], -1)
+            layout = t.layout  # output channels are rows of the canonical [out, in, ...] view
+            rows = layout.to_canonical(w.detach())
+            rows = rows.reshape(rows.shape[0], -1)
             norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            w.grad.add_((self.lam * rows / norms).reshape(w.shape))
+            penalty = (self.lam * rows / norms).reshape(layout.canonical_shape(tuple(w.shape)))
+            w.grad.add_(layout.from_canonical(penalty))
 
     def _prune(self, trainer: Trainer) -> None:
         pk.prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False)
@@ -386,8 +389,8 @@ class SoftFilterPruning(Callback):
         with torch.no_grad():
             for t in self._convs(trainer.model):
                 w = original_parameter(t.module, t.param)
-                keep = Channel().mask(w.detach().pow(2), self.sparsity)
-                w.mul_(keep.to(w.dtype))
+                keep = Channel().mask(t.layout.to_canonical(w.detach()).pow(2), self.sparsity)
+                w.mul_(t.layout.from_canonical(keep).to(w.dtype))
 
     def on_train_end(self, trainer: Trainer) -> None:
         convs = self._convs(trainer.model)
