@@ -1,0 +1,384 @@
+"""One statistics collector: what criteria need, gathered from calibration data with hooks.
+
+A criterion declares the statistics it reads (:data:`STATISTICS`); :func:`collect` gathers exactly those,
+for the layers asked, in as few passes as possible:
+
+* ``grad``, ``grad_sq``: per parameter, the sum over batches of ``dL/dw`` and of its square (the empirical
+  Fisher diagonal times the batch count), as the model computes the weight (through masks, ``weight_norm``).
+* ``act_norm``, ``act_mean``: per layer input feature (a Linear's ``in_features``, a convolution's input
+  channels), the sum of ``x_j^2`` and of ``x_j`` over every row of the input (tokens, batch x positions),
+  and the row count.
+* ``act_zeros``: per output channel, the count of outputs ``<= 0`` (zeros after a ReLU), and the count.
+* ``xtx``: ``X^T X`` of the layer's input rows, im2col rows for a convolution (``[in*kh*kw]`` features).
+* ``bn_gamma``: for a layer whose output feeds a normalisation layer directly, that layer's ``|gamma|``.
+* ``synflow``: ``dR/dw`` of the all-positive network ``R = 1^T (prod |W_l|) 1`` on all-ones inputs.
+* ``grasp_hg``: the Hessian-gradient product ``H g`` (double back-propagation).
+
+Everything runs in eval mode without changing the model: gradients, ``requires_grad`` flags and the
+training flag are restored. Padding (``attention_mask == 0``) enters no statistic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from prunekit.calibration.batches import Calibration, _logits, current_token_mask
+from prunekit.errors import DataError, MissingDataError, ModelError
+from prunekit.layout import weight_layout
+
+STATISTICS = frozenset({"grad", "grad_sq", "act_norm", "act_mean", "act_zeros", "xtx", "bn_gamma", "synflow", "grasp_hg"})
+ACTIVATION_STATS = frozenset({"act_norm", "act_mean", "act_zeros", "xtx", "bn_gamma"})
+GRADIENT_STATS = frozenset({"grad", "grad_sq"})
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one layer (module) and its weight; a field is None when it was not collected.
+
+    Shapes: ``grad``, ``grad_sq``, ``synflow``, ``grasp_hg`` like the stored weight; ``act_sq``,
+    ``act_sum`` ``[in_features]`` (input channels); ``act_nonpos`` ``[out_features]``; ``xtx``
+    ``[F, F]`` with ``F = in_features`` (Linear) or ``in/groups * prod(kernel)`` (convolution, im2col order
+    ``(channel, *kernel)``); ``bn_gamma`` ``[out_features]``. ``rows``: input rows counted (tokens, batch x
+    positions); ``out_rows``: output rows counted.
+    """
+
+    name: str
+    grad: Tensor | None = None
+    grad_sq: Tensor | None = None
+    synflow: Tensor | None = None
+    grasp_hg: Tensor | None = None
+    act_sq: Tensor | None = None
+    act_sum: Tensor | None = None
+    rows: int = 0
+    act_nonpos: Tensor | None = None
+    out_rows: int = 0
+    xtx: Tensor | None = None
+    bn_gamma: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- input rows
+
+
+def input_rows(module: nn.Module, x: Tensor) -> Tensor:
+    """A layer's input as rows of features: ``[rows, in_features]`` (Linear: every leading position; a
+    convolution: every batch x spatial position, channels as features). Padding rows are dropped."""
+    mask = current_token_mask()
+    layout = weight_layout(module)
+    if layout is not None and layout.kind.startswith("conv"):
+        return x.detach().movedim(1, -1).reshape(-1, x.shape[1])
+    x = x.detach()
+    if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        x = x[mask.to(x.device)]
+    return x.reshape(-1, x.shape[-1])
+
+
+def output_rows(module: nn.Module, y: Tensor) -> Tensor:
+    """A layer's output as ``[rows, out_features]`` (padding rows dropped)."""
+    layout = weight_layout(module)
+    if layout is not None and layout.kind.startswith("conv"):
+        return y.detach().movedim(1, -1).reshape(-1, y.shape[1])
+    mask = current_token_mask()
+    y = y.detach()
+    if mask is not None and y.dim() >= 3 and tuple(y.shape[:2]) == tuple(mask.shape):
+        y = y[mask.to(y.device)]
+    return y.reshape(-1, y.shape[-1])
+
+
+def _is_conv(module: nn.Module) -> bool:
+    layout = weight_layout(module)
+    return layout is not None and layout.kind.startswith("conv")
+
+
+def feature_sums(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """``(sum x_j^2, sum x_j, rows)`` over every row of a layer's input, per input feature ``j``
+    (float64 ``[in_features]``), without copying the input; padding rows are left out."""
+    x = x.detach()
+    if _is_conv(module):
+        dims = [d for d in range(x.dim()) if d != 1]
+        n = x.numel() // x.shape[1]
+        return x.float().pow(2).sum(dims).double(), x.float().sum(dims).double(), n
+    rows = input_rows(module, x).float()
+    return rows.pow(2).sum(0).double(), rows.sum(0).double(), rows.shape[0]
+
+
+def nonpositive_counts(module: nn.Module, y: Tensor) -> tuple[Tensor, int]:
+    """Per output channel, how many of the layer's outputs are ``<= 0`` (float64 ``[out]``), and the rows."""
+    y = y.detach()
+    if _is_conv(module):
+        dims = [d for d in range(y.dim()) if d != 1]
+        return (y <= 0).sum(dims).double(), y.numel() // y.shape[1]
+    rows = output_rows(module, y)
+    return (rows <= 0).sum(0).double(), rows.shape[0]
+
+
+def im2col_rows(module: nn.Module, x: Tensor) -> Tensor:
+    """The rows a layer's weight multiplies: a Linear's input rows, or a convolution's im2col patches
+    ``[B * L, in/groups * prod(kernel)]`` (ungrouped 1-D and 2-D convolutions)."""
+    layout = weight_layout(module)
+    if layout is None or layout.kind in ("linear", "hf-conv1d"):
+        return input_rows(module, x)
+    if layout.kind != "conv" or module.groups != 1 or not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        raise ModelError(
+            f"X^T X is computed for Linear layers and ungrouped Conv1d/Conv2d, not {type(module).__name__} "
+            f"(groups={getattr(module, 'groups', 1)}); leave the layer out with ignore=[...]"
+        )
+    x = x.detach()
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(-1)
+        k, s, p, d = (module.kernel_size[0], 1), (module.stride[0], 1), (module.padding[0], 0), (module.dilation[0], 1)
+    else:
+        k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
+    if isinstance(p, str):
+        raise ModelError(f"X^T X of a convolution with padding={p!r} is not supported; leave it out with ignore=[...]")
+    cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [B, C*k*k, L]
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+# --------------------------------------------------------------------------------------------- collect
+
+
+def collect(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    needs: Iterable[str],
+    calibration: Any = None,
+    *,
+    example_inputs: Any = None,
+    loss_fn: Any = None,
+    max_batches: int | None = None,
+    grasp_temperature: float = 200.0,
+) -> dict[str, LayerStats]:
+    """Gather ``needs`` (names in :data:`STATISTICS`) for every layer in ``layers`` (``{name: module}``,
+    modules of ``model`` with a ``weight``). Returns ``{name: LayerStats}``.
+
+    ``calibration``: any form :class:`~prunekit.calibration.Calibration` accepts (not needed for
+    ``synflow``, which needs ``example_inputs`` for the input shape only). Raises
+    :class:`MissingDataError` when data a statistic needs is missing, :class:`DataError` when the data
+    cannot give it (e.g. a tensor batch without targets for gradients).
+    """
+    needs = set(needs)
+    unknown = needs - STATISTICS
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STATISTICS)}")
+    out = {name: LayerStats(name) for name in layers}
+    if not needs:
+        return out
+    data_needs = needs - {"synflow"}
+    calib = Calibration.of(calibration, loss_fn=loss_fn, max_batches=max_batches) if data_needs else None
+    with _preserved(model):
+        if needs & ACTIVATION_STATS:
+            _activations(model, layers, needs & ACTIVATION_STATS, calib, out)  # type: ignore[arg-type]
+        if needs & GRADIENT_STATS:
+            _gradients(model, layers, calib, out)  # type: ignore[arg-type]
+        if "grasp_hg" in needs:
+            _grasp(model, layers, calib, out, grasp_temperature)  # type: ignore[arg-type]
+    if "synflow" in needs:
+        _synflow(model, layers, example_inputs, out)
+    return out
+
+
+@contextlib.contextmanager
+def _preserved(model: nn.Module) -> Iterator[None]:
+    """Eval mode, every parameter requiring grad; then the flags, ``.grad`` and mode as they were."""
+    params = list(model.named_parameters())
+    saved_grads = [(p, p.grad) for _, p in params]
+    saved_req = [(p, p.requires_grad) for _, p in params]
+    was = model.training
+    try:
+        model.eval()
+        yield
+    finally:
+        model.train(was)
+        for p, g in saved_grads:
+            p.grad = g
+        for p, r in saved_req:
+            p.requires_grad_(r)
+
+
+def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[str], calib: Calibration,
+                 out: dict[str, LayerStats]) -> None:
+    handles = []
+    produced: dict[int, str] = {}  # id(output tensor) -> layer name, to find the norm layer it feeds
+
+    def hook_for(name: str, module: nn.Module):
+        st = out[name]
+
+        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+            x = args[0] if args else None
+            y = output if isinstance(output, Tensor) else None
+            if isinstance(x, Tensor) and x.is_floating_point():
+                if needs & {"act_norm", "act_mean"}:
+                    sq, sm, n = feature_sums(mod, x)
+                    st.act_sq = sq + (st.act_sq if st.act_sq is not None else 0)
+                    st.act_sum = sm + (st.act_sum if st.act_sum is not None else 0)
+                    st.rows += n
+                if "xtx" in needs:
+                    cols = im2col_rows(mod, x).float()
+                    st.xtx = cols.t() @ cols + (st.xtx if st.xtx is not None else 0)
+                    st.extra["xtx_rows"] = st.extra.get("xtx_rows", 0) + cols.shape[0]
+            if y is not None and "act_zeros" in needs:
+                nonpos, n = nonpositive_counts(mod, y)
+                st.act_nonpos = nonpos + (st.act_nonpos if st.act_nonpos is not None else 0)
+                st.out_rows += n
+            if y is not None and "bn_gamma" in needs:
+                produced[id(output)] = name
+
+        return hook
+
+    def norm_pre_hook(mod: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        name = produced.get(id(x)) if isinstance(x, Tensor) else None
+        if name is not None and getattr(mod, "weight", None) is not None and out[name].bn_gamma is None:
+            out[name].bn_gamma = mod.weight.detach().abs().double().clone()
+
+    for name, module in layers.items():
+        handles.append(module.register_forward_hook(hook_for(name, module)))
+    if "bn_gamma" in needs:
+        for m in model.modules():
+            if isinstance(m, _NORMS):
+                handles.append(m.register_forward_pre_hook(norm_pre_hook))
+    try:
+        with torch.no_grad():
+            for _ in calib.forward(model):
+                produced.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    if needs & {"act_norm", "act_mean", "xtx"} and not any(st.rows or st.extra.get("xtx_rows") for st in out.values()):
+        raise DataError("no calibration input reached the layers being scored; check that the data runs the model")
+
+
+def _weight_of(module: nn.Module) -> Tensor:
+    return module.weight
+
+
+def _gradients(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats]) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    steps = 0
+    with torch.enable_grad():
+        for loss_graph in _loss_steps(model, layers, calib):
+            loss, weights = loss_graph
+            grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+            for (name, w), g in zip(weights.items(), grads):
+                if g is None:
+                    continue
+                st = out[name]
+                g = g.detach()
+                st.grad = g.clone() if st.grad is None else st.grad + g
+                st.grad_sq = g.square() if st.grad_sq is None else st.grad_sq + g.square()
+            steps += 1
+    if steps == 0:
+        raise DataError("the calibration data is empty: pass at least one batch")
+
+
+def _loss_steps(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    """Each loss with the weights (as computed through parametrizations, cached for the step) it reads."""
+    it = calib.losses(model)
+    while True:
+        with parametrize.cached():
+            weights = {name: _weight_of(m) for name, m in layers.items()}
+            try:
+                loss = next(it)
+            except StopIteration:
+                return
+            yield loss, weights
+
+
+def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats],
+           temperature: float) -> None:
+    """``H g`` by double back-propagation (Wang et al. 2020): first the summed gradient ``g``, then the
+    gradient of ``g_detached . grad(L)``. Logits are divided by ``temperature`` for (inputs, targets)
+    batches without a user loss, as in the paper."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if calib.loss_fn is None and not calib.is_loss_callable:
+        calib = Calibration(calib.source, lambda o, y: F.cross_entropy(_logits(o).float() / temperature, y)
+                            if isinstance(y, Tensor) and _logits(o).dim() == 2 else _default_loss(o, y), calib.max_batches)
+    math_attention = _math_attention()
+    with torch.enable_grad(), math_attention:
+        g: dict[str, Tensor] = {}
+        for loss, weights in _loss_steps(model, layers, calib):
+            for (name, _), gr in zip(weights.items(), torch.autograd.grad(loss, list(weights.values()), allow_unused=True)):
+                if gr is not None:
+                    g[name] = gr.detach() + g.get(name, 0)
+        if not g:
+            raise DataError("the calibration loss does not depend on the layers being scored")
+        for loss, weights in _loss_steps(model, layers, calib):
+            names = [n for n in weights if n in g]
+            ws = [weights[n] for n in names]
+            grads = torch.autograd.grad(loss, ws, create_graph=True, allow_unused=True)
+            z = sum((gr * g[n]).sum() for n, gr in zip(names, grads) if gr is not None)
+            if not isinstance(z, Tensor) or not z.requires_grad:
+                raise DataError("GraSP needs a loss whose gradient is differentiable again (double back-propagation)")
+            for n, h in zip(names, torch.autograd.grad(z, ws, allow_unused=True)):
+                if h is not None:
+                    out[n].grasp_hg = h.detach() + (out[n].grasp_hg if out[n].grasp_hg is not None else 0)
+
+
+def _default_loss(o: Any, y: Any) -> Tensor:
+    from prunekit.calibration.batches import next_token_loss
+
+    logits = _logits(o)
+    if logits.dim() == 3 and isinstance(y, Tensor) and y.dim() == 2:
+        return next_token_loss(logits, y)
+    return F.cross_entropy(logits.float(), y)
+
+
+def _math_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention through its math kernel, which supports double back-propagation."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    except Exception:  # noqa: BLE001  (older torch: nothing to choose)
+        return contextlib.nullcontext()
+
+
+def _synflow(model: nn.Module, layers: Mapping[str, nn.Module], example_inputs: Any, out: dict[str, LayerStats]) -> None:
+    """SynFlow's ``dR/dw`` (Tanaka et al. 2020) on a float64 copy with every parameter replaced by its
+    absolute value, run on all-ones inputs shaped like ``example_inputs`` (integer inputs such as token ids
+    are used as given: an embedding lookup has no all-ones input). The model is not touched."""
+    if example_inputs is None:
+        raise MissingDataError("synflow is data-free but needs the input shape: pass example_inputs=a batch (only its shape is used)")
+    net = copy.deepcopy(model).double().eval()
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    x = _ones_like(example_inputs)
+    with torch.enable_grad(), parametrize.cached():
+        weights = {name: modules[name].weight for name in layers}
+        y = net(**x) if isinstance(x, Mapping) else net(*x) if isinstance(x, tuple) else net(x)
+        y = _logits(y)
+        R = y.sum()
+        grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
+    for name, g in zip(weights, grads):
+        if g is not None:
+            out[name].synflow = g.detach().float()
+    if not torch.isfinite(R.detach()):
+        raise DataError("SynFlow's path sum overflowed float64 on this model; prune fewer layers at a time")
+
+
+def _ones_like(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return torch.ones_like(x[:1], dtype=torch.float64) if x.is_floating_point() else x[:1]
+    if isinstance(x, Mapping):
+        return {k: _ones_like(v) if isinstance(v, Tensor) else v for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(_ones_like(v) for v in x)
+    return x

@@ -1,0 +1,33 @@
+"""Criteria: how importance is scored, one interface for every granularity (see :mod:`.base`)."""
+
+from prunekit.criteria.base import (
+    CRITERIA,
+    LEVELS,
+    Criterion,
+    CriterionLevelError,
+    ScoreInput,
+    criteria_for,
+    criterion,
+    key_generator,
+    register,
+    resolve_criterion,
+)
+from prunekit.criteria.builtin import BUILTIN, lamp_scores, lp
+from prunekit.criteria.gradients import accumulate_gradients
+
+__all__ = [
+    "BUILTIN",
+    "CRITERIA",
+    "LEVELS",
+    "Criterion",
+    "CriterionLevelError",
+    "ScoreInput",
+    "accumulate_gradients",
+    "criteria_for",
+    "criterion",
+    "key_generator",
+    "lamp_scores",
+    "lp",
+    "register",
+    "resolve_criterion",
+]
