@@ -24,16 +24,15 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.granularity import NM, Block, Channel, Granularity, Unstructured, parse_pattern
+from prunekit.granularity import NM, Block, Channel, Embedding, Granularity, Head, Layer, Unstructured, parse_pattern
 from prunekit.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod
+from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
 from prunekit.models import build_model
 from prunekit import nets as _nets  # noqa: F401  (registers prunekit:lenet5, ...)
 from prunekit.plan import Plan, Pruner
 from prunekit.report import Report, measure
 from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
 from prunekit.serialization import export_sparse, load_model, load_sparse, save_model
-from prunekit.structural import Embedding, Head, Layer
 
 __version__ = "0.1.0"
 
@@ -91,6 +90,7 @@ __all__ = [
     "measure",
     "parse_pattern",
     "prune",
+    "register_method",
     "remove_masks_",
     "save_model",
     "squash_masks_",

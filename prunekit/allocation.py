@@ -167,11 +167,23 @@ class LAMP(Allocation):
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
         return _global_threshold(
-            [lamp_scores(layer.unit_scores.double().pow(2)) for layer in layers],  # type: ignore[union-attr]
+            [_lamp_of_alive(layer.unit_scores) for layer in layers],  # type: ignore[arg-type]
             [layer.unit_sizes for layer in layers],  # type: ignore[misc]
             [layer.name for layer in layers],
             sparsity,
         )
+
+
+def _lamp_of_alive(unit_scores: Tensor) -> Tensor:
+    """LAMP scores of a layer's units over those still alive; units an earlier pruning removed (score
+    ``-inf``) keep ``-inf``, so they count towards the target first."""
+    s = unit_scores.double()
+    dead = torch.isneginf(s)
+    if not bool(dead.any()):
+        return lamp_scores(s.pow(2))
+    out = torch.full_like(s, float("-inf"))
+    out[~dead] = lamp_scores(s[~dead].pow(2))
+    return out
 
 
 def resolve_allocation(value: str | Allocation | None) -> Allocation:

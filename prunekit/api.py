@@ -10,11 +10,18 @@ from torch import nn
 
 from prunekit._transaction import transaction
 from prunekit.allocation import resolve_allocation
-from prunekit.errors import ConfigError, DataError, InvalidSparsityError, MissingDataError, PrunekitError
-from prunekit.granularity import NM, _check_sparsity, parse_pattern
+from prunekit.errors import (
+    ConfigError,
+    DataError,
+    InvalidSparsityError,
+    MissingDataError,
+    PatternError,
+    PrunekitError,
+)
+from prunekit.granularity import NM, Unstructured, _check_sparsity, parse_pattern
 from prunekit.latency import compare_latency, time_model
-from prunekit.methods import Method, PruneRequest, resolve_method
-from prunekit.plan import split_by_pattern
+from prunekit.methods import Method, PruneRequest, ScoreMethod, resolve_method
+from prunekit.plan import Pruner, split_by_pattern
 from prunekit.report import Report, layer_stats, measure, weight_shapes
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
 
@@ -27,7 +34,7 @@ INTERLEAVED_TIMING_MAX_BYTES = 2 << 30
 
 def prune(
     model: nn.Module,
-    method: str | Method,
+    method: str | Method | Pruner,
     *,
     sparsity: float,
     pattern: Any = None,
@@ -39,10 +46,15 @@ def prune(
 ) -> Report:
     """Prune ``model`` in place with ``method`` and return a :class:`Report` of before and after.
 
-    ``method``: a registered name (see ``prunekit methods``) or a :class:`Method`. ``sparsity``: fraction of
-    the selected weights to remove, in [0, 1). ``pattern``: what is removed, a granularity or its string
-    form ("2:4", "4x4", "channel"); default unstructured. ``allocation``: how the sparsity is spread over
-    layers ("uniform", "global", "erk", "lamp", or an object); default the method's. ``ignore``: modules,
+    ``method``: a registered name (see ``prunekit methods``), a :class:`Method`, or a :class:`Pruner` (a
+    composition of criterion, granularity and allocation without a registered name; ``pattern=`` and
+    ``allocation=`` may fill what it was not given and must agree with what it was). ``sparsity``:
+    fraction of the selected weights to remove, in [0, 1). ``pattern``: what is removed, a granularity or
+    its string form ("2:4", "4x4", "channel"; physical: "physical-channel", "head", "layer", "embedding",
+    carried out by the structural engine); default the method's (unstructured). A method refuses a pattern
+    it cannot honour (:class:`PatternError`, or :class:`~prunekit.criteria.CriterionLevelError` when its
+    criterion has no meaning for the pattern's units). ``allocation``: how the sparsity is spread over
+    layers ("uniform", "global", "erk", "lamp", "owl", or an object); default the method's. ``ignore``: modules,
     module names or a ``filter_fn(module, name)`` to keep dense; the final classifier is kept dense by
     default (``prune_classifier=True`` prunes it). ``example_inputs``: a batch used to count FLOPs and time
     the model (and by structural methods to trace it). ``calibration``: batches ``(inputs, targets)`` or a
@@ -60,6 +72,8 @@ def prune(
     Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
     :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
     """
+    if isinstance(method, Pruner):
+        pattern, allocation, ignore = _from_pruner(method, sparsity, pattern, allocation, ignore, options)
     m = resolve_method(method)
     unknown = set(options) - COMMON_OPTIONS - set(m.options)
     if unknown:
@@ -69,6 +83,25 @@ def prune(
         )
     _check_sparsity(sparsity)
     gran = parse_pattern(pattern if pattern is not None else m.default_pattern)
+    if m.structural and pattern is not None:
+        _check_structural_pattern(m, gran)
+    named = m
+    m = m.for_pattern(gran)
+    if m is not named:  # a physical pattern: the structural engine carries out the composition
+        unknown = set(options) - COMMON_OPTIONS - set(m.options)
+        if unknown:
+            raise ConfigError(
+                f"option(s) {sorted(unknown)} of method {named.name!r} do not apply to pattern {gran} (physical); "
+                f"it accepts: {', '.join(sorted(COMMON_OPTIONS | set(m.options)))}"
+            )
+        if getattr(gran, "identity_only", False):
+            options = {**options, "identity_only": True}
+    elif gran.physical and not m.structural:
+        raise PatternError(
+            f"method {m.name!r} masks weights; pattern {gran} removes units from the architecture. Use a "
+            "criterion with that pattern (prunekit.Pruner(criterion=..., granularity=...)) or a structural method "
+            "(prunekit methods)"
+        )
     if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
         raise InvalidSparsityError(
             f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass sparsity={gran.fixed_sparsity:g}"
@@ -127,8 +160,9 @@ def prune(
         else:  # too large to copy: the after model alone, with its spread
             after.set_timing(time_model(model, example_inputs, threads=threads))
     settings = {
-        "method": m.name,
-        "pattern": str(gran) if not m.structural else f"{getattr(m, 'kind', 'structure')} (physical)",
+        "method": named.name,
+        **({"criterion": str(getattr(named, "criterion"))} if isinstance(named, ScoreMethod) else {}),
+        "pattern": str(gran) if not m.structural else f"{getattr(m, 'kind', None) or gran.level} (physical)",
         "allocation": str(alloc),
         "sparsity": float(sparsity),
         "seed": seed,
@@ -143,13 +177,58 @@ def prune(
 
         before = after = ModelStats(params=0, nonzero_params=0)
     return Report(
-        method=m.name,
+        method=named.name,
         settings=settings,
         before=before,
         after=after,  # type: ignore[arg-type]
         layers=layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before),
         notes=notes,
         latency=comparison,
+    )
+
+
+def _from_pruner(
+    pruner: Pruner, sparsity: float, pattern: Any, allocation: Any, ignore: Ignore, options: dict[str, Any]
+) -> tuple[Any, Any, Ignore]:
+    """Fill prune()'s arguments from a :class:`Pruner`; an argument given both ways must agree
+    (:class:`ConfigError` otherwise). Edits ``options`` in place (seed, prune_classifier, skip_incompatible)."""
+
+    def clash(what: str, here: Any, there: Any) -> ConfigError:
+        return ConfigError(f"the Pruner has {what} {there}, prune() was given {here}: pass it in one place")
+
+    if pattern is not None and "granularity" in pruner.given and parse_pattern(pattern) != pruner.granularity:
+        raise clash("granularity", parse_pattern(pattern), pruner.granularity)
+    if allocation is not None and "allocation" in pruner.given and \
+            resolve_allocation(allocation) != pruner.allocation:
+        raise clash("allocation", resolve_allocation(allocation), pruner.allocation)
+    if pruner.sparsity is not None and not math.isclose(pruner.sparsity, sparsity, abs_tol=1e-12):
+        raise clash("sparsity", sparsity, pruner.sparsity)
+    if pruner.ignore is not None:
+        if ignore is not None and ignore is not pruner.ignore and ignore != pruner.ignore:
+            raise clash("ignore", ignore, pruner.ignore)
+        ignore = pruner.ignore
+    for key, value, default in (("seed", pruner.seed, 0), ("prune_classifier", pruner.prune_classifier, False),
+                                ("skip_incompatible", pruner.skip_incompatible, False)):
+        if value != default:
+            if key in options and options[key] != value:
+                raise clash(key, options[key], value)
+            options[key] = value
+    return (pattern if pattern is not None else pruner.granularity,
+            allocation if allocation is not None else pruner.allocation, ignore)
+
+
+def _check_structural_pattern(m: Method, gran: Any) -> None:
+    """A structural method removes one kind of unit; a pattern asking for another is refused."""
+    check = getattr(m, "check_pattern", None)
+    if check is not None:  # the method says what it removes and which masking method gives that pattern
+        check(gran)
+        return
+    kind = getattr(m, "kind", None)
+    if kind is None or isinstance(gran, Unstructured) or (gran.physical and gran.level == kind):
+        return
+    raise PatternError(
+        f"method {m.name!r} removes {kind} units physically; it cannot honour pattern {gran}. Leave pattern unset, "
+        f"or use prunekit.Pruner(criterion=..., granularity={gran!s}) for that pattern"
     )
 
 

@@ -77,10 +77,21 @@ def _options(items: list[str] | None) -> dict:
 @app.command()
 def prune(
     model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
-    method: Annotated[str, typer.Option("--method", "-m", help="a registered method (see `prunekit methods`)")] = "magnitude",
+    method: Annotated[
+        Optional[str], typer.Option("--method", "-m", help="a registered method (see `prunekit methods`; default magnitude)")
+    ] = None,
+    criterion: Annotated[
+        Optional[str],
+        typer.Option("--criterion", "-c", help="compose a method from a criterion (see `prunekit criteria`) with "
+                                               "--pattern and --allocation; excludes --method"),
+    ] = None,
     sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="fraction of weights to remove, in [0, 1)")] = 0.5,
-    pattern: Annotated[Optional[str], typer.Option(help="unstructured, N:M (2:4), RxC blocks (4x4), channel")] = None,
-    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp (default: the method's)")] = None,
+    pattern: Annotated[
+        Optional[str],
+        typer.Option(help="unstructured, N:M (2:4), RxC blocks (4x4), channel (masked rows); physical: "
+                          "physical-channel, head, layer, embedding"),
+    ] = None,
+    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp, owl (default: the method's)")] = None,
     ignore: Annotated[Optional[list[str]], typer.Option(help="module name to keep dense (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="directory to save the pruned model and its report")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
@@ -98,19 +109,26 @@ def prune(
         Optional[list[str]], typer.Option("--option", help="a method option key=value, as in Python (repeatable)")
     ] = None,
 ) -> None:
-    """Prune MODEL with METHOD, print the before/after report and the task metric where prunekit knows it
-    (like prunekit.prune)."""
+    """Prune MODEL with METHOD (or a composition: --criterion with --pattern and --allocation), print the
+    before/after report and the task metric where prunekit knows it (like prunekit.prune)."""
     import torch
 
     import prunekit as pk
+    from prunekit.errors import ConfigError
     from prunekit.models import is_pretrained, source_of, task_evaluation
     from prunekit.serialization import atomic_directory, check_output_directory, read_record
 
     try:
+        if method is not None and criterion is not None:
+            raise ConfigError("pass either --method NAME or --criterion NAME (with --pattern and --allocation), not both")
         if out is not None:
             check_output_directory(out, overwrite=overwrite)
         options = _options(option)
-        m_obj = pk.methods.resolve_method(method)
+        chosen: str | pk.Pruner = method or "magnitude"
+        if criterion is not None:  # a composition without a registered name
+            chosen = pk.Pruner(criterion=criterion, granularity=pattern, allocation=allocation)
+            pattern = allocation = None
+        m_obj = pk.methods.resolve_method(chosen)
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
         spec = source_of(m) or (record or {}).get("source") or model
@@ -133,7 +151,7 @@ def prune(
             calib = None
         metric_before = task[1](m) if task is not None else None
         report = pk.prune(
-            m, method, sparsity=sparsity, pattern=pattern, allocation=allocation, ignore=ignore or None,
+            m, chosen, sparsity=sparsity, pattern=pattern, allocation=allocation, ignore=ignore or None,
             example_inputs=x, calibration=calib, seed=seed, skip_incompatible=skip_incompatible,
             prune_classifier=prune_classifier, measure_latency=latency, **options,
         )
@@ -255,7 +273,32 @@ def methods() -> None:
     t.add_row("N:M", "n kept of every m consecutive input weights, e.g. 2:4, 4:8")
     t.add_row("RxC", "blocks of R x C weights, e.g. 4x4")
     t.add_row("channel", "whole output channels zeroed (masking form)")
+    t.add_row("physical-channel", "output channels removed with their dependency group (the model gets smaller)")
+    t.add_row("head", "attention heads removed (GQA aware)")
+    t.add_row("layer", "whole blocks removed")
+    t.add_row("embedding", "hidden dimensions of a transformer removed")
     console.print(t)
+
+
+@app.command()
+def criteria() -> None:
+    """List the criteria: the units each has a meaning for (levels) and the statistics it needs (like
+    `prunekit methods` for methods). Use one with `prunekit prune MODEL --criterion NAME --pattern P`."""
+    from prunekit.criteria import CRITERIA
+
+    t = Table(title="criteria", title_justify="left")
+    for col in ("name", "levels", "needs", "description"):
+        t.add_column(col, style="bold" if col == "name" else None)
+    for e in CRITERIA.entries():
+        c = e.obj
+        if c.name != e.name:  # an alias
+            t.add_row(e.name, "", "", f"alias of {c.name}")
+            continue
+        order = ("element", "channel", "head", "layer")
+        levels = ", ".join(lv for lv in order if lv in c.levels)
+        t.add_row(e.name, levels, ", ".join(sorted(c.needs)) or "-", e.description)
+    console.print(t)
+    console.print("any p > 0: l<p> (e.g. l0.5, l3), |w|^p", highlight=False)
 
 
 @app.command()

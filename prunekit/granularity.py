@@ -1,15 +1,23 @@
 """Granularity: what is removed (the survey's universal / specific speedup axis).
 
-A granularity is a frozen, typed value that turns element scores into a keep-mask. Scores are shaped like
-the weight they score in its canonical layout ``[out, in/groups, *kernel]``; higher means more important.
-Layers that store their weight otherwise (transposed convolutions, transformers' ``Conv1D``) are brought
-into that layout by :mod:`prunekit.layout` before a granularity sees them, and the mask is mapped back. Every granularity works on *units* (single weights,
-N:M groups, tiles, output channels): :meth:`Granularity.units` reduces element scores to one score per
-unit (the mean, so units of different layers compare fairly under global allocation), and
-:meth:`Granularity.mask` keeps the highest-scoring units.
+A granularity is a frozen, typed value that says what a *unit* is (a single weight, an N:M group, a
+tile, an output channel, an attention head, a block, a hidden dimension). Tensors are shaped like the weight
+they belong to in its canonical layout ``[out, in/groups, *kernel]``; layers that store their weight
+otherwise (transposed convolutions, transformers' ``Conv1D``) are brought into that layout by
+:mod:`prunekit.layout` before a granularity sees them, and the mask is mapped back.
 
-The physical forms (channels, heads, layers, embedding dims removed from the architecture) live in the
-structural engine; here ``Channel()`` is the masking form: whole output rows (filters, neurons) are zeroed.
+The masking granularities (``Unstructured``, ``NM``, ``Block``, ``Channel()``) turn scores into a keep-mask:
+
+* :meth:`Granularity.unit_sums` sums a criterion's per-weight contributions over each unit and gives the
+  unit sizes; the criterion turns them into unit scores (:meth:`prunekit.criteria.Criterion.unit`: the
+  mean by default, the squared signed sum for Taylor, LAMP's normalisation within the layer);
+* :meth:`Granularity.mask_units` keeps the highest-scoring units of a layer at a sparsity counted in weights;
+* :meth:`Granularity.mask` does both with the mean, for element scores.
+
+The physical granularities (``Channel(physical=True)``, ``Head()``, ``Layer()``, ``Embedding()``) remove
+units from the architecture; the structural engine carries them out (:attr:`Granularity.physical`), so
+they make no masks. :attr:`Granularity.level` names the kind of unit, which is also what a criterion must
+have a meaning for (:meth:`prunekit.criteria.Criterion.check_level`).
 """
 
 from __future__ import annotations
@@ -52,9 +60,25 @@ def _as_2d(t: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Granularity:
-    """Base class. Subclasses define how element scores group into units and how units map back."""
+    """Base class. Subclasses define how weights group into units and how units map back.
+
+    ``level``: the kind of unit (``element`` for single weights, N:M groups and tiles; ``channel``;
+    ``head``; ``layer``; ``embedding``). ``physical``: removed from the architecture by the structural
+    engine rather than masked.
+    """
 
     kind: ClassVar[str] = "granularity"
+    level: ClassVar[str] = "element"
+
+    @property
+    def physical(self) -> bool:
+        return False
+
+    @property
+    def criterion_level(self) -> str:
+        """The criterion level (:data:`prunekit.criteria.LEVELS`) this granularity's units need; the hidden
+        dimensions of ``Embedding()`` are channels of the residual stream."""
+        return "channel" if self.level == "embedding" else self.level
 
     @property
     def fixed_sparsity(self) -> float | None:
@@ -64,20 +88,26 @@ class Granularity:
     def check(self, name: str, weight: Tensor) -> None:
         """Raise :class:`PatternError` if this pattern cannot be applied to ``weight`` (of layer ``name``)."""
 
-    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """(score per unit, number of weights per unit), both 1-D and of equal length."""
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sums, sizes)``: per unit, the float64 sum of ``contrib`` (shaped like the canonical weight) over
+        the unit's weights, and the number of weights in the unit (long); both 1-D, in unit order."""
         raise NotImplementedError
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """``(score per unit, weights per unit)``: the mean of the element scores over each unit."""
+        sums, sizes = self.unit_sums(scores)
+        return (sums / sizes.clamp_min(1).double()).to(scores.dtype), sizes
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
         """Turn a boolean keep-flag per unit back into a keep-mask shaped like the weight."""
         raise NotImplementedError
 
-    def mask(self, scores: Tensor, sparsity: float) -> Tensor:
-        """Keep-mask (True = keep) that removes the lowest-scoring ``sparsity`` fraction of weights."""
+    def keep_units(self, unit_scores: Tensor, unit_sizes: Tensor, sparsity: float) -> Tensor:
+        """Boolean keep-flag per unit: the lowest-scoring units go until the weights removed come closest
+        to ``sparsity`` of all the layer's weights (ties: lower index first)."""
         _check_sparsity(sparsity)
-        unit_scores, unit_sizes = self.units(scores)
         keep = torch.ones_like(unit_scores, dtype=torch.bool)
-        target = sparsity * scores.numel()
+        target = sparsity * float(unit_sizes.double().sum())
         if target > 0:
             order = torch.argsort(unit_scores, stable=True)
             cum = torch.cumsum(unit_sizes[order].double(), 0)
@@ -86,7 +116,18 @@ class Granularity:
             if k < len(cum) and (k == 0 or abs(cum[k].item() - target) < abs(cum[k - 1].item() - target)):
                 k += 1
             keep[order[:k]] = False
-        return self.expand(keep, scores.shape)
+        return keep
+
+    def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
+        """Keep-mask shaped ``shape`` from one score per unit (higher = keep), at ``sparsity`` in weights."""
+        return self.expand(self.keep_units(unit_scores, unit_sizes, sparsity), shape)
+
+    def mask(self, scores: Tensor, sparsity: float) -> Tensor:
+        """Keep-mask (True = keep) that removes the lowest-scoring ``sparsity`` fraction of weights; units
+        are scored by the mean of their element scores."""
+        _check_sparsity(sparsity)
+        unit_scores, unit_sizes = self.units(scores)
+        return self.mask_units(unit_scores, unit_sizes, scores.shape, sparsity)
 
     def __str__(self) -> str:
         return self.kind
@@ -98,9 +139,16 @@ class Unstructured(Granularity):
 
     kind: ClassVar[str] = "unstructured"
 
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        flat = contrib.reshape(-1)
+        return flat.double(), torch.ones_like(flat, dtype=torch.long)
+
     def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
         flat = scores.reshape(-1)
         return flat, torch.ones_like(flat, dtype=torch.long)
+
+    def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
+        return self.mask(unit_scores.reshape(shape), sparsity)
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
         return keep_units.reshape(shape)
@@ -149,10 +197,19 @@ class NM(Granularity):
         moved = t.movedim(1, -1) if t.dim() > 2 else t
         return moved.reshape(-1, self.m)
 
-    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
         # every group keeps exactly n weights; as units for allocation each weight stands alone
+        flat = self._grouped(contrib).reshape(-1)
+        return flat.double(), torch.ones_like(flat, dtype=torch.long)
+
+    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
         flat = self._grouped(scores).reshape(-1)
         return flat, torch.ones_like(flat, dtype=torch.long)
+
+    def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float | None) -> Tensor:
+        moved = torch.Size([shape[0], *shape[2:], shape[1]]) if len(shape) > 2 else shape
+        scores = unit_scores.reshape(moved)
+        return self.mask(scores.movedim(-1, 1) if len(shape) > 2 else scores, sparsity)
 
     def mask(self, scores: Tensor, sparsity: float | None = None) -> Tensor:
         if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-9):
@@ -178,7 +235,8 @@ class NM(Granularity):
 class Block(Granularity):
     """Rectangular tiles of ``rows`` x ``cols`` weights in the [out, in*k*k] view (block sparsity).
 
-    Tiles at the edges may be smaller; a tile's score is the mean of its element scores.
+    Tiles at the edges may be smaller; a tile's score comes from the sum of its weights' contributions and
+    its size (the mean of its element scores by default).
     """
 
     rows: int
@@ -200,11 +258,11 @@ class Block(Granularity):
         R, C = t.shape
         return t.reshape(R // self.rows, self.rows, C // self.cols, self.cols).transpose(1, 2)
 
-    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        padded, valid = self._pad(scores)
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        padded, valid = self._pad(contrib)
         s = self._tiles(padded).sum(dim=(2, 3))
         n = self._tiles(valid).sum(dim=(2, 3))
-        return (s / n).reshape(-1).to(scores.dtype), n.reshape(-1).long()
+        return s.reshape(-1), n.reshape(-1).long()
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
         out = shape[0]
@@ -222,43 +280,129 @@ class Block(Granularity):
 class Channel(Granularity):
     """Whole output channels: filters of a convolution, neurons (rows) of a Linear layer.
 
-    In masking form the rows are zeroed; the structural engine removes them physically.
+    ``Channel()`` is the masking form: the rows are zeroed, shapes stay. ``Channel(physical=True)``
+    (``"physical-channel"``) removes them from the architecture, with every coupled dimension of their
+    dependency group (the structural engine; Li et al. 2017, "Pruning Filters for Efficient ConvNets";
+    Fang et al. 2023, "DepGraph").
     """
 
+    physical: bool = False  # type: ignore[assignment]
     kind: ClassVar[str] = "channel"
+    level: ClassVar[str] = "channel"
 
-    def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
-        s2 = _as_2d(scores)
-        return s2.mean(dim=1), torch.full((s2.shape[0],), s2.shape[1], dtype=torch.long)
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        self._masking_only()
+        s2 = _as_2d(contrib).double()
+        return s2.sum(dim=1), torch.full((s2.shape[0],), s2.shape[1], dtype=torch.long)
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        self._masking_only()
         view = [shape[0]] + [1] * (len(shape) - 1)
         return keep_units.reshape(view).expand(shape).contiguous()
 
+    def _masking_only(self) -> None:
+        if self.physical:
+            raise PatternError(
+                "Channel(physical=True) removes channels from the architecture (the structural engine); it makes no "
+                "masks. Use Channel() for the masking form"
+            )
+
     def __str__(self) -> str:
-        return "channel"
+        return "physical-channel" if self.physical else "channel"
 
 
-_NAMED = {"unstructured": Unstructured, "channel": Channel}
+class _Physical(Granularity):
+    """A unit the structural engine removes from the architecture; it makes no masks."""
+
+    @property
+    def physical(self) -> bool:
+        return True
+
+    def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        raise PatternError(f"{self!r} is removed physically by the structural engine; it makes no masks")
+
+    def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        raise PatternError(f"{self!r} is removed physically by the structural engine; it makes no masks")
+
+
+@dataclass(frozen=True)
+class Head(_Physical):
+    """Attention heads, removed physically. Grouped-query aware: a unit is one key/value head with all the
+    query heads that share it, so the query-per-key/value ratio is kept (Michel et al. 2019, "Are Sixteen
+    Heads Really Better than One?")."""
+
+    kind: ClassVar[str] = "head"
+    level: ClassVar[str] = "head"
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Layer(_Physical):
+    """Whole blocks of a stack (transformer blocks, residual blocks) whose input and output shapes agree,
+    removed physically. Blocks that are identity residuals (``x + f(x)``) leave a model that degrades
+    gracefully; ``identity_only=True`` removes only those (Men et al. 2024, "ShortGPT"; Sajjad et al. 2023)."""
+
+    identity_only: bool = False
+    kind: ClassVar[str] = "layer"
+    level: ClassVar[str] = "layer"
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Embedding(_Physical):
+    """The hidden size of a transformer, removed physically: columns of the token embedding and everything
+    that reads or writes the residual stream (norms, projections, the tied output layer)."""
+
+    kind: ClassVar[str] = "embedding"
+    level: ClassVar[str] = "embedding"
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+_NAMED: dict[str, Granularity] = {
+    "unstructured": Unstructured(),
+    "channel": Channel(),
+    "physical-channel": Channel(physical=True),
+    "head": Head(),
+    "layer": Layer(),
+    "embedding": Embedding(),
+}
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _BLOCK_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+PATTERN_NAMES = ("unstructured", "channel", "physical-channel", "head", "layer", "embedding",
+                 "N:M (e.g. 2:4, 4:8)", "RxC (e.g. 4x4)")
 
 
 def parse_pattern(value: str | Granularity | None) -> Granularity:
-    """``None`` -> Unstructured(); "2:4" -> NM(2, 4); "4x4" -> Block(4, 4); "channel"; or a Granularity."""
+    """A granularity from its string form, once, at the edge: ``None`` -> ``Unstructured()``; ``"2:4"`` ->
+    ``NM(2, 4)``; ``"4x4"`` -> ``Block(4, 4)``; ``"channel"`` (masking) / ``"physical-channel"``;
+    ``"head"``, ``"layer"``, ``"embedding"``; a :class:`Granularity` is returned as it is.
+
+    Raises :class:`UnknownNameError` listing the accepted forms.
+    """
     if value is None:
         return Unstructured()
     if isinstance(value, Granularity):
         return value
+    kind = getattr(type(value), "kind", None)
+    if not isinstance(value, str) and kind in ("head", "layer", "embedding"):
+        # an instance of a structural-engine value of the same name (kept there for old imports)
+        fields = {"identity_only": bool(getattr(value, "identity_only", False))} if kind == "layer" else {}
+        return {"head": Head, "layer": Layer, "embedding": Embedding}[kind](**fields)
     if isinstance(value, str):
         key = value.strip().lower()
         if key in _NAMED:
-            return _NAMED[key]()
+            return _NAMED[key]
         if m := _NM_RE.match(key):
             return NM(int(m.group(1)), int(m.group(2)))
         if m := _BLOCK_RE.match(key):
             return Block(int(m.group(1)), int(m.group(2)))
-    raise UnknownNameError("pattern", value, ["unstructured", "channel", "N:M (e.g. 2:4, 4:8)", "RxC (e.g. 4x4)"])
+    raise UnknownNameError("pattern", value, PATTERN_NAMES)
 
 
 def _check_sparsity(sparsity: float) -> None:

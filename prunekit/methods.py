@@ -8,12 +8,14 @@ a transaction and measures the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
 from prunekit.allocation import Allocation
+from prunekit.criteria import Criterion, resolve_criterion
 from prunekit.errors import ConfigError
 from prunekit.granularity import Granularity
 from prunekit.plan import Plan, Pruner
@@ -62,6 +64,13 @@ class Method:
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         raise NotImplementedError
 
+    def for_pattern(self, pattern: Granularity) -> Method:
+        """The method that carries out ``pattern`` (by default this one, which checks the pattern itself)."""
+        return self
+
+
+M = TypeVar("M", bound=Method)
+
 
 def _validate(name: str, obj: Any) -> None:
     if not isinstance(obj, Method) or not callable(getattr(obj, "run", None)):
@@ -71,30 +80,80 @@ def _validate(name: str, obj: Any) -> None:
 METHODS: Registry[Method] = Registry("method", validate=_validate)
 
 
+def register_method(
+    name: str, *, aliases: tuple[str, ...] = (), **fields: Any
+) -> Callable[[type[M]], type[M]]:
+    """Class decorator: instantiate the decorated :class:`Method` with ``name`` and ``fields`` and register it
+    in :data:`METHODS`. The class docstring's first line is the description unless ``description=`` is given.
+
+    A named method is a small composition of parts plus typed fields, e.g.::
+
+        @register_method("snip", criterion="grad-weight", default_allocation="global", when="at-init")
+        class Snip(ScoreMethod):
+            \"\"\"|g * w| from calibration data, one global threshold (Lee et al. 2019).\"\"\"
+    """
+
+    def deco(cls: type[M]) -> type[M]:
+        doc = (cls.__doc__ or "").strip()
+        fields.setdefault("description", " ".join(doc.split("\n\n")[0].split()) if doc else "")
+        obj = cls(**{"name": name, **fields}) if is_dataclass(cls) else cls()
+        if not is_dataclass(cls):
+            obj.name = name
+            for k, v in fields.items():
+                setattr(obj, k, v)
+        METHODS.add(name, obj, obj.description, aliases=aliases)
+        return cls
+
+    return deco
+
+
 @dataclass
 class ScoreMethod(Method):
-    """Score every weight with a criterion, allocate sparsity over layers, mask by the pattern.
+    """Score weights with a criterion, allocate sparsity over layers, remove units by the pattern: a
+    :class:`~prunekit.plan.Pruner` with defaults.
 
-    Options: ``overrides`` ({layer: sparsity}), ``skip_incompatible`` (leave layers that do not fit the
-    pattern dense instead of failing), ``loss_fn`` (for gradient criteria on (inputs, targets) batches).
+    Any pattern the criterion has a meaning for is honoured: masking patterns through the pruner, the
+    physical ones (``Channel(physical=True)``, ``Head()``, ``Layer()``, ``Embedding()``) through the
+    structural engine (:meth:`for_pattern`); any other raises
+    :class:`~prunekit.criteria.CriterionLevelError`. Options: ``overrides`` ({layer: sparsity}),
+    ``loss_fn`` (``loss_fn(outputs, targets)`` for gradient criteria).
     """
 
     name: str = "score"
-    criterion: str = "magnitude"
+    criterion: str | Criterion = "magnitude"
     description: str = ""
     default_allocation: str | Allocation | None = "uniform"
     default_pattern: str | Granularity | None = None
     needs_data: bool = False
     paper: str = ""
     when: str = "one-shot"
+    default_overrides: dict[str, float] | None = None
     options: ClassVar[frozenset[str]] = frozenset({"overrides", "loss_fn"})
 
+    def __post_init__(self) -> None:
+        crit = resolve_criterion(self.criterion)
+        self.needs_data = self.needs_data or crit.needs_data
+
+    def for_pattern(self, pattern: Granularity) -> Method:
+        """The method that carries out ``pattern``: this one for masks; for a physical granularity the
+        structural engine's composition of this criterion and that level
+        (:func:`prunekit.structural.compose.physical_method`). Raises
+        :class:`~prunekit.criteria.CriterionLevelError` when the criterion has no meaning for its units."""
+        crit = resolve_criterion(self.criterion)
+        crit.check_level(pattern.criterion_level, str(pattern))
+        if not pattern.physical:
+            return self
+        from prunekit.structural.compose import physical_method
+
+        return physical_method(pattern.level, crit)
+
     def pruner(self, request: PruneRequest) -> Pruner:
+        overrides = request.options.get("overrides", self.default_overrides)
         return Pruner(
             criterion=self.criterion,
             granularity=request.pattern,
             allocation=request.allocation,
-            overrides=request.options.get("overrides"),
+            overrides=overrides,
             seed=request.seed,
             method_name=self.name,
         )
@@ -113,34 +172,83 @@ class ScoreMethod(Method):
         return MethodOutcome(plan.layer_sparsity(), plan=plan)
 
 
-for _m in (
-    ScoreMethod(
-        "magnitude", "magnitude", "|w| (Han et al. 2015); any pattern (unstructured, N:M, block, channel rows)",
-        paper="Learning both Weights and Connections for Efficient Neural Networks",
-    ),
-    ScoreMethod(
-        "random", "random", "random scores, seeded: the baseline; at initialisation it is random pruning",
-        when="at-init",
-    ),
-    ScoreMethod(
-        "snip", "grad-weight", "|g * w| from calibration data (Lee et al. 2019), one global threshold as in the paper; "
-        "needs calibration",
-        default_allocation="global",
-        needs_data=True,
-        when="at-init",
-        paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity",
-    ),
-    ScoreMethod(
-        "lamp", "magnitude", "magnitude with LAMP layer-adaptive sparsity (Lee et al. 2021)",
-        default_allocation="lamp",
-        paper="Layer-adaptive Sparsity for the Magnitude-based Pruning",
-    ),
-):
-    METHODS.add(_m.name, _m, _m.description)
+# ---- the named compositions -------------------------------------------------------------------------
 
 
-def resolve_method(method: str | Method) -> Method:
+@register_method("magnitude", criterion="magnitude",
+                 paper="Learning both Weights and Connections for Efficient Neural Networks")
+class Magnitude(ScoreMethod):
+    """|w| (Han et al. 2015); any pattern: unstructured, N:M, block, channel rows, or physical channels,
+    heads and hidden size (L1 of the group)."""
+
+
+@register_method("random", criterion="random", when="at-init")
+class Random(ScoreMethod):
+    """random scores, seeded: the baseline; at initialisation it is random pruning."""
+
+
+@register_method("snip", criterion="grad-weight", default_allocation="global", when="at-init",
+                 paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity")
+class Snip(ScoreMethod):
+    """|g * w| from calibration data (Lee et al. 2019), one global threshold as in the paper; needs
+    calibration."""
+
+
+@register_method("lamp", criterion="magnitude", default_allocation="lamp",
+                 paper="Layer-adaptive Sparsity for the Magnitude-based Pruning")
+class Lamp(ScoreMethod):
+    """magnitude with LAMP layer-adaptive sparsity (Lee et al. 2021)."""
+
+
+@register_method("taylor", criterion="taylor", default_pattern="channel",
+                 paper="Importance Estimation for Neural Network Pruning")
+class Taylor(ScoreMethod):
+    """first-order Taylor (sum of g * w over a unit)^2 (Molchanov et al. 2019); output channels by
+    default; needs calibration."""
+
+
+@register_method("obd", criterion="obd", paper="Optimal Brain Damage")
+class OBD(ScoreMethod):
+    """Optimal Brain Damage 1/2 h_ii w_i^2 with the empirical Fisher diagonal (LeCun et al. 1990); needs
+    calibration."""
+
+
+@register_method("fpgm", criterion="fpgm", default_pattern="channel",
+                 paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration")
+class FPGM(ScoreMethod):
+    """filters nearest the geometric median of their layer go first (He et al. 2019); channels only."""
+
+
+@register_method("apoz", criterion="apoz", default_pattern="channel",
+                 paper="Network Trimming: A Data-Driven Neuron Pruning Approach towards Efficient Deep "
+                       "Architectures")
+class APoZ(ScoreMethod):
+    """channels whose outputs are mostly zero go first (1 - APoZ, Hu et al. 2016); channels only; needs
+    calibration."""
+
+
+def resolve_method(method: str | Method | Pruner) -> Method:
+    """A registered name, a :class:`Method`, or a :class:`~prunekit.plan.Pruner` (a composition without a
+    registered name: :func:`pruner_method`)."""
     if isinstance(method, str):
         return METHODS.get(method)
+    if isinstance(method, Pruner):
+        return pruner_method(method)
     _validate(getattr(method, "name", "?"), method)
     return method
+
+
+def pruner_method(pruner: Pruner) -> ScoreMethod:
+    """A :class:`Pruner` as a method for :func:`prunekit.prune`: its criterion, with its granularity and
+    allocation as defaults (prune's ``pattern=`` / ``allocation=`` may fill those the pruner was not given,
+    and must agree with those it was) and its overrides."""
+    crit = resolve_criterion(pruner.criterion)
+    return ScoreMethod(
+        name=pruner.method_name,
+        criterion=crit,
+        description=f"a composition: criterion {crit.name}, granularity {pruner.granularity}, "
+                    f"allocation {pruner.allocation}",
+        default_pattern=pruner.granularity,
+        default_allocation=pruner.allocation,
+        default_overrides=pruner.overrides,
+    )

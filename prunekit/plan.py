@@ -24,8 +24,16 @@ from torch import Tensor, nn
 
 from prunekit._transaction import transaction
 from prunekit.allocation import Allocation, LayerInfo, Uniform, resolve_allocation
-from prunekit.criteria import CRITERIA, Criterion, accumulate_gradients
-from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, PatternError, PlanError
+from prunekit.calibration import LayerStats, collect
+from prunekit.criteria import Criterion, ScoreInput, resolve_criterion
+from prunekit.errors import (
+    ConfigError,
+    DataError,
+    InvalidSparsityError,
+    NothingToPruneError,
+    PatternError,
+    PlanError,
+)
 from prunekit.granularity import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
 from prunekit.masks import apply_mask_, get_mask
 from prunekit.schedules import Schedule
@@ -159,6 +167,16 @@ class Plan:
         return buf.getvalue()
 
 
+def _unit_words(g: Granularity) -> str:
+    return {
+        "element": f"{g} units (single weights, N:M groups, tiles)",
+        "channel": f"{g} units (output channels)",
+        "head": "attention heads",
+        "layer": "whole layers (blocks)",
+        "embedding": "hidden dimensions (channels of the residual stream)",
+    }.get(g.level, str(g))
+
+
 def split_by_pattern(
     targets: list[Target], pattern: Granularity, skip_incompatible: bool = False
 ) -> tuple[list[Target], list[tuple[str, str]]]:
@@ -182,19 +200,83 @@ def split_by_pattern(
 
 
 def _weight_for_scoring(target: Target) -> Tensor:
-    """The weight as the model computes it (through masks, weight_norm, ...), in its stored layout."""
+    """The weight as the model computes it (through masks, weight_norm, ...), in canonical layout."""
     with torch.no_grad():
-        return target.weight.detach()
+        return target.layout.to_canonical(target.weight.detach())
+
+
+def gather_statistics(
+    criterion: Criterion,
+    model: nn.Module,
+    targets: list[Target],
+    *,
+    calibration: Any = None,
+    example_inputs: Any = None,
+    loss_fn: Any = None,
+    **kwargs: Any,
+) -> dict[str, LayerStats]:
+    """The statistics ``criterion.needs`` of every target, from :func:`prunekit.calibration.collect`
+    (``{target name: LayerStats}``). Raises :class:`~prunekit.errors.MissingDataError` /
+    :class:`~prunekit.errors.DataError` naming the calibration forms the criterion can use."""
+    layers = {t.name: t.module for t in targets}
+    if not criterion.needs:
+        return {name: LayerStats(name) for name in layers}
+    try:
+        return collect(model, layers, criterion.needs, calibration, example_inputs=example_inputs, loss_fn=loss_fn,
+                       **kwargs)
+    except DataError as e:  # say which criterion asked and what it can read
+        raise type(e)(f"criterion {criterion.name!r}: {e}") from None
+
+
+def score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: int) -> ScoreInput:
+    """What ``criterion`` reads for one target: its canonical weight, statistics and a seeded generator."""
+    return ScoreInput(_weight_for_scoring(target), stats, target.layout, target.key, seed)
+
+
+def element_scores(
+    criterion: Criterion, targets: list[Target], stats: dict[str, LayerStats], seed: int = 0
+) -> dict[str, Tensor]:
+    """``{target name: element scores}`` in canonical layout ``[out, in/groups, *kernel]`` (float32)."""
+    out = {}
+    for t in targets:
+        s = criterion.element(score_input(criterion, t, stats.get(t.name) or LayerStats(t.name), seed))
+        _check_scores(criterion, t, s)
+        out[t.name] = s
+    return out
+
+
+def _check_scores(criterion: Criterion, t: Target, s: Tensor) -> None:
+    if tuple(s.shape) != tuple(t.layout.canonical_shape(tuple(t.weight.shape))):
+        raise PlanError(f"criterion {criterion.name!r} gave scores of shape {tuple(s.shape)} for {t.name}")
+    if torch.isnan(s).any():
+        raise DataError(
+            f"criterion {criterion.name!r} gave NaN scores for {t.name}: its statistics are not finite "
+            "(check the calibration data and the model's outputs)"
+        )
 
 
 @dataclass
 class Pruner:
     """Compose the parts: ``Pruner(criterion, granularity, allocation, schedule).plan(model, ...)``.
 
-    ``criterion``: a registered name or :class:`Criterion`; ``granularity``: a :class:`Granularity` or its
-    string form ("2:4", "4x4", "channel"); ``allocation``: a registered name or :class:`Allocation`;
-    ``overrides``: ``{module name: sparsity}`` fixed per layer (the allocation spreads the target over the
-    other layers); ``schedule``: when to prune, for :meth:`step` in a training loop.
+    ``criterion``: a registered name (``prunekit criteria``), ``"l<p>"`` or a :class:`Criterion`;
+    ``granularity``: a :class:`Granularity` or its string form ("2:4", "4x4", "channel", and the physical
+    "physical-channel", "head", "layer", "embedding"); ``allocation``: a registered name or
+    :class:`Allocation`; ``overrides``: ``{module name: sparsity}`` fixed per layer (the allocation spreads
+    the target over the other layers); ``schedule``: when to prune, for :meth:`step` in a training loop.
+
+    How scores become a mask: the statistics the criterion needs are gathered for the pruned layers
+    (:func:`prunekit.calibration.collect`, from ``calibration`` / ``example_inputs`` / ``loss_fn``).
+    Single weights and N:M groups are ranked by the element scores (:meth:`Criterion.element`); tiles and
+    channels by :meth:`Criterion.unit` of the summed contributions (:meth:`Criterion.contribution`) of
+    their weights, so a unit's score is the criterion's, not an average of element scores (first-order
+    Taylor squares the signed sum; LAMP normalises within the layer). Weights pruned earlier rank first
+    (masks only shrink).
+
+    A physical granularity cannot be a mask plan: pass the pruner to :func:`prunekit.prune`, which carries
+    it out with the structural engine. Raises :class:`~prunekit.criteria.CriterionLevelError` when the
+    criterion has no meaning for the granularity's units, :class:`ConfigError` for N:M with an allocation
+    other than uniform.
     """
 
     criterion: str | Criterion = "magnitude"
@@ -210,9 +292,12 @@ class Pruner:
     method_name: str = "custom"
 
     def __post_init__(self) -> None:
-        self.criterion = CRITERIA.resolve(self.criterion)
+        #: which of granularity / allocation the caller chose (prunekit.prune may fill the others)
+        self.given = frozenset(n for n in ("granularity", "allocation") if getattr(self, n) is not None)
+        self.criterion = resolve_criterion(self.criterion)
         self.granularity = parse_pattern(self.granularity)
         self.allocation = resolve_allocation(self.allocation)
+        self.criterion.check_level(self.granularity.criterion_level, _unit_words(self.granularity))
         if isinstance(self.granularity, NM) and not isinstance(self.allocation, Uniform):
             raise ConfigError(
                 f"pattern {self.granularity} fixes every layer at {self.granularity.fixed_sparsity:g} sparsity; "
@@ -223,6 +308,11 @@ class Pruner:
                 _check_sparsity(s)
             except InvalidSparsityError as e:
                 raise InvalidSparsityError(f"override for {name!r}: {e}") from None
+
+    @property
+    def physical(self) -> bool:
+        """Does the granularity change the architecture (carried out by :func:`prunekit.prune`)?"""
+        return self.granularity.physical  # type: ignore[union-attr]
 
     def target_sparsity(self, sparsity: float | None) -> float:
         if sparsity is None:
@@ -241,9 +331,17 @@ class Pruner:
 
     def select(self, model: nn.Module) -> tuple[list[Target], list[tuple[str, str]]]:
         """The parameters this pruner would prune, and those it leaves dense with the reason."""
+        self._masking_only()
         sel = select_targets(model, self.ignore, prune_classifier=self.prune_classifier)
         targets, ignored = split_by_pattern(sel.targets, self.granularity, self.skip_incompatible)  # type: ignore[arg-type]
         return targets, sel.ignored + ignored
+
+    def _masking_only(self) -> None:
+        if self.physical:
+            raise ConfigError(
+                f"granularity {self.granularity} removes units from the architecture, which a mask plan cannot "
+                f"describe: run it with prunekit.prune(model, pruner, sparsity=..., example_inputs=...)"
+            )
 
     def plan(
         self,
@@ -256,50 +354,69 @@ class Pruner:
         targets: list[Target] | None = None,
         ignored: list[tuple[str, str]] | None = None,
     ) -> Plan:
-        """Compute the masks (the model is not changed)."""
+        """Compute the masks (the model is not changed).
+
+        ``calibration``: data for data-driven criteria, in any form :class:`prunekit.calibration.Calibration`
+        reads; ``example_inputs``: a batch (SynFlow uses only its shape); ``loss_fn(outputs, targets)``
+        replaces the default loss of gradient criteria. Raises :class:`~prunekit.errors.MissingDataError`
+        or :class:`~prunekit.errors.DataError` when the criterion cannot get its statistics from what was
+        passed, :class:`ConfigError` for overrides naming layers that are not pruned.
+        """
+        self._masking_only()
         sparsity = self.target_sparsity(sparsity)
         if targets is None:
             targets, ignored = self.select(model)
         check_finite(targets)
         crit: Criterion = self.criterion  # type: ignore[assignment]
         gran: Granularity = self.granularity  # type: ignore[assignment]
-        grads: dict[str, Tensor] = {}
-        if crit.needs_grad:
-            grads = accumulate_gradients(
-                model, {t.key: (t.module, t.param) for t in targets}, calibration, loss_fn=loss_fn
-            )
-        scores = {}
-        for t in targets:
-            w = _weight_for_scoring(t)
-            s = crit(w, grad=grads.get(t.key), seed=self.seed, key=t.key).float()
-            existing = get_mask(t.module, t.param)
-            if existing is not None:  # already pruned weights go first: masks only shrink
-                fill = float("-inf") if isinstance(gran, (Unstructured, NM)) else 0.0
-                s = torch.where(existing, s, torch.full_like(s, fill))
-            # granularities see every weight as [out, in/groups, *kernel] (prunekit.layout)
-            scores[t.name] = t.layout.to_canonical(s)
         overrides = dict(self.overrides or {})
         unknown = set(overrides) - {t.name for t in targets}
         if unknown:
             raise ConfigError(f"overrides name layers that are not pruned: {sorted(unknown)}")
+        stats = gather_statistics(crit, model, targets, calibration=calibration, example_inputs=example_inputs,
+                                  loss_fn=loss_fn)
+        by_element = isinstance(gran, (Unstructured, NM))
+        unit_scores: dict[str, Tensor] = {}
+        unit_sizes: dict[str, Tensor] = {}
+        existing: dict[str, Tensor | None] = {}
+        for t in targets:
+            old = get_mask(t.module, t.param)
+            existing[t.name] = None if old is None else t.layout.to_canonical(old.to(torch.bool))
+            s_in = score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
+            if by_element:
+                s = crit.element(s_in)
+                _check_scores(crit, t, s)
+                if existing[t.name] is not None:  # already pruned weights go first: masks only shrink
+                    s = torch.where(existing[t.name].to(s.device), s, torch.full_like(s, float("-inf")))
+                unit_scores[t.name], unit_sizes[t.name] = gran.units(s)
+                continue
+            c = crit.contribution(s_in)
+            _check_scores(crit, t, c)
+            if existing[t.name] is not None:  # pruned weights add nothing to their unit
+                c = torch.where(existing[t.name].to(c.device), c, torch.zeros_like(c))
+            sums, sizes = gran.unit_sums(c)
+            us = crit.unit(sums, sizes)
+            if existing[t.name] is not None:  # units pruned whole go first
+                alive, _ = gran.unit_sums(existing[t.name].to(torch.float32))
+                us = torch.where(alive.to(us.device) > 0, us, torch.full_like(us, float("-inf")))
+            unit_scores[t.name], unit_sizes[t.name] = us, sizes
         free = [t for t in targets if t.name not in overrides]
         if isinstance(gran, NM):
             layer_sparsity = {t.name: gran.fixed_sparsity for t in targets}
         else:
-            infos = []
-            for t in free:
-                us, sz = gran.units(scores[t.name])
-                infos.append(LayerInfo(t.name, tuple(scores[t.name].shape), us, sz))
+            infos = [LayerInfo(t.name, tuple(t.layout.canonical_shape(tuple(t.weight.shape))), unit_scores[t.name],
+                               unit_sizes[t.name]) for t in free]
             layer_sparsity = self.allocation.allocate(infos, sparsity) if infos else {}  # type: ignore[union-attr]
             layer_sparsity.update(overrides)
         layers = []
         for t in targets:
             s_l = layer_sparsity[t.name]
-            mask = gran.mask(scores[t.name], None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))
+            shape = torch.Size(t.layout.canonical_shape(tuple(t.weight.shape)))
+            mask = gran.mask_units(unit_scores[t.name], unit_sizes[t.name], shape,
+                                   None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))  # type: ignore[arg-type]
+            if existing[t.name] is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
+                mask = mask & existing[t.name].to(mask.device)
             mask = t.layout.from_canonical(mask).contiguous()
-            existing = get_mask(t.module, t.param)
-            if existing is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
-                mask = mask & existing.to(mask.device)
             layers.append(LayerPlan(t.name, t.param, tuple(t.weight.shape), float(s_l), mask.cpu()))
         settings = {
             "criterion": crit.name,

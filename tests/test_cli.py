@@ -125,3 +125,27 @@ def test_prune_reports_task_accuracy_and_defaults_that_work(tmp_path):
     assert task["before"] == pytest.approx(0.9905, abs=1e-4)  # the published accuracy of the pretrained CNN
     assert task["after"] > 0.97  # SNIP's global threshold (its paper's) keeps the network working at 80%
     assert "MNIST test accuracy" in result.output
+
+
+def test_criteria_lists_levels_and_needs():
+    result = runner.invoke(app, ["criteria"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in pk.criteria.BUILTIN:
+        assert name in result.output
+    rows = result.output.splitlines()
+    assert any("wanda" in row and "element" in row and "act_norm" in row for row in rows)
+    assert any("apoz" in row and "channel" in row and "act_zeros" in row and "element" not in row for row in rows)
+
+
+def test_prune_composes_a_criterion_pattern_and_allocation(tmp_path):
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--criterion", "l2", "--pattern", "channel",
+                                 "--allocation", "global", "--sparsity", "0.5", "--no-latency",
+                                 "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert saved["settings"]["criterion"] == "l2" and saved["settings"]["pattern"] == "channel"
+    # a criterion without a meaning for the pattern is refused by name, and so is --method with --criterion
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--criterion", "fpgm", "--pattern", "2:4"])
+    assert result.exit_code == 2 and "fpgm" in result.output and "channel" in result.output
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--criterion", "l2", "--method", "magnitude"])
+    assert result.exit_code == 2 and "--criterion" in result.output

@@ -305,8 +305,7 @@ def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration
     for p in model.parameters():
         p.requires_grad_(True)
     if calib.loss_fn is None and not calib.is_loss_callable:
-        calib = Calibration(calib.source, lambda o, y: F.cross_entropy(_logits(o).float() / temperature, y)
-                            if isinstance(y, Tensor) and _logits(o).dim() == 2 else _default_loss(o, y), calib.max_batches)
+        calib = _Tempered(calib.source, None, calib.max_batches, temperature)
     math_attention = _math_attention()
     with torch.enable_grad(), math_attention:
         g: dict[str, Tensor] = {}
@@ -328,13 +327,23 @@ def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration
                     out[n].grasp_hg = h.detach() + (out[n].grasp_hg if out[n].grasp_hg is not None else 0)
 
 
-def _default_loss(o: Any, y: Any) -> Tensor:
-    from prunekit.calibration.batches import next_token_loss
+@dataclass
+class _Tempered(Calibration):
+    """GraSP's loss: for (inputs, class targets) batches of a classifier (logits ``[B, C]``) the logits are
+    divided by ``temperature`` (Wang et al. 2020); every other form keeps the adapter's loss (token batches,
+    dicts with labels or padding, a loss callable)."""
 
-    logits = _logits(o)
-    if logits.dim() == 3 and isinstance(y, Tensor) and y.dim() == 2:
-        return next_token_loss(logits, y)
-    return F.cross_entropy(logits.float(), y)
+    temperature: float = 200.0
+
+    def _loss(self, out: Any, inputs: Any, targets: Any, mask: Tensor | None, batch: Any) -> Tensor:
+        if isinstance(targets, Tensor) and not isinstance(inputs, Mapping):
+            logits = _logits(out)
+            if logits.dim() == 2:
+                try:
+                    return F.cross_entropy(logits.float() / self.temperature, targets)
+                except (RuntimeError, ValueError, IndexError):
+                    pass  # the adapter's loss says what is wrong with these targets
+        return super()._loss(out, inputs, targets, mask, batch)
 
 
 def _math_attention() -> contextlib.AbstractContextManager:

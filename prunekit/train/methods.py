@@ -21,12 +21,12 @@ from torch.nn.utils import parametrize
 
 import prunekit as pk
 from prunekit.allocation import Global
-from prunekit.criteria import accumulate_gradients
-from prunekit.errors import ConfigError, DataError, MissingDataError
+from prunekit.criteria import resolve_criterion
+from prunekit.errors import ConfigError, PatternError
 from prunekit.granularity import Channel, Unstructured, lowest_k_mask
 from prunekit.masks import apply_mask_, get_mask, masked_parameters, original_parameter, set_mask_
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod
-from prunekit.plan import LayerPlan, Plan
+from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
+from prunekit.plan import LayerPlan, Plan, element_scores, gather_statistics
 from prunekit.schedules import Gradual
 from prunekit.targets import Target, select_targets
 from prunekit.train.trainer import Callback, Trainer
@@ -48,57 +48,58 @@ def _global_plan(name: str, targets: list[Target], importance: dict[str, Tensor]
     return Plan(layers, name, {"sparsity": sparsity, "allocation": str(allocation), "seed": seed})
 
 
+def _scores_in_stored_layout(criterion: str, model: nn.Module, targets: list[Target], seed: int = 0,
+                             **data: Any) -> dict[str, Tensor]:
+    """Element scores of ``criterion`` (:mod:`prunekit.criteria`) from the unified statistics collector,
+    shaped like each stored weight."""
+    crit = resolve_criterion(criterion)
+    stats = gather_statistics(crit, model, targets, **data)
+    scores = element_scores(crit, targets, stats, seed)
+    return {t.name: t.layout.from_canonical(scores[t.name]).contiguous() for t in targets}
+
+
 def synflow_importance(model: nn.Module, targets: list[Target], example_inputs: Any,
                        masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """SynFlow scores ``|dR/dw * w|`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020, "Pruning
-    neural networks without any data by iteratively conserving synaptic flow").
+    neural networks without any data by iteratively conserving synaptic flow"): the ``synflow`` criterion.
 
-    Data-free: the input is all ones, shaped like ``example_inputs``; every parameter is replaced by its
-    absolute value (the positive-weights trick, which makes R the sum of all path products) and the network
-    runs in float64, eval mode. Works on a copy: the model is not touched.
+    Data-free: the input is all ones, shaped like ``example_inputs`` (token ids are used as given: an
+    embedding lookup has no all-ones input); every parameter is replaced by its absolute value and the
+    network runs in float64, eval mode, on a copy (:func:`prunekit.calibration.collect`). ``masks``
+    (``{target name: keep-mask}`` shaped like the stored weight) zero weights first, as SynFlow's rounds do.
+    Returns ``{target name: scores}`` shaped like each stored weight. Raises
+    :class:`~prunekit.errors.MissingDataError` without ``example_inputs``.
     """
-    net = copy.deepcopy(model).double().eval()
-    modules = dict(net.named_modules())
-    with torch.no_grad():
-        for p in net.parameters():
-            p.abs_()
-        for t in targets:
-            if masks is not None and t.name in masks:
-                original_parameter(modules[t.name], t.param).mul_(masks[t.name].to(torch.float64))
-    params = [original_parameter(modules[t.name], t.param) for t in targets]
-    for p in net.parameters():
-        p.requires_grad_(True)
-    x = _ones_like_inputs(example_inputs)
-    out = net(*x) if isinstance(x, tuple) else net(x)
-    R = out.sum() if torch.is_tensor(out) else out[0].sum()
-    grads = torch.autograd.grad(R, params)
-    with torch.no_grad():
-        return {t.name: (g * p).abs().to(torch.float32) for t, g, p in zip(targets, grads, params)}
+    work, wtargets = model, targets
+    if masks:
+        work = copy.deepcopy(model)
+        modules = dict(work.named_modules())
+        wtargets = [Target(t.name, modules[t.name], t.param) for t in targets]
+        with torch.no_grad():
+            for t in wtargets:
+                if t.name in masks:
+                    p = original_parameter(t.module, t.param)
+                    p.mul_(masks[t.name].to(device=p.device, dtype=p.dtype))
+    return _scores_in_stored_layout("synflow", work, wtargets, example_inputs=example_inputs)
 
 
-def _ones_like_inputs(example_inputs: Any) -> Any:
-    if example_inputs is None:
-        raise MissingDataError("synflow is data-free but needs the input shape: pass example_inputs=a batch (only its shape is used)")
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(torch.ones_like(t[:1], dtype=torch.float64) for t in example_inputs)
-    return torch.ones_like(example_inputs[:1], dtype=torch.float64)
-
-
-@dataclass
+@register_method("synflow", when="at-init", default_allocation="global",
+                 paper="Pruning neural networks without any data by iteratively conserving synaptic flow")
 class SynFlow(Method):
-    """Iterative, data-free SynFlow: ``rounds`` rounds of scoring and global pruning with the exponential
-    schedule ``s_k = 1 - (1 - s)^(k / rounds)``. Options: ``rounds`` (100)."""
+    """data-free iterative synaptic-flow scores |dR/dw * w| (Tanaka et al. 2020); needs example_inputs.
 
-    name: str = "synflow"
-    description: str = "data-free iterative synaptic-flow scores |dR/dw * w| (Tanaka et al. 2020); needs example_inputs"
-    paper: str = "Pruning neural networks without any data by iteratively conserving synaptic flow"
-    when: str = "at-init"
-    default_allocation: Any = "global"
+    ``rounds`` rounds of scoring (the ``synflow`` criterion) and global pruning with the exponential
+    schedule ``s_k = 1 - (1 - s)^(k / rounds)``; weights pruned in a round are zero in the next. Option:
+    ``rounds`` (100). Unstructured only (:class:`PatternError` otherwise).
+    """
+
     options: ClassVar[frozenset[str]] = frozenset({"rounds"})
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         if not isinstance(request.pattern, Unstructured):
-            raise ConfigError("synflow scores single weights: use pattern=None (unstructured)")
+            raise PatternError(f"synflow prunes single weights in rounds: use pattern=None (unstructured), not "
+                               f"{request.pattern}; or prunekit.Pruner(criterion='synflow', granularity=...) for one "
+                               "round with another pattern")
         rounds = int(request.options.get("rounds", 100))
         if rounds < 1:
             raise ConfigError("synflow needs rounds >= 1")
@@ -107,81 +108,60 @@ class SynFlow(Method):
         for k in range(1, rounds + 1):
             s_k = 1.0 - (1.0 - request.sparsity) ** (k / rounds)
             scores = synflow_importance(model, request.targets, request.example_inputs, masks)
-            scores = {n: torch.where(masks[n], s, torch.full_like(s, -1.0)) for n, s in scores.items()}
+            scores = {n: torch.where(masks[n].to(s.device), s, torch.full_like(s, -1.0)) for n, s in scores.items()}
             plan = _global_plan(self.name, request.targets, scores, s_k, alloc, request.seed)
-            masks = {lp.name: lp.mask & masks[lp.name] for lp in plan.layers}
+            masks = {lp.name: lp.mask & masks[lp.name].cpu() for lp in plan.layers}
         plan = Plan([LayerPlan(t.name, t.param, tuple(t.weight.shape), 1 - masks[t.name].float().mean().item(),
                                masks[t.name]) for t in request.targets], self.name, {"rounds": rounds})
         plan.apply_(model)
         return MethodOutcome(plan.layer_sparsity(), [f"synflow: {rounds} rounds, no data used"], plan)
 
 
-def grasp_importance(model: nn.Module, targets: list[Target], batches: Any, temperature: float = 200.0) -> dict[str, Tensor]:
-    """GraSP (Wang et al. 2020, "Picking Winning Tickets Before Training by Preserving Gradient Flow").
+def grasp_importance(model: nn.Module, targets: list[Target], batches: Any, temperature: float = 200.0,
+                     loss_fn: Any = None) -> dict[str, Tensor]:
+    """GraSP (Wang et al. 2020, "Picking Winning Tickets Before Training by Preserving Gradient Flow"): the
+    ``grasp`` criterion.
 
     The score of removing ``w`` is ``S = -w * (H g)``, with ``g`` the loss gradient and ``H g`` the
-    Hessian-gradient product (double back-propagation); the weights with the *largest* S are removed, so
-    the importance returned here is ``-S = w * (H g)``. Logits are divided by ``temperature`` as in the
-    paper. Eval mode; the model's gradients and mode are restored.
+    Hessian-gradient product (double back-propagation, under the math attention kernel so that fused
+    attention does not stop it); the weights with the *largest* S are removed, so the importance returned
+    here is ``-S = w * (H g)``. For ``(inputs, targets)`` batches of a classifier the logits are divided by
+    ``temperature`` as in the paper; other forms (token batches, dicts with labels, a loss callable, or
+    ``loss_fn``) use their loss as it is. Eval mode; the model's gradients and mode are restored. Returns
+    ``{target name: scores}`` shaped like each stored weight; raises :class:`~prunekit.errors.DataError`
+    for data no loss can be formed from.
     """
-    params = [original_parameter(t.module, t.param) for t in targets]
-    was = model.training
-    saved = [p.grad for p in model.parameters()]
-    batches = list(batches)
-    if not batches:
-        raise DataError("the calibration data is empty: pass at least one batch")
-    try:
-        model.eval()
-        g = [torch.zeros_like(p) for p in params]
-        for x, y in batches:
-            loss = nn.functional.cross_entropy(model(x) / temperature, y)
-            for acc, gr in zip(g, torch.autograd.grad(loss, params)):
-                acc += gr
-        hg = [torch.zeros_like(p) for p in params]
-        for x, y in batches:
-            loss = nn.functional.cross_entropy(model(x) / temperature, y)
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            z = sum((gr * gi.detach()).sum() for gr, gi in zip(grads, g))
-            for acc, h in zip(hg, torch.autograd.grad(z, params)):
-                acc += h
-    finally:
-        model.train(was)
-        for p, s in zip(model.parameters(), saved):
-            p.grad = s
-    with torch.no_grad():
-        return {t.name: (p * h).detach() for t, p, h in zip(targets, params, hg)}
+    return _scores_in_stored_layout("grasp", model, targets, calibration=batches, loss_fn=loss_fn,
+                                    grasp_temperature=temperature)
 
 
-@dataclass
+@register_method("grasp", when="at-init", default_allocation="global", needs_data=True,
+                 paper="Picking Winning Tickets Before Training by Preserving Gradient Flow")
 class GraSP(Method):
-    """GraSP at initialisation with global allocation; needs calibration batches (inputs, targets)."""
+    """gradient-flow preserving scores -w*(Hg) (Wang et al. 2020); needs calibration.
 
-    name: str = "grasp"
-    description: str = "gradient-flow preserving scores -w*(Hg) (Wang et al. 2020); needs calibration"
-    paper: str = "Picking Winning Tickets Before Training by Preserving Gradient Flow"
-    needs_data: bool = True
-    when: str = "at-init"
-    default_allocation: Any = "global"
-    options: ClassVar[frozenset[str]] = frozenset({"temperature"})
+    One shot at initialisation with global allocation; unstructured only. Options: ``temperature`` (200,
+    for ``(inputs, targets)`` batches of a classifier), ``loss_fn``.
+    """
+
+    options: ClassVar[frozenset[str]] = frozenset({"temperature", "loss_fn"})
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         if not isinstance(request.pattern, Unstructured):
-            raise ConfigError("grasp scores single weights: use pattern=None (unstructured)")
-        if callable(request.calibration) and not hasattr(request.calibration, "__iter__"):
-            raise DataError("grasp needs calibration batches (inputs, targets), not a loss function")
+            raise PatternError(f"grasp scores single weights: use pattern=None (unstructured), not {request.pattern}; "
+                               "or prunekit.Pruner(criterion='grasp', granularity=...)")
         scores = grasp_importance(model, request.targets, request.calibration,
-                                  float(request.options.get("temperature", 200.0)))
+                                  float(request.options.get("temperature", 200.0)), request.options.get("loss_fn"))
         plan = _global_plan(self.name, request.targets, scores, request.sparsity,
                             request.allocation or Global(), request.seed)
         plan.apply_(model)
         return MethodOutcome(plan.layer_sparsity(), plan=plan)
 
 
-METHODS.add("erk", ScoreMethod("erk", "random", "random masks with Erdos-Renyi-Kernel layer sparsities (Evci et al. 2020)",
-                               default_allocation="erk", when="at-init",
-                               paper="Rigging the Lottery: Making All Tickets Winners"))
-METHODS.add("grasp", GraSP())
-METHODS.add("synflow", SynFlow())
+@register_method("erk", criterion="random", default_allocation="erk", when="at-init",
+                 paper="Rigging the Lottery: Making All Tickets Winners")
+class ERKRandom(ScoreMethod):
+    """random masks with Erdos-Renyi-Kernel layer sparsities (Evci et al. 2020)."""
 
 
 class AtInit(Callback):
