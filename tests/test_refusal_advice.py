@@ -183,14 +183,17 @@ def test_refusal_advice_works(case: Case) -> None:
 
 def test_head_criterion_advice_works() -> None:
     transformers = pytest.importorskip("transformers")
+    from prunekit.criteria import CriterionLevelError
     from prunekit.structural import apply_head_plan_, plan_heads
 
     cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                                    num_hidden_layers=1, vocab_size=50, max_position_embeddings=32)
     model = transformers.LlamaForCausalLM(cfg).eval()
-    with pytest.raises(pk.ConfigError, match="use l1, l2, taylor, hessian or random"):
+    with pytest.raises(pk.UnknownNameError, match="valid criterion names are: .*l2.*magnitude.*random.*taylor"):
         plan_heads(model, 0.5, criterion="entropy")
-    for crit in ("l1", "l2", "random"):
+    with pytest.raises(CriterionLevelError, match="Criteria for attention heads: .*magnitude"):
+        plan_heads(model, 0.5, criterion="influence")  # a layer criterion: the message lists those for heads
+    for crit in ("l1", "l2", "random", "magnitude", "fpgm"):
         assert sum(len(r) for r in plan_heads(model, 0.5, criterion=crit).remove) == 1
     apply_head_plan_(model, plan_heads(model, 0.5, criterion="l1"))
     assert model.config.num_key_value_heads == 1

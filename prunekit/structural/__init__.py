@@ -1,16 +1,17 @@
 """Structural pruning: dependency groups and physical removal (channels, heads, layers, hidden size).
 
 ``analyze`` traces a model into groups of coupled dimensions; ``plan_channels`` / ``plan_heads`` /
-``plan_layers`` decide what goes, and the ``apply_*`` functions remove it physically. The named methods
+``plan_layers`` decide what goes (units scored by any registered criterion through
+:mod:`~prunekit.structural.scoring`, spread by any core allocation through
+:mod:`~prunekit.structural.allocation`), and the ``apply_*`` functions remove it physically. The named methods
 ("l1-channel", "head", "layer", "embedding", ...) are registered with :data:`prunekit.METHODS` by
 ``prunekit.structural.methods``. ``structure_record`` / ``apply_structure_record`` save and restore the
 new shapes; ``from_pretrained_pruned`` reloads a pruned Hugging Face model whose config cannot express its
 shapes (head sizes, per-layer widths).
 """
 
-from prunekit.structural.allocation import GROUP_ALLOCATIONS
+from prunekit.structural.allocation import allocate_units, structural_allocation
 from prunekit.structural.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
-from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
 from prunekit.structural.engine import (
     StructuralPlan,
     analyze,
@@ -23,12 +24,11 @@ from prunekit.structural.granularity import Embedding, Head, Layer
 from prunekit.structural.handlers import HANDLERS, ModuleHandler, register_handler
 from prunekit.structural.hf import from_pretrained_pruned
 from prunekit.structural.record import apply_structure_record, structure_record
+from prunekit.structural.scoring import UnitScorer, UnitScores, UnitSet
 from prunekit.structural.surgery import remove_
 from prunekit.structural.trace import Group, Member, TraceResult, trace_groups
 
 __all__ = [
-    "GROUP_ALLOCATIONS",
-    "GROUP_CRITERIA",
     "HANDLERS",
     "Embedding",
     "Group",
@@ -38,9 +38,12 @@ __all__ = [
     "LayerPlan",
     "Member",
     "ModuleHandler",
-    "ScoreContext",
     "StructuralPlan",
     "TraceResult",
+    "UnitScorer",
+    "UnitScores",
+    "UnitSet",
+    "allocate_units",
     "analyze",
     "apply_head_plan_",
     "apply_layer_plan_",
@@ -53,6 +56,7 @@ __all__ = [
     "prune_channels_",
     "register_handler",
     "remove_",
+    "structural_allocation",
     "structure_record",
     "trace_groups",
     "validate_plan",

@@ -1,37 +1,70 @@
-"""Allocation over dependency groups: how many units each group loses.
+"""Allocation over physical units: the core allocations decide each unit set's share.
 
-``uniform`` removes the same fraction of every group; ``global`` ranks all units of all groups on
-normalised scores and removes the lowest, with a per-group cap so that no layer collapses. Both can round
-the number of kept units to a multiple (``round_to=8``) for hardware-friendly channel counts. Registered in
-:data:`GROUP_ALLOCATIONS` as ``allocate(scores, removable, sparsity, **opts) -> list[np.ndarray]`` (indices
-of the units to remove, per group).
+Channel groups, attention blocks and stacks of blocks are handed to an allocation of
+:data:`prunekit.allocation.ALLOCATIONS` (uniform, global, erk, lamp, and whatever else is registered there)
+as :class:`~prunekit.allocation.LayerInfo` ``(name, shape, unit_scores, unit_sizes)``: ``shape`` is
+``(units, parameters per unit)``, ``unit_sizes`` the parameters each unit holds, so that sparsity is counted
+in weights as everywhere in prunekit. The allocation returns a sparsity per set;
+:func:`allocate_units` turns it into the lowest-scoring units of that set: in every segment of a
+concatenation (one per producing layer: DenseNet's dense blocks, Inception's branches) ``floor(s * n)``
+of its ``n`` units, at least one unit kept, the kept count rounded up to a multiple of ``round_to``, only
+removable units. With equal unit sizes in a set (the usual case) ``s`` is also the fraction of its units;
+under ``uniform`` every set loses ``floor(s * n)`` units.
 
-A group can join the outputs of several layers side by side (a concatenation: DenseNet's dense blocks,
-Inception's branches). Its units then fall into segments, one per producing layer, passed as
-``segments=`` (per group: a segment id for every unit, or None). Both allocations apply their fraction and
-cap to every segment, so each producing layer loses its share of channels: removing half of a
-concatenation never empties one branch while leaving another whole.
+The global cap is one thing: :class:`~prunekit.allocation.Global`'s ``max_sparsity``, the most any set may
+lose. The structural option ``global_cap`` sets it; when neither is given the structural default is
+``min(0.9, 2 * sparsity)`` (so that no layer collapses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
+from prunekit.allocation import ALLOCATIONS, Allocation, Global, LayerInfo, resolve_allocation
 from prunekit.errors import ConfigError
-from prunekit.registry import Registry
 
-GroupAllocation = Callable[..., list[np.ndarray]]
-
-
-def _validate(name: str, obj: object) -> None:
-    if not callable(obj):
-        raise ConfigError(f"group allocation {name!r} must be callable")
+_DEFAULT_MAX = Global().max_sparsity
 
 
-GROUP_ALLOCATIONS: Registry[GroupAllocation] = Registry("group allocation", validate=_validate)
+def default_global_cap(sparsity: float) -> float:
+    """The structural default of the global cap: ``min(0.9, 2 * sparsity)``."""
+    return min(0.9, 2 * sparsity)
+
+
+def structural_allocation(allocation: Any, sparsity: float, global_cap: float | None = None) -> Allocation:
+    """The allocation a structural plan uses: ``allocation`` (a registered name, an
+    :class:`~prunekit.allocation.Allocation` or None for uniform) with the global cap resolved.
+
+    ``global_cap`` in (0, 1) is :class:`~prunekit.allocation.Global`'s ``max_sparsity``; it is refused for
+    any other allocation, and when it contradicts a ``max_sparsity`` given explicitly. A ``Global`` left at
+    its default ``max_sparsity`` gets ``min(0.9, 2 * sparsity)``. Raises
+    :class:`~prunekit.errors.ConfigError` naming what is supported.
+    """
+    alloc = resolve_allocation(allocation)
+    if not isinstance(alloc, Allocation) or not callable(getattr(alloc, "allocate", None)):
+        raise ConfigError(f"allocation {alloc!r} is not an Allocation; use one of: "
+                          f"{', '.join(ALLOCATIONS.names())}")
+    if global_cap is not None:
+        if isinstance(global_cap, bool) or not isinstance(global_cap, (int, float)) or not 0 < global_cap < 1:
+            raise ConfigError(f"global_cap must be in (0, 1), got {global_cap!r}")
+        if not isinstance(alloc, Global):
+            raise ConfigError(
+                f"global_cap is the most one group may lose under allocation='global' (Global.max_sparsity); "
+                f"allocation {alloc} does not read it: drop global_cap or use allocation='global'"
+            )
+        if alloc.max_sparsity not in (_DEFAULT_MAX, global_cap):
+            raise ConfigError(f"global_cap={global_cap} contradicts Global(max_sparsity={alloc.max_sparsity}); "
+                              f"give one of them")
+        return dataclasses.replace(alloc, max_sparsity=float(global_cap))
+    if isinstance(alloc, Global) and alloc.max_sparsity == _DEFAULT_MAX:
+        return dataclasses.replace(alloc, max_sparsity=default_global_cap(sparsity))
+    return alloc
 
 
 def _rounded_keep(n: int, keep: int, round_to: int | None) -> int:
@@ -48,87 +81,68 @@ def _lowest(scores: np.ndarray, removable: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[: min(k, cand.size)])
 
 
-def _segment_list(segments: list[np.ndarray | None] | None, scores: list[np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for g, s in enumerate(scores):
-        seg = segments[g] if segments is not None and g < len(segments) else None
-        out.append(np.zeros(len(s), dtype=np.int64) if seg is None else np.asarray(seg, dtype=np.int64))
-    return out
+def remove_lowest(scores: np.ndarray, removable: np.ndarray, sparsity: float, *, segments: np.ndarray | None = None,
+                  round_to: int | None = None) -> np.ndarray:
+    """Indices of the units one set loses at ``sparsity``: per segment ``floor(sparsity * n)`` of its ``n``
+    units, the lowest-scoring removable ones, at least one unit kept, the kept count rounded up to a
+    multiple of ``round_to``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    removable = np.asarray(removable, dtype=bool)
+    seg = np.zeros(len(scores), dtype=np.int64) if segments is None else np.asarray(segments, dtype=np.int64)
+    parts = []
+    for k in np.unique(seg).tolist():
+        in_k = seg == k
+        n = int(in_k.sum())
+        keep = _rounded_keep(n, max(1, n - math.floor(sparsity * n + 1e-9)), round_to)
+        parts.append(_lowest(scores, removable & in_k, n - keep))
+    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
-@GROUP_ALLOCATIONS.register("uniform", "the same fraction of every group's units (of every segment of a concatenation)")
-def uniform(
-    scores: list[np.ndarray],
-    removable: list[np.ndarray],
+def allocate_units(
+    names: Sequence[str],
+    scores: Sequence[np.ndarray],
+    sizes: Sequence[np.ndarray],
+    removable: Sequence[np.ndarray],
     sparsity: float,
+    allocation: Allocation,
     *,
+    segments: Sequence[np.ndarray | None] | None = None,
     round_to: int | None = None,
-    segments: list[np.ndarray | None] | None = None,
-    **_: object,
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Units to remove per set (indices) and the sparsity the allocation gave each set.
+
+    ``names`` (unique), ``scores`` (float ``[n]``, higher is more important), ``sizes`` (parameters per unit),
+    ``removable`` (bool ``[n]``) and ``segments`` (per set: a segment id per unit, or None) describe the
+    sets. Raises :class:`~prunekit.errors.ConfigError` when the allocation does not return a sparsity in
+    [0, 1) for every set.
+    """
+    if not names:
+        return [], {}
+    infos = []
+    for name, s, z in zip(names, scores, sizes):
+        n = len(s)
+        z = np.asarray(z, dtype=np.float64)
+        per_unit = max(1, round(float(z.sum()) / max(n, 1)))
+        infos.append(LayerInfo(name, (n, per_unit), torch.as_tensor(np.asarray(s, dtype=np.float64)),
+                               torch.as_tensor(np.where(z > 0, z, 1.0))))
+    per = allocation.allocate(infos, float(sparsity))
     out = []
-    for s, r, seg in zip(scores, removable, _segment_list(segments, scores)):
-        r = np.asarray(r, dtype=bool)
-        parts = []
-        for k in np.unique(seg).tolist():
-            in_k = seg == k
-            n = int(in_k.sum())
-            keep = _rounded_keep(n, max(1, n - int(math.floor(sparsity * n + 1e-9))), round_to)
-            parts.append(_lowest(s, r & in_k, n - keep))
-        out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
-    return out
+    for i, name in enumerate(names):
+        s = per.get(name)
+        if s is None or not (0.0 <= float(s) <= 1.0) or math.isnan(float(s)):
+            raise ConfigError(f"allocation {allocation} gave {name!r} the sparsity {s!r}; an allocation must return "
+                              f"one in [0, 1] for every layer (supported: {', '.join(ALLOCATIONS.names())})")
+        seg = segments[i] if segments is not None and i < len(segments) else None
+        out.append(remove_lowest(scores[i], removable[i], float(s), segments=seg, round_to=round_to))
+    return out, {n: float(per[n]) for n in names}
 
 
-@GROUP_ALLOCATIONS.register("global", "rank units of all groups together (normalised scores), capped per group")
-def global_(
-    scores: list[np.ndarray],
-    removable: list[np.ndarray],
-    sparsity: float,
-    *,
-    round_to: int | None = None,
-    global_cap: float | None = None,
-    segments: list[np.ndarray | None] | None = None,
-    **_: object,
-) -> list[np.ndarray]:
-    """Scores are divided by their group's mean so that groups of different scale compare; the lowest
-    ``sparsity`` fraction of all units is removed, but no group (no segment of a concatenation) loses more
-    than ``global_cap`` (default ``min(0.9, 2 * sparsity)``) of its units."""
-    cap = global_cap if global_cap is not None else min(0.9, 2 * sparsity)
-    if not 0 < cap < 1:
-        raise ConfigError(f"global_cap must be in (0, 1), got {cap}")
-    segs = _segment_list(segments, scores)
-    total = sum(len(s) for s in scores)
-    budget = int(math.floor(sparsity * total + 1e-9))
-    pool = []
-    for g, (s, r) in enumerate(zip(scores, removable)):
-        norm = s / (np.mean(np.abs(s)) + 1e-12)
-        for i in np.nonzero(r)[0]:
-            pool.append((float(norm[i]), g, int(i)))
-    pool.sort()
-    sizes = [np.bincount(seg) for seg in segs]
-    limit = [np.minimum(np.floor(cap * n).astype(np.int64), n - 1) for n in sizes]
-    taken_per = [np.zeros(len(n), dtype=np.int64) for n in sizes]
-    taken: list[list[int]] = [[] for _ in scores]
-    used = 0
-    for _score, g, i in pool:
-        if used >= budget:
-            break
-        k = segs[g][i]
-        if taken_per[g][k] >= limit[g][k]:
-            continue
-        taken[g].append(i)
-        taken_per[g][k] += 1
-        used += 1
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` made unique by a ``#k`` suffix on repeats (allocations key their result by name)."""
+    seen: dict[str, int] = {}
     out = []
-    for g, s in enumerate(scores):
-        chosen_all = np.asarray(taken[g], dtype=np.int64)
-        parts = []
-        for k, n in enumerate(sizes[g].tolist()):
-            if n == 0:
-                continue
-            mine = chosen_all[segs[g][chosen_all] == k] if chosen_all.size else chosen_all
-            keep = _rounded_keep(n, n - len(mine), round_to)
-            # keep the lowest-ranked of the chosen ones removed, drop the rest back
-            parts.append(mine[np.argsort(s[mine], kind="stable")][: n - keep])
-        out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}#{k}")
     return out

@@ -1,13 +1,14 @@
 """Head() and Layer() removal: attention heads (GQA aware) and whole blocks.
 
 Both plan first (scores, allocation, validation) and change the model only in :func:`apply_head_plan_` /
-:func:`apply_layer_plan_`.
+:func:`apply_layer_plan_`. Units are scored by any registered criterion valid at their level, reduced as
+:mod:`prunekit.structural.scoring` reduces every physical unit, and allocated by any core allocation
+(:mod:`prunekit.structural.allocation`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError
+from prunekit.allocation import Allocation
+from prunekit.criteria.base import Criterion
+from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError
 from prunekit.padding import real_tokens, token_mask
-from prunekit.structural.allocation import GROUP_ALLOCATIONS
+from prunekit.structural.allocation import allocate_units, structural_allocation, unique_names
 from prunekit.structural.hf import (
     AttentionBlock,
     find_attention,
@@ -27,6 +30,15 @@ from prunekit.structural.hf import (
     own_config_,
     record_head_attrs,
     renumber_layers,
+)
+from prunekit.structural.scoring import (
+    UnitScorer,
+    UnitScores,
+    UnitSet,
+    level_criterion,
+    nothing_scored,
+    row_scores,
+    stack_rows,
 )
 from prunekit.structural.surgery import _size_attrs, remove_, structure_state
 from prunekit.structural.trace import _call
@@ -39,78 +51,103 @@ class HeadPlan:
     blocks: list[AttentionBlock]
     remove: list[np.ndarray]  # per block: key/value groups removed
     notes: list[str] = field(default_factory=list)
+    criterion: str = ""
+    scores: list[np.ndarray] = field(default_factory=list, repr=False)  # per block: one score per key/value group
 
     def __str__(self) -> str:
-        lines = ["head plan:"]
+        by = f" (criterion {self.criterion})" if self.criterion else ""
+        lines = [f"head plan{by}:"]
         for b, r in zip(self.blocks, self.remove):
             lines.append(f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({len(r) * b.q_per_kv} query heads)")
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def _slice_score(t: Tensor, dim: int, idx: np.ndarray, criterion: str, grad: Tensor | None) -> float:
-    sl = t.detach().float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))
-    if criterion == "l1":
-        return float(sl.abs().sum())
-    if criterion in ("l2", "fpgm", "lamp", "bn-scale"):
-        return float(sl.square().sum())
-    if criterion == "taylor":
-        if grad is None:
-            return 0.0
-        return float((sl * grad.float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))).sum())
-    if criterion == "hessian":
-        if grad is None:
-            return 0.0
-        g = grad.float().index_select(dim, torch.as_tensor(idx, dtype=torch.long))
-        return float(0.5 * (g.square() * sl.square()).sum())
-    raise ConfigError(f"criterion {criterion!r} is not available for heads; use l1, l2, taylor, hessian or random")
+def head_unit_sets(model: nn.Module, blocks: list[AttentionBlock]) -> list[UnitSet]:
+    """Every attention block as a unit set: its key/value groups (with their query heads) spread over the
+    slices :meth:`AttentionBlock.unit_removal` names (q/k/v output rows, the output projection's inputs)."""
+    canon = {id(t): n for n, t in model.named_parameters()}
+    out = []
+    for b in blocks:
+        labels: dict[tuple[str, int], np.ndarray] = {}
+        for u in range(b.groups):
+            for key, dims in b.unit_removal([u]).items():
+                mod_name, _, attr = key.rpartition(".")
+                t = getattr(model.get_submodule(mod_name), attr)
+                ck = canon.get(id(t), key)
+                for dim, idx in dims.items():
+                    lab = labels.setdefault((ck, dim), np.full(t.shape[dim], -1, dtype=np.int64))
+                    lab[np.asarray(idx, dtype=np.int64)] = u
+        out.append(UnitSet(b.name, b.groups, [(k, d, lab) for (k, d), lab in labels.items()]))
+    return out
+
+
+def _kept_high(u: UnitScores) -> np.ndarray:
+    if u.scored.all() or not u.scored.any():
+        return u.scores
+    s = u.scores.copy()
+    s[~u.scored] = float(u.scores[u.scored].max())
+    return s
 
 
 def plan_heads(
     model: nn.Module,
     sparsity: float,
     *,
-    criterion: str = "l2",
-    allocation: str = "uniform",
+    criterion: str | Criterion = "l2",
+    allocation: str | Allocation | None = "uniform",
     seed: int = 0,
-    grads: dict[str, Tensor] | None = None,
+    calibration: Any = None,
+    example_inputs: Any = None,
+    loss_fn: Any = None,
+    calib_batches: int = 8,
     global_cap: float | None = None,
     exact: bool = False,
 ) -> HeadPlan:
     """Remove ``sparsity`` of the key/value groups (with their query heads) of every attention module.
 
-    A Hugging Face model keeps a head count its config can state (see :func:`~prunekit.structural.hf.fit_head_counts`),
-    so that stock ``from_pretrained`` reloads it; ``exact=True`` keeps the allocation's counts instead.
+    ``criterion``: any registered criterion whose levels include ``"head"`` (magnitude, l2, taylor, obd,
+    wanda, fpgm, ...), reduced over every slice of a key/value group (q/k/v rows, output-projection
+    columns; row-native criteria such as FPGM over the q/k/v rows only); ``allocation``: any core
+    allocation over the attention blocks (``global_cap``: ``Global.max_sparsity``, default
+    ``min(0.9, 2 * sparsity)``); ``calibration`` / ``loss_fn`` / ``calib_batches``: data for data-driven
+    criteria; ``example_inputs``: SynFlow's input shape. A Hugging Face model keeps a head count its config
+    can state (see :func:`~prunekit.structural.hf.fit_head_counts`), so that stock ``from_pretrained``
+    reloads it; ``exact=True`` keeps the allocation's counts instead.
+
+    Raises :class:`~prunekit.errors.UnknownNameError` (an unknown criterion, listing those for heads),
+    :class:`~prunekit.criteria.CriterionLevelError` (a criterion with no meaning for heads: influence, apoz,
+    bn-scale), :class:`~prunekit.errors.NothingToPruneError` (no attention module),
+    :class:`~prunekit.errors.MissingDataError` (a data-driven criterion without calibration).
     """
     if not 0 <= sparsity < 1:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
+    crit = level_criterion(criterion, "head", "attention heads")
+    alloc = structural_allocation(allocation, sparsity, global_cap)
     blocks = find_attention(model)
     if not blocks:
         raise NothingToPruneError("no attention module with q/k/v/o projections was found for Head()")
-    rng = np.random.default_rng(seed)
-    grads = grads or {}
-    scores, removable = [], []
-    for b in blocks:
-        s = np.zeros(b.groups)
-        for u in range(b.groups):
-            if criterion == "random":
-                s[u] = rng.random()
-                continue
-            for key, dims in b.unit_removal([u]).items():
-                mod_name, _, attr = key.rpartition(".")
-                t = getattr(model.get_submodule(mod_name), attr)
-                for dim, idx in dims.items():
-                    s[u] += _slice_score(t, dim, idx, criterion, grads.get(key))
-        if criterion == "taylor":
-            s = np.square(s)
-        scores.append(s)
-        removable.append(np.ones(b.groups, dtype=bool))
-    alloc = GROUP_ALLOCATIONS.resolve(allocation)
-    opts: dict[str, Any] = {} if global_cap is None else {"global_cap": global_cap}
-    remove = [np.asarray(r, dtype=np.int64) for r in alloc(scores, removable, sparsity, **opts)]
-    notes: list[str] = []
+    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
+                        max_batches=calib_batches, seed=seed, level="head")
+    scored = scorer.score(head_unit_sets(model, blocks))
+    names = unique_names([b.name for b in blocks])
+    notes = list(scorer.notes)
+    remove = [np.zeros(0, dtype=np.int64) for _ in blocks]
+    live = [i for i, u in enumerate(scored) if u.scored.any()]
+    if not live:
+        raise nothing_scored(crit, "head", "attention heads", notes)
+    if len(live) < len(blocks):
+        notes.append(f"{len(blocks) - len(live)} attention module(s) keep their heads: criterion {crit.name!r} has "
+                     f"no score for them")
+    if live:
+        got, _ = allocate_units([names[i] for i in live], [_kept_high(scored[i]) for i in live],
+                                [scored[i].sizes for i in live], [scored[i].scored for i in live], sparsity, alloc)
+        for i, r in zip(live, got):
+            remove[i] = r
+    scores = [_kept_high(u) for u in scored]
     if not exact:
-        remove, notes = fit_head_counts(model, blocks, scores, remove)
-    return HeadPlan(blocks, remove, notes)
+        remove, fit_notes = fit_head_counts(model, blocks, scores, remove)
+        notes += fit_notes
+    return HeadPlan(blocks, remove, notes, crit.name, scores)
 
 
 def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
@@ -196,12 +233,13 @@ class LayerPlan:
     candidates: list[str]  # names of removable blocks
     remove: list[str]
     identity: dict[str, bool]
-    scores: dict[str, float]
+    scores: dict[str, float]  # the criterion's score of every candidate block
     notes: list[str] = field(default_factory=list)
+    criterion: str = "influence"
 
     def __str__(self) -> str:
         lines = [f"layer plan: remove {len(self.remove)} of {len(self.candidates)} blocks"]
-        lines += [f"  - {n} (influence {self.scores[n]:.4f}{', identity residual' if self.identity[n] else ''})"
+        lines += [f"  - {n} ({self.criterion} {self.scores[n]:.4g}{', identity residual' if self.identity[n] else ''})"
                   for n in self.remove]
         return "\n".join(lines)
 
@@ -224,19 +262,36 @@ def plan_layers(
     *,
     identity_only: bool = False,
     seed: int = 0,
-    criterion: str = "influence",
+    criterion: str | Criterion = "influence",
+    allocation: str | Allocation | None = "uniform",
+    calibration: Any = None,
+    loss_fn: Any = None,
+    calib_batches: int = 8,
+    global_cap: float | None = None,
 ) -> LayerPlan:
     """Remove ``sparsity`` of the blocks of every stack (rounded down, at least one block kept per stack).
 
-    A block is a candidate when it keeps the shape of its input. Its score is the block influence of
-    ShortGPT (Men et al. 2024), ``1 - cos(x_in, x_out)`` averaged over tokens / positions on the example
-    inputs: blocks that change their input least go first. ``identity_only`` keeps blocks that are not
-    identity residuals (``x + f(x)``, found by following the trace's additions).
+    A block is a candidate when it keeps the shape of its input. ``criterion``: by default the block
+    influence of ShortGPT (Men et al. 2024), ``1 - cos(x_in, x_out)`` averaged over tokens / positions on the
+    example inputs: blocks that change their input least go first. Any other criterion whose levels include
+    ``"layer"`` scores a block from all its parameters (the sum of their contributions, then the
+    criterion's unit reduction over the blocks of the stack: the mean ``|w|`` for magnitude, the squared
+    signed sum of ``g * w`` for Taylor); FPGM (He et al. 2019) compares the blocks of a stack as vectors,
+    ``s_i = sum_j ||theta_i - theta_j||_2`` over their flattened parameters (blocks of equal shapes; this
+    copies the stack's parameters). ``allocation``: any core allocation over the stacks (``global_cap``:
+    ``Global.max_sparsity``). ``identity_only`` keeps blocks that are not identity residuals
+    (``x + f(x)``). ``calibration`` / ``loss_fn`` / ``calib_batches``: data for data-driven criteria.
+
+    Raises :class:`~prunekit.errors.DataError` without ``example_inputs``,
+    :class:`~prunekit.criteria.CriterionLevelError` for a criterion with no meaning for layers (apoz,
+    bn-scale), :class:`~prunekit.errors.NothingToPruneError` when no block keeps its input shape.
     """
     if not 0 <= sparsity < 1:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
     if example_inputs is None:
         raise DataError("Layer() needs example_inputs= to check block shapes and measure block influence")
+    crit = level_criterion(criterion, "layer", "whole layers")
+    alloc = structural_allocation(allocation, sparsity, global_cap)
     stacks = _stacks(model)
     infl: dict[str, float] = {}
     shape_ok: dict[str, bool] = {}
@@ -281,22 +336,59 @@ def plan_layers(
         for h in handles:
             h.remove()
         model.train(was)
-    plan = LayerPlan([], [], identity, infl)
+    live = []  # (stack name, stack module, block names, candidate mask)
     for sname, st in stacks:
-        cands = [f"{sname}.{i}" if sname else str(i) for i in range(len(st))]
-        cands = [c for c in cands if shape_ok.get(c) and (identity.get(c) or not identity_only)]
-        if not cands:
-            continue
-        plan.candidates += cands
-        k = min(int(math.floor(sparsity * len(st) + 1e-9)), len(st) - 1, len(cands))
-        order = sorted(cands, key=lambda c: infl[c])
-        plan.remove += order[:k]
-    if not plan.candidates:
+        blocks = [f"{sname}.{i}" if sname else str(i) for i in range(len(st))]
+        cand = np.array([bool(shape_ok.get(c)) and (bool(identity.get(c)) or not identity_only) for c in blocks])
+        if cand.any():
+            live.append((sname, st, blocks, cand))
+    if not live:
         raise NothingToPruneError("no block of this model keeps its input shape, so Layer() has nothing to remove")
+    scores, scored, notes = _layer_scores(model, crit, live, infl, calibration=calibration,
+                                          example_inputs=example_inputs, loss_fn=loss_fn, calib_batches=calib_batches,
+                                          seed=seed)
+    sizes = [np.array([float(sum(p.numel() for p in b.parameters())) for b in st]) for _, st, _, _ in live]
+    removable = [cand & ok for (_, _, _, cand), ok in zip(live, scored)]
+    if not any(r.any() for r in removable):
+        raise nothing_scored(crit, "layer", "whole layers", notes)
+    if any((cand & ~ok).any() for (_, _, _, cand), ok in zip(live, scored)):
+        notes.append(f"criterion {crit.name!r} has no score for some blocks (no parameter it reads): they are kept")
+    ranked = [_kept_high(UnitScores(s, r, z)) for s, r, z in zip(scores, removable, sizes)]
+    got, _ = allocate_units(unique_names([sname or "<model>" for sname, _, _, _ in live]), ranked, sizes,
+                            removable, sparsity, alloc)
+    plan = LayerPlan([], [], identity, {}, notes, crit.name)
+    for (_, _, blocks, cand), s, r in zip(live, scores, got):
+        plan.candidates += [b for b, c in zip(blocks, cand) if c]
+        plan.scores.update({b: float(v) for b, v, c in zip(blocks, s, cand) if c})
+        plan.remove += sorted((blocks[i] for i in r.tolist()), key=lambda n: plan.scores[n])
     non_id = [n for n in plan.remove if not identity.get(n)]
     if non_id:
         plan.notes.append(f"{len(non_id)} removed block(s) are not identity residuals (e.g. {non_id[0]})")
     return plan
+
+
+def _layer_scores(model: nn.Module, crit: Criterion, live: list, infl: dict[str, float], *, calibration: Any,
+                  example_inputs: Any, loss_fn: Any, calib_batches: int,
+                  seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """One score per block of every live stack (and which blocks have one): block influence, the stack's
+    blocks as the rows of one matrix (row-native criteria: FPGM), or the criterion reduced over each
+    block's parameters."""
+    if crit.name == "influence":
+        return ([np.array([infl.get(b, 0.0) for b in blocks]) for _, _, blocks, _ in live],
+                [np.array([b in infl for b in blocks]) for _, _, blocks, _ in live], [])
+    if crit.row_native:
+        return ([row_scores(crit, stack_rows(list(st)), sname or "<model>", seed) for sname, st, _, _ in live],
+                [np.ones(len(st), dtype=bool) for _, st, _, _ in live], [])
+    canon = {id(t): n for n, t in model.named_parameters()}
+    sets = []
+    for sname, st, _, _ in live:
+        members = [(canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters()
+                   if id(p) in canon]
+        sets.append(UnitSet(sname or "<model>", len(st), members))
+    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
+                        max_batches=calib_batches, seed=seed, level="layer")
+    got = scorer.score(sets)
+    return [u.scores for u in got], [u.scored for u in got], list(scorer.notes)
 
 
 def _is_identity_residual(mod: nn.Module, args: tuple, kwargs: dict, x: Tensor) -> bool:

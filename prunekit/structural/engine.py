@@ -23,16 +23,15 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from prunekit._transaction import _restore_tree, _snapshot_tree
+from prunekit.allocation import Allocation
+from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.layout import is_prunable, weight_layout
-from prunekit.padding import mask_padding_labels
-from prunekit.structural.allocation import GROUP_ALLOCATIONS
-from prunekit.structural.criteria import GROUP_CRITERIA, ScoreContext
+from prunekit.structural.allocation import allocate_units, structural_allocation, unique_names
 from prunekit.structural.handlers import handler_for
+from prunekit.structural.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
 from prunekit.structural.surgery import Removal, remove_, tensor_slots
 from prunekit.structural.trace import Group, TraceResult, _call, trace_groups
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def _is_producer_module(m: nn.Module) -> bool:
@@ -61,6 +60,8 @@ class StructuralPlan:
     kind: str = "channel"
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    criterion: str = ""
+    scores: list[np.ndarray] = field(default_factory=list, repr=False)  # unit scores per group
     check_inputs: Any = field(default=None, repr=False)
     check_shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
@@ -85,7 +86,8 @@ class StructuralPlan:
         return int(sum(len(r) for r in self.remove))
 
     def __str__(self) -> str:
-        lines = [f"structural plan ({self.kind}): {len(self.groups)} groups, {self.units_removed} units removed"]
+        by = f", criterion {self.criterion}" if self.criterion else ""
+        lines = [f"structural plan ({self.kind}{by}): {len(self.groups)} groups, {self.units_removed} units removed"]
         for g, r in zip(self.groups, self.remove):
             if len(r):
                 lines.append(f"  -{len(r)}/{g.size}  {g.describe()}")
@@ -164,79 +166,6 @@ def _downscaled(x: Any) -> Tensor | None:
     return F.interpolate(x.detach(), size=size, mode="bilinear", align_corners=False)
 
 
-# ------------------------------------------------------------------------------------------------ scoring
-
-
-def _context(model: nn.Module, seed: int) -> ScoreContext:
-    slots = tensor_slots(model)
-    tensors, params, norms = {}, set(), set()
-    for key, sl in slots.items():
-        t = getattr(sl[0].module, sl[0].attr)
-        tensors[key] = t
-        if sl[0].is_param:
-            params.add(key)
-            if isinstance(sl[0].module, _NORM_TYPES) or "norm" in type(sl[0].module).__name__.lower():
-                if sl[0].attr == "weight":
-                    norms.add(key)
-    return ScoreContext(tensors=tensors, params=params, norm_weights=norms, seed=seed)
-
-
-def _accumulate_gradients(model: nn.Module, ctx: ScoreContext, calibration: Any, loss_fn: Any, max_batches: int) -> None:
-    """Sum of gradients and of squared gradients over calibration batches (or one loss callable)."""
-    if calibration is None:
-        raise DataError("this criterion needs gradients: pass calibration= (batches (inputs, targets) or a loss callable)")
-    keys = {id(t): k for k, t in ctx.tensors.items() if k in ctx.params}
-    grads: dict[str, Tensor] = {}
-    sq: dict[str, Tensor] = {}
-    was = model.training
-    model.eval()
-
-    def step(loss: Tensor) -> None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        gs = torch.autograd.grad(loss, params, allow_unused=True)
-        for p, g in zip(params, gs):
-            if g is None or id(p) not in keys:
-                continue
-            k = keys[id(p)]
-            grads[k] = grads.get(k, 0) + g.detach()  # type: ignore[assignment]
-            sq[k] = sq.get(k, 0) + g.detach().square()  # type: ignore[assignment]
-
-    try:
-        with torch.enable_grad():
-            if callable(calibration) and not isinstance(calibration, (list, tuple)):
-                step(calibration(model))
-            else:
-                for i, batch in enumerate(calibration):
-                    if i >= max_batches:
-                        break
-                    step(_batch_loss(model, batch, loss_fn))
-    finally:
-        model.train(was)
-    if not grads:
-        raise DataError("calibration produced no gradients for the model's parameters")
-    ctx.grads, ctx.grad_sq = grads, sq
-
-
-def _batch_loss(model: nn.Module, batch: Any, loss_fn: Any) -> Tensor:
-    if isinstance(batch, dict):
-        batch = mask_padding_labels(batch)  # padding (attention_mask == 0) enters no loss, so no gradient
-        out = model(**batch)
-        if loss_fn is not None:
-            return loss_fn(out, batch)
-        loss = getattr(out, "loss", None)
-        if loss is None:
-            raise DataError("a dict calibration batch must make the model return .loss (include labels), or pass loss_fn=")
-        return loss
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        x, y = batch
-        out = _call(model, x)
-        logits = getattr(out, "logits", out)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        return loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
-    raise DataError("calibration batches must be (inputs, targets) pairs or dicts of model inputs")
-
-
 # --------------------------------------------------------------------------------------------- planning
 
 
@@ -283,8 +212,8 @@ def plan_channels(
     example_inputs: Any,
     sparsity: float,
     *,
-    criterion: str | Callable = "l2",
-    allocation: str | Callable = "uniform",
+    criterion: str | Criterion = "l2",
+    allocation: str | Allocation | None = "uniform",
     kind: str = "channel",
     round_to: int | None = None,
     global_cap: float | None = None,
@@ -298,14 +227,24 @@ def plan_channels(
     trace: TraceResult | None = None,
     opaque: Iterable[str] = (),
 ) -> StructuralPlan:
-    """Plan the removal of ``sparsity`` of every selected group's units (nothing is changed).
+    """Plan the removal of ``sparsity`` of the selected groups' units (nothing is changed).
 
-    ``criterion``: a name in :data:`GROUP_CRITERIA` or a callable; ``allocation``: a name in
-    :data:`GROUP_ALLOCATIONS`; ``kind``: "channel" or "embedding"; ``round_to``: keep unit counts at a
-    multiple of this; ``global_cap``: the most a group may lose under global allocation; ``targets``: names
-    of modules allowed to lose output units; ``calibration`` / ``loss_fn``: data for gradient criteria;
-    ``validate``: have :func:`apply_plan_` prove the plan on the traced inputs (or call
-    :func:`validate_plan` to prove it without applying it); ``opaque``: modules kept whole (``ignore=``).
+    ``criterion``: any registered criterion whose levels include ``"channel"`` (a name, ``"l<p>"`` or a
+    :class:`~prunekit.criteria.Criterion`), reduced to every group's units by
+    :mod:`prunekit.structural.scoring`; ``allocation``: any of :data:`prunekit.allocation.ALLOCATIONS` (a
+    name or an object), see :mod:`prunekit.structural.allocation`; ``kind``: "channel" or "embedding";
+    ``round_to``: keep unit counts at a multiple of this; ``global_cap``: the most a group may lose under
+    ``allocation="global"`` (``Global.max_sparsity``; default ``min(0.9, 2 * sparsity)``); ``targets``: names
+    of modules allowed to lose output units; ``calibration`` / ``loss_fn`` / ``calib_batches``: data for
+    data-driven criteria (at most ``calib_batches`` batches are read); ``validate``: have :func:`apply_plan_`
+    prove the plan on the traced inputs (or call :func:`validate_plan` to prove it without applying it);
+    ``opaque``: modules kept whole (those ``ignore=`` names). Groups the criterion cannot score (BN scale on
+    a group that feeds no normalisation layer) are kept whole, and the plan's notes say so.
+
+    Raises :class:`~prunekit.errors.UnknownNameError` / :class:`~prunekit.criteria.CriterionLevelError`
+    for a criterion that does not exist or has no meaning for channels,
+    :class:`~prunekit.errors.ConfigError` for an allocation option it cannot honour,
+    :class:`~prunekit.errors.MissingDataError` when the criterion needs data that was not given.
     """
     with single_thread():
         return _plan_channels(
@@ -315,13 +254,28 @@ def plan_channels(
         )
 
 
+def group_unit_sets(groups: list[Group], names: list[str] | None = None) -> list[UnitSet]:
+    """Dependency groups as unit sets for :class:`~prunekit.structural.scoring.UnitScorer`."""
+    names = names or [g.members[0].param for g in groups]
+    return [UnitSet(n, g.size, [(m.param, m.dim, lab) for m, lab in zip(g.members, g.index_class)])
+            for n, g in zip(names, groups)]
+
+
+def _group_name(g: Group, producer_of: dict[tuple[str, int], str]) -> str:
+    """A readable name for a group: its first producing module (or its first member's tensor)."""
+    for m in g.members:
+        if (m.param, m.dim) in producer_of:
+            return producer_of[(m.param, m.dim)]
+    return g.members[0].param.rpartition(".")[0] or g.members[0].param
+
+
 def _plan_channels(
     model: nn.Module,
     example_inputs: Any,
     sparsity: float,
     *,
-    criterion: str | Callable,
-    allocation: str | Callable,
+    criterion: str | Criterion,
+    allocation: str | Allocation | None,
     kind: str,
     round_to: int | None,
     global_cap: float | None,
@@ -337,9 +291,12 @@ def _plan_channels(
 ) -> StructuralPlan:
     if not 0 <= sparsity < 1:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
+    if kind not in ("channel", "embedding"):
+        raise ConfigError(f"plan_channels plans 'channel' or 'embedding' units, not {kind!r}")
     t0 = time.perf_counter()
-    crit = GROUP_CRITERIA.resolve(criterion)
-    alloc = GROUP_ALLOCATIONS.resolve(allocation)
+    crit = level_criterion(criterion, "channel", "channels" if kind == "channel" else "hidden dimensions")
+    alloc = structural_allocation(allocation, sparsity, global_cap)
+    check_options(round_to, None)
     tr = trace if trace is not None else analyze(model, example_inputs, targets=targets, strict=strict, opaque=opaque)
     chosen = select_groups(tr, model, kind)
     if not chosen:
@@ -347,24 +304,48 @@ def _plan_channels(
             f"no {kind} group of this model can be removed (every coupled dimension is fixed by a model output, "
             f"an ignored layer or an operation that hard-codes its size)"
         )
-    ctx = _context(model, seed)
-    name = getattr(crit, "__name__", "")
-    if name in ("taylor", "hessian"):
-        _accumulate_gradients(model, ctx, calibration, loss_fn, calib_batches)
     groups = [tr.groups[i] for i in chosen]
-    scores = [np.asarray(crit(g, ctx), dtype=np.float64) for g in groups]
-    removable = [np.asarray(g.removable, dtype=bool) for g in groups]
-    opts: dict[str, Any] = {"round_to": round_to}
-    if global_cap is not None:
-        opts["global_cap"] = global_cap
-    opts["segments"] = [_segments(g, tr.producer_of) for g in groups]
-    removes = alloc(scores, removable, sparsity, **opts)
+    names = unique_names([_group_name(g, tr.producer_of) for g in groups])
+    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
+                        max_batches=calib_batches, seed=seed, level="channel")
+    scored = scorer.score(group_unit_sets(groups, names))
+    notes = list(tr.notes) + scorer.notes
+    removable = [np.asarray(g.removable, dtype=bool) & u.scored for g, u in zip(groups, scored)]
+    unscored = [n for n, u in zip(names, scored) if not u.scored.any()]
+    if unscored:
+        why = " (no normalisation layer follows them)" if "bn_gamma" in crit.needs else ""
+        notes.append(f"{len(unscored)} group(s) kept whole: criterion {crit.name!r} has no score for them{why}: "
+                     + ", ".join(unscored[:8]) + (" ..." if len(unscored) > 8 else ""))
+    live = [i for i, u in enumerate(scored) if u.scored.any()]
+    if not live:
+        what = "channels" if kind == "channel" else "hidden dimensions"
+        raise nothing_scored(crit, "channel", what, notes[len(tr.notes):])
+    segs = [_segments(g, tr.producer_of) for g in groups]
+    removes = [np.zeros(0, dtype=np.int64) for _ in groups]
+    if live:
+        got, _ = allocate_units(
+            [names[i] for i in live], [_kept_high(scored[i].scores, scored[i].scored) for i in live],
+            [scored[i].sizes for i in live], [removable[i] for i in live], sparsity, alloc,
+            segments=[segs[i] for i in live], round_to=round_to,
+        )
+        for i, r in zip(live, got):
+            removes[i] = r
     removes = [_protect_members(g, r) for g, r in zip(groups, removes)]
-    plan = StructuralPlan(groups, removes, kind=kind, notes=list(tr.notes))
+    plan = StructuralPlan(groups, removes, kind=kind, notes=notes, criterion=crit.name,
+                          scores=[u.scores for u in scored])
     if validate and tr.inputs is not None:
         plan.check_inputs, plan.check_shapes = tr.inputs, list(tr.output_shapes)
     plan.seconds = time.perf_counter() - t0
     return plan
+
+
+def _kept_high(scores: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Units without a score are kept: they rank above every scored unit of their set."""
+    if scored.all() or not scored.any():
+        return scores
+    out = scores.copy()
+    out[~scored] = float(scores[scored].max())
+    return out
 
 
 def _segments(g: Group, producer_of: dict[tuple[str, int], str]) -> np.ndarray | None:

@@ -11,21 +11,25 @@ from torch import nn
 
 import prunekit as pk
 import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+from prunekit.calibration import collect
+from prunekit.criteria import criteria_for, resolve_criterion
 from prunekit.errors import ConfigError, UnsupportedModuleError
 from prunekit.structural import (
-    GROUP_ALLOCATIONS,
-    GROUP_CRITERIA,
     HANDLERS,
     ModuleHandler,
+    UnitScorer,
+    UnitSet,
+    allocate_units,
     analyze,
     apply_plan_,
     apply_structure_record,
     plan_channels,
+    structural_allocation,
     structure_record,
 )
-from prunekit.structural.criteria import ScoreContext
+from prunekit.structural.allocation import remove_lowest
+from prunekit.structural.engine import group_unit_sets
 from prunekit.structural.surgery import tensor_slots
-from prunekit.structural.trace import Group, Member
 
 
 class Custom(nn.Module):
@@ -199,41 +203,51 @@ def test_handler_registration_is_validated() -> None:
         HANDLERS.add("no-types", NoTypes())
 
 
-def _group(sizes: list[int]) -> tuple[Group, ScoreContext]:
-    w = torch.zeros(len(sizes), 2)
-    for i, s in enumerate(sizes):
-        w[i] = s
-    g = Group([Member("w", 0)], [{("w", 0): np.array([i])} for i in range(len(sizes))], [True] * len(sizes))
-    return g, ScoreContext(tensors={"w": w}, params={"w"})
+def _rows(values: list[list[float]]) -> nn.Linear:
+    """A bias-free Linear whose output rows are the units."""
+    lin = nn.Linear(len(values[0]), len(values), bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(values))
+    return lin
+
+
+def _unit_scores(model: nn.Module, criterion: str, **kw) -> np.ndarray:  # noqa: ANN003
+    n = model.weight.shape[0]
+    units = UnitSet("w", n, [("weight", 0, np.arange(n))])
+    return UnitScorer(model, resolve_criterion(criterion), **kw).score([units])[0].scores
 
 
 def test_criteria_by_hand() -> None:
-    g, ctx = _group([3, 1, 2])
-    np.testing.assert_allclose(GROUP_CRITERIA.get("l1")(g, ctx), [6, 2, 4])
-    np.testing.assert_allclose(GROUP_CRITERIA.get("l2")(g, ctx), np.sqrt([18, 2, 8]))
-    lamp = GROUP_CRITERIA.get("lamp")(g, ctx)
+    lin = _rows([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]])
+    np.testing.assert_allclose(_unit_scores(lin, "l1"), [3, 1, 2])  # mean |w| of each unit
+    np.testing.assert_allclose(_unit_scores(lin, "l2"), [9, 1, 4])  # mean w^2: the L2 order
+    lamp = _unit_scores(lin, "lamp")
     assert np.argsort(lamp).tolist() == [1, 2, 0] and lamp[0] == pytest.approx(1.0)
-    for name in GROUP_CRITERIA.names():
-        if name in ("taylor", "hessian"):
+    for name in criteria_for("channel"):
+        if resolve_criterion(name).needs:
             with pytest.raises(pk.MissingDataError):
-                GROUP_CRITERIA.get(name)(g, ctx)
+                _unit_scores(lin, name)
         else:
-            assert GROUP_CRITERIA.get(name)(g, ctx).shape == (3,)
+            assert _unit_scores(lin, name).shape == (3,)
 
 
 def test_allocations() -> None:
     scores = [np.array([5.0, 1, 3, 2]), np.arange(16, dtype=float)]
     rem = [np.ones(4, bool), np.ones(16, bool)]
-    u = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5)
-    assert u[0].tolist() == [1, 3] and u[1].tolist() == list(range(8))
-    r = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5, round_to=8)
-    assert len(r[1]) == 8 and len(r[0]) == 2
-    r = GROUP_ALLOCATIONS.get("uniform")([np.arange(20.0)], [np.ones(20, bool)], 0.5, round_to=8)
-    assert 20 - len(r[0]) == 16
-    gl = GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=0.5)
-    assert all(len(x) <= 0.5 * len(s) for x, s in zip(gl, scores))
-    with pytest.raises(ConfigError):
-        GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=1.5)
+    assert remove_lowest(scores[0], rem[0], 0.5).tolist() == [1, 3]
+    assert remove_lowest(scores[1], rem[1], 0.5).tolist() == list(range(8))
+    assert len(remove_lowest(scores[1], rem[1], 0.5, round_to=8)) == 8
+    assert len(remove_lowest(scores[0], rem[0], 0.5, round_to=8)) == 2
+    assert 20 - len(remove_lowest(np.arange(20.0), np.ones(20, bool), 0.5, round_to=8)) == 16
+    sizes = [np.ones(4), np.ones(16)]
+    gl, per = allocate_units(["a", "b"], scores, sizes, rem, 0.5, structural_allocation("global", 0.5, 0.5))
+    assert all(len(x) <= 0.5 * len(s) for x, s in zip(gl, scores)) and max(per.values()) <= 0.5
+    with pytest.raises(ConfigError, match=r"global_cap must be in \(0, 1\)"):
+        structural_allocation("global", 0.5, 1.5)
+    with pytest.raises(ConfigError, match="allocation='global'"):  # the cap means nothing to another allocation
+        structural_allocation("uniform", 0.5, 0.5)
+    assert structural_allocation("global", 0.3).max_sparsity == pytest.approx(0.6)  # the default min(0.9, 2 s)
+    assert structural_allocation(pk.Global(max_sparsity=0.4), 0.3).max_sparsity == 0.4  # one meaning of the cap
 
 
 def test_structure_record_round_trip(tmp_path) -> None:  # noqa: ANN001
@@ -264,40 +278,35 @@ def test_load_model_rebuilds_a_pruned_torchvision_model_from_its_source(tmp_path
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
-def _linear_group(w: torch.Tensor, g: torch.Tensor) -> tuple[Group, ScoreContext]:
-    """Units = output rows of one weight; gradients given by hand."""
-    n = w.shape[0]
-    grp = Group([Member("w", 0)], [{("w", 0): np.array([i])} for i in range(n)], [True] * n)
-    return grp, ScoreContext(tensors={"w": w}, params={"w"}, grads={"w": g}, grad_sq={"w": g.square()})
+def _with_gradient(w: torch.Tensor, g: torch.Tensor) -> tuple[nn.Linear, object]:
+    """A Linear with weight ``w`` and a calibration loss whose gradient for that weight is exactly ``g``."""
+    lin = _rows(w.tolist())
+    return lin, lambda m: (m.weight * g).sum()
 
 
 def test_taylor_is_the_squared_sum_of_gradient_times_weight_over_the_unit() -> None:
-    w = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
-    g = torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
-    grp, ctx = _linear_group(w, g)
+    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
+                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
     # (1 + 2)^2, (3 - 3)^2, (-1 + 1)^2: signed sums, so opposite contributions cancel
-    np.testing.assert_allclose(GROUP_CRITERIA.get("taylor")(grp, ctx), [9.0, 0.0, 0.0])
+    np.testing.assert_allclose(_unit_scores(lin, "taylor", calibration=loss), [9.0, 0.0, 0.0])
 
 
 def test_obd_is_half_the_fisher_diagonal_times_squared_weights() -> None:
-    w = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
-    g = torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
-    grp, ctx = _linear_group(w, g)
-    # h_ii ~ sum of g^2 over the batches (here one): 0.5 * (1*1 + 1*4), 0.5 * (1*9 + 9*1), 0.5 * (4*.25 + 4*.25)
-    np.testing.assert_allclose(GROUP_CRITERIA.get("hessian")(grp, ctx), [2.5, 9.0, 1.0])
+    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
+                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
+    # h_ii ~ sum of g^2 over the batches (here one); per unit the mean over its 2 weights:
+    # 0.5 * (1*1 + 1*4) / 2, 0.5 * (1*9 + 9*1) / 2, 0.5 * (4*.25 + 4*.25) / 2
+    np.testing.assert_allclose(_unit_scores(lin, "hessian", calibration=loss), [1.25, 4.5, 0.5])
 
 
 def test_gradient_criteria_accumulate_over_calibration_batches() -> None:
-    from prunekit.structural.engine import _accumulate_gradients, _context
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     batches = [(torch.randn(5, 4), torch.randint(0, 2, (5,))) for _ in range(2)]
-    ctx = _context(model, 0)
-    _accumulate_gradients(model, ctx, batches, None, 8)
+    st = collect(model, {"0": model[0]}, {"grad", "grad_sq"}, batches)["0"]
     grads = [torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0] for x, y in batches]
-    torch.testing.assert_close(ctx.grads["0.weight"], grads[0] + grads[1])
-    torch.testing.assert_close(ctx.grad_sq["0.weight"], grads[0].square() + grads[1].square())
+    torch.testing.assert_close(st.grad, grads[0] + grads[1])
+    torch.testing.assert_close(st.grad_sq, grads[0].square() + grads[1].square())
     for name in ("taylor-channel", "hessian-channel"):
         m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         pk.prune(m, name, sparsity=0.5, example_inputs=torch.randn(1, 4), calibration=batches, measure=False)
@@ -318,8 +327,9 @@ def test_global_allocation_on_resnet_respects_the_cap() -> None:
     fractions = [len(r) / g.size for g, r in zip(plan.groups, plan.remove)]
     assert max(fractions) <= 0.6 + 1e-9
     assert len({round(f, 3) for f in fractions}) > 1  # not uniform
-    total = sum(g.size for g in plan.groups)
-    assert plan.units_removed == int(0.4 * total)
+    sizes = [u.sizes for u in UnitScorer(model, resolve_criterion("l2")).score(group_unit_sets(plan.groups))]
+    removed = sum(z[r].sum() for z, r in zip(sizes, plan.remove)) / sum(z.sum() for z in sizes)
+    assert 0.37 <= removed <= 0.4 + 1e-9  # the budget is counted in weights (each group's count rounds down)
     weak = plan.groups.index(next(g for g in plan.groups if any(m.param == "layer2.0.conv1.weight" and m.dim == 0
                                                                      for m in g.members)))
     assert fractions[weak] == pytest.approx(int(0.6 * 128) / 128)  # the weak layer is stopped at the cap
@@ -380,14 +390,14 @@ def test_groups_the_code_fixes_are_found_and_kept(how: str) -> None:
 
 def test_allocations_split_a_concatenation_by_producer() -> None:
     # units 0-3 come from one layer, 4-11 from another; the first layer's units all score lower
-    scores = [np.arange(12, dtype=float)]
-    rem = [np.ones(12, bool)]
-    seg = [np.array([0] * 4 + [1] * 8)]
-    u = GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5, segments=seg)
-    assert u[0].tolist() == [0, 1, 4, 5, 6, 7]  # half of each segment, lowest first
-    assert GROUP_ALLOCATIONS.get("uniform")(scores, rem, 0.5)[0].tolist() == [0, 1, 2, 3, 4, 5]  # no segments
-    g = GROUP_ALLOCATIONS.get("global")(scores, rem, 0.5, global_cap=0.5, segments=seg)
-    assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the cap holds per segment: segment 0 keeps two units
+    scores = np.arange(12, dtype=float)
+    rem = np.ones(12, bool)
+    seg = np.array([0] * 4 + [1] * 8)
+    assert remove_lowest(scores, rem, 0.5, segments=seg).tolist() == [0, 1, 4, 5, 6, 7]  # half of each segment
+    assert remove_lowest(scores, rem, 0.5).tolist() == [0, 1, 2, 3, 4, 5]  # no segments
+    g, _ = allocate_units(["cat"], [scores], [np.ones(12)], [rem], 0.5, structural_allocation("global", 0.5, 0.5),
+                          segments=[seg])
+    assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the share holds per segment: segment 0 keeps two units
 
 
 class Concat(nn.Module):

@@ -1,0 +1,270 @@
+"""Physical channels, heads and layers scored by the one criterion interface (prunekit.criteria)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+from prunekit.criteria import CRITERIA, CriterionLevelError, criteria_for, resolve_criterion
+from prunekit.structural import plan_channels, plan_layers
+from prunekit.structural.compose import physical_method
+
+transformers = pytest.importorskip("transformers")
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_identical(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, v in before.items():
+        assert after[k].shape == v.shape and torch.equal(after[k], v), k
+
+
+# ------------------------------------------------------------------------------------------ FPGM vs L2
+
+
+def _fpgm_case() -> nn.Module:
+    """Four 1x1 filters over two inputs: A = (10, 0), B = (10, 1), C = (10, -1), D = (0, 1).
+
+    L2: D has the smallest norm (1). FPGM (He et al. 2019) sums each filter's distances to the others:
+    A: 1 + 1 + sqrt(101) = 12.05, B: 1 + 2 + 10 = 13, C: 1 + 2 + sqrt(104) = 13.20, D: 30.25; A lies at the
+    geometric median of the cluster, so FPGM removes A, which L2 keeps. The consumer's input columns are all
+    ones: equal for every unit, they change no L2 order, and FPGM (row-native) does not read them."""
+    conv = nn.Conv2d(2, 4, 1, bias=False)
+    out = nn.Conv2d(4, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[10.0, 0], [10, 1], [10, -1], [0, 1]]).reshape(4, 2, 1, 1))
+        out.weight.fill_(1.0)
+    return nn.Sequential(conv, nn.ReLU(), out).eval()
+
+
+X_FPGM = torch.rand(1, 2, 4, 4)
+FPGM_SUMS = [2 + math.sqrt(101), 13.0, 3 + math.sqrt(104), math.sqrt(101) + 10 + math.sqrt(104)]
+
+
+def test_fpgm_removes_the_filter_at_the_geometric_median_where_l2_removes_the_smallest() -> None:
+    plan = plan_channels(_fpgm_case(), X_FPGM, 0.25, criterion="fpgm")
+    np.testing.assert_allclose(plan.scores[0], FPGM_SUMS, rtol=1e-6)
+    assert plan.remove[0].tolist() == [0]
+    assert plan_channels(_fpgm_case(), X_FPGM, 0.25, criterion="l2").remove[0].tolist() == [3]
+    kept = {}
+    for method in ("fpgm-channel", "l2-channel"):
+        model = _fpgm_case()
+        pk.prune(model, method, sparsity=0.25, example_inputs=X_FPGM, measure=False)
+        kept[method] = model[0].weight.reshape(3, 2).tolist()
+    assert kept["fpgm-channel"] == [[10, 1], [10, -1], [0, 1]]  # A removed
+    assert kept["l2-channel"] == [[10, 0], [10, 1], [10, -1]]  # D removed
+
+
+# ---------------------------------------------------------------------------------------- Taylor vs SNIP
+
+
+def _taylor_case() -> tuple[nn.Module, object]:
+    """Rows (1, 2) and (3, -1) with gradients (1, 1) and (1, 3): Taylor (Molchanov et al. 2019) scores a unit
+    by the square of its signed sum of g * w, (1 + 2)^2 = 9 and (3 - 3)^2 = 0; grad-weight (SNIP) by the
+    mean |g * w|, 1.5 and 3. The consumer's gradient is zero (the loss does not read it)."""
+    first, second = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+        second.weight.fill_(1.0)
+    g = torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+    return nn.Sequential(first, second).eval(), lambda m: (m[0].weight * g).sum()
+
+
+def test_taylor_cancels_within_a_unit_where_grad_weight_does_not() -> None:
+    kept = {}
+    for crit in ("taylor", "grad-weight"):
+        model, loss = _taylor_case()
+        pk.prune(model, "taylor-channel", criterion=crit, sparsity=0.5, example_inputs=torch.randn(1, 2),
+                 calibration=loss, measure=False)
+        kept[crit] = model[0].weight.tolist()
+    assert kept["taylor"] == [[1.0, 2.0]]  # (3 - 3)^2 = 0: the second row goes
+    assert kept["grad-weight"] == [[3.0, -1.0]]  # mean |g w| 1.5 < 3: the first row goes
+
+
+# ------------------------------------------------------------------------------------------- every level
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, bn2: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8) if bn2 else nn.Identity()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _cnn(bn2: bool = True) -> TinyCNN:
+    torch.manual_seed(0)
+    model = TinyCNN(bn2).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    return model
+
+
+G = torch.Generator().manual_seed(0)
+X_IMG = torch.randn(4, 3, 8, 8, generator=G)
+IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
+
+
+def _llama(layers: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                   num_hidden_layers=layers, vocab_size=50, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+IDS = torch.randint(0, 50, (2, 8), generator=G)
+TOKENS = [{"input_ids": IDS}]
+
+
+def _kwargs(crit: str, inputs: object, calibration: object) -> dict:
+    return {"criterion": crit, "sparsity": 0.5, "example_inputs": inputs, "calibration": calibration,
+            "measure": False}
+
+
+def test_every_channel_criterion_removes_channels() -> None:
+    names = criteria_for("channel")
+    assert len(names) >= 16 and {"fpgm", "apoz", "bn-scale", "wanda", "sparsegpt", "synflow", "grasp"} <= set(names)
+    for crit in names:
+        model = _cnn()
+        pk.prune(model, "l2-channel", **_kwargs(crit, X_IMG, IMG_BATCHES))
+        assert (model.conv1.out_channels, model.conv2.out_channels, model.fc.in_features) == (4, 4, 4), crit
+        assert model(X_IMG).shape == (4, 4)
+
+
+def test_every_head_criterion_removes_heads() -> None:
+    names = criteria_for("head")
+    assert len(names) >= 8 and "fpgm" in names and "taylor" in names and "influence" not in names
+    for crit in names:
+        model = _llama()
+        pk.prune(model, "head", **_kwargs(crit, {"input_ids": IDS}, TOKENS))
+        attn = model.model.layers[0].self_attn
+        shapes = (attn.k_proj.out_features, attn.q_proj.out_features, model.config.num_key_value_heads)
+        assert shapes == (8, 16, 1), crit
+        assert model(input_ids=IDS).logits.shape == (2, 8, 50)
+
+
+def test_every_layer_criterion_removes_layers() -> None:
+    names = criteria_for("layer")
+    assert len(names) >= 8 and {"influence", "fpgm", "taylor", "magnitude"} <= set(names)
+    for crit in names:
+        model = _llama(layers=4)
+        pk.prune(model, "layer", **_kwargs(crit, {"input_ids": IDS}, TOKENS))
+        assert len(model.model.layers) == 2 and model.config.num_hidden_layers == 2, crit
+        assert model(input_ids=IDS).logits.shape == (2, 8, 50)
+
+
+@pytest.mark.parametrize("method,inputs,refused", [
+    ("l2-channel", X_IMG, ["influence"]),
+    ("head", {"input_ids": IDS}, ["influence", "apoz", "bn-scale"]),
+    ("layer", {"input_ids": IDS}, ["apoz", "bn-scale"]),
+])
+def test_criteria_without_a_meaning_at_a_level_are_refused(method: str, inputs: object, refused: list[str]) -> None:
+    model = _cnn() if method == "l2-channel" else _llama(layers=4)
+    before = _state(model)
+    level = {"l2-channel": "channel", "head": "head", "layer": "layer"}[method]
+    assert set(refused) == {n for n in CRITERIA.names() if level not in resolve_criterion(n).levels} & set(
+        criteria_for("channel") + criteria_for("head") + criteria_for("layer"))
+    for crit in refused:
+        with pytest.raises(CriterionLevelError) as info:
+            pk.prune(model, method, sparsity=0.5, example_inputs=inputs, criterion=crit, measure=False)
+        assert isinstance(info.value, pk.PrunekitError) and "magnitude" in str(info.value)  # lists what works
+        _assert_identical(model, before)
+    with pytest.raises(pk.UnknownNameError, match="valid criterion names are: .*magnitude"):
+        pk.prune(model, method, sparsity=0.5, example_inputs=inputs, criterion="entropy", measure=False)
+    _assert_identical(model, before)
+
+
+def test_bn_scale_keeps_groups_without_a_norm_layer_whole_and_says_so() -> None:
+    model = _cnn(bn2=False)
+    report = pk.prune(model, "bn-scale-channel", sparsity=0.5, example_inputs=X_IMG, measure=False)
+    assert model.conv1.out_channels == 4 and model.conv2.out_channels == 8  # no fallback to another criterion
+    assert any("kept whole" in n and "bn-scale" in n and "normalisation" in n for n in report.notes)
+    gammas = _cnn(bn2=False).bn1.weight.detach()
+    assert torch.equal(model.bn1.weight.detach(), gammas[gammas.argsort()[4:].sort().values])  # the largest |gamma|
+
+
+# ------------------------------------------------------------------------------------ patterns, composition
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4x4", "channel"])
+def test_structural_methods_refuse_mask_patterns(pattern: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    before = _state(model)
+    with pytest.raises(pk.PatternError) as info:
+        pk.prune(model, "l2-channel", sparsity=0.5, pattern=pattern, example_inputs=torch.randn(2, 8), measure=False)
+    msg = str(info.value)
+    assert "l2-channel removes channels physically" in msg and 'pk.prune(model, "magnitude"' in msg
+    assert f'pattern="{pattern}"' in msg
+    _assert_identical(model, before)
+    # the advice, followed, masks that pattern
+    pk.prune(model, "magnitude", sparsity=0.5, pattern=pattern, measure=False)
+    assert model[0].weight.shape == (8, 8) and float((model[0].weight == 0).float().mean()) == 0.5
+
+
+def test_physical_method_runs_any_criterion_at_a_level() -> None:
+    model = _llama(layers=4)
+    pk.prune(model, physical_method("head", "taylor"), sparsity=0.5, example_inputs={"input_ids": IDS},
+             calibration=TOKENS, measure=False)
+    assert model.config.num_key_value_heads == 1
+    pk.prune(model, physical_method("layer", "fpgm"), sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
+    assert model.config.num_hidden_layers == 2
+    cnn = _cnn()
+    pk.prune(cnn, physical_method("channel", "wanda"), sparsity=0.5, example_inputs=X_IMG, calibration=IMG_BATCHES,
+             measure=False)
+    assert cnn.conv2.out_channels == 4
+    assert physical_method("channel", "l2").name == "l2-channel"
+    with pytest.raises(CriterionLevelError):
+        physical_method("head", "apoz")
+    with pytest.raises(pk.ConfigError, match="channel, embedding, head, layer"):
+        physical_method("block", "l2")
+
+
+def test_layer_fpgm_compares_whole_blocks() -> None:
+    """Blocks 0, 1, 2 are copies of one block; block 3 differs: the copies sit at the geometric median
+    (FPGM removes them first), while magnitude removes the block with the smallest weights."""
+    model = _llama(layers=4)
+    with torch.no_grad():
+        for i in (1, 2):
+            for p, q in zip(model.model.layers[i].parameters(), model.model.layers[0].parameters()):
+                p.copy_(q)
+        for p in model.model.layers[3].parameters():
+            p.mul_(0.5)
+    ids = {"input_ids": IDS}
+    fpgm = plan_layers(model, ids, 0.5, criterion="fpgm")
+    assert fpgm.scores["model.layers.0"] == pytest.approx(fpgm.scores["model.layers.1"])
+    assert set(fpgm.remove) <= {"model.layers.0", "model.layers.1", "model.layers.2"} and len(fpgm.remove) == 2
+    assert "model.layers.3" in plan_layers(model, ids, 0.25, criterion="magnitude").remove
+
+
+def test_unknown_options_and_allocations_are_refused_by_name() -> None:
+    model = _cnn()
+    before = _state(model)
+    with pytest.raises(pk.ConfigError, match="round_to"):
+        pk.prune(_llama(), "head", sparsity=0.5, example_inputs={"input_ids": IDS}, round_to=8, measure=False)
+    with pytest.raises(pk.ConfigError, match="allocation='global'"):
+        pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=X_IMG, global_cap=0.5, measure=False)
+    _assert_identical(model, before)
+    for alloc in ("global", "erk", "lamp"):
+        m = _cnn()
+        pk.prune(m, "l2-channel", sparsity=0.5, allocation=alloc, example_inputs=X_IMG, measure=False)
+        assert m.conv1.out_channels < 8 or m.conv2.out_channels < 8, alloc
