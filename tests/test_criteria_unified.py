@@ -128,3 +128,21 @@ def test_calibration_refuses_strings_and_empty():
         Calibration.of(None)
     with pytest.raises(pk.DataError, match="empty"):
         list(Calibration.of([]).batches())
+
+
+def test_multihead_attention_out_proj_inputs_are_collected_exactly():
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        ref, ref_w = mha(x, x, x)
+    from prunekit.calibration.collect import modules_called
+
+    seen = []
+    h = mha.out_proj.register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    with torch.no_grad(), modules_called(mha, [mha.out_proj]):
+        out, w = mha(x, x, x)
+    h.remove()
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(w, ref_w, atol=1e-6)
+    assert len(seen) == 1 and "forward" not in vars(mha)  # restored
+    st = collect(mha, {"out_proj": mha.out_proj}, {"act_norm"}, [((x, x, x))])
+    assert st["out_proj"].rows == 15

@@ -20,6 +20,7 @@ an iterable of the above        each batch in turn (``max_batches`` cap)    the 
 a callable ``model -> loss``    the callable, without gradients             the callable, once
 ==============================  ==========================================  ===============================
 
+A tuple of three or more tensors is one batch of positional inputs (``model(*batch)``, no targets).
 Positions where a dict batch's ``attention_mask`` is 0 (padding) enter no statistic and no loss:
 :meth:`Calibration.forward` publishes the current batch's token mask through :func:`current_token_mask`
 so that activation hooks drop those rows.
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit.errors import DataError, MissingDataError
+from prunekit.errors import DataError, MissingDataError, PrunekitError
 from prunekit.padding import IGNORE_INDEX, mask_padding_labels, token_mask
 
 FORMS = (
@@ -67,11 +68,22 @@ def is_loss_callable(value: Any) -> bool:
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+    """The model on one calibration batch's inputs; inputs it cannot run on raise :class:`DataError`."""
+    try:
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, tuple):
+            return model(*inputs)
+        return model(inputs)
+    except PrunekitError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(
+            f"the model does not run on a calibration batch's inputs {shape} ({type(e).__name__}: {first}); "
+            "pass batches whose inputs the model accepts (the same form as example_inputs)"
+        ) from e
 
 
 def _logits(out: Any) -> Tensor:
@@ -190,6 +202,8 @@ class Calibration:
             return batch[0], batch[1], None
         if isinstance(batch, (tuple, list)) and len(batch) == 1:
             return batch[0], None, None
+        if isinstance(batch, tuple) and len(batch) > 2:  # the positional inputs of a multi-input model
+            return batch, None, None
         raise DataError(f"a calibration batch of type {type(batch).__name__} is not understood; pass {FORMS}")
 
     def _loss(self, out: Any, inputs: Any, targets: Any, mask: Tensor | None, batch: Any) -> Tensor:

@@ -250,7 +250,7 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
             if isinstance(m, _NORMS):
                 handles.append(m.register_forward_pre_hook(norm_pre_hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), modules_called(model, layers.values()):
             for _ in calib.forward(model):
                 produced.clear()
     finally:
@@ -258,6 +258,73 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
             h.remove()
     if needs & {"act_norm", "act_mean", "xtx"} and not any(st.rows or st.extra.get("xtx_rows") for st in out.values()):
         raise DataError("no calibration input reached the layers being scored; check that the data runs the model")
+
+
+@contextlib.contextmanager
+def modules_called(model: nn.Module, layers: Iterable[nn.Module]) -> Iterator[None]:
+    """Within this context, every ``nn.MultiheadAttention`` whose ``out_proj`` is among ``layers`` runs an
+    explicit forward that *calls* ``out_proj`` (torch's fused kernel reads its weight directly, so hooks on it
+    never fire). The explicit forward computes the same attention (eval mode, no dropout); modules it cannot
+    reproduce exactly (``bias_k``, ``add_zero_attn``, causal masks) keep torch's forward."""
+    wanted = {id(m) for m in layers}
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and id(m.out_proj) in wanted and m.bias_k is None and not m.add_zero_attn:
+            m.forward = _explicit_attention.__get__(m)  # type: ignore[method-assign]
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _explicit_attention(self: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
+                        key_padding_mask: Tensor | None = None, need_weights: bool = True,
+                        attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                        is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Multi-head attention (Vaswani et al. 2017) as ``nn.MultiheadAttention`` computes it in eval mode,
+    with ``self.out_proj`` called as a module. Shapes as torch's: ``[L, N, E]`` or ``[N, L, E]``."""
+    if is_causal and attn_mask is None:
+        raise ModelError("the explicit attention forward needs attn_mask when is_causal=True")
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    elif self.batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    L, N, E = query.shape
+    S = key.shape[0]
+    h = self.num_heads
+    d = E // h
+    if self._qkv_same_embed_dim:
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+    bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+    q = F.linear(query, wq, bq).reshape(L, N * h, d).transpose(0, 1)
+    k = F.linear(key, wk, bk).reshape(S, N * h, d).transpose(0, 1)
+    v = F.linear(value, wv, bv).reshape(S, N * h, d).transpose(0, 1)
+    logits = (q @ k.transpose(1, 2)) / (d ** 0.5)  # [N*h, L, S]
+    if attn_mask is not None:
+        am = attn_mask if attn_mask.dim() == 3 else attn_mask.unsqueeze(0)
+        logits = logits.masked_fill(am, float("-inf")) if am.dtype == torch.bool else logits + am
+    if key_padding_mask is not None:
+        kp = key_padding_mask.reshape(N, 1, 1, S).expand(N, h, 1, S).reshape(N * h, 1, S)
+        logits = logits.masked_fill(kp, float("-inf")) if kp.dtype == torch.bool else logits + kp
+    attn = torch.softmax(logits, dim=-1)
+    out = (attn @ v).transpose(0, 1).reshape(L, N, E)
+    out = self.out_proj(out)
+    if not batched:
+        out = out.squeeze(1)
+    elif self.batch_first:
+        out = out.transpose(0, 1)
+    weights = None
+    if need_weights:
+        weights = attn.reshape(N, h, L, S)
+        weights = weights.mean(1) if average_attn_weights else weights
+        if not batched:
+            weights = weights.squeeze(0)
+    return out, weights
 
 
 def _weight_of(module: nn.Module) -> Tensor:
