@@ -5,7 +5,7 @@ granularity (what is removed), criteria (how importance is scored), allocation (
 over layers), schedules (when), masks, and named methods composed from them.
 """
 
-from prunekit.allocation import ALLOCATIONS, ERK, LAMP, Allocation, Global, Uniform
+from prunekit.allocation import ALLOCATIONS, ERK, LAMP, OWL, Allocation, Global, Uniform
 from prunekit.api import prune
 from prunekit.criteria import CRITERIA, Criterion, lp
 from prunekit.errors import (
@@ -43,6 +43,7 @@ __all__ = [
     "LAMP",
     "METHODS",
     "NM",
+    "OWL",
     "Allocation",
     "Block",
     "Channel",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from prunekit.criteria import lamp_scores
+from prunekit.errors import ConfigError
 from prunekit.registry import Registry
 
 
@@ -184,6 +186,160 @@ def _lamp_of_alive(unit_scores: Tensor) -> Tensor:
     out = torch.full_like(s, float("-inf"))
     out[~dead] = lamp_scores(s[~dead].pow(2))
     return out
+
+
+def outlier_ratio(scores: list[Tensor], multiple: float = 5.0) -> float:
+    """OWL's layer-wise outlier distribution (Yin et al. 2023): share of scores above ``multiple`` x their mean.
+
+    ``scores``: the element scores of every matrix of one layer (in the paper a decoder block and its Wanda
+    scores ``|W_ij| * ||X_j||``), pooled together; any shapes. An empty layer has ratio 0.
+    """
+    flat = torch.cat([s.reshape(-1).float() for s in scores])
+    if flat.numel() == 0:
+        return 0.0
+    return float((flat > multiple * flat.mean()).float().mean())
+
+
+def owl_sparsities(ratios: list[float], sparsity: float, lam: float = 0.08) -> list[float]:
+    """OWL (Yin et al. 2023, "Outlier Weighed Layerwise Sparsity"): non-uniform sparsity from outlier ratios.
+
+    Layers with more outliers keep more weights. The ratios ``D_l`` are mapped linearly onto densities in
+    ``[0, 2 * lam]``, shifted so the mean density is ``1 - sparsity``: ``S_l = 1 - (d_l - mean(d) + 1 - S)``
+    with ``d_l = 2 lam (D_l - min D) / (max D - min D)``. The layer sparsities span ``2 lam`` and their mean
+    is ``S`` (so with equal parameter counts per layer the overall sparsity is the requested one; the
+    :class:`OWL` allocation shifts them when the counts differ). Values are clamped into [0, 1].
+    """
+    if not ratios:
+        return []
+    t = torch.tensor(ratios, dtype=torch.float64)
+    spread = (t.max() - t.min()).item()
+    d = torch.zeros_like(t) if spread == 0 else (t - t.min()) * (2 * lam / spread)
+    density = d - d.mean() + (1.0 - sparsity)
+    return [float(min(max(1.0 - x, 0.0), 1.0)) for x in density]
+
+
+def repeated_block(name: str) -> str:
+    """The outermost numbered block a layer sits in, found from its dotted module name.
+
+    ``model.layers.3.self_attn.q_proj`` -> ``model.layers.3`` (a decoder block), ``layer1.0.conv2`` ->
+    ``layer1.0`` (a residual block), ``features.3`` -> ``features.3``; a name with no purely numeric part
+    (``conv1``, ``fc``) is its own block. The default grouping of :class:`OWL`.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return name
+
+
+def shift_to_target(
+    values: dict[str, float], numel: dict[str, int], sparsity: float, high: float = 1.0
+) -> dict[str, float]:
+    """Add one constant ``c`` to every sparsity so that ``sum(numel * clamp(s + c, 0, high)) / sum(numel)`` is
+    ``sparsity``: the overall sparsity in weights meets the target while the differences between layers stay
+    (except where a layer is clamped). Closed form when nothing is clamped, bisection otherwise.
+    """
+    if not values:
+        return {}
+    high = max(high, sparsity)
+    total = sum(numel[n] for n in values)
+    if total == 0:
+        return dict(values)
+    c = sparsity - sum(values[n] * numel[n] for n in values) / total
+    if all(0.0 <= v + c <= high for v in values.values()):
+        return {n: v + c for n, v in values.items()}
+
+    def overall(shift: float) -> float:
+        return sum(numel[n] * min(max(v + shift, 0.0), high) for n, v in values.items()) / total
+
+    lo, hi = -max(values.values()), high - min(values.values())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if overall(mid) < sparsity:
+            lo = mid
+        else:
+            hi = mid
+    return {n: min(max(v + hi, 0.0), high) for n, v in values.items()}
+
+
+@ALLOCATIONS.register("owl", "outlier-weighed layerwise sparsity: more outlier scores, fewer removed (Yin et al. 2023)")
+@dataclass(frozen=True)
+class OWL(Allocation):
+    """OWL, Outlier Weighed Layerwise sparsity (Yin et al. 2023, "Outlier Weighed Layerwise Sparsity (OWL): A
+    Missing Secret Sauce for Pruning LLMs to High Sparsity").
+
+    For every layer ``l`` the outlier ratio ``D_l`` is the share of its scores above ``M`` x their mean
+    (:func:`outlier_ratio`); :func:`owl_sparsities` maps the ratios to sparsities spanning ``2 * lam``
+    around the target, more outliers meaning fewer weights removed. Works with any criterion: it reads the
+    unit scores it is given (for unstructured pruning these are the element scores; for coarser units the
+    share counts the weights of the units scoring above ``M`` x the size-weighted mean). Scores that are not
+    finite (weights an earlier pruning removed score ``-inf``) are left out of the ratio.
+
+    A "layer" of OWL is a *block*: in the paper, a decoder block with all its matrices pooled. ``block_of``
+    maps a weight's module name to its block; the default :func:`repeated_block` pools the weights of each
+    numbered block of the model (``model.layers.3.*``, ``layer1.0.*``), and a weight outside numbered blocks
+    is its own; ``block_of=None`` makes every weight its own block. All weights of a block get its
+    sparsity. Blocks differ in size, so the sparsities from :func:`owl_sparsities` are shifted by one
+    constant (:func:`shift_to_target`) until the overall sparsity in weights meets the target (with equal
+    block sizes the shift is zero and the result is the paper's); no block exceeds ``max_sparsity``.
+
+    Raises :class:`~prunekit.errors.ConfigError` for ``lam`` < 0, ``M`` <= 0 or ``max_sparsity`` outside (0, 1].
+    """
+
+    name: str = "owl"
+    needs_scores: bool = True
+    lam: float = 0.08
+    M: float = 5.0
+    block_of: Callable[[str], str] | None = repeated_block
+    max_sparsity: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not self.lam >= 0:
+            raise ConfigError(f"OWL lam must be >= 0 (the sparsities span 2 * lam), got {self.lam!r}")
+        if not self.M > 0:
+            raise ConfigError(f"OWL M must be > 0 (a score is an outlier above M x the mean), got {self.M!r}")
+        if not 0 < self.max_sparsity <= 1:
+            raise ConfigError(f"OWL max_sparsity must be in (0, 1], got {self.max_sparsity!r}")
+
+    def block(self, name: str) -> str:
+        """The block (OWL's layer) that the weight of module ``name`` belongs to."""
+        return name if self.block_of is None else self.block_of(name)
+
+    def ratio(self, scores: list[Tensor], sizes: list[Tensor | None] | None = None) -> float:
+        """Outlier ratio of one block from the unit scores of its weights (and unit sizes; None: 1 each)."""
+        sizes = sizes or [None] * len(scores)
+        flat = torch.cat([s.reshape(-1).double() for s in scores]) if scores else torch.zeros(0)
+        size = torch.cat([torch.ones(s.numel()) if z is None else z.reshape(-1).double()
+                          for s, z in zip(scores, sizes)]) if scores else torch.zeros(0)
+        finite = torch.isfinite(flat)
+        flat, size = flat[finite], size[finite]
+        if bool((size == 1).all()):
+            return outlier_ratio([flat], self.M)
+        total = size.sum()
+        if total <= 0:
+            return 0.0
+        mean = (flat * size).sum() / total
+        return float(size[flat > self.M * mean].sum() / total)
+
+    def sparsities(self, ratios: dict[str, float], numel: dict[str, int], sparsity: float) -> dict[str, float]:
+        """Block sparsities from block outlier ratios and sizes (in weights), meeting ``sparsity`` overall."""
+        names = list(ratios)
+        raw = dict(zip(names, owl_sparsities([ratios[n] for n in names], sparsity, self.lam)))
+        return shift_to_target(raw, numel, sparsity, self.max_sparsity)
+
+    def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        blocks: dict[str, list[LayerInfo]] = {}
+        for layer in layers:
+            blocks.setdefault(self.block(layer.name), []).append(layer)
+        ratios, numel = {}, {}
+        for key, members in blocks.items():
+            if any(m.unit_scores is None for m in members):
+                raise ConfigError("the OWL allocation needs each layer's scores (LayerInfo.unit_scores)")
+            ratios[key] = self.ratio([m.unit_scores for m in members],  # type: ignore[misc]
+                                     [m.unit_sizes for m in members])
+            numel[key] = sum(m.numel for m in members)
+        per_block = self.sparsities(ratios, numel, sparsity)
+        return {layer.name: per_block[self.block(layer.name)] for layer in layers}
 
 
 def resolve_allocation(value: str | Allocation | None) -> Allocation:

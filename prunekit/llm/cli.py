@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from prunekit.allocation import ALLOCATIONS
 from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
@@ -43,6 +44,13 @@ def prune_llm(
     pattern: Annotated[
         Optional[str], typer.Option(help="N:M pattern such as 2:4 or 4:8 (default: unstructured)")
     ] = None,
+    allocation: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"how the sparsity is spread over the matrices: {', '.join(ALLOCATIONS.names())} "
+            "(default: the method's, uniform; owl for owl-*); N:M takes uniform only"
+        ),
+    ] = None,
     calibration: Annotated[
         str, typer.Option("--calibration", help="text to calibrate on (`prunekit data list`: an Austen novel, mobydick)")
     ] = "prideprejudice",
@@ -68,6 +76,7 @@ def prune_llm(
     save it with save_pretrained (written to a temporary folder, renamed into --out only when complete)."""
     try:
         import prunekit
+        from prunekit.allocation import Uniform, resolve_allocation
         from prunekit.granularity import NM, parse_pattern
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
@@ -80,7 +89,14 @@ def prune_llm(
                 raise prunekit.InvalidSparsityError("pass --sparsity (a fraction in [0, 1)) or an N:M --pattern")
             sparsity = gran.fixed_sparsity
         check_output_directory(out, overwrite=overwrite)
-        prunekit.methods.resolve_method(method)  # an unknown name fails before the model is loaded
+        # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
+        chosen = prunekit.methods.resolve_method(method)
+        alloc = resolve_allocation(allocation if allocation is not None else chosen.default_allocation)
+        if isinstance(gran, NM) and not isinstance(alloc, Uniform):
+            raise prunekit.ConfigError(
+                f"pattern {gran} fixes every matrix's sparsity; {method} with allocation {alloc} cannot honour it "
+                "(pass --allocation uniform with a method that allows it, or an unstructured --sparsity)"
+            )
         model, tokenizer = load_causal_lm(model_dir)
         cal = calibration_batches(
             tokenizer, [(calibration, load_text(calibration))], n_samples=calibration_samples, seq_len=seq_len,
@@ -94,7 +110,9 @@ def prune_llm(
             options["device"] = device
         params_before = sum(p.numel() for p in model.parameters())
         t0 = time.perf_counter()
-        report = prunekit.prune(model, method, sparsity=sparsity, pattern=pattern, calibration=cal, **options)
+        report = prunekit.prune(
+            model, method, sparsity=sparsity, pattern=pattern, allocation=allocation, calibration=cal, **options
+        )
         seconds = time.perf_counter() - t0
         prunekit.squash_masks_(model)
         after = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
@@ -105,6 +123,7 @@ def prune_llm(
             "method": method,
             "sparsity": sparsity,
             "pattern": str(gran),
+            "allocation": report.settings["allocation"],
             "calibration": cal.protocol,
             "prune_seconds": seconds,
             "params_before": params_before,
@@ -119,7 +138,8 @@ def prune_llm(
             tokenizer.save_pretrained(tmp)
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
         console.print(
-            f"pruned with {method} ({gran}, sparsity {sparsity:g}) in {seconds:.1f} s; "
+            f"pruned with {method} ({gran}, {record['allocation']} allocation, sparsity {sparsity:g}) "
+            f"in {seconds:.1f} s; "
             f"parameters {record['params_before']:,} -> {record['params_after']:,}, "
             f"non-zero {record['nonzero_after']:,}; saved to {out}",
             highlight=False,

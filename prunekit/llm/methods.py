@@ -1,7 +1,8 @@
 """Registration of the language-model methods with :data:`prunekit.methods.METHODS`.
 
-Importing this module registers ``wanda``, ``sparsegpt``, ``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude``
-(layer-wise, unstructured or N:M) and ``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical).
+Importing this module registers ``wanda``, ``sparsegpt`` (layer-wise, unstructured or N:M, any allocation),
+``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude`` (aliases: the solver with ``allocation="owl"``) and
+``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical; allocation ``uniform`` only).
 ``magnitude`` itself is the core's method (per-matrix magnitude with any pattern), which is the layer-wise
 magnitude baseline of the papers. Importing needs only torch; transformers is used by the models passed in.
 """
@@ -15,11 +16,16 @@ from torch import nn
 from prunekit.errors import ConfigError, PatternError
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
 
-_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "owl_lambda", "owl_m"})
+_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress"})
 
 
 class LayerwiseLLMMethod(Method):
-    """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`)."""
+    """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`).
+
+    Honours every allocation (uniform, erk, global, lamp, owl, or an Allocation value); N:M takes uniform
+    only. With ``owl=True`` the method is an alias of its solver with ``allocation="owl"`` (``owl-wanda`` is
+    ``wanda`` with OWL): its default allocation is OWL and any other allocation is refused by name.
+    """
 
     needs_data = True
     structural = False
@@ -30,23 +36,35 @@ class LayerwiseLLMMethod(Method):
         self.name = name
         self.solver = solver
         self.owl = owl
+        self.default_allocation = "owl" if owl else "uniform"
         self.description = description
         self.paper = paper
 
+    def check_allocation(self, allocation: object) -> None:
+        """Refuse an allocation other than OWL for the ``owl-*`` aliases (:class:`ConfigError`)."""
+        from prunekit.allocation import OWL
+
+        if self.owl and allocation is not None and not isinstance(allocation, OWL):
+            raise ConfigError(
+                f"{self.name} is {self.solver} with allocation='owl'; it cannot use allocation {allocation}. "
+                f"Pass allocation='owl' (or prunekit.OWL(lam=..., M=...)), or use method {self.solver!r} "
+                f"with allocation={str(allocation)!r}"
+            )
+
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
-        from prunekit.llm.prune import OWL, prune_causal_lm, select_targets
+        from prunekit.llm.prune import prune_causal_lm, select_targets
 
         opts = request.options
         names = [t.name for t in request.targets]
         selected = select_targets(model, names)
-        owl = OWL(lam=float(opts.get("owl_lambda", 0.08)), multiple=float(opts.get("owl_m", 5.0))) if self.owl else None
+        self.check_allocation(request.allocation)
         result = prune_causal_lm(
             model,
             self.solver,
             sparsity=request.sparsity,
             pattern=request.pattern,
             calibration=request.calibration,
-            owl=owl,
+            allocation=request.allocation,
             targets=selected,
             device=opts.get("device"),
             progress=opts.get("progress"),
@@ -65,7 +83,13 @@ class StructuredLLMMethod(Method):
     needs_data = True
     structural = True
     default_allocation = "uniform"
-    options: ClassVar[frozenset[str]] = frozenset({"criterion", "bias_compensation", "device", "progress", "gqa"})
+    options: ClassVar[frozenset[str]] = frozenset({"criterion", "bias_compensation", "device", "progress"})
+    #: what each unit's removal is called in messages
+    UNIT_WORDS: ClassVar[dict[str, str]] = {
+        "heads": "attention heads",
+        "mlp": "MLP channels",
+        "layers": "decoder layers",
+    }
 
     def __init__(self, name: str, unit: str, description: str, paper: str):
         self.name = name
@@ -74,11 +98,24 @@ class StructuredLLMMethod(Method):
         self.paper = paper
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        from prunekit.allocation import Uniform
         from prunekit.granularity import Unstructured
         from prunekit.llm import structured
 
+        words = self.UNIT_WORDS[self.unit]
         if not isinstance(request.pattern, Unstructured):
-            raise PatternError(f"{self.name} removes whole {self.unit}; do not pass a pattern")
+            raise PatternError(
+                f"{self.name} removes whole {words}, so it takes no pattern (pattern=None or 'unstructured'), "
+                f"not {request.pattern}"
+            )
+        alloc = request.allocation
+        if alloc is not None and not isinstance(alloc, Uniform):
+            how = (
+                "ranks all decoder layers together by Block Influence and removes the lowest share"
+                if self.unit == "layers"
+                else f"removes the same number of {words} from every decoder layer (so the config states the shape)"
+            )
+            raise ConfigError(f"{self.name} {how}; it supports allocation='uniform' only, not {alloc!s}")
         opts: dict[str, Any] = dict(request.options)
         result = structured.prune_structured(
             model,

@@ -1,9 +1,22 @@
-"""Unstructured and N:M post-training pruning of causal LMs: magnitude, Wanda, SparseGPT, with OWL.
+"""Unstructured and N:M post-training pruning of causal LMs: magnitude, Wanda, SparseGPT, under any allocation.
 
-``prune_causal_lm(model, "sparsegpt", sparsity=0.5, pattern=NM(2, 4), calibration=batches)`` runs the
-calibration runner with one solver per Linear of each decoder layer. With ``owl=OWL()`` a first,
-read-only pass measures each layer's outlier ratio (Wanda scores above ``multiple`` x their mean) and
-turns them into per-layer sparsities (Yin et al. 2023); the second pass prunes with them.
+``prune_causal_lm(model, "sparsegpt", sparsity=0.5, allocation="lamp", calibration=batches)`` runs the
+calibration runner with one solver per Linear of each decoder layer. The allocation decides each matrix's
+sparsity before the pruning pass:
+
+* ``uniform``: every matrix at the target (the papers' default).
+* ``erk`` and other shape-only allocations: from the matrices' shapes, e.g. ERK density
+  ``~ (out + in) / (out * in)`` (:class:`prunekit.allocation.ERK`).
+* ``global``, ``lamp`` and other score-based allocations: a first, read-only pass over the dense model
+  gathers every matrix's scores under the solver's own criterion (magnitude ``|W_ij|``, Wanda
+  ``|W_ij| * ||X_j||``, SparseGPT's OBS saliency ``w_ij^2 / [H^-1]_jj^2``); the allocation turns them into
+  per-matrix sparsities. The scores are kept on the CPU in float32 (4 bytes per pruned weight).
+* ``owl``: a first, read-only pass measures the outlier ratio of each OWL block (by default a decoder block,
+  all its matrices pooled) on Wanda scores, as in Yin et al. 2023 for every solver, and maps the ratios to
+  block sparsities (:class:`prunekit.allocation.OWL`).
+
+The second pass prunes each matrix at its sparsity. N:M patterns fix every matrix's sparsity, so they take
+``uniform`` only (:class:`~prunekit.errors.ConfigError` otherwise).
 """
 
 from __future__ import annotations
@@ -12,112 +25,145 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from prunekit.errors import InvalidSparsityError, NothingToPruneError, UnknownNameError
+from prunekit.allocation import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
 from prunekit.granularity import NM, Granularity, Unstructured, parse_pattern
-from prunekit.llm import criteria
 from prunekit.llm.adapters import adapter_for, prunable_linears
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
 from prunekit.llm.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 
-
-@dataclass(frozen=True)
-class OWL:
-    """Outlier-weighted layer-wise sparsity (Yin et al. 2023); see :func:`prunekit.llm.criteria.owl_sparsities`.
-
-    ``lam``: the layer sparsities span ``2 * lam`` around the target (their mean); ``multiple``: a score is an outlier
-    above ``multiple`` x the mean score of its layer.
-    """
-
-    lam: float = 0.08
-    multiple: float = 5.0
+__all__ = ["OWL", "LLMPruneResult", "prune_causal_lm", "select_targets"]
 
 
 @dataclass
 class LLMPruneResult:
-    """What a layer-wise pruning run did: target sparsity per matrix and per decoder layer, and notes."""
+    """What a layer-wise pruning run did.
+
+    ``layer_sparsity``: the sparsity each matrix was pruned at (full module name -> fraction);
+    ``block_sparsity``: per decoder layer, the share of its pruned matrices' weights removed (0 for a layer
+    with none); ``outlier_ratios``: OWL's ratio per block (empty for other allocations).
+    """
 
     method: str
     pattern: str
     layer_sparsity: dict[str, float]
     block_sparsity: list[float]
     notes: list[str] = field(default_factory=list)
-    outlier_ratios: list[float] = field(default_factory=list)
+    outlier_ratios: dict[str, float] = field(default_factory=dict)
     summaries: list[RunSummary] = field(default_factory=list)
+    allocation: str = "uniform"
 
 
 class _OutlierVisitor(LayerVisitor):
-    """Read-only pass: the OWL outlier ratio of every decoder layer from its Wanda scores."""
+    """Read-only pass: OWL's outlier ratio of every block from the Wanda scores of its matrices.
+
+    A block's ratio is computed, and its scores dropped, as soon as its last matrix has been scored, so for
+    blocks inside one decoder layer (the default) only one layer's scores are held at a time.
+    """
 
     modifies = False
 
-    def __init__(self, selected: set[str] | None, multiple: float):
+    def __init__(self, selected: set[str], owl: OWL):
         self.selected = selected
-        self.multiple = multiple
-        self.ratios: list[float] = []
+        self.owl = owl
+        self.members: dict[str, set[str]] = {}
+        for name in selected:
+            self.members.setdefault(owl.block(name), set()).add(name)
+        self.pending: dict[str, dict[str, Tensor]] = {}
+        self.ratios: dict[str, float] = {}
         self._stats: dict[str, WandaSolver] = {}
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         self._stats = {
             rel: WandaSolver(mod, job.full_name(rel))
             for rel, mod in job.linears.items()
-            if self.selected is None or job.full_name(rel) in self.selected
+            if job.full_name(rel) in self.selected
         }
         return {rel: s.add_batch for rel, s in self._stats.items()}
 
     def finish(self, job: LayerJob) -> None:
-        scores = [s.scores() for s in self._stats.values()]
-        self.ratios.append(criteria.outlier_ratio(scores, self.multiple) if scores else 0.0)
+        for solver in self._stats.values():
+            block = self.owl.block(solver.layer_name)
+            self.pending.setdefault(block, {})[solver.layer_name] = solver.scores().cpu()
+            solver.free()
+            if len(self.pending[block]) == len(self.members[block]):
+                self.ratios[block] = self.owl.ratio(list(self.pending.pop(block).values()))
         self._stats = {}
 
 
-class _SolveVisitor(LayerVisitor):
-    """Pruning pass: one solver per selected Linear; solve with the layer's sparsity and pattern."""
+class _ScoreVisitor(LayerVisitor):
+    """Read-only pass: every selected matrix's scores under the solver's own criterion, kept on the CPU."""
 
-    def __init__(
-        self,
-        solver: type[Solver],
-        solver_options: dict[str, Any],
-        selected: set[str] | None,
-        plan: list[tuple[float, Granularity]],
-    ):
+    modifies = False
+
+    def __init__(self, solver: type[Solver], solver_options: dict[str, Any], selected: set[str]):
         self.solver = solver
         self.options = solver_options
         self.selected = selected
-        self.plan = plan
-        self.layer_sparsity: dict[str, float] = {}
+        self.scores: dict[str, Tensor] = {}
         self._solvers: dict[str, Solver] = {}
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         self._solvers = {
             rel: self.solver(mod, job.full_name(rel), **self.options)
             for rel, mod in job.linears.items()
-            if self.selected is None or job.full_name(rel) in self.selected
+            if job.full_name(rel) in self.selected
         }
         if self.solver.name == "magnitude":
             return {}
         return {rel: s.add_batch for rel, s in self._solvers.items()}
 
     def finish(self, job: LayerJob) -> None:
-        sparsity, pattern = self.plan[job.index]
         for solver in self._solvers.values():
-            solver.prune(sparsity, pattern)
-            self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, pattern)
+            self.scores[solver.layer_name] = solver.scores().float().cpu()
             solver.free()
         self._solvers = {}
 
 
-def _layer_patterns(pattern: Granularity, sparsities: list[float]) -> list[tuple[float, Granularity]]:
-    """Per-layer (sparsity, pattern); N:M under a non-uniform allocation becomes a per-layer n of the same m."""
-    if not isinstance(pattern, NM):
-        return [(s, pattern) for s in sparsities]
-    plan: list[tuple[float, Granularity]] = []
-    for s in sparsities:
-        n = min(max(round(pattern.m * (1.0 - s)), 1), pattern.m - 1)
-        layer_pattern = NM(n, pattern.m)
-        plan.append((layer_pattern.fixed_sparsity, layer_pattern))
-    return plan
+class _SolveVisitor(LayerVisitor):
+    """Pruning pass: one solver per selected Linear; each is solved at its own sparsity and the pattern.
+
+    A matrix planned at sparsity 0 is left as it is (no solver, no statistics).
+    """
+
+    def __init__(
+        self,
+        solver: type[Solver],
+        solver_options: dict[str, Any],
+        plan: dict[str, float],
+        pattern: Granularity,
+    ):
+        self.solver = solver
+        self.options = solver_options
+        self.plan = plan
+        self.pattern = pattern
+        self.layer_sparsity: dict[str, float] = {}
+        self._solvers: dict[str, Solver] = {}
+
+    def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
+        self._solvers = {}
+        for rel, mod in job.linears.items():
+            name = job.full_name(rel)
+            if name not in self.plan:
+                continue
+            if self.plan[name] > 0.0 or isinstance(self.pattern, NM):
+                self._solvers[rel] = self.solver(mod, name, **self.options)
+            else:
+                self.layer_sparsity[name] = 0.0
+        if self.solver.name == "magnitude":
+            return {}
+        return {rel: s.add_batch for rel, s in self._solvers.items()}
+
+    def finish(self, job: LayerJob) -> None:
+        for solver in self._solvers.values():
+            sparsity = self.plan[solver.layer_name]
+            solver.prune(sparsity, self.pattern)
+            self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, self.pattern)
+            solver.free()
+        self._solvers = {}
 
 
 def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
@@ -137,6 +183,61 @@ def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
     return chosen
 
 
+def _walk(model: nn.Module, visitor: LayerVisitor) -> None:
+    """Visit every decoder layer without running the model (magnitude needs no inputs)."""
+    adapter = adapter_for(model)
+    for i, layer in enumerate(adapter.layer_list(model)):
+        job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
+        visitor.start(job)
+        visitor.finish(job)
+
+
+def _matrix_sparsities(
+    model: nn.Module,
+    method: str,
+    allocation: Allocation,
+    sparsity: float,
+    selected: set[str],
+    calibration: Any,
+    solver_options: dict[str, Any],
+    result: LLMPruneResult,
+    run: dict[str, Any],
+) -> dict[str, float]:
+    """The sparsity of every selected matrix under ``allocation`` (a read-only pass where it needs scores)."""
+    names = sorted(selected)
+    shapes = {n: tuple(weight_matrix(model.get_submodule(n)).shape) for n in names}
+    numel = {n: shapes[n][0] * shapes[n][1] for n in names}
+    if isinstance(allocation, Uniform):
+        return {n: sparsity for n in names}
+    if isinstance(allocation, OWL):
+        outliers = _OutlierVisitor(selected, allocation)
+        result.summaries.append(run_layerwise(model, calibration, outliers, description="owl: outliers", **run))
+        block_numel: dict[str, int] = {}
+        for n in names:
+            block_numel[allocation.block(n)] = block_numel.get(allocation.block(n), 0) + numel[n]
+        per_block = allocation.sparsities(outliers.ratios, block_numel, sparsity)
+        result.outlier_ratios = dict(outliers.ratios)
+        result.notes.append(
+            f"OWL (lam={allocation.lam:g}, M={allocation.M:g}) on Wanda scores, per block: "
+            + ", ".join(f"{b} {s:.3f}" for b, s in per_block.items())
+        )
+        return {n: per_block[allocation.block(n)] for n in names}
+    if not allocation.needs_scores:
+        return allocation.allocate([LayerInfo(n, shapes[n]) for n in names], sparsity)
+    scorer = _ScoreVisitor(SOLVERS[method], solver_options, selected)
+    if method == "magnitude" and calibration is None:
+        _walk(model, scorer)
+    else:
+        result.summaries.append(
+            run_layerwise(model, calibration, scorer, description=f"{allocation}: {method} scores", **run)
+        )
+    infos = [
+        LayerInfo(n, shapes[n], scorer.scores[n].reshape(-1), torch.ones(numel[n], dtype=torch.long)) for n in names
+    ]
+    del scorer
+    return allocation.allocate(infos, sparsity)
+
+
 def prune_causal_lm(
     model: nn.Module,
     method: str,
@@ -144,7 +245,7 @@ def prune_causal_lm(
     sparsity: float | None = None,
     pattern: str | Granularity | None = None,
     calibration: Any = None,
-    owl: OWL | None = None,
+    allocation: str | Allocation | None = None,
     targets: Iterable[str] | None = None,
     device: str | None = None,
     progress: bool | None = None,
@@ -153,17 +254,32 @@ def prune_causal_lm(
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
-    ``method``: "magnitude", "wanda" or "sparsegpt"; ``pattern``: None (unstructured) or N:M, e.g. "2:4"
-    (then ``sparsity`` is fixed by the pattern); ``owl``: spread the sparsity over layers by OWL.
+    ``method``: "magnitude", "wanda" or "sparsegpt" (the solver); ``pattern``: None (unstructured) or N:M,
+    e.g. "2:4" (then ``sparsity`` is fixed by the pattern); ``allocation``: how ``sparsity`` is spread over
+    the matrices, a name in :data:`prunekit.allocation.ALLOCATIONS` or an :class:`~prunekit.allocation.Allocation`
+    (default uniform; see the module docstring). The overall sparsity over the pruned matrices is
+    ``sparsity`` up to rounding (Wanda rounds per output row: ``round(s * in)`` weights of each).
+
+    Raises :class:`~prunekit.errors.ConfigError` for N:M with an allocation other than uniform,
+    :class:`~prunekit.errors.UnknownNameError` for an unknown method or allocation,
+    :class:`~prunekit.errors.InvalidSparsityError`, :class:`~prunekit.errors.PatternError`,
+    :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``), all before
+    the model changes.
     """
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise method", method, SOLVERS)
     granularity = parse_pattern(pattern)
+    alloc = resolve_allocation(allocation)
     if isinstance(granularity, NM):
         if sparsity is not None and abs(sparsity - granularity.fixed_sparsity) > 1e-9:
             raise InvalidSparsityError(
                 f"pattern {granularity} fixes the sparsity at {granularity.fixed_sparsity:g}; "
                 f"pass sparsity={granularity.fixed_sparsity:g} (or leave it out)"
+            )
+        if not isinstance(alloc, Uniform):
+            raise ConfigError(
+                f"pattern {granularity} fixes every matrix at {granularity.fixed_sparsity:g} sparsity; allocation "
+                f"{alloc} cannot change that (use allocation='uniform', or an unstructured pattern)"
             )
         sparsity = granularity.fixed_sparsity
     if sparsity is None:
@@ -174,34 +290,36 @@ def prune_causal_lm(
         check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
     adapter = adapter_for(model)
     n_layers = len(adapter.layer_list(model))
-    result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers)
-    label = f"{'owl-' if owl else ''}{method}"
-    if owl is not None:
-        outliers = _OutlierVisitor(selected, owl.multiple)
-        result.summaries.append(
-            run_layerwise(model, calibration, outliers, device=device, progress=progress, description="owl: outliers")
-        )
-        result.outlier_ratios = outliers.ratios
-        result.block_sparsity = criteria.owl_sparsities(outliers.ratios, sparsity, owl.lam)
-        result.notes.append(
-            f"OWL (lambda={owl.lam}, M={owl.multiple}) layer sparsities: "
-            + ", ".join(f"{s:.3f}" for s in result.block_sparsity)
-        )
-    plan = _layer_patterns(granularity, result.block_sparsity)
-    result.block_sparsity = [s for s, _ in plan]
-    if isinstance(granularity, NM) and owl is not None:
-        result.notes.append("N:M under OWL: per-layer n of " + ", ".join(str(p) for _, p in plan))
+    result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
     options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
-    visitor = _SolveVisitor(SOLVERS[method], options, selected, plan)
-    if method == "magnitude" and calibration is None:
-        layers = adapter.layer_list(model)
-        for i, layer in enumerate(layers):
-            job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
-            visitor.start(job)
-            visitor.finish(job)
-    else:
-        result.summaries.append(
-            run_layerwise(model, calibration, visitor, device=device, progress=progress, description=label)
+    run = {"device": device, "progress": progress}
+    plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run)
+    wrong = sorted(n for n in selected if not 0.0 <= plan.get(n, -1.0) < 1.0)
+    if wrong:  # checked before the pruning pass changes anything
+        raise ConfigError(
+            f"allocation {alloc} gave no sparsity in [0, 1) for {len(wrong)} matrices (e.g. {wrong[0]}: "
+            f"{plan.get(wrong[0])}); an allocation must return one for every layer it is given"
         )
+    label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
+    visitor = _SolveVisitor(SOLVERS[method], options, plan, granularity)
+    if method == "magnitude" and calibration is None:
+        _walk(model, visitor)
+    else:
+        result.summaries.append(run_layerwise(model, calibration, visitor, description=label, **run))
     result.layer_sparsity = visitor.layer_sparsity
+    if not isinstance(alloc, Uniform):
+        values = result.layer_sparsity.values()
+        result.notes.append(
+            f"allocation {alloc}: {len(values)} matrices at sparsities {min(values):.3f} to {max(values):.3f}"
+        )
+    pruned = [0.0] * n_layers
+    sizes = [0] * n_layers
+    prefix = f"{adapter.layers}."
+    for name, s in result.layer_sparsity.items():
+        index = int(name[len(prefix):].split(".", 1)[0])
+        size = weight_matrix(model.get_submodule(name)).numel()
+        pruned[index] += s * size
+        sizes[index] += size
+    result.block_sparsity = [p / z if z else 0.0 for p, z in zip(pruned, sizes)]
     return result
+

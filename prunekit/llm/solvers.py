@@ -232,6 +232,25 @@ class SparseGPTSolver(Solver):
             f"{fractions[-1]:g}; its calibration inputs may be degenerate or non-finite"
         )
 
+    def scores(self) -> Tensor:
+        """OBS saliency ``w_ij^2 / [H^-1]_jj^2`` of every weight of the dense matrix, [out, in] (higher = keep).
+
+        ``[H^-1]_jj`` is the diagonal of the upper Cholesky factor of the damped inverse Hessian, as in
+        :meth:`prune` (which ranks the weights of each column block after the updates of the blocks before
+        it; these scores are before any update). Leaves the statistics in place. Raises
+        :class:`~prunekit.errors.ModelError` when no input reached the layer or ``H`` cannot be factorised.
+        """
+        if self.nsamples == 0:
+            raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
+        if not torch.isfinite(self.H).all():
+            raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
+        W = weight_matrix(self.module).float().clone()
+        H = self.H.clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1.0
+        W[:, dead] = 0.0
+        return criteria.sparsegpt(W, torch.diag(self._inverse_factor(H)))
+
     def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
         w_view = weight_matrix(self.module)
         check_pattern(pattern, self.layer_name, w_view)

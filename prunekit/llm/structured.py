@@ -13,7 +13,8 @@
   by the sum of their heads' scores, heads within a kept group by their own score.
 * ``layers``: ShortGPT (Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than
   You Expect"): Block Influence ``BI_i = 1 - E_t[cos(x_t^in, x_t^out)]`` of each decoder layer, measured on
-  the dense model; the ``round(sparsity * L)`` layers with the lowest BI are removed.
+  the dense model; the ``round(sparsity * L)`` layers with the lowest BI are removed (criterion
+  ``"block-influence"``, the only one for layers).
 
 The cutting itself is the structural engine's (:func:`prunekit.structural.surgery.remove_`: slice the
 tensors, update the Linears' size attributes); this module decides what to cut, adds the zero biases that
@@ -35,7 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import InvalidSparsityError, MissingDataError, UnknownNameError, UnsupportedModuleError
+from prunekit.errors import (
+    ConfigError,
+    InvalidSparsityError,
+    MissingDataError,
+    UnknownNameError,
+    UnsupportedModuleError,
+)
 from prunekit.llm import criteria
 from prunekit.llm.adapters import Adapter, Attention, adapter_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
@@ -43,7 +50,8 @@ from prunekit.structural.hf import head_config_fields, own_config_, record_hf_st
 from prunekit.structural.surgery import remove_
 
 UNITS = ("heads", "mlp", "layers")
-CRITERIA = ("fluctuation", "magnitude")
+CRITERIA = ("fluctuation", "magnitude")  # of heads and MLP channels
+LAYER_CRITERIA = ("block-influence",)  # of whole decoder layers
 
 #: config fields that add a bias to the output projection, per model_type (None: the family has none)
 _BIAS_FIELDS: dict[str, dict[str, str]] = {
@@ -363,14 +371,33 @@ def prune_structured(
     *,
     sparsity: float,
     calibration: Any = None,
-    criterion: str = "fluctuation",
-    bias_compensation: bool = True,
+    criterion: str | None = None,
+    bias_compensation: bool | None = None,
     device: str | None = None,
     progress: bool | None = None,
 ) -> StructuredResult:
-    """Remove ``sparsity`` of the heads' / MLP's parameters, or of the decoder layers, physically and in place."""
+    """Remove ``sparsity`` of the heads' / MLP's parameters, or of the decoder layers, physically and in place.
+
+    ``criterion``: for heads and MLP channels one of :data:`CRITERIA` (default "fluctuation"), for layers
+    one of :data:`LAYER_CRITERIA` (default "block-influence"). ``bias_compensation``: heads and MLP with the
+    fluctuation criterion only (default True there). Raises :class:`~prunekit.errors.UnknownNameError` for
+    an unknown unit or criterion (with the valid names), :class:`~prunekit.errors.ConfigError` for
+    ``bias_compensation`` where it cannot apply, before anything changes.
+    """
     if unit not in UNITS:
         raise UnknownNameError("structured unit", unit, UNITS)
+    valid = LAYER_CRITERIA if unit == "layers" else CRITERIA
+    criterion = valid[0] if criterion is None else criterion
+    if criterion not in valid:
+        raise UnknownNameError(f"criterion for removing {unit}", criterion, valid)
+    if unit == "layers" and bias_compensation is not None:
+        raise ConfigError("bias_compensation applies to heads and MLP channels; whole layers are removed without it")
+    if criterion == "magnitude" and bias_compensation:
+        raise ConfigError(
+            "bias compensation adds back the removed channels' mean inputs, which only the fluctuation criterion "
+            "measures; pass criterion='fluctuation', or bias_compensation=False with criterion='magnitude'"
+        )
+    bias_compensation = criterion == "fluctuation" if bias_compensation is None else bool(bias_compensation)
     if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
     adapter = adapter_for(model)
@@ -388,8 +415,6 @@ def prune_structured(
         result.scores = bi
         result.notes.append(f"Block Influence per layer: {', '.join(f'{b:.4f}' for b in bi)}; removed {drop}")
     else:
-        if criterion not in CRITERIA:
-            raise UnknownNameError("structured criterion", criterion, CRITERIA)
         if criterion == "fluctuation" and calibration is None:
             raise MissingDataError(
                 "the fluctuation criterion needs calibration= token batches [batch, seq_len]; "
