@@ -93,13 +93,25 @@ class Global(Allocation):
 
     ``max_sparsity`` caps every layer (so that no layer collapses); the budget a capped layer cannot take
     goes to the others.
+
+    ``count``: what the budget counts, ``"weights"`` (default: ``sparsity`` of all weights go) or
+    ``"units"`` (``sparsity`` of all units go, each unit counting one whatever its size: network slimming's
+    "prune 50% of the channels", Liu et al. 2017); the returned per-layer fractions count the same thing.
     """
 
     name: str = "global"
     needs_scores: bool = True
     max_sparsity: float = 0.99
+    count: str = "weights"
+
+    def __post_init__(self) -> None:
+        if self.count not in ("weights", "units"):
+            raise ConfigError(f"Global(count=...) counts 'weights' or 'units', got {self.count!r}")
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        if self.count == "units":
+            layers = [LayerInfo(layer.name, (int(layer.unit_scores.numel()),), layer.unit_scores,  # type: ignore[union-attr]
+                                torch.ones(int(layer.unit_scores.numel()), dtype=torch.long)) for layer in layers]
         result = _global_threshold(
             [layer.unit_scores for layer in layers],  # type: ignore[misc]
             [layer.unit_sizes for layer in layers],  # type: ignore[misc]

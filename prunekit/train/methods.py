@@ -269,7 +269,7 @@ def _remove_bn_channels(trainer: Trainer, ratio: float, label: str) -> None:
         from prunekit.structural import methods as _structural  # noqa: F401
 
         report = pk.prune(trainer.model, "bn-scale-channel", sparsity=ratio, example_inputs=trainer.x[:1],
-                          measure=False, allocation="global")
+                          measure=False, allocation=Global(count="units"))
         trainer.history.notes.append(f"{label}: removed channels physically, parameters {report.after.params}")
     except (ImportError, pk.UnknownNameError, pk.UnsupportedModuleError) as e:
         _mask_bn_channels(trainer.model, _bn_channel_masks(trainer.model, ratio))
