@@ -85,3 +85,20 @@ def test_allocations_registered_and_contract():
         removed = sum(got[layer.name] * layer.numel for layer in layers)
         assert removed == pytest.approx(0.7 * 8000, abs=1.0), name
         assert all(0.0 <= v < 1.0 for v in got.values()), name
+
+
+def test_global_counts_weights_or_units():
+    import torch
+
+    from prunekit.allocation import Global, LayerInfo
+
+    # layer a: 4 units of 10 weights with low scores; layer b: 4 units of 1 weight with high scores
+    a = LayerInfo("a", (4, 10), torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.full((4,), 10))
+    b = LayerInfo("b", (4, 1), torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.ones(4, dtype=torch.long))
+    by_weight = Global(max_sparsity=0.99).allocate([a, b], 0.5)  # 22 of 44 weights: 2 units of a
+    by_unit = Global(max_sparsity=0.99, count="units").allocate([a, b], 0.5)  # 4 of 8 units: all of a but capped
+    assert by_weight == {"a": 0.5, "b": 0.0}
+    assert by_unit["a"] > by_weight["a"]
+    assert by_unit["a"] * 4 + by_unit["b"] * 4 == pytest.approx(4, abs=1)
+    with pytest.raises(pk.ConfigError):
+        Global(count="bytes")
