@@ -114,6 +114,13 @@ def adapter_for(model: nn.Module) -> Adapter:
     )
 
 
+def has_adapter(model: nn.Module) -> bool:
+    """Does the decoder-layer runner know ``model``'s family (its ``config.model_type``)? Other models are
+    pruned layer-wise by :mod:`prunekit.solve`."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return any(model_type in adapter.model_types for adapter in ADAPTERS)
+
+
 def prunable_linears(layer: nn.Module) -> dict[str, nn.Module]:
     """Every Linear (and GPT-2 style Conv1D) inside one decoder layer, by name relative to the layer."""
     return {name: mod for name, mod in layer.named_modules() if is_linear(mod)}

@@ -18,13 +18,17 @@ def magnitude(weight: Tensor) -> Tensor:
 
 
 def wanda(weight: Tensor, sq_norms: Tensor) -> Tensor:
-    """Wanda (Sun et al. 2023): ``S_ij = |W_ij| * ||X_j||_2``, with ``sq_norms[j] = sum_t x_tj^2``."""
-    return weight.abs() * sq_norms.clamp_min(0).sqrt().unsqueeze(0)
+    """Wanda (Sun et al. 2023): ``S_ij = |W_ij| * ||X_j||_2``, with ``sq_norms[j] = sum_t x_tj^2`` [in]
+    (or [out, in]: the norms each row reads, for a grouped convolution whose rows see different inputs)."""
+    norms = sq_norms.clamp_min(0).sqrt()
+    return weight.abs() * (norms if norms.dim() == 2 else norms.unsqueeze(0))
 
 
 def sparsegpt(weight: Tensor, hinv_diag: Tensor) -> Tensor:
-    """SparseGPT / OBS saliency (Frantar & Alistarh 2023): ``w_ij^2 / [H^-1]_jj^2`` (Cholesky-factor diagonal)."""
-    return weight.pow(2) / hinv_diag.pow(2).unsqueeze(0)
+    """SparseGPT / OBS saliency (Frantar & Alistarh 2023): ``w_ij^2 / [H^-1]_jj^2`` (Cholesky-factor diagonal).
+
+    ``weight`` [out, in] with ``hinv_diag`` [in], or a batch of problems [groups, out, in] with [groups, in]."""
+    return weight.pow(2) / hinv_diag.pow(2).unsqueeze(-2)
 
 
 def fluctuation(mean: Tensor, sq_mean: Tensor, weight: Tensor) -> Tensor:

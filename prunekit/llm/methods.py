@@ -16,11 +16,13 @@ from torch import nn
 from prunekit.errors import ConfigError, PatternError
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
 
-_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress"})
+_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "sequential"})
 
 
 class LayerwiseLLMMethod(Method):
-    """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`).
+    """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`);
+    any other model (a CNN, a ViT, an encoder) has every target Linear / Conv pruned by the same solver through
+    :func:`prunekit.solve.solve_layerwise` (option ``sequential``: False gathers all statistics in one pass).
 
     Honours every allocation (uniform, erk, global, lamp, owl, or an Allocation value); N:M takes uniform
     only. With ``owl=True`` the method is an alias of its solver with ``allocation="owl"`` (``owl-wanda`` is
@@ -52,9 +54,24 @@ class LayerwiseLLMMethod(Method):
             )
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        from prunekit.llm.adapters import has_adapter
         from prunekit.llm.prune import prune_causal_lm, select_targets
 
         opts = request.options
+        if not has_adapter(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
+            from prunekit.solve import solve_layerwise
+
+            self.check_allocation(request.allocation)
+            solved = solve_layerwise(
+                model, self.solver, sparsity=request.sparsity, pattern=request.pattern,
+                calibration=request.calibration, targets=request.targets, allocation=request.allocation,
+                sequential=bool(opts.get("sequential", True)), device=opts.get("device"),
+                progress=opts.get("progress"), **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
+            )
+            return MethodOutcome(layer_sparsity=solved.layer_sparsity, notes=solved.notes)
+        if not opts.get("sequential", True):
+            raise ConfigError("a causal LM is pruned one decoder layer after another; sequential=False applies to "
+                              "other models (prunekit.solve)")
         names = [t.name for t in request.targets]
         selected = select_targets(model, names)
         self.check_allocation(request.allocation)

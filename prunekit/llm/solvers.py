@@ -1,13 +1,19 @@
-"""Per-layer solvers for post-training pruning of language models.
+"""Per-layer solvers for post-training pruning: magnitude, Wanda, SparseGPT (OBS), for Linear and Conv layers.
 
-Each solver wraps one prunable matrix (a Linear, or a transformers ``Conv1D`` stored transposed; its axes
-come from :mod:`prunekit.layout`, also after a first pruning wrapped the layer in a parametrization). The
-calibration runner feeds it that matrix's inputs with :meth:`Solver.add_batch`; :meth:`Solver.prune` then
-chooses a keep-mask for a given sparsity and pattern, writes the pruned weight back in place and returns
-the mask (True = keep). Scores come from the pure criteria in :mod:`prunekit.llm.criteria`.
+Each solver wraps one prunable matrix: a Linear, a transformers ``Conv1D`` stored transposed, or a
+``Conv1d`` / ``Conv2d`` seen through im2col (:mod:`prunekit.im2col`: the weight as ``[out, K * in/groups]``
+with position-major columns, the input as patch rows); its axes come from :mod:`prunekit.layout`, also after
+a first pruning wrapped the layer in a parametrization. The calibration runner of language models
+(:mod:`prunekit.llm.runner`) or the generic applier (:mod:`prunekit.solve`) feeds it that layer's inputs with
+:meth:`Solver.add_batch`; :meth:`Solver.prune` then chooses a keep-mask for a given sparsity and pattern,
+writes the pruned weight back in place and returns the mask (True = keep) as a matrix. Scores come from the
+pure criteria in :mod:`prunekit.llm.criteria`. A grouped convolution (depthwise included) is one problem per
+group: each output row reads only its group's inputs.
 
 Supported patterns: :class:`~prunekit.granularity.Unstructured` and :class:`~prunekit.granularity.NM`
-(``n`` kept of every ``m`` consecutive inputs of each output row).
+(``n`` kept of every ``m`` consecutive inputs of each output row; for a convolution, of every ``m``
+consecutive input channels at each kernel position, as :class:`~prunekit.granularity.NM` groups a
+``[out, in, kh, kw]`` weight).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity import NM, Granularity, Unstructured
+from prunekit.im2col import Patches, check_matrix_layer, from_matrix, to_matrix
 from prunekit.layout import weight_layout
 from prunekit.llm import criteria
 from prunekit.masks import apply_mask_, assign_weight_, get_mask
@@ -29,22 +36,23 @@ from prunekit.masks import apply_mask_, assign_weight_, get_mask
 
 def weight_matrix(module: nn.Module) -> Tensor:
     """The weight of ``module`` as the model computes it, as an [out, in] matrix (``Conv1D`` stores
-    [in, out]). For a plain weight it is a view and writes go through; use :func:`store_matrix_` to write
-    the weight of any layer, parametrized or not."""
+    [in, out]; a ``Conv1d`` / ``Conv2d`` [out, in/groups, *kernel] becomes [out, K * in/groups] with
+    position-major columns, see :mod:`prunekit.im2col`). For a plain Linear / ``Conv1D`` weight it is a view
+    and writes go through (for a convolution, in general a copy); use :func:`store_matrix_` to write the
+    weight of any layer, parametrized or not. Raises :class:`~prunekit.errors.UnsupportedModuleError` for
+    other layers (transposed and 3-D convolutions)."""
+    check_matrix_layer(module)
     layout = weight_layout(module)
-    if layout is None or layout.kind not in ("linear", "hf-conv1d"):
-        raise ModelError(
-            f"layer-wise solvers prune Linear and transformers Conv1D layers, not {type(module).__name__}; "
-            "leave it out of targets="
-        )
+    assert layout is not None
     if parametrize.is_parametrized(module, "weight"):
         with torch.no_grad():
-            return layout.to_canonical(module.weight.detach())
-    return layout.to_canonical(module.weight.data)
+            return to_matrix(layout.to_canonical(module.weight.detach()))
+    return to_matrix(layout.to_canonical(module.weight.data))
 
 
 def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
-    """Write the pruned [out, in] ``matrix`` (zero where ``keep`` is False) into ``module``'s weight.
+    """Write the pruned [out, in] ``matrix`` (zero where ``keep`` is False) into ``module``'s weight
+    (both in the matrix form of :func:`weight_matrix`).
 
     A layer that is already masked keeps its mask, narrowed by ``keep`` (masks only shrink); the weights it
     still keeps take the new values through any parametrization (a mask, ``weight_norm``). Returns the
@@ -54,23 +62,33 @@ def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
     assert layout is not None
     if not parametrize.is_parametrized(module, "weight"):
         w = layout.to_canonical(module.weight.data)
-        w.copy_((matrix * keep.to(matrix.dtype)).to(w.dtype))
+        w.copy_(from_matrix(matrix * keep.to(matrix.dtype), w.shape).to(w.dtype))
         return keep
+    shape = layout.canonical_shape(tuple(module.weight.shape))
     existing = get_mask(module, "weight")
     if existing is not None:
-        keep = keep & layout.to_canonical(existing).to(keep.device)
-    value = layout.from_canonical(matrix * keep.to(matrix.dtype)).to(module.weight.dtype)
+        keep = keep & to_matrix(layout.to_canonical(existing)).to(keep.device)
+    value = layout.from_canonical(from_matrix(matrix * keep.to(matrix.dtype), shape)).to(module.weight.dtype)
     assign_weight_(module, value.contiguous(), "weight")
     if existing is not None:
-        apply_mask_(module, layout.from_canonical(keep).contiguous(), "weight")
+        apply_mask_(module, layout.from_canonical(from_matrix(keep, shape)).contiguous(), "weight")
     return keep
+
+
+def stored_mask(module: nn.Module, keep: Tensor) -> Tensor:
+    """A keep-mask in the matrix form of :func:`weight_matrix` as a mask shaped like ``module``'s stored
+    weight (for :func:`prunekit.masks.apply_mask_`)."""
+    layout = weight_layout(module)
+    assert layout is not None
+    shape = layout.canonical_shape(tuple(module.weight.shape))
+    return layout.from_canonical(from_matrix(keep, shape)).contiguous()
 
 
 def check_pattern(pattern: Granularity, name: str, weight: Tensor) -> None:
     """Refuse patterns the layer-wise solvers do not implement, and N:M that does not divide ``in``."""
     if not isinstance(pattern, (Unstructured, NM)):
         raise PatternError(
-            f"layer-wise LLM pruning supports unstructured and N:M patterns, not {pattern}; "
+            f"layer-wise solvers (magnitude, Wanda, SparseGPT) support unstructured and N:M patterns, not {pattern}; "
             "use pattern=None (unstructured) or e.g. pattern='2:4'"
         )
     pattern.check(name, weight)
@@ -101,15 +119,33 @@ class Solver:
     name: ClassVar[str] = "solver"
 
     def __init__(self, module: nn.Module, layer_name: str = ""):
+        check_matrix_layer(module, layer_name)
         self.module = module
         self.layer_name = layer_name
         w = weight_matrix(module)
         self.rows, self.columns = w.shape
         self.nsamples = 0
+        #: im2col of a convolution (None for Linear / Conv1D); its groups are solved as separate problems
+        self.patches = Patches.of(module)
+        self.groups = 1 if self.patches is None else self.patches.groups
 
     def add_batch(self, x: Tensor) -> None:
-        """Accumulate statistics of inputs ``x`` [..., in] of this matrix."""
+        """Accumulate statistics of inputs ``x`` of this layer: [..., in] for a Linear / ``Conv1D``, the
+        convolution's input [B, C, *spatial] (or [C, *spatial]) for a convolution (turned into patches)."""
+        if self.patches is not None:
+            for rows in self.patches.rows(x):
+                self.nsamples += rows.shape[0]
+            return
         self.nsamples += x.reshape(-1, x.shape[-1]).shape[0]
+
+    def pattern_view(self, matrix: Tensor) -> Tensor:
+        """``matrix`` [out, in'] in the layer's canonical weight shape, as granularities check patterns on it
+        (N:M must divide a convolution's input channels, not the K * in/groups columns)."""
+        if self.patches is None:
+            return matrix
+        layout = weight_layout(self.module)
+        assert layout is not None
+        return from_matrix(matrix, layout.canonical_shape(tuple(self.module.weight.shape)))
 
     def scores(self) -> Tensor:
         """Importance of every weight, shaped like the [out, in] weight (higher = keep)."""
@@ -118,7 +154,7 @@ class Solver:
     def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
         """Zero the lowest-scoring weights in place; returns the keep-mask (True = kept)."""
         w = weight_matrix(self.module)
-        check_pattern(pattern, self.layer_name, w)
+        check_pattern(pattern, self.layer_name, self.pattern_view(w))
         sparsity = check_sparsity(sparsity, pattern)
         scores = self.scores()
         keep = pattern.mask(scores) if isinstance(pattern, NM) else self.unstructured_mask(scores, sparsity)
@@ -145,21 +181,34 @@ class WandaSolver(Solver):
 
     Score ``S_ij = |W_ij| * ||X_j||_2`` where ``||X_j||`` is the norm of input feature ``j`` over all
     calibration tokens; the lowest scores are removed *per output row* (unstructured) or per N:M group.
+    For a convolution the features are the im2col columns (an input channel at a kernel position, norms
+    over every batch x output position); ``sq_norms`` is [in'] or, for a grouped convolution,
+    [groups, in'] (each output row reads its group's inputs).
     """
 
     name = "wanda"
 
     def __init__(self, module: nn.Module, layer_name: str = ""):
         super().__init__(module, layer_name)
-        self.sq_norms = torch.zeros(self.columns, dtype=torch.float64, device=module.weight.device)
+        shape = (self.columns,) if self.groups == 1 else (self.groups, self.columns)
+        self.sq_norms = torch.zeros(shape, dtype=torch.float64, device=module.weight.device)
 
     def add_batch(self, x: Tensor) -> None:
+        if self.patches is not None:
+            for rows in self.patches.rows(x):  # [n, groups, in']
+                self.nsamples += rows.shape[0]
+                sums = rows.double().pow(2).sum(dim=0)
+                self.sq_norms += sums[0] if self.groups == 1 else sums
+            return
         x2 = x.reshape(-1, x.shape[-1])
         self.nsamples += x2.shape[0]
         self.sq_norms += x2.double().pow(2).sum(dim=0)
 
     def scores(self) -> Tensor:
-        return criteria.wanda(weight_matrix(self.module).float(), self.sq_norms.float())
+        norms = self.sq_norms.float()
+        if norms.dim() == 2:  # grouped convolution: the norms of each row's own group
+            norms = norms.repeat_interleave(self.rows // self.groups, dim=0)
+        return criteria.wanda(weight_matrix(self.module).float(), norms)
 
     def unstructured_mask(self, scores: Tensor, sparsity: float) -> Tensor:
         return row_mask(scores, sparsity)
@@ -180,7 +229,21 @@ class SparseGPTSolver(Solver):
     chosen adaptively per block (unstructured: the lowest ``sparsity`` fraction of the block; N:M: the
     lowest ``m - n`` of each group, chosen when the group is reached). ``H`` is damped by
     ``percdamp * mean(diag H)``; if the Cholesky factorisation fails the damping is raised tenfold (with a
-    warning) until it succeeds.
+    warning) until it succeeds. This is the optimal brain surgeon of Hassibi & Stork 1993 ("Second order
+    derivatives for network pruning: Optimal Brain Surgeon") applied row-wise with a shared Hessian.
+
+    For a convolution the inputs are its im2col patches (:mod:`prunekit.im2col`), so ``H`` is
+    [K * in/groups, K * in/groups]; a grouped convolution keeps one ``H`` per group ([groups, in', in']) and
+    solves each group's rows against its own, all groups in one batched pass (an unstructured block mask is
+    chosen over the block of every group at once, so the sparsity is met over the layer, not rounded per
+    group: a depthwise filter has only ``K`` weights). N:M runs over the position-major columns, so its groups are
+    the input channels at one kernel position (:class:`~prunekit.granularity.NM`'s groups); an unstructured
+    mask is chosen over the columns in channel-major order (``weight.flatten(1)``, as in the reference
+    implementation), so that every column block mixes kernel positions and can drop the positions whose
+    inputs are weak (border padding, 1x1 feature maps) instead of an equal share of each. Raises :class:`~prunekit.errors.ModelError` when no input
+    reached the layer or ``H`` cannot be factorised, :class:`~prunekit.errors.NonFiniteWeightsError` for
+    NaN / inf inputs or results, :class:`~prunekit.errors.PatternError` when ``blocksize`` is not a
+    multiple of an N:M pattern's ``m``.
     """
 
     name = "sparsegpt"
@@ -193,10 +256,15 @@ class SparseGPTSolver(Solver):
             raise ValueError("percdamp must be >= 0")
         self.blocksize = blocksize
         self.percdamp = percdamp
-        self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=module.weight.device)
+        shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
+        self.H = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
         self.damping_used: float | None = None
 
     def add_batch(self, x: Tensor) -> None:
+        if self.patches is not None:
+            for rows in self.patches.rows(x):
+                self._add_rows(rows)
+            return
         x2 = x.reshape(-1, x.shape[-1]).float()
         k = x2.shape[0]
         if k == 0:
@@ -205,6 +273,31 @@ class SparseGPTSolver(Solver):
         self.nsamples += k
         x2 = x2 * math.sqrt(2.0 / self.nsamples)
         self.H.addmm_(x2.t(), x2)
+
+    def _add_rows(self, rows: Tensor) -> None:
+        """Accumulate patch rows [n, groups, in'] of a convolution into ``H`` (running mean of ``2 x x^T``)."""
+        k = rows.shape[0]
+        if k == 0:
+            return
+        self.H.mul_(self.nsamples / (self.nsamples + k))
+        self.nsamples += k
+        r = rows.float() * math.sqrt(2.0 / self.nsamples)
+        if self.H.dim() == 2:
+            r = r[:, 0]
+            self.H.addmm_(r.t(), r)
+        else:
+            r = r.transpose(0, 1)  # [groups, n, in']
+            self.H.baddbmm_(r.transpose(1, 2), r)
+
+    def _batched(self, W: Tensor) -> Tensor:
+        """``W`` [out, in'] as [groups, out/groups, in'] for a grouped convolution (a view), else as it is."""
+        return W if self.groups == 1 else W.reshape(self.groups, self.rows // self.groups, W.shape[-1])
+
+    def _factor(self, H: Tensor) -> Tensor:
+        """:meth:`_inverse_factor` of ``H`` [in', in'], or of each group's ``H`` [groups, in', in']."""
+        if H.dim() == 2:
+            return self._inverse_factor(H)
+        return torch.stack([self._inverse_factor(h) for h in H])
 
     def _inverse_factor(self, H: Tensor) -> Tensor:
         """Upper Cholesky factor of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds."""
@@ -244,16 +337,17 @@ class SparseGPTSolver(Solver):
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
         if not torch.isfinite(self.H).all():
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
-        W = weight_matrix(self.module).float().clone()
+        W = self._batched(weight_matrix(self.module).float().clone())
         H = self.H.clone()
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
-        W[:, dead] = 0.0
-        return criteria.sparsegpt(W, torch.diag(self._inverse_factor(H)))
+        dead = torch.diagonal(H, dim1=-2, dim2=-1) == 0
+        torch.diagonal(H, dim1=-2, dim2=-1)[dead] = 1.0
+        W.masked_fill_(dead.unsqueeze(-2), 0.0)
+        U = self._factor(H)
+        return criteria.sparsegpt(W, torch.diagonal(U, dim1=-2, dim2=-1)).reshape(self.rows, self.columns)
 
     def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
         w_view = weight_matrix(self.module)
-        check_pattern(pattern, self.layer_name, w_view)
+        check_pattern(pattern, self.layer_name, self.pattern_view(w_view))
         sparsity = check_sparsity(sparsity, pattern)
         if isinstance(pattern, NM) and self.blocksize % pattern.m:
             raise PatternError(f"SparseGPT blocksize {self.blocksize} must be a multiple of m={pattern.m}")
@@ -262,20 +356,54 @@ class SparseGPTSolver(Solver):
         if not torch.isfinite(self.H).all():
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
         W = w_view.float().clone()
+        order = self._channel_major(pattern)
+        if order is None:
+            keep = self._solve(self._batched(W), self._take_hessian(), sparsity, pattern).reshape(W.shape)
+        else:  # a convolution's unstructured mask: columns solved channel-major, then put back
+            H = self._take_hessian()
+            Hp = H[..., order, :][..., order]
+            del H
+            Wp = self._batched(W)[..., order]
+            kept = self._solve(Wp, Hp, sparsity, pattern)
+            self._batched(W)[..., order] = Wp
+            keep = torch.empty_like(W, dtype=torch.bool)
+            self._batched(keep)[..., order] = kept
+        if not torch.isfinite(W).all():
+            raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {self.layer_name or 'a layer'}")
+        return store_matrix_(self.module, W.to(w_view.dtype), keep)
+
+    def _channel_major(self, pattern: Granularity) -> Tensor | None:
+        """For an unstructured mask of a convolution with a kernel > 1: the position-major column of each
+        channel-major column (``order[c * K + k] = k * C + c``); None otherwise."""
+        if self.patches is None or isinstance(pattern, NM):
+            return None
+        positions = math.prod(self.patches.kernel)
+        if positions == 1:
+            return None
+        channels = self.columns // positions
+        return torch.arange(self.columns, device=self.H.device).reshape(positions, channels).t().reshape(-1)
+
+    def _take_hessian(self) -> Tensor:
+        """Hand ``H`` over to the solve (the solver keeps no reference, so the solve can free it early)."""
         H = self.H
         self.H = H.new_empty(0)
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
-        W[:, dead] = 0.0
-        U = self._inverse_factor(H)
+        return H
+
+    def _solve(self, W: Tensor, H: Tensor, sparsity: float, pattern: Granularity) -> Tensor:
+        """Prune ``W`` [rows, in'] in place against ``H`` [in', in'] (consumed), or a batch of such problems
+        ([groups, rows, in'] against [groups, in', in']); returns the keep-mask shaped like ``W``."""
+        dead = torch.diagonal(H, dim1=-2, dim2=-1) == 0
+        torch.diagonal(H, dim1=-2, dim2=-1)[dead] = 1.0
+        W.masked_fill_(dead.unsqueeze(-2), 0.0)
+        U = self._factor(H)
         del H
         keep = torch.ones_like(W, dtype=torch.bool)
-        cols = self.columns
+        cols = W.shape[-1]
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            U1 = U[i1:i2, i1:i2]
-            d = torch.diag(U1)
+            W1 = W[..., i1:i2].clone()
+            U1 = U[..., i1:i2, i1:i2]
+            d = torch.diagonal(U1, dim1=-2, dim2=-1)
             Err1 = torch.zeros_like(W1)
             keep1 = torch.ones_like(W1, dtype=torch.bool)
             if not isinstance(pattern, NM) and sparsity > 0:
@@ -283,21 +411,20 @@ class SparseGPTSolver(Solver):
             for i in range(i2 - i1):
                 if isinstance(pattern, NM) and i % pattern.m == 0:
                     group = slice(i, i + pattern.m)
-                    keep1[:, group] = pattern.mask(criteria.sparsegpt(W1[:, group], d[group]))
-                w = W1[:, i]
-                q = w * keep1[:, i]
-                err = (w - q) / d[i]
-                W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))
-                W1[:, i] = q
-                Err1[:, i] = err
-            W[:, i1:i2] = W1
-            keep[:, i1:i2] = keep1
+                    scores = criteria.sparsegpt(W1[..., group], d[..., group])
+                    keep1[..., group] = pattern.mask(scores.reshape(-1, pattern.m)).reshape(scores.shape)
+                w = W1[..., i]
+                q = w * keep1[..., i]
+                err = (w - q) / d[..., i, None]
+                W1[..., i:].sub_(err.unsqueeze(-1) * U1[..., i, i:].unsqueeze(-2))
+                W1[..., i] = q
+                Err1[..., i] = err
+            W[..., i1:i2] = W1
+            keep[..., i1:i2] = keep1
             if i2 < cols:
-                W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])
+                W[..., i2:].sub_(Err1 @ U[..., i1:i2, i2:])
         W.mul_(keep)
-        if not torch.isfinite(W).all():
-            raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {self.layer_name or 'a layer'}")
-        return store_matrix_(self.module, W.to(w_view.dtype), keep)
+        return keep
 
     def free(self) -> None:
         self.H = self.H.new_empty(0)
