@@ -169,7 +169,9 @@ class ScoreMethod(Method):
             ignored=request.ignored,
         )
         plan.apply_(model)
-        return MethodOutcome(plan.layer_sparsity(), plan=plan)
+        known = set(request.ignored)
+        notes = [f"{name}: {why}" for name, why in plan.ignored if (name, why) not in known]
+        return MethodOutcome(plan.layer_sparsity(), notes, plan=plan)
 
 
 # ---- the named compositions -------------------------------------------------------------------------

@@ -210,7 +210,8 @@ def _preserved(model: nn.Module) -> Iterator[None]:
 def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[str], calib: Calibration,
                  out: dict[str, LayerStats]) -> None:
     handles = []
-    produced: dict[int, str] = {}  # id(output tensor) -> layer name, to find the norm layer it feeds
+    # id(output tensor) -> (layer name, the tensor: held so that its id cannot be reused by another tensor)
+    produced: dict[int, tuple[str, Tensor]] = {}
 
     def hook_for(name: str, module: nn.Module):
         st = out[name]
@@ -233,13 +234,14 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
                 st.act_nonpos = nonpos + (st.act_nonpos if st.act_nonpos is not None else 0)
                 st.out_rows += n
             if y is not None and "bn_gamma" in needs:
-                produced[id(output)] = name
+                produced[id(output)] = (name, output)
 
         return hook
 
     def norm_pre_hook(mod: nn.Module, args: tuple) -> None:
         x = args[0] if args else None
-        name = produced.get(id(x)) if isinstance(x, Tensor) else None
+        hit = produced.get(id(x)) if isinstance(x, Tensor) else None
+        name = hit[0] if hit is not None and hit[1] is x else None
         if name is not None and getattr(mod, "weight", None) is not None and out[name].bn_gamma is None:
             out[name].bn_gamma = mod.weight.detach().abs().double().clone()
 
