@@ -12,6 +12,8 @@ import base64
 import io
 import json
 import math
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +78,9 @@ class LayerPlan:
                 raise ValueError("mask length does not match the shape")
             mask = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).reshape(shape)
             return cls(str(d["name"]), str(d.get("param", "weight")), shape, float(d["sparsity"]), mask)
-        except (KeyError, ValueError, TypeError) as e:
-            raise PlanError(f"plan entry {d.get('name', '?')!r} is invalid: {e}") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            name = d.get("name", "?") if isinstance(d, dict) else "?"
+            raise PlanError(f"plan entry {name!r} is invalid: {e}; save the plan again with Plan.save") from None
 
 
 @dataclass
@@ -136,20 +139,29 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         if not isinstance(d, dict) or d.get("plan_version") != PLAN_VERSION:
-            raise PlanError("not a prunekit plan (missing or unknown plan_version)")
+            raise PlanError("not a prunekit plan (missing or unknown plan_version); write plans with Plan.save")
+        layers, settings, ignored = d.get("layers", []), d.get("settings", {}), d.get("ignored", [])
+        if not isinstance(layers, list) or not isinstance(settings, dict) or not isinstance(ignored, list):
+            raise PlanError("the plan's layers, settings or ignored entries are corrupt; save the plan again with Plan.save")
         return cls(
-            layers=[LayerPlan.from_dict(x) for x in d.get("layers", [])],
+            layers=[LayerPlan.from_dict(x) for x in layers],
             method=str(d.get("method", "custom")),
-            settings=dict(d.get("settings", {})),
-            ignored=[tuple(i) for i in d.get("ignored", [])],  # type: ignore[misc]
+            settings=dict(settings),
+            ignored=[tuple(i) for i in ignored],  # type: ignore[misc]
         )
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PlanError(f"{path} is not a valid plan file: {e}") from None
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise PlanError(f"no plan file at {path}; write one with Plan.save(path) (or pruner.plan(...).save)") from None
+        except (IsADirectoryError, UnicodeDecodeError) as e:
+            raise PlanError(f"{path} is not a plan file ({type(e).__name__}); pass the JSON file Plan.save wrote") from None
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path} is not a valid plan file: {e}; pass the JSON file Plan.save wrote") from None
 
     def table(self) -> Table:
         t = Table(title=f"plan: {self.method}  overall sparsity {self.sparsity:.4f}")
@@ -228,6 +240,25 @@ def gather_statistics(
         raise type(e)(f"criterion {criterion.name!r}: {e}") from None
 
 
+def _without_norm_scale(
+    criterion: Criterion, targets: list[Target], stats: dict[str, LayerStats], ignored: list[tuple[str, str]]
+) -> tuple[list[Target], list[tuple[str, str]]]:
+    """BN scale scores a layer by the normalisation layer its output feeds: layers that feed none are kept
+    dense, with the reason (as the structural engine keeps such channel groups whole). Raises
+    :class:`NothingToPruneError` when no layer feeds one."""
+    if "bn_gamma" not in criterion.needs:
+        return targets, ignored
+    keep = [t for t in targets if stats.get(t.name) is not None and stats[t.name].bn_gamma is not None]
+    if not keep:
+        raise NothingToPruneError(
+            f"criterion {criterion.name!r} scores a layer's channels by the |gamma| of the normalisation layer its "
+            "output feeds, and no pruned layer feeds one; use another criterion (e.g. 'l1')"
+        )
+    left = [(t.name, f"feeds no normalisation layer, which {criterion.name} needs: kept dense")
+            for t in targets if t not in keep]
+    return keep, ignored + left
+
+
 def score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: int) -> ScoreInput:
     """What ``criterion`` reads for one target: its canonical weight, statistics and a seeded generator."""
     return ScoreInput(_weight_for_scoring(target), stats, target.layout, target.key, seed)
@@ -253,6 +284,14 @@ def _check_scores(criterion: Criterion, t: Target, s: Tensor) -> None:
             f"criterion {criterion.name!r} gave NaN scores for {t.name}: its statistics are not finite "
             "(check the calibration data and the model's outputs)"
         )
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int; :class:`ConfigError` for anything that is not an integer (a string, a float)."""
+    try:
+        return operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"seed must be an integer, e.g. seed=0; got {seed!r}") from None
 
 
 @dataclass
@@ -303,6 +342,17 @@ class Pruner:
                 f"pattern {self.granularity} fixes every layer at {self.granularity.fixed_sparsity:g} sparsity; "
                 f"allocation {self.allocation} cannot change that (use allocation='uniform')"
             )
+        if self.overrides is not None and not isinstance(self.overrides, Mapping):
+            raise ConfigError(
+                f"overrides takes {{module name: sparsity}}, e.g. overrides={{'features.0': 0.3}}; "
+                f"got {type(self.overrides).__name__}"
+            )
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
+            raise ConfigError(
+                f"schedule takes a Schedule object, e.g. schedule=prunekit.Gradual(start=0, end=1000, "
+                f"final_sparsity=0.8), prunekit.Iterative(...) or prunekit.OneShot(...); got {self.schedule!r}"
+            )
+        check_seed(self.seed)
         for name, s in (self.overrides or {}).items():
             try:
                 _check_sparsity(s)
@@ -375,6 +425,7 @@ class Pruner:
             raise ConfigError(f"overrides name layers that are not pruned: {sorted(unknown)}")
         stats = gather_statistics(crit, model, targets, calibration=calibration, example_inputs=example_inputs,
                                   loss_fn=loss_fn)
+        targets, ignored = _without_norm_scale(crit, targets, stats, list(ignored or []))
         by_element = isinstance(gran, (Unstructured, NM))
         unit_scores: dict[str, Tensor] = {}
         unit_sizes: dict[str, Tensor] = {}
