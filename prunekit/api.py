@@ -15,13 +15,14 @@ from prunekit.errors import (
     DataError,
     InvalidSparsityError,
     MissingDataError,
+    ModelError,
     PatternError,
     PrunekitError,
 )
 from prunekit.granularity import NM, Unstructured, _check_sparsity, parse_pattern
 from prunekit.latency import compare_latency, time_model
 from prunekit.methods import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.plan import Pruner, split_by_pattern
+from prunekit.plan import Pruner, check_seed, split_by_pattern
 from prunekit.report import Report, layer_stats, measure, weight_shapes
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
 
@@ -72,6 +73,11 @@ def prune(
     Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
     :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
     """
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"prune takes a torch.nn.Module, got {type(model).__name__}; build one from a spec with "
+            "pk.build_model('torchvision:resnet18') or pass your own model"
+        )
     if isinstance(method, Pruner):
         pattern, allocation, ignore = _from_pruner(method, sparsity, pattern, allocation, ignore, options)
     m = resolve_method(method)
@@ -114,7 +120,7 @@ def prune(
             f"method {m.name!r} needs data: pass calibration=batches (an iterable of (inputs, targets)) "
             "or calibration=loss_fn (a callable model -> scalar loss)"
         )
-    seed = int(options.pop("seed", 0))
+    seed = check_seed(options.pop("seed", 0))
     do_measure = bool(options.pop("measure", True))
     do_latency = bool(options.pop("measure_latency", True)) and do_measure and example_inputs is not None
     threads = options.pop("latency_threads", 1)

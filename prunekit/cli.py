@@ -67,11 +67,24 @@ def _options(items: list[str] | None) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"--option takes key=value, got {item!r} (e.g. --option strict=false)")
         literals = {"True": True, "False": False, "None": None}
+        name = key.strip().replace("-", "_")
+        if name in _FLAG_OPTIONS:
+            flag = _FLAG_OPTIONS[name]
+            raise ConfigError(f"--option {name} duplicates the flag {flag}: pass {flag} instead")
         try:
-            options[key.strip().replace("-", "_")] = literals[value] if value in literals else json.loads(value)
+            options[name] = literals[value] if value in literals else json.loads(value)
         except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
+            options[name] = value
     return options
+
+
+#: settings that `prunekit prune` passes from its own flags, so --option cannot give them again
+_FLAG_OPTIONS = {
+    "sparsity": "--sparsity", "pattern": "--pattern", "allocation": "--allocation", "ignore": "--ignore",
+    "example_inputs": "--input-shape", "calibration": "--calibration", "seed": "--seed",
+    "skip_incompatible": "--skip-incompatible", "prune_classifier": "--prune-classifier",
+    "measure_latency": "--latency/--no-latency",
+}
 
 
 @app.command()

@@ -108,9 +108,18 @@ def _decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str] | None) 
 
 def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.PathLike) -> Path:
     """Write the bitmask + values form of a model's (effective) weights to ``path`` (safetensors)."""
+    if not isinstance(model_or_state, (nn.Module, dict)):
+        raise CheckpointError(
+            f"export_sparse takes a model or a state dict, got {type(model_or_state).__name__}"
+        )
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder; export_sparse writes one file: pass a file path such as "
+            f"{path / SPARSE_FILE} (save_model(model, folder, sparse=True) writes a whole model folder)"
+        )
     state = effective_state_dict(model_or_state) if isinstance(model_or_state, nn.Module) else model_or_state
     tensors, meta = _encode_sparse(state)
-    path = Path(path)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
@@ -162,7 +171,14 @@ def save_model(
     """
     from prunekit.models import source_of
 
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"save_model takes a torch.nn.Module, got {type(model).__name__}")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is a file, not a folder; choose another folder for save_model (it writes "
+            f"{DENSE_FILE} and {RECORD} into it)"
+        )
     state = effective_state_dict(model)
     record: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -263,7 +279,6 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
     so that fine-tuning keeps the zeros.
     """
     from prunekit.masks import apply_mask_
-    from prunekit.models import build_model
 
     directory = Path(directory)
     record = read_record(directory)
@@ -273,7 +288,7 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
             raise CheckpointError(
                 f"{directory} records no architecture source; pass the architecture: load_model(dir, model=MyNet())"
             )
-        model = build_model(record["source"], pretrained=False)
+        model = _build_recorded(directory, record["source"])
     if record.get("structure"):
         _apply_structure(model, record["structure"])
     try:
@@ -286,6 +301,25 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
             mname, _, pname = key.rpartition(".")
             apply_mask_(modules[mname], getattr(modules[mname], pname) != 0, pname)
     return model.eval()
+
+
+def _build_recorded(directory: Path, source: Any) -> nn.Module:
+    """The architecture a saved record names, built by a registered builder (never from files on disk)."""
+    from prunekit.errors import UnknownNameError
+    from prunekit.models import build_model
+
+    advice = "pass the architecture: load_model(dir, model=MyNet())"
+    if not isinstance(source, str) or not source.startswith(("torchvision:", "prunekit:")):
+        raise CheckpointError(
+            f"{directory / RECORD} names the source {source!r}, which is not a registered builder "
+            f"(torchvision:NAME, prunekit:NAME); {advice}"
+        )
+    try:
+        return build_model(source, pretrained=False)
+    except UnknownNameError as e:
+        raise CheckpointError(
+            f"{directory / RECORD} names the source {source!r}, which cannot be built ({e}); {advice}"
+        ) from None
 
 
 def _structure_record(model: nn.Module) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -80,12 +81,24 @@ def _classifier_name(model: nn.Module) -> str | None:
     return last
 
 
+def _ignore_items(ignore: Ignore) -> list[Any]:
+    """The modules and names of an ``ignore=`` that is not a filter function."""
+    if isinstance(ignore, (nn.Module, str)):
+        return [ignore]
+    try:
+        return list(ignore)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(
+            f"ignore= takes modules, module names (a list of them) or a filter_fn(module, name); got {ignore!r}"
+        ) from None
+
+
 def _matcher(ignore: Ignore) -> Callable[[nn.Module, str], bool]:
     if ignore is None:
         return lambda m, n: False
     if callable(ignore) and not isinstance(ignore, nn.Module):
         return ignore  # type: ignore[return-value]
-    items = [ignore] if isinstance(ignore, (nn.Module, str)) else list(ignore)  # type: ignore[arg-type]
+    items = _ignore_items(ignore)
     modules = {id(i) for i in items if isinstance(i, nn.Module)}
     names = [i for i in items if isinstance(i, str)]
     bad = [i for i in items if not isinstance(i, (nn.Module, str))]
@@ -142,8 +155,14 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
             continue
         seen.add(key)
         targets.append(Target(name, module))
-    if isinstance(ignore, str) or (ignore is not None and not callable(ignore)):
-        items = [ignore] if isinstance(ignore, str) else list(ignore)  # type: ignore[arg-type]
+    if ignore is not None and (not callable(ignore) or isinstance(ignore, nn.Module)):
+        items = _ignore_items(ignore)
+        own = {id(m) for m in model.modules()}
+        if any(isinstance(i, nn.Module) and id(i) not in own for i in items):
+            raise ConfigError(
+                "ignore= holds a module that is not a module of the model (one of a copy, or of another model); "
+                "pass the model's own module or its name, e.g. ignore=['fc']"
+            )
         unknown = [
             n
             for n in items

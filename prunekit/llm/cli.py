@@ -7,6 +7,7 @@ prunekit eval-ppl DIR --text persuasion --max-tokens 4096
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -16,7 +17,7 @@ from rich.console import Console
 
 from prunekit.allocation import ALLOCATIONS
 from prunekit.cli_bench import _fail
-from prunekit.errors import PrunekitError
+from prunekit.errors import ConfigError, PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
 from prunekit.llm.methods import LM_METHOD_NAMES
 
@@ -77,7 +78,7 @@ def prune_llm(
     try:
         import prunekit
         from prunekit.allocation import Uniform, resolve_allocation
-        from prunekit.granularity import NM, parse_pattern
+        from prunekit.granularity import NM, _check_sparsity, parse_pattern
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
         from prunekit.serialization import atomic_directory, check_output_directory
@@ -88,6 +89,20 @@ def prune_llm(
             if not isinstance(gran, NM):
                 raise prunekit.InvalidSparsityError("pass --sparsity (a fraction in [0, 1)) or an N:M --pattern")
             sparsity = gran.fixed_sparsity
+        # everything that can be checked without the model is checked before it is loaded and evaluated
+        _check_sparsity(sparsity)
+        if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
+            raise prunekit.InvalidSparsityError(
+                f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass --sparsity "
+                f"{gran.fixed_sparsity:g} or leave --sparsity out"
+            )
+        if calibration_samples < 1 or seq_len < 1:
+            raise prunekit.DataError(
+                f"calibration needs --calibration-samples and --seq-len of at least 1, got {calibration_samples} "
+                f"and {seq_len}"
+            )
+        if eval_tokens < 0:
+            raise prunekit.ConfigError(f"--eval-tokens takes a count >= 0 (0 skips the evaluation), got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
         chosen = prunekit.methods.resolve_method(method)
@@ -97,10 +112,12 @@ def prune_llm(
                 f"pattern {gran} fixes every matrix's sparsity; {method} with allocation {alloc} cannot honour it "
                 "(pass --allocation uniform with a method that allows it, or an unstructured --sparsity)"
             )
+        calibration_text = load_text(calibration)
+        if eval_tokens:
+            load_text(eval_text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         cal = calibration_batches(
-            tokenizer, [(calibration, load_text(calibration))], n_samples=calibration_samples, seq_len=seq_len,
-            seed=seed,
+            tokenizer, [(calibration, calibration_text)], n_samples=calibration_samples, seq_len=seq_len, seed=seed
         )
         before = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
         if before is not None:
@@ -169,13 +186,19 @@ def eval_ppl(
         from prunekit.llm.models import load_causal_lm
         from prunekit.sources import load_text
 
+        if seq_len < 1 or (stride is not None and stride < 1) or max_tokens < 0:
+            raise ConfigError(
+                f"--seq-len and --stride take counts >= 1 and --max-tokens a count >= 0 (0: the whole text), got "
+                f"{seq_len}, {stride} and {max_tokens}"
+            )
+        eval_text = load_text(text)  # an unknown --text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         if device:
             model.to(device)
         result = perplexity(
             model,
             tokenizer,
-            load_text(text),
+            eval_text,
             name=text,
             seq_len=seq_len,
             stride=stride,

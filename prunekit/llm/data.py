@@ -90,7 +90,11 @@ def calibration_batches(
     """
     named = [("text", texts)] if isinstance(texts, str) else list(texts)
     if n_samples < 1 or seq_len < 1:
-        raise DataError("calibration needs n_samples >= 1 and seq_len >= 1")
+        raise DataError(
+            f"calibration needs at least one window of at least one token, got n_samples={n_samples}, "
+            f"seq_len={seq_len}: pass n_samples >= 1 and seq_len >= 1 (prunekit prune-llm: --calibration-samples "
+            "N and --seq-len N, both at least 1)"
+        )
     ids = torch.cat([tokenize(tokenizer, t) for _, t in named]) if named else torch.empty(0, dtype=torch.long)
     if ids.numel() <= seq_len:
         raise DataError(f"the calibration text has {ids.numel()} tokens, fewer than seq_len={seq_len}; pass more text")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib
 import importlib.util
 import json
@@ -177,6 +178,19 @@ def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = 
     transformers = _require_transformers()
     key = str(name_or_dir)
     folder = cached_model_dir(key) if key in OFFLINE_MODELS else Path(key)
+    if not folder.exists() and (key.startswith(("/", "./", "../", "~")) or key.count("/") > 1):
+        # a path, not a hub name ("owner/name"): say that the folder is missing
+        raise CheckpointError(
+            f"there is no folder {key}; pass a folder written by `prunekit prune-llm --out` or save_pretrained, or "
+            f"an offline name ({', '.join(OFFLINE_MODELS)})"
+        )
+    close = difflib.get_close_matches(key, list(OFFLINE_MODELS), n=1, cutoff=0.8)
+    if not folder.exists() and key not in OFFLINE_MODELS and "/" not in key and close:
+        # a misspelt offline name: say so now rather than after the hub has been tried
+        raise CheckpointError(
+            f"unknown model {key!r}; did you mean the offline name {close[0]!r}? Offline names: "
+            f"{', '.join(OFFLINE_MODELS)}; or pass a folder written by `prunekit prune-llm --out` / save_pretrained"
+        )
     if folder.exists():
         if not (folder / "config.json").is_file():
             raise CheckpointError(

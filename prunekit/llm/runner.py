@@ -147,6 +147,23 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
+def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
+    """Refuse token ids the model's input embedding has no row for (text tokenized for another model)."""
+    get = getattr(model, "get_input_embeddings", None)
+    size = getattr(get() if callable(get) else None, "num_embeddings", None)
+    if not isinstance(size, int):
+        return
+    for b in batches:
+        ids = b["input_ids"]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            raise DataError(
+                f"calibration token id {bad} is outside the model's vocabulary (ids 0 to {size - 1}); tokenize "
+                "the calibration text with the model's own tokenizer (load_causal_lm returns it with the model)"
+            )
+
+
 def _token_count(batch: dict[str, Tensor]) -> int:
     mask = token_mask(batch["input_ids"], batch.get("attention_mask"))
     return int(batch["input_ids"].numel()) if mask is None else int(mask.sum())
@@ -284,6 +301,7 @@ def run_layerwise(
     """
     adapter = adapter_for(model)
     batches = as_batches(calibration)
+    check_vocabulary(model, batches)
     exec_device = torch.device(device) if device is not None else model_device(model)
     store = torch.device("cpu") if offload_activations else exec_device
     was_training = model.training
