@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.calls import call_model
+from prunekit.errors import DataError, PrunekitError
 from prunekit.latency import LatencyComparison, Timing, compare_latency, time_model
 from prunekit.masks import effective_state_dict
 from prunekit.serialization import dense_bytes, sparse_bytes
@@ -147,7 +148,16 @@ def measure(
         was_training = model.training
         model.eval()
         try:
-            total, per_module = count_flops(model, example_inputs)
+            try:
+                total, per_module = count_flops(model, example_inputs)
+            except PrunekitError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise DataError(
+                    f"the model does not run on example_inputs ({type(e).__name__}: {first}); check their shape: "
+                    "pass a batch the model accepts"
+                ) from e
             stats.flops = total
             saved = 0.0
             for name, module in model.named_modules():

@@ -240,11 +240,11 @@ def ignore_foreign_module(tmp: Path) -> Setup:
     return Setup(call=lambda: pk.prune(model, "magnitude", sparsity=0.5, ignore=[other[2]]), model=model)
 
 
-def llm_calibration(batches: Any, method: str = "wanda") -> Callable[[Path], Setup]:
+def llm_calibration(batches: Any, method: str = "wanda", **options: Any) -> Callable[[Path], Setup]:
     def setup(tmp: Path) -> Setup:
         model = tiny_llama()
-        return Setup(call=lambda: pk.prune(model, method, sparsity=0.5, calibration=batches, progress=False),
-                     model=model)
+        return Setup(call=lambda: pk.prune(model, method, sparsity=0.5, calibration=batches, progress=False,
+                                           **options), model=model)
 
     return setup
 
@@ -380,6 +380,12 @@ CASES = [
          "token-id tensors"),
     Case("LM calibration ids outside the vocabulary", llm_calibration([torch.full((1, 8), 1000)]), pk.DataError,
          "vocabulary"),
+    Case("sparsegpt percdamp -1", llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", percdamp=-1.0),
+         pk.ConfigError, "percdamp must be a number >= 0"),
+    Case("sparsegpt blocksize 0", llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", blocksize=0),
+         pk.ConfigError, "blocksize must be a positive integer"),
+    Case("measure on inputs the model cannot run", api(cnn, lambda m: pk.measure(m, torch.randn(2, 5))),
+         pk.DataError, "pass a batch the model accepts"),
     # saved models and plans
     Case("load_model on a missing folder", load_missing, pk.CheckpointError, "save_model"),
     Case("load_model with garbage weights", load_garbage_weights, pk.CheckpointError, "save the model again"),

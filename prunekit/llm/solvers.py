@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunekit.errors import InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
+from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity import NM, Granularity, Unstructured
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix, to_matrix
 from prunekit.layout import weight_layout
@@ -250,10 +250,15 @@ class SparseGPTSolver(Solver):
 
     def __init__(self, module: nn.Module, layer_name: str = "", *, blocksize: int = 128, percdamp: float = 0.01):
         super().__init__(module, layer_name)
-        if blocksize < 1:
-            raise ValueError("blocksize must be a positive integer")
-        if not 0.0 <= percdamp:
-            raise ValueError("percdamp must be >= 0")
+        if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+            raise ConfigError(
+                f"blocksize must be a positive integer (columns solved together, e.g. 128), got {blocksize!r}"
+            )
+        if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not 0.0 <= percdamp:
+            raise ConfigError(
+                f"percdamp must be a number >= 0 (damping as a fraction of the mean Hessian diagonal, e.g. 0.01), "
+                f"got {percdamp!r}"
+            )
         self.blocksize = blocksize
         self.percdamp = percdamp
         shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
