@@ -37,7 +37,7 @@ def prune(
     model: nn.Module,
     method: str | Method | Pruner,
     *,
-    sparsity: float,
+    sparsity: float | None = None,
     pattern: Any = None,
     allocation: Any = None,
     ignore: Ignore = None,
@@ -50,7 +50,8 @@ def prune(
     ``method``: a registered name (see ``prunekit methods``), a :class:`Method`, or a :class:`Pruner` (a
     composition of criterion, granularity and allocation without a registered name; ``pattern=`` and
     ``allocation=`` may fill what it was not given and must agree with what it was). ``sparsity``:
-    fraction of the selected weights to remove, in [0, 1). ``pattern``: what is removed, a granularity or
+    fraction of the selected weights to remove, in [0, 1); optional with a :class:`Pruner` that carries one
+    (its ``sparsity``, or its schedule's final sparsity). ``pattern``: what is removed, a granularity or
     its string form ("2:4", "4x4", "channel"; physical: "physical-channel", "head", "layer", "embedding",
     carried out by the structural engine); default the method's (unstructured). A method refuses a pattern
     it cannot honour (:class:`PatternError`, or :class:`~prunekit.criteria.CriterionLevelError` when its
@@ -79,7 +80,13 @@ def prune(
             "pk.build_model('torchvision:resnet18') or pass your own model"
         )
     if isinstance(method, Pruner):
+        if sparsity is None:  # the Pruner's own sparsity, or its schedule's final one
+            sparsity = method.target_sparsity(None)
         pattern, allocation, ignore = _from_pruner(method, sparsity, pattern, allocation, ignore, options)
+    elif sparsity is None:
+        raise InvalidSparsityError(
+            "no sparsity given: pass sparsity= (a number in [0, 1), the fraction of the selected weights to remove)"
+        )
     m = resolve_method(method)
     unknown = set(options) - COMMON_OPTIONS - set(m.options)
     if unknown:
@@ -115,7 +122,7 @@ def prune(
     alloc = resolve_allocation(allocation if allocation is not None else m.default_allocation)
     if isinstance(gran, NM) and alloc.name != "uniform":
         raise ConfigError(f"pattern {gran} fixes every layer's sparsity; allocation must be 'uniform', got {alloc}")
-    if m.needs_data and calibration is None:
+    if m.needs_data and calibration is None and not (example_inputs is not None and _forward_only(named, m)):
         raise MissingDataError(
             f"method {m.name!r} needs data: pass calibration=batches (an iterable of (inputs, targets)) "
             "or calibration=loss_fn (a callable model -> scalar loss)"
@@ -176,6 +183,10 @@ def prune(
     }
     notes = list(outcome.notes)
     notes += [f"{name}: {why}" for name, why in ignored]
+    if not m.structural:
+        notes += _unprunable_notes(model, request.ignored_modules)
+    if calibration is not None:
+        notes += _unused_calibration_note(named)
     if latency_note:
         notes.append(latency_note)
     if before is None:
@@ -191,6 +202,85 @@ def prune(
         notes=notes,
         latency=comparison,
     )
+
+
+def _forward_only(named: Method, m: Method) -> bool:
+    """Does the masking composition need one forward pass only (e.g. bn-scale finds its normalisation layers
+    by running the model), so that example_inputs can stand in for calibration data?"""
+    if not isinstance(named, ScoreMethod) or m is not named:
+        return False
+    from prunekit.criteria import resolve_criterion
+    from prunekit.plan import FORWARD_ONLY_STATS
+
+    needs = resolve_criterion(named.criterion).needs
+    return bool(needs) and needs <= FORWARD_ONLY_STATS
+
+
+def _unused_calibration_note(named: Method) -> list[str]:
+    """A note when calibration= was passed to a data-free criterion (not refused: comparison loops pass the
+    same data to every method)."""
+    if not isinstance(named, ScoreMethod):
+        return []
+    from prunekit.criteria import resolve_criterion
+
+    crit = resolve_criterion(named.criterion)
+    if crit.needs_data:
+        return []
+    return [f"calibration was not used: criterion {crit.name!r} is data-free"]
+
+
+_UNPRUNABLE_WHY = {
+    nn.MultiheadAttention: "nn.MultiheadAttention's packed projection is not a prunable layer type",
+    nn.LSTM: "nn.LSTM is not a prunable layer type for masks (pattern 'physical-channel' shrinks its hidden units)",
+    nn.GRU: "nn.GRU is not a prunable layer type for masks",
+    nn.RNN: "nn.RNN is not a prunable layer type for masks",
+}
+
+
+def _unprunable_notes(model: nn.Module, ignored_names: list[str]) -> list[str]:
+    """Notes naming the weight matrices (2-D or more) the masking method could not prune because their layer
+    type is not a prunable one (nn.LSTM, nn.MultiheadAttention's in_proj_weight, ...), with their share of all
+    weight matrices. Embeddings, ignored modules and parametrization internals are left out."""
+    from torch.nn.utils import parametrize
+
+    from prunekit.layout import is_prunable
+
+    seen: set[int] = set()
+    total = 0
+    found: list[tuple[str, list[str], int, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue
+        pruned_here = is_prunable(module)
+        skip = pruned_here or isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or any(
+            name == i or name.startswith(i + ".") for i in ignored_names if i) or (not name and "" in ignored_names)
+        params, size = [], 0
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen or p.dim() < 2 or "weight" not in pname:  # tokens, position tables: not weights
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            if not skip:
+                params.append(f"{name}.{pname}" if name else pname)
+                size += p.numel()
+        if pruned_here and parametrize.is_parametrized(module):  # a masked weight lives in its parametrization
+            for p in module.parametrizations.parameters():
+                if id(p) not in seen and p.dim() >= 2:
+                    seen.add(id(p))
+                    total += p.numel()
+        if params:
+            found.append((name, params, size, module))
+    by_why: dict[str, tuple[list[str], int]] = {}  # one note per reason (a 12-block ViT: one note, not 12)
+    for name, params, size, module in found:
+        why = next((w for t, w in _UNPRUNABLE_WHY.items() if isinstance(module, t)),
+                   f"{type(module).__name__} is not a prunable layer type (Linear, Conv, transformers' Conv1D)")
+        names, n = by_why.get(why, ([], 0))
+        by_why[why] = (names + params, n + size)
+    notes = []
+    for why, (names, n) in by_why.items():
+        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        notes.append(f"not pruned: {listed} ({n / max(total, 1):.0%} of weights): {why}")
+    return notes
 
 
 def _from_pruner(

@@ -30,6 +30,7 @@ _CLI_HINTS: tuple[tuple[str, str], ...] = (
     (r"calibration=batches \([^)]*\)\)? or calibration=loss_fn \([^)]*\)", "--calibration DATA"),
     (r"calibration=batches \([^)]*\)", "--calibration DATA"),
     (r"calibration=loss_fn( \([^)]*\))?", "--calibration DATA"),
+    (r"\bignore= (?=names\b)", "--ignore "),
     (r"ignore=\[\.\.\.\]|ignore=", "--ignore NAME"),
     (r"skip_incompatible=True", "--skip-incompatible"),
     (r"prune_classifier=True", "--prune-classifier"),
@@ -40,17 +41,48 @@ _CLI_HINTS: tuple[tuple[str, str], ...] = (
     (r"\bpattern=None", "no --pattern"),
     (r"\bpattern=", "--pattern "),
     (r"\ballocation=", "--allocation "),
-    (r"\b(strict|criterion|loss_fn|overrides|global_cap|round_to)=", r"--option \1="),
+    (r"(?<!--option )\b(strict|criterion|loss_fn|overrides|global_cap|round_to)=", r"--option \1="),
 )
+# a Python call expression in advice (``pk.prune(model, "magnitude", sparsity=0.5)``): its start; it runs to
+# the matching parenthesis and is left as Python (rewriting inside it would mix the two syntaxes)
+_CALL_START = r"[A-Za-z_][\w.]*\("
+
+
+def _python_calls(message: str) -> list[tuple[int, int]]:
+    """Spans of the call expressions in ``message`` (name directly followed by a parenthesis, to its match)."""
+    import re
+
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (m := re.compile(_CALL_START).search(message, pos)) is not None:
+        depth, i = 0, m.end() - 1
+        while i < len(message):
+            depth += {"(": 1, ")": -1}.get(message[i], 0)
+            i += 1
+            if depth == 0:
+                break
+        spans.append((m.start(), i))
+        pos = i
+    return spans
 
 
 def cli_hint(message: str) -> str:
-    """``message`` with its Python-call advice (``ignore=[...]``, ``skip_incompatible=True``, ...) written as
-    the command line's flags (``--ignore NAME``, ``--skip-incompatible``, ...)."""
+    """``message`` with its Python keyword advice (``ignore=[...]``, ``skip_incompatible=True``, ...) written as
+    the command line's flags (``--ignore NAME``, ``--skip-incompatible``, ...). Only keywords that stand alone
+    are rewritten: a whole Python call expression (``pk.prune(model, ..., sparsity=0.5)``) is kept as it is."""
     import re
 
-    for pattern, replacement in _CLI_HINTS:
-        message = re.sub(pattern, replacement, message)
+    def rewrite(text: str) -> str:
+        for pattern, replacement in _CLI_HINTS:
+            text = re.sub(pattern, replacement, text)
+        return text
+
+    # only keyword hints that stand alone: a Python call expression is kept as it is
+    parts, last = [], 0
+    for start, end in _python_calls(message):
+        parts += [rewrite(message[last:start]), message[start:end]]
+        last = end
+    message = "".join(parts) + rewrite(message[last:])
     return message.replace("(overwrite=True in Python) ", "").replace("--overwrite (--overwrite in Python)", "--overwrite")
 
 

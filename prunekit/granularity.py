@@ -104,7 +104,8 @@ class Granularity:
 
     def keep_units(self, unit_scores: Tensor, unit_sizes: Tensor, sparsity: float) -> Tensor:
         """Boolean keep-flag per unit: the lowest-scoring units go until the weights removed come closest
-        to ``sparsity`` of all the layer's weights (ties: lower index first)."""
+        to ``sparsity`` of all the layer's weights (ties: lower index first); the highest-scoring unit always
+        stays, so a layer is never emptied."""
         _check_sparsity(sparsity)
         keep = torch.ones_like(unit_scores, dtype=torch.bool)
         target = sparsity * float(unit_sizes.double().sum())
@@ -115,7 +116,8 @@ class Granularity:
             k = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).item())
             if k < len(cum) and (k == 0 or abs(cum[k].item() - target) < abs(cum[k - 1].item() - target)):
                 k += 1
-            keep[order[:k]] = False
+            # never every unit: the highest-scoring one stays (an emptied layer disconnects the network)
+            keep[order[:min(k, len(order) - 1)]] = False
         return keep
 
     def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
@@ -155,8 +157,8 @@ class Unstructured(Granularity):
 
     def mask(self, scores: Tensor, sparsity: float) -> Tensor:
         _check_sparsity(sparsity)
-        flat = scores.reshape(-1)
-        return (~lowest_k_mask(flat, round(sparsity * flat.numel()))).reshape(scores.shape)
+        flat = scores.reshape(-1)  # never every weight: the highest-scoring one stays
+        return (~lowest_k_mask(flat, min(round(sparsity * flat.numel()), max(flat.numel() - 1, 0)))).reshape(scores.shape)
 
 
 @dataclass(frozen=True)

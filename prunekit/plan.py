@@ -217,6 +217,10 @@ def _weight_for_scoring(target: Target) -> Tensor:
         return target.layout.to_canonical(target.weight.detach())
 
 
+#: statistics one forward pass on example_inputs gives (no calibration data needed)
+FORWARD_ONLY_STATS = frozenset({"bn_gamma"})
+
+
 def gather_statistics(
     criterion: Criterion,
     model: nn.Module,
@@ -233,6 +237,8 @@ def gather_statistics(
     layers = {t.name: t.module for t in targets}
     if not criterion.needs:
         return {name: LayerStats(name) for name in layers}
+    if calibration is None and example_inputs is not None and criterion.needs <= FORWARD_ONLY_STATS:
+        calibration = [example_inputs]  # one forward pass finds what it needs (as the structural path does)
     try:
         return collect(model, layers, criterion.needs, calibration, example_inputs=example_inputs, loss_fn=loss_fn,
                        **kwargs)
@@ -455,9 +461,7 @@ class Pruner:
         if isinstance(gran, NM):
             layer_sparsity = {t.name: gran.fixed_sparsity for t in targets}
         else:
-            infos = [LayerInfo(t.name, tuple(t.layout.canonical_shape(tuple(t.weight.shape))), unit_scores[t.name],
-                               unit_sizes[t.name]) for t in free]
-            layer_sparsity = self.allocation.allocate(infos, sparsity) if infos else {}  # type: ignore[union-attr]
+            layer_sparsity = self._allocate_keeping_a_unit(free, sparsity, unit_scores, unit_sizes)
             layer_sparsity.update(overrides)
         layers = []
         for t in targets:
@@ -479,6 +483,35 @@ class Pruner:
         if overrides:
             settings["overrides"] = overrides
         return Plan(layers, self.method_name, settings, list(ignored or []))
+
+    def _allocate_keeping_a_unit(self, free: list[Target], sparsity: float, unit_scores: dict[str, Tensor],
+                                 unit_sizes: dict[str, Tensor]) -> dict[str, float]:
+        """The allocation's per-layer sparsity over ``free``, with no layer emptied: a mask keeps at least a
+        layer's highest-scoring unit (:meth:`Granularity.keep_units`), so a layer the allocation would empty
+        is held at that floor and the rest of the target is spread again over the other layers (their
+        allocation at the adjusted target), which meets the overall target as closely as they allow."""
+        size = {t.name: float(unit_sizes[t.name].double().sum()) for t in free}
+        total = sum(size.values())
+        held: dict[str, float] = {}  # layer -> sparsity at its floor (all but its best unit)
+        while True:
+            rest = [t for t in free if t.name not in held]
+            rest_size = sum(size[t.name] for t in rest)
+            target = sparsity
+            if held and rest_size > 0:
+                removed = sum(held[n] * size[n] for n in held)
+                target = min(max((sparsity * total - removed) / rest_size, 0.0), 1.0 - 1e-9)
+            infos = [LayerInfo(t.name, tuple(t.layout.canonical_shape(tuple(t.weight.shape))), unit_scores[t.name],
+                               unit_sizes[t.name]) for t in rest]
+            out = self.allocation.allocate(infos, target) if infos else {}  # type: ignore[union-attr]
+            newly = {}
+            for t in rest:
+                w = size[t.name]
+                best = float(unit_sizes[t.name][int(torch.argmax(unit_scores[t.name]))])
+                if w > 0 and out[t.name] * w > w - best / 2:  # the rounding would remove every unit
+                    newly[t.name] = (w - best) / w
+            if not newly or len(newly) == len(rest):
+                return {**out, **held, **newly}
+            held.update(newly)
 
     def step(self, model: nn.Module, step: int, **kwargs: Any) -> Plan | None:
         """In a training loop: prune to ``schedule.sparsity_at(step)`` when the schedule acts at ``step``.

@@ -215,7 +215,15 @@ class Calibration:
                 return loss
             ids = inputs.get("input_ids")
             if _is_token_batch(ids):
-                return next_token_loss(_logits(out), ids, mask)
+                logits = _logits(out)
+                if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(ids.shape):  # [B, T, V]: a language model
+                    return next_token_loss(logits, ids, mask)
+                raise DataError(
+                    f"the model's outputs {tuple(logits.shape)} are not next-token logits [B, T, V] for input_ids "
+                    f"{tuple(ids.shape)}, and the dict calibration batch has no labels, so no loss can be formed for a "
+                    "gradient criterion: add labels to each batch (so the model returns .loss), or pass loss_fn= "
+                    "(loss_fn(outputs, batch)) or calibration=a callable model -> scalar loss"
+                )
             raise DataError("a dict calibration batch must make the model return .loss (add labels) or hold "
                             "input_ids; or pass loss_fn=")
         if targets is None:
