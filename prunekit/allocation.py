@@ -86,13 +86,19 @@ def _global_threshold(scores: list[Tensor], sizes: list[Tensor], names: list[str
     return {name: float(removed[i] / layer_sizes[i]) for i, name in enumerate(names)}
 
 
+#: Global's cap in mask form when ``max_sparsity`` is not given
+DEFAULT_MAX_SPARSITY = 0.99
+
+
 @ALLOCATIONS.register("global", "one score threshold across all layers (global pruning)")
 @dataclass(frozen=True)
 class Global(Allocation):
     """Rank units of all layers together and remove the lowest until the target is reached.
 
     ``max_sparsity`` caps every layer (so that no layer collapses); the budget a capped layer cannot take
-    goes to the others.
+    goes to the others. None (the default) means the granularity's default cap: 0.99 for masks
+    (:data:`DEFAULT_MAX_SPARSITY`), ``min(0.9, 2 * sparsity)`` for physical units (channel groups, heads,
+    blocks); a value given explicitly is always honoured.
 
     ``count``: what the budget counts, ``"weights"`` (default: ``sparsity`` of all weights go) or
     ``"units"`` (``sparsity`` of all units go, each unit counting one whatever its size: network slimming's
@@ -101,10 +107,15 @@ class Global(Allocation):
 
     name: str = "global"
     needs_scores: bool = True
-    max_sparsity: float = 0.99
+    max_sparsity: float | None = None
     count: str = "weights"
 
     def __post_init__(self) -> None:
+        if self.max_sparsity is not None and (isinstance(self.max_sparsity, bool)
+                                              or not isinstance(self.max_sparsity, (int, float))
+                                              or not 0 < self.max_sparsity <= 1):
+            raise ConfigError(f"Global(max_sparsity=...) must be in (0, 1] or None (the default cap), "
+                              f"got {self.max_sparsity!r}")
         if self.count not in ("weights", "units"):
             raise ConfigError(f"Global(count=...) counts 'weights' or 'units', got {self.count!r}")
 
@@ -118,7 +129,8 @@ class Global(Allocation):
             [layer.name for layer in layers],
             sparsity,
         )
-        return _cap(result, layers, sparsity, self.max_sparsity)
+        cap = DEFAULT_MAX_SPARSITY if self.max_sparsity is None else float(self.max_sparsity)
+        return _cap(result, layers, sparsity, cap)
 
 
 def _cap(result: dict[str, float], layers: list[LayerInfo], sparsity: float, cap: float) -> dict[str, float]:

@@ -143,6 +143,12 @@ class ScoreMethod(Method):
         crit.check_level(pattern.criterion_level, str(pattern))
         if not pattern.physical:
             return self
+        if self.default_overrides:
+            raise ConfigError(
+                f"overrides ({sorted(self.default_overrides)}) set per-layer sparsities of mask granularities "
+                f"(unstructured, N:M, blocks, channel masks); pattern {pattern} removes units physically and does "
+                f"not honour them: drop overrides=, keep layers whole with ignore=[...], or use a mask granularity"
+            )
         from prunekit.structural.compose import physical_method
 
         return physical_method(pattern.level, crit)

@@ -29,8 +29,6 @@ import torch
 from prunekit.allocation import ALLOCATIONS, Allocation, Global, LayerInfo, resolve_allocation
 from prunekit.errors import ConfigError
 
-_DEFAULT_MAX = Global().max_sparsity
-
 
 def default_global_cap(sparsity: float) -> float:
     """The structural default of the global cap: ``min(0.9, 2 * sparsity)``."""
@@ -42,8 +40,8 @@ def structural_allocation(allocation: Any, sparsity: float, global_cap: float | 
     :class:`~prunekit.allocation.Allocation` or None for uniform) with the global cap resolved.
 
     ``global_cap`` in (0, 1) is :class:`~prunekit.allocation.Global`'s ``max_sparsity``; it is refused for
-    any other allocation, and when it contradicts a ``max_sparsity`` given explicitly. A ``Global`` left at
-    its default ``max_sparsity`` gets ``min(0.9, 2 * sparsity)``. Raises
+    any other allocation, and when it contradicts a ``max_sparsity`` given explicitly. A ``Global`` without
+    ``max_sparsity`` (None) gets ``min(0.9, 2 * sparsity)``; an explicit one is honoured as given. Raises
     :class:`~prunekit.errors.ConfigError` naming what is supported.
     """
     alloc = resolve_allocation(allocation)
@@ -58,11 +56,11 @@ def structural_allocation(allocation: Any, sparsity: float, global_cap: float | 
                 f"global_cap is the most one group may lose under allocation='global' (Global.max_sparsity); "
                 f"allocation {alloc} does not read it: drop global_cap or use allocation='global'"
             )
-        if alloc.max_sparsity not in (_DEFAULT_MAX, global_cap):
+        if alloc.max_sparsity is not None and alloc.max_sparsity != global_cap:
             raise ConfigError(f"global_cap={global_cap} contradicts Global(max_sparsity={alloc.max_sparsity}); "
                               f"give one of them")
         return dataclasses.replace(alloc, max_sparsity=float(global_cap))
-    if isinstance(alloc, Global) and alloc.max_sparsity == _DEFAULT_MAX:
+    if isinstance(alloc, Global) and alloc.max_sparsity is None:
         return dataclasses.replace(alloc, max_sparsity=default_global_cap(sparsity))
     return alloc
 

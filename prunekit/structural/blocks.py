@@ -9,7 +9,7 @@ Both plan first (scores, allocation, validation) and change the model only in :f
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,15 @@ from prunekit.structural.surgery import _size_attrs, remove_, structure_state
 from prunekit.structural.trace import _call
 
 # ------------------------------------------------------------------------------------------------- heads
+
+
+def overlaps_ignored(name: str, ignored: Iterable[str]) -> str | None:
+    """The ``ignore=`` module that ``name`` (a block) lies inside, equals or contains; None when none does.
+    The model itself (name "") contains everything."""
+    for ig in ignored:
+        if ig == name or not ig or not name or name.startswith(ig + ".") or ig.startswith(name + "."):
+            return ig
+    return None
 
 
 @dataclass
@@ -102,6 +111,7 @@ def plan_heads(
     calib_batches: int = 8,
     global_cap: float | None = None,
     exact: bool = False,
+    ignored: Iterable[str] = (),
 ) -> HeadPlan:
     """Remove ``sparsity`` of the key/value groups (with their query heads) of every attention module.
 
@@ -112,7 +122,8 @@ def plan_heads(
     ``min(0.9, 2 * sparsity)``); ``calibration`` / ``loss_fn`` / ``calib_batches``: data for data-driven
     criteria; ``example_inputs``: SynFlow's input shape. A Hugging Face model keeps a head count its config
     can state (see :func:`~prunekit.structural.hf.fit_head_counts`), so that stock ``from_pretrained``
-    reloads it; ``exact=True`` keeps the allocation's counts instead.
+    reloads it; ``exact=True`` keeps the allocation's counts instead. ``ignored``: module names ``ignore=``
+    matched; an attention module inside, equal to or containing one keeps all its heads.
 
     Raises :class:`~prunekit.errors.UnknownNameError` (an unknown criterion, listing those for heads),
     :class:`~prunekit.criteria.CriterionLevelError` (a criterion with no meaning for heads: influence, apoz,
@@ -126,6 +137,15 @@ def plan_heads(
     blocks = find_attention(model)
     if not blocks:
         raise NothingToPruneError("no attention module with q/k/v/o projections was found for Head()")
+    ignored = list(ignored)
+    kept_by_user = [b.name for b in blocks if overlaps_ignored(b.name, ignored) is not None]
+    if kept_by_user:
+        blocks = [b for b in blocks if b.name not in kept_by_user]
+        if not blocks:
+            raise NothingToPruneError(
+                f"ignore= covers every attention module ({', '.join(kept_by_user[:8])}), so Head() has nothing to "
+                f"remove; ignore fewer modules"
+            )
     scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
                         max_batches=calib_batches, seed=seed, level="head")
     scored = scorer.score(head_unit_sets(model, blocks))
@@ -147,6 +167,9 @@ def plan_heads(
     if not exact:
         remove, fit_notes = fit_head_counts(model, blocks, scores, remove)
         notes += fit_notes
+    if kept_by_user:
+        notes.append(f"{len(kept_by_user)} attention module(s) keep all their heads because ignore= names them: "
+                     + ", ".join(kept_by_user[:8]) + (" ..." if len(kept_by_user) > 8 else ""))
     return HeadPlan(blocks, remove, notes, crit.name, scores)
 
 
@@ -268,6 +291,7 @@ def plan_layers(
     loss_fn: Any = None,
     calib_batches: int = 8,
     global_cap: float | None = None,
+    ignored: Iterable[str] = (),
 ) -> LayerPlan:
     """Remove ``sparsity`` of the blocks of every stack (rounded down, at least one block kept per stack).
 
@@ -281,6 +305,7 @@ def plan_layers(
     copies the stack's parameters). ``allocation``: any core allocation over the stacks (``global_cap``:
     ``Global.max_sparsity``). ``identity_only`` keeps blocks that are not identity residuals
     (``x + f(x)``). ``calibration`` / ``loss_fn`` / ``calib_batches``: data for data-driven criteria.
+    ``ignored``: module names ``ignore=`` matched; a block inside, equal to or containing one is kept.
 
     Raises :class:`~prunekit.errors.DataError` without ``example_inputs``,
     :class:`~prunekit.criteria.CriterionLevelError` for a criterion with no meaning for layers (apoz,
@@ -337,12 +362,23 @@ def plan_layers(
             h.remove()
         model.train(was)
     live = []  # (stack name, stack module, block names, candidate mask)
+    ignored = list(ignored)
+    full = {id(m): n for n, m in model.named_modules()}
+    kept_by_user: list[str] = []
     for sname, st in stacks:
         blocks = [f"{sname}.{i}" if sname else str(i) for i in range(len(st))]
-        cand = np.array([bool(shape_ok.get(c)) and (bool(identity.get(c)) or not identity_only) for c in blocks])
+        user = [overlaps_ignored(full.get(id(child), b), ignored) is not None for b, child in zip(blocks, st)]
+        kept_by_user += [b for b, u in zip(blocks, user) if u]
+        cand = np.array([bool(shape_ok.get(c)) and (bool(identity.get(c)) or not identity_only) and not u
+                         for c, u in zip(blocks, user)])
         if cand.any():
             live.append((sname, st, blocks, cand))
     if not live:
+        if kept_by_user:
+            raise NothingToPruneError(
+                f"ignore= covers every block Layer() could remove ({', '.join(kept_by_user[:8])}), so it has "
+                f"nothing to remove; ignore fewer modules"
+            )
         raise NothingToPruneError("no block of this model keeps its input shape, so Layer() has nothing to remove")
     scores, scored, notes = _layer_scores(model, crit, live, infl, calibration=calibration,
                                           example_inputs=example_inputs, loss_fn=loss_fn, calib_batches=calib_batches,
@@ -361,6 +397,9 @@ def plan_layers(
         plan.candidates += [b for b, c in zip(blocks, cand) if c]
         plan.scores.update({b: float(v) for b, v, c in zip(blocks, s, cand) if c})
         plan.remove += sorted((blocks[i] for i in r.tolist()), key=lambda n: plan.scores[n])
+    if kept_by_user:
+        plan.notes.append(f"{len(kept_by_user)} block(s) kept because ignore= names them or a module inside them: "
+                          + ", ".join(kept_by_user[:8]) + (" ..." if len(kept_by_user) > 8 else ""))
     non_id = [n for n in plan.remove if not identity.get(n)]
     if non_id:
         plan.notes.append(f"{len(non_id)} removed block(s) are not identity residuals (e.g. {non_id[0]})")
@@ -393,9 +432,16 @@ def _layer_scores(model: nn.Module, crit: Criterion, live: list, infl: dict[str,
 
 def _is_identity_residual(mod: nn.Module, args: tuple, kwargs: dict, x: Tensor) -> bool:
     """Whether ``mod`` is ``x + f(x)`` (possibly several such steps), tested on a copy whose every
-    parameter is zero: an identity residual then returns its input unchanged."""
+    parameter is zero: an identity residual then returns its input unchanged. The copy carries no hooks
+    (:func:`plan_layers` calls this from a forward hook, which the copy must not run again)."""
     try:
         m = copy.deepcopy(mod)
+        for sub in m.modules():
+            for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+                d = getattr(sub, hooks, None)
+                if d is not None:
+                    d.clear()
         with torch.no_grad():
             for p in m.parameters():
                 p.zero_()

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.criteria.base import Criterion
-from prunekit.errors import ConfigError, PatternError
+from prunekit.errors import ConfigError, NothingToPruneError, PatternError, PrunekitError
 from prunekit.granularity import NM, Unstructured, parse_pattern
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
 from prunekit.structural.blocks import (
@@ -113,6 +113,7 @@ class StructuralMethod(Method):
                               f"{', '.join(sorted(self.options))}")
         crit = self.resolve_criterion(opts)
         check_options(opts.get("round_to"), opts.get("global_cap"))
+        refuse_masked(model)
         data = {"calibration": request.calibration, "loss_fn": opts.get("loss_fn"),
                 "calib_batches": int(opts.get("calib_batches", 8)), "seed": request.seed}
         own_config_(model)  # a config shared with another model (a teacher) must not change with this one
@@ -133,6 +134,10 @@ class StructuralMethod(Method):
                 opaque=request.ignored_modules,
                 **data,
             )
+            if not plan.units_removed:
+                raise nothing_removed(request.sparsity, [g.size for g in plan.groups],
+                                      UNIT_WORDS[self.kind], "channel group" if self.kind == "channel" else
+                                      "hidden-size group")
             old = apply_plan_(model, plan)
             groups = sum(len(r) > 0 for r in plan.remove)
             notes = [(f"{plan.units_removed} {self.kind} units removed from {groups} groups by {crit.name} in "
@@ -141,17 +146,60 @@ class StructuralMethod(Method):
         if self.kind == "head":
             hplan = plan_heads(model, request.sparsity, criterion=crit, allocation=request.allocation,
                                example_inputs=request.example_inputs, global_cap=opts.get("global_cap"),
-                               exact=bool(opts.get("exact_heads", False)), **data)
+                               exact=bool(opts.get("exact_heads", False)), ignored=request.ignored_modules,
+                               **data)
+            if not any(len(r) for r in hplan.remove):
+                raise nothing_removed(request.sparsity, [b.groups for b in hplan.blocks], "key/value groups",
+                                      "attention module", extra=hplan.notes)
             apply_head_plan_proved_(model, hplan, request.example_inputs, apply=apply_head_plan_)
             ls = {b.name: len(r) / b.groups for b, r in zip(hplan.blocks, hplan.remove)}
             return MethodOutcome(ls, [str(hplan)])
         if self.kind == "layer":
             lplan = plan_layers(model, request.example_inputs, request.sparsity, criterion=crit,
                                 allocation=request.allocation, identity_only=bool(opts.get("identity_only", False)),
-                                global_cap=opts.get("global_cap"), **data)
+                                global_cap=opts.get("global_cap"), ignored=request.ignored_modules, **data)
+            if not lplan.remove:
+                sizes: dict[str, int] = {}
+                for n in lplan.candidates:
+                    parent = n.rpartition(".")[0]
+                    sizes[parent] = sizes.get(parent, 0) + 1
+                raise nothing_removed(request.sparsity, list(sizes.values()), "blocks", "stack", extra=lplan.notes)
             apply_layer_plan_(model, lplan)
             return MethodOutcome({n: 1.0 for n in lplan.remove}, [str(lplan)] + lplan.notes)
         raise ConfigError(f"unknown structural kind {self.kind!r}; use one of: {', '.join(OPTIONS)}")
+
+
+def refuse_masked(model: nn.Module) -> None:
+    """Physical pruning of a model that carries masks is refused at once (before any tracing), naming the fix:
+    its masked weights are parametrizations the structural engine does not slice."""
+    from torch.nn.utils import parametrize
+
+    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if masked:
+        raise PrunekitError(
+            f"the model carries masks ({len(masked)} module(s), e.g. {masked[0]!r}; see prunekit.get_mask): "
+            f"physical pruning slices plain weights, so call pk.squash_masks_(model) first (masked weights become "
+            f"real zeros), then prune physically"
+        )
+
+
+def nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
+                    extra: list[str] | None = None) -> NothingToPruneError:
+    """The refusal for a structural plan that removes no unit: the sparsity is too low for the unit counts
+    (every set keeps at least one unit and loses ``floor(sparsity * n)``). Names the smallest sparsity that
+    removes one unit."""
+    biggest = max(sizes) if sizes else 0
+    rounded = [n for n in (extra or []) if "cannot state" in n and "kept" in n]
+    if rounded:  # the allocation removed some, the config's head counts rounded it back to none
+        return NothingToPruneError(f"sparsity {sparsity:g} removes no {words}: {rounded[0]}; the model is unchanged")
+    if biggest < 2:
+        why = (f"every {what} has at most one of its {words} left (at least one is kept), so none can be removed")
+    else:
+        why = (f"the largest {what} has {biggest} {words}, so sparsity={sparsity:g} rounds down to 0 of them; "
+               f"the smallest sparsity that removes one is {1 / biggest:.4g} (uniform allocation)")
+    more = [n for n in (extra or []) if "keep" in n or "kept" in n]
+    return NothingToPruneError(f"sparsity {sparsity:g} removes no {words}: {why}; the model is unchanged"
+                               + (f" ({more[0]})" if more else ""))
 
 
 _METHODS = [

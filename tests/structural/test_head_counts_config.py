@@ -56,8 +56,11 @@ def _heads_match_projections(model: nn.Module) -> None:
 
 
 def test_gqa_llama_heads_save_and_reload_with_stock_from_pretrained(tmp_path) -> None:  # noqa: ANN001
-    """The field case: "head" at 0.25 and "llm-heads" at 0.5 on 8 heads in 4 key/value groups, hidden 64."""
-    for method, sparsity, kw in (("head", 0.25, {"example_inputs": IDS}), ("llm-heads", 0.5, {"calibration": CALIB})):
+    """The field case: "head" at 0.25 and "llm-heads" at 0.5 on 8 heads in 4 key/value groups, hidden 64.
+    "head" at 0.25 (6 heads) is rounded back by the config to no head removed: refused, naming the way out."""
+    with pytest.raises(pk.NothingToPruneError, match="exact_heads=True"):
+        pk.prune(_build("llama-gqa"), "head", sparsity=0.25, measure_latency=False, example_inputs=IDS)
+    for method, sparsity, kw in (("head", 0.5, {"example_inputs": IDS}), ("llm-heads", 0.5, {"calibration": CALIB})):
         model = _build("llama-gqa")
         pk.prune(model, method, sparsity=sparsity, measure_latency=False, **kw)
         cfg = model.config
@@ -81,7 +84,13 @@ def test_every_head_pruned_model_saves_and_reloads_to_identical_logits(kind: str
                                                                        tmp_path) -> None:  # noqa: ANN001
     model = _build(kind)
     kw = {"example_inputs": {"input_ids": IDS}} if method == "head" else {"calibration": CALIB}
-    pk.prune(model, method, sparsity=sparsity, measure_latency=False, **kw)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        pk.prune(model, method, sparsity=sparsity, measure_latency=False, **kw)
+    except pk.NothingToPruneError as e:  # no group removed (rounded down, or back by the config): refused
+        assert "cannot state" in str(e) or "smallest sparsity" in str(e)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        return
     logits = _logits(model)
     again, loader = _reload(model, tmp_path)
     assert torch.equal(_logits(again), logits)
