@@ -145,6 +145,7 @@ class Criterion:
     contribute: Callable[[ScoreInput], Tensor] | None = None
     reduce: Callable[[Tensor, Tensor], Tensor] = _mean
     row_native: bool = False  # scores rows (filters) by nature: every weight of a row shares its score
+    power: float | None = None  # the element score and contribution are |w|^power (lets reductions fuse)
 
     def __post_init__(self) -> None:
         if not self.needs <= STATISTICS:
@@ -212,13 +213,14 @@ def criterion(
     reduce: Callable[[Tensor, Tensor], Tensor] | None = None,
     contribute: Callable[[ScoreInput], Tensor] | None = None,
     row_native: bool = False,
+    power: float | None = None,
 ) -> Callable[[Callable[[ScoreInput], Tensor]], Callable[[ScoreInput], Tensor]]:
     """Decorator: register ``fn(s: ScoreInput) -> element scores`` as a :class:`Criterion`."""
 
     def deco(fn: Callable[[ScoreInput], Tensor]) -> Callable[[ScoreInput], Tensor]:
         register(
             Criterion(name, fn, description, paper, frozenset(needs), frozenset(levels), contribute,
-                      reduce or _mean, row_native),
+                      reduce or _mean, row_native, power),
             aliases=aliases,
         )
         return fn

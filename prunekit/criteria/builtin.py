@@ -31,14 +31,14 @@ def lamp_scores(squared: Tensor) -> Tensor:
 
 
 @criterion("magnitude", "|w|: weight magnitude; summed over a unit, its L1 norm (Han et al. 2015; Li et al. 2017)",
-           paper="Learning both Weights and Connections for Efficient Neural Networks", aliases=("l1",))
+           paper="Learning both Weights and Connections for Efficient Neural Networks", aliases=("l1",), power=1.0)
 def magnitude(s: ScoreInput) -> Tensor:
     """``|w|``. Over a unit the mean ``|w|`` ranks units by their L1 norm (Li et al. 2017, "Pruning Filters
     for Efficient ConvNets")."""
     return s.weight.abs()
 
 
-@criterion("l2", "w^2: ranks single weights like magnitude and units by their L2 norm")
+@criterion("l2", "w^2: ranks single weights like magnitude and units by their L2 norm", power=2.0)
 def l2(s: ScoreInput) -> Tensor:
     """``w^2``; a unit's mean ranks units by their L2 norm (the group-lasso view of DepGraph, Fang et al. 2023)."""
     return s.weight.float().pow(2)
@@ -50,11 +50,12 @@ def lp(p: float) -> Criterion:
 
     if not p > 0:
         raise DataError(f"the Lp criterion needs p > 0, got {p}")
-    return Criterion(f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm")
+    return Criterion(f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
+                     power=float(p))
 
 
 register(Criterion("lp", lambda s: s.weight.float().abs().pow(3.0),
-                   "|w|^p with p = 3 (any other p: the name 'l<p>', e.g. 'l0.5', or prunekit.lp(p))"))
+                   "|w|^p with p = 3 (any other p: the name 'l<p>', e.g. 'l0.5', or prunekit.lp(p))", power=3.0))
 
 
 @criterion("random", "uniform random scores, seeded per layer: the baseline every criterion must beat")

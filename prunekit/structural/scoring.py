@@ -128,8 +128,46 @@ def _per_index(t: Tensor, dim: int | None) -> Tensor:
     tensor's precision (torch's cascade summation) and returned as float64 for the bincount over units."""
     if dim is None or t.dim() == 0:
         return t.sum().double().reshape(1)
-    others = [d for d in range(t.dim()) if d != dim]
-    return (t.sum(others) if others else t).double()
+    if t.dim() == 1:
+        return t.double()
+    # as [lead, n, trail]: the trailing dims are reduced first (a contiguous, fast reduction), then the
+    # leading ones over a small [lead, n]; a strided sum over the leading dims of a big tensor is slow
+    t = t.contiguous()
+    n = t.shape[dim]
+    lead = int(np.prod(t.shape[:dim])) if dim else 1
+    return t.reshape(lead, n, -1).sum(2).sum(0).double()
+
+
+def _power_per_index(t: Tensor, dim: int | None, p: float) -> Tensor:
+    """``sum |t|^p`` over every dimension except ``dim`` (float64), with no temporary of the tensor's size:
+    long trailing rows are reduced by a norm kernel, short ones (convolution kernels) elementwise, and the
+    leading dimensions in chunks of rows that stay in cache (the same sums as :func:`_per_index` of
+    ``|t|^p``, up to float32 rounding within a chunk)."""
+    if dim is None or t.dim() == 0:
+        return torch.linalg.vector_norm(t.float().reshape(-1), ord=p).double().pow(p).reshape(1)
+    x = t if t.is_contiguous() else t.contiguous()
+    n = x.shape[dim]
+    lead = int(np.prod(x.shape[:dim])) if dim else 1
+    x3 = x.reshape(lead, n, -1).float()
+
+    def part(rows: Tensor) -> Tensor:  # (r, n, b) -> (n,)
+        if rows.shape[2] > 64:
+            v = torch.linalg.vector_norm(rows, ord=p, dim=2)
+            return (v if p == 1 else v.pow(p)).sum(0)
+        if rows.shape[2] > 1:
+            if p == 1:
+                return rows.abs().sum((0, 2))
+            return (rows * rows).sum((0, 2)) if p == 2 else rows.abs().pow(p).sum((0, 2))
+        v = rows[:, :, 0]
+        return v.abs().sum(0) if p == 1 else (v * v).sum(0) if p == 2 else v.abs().pow(p).sum(0)
+
+    if lead == 1:
+        return part(x3).double()
+    acc = torch.zeros(n, dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 18) // max(n * x3.shape[2], 1))  # ~256k values per chunk
+    for i in range(0, lead, step):
+        acc += part(x3[i: i + step]).double()
+    return acc
 
 
 def _slice_sizes(shape: tuple[int, ...], dim: int | None) -> np.ndarray:
@@ -256,6 +294,13 @@ class UnitScorer:
         for d in todo:
             self._cache[(key, d)] = None
         if ref.tensor is None or not ref.param:
+            return
+        if crit.power is not None and not crit.needs:  # |w|^p: a fused norm per index, no full-size temporary
+            with torch.no_grad():
+                t = ref.tensor.detach()
+                for d in todo:
+                    self._cache[(key, d)] = (_power_per_index(t, d, crit.power).cpu().numpy(),
+                                             _slice_sizes(tuple(t.shape), d))
             return
         if ref.layout is not None:
             want = [d for d in todo if not crit.row_native or d == ref.layout.out_axis]
