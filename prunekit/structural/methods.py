@@ -174,7 +174,11 @@ def refuse_masked(model: nn.Module) -> None:
     its masked weights are parametrizations the structural engine does not slice."""
     from torch.nn.utils import parametrize
 
-    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    from prunekit.masks import get_mask
+
+    # prunekit's masks only: other parametrizations (weight_norm, spectral_norm) are sliced by the surgery
+    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)
+              and any(get_mask(m, t) is not None for t in m.parametrizations.keys())]
     if masked:
         raise PrunekitError(
             f"the model carries masks ({len(masked)} module(s), e.g. {masked[0]!r}; see prunekit.get_mask): "
