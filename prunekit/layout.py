@@ -48,6 +48,15 @@ def base_class(module: nn.Module) -> type:
     return cls
 
 
+def _swap_within_groups(t: Tensor, groups: int) -> Tensor:
+    """``[groups * a, b, *kernel]`` -> ``[groups * b, a, *kernel]``, the first two axes swapped within each
+    group: a grouped transposed convolution's stored weight to its canonical layout, and back (the map is
+    its own inverse)."""
+    a, b, *kernel = t.shape
+    a //= groups
+    return t.reshape(groups, a, b, *kernel).transpose(1, 2).reshape(groups * b, a, *kernel)
+
+
 @dataclass(frozen=True)
 class WeightLayout:
     """Where a layer keeps its output and input axes. ``groups``: grouped convolutions' group count."""
@@ -65,10 +74,8 @@ class WeightLayout:
         if self.kind == "conv-transposed":
             if self.groups == 1:
                 return t.transpose(0, 1)
-            g = self.groups
-            cin, out_per_group, *kernel = t.shape
             # output channel o = group * out_per_group + j; its inputs are the group's in/groups channels
-            return t.reshape(g, cin // g, out_per_group, *kernel).transpose(1, 2).reshape(g * out_per_group, cin // g, *kernel)
+            return _swap_within_groups(t, self.groups)
         return t
 
     def from_canonical(self, t: Tensor) -> Tensor:
@@ -78,9 +85,7 @@ class WeightLayout:
         if self.kind == "conv-transposed":
             if self.groups == 1:
                 return t.transpose(0, 1)
-            g = self.groups
-            out, in_per_group, *kernel = t.shape
-            return t.reshape(g, out // g, in_per_group, *kernel).transpose(1, 2).reshape(g * in_per_group, out // g, *kernel)
+            return _swap_within_groups(t, self.groups)
         return t
 
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
