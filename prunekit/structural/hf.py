@@ -329,7 +329,12 @@ def expressible_group_counts(model: nn.Module, block: AttentionBlock) -> list[in
 
 def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list[np.ndarray],
                     remove: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """Move a uniform head plan to the nearest group count the config can express (ties: remove less).
+    """Move a uniform head plan to the nearest group count the config can express.
+
+    Ties go to the count that removes less, except that a tie with keeping every group goes to the count
+    that removes some: asking for a sparsity the config cannot state gives the nearest one it can, not a
+    no-op (8 heads at 0.25 on a hidden size of 64 give 4 heads, since 6 do not divide 64). The moved sparsity
+    is said in the report's notes, with ``exact_heads=True`` as the way to keep the requested count.
 
     When the config can express no smaller count at all (BERT, GPT-2: the head size is derived from the
     hidden size), or when layers lose different numbers, the plan is kept as it is: such a model saves
@@ -351,12 +356,14 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
     if allowed == [b0.groups]:
         return remove, [f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
                         "config.prunekit_structure: reload with prunekit.structural.from_pretrained_pruned"]
-    keep = min(allowed, key=lambda g: (abs(g - want), -g))
+    keep = min(allowed, key=lambda g: (abs(g - want), g == b0.groups, -g))
     new_remove = [np.sort(np.argsort(s, kind="stable")[: b.groups - keep]).astype(np.int64)
                   for b, s in zip(blocks, scores)]
     options = ", ".join(f"{1 - g / b0.groups:g}" for g in allowed)
+    asked = 1 - want / b0.groups
     note = (f"{cls} cannot state {heads} heads of size {b0.head_dim} (hidden size "
-            f"{getattr(model.config, 'hidden_size', '?')}): kept {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
+            f"{getattr(model.config, 'hidden_size', '?')}): head sparsity {asked:g} became {1 - keep / b0.groups:g}, "
+            f"keeping {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
             f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
             f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "
             "prunekit.structural.from_pretrained_pruned)")

@@ -193,7 +193,7 @@ def nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
     (every set keeps at least one unit and loses ``floor(sparsity * n)``). Names the smallest sparsity that
     removes one unit."""
     biggest = max(sizes) if sizes else 0
-    rounded = [n for n in (extra or []) if "cannot state" in n and "kept" in n]
+    rounded = [n for n in (extra or []) if "cannot state" in n and "became" in n]
     if rounded:  # the allocation removed some, the config's head counts rounded it back to none
         return NothingToPruneError(f"sparsity {sparsity:g} removes no {words}: {rounded[0]}; the model is unchanged")
     if biggest < 2:

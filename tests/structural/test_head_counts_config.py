@@ -57,10 +57,14 @@ def _heads_match_projections(model: nn.Module) -> None:
 
 def test_gqa_llama_heads_save_and_reload_with_stock_from_pretrained(tmp_path) -> None:  # noqa: ANN001
     """The field case: "head" at 0.25 and "llm-heads" at 0.5 on 8 heads in 4 key/value groups, hidden 64.
-    "head" at 0.25 (6 heads) is rounded back by the config to no head removed: refused, naming the way out."""
-    with pytest.raises(pk.NothingToPruneError, match="exact_heads=True"):
-        pk.prune(_build("llama-gqa"), "head", sparsity=0.25, measure_latency=False, example_inputs=IDS)
-    for method, sparsity, kw in (("head", 0.5, {"example_inputs": IDS}), ("llm-heads", 0.5, {"calibration": CALIB})):
+    "head" at 0.25 asks for 6 heads, which LlamaConfig cannot state with hidden 64 (6 does not divide 64):
+    the nearest count it can state that removes heads is 4 (2 of 4 groups), and the report says so."""
+    model = _build("llama-gqa")
+    result = pk.prune(model, "head", sparsity=0.25, measure_latency=False, example_inputs=IDS)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    assert any("head sparsity 0.25 became 0.5" in n and "exact_heads=True" in n for n in result.notes)
+    for method, sparsity, kw in (("head", 0.25, {"example_inputs": IDS}), ("head", 0.5, {"example_inputs": IDS}),
+                                 ("llm-heads", 0.5, {"calibration": CALIB})):
         model = _build("llama-gqa")
         pk.prune(model, method, sparsity=sparsity, measure_latency=False, **kw)
         cfg = model.config
@@ -107,10 +111,11 @@ def test_every_head_pruned_model_saves_and_reloads_to_identical_logits(kind: str
 
 def test_head_counts_move_to_the_nearest_count_the_config_can_state() -> None:
     model = _build("llama-gqa")  # 4 groups of 2 heads: 1, 2 or 4 groups give 2, 4, 8 heads, which divide 64
-    for sparsity, kept_groups in ((0.125, 4), (0.25, 4), (0.5, 2), (0.6, 2), (0.75, 1)):
+    # 0.25 asks for 3 groups: 2 and 4 are as near, and the tie with "remove nothing" goes to removing
+    for sparsity, kept_groups in ((0.125, 4), (0.25, 2), (0.5, 2), (0.6, 2), (0.75, 1)):
         plan = plan_heads(model, sparsity)
         assert {b.groups - len(r) for b, r in zip(plan.blocks, plan.remove)} == {kept_groups}
-        assert bool(plan.notes) == (sparsity == 0.25)  # moved (6 heads -> 8): says why and what to do
+        assert bool(plan.notes) == (sparsity == 0.25)  # moved (6 heads -> 4): says why and what to do
     assert "exact_heads=True" in plan_heads(model, 0.25).notes[0]
     exact = plan_heads(model, 0.25, exact=True)
     assert {len(r) for r in exact.remove} == {1} and not exact.notes
