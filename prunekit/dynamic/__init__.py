@@ -1,0 +1,21 @@
+"""Run-time (dynamic) pruning: the network decides per input what it computes.
+
+- :func:`merge_tokens_` (ToMe) and :func:`prune_tokens_` (EViT): fewer tokens in later transformer blocks.
+- :func:`skip_layers_`: a language model skips decoder layers per token, with a rule from calibration.
+- :func:`restore_`: undo any of them; each also returns a context manager that restores on exit.
+
+All patch the model in place (trailing ``_``) without touching its parameters: ``state_dict`` is unchanged.
+"""
+
+from prunekit.dynamic.patching import Patch, find_patch, restore_
+from prunekit.dynamic.token_reduction import TokenReduction, default_prune_layers, merge_tokens_, prune_tokens_
+
+__all__ = [
+    "Patch",
+    "TokenReduction",
+    "default_prune_layers",
+    "find_patch",
+    "merge_tokens_",
+    "prune_tokens_",
+    "restore_",
+]

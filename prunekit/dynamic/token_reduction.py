@@ -1,0 +1,217 @@
+"""Training-free token reduction for transformers: ToMe token merging and EViT token pruning.
+
+Both act between a block's attention and its MLP, so every later block computes on fewer tokens. The
+model is patched in place and reversibly (:func:`prunekit.dynamic.restore_`, or use the returned object as
+a context manager); its ``state_dict`` is unchanged. The last block gives the tokens back at the input
+length (each input token receives the token that carries it), so the output keeps its shape and a mean
+over the real tokens (sentence-encoder pooling) is the size-weighted mean of the merged tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from prunekit.dynamic.families import Family, describe_supported, find_blocks
+from prunekit.dynamic.patching import Patch
+from prunekit.dynamic.tokens import (
+    TokenState,
+    attentive_prune,
+    bipartite_merge,
+    initial_state,
+    key_bias,
+    real_from_mask,
+    unmerge,
+)
+from prunekit.errors import ConfigError, ModelError, UnsupportedModuleError
+
+
+class TokenReduction(Patch):
+    """A token-reduction patch (see :func:`merge_tokens_` and :func:`prune_tokens_`).
+
+    After each forward pass, ``last_tokens[i]`` is the mean number of real tokens per input that entered
+    block ``i`` (padding not counted), ``input_tokens`` the mean number of real input tokens.
+    """
+
+    def __init__(self, model: nn.Module, family: Family, blocks: list[nn.Module], container: str, method: str,
+                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool):
+        super().__init__(model)
+        self.kind = method
+        self.family = family
+        self.blocks = blocks
+        self.container = container
+        self.schedule = schedule
+        self.protect_cls = protect_cls
+        self.proportional_attention = proportional_attention
+        self.last_tokens: list[float] = []
+        self.input_tokens: float = 0.0
+        self._state: TokenState | None = None
+        self._install([(blk, self._forward_for(i, blk)) for i, blk in enumerate(blocks)])
+
+    def _active(self, i: int) -> bool:
+        return self.schedule[i] > 0 if self.kind == "tome" else self.schedule[i] < 1
+
+    def _forward_for(self, i: int, block: nn.Module) -> Any:
+        original = block.forward  # the bound class forward
+
+        def forward(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            return self._run(i, block, original, hidden_states, args, kwargs)
+
+        return forward
+
+    def _run(self, i: int, block: nn.Module, original: Any, x: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        if i == 0:
+            self._state, self.last_tokens = None, []
+        st = self._state
+        if st is not None and st.tokens != x.shape[1]:
+            self._state = None
+            raise ModelError(
+                f"block {i} of {self.container!r} received {x.shape[1]} tokens but the previous block produced "
+                f"{st.tokens}: with {self.kind} the blocks must run in order, from block 0, in one forward pass"
+            )
+        if st is None:
+            real = None
+            if self.family.padding_mask:
+                mask = args[0] if args else kwargs.get("attention_mask")
+                real = real_from_mask(mask, x.shape[1]) if isinstance(mask, Tensor) else None
+            n = float(real.sum(1).float().mean()) if real is not None else float(x.shape[1])
+            if i == 0:
+                self.input_tokens = n
+            self.last_tokens.append(n)
+            if not self._active(i):
+                return original(x, *args, **kwargs)
+            x, st = initial_state(x, real)
+        else:
+            self.last_tokens.append(float(st.real.sum(1).float().mean()))
+        bias = key_bias(st, self.proportional_attention)
+        amount = self.schedule[i]
+        holder = [st]
+
+        def reduce(h: Tensor, metric: Tensor, cls: Tensor | None) -> Tensor:
+            if not self._active(i):
+                return h
+            if self.kind == "tome":
+                h, holder[0] = bipartite_merge(h, metric, holder[0], int(amount), protect_first=self.protect_cls)
+            else:
+                assert cls is not None
+                h, holder[0] = attentive_prune(h, cls, holder[0], float(amount))
+            return h
+
+        out = self.family.run(block, x, bias, self.kind == "evit" and self._active(i), reduce)
+        st = holder[0]
+        if i == len(self.blocks) - 1:
+            self._state = None
+            return unmerge(out, st)
+        self._state = st
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """What the last forward pass computed: tokens entering each block and the share of block-token
+        computations kept (``sum(last_tokens) / (blocks * input_tokens)``)."""
+        total = len(self.blocks) * self.input_tokens
+        return {
+            "method": self.kind,
+            "family": self.family.name,
+            "blocks": len(self.blocks),
+            "schedule": list(self.schedule),
+            "input_tokens": self.input_tokens,
+            "tokens_per_block": list(self.last_tokens),
+            "token_share": (sum(self.last_tokens) / total) if total and self.last_tokens else None,
+        }
+
+
+def _resolve(model: nn.Module, what: str) -> tuple[Family, list[nn.Module], str]:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what} takes an nn.Module, got {type(model).__name__}")
+    found = find_blocks(model)
+    if found is None:
+        raise UnsupportedModuleError(
+            f"{what}: {type(model).__name__} has no transformer blocks with a token dimension that prunekit "
+            f"recognises. Supported: {describe_supported()}. Convolutional networks and other models without "
+            "tokens cannot merge or prune tokens; for channels see the registered methods (`prunekit methods`)"
+        )
+    return found
+
+
+def _per_block(value: Any, n: int, name: str, kind: type) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ConfigError(f"{name} as a sequence needs one value per block: the model has {n} blocks, got {len(value)}")
+        return [kind(v) for v in value]
+    return [kind(value)] * n
+
+
+def merge_tokens_(model: nn.Module, r: int | Sequence[int] = 8, *, protect_cls: bool | None = None,
+                  proportional_attention: bool = True) -> TokenReduction:
+    """Token merging (ToMe; Bolya et al. 2023, "Token Merging: Your ViT But Faster", ICLR), in place.
+
+    In every transformer block, after attention, ``r`` tokens per input are merged into their most similar
+    partner by bipartite soft matching on the attention keys (averaged over heads); merged tokens carry
+    their size ``s`` (how many input tokens they stand for) and attention adds ``log s`` to their scores
+    (proportional attention). A sequence of ``(N, C)`` tokens leaves block ``i`` with
+    ``N - sum(r[:i+1])`` tokens (fewer when a row runs out: at most half of its unprotected tokens merge
+    per block); the model's output keeps its ``(B, N, C)`` shape (tokens unmerged at the end).
+
+    ``r``: tokens merged per block (an int for every block, or one int per block). ``r = 0`` gives
+    outputs bit-identical to the dense model. ``protect_cls``: keep token 0 (a class token) out of the
+    merging; default True for the supported families. Padded batches (an ``attention_mask``) are honoured:
+    padding is never merged into a real token and each row is reduced as it would be alone.
+
+    Returns a :class:`TokenReduction` (a context manager; its ``report()`` counts the tokens used).
+    Raises :class:`~prunekit.errors.UnsupportedModuleError` for models without a token dimension,
+    :class:`~prunekit.errors.ConfigError` for a negative ``r`` or a model already patched; the model is
+    unchanged when an error is raised.
+    """
+    fam, blocks, container = _resolve(model, "merge_tokens_")
+    rs = _per_block(r, len(blocks), "r", int)
+    if any(v < 0 for v in rs) or any(not float(v).is_integer() for v in (r if isinstance(r, (list, tuple)) else [r])):
+        raise ConfigError(f"r is a number of tokens merged per block, an integer >= 0 (or one per block), got {r!r}")
+    return TokenReduction(model, fam, blocks, container, "tome", [float(v) for v in rs],
+                          protect_cls=fam.has_class_token if protect_cls is None else bool(protect_cls),
+                          proportional_attention=proportional_attention)
+
+
+def default_prune_layers(n_blocks: int) -> list[int]:
+    """EViT's placement generalised: blocks ``n//4, n//2, 3n//4`` (the 4th, 7th and 10th of 12)."""
+    return sorted({n_blocks // 4, n_blocks // 2, (3 * n_blocks) // 4})
+
+
+def prune_tokens_(model: nn.Module, keep_rate: float | Sequence[float] = 0.7, *, layers: Sequence[int] | None = None,
+                  proportional_attention: bool = True) -> TokenReduction:
+    """Attentive token pruning (EViT; Liang et al. 2022, "Not All Patches are What You Need: Expediting
+    Vision Transformers via Token Reorganizations", ICLR), in place.
+
+    In the pruning blocks, after attention, each input keeps its class token and the
+    ``ceil(keep_rate * (n - 1))`` tokens with the highest class-token attention (averaged over heads); the
+    others are fused into one token, their attention-weighted average, which carries their total size.
+    ``keep_rate`` is one rate applied in ``layers`` (default :func:`default_prune_layers`: blocks 3, 6 and 9
+    of 12), or one rate per block (a schedule over depth; 1.0 = no pruning in that block). ``keep_rate = 1``
+    gives outputs bit-identical to the dense model. Padded batches are honoured as in :func:`merge_tokens_`.
+    The model's output keeps its ``(B, N, C)`` shape (each input token receives the token carrying it).
+
+    Raises :class:`~prunekit.errors.UnsupportedModuleError` for models without a token dimension,
+    :class:`~prunekit.errors.ConfigError` for a rate outside (0, 1], a bad layer index or a model
+    already patched; the model is unchanged when an error is raised.
+    """
+    fam, blocks, container = _resolve(model, "prune_tokens_")
+    n = len(blocks)
+    if isinstance(keep_rate, (list, tuple)):
+        if layers is not None:
+            raise ConfigError("pass keep_rate as one rate with layers=[...], or one rate per block without layers")
+        rates = _per_block(keep_rate, n, "keep_rate", float)
+    else:
+        chosen = default_prune_layers(n) if layers is None else [int(v) for v in layers]
+        bad = [v for v in chosen if not 0 <= v < n]
+        if bad:
+            raise ConfigError(f"layers must be block indices in [0, {n}), got {bad}")
+        rates = [float(keep_rate) if i in chosen else 1.0 for i in range(n)]
+    if any(not (0 < v <= 1) or math.isnan(v) for v in rates):
+        raise ConfigError(f"keep_rate is the share of tokens kept, in (0, 1], got {keep_rate!r}")
+    if not fam.has_class_token:
+        raise UnsupportedModuleError(f"prune_tokens_ ranks tokens by class-token attention; {fam.name} has no class token")
+    return TokenReduction(model, fam, blocks, container, "evit", rates, protect_cls=True,
+                          proportional_attention=proportional_attention)
+
