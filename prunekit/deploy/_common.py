@@ -1,0 +1,205 @@
+"""What the exporters share: a prepared copy of the user's model, inputs and outputs as flat tensor lists,
+runtime sessions wrapped as modules (so :func:`prunekit.latency.compare_latency` times them), the output
+check, and files written whole or not at all."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from prunekit.calls import call_model
+from prunekit.errors import CheckpointError, DataError, ModelError
+from prunekit.masks import masked_parameters, remove_masks_, squash_masks_
+
+
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Example inputs in the forms :func:`prunekit.calls.call_model` takes, as ``(args, kwargs)``."""
+    if example_inputs is None:
+        raise DataError("example_inputs is required to export a model: pass a batch as the model takes it "
+                        "(a tensor, a tuple of tensors or a dict of keyword tensors)")
+    if isinstance(example_inputs, dict) or (hasattr(example_inputs, "keys") and hasattr(example_inputs, "__getitem__")):
+        return (), {k: example_inputs[k] for k in example_inputs.keys()}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def flat_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
+    """The tensors among ``args`` then ``kwargs`` in order (what an exported graph takes as inputs)."""
+    leaves = pytree.tree_leaves((args, kwargs))
+    return [t for t in leaves if isinstance(t, Tensor)]
+
+
+def flat_outputs(out: Any) -> list[Tensor]:
+    """A model's output (a tensor, tuples, dicts, Hugging Face ``ModelOutput``) as its flat list of tensors."""
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that shares no class with it.
+
+    ``copy.deepcopy`` keeps the class torch creates for each parametrized module (``ParametrizedLinear``),
+    and taking a parametrization off deletes the weight's property from that class: squashing the masks
+    of a plain deep copy would break the original. Each parametrized module of the copy gets its own
+    class here, so the copy can be squashed or unmasked freely.
+    """
+    from torch.nn.utils import parametrize
+
+    try:
+        dup = copy.deepcopy(model)
+    except Exception as e:  # noqa: BLE001 - a model that cannot be copied is refused, not changed in place
+        raise ModelError(f"cannot copy the model to export it without changing yours: {e}") from None
+    for module in dup.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return dup
+
+
+def export_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` ready to export, and notes saying what was changed in it.
+
+    The copy is in eval mode, with prunekit masks folded into plain weights (:func:`prunekit.squash_masks_`)
+    and, for a Hugging Face model, ``config.use_cache = False`` (the graph returns the logits, no KV cache).
+    The user's model is not touched.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    notes: list[str] = []
+    prepared = private_copy(model)
+    masked = len(list(masked_parameters(prepared)))
+    if masked:
+        squash_masks_(prepared)
+        notes.append(f"{masked} prunekit mask(s) folded into plain weights in a copy (your model keeps its masks)")
+    prepared.eval()
+    config = getattr(prepared, "config", None)
+    if config is not None and getattr(config, "use_cache", False):
+        config.use_cache = False
+        notes.append("Hugging Face config.use_cache set to False in the exported copy: the graph returns the "
+                     "outputs without a KV cache")
+    return prepared, notes
+
+
+def dense_original(model: nn.Module) -> nn.Module | None:
+    """The dense original of a masked model (a copy with every prunekit mask taken off), or None when the
+    model carries no masks."""
+    if not any(True for _ in masked_parameters(model)):
+        return None
+    dense = private_copy(model)
+    remove_masks_(dense)
+    return dense.eval()
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each Linear / Conv weight of ``model`` (masks counted as applied)."""
+    out: dict[str, float] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = module.weight.detach()
+            out[name] = 1.0 - torch.count_nonzero(w).item() / w.numel() if w.numel() else 0.0
+    return out
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros over all Linear / Conv weights of ``model``."""
+    total = zeros = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = module.weight.detach()
+            total += w.numel()
+            zeros += w.numel() - torch.count_nonzero(w).item()
+    return zeros / total if total else 0.0
+
+
+def reference_outputs(model: nn.Module, args: tuple, kwargs: dict) -> list[Tensor]:
+    with torch.no_grad():
+        return [t.detach().float() for t in flat_outputs(model(*args, **kwargs))]
+
+
+def compare_outputs(ref: Sequence[Tensor], got: Sequence[Any], *, atol: float, rtol: float) -> dict[str, Any]:
+    """Compare runtime outputs with PyTorch's: max absolute difference, relative L2 error and whether
+    ``|got - ref| <= atol + rtol * |ref|`` holds everywhere (``passed``)."""
+    if len(ref) != len(got):
+        raise ModelError(f"the exported model returns {len(got)} output(s), PyTorch {len(ref)}: they cannot be compared")
+    max_abs, rel, passed = 0.0, 0.0, True
+    for r, g in zip(ref, got):
+        g = torch.as_tensor(np.asarray(g)).to(torch.float32)
+        r = r.to(torch.float32)
+        if g.shape != r.shape:
+            raise ModelError(f"an exported output has shape {tuple(g.shape)}, PyTorch's {tuple(r.shape)}")
+        if not torch.isfinite(g).all():
+            passed = False
+            max_abs = float("inf")
+            continue
+        diff = (g - r).abs()
+        max_abs = max(max_abs, float(diff.max()) if diff.numel() else 0.0)
+        rel = max(rel, float(diff.norm() / r.norm().clamp_min(1e-12)))
+        passed = passed and bool((diff <= atol + rtol * r.abs()).all())
+    return {"max_abs_diff": max_abs, "relative_l2_error": rel, "atol": atol, "rtol": rtol, "passed": passed}
+
+
+class RuntimeModule(nn.Module):
+    """A compiled runtime model called like the PyTorch model it came from (same positional / keyword
+    inputs), returning torch tensors: one tensor, or a tuple when the graph has several outputs.
+
+    Subclasses implement :meth:`run` on the flat list of numpy inputs.
+    """
+
+    def __init__(self, input_names: Sequence[str]):
+        super().__init__()
+        self.input_names = list(input_names)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs and all(name in kwargs for name in self.input_names) and not args:
+            tensors = [kwargs[name] for name in self.input_names]
+        else:
+            tensors = flat_tensors(args, kwargs)
+        if len(tensors) != len(self.input_names):
+            raise DataError(f"the exported model takes {len(self.input_names)} input(s) ({', '.join(self.input_names)}), "
+                            f"got {len(tensors)}")
+        outs = [torch.from_numpy(np.asarray(o)) for o in self.run([t.detach().cpu().numpy() for t in tensors])]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def check_target(path: str | os.PathLike, suffix: str, *, overwrite: bool) -> Path:
+    """The output file ``path`` (its suffix must be ``suffix``), refused when it exists without ``overwrite``."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise CheckpointError(f"the output file must end in {suffix}, got {path}; e.g. {path.with_suffix(suffix)}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give a file path such as {path / ('model' + suffix)}")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another path or pass overwrite=True to replace it")
+    return path
+
+
+@contextmanager
+def staged_files(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; every file written into it is moved next to ``target``
+    (same names) when the block ends without an error, and nothing is left behind when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, target.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def files_size(paths: Sequence[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())

@@ -1,0 +1,295 @@
+"""Export to ONNX with torch's exporter (``torch.onnx.export(dynamo=True)``, PyPI ``onnx`` + ``onnxscript``),
+checked in ONNX Runtime against PyTorch's outputs and timed there against the dense model."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.deploy._common import (
+    RuntimeModule,
+    check_target,
+    compare_outputs,
+    dense_original,
+    export_copy,
+    files_size,
+    layer_sparsity,
+    reference_outputs,
+    split_inputs,
+    staged_files,
+    weight_sparsity,
+)
+from prunekit.deploy.errors import ExportCheckError, ExportFailedError, require
+from prunekit.deploy.report import DeployReport
+from prunekit.errors import ConfigError
+
+#: the ONNX sparse form costs 4 bytes per value + 8 per int64 index: it is smaller below this density
+_SPARSE_DENSITY_LIMIT = 1.0 / 3.0
+
+
+class OrtModule(RuntimeModule):
+    """An ONNX Runtime session (CPU) called like the PyTorch model: ``OrtModule(path)(x)`` -> tensor(s)."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = 1):
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self_session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        super().__init__([i.name for i in self_session.get_inputs()])
+        self.session = self_session
+        self.path = str(path)
+        self.threads = threads
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.input_names, inputs)))
+
+
+def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
+    """An exported ``.onnx`` file as a callable module running in ONNX Runtime on the CPU at ``threads``
+    intra-op threads (None: ONNX Runtime's default). Inputs as the PyTorch model took them; outputs are
+    torch tensors (a tuple when the graph has several)."""
+    if not Path(path).is_file():
+        from prunekit.errors import CheckpointError
+
+        raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_onnx")
+    return OrtModule(path, threads=threads)
+
+
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Every dimension of every tensor input marked ``Dim.AUTO``: torch.export keeps dynamic what the model
+    lets vary (batch, sequence) and fixes the rest (channels)."""
+    auto = torch.export.Dim.AUTO
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        from prunekit.errors import DataError
+
+        raise DataError(f"the example inputs do not fit the model's forward signature: {e}") from None
+    shapes: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None for v in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            shapes[name] = {k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()}
+        else:
+            shapes[name] = {d: auto for d in range(value.dim())} if torch.is_tensor(value) else None
+    return shapes
+
+
+def to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True,
+                 opset: int | None = None) -> None:
+    """Export ``model`` (eval mode, no masks) to ``path`` with torch's ONNX exporter. Raises
+    :class:`ExportFailedError` with the exporter's reason."""
+    require("onnx")
+    require("onnxscript")
+    shapes = _dynamic_shapes(model, args, kwargs) if dynamic else None
+    extra = {"opset_version": opset} if opset is not None else {}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, args, None, kwargs=kwargs or None, dynamo=True, dynamic_shapes=shapes,
+                                        verbose=False, **extra)
+    except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
+        reason = str(e).strip().splitlines()
+        hint = " Try dynamic=False (fixed input shapes)." if dynamic else ""
+        raise ExportFailedError(
+            f"torch.onnx.export could not export {type(model).__name__}: {' '.join(reason[:6])[:1200]}.{hint}"
+        ) from None
+    program.save(str(path))
+
+
+def sparsify_initializers(path: Path) -> list[str]:
+    """Rewrite the initializers of ``path`` whose ONNX sparse form (values + int64 linear indices) is smaller
+    than the dense one (density below 1/3) as ``sparse_initializer``s; returns their names. ONNX Runtime
+    densifies them when it loads the model, so only the file shrinks."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    keep, converted = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind != "f" or arr.size < 64:
+            keep.append(init)
+            continue
+        nz = np.flatnonzero(arr.reshape(-1))
+        if nz.size >= _SPARSE_DENSITY_LIMIT * arr.size:
+            keep.append(init)
+            continue
+        values = numpy_helper.from_array(arr.reshape(-1)[nz], init.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), init.name + "_indices")
+        graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        converted.append(init.name)
+    if converted:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        onnx.save(proto, str(path))
+    return converted
+
+
+def _onnx_files(path: Path) -> list[Path]:
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.is_file() else [path]
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    baseline: nn.Module | None = None,
+    dynamic: bool = True,
+    sparse_initializers: bool = True,
+    opset: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    measure_latency: bool = True,
+    threads: int = 1,
+    latency_budget_s: float = 3.0,
+    overwrite: bool = False,
+) -> DeployReport:
+    """Export ``model`` to the ONNX file ``path`` (``.onnx``), check it in ONNX Runtime and report.
+
+    ``model``: any module prunekit can prune (structurally pruned, masked, Hugging Face). It is not touched:
+    a copy is exported with prunekit masks folded into plain weights, in eval mode, and for Hugging Face
+    models with ``use_cache=False`` (the graph returns the outputs, no KV cache). ``example_inputs``: a batch
+    as the model takes it (a tensor such as ``(N, C, H, W)``, a tuple, or a dict of keyword tensors such as
+    ``input_ids`` ``(N, T)``). With ``dynamic=True`` every input dimension the model lets vary (batch,
+    sequence, image size) stays dynamic in the graph (``torch.export.Dim.AUTO``); ``False`` fixes the
+    example's shapes. ``sparse_initializers``: store weights whose density is below 1/3 in ONNX's sparse
+    form, which shrinks the file (ONNX Runtime densifies them on load; speed is unchanged).
+
+    The exported file is run in ONNX Runtime (CPU) on ``example_inputs`` and every output must satisfy
+    ``|ort - torch| <= atol + rtol * |torch|`` (fp32 exports), else :class:`ExportCheckError` and nothing is
+    written. With ``measure_latency`` the exported model is timed interleaved (:func:`prunekit.latency.
+    compare_latency`, ``threads`` threads, batch as given, about ``latency_budget_s`` seconds per pair)
+    against the dense model exported the same way in ONNX Runtime, against the dense model in PyTorch,
+    and against its own PyTorch form. The dense model is ``baseline`` (e.g. a copy taken before pruning), else, for a masked model, the model with its masks
+    taken off; a structurally pruned model needs ``baseline=`` for the dense comparisons.
+
+    Writes ``path`` (plus ``path.data`` for models over 2 GB) and ``<stem>.report.json`` beside it, all or
+    nothing; an existing ``path`` is refused unless ``overwrite``. Returns a :class:`DeployReport`.
+    Raises :class:`RuntimeMissingError` without onnx / onnxscript / onnxruntime, :class:`ExportFailedError`
+    when torch's exporter cannot trace the model, :class:`ExportCheckError` when ONNX Runtime's outputs
+    differ from PyTorch's.
+    """
+    ort = require("onnxruntime")
+    require("onnx")
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    target = check_target(path, ".onnx", overwrite=overwrite)
+    args, kwargs = split_inputs(example_inputs)
+    prepared, notes = export_copy(model)
+    ref = reference_outputs(prepared, args, kwargs)
+    report_path = target.with_name(target.stem + ".report.json")
+    with staged_files(target) as tmp:
+        out = tmp / target.name
+        to_onnx_file(prepared, args, kwargs, out, dynamic=dynamic, opset=opset)
+        converted = sparsify_initializers(out) if sparse_initializers else []
+        if converted:
+            notes.append(f"{len(converted)} weight(s) stored as ONNX sparse initializers (density < 1/3); ONNX "
+                         "Runtime densifies them on load")
+        session = OrtModule(out, threads=threads)
+        got = session.run([t.detach().cpu().numpy() for t in _flat(args, kwargs)])
+        check = compare_outputs(ref, got, atol=atol, rtol=rtol)
+        if not check["passed"]:
+            raise ExportCheckError(
+                f"ONNX Runtime's outputs differ from PyTorch's beyond atol={atol}, rtol={rtol} (max |diff| "
+                f"{check['max_abs_diff']:.3g}); nothing was written. Report it with the model, or pass larger "
+                "atol/rtol if that difference is acceptable for your use"
+            )
+        dense = baseline if baseline is not None else dense_original(model)
+        baseline_text = ("the baseline= model" if baseline is not None else
+                         "the model with its prunekit masks taken off (its dense original)" if dense is not None else
+                         "none (pass baseline=, e.g. a copy taken before pruning, for the dense comparisons)")
+        latency, dense_bytes = {}, None
+        if measure_latency:
+            latency, dense_bytes = _measure(prepared, session, dense, args, kwargs, dynamic, opset, threads,
+                                           latency_budget_s)
+        import onnx
+
+        opset_used = next((o.version for o in onnx.load(str(out), load_external_data=False).opset_import
+                           if o.domain in ("", "ai.onnx")), None)
+        report = DeployReport(
+            runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
+            format="onnx",
+            path=str(target),
+            files=[str(target.parent / p.name) for p in _onnx_files(out)] + [str(report_path)],
+            file_bytes=files_size(_onnx_files(out)),
+            precision="fp32 weights and activations",
+            runtime_config={"intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL",
+                            "opset": opset_used, "dynamic_inputs": _dynamic_dims(session)},
+            weight_sparsity=weight_sparsity(prepared),
+            sparse_layers=[],
+            sparse_note="ONNX Runtime's CPU kernels run every layer dense: sparsity shrinks the file "
+                        "(sparse initializers), speed comes from structural pruning",
+            check=check,
+            input_shapes=[list(t.shape) for t in _flat(args, kwargs)],
+            threads=threads,
+            baseline=baseline_text,
+            dense_file_bytes=dense_bytes,
+            latency=latency,
+            notes=notes + [f"layer sparsity: {_sparsity_text(prepared)}"],
+        )
+        report.to_json(tmp / report_path.name)
+    return report
+
+
+def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    from prunekit.deploy._common import flat_tensors
+
+    return flat_tensors(args, kwargs)
+
+
+def _dynamic_dims(session: OrtModule) -> dict[str, list[str | int]]:
+    return {i.name: list(i.shape) for i in session.session.get_inputs()}
+
+
+def _sparsity_text(model: nn.Module) -> str:
+    per = layer_sparsity(model)
+    sparse = {k: v for k, v in per.items() if v > 0.01}
+    if not sparse:
+        return "every weight dense"
+    return ", ".join(f"{k or '(root)'} {100 * v:.0f}%" for k, v in list(sparse.items())[:12]) + (
+        f", ... ({len(sparse)} layers)" if len(sparse) > 12 else "")
+
+
+def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, args: tuple, kwargs: dict,
+             dynamic: bool, opset: int | None, threads: int, budget_s: float) -> tuple[dict, int | None]:
+    from prunekit.latency import compare_latency
+
+    inputs = kwargs if kwargs and not args else (args if len(args) != 1 or kwargs else args[0])
+    if kwargs and args:
+        from prunekit.errors import DataError
+
+        raise DataError("latency needs example inputs as one form (a tensor, a tuple, or a dict); pass "
+                        "measure_latency=False or one form")
+    latency: dict = {}
+    dense_bytes = None
+    timing = {"threads": threads, "budget_s": budget_s}
+    if dense is not None:
+        dense_prepared, _ = export_copy(dense)
+        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
+            dense_path = Path(d) / "dense.onnx"
+            to_onnx_file(dense_prepared, args, kwargs, dense_path, dynamic=dynamic, opset=opset)
+            dense_bytes = files_size(_onnx_files(dense_path))
+            dense_session = OrtModule(dense_path, threads=threads)
+            latency["vs dense onnxruntime"] = compare_latency(dense_session, session, inputs, **timing)
+            latency["vs dense pytorch"] = compare_latency(dense_prepared, session, inputs, **timing)
+    latency["vs same model in pytorch"] = compare_latency(prepared, session, inputs, **timing)
+    return latency, dense_bytes

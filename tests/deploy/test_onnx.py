@@ -1,0 +1,121 @@
+"""ONNX export: round trips in ONNX Runtime against PyTorch (masked, structurally pruned, Hugging Face),
+the user's model untouched, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'prunekit[deploy]')")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'prunekit[deploy]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'prunekit[deploy]')")
+
+import prunekit as pk  # noqa: E402
+from prunekit.deploy import ExportCheckError, ExportFailedError, export_onnx, load_onnx  # noqa: E402
+from prunekit.deploy._common import compare_outputs  # noqa: E402
+from tests.conftest import assert_unchanged, snapshot  # noqa: E402
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_masked_model_exports_folded_copy_and_leaves_masks(tmp_path):
+    model = _cnn()
+    pk.prune(model, "magnitude", sparsity=0.9, prune_classifier=True, measure=False)
+    before = snapshot(model)
+    x = torch.randn(2, 1, 12, 12)
+    report = export_onnx(model, x, tmp_path / "m.onnx", measure_latency=False)
+    assert_unchanged(model, before)  # masks still attached, nothing changed
+    assert pk.get_mask(model[0]) is not None
+    model(x)  # the user's model still runs after its copy was squashed
+    assert report.check["passed"] and report.check["max_abs_diff"] <= 1e-4
+    assert report.weight_sparsity > 0.8
+    # the file runs at another batch size (dynamic batch) and matches PyTorch
+    ort = load_onnx(tmp_path / "m.onnx")
+    x5 = torch.randn(5, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(ort(x5), model(x5), atol=1e-4, rtol=1e-4)
+    # sparse initializers shrink the file; the dense export is larger
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert len(proto.graph.sparse_initializer) >= 2
+    dense = export_onnx(model, x, tmp_path / "dense.onnx", sparse_initializers=False, measure_latency=False)
+    weight_bytes = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert dense.file_bytes - report.file_bytes > 0.5 * weight_bytes  # 90% zeros: values + indices ~0.3x
+    saved = json.loads((tmp_path / "m.report.json").read_text())
+    assert saved["format"] == "onnx" and saved["check"]["passed"]
+
+
+def test_structurally_pruned_model_with_baseline_and_latency(tmp_path):
+    model = pk.build_model("prunekit:resnet-small")
+    dense = pk.build_model("prunekit:resnet-small")
+    dense.load_state_dict(model.state_dict())
+    x = torch.randn(1, 1, 28, 28)
+    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense.parameters())
+    report = export_onnx(model, x, tmp_path / "r.onnx", baseline=dense, latency_budget_s=0.05)
+    assert report.check["passed"]
+    assert set(report.latency) == {"vs dense onnxruntime", "vs dense pytorch", "vs same model in pytorch"}
+    assert report.dense_file_bytes > report.file_bytes
+    assert all(c.candidate.median_ms > 0 and c.baseline.median_ms > 0 for c in report.latency.values())
+    assert "speedup" in str(report)
+
+
+def test_hugging_face_causal_lm_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    pk.prune(model, "magnitude", sparsity=0.5, measure=False)
+    ids = torch.randint(0, 64, (2, 8))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    report = export_onnx(model, inputs, tmp_path / "lm.onnx", measure_latency=False)
+    assert report.check["passed"]
+    assert model.config.use_cache  # the user's config is untouched
+    ort = load_onnx(tmp_path / "lm.onnx")
+    ids3 = torch.randint(0, 64, (1, 11))  # another batch and sequence length
+    with torch.no_grad():
+        ref = model(input_ids=ids3, attention_mask=torch.ones_like(ids3), use_cache=False).logits
+    torch.testing.assert_close(ort(input_ids=ids3, attention_mask=torch.ones_like(ids3)), ref, atol=1e-4, rtol=1e-4)
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+            return x * 2
+        return x
+
+
+def test_refusals_leave_files_alone(tmp_path):
+    model = _cnn()
+    x = torch.randn(1, 1, 8, 8)
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"keep")
+    with pytest.raises(pk.CheckpointError, match="overwrite=True"):
+        export_onnx(model, x, target, measure_latency=False)
+    assert target.read_bytes() == b"keep"
+    with pytest.raises(pk.CheckpointError, match=r"\.onnx"):
+        export_onnx(model, x, tmp_path / "m.txt", measure_latency=False)
+    with pytest.raises(ExportFailedError, match="could not export"):
+        export_onnx(_Branchy(), torch.randn(2, 3), tmp_path / "b.onnx", measure_latency=False)
+    assert not (tmp_path / "b.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial folders left behind
+    with pytest.raises(pk.DataError):
+        export_onnx(model, None, tmp_path / "n.onnx")
+
+
+def test_output_check_compares_elementwise():
+    ref = [torch.tensor([1.0, 2.0])]
+    assert compare_outputs(ref, [torch.tensor([1.0, 2.0001]).numpy()], atol=1e-3, rtol=0)["passed"]
+    bad = compare_outputs(ref, [torch.tensor([1.0, 2.1]).numpy()], atol=1e-3, rtol=0)
+    assert not bad["passed"] and bad["max_abs_diff"] == pytest.approx(0.1, abs=1e-6)
+    assert not compare_outputs(ref, [torch.tensor([1.0, float("nan")]).numpy()], atol=1, rtol=0)["passed"]
+    assert issubclass(ExportCheckError, pk.PrunekitError)
