@@ -2,6 +2,8 @@
 kernels inside PyTorch.
 
 * :func:`export_onnx` / :func:`load_onnx`: torch's ONNX exporter, checked in ONNX Runtime.
+* :func:`sparsify_` / :func:`densify_`: CSR / BSR kernels per layer where a timing probe shows a gain.
+* :func:`semi_structured_`: 2:4 sparse Linear layers on NVIDIA GPUs.
 """
 
 from prunekit.deploy.errors import (
@@ -13,15 +15,33 @@ from prunekit.deploy.errors import (
 )
 from prunekit.deploy.onnx import OrtModule, export_onnx, load_onnx
 from prunekit.deploy.report import DeployReport
+from prunekit.deploy.sparse import (
+    LayerDecision,
+    SparseConv1x1,
+    SparseExecution,
+    SparseLinear,
+    SparsifyReport,
+    densify_,
+    semi_structured_,
+    sparsify_,
+)
 
 __all__ = [
     "DeployReport",
+    "LayerDecision",
+    "SparseConv1x1",
+    "SparseExecution",
+    "SparseLinear",
+    "SparsifyReport",
     "DeviceError",
     "ExportCheckError",
     "ExportFailedError",
     "OrtModule",
     "RuntimeMissingError",
     "UnsupportedRuntimeOptionError",
+    "densify_",
     "export_onnx",
     "load_onnx",
+    "semi_structured_",
+    "sparsify_",
 ]
