@@ -2,6 +2,8 @@
 kernels inside PyTorch.
 
 * :func:`export_onnx` / :func:`load_onnx`: torch's ONNX exporter, checked in ONNX Runtime.
+* :func:`export_openvino` / :func:`load_openvino`: OpenVINO IR, fp32 or NNCF int8, precision set explicitly,
+  sparse int8 kernels where the sparsity pays.
 * :func:`sparsify_` / :func:`densify_`: CSR / BSR kernels per layer where a timing probe shows a gain.
 * :func:`semi_structured_`: 2:4 sparse Linear layers on NVIDIA GPUs.
 """
@@ -14,6 +16,7 @@ from prunekit.deploy.errors import (
     UnsupportedRuntimeOptionError,
 )
 from prunekit.deploy.onnx import OrtModule, export_onnx, load_onnx
+from prunekit.deploy.openvino import OvModule, export_openvino, load_openvino
 from prunekit.deploy.report import DeployReport
 from prunekit.deploy.sparse import (
     LayerDecision,
@@ -37,11 +40,14 @@ __all__ = [
     "ExportCheckError",
     "ExportFailedError",
     "OrtModule",
+    "OvModule",
     "RuntimeMissingError",
     "UnsupportedRuntimeOptionError",
     "densify_",
     "export_onnx",
+    "export_openvino",
     "load_onnx",
+    "load_openvino",
     "semi_structured_",
     "sparsify_",
 ]

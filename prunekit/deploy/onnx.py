@@ -153,6 +153,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     baseline: nn.Module | None = None,
+    baseline_label: str = "the baseline= model",
     dynamic: bool = True,
     sparse_initializers: bool = True,
     opset: int | None = None,
@@ -179,8 +180,9 @@ def export_onnx(
     written. With ``measure_latency`` the exported model is timed interleaved (:func:`prunekit.latency.
     compare_latency`, ``threads`` threads, batch as given, about ``latency_budget_s`` seconds per pair)
     against the dense model exported the same way in ONNX Runtime, against the dense model in PyTorch,
-    and against its own PyTorch form. The dense model is ``baseline`` (e.g. a copy taken before pruning), else, for a masked model, the model with its masks
-    taken off; a structurally pruned model needs ``baseline=`` for the dense comparisons.
+    and against its own PyTorch form. The dense model is ``baseline`` (e.g. a copy taken before pruning;
+    ``baseline_label`` names it in the report), else, for a masked model, the model with its masks taken
+    off; a structurally pruned model needs ``baseline=`` for the dense comparisons.
 
     Writes ``path`` (plus ``path.data`` for models over 2 GB) and ``<stem>.report.json`` beside it, all or
     nothing; an existing ``path`` is refused unless ``overwrite``. Returns a :class:`DeployReport`.
@@ -214,7 +216,7 @@ def export_onnx(
                 "atol/rtol if that difference is acceptable for your use"
             )
         dense = baseline if baseline is not None else dense_original(model)
-        baseline_text = ("the baseline= model" if baseline is not None else
+        baseline_text = (baseline_label if baseline is not None else
                          "the model with its prunekit masks taken off (its dense original)" if dense is not None else
                          "none (pass baseline=, e.g. a copy taken before pruning, for the dense comparisons)")
         latency, dense_bytes = {}, None

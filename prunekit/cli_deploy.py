@@ -1,0 +1,113 @@
+"""``prunekit export``: the command-line form of :func:`prunekit.deploy.export_onnx` and
+:func:`prunekit.deploy.export_openvino`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from prunekit.errors import PrunekitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+RUNTIMES = ("onnx", "openvino")
+
+
+def export(
+    model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
+    to: Annotated[str, typer.Option("--to", help="onnx or openvino")],
+    out: Annotated[Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")],
+    quantize: Annotated[
+        Optional[str], typer.Option(help="openvino only: int8-weights (weight-only) or int8 (weights and activations, calibrated)")
+    ] = None,
+    calibration: Annotated[
+        Optional[str], typer.Option(help="--quantize int8: calibration data, mnist or fashion-mnist (default: the model's task data)")
+    ] = None,
+    calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
+    precision: Annotated[str, typer.Option(help="openvino only: inference precision hint f32, bf16 or f16")] = "f32",
+    sparse_weights: Annotated[
+        Optional[bool],
+        typer.Option("--sparse-weights/--no-sparse-weights",
+                     help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse Linear layers)"),
+    ] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="keep input dimensions dynamic or fix the example's")] = True,
+    baseline: Annotated[
+        Optional[str],
+        typer.Option(help="dense model to time against (a spec or saved dir; default: a saved model's recorded source)"),
+    ] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time against the dense model and PyTorch")] = True,
+    threads: Annotated[int, typer.Option(help="threads for the runtimes and PyTorch while timing")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
+    seed: Annotated[int, typer.Option(help="random seed of the example inputs and calibration sample")] = 0,
+) -> None:
+    """Export MODEL to ONNX (checked in ONNX Runtime) or OpenVINO IR (optionally int8 with NNCF), print the
+    report and write it with the model into --out (like prunekit.deploy.export_onnx / export_openvino)."""
+    import torch
+
+    import prunekit as pk
+    from prunekit.cli import _calibration, _shape, default_input_shape
+    from prunekit.cli_bench import _fail
+    from prunekit.deploy import export_onnx, export_openvino
+    from prunekit.errors import DataError, UnknownNameError
+    from prunekit.models import source_of, task_evaluation
+    from prunekit.serialization import atomic_directory, check_output_directory, read_record
+
+    try:
+        if to not in RUNTIMES:
+            raise UnknownNameError("export runtime (--to)", to, RUNTIMES)
+        if to == "onnx":
+            given = [flag for flag, value in (("--quantize", quantize), ("--calibration", calibration),
+                                              ("--sparse-weights", sparse_weights)) if value is not None]
+            if precision != "f32":
+                given.append("--precision")
+            if given:
+                raise pk.ConfigError(f"{', '.join(given)} apply(ies) to --to openvino only; ONNX export is fp32 "
+                                     "(drop them, or export with --to openvino)")
+        check_output_directory(out, overwrite=overwrite)
+        record = read_record(model) if Path(model).is_dir() else None
+        m = pk.build_model(model)
+        spec = source_of(m) or (record or {}).get("source") or model
+        shape = _shape(input_shape) if input_shape else default_input_shape(spec, record)
+        if shape is None:
+            raise DataError(f"no example input shape is known for {model}: pass --input-shape, e.g. 1,3,224,224")
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        base, label = None, ""
+        if baseline is not None:
+            base, label = pk.build_model(baseline), f"--baseline {baseline}"
+        elif record is not None and record.get("source") and latency:
+            base, label = pk.build_model(record["source"]), f"the saved model's dense source {record['source']}"
+            err_console.print(f"[yellow]note:[/yellow] timing against the dense source model {record['source']} "
+                              "(pass --baseline to choose)", highlight=False)
+        calib = None
+        if quantize == "int8":
+            task = task_evaluation(spec)
+            if calibration:
+                calib = _calibration(calibration, calibration_batches, seed)
+            elif task is not None:
+                calib = task[2](calibration_batches, seed)
+                err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
+                                  "batches of 64 from its training split); pass --calibration to choose", highlight=False)
+        elif calibration:
+            raise pk.ConfigError("--calibration is used only by --quantize int8 (int8 activations): drop it or "
+                                 "pass --quantize int8")
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            if to == "onnx":
+                report = export_onnx(m, x, tmp / "model.onnx", baseline=base, baseline_label=label, dynamic=dynamic,
+                                     measure_latency=latency, threads=threads)
+            else:
+                report = export_openvino(m, x, tmp / "model.xml", quantize=quantize, calibration=calib,
+                                         precision=precision, sparse_weights=sparse_weights, dynamic=dynamic,
+                                         baseline=base, baseline_label=label, measure_latency=latency,
+                                         threads=threads)
+            report.path = report.path.replace(str(tmp), str(out))
+            report.files = [f.replace(str(tmp), str(out)) for f in report.files]
+            report.to_json(tmp / "model.report.json")
+        console.print(str(report), highlight=False, markup=False, soft_wrap=True)
+        console.print(f"saved to {out}")
+    except PrunekitError as e:
+        _fail(e)

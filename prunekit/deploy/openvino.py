@@ -1,0 +1,343 @@
+"""Export to OpenVINO IR (PyPI ``openvino``), optionally quantised with NNCF (weight-only int8, or int8 weights
+and activations calibrated on the user's data), with the inference precision stated and set explicitly and
+the CPU plugin's sparse-weight decompression switched on where the model's sparsity makes it pay."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.deploy._common import (
+    RuntimeModule,
+    check_target,
+    compare_outputs,
+    dense_original,
+    export_copy,
+    files_size,
+    flat_tensors,
+    layer_sparsity,
+    reference_outputs,
+    split_inputs,
+    staged_files,
+    weight_sparsity,
+)
+from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
+from prunekit.deploy.report import DeployReport
+from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
+
+QUANTIZE_MODES = (None, "int8-weights", "int8")
+PRECISIONS = ("f32", "bf16", "f16")
+#: weight sparsity from which the CPU plugin's sparse int8 kernel is switched on (measured on an AMX CPU with
+#: OpenVINO 2026.4: 1.1-1.7x at 70% zeros, 1.5-2.0x at 90%; nothing on weight-only int8 or fp32)
+SPARSE_RATE = 0.7
+
+
+class OvModule(RuntimeModule):
+    """An OpenVINO compiled model (CPU) called like the PyTorch model, returning torch tensors."""
+
+    def __init__(self, model_or_path: Any, config: dict[str, Any]):
+        ov = require("openvino")
+        core = ov.Core()
+        model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+        self_compiled = core.compile_model(model, "CPU", config)
+        names = []
+        for i, inp in enumerate(self_compiled.inputs):
+            try:
+                names.append(inp.get_any_name())
+            except RuntimeError:
+                names.append(f"input{i}")
+        super().__init__(names)
+        self.compiled = self_compiled
+        self.request = self_compiled.create_infer_request()
+        self.config = dict(config)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.request.infer(inputs)
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
+
+    def property(self, name: str) -> Any:
+        return self.compiled.get_property(name)
+
+    def sparse_layers(self) -> list[str]:
+        """OpenVINO layers that ran on a sparse kernel (read from the executed graph after an inference)."""
+        out = []
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "primitiveType" in info and "sparse" in info["primitiveType"].astype(str).lower():
+                out.append(op.get_friendly_name().split("/")[0])
+        return out
+
+
+def runtime_config(*, precision: str = "f32", threads: int | None = 1, sparse_rate: float | None = None) -> dict[str, Any]:
+    """The CPU plugin settings prunekit compiles with: the inference precision hint set explicitly (the
+    plugin's default on AMX / AVX-512-BF16 CPUs is bf16), latency mode with one stream, ``threads`` threads,
+    and ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` when ``sparse_rate`` is given."""
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if sparse_rate is not None:
+        config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(sparse_rate)
+    return config
+
+
+def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModule:
+    """An exported OpenVINO ``.xml`` compiled on the CPU with the settings recorded at export (precision hint,
+    sparse-weight decompression; read from ``<stem>.report.json``; without it: f32), called like the
+    PyTorch model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_openvino")
+    report = path.with_name(path.stem + ".report.json")
+    recorded = json.loads(report.read_text()).get("runtime_config", {}) if report.is_file() else {}
+    config = runtime_config(precision=recorded.get("INFERENCE_PRECISION_HINT", "f32"), threads=threads,
+                            sparse_rate=recorded.get("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"))
+    return OvModule(path, config)
+
+
+def _convert(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    ov = require("openvino")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, args, kwargs or None)
+            return ov.convert_model(program)
+    except Exception as e:  # noqa: BLE001 - any converter failure is reported with its reason
+        reason = " ".join(str(e).strip().splitlines()[:6])[:1200]
+        raise ExportFailedError(f"torch.export / openvino.convert_model could not convert {type(model).__name__}: {reason}") from None
+
+
+def _calibration_items(calibration: Any, example_inputs: Any) -> list[list[np.ndarray]]:
+    """Calibration batches as lists of numpy inputs in the graph's order. Each batch is the model's inputs,
+    or ``(inputs, targets)``, or a dict of keyword inputs (``labels`` dropped), as prunekit's calibration."""
+    if callable(calibration) and not hasattr(calibration, "__iter__"):
+        raise DataError("int8 calibration needs batches of inputs (a list or DataLoader of tensors, (inputs, targets) "
+                        "pairs or dicts), not a loss function")
+    n_expected = len(flat_tensors(*split_inputs(example_inputs)))
+    items = []
+    for batch in calibration:
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and n_expected == 1 and torch.is_tensor(batch[0]):
+            batch = batch[0]  # (inputs, targets)
+        if isinstance(batch, dict):
+            batch = {k: v for k, v in batch.items() if k != "labels"}
+        tensors = flat_tensors(*split_inputs(batch))
+        if len(tensors) != n_expected:
+            raise DataError(f"a calibration batch holds {len(tensors)} input tensor(s), the model takes {n_expected}: "
+                            "give batches shaped like example_inputs (or (inputs, targets) pairs)")
+        items.append([t.detach().cpu().numpy() for t in tensors])
+    if not items:
+        raise DataError("the calibration data is empty: give at least one batch")
+    return items
+
+
+def _quantize(ov_model: Any, quantize: str | None, calibration: Any, example_inputs: Any, subset_size: int) -> Any:
+    if quantize is None:
+        return ov_model
+    nncf = require("nncf")
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    if quantize == "int8-weights":
+        return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    items = _calibration_items(calibration, example_inputs)
+    return nncf.quantize(ov_model, nncf.Dataset(items), subset_size=min(subset_size, len(items)))
+
+
+def _reshape_static(ov_model: Any, args: tuple, kwargs: dict) -> None:
+    shapes = [list(t.shape) for t in flat_tensors(args, kwargs)]
+    if len(shapes) == len(ov_model.inputs):
+        ov_model.reshape({i: s for i, s in enumerate(shapes)})
+
+
+_PRECISION_TEXT = {
+    None: "fp32 weights and activations",
+    "int8-weights": "int8 weights (asymmetric, per channel; NNCF compress_weights), activations at the inference precision",
+    "int8": "int8 weights and activations (NNCF post-training quantisation, calibrated)",
+}
+
+
+def export_openvino(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    quantize: str | None = None,
+    calibration: Any = None,
+    precision: str = "f32",
+    sparse_weights: bool | None = None,
+    sparse_rate: float = SPARSE_RATE,
+    dynamic: bool = True,
+    baseline: nn.Module | None = None,
+    baseline_label: str = "the baseline= model",
+    subset_size: int = 300,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    measure_latency: bool = True,
+    threads: int = 1,
+    latency_budget_s: float = 3.0,
+    overwrite: bool = False,
+) -> DeployReport:
+    """Export ``model`` to OpenVINO IR at ``path`` (``.xml``, with its ``.bin``), optionally quantised, and report.
+
+    The model is converted from ``torch.export`` (a copy: masks folded, eval mode, ``use_cache=False`` for
+    Hugging Face models) with ``openvino.convert_model`` and saved with fp32 weights (no silent fp16).
+    ``quantize``: None (fp32), ``"int8-weights"`` (NNCF ``compress_weights``, INT8_ASYM: weights only, no
+    data needed) or ``"int8"`` (NNCF ``quantize``: int8 weights and activations, calibrated on
+    ``calibration``: batches as prunekit takes them, ``(inputs, targets)`` pairs, input tensors or dicts, at most
+    ``subset_size`` of them). ``precision``: the CPU plugin's ``INFERENCE_PRECISION_HINT`` for what is not
+    int8, set explicitly (``"f32"`` by default; ``"bf16"``, ``"f16"`` when asked), because the plugin's own
+    default on AMX CPUs is bf16.
+
+    ``sparse_weights``: set ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE = sparse_rate`` so that int8 fully
+    connected layers with at least that share of zeros run on the CPU plugin's sparse kernel (AMX CPUs).
+    None decides: on when ``quantize="int8"`` and some Linear weight has at least ``sparse_rate`` zeros
+    (it pays there: 1.5-2.0x at 90% measured; it does nothing for fp32 or weight-only int8). True with
+    another ``quantize`` is refused. The report names the layers the plugin really ran sparse.
+
+    ``dynamic``: keep every input dimension dynamic (True) or fix the example's shapes (False, often faster
+    for small models). The exported model is run on ``example_inputs``; an fp32 export must match PyTorch
+    within ``|ov - torch| <= atol + rtol * |torch|`` (else :class:`ExportCheckError`, nothing written); a
+    quantised or reduced-precision one reports its error without a threshold. Latency as in
+    :func:`prunekit.deploy.export_onnx`: against the dense model exported the same way (``baseline=``, or a
+    masked model's dense original) in OpenVINO, the dense model in PyTorch fp32 and the model's own PyTorch
+    form, interleaved at ``threads`` threads.
+
+    Writes ``path``, its ``.bin`` and ``<stem>.report.json`` (the runtime settings that
+    :func:`load_openvino` applies) all or nothing. Raises :class:`UnsupportedRuntimeOptionError` for an
+    unknown ``quantize`` / ``precision`` or ``sparse_weights=True`` without int8 activations,
+    :class:`MissingDataError` for ``quantize="int8"`` without ``calibration``, :class:`ConfigError` for
+    calibration given to a mode that does not use it, :class:`RuntimeMissingError` without openvino / nncf.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise UnsupportedRuntimeOptionError(
+            f"quantize={quantize!r} is not supported; choose None (fp32), 'int8-weights' (weight-only int8) or "
+            "'int8' (int8 weights and activations, needs calibration=)")
+    if precision not in PRECISIONS:
+        raise UnsupportedRuntimeOptionError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if quantize == "int8" and calibration is None:
+        raise MissingDataError("quantize='int8' calibrates the activation ranges on data: pass calibration= (batches "
+                               "of inputs or (inputs, targets) pairs, e.g. a few hundred samples of the training set)")
+    if quantize != "int8" and calibration is not None:
+        raise ConfigError(f"calibration= is used only by quantize='int8' (int8 activations); with quantize={quantize!r} "
+                          "it would be ignored: drop it or pass quantize='int8'")
+    if sparse_weights and quantize != "int8":
+        raise UnsupportedRuntimeOptionError(
+            "OpenVINO's sparse-weight decompression runs int8 fully connected layers only (int8 weights and "
+            "activations): pass quantize='int8' with calibration=, or sparse_weights=None/False")
+    if not 0 < sparse_rate < 1:
+        raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    ov = require("openvino")
+    if quantize is not None:
+        require("nncf")
+    target = check_target(path, ".xml", overwrite=overwrite)
+    args, kwargs = split_inputs(example_inputs)
+    prepared, notes = export_copy(model)
+    ref = reference_outputs(prepared, args, kwargs)
+    linear_sparsity = {n: s for n, s in layer_sparsity(prepared).items()
+                       if isinstance(prepared.get_submodule(n), nn.Linear)}
+    if sparse_weights is None:
+        sparse_on = quantize == "int8" and any(s >= sparse_rate for s in linear_sparsity.values())
+        why = ("int8 weights and activations with Linear layers at >= "
+               f"{100 * sparse_rate:.0f}% zeros" if sparse_on else
+               "it pays only for int8 weights and activations" if quantize != "int8" else
+               f"no Linear layer has {100 * sparse_rate:.0f}% zeros")
+    else:
+        sparse_on, why = bool(sparse_weights), "asked for (sparse_weights=" + str(sparse_weights) + ")"
+    config = runtime_config(precision=precision, threads=threads, sparse_rate=sparse_rate if sparse_on else None)
+    notes.append(f"sparse-weight decompression {'on' if sparse_on else 'off'}: {why}")
+
+    def build(m: nn.Module) -> Any:
+        ov_model = _quantize(_convert(m, args, kwargs), quantize, calibration, example_inputs, subset_size)
+        if not dynamic:
+            _reshape_static(ov_model, args, kwargs)
+        return ov_model
+
+    ov_model = build(prepared)
+    report_path = target.with_name(target.stem + ".report.json")
+    with staged_files(target) as tmp:
+        out = tmp / target.name
+        ov.save_model(ov_model, str(out), compress_to_fp16=False)
+        compiled = OvModule(out, config)
+        got = compiled.run([t.detach().cpu().numpy() for t in flat_tensors(args, kwargs)])
+        hint = str(compiled.property("INFERENCE_PRECISION_HINT"))
+        if precision not in hint.replace("float32", "f32").replace("bfloat16", "bf16").replace("float16", "f16"):
+            raise UnsupportedRuntimeOptionError(
+                f"the CPU plugin compiled at {hint} although {precision} was asked; this CPU cannot run {precision}")
+        check = compare_outputs(ref, got, atol=atol, rtol=rtol)
+        exact = quantize is None and precision == "f32"
+        if exact and not check["passed"]:
+            raise ExportCheckError(
+                f"OpenVINO's outputs differ from PyTorch's beyond atol={atol}, rtol={rtol} (max |diff| "
+                f"{check['max_abs_diff']:.3g}); nothing was written")
+        if not exact:
+            check["passed"] = None
+            check["note"] = "quantised or reduced precision: the error is reported, not held to atol/rtol"
+        sparse_layers = compiled.sparse_layers()
+        if sparse_on and not sparse_layers:
+            notes.append("the CPU plugin ran no layer on its sparse kernel (it needs int8 AMX support and layers "
+                         f"over the rate {sparse_rate:g})")
+        dense = baseline if baseline is not None else dense_original(model)
+        baseline_text = (baseline_label if baseline is not None else
+                         "the model with its prunekit masks taken off (its dense original)" if dense is not None else
+                         "none (pass baseline=, e.g. a copy taken before pruning, for the dense comparisons)")
+        latency, dense_bytes = {}, None
+        if measure_latency:
+            latency, dense_bytes = _measure(prepared, compiled, dense, build, args, kwargs, config, threads,
+                                            latency_budget_s)
+        files = [out, out.with_suffix(".bin")]
+        report = DeployReport(
+            runtime=f"openvino {ov.get_version()} (CPU plugin)",
+            format="openvino-ir",
+            path=str(target),
+            files=[str(target.parent / p.name) for p in files] + [str(report_path)],
+            file_bytes=files_size(files),
+            precision=f"{_PRECISION_TEXT[quantize]}; inference precision hint {precision}",
+            runtime_config=config,
+            weight_sparsity=weight_sparsity(prepared),
+            sparse_layers=sparse_layers,
+            sparse_note="OpenVINO layer names run by the CPU plugin's sparse int8 kernel" if sparse_on else
+                        "sparse-weight decompression off",
+            check=check,
+            input_shapes=[list(t.shape) for t in flat_tensors(args, kwargs)],
+            threads=threads,
+            baseline=baseline_text,
+            dense_file_bytes=dense_bytes,
+            latency=latency,
+            notes=notes + ([f"quantised with nncf {require('nncf').__version__}"] if quantize else []),
+        )
+        report.to_json(tmp / report_path.name)
+    return report
+
+
+def _measure(prepared: nn.Module, compiled: OvModule, dense: nn.Module | None, build: Any, args: tuple,
+             kwargs: dict, config: dict, threads: int, budget_s: float) -> tuple[dict, int | None]:
+    from prunekit.latency import compare_latency
+
+    if kwargs and args:
+        raise DataError("latency needs example inputs in one form (a tensor, a tuple or a dict); pass "
+                        "measure_latency=False or one form")
+    inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+    timing = {"threads": threads, "budget_s": budget_s}
+    latency: dict = {}
+    dense_bytes = None
+    if dense is not None:
+        dense_prepared, _ = export_copy(dense)
+        ov = require("openvino")
+        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
+            dense_path = Path(d) / "dense.xml"
+            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
+            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
+            dense_compiled = OvModule(dense_path, config)
+            latency["vs dense openvino"] = compare_latency(dense_compiled, compiled, inputs, **timing)
+            latency["vs dense pytorch"] = compare_latency(dense_prepared, compiled, inputs, **timing)
+    latency["vs same model in pytorch"] = compare_latency(prepared, compiled, inputs, **timing)
+    return latency, dense_bytes

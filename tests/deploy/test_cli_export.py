@@ -1,0 +1,69 @@
+"""``prunekit export``: a saved pruned model to ONNX and OpenVINO, written whole into --out, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'prunekit[deploy]')")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'prunekit[deploy]')")
+
+import prunekit as pk  # noqa: E402
+from prunekit.cli import app  # noqa: E402
+from prunekit.deploy import load_onnx  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = pk.build_model("prunekit:lenet5")
+    x = torch.randn(1, 1, 28, 28)
+    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
+    d = tmp_path_factory.mktemp("saved") / "lenet-half"
+    pk.save_model(model, d, source="prunekit:lenet5", extra={"input_shape": [1, 1, 28, 28]})
+    return d, model
+
+
+def test_export_saved_model_to_onnx(saved, tmp_path):
+    d, model = saved
+    out = tmp_path / "onnx"
+    r = runner.invoke(app, ["export", str(d), "--to", "onnx", "--out", str(out), "--no-latency"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.report.json"]
+    report = json.loads((out / "model.report.json").read_text())
+    assert report["check"]["passed"] and report["path"] == str(out / "model.onnx")
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_onnx(out / "model.onnx")(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+    # a non-empty --out is refused without --overwrite, and left as it was
+    r = runner.invoke(app, ["export", str(d), "--to", "onnx", "--out", str(out), "--no-latency"])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (out / "model.onnx").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+
+
+def test_export_refusals(saved, tmp_path):
+    d, _ = saved
+    r = runner.invoke(app, ["export", str(d), "--to", "tflite", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "onnx, openvino" in r.output
+    r = runner.invoke(app, ["export", str(d), "--to", "onnx", "--quantize", "int8", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "--to openvino" in r.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_export_openvino_int8_weights(saved, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'prunekit[deploy]')")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install 'prunekit[deploy]')")
+    d, _ = saved
+    out = tmp_path / "ov"
+    r = runner.invoke(app, ["export", str(d), "--to", "openvino", "--quantize", "int8-weights", "--out", str(out),
+                            "--no-latency"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.report.json", "model.xml"]
+    report = json.loads((out / "model.report.json").read_text())
+    assert report["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert report["precision"].startswith("int8 weights")

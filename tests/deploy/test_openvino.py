@@ -1,0 +1,93 @@
+"""OpenVINO export: fp32 round trip, int8 with calibration on real MNIST (sparse decompression decided from
+the sparsity), the precision hint set explicitly, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'prunekit[deploy]')")
+pytest.importorskip("nncf", reason="nncf is not installed (pip install 'prunekit[deploy]')")
+
+import prunekit as pk  # noqa: E402
+from prunekit.deploy import UnsupportedRuntimeOptionError, export_openvino, load_openvino  # noqa: E402
+from tests.conftest import assert_unchanged, snapshot  # noqa: E402
+
+
+def _has_amx_int8() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def test_fp32_round_trip_precision_stated(tmp_path):
+    model = _cnn()
+    pk.prune(model, "magnitude", sparsity=0.8, prune_classifier=True, measure=False)
+    before = snapshot(model)
+    x = torch.randn(2, 1, 10, 10)
+    report = export_openvino(model, x, tmp_path / "m.xml", measure_latency=False)
+    assert_unchanged(model, before)
+    assert report.check["passed"] and report.check["max_abs_diff"] <= 1e-4
+    assert report.runtime_config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" not in report.runtime_config  # fp32: it would not pay
+    assert (tmp_path / "m.bin").is_file()
+    ov_model = load_openvino(tmp_path / "m.xml")
+    assert "32" in str(ov_model.property("INFERENCE_PRECISION_HINT"))  # f32, not the plugin's bf16 default
+    x4 = torch.randn(4, 1, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(ov_model(x4), model(x4), atol=1e-4, rtol=1e-4)
+    saved = json.loads((tmp_path / "m.report.json").read_text())
+    assert saved["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_int8_on_real_mnist_with_sparse_decompression(tmp_path):
+    from prunekit import sources
+
+    model = pk.build_model("prunekit:mnist-cnn")
+    pk.prune(model, "magnitude", sparsity=0.5, measure=False)  # 90% needs fine-tuning (benchmarks/deploy.py)
+    x, y = sources.load_mnist("train")
+    calibration = [(sources.mnist_normalize(x[i : i + 16]), y[i : i + 16]) for i in range(0, 256, 16)]
+    xt, _ = sources.load_mnist("test")
+    test = sources.mnist_normalize(xt[:256])
+    report = export_openvino(model, test[:1], tmp_path / "q.xml", quantize="int8", calibration=calibration,
+                             sparse_rate=0.45, measure_latency=False)
+    assert report.runtime_config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.45)
+    assert report.check["passed"] is None and "int8 weights and activations" in report.precision
+    if _has_amx_int8():  # the plugin's sparse int8 kernel exists on AMX CPUs
+        assert report.sparse_layers
+    q = load_openvino(tmp_path / "q.xml")
+    assert q.config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.45)
+    with torch.no_grad():
+        agree = (q(test).argmax(1) == model(test).argmax(1)).float().mean().item()
+    assert agree >= 0.98, agree  # int8 keeps the predictions of the pruned model (measured 99.5% on 2,000)
+
+
+def test_refusals(tmp_path):
+    model = _cnn()
+    x = torch.randn(1, 1, 10, 10)
+    before = snapshot(model)
+    with pytest.raises(UnsupportedRuntimeOptionError, match="int8-weights"):
+        export_openvino(model, x, tmp_path / "a.xml", quantize="int4")
+    with pytest.raises(pk.MissingDataError, match="calibration"):
+        export_openvino(model, x, tmp_path / "a.xml", quantize="int8")
+    with pytest.raises(pk.ConfigError, match="only by quantize='int8'"):
+        export_openvino(model, x, tmp_path / "a.xml", calibration=[x])
+    with pytest.raises(UnsupportedRuntimeOptionError, match="sparse"):
+        export_openvino(model, x, tmp_path / "a.xml", quantize="int8-weights", sparse_weights=True)
+    with pytest.raises(UnsupportedRuntimeOptionError, match="precision"):
+        export_openvino(model, x, tmp_path / "a.xml", precision="fp8")
+    with pytest.raises(pk.CheckpointError, match=r"\.xml"):
+        export_openvino(model, x, tmp_path / "a.onnx")
+    assert_unchanged(model, before)
+    assert list(tmp_path.iterdir()) == []
