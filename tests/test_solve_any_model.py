@@ -409,7 +409,7 @@ def test_an_encoder_that_is_not_a_causal_lm_is_pruned_on_its_real_tokens():
 
 
 def test_causal_lms_keep_the_decoder_layer_runner():
-    from prunekit.llm.adapters import has_adapter
+    from prunekit.calibration.families import has_family as has_adapter
 
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

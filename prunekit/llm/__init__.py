@@ -1,7 +1,8 @@
 """Post-training pruning of causal language models.
 
 * :mod:`~prunekit.llm.runner`: one calibration runner, layer by layer, for every method and family;
-  :mod:`~prunekit.llm.adapters`: where each family keeps its layers.
+  :mod:`~prunekit.calibration.families`: where each family keeps its layers (shared with the
+  structural engine's head / layer paths).
 * :mod:`~prunekit.llm.solvers` and :mod:`~prunekit.llm.criteria`: magnitude, Wanda, SparseGPT, OWL.
 * :mod:`~prunekit.llm.prune`: unstructured and N:M pruning; :mod:`~prunekit.llm.structured`: physical
   removal of heads, MLP channels and layers.
@@ -12,7 +13,7 @@
 Importing this package needs only torch; transformers is imported where a model is loaded.
 """
 
-from prunekit.llm.adapters import ADAPTERS, Adapter, adapter_for
+from prunekit.calibration.families import FAMILIES, Family, family_for
 from prunekit.llm.data import CalibrationSet, Perplexity, calibration_batches, perplexity, token_hash
 from prunekit.llm.memory import AllocationMeter
 from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
@@ -22,10 +23,10 @@ from prunekit.llm.solvers import MagnitudeSolver, Solver, SparseGPTSolver, Wanda
 from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
 
 __all__ = [
-    "ADAPTERS",
+    "FAMILIES",
     "OFFLINE_MODELS",
     "OWL",
-    "Adapter",
+    "Family",
     "AllocationMeter",
     "CalibrationSet",
     "LLMPruneResult",
@@ -38,7 +39,7 @@ __all__ = [
     "SparseGPTSolver",
     "StructuredResult",
     "WandaSolver",
-    "adapter_for",
+    "family_for",
     "cached_model_dir",
     "calibration_batches",
     "load_causal_lm",

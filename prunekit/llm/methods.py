@@ -54,11 +54,11 @@ class LayerwiseLLMMethod(Method):
             )
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
-        from prunekit.llm.adapters import has_adapter
+        from prunekit.calibration.families import has_family
         from prunekit.llm.prune import prune_causal_lm, select_targets
 
         opts = request.options
-        if not has_adapter(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
+        if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
             from prunekit.solve import solve_layerwise
 
             self.check_allocation(request.allocation)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from prunekit.allocation import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
 from prunekit.granularity import NM, Granularity, Unstructured, parse_pattern
-from prunekit.llm.adapters import adapter_for, prunable_linears
+from prunekit.calibration.families import family_for, prunable_linears
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
 from prunekit.llm.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 
@@ -168,7 +168,7 @@ class _SolveVisitor(LayerVisitor):
 
 def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
     """Full names of the decoder-layer Linears to prune (all of them when ``targets`` is None)."""
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     layers = adapter.layer_list(model)
     available = {f"{adapter.layers}.{i}.{rel}" for i, layer in enumerate(layers) for rel in prunable_linears(layer)}
     if targets is None:
@@ -185,7 +185,7 @@ def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
 
 def _walk(model: nn.Module, visitor: LayerVisitor) -> None:
     """Visit every decoder layer without running the model (magnitude needs no inputs)."""
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     for i, layer in enumerate(adapter.layer_list(model)):
         job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
         visitor.start(job)
@@ -288,7 +288,7 @@ def prune_causal_lm(
     selected = select_targets(model, targets)
     for name in sorted(selected):
         check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     n_layers = len(adapter.layer_list(model))
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
     options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}

@@ -11,7 +11,7 @@
 
 Only one layer and the activations of the calibration set are ever live on the execution device: layers
 not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
-differ only in their :class:`~prunekit.llm.adapters.Adapter`.
+differ only in their :class:`~prunekit.calibration.families.Family`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import DataError, MissingDataError, ModelError
-from prunekit.llm.adapters import Adapter, adapter_for, prunable_linears
+from prunekit.calibration.families import Family, family_for, prunable_linears
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
 
@@ -207,7 +207,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def capture_inputs(
-    model: nn.Module, batches: list[dict[str, Tensor]], adapter: Adapter, device: torch.device, store: torch.device
+    model: nn.Module, batches: list[dict[str, Tensor]], adapter: Family, device: torch.device, store: torch.device
 ) -> list[_Record]:
     """Hidden states entering layer 0 and each layer's extra call arguments, per calibration batch."""
     layers = adapter.layer_list(model)
@@ -299,7 +299,7 @@ def run_layerwise(
     states of the calibration set on the CPU between layers. ``progress``: None shows a bar on a terminal and
     logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent.
     """
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     batches = as_batches(calibration)
     check_vocabulary(model, batches)
     exec_device = torch.device(device) if device is not None else model_device(model)

@@ -44,7 +44,7 @@ from prunekit.errors import (
     UnsupportedModuleError,
 )
 from prunekit.llm import criteria
-from prunekit.llm.adapters import Adapter, Attention, adapter_for
+from prunekit.calibration.families import Attention, Family, family_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
 from prunekit.structural.hf import head_config_fields, own_config_, record_hf_structure
 from prunekit.structural.surgery import remove_
@@ -53,11 +53,6 @@ UNITS = ("heads", "mlp", "layers")
 CRITERIA = ("fluctuation", "magnitude")  # of heads and MLP channels
 LAYER_CRITERIA = ("block-influence",)  # of whole decoder layers
 
-#: config fields that add a bias to the output projection, per model_type (None: the family has none)
-_BIAS_FIELDS: dict[str, dict[str, str]] = {
-    "llama": {"attention": "attention_bias", "mlp": "mlp_bias"},
-    "gemma3_text": {"attention": "attention_bias"},
-}
 
 
 @dataclass
@@ -137,7 +132,7 @@ def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
 def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
     if getattr(out_proj, "bias", None) is not None:
         return True
-    return part in _BIAS_FIELDS.get(getattr(model.config, "model_type", ""), {})
+    return family_for(model).bias_field(part) is not None
 
 
 def choose_gqa_shape(
@@ -170,7 +165,7 @@ class _ChannelVisitor(LayerVisitor):
     def __init__(
         self,
         model: nn.Module,
-        adapter: Adapter,
+        adapter: Family,
         unit: str,
         sparsity: float,
         criterion: str,
@@ -296,12 +291,12 @@ class _ChannelVisitor(LayerVisitor):
             for key, value in self.head_fields.items():
                 setattr(cfg, key, value)
         if self._did_bias:
-            field_name = _BIAS_FIELDS.get(cfg.model_type, {}).get("mlp" if self.unit == "mlp" else "attention")
+            field_name = self.adapter.bias_field("mlp" if self.unit == "mlp" else "attention")
             if field_name:
                 setattr(cfg, field_name, True)
 
 
-def _head_shape(model: nn.Module, adapter: Adapter, attn: Attention) -> tuple[int, int, int]:
+def _head_shape(model: nn.Module, adapter: Family, attn: Attention) -> tuple[int, int, int]:
     """(query heads, key/value heads, head size) of the decoder layers, read from their projections; every
     layer must have the same, else :class:`UnsupportedModuleError` (before anything changes)."""
     cfg = model.config
@@ -347,7 +342,7 @@ class _InfluenceVisitor(LayerVisitor):
 def remove_layers_(model: nn.Module, drop: list[int]) -> None:
     """Physically delete decoder layers ``drop`` and renumber the rest (config, cache indices, layer types)."""
     own_config_(model)
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     layers = adapter.layer_list(model)
     keep = [i for i in range(len(layers)) if i not in set(drop)]
     if not keep:
@@ -400,7 +395,7 @@ def prune_structured(
     bias_compensation = criterion == "fluctuation" if bias_compensation is None else bool(bias_compensation)
     if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    adapter = adapter_for(model)
+    adapter = family_for(model)
     own_config_(model)  # the config may be shared with another model (a teacher); edit a copy
     result = StructuredResult(unit, _count(model), 0)
     if unit == "layers":

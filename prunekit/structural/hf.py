@@ -1,8 +1,10 @@
 """Transformers: attention heads (GQA aware), and keeping Hugging Face configs in step with new sizes.
 
-Attention blocks are recognised by their projections, not by class: ``q_proj/k_proj/v_proj/o_proj``
-(LLaMA, Qwen2, Mistral, ...), ``c_attn/c_proj`` (GPT-2) and ``query/key/value`` with a sibling
-``output.dense`` (BERT). A head unit is one key/value group with all the query heads that share it, so
+Attention blocks are recognised by their projections, not by class, through the attention layouts of the
+family table (:mod:`prunekit.calibration.families`, shared with the layer-wise runner and the structured
+language-model methods; the model's own family first): ``q_proj/k_proj/v_proj/o_proj`` (LLaMA, Qwen2,
+Mistral, ...), ``q_proj/k_proj/v_proj/out_proj`` (OPT), ``c_attn/c_proj`` (GPT-2) and ``query/key/value``
+with a sibling ``output.dense`` (BERT); ``nn.MultiheadAttention`` by its class. A head unit is one key/value group with all the query heads that share it, so
 grouped-query attention stays valid (the ratio of query to key/value heads is unchanged).
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.calibration.families import AttentionLayout, block_list, layouts_for, mlp_inputs
 from prunekit.errors import UnsupportedModuleError
 from prunekit.structural.surgery import Removal, record_attrs, structure_state, _size_attrs
 
@@ -33,6 +36,7 @@ class AttentionBlock:
     head_dim: int
     out_module: nn.Module
     out_name: str
+    layout: AttentionLayout | None = None  # the family table's layout that found it (None: nn.MultiheadAttention)
 
     @property
     def groups(self) -> int:
@@ -50,13 +54,14 @@ class AttentionBlock:
         n = self.name
         out: Removal = {}
         if self.style == "llama":
-            out[f"{n}.q_proj.weight"] = {0: q_idx}
-            out[f"{n}.k_proj.weight"] = {0: kv_idx}
-            out[f"{n}.v_proj.weight"] = {0: kv_idx}
-            for p in ("q_proj", "k_proj", "v_proj"):
+            lay = self.layout or AttentionLayout("qkvo", "q_proj", "k_proj", "v_proj", "o_proj")
+            out[f"{n}.{lay.q}.weight"] = {0: q_idx}
+            out[f"{n}.{lay.k}.weight"] = {0: kv_idx}
+            out[f"{n}.{lay.v}.weight"] = {0: kv_idx}
+            for p in (lay.q, lay.k, lay.v):
                 if getattr(self.module, p).bias is not None:
-                    out[f"{n}.{p}.bias"] = {0: q_idx if p == "q_proj" else kv_idx}
-            out[f"{n}.o_proj.weight"] = {1: q_idx}
+                    out[f"{n}.{p}.bias"] = {0: q_idx if p == lay.q else kv_idx}
+            out[f"{n}.{lay.o}.weight"] = {1: q_idx}
         elif self.style == "mha":  # packed in_proj rows [q | k | v], out_proj columns
             inner = self.num_heads * d
             rows = np.concatenate([q_idx, q_idx + inner, q_idx + 2 * inner])
@@ -108,11 +113,12 @@ class AttentionBlock:
 
 
 def find_attention(model: nn.Module) -> list[AttentionBlock]:
-    """Every attention module of a transformer, by its projections (q/k/v/o as in LLaMA, GPT-2's c_attn,
-    BERT's query/key/value) or its class (``nn.MultiheadAttention``, packed layout)."""
+    """Every attention module of a transformer, by its projections (the family table's layouts: q/k/v/o as
+    in LLaMA or OPT, GPT-2's c_attn, BERT's query/key/value) or its class (``nn.MultiheadAttention``)."""
     cfg = getattr(model, "config", None)
     out = []
     mods = dict(model.named_modules())
+    layouts = layouts_for(model)
     for name, m in mods.items():
         if isinstance(m, nn.MultiheadAttention):
             from prunekit.structural.mha import check_head_prunable, inner_width
@@ -122,41 +128,45 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
                                       int(m.head_dim), m.out_proj, f"{name}.out_proj"))
             continue
         ch = dict(m.named_children())
-        if all(k in ch for k in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            hd = int(getattr(m, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
-            if not hd:
-                raise UnsupportedModuleError(f"module '{name}': cannot tell the head size (no head_dim attribute)")
-            h = _rows(f"{name}.q_proj", ch["q_proj"]) // hd
-            kv = _rows(f"{name}.k_proj", ch["k_proj"]) // hd
-            out.append(AttentionBlock(name, m, "llama", h, kv, hd, ch["o_proj"], f"{name}.o_proj"))
-        elif "c_attn" in ch and "c_proj" in ch and hasattr(m, "head_dim") and not getattr(m, "is_cross_attention", False):
-            hd = int(m.head_dim)
-            h = ch["c_proj"].weight.shape[0] // hd
-            out.append(AttentionBlock(name, m, "gpt2", h, h, hd, ch["c_proj"], f"{name}.c_proj"))
-        elif all(k in ch for k in ("query", "key", "value")) and hasattr(m, "attention_head_size"):
-            parent_name = name.rpartition(".")[0]
-            outm = mods.get(f"{parent_name}.output.dense")
-            if outm is None:
-                raise UnsupportedModuleError(f"module '{name}': no output projection found next to it")
-            hd = int(m.attention_head_size)
-            h = _rows(f"{name}.query", ch["query"]) // hd
-            out.append(AttentionBlock(name, m, "bert", h, h, hd, outm, f"{parent_name}.output.dense"))
+        layout = next((lay for lay in layouts if lay.matches(ch, m)), None)
+        if layout is not None:
+            out.append(_attention_block(name, m, ch, layout, cfg, mods))
     for b in out:
         b.root = model
     return out
+
+
+def _attention_block(name: str, m: nn.Module, ch: dict[str, nn.Module], layout: AttentionLayout, cfg: Any,
+                     mods: dict[str, nn.Module]) -> AttentionBlock:
+    """The :class:`AttentionBlock` of module ``name`` found by ``layout``; its head size from the module's
+    attribute (else ``config.head_dim``), its head counts from the projections' rows."""
+    hd = int(getattr(m, layout.head_dim_attr, 0) or (getattr(cfg, "head_dim", 0) if layout.style == "qkvo" else 0)
+             or 0)
+    if not hd:
+        raise UnsupportedModuleError(f"module '{name}': cannot tell the head size (no {layout.head_dim_attr} attribute)")
+    if layout.style == "qkvo":
+        h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
+        kv = _rows(f"{name}.{layout.k}", ch[layout.k]) // hd
+        return AttentionBlock(name, m, "llama", h, kv, hd, ch[layout.o], f"{name}.{layout.o}", layout)
+    if layout.style == "gpt2":
+        h = ch[layout.o].weight.shape[0] // hd
+        return AttentionBlock(name, m, "gpt2", h, h, hd, ch[layout.o], f"{name}.{layout.o}", layout)
+    parent_name = name.rpartition(".")[0]
+    out_name = f"{parent_name}.{layout.o}" if parent_name else layout.o
+    outm = mods.get(out_name)
+    if outm is None:
+        raise UnsupportedModuleError(f"module '{name}': no output projection found next to it ({out_name})")
+    h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
+    return AttentionBlock(name, m, "bert", h, h, hd, outm, out_name, layout)
 
 
 # ----------------------------------------------------------------------------------------------- configs
 
 
 def _layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The main stack of transformer blocks: the longest ModuleList of blocks of one class."""
-    best = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
-            if best is None or len(m) > len(best[1]):
-                best = (name, m)
-    return best
+    """The main stack of transformer blocks: the family's (:func:`~prunekit.calibration.families.block_list`),
+    else the longest ModuleList of blocks of one class."""
+    return block_list(model)
 
 
 def input_embedding(model: nn.Module) -> nn.Module | None:
@@ -187,22 +197,19 @@ def _rows(name: str, mod: nn.Module) -> int:
     return int(w.shape[layout.out_axis])
 
 
-# the first MLP projection of each family; a fused gate/up projection holds two widths
-_MLP_IN = ("mlp.gate_proj", "mlp.up_proj", "intermediate.dense", "mlp.fc1", "mlp.c_fc", "mlp.dense_h_to_4h",
-           "mlp.fc_in", "ffn.up_proj")
-_MLP_FUSED = ("mlp.gate_up_proj",)
-
-
-def _mlp_width(layer: nn.Module) -> int | None:
+def _mlp_width(layer: nn.Module, inputs: tuple[tuple[str, bool], ...]) -> int | None:
+    """The MLP width of one block, read from the first of ``inputs`` (the family table's MLP input
+    projections, :func:`~prunekit.calibration.families.mlp_inputs`) it has; a fused gate/up projection
+    holds two widths."""
     from prunekit.layout import weight_layout
 
     ch = dict(layer.named_modules())
-    for key in _MLP_IN + _MLP_FUSED:
+    for key, fused in inputs:
         mod = ch.get(key)
         layout = weight_layout(mod) if mod is not None else None
         if layout is not None and isinstance(getattr(mod, "weight", None), torch.Tensor):
             width = int(mod.weight.shape[layout.out_axis])
-            return width // 2 if key in _MLP_FUSED else width
+            return width // 2 if fused else width
     return None
 
 
@@ -406,7 +413,8 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
         _, layers = stack
         if getattr(cfg, "num_hidden_layers", None) not in (None, len(layers)):
             put({"num_hidden_layers": len(layers)}, f"{len(layers)} layers")
-        widths = [w for w in (_mlp_width(layer) for layer in layers) if w is not None]
+        inputs = mlp_inputs(model)
+        widths = [w for w in (_mlp_width(layer, inputs) for layer in layers) if w is not None]
         if widths:
             if len(set(widths)) == 1:
                 field_name = next((f for f in ("n_inner", "ffn_hidden_size") if hasattr(cfg, f)), "intermediate_size")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunekit.errors import DataError, MissingDataError, UnsupportedModuleError
-from prunekit.llm.adapters import adapter_for
+from prunekit.calibration.families import family_for as adapter_for
 from prunekit.llm.memory import AllocationMeter, tensor_bytes
 from prunekit.llm.prune import prune_causal_lm
 from prunekit.llm.runner import LayerVisitor, as_batches, run_layerwise
