@@ -51,26 +51,29 @@ def test_fp32_round_trip_precision_stated(tmp_path):
     assert saved["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
-def test_int8_on_real_mnist_with_sparse_decompression(tmp_path):
+def test_int8_on_real_digits_with_sparse_decompression(tmp_path):
     from prunekit import sources
 
-    model = pk.build_model("prunekit:mnist-cnn")
-    pk.prune(model, "magnitude", sparsity=0.5, measure=False)  # 90% needs fine-tuning (benchmarks/deploy.py)
-    x, y = sources.load_mnist("train")
-    calibration = [(sources.mnist_normalize(x[i : i + 16]), y[i : i + 16]) for i in range(0, 256, 16)]
-    xt, _ = sources.load_mnist("test")
-    test = sources.mnist_normalize(xt[:256])
+    x, y = sources.load_digits()
+    x = x.reshape(len(x), -1).float()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    pk.prune(model, "magnitude", sparsity=0.9, measure=False)  # the classifier stays dense
+    calibration = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
+    test = x[1000:1400]
     report = export_openvino(model, test[:1], tmp_path / "q.xml", quantize="int8", calibration=calibration,
-                             sparse_rate=0.45, measure_latency=False)
-    assert report.runtime_config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.45)
+                             measure_latency=False)
+    # int8 activations and Linear layers at 90% zeros: decompression on at the default rate
+    assert report.runtime_config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.7)
     assert report.check["passed"] is None and "int8 weights and activations" in report.precision
     if _has_amx_int8():  # the plugin's sparse int8 kernel exists on AMX CPUs
         assert report.sparse_layers
     q = load_openvino(tmp_path / "q.xml")
-    assert q.config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.45)
+    assert q.config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.7)
     with torch.no_grad():
-        agree = (q(test).argmax(1) == model(test).argmax(1)).float().mean().item()
-    assert agree >= 0.98, agree  # int8 keeps the predictions of the pruned model (measured 99.5% on 2,000)
+        got, ref = q(test), model(test)
+    assert ((got - ref).norm() / ref.norm()).item() < 0.05  # int8 error, a few percent at most
+    assert (got.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95
 
 
 def test_refusals(tmp_path):
