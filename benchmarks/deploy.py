@@ -1,0 +1,358 @@
+"""Deploy benchmark: do pruned models run faster somewhere real?
+
+Parts (``--parts``, default all; each part's record replaces its earlier one in ``deploy.json``, and
+``deploy.md`` is rewritten from the whole file, so the parts can be run one at a time):
+
+* ``resnet50``: torchvision ResNet-50 (random init: weights do not change latency) at 50% channels
+  (``l2-channel``), exported to ONNX with ``prunekit.deploy.export_onnx``; ONNX Runtime latency of the
+  pruned model vs the dense one (both exported the same way) and vs dense PyTorch at batch 1 and 8, against
+  the MACs reduction (target: speedup >= 0.85x the MACs reduction), and the largest difference from
+  PyTorch's outputs (target <= 1e-4).
+* ``mnist``: the pretrained MNIST CNN (``prunekit:mnist-cnn``) and an MLP trained here on MNIST, each pruned
+  to 90% (magnitude, unstructured; the classifier dense) and fine-tuned with the masks on, then exported to
+  OpenVINO int8 (weights and activations, NNCF, calibrated on 300 training images) with sparse-weight
+  decompression; latency at batch 1 vs the dense model exported the same way (dense int8 OpenVINO,
+  target >= 1.4x) and vs dense PyTorch fp32 (target >= 4x), the same IR with decompression off, and MNIST
+  test accuracy (10,000 images) of the pruned PyTorch model and of the int8 OpenVINO one (target: within
+  0.5 points).
+* ``sparsify``: ``prunekit.deploy.sparsify_`` on 1024-4096-4096-1024 MLPs at 90% and 50% zeros, batch 8
+  (and 1): whole-model latency vs the dense PyTorch model (target >= 2x at 90%) and the per-layer
+  decisions (at 50% the probe should decline).
+
+Every ratio is timed interleaved in this process (``prunekit.latency.compare_latency``, medians of paired
+ratios with a 95% interval) at ``--threads`` threads (1 by default).
+
+    python benchmarks/deploy.py                      # all parts (~15 min on 2 busy cores)
+    python benchmarks/deploy.py --parts sparsify     # one part
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.deploy import export_onnx, export_openvino, load_onnx, load_openvino, sparsify_
+from prunekit.deploy.openvino import OvModule, runtime_config
+from prunekit.latency import compare_latency
+from prunekit.report import count_flops
+
+OUT = Path("docs/results/deploy")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cmp_dict(c: Any) -> dict[str, Any]:
+    return {"speedup": round(c.speedup, 3), "ratio_ci95": [round(c.ratio_low, 4), round(c.ratio_high, 4)],
+            "baseline_ms": round(c.baseline.median_ms, 4), "candidate_ms": round(c.candidate.median_ms, 4),
+            "rounds": c.candidate.runs, "verdict": c.verdict, "warning": c.warning}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import onnxruntime
+    import openvino
+
+    import nncf
+
+    return {"cpu": cpu_name(), "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.get_version(), "nncf": nncf.__version__, "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------------------------- resnet50
+
+
+def part_resnet50(args: argparse.Namespace) -> dict[str, Any]:
+    import torchvision
+
+    torch.manual_seed(0)
+    dense = torchvision.models.resnet50(weights=None).eval()
+    pruned = copy.deepcopy(dense)
+    x1 = torch.randn(1, 3, 224, 224)
+    log("resnet50: pruning 50% of channels (l2-channel)")
+    pk.prune(pruned, "l2-channel", sparsity=0.5, example_inputs=x1, measure=False)
+    macs_dense = count_flops(dense, x1)[0] / 2
+    macs_pruned = count_flops(pruned, x1)[0] / 2
+    rec: dict[str, Any] = {
+        "model": "torchvision resnet50 (random init), l2-channel 0.5",
+        "params_dense": sum(p.numel() for p in dense.parameters()),
+        "params_pruned": sum(p.numel() for p in pruned.parameters()),
+        "macs_dense": macs_dense, "macs_pruned": macs_pruned, "macs_reduction": round(macs_dense / macs_pruned, 3),
+    }
+    with tempfile.TemporaryDirectory() as d:
+        log("resnet50: exporting the pruned and the dense model to ONNX")
+        rp = export_onnx(pruned, x1, Path(d) / "pruned.onnx", measure_latency=False)
+        rd = export_onnx(dense, x1, Path(d) / "dense.onnx", measure_latency=False)
+        rec["file_mb"] = {"pruned": round(rp.file_bytes / 1e6, 2), "dense": round(rd.file_bytes / 1e6, 2)}
+        ort_p = load_onnx(Path(d) / "pruned.onnx", threads=args.threads)
+        ort_d = load_onnx(Path(d) / "dense.onnx", threads=args.threads)
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+            with torch.no_grad():
+                diff = (ort_p(x) - pruned(x)).abs().max().item()
+            log(f"resnet50: batch {batch}: max |ORT - PyTorch| = {diff:.2e}; timing")
+            budget = args.budget * (1 if batch == 1 else 2)
+            vs_ort = compare_latency(ort_d, ort_p, x, threads=args.threads, budget_s=budget, min_rounds=args.rounds)
+            vs_pt = compare_latency(dense, ort_p, x, threads=args.threads, budget_s=budget, min_rounds=args.rounds)
+            ort_vs_pt = compare_latency(dense, ort_d, x, threads=args.threads, budget_s=budget, min_rounds=args.rounds)
+            rec[f"batch{batch}"] = {
+                "max_abs_diff_vs_pytorch": diff,
+                "pruned_ort_vs_dense_ort": cmp_dict(vs_ort),
+                "pruned_ort_vs_dense_pytorch": cmp_dict(vs_pt),
+                "dense_ort_vs_dense_pytorch": cmp_dict(ort_vs_pt),
+                "speedup_over_macs_reduction": round(vs_ort.speedup / rec["macs_reduction"], 3),
+                "target_met": vs_ort.speedup >= 0.85 * rec["macs_reduction"] and diff <= 1e-4,
+            }
+            log(f"resnet50: batch {batch}: pruned ORT {vs_ort.speedup:.2f}x dense ORT, {vs_pt.speedup:.2f}x dense "
+                f"PyTorch (MACs {rec['macs_reduction']:.2f}x)")
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------ mnist
+
+
+def mnist_data() -> dict[str, torch.Tensor]:
+    from prunekit import sources
+
+    x, y = sources.load_mnist("train")
+    xt, yt = sources.load_mnist("test")
+    return {"x": sources.mnist_normalize(x), "y": y, "xt": sources.mnist_normalize(xt), "yt": yt}
+
+
+def accuracy(model: Any, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+    return correct / len(x)
+
+
+def train(model: nn.Module, data: dict, *, epochs: int, lr: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        idx = torch.randperm(len(data["x"]), generator=g)
+        for i in range(0, len(idx), 128):
+            b = idx[i : i + 128]
+            loss = nn.functional.cross_entropy(model(data["x"][b]), data["y"][b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                 nn.Linear(1024, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def one_mnist_model(name: str, dense: nn.Module, data: dict, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    rec: dict[str, Any] = {"model": name, "dense_accuracy": accuracy(dense, data["xt"], data["yt"])}
+    pruned = copy.deepcopy(dense)
+    pk.prune(pruned, "magnitude", sparsity=0.9, measure=False)
+    rec["accuracy_after_pruning"] = accuracy(pruned, data["xt"], data["yt"])
+    log(f"{name}: 90% magnitude: accuracy {100 * rec['accuracy_after_pruning']:.2f}%; fine-tuning 1 epoch with masks")
+    train(pruned, data, epochs=1, lr=1e-4, seed=1)
+    rec["pruned_accuracy"] = accuracy(pruned, data["xt"], data["yt"])
+    pk.squash_masks_(pruned)
+    rec["weight_sparsity"] = round(1 - sum(int(torch.count_nonzero(m.weight)) for m in pruned.modules()
+                                           if isinstance(m, (nn.Linear, nn.Conv2d))) /
+                                   sum(m.weight.numel() for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), 4)
+    calibration = [(data["x"][i : i + 1], data["y"][i : i + 1]) for i in range(300)]
+    x1 = data["xt"][:1]
+    log(f"{name}: exporting to OpenVINO int8 (pruned, and dense for the comparison)")
+    report = export_openvino(pruned, x1, tmp / f"{name}.xml", quantize="int8", calibration=calibration,
+                             dynamic=False, baseline=dense, baseline_label=f"dense {name} (int8 the same way)",
+                             threads=args.threads, latency_budget_s=args.budget)
+    rec["report"] = {"precision": report.precision, "runtime_config": report.runtime_config,
+                     "sparse_layers": report.sparse_layers, "file_mb": round(report.file_bytes / 1e6, 3),
+                     "notes": report.notes}
+    for k, c in report.latency.items():
+        rec[k.replace(" ", "_")] = cmp_dict(c)
+    ov_sparse = load_openvino(tmp / f"{name}.xml", threads=args.threads)
+    ov_plain = OvModule(tmp / f"{name}.xml", runtime_config(precision="f32", threads=args.threads))
+    off = compare_latency(ov_plain, ov_sparse, x1, threads=args.threads, budget_s=args.budget, min_rounds=args.rounds)
+    rec["sparse_decompression_on_vs_off"] = cmp_dict(off)
+    rec["int8_openvino_accuracy"] = accuracy(ov_sparse, data["xt"], data["yt"], batch=1)
+    rec["accuracy_gap_points"] = round(100 * (rec["pruned_accuracy"] - rec["int8_openvino_accuracy"]), 3)
+    vs_ov = report.latency["vs dense openvino"].speedup
+    vs_pt = report.latency["vs dense pytorch"].speedup
+    rec["targets"] = {"vs_dense_int8_openvino>=1.4": vs_ov >= 1.4, "vs_dense_pytorch_fp32>=4": vs_pt >= 4,
+                      "accuracy_within_0.5_points": abs(rec["accuracy_gap_points"]) <= 0.5}
+    log(f"{name}: {vs_ov:.2f}x dense int8 OV, {vs_pt:.2f}x dense PyTorch, decompression on/off {off.speedup:.2f}x; "
+        f"accuracy {100 * rec['pruned_accuracy']:.2f}% -> int8 OV {100 * rec['int8_openvino_accuracy']:.2f}%")
+    return rec
+
+
+def part_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    data = mnist_data()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        cnn = pk.build_model("prunekit:mnist-cnn").eval()
+        out["cnn"] = one_mnist_model("mnist-cnn", cnn, data, args, Path(d))
+        torch.manual_seed(0)
+        mlp = MLP()
+        log("mlp: training 784-1024-1024-10 on MNIST, 2 epochs")
+        train(mlp, data, epochs=2, lr=1e-3, seed=0)
+        out["mlp"] = one_mnist_model("mnist-mlp", mlp, data, args, Path(d))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- sparsify
+
+
+def part_sparsify(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sparsity in (0.9, 0.5):
+        torch.manual_seed(0)
+        dense = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                              nn.Linear(4096, 1024)).eval()
+        model = copy.deepcopy(dense)
+        pk.prune(model, "magnitude", sparsity=sparsity, prune_classifier=True, measure=False)
+        pk.squash_masks_(model)
+        dense_same = copy.deepcopy(model)  # the same weights, dense kernels
+        rec: dict[str, Any] = {}
+        for batch in (8, 1):
+            x = torch.randn(batch, 1024, generator=torch.Generator().manual_seed(batch))
+            log(f"sparsify: {sparsity:.0%} zeros, batch {batch}: probing")
+            report = sparsify_(model, x, threads=args.threads)
+            with torch.inference_mode():
+                diff = (model(x) - dense_same(x)).abs().max().item()
+            c = compare_latency(dense_same, model, x, threads=args.threads, budget_s=args.budget, min_rounds=args.rounds)
+            rec[f"batch{batch}"] = {"vs_dense_pytorch": cmp_dict(c), "max_abs_diff": diff,
+                                    "layers": report.to_dict()["layers"], "swapped": len(report.swapped)}
+            log(f"sparsify: {sparsity:.0%}, batch {batch}: {len(report.swapped)} layer(s) swapped, {c.speedup:.2f}x")
+            pk.deploy.densify_(model)
+        out[f"sparsity{int(sparsity * 100)}"] = rec
+    out["targets"] = {
+        "90%_batch8>=2x": out["sparsity90"]["batch8"]["vs_dense_pytorch"]["speedup"] >= 2,
+        "50%_declined": out["sparsity50"]["batch8"]["swapped"] == 0,
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def fmt_cmp(c: dict) -> str:
+    lo, hi = c["ratio_ci95"]
+    return f"{c['speedup']:.2f}x ({c['candidate_ms']:.3f} vs {c['baseline_ms']:.3f} ms; ratio CI {lo:.3f}-{hi:.3f})"
+
+
+def write_markdown(results: dict[str, Any]) -> str:
+    env = results.get("environment", {})
+    lines = ["# Deploy: pruned models in ONNX Runtime, OpenVINO int8 and PyTorch sparse kernels", "",
+             f"Machine: {env.get('cpu')}, {env.get('threads')} thread(s); torch {env.get('torch')}, onnxruntime "
+             f"{env.get('onnxruntime')}, openvino {env.get('openvino')}, nncf {env.get('nncf')}. Every speedup is "
+             "a median of paired ratios timed interleaved in one process, with its 95% interval. Reproduce: "
+             "`python benchmarks/deploy.py` (parts: `--parts resnet50,mnist,sparsify`).", ""]
+    if "resnet50" in results:
+        r = results["resnet50"]
+        lines += ["## ResNet-50 at 50% channels (`l2-channel`) in ONNX Runtime", "",
+                  f"Parameters {r['params_dense'] / 1e6:.1f}M -> {r['params_pruned'] / 1e6:.1f}M, MACs "
+                  f"{r['macs_dense'] / 1e9:.2f}G -> {r['macs_pruned'] / 1e9:.2f}G ({r['macs_reduction']:.2f}x fewer); "
+                  f"ONNX file {r['file_mb']['dense']} MB -> {r['file_mb']['pruned']} MB.", "",
+                  "| batch | pruned ORT vs dense ORT | / MACs reduction | pruned ORT vs dense PyTorch | dense ORT vs dense "
+                  "PyTorch | max abs diff vs PyTorch | target (>= 0.85x MACs, <= 1e-4) |", "|---|---|---|---|---|---|---|"]
+        for b in (1, 8):
+            x = r.get(f"batch{b}")
+            if x:
+                lines.append(f"| {b} | {fmt_cmp(x['pruned_ort_vs_dense_ort'])} | {x['speedup_over_macs_reduction']:.2f} | "
+                             f"{fmt_cmp(x['pruned_ort_vs_dense_pytorch'])} | {fmt_cmp(x['dense_ort_vs_dense_pytorch'])} | "
+                             f"{x['max_abs_diff_vs_pytorch']:.1e} | {'met' if x['target_met'] else 'NOT met'} |")
+        lines.append("")
+    if "mnist" in results:
+        lines += ["## MNIST at 90% unstructured, int8 (weights and activations) in OpenVINO with sparse decompression",
+                  "", "Batch 1. Dense int8 OpenVINO is the dense model quantised and compiled the same way.", "",
+                  "| model | zeros | accuracy: dense / pruned (fine-tuned) / int8 OV | vs dense int8 OV (>= 1.4x) | "
+                  "vs dense PyTorch fp32 (>= 4x) | decompression on vs off | layers run sparse |",
+                  "|---|---|---|---|---|---|---|"]
+        for key in ("cnn", "mlp"):
+            m = results["mnist"].get(key)
+            if not m:
+                continue
+            t = m["targets"]
+            lines.append(
+                f"| {m['model']} | {100 * m['weight_sparsity']:.1f}% | {100 * m['dense_accuracy']:.2f} / "
+                f"{100 * m['pruned_accuracy']:.2f} / {100 * m['int8_openvino_accuracy']:.2f} "
+                f"({'within' if t['accuracy_within_0.5_points'] else 'NOT within'} 0.5) | "
+                f"{fmt_cmp(m['vs_dense_openvino'])} {'met' if t['vs_dense_int8_openvino>=1.4'] else 'NOT met'} | "
+                f"{fmt_cmp(m['vs_dense_pytorch'])} {'met' if t['vs_dense_pytorch_fp32>=4'] else 'NOT met'} | "
+                f"{fmt_cmp(m['sparse_decompression_on_vs_off'])} | {', '.join(m['report']['sparse_layers']) or 'none'} |")
+        lines.append("")
+    if "sparsify" in results:
+        s = results["sparsify"]
+        lines += ["## `sparsify_` on a 1024-4096-4096-1024 MLP (PyTorch, CSR/BSR per layer)", "",
+                  "| zeros | batch | layers swapped | whole model vs dense PyTorch | max abs diff | per layer |",
+                  "|---|---|---|---|---|---|"]
+        for key, label in (("sparsity90", "90%"), ("sparsity50", "50%")):
+            for b in (8, 1):
+                x = s.get(key, {}).get(f"batch{b}")
+                if not x:
+                    continue
+                per = "; ".join(f"{d['name']}: {d['format'] or 'dense'} ({', '.join(f'{k} {v:.2f}x' for k, v in d['candidates'].items()) or d['reason']})"
+                                for d in x["layers"])
+                lines.append(f"| {label} | {b} | {x['swapped']} of {len(x['layers'])} | {fmt_cmp(x['vs_dense_pytorch'])} | "
+                             f"{x['max_abs_diff']:.1e} | {per} |")
+        t = s.get("targets", {})
+        lines += ["", f"Targets: 90% at batch 8 >= 2x: {'met' if t.get('90%_batch8>=2x') else 'NOT met'}; 50% declined "
+                      f"by the probe: {'yes' if t.get('50%_declined') else 'NO'}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", default="resnet50,mnist,sparsify")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds of interleaved timing per comparison")
+    ap.add_argument("--rounds", type=int, default=15, help="fewest timed rounds per comparison")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "deploy.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results["environment"] = environment(args.threads)
+    parts = {"resnet50": part_resnet50, "mnist": part_mnist, "sparsify": part_sparsify}
+    for name in args.parts.split(","):
+        if name not in parts:
+            sys.exit(f"unknown part {name!r}; parts: {', '.join(parts)}")
+        start = time.time()
+        rec = parts[name](args)
+        rec["seconds"] = round(time.time() - start, 1)
+        rec["command"] = f"python benchmarks/deploy.py --parts {name} --threads {args.threads} --budget {args.budget}"
+        results[name] = rec
+        path.write_text(json.dumps(results, indent=1, default=str))
+        (args.out / "deploy.md").write_text(write_markdown(results) + "\n")
+        log(f"{name} done in {rec['seconds']} s -> {path}")
+
+
+if __name__ == "__main__":
+    main()
