@@ -141,6 +141,7 @@ class StructuredLLMMethod(Method):
             calibration=request.calibration,
             device=opts.pop("device", None),
             progress=opts.pop("progress", None),
+            ignored=request.ignored_modules,
             **opts,
         )
         return MethodOutcome(layer_sparsity={}, notes=result.notes)

@@ -40,12 +40,14 @@ from prunekit.errors import (
     ConfigError,
     InvalidSparsityError,
     MissingDataError,
+    NothingToPruneError,
     UnknownNameError,
     UnsupportedModuleError,
 )
 from prunekit.llm import criteria
 from prunekit.calibration.families import Attention, Family, family_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
+from prunekit.structural.blocks import overlaps_ignored
 from prunekit.structural.hf import head_config_fields, own_config_, record_hf_structure
 from prunekit.structural.surgery import remove_
 
@@ -171,8 +173,11 @@ class _ChannelVisitor(LayerVisitor):
         criterion: str,
         bias_compensation: bool,
         result: StructuredResult,
+        ignored: list[str] | None = None,
     ):
         self.model = model
+        self.ignored = list(ignored or [])
+        self.kept_whole: list[str] = []  # layers whose unit ignore= names: left as they are
         self.adapter = adapter
         self.unit = unit
         self.criterion = criterion
@@ -219,7 +224,16 @@ class _ChannelVisitor(LayerVisitor):
             return criteria.fluctuation(self._stats.mean.float(), self._stats.sq_mean.float(), w)
         return w.float().pow(2).sum(0)
 
+    def _ignored(self, job: LayerJob) -> bool:
+        names = ([self.attn.module, self.attn.q, self.attn.k, self.attn.v, self.attn.o] if self.unit == "heads"
+                 else [*self.mlp.inputs, self.mlp.output])
+        return any(overlaps_ignored(job.full_name(n), self.ignored) is not None for n in names)
+
     def finish(self, job: LayerJob) -> None:
+        if self.ignored and self._ignored(job):
+            self.kept_whole.append(job.prefix)
+            self._stats = None
+            return
         scores = self._channel_scores(job)
         layer = job.layer
         out = layer.get_submodule(self.out_name)
@@ -285,6 +299,17 @@ class _ChannelVisitor(LayerVisitor):
 
     def update_config(self) -> None:
         cfg = self.model.config
+        if self.kept_whole:  # layers now differ: the new sizes are recorded (config.prunekit_structure) instead
+            field_name = self.adapter.bias_field("mlp" if self.unit == "mlp" else "attention")
+            if self._did_bias and field_name:
+                setattr(cfg, field_name, True)
+                # the config now gives every layer these biases: the kept layers get zero ones (exact)
+                names = ([self.attn.q, self.attn.k, self.attn.v, self.attn.o] if self.unit == "heads"
+                         else [*self.mlp.inputs, self.mlp.output])
+                for prefix in self.kept_whole:
+                    for name in names:
+                        ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
+            return
         if self.unit == "mlp":
             setattr(cfg, self.mlp.config_field, self.keep_count)
         elif self.head_fields is not None:
@@ -370,6 +395,7 @@ def prune_structured(
     bias_compensation: bool | None = None,
     device: str | None = None,
     progress: bool | None = None,
+    ignored: list[str] | None = None,
 ) -> StructuredResult:
     """Remove ``sparsity`` of the heads' / MLP's parameters, or of the decoder layers, physically and in place.
 
@@ -378,6 +404,12 @@ def prune_structured(
     fluctuation criterion only (default True there). Raises :class:`~prunekit.errors.UnknownNameError` for
     an unknown unit or criterion (with the valid names), :class:`~prunekit.errors.ConfigError` for
     ``bias_compensation`` where it cannot apply, before anything changes.
+
+    ``ignored``: module names (``ignore=``): a decoder layer whose attention (heads), MLP (mlp) or whole
+    self (layers) lies inside, equals or contains one of them is left as it is. The other layers still lose
+    the same count, so the config then cannot state the widths: they are recorded in
+    ``config.prunekit_structure`` (reload with :func:`prunekit.structural.from_pretrained_pruned`).
+    :class:`~prunekit.errors.NothingToPruneError` when ``ignored`` covers every layer.
     """
     if unit not in UNITS:
         raise UnknownNameError("structured unit", unit, UNITS)
@@ -396,15 +428,40 @@ def prune_structured(
     if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
     adapter = family_for(model)
+    ignored = list(ignored or [])
+    layer_names = [f"{adapter.layers}.{i}" for i in range(len(adapter.layer_list(model)))]
+    if ignored:
+        words = {"layers": "decoder layer", "heads": "attention module", "mlp": "MLP"}[unit]
+        if unit == "layers":
+            covered = [overlaps_ignored(n, ignored) is not None for n in layer_names]
+        else:
+            probe = adapter.require_attention() if unit == "heads" else adapter.require_mlp()
+            parts = ([probe.module, probe.q, probe.k, probe.v, probe.o] if unit == "heads"
+                     else [*probe.inputs, probe.output])
+            covered = [any(overlaps_ignored(f"{n}.{p}", ignored) is not None for p in parts) for n in layer_names]
+        if all(covered):
+            raise NothingToPruneError(
+                f"ignore= covers every {words} of the model ({', '.join(ignored[:4])}), so llm-{unit} has nothing to "
+                "remove; ignore fewer modules"
+            )
     own_config_(model)  # the config may be shared with another model (a teacher); edit a copy
     result = StructuredResult(unit, _count(model), 0)
     if unit == "layers":
-        n_layers = len(adapter.layer_list(model))
+        n_layers = len(layer_names)
         visitor = _InfluenceVisitor()
         run_layerwise(model, calibration, visitor, device=device, progress=progress, description="block influence")
         bi = visitor.influence()
         n_drop = round(sparsity * n_layers)
-        drop = sorted(sorted(range(n_layers), key=lambda i: (bi[i], i))[:n_drop])
+        candidates = [i for i in range(n_layers) if overlaps_ignored(layer_names[i], ignored) is None]
+        if len(candidates) < n_layers:
+            result.notes.append(f"{n_layers - len(candidates)} decoder layer(s) kept because ignore= names them or a "
+                                f"module inside them: {', '.join(n for n in layer_names if n not in [layer_names[i] for i in candidates])}")
+        if n_drop > len(candidates):
+            raise NothingToPruneError(
+                f"sparsity {sparsity:g} removes {n_drop} of {n_layers} decoder layers, but ignore= leaves only "
+                f"{len(candidates)} removable; lower the sparsity or ignore fewer layers"
+            )
+        drop = sorted(sorted(candidates, key=lambda i: (bi[i], i))[:n_drop])
         remove_layers_(model, drop)
         result.removed_layers = drop
         result.scores = bi
@@ -415,13 +472,19 @@ def prune_structured(
                 "the fluctuation criterion needs calibration= token batches [batch, seq_len]; "
                 "or pass criterion='magnitude' to rank by weight norms without data"
             )
-        visitor_c = _ChannelVisitor(model, adapter, unit, sparsity, criterion, bias_compensation, result)
+        visitor_c = _ChannelVisitor(model, adapter, unit, sparsity, criterion, bias_compensation, result, ignored)
         if criterion == "fluctuation":
             run_layerwise(model, calibration, visitor_c, device=device, progress=progress, description=f"llm-{unit}")
         else:
             for i, layer in enumerate(adapter.layer_list(model)):
                 visitor_c.finish(LayerJob(i, layer, f"{adapter.layers}.{i}", {}))
         visitor_c.update_config()
+        if visitor_c.kept_whole:
+            result.notes.append(
+                f"{len(visitor_c.kept_whole)} decoder layer(s) keep their {'attention heads' if unit == 'heads' else 'MLP channels'} "
+                f"because ignore= names them: {', '.join(visitor_c.kept_whole[:8])}; layers now differ, so the sizes are "
+                "recorded in config.prunekit_structure: reload with prunekit.structural.from_pretrained_pruned"
+            )
         if unit == "heads" and visitor_c.head_fields is None:
             result.notes.append(
                 f"{type(model.config).__name__} cannot state {visitor_c.groups * visitor_c.per_group} heads of size "
