@@ -111,3 +111,29 @@ def export(
         console.print(f"saved to {out}")
     except PrunekitError as e:
         _fail(e)
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="a recipe YAML file: model, input_shape, data, stages (prune, fine_tune, quantize, export)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the recipe and print it, run nothing")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="also write the stage table as JSON to this file")] = None,
+) -> None:
+    """Run a prune -> fine-tune -> quantise -> export recipe (like prunekit.deploy.Recipe.from_yaml(path).run()),
+    validated whole before anything runs; prints accuracy, parameters, sparsity and latency after each stage."""
+    import json
+
+    from prunekit.cli_bench import _fail
+    from prunekit.deploy.recipe import Recipe
+
+    try:
+        r = Recipe.from_yaml(recipe)
+        if dry_run:
+            console.print(json.dumps(r.to_dict(), indent=2), highlight=False, markup=False)
+            console.print("the recipe is valid")
+            return
+        result = r.run()
+        console.print(str(result), highlight=False, markup=False, soft_wrap=True)
+        if report is not None:
+            report.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    except PrunekitError as e:
+        _fail(e)

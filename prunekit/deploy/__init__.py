@@ -6,6 +6,7 @@ kernels inside PyTorch.
   sparse int8 kernels where the sparsity pays.
 * :func:`sparsify_` / :func:`densify_`: CSR / BSR kernels per layer where a timing probe shows a gain.
 * :func:`semi_structured_`: 2:4 sparse Linear layers on NVIDIA GPUs.
+* :class:`Recipe`: prune -> fine-tune -> quantise -> export from a YAML file (``prunekit run``).
 """
 
 from prunekit.deploy.errors import (
@@ -17,6 +18,7 @@ from prunekit.deploy.errors import (
 )
 from prunekit.deploy.onnx import OrtModule, export_onnx, load_onnx
 from prunekit.deploy.openvino import OvModule, export_openvino, load_openvino
+from prunekit.deploy.recipe import ExportStage, FineTuneStage, PruneStage, QuantizeStage, Recipe, RecipeResult
 from prunekit.deploy.report import DeployReport
 from prunekit.deploy.sparse import (
     LayerDecision,
@@ -31,6 +33,12 @@ from prunekit.deploy.sparse import (
 
 __all__ = [
     "DeployReport",
+    "ExportStage",
+    "FineTuneStage",
+    "PruneStage",
+    "QuantizeStage",
+    "Recipe",
+    "RecipeResult",
     "LayerDecision",
     "SparseConv1x1",
     "SparseExecution",

@@ -115,10 +115,13 @@ def to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dyn
 def sparsify_initializers(path: Path) -> list[str]:
     """Rewrite the initializers of ``path`` whose ONNX sparse form (values + int64 linear indices) is smaller
     than the dense one (density below 1/3) as ``sparse_initializer``s; returns their names. ONNX Runtime
-    densifies them when it loads the model, so only the file shrinks."""
+    densifies them when it loads the model, so only the file shrinks. Models saved with external data (over
+    2 GB) are left as they are."""
     onnx = require("onnx")
     from onnx import numpy_helper
 
+    if path.with_name(path.name + ".data").exists():  # over 2 GB: weights live in external data, left as they are
+        return []
     proto = onnx.load(str(path))
     graph = proto.graph
     keep, converted = [], []
