@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunekit import cli_bench, cli_deploy, cli_recover
+from prunekit import cli_bench, cli_deploy
 from prunekit.llm import cli as _llm_cli
 from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
@@ -27,7 +27,6 @@ app.command("advise")(cli_bench.advise)
 app.command("papers")(cli_bench.papers)
 app.command("prune-llm")(_llm_cli.prune_llm)
 app.command("eval-ppl")(_llm_cli.eval_ppl)
-app.command("recover")(cli_recover.recover)
 app.command("export")(cli_deploy.export)
 app.command("run")(cli_deploy.run)
 data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)
