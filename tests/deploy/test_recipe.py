@@ -75,3 +75,17 @@ def test_cli_dry_run_validates(tmp_path):
     r = CliRunner().invoke(app, ["run", str(path)])
     assert r.exit_code == 2 and "add an export" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_recipe_is_valid(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```yaml\n(model:.*?)```", readme, re.S)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)  # its export folder is relative
+    recipe = Recipe.from_dict(yaml.safe_load(block.group(1)))
+    assert [type(s).__name__ for s in recipe.stages] == ["PruneStage", "FineTuneStage", "QuantizeStage", "ExportStage"]
