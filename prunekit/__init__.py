@@ -100,3 +100,4 @@ from prunekit import train as _train  # noqa: E402,F401  (registers the training
 from prunekit.structural import methods as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)
 from prunekit.llm import methods as _llm_methods  # noqa: E402,F401  (registers wanda, sparsegpt, owl-*, llm-*)
 from prunekit import deploy  # noqa: E402,F401  (prunekit.deploy: exports, sparse execution, recipes)
+from prunekit.dynamic import gating as _gating  # noqa: E402,F401  (registers fbs, cgnet)

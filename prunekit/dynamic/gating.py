@@ -1,0 +1,333 @@
+"""Learned dynamic channel gating for CNNs, trained with prunekit's trainer: FBS and CGNet.
+
+- FBS (Gao et al. 2019, "Dynamic Channel Pruning: Feature Boosting and Suppression", ICLR): before each
+  gated convolution a small predictor reads the input's channel means, ``s = relu(W mean_hw(|x|) + b)``
+  ``(B, C_out)``; only the ``k = ceil(density * C_out)`` largest saliencies survive (winner-take-all), and
+  the layer's normalised output is ``s_c * BN(conv(x))_c`` for those channels, 0 for the others. The
+  suppressed output channels need not be computed, and the next convolution skips them as inputs.
+- CGNet (Hua et al. 2019, "Channel Gating Neural Networks", NeurIPS): each gated convolution first computes
+  a partial sum over the first ``ceil(base * C_in)`` input channels; an output element whose partial sum,
+  normalised by its running standard deviation, stays below a per-channel threshold ``delta`` keeps it,
+  the others add the contribution of the remaining input channels. Gates are hard (0/1) in the forward
+  pass and use the gradient of ``sigmoid(t (z - delta))`` backwards (straight-through). The thresholds
+  are learned; to reach the wanted share of gated-off elements they are moved after each step by a
+  proportional controller (the paper uses a target loss on the gate share instead).
+
+:func:`count_macs` measures, for each input of a batch, the multiply-accumulates a gated network really
+needs: per convolution and linear layer, ``dense MACs x (output channels computed / C_out) x (input
+channels that are not all zero / C_in)``, with CGNet's partial-sum accounting for its layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError, UnsupportedModuleError
+
+_TAG = "_prunekit_gate"
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """``(name, conv, bn)`` for each ungrouped Conv2d directly followed, among its parent's children, by
+    a BatchNorm2d over its output channels (the pairs FBS gates), the network's first convolution excluded."""
+    pairs: list[tuple[str, nn.Conv2d, nn.BatchNorm2d]] = []
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    for pname, parent in model.named_modules():
+        kids = list(parent.named_children())
+        for (n1, a), (_, b) in zip(kids, kids[1:]):
+            if (isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.groups == 1
+                    and b.num_features == a.out_channels and a is not first):
+                pairs.append((f"{pname}.{n1}" if pname else n1, a, b))
+    return pairs
+
+
+class FBSGate(nn.Module):
+    """The saliency predictor of one FBS layer: ``(B, C_in, H, W) -> (B, C_out)`` winner-take-all saliencies."""
+
+    def __init__(self, c_in: int, c_out: int, density: float):
+        super().__init__()
+        self.fc = nn.Linear(c_in, c_out)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.ones_(self.fc.bias)  # start as the identity (all saliencies about 1)
+        self.k = max(1, math.ceil(density * c_out))
+        self.last: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.k >= self.fc.out_features:  # nothing to suppress: the dense layer, exactly
+            return torch.ones(x.shape[0], self.fc.out_features, dtype=x.dtype, device=x.device)
+        s = F.relu(self.fc(x.abs().mean((2, 3))))
+        keep = torch.zeros_like(s).scatter_(1, s.topk(self.k, dim=1).indices, 1.0)
+        return s * keep
+
+
+class CGGate(nn.Module):
+    """Channel gating of one convolution: learnable thresholds ``delta`` ``(C_out,)`` and the running
+    standard deviation of the partial sums (a buffer)."""
+
+    def __init__(self, conv: nn.Conv2d, base: float, temperature: float = 4.0, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled  # False: every gate open (the dense layer, exactly)
+        self.p = max(1, math.ceil(base * conv.in_channels))
+        self.delta = nn.Parameter(torch.zeros(conv.out_channels))
+        self.register_buffer("std", torch.ones(conv.out_channels))
+        self.temperature = temperature
+        self.last_open: Tensor | None = None  # (B,) share of output elements that computed the rest
+
+    def gate(self, conv: nn.Conv2d, x: Tensor, full: Tensor) -> Tensor:
+        if not self.enabled:
+            self.last_open = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            return full
+        w = conv.weight
+        partial = F.conv2d(x[:, : self.p], w[:, : self.p], None, conv.stride, conv.padding, conv.dilation)
+        if self.training:
+            with torch.no_grad():
+                self.std.mul_(0.9).add_(0.1 * partial.std((0, 2, 3)).clamp_min(1e-6))
+        z = partial / self.std[None, :, None, None] - self.delta[None, :, None, None]
+        soft = torch.sigmoid(self.temperature * z)
+        hard = (z > 0).to(x.dtype)
+        g = hard + soft - soft.detach() if self.training else hard
+        self.last_open = hard.mean((1, 2, 3)).detach()
+        rest = full - partial - (conv.bias[None, :, None, None] if conv.bias is not None else 0)
+        return full - rest + g * rest
+
+
+@dataclass
+class GatedNetwork:
+    """What :func:`add_fbs_` / :func:`add_cgnet_` installed (hooks and gate modules) and can remove."""
+
+    kind: str
+    model: nn.Module
+    layers: list[str]
+    handles: list[Any] = field(default_factory=list)
+    gates: dict[str, nn.Module] = field(default_factory=dict)
+    target: float = 0.0
+
+    def remove(self) -> None:
+        """Remove the hooks and gate modules (the network computes densely again)."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.model._modules.pop(GATES, None)
+        self.model.__dict__.pop(_TAG, None)
+
+
+GATES = "prunekit_gates"  # the ModuleDict on the model that holds the gates (saved with its state_dict)
+
+
+def _gate_key(layer: str) -> str:
+    return layer.replace(".", "__")
+
+
+def _gate_holder(model: nn.Module) -> nn.ModuleDict:
+    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        raise UnsupportedModuleError(
+            f"run-time gates are kept in a submodule of the model; a {type(model).__name__} at the top would call "
+            "it in its forward pass. Wrap the network in a module with its own forward"
+        )
+    holder = model._modules.get(GATES)
+    if holder is None:
+        holder = nn.ModuleDict()
+        model.add_module(GATES, holder)
+    return holder
+
+
+def _check_fresh(model: nn.Module) -> None:
+    if _TAG in model.__dict__:
+        raise ConfigError(f"the model already has {model.__dict__[_TAG].kind} gates; call .remove() on them first")
+
+
+def add_fbs_(model: nn.Module, density: float) -> GatedNetwork:
+    """Install FBS gates on every conv-BN pair (:func:`conv_bn_pairs`) of ``model``, in place.
+
+    ``density``: the share of output channels each gated layer computes per input, in (0, 1] (1: the dense
+    network, exactly). Adds a :class:`FBSGate` (trainable) per gated convolution to the model's
+    ``prunekit_gates`` ModuleDict, and two hooks.
+    Raises :class:`UnsupportedModuleError` when the model has no gateable pair.
+    """
+    if not 0 < density <= 1:
+        raise ConfigError(f"density is the share of channels computed per input, in (0, 1], got {density}")
+    _check_fresh(model)
+    pairs = conv_bn_pairs(model)
+    if not pairs:
+        raise UnsupportedModuleError(
+            "FBS gates a Conv2d directly followed by a BatchNorm2d over its channels; this model has no such pair "
+            "(besides its first convolution). Use a CNN with batch norm, e.g. prunekit:resnet-small"
+        )
+    holder = _gate_holder(model)
+    net = GatedNetwork("fbs", model, [n for n, _, _ in pairs], target=1 - density)
+    for name, conv, bn in pairs:
+        gate = FBSGate(conv.in_channels, conv.out_channels, density).to(conv.weight.device)
+        holder[_gate_key(name)] = gate
+        net.gates[name] = gate
+
+        def pre(module: nn.Module, args: tuple, gate: FBSGate = gate) -> None:
+            gate.last = gate(args[0])
+
+        def post(module: nn.Module, args: tuple, out: Tensor, gate: FBSGate = gate) -> Tensor:
+            return out * gate.last[:, :, None, None]
+
+        net.handles += [conv.register_forward_pre_hook(pre), bn.register_forward_hook(post)]
+    model.__dict__[_TAG] = net
+    return net
+
+
+def add_cgnet_(model: nn.Module, gated_share: float, base: float = 0.25) -> GatedNetwork:
+    """Install channel gates (CGNet) on every ungrouped Conv2d with at least 4 input channels, in place.
+
+    ``gated_share``: the share of output elements whose remaining input channels are skipped, the target
+    of the threshold controller (:class:`CGNetCallback`); ``base``: the share of input channels of the
+    partial sum. Adds a :class:`CGGate` per gated convolution to the model's ``prunekit_gates`` ModuleDict,
+    and one hook. ``gated_share = 0`` keeps every gate open: the dense network, exactly.
+    """
+    if not 0 <= gated_share < 1 or not 0 < base < 1:
+        raise ConfigError(f"cgnet takes gated_share in [0, 1) and base in (0, 1), got {gated_share}, {base}")
+    _check_fresh(model)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 4]
+    if not convs:
+        raise UnsupportedModuleError("CGNet gates ungrouped Conv2d layers with at least 4 input channels; this model has none")
+    holder = _gate_holder(model)
+    net = GatedNetwork("cgnet", model, [n for n, _ in convs], target=gated_share)
+    for name, conv in convs:
+        gate = CGGate(conv, base, enabled=gated_share > 0).to(conv.weight.device)
+        holder[_gate_key(name)] = gate
+        net.gates[name] = gate
+
+        def post(module: nn.Module, args: tuple, out: Tensor, gate: CGGate = gate) -> Tensor:
+            return gate.gate(module, args[0], out)
+
+        net.handles.append(conv.register_forward_hook(post))
+    model.__dict__[_TAG] = net
+    return net
+
+
+@dataclass
+class MacsCount:
+    """MACs of a forward pass: ``per_input`` ``(B,)`` what each input really needed (gates included),
+    ``dense`` what one input needs in the same network without gates."""
+
+    per_input: Tensor
+    dense: float
+
+    @property
+    def mean_share(self) -> float:
+        """Mean MACs per input over dense MACs per input."""
+        return float(self.per_input.mean()) / self.dense if self.dense else 0.0
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
+    """Multiply-accumulates each input of ``x`` ``(B, ...)`` really needs in ``model`` (gated or not).
+
+    Per Conv2d / Linear and input: ``dense MACs x (output channels computed / C_out) x (input channels not
+    all zero / C_in)``; an FBS layer computes only its ``k`` kept channels (its predictor's MACs are
+    counted too); a CGNet layer costs its partial sum plus, for the share of output elements whose gate
+    opened, the remaining input channels. Runs the model once in eval mode.
+    """
+    net: GatedNetwork | None = model.__dict__.get(_TAG)
+    fbs = {id(model.get_submodule(n)): g for n, g in net.gates.items()} if net and net.kind == "fbs" else {}
+    cg = {id(model.get_submodule(n)): g for n, g in net.gates.items()} if net and net.kind == "cgnet" else {}
+    gate_fcs = {id(g.fc) for g in fbs.values()}
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    dense = [0.0]
+
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+        inp = args[0]
+        b = inp.shape[0]
+        if isinstance(module, nn.Conv2d):
+            c_in = inp.shape[1]
+            nz_in = (inp.flatten(2).abs().amax(2) > 0).sum(1).double()
+            per_out = out.shape[2] * out.shape[3] * module.kernel_size[0] * module.kernel_size[1]
+            if module.groups != 1:  # grouped: every input channel meets only its group
+                per_out, nz_in = per_out / module.groups, torch.full((b,), float(c_in), dtype=torch.float64)
+            dense[0] += per_out * module.out_channels * c_in
+            g = fbs.get(id(module))
+            c_out = float(g.k) if g is not None else float(module.out_channels)
+            gg = cg.get(id(module))
+            if gg is not None and gg.last_open is not None:
+                base_in = torch.clamp(nz_in, max=float(gg.p))
+                macs = per_out * c_out * (base_in + gg.last_open.double() * (nz_in - base_in))
+            else:
+                macs = per_out * c_out * nz_in
+        else:
+            flat = inp.reshape(b, -1, inp.shape[-1])
+            nz_in = (flat.abs().amax(1) > 0).sum(1).double()
+            macs = nz_in * module.out_features * flat.shape[1]
+            if id(module) not in gate_fcs:
+                dense[0] += float(inp.shape[-1] * module.out_features * flat.shape[1])
+        total.add_(macs)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return MacsCount(total, dense[0])
+
+
+# ---- training-time methods: trainer callbacks, registered as `fbs` and `cgnet` ------------------------
+from prunekit.train.methods import TrainingMethod  # noqa: E402
+from prunekit.train.trainer import Callback  # noqa: E402
+
+
+class FBSCallback(Callback):
+    """Trainer callback of ``method="fbs"``: installs the gates before the optimizer is made, so the
+    predictors train with the network. ``sparsity``: the share of channels suppressed per input."""
+
+    def __init__(self, sparsity: float):
+        self.sparsity = sparsity
+        self.net: GatedNetwork | None = None
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if self.net is None:
+            self.net = add_fbs_(trainer.model, density=1 - self.sparsity)
+
+
+class CGNetCallback(Callback):
+    """Trainer callback of ``method="cgnet"``: installs the gates, then after every step moves each
+    layer's thresholds towards the target share of gated-off elements (``sparsity``):
+    ``delta += rate * (target - closed_share)``."""
+
+    def __init__(self, sparsity: float, base: float = 0.25, rate: float = 0.05):
+        self.sparsity, self.base, self.rate = sparsity, base, rate
+        self.net: GatedNetwork | None = None
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if self.net is None:
+            self.net = add_cgnet_(trainer.model, gated_share=self.sparsity, base=self.base)
+
+    def on_step_end(self, trainer: Any) -> None:
+        assert self.net is not None
+        with torch.no_grad():
+            for gate in self.net.gates.values():
+                if isinstance(gate, CGGate) and gate.last_open is not None:
+                    closed = 1 - float(gate.last_open.mean())
+                    gate.delta.add_(self.rate * (self.sparsity - closed))
+
+
+def _register() -> None:
+    from prunekit.methods import METHODS
+
+    for name, factory, desc, paper in (
+        ("fbs", FBSCallback, "run-time channel pruning: per-input saliency predictors keep the top-k channels "
+         "(Gao et al. 2019); sparsity = share of channels suppressed per input",
+         "Dynamic Channel Pruning: Feature Boosting and Suppression"),
+        ("cgnet", CGNetCallback, "run-time channel gating: a partial sum over some input channels decides "
+         "where the rest is computed (Hua et al. 2019); sparsity = share of output elements gated off",
+         "Channel Gating Neural Networks"),
+    ):
+        if name not in METHODS:
+            # trained during training (the trainer runs it), decides per input at run time
+            METHODS.add(name, TrainingMethod(name, desc, factory, paper), desc)
+
+
+_register()

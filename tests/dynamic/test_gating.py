@@ -1,0 +1,115 @@
+"""FBS and CGNet run-time channel gating: exact at zero, top-k per input, MAC counts, trainer, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.dynamic.gating import CGGate, FBSGate, add_cgnet_, add_fbs_, count_macs
+from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.train import TrainConfig, Trainer
+
+
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return pk.build_model("prunekit:resnet-small").eval()
+
+
+def _x(n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["fbs", "cgnet"])
+def test_zero_gating_is_exact_and_remove_restores(kind):
+    m, x = _resnet(), _x()
+    dense, keys = m(x), set(m.state_dict())
+    net = add_fbs_(m, density=1.0) if kind == "fbs" else add_cgnet_(m, gated_share=0.0)
+    assert torch.equal(m(x), dense)
+    assert set(m.state_dict()) > keys  # the gates are the model's (trainable) parameters
+    net.remove()
+    assert torch.equal(m(x), dense) and set(m.state_dict()) == keys
+
+
+@torch.no_grad()
+def test_fbs_keeps_at_most_k_channels_per_input():
+    m, x = _resnet(), _x()
+    net = add_fbs_(m, density=0.25)
+    block = m.layers[1]
+    seen = {}
+    h = block.bn1.register_forward_hook(lambda mod, a, out: seen.setdefault("out", out))
+    gate = net.gates["layers.1.conv1"]
+    assert isinstance(gate, FBSGate) and gate.k == 8  # ceil(0.25 * 32)
+    torch.nn.init.normal_(gate.fc.weight, generator=torch.Generator().manual_seed(3))  # a trained-looking predictor
+    m(x)
+    h.remove()
+    alive = (seen["out"].flatten(2).abs().amax(2) > 0).sum(1)
+    assert alive.max() <= 8 and alive.min() >= 1
+    chosen = [set((seen["out"][b].flatten(1).abs().amax(1) > 0).nonzero().flatten().tolist()) for b in range(len(x))]
+    assert len({frozenset(c) for c in chosen}) > 1  # different inputs keep different channels
+    macs = count_macs(m, x)
+    assert macs.mean_share < 0.5 and macs.per_input.shape == (4,)
+
+
+def test_count_macs_by_hand():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    x = torch.randn(2, 2, 4, 4)
+    x[1, 1] = 0  # the second input has one all-zero input channel
+    c = count_macs(Net(), x)
+    # conv: 2x2 outputs x 9 taps x 3 out x C_in (2, then 1); fc: 12 x 5
+    assert c.dense == 2 * 2 * 9 * 3 * 2 + 60
+    assert c.per_input.tolist() == [2 * 2 * 9 * 3 * 2 + 60, 2 * 2 * 9 * 3 * 1 + 60]
+
+
+@torch.no_grad()
+def test_cgnet_gate_closed_is_the_partial_sum_and_open_is_dense():
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    gate = CGGate(conv, base=0.25).eval()
+    x = torch.randn(2, 8, 5, 5)
+    full = conv(x)
+    gate.delta.fill_(-1e9)
+    assert torch.allclose(gate.gate(conv, x, full), full, atol=1e-6)
+    gate.delta.fill_(1e9)
+    partial = nn.functional.conv2d(x[:, :2], conv.weight[:, :2], conv.bias, padding=1)
+    assert torch.allclose(gate.gate(conv, x, full), partial, atol=1e-6)
+    assert gate.last_open.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["fbs", "cgnet"])
+def test_trainer_trains_the_gates(kind):
+    m = pk.build_model("prunekit:resnet-small")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+    trainer = Trainer(m, (x, y), method=kind, sparsity=0.5, config=TrainConfig(epochs=1, batch_size=32, progress=False))
+    trainer.fit()
+    net = trainer.callbacks[0].net
+    assert net is not None and net.kind == kind
+    gate = next(iter(net.gates.values()))
+    before = gate.fc.bias if kind == "fbs" else gate.delta
+    assert not torch.equal(before, torch.ones_like(before) if kind == "fbs" else torch.zeros_like(before))
+    macs = count_macs(m, x[:8])
+    assert 0 < macs.mean_share < 1
+
+
+def test_refusals():
+    with pytest.raises(ConfigError, match="Trainer"):
+        pk.prune(_resnet(), "fbs", sparsity=0.5)
+    no_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    with pytest.raises(UnsupportedModuleError):
+        add_fbs_(no_bn, density=0.5)
+    m = _resnet()
+    with pytest.raises(ConfigError):
+        add_fbs_(m, density=0.0)
+    add_fbs_(m, density=0.5)
+    with pytest.raises(ConfigError, match="already"):
+        add_cgnet_(m, gated_share=0.5)
