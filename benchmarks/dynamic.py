@@ -50,48 +50,13 @@ def _env(threads: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- minilm
-def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
-    """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
-    dropped; a sentence ends at . ! or ? followed by white space)."""
-    from prunekit.sources import load_text
-
-    text = load_text(novel)
-    text = re.sub(r"\s+", " ", text)
-    out = []
-    for s in re.split(r"(?<=[.!?])\s+", text):
-        s = s.strip()
-        if len(s.split()) >= min_words and not s.lower().startswith("chapter"):
-            out.append(s)
-        if len(out) == n:
-            break
-    return out
-
-
-def load_minilm() -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
-
-    from prunekit.sources import minilm_model_dir
-
-    d = minilm_model_dir()
-    return AutoModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
-
-
-@torch.no_grad()
-def encode(model: Any, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Sentence embeddings ``(n, 384)``: mean over real tokens, L2-normalised (the model card's pooling)."""
-    outs = []
-    for enc in batches:
-        h = model(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-        e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
-        outs.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(outs)
+from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm  # noqa: E402
 
 
 def _minilm_configs() -> list[tuple[str, str, Any]]:
-    return ([("dense", "dense", None)] + [(f"tome r={r}", "tome", r) for r in (1, 2)]
-            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.1, 0.2, 0.3)]
-            + [(f"evit keep={k}", "evit", k) for k in (0.8, 0.6, 0.4)])
+    return ([("dense", "dense", None), ("tome r=1", "tome", 1)]
+            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.05, 0.1, 0.2)]
+            + [(f"evit keep={k}", "evit", k) for k in (0.9, 0.7, 0.5)])
 
 
 def _patch(model: Any, kind: str, amount: Any) -> Any:
@@ -144,20 +109,15 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     with ProgressBar("minilm quality", len(configs)) as bar:
         for name, kind, amount in configs:
             p = _patch(model, kind, amount)
-            emb = encode(model, b32)
+            counts: list = []
+            emb = encode(model, b32, p, counts)
             share = None
             if p is not None:
-                # token share over the whole set: re-run batch by batch and weight by real input tokens
-                kept = total = 0.0
-                for enc in b32:
-                    model(**enc)
-                    rep = p.report()
-                    kept += sum(rep["tokens_per_block"]) * enc["input_ids"].shape[0]
-                    total += rep["blocks"] * rep["input_tokens"] * enc["input_ids"].shape[0]
-                share = kept / total
-                # a padded batch gives each sentence what it gets alone: check on 32 sentences
-                solo = encode(model, [tok(s, return_tensors="pt") for s in sents[:32]])
-                batch_vs_solo = float((solo * emb[:32]).sum(-1).min())
+                # token share over the whole set, weighted by real input tokens
+                share = sum(c[0] for c in counts) / sum(c[1] for c in counts)
+                # a padded batch gives each sentence what it gets alone: check on 16 sentences
+                solo = encode(model, [tok(s, return_tensors="pt") for s in sents[:16]])
+                batch_vs_solo = float((solo * emb[:16]).sum(-1).min())
                 dynamic.restore_(model)
             else:
                 batch_vs_solo = 1.0
@@ -297,6 +257,91 @@ def vit_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------- depth
+def run_depth(args: argparse.Namespace) -> dict[str, Any]:
+    import copy
+
+    import prunekit as pk
+    from prunekit import dynamic
+    from prunekit.llm.data import calibration_batches, perplexity
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.sources import load_text
+
+    fractions = [float(f) for f in args.fractions.split(",")]
+    model, tok = load_causal_lm("smollm2-135m")
+    cal = calibration_batches(tok, [("prideprejudice", load_text("prideprejudice"))], n_samples=args.calib_samples,
+                              seq_len=args.calib_len, seed=args.seed)
+    eval_text = load_text("persuasion")
+
+    def ppl(m: Any) -> dict[str, Any]:
+        res = perplexity(m, tok, eval_text, name="persuasion", seq_len=512, max_tokens=args.eval_tokens)
+        return {"ppl": res.ppl, "tokens": res.tokens}
+
+    layers = dynamic.depth.find_decoder_layers(model)
+    att, mlp = layers[0].self_attn, layers[0].mlp
+    lin = [att.q_proj, att.k_proj, att.v_proj, att.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    layer_macs = sum(m.in_features * m.out_features for m in lin)
+    kv_share = (att.k_proj.in_features * att.k_proj.out_features * 2) / layer_macs
+    t0 = time.perf_counter()
+    dense = ppl(model)
+    t_dense = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    router = dynamic.calibrate_router(model, cal.batches)
+    t_router = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+    for f in fractions:
+        with dynamic.skip_layers_(model, router=router, fraction=f) as patch:
+            t0 = time.perf_counter()
+            res = ppl(model)
+            wall = time.perf_counter() - t0
+            got = patch.skipped_fraction()
+            rows.append({"method": "dynamic skip_layers_", "target_fraction": f, "layer_fraction_skipped": got,
+                         "linear_macs_skipped": got * (1 - kv_share), **res, "eval_s": wall,
+                         "skipped_per_layer": patch.report()["skipped_per_layer"]})
+        print(json.dumps(rows[-1]), flush=True)
+    for f in fractions:
+        static = copy.deepcopy(model)
+        rep = pk.prune(static, "llm-layers", sparsity=f, calibration=cal.batches, measure=False)
+        kept = len(dynamic.depth.find_decoder_layers(static))
+        res = ppl(static)
+        rows.append({"method": "static llm-layers", "target_fraction": f,
+                     "layer_fraction_skipped": 1 - kept / len(layers), "linear_macs_skipped": 1 - kept / len(layers),
+                     **res, "notes": list(getattr(rep, "notes", []) or [])})
+        print(json.dumps(rows[-1]), flush=True)
+        del static
+    return {
+        "model": "SmolLM2-135M (GGUF Q4_1 dequantised to float32)", "layers": len(layers),
+        "kv_share_of_layer_macs": kv_share,
+        "calibration": cal.protocol, "evaluation": {"text": "persuasion", "tokens": dense["tokens"], "seq_len": 512},
+        "router": {"r2_per_layer": router.r2, "fit_s": t_router, "ridge": router.protocol["ridge"]},
+        "dense": {**dense, "eval_s": t_dense}, "rows": rows,
+    }
+
+
+def depth_markdown(res: dict[str, Any]) -> str:
+    c = res["calibration"]
+    lines = [
+        "# Dynamic depth on SmolLM2-135M: per-token layer skipping vs removing whole layers",
+        "",
+        f"Perplexity on the first {res['evaluation']['tokens']:,} predicted tokens of *Persuasion* (windows of 512). "
+        f"Router and static layer choice calibrated on {c['n_samples']} windows of {c['seq_len']} tokens of "
+        f"*{c['texts'][0]}* (seed {c['seed']}, token sha256 {c['token_sha256'][:16]}...). Dense perplexity: "
+        f"{res['dense']['ppl']:.3f}. 'layer fraction skipped' is the measured share of (token, layer) computations "
+        f"skipped on the evaluation text (dynamic) or of layers removed (static); a skipped token still computes "
+        f"its keys and values ({100 * res['kv_share_of_layer_macs']:.1f}% of a layer's linear MACs), hence "
+        "'linear MACs skipped'. Router fit R^2 per layer (calibration tokens): "
+        + ", ".join(f"{v:.2f}" for v in res["router"]["r2_per_layer"]) + ".",
+        "",
+        "| method | target | layer fraction skipped | linear MACs skipped | perplexity |",
+        "|---|---|---|---|---|",
+        f"| dense | 0 | 0 | 0 | {res['dense']['ppl']:.3f} |",
+    ]
+    for r in res["rows"]:
+        lines.append(f"| {r['method']} | {r['target_fraction']:.2f} | {r['layer_fraction_skipped']:.3f} | "
+                     f"{r['linear_macs_skipped']:.3f} | {r['ppl']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -306,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sentences", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--time-batches", type=int, default=6)
-    ap.add_argument("--time-sentences", type=int, default=64)
+    ap.add_argument("--time-batches", type=int, default=3)
+    ap.add_argument("--time-sentences", type=int, default=32)
     ap.add_argument("--vit-rounds", type=int, default=7)
     ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--calib-samples", type=int, default=8)
+    ap.add_argument("--calib-len", type=int, default=256)
     ap.add_argument("--fractions", default="0.1,0.2,0.3")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -322,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "vit":
             res, md = run_vit(args), vit_markdown
         else:
-            from benchmarks_dynamic_depth import run_depth, depth_markdown  # type: ignore[import-not-found]
-
             res, md = run_depth(args), depth_markdown
         res["env"] = _env(args.threads)
         res["command"] = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])

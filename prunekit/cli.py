@@ -27,6 +27,7 @@ app.command("advise")(cli_bench.advise)
 app.command("papers")(cli_bench.papers)
 app.command("prune-llm")(_llm_cli.prune_llm)
 app.command("eval-ppl")(_llm_cli.eval_ppl)
+app.add_typer(__import__("prunekit.cli_dynamic").cli_dynamic.app, name="dynamic")  # prunekit dynamic ...
 app.command("export")(cli_deploy.export)
 app.command("run")(cli_deploy.run)
 data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)

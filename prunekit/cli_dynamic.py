@@ -1,0 +1,239 @@
+"""``prunekit dynamic``: run-time pruning from the command line, mirroring :mod:`prunekit.dynamic`.
+
+    prunekit dynamic merge-tokens minilm --ratio 0.1          # merge_tokens_(model, ratio=0.1)
+    prunekit dynamic merge-tokens torchvision:vit_b_16 --r 8  # merge_tokens_(model, r=8)
+    prunekit dynamic prune-tokens minilm --keep-rate 0.7      # prune_tokens_(model, keep_rate=0.7)
+    prunekit dynamic skip-layers smollm2-135m --fraction 0.2  # skip_layers_(model, calibration, fraction=0.2)
+
+A patch lives only in memory (the weights do not change), so each command patches the model, runs it on
+real inputs next to the dense model and prints what was skipped and what it cost: tokens per block, the
+similarity of the outputs to the dense ones, the latency ratio (interleaved rounds, one thread) or the
+perplexity, and writes the same as JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from prunekit.errors import PrunekitError
+
+app = typer.Typer(help="Run-time (dynamic) pruning: token merging / pruning, dynamic depth.", no_args_is_help=True)
+console = Console()
+
+
+def _fail(e: PrunekitError) -> None:
+    from prunekit.cli_bench import _fail as fail
+
+    fail(e)
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    from prunekit.errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} takes comma-separated integers like 3,6,9, got {text!r}") from None
+
+
+def _token_inputs(spec: str, inputs: int, batch_size: int, text: str, seed: int) -> tuple[Any, list, str]:
+    """(model, batches of keyword inputs, kind) for a token-reduction command."""
+    import torch
+
+    from prunekit.errors import ConfigError
+
+    if spec == "minilm" or (Path(spec).is_dir() and (Path(spec) / "tokenizer_config.json").is_file()):
+        from transformers import AutoModel, AutoTokenizer
+
+        from prunekit.dynamic.inputs import austen_sentences, load_minilm
+
+        model, tok = load_minilm() if spec == "minilm" else (AutoModel.from_pretrained(spec).eval(),
+                                                              AutoTokenizer.from_pretrained(spec))
+        sents = austen_sentences(inputs, novel=text)
+        batches = [dict(tok(sents[i : i + batch_size], padding=True, truncation=True, max_length=256,
+                            return_tensors="pt")) for i in range(0, len(sents), batch_size)]
+        return model, batches, "text"
+    if spec.startswith("torchvision:"):
+        import prunekit as pk
+
+        model = pk.build_model(spec).eval()
+        g = torch.Generator().manual_seed(seed)
+        n_batches = max(1, inputs // batch_size)
+        return model, [{"x": torch.randn(batch_size, 3, 224, 224, generator=g)} for _ in range(n_batches)], "image"
+    raise ConfigError(f"model {spec!r}: token commands take minilm, a sentence-encoder folder (with its tokenizer) or "
+                      "torchvision:NAME (a vision transformer, e.g. torchvision:vit_b_16)")
+
+
+def _outputs(model: Any, batches: list, kind: str) -> Any:
+    import torch
+
+    from prunekit.dynamic.inputs import encode
+
+    with torch.no_grad():
+        if kind == "text":
+            return encode(model, batches)
+        return torch.cat([model(b["x"]) for b in batches])
+
+
+def _run_tokens(spec: str, apply: Any, settings: dict, inputs: int, batch_size: int, text: str, rounds: int,
+                seed: int, out: Path | None) -> None:
+    import torch
+
+    from prunekit import dynamic
+
+    torch.set_num_threads(1)
+    model, batches, kind = _token_inputs(spec, inputs, batch_size, text, seed)
+    dense = _outputs(model, batches, kind)
+    times: dict[str, list[float]] = {"dense": [], "patched": []}
+    with apply(model) as patch:
+        reports = []
+        patched_out = []
+        with torch.no_grad():
+            for b in batches:
+                patched_out.append(_outputs(model, [b], kind))
+                reports.append(patch.report())
+        patched = torch.cat(patched_out)
+    for _ in range(rounds):  # interleaved: dense, patched, dense, patched, ...
+        for name in ("dense", "patched"):
+            p = apply(model) if name == "patched" else None
+            t0 = time.perf_counter()
+            _outputs(model, batches, kind)
+            times[name].append(time.perf_counter() - t0)
+            if p is not None:
+                dynamic.restore_(model)
+    import statistics
+
+    cos = torch.nn.functional.cosine_similarity(patched.flatten(1), dense.flatten(1), dim=-1)
+    ratios = sorted(d / p for d, p in zip(times["dense"], times["patched"]))
+    kept = sum(sum(r["tokens_per_block"]) for r in reports)
+    total = sum(r["blocks"] * r["input_tokens"] for r in reports)
+    result = {
+        "model": spec, "settings": settings, "inputs": len(dense), "batch_size": batch_size,
+        "tokens_per_block": [statistics.mean(r["tokens_per_block"][i] for r in reports) for i in range(reports[0]["blocks"])],
+        "token_share": kept / total if total else None,
+        "cosine_to_dense": {"mean": float(cos.mean()), "min": float(cos.min())},
+        "speedup": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "rounds": rounds,
+                    "threads": 1},
+    }
+    console.print(f"[bold]{spec}[/bold] {settings}: {result['inputs']} inputs, batch {batch_size}", highlight=False)
+    console.print("tokens entering each block (mean per input): "
+                  + ", ".join(f"{v:.1f}" for v in result["tokens_per_block"]), highlight=False)
+    console.print(f"block-token computations kept: {result['token_share']:.3f}", highlight=False)
+    console.print(f"cosine to dense outputs: mean {cos.mean():.4f}, min {cos.min():.4f}", highlight=False)
+    console.print(f"speed-up vs dense (1 thread, {rounds} interleaved rounds): median {result['speedup']['median']:.2f}x "
+                  f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]", highlight=False)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"written to {out}")
+
+
+_MODEL = Annotated[str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")]
+_INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)")]
+_BATCH = Annotated[int, typer.Option(help="batch size")]
+_TEXT = Annotated[str, typer.Option(help="Austen novel the sentences come from (text models)")]
+_ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds")]
+_OUT = Annotated[Optional[Path], typer.Option(help="write the result as JSON here")]
+
+
+@app.command("merge-tokens")
+def merge_tokens(
+    model: _MODEL,
+    r: Annotated[Optional[int], typer.Option("--r", help="tokens merged per block (like merge_tokens_(model, r=...))")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="share of each input's tokens merged per block, in [0, 0.5]")] = None,
+    protect_cls: Annotated[Optional[bool], typer.Option("--protect-cls/--no-protect-cls", help="keep token 0 out of merging (default: yes)")] = None,
+    proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
+    inputs: _INPUTS = 64, batch_size: _BATCH = 32, text: _TEXT = "persuasion", rounds: _ROUNDS = 3, seed: int = 0,
+    out: _OUT = None,
+) -> None:
+    """Token merging (ToMe, Bolya et al. 2023): like prunekit.dynamic.merge_tokens_(model, r=..., ratio=...)."""
+    from prunekit import dynamic
+
+    try:
+        def apply(m: Any) -> Any:
+            return dynamic.merge_tokens_(m, r=r, ratio=ratio, protect_cls=protect_cls,
+                                         proportional_attention=proportional_attention)
+
+        _run_tokens(model, apply, {"method": "merge_tokens_", "r": r, "ratio": ratio}, inputs, batch_size, text,
+                    rounds, seed, out)
+    except PrunekitError as e:
+        _fail(e)
+
+
+@app.command("prune-tokens")
+def prune_tokens(
+    model: _MODEL,
+    keep_rate: Annotated[float, typer.Option(help="share of tokens kept in each pruning block, in (0, 1]")] = 0.7,
+    layers: Annotated[Optional[str], typer.Option(help="pruning blocks, e.g. 3,6,9 (default: n/4, n/2, 3n/4)")] = None,
+    proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
+    inputs: _INPUTS = 64, batch_size: _BATCH = 32, text: _TEXT = "persuasion", rounds: _ROUNDS = 3, seed: int = 0,
+    out: _OUT = None,
+) -> None:
+    """Attentive token pruning (EViT, Liang et al. 2022): like prunekit.dynamic.prune_tokens_(model, keep_rate=...)."""
+    from prunekit import dynamic
+
+    try:
+        chosen = _ints(layers, "--layers")
+
+        def apply(m: Any) -> Any:
+            return dynamic.prune_tokens_(m, keep_rate=keep_rate, layers=chosen,
+                                         proportional_attention=proportional_attention)
+
+        _run_tokens(model, apply, {"method": "prune_tokens_", "keep_rate": keep_rate, "layers": chosen}, inputs,
+                    batch_size, text, rounds, seed, out)
+    except PrunekitError as e:
+        _fail(e)
+
+
+@app.command("skip-layers")
+def skip_layers(
+    model: Annotated[str, typer.Argument(help="an offline language model (smollm2-135m) or a saved model folder")],
+    fraction: Annotated[float, typer.Option(help="share of (token, layer) computations to skip, in [0, 1)")] = 0.2,
+    never_skip: Annotated[Optional[str], typer.Option(help="layers always computed, e.g. 0,29 (default: first and last)")] = None,
+    calibration_text: Annotated[str, typer.Option(help="text the router is fitted on")] = "prideprejudice",
+    calibration_samples: Annotated[int, typer.Option(help="calibration windows")] = 8,
+    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 256,
+    eval_text: Annotated[str, typer.Option(help="text the perplexity is measured on (not the calibration text)")] = "persuasion",
+    eval_tokens: Annotated[int, typer.Option(help="tokens of the evaluation text")] = 2048,
+    seed: int = 0,
+    out: _OUT = None,
+) -> None:
+    """Dynamic depth: like prunekit.dynamic.skip_layers_(model, calibration, fraction=...); prints the
+    perplexity before and after and the share of layer computations really skipped."""
+    import torch
+
+    from prunekit import dynamic
+    from prunekit.llm.data import calibration_batches, perplexity
+    from prunekit.llm.models import load_causal_lm
+    from prunekit.sources import load_text
+
+    try:
+        torch.set_num_threads(1)
+        m, tok = load_causal_lm(model)
+        cal = calibration_batches(tok, [(calibration_text, load_text(calibration_text))], n_samples=calibration_samples,
+                                  seq_len=seq_len, seed=seed)
+        text = load_text(eval_text)
+        dense = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
+        with dynamic.skip_layers_(m, cal.batches, fraction=fraction, never_skip=_ints(never_skip, "--never-skip")) as p:
+            p.reset_counts()
+            after = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
+            rep = p.report()
+        result = {"model": model, "fraction": fraction, "calibration": cal.protocol, "dense_ppl": dense.ppl,
+                  "ppl": after.ppl, "tokens": after.tokens, **{k: rep[k] for k in
+                  ("skipped_fraction", "skipped_per_layer", "never_skip", "threshold", "router_r2")}}
+        console.print(f"dense: {dense}", highlight=False)
+        console.print(f"skip_layers_(fraction={fraction}): {after}", highlight=False)
+        console.print(f"layer computations skipped on {eval_text}: {rep['skipped_fraction']:.3f} "
+                      f"(per layer: {rep['skipped_per_layer']})", highlight=False)
+        if out is not None:
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            console.print(f"written to {out}")
+    except PrunekitError as e:
+        _fail(e)

@@ -1,0 +1,50 @@
+"""Inputs for measuring run-time pruning: Austen sentences, the offline sentence encoder, its pooling."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+
+def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
+    """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
+    dropped; a sentence ends at . ! or ? followed by white space)."""
+    from prunekit.sources import load_text
+
+    text = load_text(novel)
+    text = re.sub(r"\s+", " ", text)
+    out = []
+    for s in re.split(r"(?<=[.!?])\s+", text):
+        s = s.strip()
+        if len(s.split()) >= min_words and not s.lower().startswith("chapter"):
+            out.append(s)
+        if len(out) == n:
+            break
+    return out
+
+
+def load_minilm() -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    from prunekit.sources import minilm_model_dir
+
+    d = minilm_model_dir()
+    return AutoModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+
+
+@torch.no_grad()
+def encode(model: Any, batches: list[dict[str, torch.Tensor]], patch: Any = None, counts: list | None = None) -> torch.Tensor:
+    """Sentence embeddings ``(n, 384)``: mean over real tokens, L2-normalised (the model card's pooling).
+    With a ``patch``, ``counts`` receives (tokens kept over all blocks, dense block-tokens) per batch."""
+    outs = []
+    for enc in batches:
+        h = model(**enc).last_hidden_state
+        if patch is not None and counts is not None:
+            rep, rows = patch.report(), enc["input_ids"].shape[0]
+            counts.append((sum(rep["tokens_per_block"]) * rows, rep["blocks"] * rep["input_tokens"] * rows))
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        outs.append(torch.nn.functional.normalize(e, dim=-1))
+    return torch.cat(outs)
