@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunekit import cli_bench, cli_deploy
+from prunekit import cli_bench, cli_deploy, cli_recover
 from prunekit.llm import cli as _llm_cli
 from prunekit.cli_bench import _fail
 from prunekit.errors import PrunekitError
@@ -28,6 +28,7 @@ app.command("papers")(cli_bench.papers)
 app.command("prune-llm")(_llm_cli.prune_llm)
 app.command("eval-ppl")(_llm_cli.eval_ppl)
 app.add_typer(__import__("prunekit.cli_dynamic").cli_dynamic.app, name="dynamic")  # prunekit dynamic ...
+app.command("recover")(cli_recover.recover)
 app.command("export")(cli_deploy.export)
 app.command("run")(cli_deploy.run)
 data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)

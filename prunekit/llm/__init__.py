@@ -8,6 +8,9 @@
   removal of heads, MLP channels and layers.
 * :mod:`~prunekit.llm.data`: calibration draws and perplexity with a recorded protocol;
   :mod:`~prunekit.llm.models`: real pretrained models from offline GGUF packages.
+* :func:`recover` (:mod:`prunekit.llm.recover`): LoRA or distillation recovery, masks kept exact;
+  :func:`evaluate_tasks` (:mod:`prunekit.llm.tasks`): zero-shot lm-eval tasks, two of them offline;
+  :func:`throughput` (:mod:`prunekit.llm.throughput`): prefill / decode tokens per second, interleaved.
 * :mod:`~prunekit.llm.methods`: registers the methods with :func:`prunekit.prune`.
 
 Importing this package needs only torch; transformers is imported where a model is loaded.
@@ -21,6 +24,9 @@ from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
 from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
 from prunekit.llm.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
 from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
+from prunekit.llm.recover import RecoveryReport, recover  # the function shadows the module's name
+from prunekit.llm.tasks import TaskResults, evaluate_tasks
+from prunekit.llm.throughput import Throughput, throughput  # likewise
 
 __all__ = [
     "FAMILIES",
@@ -49,4 +55,10 @@ __all__ = [
     "remove_layers_",
     "run_layerwise",
     "token_hash",
+    "RecoveryReport",
+    "TaskResults",
+    "Throughput",
+    "evaluate_tasks",
+    "recover",
+    "throughput",
 ]
