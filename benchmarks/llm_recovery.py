@@ -90,7 +90,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     if stage in STRUCTURED:
         cal = _calibration(tok, args)
         t0 = time.perf_counter()
-        pk.prune(model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False, progress=args.progress)
+        pk.prune(model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False, progress=args.progress or None)
         rec.update(sparsity=STRUCTURED[stage], prune_seconds=time.perf_counter() - t0, params=_params(model),
                    calibration=cal.protocol)
         from prunekit.llm.recover import recover
@@ -101,7 +101,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
             model, texts, "lora", tokenizer=tok, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
             lr=args.lr, rank=args.rank, lora_alpha=2.0 * args.rank, eval_text=load_text(args.eval_text),
             eval_name=args.eval_text, eval_tokens=args.eval_tokens, eval_seq_len=args.eval_len, seed=0,
-            progress=args.progress,
+            progress=args.progress or None,
         )
         print(report, flush=True)
         rec["ppl_pruned"] = report.perplexity_before.ppl
@@ -118,7 +118,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
         pattern = "2:4" if stage == "sparse-2:4" else None
         t0 = time.perf_counter()
         pk.prune(model, args.sparse_method, sparsity=0.5, pattern=pattern, calibration=cal, measure=False,
-                 progress=args.progress)
+                 progress=args.progress or None)
         pk.squash_masks_(model)
         rec.update(method=args.sparse_method, pattern=pattern or "unstructured", sparsity=0.5,
                    prune_seconds=time.perf_counter() - t0, calibration=cal.protocol)
@@ -268,7 +268,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    import logging
     import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress lines of long steps
 
     import torch
 

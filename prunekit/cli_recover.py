@@ -28,7 +28,7 @@ def recover(
     ],
     text: Annotated[
         Optional[list[str]],
-        typer.Option("--text", "-t", help="text(s) to train on, repeatable (`prunekit data list`: Austen novels, mobydick)"),
+        typer.Option("--text", "-t", help="text(s) to train on, repeatable (`prunekit data list`: Austen, mobydick)"),
     ] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="lora (cross-entropy) or kd (distillation)")] = "lora",
     teacher: Annotated[

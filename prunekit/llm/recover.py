@@ -2,8 +2,8 @@
 
 ``recover(model, texts_or_batches, method="lora" | "kd", ...)`` trains low-rank adapters (PyPI ``peft``,
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") on every ``nn.Linear`` but the LM
-head (the attention and MLP projections) and merges them back, so the result is a plain model of the pruned shapes that saves with
-``save_pretrained`` and reloads through :func:`prunekit.llm.load_causal_lm`. The two methods differ in the
+head (the attention and MLP projections) and merges them back, so the result is a plain model of the
+pruned shapes that saves with ``save_pretrained`` and reloads through :func:`prunekit.llm.load_causal_lm`. The two methods differ in the
 objective:
 
 * ``"lora"``: next-token cross-entropy on the text, as LLM-Pruner (Ma et al. 2023) and the Wanda paper's
@@ -223,7 +223,8 @@ def _batches_from(
         items.append((ids, mask))
     if not items:
         raise DataError("texts_or_batches holds no batches; pass at least one text or batch of token ids")
-    record = {"kind": "batches", "n_batches": len(items), "token_sha256": token_hash(torch.cat([i.flatten() for i, _ in items]))}
+    digest = token_hash(torch.cat([i.flatten() for i, _ in items]))
+    record = {"kind": "batches", "n_batches": len(items), "token_sha256": digest}
     return [items[s % len(items)] for s in range(steps)], record
 
 
@@ -259,7 +260,9 @@ def _check_options(method: str, teacher: Any, model: nn.Module, **o: Any) -> Non
     if not 0 <= o["lora_dropout"] < 1:
         raise ConfigError(f"lora_dropout takes a probability in [0, 1), got {o['lora_dropout']!r}")
     if o["lora_alpha"] <= 0:
-        raise ConfigError(f"lora_alpha takes a positive scale (the update is multiplied by alpha / rank), got {o['lora_alpha']!r}")
+        raise ConfigError(
+            f"lora_alpha takes a positive scale (the update is multiplied by alpha / rank), got {o['lora_alpha']!r}"
+        )
     if o["warmup_steps"] is not None and not 0 <= o["warmup_steps"] <= o["steps"]:
         raise ConfigError(f"warmup_steps takes a count in [0, steps={o['steps']}], got {o['warmup_steps']!r}")
     if method == "kd":
@@ -270,7 +273,9 @@ def _check_options(method: str, teacher: Any, model: nn.Module, **o: Any) -> Non
         if not (o["temperature"] > 0 and math.isfinite(o["temperature"])):
             raise ConfigError(f"temperature takes a positive number (2.0 is usual), got {o['temperature']!r}")
         if not 0 <= o["kd_alpha"] <= 1:
-            raise ConfigError(f"kd_alpha weighs the distillation loss against cross-entropy, in [0, 1]; got {o['kd_alpha']!r}")
+            raise ConfigError(
+                f"kd_alpha weighs the distillation loss against cross-entropy, in [0, 1]; got {o['kd_alpha']!r}"
+            )
         tv = getattr(getattr(teacher, "config", None), "vocab_size", None)
         sv = getattr(getattr(model, "config", None), "vocab_size", None)
         if tv is not None and sv is not None and tv != sv:
@@ -320,7 +325,9 @@ def recover(
             ``{"input_ids", "attention_mask"}`` dicts or a ``CalibrationSet``), cycled for ``steps`` steps.
         method: ``"lora"`` (cross-entropy) or ``"kd"`` (distillation from ``teacher``).
         teacher: the dense model for ``"kd"`` (same vocabulary); it is only read, in eval mode, without grad.
-        steps, batch_size, seq_len: training length; memory grows with ``batch_size * seq_len * vocab``.
+        steps, batch_size, seq_len: training length. Memory: the model, the adapters with their AdamW state,
+            and one step's activations; the logits take ``batch_size * seq_len * vocab * 4`` bytes per copy
+            (``"kd"`` holds about four: student, teacher, their log-softmaxes), so keep batches small.
         lr: AdamW learning rate, linear warmup over ``warmup_steps`` (default 10% of steps) then linear decay.
         rank, lora_alpha, lora_dropout: LoRA's ``r``, ``alpha`` (update scale ``alpha / r``) and dropout.
         target_modules: names or name endings of the Linears to adapt (default: every ``nn.Linear`` but the
@@ -373,8 +380,9 @@ def recover(
     config = peft.LoraConfig(
         r=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=names, bias="none"
     )
-    torch.manual_seed(seed)  # LoRA's A initialisation
-    wrapped = peft.get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):  # LoRA's A initialisation, seeded, without touching the global RNG
+        torch.manual_seed(seed)
+        wrapped = peft.get_peft_model(model, config)
     try:
         lora_layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and _ADAPTER in m.lora_A}
         for name, layer in lora_layers.items():
@@ -411,7 +419,9 @@ def recover(
                 else:
                     out = model(input_ids=ids, attention_mask=mask, use_cache=False)
                     with torch.no_grad():
-                        t_logits = teacher(input_ids=ids.to(_device_of(teacher)), attention_mask=mask, use_cache=False).logits
+                        t_dev = _device_of(teacher)
+                        t_mask = mask.to(t_dev) if mask is not None else None
+                        t_logits = teacher(input_ids=ids.to(t_dev), attention_mask=t_mask, use_cache=False).logits
                     loss = kd_alpha * _kd_loss(out.logits, t_logits.to(out.logits.device), mask, temperature)
                     if kd_alpha < 1:
                         ce = nn.functional.cross_entropy(
