@@ -34,6 +34,11 @@ def export(
         typer.Option("--sparse-weights/--no-sparse-weights",
                      help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse Linear layers)"),
     ] = None,
+    sparse_rate: Annotated[float, typer.Option(help="openvino only: zeros from which a layer runs the sparse kernel")] = 0.7,
+    sparse_initializers: Annotated[
+        bool, typer.Option("--sparse-initializers/--dense-initializers",
+                           help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)"),
+    ] = True,
     input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="keep input dimensions dynamic or fix the example's")] = True,
     baseline: Annotated[
@@ -42,6 +47,7 @@ def export(
     ] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time against the dense model and PyTorch")] = True,
     threads: Annotated[int, typer.Option(help="threads for the runtimes and PyTorch while timing")] = 1,
+    latency_budget: Annotated[float, typer.Option(help="seconds of interleaved timing per comparison")] = 3.0,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
     seed: Annotated[int, typer.Option(help="random seed of the example inputs and calibration sample")] = 0,
 ) -> None:
@@ -65,9 +71,13 @@ def export(
                                               ("--sparse-weights", sparse_weights)) if value is not None]
             if precision != "f32":
                 given.append("--precision")
+            if sparse_rate != 0.7:
+                given.append("--sparse-rate")
             if given:
                 raise pk.ConfigError(f"{', '.join(given)} apply(ies) to --to openvino only; ONNX export is fp32 "
                                      "(drop them, or export with --to openvino)")
+        elif not sparse_initializers:
+            raise pk.ConfigError("--dense-initializers applies to --to onnx only")
         check_output_directory(out, overwrite=overwrite)
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
@@ -98,12 +108,14 @@ def export(
         with atomic_directory(out, overwrite=overwrite) as tmp:
             if to == "onnx":
                 report = export_onnx(m, x, tmp / "model.onnx", baseline=base, baseline_label=label, dynamic=dynamic,
-                                     measure_latency=latency, threads=threads)
+                                     sparse_initializers=sparse_initializers, measure_latency=latency,
+                                     threads=threads, latency_budget_s=latency_budget)
             else:
                 report = export_openvino(m, x, tmp / "model.xml", quantize=quantize, calibration=calib,
-                                         precision=precision, sparse_weights=sparse_weights, dynamic=dynamic,
-                                         baseline=base, baseline_label=label, measure_latency=latency,
-                                         threads=threads)
+                                         precision=precision, sparse_weights=sparse_weights,
+                                         sparse_rate=sparse_rate, dynamic=dynamic, baseline=base,
+                                         baseline_label=label, measure_latency=latency, threads=threads,
+                                         latency_budget_s=latency_budget)
             report.path = report.path.replace(str(tmp), str(out))
             report.files = [f.replace(str(tmp), str(out)) for f in report.files]
             report.to_json(tmp / "model.report.json")

@@ -21,6 +21,7 @@ from prunekit.deploy._common import (
     dense_original,
     export_copy,
     files_size,
+    flat_tensors,
     layer_sparsity,
     reference_outputs,
     split_inputs,
@@ -210,7 +211,7 @@ def export_onnx(
             notes.append(f"{len(converted)} weight(s) stored as ONNX sparse initializers (density < 1/3); ONNX "
                          "Runtime densifies them on load")
         session = OrtModule(out, threads=threads)
-        got = session.run([t.detach().cpu().numpy() for t in _flat(args, kwargs)])
+        got = session.run([t.detach().cpu().numpy() for t in flat_tensors(args, kwargs)])
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
         if not check["passed"]:
             raise ExportCheckError(
@@ -244,7 +245,7 @@ def export_onnx(
             sparse_note="ONNX Runtime's CPU kernels run every layer dense: sparsity shrinks the file "
                         "(sparse initializers), speed comes from structural pruning",
             check=check,
-            input_shapes=[list(t.shape) for t in _flat(args, kwargs)],
+            input_shapes=[list(t.shape) for t in flat_tensors(args, kwargs)],
             threads=threads,
             baseline=baseline_text,
             dense_file_bytes=dense_bytes,
@@ -253,12 +254,6 @@ def export_onnx(
         )
         report.to_json(tmp / report_path.name)
     return report
-
-
-def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    from prunekit.deploy._common import flat_tensors
-
-    return flat_tensors(args, kwargs)
 
 
 def _dynamic_dims(session: OrtModule) -> dict[str, list[str | int]]:
