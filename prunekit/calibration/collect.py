@@ -50,7 +50,9 @@ class LayerStats:
     ``act_sum`` ``[in_features]`` (input channels); ``act_nonpos`` ``[out_features]``; ``xtx``
     ``[F, F]`` with ``F = in_features`` (Linear) or ``in/groups * prod(kernel)`` (convolution, im2col order
     ``(channel, *kernel)``); ``bn_gamma`` ``[out_features]``. ``rows``: input rows counted (tokens, batch x
-    positions); ``out_rows``: output rows counted.
+    positions); ``out_rows``: output rows counted. ``bias_grad``, ``bias_grad_sq``: like ``grad`` /
+    ``grad_sq`` for the layer's bias ``[out_features]`` (gathered with them when the layer has one), so that
+    a unit's first-order Taylor sum covers all its parameters (Molchanov et al. 2019).
     """
 
     name: str
@@ -65,6 +67,8 @@ class LayerStats:
     out_rows: int = 0
     xtx: Tensor | None = None
     bn_gamma: Tensor | None = None
+    bias_grad: Tensor | None = None
+    bias_grad_sq: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -338,16 +342,20 @@ def _gradients(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibra
         p.requires_grad_(True)
     steps = 0
     with torch.enable_grad():
+        biases = {name: m.bias for name, m in layers.items() if isinstance(getattr(m, "bias", None), nn.Parameter)}
         for loss_graph in _loss_steps(model, layers, calib):
             loss, weights = loss_graph
-            grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
-            for (name, w), g in zip(weights.items(), grads):
+            grads = torch.autograd.grad(loss, list(weights.values()) + list(biases.values()), allow_unused=True)
+            keys = [(n, "grad") for n in weights] + [(n, "bias_grad") for n in biases]
+            for (name, field_name), g in zip(keys, grads):
                 if g is None:
                     continue
                 st = out[name]
                 g = g.detach()
-                st.grad = g.clone() if st.grad is None else st.grad + g
-                st.grad_sq = g.square() if st.grad_sq is None else st.grad_sq + g.square()
+                old = getattr(st, field_name)
+                setattr(st, field_name, g.clone() if old is None else old + g)
+                old_sq = getattr(st, f"{field_name}_sq")
+                setattr(st, f"{field_name}_sq", g.square() if old_sq is None else old_sq + g.square())
             steps += 1
     if steps == 0:
         raise DataError("the calibration data is empty: pass at least one batch")

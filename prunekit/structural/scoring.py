@@ -10,9 +10,12 @@ parameters). Every level reduces a :class:`~prunekit.criteria.Criterion` ``c`` t
   dimension except the member's; the unit sizes (weights per index) likewise;
 * a row-native criterion (``row_native=True``: FPGM, APoZ, BN scale) contributes only on producer members
   (the weight's output axis): the input dimensions of consumers contribute nothing for it;
-* other parameters (biases, normalisation weights, embeddings, recurrent weights) are scored as tensors by
-  the data-free criteria (magnitude, l2, lp, random, LAMP) and skipped by the data-driven ones; buffers
-  contribute nothing.
+* a layer's bias contributes to gradient criteria (Taylor, grad-weight, OBD) with its own gradient, as a
+  ``[out_features]`` tensor: Taylor's unit sum covers every parameter of the unit (Molchanov et al. 2019:
+  the gradient of a gate on the unit's output, ``sum g w`` over its weights and bias);
+* other parameters (biases for other data-driven criteria, normalisation weights, embeddings, recurrent
+  weights) are scored as tensors by the data-free criteria (magnitude, l2, lp, random, LAMP) and skipped by
+  the data-driven ones; buffers contribute nothing.
 
 Then ``c.unit(sums, sizes)`` over one :class:`UnitSet` (a group, an attention block, a stack of blocks)
 gives one score per unit: the mean by default, the square of the signed sum for Taylor (Molchanov et al.
@@ -43,6 +46,7 @@ from prunekit.structural.trace import _call
 _ACTIVATION = frozenset({"act_norm", "act_mean", "act_zeros", "xtx"})
 #: statistics that are derivatives: a weight the loss (or the path sum) does not reach has a zero one
 _DERIVATIVE = frozenset({"grad", "grad_sq", "synflow", "grasp_hg"})
+_GRADIENT = frozenset({"grad", "grad_sq"})
 _PARAMETRIZED = "parametrizations.weight"
 _ON_OTHERS = "; units are scored on their other weights"
 
@@ -79,6 +83,7 @@ class _Ref:
     layout: WeightLayout | None = None
     stats_name: str | None = None
     param: bool = False
+    bias: bool = False  # the bias of the layer ``stats_name`` (scored by gradient criteria with its own gradient)
 
 
 def level_criterion(criterion: str | Criterion, level: str, what: str = "") -> Criterion:
@@ -119,6 +124,9 @@ def resolve_tensor(key: str, slots: Mapping[str, Sequence[Any]], modules: Mappin
             return _Ref(key, owner.weight, lay, owner_name, True)
         if s.is_param and isinstance(s.module, nn.MultiheadAttention) and s.attr == "in_proj_weight":
             return _Ref(key, s.module.in_proj_weight, WeightLayout("linear", 0, 1), None, True)
+    for s in sl:
+        if s.is_param and s.attr == "bias" and weight_layout(s.module) is not None:
+            return _Ref(key, s.module.bias, None, s.module_name, True, bias=True)
     s = sl[0]
     return _Ref(key, getattr(s.module, s.attr), None, None, bool(s.is_param))
 
@@ -245,7 +253,7 @@ class UnitScorer:
         if not needs:
             return
         layers = {r.stats_name: self._modules[r.stats_name] for r in refs
-                  if r.layout is not None and r.stats_name is not None}
+                  if (r.layout is not None or r.bias) and r.stats_name is not None}
         if not layers:
             return
         calibration = self.calibration
@@ -321,6 +329,13 @@ class UnitScorer:
                     raise
                 self._unobserved.add(key)  # its module never ran: it has no activations to read
                 return
+        elif ref.bias and crit.needs and crit.needs <= _GRADIENT and not crit.row_native:
+            st = self._stats.get(ref.stats_name or "")
+            if st is None or st.bias_grad is None:
+                return
+            want = todo
+            contrib = crit.contribution(ScoreInput(ref.tensor.detach(), LayerStats(key, grad=st.bias_grad,
+                                                   grad_sq=st.bias_grad_sq), None, key, self.seed))
         elif not crit.needs and not crit.row_native and crit.score is not None:
             want = todo
             t = ref.tensor.detach()

@@ -268,3 +268,27 @@ def test_unknown_options_and_allocations_are_refused_by_name() -> None:
         m = _cnn()
         pk.prune(m, "l2-channel", sparsity=0.5, allocation=alloc, example_inputs=X_IMG, measure=False)
         assert m.conv1.out_channels < 8 or m.conv2.out_channels < 8, alloc
+
+
+def test_taylor_unit_score_is_the_squared_gradient_of_a_gate_on_the_unit_bias_included() -> None:
+    """Molchanov et al. 2019: a unit's first-order Taylor score is ``(dL/dc)^2`` for a gate ``c`` (= 1) on its
+    output, i.e. the squared sum of ``g * w`` over every parameter of the unit, its bias included. Through a
+    ReLU the gate on the pre-activation equals the gate on the consumer's input, so the coupled group's sum
+    (producer row + bias + consumer column) is twice the gate's gradient: the scores are ``4 (dL/dc)^2``."""
+    from prunekit.structural import UnitScorer, UnitSet
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[0].bias.uniform_(-1, 1)  # biases that matter
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    gate = torch.ones(5, requires_grad=True)
+    loss = nn.functional.cross_entropy(model[2](torch.relu(model[0](x) * gate)), y)
+    (g_gate,) = torch.autograd.grad(loss, gate)
+    labels = np.arange(5)
+    units = UnitSet("hidden", 5, [("0.weight", 0, labels), ("0.bias", 0, labels), ("2.weight", 1, labels)])
+    got = UnitScorer(model, resolve_criterion("taylor"), calibration=[(x, y)]).score([units])[0].scores
+    assert np.allclose(got, 4 * g_gate.double().square().numpy(), rtol=1e-4, atol=1e-12)
+    no_bias = UnitSet("hidden", 5, [("0.weight", 0, labels), ("2.weight", 1, labels)])
+    partial = UnitScorer(model, resolve_criterion("taylor"), calibration=[(x, y)]).score([no_bias])[0].scores
+    assert not np.allclose(partial, got, rtol=1e-3)  # the bias term is what makes the sum the gate's gradient
