@@ -55,8 +55,9 @@ from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm  # noq
 
 def _minilm_configs() -> list[tuple[str, str, Any]]:
     return ([("dense", "dense", None), ("tome r=1", "tome", 1)]
-            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.05, 0.1, 0.2)]
-            + [(f"evit keep={k}", "evit", k) for k in (0.9, 0.7, 0.5)])
+            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.05, 0.1, 0.15)]
+            + [("tome ratio=0.1 metric=keys", "tome-ratio-keys", 0.1)]
+            + [(f"evit keep={k}", "evit", k) for k in (0.9, 0.7)])
 
 
 def _patch(model: Any, kind: str, amount: Any) -> Any:
@@ -66,6 +67,8 @@ def _patch(model: Any, kind: str, amount: Any) -> Any:
         return dynamic.merge_tokens_(model, r=amount)
     if kind == "tome-ratio":
         return dynamic.merge_tokens_(model, ratio=amount)
+    if kind == "tome-ratio-keys":
+        return dynamic.merge_tokens_(model, ratio=amount, metric="keys")
     if kind == "evit":
         return dynamic.prune_tokens_(model, keep_rate=amount)
     return None

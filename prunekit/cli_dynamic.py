@@ -150,6 +150,7 @@ def merge_tokens(
     ratio: Annotated[Optional[float], typer.Option(help="share of each input's tokens merged per block, in [0, 0.5]")] = None,
     protect_cls: Annotated[Optional[bool], typer.Option("--protect-cls/--no-protect-cls", help="keep token 0 out of merging (default: yes)")] = None,
     proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
+    metric: Annotated[Optional[str], typer.Option(help="keys or hidden (default: keys for ViTs, hidden for BERT-style)")] = None,
     inputs: _INPUTS = 64, batch_size: _BATCH = 32, text: _TEXT = "persuasion", rounds: _ROUNDS = 3, seed: int = 0,
     out: _OUT = None,
 ) -> None:
@@ -159,9 +160,9 @@ def merge_tokens(
     try:
         def apply(m: Any) -> Any:
             return dynamic.merge_tokens_(m, r=r, ratio=ratio, protect_cls=protect_cls,
-                                         proportional_attention=proportional_attention)
+                                         proportional_attention=proportional_attention, metric=metric)
 
-        _run_tokens(model, apply, {"method": "merge_tokens_", "r": r, "ratio": ratio}, inputs, batch_size, text,
+        _run_tokens(model, apply, {"method": "merge_tokens_", "r": r, "ratio": ratio, "metric": metric}, inputs, batch_size, text,
                     rounds, seed, out)
     except PrunekitError as e:
         _fail(e)

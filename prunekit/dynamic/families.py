@@ -27,6 +27,7 @@ class Family:
     run: Callable[[nn.Module, Tensor, "Tensor | None", bool, Reduce], Tensor]
     padding_mask: bool  # the block receives an attention (padding) mask as its second argument
     has_class_token: bool  # position 0 is a class token (protected by default)
+    default_metric: str = "keys"  # ToMe's similarity: the attention keys ("keys") or the merged states ("hidden")
 
 
 def _has(m: nn.Module, *paths: str) -> bool:
@@ -98,7 +99,9 @@ def _bert_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, 
 FAMILIES: tuple[Family, ...] = (
     Family("torchvision-vit", _tv_matches, _tv_run, padding_mask=False, has_class_token=True),
     Family("hf-vit", _hf_vit_matches, _hf_vit_run, padding_mask=True, has_class_token=True),
-    Family("bert-encoder", _bert_matches, _bert_run, padding_mask=True, has_class_token=True),
+    # post-norm text encoders: the hidden states being merged match better than the layer's input keys
+    # (all-MiniLM-L6-v2, 96 Austen sentences, ratio 0.1: mean cosine to dense 0.986 vs 0.953)
+    Family("bert-encoder", _bert_matches, _bert_run, padding_mask=True, has_class_token=True, default_metric="hidden"),
 )
 
 

@@ -37,9 +37,11 @@ class TokenReduction(Patch):
     """
 
     def __init__(self, model: nn.Module, family: Family, blocks: list[nn.Module], container: str, method: str,
-                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool, ratio: bool = False):
+                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool, ratio: bool = False,
+                 metric: str = "keys"):
         super().__init__(model)
         self.ratio = ratio
+        self.metric = metric
         self.kind = method
         self.family = family
         self.blocks = blocks
@@ -95,7 +97,7 @@ class TokenReduction(Patch):
             if not self._active(i):
                 return h
             if self.kind == "tome":
-                h, holder[0] = bipartite_merge(h, metric, holder[0], None if self.ratio else int(amount),
+                h, holder[0] = bipartite_merge(h, h if self.metric == "hidden" else metric, holder[0], None if self.ratio else int(amount),
                                                ratio=amount if self.ratio else None, protect_first=self.protect_cls)
             else:
                 assert cls is not None
@@ -117,6 +119,7 @@ class TokenReduction(Patch):
         return {
             "method": self.kind,
             "family": self.family.name,
+            "metric": self.metric if self.kind == "tome" else "class-token attention",
             "blocks": len(self.blocks),
             "schedule": list(self.schedule),
             "schedule_unit": "share of tokens merged" if self.ratio else ("tokens merged" if self.kind == "tome" else "keep rate"),
@@ -148,7 +151,8 @@ def _per_block(value: Any, n: int, name: str, kind: type) -> list:
 
 
 def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, ratio: float | Sequence[float] | None = None,
-                  protect_cls: bool | None = None, proportional_attention: bool = True) -> TokenReduction:
+                  protect_cls: bool | None = None, proportional_attention: bool = True,
+                  metric: str | None = None) -> TokenReduction:
     """Token merging (ToMe; Bolya et al. 2023, "Token Merging: Your ViT But Faster", ICLR), in place.
 
     In every transformer block, after attention, ``r`` tokens per input are merged into their most similar
@@ -164,30 +168,37 @@ def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, rat
     one. ``r = 0`` / ``ratio = 0`` give outputs bit-identical to the dense model. ``protect_cls``: keep
     token 0 (a class token) out of the merging; default True for the supported families. Padded batches
     (an ``attention_mask``) are honoured: padding is never merged into a real token and each row is reduced
-    as it would be alone.
+    as it would be alone. ``metric``: what the matching compares, ``"keys"`` (the block's attention keys
+    averaged over heads, as the paper) or ``"hidden"`` (the token states being merged); default: keys for
+    ViTs, hidden for BERT-style encoders (post-norm: their merged states are not what the keys were
+    computed from; on all-MiniLM-L6-v2 hidden keeps the embeddings much closer to dense, see
+    docs/results/dynamic/minilm.md).
 
     Returns a :class:`TokenReduction` (a context manager; its ``report()`` counts the tokens used).
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for models without a token dimension,
-    :class:`~prunekit.errors.ConfigError` for a negative ``r``, a ratio outside [0, 0.5], both or neither
+    :class:`~prunekit.errors.ConfigError` for an unknown ``metric``, a negative ``r``, a ratio outside [0, 0.5], both or neither
     of ``r`` and ``ratio``, or a model already patched; the model is unchanged when an error is raised.
     """
     if (r is None) == (ratio is None):
         raise ConfigError("merge_tokens_ takes r= (tokens merged per block, e.g. r=8) or ratio= (share of tokens "
                           "merged per block, e.g. ratio=0.1), exactly one of them")
+    if metric not in (None, "keys", "hidden"):
+        raise ConfigError(f"metric is 'keys' (attention keys, as in ToMe) or 'hidden' (the token states), got {metric!r}")
     fam, blocks, container = _resolve(model, "merge_tokens_")
     protect = fam.has_class_token if protect_cls is None else bool(protect_cls)
+    metric = metric or fam.default_metric
     if ratio is not None:
         ratios = _per_block(ratio, len(blocks), "ratio", float)
         if any(not 0 <= v <= 0.5 for v in ratios):
             raise ConfigError(f"ratio is the share of a row's tokens merged per block, in [0, 0.5], got {ratio!r}")
         return TokenReduction(model, fam, blocks, container, "tome", ratios, protect_cls=protect,
-                              proportional_attention=proportional_attention, ratio=True)
+                              proportional_attention=proportional_attention, ratio=True, metric=metric)
     values = list(r) if isinstance(r, (list, tuple)) else [r]
     if any(isinstance(v, bool) or not float(v).is_integer() or v < 0 for v in values):
         raise ConfigError(f"r is a number of tokens merged per block, an integer >= 0 (or one per block), got {r!r}")
     rs = _per_block(r, len(blocks), "r", int)
     return TokenReduction(model, fam, blocks, container, "tome", [float(v) for v in rs], protect_cls=protect,
-                          proportional_attention=proportional_attention)
+                          proportional_attention=proportional_attention, metric=metric)
 
 
 def default_prune_layers(n_blocks: int) -> list[int]:
