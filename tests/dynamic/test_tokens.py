@@ -87,6 +87,7 @@ def test_token_counts_per_block():
     with dyn.merge_tokens_(m, r=2) as p:
         m(x)
         assert p.report()["tokens_per_block"] == [17, 15, 13, 11]
+        assert p.report()["metric"] == "keys"  # the paper's choice for ViTs
     with dyn.merge_tokens_(m, r=100) as p:  # at most half the unprotected tokens per block
         m(x)
         assert p.report()["tokens_per_block"] == [17, 9, 5, 3]
@@ -188,7 +189,8 @@ def test_refusals_leave_the_model_unchanged():
     assert dyn.find_patch(cnn) is None and "forward" not in cnn.__dict__
     assert_unchanged(cnn, before)
     m = _tv_vit()
-    for bad in (dict(r=-1), dict(r=1.5), dict(r=[1, 2])):
+    for bad in (dict(r=-1), dict(r=1.5), dict(r=[1, 2]), dict(), dict(r=1, ratio=0.1), dict(ratio=0.6),
+                dict(r=1, metric="cosine")):
         with pytest.raises(ConfigError):
             dyn.merge_tokens_(m, **bad)
     for bad in (dict(keep_rate=0.0), dict(keep_rate=1.5), dict(keep_rate=0.5, layers=[7])):
