@@ -5,6 +5,7 @@ check, and files written whole or not at all."""
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import shutil
 import tempfile
@@ -33,6 +34,28 @@ def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
+
+
+def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Every dimension of every tensor input marked ``Dim.AUTO``: torch.export keeps dynamic what the model
+    lets vary (batch, sequence) and fixes the rest (channels)."""
+    auto = torch.export.Dim.AUTO
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        from prunekit.errors import DataError
+
+        raise DataError(f"the example inputs do not fit the model's forward signature: {e}") from None
+    shapes: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None for v in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            shapes[name] = {k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()}
+        else:
+            shapes[name] = {d: auto for d in range(value.dim())} if torch.is_tensor(value) else None
+    return shapes
 
 
 def flat_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -147,6 +170,50 @@ def compare_outputs(ref: Sequence[Tensor], got: Sequence[Any], *, atol: float, r
         rel = max(rel, float(diff.norm() / r.norm().clamp_min(1e-12)))
         passed = passed and bool((diff <= atol + rtol * r.abs()).all())
     return {"max_abs_diff": max_abs, "relative_l2_error": rel, "atol": atol, "rtol": rtol, "passed": passed}
+
+
+def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *, atol: float, rtol: float,
+                        quantized: bool = False, fresh_run: Any = None) -> str:
+    """Run the exported model on the example inputs stacked with a variant of them (rolled along the last
+    dimension) along the batch dimension and check that each half of every batched output equals the output
+    of that half alone (``|a - b| <= atol + rtol|a|``;
+    for a quantised model, whose kernels may round one step differently at another batch size, a relative
+    L2 difference under 1%: a batch fixed while tracing differs by far more). A graph that claims a dynamic
+    batch but fixed it while tracing fails here instead of computing wrong results later. ``fresh_run``, when
+    given, runs a newly compiled model, whose first inference is then at the doubled batch (OpenVINO's
+    results were seen to depend on the shape of the first inference). Returns a note;
+    raises :class:`ExportCheckError` with advice when the check fails."""
+    from prunekit.deploy.errors import ExportCheckError
+
+    n = tensors[0].shape[0] if tensors and tensors[0].dim() else None
+    if not n or any(t.dim() == 0 or t.shape[0] != n for t in tensors):
+        return "batch check skipped: the inputs do not share a leading batch dimension"
+    advice = ("export with a batch of 2 or more (example_inputs), or with dynamic=False (fixed shapes, "
+              "run at the example's batch size only)")
+    # the second half holds other values (each input rolled along its last dimension), so that a graph
+    # mixing samples cannot pass by returning the same output twice
+    other = [t.roll(1, dims=-1) if t.dim() > 1 else t for t in tensors]
+    try:
+        doubled = run([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
+        second = run([o.detach().cpu().numpy() for o in other])
+        doubled_first = (fresh_run or run)([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
+    except Exception as e:  # noqa: BLE001 - a runtime failure at another batch size is the finding
+        raise ExportCheckError(f"the exported graph fails at batch {2 * n} although its batch is dynamic "
+                               f"({str(e).splitlines()[0][:200]}); {advice}") from None
+    for a, a2, b, bf in zip(first, second, doubled, doubled_first):
+        a, a2, b, bf = np.asarray(a), np.asarray(a2), np.asarray(b), np.asarray(bf)
+        if b.ndim and b.shape[0] == 2 * n and a.shape[0] == n:
+            for half, a in ((b[:n], a), (b[n:], a2), (bf[:n], a), (bf[n:], a2)):
+                if half.shape != a.shape:
+                    same = False
+                elif quantized:
+                    same = float(np.linalg.norm(half - a)) <= 0.01 * max(float(np.linalg.norm(a)), 1e-12)
+                else:
+                    same = bool(np.allclose(half, a, atol=atol, rtol=rtol))
+                if not same:
+                    raise ExportCheckError(f"the exported graph computes other values at batch {2 * n} than at "
+                                           f"batch {n} (its batch was fixed while tracing); {advice}")
+    return f"checked at batch {n} and {2 * n}: same outputs per sample"
 
 
 class RuntimeModule(nn.Module):

@@ -3,7 +3,6 @@ checked in ONNX Runtime against PyTorch's outputs and timed there against the de
 
 from __future__ import annotations
 
-import inspect
 import os
 import tempfile
 import warnings
@@ -16,9 +15,11 @@ from torch import nn
 
 from prunekit.deploy._common import (
     RuntimeModule,
+    check_batch_dynamic,
     check_target,
     compare_outputs,
     dense_original,
+    dynamic_shapes,
     export_copy,
     files_size,
     flat_tensors,
@@ -47,7 +48,7 @@ class OrtModule(RuntimeModule):
             opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # failures are raised as exceptions, not logged
         self_session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         super().__init__([i.name for i in self_session.get_inputs()])
         self.session = self_session
@@ -69,35 +70,13 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
     return OrtModule(path, threads=threads)
 
 
-def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-    """Every dimension of every tensor input marked ``Dim.AUTO``: torch.export keeps dynamic what the model
-    lets vary (batch, sequence) and fixes the rest (channels)."""
-    auto = torch.export.Dim.AUTO
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    except TypeError as e:
-        from prunekit.errors import DataError
-
-        raise DataError(f"the example inputs do not fit the model's forward signature: {e}") from None
-    shapes: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = inspect.signature(model.forward).parameters[name].kind
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes[name] = tuple({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None for v in value)
-        elif kind is inspect.Parameter.VAR_KEYWORD:
-            shapes[name] = {k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()}
-        else:
-            shapes[name] = {d: auto for d in range(value.dim())} if torch.is_tensor(value) else None
-    return shapes
-
-
 def to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True,
                  opset: int | None = None) -> None:
     """Export ``model`` (eval mode, no masks) to ``path`` with torch's ONNX exporter. Raises
     :class:`ExportFailedError` with the exporter's reason."""
     require("onnx")
     require("onnxscript")
-    shapes = _dynamic_shapes(model, args, kwargs) if dynamic else None
+    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
     extra = {"opset_version": opset} if opset is not None else {}
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -176,7 +155,10 @@ def export_onnx(
     as the model takes it (a tensor such as ``(N, C, H, W)``, a tuple, or a dict of keyword tensors such as
     ``input_ids`` ``(N, T)``). With ``dynamic=True`` every input dimension the model lets vary (batch,
     sequence, image size) stays dynamic in the graph (``torch.export.Dim.AUTO``); ``False`` fixes the
-    example's shapes. ``sparse_initializers``: store weights whose density is below 1/3 in ONNX's sparse
+    example's shapes. A dynamic batch is checked by running the file at twice the example's batch (with
+    other values in the second half); from a batch of 1 a Hugging Face model's graph was seen to name the
+    batch dynamic yet fix it inside, which fails this check (:class:`ExportCheckError`): export with a
+    batch of 2 or more. ``sparse_initializers``: store weights whose density is below 1/3 in ONNX's sparse
     form, which shrinks the file (ONNX Runtime densifies them on load; speed is unchanged).
 
     The exported file is run in ONNX Runtime (CPU) on ``example_inputs`` and every output must satisfy
@@ -219,10 +201,16 @@ def export_onnx(
                 f"{check['max_abs_diff']:.3g}); nothing was written. Report it with the model, or pass larger "
                 "atol/rtol if that difference is acceptable for your use"
             )
+        fixed = [f"{i.name} {i.shape}" for i in session.session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+        if dynamic and fixed:
+            notes.append(f"inputs {', '.join(fixed)}: the batch was fixed while tracing; export with a batch of 2 "
+                         "or more to keep it dynamic")
+        elif dynamic:
+            notes.append(check_batch_dynamic(session.run, flat_tensors(args, kwargs), got, atol=atol, rtol=rtol))
         dense = baseline if baseline is not None else dense_original(model)
         baseline_text = (baseline_label if baseline is not None else
                          "the model with its prunekit masks taken off (its dense original)" if dense is not None else
-                         "none (pass baseline=, e.g. a copy taken before pruning, for the dense comparisons)")
+                         "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
         latency, dense_bytes = {}, None
         if measure_latency:
             latency, dense_bytes = _measure(prepared, session, dense, args, kwargs, dynamic, opset, threads,

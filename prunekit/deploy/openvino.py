@@ -17,9 +17,11 @@ from torch import nn
 
 from prunekit.deploy._common import (
     RuntimeModule,
+    check_batch_dynamic,
     check_target,
     compare_outputs,
     dense_original,
+    dynamic_shapes,
     export_copy,
     files_size,
     flat_tensors,
@@ -60,6 +62,13 @@ class OvModule(RuntimeModule):
         self.config = dict(config)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        ov = require("openvino")
+        for name, port, a in zip(self.input_names, self.compiled.inputs, inputs):
+            if not port.get_partial_shape().compatible(ov.PartialShape(list(a.shape))):
+                raise DataError(
+                    f"the exported model takes {name} of shape {port.get_partial_shape()}, got {list(a.shape)}; "
+                    "export with an example of the shape you will run (a dimension of size 1 in the example is "
+                    "fixed at 1: export with a batch of 2 or more to keep the batch dynamic)")
         self.request.infer(inputs)
         return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
 
@@ -102,16 +111,32 @@ def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModu
     return OvModule(path, config)
 
 
-def _convert(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
     ov = require("openvino")
+    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
     try:
+        # not size-oblivious: a dimension of size 1 in the example stays fixed at 1 (size-oblivious tracing
+        # gave Hugging Face models graphs whose output depended on the input values at other batch sizes)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, args, kwargs or None)
-            return ov.convert_model(program)
+            program = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes)
+            ov_model = ov.convert_model(program)
     except Exception as e:  # noqa: BLE001 - any converter failure is reported with its reason
         reason = " ".join(str(e).strip().splitlines()[:6])[:1200]
         raise ExportFailedError(f"torch.export / openvino.convert_model could not convert {type(model).__name__}: {reason}") from None
+    # the OpenVINO model's inputs take exactly the shapes the exported graph was traced for: dimensions
+    # torch.export fixed stay fixed (the converter would leave them open, and other sizes would compute
+    # wrong results silently), the dynamic ones stay dynamic
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    traced = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            val = placeholders[spec.arg.name].meta.get("val") if hasattr(spec.arg, "name") else None
+            if isinstance(val, torch.Tensor):
+                traced.append([d if isinstance(d, int) else -1 for d in val.shape])
+    if len(traced) == len(ov_model.inputs):
+        ov_model.reshape({i: ov.PartialShape(s) for i, s in enumerate(traced)})
+    return ov_model
 
 
 def _calibration_items(calibration: Any, example_inputs: Any) -> list[list[np.ndarray]]:
@@ -146,8 +171,28 @@ def _quantize(ov_model: Any, quantize: str | None, calibration: Any, example_inp
     logging.getLogger("nncf").setLevel(logging.WARNING)
     if quantize == "int8-weights":
         return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    items = _calibration_items(calibration, example_inputs)
+    items = _fit_batches(ov_model, _calibration_items(calibration, example_inputs))
     return nncf.quantize(ov_model, nncf.Dataset(items), subset_size=min(subset_size, len(items)))
+
+
+def _fit_batches(ov_model: Any, items: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Calibration batches cut along the batch dimension to the size the graph was traced for (a model
+    exported from a batch of 1 takes batches of 1). Raises :class:`DataError` when they cannot fit."""
+    ov = require("openvino")
+    shapes = [port.get_partial_shape() for port in ov_model.inputs]
+    out = []
+    for item in items:
+        if all(s.compatible(ov.PartialShape(list(a.shape))) for s, a in zip(shapes, item)):
+            out.append(item)
+            continue
+        fixed = shapes[0][0].get_length() if shapes[0].rank.is_static and shapes[0][0].is_static else None
+        n = item[0].shape[0] if item[0].ndim else 0
+        if not fixed or n % fixed:
+            raise DataError(f"calibration batches of shape {[list(a.shape) for a in item]} do not fit the exported "
+                            f"inputs {[str(s) for s in shapes]}; give batches shaped like example_inputs")
+        for i in range(0, n, fixed):
+            out.append([a[i : i + fixed] for a in item])
+    return out
 
 
 def _reshape_static(ov_model: Any, args: tuple, kwargs: dict) -> None:
@@ -201,8 +246,11 @@ def export_openvino(
     (it pays there: 1.5-2.0x at 90% measured; it does nothing for fp32 or weight-only int8). True with
     another ``quantize`` is refused. The report names the layers the plugin really ran sparse.
 
-    ``dynamic``: keep every input dimension dynamic (True) or fix the example's shapes (False, often faster
-    for small models). The exported model is run on ``example_inputs``; an fp32 export must match PyTorch
+    ``dynamic``: keep every input dimension the model lets vary dynamic (True; ``torch.export.Dim.AUTO``;
+    the IR's inputs take exactly the traced shapes, so shapes the trace fixed are refused with a
+    :class:`DataError` rather than computed wrongly; a dimension of size 1 in the example stays fixed at 1,
+    so export with a batch of 2 or more to keep the batch dynamic; a dynamic batch is checked by running
+    the IR at twice the example's batch) or fix the example's shapes (False, often faster for small models). The exported model is run on ``example_inputs``; an fp32 export must match PyTorch
     within ``|ov - torch| <= atol + rtol * |torch|`` (else :class:`ExportCheckError`, nothing written); a
     quantised or reduced-precision one reports its error without a threshold. Latency as in
     :func:`prunekit.deploy.export_onnx`: against the dense model exported the same way (``baseline=``, or a
@@ -256,7 +304,7 @@ def export_openvino(
     notes.append(f"sparse-weight decompression {'on' if sparse_on else 'off'}: {why}")
 
     def build(m: nn.Module) -> Any:
-        ov_model = _quantize(_convert(m, args, kwargs), quantize, calibration, example_inputs, subset_size)
+        ov_model = _quantize(_convert(m, args, kwargs, dynamic), quantize, calibration, example_inputs, subset_size)
         if not dynamic:
             _reshape_static(ov_model, args, kwargs)
         return ov_model
@@ -278,6 +326,16 @@ def export_openvino(
             raise ExportCheckError(
                 f"OpenVINO's outputs differ from PyTorch's beyond atol={atol}, rtol={rtol} (max |diff| "
                 f"{check['max_abs_diff']:.3g}); nothing was written")
+        batch_fixed = [str(p.get_partial_shape()) for p in compiled.compiled.inputs
+                       if p.get_partial_shape().rank.is_static and p.get_partial_shape().rank.get_length()
+                       and p.get_partial_shape()[0].is_static]
+        if dynamic and batch_fixed:
+            notes.append(f"input shapes {', '.join(batch_fixed)}: the batch was fixed while tracing (a batch of 1 "
+                         "fixes it); export with a batch of 2 or more to keep it dynamic")
+        elif dynamic:
+            notes.append(check_batch_dynamic(compiled.run, flat_tensors(args, kwargs), got, atol=atol, rtol=rtol,
+                                             quantized=not (quantize is None and precision == "f32"),
+                                             fresh_run=lambda inputs: OvModule(out, config).run(inputs)))
         if not exact:
             check["passed"] = None
             check["note"] = "quantised or reduced precision: the error is reported, not held to atol/rtol"
@@ -288,7 +346,7 @@ def export_openvino(
         dense = baseline if baseline is not None else dense_original(model)
         baseline_text = (baseline_label if baseline is not None else
                          "the model with its prunekit masks taken off (its dense original)" if dense is not None else
-                         "none (pass baseline=, e.g. a copy taken before pruning, for the dense comparisons)")
+                         "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
         latency, dense_bytes = {}, None
         if measure_latency:
             latency, dense_bytes = _measure(prepared, compiled, dense, build, args, kwargs, config, threads,
