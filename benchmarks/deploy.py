@@ -259,6 +259,67 @@ def part_sparsify(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- smollm2
+
+
+class _Logits(nn.Module):
+    """A runtime module called like a Hugging Face causal LM (``model(input_ids=..., use_cache=False).logits``),
+    so that :func:`prunekit.llm.perplexity` evaluates it exactly as it evaluates the PyTorch model."""
+
+    def __init__(self, runtime: nn.Module):
+        super().__init__()
+        self.runtime = runtime
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # perplexity() reads the device from it
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.runtime(input_ids=input_ids))
+
+
+def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
+    from prunekit.llm import calibration_batches, load_causal_lm, perplexity
+    from prunekit.llm.data import tokenize
+    from prunekit.sources import load_text
+
+    log("smollm2: loading SmolLM2-135M")
+    model, tok = load_causal_lm("smollm2-135m")
+    evaluation, calibration_text = load_text("persuasion"), load_text("prideprejudice")
+    dense = copy.deepcopy(model).eval()
+    rec: dict[str, Any] = {"model": "SmolLM2-135M (GGUF Q4_1 dequantised to fp32)",
+                           "evaluation": "Persuasion, first 4,096 tokens, 512-token windows (prunekit.llm.perplexity)",
+                           "calibration": "Pride and Prejudice, 8 x 256 tokens"}
+    rec["ppl_dense_pytorch"] = perplexity(dense, tok, evaluation).ppl
+    log(f"smollm2: dense perplexity {rec['ppl_dense_pytorch']:.2f}; pruning llm-mlp 0.3")
+    batches = calibration_batches(tok, calibration_text, n_samples=8, seq_len=256, seed=0)
+    pk.prune(model, "llm-mlp", sparsity=0.3, calibration=batches, measure=False)
+    rec["params_dense"] = sum(p.numel() for p in dense.parameters())
+    rec["params_pruned"] = sum(p.numel() for p in model.parameters())
+    rec["ppl_pruned_pytorch"] = perplexity(model, tok, evaluation).ppl
+    ids = tokenize(tok, evaluation)
+    example = {"input_ids": torch.stack([ids[:128], ids[128:256]])}  # a batch of 2 keeps the batch dynamic
+    window = {"input_ids": ids[:512].unsqueeze(0)}
+    with tempfile.TemporaryDirectory() as d:
+        log(f"smollm2: pruned perplexity {rec['ppl_pruned_pytorch']:.2f}; exporting to OpenVINO, int8 weights")
+        report = export_openvino(model, example, Path(d) / "lm.xml", quantize="int8-weights", measure_latency=False)
+        rec["openvino"] = {"precision": report.precision, "runtime_config": report.runtime_config,
+                           "file_mb": round(report.file_bytes / 1e6, 1), "check": report.check, "notes": report.notes}
+        ov_lm = _Logits(load_openvino(Path(d) / "lm.xml", threads=args.threads))
+        rec["ppl_pruned_int8_openvino"] = perplexity(ov_lm, tok, evaluation).ppl
+        log(f"smollm2: int8 OpenVINO perplexity {rec['ppl_pruned_int8_openvino']:.2f}; timing 512-token prefill")
+        timing = {"threads": args.threads, "budget_s": args.budget * 3, "min_rounds": 7}
+        c_dense = compare_latency(_Logits(lambda **kw: dense(**kw, use_cache=False).logits), ov_lm, window, **timing)
+        c_pruned = compare_latency(_Logits(lambda **kw: model(**kw, use_cache=False).logits), ov_lm, window, **timing)
+    rec["prefill_512_vs_dense_pytorch"] = cmp_dict(c_dense)
+    rec["prefill_512_vs_pruned_pytorch"] = cmp_dict(c_pruned)
+    rec["prefill_tokens_per_s"] = {"dense_pytorch": round(512 / (c_dense.baseline.median_ms / 1000), 1),
+                                   "pruned_int8_openvino": round(512 / (c_dense.candidate.median_ms / 1000), 1)}
+    rec["not_measured"] = ("generation tokens/s: the OpenVINO graph is exported without a KV cache "
+                           "(use_cache=False), so token-by-token generation through it would recompute the prefix")
+    log(f"smollm2: int8 OV prefill {c_dense.speedup:.2f}x dense PyTorch")
+    return rec
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -325,12 +386,26 @@ def write_markdown(results: dict[str, Any]) -> str:
         t = s.get("targets", {})
         lines += ["", f"Targets: 90% at batch 8 >= 2x: {'met' if t.get('90%_batch8>=2x') else 'NOT met'}; 50% declined "
                       f"by the probe: {'yes' if t.get('50%_declined') else 'NO'}.", ""]
+    if "smollm2" in results:
+        r = results["smollm2"]
+        lines += ["## SmolLM2-135M: `llm-mlp` 0.3, then int8 weights in OpenVINO", "",
+                  f"{r['evaluation']}; calibration {r['calibration']}. Parameters {r['params_dense'] / 1e6:.1f}M -> "
+                  f"{r['params_pruned'] / 1e6:.1f}M; IR {r['openvino']['file_mb']} MB "
+                  f"({r['openvino']['precision']}).", "",
+                  "| | perplexity |", "|---|---|",
+                  f"| dense, PyTorch fp32 | {r['ppl_dense_pytorch']:.2f} |",
+                  f"| llm-mlp 0.3, PyTorch fp32 | {r['ppl_pruned_pytorch']:.2f} |",
+                  f"| llm-mlp 0.3, OpenVINO int8 weights | {r['ppl_pruned_int8_openvino']:.2f} |", "",
+                  f"Prefill of a 512-token window, batch 1: OpenVINO int8 pruned vs dense PyTorch "
+                  f"{fmt_cmp(r['prefill_512_vs_dense_pytorch'])}, vs the pruned model in PyTorch "
+                  f"{fmt_cmp(r['prefill_512_vs_pruned_pytorch'])}; tokens/s {r['prefill_tokens_per_s']}. "
+                  f"Not measured: {r['not_measured']}.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="resnet50,mnist,sparsify")
+    ap.add_argument("--parts", default="resnet50,mnist,sparsify,smollm2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of interleaved timing per comparison")
     ap.add_argument("--rounds", type=int, default=15, help="fewest timed rounds per comparison")
@@ -341,7 +416,7 @@ def main() -> None:
     path = args.out / "deploy.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     results["environment"] = environment(args.threads)
-    parts = {"resnet50": part_resnet50, "mnist": part_mnist, "sparsify": part_sparsify}
+    parts = {"resnet50": part_resnet50, "mnist": part_mnist, "sparsify": part_sparsify, "smollm2": part_smollm2}
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"unknown part {name!r}; parts: {', '.join(parts)}")
