@@ -67,3 +67,11 @@ def test_export_openvino_int8_weights(saved, tmp_path):
     report = json.loads((out / "model.report.json").read_text())
     assert report["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert report["precision"].startswith("int8 weights")
+    # exported from a batch of 1: the batch is fixed at 1, and another batch is refused, not computed wrongly
+    assert any("batch was fixed" in n for n in report["notes"])
+    from prunekit.deploy import load_openvino
+
+    ov_model = load_openvino(out / "model.xml")
+    assert ov_model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(pk.DataError, match="batch of 2 or more"):
+        ov_model(torch.randn(2, 1, 28, 28))
