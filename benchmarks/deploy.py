@@ -334,7 +334,9 @@ def write_markdown(results: dict[str, Any]) -> str:
              f"Machine: {env.get('cpu')}, {env.get('threads')} thread(s); torch {env.get('torch')}, onnxruntime "
              f"{env.get('onnxruntime')}, openvino {env.get('openvino')}, nncf {env.get('nncf')}. Every speedup is "
              "a median of paired ratios timed interleaved in one process, with its 95% interval. Reproduce: "
-             "`python benchmarks/deploy.py` (parts: `--parts resnet50,mnist,sparsify`).", ""]
+             "`python benchmarks/deploy.py` (parts: `--parts resnet50,mnist,sparsify,smollm2`). The figures below "
+             "were measured while other jobs shared the 2 cores (load average 6-9): absolute times are inflated and "
+             "noisy, the paired ratios less so; `target` columns compare with the issue's targets.", ""]
     if "resnet50" in results:
         r = results["resnet50"]
         lines += ["## ResNet-50 at 50% channels (`l2-channel`) in ONNX Runtime", "",
