@@ -95,6 +95,9 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
             if parametrize.is_parametrized(m):
                 for p in list(m.parametrizations.keys()):
                     if (name, p) not in existing:
+                        from prunekit.masks import own_parametrized_class_
+
+                        own_parametrized_class_(m)
                         parametrize.remove_parametrizations(m, p, leave_parametrized=False)
         current = model.state_dict(keep_vars=True)
         for k, v in tensors.items():

@@ -99,6 +99,7 @@ def _remove(model: nn.Module, fold: bool) -> int:
         plist = module.parametrizations[pname]
         idx = _mask_index(plist)
         if len(plist) == 1:
+            own_parametrized_class_(module)
             parametrize.remove_parametrizations(module, pname, leave_parametrized=fold)
         elif not fold:  # other parametrizations stay; drop ours only
             del plist[idx]
@@ -113,6 +114,21 @@ def _remove(model: nn.Module, fold: bool) -> int:
             assign_weight_(module, value, pname)
         count += 1
     return count
+
+
+def own_parametrized_class_(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own before a parametrization is removed from it.
+
+    torch keeps a parametrized tensor as a property of the module's generated class
+    (``ParametrizedLinear``), and ``copy.deepcopy`` gives the copy the *same* class object; removing the
+    parametrization deletes the property from that class, which breaks every other module sharing it (a
+    model deep-copied before or after pruning loses ``weight``). A private class with the same bases and
+    attributes makes the removal touch this module only."""
+    cls = type(module)
+    if not parametrize.is_parametrized(module):
+        return
+    attrs = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, attrs)
 
 
 def squash_masks_(model: nn.Module) -> int:

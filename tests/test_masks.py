@@ -63,3 +63,22 @@ def test_effective_state_dict_has_plain_names():
 def test_mask_shape_mismatch():
     with pytest.raises(pk.PlanError, match="does not fit"):
         pk.apply_mask_(nn.Linear(4, 4), torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_removing_masks_from_a_deep_copy_leaves_the_original_masked() -> None:
+    """torch gives a deep copy of a parametrized module the same generated class; removing a parametrization
+    deletes the tensor's property from that class. prunekit removes it from a class of the module's own."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    pk.prune(model, "magnitude", sparsity=0.5, measure_latency=False)
+    x = torch.randn(3, 8)
+    out = model(x)
+    for remove in (pk.squash_masks_, pk.remove_masks_):
+        twin = copy.deepcopy(model)
+        remove(twin)
+        assert torch.equal(model(x), out) and pk.get_mask(model[0]) is not None  # the original is intact
+        assert type(twin[0]) is nn.Linear
+    pk.squash_masks_(model)
+    assert torch.equal(model(x), out) and type(model[0]) is nn.Linear
