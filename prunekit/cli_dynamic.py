@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,11 +55,16 @@ def _token_inputs(spec: str, inputs: int, batch_size: int, text: str, seed: int)
 
         from prunekit.dynamic.inputs import austen_sentences, load_minilm
 
-        model, tok = load_minilm() if spec == "minilm" else (AutoModel.from_pretrained(spec).eval(),
-                                                              AutoTokenizer.from_pretrained(spec))
+        model, tok = (
+            load_minilm()
+            if spec == "minilm"
+            else (AutoModel.from_pretrained(spec).eval(), AutoTokenizer.from_pretrained(spec))
+        )
         sents = austen_sentences(inputs, novel=text)
-        batches = [dict(tok(sents[i : i + batch_size], padding=True, truncation=True, max_length=256,
-                            return_tensors="pt")) for i in range(0, len(sents), batch_size)]
+        batches = [
+            dict(tok(sents[i : i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt"))
+            for i in range(0, len(sents), batch_size)
+        ]
         return model, batches, "text"
     if spec.startswith("torchvision:"):
         import prunekit as pk
@@ -68,8 +73,10 @@ def _token_inputs(spec: str, inputs: int, batch_size: int, text: str, seed: int)
         g = torch.Generator().manual_seed(seed)
         n_batches = max(1, inputs // batch_size)
         return model, [{"x": torch.randn(batch_size, 3, 224, 224, generator=g)} for _ in range(n_batches)], "image"
-    raise ConfigError(f"model {spec!r}: token commands take minilm, a sentence-encoder folder (with its tokenizer) or "
-                      "torchvision:NAME (a vision transformer, e.g. torchvision:vit_b_16)")
+    raise ConfigError(
+        f"model {spec!r}: token commands take minilm, a sentence-encoder folder (with its tokenizer) or "
+        "torchvision:NAME (a vision transformer, e.g. torchvision:vit_b_16)"
+    )
 
 
 def _outputs(model: Any, batches: list, kind: str) -> Any:
@@ -83,8 +90,17 @@ def _outputs(model: Any, batches: list, kind: str) -> Any:
         return torch.cat([model(b["x"]) for b in batches])
 
 
-def _run_tokens(spec: str, apply: Any, settings: dict, inputs: int, batch_size: int, text: str, rounds: int,
-                seed: int, out: Path | None) -> None:
+def _run_tokens(
+    spec: str,
+    apply: Any,
+    settings: dict,
+    inputs: int,
+    batch_size: int,
+    text: str,
+    rounds: int,
+    seed: int,
+    out: Path | None,
+) -> None:
     import torch
 
     from prunekit import dynamic
@@ -116,54 +132,100 @@ def _run_tokens(spec: str, apply: Any, settings: dict, inputs: int, batch_size: 
     kept = sum(sum(r["tokens_per_block"]) for r in reports)
     total = sum(r["blocks"] * r["input_tokens"] for r in reports)
     result = {
-        "model": spec, "settings": settings, "inputs": len(dense), "batch_size": batch_size,
-        "tokens_per_block": [statistics.mean(r["tokens_per_block"][i] for r in reports) for i in range(reports[0]["blocks"])],
+        "model": spec,
+        "settings": settings,
+        "inputs": len(dense),
+        "batch_size": batch_size,
+        "tokens_per_block": [
+            statistics.mean(r["tokens_per_block"][i] for r in reports) for i in range(reports[0]["blocks"])
+        ],
         "token_share": kept / total if total else None,
         "cosine_to_dense": {"mean": float(cos.mean()), "min": float(cos.min())},
-        "speedup": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "rounds": rounds,
-                    "threads": 1},
+        "speedup": {
+            "median": statistics.median(ratios),
+            "min": ratios[0],
+            "max": ratios[-1],
+            "rounds": rounds,
+            "threads": 1,
+        },
     }
     console.print(f"[bold]{spec}[/bold] {settings}: {result['inputs']} inputs, batch {batch_size}", highlight=False)
-    console.print("tokens entering each block (mean per input): "
-                  + ", ".join(f"{v:.1f}" for v in result["tokens_per_block"]), highlight=False)
+    console.print(
+        "tokens entering each block (mean per input): " + ", ".join(f"{v:.1f}" for v in result["tokens_per_block"]),
+        highlight=False,
+    )
     console.print(f"block-token computations kept: {result['token_share']:.3f}", highlight=False)
     console.print(f"cosine to dense outputs: mean {cos.mean():.4f}, min {cos.min():.4f}", highlight=False)
-    console.print(f"speed-up vs dense (1 thread, {rounds} interleaved rounds): median {result['speedup']['median']:.2f}x "
-                  f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]", highlight=False)
+    console.print(
+        f"speed-up vs dense (1 thread, {rounds} interleaved rounds): median {result['speedup']['median']:.2f}x "
+        f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]",
+        highlight=False,
+    )
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"written to {out}")
 
 
-_MODEL = Annotated[str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")]
+_MODEL = Annotated[
+    str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")
+]
 _INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)")]
 _BATCH = Annotated[int, typer.Option(help="batch size")]
 _TEXT = Annotated[str, typer.Option(help="Austen novel the sentences come from (text models)")]
 _ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds")]
-_OUT = Annotated[Optional[Path], typer.Option(help="write the result as JSON here")]
+_OUT = Annotated[Path | None, typer.Option(help="write the result as JSON here")]
 
 
 @app.command("merge-tokens")
 def merge_tokens(
     model: _MODEL,
-    r: Annotated[Optional[int], typer.Option("--r", help="tokens merged per block (like merge_tokens_(model, r=...))")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="share of each input's tokens merged per block, in [0, 0.5]")] = None,
-    protect_cls: Annotated[Optional[bool], typer.Option("--protect-cls/--no-protect-cls", help="keep token 0 out of merging (default: yes)")] = None,
+    r: Annotated[
+        int | None, typer.Option("--r", help="tokens merged per block (like merge_tokens_(model, r=...))")
+    ] = None,
+    ratio: Annotated[
+        float | None, typer.Option(help="share of each input's tokens merged per block, in [0, 0.5]")
+    ] = None,
+    protect_cls: Annotated[
+        bool | None,
+        typer.Option("--protect-cls/--no-protect-cls", help="keep token 0 out of merging (default: yes)"),
+    ] = None,
     proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
-    metric: Annotated[Optional[str], typer.Option(help="keys or hidden (default: keys for ViTs, hidden for BERT-style)")] = None,
-    inputs: _INPUTS = 64, batch_size: _BATCH = 32, text: _TEXT = "persuasion", rounds: _ROUNDS = 3, seed: int = 0,
+    metric: Annotated[
+        str | None, typer.Option(help="keys or hidden (default: keys for ViTs, hidden for BERT-style)")
+    ] = None,
+    inputs: _INPUTS = 64,
+    batch_size: _BATCH = 32,
+    text: _TEXT = "persuasion",
+    rounds: _ROUNDS = 3,
+    seed: int = 0,
     out: _OUT = None,
 ) -> None:
     """Token merging (ToMe, Bolya et al. 2023): like prunekit.dynamic.merge_tokens_(model, r=..., ratio=...)."""
     from prunekit import dynamic
 
     try:
-        def apply(m: Any) -> Any:
-            return dynamic.merge_tokens_(m, r=r, ratio=ratio, protect_cls=protect_cls,
-                                         proportional_attention=proportional_attention, metric=metric)
 
-        _run_tokens(model, apply, {"method": "merge_tokens_", "r": r, "ratio": ratio, "metric": metric}, inputs, batch_size, text,
-                    rounds, seed, out)
+        def apply(m: Any) -> Any:
+            return dynamic.merge_tokens_(
+                m,
+                r=r,
+                ratio=ratio,
+                protect_cls=protect_cls,
+                proportional_attention=proportional_attention,
+                metric=metric,
+            )
+
+        _run_tokens(
+            model,
+            apply,
+            {"method": "merge_tokens_", "r": r, "ratio": ratio, "metric": metric},
+            inputs,
+            batch_size,
+            text,
+            rounds,
+            seed,
+            out,
+        )
     except PrunekitError as e:
         _fail(e)
 
@@ -172,9 +234,13 @@ def merge_tokens(
 def prune_tokens(
     model: _MODEL,
     keep_rate: Annotated[float, typer.Option(help="share of tokens kept in each pruning block, in (0, 1]")] = 0.7,
-    layers: Annotated[Optional[str], typer.Option(help="pruning blocks, e.g. 3,6,9 (default: n/4, n/2, 3n/4)")] = None,
+    layers: Annotated[str | None, typer.Option(help="pruning blocks, e.g. 3,6,9 (default: n/4, n/2, 3n/4)")] = None,
     proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
-    inputs: _INPUTS = 64, batch_size: _BATCH = 32, text: _TEXT = "persuasion", rounds: _ROUNDS = 3, seed: int = 0,
+    inputs: _INPUTS = 64,
+    batch_size: _BATCH = 32,
+    text: _TEXT = "persuasion",
+    rounds: _ROUNDS = 3,
+    seed: int = 0,
     out: _OUT = None,
 ) -> None:
     """Attentive token pruning (EViT, Liang et al. 2022): like prunekit.dynamic.prune_tokens_(model, keep_rate=...)."""
@@ -184,11 +250,21 @@ def prune_tokens(
         chosen = _ints(layers, "--layers")
 
         def apply(m: Any) -> Any:
-            return dynamic.prune_tokens_(m, keep_rate=keep_rate, layers=chosen,
-                                         proportional_attention=proportional_attention)
+            return dynamic.prune_tokens_(
+                m, keep_rate=keep_rate, layers=chosen, proportional_attention=proportional_attention
+            )
 
-        _run_tokens(model, apply, {"method": "prune_tokens_", "keep_rate": keep_rate, "layers": chosen}, inputs,
-                    batch_size, text, rounds, seed, out)
+        _run_tokens(
+            model,
+            apply,
+            {"method": "prune_tokens_", "keep_rate": keep_rate, "layers": chosen},
+            inputs,
+            batch_size,
+            text,
+            rounds,
+            seed,
+            out,
+        )
     except PrunekitError as e:
         _fail(e)
 
@@ -197,11 +273,15 @@ def prune_tokens(
 def skip_layers(
     model: Annotated[str, typer.Argument(help="an offline language model (smollm2-135m) or a saved model folder")],
     fraction: Annotated[float, typer.Option(help="share of (token, layer) computations to skip, in [0, 1)")] = 0.2,
-    never_skip: Annotated[Optional[str], typer.Option(help="layers always computed, e.g. 0,29 (default: first and last)")] = None,
+    never_skip: Annotated[
+        str | None, typer.Option(help="layers always computed, e.g. 0,29 (default: first and last)")
+    ] = None,
     calibration_text: Annotated[str, typer.Option(help="text the router is fitted on")] = "prideprejudice",
     calibration_samples: Annotated[int, typer.Option(help="calibration windows")] = 8,
     seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 256,
-    eval_text: Annotated[str, typer.Option(help="text the perplexity is measured on (not the calibration text)")] = "persuasion",
+    eval_text: Annotated[
+        str, typer.Option(help="text the perplexity is measured on (not the calibration text)")
+    ] = "persuasion",
     eval_tokens: Annotated[int, typer.Option(help="tokens of the evaluation text")] = 2048,
     seed: int = 0,
     out: _OUT = None,
@@ -218,21 +298,35 @@ def skip_layers(
     try:
         torch.set_num_threads(1)
         m, tok = load_causal_lm(model)
-        cal = calibration_batches(tok, [(calibration_text, load_text(calibration_text))], n_samples=calibration_samples,
-                                  seq_len=seq_len, seed=seed)
+        cal = calibration_batches(
+            tok,
+            [(calibration_text, load_text(calibration_text))],
+            n_samples=calibration_samples,
+            seq_len=seq_len,
+            seed=seed,
+        )
         text = load_text(eval_text)
         dense = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
         with dynamic.skip_layers_(m, cal.batches, fraction=fraction, never_skip=_ints(never_skip, "--never-skip")) as p:
             p.reset_counts()
             after = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
             rep = p.report()
-        result = {"model": model, "fraction": fraction, "calibration": cal.protocol, "dense_ppl": dense.ppl,
-                  "ppl": after.ppl, "tokens": after.tokens, **{k: rep[k] for k in
-                  ("skipped_fraction", "skipped_per_layer", "never_skip", "threshold", "router_r2")}}
+        result = {
+            "model": model,
+            "fraction": fraction,
+            "calibration": cal.protocol,
+            "dense_ppl": dense.ppl,
+            "ppl": after.ppl,
+            "tokens": after.tokens,
+            **{k: rep[k] for k in ("skipped_fraction", "skipped_per_layer", "never_skip", "threshold", "router_r2")},
+        }
         console.print(f"dense: {dense}", highlight=False)
         console.print(f"skip_layers_(fraction={fraction}): {after}", highlight=False)
-        console.print(f"layer computations skipped on {eval_text}: {rep['skipped_fraction']:.3f} "
-                      f"(per layer: {rep['skipped_per_layer']})", highlight=False)
+        console.print(
+            f"layer computations skipped on {eval_text}: {rep['skipped_fraction']:.3f} "
+            f"(per layer: {rep['skipped_per_layer']})",
+            highlight=False,
+        )
         if out is not None:
             out.write_text(json.dumps(result, indent=2) + "\n")
             console.print(f"written to {out}")

@@ -22,9 +22,9 @@ __all__ = [
     "prune_tokens_",
     "restore_",
 ]
-from prunekit.dynamic.depth import LayerRouter, LayerSkipping, calibrate_router, skip_layers_  # noqa: E402
+from prunekit.dynamic.depth import LayerRouter, LayerSkipping, calibrate_router, skip_layers_
 
 __all__ += ["LayerRouter", "LayerSkipping", "calibrate_router", "skip_layers_"]
-from prunekit.dynamic.gating import GatedNetwork, MacsCount, add_cgnet_, add_fbs_, count_macs  # noqa: E402
+from prunekit.dynamic.gating import GatedNetwork, MacsCount, add_cgnet_, add_fbs_, count_macs
 
 __all__ += ["GatedNetwork", "MacsCount", "add_cgnet_", "add_fbs_", "count_macs"]

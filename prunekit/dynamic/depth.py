@@ -97,13 +97,15 @@ class LayerRouter:
 
 
 @torch.no_grad()
-def calibrate_router(model: nn.Module, calibration: Iterable[Tensor], *, ridge: float = 0.01,
-                     progress: bool | None = None) -> LayerRouter:
+def calibrate_router(
+    model: nn.Module, calibration: Iterable[Tensor], *, ridge: float = 0.01, progress: bool | None = None
+) -> LayerRouter:
     """Fit the per-layer block-influence predictors of :func:`skip_layers_` on token batches.
 
     ``calibration``: token-id tensors ``(B, T)`` (e.g. :func:`prunekit.llm.data.calibration_batches`).
     Two passes of the dense model: one accumulates the ridge normal equations ``(U^T U + ridge I) w = U^T BI``
-    per layer, ``lambda = ridge * mean(diag(U^T U))`` (memory: ``L x D x D`` doubles), one scores the calibration tokens with the fitted routers.
+    per layer, ``lambda = ridge * mean(diag(U^T U))`` (memory: ``L x D x D`` doubles), one scores the
+    calibration tokens with the fitted routers.
     Raises :class:`~prunekit.errors.DataError` when no batch is given.
     """
     from prunekit.progress import ProgressBar
@@ -111,8 +113,10 @@ def calibrate_router(model: nn.Module, calibration: Iterable[Tensor], *, ridge: 
     layers = find_decoder_layers(model)
     batches = [b if isinstance(b, Tensor) else torch.as_tensor(b) for b in calibration]
     if not batches or any(b.dim() != 2 or b.numel() == 0 for b in batches):
-        raise DataError("skip_layers_ calibration takes token batches, tensors of ids shaped (batch, seq_len); got none "
-                        "or another shape (prunekit.llm.data.calibration_batches(tokenizer, text) makes them)")
+        raise DataError(
+            "skip_layers_ calibration takes token batches, tensors of ids shaped (batch, seq_len); got none "
+            "or another shape (prunekit.llm.data.calibration_batches(tokenizer, text) makes them)"
+        )
     n, d = len(layers), layers[0].input_layernorm.weight.shape[0]
     xtx = torch.zeros(n, d + 1, d + 1, dtype=torch.float64)
     xty = torch.zeros(n, d + 1, dtype=torch.float64)
@@ -137,6 +141,7 @@ def calibrate_router(model: nn.Module, calibration: Iterable[Tensor], *, ridge: 
                 pred = u @ fitted[i]
                 scores[i].append(pred.float())
                 sse[i] += (pred - y).pow(2).sum()
+
         return hook
 
     handles = [layer.register_forward_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -161,8 +166,11 @@ def calibrate_router(model: nn.Module, calibration: Iterable[Tensor], *, ridge: 
     r2 = [float(1 - sse[i] / var[i]) if var[i] > 0 else 0.0 for i in range(n)]
     w = torch.stack(fitted)
     return LayerRouter(
-        weight=w[:, :d].float(), bias=w[:, d].float(), calibration_scores=torch.stack([torch.cat(s) for s in scores]),
-        r2=r2, protocol={"batches": len(batches), "tokens": int(yy[0, 0]), "ridge": ridge},
+        weight=w[:, :d].float(),
+        bias=w[:, d].float(),
+        calibration_scores=torch.stack([torch.cat(s) for s in scores]),
+        r2=r2,
+        protocol={"batches": len(batches), "tokens": int(yy[0, 0]), "ridge": ridge},
     )
 
 
@@ -175,8 +183,15 @@ class LayerSkipping(Patch):
 
     kind = "skip-layers"
 
-    def __init__(self, model: nn.Module, layers: list[nn.Module], router: LayerRouter, tau: float,
-                 never_skip: Sequence[int], fraction: float):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[nn.Module],
+        router: LayerRouter,
+        tau: float,
+        never_skip: Sequence[int],
+        fraction: float,
+    ):
         super().__init__(model)
         self.layers = layers
         self.router = router
@@ -196,10 +211,17 @@ class LayerSkipping(Patch):
         return self.skipped / self.token_layers if self.token_layers else 0.0
 
     def report(self) -> dict[str, Any]:
-        return {"method": "skip-layers", "fraction_target": self.fraction, "threshold": self.tau,
-                "never_skip": self.never_skip, "token_layers": self.token_layers, "skipped": self.skipped,
-                "skipped_fraction": self.skipped_fraction(), "skipped_per_layer": list(self.skipped_per_layer),
-                "router_r2": list(self.router.r2)}
+        return {
+            "method": "skip-layers",
+            "fraction_target": self.fraction,
+            "threshold": self.tau,
+            "never_skip": self.never_skip,
+            "token_layers": self.token_layers,
+            "skipped": self.skipped,
+            "skipped_fraction": self.skipped_fraction(),
+            "skipped_per_layer": list(self.skipped_per_layer),
+            "router_r2": list(self.router.r2),
+        }
 
     def _forward_for(self, i: int, layer: nn.Module) -> Any:
         original = layer.forward
@@ -233,15 +255,19 @@ def _partial_layer(layer: nn.Module, h: Tensor, active: Tensor, args: tuple, kwa
     """Run a Llama-style layer for the ``active`` tokens only ``(B, T)``; every token writes its keys and
     values to the cache. Returns the new hidden states ``(B, T, D)`` (skipped tokens unchanged)."""
     if args:
-        raise ConfigError("skip_layers_: the decoder layer was called with positional arguments it cannot read; "
-                          "call the model, not its layers")
+        raise ConfigError(
+            "skip_layers_: the decoder layer was called with positional arguments it cannot read; "
+            "call the model, not its layers"
+        )
     att = layer.self_attn
     mask = kwargs.get("attention_mask")
     cache = kwargs.get("past_key_values")
     pos_emb = kwargs.get("position_embeddings")
     if pos_emb is None:
-        raise UnsupportedModuleError("skip_layers_ needs the rotary position_embeddings that the model passes to its "
-                                     "layers (transformers >= 4.48 Llama-style models)")
+        raise UnsupportedModuleError(
+            "skip_layers_ needs the rotary position_embeddings that the model passes to its "
+            "layers (transformers >= 4.48 Llama-style models)"
+        )
     cos, sin = pos_emb  # (B or 1, T, d)
     bsz, t, _ = h.shape
     hd = att.head_dim
@@ -281,9 +307,15 @@ def _partial_layer(layer: nn.Module, h: Tensor, active: Tensor, args: tuple, kwa
     return out
 
 
-def skip_layers_(model: nn.Module, calibration: Iterable[Tensor] | None = None, *, fraction: float = 0.2,
-                 router: LayerRouter | None = None, never_skip: Sequence[int] | None = None,
-                 progress: bool | None = None) -> LayerSkipping:
+def skip_layers_(
+    model: nn.Module,
+    calibration: Iterable[Tensor] | None = None,
+    *,
+    fraction: float = 0.2,
+    router: LayerRouter | None = None,
+    never_skip: Sequence[int] | None = None,
+    progress: bool | None = None,
+) -> LayerSkipping:
     """Dynamic depth, in place: each token skips the decoder layers its router predicts it does not need.
 
     ``calibration``: token batches ``(B, T)`` to fit the router (:func:`calibrate_router`), or pass a fitted
@@ -300,8 +332,10 @@ def skip_layers_(model: nn.Module, calibration: Iterable[Tensor] | None = None, 
     """
     layers = find_decoder_layers(model)
     if (calibration is None) == (router is None):
-        raise ConfigError("skip_layers_ needs calibration=token batches (to fit a router) or router=a fitted "
-                          "LayerRouter (from prunekit.dynamic.calibrate_router), exactly one of them")
+        raise ConfigError(
+            "skip_layers_ needs calibration=token batches (to fit a router) or router=a fitted "
+            "LayerRouter (from prunekit.dynamic.calibrate_router), exactly one of them"
+        )
     if not 0 <= fraction < 1:
         raise ConfigError(f"fraction of layer computations to skip must be in [0, 1), got {fraction}")
     never = [0, len(layers) - 1] if never_skip is None else [int(i) for i in never_skip]

@@ -24,7 +24,7 @@ Reduce = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 class Family:
     name: str
     matches: Callable[[nn.Module], bool]
-    run: Callable[[nn.Module, Tensor, "Tensor | None", bool, Reduce], Tensor]
+    run: Callable[[nn.Module, Tensor, Tensor | None, bool, Reduce], Tensor]
     padding_mask: bool  # the block receives an attention (padding) mask as its second argument
     has_class_token: bool  # position 0 is a class token (protected by default)
     default_metric: str = "keys"  # ToMe's similarity: the attention keys ("keys") or the merged states ("hidden")
@@ -62,16 +62,35 @@ def _tv_run(blk: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, redu
 
 # transformers ViTLayer (q_proj/k_proj/v_proj/o_proj attention) -------------------------------------------
 def _hf_vit_matches(m: nn.Module) -> bool:
-    return _has(m, "layernorm_before", "layernorm_after", "mlp", "dropout", "attention.q_proj", "attention.k_proj",
-                "attention.v_proj", "attention.o_proj", "attention.num_attention_heads", "attention.scaling")
+    return _has(
+        m,
+        "layernorm_before",
+        "layernorm_after",
+        "mlp",
+        "dropout",
+        "attention.q_proj",
+        "attention.k_proj",
+        "attention.v_proj",
+        "attention.o_proj",
+        "attention.num_attention_heads",
+        "attention.scaling",
+    )
 
 
 def _hf_vit_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
     att = layer.attention
     y = layer.layernorm_before(x)
     p = att.attention_dropout if att.training else 0.0
-    a, metric, cls = attend(att.q_proj(y), att.k_proj(y), att.v_proj(y), att.num_attention_heads, att.scaling, bias,
-                            need_cls=need_cls, dropout_p=p)
+    a, metric, cls = attend(
+        att.q_proj(y),
+        att.k_proj(y),
+        att.v_proj(y),
+        att.num_attention_heads,
+        att.scaling,
+        bias,
+        need_cls=need_cls,
+        dropout_p=p,
+    )
     x = x + layer.dropout(att.o_proj(a))
     x = reduce(x, metric, cls)
     return x + layer.dropout(layer.mlp(layer.layernorm_after(x)))
@@ -79,9 +98,19 @@ def _hf_vit_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool
 
 # transformers BertLayer and look-alikes (post-norm) --------------------------------------------------------
 def _bert_matches(m: nn.Module) -> bool:
-    if not _has(m, "attention.self.query", "attention.self.key", "attention.self.value", "attention.self.scaling",
-                "attention.self.num_attention_heads", "attention.output.dense", "attention.output.LayerNorm",
-                "intermediate", "output.dense", "output.LayerNorm"):
+    if not _has(
+        m,
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.self.scaling",
+        "attention.self.num_attention_heads",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate",
+        "output.dense",
+        "output.LayerNorm",
+    ):
         return False
     return not getattr(m, "is_decoder", False) and not getattr(m, "add_cross_attention", False)
 
@@ -89,8 +118,9 @@ def _bert_matches(m: nn.Module) -> bool:
 def _bert_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
     sa = layer.attention.self
     p = sa.dropout.p if sa.training else 0.0
-    a, metric, cls = attend(sa.query(x), sa.key(x), sa.value(x), sa.num_attention_heads, sa.scaling, bias,
-                            need_cls=need_cls, dropout_p=p)
+    a, metric, cls = attend(
+        sa.query(x), sa.key(x), sa.value(x), sa.num_attention_heads, sa.scaling, bias, need_cls=need_cls, dropout_p=p
+    )
     h = layer.attention.output(a, x)
     h = reduce(h, metric, cls)
     return layer.output(layer.intermediate(h), h)
@@ -119,6 +149,8 @@ def find_blocks(model: nn.Module) -> tuple[Family, list[nn.Module], str] | None:
 
 
 def describe_supported() -> str:
-    return ("torchvision VisionTransformer (vit_b_16, ...), Hugging Face ViTModel / ViTForImageClassification, "
-            "and BERT-style encoders (BertModel, RobertaModel, all-MiniLM-L6-v2, ...; not decoders or "
-            "cross-attention)")
+    return (
+        "torchvision VisionTransformer (vit_b_16, ...), Hugging Face ViTModel / ViTForImageClassification, "
+        "and BERT-style encoders (BertModel, RobertaModel, all-MiniLM-L6-v2, ...; not decoders or "
+        "cross-attention)"
+    )

@@ -41,8 +41,13 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d
     for pname, parent in model.named_modules():
         kids = list(parent.named_children())
         for (n1, a), (_, b) in zip(kids, kids[1:]):
-            if (isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and a.groups == 1
-                    and b.num_features == a.out_channels and a is not first):
+            if (
+                isinstance(a, nn.Conv2d)
+                and isinstance(b, nn.BatchNorm2d)
+                and a.groups == 1
+                and b.num_features == a.out_channels
+                and a is not first
+            ):
                 pairs.append((f"{pname}.{n1}" if pname else n1, a, b))
     return pairs
 
@@ -188,9 +193,13 @@ def add_cgnet_(model: nn.Module, gated_share: float, base: float = 0.25) -> Gate
     if not 0 <= gated_share < 1 or not 0 < base < 1:
         raise ConfigError(f"cgnet takes gated_share in [0, 1) and base in (0, 1), got {gated_share}, {base}")
     _check_fresh(model)
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 4]
+    convs = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 4
+    ]
     if not convs:
-        raise UnsupportedModuleError("CGNet gates ungrouped Conv2d layers with at least 4 input channels; this model has none")
+        raise UnsupportedModuleError(
+            "CGNet gates ungrouped Conv2d layers with at least 4 input channels; this model has none"
+        )
     holder = _gate_holder(model)
     net = GatedNetwork("cgnet", model, [n for n, _ in convs], target=gated_share)
     for name, conv in convs:
@@ -275,8 +284,8 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
 
 
 # ---- training-time methods: trainer callbacks, registered as `fbs` and `cgnet` ------------------------
-from prunekit.train.methods import TrainingMethod  # noqa: E402
-from prunekit.train.trainer import Callback  # noqa: E402
+from prunekit.train.methods import TrainingMethod
+from prunekit.train.trainer import Callback
 
 
 class FBSCallback(Callback):
@@ -318,12 +327,20 @@ def _register() -> None:
     from prunekit.methods import METHODS
 
     for name, factory, desc, paper in (
-        ("fbs", FBSCallback, "run-time channel pruning: per-input saliency predictors keep the top-k channels "
-         "(Gao et al. 2019); sparsity = share of channels suppressed per input",
-         "Dynamic Channel Pruning: Feature Boosting and Suppression"),
-        ("cgnet", CGNetCallback, "run-time channel gating: a partial sum over some input channels decides "
-         "where the rest is computed (Hua et al. 2019); sparsity = share of output elements gated off",
-         "Channel Gating Neural Networks"),
+        (
+            "fbs",
+            FBSCallback,
+            "run-time channel pruning: per-input saliency predictors keep the top-k channels "
+            "(Gao et al. 2019); sparsity = share of channels suppressed per input",
+            "Dynamic Channel Pruning: Feature Boosting and Suppression",
+        ),
+        (
+            "cgnet",
+            CGNetCallback,
+            "run-time channel gating: a partial sum over some input channels decides "
+            "where the rest is computed (Hua et al. 2019); sparsity = share of output elements gated off",
+            "Channel Gating Neural Networks",
+        ),
     ):
         if name not in METHODS:
             # trained during training (the trainer runs it), decides per input at run time

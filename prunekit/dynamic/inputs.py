@@ -35,7 +35,9 @@ def load_minilm() -> tuple[Any, Any]:
 
 
 @torch.no_grad()
-def encode(model: Any, batches: list[dict[str, torch.Tensor]], patch: Any = None, counts: list | None = None) -> torch.Tensor:
+def encode(
+    model: Any, batches: list[dict[str, torch.Tensor]], patch: Any = None, counts: list | None = None
+) -> torch.Tensor:
     """Sentence embeddings ``(n, 384)``: mean over real tokens, L2-normalised (the model card's pooling).
     With a ``patch``, ``counts`` receives (tokens kept over all blocks, dense block-tokens) per batch."""
     outs = []

@@ -36,9 +36,20 @@ class TokenReduction(Patch):
     block ``i`` (padding not counted), ``input_tokens`` the mean number of real input tokens.
     """
 
-    def __init__(self, model: nn.Module, family: Family, blocks: list[nn.Module], container: str, method: str,
-                 schedule: list[float], *, protect_cls: bool, proportional_attention: bool, ratio: bool = False,
-                 metric: str = "keys"):
+    def __init__(
+        self,
+        model: nn.Module,
+        family: Family,
+        blocks: list[nn.Module],
+        container: str,
+        method: str,
+        schedule: list[float],
+        *,
+        protect_cls: bool,
+        proportional_attention: bool,
+        ratio: bool = False,
+        metric: str = "keys",
+    ):
         super().__init__(model)
         self.ratio = ratio
         self.metric = metric
@@ -97,8 +108,14 @@ class TokenReduction(Patch):
             if not self._active(i):
                 return h
             if self.kind == "tome":
-                h, holder[0] = bipartite_merge(h, h if self.metric == "hidden" else metric, holder[0], None if self.ratio else int(amount),
-                                               ratio=amount if self.ratio else None, protect_first=self.protect_cls)
+                h, holder[0] = bipartite_merge(
+                    h,
+                    h if self.metric == "hidden" else metric,
+                    holder[0],
+                    None if self.ratio else int(amount),
+                    ratio=amount if self.ratio else None,
+                    protect_first=self.protect_cls,
+                )
             else:
                 assert cls is not None
                 h, holder[0] = attentive_prune(h, cls, holder[0], float(amount))
@@ -122,7 +139,9 @@ class TokenReduction(Patch):
             "metric": self.metric if self.kind == "tome" else "class-token attention",
             "blocks": len(self.blocks),
             "schedule": list(self.schedule),
-            "schedule_unit": "share of tokens merged" if self.ratio else ("tokens merged" if self.kind == "tome" else "keep rate"),
+            "schedule_unit": "share of tokens merged"
+            if self.ratio
+            else ("tokens merged" if self.kind == "tome" else "keep rate"),
             "input_tokens": self.input_tokens,
             "tokens_per_block": list(self.last_tokens),
             "token_share": (sum(self.last_tokens) / total) if total and self.last_tokens else None,
@@ -145,14 +164,22 @@ def _resolve(model: nn.Module, what: str) -> tuple[Family, list[nn.Module], str]
 def _per_block(value: Any, n: int, name: str, kind: type) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ConfigError(f"{name} as a sequence needs one value per block: the model has {n} blocks, got {len(value)}")
+            raise ConfigError(
+                f"{name} as a sequence needs one value per block: the model has {n} blocks, got {len(value)}"
+            )
         return [kind(v) for v in value]
     return [kind(value)] * n
 
 
-def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, ratio: float | Sequence[float] | None = None,
-                  protect_cls: bool | None = None, proportional_attention: bool = True,
-                  metric: str | None = None) -> TokenReduction:
+def merge_tokens_(
+    model: nn.Module,
+    r: int | Sequence[int] | None = None,
+    *,
+    ratio: float | Sequence[float] | None = None,
+    protect_cls: bool | None = None,
+    proportional_attention: bool = True,
+    metric: str | None = None,
+) -> TokenReduction:
     """Token merging (ToMe; Bolya et al. 2023, "Token Merging: Your ViT But Faster", ICLR), in place.
 
     In every transformer block, after attention, ``r`` tokens per input are merged into their most similar
@@ -176,14 +203,19 @@ def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, rat
 
     Returns a :class:`TokenReduction` (a context manager; its ``report()`` counts the tokens used).
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for models without a token dimension,
-    :class:`~prunekit.errors.ConfigError` for an unknown ``metric``, a negative ``r``, a ratio outside [0, 0.5], both or neither
+    :class:`~prunekit.errors.ConfigError` for an unknown ``metric``, a negative ``r``, a ratio outside
+    [0, 0.5], both or neither
     of ``r`` and ``ratio``, or a model already patched; the model is unchanged when an error is raised.
     """
     if (r is None) == (ratio is None):
-        raise ConfigError("merge_tokens_ takes r= (tokens merged per block, e.g. r=8) or ratio= (share of tokens "
-                          "merged per block, e.g. ratio=0.1), exactly one of them")
+        raise ConfigError(
+            "merge_tokens_ takes r= (tokens merged per block, e.g. r=8) or ratio= (share of tokens "
+            "merged per block, e.g. ratio=0.1), exactly one of them"
+        )
     if metric not in (None, "keys", "hidden"):
-        raise ConfigError(f"metric is 'keys' (attention keys, as in ToMe) or 'hidden' (the token states), got {metric!r}")
+        raise ConfigError(
+            f"metric is 'keys' (attention keys, as in ToMe) or 'hidden' (the token states), got {metric!r}"
+        )
     fam, blocks, container = _resolve(model, "merge_tokens_")
     protect = fam.has_class_token if protect_cls is None else bool(protect_cls)
     metric = metric or fam.default_metric
@@ -191,14 +223,33 @@ def merge_tokens_(model: nn.Module, r: int | Sequence[int] | None = None, *, rat
         ratios = _per_block(ratio, len(blocks), "ratio", float)
         if any(not 0 <= v <= 0.5 for v in ratios):
             raise ConfigError(f"ratio is the share of a row's tokens merged per block, in [0, 0.5], got {ratio!r}")
-        return TokenReduction(model, fam, blocks, container, "tome", ratios, protect_cls=protect,
-                              proportional_attention=proportional_attention, ratio=True, metric=metric)
+        return TokenReduction(
+            model,
+            fam,
+            blocks,
+            container,
+            "tome",
+            ratios,
+            protect_cls=protect,
+            proportional_attention=proportional_attention,
+            ratio=True,
+            metric=metric,
+        )
     values = list(r) if isinstance(r, (list, tuple)) else [r]
     if any(isinstance(v, bool) or not float(v).is_integer() or v < 0 for v in values):
         raise ConfigError(f"r is a number of tokens merged per block, an integer >= 0 (or one per block), got {r!r}")
     rs = _per_block(r, len(blocks), "r", int)
-    return TokenReduction(model, fam, blocks, container, "tome", [float(v) for v in rs], protect_cls=protect,
-                          proportional_attention=proportional_attention, metric=metric)
+    return TokenReduction(
+        model,
+        fam,
+        blocks,
+        container,
+        "tome",
+        [float(v) for v in rs],
+        protect_cls=protect,
+        proportional_attention=proportional_attention,
+        metric=metric,
+    )
 
 
 def default_prune_layers(n_blocks: int) -> list[int]:
@@ -206,8 +257,13 @@ def default_prune_layers(n_blocks: int) -> list[int]:
     return sorted({n_blocks // 4, n_blocks // 2, (3 * n_blocks) // 4})
 
 
-def prune_tokens_(model: nn.Module, keep_rate: float | Sequence[float] = 0.7, *, layers: Sequence[int] | None = None,
-                  proportional_attention: bool = True) -> TokenReduction:
+def prune_tokens_(
+    model: nn.Module,
+    keep_rate: float | Sequence[float] = 0.7,
+    *,
+    layers: Sequence[int] | None = None,
+    proportional_attention: bool = True,
+) -> TokenReduction:
     """Attentive token pruning (EViT; Liang et al. 2022, "Not All Patches are What You Need: Expediting
     Vision Transformers via Token Reorganizations", ICLR), in place.
 
@@ -238,7 +294,9 @@ def prune_tokens_(model: nn.Module, keep_rate: float | Sequence[float] = 0.7, *,
     if any(not (0 < v <= 1) or math.isnan(v) for v in rates):
         raise ConfigError(f"keep_rate is the share of tokens kept, in (0, 1], got {keep_rate!r}")
     if not fam.has_class_token:
-        raise UnsupportedModuleError(f"prune_tokens_ ranks tokens by class-token attention; {fam.name} has no class token")
-    return TokenReduction(model, fam, blocks, container, "evit", rates, protect_cls=True,
-                          proportional_attention=proportional_attention)
-
+        raise UnsupportedModuleError(
+            f"prune_tokens_ ranks tokens by class-token attention; {fam.name} has no class token"
+        )
+    return TokenReduction(
+        model, fam, blocks, container, "evit", rates, protect_cls=True, proportional_attention=proportional_attention
+    )

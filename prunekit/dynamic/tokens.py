@@ -73,7 +73,14 @@ def key_bias(state: TokenState, proportional: bool) -> Tensor | None:
 
 
 def attend(
-    q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float, bias: Tensor | None, *, need_cls: bool,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    heads: int,
+    scale: float,
+    bias: Tensor | None,
+    *,
+    need_cls: bool,
     dropout_p: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Multi-head self-attention of projected ``q``, ``k``, ``v`` ``(B, N, H*d)`` with a key bias ``(B, N)``.
@@ -100,15 +107,18 @@ def attend(
     return out.transpose(1, 2).reshape(b, n, -1), k.mean(1), cls
 
 
-def _regather(x: Tensor, state: TokenState, keep_index: Tensor, new_pos: Tensor, real: Tensor, size: Tensor) -> tuple[Tensor, TokenState]:
+def _regather(
+    x: Tensor, state: TokenState, keep_index: Tensor, new_pos: Tensor, real: Tensor, size: Tensor
+) -> tuple[Tensor, TokenState]:
     c = x.shape[-1]
     x = x.gather(1, keep_index[..., None].expand(-1, -1, c))
     src = new_pos.gather(1, state.src)
     return x, TokenState(size.gather(1, keep_index), real.gather(1, keep_index), src, True)
 
 
-def bipartite_merge(x: Tensor, metric: Tensor, state: TokenState, r: int | None, *, protect_first: bool,
-                    ratio: float | None = None) -> tuple[Tensor, TokenState]:
+def bipartite_merge(
+    x: Tensor, metric: Tensor, state: TokenState, r: int | None, *, protect_first: bool, ratio: float | None = None
+) -> tuple[Tensor, TokenState]:
     """ToMe's bipartite soft matching (Bolya et al. 2023, "Token Merging: Your ViT But Faster", sec. 3).
 
     Tokens alternate into sets A (even positions) and B (odd); each A token is linked to its most similar B
@@ -146,7 +156,9 @@ def bipartite_merge(x: Tensor, metric: Tensor, state: TokenState, r: int | None,
 
     w = merged_a.to(x.dtype)
     sa, sb = state.size[:, ::2], state.size[:, 1::2]
-    xb_sum = (x[:, 1::2] * sb[..., None]).scatter_add(1, node_idx[..., None].expand(-1, -1, c), x[:, ::2] * (sa * w)[..., None])
+    xb_sum = (x[:, 1::2] * sb[..., None]).scatter_add(
+        1, node_idx[..., None].expand(-1, -1, c), x[:, ::2] * (sa * w)[..., None]
+    )
     sb_new = sb.scatter_add(1, node_idx, sa * w)
     x_full = x.clone()
     x_full[:, 1::2] = xb_sum / sb_new[..., None]
@@ -243,5 +255,13 @@ def real_from_mask(mask: Tensor | None, n: int) -> Tensor | None:
     return None if bool(real.all()) else real
 
 
-__all__ = ["TokenState", "attend", "attentive_prune", "bipartite_merge", "initial_state", "key_bias",
-           "real_from_mask", "unmerge"]
+__all__ = [
+    "TokenState",
+    "attend",
+    "attentive_prune",
+    "bipartite_merge",
+    "initial_state",
+    "key_bias",
+    "real_from_mask",
+    "unmerge",
+]

@@ -17,8 +17,24 @@ def test_merge_tokens_on_minilm_writes_its_report(tmp_path):
     if not sources.is_installed("minilm") or not sources.is_installed("austen"):
         pytest.skip("needs the offline minilm and austen sources: prunekit data install minilm austen")
     out = tmp_path / "tome.json"
-    result = runner.invoke(app, ["dynamic", "merge-tokens", "minilm", "--ratio", "0.1", "--inputs", "4",
-                                 "--batch-size", "2", "--rounds", "1", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "dynamic",
+            "merge-tokens",
+            "minilm",
+            "--ratio",
+            "0.1",
+            "--inputs",
+            "4",
+            "--batch-size",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["settings"]["ratio"] == 0.1 and res["inputs"] == 4

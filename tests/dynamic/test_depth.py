@@ -15,8 +15,15 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def llama():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     g = torch.Generator().manual_seed(1)
     calibration = [torch.randint(0, 64, (2, 24), generator=g) for _ in range(4)]
@@ -89,8 +96,11 @@ def test_padded_batch_rows_match_rows_alone(llama):
 
 def test_refusals(llama):
     model, calibration, router = llama
-    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                          num_attention_heads=2, intermediate_size=32))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
     with pytest.raises(UnsupportedModuleError, match="Llama-style"):
         dyn.skip_layers_(bert, router=router)
     with pytest.raises(ConfigError, match="exactly one"):

@@ -9,7 +9,7 @@ import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
 import prunekit.dynamic as dyn
-from prunekit.dynamic.tokens import TokenState, attentive_prune, bipartite_merge, initial_state, unmerge
+from prunekit.dynamic.tokens import attentive_prune, bipartite_merge, initial_state, unmerge
 from prunekit.errors import ConfigError, UnsupportedModuleError
 from tests.conftest import assert_unchanged, snapshot
 
@@ -18,23 +18,31 @@ transformers = pytest.importorskip("transformers")
 
 def _tv_vit() -> VisionTransformer:
     torch.manual_seed(0)
-    m = VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64,
-                          num_classes=5).eval()
+    m = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
     torch.nn.init.normal_(m.heads.head.weight)  # torchvision zero-initialises the head
     return m
 
 
 def _bert() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return transformers.BertModel(cfg).eval()
 
 
 def _hf_vit() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
-                                 num_attention_heads=4, intermediate_size=64)
+    cfg = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64
+    )
     return transformers.ViTModel(cfg).eval()
 
 
@@ -189,8 +197,15 @@ def test_refusals_leave_the_model_unchanged():
     assert dyn.find_patch(cnn) is None and "forward" not in cnn.__dict__
     assert_unchanged(cnn, before)
     m = _tv_vit()
-    for bad in (dict(r=-1), dict(r=1.5), dict(r=[1, 2]), dict(), dict(r=1, ratio=0.1), dict(ratio=0.6),
-                dict(r=1, metric="cosine")):
+    for bad in (
+        dict(r=-1),
+        dict(r=1.5),
+        dict(r=[1, 2]),
+        dict(),
+        dict(r=1, ratio=0.1),
+        dict(ratio=0.6),
+        dict(r=1, metric="cosine"),
+    ):
         with pytest.raises(ConfigError):
             dyn.merge_tokens_(m, **bad)
     for bad in (dict(keep_rate=0.0), dict(keep_rate=1.5), dict(keep_rate=0.5, layers=[7])):
@@ -213,9 +228,12 @@ def test_real_minilm_padded_batch():
     d = sources.minilm_model_dir()
     model = transformers.AutoModel.from_pretrained(d).eval()
     tok = transformers.AutoTokenizer.from_pretrained(d)
-    sents = ["Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who never took up any book "
-             "but the Baronetage.", "She was nobody.", "Anne had been a very pretty girl, but her bloom had "
-             "vanished early."]
+    sents = [
+        "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who never took up any book "
+        "but the Baronetage.",
+        "She was nobody.",
+        "Anne had been a very pretty girl, but her bloom had vanished early.",
+    ]
     enc = tok(sents, padding=True, return_tensors="pt")
 
     def embed(e):
