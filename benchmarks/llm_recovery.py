@@ -131,9 +131,10 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
         models = {"dense": model}
         for name in STRUCTURED:
             path = _saved_dir(name)
-            if not (path / "config.json").exists():
-                raise SystemExit(f"throughput needs the {name} stage first (its recovered model is saved to {path})")
-            models[name], _ = load_causal_lm(path)
+            if (path / "config.json").exists():  # the recovered model its stage saved
+                models[name], _ = load_causal_lm(path)
+        if len(models) == 1:
+            raise SystemExit(f"throughput needs a structured stage first ({', '.join(STRUCTURED)})")
         res = throughput(models, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
         print(res, flush=True)
         rec["throughput"] = res.to_dict()
@@ -157,10 +158,14 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     s = data["settings"]
     lines = ["# SmolLM2-135M: LoRA recovery of structured pruning, zero-shot tasks, decode speed", ""]
     dense = recs.get("dense")
+    commands = list(dict.fromkeys(r["settings"]["command"] for r in data["records"]))
     lines += [
-        f"Written by `{s['command']}` on {s['machine']} ({s['threads']} threads, torch {s['torch']}); "
-        f"{s['date']}.",
+        "Written by " + "; ".join(f"`{c}`" for c in commands) + f" on {s['machine']} ({s['threads']} threads, "
+        f"torch {s['torch']}); {s['date']}. Stage wall times (machine shared with other jobs): "
+        + ", ".join(f"{r['stage']} {r['stage_seconds']:.0f} s" for r in data["records"]) + ".",
         "",
+        *([f"Stages not run yet: {', '.join(m for m in STAGES if m not in recs)}.", ""]
+          if any(m not in recs for m in STAGES) else []),
         "## Perplexity: dense, pruned, recovered (LoRA)",
         "",
         f"Perplexity on the first {s['eval_tokens']:,} tokens of *{s['eval_text']}* (windows of {s['eval_len']}). "
@@ -197,6 +202,9 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "`austen_cloze`: the true next sentence among four (acc / acc_norm). Both built from *Persuasion* "
         "(see prunekit/llm/tasks/)."
         + (f" Only the first {s['task_limit']} items of each task." if s.get("task_limit") else ""),
+        "",
+        "The cloze's raw `acc` (summed log-likelihood of the sentence) is at or below chance (0.25) for every model, "
+        "the dense one included, so read `acc_norm` (per byte); with 50 items a standard error is about 0.07.",
         "",
         "| model | austen_lastword acc (ppl) | austen_cloze acc / acc_norm |",
         "|---|---|---|",
