@@ -19,6 +19,15 @@ from prunekit.errors import ConfigError, DataError, MissingDataError, PrunekitEr
 from prunekit.llm.recover import _kd_loss, recover  # noqa: E402
 from prunekit.masks import apply_mask_, effective_state_dict, get_mask  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a shared machine's cores are not oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

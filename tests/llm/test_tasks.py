@@ -13,6 +13,15 @@ transformers = pytest.importorskip("transformers")
 
 from prunekit.errors import ConfigError, PrunekitError, UnknownNameError  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a shared machine's cores are not oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SAMPLE = (
     "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who, for his own amusement, never took up "
     "any book but the Baronetage. Anne was nobody with either father or sister; her word had no weight. "

@@ -12,6 +12,15 @@ from prunekit.errors import ConfigError, DataError  # noqa: E402
 from prunekit.llm.throughput import throughput  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a shared machine's cores are not oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_throughput_measures_every_model_against_the_reference_and_changes_nothing():
     dense, shallow = tiny_model(layers=2), tiny_model(layers=1)
     dense.train()
