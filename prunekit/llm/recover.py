@@ -83,11 +83,12 @@ class RecoveryReport:
         return out
 
     def __str__(self) -> str:
-        first = sum(self.loss_curve[:5]) / max(len(self.loss_curve[:5]), 1)
-        last = sum(self.loss_curve[-5:]) / max(len(self.loss_curve[-5:]), 1)
+        k = max(1, min(5, len(self.loss_curve) // 2))
+        first = sum(self.loss_curve[:k]) / max(len(self.loss_curve[:k]), 1)
+        last = sum(self.loss_curve[-k:]) / max(len(self.loss_curve[-k:]), 1)
         text = (
             f"{self.method} recovery: {self.steps} steps, {self.tokens:,} tokens in {self.seconds:.1f} s; "
-            f"loss {first:.3f} -> {last:.3f} (mean of first / last 5 steps); {self.adapted_matrices} matrices "
+            f"loss {first:.3f} -> {last:.3f} (mean of the first / last {k} steps); {self.adapted_matrices} matrices "
             f"adapted, {self.zeros_kept:,} pruned weights kept at zero"
         )
         if self.perplexity_before is not None and self.perplexity_after is not None:
