@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/prunekit demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache results

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n 2): each computes on one thread
+    torch.set_num_threads(1)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,3 +50,13 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))
+
+
+#: tests that take longest (README examples run whole programs; the store tests start and kill workers):
+#: collected first, so that with two workers (``make test`` runs ``pytest -n 2``) they start early and the
+#: short tests fill in around them instead of waiting behind them at the end
+_LONG_FIRST = ("tests/test_readme.py", "tests/bench/test_bench_runner.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: 0 if item.nodeid.startswith(_LONG_FIRST) else 1)
