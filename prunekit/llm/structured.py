@@ -490,13 +490,14 @@ def prune_structured(
                 f"{type(model.config).__name__} cannot state {visitor_c.groups * visitor_c.per_group} heads of size "
                 f"{visitor_c.head_dim}: the sizes are recorded; reload with prunekit.structural.from_pretrained_pruned"
             )
+        where = "in every layer not named by ignore=" if visitor_c.kept_whole else "in every layer"
         if unit == "heads":
             result.notes.append(
                 f"kept {visitor_c.groups} of {visitor_c.n_kv} key-value groups x {visitor_c.per_group} of "
-                f"{visitor_c.n_heads // visitor_c.n_kv} query heads in every layer"
+                f"{visitor_c.n_heads // visitor_c.n_kv} query heads {where}"
             )
         else:
-            result.notes.append(f"kept {visitor_c.keep_count} MLP channels in every layer")
+            result.notes.append(f"kept {visitor_c.keep_count} MLP channels {where}")
         part = "mlp" if unit == "mlp" else "attention"
         if bias_compensation and criterion == "fluctuation" and not visitor_c._did_bias:
             result.notes.append(f"no bias compensation: {model.config.model_type} has no {part} output bias")

@@ -369,7 +369,8 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
     options = ", ".join(f"{1 - g / b0.groups:g}" for g in allowed)
     asked = 1 - want / b0.groups
     note = (f"{cls} cannot state {heads} heads of size {b0.head_dim} (hidden size "
-            f"{getattr(model.config, 'hidden_size', '?')}): head sparsity {asked:g} became {1 - keep / b0.groups:g}, "
+            f"{getattr(model.config, 'hidden_size', '?')}): the head sparsity the allocation gave, {asked:g} ({heads} of "
+            f"{b0.num_heads} heads kept), became {1 - keep / b0.groups:g}, "
             f"keeping {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
             f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
             f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "

@@ -62,7 +62,7 @@ def test_gqa_llama_heads_save_and_reload_with_stock_from_pretrained(tmp_path) ->
     model = _build("llama-gqa")
     result = pk.prune(model, "head", sparsity=0.25, measure_latency=False, example_inputs=IDS)
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
-    assert any("head sparsity 0.25 became 0.5" in n and "exact_heads=True" in n for n in result.notes)
+    assert any("0.25 (6 of 8 heads kept), became 0.5" in n and "exact_heads=True" in n for n in result.notes)
     for method, sparsity, kw in (("head", 0.25, {"example_inputs": IDS}), ("head", 0.5, {"example_inputs": IDS}),
                                  ("llm-heads", 0.5, {"calibration": CALIB})):
         model = _build("llama-gqa")
