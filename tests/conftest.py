@@ -51,12 +51,3 @@ class SmallCNN(nn.Module):
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))
 
-
-#: tests that take longest (README examples run whole programs; the store tests start and kill workers):
-#: collected first, so that with two workers (``make test`` runs ``pytest -n 2``) they start early and the
-#: short tests fill in around them instead of waiting behind them at the end
-_LONG_FIRST = ("tests/test_readme.py", "tests/bench/test_bench_runner.py")
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    items.sort(key=lambda item: 0 if item.nodeid.startswith(_LONG_FIRST) else 1)
