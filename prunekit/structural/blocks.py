@@ -25,6 +25,7 @@ from prunekit.padding import real_tokens, token_mask
 from prunekit.structural.allocation import allocate_units, structural_allocation, unique_names
 from prunekit.structural.hf import (
     AttentionBlock,
+    exact_head_notes,
     find_attention,
     fit_head_counts,
     own_config_,
@@ -167,6 +168,8 @@ def plan_heads(
     if not exact:
         remove, fit_notes = fit_head_counts(model, blocks, scores, remove)
         notes += fit_notes
+    else:
+        notes += exact_head_notes(model, blocks, remove)
     if kept_by_user:
         notes.append(f"{len(kept_by_user)} attention module(s) keep all their heads because ignore= names them: "
                      + ", ".join(kept_by_user[:8]) + (" ..." if len(kept_by_user) > 8 else ""))

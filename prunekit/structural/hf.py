@@ -378,6 +378,25 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
     return new_remove, [note]
 
 
+def exact_head_notes(model: nn.Module, blocks: list[AttentionBlock], remove: list[np.ndarray]) -> list[str]:
+    """For a head plan kept as the allocation gave it (``exact_heads=True``): a note when the Hugging Face
+    config cannot state the result, so that the user knows the model reloads with
+    :func:`from_pretrained_pruned` only; no note when it can (or nothing is removed, or there is no config)."""
+    if not _is_hf_config(getattr(model, "config", None)) or not any(len(r) for r in remove):
+        return []
+    shapes = {(b.groups - len(r), b.q_per_kv, b.head_dim) for b, r in zip(blocks, remove)}
+    if len(shapes) == 1:
+        groups, per, dim = shapes.pop()
+        if head_config_fields(model, groups * per, groups, dim) is not None:
+            return []
+        what = f"{groups * per} heads of size {dim}"
+    else:
+        what = "different head counts in different layers"
+    return [f"{type(model.config).__name__} cannot state {what} (exact_heads=True): the new sizes are recorded in "
+            "config.prunekit_structure; reload with prunekit.structural.from_pretrained_pruned (stock "
+            "from_pretrained builds the old sizes)"]
+
+
 def sync_hf_config(model: nn.Module) -> dict[str, Any]:
     """Write the new sizes into ``model.config`` (hidden size, MLP width, heads, key/value heads, layers).
 

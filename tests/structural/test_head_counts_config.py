@@ -118,7 +118,9 @@ def test_head_counts_move_to_the_nearest_count_the_config_can_state() -> None:
         assert bool(plan.notes) == (sparsity == 0.25)  # moved (6 heads -> 4): says why and what to do
     assert "exact_heads=True" in plan_heads(model, 0.25).notes[0]
     exact = plan_heads(model, 0.25, exact=True)
-    assert {len(r) for r in exact.remove} == {1} and not exact.notes
+    assert {len(r) for r in exact.remove} == {1}
+    assert len(exact.notes) == 1 and "from_pretrained_pruned" in exact.notes[0]  # 6 heads: prunekit's loader only
+    assert not plan_heads(model, 0.5, exact=True).notes  # 4 heads: the config states it, stock reload
 
 
 def test_exact_heads_keep_the_requested_count_and_reload_through_the_pruned_loader(tmp_path) -> None:  # noqa: ANN001
