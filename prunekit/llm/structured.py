@@ -161,6 +161,22 @@ def choose_gqa_shape(
     return n_kv, per_group
 
 
+def _unit_projections(adapter: Family, unit: str) -> list[str]:
+    """The projections (relative to a decoder layer) that ``unit`` ("heads" or "mlp") cuts."""
+    if unit == "heads":
+        attn = adapter.require_attention()
+        return [attn.q, attn.k, attn.v, attn.o]
+    mlp = adapter.require_mlp()
+    return [*mlp.inputs, mlp.output]
+
+
+def _unit_modules(adapter: Family, unit: str) -> list[str]:
+    """What ``ignore=`` may name to keep ``unit`` of a layer: its projections and, for heads, the attention
+    module holding them."""
+    extra = [adapter.require_attention().module] if unit == "heads" else []
+    return extra + _unit_projections(adapter, unit)
+
+
 class _ChannelVisitor(LayerVisitor):
     """Scores MLP channels or heads of each layer from its output projection's inputs, then cuts them."""
 
@@ -225,9 +241,8 @@ class _ChannelVisitor(LayerVisitor):
         return w.float().pow(2).sum(0)
 
     def _ignored(self, job: LayerJob) -> bool:
-        names = ([self.attn.module, self.attn.q, self.attn.k, self.attn.v, self.attn.o] if self.unit == "heads"
-                 else [*self.mlp.inputs, self.mlp.output])
-        return any(overlaps_ignored(job.full_name(n), self.ignored) is not None for n in names)
+        return any(overlaps_ignored(job.full_name(n), self.ignored) is not None
+                   for n in _unit_modules(self.adapter, self.unit))
 
     def finish(self, job: LayerJob) -> None:
         if self.ignored and self._ignored(job):
@@ -304,10 +319,8 @@ class _ChannelVisitor(LayerVisitor):
             if self._did_bias and field_name:
                 setattr(cfg, field_name, True)
                 # the config now gives every layer these biases: the kept layers get zero ones (exact)
-                names = ([self.attn.q, self.attn.k, self.attn.v, self.attn.o] if self.unit == "heads"
-                         else [*self.mlp.inputs, self.mlp.output])
                 for prefix in self.kept_whole:
-                    for name in names:
+                    for name in _unit_projections(self.adapter, self.unit):
                         ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
             return
         if self.unit == "mlp":
@@ -435,9 +448,7 @@ def prune_structured(
         if unit == "layers":
             covered = [overlaps_ignored(n, ignored) is not None for n in layer_names]
         else:
-            probe = adapter.require_attention() if unit == "heads" else adapter.require_mlp()
-            parts = ([probe.module, probe.q, probe.k, probe.v, probe.o] if unit == "heads"
-                     else [*probe.inputs, probe.output])
+            parts = _unit_modules(adapter, unit)
             covered = [any(overlaps_ignored(f"{n}.{p}", ignored) is not None for p in parts) for n in layer_names]
         if all(covered):
             raise NothingToPruneError(
