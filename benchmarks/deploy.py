@@ -20,7 +20,7 @@ Parts (``--parts``, default all; each part's record replaces its earlier one in 
   (and 1): whole-model latency vs the dense PyTorch model (target >= 2x at 90%) and the per-layer
   decisions (at 50% the probe should decline).
 
-Every ratio is timed interleaved in this process (``prunekit.latency.compare_latency``, medians of paired
+Every ratio is timed interleaved in this process (``prunekit.eval.latency.compare_latency``, medians of paired
 ratios with a 95% interval) at ``--threads`` threads (1 by default).
 
     python benchmarks/deploy.py                      # all parts (~15 min on 2 busy cores)
@@ -45,8 +45,8 @@ from torch import nn
 import prunekit as pk
 from prunekit.deploy import export_onnx, export_openvino, load_onnx, load_openvino, sparsify_
 from prunekit.deploy.openvino import OvModule, runtime_config
-from prunekit.latency import compare_latency
-from prunekit.report import count_flops
+from prunekit.eval.latency import compare_latency
+from prunekit.eval.report import count_flops
 
 OUT = Path("docs/results/deploy")
 

@@ -1,7 +1,7 @@
 """Is the reported latency trustworthy on a busy machine?
 
 A busy loop runs on another core (``--busy`` processes) while the demo's models are timed the way reports
-time them (:func:`prunekit.latency.compare_latency`: 1 thread, interleaved with the dense model). Each
+time them (:func:`prunekit.eval.latency.compare_latency`: 1 thread, interleaved with the dense model). Each
 configuration is measured ``--repeats`` times; the script writes, per configuration, the medians of the
 repeats, how far they spread (max - min) against the interquartile range each measurement reported, and
 every verdict, to ``docs/results/latency/under_load.{json,md}``.
@@ -24,7 +24,7 @@ import torch
 
 import prunekit as pk
 from prunekit import sources
-from prunekit.latency import compare_latency
+from prunekit.eval.latency import compare_latency
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "latency"
 

@@ -1,7 +1,7 @@
 """Layer-wise solvers on models that are not language models: magnitude vs Wanda vs SparseGPT.
 
 For each model x pattern (unstructured 0.5, 2:4) x method, the model is pruned with
-:func:`prunekit.solve.solve_layerwise` (sequential: every layer is calibrated on the inputs the already-pruned
+:func:`prunekit.apply.solve.solve_layerwise` (sequential: every layer is calibrated on the inputs the already-pruned
 layers before it produce) and measured:
 
 * reconstruction error per layer, ``||W X - W' X||^2 / ||W X||^2``, on the inputs ``X`` that layer receives in
@@ -38,8 +38,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import sources
-from prunekit.plan import split_by_pattern
-from prunekit.solve import dense_matrices, reconstruction_errors, solve_layerwise
+from prunekit.apply.plan import split_by_pattern
+from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
 from prunekit.targets import select_targets
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -168,7 +168,7 @@ def write(rows: list[dict], out: Path, protocol: dict) -> None:
     lines = [
         "# Layer-wise solvers on CNNs and a ViT: magnitude vs Wanda vs SparseGPT",
         "",
-        "Written by `benchmarks/solvers_any_model.py` (`prunekit.solve.solve_layerwise`). Sequential: each layer",
+        "Written by `benchmarks/solvers_any_model.py` (`prunekit.apply.solve.solve_layerwise`). Sequential: each layer",
         "is calibrated on the inputs of the already-pruned layers before it (one partial forward pass per layer);",
         "one pass: every layer's statistics from one pass over the dense model. Relative",
         "reconstruction error `sum_l ||W_l X_l - W'_l X_l||^2 / sum_l ||W_l X_l||^2` over the pruned layers, each",

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 
 ZOO = [
     "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg16_bn", "densenet121", "mobilenet_v2",
@@ -65,7 +65,7 @@ def params(m: nn.Module) -> int:
 
 
 def macs(m: nn.Module, x: torch.Tensor) -> int:
-    from prunekit.report import no_fused_attention  # the fused MHA kernel is invisible to the counter
+    from prunekit.eval.report import no_fused_attention  # the fused MHA kernel is invisible to the counter
 
     with torch.no_grad(), no_fused_attention(), FlopCounterMode(display=False) as c:
         m(x)
@@ -116,7 +116,7 @@ _ENGINE_TIME: dict[str, float] = {}
 
 def _time_engine() -> None:
     """Record the time spent inside the structural method (plan + surgery), apart from pk.prune's own work."""
-    from prunekit.structural.methods import StructuralMethod
+    from prunekit.methods.structural import StructuralMethod
 
     if getattr(StructuralMethod.run, "_timed", False):
         return

@@ -67,7 +67,7 @@ def run_one(model_name: str, method: str, sparsity: float, train, test, epochs: 
     seconds = time.perf_counter() - t0
     acc = hist.final.get("val_accuracy")
     zeros = total = 0
-    for _, _, _, mask in pk.masks.masked_parameters(model):
+    for _, _, _, mask in pk.apply.masks.masked_parameters(model):
         total += mask.numel()
         zeros += int((~mask).sum())
     return {"method": method, "target_sparsity": sparsity, "sparsity": zeros / total if total else 0.0,

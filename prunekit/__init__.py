@@ -5,7 +5,7 @@ granularity (what is removed), criteria (how importance is scored), allocation (
 over layers), schedules (when), masks, and named methods composed from them.
 """
 
-from prunekit.allocation import ALLOCATIONS, ERK, LAMP, OWL, Allocation, Global, Uniform
+from prunekit.allocation.builtin import ALLOCATIONS, ERK, LAMP, OWL, Allocation, Global, Uniform
 from prunekit.api import prune
 from prunekit.criteria import CRITERIA, Criterion, lp
 from prunekit.errors import (
@@ -24,14 +24,14 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.granularity import NM, Block, Channel, Embedding, Granularity, Head, Layer, Unstructured, parse_pattern
-from prunekit.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
+from prunekit.granularity.patterns import NM, Block, Channel, Embedding, Granularity, Head, Layer, Unstructured, parse_pattern
+from prunekit.apply.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
 from prunekit.models import build_model
 from prunekit import nets as _nets  # noqa: F401  (registers prunekit:lenet5, ...)
-from prunekit.plan import Plan, Pruner
-from prunekit.report import Report, measure
-from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
+from prunekit.apply.plan import Plan, Pruner
+from prunekit.eval.report import Report, measure
+from prunekit.schedules.builtin import Gradual, Iterative, OneShot, Schedule
 from prunekit.serialization import export_sparse, load_model, load_sparse, save_model
 
 __version__ = "0.1.0"
@@ -97,7 +97,8 @@ __all__ = [
     "squash_masks_",
 ]
 from prunekit import train as _train  # noqa: E402,F401  (registers the training-time methods)
-from prunekit.structural import methods as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)
-from prunekit.llm import methods as _llm_methods  # noqa: E402,F401  (registers wanda, sparsegpt, owl-*, llm-*)
+from prunekit.methods import structural as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)
+from prunekit.methods import physical as _physical  # noqa: E402,F401  (any criterion at a physical granularity)
+from prunekit.methods import llm as _llm_methods  # noqa: E402,F401  (registers wanda, sparsegpt, owl-*, llm-*)
 from prunekit import deploy  # noqa: E402,F401  (prunekit.deploy: exports, sparse execution, recipes)
 from prunekit.dynamic import gating as _gating  # noqa: E402,F401  (registers fbs, cgnet)

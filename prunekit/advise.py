@@ -264,13 +264,8 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
     if data != "full":
         recs = [r for r in recs if r.method not in ("imp", "rigl", "slimming", "gmp")] or recs
 
-    import prunekit  # noqa: F401  (registers methods)
-    from prunekit.methods import METHODS
+    from prunekit.methods.base import METHODS  # filled by prunekit/__init__ (every method registers there)
 
-    try:
-        import prunekit.llm  # noqa: F401
-    except Exception:  # noqa: BLE001  (optional)
-        pass
     for r in recs:
         if r.available:
             r.available = r.method in METHODS

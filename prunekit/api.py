@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from prunekit._transaction import transaction
-from prunekit.allocation import resolve_allocation
+from prunekit.apply.transaction import transaction
+from prunekit.allocation.builtin import resolve_allocation
 from prunekit.errors import (
     ConfigError,
     DataError,
@@ -19,11 +19,11 @@ from prunekit.errors import (
     PatternError,
     PrunekitError,
 )
-from prunekit.granularity import NM, Unstructured, _check_sparsity, parse_pattern
-from prunekit.latency import compare_latency, time_model
-from prunekit.methods import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.plan import Pruner, check_seed, split_by_pattern
-from prunekit.report import Report, layer_stats, measure, weight_shapes
+from prunekit.granularity.patterns import NM, Unstructured, _check_sparsity, parse_pattern
+from prunekit.eval.latency import compare_latency, time_model
+from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
+from prunekit.apply.plan import Pruner, check_seed, split_by_pattern
+from prunekit.eval.report import Report, layer_stats, measure, weight_shapes
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
 
 COMMON_OPTIONS = frozenset(
@@ -68,7 +68,7 @@ def prune(
     own options.
 
     Latency: the dense model (a copy taken before pruning) and the pruned one are timed interleaved at
-    ``latency_threads`` threads (:func:`prunekit.latency.compare_latency`); ``report.latency`` holds the
+    ``latency_threads`` threads (:func:`prunekit.eval.latency.compare_latency`); ``report.latency`` holds the
     paired ratio with its 95% interval and says "faster" or "slower" only when the interval excludes 1.
 
     Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
@@ -190,7 +190,7 @@ def prune(
     if latency_note:
         notes.append(latency_note)
     if before is None:
-        from prunekit.report import ModelStats
+        from prunekit.eval.report import ModelStats
 
         before = after = ModelStats(params=0, nonzero_params=0)
     return Report(
@@ -210,7 +210,7 @@ def _forward_only(named: Method, m: Method) -> bool:
     if not isinstance(named, ScoreMethod) or m is not named:
         return False
     from prunekit.criteria import resolve_criterion
-    from prunekit.plan import FORWARD_ONLY_STATS
+    from prunekit.apply.plan import FORWARD_ONLY_STATS
 
     needs = resolve_criterion(named.criterion).needs
     return bool(needs) and needs <= FORWARD_ONLY_STATS

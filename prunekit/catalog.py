@@ -299,15 +299,7 @@ def _norm(title: str) -> str:
 
 def link_methods(papers: Iterable[Paper]) -> None:
     """Fill ``Paper.methods`` from the registered methods' paper titles and :data:`ALGORITHM_LINKS`."""
-    import importlib
-
-    import prunekit  # noqa: F401  (registers every method)
-    from prunekit.methods import METHODS
-
-    try:  # the language-model methods register themselves on import; optional
-        importlib.import_module("prunekit.llm")
-    except Exception:  # noqa: BLE001  (a missing optional dependency must not break the catalog)
-        pass
+    from prunekit.methods.base import METHODS  # filled by prunekit/__init__ (every method registers there)
 
     by_title: list[tuple[str, str]] = []
     registered = set(METHODS.names())

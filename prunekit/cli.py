@@ -222,7 +222,7 @@ def report(
     import torch
 
     import prunekit as pk
-    from prunekit.report import Report, layer_stats
+    from prunekit.eval.report import Report, layer_stats
     from prunekit.serialization import read_record
 
     try:
@@ -267,7 +267,7 @@ def report(
 def methods() -> None:
     """List the registered methods, criteria, allocations, patterns and schedules."""
     from prunekit import ALLOCATIONS, CRITERIA, METHODS
-    from prunekit.schedules import SCHEDULES
+    from prunekit.schedules.builtin import SCHEDULES
 
     t = Table(title="methods", title_justify="left")
     for col in ("name", "when", "data", "description"):

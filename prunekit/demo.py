@@ -25,7 +25,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import sources
-from prunekit.latency import compare_latency, time_model
+from prunekit.eval.latency import compare_latency, time_model
 
 # (method, pattern, allocation): the survey's main contrasts on one small, real network
 CONFIGS: tuple[tuple[str, str | None, str | None], ...] = (
@@ -77,7 +77,7 @@ def run_demo(
         "test_sha256": sources.sha256_of_tensor(x_test),
         "calibration": "MNIST train split, first 1024 images, 8 batches of 128 (SNIP only)",
         "latency": "batch 1, 1 thread, masks folded in; each pruned model timed interleaved with the dense one "
-        "(prunekit.latency.compare_latency): median (interquartile range) in ms, and the paired ratio to dense "
+        "(prunekit.eval.latency.compare_latency): median (interquartile range) in ms, and the paired ratio to dense "
         "with its 95% interval",
         "torch": torch.__version__,
         "threads": 1,

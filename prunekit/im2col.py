@@ -9,7 +9,7 @@ convolution computes the same product on im2col patches: every output position `
 Column order of the convolution matrix (position-major): column ``k * (in/groups) + c`` is input channel
 ``c`` (within its group) at kernel position ``k`` (kernel positions in row-major order). Consecutive columns
 are therefore the input channels at one kernel position, so N:M groups of ``m`` consecutive columns are
-exactly the groups :class:`prunekit.granularity.NM` forms on a ``[out, in/groups, *kernel]`` weight (along
+exactly the groups :class:`prunekit.granularity.patterns.NM` forms on a ``[out, in/groups, *kernel]`` weight (along
 dim 1 at each output and kernel position), the layout sparse tensor cores use after im2col. (torch's
 ``unfold`` and ``weight.reshape(out, -1)`` are channel-major; :func:`to_matrix` and :class:`Patches`
 permute both sides the same way, so the product is unchanged.)

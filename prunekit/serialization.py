@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 from prunekit.errors import CheckpointError
-from prunekit.masks import effective_state_dict, masked_parameters
+from prunekit.apply.masks import effective_state_dict, masked_parameters
 
 FORMAT_VERSION = 1
 RECORD = "prunekit.json"
@@ -278,7 +278,7 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
     ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
     so that fine-tuning keeps the zeros.
     """
-    from prunekit.masks import apply_mask_
+    from prunekit.apply.masks import apply_mask_
 
     directory = Path(directory)
     record = read_record(directory)
@@ -324,7 +324,7 @@ def _build_recorded(directory: Path, source: Any) -> nn.Module:
 
 def _structure_record(model: nn.Module) -> dict[str, Any] | None:
     try:
-        from prunekit.structural import structure_record  # type: ignore[attr-defined]
+        from prunekit.surgery import structure_record  # type: ignore[attr-defined]
     except ImportError:
         return None
     return structure_record(model)
@@ -332,7 +332,7 @@ def _structure_record(model: nn.Module) -> dict[str, Any] | None:
 
 def _apply_structure(model: nn.Module, record: dict[str, Any]) -> None:
     try:
-        from prunekit.structural import apply_structure_record  # type: ignore[attr-defined]
+        from prunekit.surgery import apply_structure_record  # type: ignore[attr-defined]
     except ImportError:
         raise CheckpointError("this model was pruned structurally, but this install has no structural engine") from None
     apply_structure_record(model, record)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.allocation import LayerInfo
+from prunekit.allocation.builtin import LayerInfo
 from prunekit.criteria import lamp_scores
 
 
@@ -90,7 +90,7 @@ def test_allocations_registered_and_contract():
 def test_global_counts_weights_or_units():
     import torch
 
-    from prunekit.allocation import Global, LayerInfo
+    from prunekit.allocation.builtin import Global, LayerInfo
 
     # layer a: 4 units of 10 weights with low scores; layer b: 4 units of 1 weight with high scores
     a = LayerInfo("a", (4, 10), torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.full((4,), 10))

@@ -3,8 +3,6 @@ pk.prune(model, pruner) and the named methods; refusals name what works."""
 
 from __future__ import annotations
 
-import sys
-import types
 
 import pytest
 import torch
@@ -12,6 +10,8 @@ from conftest import SmallCNN, ThreeLayer, assert_unchanged, snapshot
 from torch import nn
 
 import prunekit as pk
+from prunekit.methods.base import register_physical_composer
+from prunekit.methods.physical import physical_method as structural_physical_method
 from prunekit.criteria import BUILTIN, CRITERIA, CriterionLevelError
 
 
@@ -42,10 +42,6 @@ def test_physical_granularities_parse_and_make_no_masks():
     assert pk.parse_pattern("channel") == pk.Channel() and not pk.Channel().physical
     assert str(pk.Channel(physical=True)) == "physical-channel"
     assert all(g.physical for g in (pk.Head(), pk.Layer(), pk.Embedding(), pk.Channel(physical=True)))
-    from prunekit.structural import granularity as structural_granularity
-
-    # the structural engine's values of the same names are read as these
-    assert pk.parse_pattern(structural_granularity.Head()) == pk.Head()
     with pytest.raises(pk.PatternError, match="physical"):
         pk.Channel(physical=True).mask(torch.rand(4, 3), 0.5)
     with pytest.raises(pk.UnknownNameError, match="physical-channel"):
@@ -216,7 +212,7 @@ def test_a_masking_method_refuses_a_physical_pattern():
                  measure=False)
 
 
-def test_physical_patterns_run_through_the_structural_composition(monkeypatch):
+def test_physical_patterns_run_through_the_structural_composition():
     """A score method given a physical pattern hands (level, criterion) to physical_method; a stub stands in
     for the structural engine here (its own tests prove the surgery)."""
     seen = {}
@@ -234,19 +230,21 @@ def test_physical_patterns_run_through_the_structural_composition(monkeypatch):
         seen["level"], seen["criterion"] = level, criterion.name
         return Stub()
 
-    monkeypatch.setitem(sys.modules, "prunekit.structural.compose",
-                        types.SimpleNamespace(physical_method=physical_method))
-    report = pk.prune(SmallCNN(), "magnitude", sparsity=0.5, pattern=pk.Head(), measure=False)
-    assert (seen["level"], seen["criterion"]) == ("head", "magnitude")
-    assert report.method == "magnitude" and report.settings["pattern"] == "head (physical)"
-    pk.prune(SmallCNN(), pk.Pruner("influence", pk.Layer(identity_only=True)), sparsity=0.5, measure=False)
-    assert (seen["level"], seen["criterion"]) == ("layer", "influence")
-    assert seen["request"].options["identity_only"] is True
-    pk.prune(SmallCNN(), pk.Pruner("taylor", "physical-channel"), sparsity=0.5, measure=False,
-             calibration=[(torch.randn(2, 4, 6, 6), torch.tensor([0, 1]))])
-    assert (seen["level"], seen["criterion"]) == ("channel", "taylor")
-    pk.prune(SmallCNN(), pk.Pruner("l2", "embedding"), sparsity=0.5, measure=False)
-    assert (seen["level"], seen["criterion"]) == ("embedding", "l2")
+    register_physical_composer(physical_method)
+    try:
+        report = pk.prune(SmallCNN(), "magnitude", sparsity=0.5, pattern=pk.Head(), measure=False)
+        assert (seen["level"], seen["criterion"]) == ("head", "magnitude")
+        assert report.method == "magnitude" and report.settings["pattern"] == "head (physical)"
+        pk.prune(SmallCNN(), pk.Pruner("influence", pk.Layer(identity_only=True)), sparsity=0.5, measure=False)
+        assert (seen["level"], seen["criterion"]) == ("layer", "influence")
+        assert seen["request"].options["identity_only"] is True
+        pk.prune(SmallCNN(), pk.Pruner("taylor", "physical-channel"), sparsity=0.5, measure=False,
+                 calibration=[(torch.randn(2, 4, 6, 6), torch.tensor([0, 1]))])
+        assert (seen["level"], seen["criterion"]) == ("channel", "taylor")
+        pk.prune(SmallCNN(), pk.Pruner("l2", "embedding"), sparsity=0.5, measure=False)
+        assert (seen["level"], seen["criterion"]) == ("embedding", "l2")
+    finally:
+        register_physical_composer(structural_physical_method)
 
 
 def test_structural_methods_refuse_another_kind_of_unit():

@@ -46,7 +46,7 @@ def test_global_channel_masks_never_empty_a_layer_and_still_meet_the_target():
 
 
 def test_keep_units_keeps_the_best_unit():
-    from prunekit.granularity import Channel, Unstructured
+    from prunekit.granularity.patterns import Channel, Unstructured
 
     keep = Channel().keep_units(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([4, 4, 4]), 0.99)
     assert keep.tolist() == [True, False, False]

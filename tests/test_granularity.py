@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.granularity import lowest_k_mask
+from prunekit.granularity.patterns import lowest_k_mask
 
 
 def test_nm_exact_hand_computed():

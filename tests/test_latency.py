@@ -1,11 +1,11 @@
-"""prunekit.latency: interleaved timing, spreads and verdicts that only speak beyond the noise."""
+"""prunekit.eval.latency: interleaved timing, spreads and verdicts that only speak beyond the noise."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from prunekit.latency import (
+from prunekit.eval.latency import (
     LatencyComparison,
     _median_interval,
     _verdict,

@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import prunekit as pk
 from prunekit.layout import base_class, is_prunable, weight_layout
-from prunekit.masks import get_mask
+from prunekit.apply.masks import get_mask
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -123,7 +123,7 @@ def test_nm_runs_along_inputs_and_repruning_only_shrinks(kind, wrap):
         now = get_mask(layer)
         assert bool((now <= previous).all()), method
         assert 1.0 - now.float().mean().item() >= min(kw["sparsity"] - 0.05, 1.0 - previous.float().mean().item())
-        assert sum(isinstance(p, pk.masks.Mask) for p in layer.parametrizations.weight) == 1
+        assert sum(isinstance(p, pk.apply.masks.Mask) for p in layer.parametrizations.weight) == 1
         assert torch.isfinite(layer(x)).all()
 
 

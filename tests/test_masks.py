@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.masks import effective_state_dict
+from prunekit.apply.masks import effective_state_dict
 
 
 def _masked_linear():

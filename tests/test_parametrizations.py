@@ -10,8 +10,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm, orthogonal, weight_norm
 
 import prunekit as pk
-from prunekit.masks import Mask, assign_weight_, get_mask
-from prunekit.structural.surgery import new_shapes, remove_
+from prunekit.apply.masks import Mask, assign_weight_, get_mask
+from prunekit.surgery.remove import new_shapes, remove_
 
 
 def _normed_conv(dim=0, groups=1):
@@ -181,7 +181,7 @@ def test_weight_normed_encoder_prunes_or_refuses_cleanly(method):
     assert out.shape == shape and torch.isfinite(out).all()
     if method == "magnitude":
         assert isinstance(model.pos.parametrizations.weight[1], Mask)
-        assert abs(pk.masks.sparsity(model.pos.weight.detach()) - 0.5) < 0.01
+        assert abs(pk.apply.masks.sparsity(model.pos.weight.detach()) - 0.5) < 0.01
     else:
         assert model.ff[0].out_features < 48
 
@@ -200,6 +200,6 @@ def test_wav2vec2_positional_conv_is_masked_under_weight_norm():
     conv = model.wav2vec2.encoder.pos_conv_embed.conv
     kinds = [type(p) for p in conv.parametrizations.weight]
     assert kinds[-1] is Mask and _WeightNorm in kinds
-    assert abs(pk.masks.sparsity(conv.weight.detach()) - 0.5) < 0.01
+    assert abs(pk.apply.masks.sparsity(conv.weight.detach()) - 0.5) < 0.01
     with torch.no_grad():
         assert torch.isfinite(model(wav).logits).all()

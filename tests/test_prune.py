@@ -5,7 +5,7 @@ from conftest import SmallCNN, ThreeLayer, assert_unchanged, snapshot
 from torch import nn
 
 import prunekit as pk
-from prunekit import plan as plan_module
+from prunekit.apply import plan as plan_module
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def test_methods_registry_contract():
 
 
 def test_structural_failure_mid_surgery_restores_model(monkeypatch):
-    from prunekit.structural import surgery
+    from prunekit.surgery import remove as surgery
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()

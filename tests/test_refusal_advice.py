@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 import prunekit.train.methods  # noqa: F401  (registers the training methods)
 
 
@@ -90,7 +90,7 @@ SEQ = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
 
 def _rnn_veto(model: nn.Module) -> None:
     """Surgery that would leave the LSTM's gates and recurrent weights at different sizes."""
-    from prunekit.structural.surgery import remove_
+    from prunekit.surgery.remove import remove_
 
     remove_(model, {"lstm.weight_hh_l0": {1: [0]}})
 
@@ -184,7 +184,7 @@ def test_refusal_advice_works(case: Case) -> None:
 def test_head_criterion_advice_works() -> None:
     transformers = pytest.importorskip("transformers")
     from prunekit.criteria import CriterionLevelError
-    from prunekit.structural import apply_head_plan_, plan_heads
+    from prunekit.surgery import apply_head_plan_, plan_heads
 
     cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                                    num_hidden_layers=1, vocab_size=50, max_position_embeddings=32)

@@ -6,7 +6,7 @@ import torchvision
 from conftest import SmallCNN
 
 import prunekit as pk
-from prunekit.masks import effective_state_dict
+from prunekit.apply.masks import effective_state_dict
 from prunekit.serialization import DENSE_FILE, RECORD, SPARSE_FILE, dense_bytes
 
 

@@ -1,7 +1,7 @@
 """Layer-wise solvers (magnitude, Wanda, SparseGPT) on models other than causal LMs: CNNs and a ViT.
 
 Real inputs: scikit-learn's digits, upsampled to 16x16 RGB. Every layer's reconstruction error is measured on
-the inputs it really receives (``prunekit.solve.reconstruction_errors``).
+the inputs it really receives (``prunekit.apply.solve.reconstruction_errors``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import DataError, ModelError, PatternError
-from prunekit.granularity import NM, Unstructured
+from prunekit.granularity.patterns import NM, Unstructured
 from prunekit.im2col import Patches, from_matrix, to_matrix
-from prunekit.llm.solvers import SparseGPTSolver, WandaSolver
-from prunekit.solve import dense_matrices, reconstruction_errors, solve_layerwise
+from prunekit.apply.solvers import SparseGPTSolver, WandaSolver
+from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
 from prunekit.sources import load_digits
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -133,7 +133,7 @@ def test_patches_times_the_matrix_is_the_convolution(conv, shape):
 
 def test_sparsegpt_nm_groups_are_the_granularity_nm_groups():
     # with H = I SparseGPT makes no updates and ranks by |w|: its 2:4 mask must be NM(2, 4) of |W| as
-    # prunekit.granularity groups a [out, in, kh, kw] weight (input channels at each kernel position)
+    # prunekit.granularity.patterns groups a [out, in, kh, kw] weight (input channels at each kernel position)
     torch.manual_seed(1)
     conv = nn.Conv2d(8, 6, 3, bias=False)
     dense = conv.weight.detach().clone()

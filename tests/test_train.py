@@ -215,13 +215,13 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
         def on_after_backward(self, trainer):
             rigl = trainer.callbacks[0]
             if rigl._is_update(trainer):
-                self.before = {n: m.clone() for n, _, _, m in pk.masks.masked_parameters(trainer.model)}
+                self.before = {n: m.clone() for n, _, _, m in pk.apply.masks.masked_parameters(trainer.model)}
                 self.grads = dense_gradients(trainer.model, *trainer.last_batch)
 
         def on_step_end(self, trainer):
             if not hasattr(self, "before") or trainer.step % 10:
                 return
-            for n, module, _, m in pk.masks.masked_parameters(trainer.model):
+            for n, module, _, m in pk.apply.masks.masked_parameters(trainer.model):
                 old = self.before[n]
                 assert m.sum() == old.sum()  # constant sparsity per layer
                 grown = m & ~old
@@ -242,7 +242,7 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
     assert trainer.callbacks[0].updates > 3
     assert hist.final["sparsity"] == pytest.approx(0.8, abs=0.01)
     # ERK: the layers have different sparsities
-    layers = {n: 1 - m.float().mean().item() for n, _, _, m in pk.masks.masked_parameters(model)}
+    layers = {n: 1 - m.float().mean().item() for n, _, _, m in pk.apply.masks.masked_parameters(model)}
     assert max(layers.values()) - min(layers.values()) > 0.05
 
 
@@ -260,7 +260,7 @@ def test_imp_rewinds_survivors_to_rewind_step(digits):
     class Snap(pk.train.Callback):
         def on_step_end(self, trainer):
             if trainer.round == 0 and trainer.step == rewind_step:
-                snaps["w"] = pk.masks.original_parameter(trainer.model[1]).detach().clone()
+                snaps["w"] = pk.apply.masks.original_parameter(trainer.model[1]).detach().clone()
 
         def wants_another_round(self, trainer):
             return False
@@ -287,7 +287,7 @@ def test_imp_rewinds_survivors_to_rewind_step(digits):
 
     def run_round():
         if trainer.round == 1 and not rounds_seen:
-            w = pk.masks.original_parameter(model[1]).detach()
+            w = pk.apply.masks.original_parameter(model[1]).detach()
             mask = pk.get_mask(model[1])
             rounds_seen.append((1, torch.equal(w[mask], snaps["w"][mask])))
             assert 1 - mask.float().mean().item() > 0.3

@@ -122,7 +122,7 @@ def _state(model: nn.Module) -> tuple[list[str], dict[str, bytes]]:
 
 def _canonical_masks(model: nn.Module) -> dict[str, Tensor]:
     from prunekit.layout import weight_layout
-    from prunekit.masks import get_mask
+    from prunekit.apply.masks import get_mask
 
     out = {}
     for name, m in model.named_modules():

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, parse_schedule
+from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, method_problem, parse_schedule
 from prunekit.errors import ConfigError, UnknownNameError
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -132,20 +132,8 @@ def build(spec: str, sample: torch.Tensor, classes: int, seed: int) -> nn.Module
 # ---- methods --------------------------------------------------------------------------------------
 
 
-def method_problem(m: MethodSpec) -> str | None:
-    """Why this method cannot run here (None when it can)."""
-    if m.method == DENSE:
-        return None
-    import prunekit  # noqa: F401  (registers methods)
-    from prunekit.methods import METHODS
-
-    if m.method not in METHODS:
-        return f"method {m.method!r} is not implemented in prunekit yet"
-    return None
-
-
 def _when(m: MethodSpec) -> str:
-    from prunekit.methods import METHODS
+    from prunekit.methods.base import METHODS
 
     method = METHODS.get(m.method)
     if method.when == "during-training":
@@ -235,7 +223,7 @@ def _state_hash(model: nn.Module) -> str:
 
 
 def _latency(model: nn.Module, x: torch.Tensor) -> float:
-    from prunekit.report import time_forward
+    from prunekit.eval.report import time_forward
 
     model.eval()
     return time_forward(model, x, warmup=5, repeats=40, budget_s=1.0)
@@ -260,7 +248,7 @@ def versions() -> dict[str, str]:
 def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
     """Execute one grid point; returns ``{"metrics", "protocol", "layers"}``."""
     import prunekit as pk
-    from prunekit.report import count_flops
+    from prunekit.eval.report import count_flops
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()

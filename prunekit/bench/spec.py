@@ -220,8 +220,6 @@ class Suite:
 
     def points(self) -> tuple[list[GridPoint], list[Skip]]:
         """The grid, in a stable order, and the points skipped because their method does not exist."""
-        from prunekit.bench.execute import method_problem
-
         points: list[GridPoint] = []
         skips: list[Skip] = []
         seen: set[str] = set()
@@ -282,3 +280,14 @@ def load_spec(path: str | Path) -> BenchSpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {e}") from None
     return parse_spec(raw)
+
+
+def method_problem(m: MethodSpec) -> str | None:
+    """Why this method cannot run here (None when it can)."""
+    if m.method == DENSE:
+        return None
+    from prunekit.methods.base import METHODS
+
+    if m.method not in METHODS:
+        return f"method {m.method!r} is not implemented in prunekit yet"
+    return None

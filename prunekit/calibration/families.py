@@ -6,7 +6,7 @@ Every part that needs to know a family reads this table and nothing else:
   :meth:`Family.layer_list`;
 * the structured language-model methods (``llm-heads``, ``llm-mlp``, ``llm-layers``) cut the projections
   :attr:`Family.attention` and :attr:`Family.mlp` name, and turn on the config's bias fields;
-* the generic ``head`` / ``layer`` / ``embedding`` path (:mod:`prunekit.structural.hf`) finds attention
+* the generic ``head`` / ``layer`` / ``embedding`` path (:mod:`prunekit.surgery.hf`) finds attention
   modules by the projection layouts of :data:`ATTENTION_LAYOUTS` (the family's own first), the block stack
   by :meth:`Family.layer_list` and the MLP width by :attr:`Family.mlp`.
 
@@ -131,7 +131,7 @@ class Family:
             raise UnsupportedModuleError(
                 f"attention heads of {self.family} models cannot be removed by the llm-heads method yet (its config "
                 f"derives the head size from the hidden size); use the 'head' method (which records the new sizes "
-                f"for prunekit.structural.from_pretrained_pruned), llm-mlp or llm-layers, or an unstructured method"
+                f"for prunekit.surgery.from_pretrained_pruned), llm-mlp or llm-layers, or an unstructured method"
             )
         return self.attention
 
@@ -247,7 +247,7 @@ def mlp_inputs(model: nn.Module) -> tuple[tuple[str, bool], ...]:
 
 def has_family(model: nn.Module) -> bool:
     """Does the decoder-layer runner know ``model``'s family (a causal LM by its ``config.model_type``)?
-    Other models (encoders included) are pruned layer-wise by :mod:`prunekit.solve`."""
+    Other models (encoders included) are pruned layer-wise by :mod:`prunekit.apply.solve`."""
     found = family_of(model)
     return found is not None and found.decoder
 

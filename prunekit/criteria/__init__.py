@@ -9,10 +9,11 @@ from prunekit.criteria.base import (
     criteria_for,
     criterion,
     key_generator,
+    lp,
     register,
     resolve_criterion,
 )
-from prunekit.criteria.builtin import BUILTIN, lamp_scores, lp
+from prunekit.criteria.builtin import BUILTIN, lamp_scores
 from prunekit.criteria.gradients import accumulate_gradients
 
 __all__ = [

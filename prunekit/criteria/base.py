@@ -13,7 +13,7 @@ statistics (:class:`~prunekit.calibration.LayerStats`), it returns:
   mean, so that units of different sizes and layers compare).
 
 Criteria that score rows by nature (FPGM, APoZ, BN scale) give every weight of a row the row's score.
-Every granularity reduces these scores to its units in one place (:mod:`prunekit.granularity`, the
+Every granularity reduces these scores to its units in one place (:mod:`prunekit.granularity.patterns`, the
 structural engine for dependency groups, heads and layers).
 """
 
@@ -238,6 +238,14 @@ def criteria_for(level: str) -> list[str]:
     return seen
 
 
+def lp(p: float) -> Criterion:
+    """The Lp criterion ``|w|^p`` (units rank by their Lp norm), for any p > 0; name ``"l<p>"``."""
+    if not p > 0:
+        raise DataError(f"the Lp criterion needs p > 0, got {p}")
+    return Criterion(f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
+                     power=float(p))
+
+
 _LP_RE = re.compile(r"^l(\d+(?:\.\d+)?)$")
 
 
@@ -247,8 +255,6 @@ def resolve_criterion(value: str | Criterion) -> Criterion:
     if isinstance(value, Criterion):
         return value
     if isinstance(value, str) and value.lower() not in CRITERIA and (m := _LP_RE.match(value.strip().lower())):
-        from prunekit.criteria.builtin import lp
-
         return lp(float(m.group(1)))
     obj = CRITERIA.resolve(value)
     if not isinstance(obj, Criterion):

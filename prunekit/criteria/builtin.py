@@ -44,16 +44,6 @@ def l2(s: ScoreInput) -> Tensor:
     return s.weight.float().pow(2)
 
 
-def lp(p: float) -> Criterion:
-    """The Lp criterion ``|w|^p`` (units rank by their Lp norm), for any p > 0; name ``"l<p>"``."""
-    from prunekit.errors import DataError
-
-    if not p > 0:
-        raise DataError(f"the Lp criterion needs p > 0, got {p}")
-    return Criterion(f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
-                     power=float(p))
-
-
 register(Criterion("lp", lambda s: s.weight.float().abs().pow(3.0),
                    "|w|^p with p = 3 (any other p: the name 'l<p>', e.g. 'l0.5', or prunekit.lp(p))", power=3.0))
 

@@ -1,5 +1,5 @@
 """What the exporters share: a prepared copy of the user's model, inputs and outputs as flat tensor lists,
-runtime sessions wrapped as modules (so :func:`prunekit.latency.compare_latency` times them), the output
+runtime sessions wrapped as modules (so :func:`prunekit.eval.latency.compare_latency` times them), the output
 check, and files written whole or not at all."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils import _pytree as pytree
 
 from prunekit.calls import call_model
 from prunekit.errors import CheckpointError, DataError, ModelError
-from prunekit.masks import masked_parameters, remove_masks_, squash_masks_
+from prunekit.apply.masks import masked_parameters, remove_masks_, squash_masks_
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:

@@ -163,7 +163,7 @@ def export_onnx(
 
     The exported file is run in ONNX Runtime (CPU) on ``example_inputs`` and every output must satisfy
     ``|ort - torch| <= atol + rtol * |torch|`` (fp32 exports), else :class:`ExportCheckError` and nothing is
-    written. With ``measure_latency`` the exported model is timed interleaved (:func:`prunekit.latency.
+    written. With ``measure_latency`` the exported model is timed interleaved (:func:`prunekit.eval.latency.
     compare_latency`, ``threads`` threads, batch as given, about ``latency_budget_s`` seconds per pair)
     against the dense model exported the same way in ONNX Runtime, against the dense model in PyTorch,
     and against its own PyTorch form. The dense model is ``baseline`` (e.g. a copy taken before pruning;
@@ -259,7 +259,7 @@ def _sparsity_text(model: nn.Module) -> str:
 
 def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, args: tuple, kwargs: dict,
              dynamic: bool, opset: int | None, threads: int, budget_s: float) -> tuple[dict, int | None]:
-    from prunekit.latency import compare_latency
+    from prunekit.eval.latency import compare_latency
 
     inputs = kwargs if kwargs and not args else (args if len(args) != 1 or kwargs else args[0])
     if kwargs and args:

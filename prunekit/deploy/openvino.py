@@ -378,7 +378,7 @@ def export_openvino(
 
 def _measure(prepared: nn.Module, compiled: OvModule, dense: nn.Module | None, build: Any, args: tuple,
              kwargs: dict, config: dict, threads: int, budget_s: float) -> tuple[dict, int | None]:
-    from prunekit.latency import compare_latency
+    from prunekit.eval.latency import compare_latency
 
     if kwargs and args:
         raise DataError("latency needs example inputs in one form (a tensor, a tuple or a dict); pass "

@@ -177,7 +177,7 @@ class Recipe:
     def validate(self) -> None:
         """Check everything that can be checked without running: names, values, stage order, what each stage
         needs (data, an export after an OpenVINO quantisation) and the output folder."""
-        from prunekit.methods import resolve_method
+        from prunekit.methods.base import resolve_method
         from prunekit.models import MODELS, task_evaluation
         from prunekit.serialization import check_output_directory
 
@@ -287,7 +287,7 @@ def _accuracy(model: nn.Module, test: tuple | None) -> float | None:
 def _row(stage: str, model: nn.Module, x: torch.Tensor, test: tuple | None, threads: int, start: float,
          notes: list[str]) -> dict[str, Any]:
     from prunekit.deploy._common import weight_sparsity
-    from prunekit.latency import time_model
+    from prunekit.eval.latency import time_model
 
     params = sum(p.numel() for p in model.parameters())
     sparsity = weight_sparsity(model)
@@ -305,7 +305,10 @@ def _row(stage: str, model: nn.Module, x: torch.Tensor, test: tuple | None, thre
 
 
 def _run(recipe: Recipe) -> RecipeResult:
-    import prunekit as pk
+    from prunekit.api import prune
+    from prunekit.apply.masks import squash_masks_
+    from prunekit.methods.base import resolve_method
+    from prunekit.models import build_model
     from prunekit.progress import ProgressBar
 
     recipe.validate()
@@ -313,7 +316,7 @@ def _run(recipe: Recipe) -> RecipeResult:
     data = _data(recipe)
     test = data[1] if data else None
     t0 = time.perf_counter()
-    model = pk.build_model(recipe.model).eval()
+    model = build_model(recipe.model).eval()
     dense = copy.deepcopy(model)
     x = torch.randn(*recipe.input_shape, generator=torch.Generator().manual_seed(recipe.seed))
     rows = [_row("start", model, x, test, recipe.threads, t0, [data[2]] if data else ["no data: accuracy not measured"])]
@@ -324,10 +327,10 @@ def _run(recipe: Recipe) -> RecipeResult:
             name, t0, notes = _name(stage), time.perf_counter(), []
             if name == "prune":
                 calib = None
-                if data is not None and pk.methods.resolve_method(stage.method).needs_data:
+                if data is not None and resolve_method(stage.method).needs_data:
                     (xtr, ytr) = data[0]
                     calib = [(xtr[i : i + 64], ytr[i : i + 64]) for i in range(0, 512, 64)]
-                pk.prune(model, stage.method, sparsity=stage.sparsity, pattern=stage.pattern,
+                prune(model, stage.method, sparsity=stage.sparsity, pattern=stage.pattern,
                          allocation=stage.allocation, example_inputs=x, calibration=calib, measure=False,
                          seed=recipe.seed, **stage.options)
                 notes.append(f"{stage.method} at {stage.sparsity:g}")
@@ -345,7 +348,7 @@ def _run(recipe: Recipe) -> RecipeResult:
             elif name == "quantize" and stage.backend == "torch":
                 from torch.ao.quantization import quantize_dynamic
 
-                pk.squash_masks_(model)  # quantize_dynamic matches nn.Linear exactly: a masked layer would be skipped
+                squash_masks_(model)  # quantize_dynamic matches nn.Linear exactly: a masked layer would be skipped
                 model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
                 notes.append("torch quantize_dynamic: Linear int8 weights, activations quantised on the fly")
             elif name == "quantize":
@@ -367,7 +370,8 @@ def _run(recipe: Recipe) -> RecipeResult:
 
 def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, model: nn.Module, dense: nn.Module,
             x: torch.Tensor, data: tuple | None) -> dict[str, Any]:
-    from prunekit.deploy import export_onnx, export_openvino, load_onnx, load_openvino
+    from prunekit.deploy.onnx import export_onnx, load_onnx
+    from prunekit.deploy.openvino import export_openvino, load_openvino
     from prunekit.serialization import atomic_directory
 
     with atomic_directory(stage.out, overwrite=stage.overwrite) as tmp:

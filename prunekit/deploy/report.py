@@ -8,14 +8,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunekit.latency import LatencyComparison
+from prunekit.eval.latency import LatencyComparison
 
 
 @dataclass
 class DeployReport:
     """The report of one export.
 
-    ``latency`` maps a comparison name to a :class:`~prunekit.latency.LatencyComparison` whose ``candidate``
+    ``latency`` maps a comparison name to a :class:`~prunekit.eval.latency.LatencyComparison` whose ``candidate``
     is the exported model in its runtime; names used: ``"vs dense <runtime>"`` (the dense model exported the
     same way, timed in the same runtime), ``"vs dense pytorch"`` (the dense model in PyTorch, fp32) and
     ``"vs same model in pytorch"`` (the exported model's own PyTorch form). ``ratio`` < 1 means the exported

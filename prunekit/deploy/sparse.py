@@ -232,7 +232,7 @@ def sparsify_(
     ~90% zeros, BSR from ~70% when the zeros form blocks). Each candidate layer's real input is captured from
     one forward pass; the dense layer and each sparse form (``"csr"``, ``"bsr"`` with ``block_sizes`` that
     divide the weight and whose blocks are at most half non-zero) are timed interleaved on it with
-    :func:`prunekit.latency.compare_latency` at ``threads`` threads (None: the current count), for about
+    :func:`prunekit.eval.latency.compare_latency` at ``threads`` threads (None: the current count), for about
     ``probe_budget_s`` seconds each. The fastest form is swapped in only if it is faster with 95% confidence
     and by at least ``min_speedup``, so no layer gets slower; layers under ``min_sparsity`` zeros are not
     probed. Masked weights are used as the mask leaves them. ``filter_fn(module, name)`` limits the layers.
@@ -258,7 +258,7 @@ def sparsify_(
         raise ConfigError(f"min_sparsity must lie in [0, 1), got {min_sparsity}")
     if min_speedup < 1:
         raise ConfigError(f"min_speedup must be at least 1 (a sparse layer may never be slower), got {min_speedup}")
-    from prunekit.latency import compare_latency, pinned_threads
+    from prunekit.eval.latency import compare_latency, pinned_threads
 
     layers = {n: m for n, m in model.named_modules()
               if n and (isinstance(m, nn.Linear) or _is_conv1x1(m)) and (filter_fn is None or filter_fn(m, n))}

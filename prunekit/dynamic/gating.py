@@ -285,7 +285,7 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
 
 # ---- training-time methods: trainer callbacks, registered as `fbs` and `cgnet` ------------------------
 from prunekit.train.methods import TrainingMethod
-from prunekit.train.trainer import Callback
+from prunekit.train.callbacks import Callback
 
 
 class FBSCallback(Callback):
@@ -324,7 +324,7 @@ class CGNetCallback(Callback):
 
 
 def _register() -> None:
-    from prunekit.methods import METHODS
+    from prunekit.methods.base import METHODS
 
     for name, factory, desc, paper in (
         (

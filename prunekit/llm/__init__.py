@@ -3,7 +3,7 @@
 * :mod:`~prunekit.llm.runner`: one calibration runner, layer by layer, for every method and family;
   :mod:`~prunekit.calibration.families`: where each family keeps its layers (shared with the
   structural engine's head / layer paths).
-* :mod:`~prunekit.llm.solvers` and :mod:`~prunekit.llm.criteria`: magnitude, Wanda, SparseGPT, OWL.
+* :mod:`~prunekit.apply.solvers` and :mod:`~prunekit.criteria.formulas`: magnitude, Wanda, SparseGPT, OWL.
 * :mod:`~prunekit.llm.prune`: unstructured and N:M pruning; :mod:`~prunekit.llm.structured`: physical
   removal of heads, MLP channels and layers.
 * :mod:`~prunekit.llm.data`: calibration draws and perplexity with a recorded protocol;
@@ -11,7 +11,7 @@
 * :func:`recover` (:mod:`prunekit.llm.recover`): LoRA or distillation recovery, masks kept exact;
   :func:`evaluate_tasks` (:mod:`prunekit.llm.tasks`): zero-shot lm-eval tasks, two of them offline;
   :func:`throughput` (:mod:`prunekit.llm.throughput`): prefill / decode tokens per second, interleaved.
-* :mod:`~prunekit.llm.methods`: registers the methods with :func:`prunekit.prune`.
+* :mod:`~prunekit.methods.llm`: registers the methods with :func:`prunekit.prune`.
 
 Importing this package needs only torch; transformers is imported where a model is loaded.
 """
@@ -22,7 +22,7 @@ from prunekit.llm.memory import AllocationMeter
 from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
 from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
 from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
-from prunekit.llm.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
+from prunekit.apply.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
 from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
 from prunekit.llm.recover import RecoveryReport, recover  # the function shadows the module's name
 from prunekit.llm.tasks import TaskResults, evaluate_tasks

@@ -15,11 +15,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from prunekit.allocation import ALLOCATIONS
+from prunekit.allocation.builtin import ALLOCATIONS
 from prunekit.cli_bench import _fail
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
-from prunekit.llm.methods import LM_METHOD_NAMES
+from prunekit.methods.llm import LM_METHOD_NAMES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -77,8 +77,8 @@ def prune_llm(
     save it with save_pretrained (written to a temporary folder, renamed into --out only when complete)."""
     try:
         import prunekit
-        from prunekit.allocation import Uniform, resolve_allocation
-        from prunekit.granularity import NM, _check_sparsity, parse_pattern
+        from prunekit.allocation.builtin import Uniform, resolve_allocation
+        from prunekit.granularity.patterns import NM, _check_sparsity, parse_pattern
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
         from prunekit.serialization import atomic_directory, check_output_directory
@@ -105,7 +105,7 @@ def prune_llm(
             raise prunekit.ConfigError(f"--eval-tokens takes a count >= 0 (0 skips the evaluation), got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
-        chosen = prunekit.methods.resolve_method(method)
+        chosen = prunekit.methods.base.resolve_method(method)
         alloc = resolve_allocation(allocation if allocation is not None else chosen.default_allocation)
         if isinstance(gran, NM) and not isinstance(alloc, Uniform):
             raise prunekit.ConfigError(

@@ -6,14 +6,14 @@ sparsity before the pruning pass:
 
 * ``uniform``: every matrix at the target (the papers' default).
 * ``erk`` and other shape-only allocations: from the matrices' shapes, e.g. ERK density
-  ``~ (out + in) / (out * in)`` (:class:`prunekit.allocation.ERK`).
+  ``~ (out + in) / (out * in)`` (:class:`prunekit.allocation.builtin.ERK`).
 * ``global``, ``lamp`` and other score-based allocations: a first, read-only pass over the dense model
   gathers every matrix's scores under the solver's own criterion (magnitude ``|W_ij|``, Wanda
   ``|W_ij| * ||X_j||``, SparseGPT's OBS saliency ``w_ij^2 / [H^-1]_jj^2``); the allocation turns them into
   per-matrix sparsities. The scores are kept on the CPU in float32 (4 bytes per pruned weight).
 * ``owl``: a first, read-only pass measures the outlier ratio of each OWL block (by default a decoder block,
   all its matrices pooled) on Wanda scores, as in Yin et al. 2023 for every solver, and maps the ratios to
-  block sparsities (:class:`prunekit.allocation.OWL`).
+  block sparsities (:class:`prunekit.allocation.builtin.OWL`).
 
 The second pass prunes each matrix at its sparsity. N:M patterns fix every matrix's sparsity, so they take
 ``uniform`` only (:class:`~prunekit.errors.ConfigError` otherwise).
@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.allocation import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
-from prunekit.granularity import NM, Granularity, Unstructured, parse_pattern
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.calibration.families import family_for, prunable_linears
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
-from prunekit.llm.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
+from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 
 __all__ = ["OWL", "LLMPruneResult", "prune_causal_lm", "select_targets"]
 
@@ -256,7 +256,7 @@ def prune_causal_lm(
 
     ``method``: "magnitude", "wanda" or "sparsegpt" (the solver); ``pattern``: None (unstructured) or N:M,
     e.g. "2:4" (then ``sparsity`` is fixed by the pattern); ``allocation``: how ``sparsity`` is spread over
-    the matrices, a name in :data:`prunekit.allocation.ALLOCATIONS` or an :class:`~prunekit.allocation.Allocation`
+    the matrices, a name in :data:`prunekit.allocation.builtin.ALLOCATIONS` or an :class:`~prunekit.allocation.builtin.Allocation`
     (default uniform; see the module docstring). The overall sparsity over the pruned matrices is
     ``sparsity`` up to rounding (Wanda rounds per output row: ``round(s * in)`` weights of each).
 

@@ -37,7 +37,7 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.masks import get_mask, original_parameter
+from prunekit.apply.masks import get_mask, original_parameter
 from prunekit.progress import ProgressBar
 
 __all__ = ["RECOVERY_METHODS", "RecoveryReport", "recover"]

@@ -16,7 +16,7 @@
   the dense model; the ``round(sparsity * L)`` layers with the lowest BI are removed (criterion
   ``"block-influence"``, the only one for layers).
 
-The cutting itself is the structural engine's (:func:`prunekit.structural.surgery.remove_`: slice the
+The cutting itself is the structural engine's (:func:`prunekit.surgery.remove.remove_`: slice the
 tensors, update the Linears' size attributes); this module decides what to cut, adds the zero biases that
 compensation needs and keeps the attention modules' head counts and the config in step.
 
@@ -44,12 +44,12 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.llm import criteria
+from prunekit.criteria import formulas as criteria
 from prunekit.calibration.families import Attention, Family, family_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
-from prunekit.structural.blocks import overlaps_ignored
-from prunekit.structural.hf import head_config_fields, own_config_, record_hf_structure
-from prunekit.structural.surgery import remove_
+from prunekit.surgery.blocks import overlaps_ignored
+from prunekit.surgery.hf import head_config_fields, own_config_, record_hf_structure
+from prunekit.surgery.remove import remove_
 
 UNITS = ("heads", "mlp", "layers")
 CRITERIA = ("fluctuation", "magnitude")  # of heads and MLP channels
@@ -421,7 +421,7 @@ def prune_structured(
     ``ignored``: module names (``ignore=``): a decoder layer whose attention (heads), MLP (mlp) or whole
     self (layers) lies inside, equals or contains one of them is left as it is. The other layers still lose
     the same count, so the config then cannot state the widths: they are recorded in
-    ``config.prunekit_structure`` (reload with :func:`prunekit.structural.from_pretrained_pruned`).
+    ``config.prunekit_structure`` (reload with :func:`prunekit.surgery.from_pretrained_pruned`).
     :class:`~prunekit.errors.NothingToPruneError` when ``ignored`` covers every layer.
     """
     if unit not in UNITS:
@@ -494,12 +494,12 @@ def prune_structured(
             result.notes.append(
                 f"{len(visitor_c.kept_whole)} decoder layer(s) keep their {'attention heads' if unit == 'heads' else 'MLP channels'} "
                 f"because ignore= names them: {', '.join(visitor_c.kept_whole[:8])}; layers now differ, so the sizes are "
-                "recorded in config.prunekit_structure: reload with prunekit.structural.from_pretrained_pruned"
+                "recorded in config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
             )
         if unit == "heads" and visitor_c.head_fields is None:
             result.notes.append(
                 f"{type(model.config).__name__} cannot state {visitor_c.groups * visitor_c.per_group} heads of size "
-                f"{visitor_c.head_dim}: the sizes are recorded; reload with prunekit.structural.from_pretrained_pruned"
+                f"{visitor_c.head_dim}: the sizes are recorded; reload with prunekit.surgery.from_pretrained_pruned"
             )
         where = "in every layer not named by ignore=" if visitor_c.kept_whole else "in every layer"
         if unit == "heads":

@@ -1,6 +1,7 @@
 """Training-time pruning: a small trainer with hooks, and the methods of the survey's "when" axis."""
 
-from prunekit.train.trainer import Callback, History, TrainConfig, Trainer
+from prunekit.train.callbacks import Callback
+from prunekit.train.trainer import History, TrainConfig, Trainer
 from prunekit.train import methods as _methods  # noqa: F401  (registers the methods)
 from prunekit.train.methods import (
     GMP,

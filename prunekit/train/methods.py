@@ -13,23 +13,26 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-import prunekit as pk
-from prunekit.allocation import Global
+from prunekit.allocation.builtin import Global
 from prunekit.criteria import resolve_criterion
-from prunekit.errors import ConfigError, PatternError
-from prunekit.granularity import Channel, Unstructured, lowest_k_mask
-from prunekit.masks import apply_mask_, get_mask, masked_parameters, original_parameter, set_mask_
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
-from prunekit.plan import LayerPlan, Plan, element_scores, gather_statistics
-from prunekit.schedules import Gradual
+from prunekit.api import prune
+from prunekit.errors import ConfigError, InvalidSparsityError, PatternError, UnknownNameError, UnsupportedModuleError
+from prunekit.granularity.patterns import Channel, Unstructured, lowest_k_mask
+from prunekit.apply.masks import apply_mask_, get_mask, masked_parameters, original_parameter, set_mask_
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
+from prunekit.apply.plan import LayerPlan, Plan, Pruner, element_scores, gather_statistics
+from prunekit.schedules.builtin import Gradual
 from prunekit.targets import Target, select_targets
-from prunekit.train.trainer import Callback, Trainer
+from prunekit.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from prunekit.train.trainer import Trainer
 
 # ---- pruning at initialisation: one-shot methods ---------------------------------------------------
 
@@ -37,7 +40,7 @@ from prunekit.train.trainer import Callback, Trainer
 def _global_plan(name: str, targets: list[Target], importance: dict[str, Tensor], sparsity: float,
                  allocation: Any, seed: int) -> Plan:
     """Masks from per-weight importance scores (higher = keep) with the given allocation."""
-    from prunekit.allocation import LayerInfo
+    from prunekit.allocation.builtin import LayerInfo
 
     infos = [LayerInfo(t.name, tuple(t.weight.shape), importance[t.name].reshape(-1),
                        torch.ones(t.weight.numel(), dtype=torch.long)) for t in targets]
@@ -172,10 +175,10 @@ class AtInit(Callback):
         self.report: Any = None
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        m = pk.METHODS.get(self.method)
+        m = METHODS.get(self.method)
         calib = trainer.calibration_batches(self.n) if m.needs_data else None
         example = trainer.x[:1]
-        self.report = pk.prune(trainer.model, m, sparsity=self.sparsity, calibration=calib, example_inputs=example,
+        self.report = prune(trainer.model, m, sparsity=self.sparsity, calibration=calib, example_inputs=example,
                                measure=False, **self.options)
         trainer.history.notes.append(f"{self.method} at initialisation: sparsity {self.report.sparsity:.4f}")
 
@@ -196,14 +199,14 @@ class GMP(Callback):
         if not 0 <= start < end <= 1:
             raise ConfigError("gmp needs 0 <= start < end <= 1 (fractions of training)")
         self.sparsity, self.start, self.end, self.updates, self.allocation = sparsity, start, end, updates, allocation
-        self.pruner: pk.Pruner | None = None
+        self.pruner: Pruner | None = None
 
-    def _pruner(self, trainer: Trainer) -> pk.Pruner:
+    def _pruner(self, trainer: Trainer) -> Pruner:
         if self.pruner is None:
             total = trainer.total_steps
             t0, t1 = int(self.start * total), max(int(self.end * total), int(self.start * total) + 1)
             freq = max(1, (t1 - t0) // self.updates)
-            self.pruner = pk.Pruner(allocation=self.allocation, schedule=Gradual(t0, t1, self.sparsity, frequency=freq))
+            self.pruner = Pruner(allocation=self.allocation, schedule=Gradual(t0, t1, self.sparsity, frequency=freq))
         return self.pruner
 
     def on_train_begin(self, trainer: Trainer) -> None:
@@ -266,12 +269,12 @@ def _remove_bn_channels(trainer: Trainer, ratio: float, label: str) -> None:
     """Remove the channels with the smallest BN scales: physically when the structural engine supports
     the model, otherwise by masking BN gamma/beta (noted in the history)."""
     try:
-        from prunekit.structural import methods as _structural  # noqa: F401
+        from prunekit.methods import structural as _structural  # noqa: F401
 
-        report = pk.prune(trainer.model, "bn-scale-channel", sparsity=ratio, example_inputs=trainer.x[:1],
+        report = prune(trainer.model, "bn-scale-channel", sparsity=ratio, example_inputs=trainer.x[:1],
                           measure=False, allocation=Global(count="units"))
         trainer.history.notes.append(f"{label}: removed channels physically, parameters {report.after.params}")
-    except (ImportError, pk.UnknownNameError, pk.UnsupportedModuleError) as e:
+    except (ImportError, UnknownNameError, UnsupportedModuleError) as e:
         _mask_bn_channels(trainer.model, _bn_channel_masks(trainer.model, ratio))
         trainer.history.notes.append(f"{label}: BN channels masked (structural engine unavailable: {e})")
 
@@ -334,7 +337,7 @@ class GroupLasso(Callback):
             w.grad.add_(layout.from_canonical(penalty))
 
     def _prune(self, trainer: Trainer) -> None:
-        pk.prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False)
+        prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False)
         self.pruned = True
 
     def wants_another_round(self, trainer: Trainer) -> bool:
@@ -376,7 +379,7 @@ class SoftFilterPruning(Callback):
         convs = self._convs(trainer.model)
         if convs:
             names = {t.name for t in convs}
-            pk.prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False,
+            prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False,
                      ignore=lambda m, n: n not in names)
 
 
@@ -419,7 +422,7 @@ class DynamicSparse(Callback):
         self.updates = 0
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        pk.prune(trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed,
+        prune(trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed,
                  measure=False)
 
     def _is_update(self, trainer: Trainer) -> bool:
@@ -518,7 +521,7 @@ class LotteryTicket(Callback):
             raise ConfigError(f"imp: rewind_step {self.rewind_step} is beyond the {trainer.total_steps} steps of a round")
         self.pruned_rounds += 1
         target = 1.0 - (1.0 - self.sparsity) ** (self.pruned_rounds / self.rounds)
-        pk.prune(trainer.model, "magnitude", sparsity=target, allocation=self.allocation, measure=False)
+        prune(trainer.model, "magnitude", sparsity=target, allocation=self.allocation, measure=False)
         rewind(trainer.model, self.rewind_state)
         trainer.history.notes.append(f"imp round {self.pruned_rounds}: sparsity {target:.4f}, rewound to step {self.rewind_step}")
         return True
@@ -633,10 +636,10 @@ def training_callback(method: str | Callback | Method, sparsity: float | None, *
     """The trainer's view of a method: a callback. One-shot methods run at initialisation."""
     if isinstance(method, Callback):
         return method
-    m = pk.METHODS.resolve(method) if isinstance(method, str) else method
+    m = METHODS.resolve(method) if isinstance(method, str) else method
     if sparsity is None:
-        raise pk.InvalidSparsityError(f"method {m.name!r} needs sparsity=... (a number in [0, 1))")
-    from prunekit.granularity import _check_sparsity
+        raise InvalidSparsityError(f"method {m.name!r} needs sparsity=... (a number in [0, 1))")
+    from prunekit.granularity.patterns import _check_sparsity
 
     _check_sparsity(sparsity)
     if isinstance(m, TrainingMethod):

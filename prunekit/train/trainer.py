@@ -36,7 +36,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import CheckpointError, ConfigError, DataError
-from prunekit.masks import apply_mask_, masked_parameters
+from prunekit.apply.masks import apply_mask_, masked_parameters
+from prunekit.train.callbacks import Callback
+from prunekit.train.methods import training_callback
 
 
 @dataclass(frozen=True)
@@ -69,29 +71,6 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ConfigError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
-
-
-class Callback:
-    """Base class for methods that act during training. Every hook is optional."""
-
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-
-    def on_after_backward(self, trainer: Trainer) -> None: ...
-
-    def on_step_end(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
-    def on_train_end(self, trainer: Trainer) -> None: ...
-
-    def wants_another_round(self, trainer: Trainer) -> bool:
-        """Return True (after preparing the model) to train again from epoch 0 with a fresh optimizer."""
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class _Stop(Exception):
@@ -148,8 +127,6 @@ class Trainer:
         self.val = _as_tensors(val, "val") if val is not None else None
         self.callbacks: list[Callback] = list(callbacks)
         if method is not None:
-            from prunekit.train.methods import training_callback
-
             self.callbacks.insert(0, training_callback(method, sparsity, **(method_options or {})))
         if self.config.kd_alpha > 0 and teacher is None:
             raise ConfigError("kd_alpha > 0 needs a teacher model: Trainer(..., teacher=dense_model)")

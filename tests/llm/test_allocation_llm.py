@@ -14,9 +14,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import prunekit as pk
-from prunekit.allocation import OWL, LayerInfo, owl_sparsities, repeated_block
+from prunekit.allocation.builtin import OWL, LayerInfo, owl_sparsities, repeated_block
 from prunekit.errors import ConfigError, PatternError, UnknownNameError
-from prunekit.llm import methods as _llm_methods  # noqa: F401  (registers the methods)
+from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from prunekit.llm.prune import prune_causal_lm
 
 from .conftest import VOCAB, transformers

@@ -7,7 +7,7 @@ import torch
 
 import prunekit
 from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError
-from prunekit.llm import methods as _llm_methods  # noqa: F401  (registers the methods)
+from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from prunekit.llm.prune import OWL, prune_causal_lm
 
 from .conftest import VOCAB, calibration, tiny_model

@@ -164,7 +164,7 @@ def test_gradient_criteria_ignore_the_loss_at_padding(method: str) -> None:
 
 def test_structural_layer_influence_ignores_padding() -> None:
     """The "layer" method measures block influence on example_inputs: padded positions do not count."""
-    from prunekit.structural import plan_layers
+    from prunekit.surgery import plan_layers
 
     seqs = _sequences()
     model = tiny_model("llama", layers=4)

@@ -104,8 +104,8 @@ def test_unknown_family_is_refused():
 
 def test_offloaded_activations_give_the_same_weights():
     from prunekit.llm.prune import _SolveVisitor, select_targets
-    from prunekit.llm.solvers import SparseGPTSolver
-    from prunekit.granularity import Unstructured
+    from prunekit.apply.solvers import SparseGPTSolver
+    from prunekit.granularity.patterns import Unstructured
 
     pruned = []
     for offload in (False, True):

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from prunekit.errors import InvalidSparsityError, PatternError
-from prunekit.granularity import NM, Block, Unstructured
-from prunekit.llm import criteria
-from prunekit.llm.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
+from prunekit.granularity.patterns import NM, Block, Unstructured
+from prunekit.allocation import outlier_ratio, owl_sparsities
+from prunekit.criteria import formulas as criteria
+from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
 
 
 def linear(weight: list[list[float]] | torch.Tensor) -> nn.Linear:
@@ -162,14 +163,14 @@ def test_invalid_inputs_are_refused():
 
 
 def test_owl_sparsities_keep_the_mean_and_favour_outlier_layers():
-    s = criteria.owl_sparsities([0.01, 0.05, 0.03, 0.02], 0.6, lam=0.08)
+    s = owl_sparsities([0.01, 0.05, 0.03, 0.02], 0.6, lam=0.08)
     assert sum(s) / len(s) == pytest.approx(0.6)
     assert max(s) - min(s) == pytest.approx(0.16)
     assert s[1] == min(s) and s[0] == max(s)  # most outliers -> least pruned
-    assert criteria.owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
+    assert owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
 
 
 def test_outlier_ratio_hand_computed():
     scores = [torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 31.0])]  # mean 4
-    assert criteria.outlier_ratio(scores, multiple=5.0) == pytest.approx(0.1)  # 31 > 5 * 4 = 20
-    assert criteria.outlier_ratio(scores, multiple=10.0) == 0.0
+    assert outlier_ratio(scores, multiple=5.0) == pytest.approx(0.1)  # 31 > 5 * 4 = 20
+    assert outlier_ratio(scores, multiple=10.0) == 0.0

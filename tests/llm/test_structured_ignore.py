@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.structural import from_pretrained_pruned
+from prunekit.surgery import from_pretrained_pruned
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.allocation import Global, LayerInfo
+from prunekit.allocation.builtin import Global, LayerInfo
 from prunekit.errors import ConfigError, NothingToPruneError, PrunekitError
-from prunekit.structural.allocation import structural_allocation
-from prunekit.structural.blocks import _is_identity_residual, plan_layers
+from prunekit.allocation.units import structural_allocation
+from prunekit.surgery.blocks import _is_identity_residual, plan_layers
 
 
 class Res(nn.Module):

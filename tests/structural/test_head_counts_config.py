@@ -1,6 +1,6 @@
 """Head pruning keeps a Hugging Face config that can state the pruned model, and every pruned model saves
 and reloads to identical logits: through stock ``from_pretrained`` when the config states its sizes, else
-through ``prunekit.structural.from_pretrained_pruned`` (field report: a GQA Llama with 6 of 8 heads left and
+through ``prunekit.surgery.from_pretrained_pruned`` (field report: a GQA Llama with 6 of 8 heads left and
 hidden size 64 could be neither saved nor reloaded)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.llm.structured import choose_gqa_shape
-from prunekit.structural import from_pretrained_pruned, plan_heads
-from prunekit.structural.hf import find_attention, head_config_fields
+from prunekit.surgery import from_pretrained_pruned, plan_heads
+from prunekit.surgery.hf import find_attention, head_config_fields
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

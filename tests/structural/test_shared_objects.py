@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.errors import PrunekitError
-from prunekit.structural.hf import own_config_
+from prunekit.surgery.hf import own_config_
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -10,11 +10,11 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.calibration import collect
 from prunekit.criteria import criteria_for, resolve_criterion
 from prunekit.errors import ConfigError, UnsupportedModuleError
-from prunekit.structural import (
+from prunekit.surgery import (
     HANDLERS,
     ModuleHandler,
     UnitScorer,
@@ -27,9 +27,9 @@ from prunekit.structural import (
     structural_allocation,
     structure_record,
 )
-from prunekit.structural.allocation import remove_lowest
-from prunekit.structural.engine import group_unit_sets
-from prunekit.structural.surgery import tensor_slots
+from prunekit.allocation.units import remove_lowest
+from prunekit.surgery.engine import group_unit_sets
+from prunekit.surgery.remove import tensor_slots
 
 
 class Custom(nn.Module):
@@ -366,7 +366,7 @@ class HardCoded(nn.Module):
 
 @pytest.mark.parametrize("how", ["apply", "validate_first"])
 def test_groups_the_code_fixes_are_found_and_kept(how: str) -> None:
-    from prunekit.structural.engine import validate_plan
+    from prunekit.surgery.engine import validate_plan
 
     torch.manual_seed(0)
     model = HardCoded().eval()
@@ -493,7 +493,7 @@ class _Nested(nn.Module):
 
 
 def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunekit.structural.engine as eng
+    import prunekit.surgery.engine as eng
 
     torch.manual_seed(0)
     model = _Nested().eval()
@@ -501,8 +501,8 @@ def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pyt
     plan = plan_channels(model, x, 0.5)
     assert plan.units_removed == 24
     # the failing forward names the module it failed in (one with a tensor in the culprit group)
-    from prunekit._transaction import _restore_tree, _snapshot_tree
-    from prunekit.structural.surgery import remove_
+    from prunekit.apply.transaction import _restore_tree, _snapshot_tree
+    from prunekit.surgery.remove import remove_
 
     snap = _snapshot_tree(model)
     remove_(model, plan.removal())

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
-from prunekit.structural.engine import analyze
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
+from prunekit.surgery.engine import analyze
 
 transformers = pytest.importorskip("transformers")
 T = transformers
@@ -75,7 +75,7 @@ def test_fused_families_lose_mlp_width_and_reload(kind: str, tmp_path) -> None: 
         logits = model(input_ids=IDS).logits
     assert logits.shape == (1, 12, 100)
     model.save_pretrained(tmp_path)
-    from prunekit.structural.hf import from_pretrained_pruned
+    from prunekit.surgery.hf import from_pretrained_pruned
 
     again = (type(model).from_pretrained(tmp_path) if kind in STOCK else from_pretrained_pruned(type(model), tmp_path)).eval()
     with torch.no_grad():

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
-from prunekit.structural.engine import analyze
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
+from prunekit.surgery.engine import analyze
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:

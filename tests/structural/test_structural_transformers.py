@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.errors import UnsupportedModuleError
-from prunekit.structural import apply_head_plan_, plan_heads
+from prunekit.surgery import apply_head_plan_, plan_heads
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,7 +58,7 @@ def test_prune_runs_and_reloads(kind: str, method: str, tmp_path) -> None:  # no
     if (kind, method) in STOCK_RELOAD:
         again = type(model).from_pretrained(tmp_path).eval()
     else:
-        from prunekit.structural.hf import from_pretrained_pruned
+        from prunekit.surgery.hf import from_pretrained_pruned
 
         again = from_pretrained_pruned(type(model), tmp_path)
     with torch.no_grad():
@@ -95,11 +95,11 @@ def test_removing_zeroed_heads_keeps_outputs() -> None:
 
 
 def test_removing_zeroed_mlp_channels_keeps_outputs() -> None:
-    from prunekit.structural import apply_plan_, plan_channels
+    from prunekit.surgery import apply_plan_, plan_channels
 
     model = _build("llama")
     plan = plan_channels(model, {"input_ids": IDS}, 0.5)
-    from prunekit.structural.surgery import tensor_slots
+    from prunekit.surgery.remove import tensor_slots
 
     slots = tensor_slots(model)
     with torch.no_grad():
@@ -127,7 +127,7 @@ def test_layer_removal_updates_config_and_indices() -> None:
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_head_pruned_multihead_attention_computes_what_the_stock_module_does(batch_first: bool) -> None:
-    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+    from prunekit.surgery.mha import HeadPrunedMultiheadAttention
 
     torch.manual_seed(0)
     stock = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
@@ -167,8 +167,8 @@ def _vit() -> nn.Module:
 
 
 def test_multihead_attention_heads_are_removed_physically_and_exactly() -> None:
-    from prunekit.structural import apply_structure_record, structure_record
-    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+    from prunekit.surgery import apply_structure_record, structure_record
+    from prunekit.surgery.mha import HeadPrunedMultiheadAttention
 
     model = _vit()
     gone = [1, 3]  # zero these heads everywhere: they score lowest, and removing them changes nothing
@@ -228,7 +228,7 @@ def _logits(model: nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind,method", [("llama", "l2-channel"), ("qwen2", "head"), ("qwen2", "l2-channel")])
 def test_global_allocation_round_trips_through_the_pruned_loader(kind: str, method: str, tmp_path) -> None:  # noqa: ANN001
-    from prunekit.structural.hf import from_pretrained_pruned
+    from prunekit.surgery.hf import from_pretrained_pruned
 
     model = _build(kind)
     if method == "head":  # four key/value groups per layer, so that layers can lose different numbers
@@ -256,7 +256,7 @@ def test_global_allocation_round_trips_through_the_pruned_loader(kind: str, meth
 
 @pytest.mark.parametrize("kind,method", [("gpt2", "head"), ("bert", "head"), ("gpt2", "embedding"), ("bert", "embedding")])
 def test_head_size_the_config_cannot_express_round_trips(kind: str, method: str, tmp_path) -> None:  # noqa: ANN001
-    from prunekit.structural.hf import from_pretrained_pruned
+    from prunekit.surgery.hf import from_pretrained_pruned
 
     model = _build(kind)
     pk.prune(model, method, sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
@@ -269,7 +269,7 @@ def test_head_size_the_config_cannot_express_round_trips(kind: str, method: str,
 
 
 def test_uniform_sizes_need_no_record_and_load_with_either_loader(tmp_path) -> None:  # noqa: ANN001
-    from prunekit.structural.hf import from_pretrained_pruned
+    from prunekit.surgery.hf import from_pretrained_pruned
 
     model = _build("qwen2")
     pk.prune(model, "head", sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
@@ -292,7 +292,7 @@ class _SelfAttention(nn.Module):
 def test_flops_of_multihead_attention_are_counted_and_halve_with_half_the_heads() -> None:
     """The fused inference kernel of the stock module is invisible to the FLOP counter; the report turns it
     off, so the dense count includes the attention and half the heads is exactly half the FLOPs."""
-    from prunekit.report import count_flops
+    from prunekit.eval.report import count_flops
 
     torch.manual_seed(0)
     model = _SelfAttention().eval()
@@ -305,7 +305,7 @@ def test_flops_of_multihead_attention_are_counted_and_halve_with_half_the_heads(
 
 
 def test_a_failure_after_heads_were_removed_restores_the_stock_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunekit.structural.methods as sm
+    import prunekit.methods.structural as sm
 
     model = _vit()
     x = torch.randn(1, 3, 32, 32)
@@ -327,9 +327,9 @@ def test_a_failure_after_heads_were_removed_restores_the_stock_module(monkeypatc
 
 
 def test_vit_channel_pruning_shrinks_the_residual_stream_through_multihead_attention() -> None:
-    from prunekit.report import count_flops
-    from prunekit.structural import apply_structure_record, structure_record
-    from prunekit.structural.mha import HeadPrunedMultiheadAttention
+    from prunekit.eval.report import count_flops
+    from prunekit.surgery import apply_structure_record, structure_record
+    from prunekit.surgery.mha import HeadPrunedMultiheadAttention
 
     model = _vit()
     x = torch.randn(2, 3, 32, 32)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import prunekit as pk
-import prunekit.structural.methods  # noqa: F401  (registers the structural methods)
+import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.criteria import CRITERIA, CriterionLevelError, criteria_for, resolve_criterion
-from prunekit.structural import plan_channels, plan_layers
-from prunekit.structural.compose import physical_method
+from prunekit.surgery import plan_channels, plan_layers
+from prunekit.methods.physical import physical_method
 
 transformers = pytest.importorskip("transformers")
 
@@ -275,7 +275,7 @@ def test_taylor_unit_score_is_the_squared_gradient_of_a_gate_on_the_unit_bias_in
     output, i.e. the squared sum of ``g * w`` over every parameter of the unit, its bias included. Through a
     ReLU the gate on the pre-activation equals the gate on the consumer's input, so the coupled group's sum
     (producer row + bias + consumer column) is twice the gate's gradient: the scores are ``4 (dL/dc)^2``."""
-    from prunekit.structural import UnitScorer, UnitSet
+    from prunekit.surgery import UnitScorer, UnitSet
 
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))

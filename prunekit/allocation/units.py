@@ -1,8 +1,8 @@
 """Allocation over physical units: the core allocations decide each unit set's share.
 
 Channel groups, attention blocks and stacks of blocks are handed to an allocation of
-:data:`prunekit.allocation.ALLOCATIONS` (uniform, global, erk, lamp, and whatever else is registered there)
-as :class:`~prunekit.allocation.LayerInfo` ``(name, shape, unit_scores, unit_sizes)``: ``shape`` is
+:data:`prunekit.allocation.builtin.ALLOCATIONS` (uniform, global, erk, lamp, and whatever else is registered there)
+as :class:`~prunekit.allocation.builtin.LayerInfo` ``(name, shape, unit_scores, unit_sizes)``: ``shape`` is
 ``(units, parameters per unit)``, ``unit_sizes`` the parameters each unit holds, so that sparsity is counted
 in weights as everywhere in prunekit. The allocation returns a sparsity per set;
 :func:`allocate_units` turns it into the lowest-scoring units of that set: in every segment of a
@@ -11,7 +11,7 @@ of its ``n`` units, at least one unit kept, the kept count rounded up to a multi
 removable units. With equal unit sizes in a set (the usual case) ``s`` is also the fraction of its units;
 under ``uniform`` every set loses ``floor(s * n)`` units.
 
-The global cap is one thing: :class:`~prunekit.allocation.Global`'s ``max_sparsity``, the most any set may
+The global cap is one thing: :class:`~prunekit.allocation.builtin.Global`'s ``max_sparsity``, the most any set may
 lose. The structural option ``global_cap`` sets it; when neither is given the structural default is
 ``min(0.9, 2 * sparsity)`` (so that no layer collapses).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.allocation import ALLOCATIONS, Allocation, Global, LayerInfo, resolve_allocation
+from prunekit.allocation.builtin import ALLOCATIONS, Allocation, Global, LayerInfo, resolve_allocation
 from prunekit.errors import ConfigError
 
 
@@ -37,9 +37,9 @@ def default_global_cap(sparsity: float) -> float:
 
 def structural_allocation(allocation: Any, sparsity: float, global_cap: float | None = None) -> Allocation:
     """The allocation a structural plan uses: ``allocation`` (a registered name, an
-    :class:`~prunekit.allocation.Allocation` or None for uniform) with the global cap resolved.
+    :class:`~prunekit.allocation.builtin.Allocation` or None for uniform) with the global cap resolved.
 
-    ``global_cap`` in (0, 1) is :class:`~prunekit.allocation.Global`'s ``max_sparsity``; it is refused for
+    ``global_cap`` in (0, 1) is :class:`~prunekit.allocation.builtin.Global`'s ``max_sparsity``; it is refused for
     any other allocation, and when it contradicts a ``max_sparsity`` given explicitly. A ``Global`` without
     ``max_sparsity`` (None) gets ``min(0.9, 2 * sparsity)``; an explicit one is honoured as given. Raises
     :class:`~prunekit.errors.ConfigError` naming what is supported.

@@ -1,15 +1,15 @@
-"""The named structural methods, registered with :data:`prunekit.methods.METHODS`.
+"""The named structural methods, registered with :data:`prunekit.methods.base.METHODS`.
 
 For all of them ``sparsity`` is the share of each unit set removed: channels of every dependency group
 ("*-channel"), key/value groups with their query heads ("head"), blocks of every stack ("layer"), or hidden
 dimensions ("embedding"); with ``allocation="global"`` (or erk, lamp, ...) the sets share one budget counted
-in weights (see :mod:`prunekit.structural.allocation`). The model really gets smaller: tensors are sliced
+in weights (see :mod:`prunekit.allocation.units`). The model really gets smaller: tensors are sliced
 and module attributes (and Hugging Face config fields) updated. "head" keeps a head count the Hugging Face
 config can state (option ``exact_heads=True`` keeps the requested count; that model reloads with
 ``from_pretrained_pruned``). The model's config is copied before it is edited: it may be shared.
 
 Each method scores its units with one registered criterion (:mod:`prunekit.criteria`), reduced as
-:mod:`prunekit.structural.scoring` reduces every physical unit; the option ``criterion=`` replaces it by any
+:mod:`prunekit.surgery.scoring` reduces every physical unit; the option ``criterion=`` replaces it by any
 criterion valid at the method's level. A structural method takes no mask pattern: it removes its own units.
 """
 
@@ -22,18 +22,18 @@ from torch import nn
 
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, NothingToPruneError, PatternError, PrunekitError
-from prunekit.granularity import NM, Unstructured, parse_pattern
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
-from prunekit.structural.blocks import (
+from prunekit.granularity.patterns import NM, Unstructured, parse_pattern
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
+from prunekit.surgery.blocks import (
     apply_head_plan_,
     apply_head_plan_proved_,
     apply_layer_plan_,
     plan_heads,
     plan_layers,
 )
-from prunekit.structural.engine import apply_plan_, check_options, layer_sparsity, plan_channels
-from prunekit.structural.hf import own_config_
-from prunekit.structural.scoring import level_criterion
+from prunekit.surgery.engine import apply_plan_, check_options, layer_sparsity, plan_channels
+from prunekit.surgery.hf import own_config_
+from prunekit.surgery.scoring import level_criterion
 
 _DATA = frozenset({"criterion", "loss_fn", "calib_batches", "global_cap"})
 #: the options each kind of unit honours (anything else is refused by prunekit.prune, naming these)
@@ -174,7 +174,7 @@ def refuse_masked(model: nn.Module) -> None:
     its masked weights are parametrizations the structural engine does not slice."""
     from torch.nn.utils import parametrize
 
-    from prunekit.masks import get_mask
+    from prunekit.apply.masks import get_mask
 
     # prunekit's masks only: other parametrizations (weight_norm, spectral_norm) are sliced by the surgery
     masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)

@@ -2,17 +2,17 @@
 
 ``analyze`` traces a model into groups of coupled dimensions; ``plan_channels`` / ``plan_heads`` /
 ``plan_layers`` decide what goes (units scored by any registered criterion through
-:mod:`~prunekit.structural.scoring`, spread by any core allocation through
-:mod:`~prunekit.structural.allocation`), and the ``apply_*`` functions remove it physically. The named methods
+:mod:`~prunekit.surgery.scoring`, spread by any core allocation through
+:mod:`~prunekit.allocation.units`), and the ``apply_*`` functions remove it physically. The named methods
 ("l1-channel", "head", "layer", "embedding", ...) are registered with :data:`prunekit.METHODS` by
-``prunekit.structural.methods``. ``structure_record`` / ``apply_structure_record`` save and restore the
+``prunekit.methods.structural``. ``structure_record`` / ``apply_structure_record`` save and restore the
 new shapes; ``from_pretrained_pruned`` reloads a pruned Hugging Face model whose config cannot express its
 shapes (head sizes, per-layer widths).
 """
 
-from prunekit.structural.allocation import allocate_units, structural_allocation
-from prunekit.structural.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
-from prunekit.structural.engine import (
+from prunekit.allocation.units import allocate_units, structural_allocation
+from prunekit.surgery.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
+from prunekit.surgery.engine import (
     StructuralPlan,
     analyze,
     apply_plan_,
@@ -20,13 +20,13 @@ from prunekit.structural.engine import (
     prune_channels_,
     validate_plan,
 )
-from prunekit.structural.granularity import Embedding, Head, Layer
-from prunekit.structural.handlers import HANDLERS, ModuleHandler, register_handler
-from prunekit.structural.hf import from_pretrained_pruned
-from prunekit.structural.record import apply_structure_record, structure_record
-from prunekit.structural.scoring import UnitScorer, UnitScores, UnitSet
-from prunekit.structural.surgery import remove_
-from prunekit.structural.trace import Group, Member, TraceResult, trace_groups
+from prunekit.granularity.patterns import Embedding, Head, Layer
+from prunekit.surgery.handlers import HANDLERS, ModuleHandler, register_handler
+from prunekit.surgery.hf import from_pretrained_pruned
+from prunekit.surgery.record import apply_structure_record, structure_record
+from prunekit.surgery.scoring import UnitScorer, UnitScores, UnitSet
+from prunekit.surgery.remove import remove_
+from prunekit.surgery.trace import Group, Member, TraceResult, trace_groups
 
 __all__ = [
     "HANDLERS",

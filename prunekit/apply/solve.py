@@ -4,7 +4,7 @@
 layer of a CNN, a vision transformer or any other ``nn.Module`` (language models the decoder-layer runner of
 :mod:`prunekit.llm` knows go there instead, through the same method names). Each layer's problem is
 ``min ||W X - W' X||^2`` on the inputs ``X`` it sees (im2col patches for a convolution,
-:mod:`prunekit.im2col`), solved by :mod:`prunekit.llm.solvers`:
+:mod:`prunekit.im2col`), solved by :mod:`prunekit.apply.solvers`:
 
 * magnitude: ``|W_ij|``, lowest removed over the layer (no data needed);
 * Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models"):
@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.allocation import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.calibration import FORMS, Calibration, current_token_mask
 from prunekit.calibration.collect import modules_called
 from prunekit.errors import (
@@ -60,11 +60,11 @@ from prunekit.errors import (
     PrunekitError,
     UnknownNameError,
 )
-from prunekit.granularity import NM, Granularity, Unstructured, parse_pattern
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.im2col import is_matrix_layer, layer_rows
 from prunekit.layout import base_class, weight_layout
-from prunekit.llm.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, stored_mask, weight_matrix
-from prunekit.masks import apply_mask_
+from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, stored_mask, weight_matrix
+from prunekit.apply.masks import apply_mask_
 from prunekit.progress import ProgressBar
 from prunekit.targets import Target, select_targets
 
@@ -344,7 +344,7 @@ def solve_layerwise(
 ) -> LayerwiseResult:
     """Prune the target layers of ``model`` in place, one layer at a time (see the module docstring).
 
-    ``method``: "magnitude", "wanda", "sparsegpt" or a :class:`~prunekit.llm.solvers.Solver` class.
+    ``method``: "magnitude", "wanda", "sparsegpt" or a :class:`~prunekit.apply.solvers.Solver` class.
     ``pattern``: None (unstructured) or N:M such as "2:4" (then ``sparsity`` may be left out: the pattern
     fixes it). ``targets``: the layers, as :class:`~prunekit.targets.Target` objects, modules or names
     (default: every Linear / Conv except the final classifier). ``allocation``: how ``sparsity`` is spread
@@ -504,7 +504,7 @@ def _prune(
 
 
 def dense_matrices(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
-    """A copy of each named layer's weight as the solvers' matrix (:func:`~prunekit.llm.solvers.weight_matrix`),
+    """A copy of each named layer's weight as the solvers' matrix (:func:`~prunekit.apply.solvers.weight_matrix`),
     to measure :func:`reconstruction_errors` against after pruning."""
     return {n: weight_matrix(model.get_submodule(n)).detach().float().clone() for n in names}
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from prunekit.calibration.families import AttentionLayout, block_list, layouts_for, mlp_inputs
 from prunekit.errors import UnsupportedModuleError
-from prunekit.structural.surgery import Removal, record_attrs, structure_state, _size_attrs
+from prunekit.surgery.remove import Removal, record_attrs, structure_state, _size_attrs
 
 
 @dataclass
@@ -121,7 +121,7 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
     layouts = layouts_for(model)
     for name, m in mods.items():
         if isinstance(m, nn.MultiheadAttention):
-            from prunekit.structural.mha import check_head_prunable, inner_width
+            from prunekit.surgery.mha import check_head_prunable, inner_width
 
             check_head_prunable(name, m)
             out.append(AttentionBlock(name, m, "mha", inner_width(m) // m.head_dim, inner_width(m) // m.head_dim,
@@ -362,7 +362,7 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
     heads = want * b0.q_per_kv
     if allowed == [b0.groups]:
         return remove, [f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
-                        "config.prunekit_structure: reload with prunekit.structural.from_pretrained_pruned"]
+                        "config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"]
     keep = min(allowed, key=lambda g: (abs(g - want), g == b0.groups, -g))
     new_remove = [np.sort(np.argsort(s, kind="stable")[: b.groups - keep]).astype(np.int64)
                   for b, s in zip(blocks, scores)]
@@ -374,7 +374,7 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
             f"keeping {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
             f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
             f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "
-            "prunekit.structural.from_pretrained_pruned)")
+            "prunekit.surgery.from_pretrained_pruned)")
     return new_remove, [note]
 
 
@@ -393,7 +393,7 @@ def exact_head_notes(model: nn.Module, blocks: list[AttentionBlock], remove: lis
     else:
         what = "different head counts in different layers"
     return [f"{type(model.config).__name__} cannot state {what} (exact_heads=True): the new sizes are recorded in "
-            "config.prunekit_structure; reload with prunekit.structural.from_pretrained_pruned (stock "
+            "config.prunekit_structure; reload with prunekit.surgery.from_pretrained_pruned (stock "
             "from_pretrained builds the old sizes)"]
 
 
@@ -631,8 +631,8 @@ def _read_safetensors(directory: Any) -> dict[str, torch.Tensor]:
 
 def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
     from prunekit.errors import CheckpointError
-    from prunekit.structural.record import reshape_slot, set_size_attrs
-    from prunekit.structural.surgery import tensor_slots
+    from prunekit.surgery.record import reshape_slot, set_size_attrs
+    from prunekit.surgery.remove import tensor_slots
 
     slots = tensor_slots(model)
     alias = {}

@@ -198,7 +198,7 @@ class MultiheadAttentionHandler(ModuleHandler):
         """The packed layout can change its input and output width (the module becomes a
         HeadPrunedMultiheadAttention); the inner width changes only by whole heads (Head()). Other layouts
         keep every dimension."""
-        from prunekit.structural.mha import head_prunable
+        from prunekit.surgery.mha import head_prunable
 
         if not head_prunable(module):
             return [(n, d) for n, p in module.named_parameters() for d in range(p.dim())]
@@ -208,7 +208,7 @@ class MultiheadAttentionHandler(ModuleHandler):
         return out
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
-        from prunekit.structural.mha import adopt_pruned_heads
+        from prunekit.surgery.mha import adopt_pruned_heads
 
         adopt_pruned_heads(module)
 

@@ -391,11 +391,6 @@ def parse_pattern(value: str | Granularity | None) -> Granularity:
         return Unstructured()
     if isinstance(value, Granularity):
         return value
-    kind = getattr(type(value), "kind", None)
-    if not isinstance(value, str) and kind in ("head", "layer", "embedding"):
-        # an instance of a structural-engine value of the same name (kept there for old imports)
-        fields = {"identity_only": bool(getattr(value, "identity_only", False))} if kind == "layer" else {}
-        return {"head": Head, "layer": Layer, "embedding": Embedding}[kind](**fields)
     if isinstance(value, str):
         key = value.strip().lower()
         if key in _NAMED:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError
-from prunekit.structural.surgery import STATE_ATTR, structure_state, tensor_slots
+from prunekit.surgery.remove import STATE_ATTR, structure_state, tensor_slots
 
 FORMAT = "prunekit-structure/1"
 
@@ -76,7 +76,7 @@ def apply_structure_record(model: nn.Module, record: dict[str, Any]) -> nn.Modul
             raise CheckpointError(f"the structure record names {key!r}, which the rebuilt model does not have")
         reshape_slot(slots, key, shape)
     set_size_attrs(model, record.get("attrs", {}))
-    from prunekit.structural.mha import adopt_pruned_heads
+    from prunekit.surgery.mha import adopt_pruned_heads
 
     for m in model.modules():  # nn.MultiheadAttention that lost heads runs as HeadPrunedMultiheadAttention
         if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:

@@ -95,7 +95,7 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
             if parametrize.is_parametrized(m):
                 for p in list(m.parametrizations.keys()):
                     if (name, p) not in existing:
-                        from prunekit.masks import own_parametrized_class_
+                        from prunekit.apply.masks import own_parametrized_class_
 
                         own_parametrized_class_(m)
                         parametrize.remove_parametrizations(m, p, leave_parametrized=False)

@@ -1,19 +1,19 @@
-"""Any criterion at a physical granularity: the structural engine as a core :class:`~prunekit.methods.Method`.
+"""Any criterion at a physical granularity: the structural engine as a core :class:`~prunekit.methods.base.Method`.
 
 ``physical_method("head", "taylor")`` is the method that removes attention heads scored by first-order
 Taylor; ``pk.Pruner(criterion=..., granularity=pk.Head())`` and ``pk.prune(model, pruner, ...)`` run it. Its
 ``run(model, request)`` reads ``request.calibration``, ``request.example_inputs``, ``request.allocation``
 (any core allocation; ``global_cap`` is ``Global.max_sparsity``) and ``request.options`` (those of
-:data:`prunekit.structural.methods.OPTIONS` for the level), exactly as the named structural methods do.
+:data:`prunekit.methods.structural.OPTIONS` for the level), exactly as the named structural methods do.
 """
 
 from __future__ import annotations
 
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError
-from prunekit.methods import Method
-from prunekit.structural.methods import LEVEL, OPTIONS, UNIT_WORDS, StructuralMethod
-from prunekit.structural.scoring import level_criterion
+from prunekit.methods.base import Method, register_physical_composer
+from prunekit.methods.structural import LEVEL, OPTIONS, UNIT_WORDS, StructuralMethod
+from prunekit.surgery.scoring import level_criterion
 
 #: the levels a physical method removes (the structural kinds)
 PHYSICAL_LEVELS = tuple(OPTIONS)
@@ -23,6 +23,7 @@ _DEFAULT_NAMES = {("channel", "magnitude"): "l1-channel", ("channel", "l2"): "l2
                   ("channel", "lamp"): "lamp-channel", ("channel", "random"): "random-channel"}
 
 
+@register_physical_composer
 def physical_method(level: str, criterion: str | Criterion) -> Method:
     """The structural method that removes ``level`` units ("channel": channel groups, "head": attention
     heads, "layer": whole blocks, "embedding": hidden dimensions) scored by ``criterion`` (a registered

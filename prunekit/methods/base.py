@@ -14,11 +14,11 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from prunekit.allocation import Allocation
+from prunekit.allocation.builtin import Allocation
 from prunekit.criteria import Criterion, resolve_criterion
 from prunekit.errors import ConfigError
-from prunekit.granularity import Granularity
-from prunekit.plan import Plan, Pruner
+from prunekit.granularity.patterns import Granularity
+from prunekit.apply.plan import Plan, Pruner
 from prunekit.registry import Registry
 from prunekit.targets import Target
 
@@ -107,10 +107,24 @@ def register_method(
     return deco
 
 
+#: composes (physical level, criterion) into the method that removes those units; set by
+#: :func:`register_physical_composer` from :mod:`prunekit.methods.physical`, which sits above this module
+_PHYSICAL_COMPOSER: Callable[[str, Criterion], Method] | None = None
+
+
+def register_physical_composer(fn: Callable[[str, Criterion], Method]) -> Callable[[str, Criterion], Method]:
+    """Decorator: ``fn(level, criterion) -> Method`` carries out physical granularities for
+    :meth:`ScoreMethod.for_pattern` (the structural engine registers
+    :func:`prunekit.methods.physical.physical_method`)."""
+    global _PHYSICAL_COMPOSER
+    _PHYSICAL_COMPOSER = fn
+    return fn
+
+
 @dataclass
 class ScoreMethod(Method):
     """Score weights with a criterion, allocate sparsity over layers, remove units by the pattern: a
-    :class:`~prunekit.plan.Pruner` with defaults.
+    :class:`~prunekit.apply.plan.Pruner` with defaults.
 
     Any pattern the criterion has a meaning for is honoured: masking patterns through the pruner, the
     physical ones (``Channel(physical=True)``, ``Head()``, ``Layer()``, ``Embedding()``) through the
@@ -137,7 +151,7 @@ class ScoreMethod(Method):
     def for_pattern(self, pattern: Granularity) -> Method:
         """The method that carries out ``pattern``: this one for masks; for a physical granularity the
         structural engine's composition of this criterion and that level
-        (:func:`prunekit.structural.compose.physical_method`). Raises
+        (:func:`prunekit.methods.physical.physical_method`). Raises
         :class:`~prunekit.criteria.CriterionLevelError` when the criterion has no meaning for its units."""
         crit = resolve_criterion(self.criterion)
         crit.check_level(pattern.criterion_level, str(pattern))
@@ -149,9 +163,9 @@ class ScoreMethod(Method):
                 f"(unstructured, N:M, blocks, channel masks); pattern {pattern} removes units physically and does "
                 f"not honour them: drop overrides=, keep layers whole with ignore=[...], or use a mask granularity"
             )
-        from prunekit.structural.compose import physical_method
-
-        return physical_method(pattern.level, crit)
+        if _PHYSICAL_COMPOSER is None:  # pragma: no cover - prunekit/__init__ imports prunekit.methods.physical
+            raise ConfigError(f"pattern {pattern} needs the structural engine: import prunekit first")
+        return _PHYSICAL_COMPOSER(pattern.level, crit)
 
     def pruner(self, request: PruneRequest) -> Pruner:
         overrides = request.options.get("overrides", self.default_overrides)
@@ -236,7 +250,7 @@ class APoZ(ScoreMethod):
 
 
 def resolve_method(method: str | Method | Pruner) -> Method:
-    """A registered name, a :class:`Method`, or a :class:`~prunekit.plan.Pruner` (a composition without a
+    """A registered name, a :class:`Method`, or a :class:`~prunekit.apply.plan.Pruner` (a composition without a
     registered name: :func:`pruner_method`)."""
     if isinstance(method, str):
         return METHODS.get(method)

@@ -39,8 +39,8 @@ from prunekit.calibration.collect import LayerStats, collect
 from prunekit.criteria.base import Criterion, ScoreInput, criteria_for, resolve_criterion
 from prunekit.errors import DataError, MissingDataError, NothingToPruneError, UnknownNameError
 from prunekit.layout import WeightLayout, weight_layout
-from prunekit.structural.surgery import tensor_slots
-from prunekit.structural.trace import _call
+from prunekit.surgery.remove import tensor_slots
+from prunekit.surgery.trace import _call
 
 #: statistics read from activations: a layer whose forward never runs has none of them
 _ACTIVATION = frozenset({"act_norm", "act_mean", "act_zeros", "xtx"})

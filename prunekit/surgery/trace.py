@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from prunekit.errors import ModelError, UnsupportedModuleError
-from prunekit.report import call_model
+from prunekit.calls import call_model
 
 NO_ATOM = -1
 _ELEMENT_ATOM_LIMIT = 4_000_000

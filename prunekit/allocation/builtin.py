@@ -69,7 +69,7 @@ def _global_threshold(scores: list[Tensor], sizes: list[Tensor], names: list[str
     owner = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(scores)])
     total = all_sizes.sum().item()
     if bool((all_sizes == 1).all()):  # single weights: an O(n) selection instead of a sort
-        from prunekit.granularity import lowest_k_mask
+        from prunekit.granularity.patterns import lowest_k_mask
 
         gone = lowest_k_mask(all_scores, round(sparsity * total))
         counts = torch.zeros(len(scores), dtype=torch.float64).index_add_(0, owner[gone], all_sizes[gone])

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from prunekit._transaction import transaction
-from prunekit.allocation import Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.apply.transaction import transaction
+from prunekit.allocation.builtin import Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.calibration import LayerStats, collect
 from prunekit.criteria import Criterion, ScoreInput, resolve_criterion
 from prunekit.errors import (
@@ -36,9 +36,9 @@ from prunekit.errors import (
     PatternError,
     PlanError,
 )
-from prunekit.granularity import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
-from prunekit.masks import apply_mask_, get_mask
-from prunekit.schedules import Schedule
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
+from prunekit.apply.masks import apply_mask_, get_mask
+from prunekit.schedules.builtin import Schedule
 from prunekit.targets import Ignore, Target, check_finite, select_targets
 
 PLAN_VERSION = 1

@@ -1,4 +1,6 @@
-"""Scoring functions of post-training LLM pruning: pure functions from tensors to scores.
+"""The formulas of the layer-wise criteria as pure functions from tensors to scores (magnitude, Wanda,
+SparseGPT's saliency, FLAP's fluctuation, ShortGPT's block influence), for the layer-wise solvers and the
+structured language-model methods.
 
 Scores are shaped like what they score; higher means more important (kept).
 """
@@ -8,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# OWL's outlier ratio and sparsity mapping live with the OWL allocation; re-exported for the LLM code
-from prunekit.allocation import outlier_ratio, owl_sparsities  # noqa: F401
 
 
 def magnitude(weight: Tensor) -> Tensor:

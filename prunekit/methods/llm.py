@@ -1,4 +1,4 @@
-"""Registration of the language-model methods with :data:`prunekit.methods.METHODS`.
+"""Registration of the language-model methods with :data:`prunekit.methods.base.METHODS`.
 
 Importing this module registers ``wanda``, ``sparsegpt`` (layer-wise, unstructured or N:M, any allocation),
 ``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude`` (aliases: the solver with ``allocation="owl"``) and
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from prunekit.errors import ConfigError, PatternError
-from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
 
 _LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "sequential"})
 
@@ -22,7 +22,7 @@ _LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "
 class LayerwiseLLMMethod(Method):
     """Post-training, layer-by-layer pruning of a causal LM's decoder Linears (see :mod:`prunekit.llm.prune`);
     any other model (a CNN, a ViT, an encoder) has every target Linear / Conv pruned by the same solver through
-    :func:`prunekit.solve.solve_layerwise` (option ``sequential``: False gathers all statistics in one pass).
+    :func:`prunekit.apply.solve.solve_layerwise` (option ``sequential``: False gathers all statistics in one pass).
 
     Honours every allocation (uniform, erk, global, lamp, owl, or an Allocation value); N:M takes uniform
     only. With ``owl=True`` the method is an alias of its solver with ``allocation="owl"`` (``owl-wanda`` is
@@ -44,7 +44,7 @@ class LayerwiseLLMMethod(Method):
 
     def check_allocation(self, allocation: object) -> None:
         """Refuse an allocation other than OWL for the ``owl-*`` aliases (:class:`ConfigError`)."""
-        from prunekit.allocation import OWL
+        from prunekit.allocation.builtin import OWL
 
         if self.owl and allocation is not None and not isinstance(allocation, OWL):
             raise ConfigError(
@@ -59,7 +59,7 @@ class LayerwiseLLMMethod(Method):
 
         opts = request.options
         if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
-            from prunekit.solve import solve_layerwise
+            from prunekit.apply.solve import solve_layerwise
 
             self.check_allocation(request.allocation)
             solved = solve_layerwise(
@@ -71,7 +71,7 @@ class LayerwiseLLMMethod(Method):
             return MethodOutcome(layer_sparsity=solved.layer_sparsity, notes=solved.notes)
         if not opts.get("sequential", True):
             raise ConfigError("a causal LM is pruned one decoder layer after another; sequential=False applies to "
-                              "other models (prunekit.solve)")
+                              "other models (prunekit.apply.solve)")
         names = [t.name for t in request.targets]
         selected = select_targets(model, names)
         self.check_allocation(request.allocation)
@@ -115,8 +115,8 @@ class StructuredLLMMethod(Method):
         self.paper = paper
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
-        from prunekit.allocation import Uniform
-        from prunekit.granularity import Unstructured
+        from prunekit.allocation.builtin import Uniform
+        from prunekit.granularity.patterns import Unstructured
         from prunekit.llm import structured
 
         words = self.UNIT_WORDS[self.unit]

@@ -2,8 +2,8 @@
 
 Both plan first (scores, allocation, validation) and change the model only in :func:`apply_head_plan_` /
 :func:`apply_layer_plan_`. Units are scored by any registered criterion valid at their level, reduced as
-:mod:`prunekit.structural.scoring` reduces every physical unit, and allocated by any core allocation
-(:mod:`prunekit.structural.allocation`).
+:mod:`prunekit.surgery.scoring` reduces every physical unit, and allocated by any core allocation
+(:mod:`prunekit.allocation.units`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from prunekit.allocation import Allocation
+from prunekit.allocation.builtin import Allocation
 from prunekit.criteria.base import Criterion
 from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError
 from prunekit.padding import real_tokens, token_mask
-from prunekit.structural.allocation import allocate_units, structural_allocation, unique_names
-from prunekit.structural.hf import (
+from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
+from prunekit.surgery.hf import (
     AttentionBlock,
     exact_head_notes,
     find_attention,
@@ -32,7 +32,7 @@ from prunekit.structural.hf import (
     record_head_attrs,
     renumber_layers,
 )
-from prunekit.structural.scoring import (
+from prunekit.surgery.scoring import (
     UnitScorer,
     UnitScores,
     UnitSet,
@@ -41,8 +41,8 @@ from prunekit.structural.scoring import (
     row_scores,
     stack_rows,
 )
-from prunekit.structural.surgery import _size_attrs, remove_, structure_state
-from prunekit.structural.trace import _call
+from prunekit.surgery.remove import _size_attrs, remove_, structure_state
+from prunekit.surgery.trace import _call
 
 # ------------------------------------------------------------------------------------------------- heads
 
@@ -122,7 +122,7 @@ def plan_heads(
     allocation over the attention blocks (``global_cap``: ``Global.max_sparsity``, default
     ``min(0.9, 2 * sparsity)``); ``calibration`` / ``loss_fn`` / ``calib_batches``: data for data-driven
     criteria; ``example_inputs``: SynFlow's input shape. A Hugging Face model keeps a head count its config
-    can state (see :func:`~prunekit.structural.hf.fit_head_counts`), so that stock ``from_pretrained``
+    can state (see :func:`~prunekit.surgery.hf.fit_head_counts`), so that stock ``from_pretrained``
     reloads it; ``exact=True`` keeps the allocation's counts instead. ``ignored``: module names ``ignore=``
     matched; an attention module inside, equal to or containing one keeps all its heads.
 
@@ -190,7 +190,7 @@ def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
         if len(r):
             b.update_attrs(b.num_heads - len(r) * b.q_per_kv, b.num_kv_heads - len(r))
             record_head_attrs(model, b, before)
-    from prunekit.structural.engine import sync_config
+    from prunekit.surgery.engine import sync_config
 
     sync_config(model)
 
@@ -202,8 +202,8 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
     a size it hard-codes) keeps its heads, and the plan's notes say which; if no block can lose heads the
     model is restored and :class:`NothingToPruneError` names the module that broke. ``apply``: the function
     that applies a head plan (default :func:`apply_head_plan_`)."""
-    from prunekit._transaction import _restore_tree, _snapshot_tree
-    from prunekit.structural.engine import _runs, single_thread
+    from prunekit.apply.transaction import _restore_tree, _snapshot_tree
+    from prunekit.surgery.engine import _runs, single_thread
 
     apply = apply or apply_head_plan_
     if inputs is None:
@@ -482,7 +482,7 @@ def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
                     del types[i]
             cfg.layer_types = types
             st["config"]["layer_types"] = types
-        from prunekit.structural.engine import sync_config
+        from prunekit.surgery.engine import sync_config
 
         sync_config(model)
 

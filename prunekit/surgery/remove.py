@@ -21,8 +21,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
 from prunekit.errors import ModelError, PlanError, UnsupportedModuleError
-from prunekit.masks import Mask
-from prunekit.structural.handlers import handler_for
+from prunekit.apply.masks import Mask
+from prunekit.surgery.handlers import handler_for
 
 Removal = dict[str, dict[int, np.ndarray]]  # tensor key -> dim -> indices to remove
 

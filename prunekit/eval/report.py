@@ -24,8 +24,8 @@ from torch.nn.utils import parametrize
 
 from prunekit.calls import call_model
 from prunekit.errors import DataError, PrunekitError
-from prunekit.latency import LatencyComparison, Timing, compare_latency, time_model
-from prunekit.masks import effective_state_dict
+from prunekit.eval.latency import LatencyComparison, Timing, compare_latency, time_model
+from prunekit.apply.masks import effective_state_dict
 from prunekit.serialization import dense_bytes, sparse_bytes
 from prunekit.targets import _is_prunable
 
@@ -46,7 +46,7 @@ class ModelStats:
     latency_threads: int | None = None
 
     def set_timing(self, timing: Timing) -> None:
-        """Record a :class:`~prunekit.latency.Timing` (median, quartiles, threads)."""
+        """Record a :class:`~prunekit.eval.latency.Timing` (median, quartiles, threads)."""
         self.latency_ms, self.latency_q1_ms, self.latency_q3_ms = timing.median_ms, timing.q1_ms, timing.q3_ms
         self.latency_threads = timing.threads
 
@@ -120,7 +120,7 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
 
 def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
     """Median wall time of a forward pass in milliseconds at the current thread count (see
-    :func:`prunekit.latency.time_model` for the spread, and :func:`prunekit.latency.compare_latency` to
+    :func:`prunekit.eval.latency.time_model` for the spread, and :func:`prunekit.eval.latency.compare_latency` to
     compare two models)."""
     return time_model(model, inputs, threads=None, warmup=warmup, min_rounds=min(5, repeats), max_rounds=repeats,
                       budget_s=budget_s).median_ms
@@ -137,7 +137,7 @@ def measure(
     """Measure ``model`` in eval mode (its mode is restored). FLOPs and latency need ``example_inputs``.
 
     Latency is timed at ``threads`` threads (None: the current count), median and quartiles in ms
-    (:func:`prunekit.latency.time_model`). To compare two models, use :func:`prunekit.latency.compare_latency`,
+    (:func:`prunekit.eval.latency.time_model`). To compare two models, use :func:`prunekit.eval.latency.compare_latency`,
     which times them interleaved.
     """
     params = _effective_params(model)

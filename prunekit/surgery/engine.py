@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from prunekit._transaction import _restore_tree, _snapshot_tree
-from prunekit.allocation import Allocation
+from prunekit.apply.transaction import _restore_tree, _snapshot_tree
+from prunekit.allocation.builtin import Allocation
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.layout import is_prunable, weight_layout
-from prunekit.structural.allocation import allocate_units, structural_allocation, unique_names
-from prunekit.structural.handlers import handler_for
-from prunekit.structural.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
-from prunekit.structural.surgery import Removal, remove_, tensor_slots
-from prunekit.structural.trace import Group, TraceResult, _call, trace_groups
+from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
+from prunekit.surgery.handlers import handler_for
+from prunekit.surgery.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
+from prunekit.surgery.remove import Removal, remove_, tensor_slots
+from prunekit.surgery.trace import Group, TraceResult, _call, trace_groups
 
 
 def _is_producer_module(m: nn.Module) -> bool:
@@ -231,8 +231,8 @@ def plan_channels(
 
     ``criterion``: any registered criterion whose levels include ``"channel"`` (a name, ``"l<p>"`` or a
     :class:`~prunekit.criteria.Criterion`), reduced to every group's units by
-    :mod:`prunekit.structural.scoring`; ``allocation``: any of :data:`prunekit.allocation.ALLOCATIONS` (a
-    name or an object), see :mod:`prunekit.structural.allocation`; ``kind``: "channel" or "embedding";
+    :mod:`prunekit.surgery.scoring`; ``allocation``: any of :data:`prunekit.allocation.builtin.ALLOCATIONS` (a
+    name or an object), see :mod:`prunekit.allocation.units`; ``kind``: "channel" or "embedding";
     ``round_to``: keep unit counts at a multiple of this; ``global_cap``: the most a group may lose under
     ``allocation="global"`` (``Global.max_sparsity``; default ``min(0.9, 2 * sparsity)``); ``targets``: names
     of modules allowed to lose output units; ``calibration`` / ``loss_fn`` / ``calib_batches``: data for
@@ -255,7 +255,7 @@ def plan_channels(
 
 
 def group_unit_sets(groups: list[Group], names: list[str] | None = None) -> list[UnitSet]:
-    """Dependency groups as unit sets for :class:`~prunekit.structural.scoring.UnitScorer`."""
+    """Dependency groups as unit sets for :class:`~prunekit.surgery.scoring.UnitScorer`."""
     names = names or [g.members[0].param for g in groups]
     return [UnitSet(n, g.size, [(m.param, m.dim, lab) for m, lab in zip(g.members, g.index_class)])
             for n, g in zip(names, groups)]
@@ -565,7 +565,7 @@ def recurrent_notes(model: nn.Module, old_shapes: dict[str, tuple[int, ...]]) ->
 def sync_config(model: nn.Module) -> None:
     """Keep a Hugging Face config in step with the new sizes (no-op for other models)."""
     if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        from prunekit.structural.hf import sync_hf_config
+        from prunekit.surgery.hf import sync_hf_config
 
         sync_hf_config(model)
 

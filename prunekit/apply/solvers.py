@@ -4,15 +4,15 @@ Each solver wraps one prunable matrix: a Linear, a transformers ``Conv1D`` store
 ``Conv1d`` / ``Conv2d`` seen through im2col (:mod:`prunekit.im2col`: the weight as ``[out, K * in/groups]``
 with position-major columns, the input as patch rows); its axes come from :mod:`prunekit.layout`, also after
 a first pruning wrapped the layer in a parametrization. The calibration runner of language models
-(:mod:`prunekit.llm.runner`) or the generic applier (:mod:`prunekit.solve`) feeds it that layer's inputs with
+(:mod:`prunekit.llm.runner`) or the generic applier (:mod:`prunekit.apply.solve`) feeds it that layer's inputs with
 :meth:`Solver.add_batch`; :meth:`Solver.prune` then chooses a keep-mask for a given sparsity and pattern,
 writes the pruned weight back in place and returns the mask (True = keep) as a matrix. Scores come from the
-pure criteria in :mod:`prunekit.llm.criteria`. A grouped convolution (depthwise included) is one problem per
+pure criteria in :mod:`prunekit.criteria.formulas`. A grouped convolution (depthwise included) is one problem per
 group: each output row reads only its group's inputs.
 
-Supported patterns: :class:`~prunekit.granularity.Unstructured` and :class:`~prunekit.granularity.NM`
+Supported patterns: :class:`~prunekit.granularity.patterns.Unstructured` and :class:`~prunekit.granularity.patterns.NM`
 (``n`` kept of every ``m`` consecutive inputs of each output row; for a convolution, of every ``m``
-consecutive input channels at each kernel position, as :class:`~prunekit.granularity.NM` groups a
+consecutive input channels at each kernel position, as :class:`~prunekit.granularity.patterns.NM` groups a
 ``[out, in, kh, kw]`` weight).
 """
 
@@ -27,11 +27,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
-from prunekit.granularity import NM, Granularity, Unstructured
+from prunekit.granularity.patterns import NM, Granularity, Unstructured
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix, to_matrix
 from prunekit.layout import weight_layout
-from prunekit.llm import criteria
-from prunekit.masks import apply_mask_, assign_weight_, get_mask
+from prunekit.criteria import formulas as criteria
+from prunekit.apply.masks import apply_mask_, assign_weight_, get_mask
 
 
 def weight_matrix(module: nn.Module) -> Tensor:
@@ -77,7 +77,7 @@ def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
 
 def stored_mask(module: nn.Module, keep: Tensor) -> Tensor:
     """A keep-mask in the matrix form of :func:`weight_matrix` as a mask shaped like ``module``'s stored
-    weight (for :func:`prunekit.masks.apply_mask_`)."""
+    weight (for :func:`prunekit.apply.masks.apply_mask_`)."""
     layout = weight_layout(module)
     assert layout is not None
     shape = layout.canonical_shape(tuple(module.weight.shape))
@@ -237,7 +237,7 @@ class SparseGPTSolver(Solver):
     solves each group's rows against its own, all groups in one batched pass (an unstructured block mask is
     chosen over the block of every group at once, so the sparsity is met over the layer, not rounded per
     group: a depthwise filter has only ``K`` weights). N:M runs over the position-major columns, so its groups are
-    the input channels at one kernel position (:class:`~prunekit.granularity.NM`'s groups); an unstructured
+    the input channels at one kernel position (:class:`~prunekit.granularity.patterns.NM`'s groups); an unstructured
     mask is chosen over the columns in channel-major order (``weight.flatten(1)``, as in the reference
     implementation), so that every column block mixes kernel positions and can drop the positions whose
     inputs are weak (border padding, 1x1 feature maps) instead of an equal share of each. Raises :class:`~prunekit.errors.ModelError` when no input

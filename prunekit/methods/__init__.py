@@ -1,0 +1,45 @@
+"""Named pruning methods: small compositions of the taxonomy's parts, registered by name in :data:`METHODS`.
+
+:mod:`.base` holds the method interface and the registry; :mod:`.structural` and :mod:`.llm` register the
+structural and language-model methods (imported by :mod:`prunekit`).
+"""
+
+from prunekit.methods.base import (
+    PruneRequest,
+    MethodOutcome,
+    Method,
+    M,
+    METHODS,
+    register_method,
+    ScoreMethod,
+    Magnitude,
+    Random,
+    Snip,
+    Lamp,
+    Taylor,
+    OBD,
+    FPGM,
+    APoZ,
+    resolve_method,
+    pruner_method,
+)
+
+__all__ = [
+    "APoZ",
+    "FPGM",
+    "Lamp",
+    "M",
+    "METHODS",
+    "Magnitude",
+    "Method",
+    "MethodOutcome",
+    "OBD",
+    "PruneRequest",
+    "Random",
+    "ScoreMethod",
+    "Snip",
+    "Taylor",
+    "pruner_method",
+    "register_method",
+    "resolve_method",
+]
