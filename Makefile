@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.prunekit-setup
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 # the stamp is written only when every step succeeded, so a failed set-up is redone next time
 $(STAMP): pyproject.toml
@@ -24,7 +24,14 @@ demo: setup
 	$(BIN)/prunekit demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+
+# lint, format, import layers (no circles), types: what CI runs before the tests
+lint: setup
+	$(BIN)/ruff check prunekit tests benchmarks
+	$(BIN)/ruff format --check prunekit tests benchmarks
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache results

@@ -1,0 +1,69 @@
+"""The package's layout rules: a curated public surface, no private names across modules, small files.
+
+Import circles and layer order are checked by the import-linter contract in pyproject.toml (`.ci/run` runs
+`lint-imports`); the types by mypy, lint and docstrings of the public API by ruff.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import prunekit
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "prunekit"
+MAX_LINES = 600
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def test_all_is_sorted_unique_and_every_name_exists():
+    names = prunekit.__all__
+    assert names == sorted(names) and len(set(names)) == len(names)
+    missing = [n for n in names if not hasattr(prunekit, n)]
+    assert not missing
+
+
+def test_readme_api_section_lists_exactly_all():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    listed = [n for line in table for n in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", line.split("|")[2])]
+    assert len(listed) == len(set(listed)), "a name is listed twice in the README's API section"
+    assert sorted(listed) == sorted(prunekit.__all__)
+
+
+def test_every_module_all_names_exist():
+    for name in _modules():
+        if name.endswith("__main__"):
+            continue  # importing it runs the command line
+        mod = importlib.import_module(name)
+        for n in getattr(mod, "__all__", ()):
+            assert hasattr(mod, n), f"{name}.__all__ names {n!r}, which it does not define"
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prunekit"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        offenders.append(f"{name}: from {node.module} import {alias.name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_file_over_600_lines():
+    long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
+    assert not {n: c for n, c in long.items() if c > MAX_LINES}
