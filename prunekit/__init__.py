@@ -28,7 +28,6 @@ from prunekit.granularity import NM, Block, Channel, Embedding, Granularity, Hea
 from prunekit.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
 from prunekit.methods import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
 from prunekit.models import build_model
-from prunekit import nets as _nets  # noqa: F401  (registers prunekit:lenet5, ...)
 from prunekit.plan import Plan, Pruner
 from prunekit.report import Report, measure
 from prunekit.schedules import Gradual, Iterative, OneShot, Schedule
