@@ -134,11 +134,11 @@ def part_resnet50(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def mnist_data() -> dict[str, torch.Tensor]:
-    from prunekit import sources
+    from prunekit import datasets
 
-    x, y = sources.load_mnist("train")
-    xt, yt = sources.load_mnist("test")
-    return {"x": sources.mnist_normalize(x), "y": y, "xt": sources.mnist_normalize(xt), "yt": yt}
+    x, y = datasets.load_mnist("train")
+    xt, yt = datasets.load_mnist("test")
+    return {"x": datasets.mnist_normalize(x), "y": y, "xt": datasets.mnist_normalize(xt), "yt": yt}
 
 
 def accuracy(model: Any, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
@@ -280,7 +280,7 @@ class _Logits(nn.Module):
 def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
     from prunekit.llm import calibration_batches, load_causal_lm, perplexity
     from prunekit.llm.data import tokenize
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     log("smollm2: loading SmolLM2-135M")
     model, tok = load_causal_lm("smollm2-135m")

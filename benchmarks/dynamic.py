@@ -111,7 +111,7 @@ def _time_interleaved(
 def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     from prunekit import dynamic
     from prunekit.progress import ProgressBar
-    from prunekit.sources import text_hash
+    from prunekit.datasets import text_hash
 
     model, tok = load_minilm()
     sents = austen_sentences(args.sentences)
@@ -330,7 +330,7 @@ def run_depth(args: argparse.Namespace) -> dict[str, Any]:
     from prunekit import dynamic
     from prunekit.llm.data import calibration_batches, perplexity
     from prunekit.llm.models import load_causal_lm
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     fractions = [float(f) for f in args.fractions.split(",")]
     model, tok = load_causal_lm("smollm2-135m")
@@ -441,7 +441,7 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
 
     import prunekit as pk
     from prunekit.dynamic import count_macs
-    from prunekit.sources import load_fashion_mnist
+    from prunekit.datasets import load_fashion_mnist
     from prunekit.train import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(args.seed)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import prunekit as pk
-from prunekit import sources
+from prunekit import datasets
 from prunekit.eval.latency import compare_latency
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "latency"
@@ -37,7 +37,7 @@ def _busy(stop: mp.Event) -> None:  # type: ignore[valid-type]
 
 def _configs() -> list[tuple[str, torch.nn.Module, torch.nn.Module, torch.Tensor]]:
     cnn = pk.build_model("prunekit:mnist-cnn")
-    x_cnn = sources.mnist_normalize(sources.load_mnist("test")[0][:1])
+    x_cnn = datasets.mnist_normalize(datasets.load_mnist("test")[0][:1])
     rows = []
     for method, kwargs in (("magnitude", {"allocation": "global"}), ("l2-channel", {})):
         m = copy.deepcopy(cnn)

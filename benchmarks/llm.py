@@ -44,7 +44,7 @@ def run_one(model_name: str, cfg: dict, args: argparse.Namespace) -> dict:
     from prunekit.llm.models import load_causal_lm
     from prunekit.llm.prune import prune_causal_lm
     from prunekit.llm.structured import prune_structured
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     t0 = time.perf_counter()
     model, tok = load_causal_lm(model_name)

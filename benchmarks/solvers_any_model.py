@@ -37,7 +37,7 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-from prunekit import sources
+from prunekit import datasets
 from prunekit.apply.plan import split_by_pattern
 from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
 from prunekit.targets import select_targets
@@ -49,8 +49,8 @@ PATTERNS = (None, "2:4")
 
 
 def fashion_images(n_calib: int, n_held: int, size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    x, _ = sources.load_fashion_mnist("train")
-    xt, _ = sources.load_fashion_mnist("test")
+    x, _ = datasets.load_fashion_mnist("train")
+    xt, _ = datasets.load_fashion_mnist("test")
     g = torch.Generator().manual_seed(0)
     calib = x[torch.randperm(len(x), generator=g)[:n_calib]]
     held = xt[torch.randperm(len(xt), generator=g)[:n_held]]
@@ -60,19 +60,19 @@ def fashion_images(n_calib: int, n_held: int, size: int) -> tuple[torch.Tensor, 
         return (t - 0.2860) / 0.3530
 
     info = {"dataset": "fashion-mnist", "calibration": "train split", "held_out": "test split", "size": size,
-            "calibration_sha256": sources.sha256_of_tensor(calib)}
+            "calibration_sha256": datasets.sha256_of_tensor(calib)}
     return prep(calib), prep(held), info
 
 
 def mnist_images(n_calib: int, n_held: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    x, _ = sources.load_mnist("train")
-    xt, yt = sources.load_mnist("test")
+    x, _ = datasets.load_mnist("train")
+    xt, yt = datasets.load_mnist("test")
     g = torch.Generator().manual_seed(0)
     calib = x[torch.randperm(len(x), generator=g)[:n_calib]]
     idx = torch.arange(len(xt))[:n_held]
     info = {"dataset": "mnist", "calibration": "train split", "held_out": f"first {n_held} test images",
-            "calibration_sha256": sources.sha256_of_tensor(calib)}
-    return sources.mnist_normalize(calib), sources.mnist_normalize(xt[idx]), yt[idx], info
+            "calibration_sha256": datasets.sha256_of_tensor(calib)}
+    return datasets.mnist_normalize(calib), datasets.mnist_normalize(xt[idx]), yt[idx], info
 
 
 def resnet18(calib: torch.Tensor) -> tuple[nn.Module, str]:
@@ -240,7 +240,7 @@ def main() -> None:
             rows += run("vit (torchvision VisionTransformer)", model, weights, calib, held, None, data, args.batch)
     if "mnist-cnn" in wanted:
         calib, held, labels, data = mnist_images(args.calibration, max(args.held_out, 2000))
-        rows += run("mnist-cnn (ccexam, pretrained)", sources.load_ccexam_mnist_cnn(),
+        rows += run("mnist-cnn (ccexam, pretrained)", datasets.load_ccexam_mnist_cnn(),
                     "ccexam's MNIST weights (99.05% on the full test set)", calib, held, labels, data, args.batch)
     protocol = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
                 "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores", "sparsity": 0.5,

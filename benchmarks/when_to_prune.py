@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import prunekit as pk
-from prunekit import sources
+from prunekit import datasets
 from prunekit.train import TrainConfig, Trainer
 
 METHODS = ("random", "snip", "grasp", "synflow", "gmp", "rigl", "oneshot-ft", "imp")
@@ -31,10 +31,10 @@ METHODS = ("random", "snip", "grasp", "synflow", "gmp", "rigl", "oneshot-ft", "i
 
 def load(dataset: str, subset: int | None, seed: int):
     if dataset == "mnist":
-        (x, y), (xt, yt) = sources.load_mnist("train"), sources.load_mnist("test")
-        x, xt = sources.mnist_normalize(x), sources.mnist_normalize(xt)
+        (x, y), (xt, yt) = datasets.load_mnist("train"), datasets.load_mnist("test")
+        x, xt = datasets.mnist_normalize(x), datasets.mnist_normalize(xt)
     elif dataset == "fashion-mnist":
-        (x, y), (xt, yt) = sources.load_fashion_mnist("train"), sources.load_fashion_mnist("test")
+        (x, y), (xt, yt) = datasets.load_fashion_mnist("train"), datasets.load_fashion_mnist("test")
         x, xt = (x - 0.2860) / 0.3530, (xt - 0.2860) / 0.3530
     else:
         raise SystemExit(f"unknown dataset {dataset}")
@@ -97,7 +97,7 @@ def main() -> None:
         train, test = load(dataset, args.subset, args.seed)
         protocol = {"dataset": dataset, "model": model_name, "train_images": len(train[0]), "test_images": len(test[0]),
                     "epochs_budget": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": 128,
-                    "train_sha256": sources.sha256_of_tensor(train[0]), "torch": torch.__version__}
+                    "train_sha256": datasets.sha256_of_tensor(train[0]), "torch": torch.__version__}
         jobs = [("dense", 0.0)] + [(m, float(s)) for m in args.methods.split(",") for s in args.sparsities.split(",")]
         for method, s in jobs:
             key = [dataset, model_name, method, s, args.epochs, len(train[0]), args.seed, args.rounds]

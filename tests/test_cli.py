@@ -5,7 +5,7 @@ import pytest
 import prunekit as pk
 from typer.testing import CliRunner
 
-from prunekit import sources
+from prunekit import datasets
 from prunekit.cli import app
 
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_prune_bad_input_gives_clear_message():
     assert result.exit_code == 2 and "not a saved prunekit model" in result.output
 
 
-@pytest.mark.skipif(not (sources.is_installed("mnist") and sources.is_installed("ccexam")),
+@pytest.mark.skipif(not (datasets.is_installed("mnist") and datasets.is_installed("ccexam")),
                     reason="needs the mnist and ccexam sources: prunekit data install mnist ccexam")
 def test_demo_quick(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--sparsities", "0.5", "--test-images", "500"])
@@ -116,7 +116,7 @@ def test_unexpected_errors_are_messages_with_exit_2(monkeypatch, capsys):
 
 
 def test_prune_reports_task_accuracy_and_defaults_that_work(tmp_path):
-    if not (sources.is_installed("mnist") and sources.is_installed("ccexam")):
+    if not (datasets.is_installed("mnist") and datasets.is_installed("ccexam")):
         pytest.skip("needs the mnist and ccexam sources: prunekit data install mnist ccexam")
     result = runner.invoke(app, ["prune", "prunekit:mnist-cnn", "--method", "snip", "--sparsity", "0.8",
                                  "--out", str(tmp_path / "cnn"), "--no-latency"])

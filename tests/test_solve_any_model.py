@@ -20,7 +20,7 @@ from prunekit.granularity.patterns import NM, Unstructured
 from prunekit.im2col import Patches, from_matrix, to_matrix
 from prunekit.apply.solvers import SparseGPTSolver, WandaSolver
 from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
-from prunekit.sources import load_digits
+from prunekit.datasets import load_digits
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

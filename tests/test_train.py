@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit import sources
+from prunekit import datasets
 from prunekit.train import (
     GMP,
     EarlyBird,
@@ -26,7 +26,7 @@ from prunekit.targets import select_targets
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = sources.load_digits()  # real data, bundled with scikit-learn
+    x, y = datasets.load_digits()  # real data, bundled with scikit-learn
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(x), generator=g)
     return (x[idx[:1400]], y[idx[:1400]]), (x[idx[1400:]], y[idx[1400:]])

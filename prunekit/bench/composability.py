@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.models.nets import TinyCNN
+
 GRANULARITIES = ("unstructured", "2:4", "4x4", "channel", "physical-channel", "head", "layer")
 ALLOCATIONS = ("uniform", "global", "erk", "lamp", "owl")
 MODELS = ("cnn", "vit", "llama")
@@ -43,38 +45,6 @@ class Cell:
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-class _Block(nn.Module):
-    """A residual conv block ``x + conv(relu(bn(conv(x))))``: removable as a whole layer."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-
-
-class TinyCNN(nn.Module):
-    """conv 4->16 + BN + ReLU, two residual blocks, conv 16->32, pooled, Linear 32->32, classifier 32->3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(4, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.blocks = nn.Sequential(_Block(16), _Block(16))
-        self.conv = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 32)
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(torch.relu(self.bn(self.stem(x))))
-        x = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return self.head(torch.relu(self.fc(x)))
 
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, Any, Any]:

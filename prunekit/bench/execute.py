@@ -29,6 +29,8 @@ from torch import nn
 
 from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, method_problem, parse_schedule
 from prunekit.errors import ConfigError, UnknownNameError
+from prunekit.eval.accuracy import accuracy
+from prunekit.models.nets import MLP, SmallCNN
 
 # ---- data -----------------------------------------------------------------------------------------
 
@@ -38,11 +40,11 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
 @functools.lru_cache(maxsize=8)
 def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_test, y_test)`` for a data spec (see the module docstring)."""
-    from prunekit import sources
+    from prunekit import datasets
 
     name, _, rest = spec.partition(":")
     if name == "digits":
-        x, y = sources.load_digits()
+        x, y = datasets.load_digits()
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         x = (x - 0.5) / 0.5
         tr, te = perm[:1347], perm[1347:]
@@ -55,12 +57,12 @@ def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
         except ValueError:
             raise ConfigError(f"data spec {spec!r}: use {name}:N or {name}:N:M with integers") from None
         if name == "mnist":
-            xtr, ytr = sources.load_mnist("train")
-            xte, yte = sources.load_mnist("test")
-            norm = sources.mnist_normalize
+            xtr, ytr = datasets.load_mnist("train")
+            xte, yte = datasets.load_mnist("test")
+            norm = datasets.mnist_normalize
         else:
-            xtr, ytr = sources.load_fashion_mnist("train")
-            xte, yte = sources.load_fashion_mnist("test")
+            xtr, ytr = datasets.load_fashion_mnist("train")
+            xte, yte = datasets.load_fashion_mnist("test")
 
             def norm(t: torch.Tensor) -> torch.Tensor:
                 return (t - FASHION_MEAN) / FASHION_STD
@@ -70,7 +72,7 @@ def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
 
 
 def data_hash(spec: str) -> str:
-    from prunekit.sources import sha256_of_tensor
+    from prunekit.datasets import sha256_of_tensor
 
     h = hashlib.sha256()
     for t in load_data(spec):
@@ -79,36 +81,6 @@ def data_hash(spec: str) -> str:
 
 
 # ---- models ---------------------------------------------------------------------------------------
-
-
-class MLP(nn.Module):
-    def __init__(self, in_features: int, hidden: tuple[int, ...], classes: int):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        prev = in_features
-        for h in hidden:
-            layers += [nn.Linear(prev, h), nn.ReLU()]
-            prev = h
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(prev, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-class SmallCNN(nn.Module):
-    def __init__(self, in_channels: int, classes: int, width: int = 16):
-        super().__init__()
-
-        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-        self.features = nn.Sequential(*block(in_channels, width, 1), *block(width, 2 * width, 2),
-                                      *block(2 * width, 4 * width, 2))
-        self.head = nn.Linear(4 * width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
 
 
 BENCH_MODELS = ("bench:mlp", "bench:mlp-wide", "bench:cnn")
@@ -153,15 +125,6 @@ def _train(model: nn.Module, p: GridPoint, data: tuple[torch.Tensor, ...], epoch
         return
     cfg = TrainConfig(epochs=epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, progress=False)
     Trainer(model, (data[0], data[1]), None, cfg, **kw).fit()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was = model.training
-    model.eval()
-    correct = sum(int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()) for i in range(0, len(x), 1000))
-    model.train(was)
-    return correct / len(x)
 
 
 def _pretrained(p: GridPoint, data: tuple[torch.Tensor, ...], classes: int, cache_dir: str | None) -> nn.Module:

@@ -259,17 +259,17 @@ class RecipeResult:
 
 
 def _data(recipe: Recipe) -> tuple[tuple, tuple, str] | None:
-    from prunekit import sources
+    from prunekit import datasets
 
     spec = recipe.model
     if recipe.data is None and spec != "prunekit:mnist-cnn":
         return None
     name = recipe.data or "mnist"
-    load = sources.load_mnist if name == "mnist" else sources.load_fashion_mnist
+    load = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
     (x, y), (xt, yt) = load("train"), load("test")
     note = f"{name}: train split for fine-tuning / calibration, first {recipe.eval_images} test images for accuracy"
     if spec == "prunekit:mnist-cnn" and name == "mnist":  # the pretrained CNN's own input transform
-        x, xt = sources.mnist_normalize(x), sources.mnist_normalize(xt)
+        x, xt = datasets.mnist_normalize(x), datasets.mnist_normalize(xt)
         note += " (mnist_normalize'd, as the pretrained CNN expects)"
     return (x, y), (xt[: recipe.eval_images], yt[: recipe.eval_images]), note
 

@@ -11,7 +11,7 @@ import torch
 def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
     """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
     dropped; a sentence ends at . ! or ? followed by white space)."""
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     text = load_text(novel)
     text = re.sub(r"\s+", " ", text)
@@ -28,7 +28,7 @@ def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> l
 def load_minilm() -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    from prunekit.sources import minilm_model_dir
+    from prunekit.datasets import minilm_model_dir
 
     d = minilm_model_dir()
     return AutoModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)

@@ -29,7 +29,7 @@ RECORD_FILE = "prunekit_llm.json"
 
 def _ppl(model: Any, tokenizer: Any, text: str, max_tokens: int, seq_len: int = 512) -> Any:
     from prunekit.llm.data import perplexity
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     return perplexity(model, tokenizer, load_text(text), name=text, seq_len=seq_len, max_tokens=max_tokens or None)
 
@@ -82,7 +82,7 @@ def prune_llm(
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
         from prunekit.serialization import atomic_directory, check_output_directory
-        from prunekit.sources import load_text
+        from prunekit.datasets import load_text
 
         gran = parse_pattern(pattern)
         if sparsity is None:
@@ -184,7 +184,7 @@ def eval_ppl(
     try:
         from prunekit.llm.data import perplexity
         from prunekit.llm.models import load_causal_lm
-        from prunekit.sources import load_text
+        from prunekit.datasets import load_text
 
         if seq_len < 1 or (stride is not None and stride < 1) or max_tokens < 0:
             raise ConfigError(

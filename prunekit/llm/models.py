@@ -37,12 +37,12 @@ class OfflineModel:
     package: str
     install: str
     gguf_file: str | None = None  # file name inside the package folder; None: assembled by the package
-    locator: str = ""  # name of the locator function in prunekit.sources
+    locator: str = ""  # name of the locator function in prunekit.datasets
 
     def locate(self) -> Path:
         """Path of the GGUF file; raises :class:`SourceMissingError` naming the install command."""
-        sources = _sources_module()
-        locator = getattr(sources, self.locator, None) if sources is not None and self.locator else None
+        datasets = _datasets_module()
+        locator = getattr(datasets, self.locator, None) if datasets is not None and self.locator else None
         if locator is not None:
             return Path(locator())
         spec = importlib.util.find_spec(self.package)
@@ -83,18 +83,18 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
-def _sources_module() -> Any:
+def _datasets_module() -> Any:
     try:
-        return importlib.import_module("prunekit.sources")
+        return importlib.import_module("prunekit.datasets")
     except ImportError:
         return None
 
 
 def cache_dir() -> Path:
-    """Root of prunekit's cache (the one of :mod:`prunekit.sources` when present)."""
-    sources = _sources_module()
-    if sources is not None and hasattr(sources, "cache_dir"):
-        return Path(sources.cache_dir())
+    """Root of prunekit's cache (the one of :mod:`prunekit.datasets` when present)."""
+    datasets = _datasets_module()
+    if datasets is not None and hasattr(datasets, "cache_dir"):
+        return Path(datasets.cache_dir())
     return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
 
 

@@ -52,9 +52,9 @@ def test_fp32_round_trip_precision_stated(tmp_path):
 
 
 def test_int8_on_real_digits_with_sparse_decompression(tmp_path):
-    from prunekit import sources
+    from prunekit import datasets
 
-    x, y = sources.load_digits()
+    x, y = datasets.load_digits()
     x = x.reshape(len(x), -1).float()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))

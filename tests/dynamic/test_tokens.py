@@ -221,11 +221,11 @@ def test_refusals_leave_the_model_unchanged():
 
 @torch.no_grad()
 def test_real_minilm_padded_batch():
-    from prunekit import sources
+    from prunekit import datasets
 
-    if not sources.is_installed("minilm"):
+    if not datasets.is_installed("minilm"):
         pytest.skip("all-MiniLM-L6-v2 is not installed: prunekit data install minilm")
-    d = sources.minilm_model_dir()
+    d = datasets.minilm_model_dir()
     model = transformers.AutoModel.from_pretrained(d).eval()
     tok = transformers.AutoTokenizer.from_pretrained(d)
     sents = [

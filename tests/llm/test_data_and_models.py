@@ -30,15 +30,15 @@ class ByteTokenizer:
 
 @functools.cache
 def _load_text(name: str) -> str:
-    from prunekit import sources
+    from prunekit import datasets
 
-    return sources.load_text(name)
+    return datasets.load_text(name)
 
 
 def _austen(name: str = "persuasion") -> str:
-    sources = pytest.importorskip("prunekit.sources")
-    if not sources.is_installed("austen"):
-        pytest.skip("the Austen novels are not installed: python -m prunekit.sources install austen")
+    datasets = pytest.importorskip("prunekit.datasets")
+    if not datasets.is_installed("austen"):
+        pytest.skip("the Austen novels are not installed: prunekit data install austen")
     return _load_text(name)
 
 

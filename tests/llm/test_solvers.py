@@ -10,7 +10,7 @@ from torch import nn
 
 from prunekit.errors import InvalidSparsityError, PatternError
 from prunekit.granularity.patterns import NM, Block, Unstructured
-from prunekit.allocation import outlier_ratio, owl_sparsities
+from prunekit.allocation.builtin import outlier_ratio, owl_sparsities
 from prunekit.criteria import formulas as criteria
 from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
 

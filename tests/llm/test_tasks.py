@@ -54,9 +54,9 @@ def tiny_lm(vocab_size: int, seed: int = 0):
 
 
 def _need_austen():
-    sources = pytest.importorskip("prunekit.sources")
-    if not sources.is_installed("austen"):
-        pytest.skip("the Austen novels are not installed: python -m prunekit.sources install austen")
+    datasets = pytest.importorskip("prunekit.datasets")
+    if not datasets.is_installed("austen"):
+        pytest.skip("the Austen novels are not installed: prunekit data install austen")
 
 
 def test_task_configs_load_offline_with_deterministic_local_data():
@@ -81,7 +81,7 @@ def test_task_configs_load_offline_with_deterministic_local_data():
     assert all(len(d["choices"]) == 4 and 0 <= d["label"] < 4 for d in mc)
     assert len({d["label"] for d in mc}) == 4  # the answer is not always in the same place
     # deterministic: building again from the text gives the same items as the cached file
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     text = load_text(austen.DEFAULT_TEXT)
     rows = [json.loads(line) for line in austen.data_file("cloze").read_text().splitlines()]

