@@ -38,6 +38,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import datasets
+from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.apply.plan import split_by_pattern
 from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
 from prunekit.targets import select_targets
@@ -240,7 +241,7 @@ def main() -> None:
             rows += run("vit (torchvision VisionTransformer)", model, weights, calib, held, None, data, args.batch)
     if "mnist-cnn" in wanted:
         calib, held, labels, data = mnist_images(args.calibration, max(args.held_out, 2000))
-        rows += run("mnist-cnn (ccexam, pretrained)", datasets.load_ccexam_mnist_cnn(),
+        rows += run("mnist-cnn (ccexam, pretrained)", load_ccexam_mnist_cnn(),
                     "ccexam's MNIST weights (99.05% on the full test set)", calib, held, labels, data, args.batch)
     protocol = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
                 "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores", "sparsity": 0.5,

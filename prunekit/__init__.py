@@ -31,7 +31,8 @@ from prunekit.models import build_model
 from prunekit.apply.plan import Plan, Pruner
 from prunekit.eval.report import Report, measure
 from prunekit.schedules.builtin import Gradual, Iterative, OneShot, Schedule
-from prunekit.serialization import export_sparse, load_model, load_sparse, save_model
+from prunekit.models import load_model, save_model
+from prunekit.serialization import export_sparse, load_sparse
 
 __version__ = "0.1.0"
 

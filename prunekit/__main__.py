@@ -1,3 +1,6 @@
+"""``python -m prunekit``: the same application as the ``prunekit`` command (:func:`prunekit.cli.main`)."""
+
 from prunekit.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ FLOPs, latency at batch 1, file size dense and sparse). Results go to ``OUT/resu
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import platform
 import time
@@ -23,10 +24,13 @@ from rich.progress import track
 from rich.table import Table
 from torch import nn
 
-import prunekit as pk
 from prunekit import datasets
+from prunekit.api import prune
+from prunekit.apply.masks import squash_masks_
 from prunekit.eval.accuracy import accuracy
 from prunekit.eval.latency import compare_latency, time_model
+from prunekit.eval.report import measure
+from prunekit.models import build_model
 
 # (method, pattern, allocation): the survey's main contrasts on one small, real network
 CONFIGS: tuple[tuple[str, str | None, str | None], ...] = (
@@ -54,7 +58,7 @@ def run_demo(
         console = Console() if Console().is_terminal else Console(width=170)
     out = Path(out)
     torch.manual_seed(0)
-    dense = pk.build_model("prunekit:mnist-cnn")
+    dense = build_model("prunekit:mnist-cnn")
     x_test, y_test = datasets.load_mnist("test")
     x_test, y_test = datasets.mnist_normalize(x_test[:test_images]), y_test[:test_images]
     x_cal, y_cal = datasets.load_mnist("train")
@@ -71,12 +75,12 @@ def run_demo(
         "torch": torch.__version__,
         "threads": 1,
         "machine": platform.machine(),
-        "prunekit": pk.__version__,
+        "prunekit": importlib.metadata.version("prunekit"),
     }
 
     def row(name: str, pattern: str, allocation: str, target: float, model: nn.Module, seconds: float,
             achieved: float) -> dict[str, Any]:
-        stats = pk.measure(model, example, latency=False)
+        stats = measure(model, example, latency=False)
         if model is dense:
             stats.set_timing(time_model(model, example, threads=1))
             timing: dict[str, Any] = {"latency_ratio": 1.0, "latency_ratio_ci": [1.0, 1.0], "latency_verdict": "-"}
@@ -102,10 +106,10 @@ def run_demo(
     for (method, pattern, allocation), s in track(jobs, description="pruning", console=console):
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        report = pk.prune(model, method, sparsity=s, pattern=pattern, allocation=allocation, calibration=calibration,
+        report = prune(model, method, sparsity=s, pattern=pattern, allocation=allocation, calibration=calibration,
                           example_inputs=example, skip_incompatible=True, measure=False)
         seconds = time.perf_counter() - t0
-        pk.squash_masks_(model)
+        squash_masks_(model)
         # structural methods remove weights rather than zeroing them: their sparsity is the share removed
         achieved = 1.0 - _params(model) / _params(dense) if report.structural else report.sparsity
         rows.append(row(method, report.settings["pattern"], report.settings["allocation"], s, model, seconds,

@@ -38,7 +38,7 @@ SPARSE_FILE = "model.sparse.safetensors"
 _MASK, _VALUES = "::mask", "::values"
 
 
-def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """safetensors refuses tensors that share memory (tied weights): give each key its own copy."""
     seen: set[tuple[int, int]] = set()
     out = {}
@@ -54,13 +54,13 @@ def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def dense_bytes(state: dict[str, Tensor]) -> bytes:
     """The dense safetensors serialisation of ``state``."""
-    return save(_untie(state))
+    return save(untie(state))
 
 
 def _encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
-    for k, v in _untie(state).items():
+    for k, v in untie(state).items():
         if _MASK in k or _VALUES in k:
             raise CheckpointError(f"tensor name {k!r} uses a reserved suffix")
         nz = v != 0
@@ -120,7 +120,7 @@ def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.
         )
     state = effective_state_dict(model_or_state) if isinstance(model_or_state, nn.Module) else model_or_state
     tensors, meta = _encode_sparse(state)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
@@ -140,7 +140,7 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     return _decode_sparse(tensors, metadata)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename, so a failure never leaves a half-written file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -152,53 +152,6 @@ def _atomic_write(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def save_model(
-    model: nn.Module,
-    directory: str | os.PathLike,
-    *,
-    sparse: bool = False,
-    source: str | None = None,
-    report: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Save ``model`` (masks folded in) to ``directory``; :func:`load_model` rebuilds it.
-
-    ``source`` is the registered spec that builds the architecture (defaults to the one recorded when the
-    model was built by :func:`prunekit.models.build_model`). Without a source the weights are still saved,
-    and :func:`load_model` needs the architecture passed in as ``model=``. ``extra`` adds JSON-able fields
-    to the record (e.g. the example input shape).
-    """
-    from prunekit.models import source_of
-
-    if not isinstance(model, nn.Module):
-        raise CheckpointError(f"save_model takes a torch.nn.Module, got {type(model).__name__}")
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(
-            f"{directory} is a file, not a folder; choose another folder for save_model (it writes "
-            f"{DENSE_FILE} and {RECORD} into it)"
-        )
-    state = effective_state_dict(model)
-    record: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "source": source or source_of(model),
-        "weights": SPARSE_FILE if sparse else DENSE_FILE,
-        "masked": [f"{m}.{p}" if m else p for m, _, p, _ in masked_parameters(model)],
-        "structure": _structure_record(model),
-        "dtype": str(next((p.dtype for p in model.parameters()), torch.float32)).removeprefix("torch."),
-        **(extra or {}),
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    if sparse:
-        export_sparse(state, directory / SPARSE_FILE)
-    else:
-        tensors = _untie(state)
-        _atomic_write(directory / DENSE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    if report is not None:
-        _atomic_write(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    _atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
-    return directory
 
 def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Refuse, before any long work, to write into a non-empty ``directory`` unless ``overwrite`` is set.
@@ -268,71 +221,3 @@ def load_state(directory: str | os.PathLike) -> dict[str, Tensor]:
         raise CheckpointError(f"{weights} is missing; the saved model is incomplete") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is corrupt ({e}); save the model again") from None
-
-
-def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False) -> nn.Module:
-    """Load a model saved by :func:`save_model`, in eval mode.
-
-    The architecture comes from ``model`` if given, else from the recorded source spec (only registered
-    builders are used; no code is loaded from the directory). Weights load strictly. With
-    ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
-    so that fine-tuning keeps the zeros.
-    """
-    from prunekit.apply.masks import apply_mask_
-
-    directory = Path(directory)
-    record = read_record(directory)
-    state = load_state(directory)
-    if model is None:
-        if not record.get("source"):
-            raise CheckpointError(
-                f"{directory} records no architecture source; pass the architecture: load_model(dir, model=MyNet())"
-            )
-        model = _build_recorded(directory, record["source"])
-    if record.get("structure"):
-        _apply_structure(model, record["structure"])
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in {directory} do not fit the architecture: {e}") from None
-    if attach_masks:
-        modules = dict(model.named_modules())
-        for key in record.get("masked", []):
-            mname, _, pname = key.rpartition(".")
-            apply_mask_(modules[mname], getattr(modules[mname], pname) != 0, pname)
-    return model.eval()
-
-
-def _build_recorded(directory: Path, source: Any) -> nn.Module:
-    """The architecture a saved record names, built by a registered builder (never from files on disk)."""
-    from prunekit.errors import UnknownNameError
-    from prunekit.models import build_model
-
-    advice = "pass the architecture: load_model(dir, model=MyNet())"
-    if not isinstance(source, str) or not source.startswith(("torchvision:", "prunekit:")):
-        raise CheckpointError(
-            f"{directory / RECORD} names the source {source!r}, which is not a registered builder "
-            f"(torchvision:NAME, prunekit:NAME); {advice}"
-        )
-    try:
-        return build_model(source, pretrained=False)
-    except UnknownNameError as e:
-        raise CheckpointError(
-            f"{directory / RECORD} names the source {source!r}, which cannot be built ({e}); {advice}"
-        ) from None
-
-
-def _structure_record(model: nn.Module) -> dict[str, Any] | None:
-    try:
-        from prunekit.surgery import structure_record  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return structure_record(model)
-
-
-def _apply_structure(model: nn.Module, record: dict[str, Any]) -> None:
-    try:
-        from prunekit.surgery import apply_structure_record  # type: ignore[attr-defined]
-    except ImportError:
-        raise CheckpointError("this model was pruned structurally, but this install has no structural engine") from None
-    apply_structure_record(model, record)

@@ -1,14 +1,51 @@
 import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
-
-import prunekit as pk
+import typer.main
 from typer.testing import CliRunner
 
+import prunekit as pk
 from prunekit import datasets
-from prunekit.cli import app
+from prunekit.cli import app, cli_hint
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands(command=None, path=()):
+    """(path, click command) for every command and group under the ``prunekit`` application."""
+    command = command or typer.main.get_command(app)
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def _options():
+    """(command path, option) for every option of every leaf command."""
+    for path, command in _commands():
+        if not hasattr(command, "commands"):
+            for p in command.params:
+                if p.param_type_name == "option":
+                    yield " ".join(path), command, p
+
+
+def _signature(command, option) -> tuple[str, tuple[str, ...]]:
+    """The value an option takes as the help shows it (``<int>``, ``<path>``; "flag" for a flag) and its
+    negative form (``--no-latency``)."""
+    ctx = command.make_context(command.name, [], resilient_parsing=True)
+    shown = option.get_help_record(ctx)[0].split()[-1]
+    return (shown if shown.startswith("<") else "flag"), tuple(option.secondary_opts)
+
+
+def _meaning(help_text: str) -> str:
+    """An option's meaning: its help text up to the first parenthesis, which may add what differs per command
+    (a default, a range, the values a command accepts)."""
+    return help_text.split(" (", 1)[0].strip()
 
 
 def test_methods_lists_every_registry():
@@ -77,8 +114,6 @@ def test_demo_quick(tmp_path):
 
 
 def test_cli_hints_rewrite_python_advice_into_flags():
-    from prunekit.cli_bench import cli_hint
-
     assert cli_hint("pass calibration=batches (an iterable of (inputs, targets)) or calibration=loss_fn "
                     "(a callable model -> scalar loss)") == "pass --calibration DATA"
     assert cli_hint("use strict=False to keep them") == "use --option strict=False to keep them"
@@ -149,3 +184,79 @@ def test_prune_composes_a_criterion_pattern_and_allocation(tmp_path):
     assert result.exit_code == 2 and "fpgm" in result.output and "channel" in result.output
     result = runner.invoke(app, ["prune", "prunekit:lenet5", "--criterion", "l2", "--method", "magnitude"])
     assert result.exit_code == 2 and "--criterion" in result.output
+
+
+def test_every_option_name_has_one_type_and_one_meaning_across_commands():
+    """``--calibration`` is a data set wherever it appears, ``--out`` a directory, ``--json`` a flag, ...: an
+    option name takes one kind of value and means one thing (the help before its first parenthesis is the same),
+    and a short alias always stands for the same option."""
+    seen: dict[str, dict] = {}
+    shorts: dict[str, set[str]] = {}
+    for path, command, option in _options():
+        long = next(o for o in option.opts if o.startswith("--"))
+        assert option.help, f"{path} {long} has no help text"
+        entry = seen.setdefault(long, {"signature": {}, "meaning": {}})
+        entry["signature"].setdefault(_signature(command, option), []).append(path)
+        entry["meaning"].setdefault(_meaning(option.help), []).append(path)
+        for short in (o for o in option.opts if not o.startswith("--")):
+            shorts.setdefault(short, set()).add(long)
+    assert len(seen) > 60  # the walk reached every command
+    assert {"--calibration", "--out", "--seed", "--method", "--json", "--json-out"} <= set(seen)
+    for long, entry in seen.items():
+        assert len(entry["signature"]) == 1, f"{long} takes different values: {entry['signature']}"
+        assert len(entry["meaning"]) == 1, f"{long} means different things: {entry['meaning']}"
+    assert all(len(longs) == 1 for longs in shorts.values()), shorts
+
+
+def test_every_command_and_parameter_has_a_help_text():
+    paths = []
+    for path, command in _commands():
+        assert (command.help or "").strip(), f"prunekit {' '.join(path)} has no help text"
+        for p in getattr(command, "params", []):
+            if p.param_type_name == "argument":
+                assert (p.help or "").strip(), f"prunekit {' '.join(path)}: argument {p.name} has no help text"
+        paths.append(" ".join(path))
+    for name in ("prune", "report", "data install", "prune-llm", "eval-ppl", "recover", "export", "run",
+                 "dynamic merge-tokens", "bench", "advise", "papers"):
+        assert name in paths
+
+
+def test_python_m_prunekit_is_the_same_application():
+    """The two entry points: the ``prunekit`` script runs prunekit.cli:main, and so does ``python -m prunekit``;
+    the former ``python -m prunekit.bench`` is gone in favour of ``prunekit bench``."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"prunekit": "prunekit.cli:main"}  # one console script
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "prunekit", "--help"], check=False, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    words = set(proc.stdout.replace("│", " ").split())
+    assert set(typer.main.get_command(app).commands) <= words
+    proc = subprocess.run([sys.executable, "-m", "prunekit.bench", "--help"], check=False, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and "No module named prunekit.bench.__main__" in proc.stderr
+
+
+def test_renamed_options_are_refused_with_the_new_name_suggested():
+    result = runner.invoke(app, ["eval-ppl", "smollm2-135m", "--json", "x.json"])
+    assert result.exit_code == 2 and "--json-out" in result.output
+    result = runner.invoke(app, ["recover", "smollm2-135m", "--method", "kd"])
+    assert result.exit_code == 2 and "--recovery-method" in result.output
+
+
+def test_bench_dry_run_lists_the_grid(tmp_path):
+    spec = ROOT / "benchmarks" / "suites" / "contrasts.yaml"
+    result = runner.invoke(app, ["bench", str(spec), "--store", str(tmp_path / "b.db"), "--dry-run"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "grid points, 0 done" in result.output
+    assert not (tmp_path / "b.db").exists()  # a dry run writes nothing
+
+
+def test_papers_and_advise():
+    result = runner.invoke(app, ["papers", "--type", "W", "--year", "2023", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows and all(r["year"] == 2023 for r in rows)
+    result = runner.invoke(app, ["advise", "--model", "prunekit:resnet-small", "--retrain", "maybe"])
+    assert result.exit_code == 2 and "--retrain must be yes or no" in result.output

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from prunekit.models import load_ccexam_mnist_cnn
 from prunekit import datasets as S
 from prunekit.datasets import installer, loaders, locate, readers, registry, unpickle
 from prunekit.errors import CheckpointError, SourceMissingError, UnknownNameError
@@ -258,7 +259,7 @@ def test_missing_pip_sources_name_the_command(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SourceMissingError, match="prunekit data install mnist"):
         S.load_mnist()
     with pytest.raises(SourceMissingError, match="prunekit data install ccexam"):
-        S.load_ccexam_mnist_cnn()
+        load_ccexam_mnist_cnn()
     with pytest.raises(SourceMissingError, match="prunekit data install smollm2"):
         S.smollm2_gguf_path()
 
@@ -458,7 +459,7 @@ def test_load_mnist_splits() -> None:
 def test_ccexam_cnn_accuracy() -> None:
     need("ccexam")
     need("mnist")
-    model = S.load_ccexam_mnist_cnn()
+    model = load_ccexam_mnist_cnn()
     assert isinstance(model, DigitCNN) and not model.training
     assert sum(p.numel() for p in model.parameters()) == 421642
     x, y = S.load_mnist("test")

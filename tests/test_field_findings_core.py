@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.cli_bench import cli_hint
+from prunekit.cli import cli_hint
 
 
 class _Narrow(nn.Module):

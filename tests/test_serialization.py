@@ -98,12 +98,12 @@ def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
     model = SmallCNN()
     out = pk.save_model(model, tmp_path / "m")
     before = (out / DENSE_FILE).read_bytes()
-    import prunekit.serialization as ser
+    import prunekit.models.saved as saved
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ser, "save_file", boom)
+    monkeypatch.setattr(saved, "save_file", boom)
     with pytest.raises(OSError):
         pk.save_model(model, out)
     assert (out / DENSE_FILE).read_bytes() == before

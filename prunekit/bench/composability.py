@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.api import prune
+from prunekit.apply.plan import Pruner
+from prunekit.errors import PrunekitError
 from prunekit.models.nets import TinyCNN
 
 GRANULARITIES = ("unstructured", "2:4", "4x4", "channel", "physical-channel", "head", "layer")
@@ -91,8 +94,8 @@ def _state(model: nn.Module) -> tuple[list[str], dict[str, bytes]]:
 
 
 def _canonical_masks(model: nn.Module) -> dict[str, Tensor]:
-    from prunekit.layout import weight_layout
     from prunekit.apply.masks import get_mask
+    from prunekit.layout import weight_layout
 
     out = {}
     for name, m in model.named_modules():
@@ -178,7 +181,6 @@ def _runs(model: nn.Module, x: Any) -> str:
 def run_cell(model_name: str, criterion: str, granularity: str, allocation: str,
              built: tuple[nn.Module, Any, Any] | None = None) -> Cell:
     """Prune a fresh copy of the model with ``pk.Pruner(criterion, granularity, allocation)``."""
-    import prunekit as pk
 
     base, x, calib = built if built is not None else build(model_name)
     model = copy.deepcopy(base)
@@ -186,13 +188,13 @@ def run_cell(model_name: str, criterion: str, granularity: str, allocation: str,
     t0 = time.perf_counter()
     status, detail = "ok", ""
     try:
-        pruner = pk.Pruner(criterion=criterion, granularity=granularity, allocation=allocation)
-        pk.prune(model, pruner, sparsity=SPARSITY, example_inputs=x, calibration=calib, skip_incompatible=True,
+        pruner = Pruner(criterion=criterion, granularity=granularity, allocation=allocation)
+        prune(model, pruner, sparsity=SPARSITY, example_inputs=x, calibration=calib, skip_incompatible=True,
                  measure=False)
         problem = check(granularity, base, model) or _runs(model, x)
         if problem:
             status, detail = "silent", problem
-    except pk.PrunekitError as e:
+    except PrunekitError as e:
         status, detail = "refused", f"{type(e).__name__}: {e}"
         if _state(model) != (tree, state):
             status, detail = "silent", f"refused but the model changed: {detail}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib.metadata
 import os
 import platform
 import resource
@@ -27,9 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, method_problem, parse_schedule
+from prunekit.api import prune
+from prunekit.apply.masks import squash_masks_
+from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, parse_schedule
 from prunekit.errors import ConfigError, UnknownNameError
 from prunekit.eval.accuracy import accuracy
+from prunekit.eval.report import measure
+from prunekit.methods.base import METHODS
 from prunekit.models.nets import MLP, SmallCNN
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -105,8 +110,6 @@ def build(spec: str, sample: torch.Tensor, classes: int, seed: int) -> nn.Module
 
 
 def _when(m: MethodSpec) -> str:
-    from prunekit.methods.base import METHODS
-
     method = METHODS.get(m.method)
     if method.when == "during-training":
         return "during"
@@ -155,10 +158,8 @@ def _calibration(p: GridPoint, data: tuple[torch.Tensor, ...]) -> list[tuple[tor
 
 
 def _prune(model: nn.Module, p: GridPoint, sparsity: float, data: tuple[torch.Tensor, ...]) -> Any:
-    import prunekit as pk
-
-    m = pk.METHODS.get(p.method.method)
-    return pk.prune(
+    m = METHODS.get(p.method.method)
+    return prune(
         model, m, sparsity=sparsity, pattern=p.method.pattern, allocation=p.method.allocation,
         example_inputs=data[0][:2], calibration=_calibration(p, data) if m.needs_data else None,
         seed=p.seed, measure=False, **dict(p.method.options),
@@ -195,10 +196,8 @@ def _latency(model: nn.Module, x: torch.Tensor) -> float:
 def versions() -> dict[str, str]:
     import numpy
 
-    import prunekit
-
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "prunekit": prunekit.__version__}
+           "prunekit": importlib.metadata.version("prunekit")}
     try:
         import sklearn
 
@@ -210,7 +209,6 @@ def versions() -> dict[str, str]:
 
 def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
     """Execute one grid point; returns ``{"metrics", "protocol", "layers"}``."""
-    import prunekit as pk
     from prunekit.eval.report import count_flops
 
     t0 = time.perf_counter()
@@ -234,7 +232,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
             _train(model, p, target, p.fine_tune_epochs)
         elif when == "trained":
             steps = parse_schedule(method.schedule)
-            structural = pk.METHODS.get(method.method).structural
+            structural = METHODS.get(method.method).structural
             per_step, extra = divmod(p.fine_tune_epochs, steps)
             for i in range(1, steps + 1):
                 if structural:  # each step removes a fraction of what is left
@@ -257,7 +255,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
                 _train(model, p, src, p.pretrain_epochs + p.fine_tune_epochs, method=method.method,
                        sparsity=p.sparsity, method_options=opts)
         acc = accuracy(model, target[2], target[3])
-        pk.squash_masks_(model)
+        squash_masks_(model)
         after = _weights(model)
         layers = []
         for name, (shape, n, _nz) in original.items():
@@ -275,7 +273,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
         dense.eval()
         flops, _ = count_flops(model, x1)
         dense_flops, _ = count_flops(dense, x1)
-        stats = pk.measure(model, x1, latency=False, sizes=False)
+        stats = measure(model, x1, latency=False, sizes=False)
         lat = {}
         for tag, x in (("b1", x1), ("b8", x8)):
             lat[f"latency_{tag}_ms"] = _latency(model, x)
@@ -296,7 +294,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "stage": when,
-            "structural": bool(method.method != DENSE and pk.METHODS.get(method.method).structural),
+            "structural": bool(method.method != DENSE and METHODS.get(method.method).structural),
         }
         protocol = {
             "data_sha256": {p.data: data_hash(p.data), **({p.transfer: data_hash(p.transfer)} if p.transfer else {})},

@@ -23,7 +23,6 @@ from prunekit.datasets.loaders import (
     MNIST_MEAN,
     MNIST_STD,
     TEXT_NAMES,
-    load_ccexam_mnist_cnn,
     load_digits,
     load_fashion_mnist,
     load_mnist,
@@ -54,7 +53,6 @@ from prunekit.datasets.registry import (
     install_command,
 )
 from prunekit.datasets.unpickle import RestrictedUnpickler
-from prunekit.models.nets import DigitCNN
 
 __all__ = [
     "ACCELERATE_REQUIREMENT",
@@ -79,7 +77,6 @@ __all__ = [
     "install",
     "install_command",
     "is_installed",
-    "load_ccexam_mnist_cnn",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",

@@ -27,14 +27,12 @@ from prunekit.datasets.registry import (
 )
 from prunekit.datasets.unpickle import restricted_load
 from prunekit.errors import CheckpointError, UnknownNameError
-from prunekit.models.nets import DigitCNN
 
 __all__ = [
     "AUSTEN_NOVELS",
     "MNIST_MEAN",
     "MNIST_STD",
     "TEXT_NAMES",
-    "load_ccexam_mnist_cnn",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
@@ -170,28 +168,3 @@ def load_text(name: str) -> str:
     lines = np.asarray(value, dtype=object).ravel()
     text = "\n".join("" if line is None else str(line) for line in lines)
     return text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The ccexam MNIST CNN
-
-
-def load_ccexam_mnist_cnn() -> DigitCNN:
-    """ccexam's pretrained MNIST CNN in eval mode; feed it ``mnist_normalize(images)`` (99.05% test).
-
-    Only the state dict is read (``weights_only``), into prunekit's own :class:`~prunekit.models.nets.DigitCNN`;
-    raises CheckpointError when the file is corrupt or its weights do not fit.
-    """
-    path = source_path("ccexam", CCEXAM_WEIGHTS)
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises various errors on corrupt or unsafe files
-        raise CheckpointError(f"{path}: cannot load weights: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-    model = DigitCNN()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit DigitCNN: {exc}") from exc
-    return model.eval()

@@ -32,7 +32,7 @@ def _count(store: Path) -> int:
 
 def _start(spec: Path, store: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "prunekit.bench", "run", str(spec), "--store", str(store),
+    return subprocess.Popen([sys.executable, "-m", "prunekit", "bench", str(spec), "--store", str(store),
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'prunekit[deploy]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'prunekit[deploy]')")
 
-import prunekit as pk  # noqa: E402
-from prunekit.cli import app  # noqa: E402
-from prunekit.deploy import load_onnx  # noqa: E402
+import prunekit as pk
+from prunekit.cli import app
+from prunekit.deploy import load_onnx
 
 runner = CliRunner()
 

@@ -31,7 +31,7 @@ def test_merge_tokens_on_minilm_writes_its_report(tmp_path):
             "2",
             "--rounds",
             "1",
-            "--out",
+            "--json-out",
             str(out),
         ],
     )

@@ -115,7 +115,7 @@ def test_cli_prune_llm_and_eval_ppl(tmp_path):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from prunekit.llm.cli import RECORD_FILE, eval_ppl, prune_llm
+    from prunekit.cli.llm import RECORD_FILE, eval_ppl, prune_llm
 
     _austen()
     tok = _smollm2_tokenizer()
@@ -164,7 +164,7 @@ def test_cli_prune_llm_and_eval_ppl(tmp_path):
     q = reloaded.model.layers[0].self_attn.q_proj.weight
     assert ((q.reshape(q.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
     res = runner.invoke(
-        app, ["eval-ppl", str(out), "--max-tokens", "64", "--seq-len", "32", "--json", str(tmp_path / "ppl.json")]
+        app, ["eval-ppl", str(out), "--max-tokens", "64", "--seq-len", "32", "--json-out", str(tmp_path / "ppl.json")]
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ppl.json").read_text())["protocol"]["seq_len"] == 32

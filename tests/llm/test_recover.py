@@ -142,8 +142,8 @@ def test_cli_recover_writes_the_model_and_refuses_a_non_empty_out(tmp_path):
 
     _need_austen()
     tok = tiny_tokenizer()
-    from prunekit.cli_recover import RECORD_FILE
-    from prunekit.cli_recover import recover as recover_cmd
+    from prunekit.cli.recover import RECORD_FILE
+    from prunekit.cli.recover import recover as recover_cmd
 
     torch.manual_seed(0)
     src = tmp_path / "pruned"
@@ -158,8 +158,8 @@ def test_cli_recover_writes_the_model_and_refuses_a_non_empty_out(tmp_path):
     app.command("recover")(recover_cmd)
     app.command("noop")(lambda: None)
     out = tmp_path / "recovered"
-    args = ["recover", str(src), "--text", "northangerabbey", "--steps", "2", "--batch-size", "1", "--seq-len", "16",
-            "--eval-text", "persuasion", "--eval-tokens", "32", "--out", str(out)]
+    args = ["recover", str(src), "--train-text", "northangerabbey", "--steps", "2", "--batch-size", "1",
+            "--seq-len", "16", "--eval-text", "persuasion", "--eval-tokens", "32", "--out", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     record = json.loads((out / RECORD_FILE).read_text())
@@ -171,5 +171,5 @@ def test_cli_recover_writes_the_model_and_refuses_a_non_empty_out(tmp_path):
     assert (w == 0).float().mean() == pytest.approx(0.5, abs=0.01)
     res = CliRunner().invoke(app, args)  # --out is not empty now
     assert res.exit_code != 0 and "--overwrite" in res.output
-    res = CliRunner().invoke(app, [*args[:-2], "--method", "distil", "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(app, [*args[:-2], "--recovery-method", "distil", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "kd," in res.output and "lora" in res.output and not (tmp_path / "x").exists()

@@ -1,7 +1,7 @@
 """``prunekit recover``: recovery fine-tuning of a saved pruned causal LM (mirrors :func:`prunekit.llm.recover`).
 
-prunekit recover pruned-llm --text prideprejudice --text mansfieldpark --steps 200 --out recovered-llm
-prunekit recover pruned-llm --method kd --teacher smollm2-135m --text northangerabbey --out recovered-llm
+prunekit recover pruned-llm --train-text prideprejudice --train-text mansfieldpark --steps 200 --out recovered-llm
+prunekit recover pruned-llm --recovery-method kd --teacher smollm2-135m --train-text northangerabbey --out recovered-llm
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from prunekit.cli_bench import _fail
+from prunekit.cli._common import console, fail
 from prunekit.errors import PrunekitError
 
-console = Console()
+__all__ = ["RECORD_FILE", "recover"]
 
+#: the file in --out that records the source, the texts, the settings and the perplexities of a recovery
 RECORD_FILE = "prunekit_recovery.json"
 
 
@@ -27,16 +27,19 @@ def recover(
         str, typer.Argument(help="a folder written by `prunekit prune-llm --out` / save_pretrained, or a model name")
     ],
     text: Annotated[
-        Optional[list[str]],
-        typer.Option("--text", "-t", help="text(s) to train on, repeatable (`prunekit data list`: Austen, mobydick)"),
+        list[str] | None,
+        typer.Option("--train-text", "-t",
+                     help="text to train on (repeatable; `prunekit data list`: an Austen novel, mobydick)"),
     ] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="lora (cross-entropy) or kd (distillation)")] = "lora",
+    method: Annotated[
+        str, typer.Option("--recovery-method", help="how to recover: lora (cross-entropy) or kd (distillation)")
+    ] = "lora",
     teacher: Annotated[
-        Optional[str], typer.Option(help="the dense model for --method kd (a folder or an offline name)")
+        str | None, typer.Option(help="the dense model for --recovery-method kd (a folder or an offline name)")
     ] = None,
     steps: Annotated[int, typer.Option(help="optimizer steps")] = 200,
-    batch_size: Annotated[int, typer.Option(help="windows per step")] = 4,
-    seq_len: Annotated[int, typer.Option(help="tokens per window")] = 256,
+    batch_size: Annotated[int, typer.Option(help="inputs per batch (windows per optimizer step)")] = 4,
+    seq_len: Annotated[int, typer.Option(help="tokens per window (of the training texts)")] = 256,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (warmup 10%, then linear decay)")] = 3e-4,
     rank: Annotated[int, typer.Option(help="LoRA rank r")] = 8,
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the update is scaled by alpha / r)")] = 16.0,
@@ -47,17 +50,19 @@ def recover(
         bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="trade time for memory")
     ] = False,
     eval_text: Annotated[
-        Optional[str], typer.Option(help="text whose perplexity is reported before and after (e.g. persuasion)")
+        str | None, typer.Option(help="text the perplexity is measured on (before and after, e.g. persuasion)")
     ] = None,
     eval_tokens: Annotated[int, typer.Option(help="tokens of --eval-text to evaluate")] = 4096,
-    seed: Annotated[int, typer.Option(help="seed of the window draw and of LoRA's initialisation")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="where to train, e.g. cuda (default: cpu)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the recovered model (save_pretrained)")] = Path(
-        "recovered-llm"
-    ),
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it is not empty")] = False,
+    seed: Annotated[int, typer.Option(help="random seed (of the window draw and of LoRA's initialisation)")] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="device to compute on (to train on, e.g. cuda; default: cpu)")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="output directory (the recovered model, save_pretrained)")
+    ] = Path("recovered-llm"),
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
     progress: Annotated[
-        Optional[bool], typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
+        bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,
 ) -> None:
     """Fine-tune a pruned causal LM through LoRA (or distil it from --teacher), merge the adapters so the
@@ -71,13 +76,17 @@ def recover(
         from prunekit.datasets import load_text
 
         if not text:
-            raise MissingDataError("pass at least one --text to train on (e.g. --text prideprejudice)")
+            raise MissingDataError("pass at least one --train-text to train on (e.g. --train-text prideprejudice)")
         if method not in RECOVERY_METHODS:
             raise UnknownNameError("recovery method", method, RECOVERY_METHODS)
         if method == "kd" and teacher is None:
-            raise MissingDataError("--method kd distils from a teacher: pass --teacher <dense model folder or name>")
+            raise MissingDataError(
+                "--recovery-method kd distils from a teacher: pass --teacher <dense model folder or name>"
+            )
         if method == "lora" and teacher is not None:
-            raise ConfigError("--teacher is used by --method kd only; pass --method kd or leave --teacher out")
+            raise ConfigError(
+                "--teacher is used by --recovery-method kd only; pass --recovery-method kd or leave --teacher out"
+            )
         if eval_tokens < 2:
             raise ConfigError(f"--eval-tokens takes a count >= 2, got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
@@ -124,4 +133,4 @@ def recover(
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
         console.print(f"{report}; saved to {out}", highlight=False)
     except PrunekitError as e:
-        _fail(e)
+        fail(e)

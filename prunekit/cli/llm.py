@@ -1,7 +1,8 @@
-"""Command functions for language models, mounted by the main CLI as ``prune-llm`` and ``eval-ppl``.
+"""``prunekit prune-llm`` and ``prunekit eval-ppl``: layer-wise pruning of a causal language model with
+calibration text, and its perplexity on a real text.
 
 prunekit prune-llm smollm2-135m --method sparsegpt --pattern 2:4 --calibration-samples 32 --out DIR
-prunekit eval-ppl DIR --text persuasion --max-tokens 4096
+prunekit eval-ppl DIR --eval-text persuasion --max-tokens 4096
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from prunekit.allocation.builtin import ALLOCATIONS
-from prunekit.cli_bench import _fail
+from prunekit.cli._common import console, fail
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
 from prunekit.methods.llm import LM_METHOD_NAMES
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["RECORD_FILE", "eval_ppl", "prune_llm"]
 
+#: the file in --out that records the source, the settings, the calibration protocol and the perplexities
 RECORD_FILE = "prunekit_llm.json"
 
 
@@ -38,39 +38,47 @@ def prune_llm(
     model_dir: Annotated[
         str, typer.Argument(help="a save_pretrained dir, an offline name (smollm2-135m, gemma3-270m) or a hub name")
     ],
-    method: Annotated[str, typer.Option("--method", "-m", help=", ".join(LM_METHOD_NAMES))] = "sparsegpt",
+    method: Annotated[
+        str,
+        typer.Option("--method", "-m",
+                     help=f"a registered pruning method (one for language models: {', '.join(LM_METHOD_NAMES)})"),
+    ] = "sparsegpt",
     sparsity: Annotated[
-        Optional[float], typer.Option("--sparsity", "-s", help="fraction to remove (fixed by --pattern for N:M)")
+        float | None,
+        typer.Option("--sparsity", "-s", help="fraction of weights to remove (in [0, 1); fixed by an N:M --pattern)"),
     ] = None,
     pattern: Annotated[
-        Optional[str], typer.Option(help="N:M pattern such as 2:4 or 4:8 (default: unstructured)")
+        str | None, typer.Option(help="what is removed (N:M such as 2:4 or 4:8; default: unstructured)")
     ] = None,
     allocation: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
-            help=f"how the sparsity is spread over the matrices: {', '.join(ALLOCATIONS.names())} "
-            "(default: the method's, uniform; owl for owl-*); N:M takes uniform only"
+            help=f"how the sparsity is spread over the layers (over the matrices: {', '.join(ALLOCATIONS.names())}; "
+            "default: the method's, uniform; owl for owl-*; N:M takes uniform only)"
         ),
     ] = None,
-    calibration: Annotated[
-        str, typer.Option("--calibration", help="text to calibrate on (`prunekit data list`: an Austen novel, mobydick)")
+    calibration_text: Annotated[
+        str,
+        typer.Option(help="text to calibrate on (`prunekit data list`: an Austen novel, mobydick)"),
     ] = "prideprejudice",
     calibration_samples: Annotated[int, typer.Option("--calibration-samples", "-n", help="calibration windows")] = 32,
-    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
-    seed: Annotated[int, typer.Option(help="seed of the calibration draw")] = 0,
-    eval_text: Annotated[str, typer.Option(help="text for the perplexity before and after")] = "persuasion",
+    seq_len: Annotated[int, typer.Option(help="tokens per window (of the calibration text)")] = 512,
+    seed: Annotated[int, typer.Option(help="random seed (of the calibration draw)")] = 0,
+    eval_text: Annotated[
+        str, typer.Option(help="text the perplexity is measured on (before and after)")
+    ] = "persuasion",
     eval_tokens: Annotated[
         int, typer.Option(help="tokens of --eval-text to evaluate (0: skip the evaluation)")
     ] = DEFAULT_EVAL_TOKENS,
     device: Annotated[
-        Optional[str], typer.Option(help="where each layer is computed, e.g. cuda (default: the model's)")
+        str | None, typer.Option(help="device to compute on (each layer in turn, e.g. cuda; default: the model's)")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the pruned model (save_pretrained)")] = Path(
-        "pruned-llm"
-    ),
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="output directory (the pruned model, save_pretrained)")
+    ] = Path("pruned-llm"),
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
     progress: Annotated[
-        Optional[bool], typer.Option("--progress/--no-progress", help="progress bar (default: on a terminal)")
+        bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,
 ) -> None:
     """Prune a causal LM layer by layer with calibration data, report its perplexity before and after, and
@@ -112,12 +120,13 @@ def prune_llm(
                 f"pattern {gran} fixes every matrix's sparsity; {method} with allocation {alloc} cannot honour it "
                 "(pass --allocation uniform with a method that allows it, or an unstructured --sparsity)"
             )
-        calibration_text = load_text(calibration)
+        calibration_corpus = load_text(calibration_text)
         if eval_tokens:
             load_text(eval_text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         cal = calibration_batches(
-            tokenizer, [(calibration, calibration_text)], n_samples=calibration_samples, seq_len=seq_len, seed=seed
+            tokenizer, [(calibration_text, calibration_corpus)], n_samples=calibration_samples, seq_len=seq_len,
+            seed=seed,
         )
         before = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
         if before is not None:
@@ -164,20 +173,24 @@ def prune_llm(
         for note in report.notes[:5]:
             console.print(f"  {note}", highlight=False)
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
 def eval_ppl(
     model_dir: Annotated[str, typer.Argument(help="a save_pretrained dir, an offline name or a hub name")],
-    text: Annotated[str, typer.Option(help="evaluation text (`prunekit data list`: an Austen novel, mobydick)")] = "persuasion",
+    text: Annotated[
+        str,
+        typer.Option("--eval-text",
+                     help="text the perplexity is measured on (`prunekit data list`: an Austen novel, mobydick)"),
+    ] = "persuasion",
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 512,
-    stride: Annotated[Optional[int], typer.Option(help="window step (default: seq_len, disjoint windows)")] = None,
+    stride: Annotated[int | None, typer.Option(help="window step (default: seq_len, disjoint windows)")] = None,
     max_tokens: Annotated[
-        int, typer.Option(help="evaluate the first N tokens of the text (0: the whole text)")
+        int, typer.Option(help="evaluate the first N tokens of --eval-text (0: the whole text)")
     ] = DEFAULT_EVAL_TOKENS,
-    device: Annotated[Optional[str], typer.Option(help="e.g. cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="device to compute on (e.g. cuda)")] = None,
     json_out: Annotated[
-        Optional[Path], typer.Option("--json", help="also write the result and its protocol here")
+        Path | None, typer.Option("--json-out", help="write the result as JSON to this file (with its protocol)")
     ] = None,
 ) -> None:
     """Perplexity of a causal LM on a real text, with the protocol (text hash, tokenizer, windows) recorded."""
@@ -191,7 +204,7 @@ def eval_ppl(
                 f"--seq-len and --stride take counts >= 1 and --max-tokens a count >= 0 (0: the whole text), got "
                 f"{seq_len}, {stride} and {max_tokens}"
             )
-        eval_text = load_text(text)  # an unknown --text fails before the model is loaded
+        eval_text = load_text(text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         if device:
             model.to(device)
@@ -210,4 +223,4 @@ def eval_ppl(
         if json_out is not None:
             json_out.write_text(json.dumps(payload, indent=2))
     except PrunekitError as e:
-        _fail(e)
+        fail(e)

@@ -1,63 +1,76 @@
-"""``prunekit export``: the command-line form of :func:`prunekit.deploy.export_onnx` and
-:func:`prunekit.deploy.export_openvino`."""
+"""``prunekit export`` and ``prunekit run``: the command-line forms of :func:`prunekit.deploy.export_onnx` /
+:func:`prunekit.deploy.export_openvino` and of :class:`prunekit.deploy.recipe.Recipe`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from prunekit.cli._common import calibration_data, console, default_input_shape, err_console, fail, parse_shape
 from prunekit.errors import PrunekitError
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["RUNTIMES", "export", "run"]
 
+#: the runtimes ``prunekit export --to`` accepts
 RUNTIMES = ("onnx", "openvino")
 
 
 def export(
-    model: Annotated[str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")],
+    model: Annotated[
+        str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
+    ],
     to: Annotated[str, typer.Option("--to", help="onnx or openvino")],
-    out: Annotated[Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")],
+    out: Annotated[
+        Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")
+    ],
     quantize: Annotated[
-        Optional[str], typer.Option(help="openvino only: int8-weights (weight-only) or int8 (weights and activations, calibrated)")
+        str | None,
+        typer.Option(help="openvino only: int8-weights (weight-only) or int8 (weights and activations, calibrated)"),
     ] = None,
     calibration: Annotated[
-        Optional[str], typer.Option(help="--quantize int8: calibration data, mnist or fashion-mnist (default: the model's task data)")
+        str | None,
+        typer.Option(help="calibration data set (--quantize int8 only: mnist or fashion-mnist; default: the model's "
+                          "task data)"),
     ] = None,
     calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
     precision: Annotated[str, typer.Option(help="openvino only: inference precision hint f32, bf16 or f16")] = "f32",
     sparse_weights: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--sparse-weights/--no-sparse-weights",
-                     help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse Linear layers)"),
+                     help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse "
+                          "Linear layers)"),
     ] = None,
-    sparse_rate: Annotated[float, typer.Option(help="openvino only: zeros from which a layer runs the sparse kernel")] = 0.7,
+    sparse_rate: Annotated[
+        float, typer.Option(help="openvino only: zeros from which a layer runs the sparse kernel")
+    ] = 0.7,
     sparse_initializers: Annotated[
         bool, typer.Option("--sparse-initializers/--dense-initializers",
                            help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)"),
     ] = True,
-    input_shape: Annotated[Optional[str], typer.Option(help="example input shape, e.g. 1,3,224,224")] = None,
-    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="keep input dimensions dynamic or fix the example's")] = True,
+    input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
+    dynamic: Annotated[
+        bool, typer.Option("--dynamic/--static", help="keep input dimensions dynamic or fix the example's")
+    ] = True,
     baseline: Annotated[
-        Optional[str],
-        typer.Option(help="dense model to time against (a spec or saved dir; default: a saved model's recorded source)"),
+        str | None,
+        typer.Option(help="dense model to time against (a spec or saved dir; default: a saved model's recorded "
+                          "source)"),
     ] = None,
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time against the dense model and PyTorch")] = True,
+    latency: Annotated[
+        bool, typer.Option("--latency/--no-latency", help="time the model (against the dense model and PyTorch)")
+    ] = True,
     threads: Annotated[int, typer.Option(help="threads for the runtimes and PyTorch while timing")] = 1,
     latency_budget: Annotated[float, typer.Option(help="seconds of interleaved timing per comparison")] = 3.0,
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
-    seed: Annotated[int, typer.Option(help="random seed of the example inputs and calibration sample")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed (of the example inputs and calibration sample)")] = 0,
 ) -> None:
     """Export MODEL to ONNX (checked in ONNX Runtime) or OpenVINO IR (optionally int8 with NNCF), print the
     report and write it with the model into --out (like prunekit.deploy.export_onnx / export_openvino)."""
     import torch
 
     import prunekit as pk
-    from prunekit.cli import _calibration, _shape, default_input_shape
-    from prunekit.cli_bench import _fail
     from prunekit.deploy import export_onnx, export_openvino
     from prunekit.errors import DataError, UnknownNameError
     from prunekit.models import source_of, task_evaluation
@@ -82,7 +95,7 @@ def export(
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
         spec = source_of(m) or (record or {}).get("source") or model
-        shape = _shape(input_shape) if input_shape else default_input_shape(spec, record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(spec, record)
         if shape is None:
             raise DataError(f"no example input shape is known for {model}: pass --input-shape, e.g. 1,3,224,224")
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -97,11 +110,12 @@ def export(
         if quantize == "int8":
             task = task_evaluation(spec)
             if calibration:
-                calib = _calibration(calibration, calibration_batches, seed)
+                calib = calibration_data(calibration, calibration_batches, seed)
             elif task is not None:
                 calib = task[2](calibration_batches, seed)
                 err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
-                                  "batches of 64 from its training split); pass --calibration to choose", highlight=False)
+                                  "batches of 64 from its training split); pass --calibration to choose",
+                                  highlight=False)
         elif calibration:
             raise pk.ConfigError("--calibration is used only by --quantize int8 (int8 activations): drop it or "
                                  "pass --quantize int8")
@@ -122,19 +136,25 @@ def export(
         console.print(str(report), highlight=False, markup=False, soft_wrap=True)
         console.print(f"saved to {out}")
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
 def run(
-    recipe: Annotated[Path, typer.Argument(help="a recipe YAML file: model, input_shape, data, stages (prune, fine_tune, quantize, export)")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the recipe and print it, run nothing")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="also write the stage table as JSON to this file")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="a recipe YAML file: model, input_shape, data, stages (prune, fine_tune, quantize, export)"
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show what would run and run nothing (the recipe, validated)")
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="also write the stage table as JSON to this file")] = None,
 ) -> None:
     """Run a prune -> fine-tune -> quantise -> export recipe (like prunekit.deploy.Recipe.from_yaml(path).run()),
     validated whole before anything runs; prints accuracy, parameters, sparsity and latency after each stage."""
     import json
 
-    from prunekit.cli_bench import _fail
     from prunekit.deploy.recipe import Recipe
 
     try:
@@ -148,4 +168,4 @@ def run(
         if report is not None:
             report.write_text(json.dumps(result.to_dict(), indent=2, default=str))
     except PrunekitError as e:
-        _fail(e)
+        fail(e)

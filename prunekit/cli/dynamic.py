@@ -8,7 +8,7 @@
 A patch lives only in memory (the weights do not change), so each command patches the model, runs it on
 real inputs next to the dense model and prints what was skipped and what it cost: tokens per block, the
 similarity of the outputs to the dense ones, the latency ratio (interleaved rounds, one thread) or the
-perplexity, and writes the same as JSON with ``--out``.
+perplexity, and writes the same as JSON with ``--json-out``.
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from prunekit.cli._common import console, fail
 from prunekit.errors import PrunekitError
 
+__all__ = ["app", "merge_tokens", "prune_tokens", "skip_layers"]
+
+#: the ``prunekit dynamic`` command group
 app = typer.Typer(help="Run-time (dynamic) pruning: token merging / pruning, dynamic depth.", no_args_is_help=True)
-console = Console()
-
-
-def _fail(e: PrunekitError) -> None:
-    from prunekit.cli_bench import _fail as fail
-
-    fail(e)
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -170,10 +166,11 @@ _MODEL = Annotated[
     str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")
 ]
 _INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)")]
-_BATCH = Annotated[int, typer.Option(help="batch size")]
+_BATCH = Annotated[int, typer.Option(help="inputs per batch (sentences or images)")]
 _TEXT = Annotated[str, typer.Option(help="Austen novel the sentences come from (text models)")]
 _ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds")]
-_OUT = Annotated[Path | None, typer.Option(help="write the result as JSON here")]
+_SEED = Annotated[int, typer.Option(help="random seed (of the random images)")]
+_JSON_OUT = Annotated[Path | None, typer.Option("--json-out", help="write the result as JSON to this file")]
 
 
 @app.command("merge-tokens")
@@ -197,8 +194,8 @@ def merge_tokens(
     batch_size: _BATCH = 32,
     text: _TEXT = "persuasion",
     rounds: _ROUNDS = 3,
-    seed: int = 0,
-    out: _OUT = None,
+    seed: _SEED = 0,
+    json_out: _JSON_OUT = None,
 ) -> None:
     """Token merging (ToMe, Bolya et al. 2023): like prunekit.dynamic.merge_tokens_(model, r=..., ratio=...)."""
     from prunekit import dynamic
@@ -224,10 +221,10 @@ def merge_tokens(
             text,
             rounds,
             seed,
-            out,
+            json_out,
         )
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command("prune-tokens")
@@ -240,8 +237,8 @@ def prune_tokens(
     batch_size: _BATCH = 32,
     text: _TEXT = "persuasion",
     rounds: _ROUNDS = 3,
-    seed: int = 0,
-    out: _OUT = None,
+    seed: _SEED = 0,
+    json_out: _JSON_OUT = None,
 ) -> None:
     """Attentive token pruning (EViT, Liang et al. 2022): like prunekit.dynamic.prune_tokens_(model, keep_rate=...)."""
     from prunekit import dynamic
@@ -263,10 +260,10 @@ def prune_tokens(
             text,
             rounds,
             seed,
-            out,
+            json_out,
         )
     except PrunekitError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command("skip-layers")
@@ -276,15 +273,17 @@ def skip_layers(
     never_skip: Annotated[
         str | None, typer.Option(help="layers always computed, e.g. 0,29 (default: first and last)")
     ] = None,
-    calibration_text: Annotated[str, typer.Option(help="text the router is fitted on")] = "prideprejudice",
+    calibration_text: Annotated[
+        str, typer.Option(help="text to calibrate on (the router is fitted on it)")
+    ] = "prideprejudice",
     calibration_samples: Annotated[int, typer.Option(help="calibration windows")] = 8,
-    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 256,
+    seq_len: Annotated[int, typer.Option(help="tokens per window (of the calibration text)")] = 256,
     eval_text: Annotated[
         str, typer.Option(help="text the perplexity is measured on (not the calibration text)")
     ] = "persuasion",
-    eval_tokens: Annotated[int, typer.Option(help="tokens of the evaluation text")] = 2048,
-    seed: int = 0,
-    out: _OUT = None,
+    eval_tokens: Annotated[int, typer.Option(help="tokens of --eval-text to evaluate")] = 2048,
+    seed: Annotated[int, typer.Option(help="random seed (of the calibration draw)")] = 0,
+    json_out: _JSON_OUT = None,
 ) -> None:
     """Dynamic depth: like prunekit.dynamic.skip_layers_(model, calibration, fraction=...); prints the
     perplexity before and after and the share of layer computations really skipped."""
@@ -327,8 +326,8 @@ def skip_layers(
             f"(per layer: {rep['skipped_per_layer']})",
             highlight=False,
         )
-        if out is not None:
-            out.write_text(json.dumps(result, indent=2) + "\n")
-            console.print(f"written to {out}")
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+            console.print(f"written to {json_out}")
     except PrunekitError as e:
-        _fail(e)
+        fail(e)

@@ -1,0 +1,72 @@
+"""The ``prunekit`` command line: one typer application, :data:`app`, whose commands mirror Python calls
+(``prunekit COMMAND --help``). The ``prunekit`` console script and ``python -m prunekit`` both run :func:`main`.
+
+One module per command group:
+
+- :mod:`prunekit.cli.prune`: ``prune``, ``report``, ``methods``, ``criteria``, ``models``, ``demo``
+- :mod:`prunekit.cli.data`: ``data install``, ``data list``
+- :mod:`prunekit.cli.llm`: ``prune-llm``, ``eval-ppl``
+- :mod:`prunekit.cli.recover`: ``recover``
+- :mod:`prunekit.cli.deploy`: ``export``, ``run``
+- :mod:`prunekit.cli.dynamic`: ``dynamic merge-tokens``, ``dynamic prune-tokens``, ``dynamic skip-layers``
+- :mod:`prunekit.cli.bench`: ``bench``, ``advise``, ``papers`` (and ``report`` of a results store)
+
+An option name means one thing in every command that has it (tests/test_cli.py checks it). Heavy libraries
+(transformers, onnx, openvino, ray, ...) are imported inside the commands that use them, not here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from prunekit.cli import bench, data, deploy, dynamic, llm, prune, recover
+from prunekit.cli._common import cli_hint, err_console
+
+__all__ = ["app", "cli_hint", "main"]
+
+#: the ``prunekit`` application; tests run it with ``typer.testing.CliRunner().invoke(app, [...])``
+app = typer.Typer(
+    name="prunekit",
+    help="Prune neural networks: one API for the survey's taxonomy, with real measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("prune")(prune.prune)
+app.command("report")(prune.report)
+app.command("methods")(prune.methods)
+app.command("criteria")(prune.criteria)
+app.command("models")(prune.models)
+app.command("demo")(prune.demo)
+app.add_typer(data.app, name="data")
+app.command("prune-llm")(llm.prune_llm)
+app.command("eval-ppl")(llm.eval_ppl)
+app.command("recover")(recover.recover)
+app.command("export")(deploy.export)
+app.command("run")(deploy.run)
+app.add_typer(dynamic.app, name="dynamic")
+app.command("bench")(bench.bench)
+app.command("advise")(bench.advise)
+app.command("papers")(bench.papers)
+
+
+def main() -> None:
+    """Entry point of the ``prunekit`` command and of ``python -m prunekit``: every error becomes a message and
+    exit status 2 (``PRUNEKIT_DEBUG=1`` shows the traceback of an unexpected one), Ctrl-C exit status 130."""
+    import os
+    import sys
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written for the unfinished step")
+        sys.exit(130)
+    except Exception as e:  # not a PrunekitError (those are handled per command): still a message, exit 2
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        err_console.print(
+            f"[bold red]error:[/bold red] {type(e).__name__}: {e}\n(an unexpected failure: run again with "
+            "PRUNEKIT_DEBUG=1 for the traceback and report it)",
+            highlight=False,
+        )
+        sys.exit(2)

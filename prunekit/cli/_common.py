@@ -1,0 +1,137 @@
+"""What the command modules share: the consoles, errors printed for a person (exit status 2), the advice of
+Python-facing messages rewritten into the command line's flags, and the parsing of ``--input-shape`` and of
+``--calibration`` (an image data set)."""
+
+from __future__ import annotations
+
+import re
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+__all__ = ["calibration_data", "cli_hint", "console", "default_input_shape", "err_console", "fail", "parse_shape"]
+
+#: standard output of every command (tables, reports)
+console = Console()
+#: standard error of every command (errors, notes)
+err_console = Console(stderr=True)
+
+# advice written for Python callers, rewritten into the command line's flags
+_CLI_HINTS: tuple[tuple[str, str], ...] = (
+    (r"calibration=batches \([^)]*\)\)? or calibration=loss_fn \([^)]*\)", "--calibration DATA"),
+    (r"calibration=batches \([^)]*\)", "--calibration DATA"),
+    (r"calibration=loss_fn( \([^)]*\))?", "--calibration DATA"),
+    (r"\bignore= (?=names\b)", "--ignore "),
+    (r"ignore=\[\.\.\.\]|ignore=", "--ignore NAME"),
+    (r"skip_incompatible=True", "--skip-incompatible"),
+    (r"prune_classifier=True", "--prune-classifier"),
+    (r"overwrite=True", "--overwrite"),
+    (r"example_inputs=(a batch)?", "--input-shape"),
+    (r"\bcalibration=", "--calibration "),
+    (r"\bsparsity=", "--sparsity "),
+    (r"\bpattern=None", "no --pattern"),
+    (r"\bpattern=", "--pattern "),
+    (r"\ballocation=", "--allocation "),
+    (r"(?<!--option )\b(strict|criterion|loss_fn|overrides|global_cap|round_to)=", r"--option \1="),
+)
+# a Python call expression in advice (``pk.prune(model, "magnitude", sparsity=0.5)``): its start; it runs to
+# the matching parenthesis and is left as Python (rewriting inside it would mix the two syntaxes)
+_CALL_START = re.compile(r"[A-Za-z_][\w.]*\(")
+
+
+def _python_calls(message: str) -> list[tuple[int, int]]:
+    """Spans of the call expressions in ``message`` (name directly followed by a parenthesis, to its match)."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (m := _CALL_START.search(message, pos)) is not None:
+        depth, i = 0, m.end() - 1
+        while i < len(message):
+            depth += {"(": 1, ")": -1}.get(message[i], 0)
+            i += 1
+            if depth == 0:
+                break
+        spans.append((m.start(), i))
+        pos = i
+    return spans
+
+
+def cli_hint(message: str) -> str:
+    """``message`` with its Python keyword advice (``ignore=[...]``, ``skip_incompatible=True``, ...) written as
+    the command line's flags (``--ignore NAME``, ``--skip-incompatible``, ...). Only keywords that stand alone
+    are rewritten: a whole Python call expression (``pk.prune(model, ..., sparsity=0.5)``) is kept as it is."""
+
+    def rewrite(text: str) -> str:
+        for pattern, replacement in _CLI_HINTS:
+            text = re.sub(pattern, replacement, text)
+        return text
+
+    # only keyword hints that stand alone: a Python call expression is kept as it is
+    parts, last = [], 0
+    for start, end in _python_calls(message):
+        parts += [rewrite(message[last:start]), message[start:end]]
+        last = end
+    message = "".join(parts) + rewrite(message[last:])
+    message = message.replace("(overwrite=True in Python) ", "")
+    return message.replace("--overwrite (--overwrite in Python)", "--overwrite")
+
+
+def fail(e: Exception) -> NoReturn:
+    """Print a prunekit error for a person (its advice in command-line syntax) on standard error and end the
+    command with exit status 2 (raises :class:`typer.Exit`)."""
+    from prunekit.errors import MissingDataError
+
+    text = cli_hint(str(e))
+    hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) else ""
+    err_console.print(f"[bold red]error:[/bold red] {text}{hint}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape`` text (``1,3,224,224`` or ``1x3x224x224``) as a tuple of positive integers; raises
+    :class:`typer.BadParameter` for anything else."""
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--input-shape takes integers like 1,3,224,224, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise typer.BadParameter(f"--input-shape takes positive integers like 1,3,224,224, got {text!r}")
+    return shape
+
+
+def default_input_shape(spec: str, record: dict | None = None) -> tuple[int, ...] | None:
+    """The example input shape used for a model spec when the user gives none: the one a saved model's
+    ``record`` holds, else MNIST's (1, 1, 28, 28) or ImageNet's (1, 3, 224, 224; 299 for inception_v3); None
+    when unknown."""
+    if record and record.get("input_shape"):
+        return tuple(record["input_shape"])
+    if spec.startswith("prunekit:mnist"):
+        return (1, 1, 28, 28)
+    if spec.startswith("torchvision:"):
+        name = spec.split(":", 1)[1]
+        return (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224)
+    return None
+
+
+def calibration_data(name: str, batches: int, seed: int) -> list:
+    """``--calibration NAME``: ``batches`` batches of 64 (images, labels) drawn with ``seed`` from the training
+    split of ``mnist`` (normalised as the pretrained CNN expects) or ``fashion-mnist``. Raises
+    :class:`prunekit.errors.UnknownNameError` for another name and a missing-source error when it is not
+    installed."""
+    from prunekit import datasets
+
+    loaders = {
+        "mnist": lambda: datasets.load_mnist("train"),
+        "fashion-mnist": lambda: datasets.load_fashion_mnist("train"),
+    }
+    if name not in loaders:
+        from prunekit.errors import UnknownNameError
+
+        raise UnknownNameError("calibration set", name, loaders)
+    import torch
+
+    x, y = loaders[name]()
+    if name == "mnist":
+        x = datasets.mnist_normalize(x)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * 64]
+    return [(x[idx[i : i + 64]], y[idx[i : i + 64]]) for i in range(0, len(idx), 64)]

@@ -1,0 +1,126 @@
+"""Saving and loading whole models: the weights as safetensors (dense, or bitmask + values), a JSON record
+of the architecture's source and the structural changes. Loading never unpickles and never runs code from
+the directory: the architecture is rebuilt by a registered builder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from prunekit.apply.masks import apply_mask_, effective_state_dict, masked_parameters
+from prunekit.errors import CheckpointError, UnknownNameError
+from prunekit.models.builders import build_from_spec, source_of
+from prunekit.serialization import (
+    DENSE_FILE,
+    FORMAT_VERSION,
+    RECORD,
+    SPARSE_FILE,
+    atomic_write,
+    export_sparse,
+    load_state,
+    read_record,
+    untie,
+)
+from prunekit.surgery import apply_structure_record, structure_record
+
+__all__ = ["load_model", "save_model"]
+
+
+def save_model(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    sparse: bool = False,
+    source: str | None = None,
+    report: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` (masks folded in) to ``directory``; :func:`load_model` rebuilds it.
+
+    ``source`` is the registered spec that builds the architecture (defaults to the one recorded when the
+    model was built by :func:`prunekit.models.build_model`). Without a source the weights are still saved,
+    and :func:`load_model` needs the architecture passed in as ``model=``. ``extra`` adds JSON-able fields
+    to the record (e.g. the example input shape).
+    """
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"save_model takes a torch.nn.Module, got {type(model).__name__}")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is a file, not a folder; choose another folder for save_model (it writes "
+            f"{DENSE_FILE} and {RECORD} into it)"
+        )
+    state = effective_state_dict(model)
+    record: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "source": source or source_of(model),
+        "weights": SPARSE_FILE if sparse else DENSE_FILE,
+        "masked": [f"{m}.{p}" if m else p for m, _, p, _ in masked_parameters(model)],
+        "structure": structure_record(model),
+        "dtype": str(next((p.dtype for p in model.parameters()), torch.float32)).removeprefix("torch."),
+        **(extra or {}),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    if sparse:
+        export_sparse(state, directory / SPARSE_FILE)
+    else:
+        tensors = untie(state)
+        atomic_write(directory / DENSE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if report is not None:
+        atomic_write(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return directory
+
+
+def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False) -> nn.Module:
+    """Load a model saved by :func:`save_model`, in eval mode.
+
+    The architecture comes from ``model`` if given, else from the recorded source spec (only registered
+    builders are used; no code is loaded from the directory). Weights load strictly. With
+    ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
+    so that fine-tuning keeps the zeros.
+    """
+    directory = Path(directory)
+    record = read_record(directory)
+    state = load_state(directory)
+    if model is None:
+        if not record.get("source"):
+            raise CheckpointError(
+                f"{directory} records no architecture source; pass the architecture: load_model(dir, model=MyNet())"
+            )
+        model = _build_recorded(directory, record["source"])
+    if record.get("structure"):
+        apply_structure_record(model, record["structure"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"the weights in {directory} do not fit the architecture: {e}") from None
+    if attach_masks:
+        modules = dict(model.named_modules())
+        for key in record.get("masked", []):
+            mname, _, pname = key.rpartition(".")
+            apply_mask_(modules[mname], getattr(modules[mname], pname) != 0, pname)
+    return model.eval()
+
+
+def _build_recorded(directory: Path, source: Any) -> nn.Module:
+    """The architecture a saved record names, built by a registered builder (never from files on disk)."""
+    advice = "pass the architecture: load_model(dir, model=MyNet())"
+    if not isinstance(source, str) or not source.startswith(("torchvision:", "prunekit:")):
+        raise CheckpointError(
+            f"{directory / RECORD} names the source {source!r}, which is not a registered builder "
+            f"(torchvision:NAME, prunekit:NAME); {advice}"
+        )
+    try:
+        return build_from_spec(source, pretrained=False)
+    except UnknownNameError as e:
+        raise CheckpointError(
+            f"{directory / RECORD} names the source {source!r}, which cannot be built ({e}); {advice}"
+        ) from None
