@@ -67,3 +67,14 @@ def test_no_module_imports_another_modules_private_names():
 def test_no_file_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
     assert not {n: c for n, c in long.items() if c > MAX_LINES}
+
+
+def test_every_top_level_module_has_a_place_in_the_import_layers():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["type"] == "layers")["layers"]
+    placed = {name.strip("() ") for layer in layers for name in re.split(r"[|:]", layer)}
+    top = {p.stem if p.is_file() else p.name for p in PKG.iterdir()
+           if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert top <= placed, f"not in any layer of the import contract: {sorted(top - placed)}"

@@ -66,7 +66,6 @@ __all__ = [
     "SOURCES",
     "TEXT_NAMES",
     "TRANSFORMERS_REQUIREMENT",
-    "DigitCNN",
     "RestrictedUnpickler",
     "Source",
     "available",
