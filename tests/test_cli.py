@@ -260,3 +260,43 @@ def test_papers_and_advise():
     assert rows and all(r["year"] == 2023 for r in rows)
     result = runner.invoke(app, ["advise", "--model", "prunekit:resnet-small", "--retrain", "maybe"])
     assert result.exit_code == 2 and "--retrain must be yes or no" in result.output
+
+
+MICRO_SPEC = """
+suites:
+  micro:
+    question: one pruned point (the grid adds the dense baseline)
+    survey: none
+    models: [bench:mlp]
+    data: [digits]
+    methods:
+      - {method: magnitude, label: unstructured}
+    sparsities: [0.5]
+    pretrain_epochs: 1
+    fine_tune_epochs: [0]
+    calibration_size: [64]
+"""
+
+
+def test_bench_into_a_store_then_report_it_and_a_failed_run_exits_1(tmp_path, monkeypatch):
+    if not sources.is_installed("digits"):
+        pytest.skip("needs the digits source: prunekit data install digits")
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(MICRO_SPEC)
+    store = tmp_path / "results.db"
+    result = runner.invoke(app, ["bench", str(spec), "--store", str(store), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "grid of 2: 0 already done, 2 ran, 0 failed" in " ".join(result.output.split())
+    result = runner.invoke(app, ["report", str(store), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "tables.md").read_text().count("unstructured") >= 1
+
+    import prunekit.bench.runner
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(prunekit.bench.runner, "run_point", boom)
+    result = runner.invoke(app, ["bench", str(spec), "--store", str(tmp_path / "failed.db"), "--no-progress"])
+    assert result.exit_code == 1, result.output  # as `python -m prunekit.bench run` did
+    assert "2 failed" in result.output and "kaput" in result.output

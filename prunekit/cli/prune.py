@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from prunekit.cli import bench
 from prunekit.cli._common import calibration_data, console, default_input_shape, err_console, fail, parse_shape
+from prunekit.cli.bench import is_results_store, report_results
 from prunekit.errors import PrunekitError
 
 __all__ = ["criteria", "demo", "methods", "models", "prune", "report"]
@@ -177,8 +177,8 @@ def report(
 ) -> None:
     """Measure a saved model (parameters, sparsity per layer, FLOPs, latency, file sizes), or, for a results
     store, write its tables, plots and HTML report."""
-    if bench.is_results_store(path):
-        bench.report_results(path, out=out, spec=spec)
+    if is_results_store(path):
+        report_results(path, out=out, spec=spec)
         return
     import torch
 
