@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError, UnknownNameError
-from prunekit.eval.accuracy import accuracy
 from prunekit.models.nets import DigitCNN, LeNet5, LeNet300100, SmallResNet
 from prunekit.registry import Registry
 
@@ -110,6 +109,7 @@ def task_evaluation(spec: str) -> tuple[str, Callable[[nn.Module], float], Calla
     if spec != "prunekit:mnist-cnn":
         return None
     from prunekit.datasets import load_mnist, mnist_normalize
+    from prunekit.eval.accuracy import accuracy
 
     def evaluate(model: nn.Module) -> float:
         x, y = load_mnist("test")
