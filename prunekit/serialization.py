@@ -28,8 +28,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
-from prunekit.errors import CheckpointError
 from prunekit.apply.masks import effective_state_dict, masked_parameters
+from prunekit.errors import CheckpointError
+
+__all__ = [
+    "DENSE_FILE",
+    "FORMAT_VERSION",
+    "RECORD",
+    "SPARSE_FILE",
+    "atomic_directory",
+    "check_output_directory",
+    "dense_bytes",
+    "export_sparse",
+    "load_model",
+    "load_sparse",
+    "load_state",
+    "read_record",
+    "save_model",
+    "sparse_bytes",
+]
 
 FORMAT_VERSION = 1
 RECORD = "prunekit.json"
@@ -77,6 +94,12 @@ def _encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
 
 
 def sparse_bytes(state: dict[str, Tensor]) -> bytes:
+    """The sparse safetensors serialisation of ``state`` (what :func:`export_sparse` writes): per floating
+    tensor for which it is smaller, a bitmask of non-zeros (1 bit per element) and the non-zero values.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when a key uses the reserved ``::mask`` / ``::values``
+    suffixes.
+    """
     tensors, meta = _encode_sparse(state)
     return save(tensors, metadata=meta)
 
@@ -107,7 +130,10 @@ def _decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str] | None) 
 
 
 def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.PathLike) -> Path:
-    """Write the bitmask + values form of a model's (effective) weights to ``path`` (safetensors)."""
+    """Write the bitmask + values form of a model's (effective) weights to ``path`` (safetensors); returns it.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when given neither a model nor a state dict, or a folder.
+    """
     if not isinstance(model_or_state, (nn.Module, dict)):
         raise CheckpointError(
             f"export_sparse takes a model or a state dict, got {type(model_or_state).__name__}"
@@ -125,7 +151,11 @@ def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a file written by :func:`export_sparse` back into a dense state dict (bit-identical values)."""
+    """Read a file written by :func:`export_sparse` back into a dense state dict (bit-identical values).
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the file is missing, not safetensors, or not a
+    prunekit sparse export (or a corrupt one).
+    """
     path = Path(path)
     try:
         from safetensors import safe_open
@@ -167,7 +197,8 @@ def save_model(
     ``source`` is the registered spec that builds the architecture (defaults to the one recorded when the
     model was built by :func:`prunekit.models.build_model`). Without a source the weights are still saved,
     and :func:`load_model` needs the architecture passed in as ``model=``. ``extra`` adds JSON-able fields
-    to the record (e.g. the example input shape).
+    to the record (e.g. the example input shape). Returns ``directory``. Raises
+    :class:`~prunekit.errors.CheckpointError` when ``model`` is not a module or ``directory`` is a file.
     """
     from prunekit.models import source_of
 
@@ -200,10 +231,11 @@ def save_model(
     _atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return directory
 
+
 def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Refuse, before any long work, to write into a non-empty ``directory`` unless ``overwrite`` is set.
 
-    Raises :class:`CheckpointError` naming ``--overwrite`` / ``overwrite=True``. Returns the path.
+    Raises :class:`~prunekit.errors.CheckpointError` naming ``--overwrite`` / ``overwrite=True``. Returns the path.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -222,7 +254,7 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
     replaces ``directory`` only when the block finishes without an error.
 
     An interrupted or failed write removes the temporary folder and leaves ``directory`` as it was. A
-    non-empty ``directory`` is refused (:class:`CheckpointError`) unless ``overwrite`` is set.
+    non-empty ``directory`` is refused (:class:`~prunekit.errors.CheckpointError`) unless ``overwrite`` is set.
     """
     directory = check_output_directory(directory, overwrite=overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -242,10 +274,18 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
 
 
 def read_record(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``prunekit.json`` record of a model saved by :func:`save_model` (source, weights file, masked
+    parameters, structural record, dtype, extra fields).
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the file is missing, corrupt or of another
+    ``format_version``.
+    """
     directory = Path(directory)
     path = directory / RECORD
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a saved prunekit model (no {RECORD}); save it with prunekit.save_model")
+        raise CheckpointError(
+            f"{directory} is not a saved prunekit model (no {RECORD}); save it with prunekit.save_model"
+        )
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -256,7 +296,10 @@ def read_record(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, Tensor]:
-    """The (dense) state dict saved in ``directory``."""
+    """The (dense) state dict saved in ``directory``, sparse files decoded.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the record or the weights file is missing or corrupt.
+    """
     directory = Path(directory)
     record = read_record(directory)
     weights = directory / str(record.get("weights", DENSE_FILE))
@@ -270,13 +313,16 @@ def load_state(directory: str | os.PathLike) -> dict[str, Tensor]:
         raise CheckpointError(f"{weights} is corrupt ({e}); save the model again") from None
 
 
-def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False) -> nn.Module:
+def load_model(
+    directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False
+) -> nn.Module:
     """Load a model saved by :func:`save_model`, in eval mode.
 
     The architecture comes from ``model`` if given, else from the recorded source spec (only registered
     builders are used; no code is loaded from the directory). Weights load strictly. With
     ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
-    so that fine-tuning keeps the zeros.
+    so that fine-tuning keeps the zeros. Raises :class:`~prunekit.errors.CheckpointError` when the
+    record or weights are missing or corrupt, no architecture is known, or the weights do not fit it.
     """
     from prunekit.apply.masks import apply_mask_
 
