@@ -20,6 +20,8 @@ from typing import Any
 
 from prunekit.errors import ConfigError
 
+__all__ = ["Advice", "DATA", "HARDWARE", "Recommendation", "TARGETS", "advise", "evidence", "model_family"]
+
 TARGETS = ("latency", "size", "accuracy")
 HARDWARE = ("cpu", "gpu")
 DATA = ("none", "few", "full")
@@ -29,18 +31,27 @@ _TRANSFORMER_HINTS = ("bert", "minilm", "vit", "deit", "swin", "transformer")
 
 @dataclass
 class Recommendation:
+    """One recommended method: its registered name, suggested ``settings`` (keyword arguments of
+    :func:`prunekit.prune` or options), the ``reasons`` (the survey's, and the measurements when a store was
+    read) and whether prunekit implements it (``available``)."""
+
     method: str
     settings: dict[str, Any]
     reasons: list[str]
     available: bool = True  # registered in prunekit now
 
     def line(self) -> str:
+        """``method (key=value, ...)``: the recommendation on one line."""
         s = ", ".join(f"{k}={v}" for k, v in self.settings.items())
         return f"{self.method} ({s})" if s else self.method
 
 
 @dataclass
 class Advice:
+    """What :func:`advise` answers: the ``situation`` as understood, the model ``family``, the ranked
+    ``recommendations``, what to ``avoid``, ``evidence`` measured in the results store, and catalog paper
+    titles per recommended method (``papers``)."""
+
     situation: dict[str, str]
     family: str
     recommendations: list[Recommendation]
@@ -49,7 +60,10 @@ class Advice:
     papers: dict[str, list[str]] = field(default_factory=dict)  # method -> catalog titles
 
     def to_text(self) -> str:
-        lines = [f"situation: {', '.join(f'{k}={v}' for k, v in self.situation.items())} (model family: {self.family})", ""]
+        """The advice as numbered plain-text lines (reasons and a paper under each recommendation, then what
+        to avoid and the evidence)."""
+        situation = ", ".join(f"{k}={v}" for k, v in self.situation.items())
+        lines = [f"situation: {situation} (model family: {self.family})", ""]
         for i, r in enumerate(self.recommendations, 1):
             flag = "" if r.available else "  [not implemented in prunekit yet]"
             lines.append(f"{i}. {r.line()}{flag}")
@@ -139,8 +153,9 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
         out[topic].append(f"{a_name} vs {b_name} ({what}): {a_name} more accurate in {wins} of {len(both)} "
                           f"comparisons; at {hi:.0%} sparsity by {diff * 100:+.1f} points on average")
 
-    compare("allocation", lambda r: r["label"] in ("global", "LAMP", "ERK"), lambda r: r["label"].startswith("layer-wise"),
-            "global/adaptive allocation", "layer-wise (uniform)", "magnitude pruning")
+    compare("allocation", lambda r: r["label"] in ("global", "LAMP", "ERK"),
+            lambda r: r["label"].startswith("layer-wise"), "global/adaptive allocation", "layer-wise (uniform)",
+            "magnitude pruning")
     compare("schedule", lambda r: r["label"].startswith("iterative ("), lambda r: r["label"] == "one-shot",
             "iterative pruning", "one-shot pruning", "same fine-tune budget")
     compare("init", lambda r: r["label"] == "magnitude after training", lambda r: r["stage"] == "init"
@@ -164,7 +179,13 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
 
 def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: str = "few", retrain: bool = True,
            results: str | Path | None = None) -> Advice:
-    """Recommend methods and settings for a situation (see the module docstring)."""
+    """Recommend methods and settings for a situation (see the module docstring).
+
+    ``model``: a model spec or name (its family is guessed by :func:`model_family`); ``target``: one of
+    :data:`TARGETS`; ``hardware``: one of :data:`HARDWARE`; ``data``: one of :data:`DATA`; ``retrain``: whether
+    fine-tuning is possible; ``results``: a benchmark results store whose measurements are quoted. Raises
+    :class:`~prunekit.errors.ConfigError` for a target, hardware or data value outside those lists.
+    """
     target = _check("target", target, TARGETS)
     hardware = _check("hardware", hardware, HARDWARE)
     data = _check("data", data, DATA)
@@ -182,9 +203,11 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
                                     "post-training: a few hundred calibration sequences, no retraining"]))
             add(Recommendation("layer", {"sparsity": 0.25},
                                ["removing whole decoder layers gives speedup on any hardware (structured)",
-                                "accuracy drops quickly: follow with recovery fine-tuning (LoRA) when retraining is possible"
+                                "accuracy drops quickly: follow with recovery fine-tuning (LoRA) when retraining is "
+                                "possible"
                                 if retrain else "without retraining keep it to a few layers"]))
-            add(Recommendation("head", {"sparsity": 0.25}, ["attention heads and MLP channels: structured, smaller matrices"]))
+            add(Recommendation("head", {"sparsity": 0.25},
+                               ["attention heads and MLP channels: structured, smaller matrices"]))
         else:
             if data == "none":
                 add(Recommendation("magnitude", {"sparsity": 0.4, "allocation": "uniform"},
@@ -217,7 +240,8 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
                 add(Recommendation("taylor-channel" if conv else "head",
                                    {"sparsity": 0.5 if retrain else 0.3, "calibration_batches": 8},
                                    ["structured pruning is the survey's first choice for speed on CPUs and GPUs "
-                                    "without sparse kernels", "first-order (Taylor) importance uses the data you have"]))
+                                    "without sparse kernels",
+                                    "first-order (Taylor) importance uses the data you have"]))
                 add(Recommendation("l2-channel", {"sparsity": 0.5 if retrain else 0.3},
                                    ["dependency-group (DepGraph-style) pruning handles residual and coupled layers"]))
             if data == "full" and retrain:
@@ -232,8 +256,8 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
                                 "save with prunekit.export_sparse: the file really shrinks"]))
             if retrain and data == "full":
                 add(Recommendation("imp", {"sparsity": 0.9, "rounds": 3},
-                                   ["iterative magnitude pruning with rewinding: the most accurate at extreme sparsity, "
-                                    "at several times the training cost"]))
+                                   ["iterative magnitude pruning with rewinding: the most accurate at extreme "
+                                    "sparsity, at several times the training cost"]))
                 add(Recommendation("rigl", {"sparsity": 0.9},
                                    ["train sparse from scratch (dynamic sparse training) when training cost matters"]))
             add(Recommendation("quantisation after pruning", {"bits": 8},
@@ -287,7 +311,9 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
                 papers[r.method] = sorted(set(titles))
     except Exception:  # noqa: BLE001  (the catalog is optional for advice)
         pass
-    situation = {"model": model, "target": target, "hardware": hardware, "data": data, "retrain": "yes" if retrain else "no"}
+    situation = {
+        "model": model, "target": target, "hardware": hardware, "data": data, "retrain": "yes" if retrain else "no"
+    }
     if results is not None and not Path(results).is_file():
         ev.append(f"(no results store at {results}: run `prunekit bench` to measure on {platform.machine()})")
     return Advice(situation, family, recs, avoid, ev, papers)

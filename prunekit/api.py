@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.apply.transaction import transaction
 from prunekit.allocation.builtin import resolve_allocation
+from prunekit.apply.plan import Pruner, check_seed, split_by_pattern
+from prunekit.apply.transaction import transaction
 from prunekit.errors import (
     ConfigError,
     DataError,
@@ -19,12 +20,13 @@ from prunekit.errors import (
     PatternError,
     PrunekitError,
 )
-from prunekit.granularity.patterns import NM, Unstructured, _check_sparsity, parse_pattern
 from prunekit.eval.latency import compare_latency, time_model
-from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.apply.plan import Pruner, check_seed, split_by_pattern
 from prunekit.eval.report import Report, layer_stats, measure, weight_shapes
+from prunekit.granularity.patterns import NM, Unstructured, _check_sparsity, parse_pattern
+from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
+
+__all__ = ["prune"]
 
 COMMON_OPTIONS = frozenset(
     {"seed", "prune_classifier", "skip_incompatible", "measure", "measure_latency", "latency_threads"}
@@ -73,6 +75,12 @@ def prune(
 
     Masks are attached as parametrizations, so fine-tuning keeps pruned weights at zero;
     :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
+
+    Raises :class:`~prunekit.errors.ModelError` when ``model`` is not a module,
+    :class:`~prunekit.errors.InvalidSparsityError` for a missing sparsity or one outside [0, 1),
+    :class:`~prunekit.errors.ConfigError` for options the method does not accept (the message lists those it
+    does), :class:`~prunekit.errors.UnknownNameError` for an unknown method, pattern or allocation, and what
+    the method raises; every error is a :class:`~prunekit.errors.PrunekitError`.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -174,7 +182,7 @@ def prune(
             after.set_timing(time_model(model, example_inputs, threads=threads))
     settings = {
         "method": named.name,
-        **({"criterion": str(getattr(named, "criterion"))} if isinstance(named, ScoreMethod) else {}),
+        **({"criterion": str(named.criterion)} if isinstance(named, ScoreMethod) else {}),
         "pattern": str(gran) if not m.structural else f"{getattr(m, 'kind', None) or gran.level} (physical)",
         "allocation": str(alloc),
         "sparsity": float(sparsity),
@@ -209,8 +217,8 @@ def _forward_only(named: Method, m: Method) -> bool:
     by running the model), so that example_inputs can stand in for calibration data?"""
     if not isinstance(named, ScoreMethod) or m is not named:
         return False
-    from prunekit.criteria import resolve_criterion
     from prunekit.apply.plan import FORWARD_ONLY_STATS
+    from prunekit.criteria import resolve_criterion
 
     needs = resolve_criterion(named.criterion).needs
     return bool(needs) and needs <= FORWARD_ONLY_STATS
@@ -271,7 +279,7 @@ def _unprunable_notes(model: nn.Module, ignored_names: list[str]) -> list[str]:
         if params:
             found.append((name, params, size, module))
     by_why: dict[str, tuple[list[str], int]] = {}  # one note per reason (a 12-block ViT: one note, not 12)
-    for name, params, size, module in found:
+    for _name, params, size, module in found:
         why = next((w for t, w in _UNPRUNABLE_WHY.items() if isinstance(module, t)),
                    f"{type(module).__name__} is not a prunable layer type (Linear, Conv, transformers' Conv1D)")
         names, n = by_why.get(why, ([], 0))
@@ -339,4 +347,6 @@ def _dense_copy(model: nn.Module) -> tuple[nn.Module | None, str | None]:
     try:
         return copy.deepcopy(model), None
     except Exception as e:  # a model holding something that cannot be copied
-        return None, f"latency: the dense model could not be copied ({type(e).__name__}), so only the pruned one was timed"
+        return None, (
+            f"latency: the dense model could not be copied ({type(e).__name__}), so only the pruned one was timed"
+        )

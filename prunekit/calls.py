@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+__all__ = ["call_model"]
+
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """Run ``model`` on example inputs given as one tensor, a tuple/list of positional inputs or a dict of

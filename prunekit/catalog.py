@@ -29,6 +29,21 @@ from pathlib import Path
 
 from prunekit.errors import ConfigError, DataError
 
+__all__ = [
+    "AWESOME_FILE",
+    "Paper",
+    "SURVEY_FILE",
+    "build",
+    "link_methods",
+    "load",
+    "main",
+    "papers_for_method",
+    "parse_awesome_list",
+    "parse_survey_list",
+    "query",
+    "write_json",
+]
+
 SURVEY_FILE = "survey-repository-list.txt"
 AWESOME_FILE = "awesome-pruning-list.md"
 
@@ -98,7 +113,8 @@ class Paper:
 
     id: str
     source: str  # "survey" or "awesome"
-    section: str  # before | during | after | early | dynamic | learning | application | combination | survey | other | toolbox
+    # before | during | after | early | dynamic | learning | application | combination | survey | other | toolbox
+    section: str
     subsection: str
     title: str
     venue: str
@@ -116,6 +132,7 @@ class Paper:
 
     @property
     def structured(self) -> bool | None:
+        """Whether the survey's type codes mark the paper structured (None when it has no codes)."""
         if not self.types:
             return None
         return any(t in STRUCTURED_CODES or t == "S" for t in self.types)
@@ -147,11 +164,14 @@ def _code_available(code: str) -> bool:
 
 
 def _cell_count(row: str) -> int:
-    return len([c for c in row.split(" | ")]) if not row.rstrip().endswith("|") else len(row.rstrip().rstrip("|").split(" | "))
+    if not row.rstrip().endswith("|"):
+        return len([c for c in row.split(" | ")])
+    return len(row.rstrip().rstrip("|").split(" | "))
 
 
 def parse_survey_list(text: str) -> list[Paper]:
-    """Rows of ``survey-repository-list.txt`` (see the module docstring)."""
+    """Rows of ``survey-repository-list.txt`` (see the module docstring). Raises
+    :class:`~prunekit.errors.DataError` when the file's tables do not match :data:`SURVEY_LAYOUT`."""
     lines = text.splitlines()
     tables: list[tuple[list[str], list[str]]] = []  # (header cells, row texts)
     current: list[str] | None = None
@@ -169,7 +189,9 @@ def parse_survey_list(text: str) -> list[Paper]:
             current[-1] = current[-1] + " " + line  # a row wrapped over two lines
     expected = sum(n for _, _, n in SURVEY_LAYOUT)
     if len(tables) != expected:
-        raise DataError(f"{SURVEY_FILE}: found {len(tables)} tables, the layout expects {expected}; update SURVEY_LAYOUT")
+        raise DataError(
+            f"{SURVEY_FILE}: found {len(tables)} tables, the layout expects {expected}; update SURVEY_LAYOUT"
+        )
     sections = [(s, sub) for s, sub, n in SURVEY_LAYOUT for _ in range(n)]
     papers = []
     for t_index, ((header, rows), (section, subsection)) in enumerate(zip(tables, sections)):
@@ -268,7 +290,8 @@ def parse_awesome_list(text: str) -> list[Paper]:
 
 
 def build(source_dir: str | Path) -> list[Paper]:
-    """Parse both lists in ``source_dir``."""
+    """Parse both lists in ``source_dir``. Raises :class:`~prunekit.errors.DataError` when one is missing (or
+    does not parse)."""
     d = Path(source_dir)
     for name in (SURVEY_FILE, AWESOME_FILE):
         if not (d / name).is_file():
@@ -278,6 +301,8 @@ def build(source_dir: str | Path) -> list[Paper]:
 
 
 def write_json(papers: Sequence[Paper], path: str | Path) -> Path:
+    """Write ``papers`` (without their linked methods) and the count per source list to ``path`` as JSON;
+    returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -285,8 +310,11 @@ def write_json(papers: Sequence[Paper], path: str | Path) -> Path:
         row = asdict(p)
         row.pop("methods")
         rows.append(row)
-    counts = {"survey": sum(p.source == "survey" for p in papers), "awesome": sum(p.source == "awesome" for p in papers)}
-    path.write_text(json.dumps({"counts": counts, "papers": rows}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    counts = {
+        "survey": sum(p.source == "survey" for p in papers), "awesome": sum(p.source == "awesome" for p in papers)
+    }
+    text = json.dumps({"counts": counts, "papers": rows}, indent=1, ensure_ascii=False) + "\n"
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -316,7 +344,8 @@ def link_methods(papers: Iterable[Paper]) -> None:
 
 
 def load(path: str | Path | None = None) -> list[Paper]:
-    """The packaged catalog (or the JSON at ``path``), linked to the methods registered now."""
+    """The packaged catalog (or the JSON at ``path``), linked to the methods registered now. Raises
+    :class:`~prunekit.errors.DataError` when the packaged catalog is missing."""
     if path is None:
         ref = resources.files("prunekit") / "data" / "catalog.json"
         if not ref.is_file():

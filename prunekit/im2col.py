@@ -32,6 +32,16 @@ from torch import Tensor, nn
 from prunekit.errors import UnsupportedModuleError
 from prunekit.layout import base_class, weight_layout
 
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "Patches",
+    "check_matrix_layer",
+    "from_matrix",
+    "is_matrix_layer",
+    "layer_rows",
+    "to_matrix",
+]
+
 #: patches are produced in chunks of about this many elements, so memory stays bounded on large batches
 CHUNK_ELEMENTS = 1 << 25
 
@@ -46,7 +56,7 @@ def is_matrix_layer(module: nn.Module) -> bool:
 
 
 def check_matrix_layer(module: nn.Module, name: str = "") -> None:
-    """Raise :class:`UnsupportedModuleError` unless :func:`is_matrix_layer` holds for ``module``."""
+    """Raise :class:`~prunekit.errors.UnsupportedModuleError` unless :func:`is_matrix_layer` holds for ``module``."""
     if is_matrix_layer(module):
         return
     where = f"{name} ({base_class(module).__name__})" if name else base_class(module).__name__
@@ -106,7 +116,10 @@ class Patches:
 
     @classmethod
     def of(cls, module: nn.Module) -> Patches | None:
-        """The patches of a convolution; None for a Linear / ``Conv1D`` (their rows need no im2col)."""
+        """The patches of a convolution; None for a Linear / ``Conv1D`` (their rows need no im2col).
+
+        Raises :class:`~prunekit.errors.UnsupportedModuleError` for a layer :func:`is_matrix_layer` refuses.
+        """
         check_matrix_layer(module)
         layout = weight_layout(module)
         if layout is None or layout.kind != "conv":

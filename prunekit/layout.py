@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+__all__ = ["WeightLayout", "base_class", "is_prunable", "weight_layout"]
+
 # where transformers defines (or once defined) its Conv1D
 _HF_CONV1D_MODULES = ("transformers.pytorch_utils", "transformers.modeling_utils")
 

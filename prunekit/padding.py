@@ -16,13 +16,16 @@ from torch import Tensor
 
 from prunekit.errors import DataError
 
+__all__ = ["IGNORE_INDEX", "mask_padding_labels", "real_tokens", "token_mask"]
+
 #: the label value that Hugging Face losses (and ``F.cross_entropy``) ignore
 IGNORE_INDEX = -100
 
 
 def token_mask(input_ids: Tensor, attention_mask: Any) -> Tensor | None:
     """``attention_mask`` as a boolean [batch, seq_len] tensor (True: a real token); None when there is no
-    padding. A mask of another shape, or with values other than 0 and 1, is a :class:`DataError`."""
+    padding. A mask of another shape, or with values other than 0 and 1, is a
+    :class:`~prunekit.errors.DataError`; so is a mask that is not a tensor."""
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, Tensor):
@@ -42,7 +45,11 @@ def token_mask(input_ids: Tensor, attention_mask: Any) -> Tensor | None:
 
 def real_tokens(x: Tensor, mask: Tensor | None, where: str = "a layer") -> Tensor:
     """The rows of ``x`` [batch, seq_len, ...] at real token positions, as [tokens, ...]; ``x`` unchanged
-    when ``mask`` is None."""
+    when ``mask`` is None.
+
+    ``mask`` is :func:`token_mask`'s [batch, seq_len] boolean tensor; ``where`` names the layer in the error.
+    Raises :class:`~prunekit.errors.DataError` when ``x``'s first two dimensions are not the mask's shape.
+    """
     if mask is None:
         return x
     if tuple(x.shape[:2]) != tuple(mask.shape):

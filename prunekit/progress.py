@@ -12,10 +12,12 @@ import sys
 import time
 from types import TracebackType
 
+__all__ = ["ProgressBar"]
+
 logger = logging.getLogger("prunekit")
 
 
-def attached_to_terminal() -> bool:
+def _attached_to_terminal() -> bool:
     """True when standard error is an interactive terminal."""
     stream = sys.stderr
     try:
@@ -31,7 +33,7 @@ class ProgressBar:
         self.description = description
         self.total = max(int(total), 0)
         self.done = 0
-        self.mode = ("bar" if attached_to_terminal() else "log") if enabled is None else ("bar" if enabled else "off")
+        self.mode = ("bar" if _attached_to_terminal() else "log") if enabled is None else ("bar" if enabled else "off")
         self._log_every = max(1, round(self.total * log_every)) if self.total else 1
         self._start = 0.0
         self._bar = None

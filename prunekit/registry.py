@@ -15,9 +15,16 @@ from prunekit.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
+__all__ = ["Entry", "Registry"]
+
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """One registered part: its lower-case ``name``, the object ``obj`` and a one-line ``description``.
+
+    An alias is an entry of its own whose description reads ``"alias of <name>"``.
+    """
+
     name: str
     obj: T
     description: str
@@ -41,6 +48,12 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T, description: str = "", *, aliases: tuple[str, ...] = ()) -> None:
+        """Register ``obj`` under ``name`` (and each of ``aliases``); names are case-insensitive.
+
+        Without ``description`` the object's ``description`` attribute is used, else the first line of its
+        docstring. Raises :class:`~prunekit.errors.ConfigError` when a name is already taken, and whatever the
+        registry's ``validate`` callable raises for an object it refuses.
+        """
         if not description:
             description = str(getattr(obj, "description", "") or "")
         if not description:
@@ -55,6 +68,10 @@ class Registry(Generic[T]):
             self._entries[key] = Entry(key, obj, description if key == name.lower() else f"alias of {name}")
 
     def get(self, name: str) -> T:
+        """The object registered under ``name`` (case-insensitive).
+
+        Raises :class:`~prunekit.errors.UnknownNameError`, listing the registered names, when there is none.
+        """
         try:
             return self._entries[name.lower()].obj
         except KeyError:
@@ -65,9 +82,11 @@ class Registry(Generic[T]):
         return self.get(value) if isinstance(value, str) else value
 
     def names(self) -> list[str]:
+        """Every registered name and alias, sorted."""
         return sorted(self._entries)
 
     def entries(self) -> list[Entry[T]]:
+        """Every :class:`Entry` (aliases included), sorted by name."""
         return [self._entries[k] for k in sorted(self._entries)]
 
     def __contains__(self, name: object) -> bool:

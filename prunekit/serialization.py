@@ -2,10 +2,10 @@
 
 Files are safetensors (no code runs on load) plus a small JSON record. Nothing here unpickles anything.
 
-* :func:`save_model` / :func:`load_model`: a directory with ``model.safetensors`` (or the sparse form),
-  ``prunekit.json`` (how to rebuild the architecture: a registered source spec such as
-  ``torchvision:resnet18``, plus the structural record of a physically pruned model) and, when given,
-  ``report.json``.
+* the saved-model directory (written by :func:`prunekit.models.save_model`): ``model.safetensors`` (or
+  the sparse form), ``prunekit.json`` (:func:`read_record`: how to rebuild the architecture, a registered
+  source spec such as ``torchvision:resnet18``, plus the structural record of a physically pruned model)
+  and, when given, ``report.json``; written whole or not at all (:func:`atomic_directory`).
 * :func:`export_sparse` / :func:`load_sparse`: per tensor, a bitmask of non-zeros (1 bit per weight) and
   the non-zero values; tensors for which that is not smaller stay dense. A 90%-sparse float32 model takes
   about 1/32 + 1/10 of its dense size.
@@ -28,8 +28,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
-from prunekit.errors import CheckpointError
 from prunekit.apply.masks import effective_state_dict, masked_parameters
+from prunekit.errors import CheckpointError
+
+__all__ = [
+    "DENSE_FILE",
+    "FORMAT_VERSION",
+    "RECORD",
+    "SPARSE_FILE",
+    "atomic_directory",
+    "atomic_write",
+    "check_output_directory",
+    "dense_bytes",
+    "export_sparse",
+    "load_sparse",
+    "load_state",
+    "read_record",
+    "sparse_bytes",
+    "untie",
+]
 
 FORMAT_VERSION = 1
 RECORD = "prunekit.json"
@@ -77,6 +94,12 @@ def _encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
 
 
 def sparse_bytes(state: dict[str, Tensor]) -> bytes:
+    """The sparse safetensors serialisation of ``state`` (what :func:`export_sparse` writes): per floating
+    tensor for which it is smaller, a bitmask of non-zeros (1 bit per element) and the non-zero values.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when a key uses the reserved ``::mask`` / ``::values``
+    suffixes.
+    """
     tensors, meta = _encode_sparse(state)
     return save(tensors, metadata=meta)
 
@@ -107,7 +130,10 @@ def _decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str] | None) 
 
 
 def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.PathLike) -> Path:
-    """Write the bitmask + values form of a model's (effective) weights to ``path`` (safetensors)."""
+    """Write the bitmask + values form of a model's (effective) weights to ``path`` (safetensors); returns it.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when given neither a model nor a state dict, or a folder.
+    """
     if not isinstance(model_or_state, (nn.Module, dict)):
         raise CheckpointError(
             f"export_sparse takes a model or a state dict, got {type(model_or_state).__name__}"
@@ -125,7 +151,11 @@ def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a file written by :func:`export_sparse` back into a dense state dict (bit-identical values)."""
+    """Read a file written by :func:`export_sparse` back into a dense state dict (bit-identical values).
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the file is missing, not safetensors, or not a
+    prunekit sparse export (or a corrupt one).
+    """
     path = Path(path)
     try:
         from safetensors import safe_open
@@ -156,7 +186,7 @@ def atomic_write(path: Path, write) -> None:
 def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Refuse, before any long work, to write into a non-empty ``directory`` unless ``overwrite`` is set.
 
-    Raises :class:`CheckpointError` naming ``--overwrite`` / ``overwrite=True``. Returns the path.
+    Raises :class:`~prunekit.errors.CheckpointError` naming ``--overwrite`` / ``overwrite=True``. Returns the path.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -175,7 +205,7 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
     replaces ``directory`` only when the block finishes without an error.
 
     An interrupted or failed write removes the temporary folder and leaves ``directory`` as it was. A
-    non-empty ``directory`` is refused (:class:`CheckpointError`) unless ``overwrite`` is set.
+    non-empty ``directory`` is refused (:class:`~prunekit.errors.CheckpointError`) unless ``overwrite`` is set.
     """
     directory = check_output_directory(directory, overwrite=overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -195,10 +225,18 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
 
 
 def read_record(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``prunekit.json`` record of a model saved by :func:`save_model` (source, weights file, masked
+    parameters, structural record, dtype, extra fields).
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the file is missing, corrupt or of another
+    ``format_version``.
+    """
     directory = Path(directory)
     path = directory / RECORD
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a saved prunekit model (no {RECORD}); save it with prunekit.save_model")
+        raise CheckpointError(
+            f"{directory} is not a saved prunekit model (no {RECORD}); save it with prunekit.save_model"
+        )
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -209,7 +247,10 @@ def read_record(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, Tensor]:
-    """The (dense) state dict saved in ``directory``."""
+    """The (dense) state dict saved in ``directory``, sparse files decoded.
+
+    Raises :class:`~prunekit.errors.CheckpointError` when the record or the weights file is missing or corrupt.
+    """
     directory = Path(directory)
     record = read_record(directory)
     weights = directory / str(record.get("weights", DENSE_FILE))

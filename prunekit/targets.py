@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +12,8 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
 from prunekit.layout import WeightLayout, is_prunable, weight_layout
+
+__all__ = ["Ignore", "Selection", "Target", "check_finite", "ignored_modules", "select_targets"]
 
 # the torch layer types prunekit prunes; transformers' Conv1D is recognised too (see prunekit.layout)
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -37,6 +39,7 @@ class Target:
 
     @property
     def weight(self) -> torch.Tensor:
+        """The selected parameter, ``module.<param>``, as stored (a parametrized weight is the masked one)."""
         return getattr(self.module, self.param)
 
     @property
@@ -47,11 +50,15 @@ class Target:
 
     @property
     def key(self) -> str:
+        """``"<module name>.<param>"`` (``"weight"`` for the model itself): the parameter's state-dict key."""
         return f"{self.name}.{self.param}" if self.name else self.param
 
 
 @dataclass
 class Selection:
+    """What :func:`select_targets` chose: the ``targets`` to prune, in module order, and the ``ignored``
+    prunable layers as ``(module name, reason)`` pairs (ignored by the user, final classifier, shared weight)."""
+
     targets: list[Target]
     ignored: list[tuple[str, str]]  # (module name, reason)
 
@@ -130,8 +137,11 @@ def ignored_modules(model: nn.Module, ignore: Ignore = None) -> list[str]:
 def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier: bool = False) -> Selection:
     """Every Linear / Conv weight of ``model`` that is not ignored, shared weights counted once.
 
-    Module names given in ``ignore`` that match nothing raise :class:`ConfigError`, so a typo cannot
-    silently prune a layer that was meant to stay dense.
+    ``ignore``: modules, module names (a name also covers everything below it) or a
+    ``filter_fn(module, name) -> bool``; the final classifier is left out unless ``prune_classifier``.
+    Module names given in ``ignore`` that match nothing raise :class:`~prunekit.errors.ConfigError`, so a
+    typo cannot silently prune a layer that was meant to stay dense; so does a module that is not the
+    model's own. Raises :class:`~prunekit.errors.NothingToPruneError` when no layer is left.
     """
     match = _matcher(ignore)
     classifier = None if prune_classifier else _classifier_name(model)
@@ -178,7 +188,7 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
     return Selection(targets, ignored)
 
 
-def all_finite(t: torch.Tensor) -> bool:
+def _all_finite(t: torch.Tensor) -> bool:
     """Are all values finite? A finite sum proves it (a NaN or inf element makes the sum NaN or inf) at the
     cost of one reduction; only a non-finite sum (a bad value, or an overflow) needs the elementwise test."""
     t = t.detach()
@@ -188,8 +198,11 @@ def all_finite(t: torch.Tensor) -> bool:
 
 
 def check_finite(targets: Iterable[Target]) -> None:
-    """Refuse NaN / inf weights: every score computed from them would be meaningless."""
-    bad = [t.name for t in targets if not all_finite(t.weight)]
+    """Refuse NaN / inf weights: every score computed from them would be meaningless.
+
+    Raises :class:`~prunekit.errors.NonFiniteWeightsError` naming the layers that hold one.
+    """
+    bad = [t.name for t in targets if not _all_finite(t.weight)]
     if bad:
         raise NonFiniteWeightsError(
             f"{len(bad)} layer(s) hold NaN or infinite weights: {', '.join(bad[:5])}"

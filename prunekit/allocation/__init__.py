@@ -5,26 +5,26 @@ units (channel groups, heads, layers).
 """
 
 from prunekit.allocation.builtin import (
-    LayerInfo,
-    Allocation,
     ALLOCATIONS,
-    Uniform,
     DEFAULT_MAX_SPARSITY,
-    Global,
     ERK,
     LAMP,
+    OWL,
+    Allocation,
+    Global,
+    LayerInfo,
+    Uniform,
     outlier_ratio,
     owl_sparsities,
     repeated_block,
-    shift_to_target,
-    OWL,
     resolve_allocation,
+    shift_to_target,
 )
 from prunekit.allocation.units import (
-    default_global_cap,
-    structural_allocation,
-    remove_lowest,
     allocate_units,
+    default_global_cap,
+    remove_lowest,
+    structural_allocation,
     unique_names,
 )
 

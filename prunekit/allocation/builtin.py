@@ -19,6 +19,23 @@ from prunekit.criteria import lamp_scores
 from prunekit.errors import ConfigError
 from prunekit.registry import Registry
 
+__all__ = [
+    "ALLOCATIONS",
+    "Allocation",
+    "DEFAULT_MAX_SPARSITY",
+    "ERK",
+    "Global",
+    "LAMP",
+    "LayerInfo",
+    "OWL",
+    "Uniform",
+    "outlier_ratio",
+    "owl_sparsities",
+    "repeated_block",
+    "resolve_allocation",
+    "shift_to_target",
+]
+
 
 @dataclass
 class LayerInfo:
@@ -31,6 +48,7 @@ class LayerInfo:
 
     @property
     def numel(self) -> int:
+        """The number of weights in the layer (the product of ``shape``)."""
         return math.prod(self.shape)
 
 
@@ -41,7 +59,10 @@ class Allocation(ABC):
     needs_scores: bool = False
 
     @abstractmethod
-    def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]: ...
+    def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """Per layer name, the fraction of its weights (or units) to remove so that ``sparsity`` (a fraction
+        in [0, 1)) of the weights of all ``layers`` go. Allocations with ``needs_scores`` read
+        ``LayerInfo.unit_scores`` / ``unit_sizes``; the others only the shapes."""
 
     def __str__(self) -> str:
         return self.name
@@ -58,6 +79,7 @@ class Uniform(Allocation):
     name: str = "uniform"
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """``sparsity`` for every layer."""
         return {layer.name: float(sparsity) for layer in layers}
 
 
@@ -120,6 +142,8 @@ class Global(Allocation):
             raise ConfigError(f"Global(count=...) counts 'weights' or 'units', got {self.count!r}")
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """One threshold on the unit scores of all layers (ties: earlier layers and lower indices first),
+        then every layer above the cap is clamped and its excess spread over the others."""
         if self.count == "units":
             layers = [LayerInfo(layer.name, (int(layer.unit_scores.numel()),), layer.unit_scores,  # type: ignore[union-attr]
                                 torch.ones(int(layer.unit_scores.numel()), dtype=torch.long)) for layer in layers]
@@ -165,6 +189,8 @@ class ERK(Allocation):
     power_scale: float = 1.0
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """Per layer ``1 - eps * (sum(dims) / prod(dims)) ** power_scale``; layers that would be denser than 1
+        are kept dense (0.0) and ``eps`` is solved again over the rest."""
         raw = {layer.name: (sum(layer.shape) / math.prod(layer.shape)) ** self.power_scale for layer in layers}
         numel = {layer.name: layer.numel for layer in layers}
         dense: set[str] = set()
@@ -192,6 +218,8 @@ class LAMP(Allocation):
     needs_scores: bool = True
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """One global threshold on the LAMP scores of the layers' unit scores; units already removed
+        (score ``-inf``) count first."""
         return _global_threshold(
             [_lamp_of_alive(layer.unit_scores) for layer in layers],  # type: ignore[arg-type]
             [layer.unit_sizes for layer in layers],  # type: ignore[misc]
@@ -352,6 +380,8 @@ class OWL(Allocation):
         return shift_to_target(raw, numel, sparsity, self.max_sparsity)
 
     def allocate(self, layers: list[LayerInfo], sparsity: float) -> dict[str, float]:
+        """Every layer gets its block's sparsity (see the class docstring). Raises
+        :class:`~prunekit.errors.ConfigError` when a layer comes without unit scores."""
         blocks: dict[str, list[LayerInfo]] = {}
         for layer in layers:
             blocks.setdefault(self.block(layer.name), []).append(layer)
@@ -367,7 +397,8 @@ class OWL(Allocation):
 
 
 def resolve_allocation(value: str | Allocation | None) -> Allocation:
-    """A registered name or an :class:`Allocation`; None means uniform."""
+    """A registered name or an :class:`Allocation`; None means uniform. A registered class is instantiated
+    with its defaults. Raises :class:`~prunekit.errors.UnknownNameError` listing the names."""
     if value is None:
         return Uniform()
     obj = ALLOCATIONS.resolve(value)

@@ -29,6 +29,8 @@ import torch
 from prunekit.allocation.builtin import ALLOCATIONS, Allocation, Global, LayerInfo, resolve_allocation
 from prunekit.errors import ConfigError
 
+__all__ = ["allocate_units", "default_global_cap", "remove_lowest", "structural_allocation", "unique_names"]
+
 
 def default_global_cap(sparsity: float) -> float:
     """The structural default of the global cap: ``min(0.9, 2 * sparsity)``."""

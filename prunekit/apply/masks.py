@@ -20,6 +20,21 @@ from torch.nn.utils.parametrizations import _WeightNorm
 
 from prunekit.errors import PlanError, UnsupportedModuleError
 
+__all__ = [
+    "Mask",
+    "apply_mask_",
+    "assign_weight_",
+    "effective_state_dict",
+    "get_mask",
+    "masked_parameters",
+    "original_parameter",
+    "own_parametrized_class_",
+    "remove_masks_",
+    "set_mask_",
+    "sparsity",
+    "squash_masks_",
+]
+
 
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask`` with a boolean keep-mask buffer (saved in the state dict)."""
@@ -29,13 +44,16 @@ class Mask(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, weight: Tensor) -> Tensor:
+        """``weight * mask`` (the mask cast to the weight's dtype); same shape as ``weight``."""
         return weight * self.mask.to(weight.dtype)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
+        """Store an assigned ``weight`` as it is (torch calls this on ``module.weight = value``)."""
         # assigning a weight stores it as it is; the mask keeps zeroing the pruned positions
         return weight
 
     def extra_repr(self) -> str:
+        """``density=<fraction of weights kept>`` for the module's repr."""
         return f"density={self.mask.float().mean().item():.4f}"
 
 
@@ -51,7 +69,11 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
 
 def apply_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
     """Mask ``module.<name>`` in place. A parameter that is already masked keeps the intersection of both
-    masks (masks only shrink)."""
+    masks (masks only shrink).
+
+    ``mask``: a keep-mask (True = keep) shaped like the stored parameter. Raises
+    :class:`~prunekit.errors.PlanError` when the shapes differ.
+    """
     param = getattr(module, name)
     if mask.shape != param.shape:
         raise PlanError(f"mask of shape {tuple(mask.shape)} does not fit parameter of shape {tuple(param.shape)}")
@@ -133,7 +155,11 @@ def own_parametrized_class_(module: nn.Module) -> None:
 
 def squash_masks_(model: nn.Module) -> int:
     """Fold every mask into its weight (pruned weights become real zeros) and remove the parametrization.
-    Returns the number of parameters squashed."""
+    Returns the number of parameters squashed.
+
+    Raises :class:`~prunekit.errors.UnsupportedModuleError`, before anything changes, when a mask sits
+    between other parametrizations of a weight.
+    """
     return _remove(model, fold=True)
 
 
@@ -164,7 +190,8 @@ def sparsity(t: Tensor) -> float:
 
 def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
     """Replace the keep-mask of ``module.<name>`` (it may grow: dynamic sparse training regrows weights).
-    Attaches a mask if there was none."""
+    Attaches a mask if there was none. Raises :class:`~prunekit.errors.PlanError` when ``mask`` does not have
+    the parameter's shape."""
     current = get_mask(module, name)
     if current is None:
         apply_mask_(module, mask, name)
@@ -175,7 +202,11 @@ def set_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
 
 
 def original_parameter(module: nn.Module, name: str = "weight") -> nn.Parameter:
-    """The trainable tensor under a (possibly masked) parameter: what the optimizer updates."""
+    """The trainable tensor under a (possibly masked) parameter: what the optimizer updates.
+
+    Raises :class:`~prunekit.errors.UnsupportedModuleError` when the parameter is computed from several
+    tensors (``weight_norm``).
+    """
     if parametrize.is_parametrized(module, name):
         plist = module.parametrizations[name]
         if not hasattr(plist, "original"):
@@ -196,7 +227,8 @@ def assign_weight_(module: nn.Module, value: Tensor, name: str = "weight") -> No
     ``v`` the value itself, except where a whole normalised slice of ``value`` is zero: there ``g = 0`` and
     ``v`` keeps its direction, so no 0/0 appears. Any other parametrization is written through its
     ``right_inverse`` and the result checked; one that cannot store ``value`` raises
-    :class:`UnsupportedModuleError` and is left as it was.
+    :class:`~prunekit.errors.UnsupportedModuleError` and is left as it was. A ``value`` of another shape
+    raises :class:`~prunekit.errors.PlanError`.
     """
     target = getattr(module, name)
     if value.shape != target.shape:

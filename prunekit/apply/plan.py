@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from prunekit.apply.transaction import transaction
 from prunekit.allocation.builtin import Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.apply.masks import apply_mask_, get_mask
+from prunekit.apply.transaction import transaction
 from prunekit.calibration import LayerStats, collect
 from prunekit.criteria import Criterion, ScoreInput, resolve_criterion
 from prunekit.errors import (
@@ -37,9 +38,19 @@ from prunekit.errors import (
     PlanError,
 )
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
-from prunekit.apply.masks import apply_mask_, get_mask
 from prunekit.schedules.builtin import Schedule
 from prunekit.targets import Ignore, Target, check_finite, select_targets
+
+__all__ = [
+    "FORWARD_ONLY_STATS",
+    "LayerPlan",
+    "Plan",
+    "Pruner",
+    "check_seed",
+    "element_scores",
+    "gather_statistics",
+    "split_by_pattern",
+]
 
 PLAN_VERSION = 1
 
@@ -56,9 +67,12 @@ class LayerPlan:
 
     @property
     def achieved(self) -> float:
+        """The sparsity the mask reaches: the fraction of its entries that are False."""
         return 1.0 - self.mask.sum().item() / self.mask.numel()
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: name, param, shape, sparsity and the mask bit-packed (1 bit per weight) in
+        base64."""
         bits = np.packbits(self.mask.reshape(-1).cpu().numpy().astype(np.uint8))
         return {
             "name": self.name,
@@ -70,6 +84,8 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerPlan:
+        """The inverse of :meth:`to_dict`. Raises :class:`~prunekit.errors.PlanError` for a missing field or a
+        mask that does not decode to the shape."""
         try:
             shape = tuple(int(s) for s in d["shape"])
             numel = math.prod(shape)
@@ -94,10 +110,12 @@ class Plan:
 
     @property
     def sparsity(self) -> float:
+        """The overall sparsity of the planned parameters, in weights (0 for an empty plan)."""
         total = sum(lp.mask.numel() for lp in self.layers)
         return 1.0 - sum(int(lp.mask.sum()) for lp in self.layers) / total if total else 0.0
 
     def layer_sparsity(self) -> dict[str, float]:
+        """``{module name: sparsity}`` as the allocation gave it (the target, not the achieved value)."""
         return {lp.name: lp.sparsity for lp in self.layers}
 
     def _resolve(self, model: nn.Module) -> list[tuple[LayerPlan, nn.Module]]:
@@ -115,7 +133,9 @@ class Plan:
         return out
 
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Attach every mask to ``model`` (in place). All-or-nothing: on any error the model is unchanged."""
+        """Attach every mask to ``model`` (in place) and return it. All-or-nothing: on any error the model is
+        unchanged. Raises :class:`~prunekit.errors.PlanError` when the model lacks a planned module or a
+        parameter has another shape."""
         resolved = self._resolve(model)  # validate everything before touching anything
         with transaction(model):
             for lp, module in resolved:
@@ -123,6 +143,7 @@ class Plan:
         return model
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of the plan (``plan_version``, method, settings, ignored layers, layers)."""
         return {
             "plan_version": PLAN_VERSION,
             "method": self.method,
@@ -132,17 +153,22 @@ class Plan:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path``; returns the path."""
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), default=str))
         return path
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """The inverse of :meth:`to_dict`. Raises :class:`~prunekit.errors.PlanError` for another
+        ``plan_version`` or corrupt entries."""
         if not isinstance(d, dict) or d.get("plan_version") != PLAN_VERSION:
             raise PlanError("not a prunekit plan (missing or unknown plan_version); write plans with Plan.save")
         layers, settings, ignored = d.get("layers", []), d.get("settings", {}), d.get("ignored", [])
         if not isinstance(layers, list) or not isinstance(settings, dict) or not isinstance(ignored, list):
-            raise PlanError("the plan's layers, settings or ignored entries are corrupt; save the plan again with Plan.save")
+            raise PlanError(
+                "the plan's layers, settings or ignored entries are corrupt; save the plan again with Plan.save"
+            )
         return cls(
             layers=[LayerPlan.from_dict(x) for x in layers],
             method=str(d.get("method", "custom")),
@@ -152,24 +178,33 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        """A plan written by :meth:`save`. Raises :class:`~prunekit.errors.PlanError` when the file is missing,
+        not JSON or not a plan."""
         try:
             text = Path(path).read_text()
         except FileNotFoundError:
-            raise PlanError(f"no plan file at {path}; write one with Plan.save(path) (or pruner.plan(...).save)") from None
+            raise PlanError(
+                f"no plan file at {path}; write one with Plan.save(path) (or pruner.plan(...).save)"
+            ) from None
         except (IsADirectoryError, UnicodeDecodeError) as e:
-            raise PlanError(f"{path} is not a plan file ({type(e).__name__}); pass the JSON file Plan.save wrote") from None
+            raise PlanError(
+                f"{path} is not a plan file ({type(e).__name__}); pass the JSON file Plan.save wrote"
+            ) from None
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise PlanError(f"{path} is not a valid plan file: {e}; pass the JSON file Plan.save wrote") from None
 
     def table(self) -> Table:
+        """A rich table: per pruned parameter its shape, target and achieved sparsity; ignored layers dim."""
         t = Table(title=f"plan: {self.method}  overall sparsity {self.sparsity:.4f}")
         for col in ("layer", "shape", "target", "sparsity"):
             t.add_column(col, justify="left" if col == "layer" else "right")
         for lp in self.layers:
-            t.add_row(f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}")
-        for name, why in self.ignored:
+            t.add_row(
+                f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}"
+            )
+        for name, _why in self.ignored:
             t.add_row(name, "", "-", "dense", style="dim")
         return t
 
@@ -194,7 +229,8 @@ def split_by_pattern(
 ) -> tuple[list[Target], list[tuple[str, str]]]:
     """Targets that fit ``pattern``, and those that do not (left dense when ``skip_incompatible``).
 
-    Without ``skip_incompatible`` any misfit raises one :class:`PatternError` listing every such layer.
+    Without ``skip_incompatible`` any misfit raises one :class:`~prunekit.errors.PatternError` listing every
+    such layer; :class:`~prunekit.errors.NothingToPruneError` when no layer fits.
     """
     fit, ignored, errors = [], [], []
     for t in targets:
@@ -265,7 +301,7 @@ def _without_norm_scale(
     return keep, ignored + left
 
 
-def score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: int) -> ScoreInput:
+def _score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: int) -> ScoreInput:
     """What ``criterion`` reads for one target: its canonical weight, statistics and a seeded generator."""
     return ScoreInput(_weight_for_scoring(target), stats, target.layout, target.key, seed)
 
@@ -273,10 +309,14 @@ def score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: i
 def element_scores(
     criterion: Criterion, targets: list[Target], stats: dict[str, LayerStats], seed: int = 0
 ) -> dict[str, Tensor]:
-    """``{target name: element scores}`` in canonical layout ``[out, in/groups, *kernel]`` (float32)."""
+    """``{target name: element scores}`` in canonical layout ``[out, in/groups, *kernel]`` (float32).
+
+    Raises :class:`~prunekit.errors.PlanError` when the criterion gives scores of another shape and
+    :class:`~prunekit.errors.DataError` when it gives NaN.
+    """
     out = {}
     for t in targets:
-        s = criterion.element(score_input(criterion, t, stats.get(t.name) or LayerStats(t.name), seed))
+        s = criterion.element(_score_input(criterion, t, stats.get(t.name) or LayerStats(t.name), seed))
         _check_scores(criterion, t, s)
         out[t.name] = s
     return out
@@ -293,7 +333,8 @@ def _check_scores(criterion: Criterion, t: Target, s: Tensor) -> None:
 
 
 def check_seed(seed: Any) -> int:
-    """``seed`` as an int; :class:`ConfigError` for anything that is not an integer (a string, a float)."""
+    """``seed`` as an int; :class:`~prunekit.errors.ConfigError` for anything that is not an integer (a
+    string, a float)."""
     try:
         return operator.index(seed)
     except TypeError:
@@ -320,8 +361,8 @@ class Pruner:
 
     A physical granularity cannot be a mask plan: pass the pruner to :func:`prunekit.prune`, which carries
     it out with the structural engine. Raises :class:`~prunekit.criteria.CriterionLevelError` when the
-    criterion has no meaning for the granularity's units, :class:`ConfigError` for N:M with an allocation
-    other than uniform.
+    criterion has no meaning for the granularity's units, :class:`~prunekit.errors.ConfigError` for N:M with
+    an allocation other than uniform (and for malformed overrides, schedule or seed).
     """
 
     criterion: str | Criterion = "magnitude"
@@ -371,6 +412,9 @@ class Pruner:
         return self.granularity.physical  # type: ignore[union-attr]
 
     def target_sparsity(self, sparsity: float | None) -> float:
+        """The sparsity to plan for: ``sparsity``, else the pruner's, else the schedule's final one, else an
+        N:M pattern's fixed one. Raises :class:`~prunekit.errors.InvalidSparsityError` when there is none, it
+        is outside [0, 1), or it contradicts an N:M pattern."""
         if sparsity is None:
             sparsity = self.sparsity if self.sparsity is not None else (
                 self.schedule.final_sparsity if self.schedule is not None else None
@@ -382,11 +426,17 @@ class Pruner:
             raise InvalidSparsityError("no sparsity given: pass sparsity=... (a number in [0, 1))")
         _check_sparsity(sparsity)
         if isinstance(g, NM) and not math.isclose(sparsity, g.fixed_sparsity, abs_tol=1e-9):
-            raise InvalidSparsityError(f"pattern {g} fixes the sparsity at {g.fixed_sparsity:g}; pass sparsity={g.fixed_sparsity:g}")
+            raise InvalidSparsityError(
+                f"pattern {g} fixes the sparsity at {g.fixed_sparsity:g}; pass sparsity={g.fixed_sparsity:g}"
+            )
         return float(sparsity)
 
     def select(self, model: nn.Module) -> tuple[list[Target], list[tuple[str, str]]]:
-        """The parameters this pruner would prune, and those it leaves dense with the reason."""
+        """The parameters this pruner would prune, and those it leaves dense with the reason.
+
+        Raises :class:`~prunekit.errors.ConfigError` for a physical granularity, and what
+        :func:`~prunekit.targets.select_targets` and :func:`split_by_pattern` raise.
+        """
         self._masking_only()
         sel = select_targets(model, self.ignore, prune_classifier=self.prune_classifier)
         targets, ignored = split_by_pattern(sel.targets, self.granularity, self.skip_incompatible)  # type: ignore[arg-type]
@@ -416,7 +466,8 @@ class Pruner:
         reads; ``example_inputs``: a batch (SynFlow uses only its shape); ``loss_fn(outputs, targets)``
         replaces the default loss of gradient criteria. Raises :class:`~prunekit.errors.MissingDataError`
         or :class:`~prunekit.errors.DataError` when the criterion cannot get its statistics from what was
-        passed, :class:`ConfigError` for overrides naming layers that are not pruned.
+        passed, :class:`~prunekit.errors.ConfigError` for overrides naming layers that are not pruned (and for a
+        physical granularity), :class:`~prunekit.errors.InvalidSparsityError` as :meth:`target_sparsity` does.
         """
         self._masking_only()
         sparsity = self.target_sparsity(sparsity)
@@ -439,7 +490,7 @@ class Pruner:
         for t in targets:
             old = get_mask(t.module, t.param)
             existing[t.name] = None if old is None else t.layout.to_canonical(old.to(torch.bool))
-            s_in = score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
+            s_in = _score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
             if by_element:
                 s = crit.element(s_in)
                 _check_scores(crit, t, s)
@@ -516,7 +567,8 @@ class Pruner:
     def step(self, model: nn.Module, step: int, **kwargs: Any) -> Plan | None:
         """In a training loop: prune to ``schedule.sparsity_at(step)`` when the schedule acts at ``step``.
 
-        Returns the applied plan, or None when nothing changed at this step. Masks only shrink.
+        Returns the applied plan, or None when nothing changed at this step. Masks only shrink. Raises
+        :class:`~prunekit.errors.ConfigError` without a schedule.
         """
         if self.schedule is None:
             raise ConfigError("Pruner.step needs a schedule (e.g. Gradual(start, end, final_sparsity))")

@@ -48,6 +48,16 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.apply.masks import apply_mask_
+from prunekit.apply.solvers import (
+    SOLVERS,
+    Solver,
+    WandaSolver,
+    check_pattern,
+    check_sparsity,
+    stored_mask,
+    weight_matrix,
+)
 from prunekit.calibration import FORMS, Calibration, current_token_mask
 from prunekit.calibration.collect import modules_called
 from prunekit.errors import (
@@ -63,8 +73,6 @@ from prunekit.errors import (
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.im2col import is_matrix_layer, layer_rows
 from prunekit.layout import base_class, weight_layout
-from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, stored_mask, weight_matrix
-from prunekit.apply.masks import apply_mask_
 from prunekit.progress import ProgressBar
 from prunekit.targets import Target, select_targets
 
@@ -379,7 +387,9 @@ def solve_layerwise(
     sparsity = check_sparsity(sparsity, Unstructured())
     alloc = resolve_allocation(allocation)
     if isinstance(granularity, NM) and not isinstance(alloc, Uniform):
-        raise ConfigError(f"pattern {granularity} fixes every layer's sparsity; allocation must be 'uniform', not {alloc}")
+        raise ConfigError(
+            f"pattern {granularity} fixes every layer's sparsity; allocation must be 'uniform', not {alloc}"
+        )
     layers = _resolve_targets(model, targets)
     _check_targets(layers, granularity)
     if sparsities is not None:
@@ -504,8 +514,9 @@ def _prune(
 
 
 def dense_matrices(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
-    """A copy of each named layer's weight as the solvers' matrix (:func:`~prunekit.apply.solvers.weight_matrix`),
-    to measure :func:`reconstruction_errors` against after pruning."""
+    """A copy of each named layer's weight as the solvers' matrix [out, in]
+    (:func:`~prunekit.apply.solvers.weight_matrix`, float32), to measure :func:`reconstruction_errors`
+    against after pruning."""
     return {n: weight_matrix(model.get_submodule(n)).detach().float().clone() for n in names}
 
 
@@ -519,6 +530,8 @@ class LayerError:
 
     @property
     def relative(self) -> float:
+        """``error / reference``: the share of the layer's output energy the pruning lost (0 when the
+        reference is 0)."""
         return self.error / self.reference if self.reference > 0 else 0.0
 
 
@@ -532,7 +545,8 @@ def reconstruction_errors(
     ``||(W - W') X||_F^2`` summed over all input rows (im2col patches for a convolution).
 
     After a sequential :func:`solve_layerwise`, these are the inputs each layer was solved on, so the
-    error is exactly what the solvers minimise. Raises :class:`DataError` as :func:`solve_layerwise` does.
+    error is exactly what the solvers minimise. Raises :class:`~prunekit.errors.DataError` as
+    :func:`solve_layerwise` does.
     """
     layers = {n: model.get_submodule(n) for n in reference}
     taps = _taps(layers)

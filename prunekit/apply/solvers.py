@@ -26,12 +26,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunekit.apply.masks import apply_mask_, assign_weight_, get_mask
+from prunekit.criteria import formulas as criteria
 from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix, to_matrix
 from prunekit.layout import weight_layout
-from prunekit.criteria import formulas as criteria
-from prunekit.apply.masks import apply_mask_, assign_weight_, get_mask
+
+__all__ = [
+    "MagnitudeSolver",
+    "SOLVERS",
+    "Solver",
+    "SparseGPTSolver",
+    "WandaSolver",
+    "check_pattern",
+    "check_sparsity",
+    "store_matrix_",
+    "stored_mask",
+    "weight_matrix",
+]
 
 
 def weight_matrix(module: nn.Module) -> Tensor:
@@ -85,17 +98,19 @@ def stored_mask(module: nn.Module, keep: Tensor) -> Tensor:
 
 
 def check_pattern(pattern: Granularity, name: str, weight: Tensor) -> None:
-    """Refuse patterns the layer-wise solvers do not implement, and N:M that does not divide ``in``."""
+    """Refuse patterns the layer-wise solvers do not implement, and N:M that does not divide ``in``: raises
+    :class:`~prunekit.errors.PatternError` for either. ``weight``: the layer's canonical weight."""
     if not isinstance(pattern, (Unstructured, NM)):
         raise PatternError(
-            f"layer-wise solvers (magnitude, Wanda, SparseGPT) support unstructured and N:M patterns, not {pattern}; "
-            "use pattern=None (unstructured) or e.g. pattern='2:4'"
+            f"layer-wise solvers (magnitude, Wanda, SparseGPT) support unstructured and N:M patterns, not "
+            f"{pattern}; use pattern=None (unstructured) or e.g. pattern='2:4'"
         )
     pattern.check(name, weight)
 
 
 def check_sparsity(sparsity: float, pattern: Granularity) -> float:
-    """The sparsity to reach: N:M fixes it; otherwise it must lie in [0, 1)."""
+    """The sparsity to reach: N:M fixes it; otherwise it must lie in [0, 1), else
+    :class:`~prunekit.errors.InvalidSparsityError`."""
     if isinstance(pattern, NM):
         return pattern.fixed_sparsity
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
@@ -103,7 +118,7 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
     return float(sparsity)
 
 
-def row_mask(scores: Tensor, sparsity: float) -> Tensor:
+def _row_mask(scores: Tensor, sparsity: float) -> Tensor:
     """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row (ties: lower index)."""
     k = round(sparsity * scores.shape[1])
     keep = torch.ones_like(scores, dtype=torch.bool)
@@ -152,7 +167,12 @@ class Solver:
         raise NotImplementedError
 
     def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
-        """Zero the lowest-scoring weights in place; returns the keep-mask (True = kept)."""
+        """Zero the lowest-scoring weights in place; returns the keep-mask (True = kept) as [out, in].
+
+        Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured / N:M or an N:M
+        that does not divide the inputs, :class:`~prunekit.errors.InvalidSparsityError` for a sparsity
+        outside [0, 1).
+        """
         w = weight_matrix(self.module)
         check_pattern(pattern, self.layer_name, self.pattern_view(w))
         sparsity = check_sparsity(sparsity, pattern)
@@ -161,6 +181,8 @@ class Solver:
         return store_matrix_(self.module, w, keep)
 
     def unstructured_mask(self, scores: Tensor, sparsity: float) -> Tensor:
+        """Keep-mask [out, in] for an unstructured pattern: the lowest ``sparsity`` of all the layer's scores
+        go (:class:`~prunekit.granularity.patterns.Unstructured`)."""
         return Unstructured().mask(scores, sparsity)
 
     def free(self) -> None:
@@ -168,11 +190,13 @@ class Solver:
 
 
 class MagnitudeSolver(Solver):
-    """Layer-wise magnitude pruning: score ``|W_ij|``, lowest removed over the whole matrix (or per N:M group)."""
+    """Layer-wise magnitude pruning: score ``|W_ij|``, lowest removed over the whole matrix (or per N:M
+    group) (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks")."""
 
     name = "magnitude"
 
     def scores(self) -> Tensor:
+        """``|W_ij|`` of the [out, in] weight matrix (float32); needs no inputs."""
         return criteria.magnitude(weight_matrix(self.module).float())
 
 
@@ -194,6 +218,7 @@ class WandaSolver(Solver):
         self.sq_norms = torch.zeros(shape, dtype=torch.float64, device=module.weight.device)
 
     def add_batch(self, x: Tensor) -> None:
+        """Add the squared inputs ``x`` (shaped as :meth:`Solver.add_batch` says) to ``sq_norms``."""
         if self.patches is not None:
             for rows in self.patches.rows(x):  # [n, groups, in']
                 self.nsamples += rows.shape[0]
@@ -205,20 +230,25 @@ class WandaSolver(Solver):
         self.sq_norms += x2.double().pow(2).sum(dim=0)
 
     def scores(self) -> Tensor:
+        """``|W_ij| * ||X_j||_2`` shaped [out, in] (float32), each row with its own group's norms."""
         norms = self.sq_norms.float()
         if norms.dim() == 2:  # grouped convolution: the norms of each row's own group
             norms = norms.repeat_interleave(self.rows // self.groups, dim=0)
         return criteria.wanda(weight_matrix(self.module).float(), norms)
 
     def unstructured_mask(self, scores: Tensor, sparsity: float) -> Tensor:
-        return row_mask(scores, sparsity)
+        """Keep-mask [out, in] that drops the lowest ``round(sparsity * in)`` scores of every output row, as
+        Wanda compares weights per output."""
+        return _row_mask(scores, sparsity)
 
     def free(self) -> None:
+        """Drop the input norms."""
         self.sq_norms = self.sq_norms.new_empty(0)
 
 
 class SparseGPTSolver(Solver):
-    """SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot").
+    """SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
+    One-Shot").
 
     With ``H = 2 X X^T / n`` (inputs as columns) the layer-wise problem ``min ||W X - W' X||^2`` is solved
     approximately column by column with optimal-brain-surgeon updates: removing ``w_q`` (score
@@ -236,14 +266,16 @@ class SparseGPTSolver(Solver):
     [K * in/groups, K * in/groups]; a grouped convolution keeps one ``H`` per group ([groups, in', in']) and
     solves each group's rows against its own, all groups in one batched pass (an unstructured block mask is
     chosen over the block of every group at once, so the sparsity is met over the layer, not rounded per
-    group: a depthwise filter has only ``K`` weights). N:M runs over the position-major columns, so its groups are
-    the input channels at one kernel position (:class:`~prunekit.granularity.patterns.NM`'s groups); an unstructured
-    mask is chosen over the columns in channel-major order (``weight.flatten(1)``, as in the reference
-    implementation), so that every column block mixes kernel positions and can drop the positions whose
-    inputs are weak (border padding, 1x1 feature maps) instead of an equal share of each. Raises :class:`~prunekit.errors.ModelError` when no input
-    reached the layer or ``H`` cannot be factorised, :class:`~prunekit.errors.NonFiniteWeightsError` for
-    NaN / inf inputs or results, :class:`~prunekit.errors.PatternError` when ``blocksize`` is not a
-    multiple of an N:M pattern's ``m``.
+    group: a depthwise filter has only ``K`` weights). N:M runs over the position-major columns, so its groups
+    are the input channels at one kernel position (:class:`~prunekit.granularity.patterns.NM`'s groups); an
+    unstructured mask is chosen over the columns in channel-major order (``weight.flatten(1)``, as in the
+    reference implementation), so that every column block mixes kernel positions and can drop the positions
+    whose inputs are weak (border padding, 1x1 feature maps) instead of an equal share of each. Raises
+    :class:`~prunekit.errors.ModelError` when no input reached the layer or ``H`` cannot be factorised,
+    :class:`~prunekit.errors.NonFiniteWeightsError` for NaN / inf inputs or results,
+    :class:`~prunekit.errors.PatternError` when ``blocksize`` is not a multiple of an N:M pattern's ``m``, and
+    :class:`~prunekit.errors.ConfigError` (at construction) for a ``blocksize`` that is not a positive integer
+    or a negative ``percdamp``.
     """
 
     name = "sparsegpt"
@@ -266,6 +298,8 @@ class SparseGPTSolver(Solver):
         self.damping_used: float | None = None
 
     def add_batch(self, x: Tensor) -> None:
+        """Fold inputs ``x`` (shaped as :meth:`Solver.add_batch` says) into the running ``H = 2 X X^T / n``
+        (float32, [in', in'], or [groups, in', in'] for a grouped convolution)."""
         if self.patches is not None:
             for rows in self.patches.rows(x):
                 self._add_rows(rows)
@@ -351,6 +385,9 @@ class SparseGPTSolver(Solver):
         return criteria.sparsegpt(W, torch.diagonal(U, dim1=-2, dim2=-1)).reshape(self.rows, self.columns)
 
     def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
+        """Solve the layer-wise problem (see the class docstring), write the updated weights in place and
+        return the keep-mask [out, in]. Consumes ``H``. Raises what the class docstring lists, and what
+        :meth:`Solver.prune` raises for the pattern and sparsity."""
         w_view = weight_matrix(self.module)
         check_pattern(pattern, self.layer_name, self.pattern_view(w_view))
         sparsity = check_sparsity(sparsity, pattern)
@@ -432,6 +469,7 @@ class SparseGPTSolver(Solver):
         return keep
 
     def free(self) -> None:
+        """Drop the Hessian."""
         self.H = self.H.new_empty(0)
 
 

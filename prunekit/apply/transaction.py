@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+__all__ = ["transaction"]
+
 _SHALLOW_DICTS = ("_parameters", "_buffers", "_modules")
 
 

@@ -12,8 +12,8 @@ from prunekit.bench.store import ResultStore
 
 __all__ = [
     "BACKENDS",
-    "DETERMINISTIC_METRICS",
     "BenchSpec",
+    "DETERMINISTIC_METRICS",
     "GridPoint",
     "MethodSpec",
     "ResultStore",

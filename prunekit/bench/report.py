@@ -21,6 +21,18 @@ from typing import Any
 from prunekit.bench.spec import DENSE
 from prunekit.bench.store import ResultStore
 
+__all__ = [
+    "SETTING",
+    "aggregate",
+    "full_table",
+    "pareto_front",
+    "pivot_table",
+    "plot_accuracy",
+    "plot_layers",
+    "plot_pareto",
+    "write_report",
+]
+
 SETTING = ("model", "data", "transfer", "fine_tune_epochs", "calibration_size")
 
 
@@ -40,7 +52,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         groups[(r["suite"], *_setting(r), r["label"], r["target"])].append(r)
     dense: dict[tuple[Any, ...], float] = {}
-    for (suite, *setting, label, _s), rs in groups.items():
+    for (suite, *setting, _label, _s), rs in groups.items():
         if rs[0]["method"] == DENSE:
             dense[(suite, *setting)] = _mean(r["accuracy"] for r in rs)  # type: ignore[assignment]
     out = []
@@ -139,6 +151,9 @@ def pivot_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 
 
 def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of every aggregated run (:func:`aggregate`): target and achieved sparsity, accuracy
+    and its change against the dense model, parameters, FLOPs, latency in ms at batch 1 and 8 with the
+    speedups, seeds; the setting column names only what varies in the suite."""
     keys = [k for k in SETTING if _varying(agg, k)]
     header = ["setting", "method", "target", "sparsity %", "accuracy %", "vs dense", "params", "FLOPs",
               "b1 ms", "b8 ms", "speedup b1", "speedup b8", "seeds"]
@@ -149,7 +164,7 @@ def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def markdown(header: list[str], body: list[list[str]]) -> str:
+def _markdown(header: list[str], body: list[list[str]]) -> str:
     def esc(c: str) -> str:
         return c.replace("|", "\\|")
 
@@ -158,7 +173,7 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def html_table(header: list[str], body: list[list[str]]) -> str:
+def _html_table(header: list[str], body: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
@@ -277,10 +292,13 @@ def plot_layers(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 # ---- the report -----------------------------------------------------------------------------------
 
-_CSS = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0;font-size:13px}th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}
-th{background:#eee}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:.4em 0}
-.q{font-style:italic}.s{color:#555}"""
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}\n"
+    "table{border-collapse:collapse;margin:.6em 0;font-size:13px}"
+    "th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}\n"
+    "th{background:#eee}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;margin:.4em 0}\n"
+    ".q{font-style:italic}.s{color:#555}"
+)
 
 
 def _suite_meta(spec_path: str | Path | None) -> dict[str, Any]:
@@ -293,7 +311,9 @@ def _suite_meta(spec_path: str | Path | None) -> dict[str, Any]:
 
 def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str | Path | None = None) -> Path:
     """Write ``tables.md``, PNG plots and ``report.html`` for every suite in the store; returns the HTML path.
-    ``spec``: the benchmark YAML, to show each suite's question and the survey's claim."""
+    ``spec``: the benchmark YAML, to show each suite's question and the survey's claim. ``store``: a
+    :class:`~prunekit.bench.store.ResultStore` or its path. Raises :class:`~prunekit.errors.ConfigError` when
+    ``spec`` is given and cannot be read."""
     st = store if isinstance(store, ResultStore) else ResultStore(store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +328,8 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
         proto = rows[0]["protocol"]
         versions = ", ".join(f"{k} {v}" for k, v in proto.get("versions", {}).items())
         line = (f"{len(rows)} runs in {len(suites)} suites. Library versions: {versions}. "
-                f"Machine: {proto.get('machine', {}).get('processor')}, {proto.get('machine', {}).get('cpus')} CPUs; "
+                f"Machine: {proto.get('machine', {}).get('processor')}, "
+                f"{proto.get('machine', {}).get('cpus')} CPUs; "
                 f"runs use {proto.get('threads')} thread(s). Latency: {proto.get('latency')}.")
         md += [line, ""]
         page.append(f"<p>{html.escape(line)}</p>")
@@ -323,14 +344,18 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
         s = meta.get(suite)
         if s is not None:
             md += [f"*Question:* {s.question}", "", f"*Survey:* {s.survey}", ""]
-            page.append(f"<p class='q'>Question: {html.escape(s.question)}</p><p class='s'>Survey: {html.escape(s.survey)}</p>")
+            page.append(
+                f"<p class='q'>Question: {html.escape(s.question)}</p><p class='s'>Survey: {html.escape(s.survey)}</p>"
+            )
         if agg:
             h, b = pivot_table(agg)
-            md += ["Accuracy % (achieved sparsity) by method and target sparsity:", "", markdown(h, b), ""]
-            page.append("<h3>Accuracy by method and sparsity</h3>" + html_table(h, b))
+            md += ["Accuracy % (achieved sparsity) by method and target sparsity:", "", _markdown(h, b), ""]
+            page.append("<h3>Accuracy by method and sparsity</h3>" + _html_table(h, b))
             h, b = full_table(agg)
-            md += ["<details><summary>all runs (means over seeds)</summary>", "", markdown(h, b), "", "</details>", ""]
-            page.append("<h3>All runs (means over seeds)</h3>" + html_table(h, b))
+            md += [
+                "<details><summary>all runs (means over seeds)</summary>", "", _markdown(h, b), "", "</details>", ""
+            ]
+            page.append("<h3>All runs (means over seeds)</h3>" + _html_table(h, b))
             for kind, fn in (("accuracy", plot_accuracy), ("pareto", plot_pareto), ("layers", plot_layers)):
                 png = fn(agg, out / f"{suite}-{kind}.png", suite)
                 md += [f"![{suite} {kind}]({png.name})", ""]
@@ -342,8 +367,8 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
             for x in sk:
                 reasons[f"{x['config']['method']['label']}: {x['reason']}"] += 1
             h, b = ["skipped", "grid points"], [[k, str(v)] for k, v in sorted(reasons.items())]
-            md += ["Skipped:", "", markdown(h, b), ""]
-            page.append("<h3>Skipped</h3>" + html_table(h, b))
+            md += ["Skipped:", "", _markdown(h, b), ""]
+            page.append("<h3>Skipped</h3>" + _html_table(h, b))
     page.append("</body></html>")
     (out / "tables.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     path = out / "report.html"

@@ -22,11 +22,17 @@ from prunekit.bench.spec import BenchSpec, GridPoint, Skip, load_spec
 from prunekit.bench.store import ResultStore
 from prunekit.errors import ConfigError
 
+__all__ = ["BACKENDS", "RunSummary", "expand", "run_grid"]
+
 BACKENDS = ("local", "ray")
 
 
 @dataclass
 class RunSummary:
+    """What :func:`run_grid` did: grid points in all (``total``), those the store already had
+    (``already_done``), those run now (``ran``), the ``failed`` ones as ``(label, first line of the error)``
+    and the points the spec ``skipped`` with their reasons."""
+
     total: int = 0
     already_done: int = 0
     ran: int = 0
@@ -35,6 +41,10 @@ class RunSummary:
 
 
 def expand(spec: BenchSpec, suites: Sequence[str] | None = None) -> tuple[list[GridPoint], list[Skip]]:
+    """Every grid point of the selected ``suites`` (default all) and the combinations skipped with a reason.
+
+    Raises :class:`~prunekit.errors.ConfigError` for a suite the spec does not have.
+    """
     points, skips = [], []
     for suite in spec.select(list(suites) if suites else None):
         p, s = suite.points()
@@ -123,8 +133,9 @@ def run_grid(
         todo = [p for p in points if p.key not in done]
         if limit is not None:
             todo = todo[:limit]
-        summary = RunSummary(total=len(points), already_done=len(points) - len([p for p in points if p.key not in done]),
-                             skipped=skips)
+        summary = RunSummary(
+            total=len(points), already_done=len(points) - len([p for p in points if p.key not in done]), skipped=skips
+        )
         cache = str(cache_dir) if cache_dir is not None else str(st.path.parent / (st.path.stem + "-cache"))
         by_key = {p.key: p for p in todo}
         if backend == "local":

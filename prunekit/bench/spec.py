@@ -37,6 +37,20 @@ import yaml
 
 from prunekit.errors import ConfigError
 
+__all__ = [
+    "BenchSpec",
+    "DENSE",
+    "GridPoint",
+    "MethodSpec",
+    "STAGES",
+    "Skip",
+    "Suite",
+    "load_spec",
+    "method_problem",
+    "parse_schedule",
+    "parse_spec",
+]
+
 STAGES = ("auto", "init", "trained")
 DENSE = "dense"
 
@@ -52,7 +66,8 @@ def _tuple(value: Any, what: str) -> tuple[Any, ...]:
 
 
 def parse_schedule(text: str) -> int:
-    """``one-shot`` -> 1 step, ``iterative:K`` -> K steps."""
+    """``one-shot`` -> 1 step, ``iterative:K`` -> K steps. Raises :class:`~prunekit.errors.ConfigError` for
+    anything else (K < 1 included)."""
     if text == "one-shot":
         return 1
     if text.startswith("iterative:"):
@@ -91,6 +106,8 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, raw: Any) -> MethodSpec:
+        """A method entry of the YAML: a method name, or a mapping with ``method`` and the fields above
+        (``options`` a mapping). Raises :class:`~prunekit.errors.ConfigError` for unknown keys or values."""
         if isinstance(raw, str):
             return cls(method=raw)
         if not isinstance(raw, Mapping) or "method" not in raw:
@@ -132,17 +149,20 @@ class GridPoint:
     threads: int = 1
 
     def config(self) -> dict[str, Any]:
+        """Every field as a JSON-able dict (the method's options as a mapping): what :attr:`key` hashes."""
         d = asdict(self)
         d["method"]["options"] = dict(self.method.options)
         return d
 
     @property
     def key(self) -> str:
+        """SHA-256 (hex) of :meth:`config` as canonical JSON: the run's identity in the results store."""
         text = json.dumps(self.config(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any]) -> GridPoint:
+        """The inverse of :meth:`config`."""
         m = dict(d["method"])
         m["options"] = tuple(sorted(dict(m.get("options") or {}).items()))
         return cls(**{**d, "method": MethodSpec(**m)})
@@ -150,6 +170,9 @@ class GridPoint:
 
 @dataclass(frozen=True)
 class Skip:
+    """A grid point that is not run: its ``key``, ``suite``, ``config`` and the ``reason`` (a method prunekit
+    lacks, or a run that failed)."""
+
     key: str
     suite: str
     config: dict[str, Any]
@@ -190,6 +213,8 @@ class Suite:
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> Suite:
+        """The suite ``name`` from its YAML mapping, over the spec's ``defaults``. Raises
+        :class:`~prunekit.errors.ConfigError` for unknown keys or values of the wrong type or range."""
         raw = {**(defaults or {}), **raw}
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = set(raw) - known
@@ -226,9 +251,9 @@ class Suite:
         for model, data, transfer, ft, calib, seed in itertools.product(
             self.models, self.data, self.transfer, self.fine_tune_epochs, self.calibration_size, self.seeds
         ):
-            common = dict(suite=self.name, model=model, data=data, transfer=transfer, pretrain_epochs=self.pretrain_epochs,
-                          fine_tune_epochs=ft, calibration_size=calib, seed=seed, batch_size=self.batch_size,
-                          lr=self.lr, threads=self.threads)
+            common = dict(suite=self.name, model=model, data=data, transfer=transfer,
+                          pretrain_epochs=self.pretrain_epochs, fine_tune_epochs=ft, calibration_size=calib,
+                          seed=seed, batch_size=self.batch_size, lr=self.lr, threads=self.threads)
             if self.baseline:
                 p = GridPoint(method=MethodSpec(DENSE), sparsity=0.0, **common)  # type: ignore[arg-type]
                 if p.key not in seen:
@@ -249,9 +274,13 @@ class Suite:
 
 @dataclass(frozen=True)
 class BenchSpec:
+    """A parsed benchmark file: its suites by name."""
+
     suites: dict[str, Suite] = field(default_factory=dict)
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[Suite]:
+        """The suites named (all when ``names`` is empty or None), in the order given. Raises
+        :class:`~prunekit.errors.ConfigError` naming the suites the spec does not have."""
         if not names:
             return list(self.suites.values())
         missing = [n for n in names if n not in self.suites]
@@ -261,6 +290,8 @@ class BenchSpec:
 
 
 def parse_spec(raw: Any) -> BenchSpec:
+    """A :class:`BenchSpec` from the YAML's mapping (``suites`` and optional ``defaults``). Raises
+    :class:`~prunekit.errors.ConfigError` for another shape, unknown keys or an invalid suite."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("suites"), Mapping) or not raw["suites"]:
         raise ConfigError("a benchmark spec is a mapping with a non-empty 'suites' mapping (name -> suite)")
     unknown = set(raw) - {"suites", "defaults"}
@@ -271,7 +302,8 @@ def parse_spec(raw: Any) -> BenchSpec:
 
 
 def load_spec(path: str | Path) -> BenchSpec:
-    """Read a YAML benchmark spec."""
+    """Read a YAML benchmark spec (:func:`parse_spec`). Raises :class:`~prunekit.errors.ConfigError` when the
+    file is missing or not valid YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"benchmark spec {p} not found")

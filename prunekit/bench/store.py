@@ -16,6 +16,8 @@ from typing import Any
 
 from prunekit.bench.spec import GridPoint, Skip
 
+__all__ = ["ResultStore", "SCHEMA"]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY,
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS skipped (
 
 
 class ResultStore:
-    """Open (or create) a results store at ``path``."""
+    """Open (or create) a results store at ``path`` (an SQLite file; its folder is created). Usable as a
+    context manager that closes the connection."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -58,6 +61,7 @@ class ResultStore:
         self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
+        """Close the database connection."""
         self.conn.close()
 
     def __enter__(self) -> ResultStore:
@@ -67,6 +71,7 @@ class ResultStore:
         self.close()
 
     def finished_keys(self) -> set[str]:
+        """The keys (:attr:`~prunekit.bench.spec.GridPoint.key`) of every finished run."""
         return {k for (k,) in self.conn.execute("SELECT key FROM runs")}
 
     def add_run(self, point: GridPoint, result: dict[str, Any], backend: str) -> bool:
@@ -84,10 +89,13 @@ class ResultStore:
         return cur.rowcount == 1
 
     def add_skips(self, skips: Iterable[Skip]) -> None:
+        """Record skipped (or failed) points in one transaction, replacing an earlier reason for the same key."""
         with self._transaction():
             for s in skips:
-                self.conn.execute("INSERT OR REPLACE INTO skipped VALUES (?,?,?,?,?)",
-                                  (s.key, s.suite, json.dumps(s.config, sort_keys=True, default=str), s.reason, time.time()))
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO skipped VALUES (?,?,?,?,?)",
+                    (s.key, s.suite, json.dumps(s.config, sort_keys=True, default=str), s.reason, time.time()),
+                )
 
     def _transaction(self) -> Any:
         conn = self.conn
@@ -123,6 +131,7 @@ class ResultStore:
         return rows
 
     def skipped(self, suite: str | None = None) -> list[dict[str, Any]]:
+        """Every skipped point (of ``suite``, or all) as ``{"key", "suite", "config", "reason"}``."""
         q, args = "SELECT key, suite, config, reason FROM skipped", ()
         if suite is not None:
             q, args = q + " WHERE suite = ?", (suite,)
@@ -130,4 +139,5 @@ class ResultStore:
                 for k, s, c, r in self.conn.execute(q + " ORDER BY suite, reason", args)]
 
     def count(self) -> int:
+        """The number of finished runs."""
         return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])

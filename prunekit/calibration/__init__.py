@@ -8,10 +8,10 @@ from prunekit.calibration.batches import FORMS, Calibration, current_token_mask,
 from prunekit.calibration.collect import STATISTICS, LayerStats, collect, im2col_rows, input_rows, output_rows
 
 __all__ = [
-    "FORMS",
-    "STATISTICS",
     "Calibration",
+    "FORMS",
     "LayerStats",
+    "STATISTICS",
     "collect",
     "current_token_mask",
     "im2col_rows",

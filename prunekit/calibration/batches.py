@@ -40,6 +40,8 @@ from torch import Tensor, nn
 from prunekit.errors import DataError, MissingDataError, PrunekitError
 from prunekit.padding import IGNORE_INDEX, mask_padding_labels, token_mask
 
+__all__ = ["Calibration", "FORMS", "current_token_mask", "next_token_loss"]
+
 FORMS = (
     "a tensor batch, (inputs, targets) pairs, dicts of model inputs (a tokenizer's BatchEncoding), an iterable "
     "of those (a list, a DataLoader, a CalibrationSet), or a callable model -> scalar loss"
@@ -63,8 +65,10 @@ def _publish(mask: Tensor | None) -> Iterator[None]:
         _TOKENS[0] = old
 
 
-def is_loss_callable(value: Any) -> bool:
-    return callable(value) and not isinstance(value, (Tensor, Mapping, list, tuple)) and not hasattr(value, "__iter__")
+def _is_loss_callable(value: Any) -> bool:
+    return (
+        callable(value) and not isinstance(value, (Tensor, Mapping, list, tuple)) and not hasattr(value, "__iter__")
+    )
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -117,8 +121,8 @@ class Calibration:
     ``loss_fn(outputs, targets) -> scalar`` replaces the default loss for ``(inputs, targets)`` batches
     (and is called as ``loss_fn(outputs, batch)`` for dict batches). ``max_batches`` caps the batches read.
 
-    Raises :class:`MissingDataError` when there is no data and a part needs some, :class:`DataError` when a
-    batch has a form no part can read or a loss cannot be formed from it.
+    Raises :class:`~prunekit.errors.MissingDataError` when there is no data and a part needs some,
+    :class:`~prunekit.errors.DataError` when a batch has a form no part can read or a loss cannot be formed from it.
     """
 
     source: Any
@@ -127,28 +131,39 @@ class Calibration:
 
     @classmethod
     def of(cls, value: Any, *, loss_fn: Any = None, max_batches: int | None = None) -> Calibration:
-        """Wrap ``value`` (already a :class:`Calibration` is returned as it is, with the caps given)."""
+        """Wrap ``value`` (already a :class:`Calibration` is returned as it is, with the caps given).
+
+        Raises :class:`~prunekit.errors.MissingDataError` for None and :class:`~prunekit.errors.DataError` for
+        a string or a value of no accepted form.
+        """
         if isinstance(value, Calibration):
             return value
         if value is None:
             raise MissingDataError(f"this part needs calibration data: pass calibration= ({FORMS})")
         if isinstance(value, (str, bytes)):
             raise DataError(f"calibration is a string; pass tokenized batches instead ({FORMS})")
-        if not (is_loss_callable(value) or isinstance(value, (Tensor, Mapping)) or hasattr(value, "__iter__")):
+        if not (_is_loss_callable(value) or isinstance(value, (Tensor, Mapping)) or hasattr(value, "__iter__")):
             raise DataError(f"calibration of type {type(value).__name__} is not understood; pass {FORMS}")
         return cls(value, loss_fn, max_batches)
 
     @property
     def is_loss_callable(self) -> bool:
-        return is_loss_callable(self.source)
+        """Whether the source is a callable ``model -> scalar loss`` (no batches) rather than data."""
+        return _is_loss_callable(self.source)
 
     def batches(self) -> Iterator[Any]:
-        """The batches, one at a time (a bare tensor or dict is one batch)."""
+        """The batches, one at a time (a bare tensor or dict is one batch), at most ``max_batches``.
+
+        Raises :class:`~prunekit.errors.DataError` for a loss callable (it has no batches), a string batch or
+        no batch at all.
+        """
         if self.is_loss_callable:
             raise DataError("calibration is a loss callable, which has no batches")
         src = self.source
-        if isinstance(src, (Tensor, Mapping)) or (isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], Tensor)
-                                                  and isinstance(src[1], Tensor) and not _same_kind_batches(src)):
+        if isinstance(src, (Tensor, Mapping)) or (
+            isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], Tensor)
+            and isinstance(src[1], Tensor) and not _same_kind_batches(src)
+        ):
             items: Any = [src]
         else:
             items = src
@@ -178,7 +193,9 @@ class Calibration:
     # --------------------------------------------------------------------------------------------- loss
     def losses(self, model: nn.Module) -> Iterator[Tensor]:
         """One scalar loss per batch (a loss callable: one call), with the graph attached; padding enters
-        none of them. Raises :class:`DataError` for a non-scalar or non-finite loss."""
+        none of them. Raises :class:`~prunekit.errors.DataError` for a non-scalar or non-finite loss, or when
+        no loss can be formed from a batch (a tensor without targets that is not token ids, a dict without
+        labels or ``input_ids``)."""
         if self.is_loss_callable:
             yield _checked(self.source(model))
             return

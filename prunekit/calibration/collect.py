@@ -35,7 +35,11 @@ from prunekit.calibration.batches import Calibration, _logits, current_token_mas
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.layout import weight_layout
 
-STATISTICS = frozenset({"grad", "grad_sq", "act_norm", "act_mean", "act_zeros", "xtx", "bn_gamma", "synflow", "grasp_hg"})
+__all__ = ["LayerStats", "STATISTICS", "collect", "im2col_rows", "input_rows", "modules_called", "output_rows"]
+
+STATISTICS = frozenset(
+    {"grad", "grad_sq", "act_norm", "act_mean", "act_zeros", "xtx", "bn_gamma", "synflow", "grasp_hg"}
+)
 ACTIVATION_STATS = frozenset({"act_norm", "act_mean", "act_zeros", "xtx", "bn_gamma"})
 GRADIENT_STATS = frozenset({"grad", "grad_sq"})
 
@@ -105,7 +109,7 @@ def _is_conv(module: nn.Module) -> bool:
     return layout is not None and layout.kind.startswith("conv")
 
 
-def feature_sums(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, int]:
+def _feature_sums(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, int]:
     """``(sum x_j^2, sum x_j, rows)`` over every row of a layer's input, per input feature ``j``
     (float64 ``[in_features]``), without copying the input; padding rows are left out."""
     x = x.detach()
@@ -117,7 +121,7 @@ def feature_sums(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, int]:
     return rows.pow(2).sum(0).double(), rows.sum(0).double(), rows.shape[0]
 
 
-def nonpositive_counts(module: nn.Module, y: Tensor) -> tuple[Tensor, int]:
+def _nonpositive_counts(module: nn.Module, y: Tensor) -> tuple[Tensor, int]:
     """Per output channel, how many of the layer's outputs are ``<= 0`` (float64 ``[out]``), and the rows."""
     y = y.detach()
     if _is_conv(module):
@@ -129,7 +133,8 @@ def nonpositive_counts(module: nn.Module, y: Tensor) -> tuple[Tensor, int]:
 
 def im2col_rows(module: nn.Module, x: Tensor) -> Tensor:
     """The rows a layer's weight multiplies: a Linear's input rows, or a convolution's im2col patches
-    ``[B * L, in/groups * prod(kernel)]`` (ungrouped 1-D and 2-D convolutions)."""
+    ``[B * L, in/groups * prod(kernel)]`` (ungrouped 1-D and 2-D convolutions). Raises
+    :class:`~prunekit.errors.ModelError` for other convolutions and string padding (``"same"``)."""
     layout = weight_layout(module)
     if layout is None or layout.kind in ("linear", "hf-conv1d"):
         return input_rows(module, x)
@@ -169,8 +174,10 @@ def collect(
 
     ``calibration``: any form :class:`~prunekit.calibration.Calibration` accepts (not needed for
     ``synflow``, which needs ``example_inputs`` for the input shape only). Raises
-    :class:`MissingDataError` when data a statistic needs is missing, :class:`DataError` when the data
-    cannot give it (e.g. a tensor batch without targets for gradients).
+    :class:`~prunekit.errors.MissingDataError` when data a statistic needs is missing,
+    :class:`~prunekit.errors.DataError` when the data cannot give it (e.g. a tensor batch without targets for
+    gradients), :class:`~prunekit.errors.ModelError` for ``xtx`` of a layer im2col cannot unfold, and
+    ``ValueError`` for a name that is not in :data:`STATISTICS`.
     """
     needs = set(needs)
     unknown = needs - STATISTICS
@@ -225,7 +232,7 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
             y = output if isinstance(output, Tensor) else None
             if isinstance(x, Tensor) and x.is_floating_point():
                 if needs & {"act_norm", "act_mean"}:
-                    sq, sm, n = feature_sums(mod, x)
+                    sq, sm, n = _feature_sums(mod, x)
                     st.act_sq = sq + (st.act_sq if st.act_sq is not None else 0)
                     st.act_sum = sm + (st.act_sum if st.act_sum is not None else 0)
                     st.rows += n
@@ -234,7 +241,7 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
                     st.xtx = cols.t() @ cols + (st.xtx if st.xtx is not None else 0)
                     st.extra["xtx_rows"] = st.extra.get("xtx_rows", 0) + cols.shape[0]
             if y is not None and "act_zeros" in needs:
-                nonpos, n = nonpositive_counts(mod, y)
+                nonpos, n = _nonpositive_counts(mod, y)
                 st.act_nonpos = nonpos + (st.act_nonpos if st.act_nonpos is not None else 0)
                 st.out_rows += n
             if y is not None and "bn_gamma" in needs:
@@ -262,7 +269,8 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
     finally:
         for h in handles:
             h.remove()
-    if needs & {"act_norm", "act_mean", "xtx"} and not any(st.rows or st.extra.get("xtx_rows") for st in out.values()):
+    gathered = any(st.rows or st.extra.get("xtx_rows") for st in out.values())
+    if needs & {"act_norm", "act_mean", "xtx"} and not gathered:
         raise DataError("no calibration input reached the layers being scored; check that the data runs the model")
 
 
@@ -275,7 +283,10 @@ def modules_called(model: nn.Module, layers: Iterable[nn.Module]) -> Iterator[No
     wanted = {id(m) for m in layers}
     patched = []
     for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention) and id(m.out_proj) in wanted and m.bias_k is None and not m.add_zero_attn:
+        if (
+            isinstance(m, nn.MultiheadAttention) and id(m.out_proj) in wanted and m.bias_k is None
+            and not m.add_zero_attn
+        ):
             m.forward = _explicit_attention.__get__(m)  # type: ignore[method-assign]
             patched.append(m)
     try:
@@ -337,7 +348,9 @@ def _weight_of(module: nn.Module) -> Tensor:
     return module.weight
 
 
-def _gradients(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats]) -> None:
+def _gradients(
+    model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats]
+) -> None:
     for p in model.parameters():
         p.requires_grad_(True)
     steps = 0
@@ -361,7 +374,9 @@ def _gradients(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibra
         raise DataError("the calibration data is empty: pass at least one batch")
 
 
-def _loss_steps(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+def _loss_steps(
+    model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration
+) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     """Each loss with the weights (as computed through parametrizations, cached for the step) it reads."""
     it = calib.losses(model)
     while True:
@@ -387,7 +402,8 @@ def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration
     with torch.enable_grad(), math_attention:
         g: dict[str, Tensor] = {}
         for loss, weights in _loss_steps(model, layers, calib):
-            for (name, _), gr in zip(weights.items(), torch.autograd.grad(loss, list(weights.values()), allow_unused=True)):
+            grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+            for (name, _), gr in zip(weights.items(), grads):
                 if gr is not None:
                     g[name] = gr.detach() + g.get(name, 0)
         if not g:
@@ -433,12 +449,16 @@ def _math_attention() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def _synflow(model: nn.Module, layers: Mapping[str, nn.Module], example_inputs: Any, out: dict[str, LayerStats]) -> None:
+def _synflow(
+    model: nn.Module, layers: Mapping[str, nn.Module], example_inputs: Any, out: dict[str, LayerStats]
+) -> None:
     """SynFlow's ``dR/dw`` (Tanaka et al. 2020) on a float64 copy with every parameter replaced by its
     absolute value, run on all-ones inputs shaped like ``example_inputs`` (integer inputs such as token ids
     are used as given: an embedding lookup has no all-ones input). The model is not touched."""
     if example_inputs is None:
-        raise MissingDataError("synflow is data-free but needs the input shape: pass example_inputs=a batch (only its shape is used)")
+        raise MissingDataError(
+            "synflow is data-free but needs the input shape: pass example_inputs=a batch (only its shape is used)"
+        )
     net = copy.deepcopy(model).double().eval()
     modules = dict(net.named_modules())
     with torch.no_grad():

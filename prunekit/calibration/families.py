@@ -26,6 +26,26 @@ from torch import nn
 from prunekit.errors import UnsupportedModuleError
 from prunekit.layout import weight_layout
 
+__all__ = [
+    "ATTENTION_LAYOUTS",
+    "Attention",
+    "AttentionLayout",
+    "BERT_ATTENTION",
+    "FAMILIES",
+    "Family",
+    "GPT2_ATTENTION",
+    "LLAMA_ATTENTION",
+    "MLP",
+    "OPT_ATTENTION",
+    "block_list",
+    "family_for",
+    "family_of",
+    "has_family",
+    "layouts_for",
+    "mlp_inputs",
+    "prunable_linears",
+]
+
 
 @dataclass(frozen=True)
 class AttentionLayout:
@@ -109,7 +129,8 @@ class Family:
     decoder: bool = True  # a causal LM: the layer-wise runner and the llm-* methods apply
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
-        """The ModuleList of blocks; :class:`UnsupportedModuleError` when the path does not lead to one."""
+        """The ModuleList of blocks; :class:`~prunekit.errors.UnsupportedModuleError` when the path does not lead
+        to one."""
         obj: object = model
         for part in self.layers.split("."):
             obj = getattr(obj, part, None)
@@ -120,6 +141,7 @@ class Family:
         return obj
 
     def set_layer_list(self, model: nn.Module, layers: nn.ModuleList) -> None:
+        """Put ``layers`` where :meth:`layer_list` finds the blocks (after blocks were removed)."""
         *parents, last = self.layers.split(".")
         obj: object = model
         for part in parents:
@@ -127,15 +149,21 @@ class Family:
         setattr(obj, last, layers)
 
     def require_attention(self) -> Attention:
+        """The family's :class:`Attention`, for the ``llm-heads`` method. Raises
+        :class:`~prunekit.errors.UnsupportedModuleError` when the family has none that can be cut by name, or
+        its config derives the head size from the hidden size."""
         if self.attention is None or not self.head_dim_in_config:
             raise UnsupportedModuleError(
-                f"attention heads of {self.family} models cannot be removed by the llm-heads method yet (its config "
-                f"derives the head size from the hidden size); use the 'head' method (which records the new sizes "
-                f"for prunekit.surgery.from_pretrained_pruned), llm-mlp or llm-layers, or an unstructured method"
+                f"attention heads of {self.family} models cannot be removed by the llm-heads method yet (its "
+                f"config derives the head size from the hidden size); use the 'head' method (which records the new "
+                f"sizes for prunekit.surgery.from_pretrained_pruned), llm-mlp or llm-layers, or an unstructured "
+                f"method"
             )
         return self.attention
 
     def require_mlp(self) -> MLP:
+        """The family's :class:`MLP`, for the ``llm-mlp`` method. Raises
+        :class:`~prunekit.errors.UnsupportedModuleError` when the family has none."""
         if self.mlp is None:
             raise UnsupportedModuleError(f"MLP channels of {self.family} models cannot be removed physically yet")
         return self.mlp
@@ -146,6 +174,7 @@ class Family:
 
     @property
     def layouts(self) -> tuple[AttentionLayout, ...]:
+        """The family's own attention layout (one or none), for the generic head path."""
         layout = self.attention.layout if self.attention is not None else self.attention_layout
         return (layout,) if layout is not None else ()
 
@@ -188,7 +217,8 @@ def family_of(model: nn.Module) -> Family | None:
 
 def family_for(model: nn.Module) -> Family:
     """The causal-LM family of ``model``, for the layer-wise runner and the ``llm-*`` methods;
-    :class:`UnsupportedModuleError` lists the supported ones (an encoder's family is refused too)."""
+    :class:`~prunekit.errors.UnsupportedModuleError` lists the supported ones (an encoder's family is refused
+    too)."""
     found = family_of(model)
     if found is not None and found.decoder:
         return found
@@ -254,10 +284,10 @@ def has_family(model: nn.Module) -> bool:
 
 def prunable_linears(layer: nn.Module) -> dict[str, nn.Module]:
     """Every Linear (and GPT-2 style Conv1D) inside one block, by name relative to the block."""
-    return {name: mod for name, mod in layer.named_modules() if is_linear(mod)}
+    return {name: mod for name, mod in layer.named_modules() if _is_linear(mod)}
 
 
-def is_linear(module: nn.Module) -> bool:
+def _is_linear(module: nn.Module) -> bool:
     """A fully connected layer: ``nn.Linear`` or transformers' ``Conv1D`` (a Linear stored transposed)."""
     layout = weight_layout(module)  # by what the module is, also once a parametrization renamed its class
     return layout is not None and layout.kind in ("linear", "hf-conv1d")

@@ -19,9 +19,9 @@ from prunekit.criteria.gradients import accumulate_gradients
 __all__ = [
     "BUILTIN",
     "CRITERIA",
-    "LEVELS",
     "Criterion",
     "CriterionLevelError",
+    "LEVELS",
     "ScoreInput",
     "accumulate_gradients",
     "criteria_for",

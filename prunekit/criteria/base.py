@@ -32,6 +32,20 @@ from prunekit.errors import ConfigError, DataError, MissingDataError, PrunekitEr
 from prunekit.layout import WeightLayout
 from prunekit.registry import Registry
 
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "CriterionLevelError",
+    "LEVELS",
+    "ScoreInput",
+    "criteria_for",
+    "criterion",
+    "key_generator",
+    "lp",
+    "register",
+    "resolve_criterion",
+]
+
 LEVELS = frozenset({"element", "channel", "head", "layer"})
 LEVEL_WORDS = {
     "element": "single weights, N:M groups and tiles",
@@ -59,16 +73,19 @@ class ScoreInput:
 
     @property
     def groups(self) -> int:
+        """The layer's convolution group count (1 without a layout)."""
         return self.layout.groups if self.layout is not None else 1
 
     @property
     def generator(self) -> torch.Generator:
+        """A random stream seeded from ``(seed, key)`` (:func:`key_generator`), made once per input."""
         if self._generator is None:
             self._generator = key_generator(self.seed, self.key)
         return self._generator
 
     def require(self, name: str, criterion: str) -> Tensor:
-        """A statistic of this layer, or :class:`MissingDataError` saying what to pass."""
+        """A statistic of this layer by its :data:`~prunekit.calibration.STATISTICS` name, or
+        :class:`~prunekit.errors.MissingDataError` saying what to pass for ``criterion`` to have it."""
         value = getattr(self.stats, _FIELD.get(name, name), None)
         if value is None:
             raise MissingDataError(
@@ -84,7 +101,10 @@ class ScoreInput:
 
     def per_input(self, vec: Tensor) -> Tensor:
         """An ``[in_features]`` vector (input channels) spread over the canonical weight: every weight gets
-        the value of the input channel it reads (grouped convolutions: the channel of its group)."""
+        the value of the input channel it reads (grouped convolutions: the channel of its group).
+
+        Raises :class:`~prunekit.errors.DataError` when ``vec`` does not have one value per input channel.
+        """
         w = self.weight
         g = self.groups
         vec = vec.to(device=w.device, dtype=torch.float32).reshape(-1)
@@ -95,7 +115,10 @@ class ScoreInput:
         return per_out.reshape(*per_out.shape, *([1] * (w.dim() - 2))).expand_as(w)
 
     def per_output(self, vec: Tensor) -> Tensor:
-        """An ``[out_features]`` vector spread over the rows of the canonical weight."""
+        """An ``[out_features]`` vector spread over the rows of the canonical weight.
+
+        Raises :class:`~prunekit.errors.DataError` when ``vec`` does not have one value per output.
+        """
         w = self.weight
         vec = vec.to(device=w.device, dtype=torch.float32).reshape(-1)
         if vec.numel() != w.shape[0]:
@@ -105,8 +128,10 @@ class ScoreInput:
 
 _FIELD = {"act_norm": "act_sq", "act_mean": "act_sum", "act_zeros": "act_nonpos", "grasp_hg": "grasp_hg"}
 _HOW = {
-    "grad": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss callable",
-    "grad_sq": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss callable",
+    "grad": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss "
+    "callable",
+    "grad_sq": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss "
+    "callable",
     "act_norm": "pass calibration= batches that run the model",
     "act_mean": "pass calibration= batches that run the model",
     "act_zeros": "pass calibration= batches that run the model",
@@ -156,14 +181,18 @@ class Criterion:
     # compatibility: the gradient flag the first build exposed
     @property
     def needs_grad(self) -> bool:
+        """Whether the criterion reads gradients (``grad``, ``grad_sq`` or GraSP's ``grasp_hg``)."""
         return bool(self.needs & {"grad", "grad_sq", "grasp_hg"})
 
     @property
     def needs_data(self) -> bool:
+        """Whether the criterion needs calibration data (any statistic but SynFlow's, which needs only an
+        input shape)."""
         return bool(self.needs - {"synflow"})
 
     def check_level(self, level: str, what: str = "") -> None:
-        """Raise :class:`CriterionLevelError` when this criterion has no meaning for ``level`` units."""
+        """Raise :class:`CriterionLevelError` when this criterion has no meaning for ``level`` units (one of
+        :data:`LEVELS`); the message lists the criteria that do. ``what`` replaces the unit words in it."""
         if level not in self.levels:
             ok = ", ".join(LEVEL_WORDS[lv] for lv in sorted(self.levels))
             raise CriterionLevelError(
@@ -172,7 +201,11 @@ class Criterion:
             )
 
     def element(self, s: ScoreInput) -> Tensor:
-        """Element scores shaped like ``s.weight`` (float32); higher is more important."""
+        """Element scores shaped like ``s.weight`` (float32); higher is more important.
+
+        Raises :class:`CriterionLevelError` for a criterion that scores whole units only (no element
+        score), and :class:`~prunekit.errors.MissingDataError` when a statistic it needs was not gathered.
+        """
         if self.score is None:
             raise CriterionLevelError(f"criterion {self.name!r} scores {', '.join(sorted(self.levels))} only")
         return self.score(s).float()
@@ -197,7 +230,10 @@ CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
 def register(criterion: Criterion, *, aliases: tuple[str, ...] = ()) -> Criterion:
-    """Add a :class:`Criterion` to :data:`CRITERIA`."""
+    """Add a :class:`Criterion` to :data:`CRITERIA` under its name (and ``aliases``); returns it.
+
+    Raises :class:`~prunekit.errors.ConfigError` when a name is taken.
+    """
     CRITERIA.add(criterion.name, criterion, criterion.description, aliases=aliases)
     return criterion
 
@@ -239,11 +275,16 @@ def criteria_for(level: str) -> list[str]:
 
 
 def lp(p: float) -> Criterion:
-    """The Lp criterion ``|w|^p`` (units rank by their Lp norm), for any p > 0; name ``"l<p>"``."""
+    """The Lp criterion ``|w|^p`` (units rank by their Lp norm), for any p > 0; name ``"l<p>"``.
+
+    Raises :class:`~prunekit.errors.DataError` when ``p <= 0``.
+    """
     if not p > 0:
         raise DataError(f"the Lp criterion needs p > 0, got {p}")
-    return Criterion(f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
-                     power=float(p))
+    return Criterion(
+        f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
+        power=float(p),
+    )
 
 
 _LP_RE = re.compile(r"^l(\d+(?:\.\d+)?)$")
@@ -251,7 +292,8 @@ _LP_RE = re.compile(r"^l(\d+(?:\.\d+)?)$")
 
 def resolve_criterion(value: str | Criterion) -> Criterion:
     """A registered name, ``"l<p>"`` (``"l0.5"``, ``"l3"``: the Lp criterion with that p) or a
-    :class:`Criterion`. Raises :class:`~prunekit.errors.UnknownNameError` listing the names."""
+    :class:`Criterion`. Raises :class:`~prunekit.errors.UnknownNameError` listing the names, and
+    :class:`~prunekit.errors.ConfigError` when the name is registered to something else."""
     if isinstance(value, Criterion):
         return value
     if isinstance(value, str) and value.lower() not in CRITERIA and (m := _LP_RE.match(value.strip().lower())):

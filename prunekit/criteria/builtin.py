@@ -11,12 +11,15 @@ from torch import Tensor
 
 from prunekit.criteria.base import CRITERIA, Criterion, ScoreInput, criterion, register
 
+__all__ = ["BUILTIN", "lamp_scores"]
+
 ELEMENT = ("element",)
 
 
 def lamp_scores(squared: Tensor) -> Tensor:
     """LAMP scores of a 1-D tensor of squared magnitudes (or unit scores), same order as the input:
-    sorted ascending, ``score(u) = s_u / sum_{v >= u} s_v`` (Lee et al. 2021)."""
+    sorted ascending, ``score(u) = s_u / sum_{v >= u} s_v`` (Lee et al. 2021, "Layer-adaptive Sparsity for
+    the Magnitude-based Pruning"); the result has the input's shape and dtype."""
     flat = squared.double()
     order = torch.argsort(flat, stable=True)
     sorted_vals = flat[order]

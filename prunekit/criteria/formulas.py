@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["block_influence", "fluctuation", "magnitude", "sparsegpt", "wanda"]
 
 
 def magnitude(weight: Tensor) -> Tensor:
-    """``|W_ij|``: the classic magnitude criterion."""
+    """``|W_ij|``, shaped like ``weight``: the classic magnitude criterion (Han et al. 2015, "Learning both
+    Weights and Connections for Efficient Neural Networks")."""
     return weight.abs()
 
 
@@ -25,9 +27,11 @@ def wanda(weight: Tensor, sq_norms: Tensor) -> Tensor:
 
 
 def sparsegpt(weight: Tensor, hinv_diag: Tensor) -> Tensor:
-    """SparseGPT / OBS saliency (Frantar & Alistarh 2023): ``w_ij^2 / [H^-1]_jj^2`` (Cholesky-factor diagonal).
+    """SparseGPT / OBS saliency (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be
+    Accurately Pruned in One-Shot"): ``w_ij^2 / [H^-1]_jj^2`` (Cholesky-factor diagonal).
 
-    ``weight`` [out, in] with ``hinv_diag`` [in], or a batch of problems [groups, out, in] with [groups, in]."""
+    ``weight`` [out, in] with ``hinv_diag`` [in], or a batch of problems [groups, out, in] with [groups, in];
+    the scores are shaped like ``weight``."""
     return weight.pow(2) / hinv_diag.pow(2).unsqueeze(-2)
 
 
@@ -35,12 +39,18 @@ def fluctuation(mean: Tensor, sq_mean: Tensor, weight: Tensor) -> Tensor:
     """FLAP (An et al. 2024): channel ``j`` of an output projection's input scores ``Var(x_j) * ||W_:,j||^2``.
 
     The variance of a channel over calibration tokens says how much information is lost when it is replaced
-    by its mean (which bias compensation adds back); ``mean`` / ``sq_mean`` are E[x_j] and E[x_j^2].
+    by its mean (which bias compensation adds back); ``mean`` / ``sq_mean`` are E[x_j] and E[x_j^2], both
+    [in], ``weight`` is [out, in]; the result is [in] ("Fluctuation-based Adaptive Structured Pruning for
+    Large Language Models").
     """
     var = (sq_mean - mean.pow(2)).clamp_min(0)
     return var * weight.float().pow(2).sum(dim=0)
 
 
 def block_influence(inputs: Tensor, outputs: Tensor) -> Tensor:
-    """ShortGPT (Men et al. 2024): ``BI = 1 - cos(x_in, x_out)`` per token (mean it over tokens per layer)."""
+    """ShortGPT (Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than You
+    Expect"): ``BI = 1 - cos(x_in, x_out)`` per token (mean it over tokens per layer).
+
+    ``inputs``, ``outputs``: a block's hidden states [..., hidden]; the result is [...] (the last dim gone).
+    """
     return 1.0 - torch.nn.functional.cosine_similarity(inputs.float(), outputs.float(), dim=-1)

@@ -3,9 +3,7 @@ the training-time methods; criteria read gradients through :func:`prunekit.calib
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,8 +11,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import DataError, MissingDataError
-from prunekit.registry import Registry
 
+__all__ = ["accumulate_gradients"]
 
 Batches = Iterable[Any]
 LossFn = Callable[[nn.Module], Tensor]
@@ -38,6 +36,10 @@ def accumulate_gradients(
     ``(inputs, targets)``; the loss is ``loss_fn(outputs, targets)``, cross entropy by default. The model
     runs in eval mode (no dropout, no change to BatchNorm statistics) and every ``.grad`` it had before is
     restored afterwards, so scoring leaves the model exactly as it was.
+
+    Raises :class:`~prunekit.errors.MissingDataError` without calibration data, and
+    :class:`~prunekit.errors.DataError` when a batch is not ``(inputs, targets)`` (or a dict with inputs and
+    labels), the loss is not a finite scalar, or there is no batch.
     """
     if calibration is None:
         raise MissingDataError(
@@ -48,6 +50,7 @@ def accumulate_gradients(
     saved_grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
     saved_req = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
+
     def current(entry: Tensor | tuple[nn.Module, str]) -> Tensor:
         return getattr(entry[0], entry[1]) if isinstance(entry, tuple) else entry
 

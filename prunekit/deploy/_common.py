@@ -19,9 +19,26 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from prunekit.calls import call_model
-from prunekit.errors import CheckpointError, DataError, ModelError
 from prunekit.apply.masks import masked_parameters, remove_masks_, squash_masks_
+from prunekit.errors import CheckpointError, DataError, ModelError
+
+__all__ = [
+    "RuntimeModule",
+    "check_batch_dynamic",
+    "check_target",
+    "compare_outputs",
+    "dense_original",
+    "dynamic_shapes",
+    "export_copy",
+    "files_size",
+    "flat_outputs",
+    "flat_tensors",
+    "layer_sparsity",
+    "reference_outputs",
+    "split_inputs",
+    "staged_files",
+    "weight_sparsity",
+]
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -29,7 +46,9 @@ def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     if example_inputs is None:
         raise DataError("example_inputs is required to export a model: pass a batch as the model takes it "
                         "(a tensor, a tuple of tensors or a dict of keyword tensors)")
-    if isinstance(example_inputs, dict) or (hasattr(example_inputs, "keys") and hasattr(example_inputs, "__getitem__")):
+    if isinstance(example_inputs, dict) or (
+        hasattr(example_inputs, "keys") and hasattr(example_inputs, "__getitem__")
+    ):
         return (), {k: example_inputs[k] for k in example_inputs.keys()}
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
@@ -52,7 +71,9 @@ def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any
         if kind is inspect.Parameter.VAR_POSITIONAL:
             shapes[name] = tuple({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None for v in value)
         elif kind is inspect.Parameter.VAR_KEYWORD:
-            shapes[name] = {k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()}
+            shapes[name] = {
+                k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()
+            }
         else:
             shapes[name] = {d: auto for d in range(value.dim())} if torch.is_tensor(value) else None
     return shapes
@@ -69,7 +90,7 @@ def flat_outputs(out: Any) -> list[Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
 
 
-def private_copy(model: nn.Module) -> nn.Module:
+def _private_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` that shares no class with it.
 
     ``copy.deepcopy`` keeps the class torch creates for each parametrized module (``ParametrizedLinear``),
@@ -100,7 +121,7 @@ def export_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     if not isinstance(model, nn.Module):
         raise ModelError(f"export takes a torch.nn.Module, got {type(model).__name__}")
     notes: list[str] = []
-    prepared = private_copy(model)
+    prepared = _private_copy(model)
     masked = len(list(masked_parameters(prepared)))
     if masked:
         squash_masks_(prepared)
@@ -119,7 +140,7 @@ def dense_original(model: nn.Module) -> nn.Module | None:
     model carries no masks."""
     if not any(True for _ in masked_parameters(model)):
         return None
-    dense = private_copy(model)
+    dense = _private_copy(model)
     remove_masks_(dense)
     return dense.eval()
 
@@ -146,6 +167,7 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def reference_outputs(model: nn.Module, args: tuple, kwargs: dict) -> list[Tensor]:
+    """The PyTorch model's outputs on ``(args, kwargs)`` as a flat list of float32 tensors (no gradients)."""
     with torch.no_grad():
         return [t.detach().float() for t in flat_outputs(model(*args, **kwargs))]
 
@@ -154,7 +176,9 @@ def compare_outputs(ref: Sequence[Tensor], got: Sequence[Any], *, atol: float, r
     """Compare runtime outputs with PyTorch's: max absolute difference, relative L2 error and whether
     ``|got - ref| <= atol + rtol * |ref|`` holds everywhere (``passed``)."""
     if len(ref) != len(got):
-        raise ModelError(f"the exported model returns {len(got)} output(s), PyTorch {len(ref)}: they cannot be compared")
+        raise ModelError(
+            f"the exported model returns {len(got)} output(s), PyTorch {len(ref)}: they cannot be compared"
+        )
     max_abs, rel, passed = 0.0, 0.0, True
     for r, g in zip(ref, got):
         g = torch.as_tensor(np.asarray(g)).to(torch.float32)
@@ -182,7 +206,7 @@ def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *
     batch but fixed it while tracing fails here instead of computing wrong results later. ``fresh_run``, when
     given, runs a newly compiled model, whose first inference is then at the doubled batch (OpenVINO's
     results were seen to depend on the shape of the first inference). Returns a note;
-    raises :class:`ExportCheckError` with advice when the check fails."""
+    raises :class:`~prunekit.deploy.errors.ExportCheckError` with advice when the check fails."""
     from prunekit.deploy.errors import ExportCheckError
 
     n = tensors[0].shape[0] if tensors and tensors[0].dim() else None
@@ -196,20 +220,22 @@ def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *
     try:
         doubled = run([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
         second = run([o.detach().cpu().numpy() for o in other])
-        doubled_first = (fresh_run or run)([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
+        doubled_first = (fresh_run or run)(
+            [torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)]
+        )
     except Exception as e:  # noqa: BLE001 - a runtime failure at another batch size is the finding
         raise ExportCheckError(f"the exported graph fails at batch {2 * n} although its batch is dynamic "
                                f"({str(e).splitlines()[0][:200]}); {advice}") from None
     for a, a2, b, bf in zip(first, second, doubled, doubled_first):
         a, a2, b, bf = np.asarray(a), np.asarray(a2), np.asarray(b), np.asarray(bf)
         if b.ndim and b.shape[0] == 2 * n and a.shape[0] == n:
-            for half, a in ((b[:n], a), (b[n:], a2), (bf[:n], a), (bf[n:], a2)):
-                if half.shape != a.shape:
+            for half, ref in ((b[:n], a), (b[n:], a2), (bf[:n], a), (bf[n:], a2)):
+                if half.shape != ref.shape:
                     same = False
                 elif quantized:
-                    same = float(np.linalg.norm(half - a)) <= 0.01 * max(float(np.linalg.norm(a)), 1e-12)
+                    same = float(np.linalg.norm(half - ref)) <= 0.01 * max(float(np.linalg.norm(ref)), 1e-12)
                 else:
-                    same = bool(np.allclose(half, a, atol=atol, rtol=rtol))
+                    same = bool(np.allclose(half, ref, atol=atol, rtol=rtol))
                 if not same:
                     raise ExportCheckError(f"the exported graph computes other values at batch {2 * n} than at "
                                            f"batch {n} (its batch was fixed while tracing); {advice}")
@@ -228,16 +254,21 @@ class RuntimeModule(nn.Module):
         self.input_names = list(input_names)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+        """The runtime's outputs for the flat list of numpy inputs, in the graph's input order."""
         raise NotImplementedError
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the runtime with the inputs as the PyTorch model takes them; torch tensors come back. Raises
+        :class:`~prunekit.errors.DataError` when the number of tensor inputs is not the graph's."""
         if kwargs and all(name in kwargs for name in self.input_names) and not args:
             tensors = [kwargs[name] for name in self.input_names]
         else:
             tensors = flat_tensors(args, kwargs)
         if len(tensors) != len(self.input_names):
-            raise DataError(f"the exported model takes {len(self.input_names)} input(s) ({', '.join(self.input_names)}), "
-                            f"got {len(tensors)}")
+            raise DataError(
+                f"the exported model takes {len(self.input_names)} input(s) ({', '.join(self.input_names)}), "
+                f"got {len(tensors)}"
+            )
         outs = [torch.from_numpy(np.asarray(o)) for o in self.run([t.detach().cpu().numpy() for t in tensors])]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -269,4 +300,5 @@ def staged_files(target: Path) -> Iterator[Path]:
 
 
 def files_size(paths: Sequence[Path]) -> int:
+    """The total size in bytes of the files among ``paths`` that exist."""
     return sum(p.stat().st_size for p in paths if p.is_file())

@@ -33,6 +33,8 @@ from prunekit.deploy.errors import ExportCheckError, ExportFailedError, require
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import ConfigError
 
+__all__ = ["OrtModule", "export_onnx", "load_onnx"]
+
 #: the ONNX sparse form costs 4 bytes per value + 8 per int64 index: it is smaller below this density
 _SPARSE_DENSITY_LIMIT = 1.0 / 3.0
 
@@ -56,13 +58,15 @@ class OrtModule(RuntimeModule):
         self.threads = threads
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The session's outputs (numpy arrays) for the numpy inputs, fed by input name in graph order."""
         return self.session.run(None, dict(zip(self.input_names, inputs)))
 
 
 def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
     """An exported ``.onnx`` file as a callable module running in ONNX Runtime on the CPU at ``threads``
     intra-op threads (None: ONNX Runtime's default). Inputs as the PyTorch model took them; outputs are
-    torch tensors (a tuple when the graph has several)."""
+    torch tensors (a tuple when the graph has several). Raises :class:`~prunekit.errors.CheckpointError` when
+    the file does not exist and :class:`~prunekit.deploy.errors.RuntimeMissingError` without onnxruntime."""
     if not Path(path).is_file():
         from prunekit.errors import CheckpointError
 
@@ -70,7 +74,7 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
     return OrtModule(path, threads=threads)
 
 
-def to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True,
+def _to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True,
                  opset: int | None = None) -> None:
     """Export ``model`` (eval mode, no masks) to ``path`` with torch's ONNX exporter. Raises
     :class:`ExportFailedError` with the exporter's reason."""
@@ -92,7 +96,7 @@ def to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dyn
     program.save(str(path))
 
 
-def sparsify_initializers(path: Path) -> list[str]:
+def _sparsify_initializers(path: Path) -> list[str]:
     """Rewrite the initializers of ``path`` whose ONNX sparse form (values + int64 linear indices) is smaller
     than the dense one (density below 1/3) as ``sparse_initializer``s; returns their names. ONNX Runtime
     densifies them when it loads the model, so only the file shrinks. Models saved with external data (over
@@ -172,9 +176,12 @@ def export_onnx(
 
     Writes ``path`` (plus ``path.data`` for models over 2 GB) and ``<stem>.report.json`` beside it, all or
     nothing; an existing ``path`` is refused unless ``overwrite``. Returns a :class:`DeployReport`.
-    Raises :class:`RuntimeMissingError` without onnx / onnxscript / onnxruntime, :class:`ExportFailedError`
-    when torch's exporter cannot trace the model, :class:`ExportCheckError` when ONNX Runtime's outputs
-    differ from PyTorch's.
+    Raises :class:`~prunekit.deploy.errors.RuntimeMissingError` without onnx / onnxscript / onnxruntime,
+    :class:`~prunekit.deploy.errors.ExportFailedError` when torch's exporter cannot trace the model,
+    :class:`~prunekit.deploy.errors.ExportCheckError` when ONNX Runtime's outputs differ from PyTorch's,
+    :class:`~prunekit.errors.CheckpointError` for a target path that is not a new ``.onnx`` file (without
+    ``overwrite``), :class:`~prunekit.errors.ConfigError` for ``threads`` < 1 and
+    :class:`~prunekit.errors.DataError` for missing or unfitting example inputs.
     """
     ort = require("onnxruntime")
     require("onnx")
@@ -187,8 +194,8 @@ def export_onnx(
     report_path = target.with_name(target.stem + ".report.json")
     with staged_files(target) as tmp:
         out = tmp / target.name
-        to_onnx_file(prepared, args, kwargs, out, dynamic=dynamic, opset=opset)
-        converted = sparsify_initializers(out) if sparse_initializers else []
+        _to_onnx_file(prepared, args, kwargs, out, dynamic=dynamic, opset=opset)
+        converted = _sparsify_initializers(out) if sparse_initializers else []
         if converted:
             notes.append(f"{len(converted)} weight(s) stored as ONNX sparse initializers (density < 1/3); ONNX "
                          "Runtime densifies them on load")
@@ -274,7 +281,7 @@ def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, a
         dense_prepared, _ = export_copy(dense)
         with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
             dense_path = Path(d) / "dense.onnx"
-            to_onnx_file(dense_prepared, args, kwargs, dense_path, dynamic=dynamic, opset=opset)
+            _to_onnx_file(dense_prepared, args, kwargs, dense_path, dynamic=dynamic, opset=opset)
             dense_bytes = files_size(_onnx_files(dense_path))
             dense_session = OrtModule(dense_path, threads=threads)
             latency["vs dense onnxruntime"] = compare_latency(dense_session, session, inputs, **timing)

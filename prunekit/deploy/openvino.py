@@ -35,6 +35,16 @@ from prunekit.deploy.errors import ExportCheckError, ExportFailedError, Unsuppor
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
 
+__all__ = [
+    "OvModule",
+    "PRECISIONS",
+    "QUANTIZE_MODES",
+    "SPARSE_RATE",
+    "export_openvino",
+    "load_openvino",
+    "runtime_config",
+]
+
 QUANTIZE_MODES = (None, "int8-weights", "int8")
 PRECISIONS = ("f32", "bf16", "f16")
 #: weight sparsity from which the CPU plugin's sparse int8 kernel is switched on (measured on an AMX CPU with
@@ -48,7 +58,9 @@ class OvModule(RuntimeModule):
     def __init__(self, model_or_path: Any, config: dict[str, Any]):
         ov = require("openvino")
         core = ov.Core()
-        model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+        model = (
+            core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+        )
         self_compiled = core.compile_model(model, "CPU", config)
         names = []
         for i, inp in enumerate(self_compiled.inputs):
@@ -62,6 +74,9 @@ class OvModule(RuntimeModule):
         self.config = dict(config)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The compiled model's outputs (numpy copies) for the numpy inputs. Raises
+        :class:`~prunekit.errors.DataError` for an input whose shape the IR does not accept (a dimension the
+        export fixed)."""
         ov = require("openvino")
         for name, port, a in zip(self.input_names, self.compiled.inputs, inputs):
             if not port.get_partial_shape().compatible(ov.PartialShape(list(a.shape))):
@@ -73,6 +88,7 @@ class OvModule(RuntimeModule):
         return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
 
     def property(self, name: str) -> Any:
+        """A property of the compiled model, e.g. ``"INFERENCE_PRECISION_HINT"`` (``get_property``)."""
         return self.compiled.get_property(name)
 
     def sparse_layers(self) -> list[str]:
@@ -85,7 +101,9 @@ class OvModule(RuntimeModule):
         return out
 
 
-def runtime_config(*, precision: str = "f32", threads: int | None = 1, sparse_rate: float | None = None) -> dict[str, Any]:
+def runtime_config(
+    *, precision: str = "f32", threads: int | None = 1, sparse_rate: float | None = None
+) -> dict[str, Any]:
     """The CPU plugin settings prunekit compiles with: the inference precision hint set explicitly (the
     plugin's default on AMX / AVX-512-BF16 CPUs is bf16), latency mode with one stream, ``threads`` threads,
     and ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` when ``sparse_rate`` is given."""
@@ -100,7 +118,8 @@ def runtime_config(*, precision: str = "f32", threads: int | None = 1, sparse_ra
 def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModule:
     """An exported OpenVINO ``.xml`` compiled on the CPU with the settings recorded at export (precision hint,
     sparse-weight decompression; read from ``<stem>.report.json``; without it: f32), called like the
-    PyTorch model."""
+    PyTorch model. Raises :class:`~prunekit.errors.CheckpointError` when the file does not exist and
+    :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_openvino")
@@ -123,7 +142,9 @@ def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
             ov_model = ov.convert_model(program)
     except Exception as e:  # noqa: BLE001 - any converter failure is reported with its reason
         reason = " ".join(str(e).strip().splitlines()[:6])[:1200]
-        raise ExportFailedError(f"torch.export / openvino.convert_model could not convert {type(model).__name__}: {reason}") from None
+        raise ExportFailedError(
+            f"torch.export / openvino.convert_model could not convert {type(model).__name__}: {reason}"
+        ) from None
     # the OpenVINO model's inputs take exactly the shapes the exported graph was traced for: dimensions
     # torch.export fixed stay fixed (the converter would leave them open, and other sizes would compute
     # wrong results silently), the dynamic ones stay dynamic
@@ -203,7 +224,9 @@ def _reshape_static(ov_model: Any, args: tuple, kwargs: dict) -> None:
 
 _PRECISION_TEXT = {
     None: "fp32 weights and activations",
-    "int8-weights": "int8 weights (asymmetric, per channel; NNCF compress_weights), activations at the inference precision",
+    "int8-weights": (
+        "int8 weights (asymmetric, per channel; NNCF compress_weights), activations at the inference precision"
+    ),
     "int8": "int8 weights and activations (NNCF post-training quantisation, calibrated)",
 }
 
@@ -235,8 +258,8 @@ def export_openvino(
     Hugging Face models) with ``openvino.convert_model`` and saved with fp32 weights (no silent fp16).
     ``quantize``: None (fp32), ``"int8-weights"`` (NNCF ``compress_weights``, INT8_ASYM: weights only, no
     data needed) or ``"int8"`` (NNCF ``quantize``: int8 weights and activations, calibrated on
-    ``calibration``: batches as prunekit takes them, ``(inputs, targets)`` pairs, input tensors or dicts, at most
-    ``subset_size`` of them). ``precision``: the CPU plugin's ``INFERENCE_PRECISION_HINT`` for what is not
+    ``calibration``: batches as prunekit takes them, ``(inputs, targets)`` pairs, input tensors or dicts, at
+    most ``subset_size`` of them). ``precision``: the CPU plugin's ``INFERENCE_PRECISION_HINT`` for what is not
     int8, set explicitly (``"f32"`` by default; ``"bf16"``, ``"f16"`` when asked), because the plugin's own
     default on AMX CPUs is bf16.
 
@@ -248,33 +271,42 @@ def export_openvino(
 
     ``dynamic``: keep every input dimension the model lets vary dynamic (True; ``torch.export.Dim.AUTO``;
     the IR's inputs take exactly the traced shapes, so shapes the trace fixed are refused with a
-    :class:`DataError` rather than computed wrongly; a dimension of size 1 in the example stays fixed at 1,
-    so export with a batch of 2 or more to keep the batch dynamic; a dynamic batch is checked by running
-    the IR at twice the example's batch) or fix the example's shapes (False, often faster for small models). The exported model is run on ``example_inputs``; an fp32 export must match PyTorch
-    within ``|ov - torch| <= atol + rtol * |torch|`` (else :class:`ExportCheckError`, nothing written); a
+    :class:`~prunekit.errors.DataError` rather than computed wrongly; a dimension of size 1 in the example
+    stays fixed at 1, so export with a batch of 2 or more to keep the batch dynamic; a dynamic batch is checked
+    by running the IR at twice the example's batch) or fix the example's shapes (False, often faster for small
+    models). The exported model is run on ``example_inputs``; an fp32 export must match PyTorch within
+    ``|ov - torch| <= atol + rtol * |torch|`` (else :class:`~prunekit.deploy.errors.ExportCheckError`, nothing
+    written); a
     quantised or reduced-precision one reports its error without a threshold. Latency as in
     :func:`prunekit.deploy.export_onnx`: against the dense model exported the same way (``baseline=``, or a
     masked model's dense original) in OpenVINO, the dense model in PyTorch fp32 and the model's own PyTorch
     form, interleaved at ``threads`` threads.
 
     Writes ``path``, its ``.bin`` and ``<stem>.report.json`` (the runtime settings that
-    :func:`load_openvino` applies) all or nothing. Raises :class:`UnsupportedRuntimeOptionError` for an
-    unknown ``quantize`` / ``precision`` or ``sparse_weights=True`` without int8 activations,
-    :class:`MissingDataError` for ``quantize="int8"`` without ``calibration``, :class:`ConfigError` for
-    calibration given to a mode that does not use it, :class:`RuntimeMissingError` without openvino / nncf.
+    :func:`load_openvino` applies) all or nothing. Raises
+    :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an unknown ``quantize`` / ``precision``
+    or ``sparse_weights=True`` without int8 activations, :class:`~prunekit.errors.MissingDataError` for
+    ``quantize="int8"`` without ``calibration``, :class:`~prunekit.errors.ConfigError` for calibration given to
+    a mode that does not use it (and for ``sparse_rate`` outside (0, 1) or ``threads`` < 1),
+    :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino / nncf,
+    :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted.
     """
     if quantize not in QUANTIZE_MODES:
         raise UnsupportedRuntimeOptionError(
             f"quantize={quantize!r} is not supported; choose None (fp32), 'int8-weights' (weight-only int8) or "
             "'int8' (int8 weights and activations, needs calibration=)")
     if precision not in PRECISIONS:
-        raise UnsupportedRuntimeOptionError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+        raise UnsupportedRuntimeOptionError(
+            f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}"
+        )
     if quantize == "int8" and calibration is None:
         raise MissingDataError("quantize='int8' calibrates the activation ranges on data: pass calibration= (batches "
                                "of inputs or (inputs, targets) pairs, e.g. a few hundred samples of the training set)")
     if quantize != "int8" and calibration is not None:
-        raise ConfigError(f"calibration= is used only by quantize='int8' (int8 activations); with quantize={quantize!r} "
-                          "it would be ignored: drop it or pass quantize='int8'")
+        raise ConfigError(
+            f"calibration= is used only by quantize='int8' (int8 activations); with quantize={quantize!r} "
+            "it would be ignored: drop it or pass quantize='int8'"
+        )
     if sparse_weights and quantize != "int8":
         raise UnsupportedRuntimeOptionError(
             "OpenVINO's sparse-weight decompression runs int8 fully connected layers only (int8 weights and "

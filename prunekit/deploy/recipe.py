@@ -33,6 +33,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError, UnknownNameError
 
+__all__ = ["DATA", "ExportStage", "FineTuneStage", "PruneStage", "QuantizeStage", "Recipe", "RecipeResult", "STAGES"]
+
 DATA = ("mnist", "fashion-mnist")
 
 
@@ -128,8 +130,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: Any) -> Recipe:
-        """Parse and validate a recipe mapping (as read from YAML). Raises :class:`ConfigError` naming the
-        offending field and what it accepts."""
+        """Parse and validate a recipe mapping (as read from YAML). Raises
+        :class:`~prunekit.errors.ConfigError` naming the offending field and what it accepts,
+        :class:`~prunekit.errors.UnknownNameError` for an unknown stage, and what :meth:`validate` raises."""
         if not isinstance(raw, dict):
             raise ConfigError(f"a recipe is a mapping with model, input_shape, stages; got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
@@ -140,7 +143,9 @@ class Recipe:
             if key not in raw:
                 raise ConfigError(f"recipe: {key} is required")
         if not isinstance(raw["stages"], list) or not raw["stages"]:
-            raise ConfigError("recipe: stages must be a non-empty list such as [{prune: {method: magnitude, sparsity: 0.5}}]")
+            raise ConfigError(
+                "recipe: stages must be a non-empty list such as [{prune: {method: magnitude, sparsity: 0.5}}]"
+            )
         stages = []
         for i, item in enumerate(raw["stages"]):
             if not isinstance(item, dict) or len(item) != 1:
@@ -158,6 +163,8 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Recipe:
+        """Read and validate the recipe YAML file at ``path`` (see :meth:`from_dict`). Raises
+        :class:`~prunekit.errors.ConfigError` when the file is missing or not valid YAML."""
         import yaml
 
         try:
@@ -169,6 +176,7 @@ class Recipe:
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as the mapping :meth:`from_dict` reads (stages as ``{stage name: options}``)."""
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["stages"] = [{_name(s): asdict(s)} for s in self.stages]
@@ -176,7 +184,12 @@ class Recipe:
 
     def validate(self) -> None:
         """Check everything that can be checked without running: names, values, stage order, what each stage
-        needs (data, an export after an OpenVINO quantisation) and the output folder."""
+        needs (data, an export after an OpenVINO quantisation) and the output folder. Raises
+        :class:`~prunekit.errors.UnknownNameError` for an unknown model spec, data set, method, backend, mode or
+        export target, :class:`~prunekit.errors.InvalidSparsityError`, :class:`~prunekit.errors.MissingDataError`
+        for a stage that needs data the recipe does not have, :class:`~prunekit.errors.ConfigError` for other
+        invalid values or orders, and :class:`~prunekit.errors.CheckpointError` for a non-empty export folder
+        without ``overwrite``."""
         from prunekit.methods.base import resolve_method
         from prunekit.models import MODELS, task_evaluation
         from prunekit.serialization import check_output_directory
@@ -184,7 +197,9 @@ class Recipe:
         if self.model.startswith("prunekit:"):
             MODELS.get(self.model.split(":", 1)[1])
         elif not (self.model.startswith("torchvision:") or Path(self.model).is_dir()):
-            raise UnknownNameError("model spec", self.model, ["torchvision:NAME", "prunekit:NAME", "a saved model directory"])
+            raise UnknownNameError(
+                "model spec", self.model, ["torchvision:NAME", "prunekit:NAME", "a saved model directory"]
+            )
         if self.data is not None and self.data not in DATA:
             raise UnknownNameError("recipe data", self.data, DATA)
         if self.eval_images < 1 or self.threads < 1:
@@ -203,8 +218,13 @@ class Recipe:
         if (f := by.get("fine_tune")) is not None:
             if not has_data:
                 raise MissingDataError("fine_tune needs data: set data: mnist or fashion-mnist in the recipe")
-            if f.epochs < 1 or f.lr <= 0 or f.batch_size < 1 or not 0 <= f.distil <= 1 or f.optimizer not in ("sgd", "adam"):
-                raise ConfigError("fine_tune: epochs and batch_size >= 1, lr > 0, distil in [0, 1], optimizer sgd or adam")
+            if (
+                f.epochs < 1 or f.lr <= 0 or f.batch_size < 1 or not 0 <= f.distil <= 1
+                or f.optimizer not in ("sgd", "adam")
+            ):
+                raise ConfigError(
+                    "fine_tune: epochs and batch_size >= 1, lr > 0, distil in [0, 1], optimizer sgd or adam"
+                )
         q, e = by.get("quantize"), by.get("export")
         if q is not None:
             if q.backend not in _QUANT_MODES:
@@ -246,6 +266,7 @@ class RecipeResult:
     export: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: the recipe, the stage rows and the export report."""
         return asdict(self)
 
     def __str__(self) -> str:
@@ -253,7 +274,8 @@ class RecipeResult:
         for s in self.stages:
             acc = f"{100 * s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
             lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
-            rows.append(f"{s['stage']:<12} {acc:>8}  {s.get('params') or 0:>10,}  {100 * (s.get('weight_sparsity') or 0):5.1f}%"
+            zeros = 100 * (s.get("weight_sparsity") or 0)
+            rows.append(f"{s['stage']:<12} {acc:>8}  {s.get('params') or 0:>10,}  {zeros:5.1f}%"
                         f"  {lat:>10}  {s['seconds']:7.1f}  {'; '.join(s.get('notes', []))}")
         return "\n".join(rows)
 
@@ -267,7 +289,9 @@ def _data(recipe: Recipe) -> tuple[tuple, tuple, str] | None:
     name = recipe.data or "mnist"
     load = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
     (x, y), (xt, yt) = load("train"), load("test")
-    note = f"{name}: train split for fine-tuning / calibration, first {recipe.eval_images} test images for accuracy"
+    note = (
+        f"{name}: train split for fine-tuning / calibration, first {recipe.eval_images} test images for accuracy"
+    )
     if spec == "prunekit:mnist-cnn" and name == "mnist":  # the pretrained CNN's own input transform
         x, xt = datasets.mnist_normalize(x), datasets.mnist_normalize(xt)
         note += " (mnist_normalize'd, as the pretrained CNN expects)"
@@ -319,7 +343,8 @@ def _run(recipe: Recipe) -> RecipeResult:
     model = build_model(recipe.model).eval()
     dense = copy.deepcopy(model)
     x = torch.randn(*recipe.input_shape, generator=torch.Generator().manual_seed(recipe.seed))
-    rows = [_row("start", model, x, test, recipe.threads, t0, [data[2]] if data else ["no data: accuracy not measured"])]
+    start_notes = [data[2]] if data else ["no data: accuracy not measured"]
+    rows = [_row("start", model, x, test, recipe.threads, t0, start_notes)]
     export_report = None
     by = {_name(s): s for s in recipe.stages}
     with ProgressBar("recipe", len(recipe.stages)) as bar:
@@ -356,7 +381,8 @@ def _run(recipe: Recipe) -> RecipeResult:
             elif name == "export":
                 export_report = _export(recipe, stage, by.get("quantize"), model, dense, x, data)
                 ev = export_report.pop("_module")
-                rows.append({**_row("export", ev, x, test, recipe.threads, t0, [f"{stage.to}: {export_report['precision']}"]),
+                export_notes = [f"{stage.to}: {export_report['precision']}"]
+                rows.append({**_row("export", ev, x, test, recipe.threads, t0, export_notes),
                              "params": None, "weight_sparsity": export_report["weight_sparsity"]})
                 bar.advance(1, f"recipe: {name}")
                 continue
@@ -376,8 +402,8 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
 
     with atomic_directory(stage.out, overwrite=stage.overwrite) as tmp:
         if stage.to == "onnx":
-            report = export_onnx(model, x, tmp / "model.onnx", baseline=dense, baseline_label="the recipe's dense model",
-                                 threads=recipe.threads)
+            report = export_onnx(model, x, tmp / "model.onnx", baseline=dense,
+                                 baseline_label="the recipe's dense model", threads=recipe.threads)
         else:
             calib = None
             if quant is not None and quant.mode == "int8":
@@ -392,5 +418,8 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
         report.files = [f.replace(str(tmp), str(stage.out)) for f in report.files]
         report.to_json(tmp / "model.report.json")
     path = Path(stage.out) / ("model.onnx" if stage.to == "onnx" else "model.xml")
-    module = load_onnx(path, threads=recipe.threads) if stage.to == "onnx" else load_openvino(path, threads=recipe.threads)
+    if stage.to == "onnx":
+        module = load_onnx(path, threads=recipe.threads)
+    else:
+        module = load_openvino(path, threads=recipe.threads)
     return {**report.to_dict(), "_module": module}

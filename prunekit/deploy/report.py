@@ -10,6 +10,8 @@ from typing import Any
 
 from prunekit.eval.latency import LatencyComparison
 
+__all__ = ["DeployReport"]
+
 
 @dataclass
 class DeployReport:
@@ -42,11 +44,13 @@ class DeployReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field, each latency comparison as its own dict."""
         d = asdict(self)
         d["latency"] = {k: v.to_dict() for k, v in self.latency.items()}
         return d
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """:meth:`to_dict` as indented JSON text, also written to ``path`` when one is given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
             Path(path).write_text(text)
@@ -54,6 +58,7 @@ class DeployReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeployReport:
+        """The inverse of :meth:`to_dict`."""
         return cls(**{**d, "latency": {k: LatencyComparison.from_dict(v) for k, v in d.get("latency", {}).items()}})
 
     def __str__(self) -> str:

@@ -19,6 +19,18 @@ from prunekit.calls import call_model
 from prunekit.deploy.errors import DeviceError
 from prunekit.errors import ConfigError, DataError, ModelError, PatternError
 
+__all__ = [
+    "LayerDecision",
+    "SemiStructuredLinear",
+    "SparseConv1x1",
+    "SparseExecution",
+    "SparseLinear",
+    "SparsifyReport",
+    "densify_",
+    "semi_structured_",
+    "sparsify_",
+]
+
 
 class SparseExecution(nn.Module):
     """Base of the swapped-in layers: holds the original module (not registered, so parameters and the
@@ -55,9 +67,11 @@ class SparseLinear(SparseExecution):
         self.format = fmt
         self.in_features, self.out_features = original.in_features, original.out_features
         self.register_buffer("sparse_weight", _to_format(_effective_weight(original), fmt), persistent=False)
-        self.register_buffer("bias_", None if original.bias is None else original.bias.detach().clone(), persistent=False)
+        bias = None if original.bias is None else original.bias.detach().clone()
+        self.register_buffer("bias_", bias, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(..., in_features)`` -> ``(..., out_features)`` through the sparse weight."""
         lead = x.shape[:-1]
         y = torch.sparse.mm(self.sparse_weight, x.reshape(-1, self.in_features).t()).t()
         if self.bias_ is not None:
@@ -65,6 +79,7 @@ class SparseLinear(SparseExecution):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
+        """``in -> out, <format>`` for the module's repr."""
         return f"{self.in_features} -> {self.out_features}, {self.format}"
 
 
@@ -78,9 +93,11 @@ class SparseConv1x1(SparseExecution):
         w = _effective_weight(original)
         self.out_channels, self.in_channels = w.shape[0], w.shape[1]
         self.register_buffer("sparse_weight", _to_format(w.reshape(w.shape[0], w.shape[1]), fmt), persistent=False)
-        self.register_buffer("bias_", None if original.bias is None else original.bias.detach().clone(), persistent=False)
+        bias = None if original.bias is None else original.bias.detach().clone()
+        self.register_buffer("bias_", bias, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(N, C, H, W)`` -> ``(N, O, H, W)`` through the sparse weight."""
         n, c, h, w = x.shape
         cols = x.permute(1, 0, 2, 3).reshape(c, n * h * w)
         y = torch.sparse.mm(self.sparse_weight, cols).reshape(self.out_channels, n, h, w).permute(1, 0, 2, 3)
@@ -89,6 +106,7 @@ class SparseConv1x1(SparseExecution):
         return y
 
     def extra_repr(self) -> str:
+        """``in -> out, 1x1, <format>`` for the module's repr."""
         return f"{self.in_channels} -> {self.out_channels}, 1x1, {self.format}"
 
 
@@ -148,14 +166,19 @@ class SparsifyReport:
 
     @property
     def swapped(self) -> list[LayerDecision]:
+        """The layers now running on a sparse kernel."""
         return [d for d in self.layers if d.format is not None]
 
     @property
     def declined(self) -> list[LayerDecision]:
+        """The layers left dense, each with its reason."""
         return [d for d in self.layers if d.format is None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threads": self.threads, "input_shapes": self.input_shapes, "layers": [asdict(d) for d in self.layers]}
+        """A JSON-able dict: threads, input shapes and every layer decision."""
+        return {
+            "threads": self.threads, "input_shapes": self.input_shapes, "layers": [asdict(d) for d in self.layers]
+        }
 
     def __str__(self) -> str:
         head = (f"sparsify_: {len(self.swapped)} of {len(self.layers)} layer(s) now run on sparse kernels "
@@ -169,7 +192,9 @@ class SparsifyReport:
         return "\n".join([head, *rows])
 
 
-def _capture_inputs(model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any) -> tuple[dict[str, Tensor], Any]:
+def _capture_inputs(
+    model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any
+) -> tuple[dict[str, Tensor], Any]:
     seen: dict[str, Tensor] = {}
     handles = []
     for name, module in layers.items():
@@ -241,8 +266,11 @@ def sparsify_(
     ``torch.inference_mode()``; outputs equal the dense ones up to float summation order. They are meant for
     inference: the original parameters leave ``model.parameters()`` (the state dict still reads as before).
     :func:`densify_` reverts bit-exactly (the original layer objects come back). Returns a
-    :class:`SparsifyReport` naming every layer with its decision and reason. Raises :class:`DataError` when
-    the model cannot run on ``example_inputs``; on any failure the model is left as it was.
+    :class:`SparsifyReport` naming every layer with its decision and reason. Raises
+    :class:`~prunekit.errors.DataError` when ``example_inputs`` is missing or the model cannot run on it,
+    :class:`~prunekit.errors.ConfigError` for invalid ``formats``, ``block_sizes``, ``min_sparsity`` or
+    ``min_speedup``, :class:`~prunekit.errors.ModelError` when ``model`` is not a module or the swapped layers
+    change its outputs; on any failure the model is left as it was.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"sparsify_ takes a torch.nn.Module, got {type(model).__name__}")
@@ -277,7 +305,9 @@ def sparsify_(
                 d.reason = "not called on the example inputs"
                 continue
             if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.float64):
-                d.reason = f"CPU sparse kernels take float32/float64 weights on the CPU, this one is {w.dtype} on {w.device}"
+                d.reason = (
+                    f"CPU sparse kernels take float32/float64 weights on the CPU, this one is {w.dtype} on {w.device}"
+                )
                 continue
             if sp < min_sparsity:
                 d.reason = f"{100 * sp:.0f}% zeros, under min_sparsity={min_sparsity:g}: not probed"
@@ -303,7 +333,9 @@ def sparsify_(
                         continue  # a kernel that disagrees is never swapped in
                 cmp = compare_latency(dense, cand, x, threads=None, budget_s=probe_budget_s, min_rounds=15)
                 d.candidates[fmt] = round(cmp.speedup, 3)
-                if cmp.verdict == "faster" and cmp.speedup >= min_speedup and (best_cmp is None or cmp.ratio < best_cmp.ratio):
+                if cmp.verdict == "faster" and cmp.speedup >= min_speedup and (
+                    best_cmp is None or cmp.ratio < best_cmp.ratio
+                ):
                     best, best_cmp = (fmt, cand), cmp
             if best is None:
                 tried = ", ".join(f"{k} {v:.2f}x" for k, v in d.candidates.items()) or "no sparse form fits"
@@ -311,7 +343,9 @@ def sparsify_(
                 continue
             d.format, d.reason = best[0], f"the probe measured {best_cmp.speedup:.2f}x (95% CI of the ratio " \
                 f"{best_cmp.ratio_low:.3f}-{best_cmp.ratio_high:.3f})"
-            d.dense_ms, d.sparse_ms, d.speedup = best_cmp.baseline.median_ms, best_cmp.candidate.median_ms, best_cmp.speedup
+            d.dense_ms, d.sparse_ms, d.speedup = (
+                best_cmp.baseline.median_ms, best_cmp.candidate.median_ms, best_cmp.speedup
+            )
             chosen[name] = best[1]
     originals = {name: layers[name] for name in chosen}
     for name, new in chosen.items():
@@ -358,9 +392,11 @@ class SemiStructuredLinear(SparseExecution):
         from torch.sparse import to_sparse_semi_structured
 
         self.sparse_weight = nn.Parameter(to_sparse_semi_structured(_effective_weight(original)), requires_grad=False)
-        self.register_buffer("bias_", None if original.bias is None else original.bias.detach().clone(), persistent=False)
+        bias = None if original.bias is None else original.bias.detach().clone()
+        self.register_buffer("bias_", bias, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``F.linear(x, W_2:4, b)``: ``(..., in_features)`` -> ``(..., out_features)``."""
         return F.linear(x, self.sparse_weight, self.bias_)
 
 
@@ -376,16 +412,18 @@ def semi_structured_(model: nn.Module, *, filter_fn: Callable[[nn.Module, str], 
     Networks"), in place; :func:`densify_` reverts. Prune with ``pattern="2:4"`` first. Returns the names of the
     layers swapped.
 
-    Raises :class:`DeviceError` without a CUDA device (the kernels exist only there: on a CPU use
-    :func:`sparsify_`), :class:`PatternError` when no Linear layer is 2:4 sparse or a selected one has a
-    weight the kernels refuse (dtype, shape); the model is then unchanged.
+    Raises :class:`~prunekit.deploy.errors.DeviceError` without a CUDA device (the kernels exist only there: on
+    a CPU use :func:`sparsify_`), :class:`~prunekit.errors.PatternError` when no Linear layer is 2:4 sparse or
+    a selected one has a weight the kernels refuse (dtype, shape); the model is then unchanged.
     """
     if not torch.cuda.is_available():
         raise DeviceError("2:4 semi-structured sparse kernels run only on a CUDA GPU and none is present; on the "
                           "CPU use prunekit.deploy.sparsify_(model, example_inputs) (CSR/BSR kernels) or export to "
                           "OpenVINO (prunekit.deploy.export_openvino)")
-    targets = {n: m for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n)) and _is_2_4(_effective_weight(m))}
+    targets = {
+        n: m for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n)) and _is_2_4(_effective_weight(m))
+    }
     if not targets:
         raise PatternError("no Linear layer of the model is 2:4 sparse; prune first with "
                            "pk.prune(model, 'magnitude', sparsity=0.5, pattern='2:4')")
@@ -393,12 +431,16 @@ def semi_structured_(model: nn.Module, *, filter_fn: Callable[[nn.Module, str], 
     for name, m in targets.items():
         w = m.weight
         if w.device.type != "cuda" or w.dtype not in (torch.float16, torch.bfloat16):
-            raise PatternError(f"{name}: the semi-structured kernels take fp16/bf16 weights on a CUDA device, this one "
-                               f"is {w.dtype} on {w.device}; call model.half().cuda() (or bfloat16) first")
+            raise PatternError(
+                f"{name}: the semi-structured kernels take fp16/bf16 weights on a CUDA device, this one "
+                f"is {w.dtype} on {w.device}; call model.half().cuda() (or bfloat16) first"
+            )
         try:
             built[name] = SemiStructuredLinear(m)
         except (RuntimeError, ValueError) as e:
-            raise PatternError(f"{name} {tuple(w.shape)}: torch.sparse.to_sparse_semi_structured refused it: {e}") from None
+            raise PatternError(
+                f"{name} {tuple(w.shape)}: torch.sparse.to_sparse_semi_structured refused it: {e}"
+            ) from None
     for name, new in built.items():
         _set_child(model, name, new)
     return list(built)

@@ -10,21 +10,26 @@
 All patch the model in place (trailing ``_``) without touching its parameters: ``state_dict`` is unchanged.
 """
 
+from prunekit.dynamic.depth import LayerRouter, LayerSkipping, calibrate_router, skip_layers_
+from prunekit.dynamic.gating import GatedNetwork, MacsCount, add_cgnet_, add_fbs_, count_macs
 from prunekit.dynamic.patching import Patch, find_patch, restore_
 from prunekit.dynamic.token_reduction import TokenReduction, default_prune_layers, merge_tokens_, prune_tokens_
 
 __all__ = [
+    "GatedNetwork",
+    "LayerRouter",
+    "LayerSkipping",
+    "MacsCount",
     "Patch",
     "TokenReduction",
+    "add_cgnet_",
+    "add_fbs_",
+    "calibrate_router",
+    "count_macs",
     "default_prune_layers",
     "find_patch",
     "merge_tokens_",
     "prune_tokens_",
     "restore_",
+    "skip_layers_",
 ]
-from prunekit.dynamic.depth import LayerRouter, LayerSkipping, calibrate_router, skip_layers_
-
-__all__ += ["LayerRouter", "LayerSkipping", "calibrate_router", "skip_layers_"]
-from prunekit.dynamic.gating import GatedNetwork, MacsCount, add_cgnet_, add_fbs_, count_macs
-
-__all__ += ["GatedNetwork", "MacsCount", "add_cgnet_", "add_fbs_", "count_macs"]

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from prunekit.dynamic.patching import Patch
 from prunekit.errors import ConfigError, DataError, UnsupportedModuleError
 
+__all__ = ["LayerRouter", "LayerSkipping", "calibrate_router", "find_decoder_layers", "skip_layers_"]
+
 
 def _llama_like(m: nn.Module) -> bool:
     att = getattr(m, "self_attn", None)
@@ -41,7 +43,7 @@ def _llama_like(m: nn.Module) -> bool:
 
 def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The decoder layers of a Llama-style causal LM (pre-norm blocks with q/k/v/o projections), found by
-    structure. Raises :class:`UnsupportedModuleError` when there are none."""
+    structure. Raises :class:`~prunekit.errors.UnsupportedModuleError` when there are none."""
     for _, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and all(_llama_like(c) for c in mod):
             return list(mod)
@@ -78,7 +80,9 @@ class LayerRouter:
 
     def threshold(self, fraction: float, never_skip: Sequence[int] = ()) -> float:
         """The one threshold ``tau`` under which ``fraction`` of all (token, layer) pairs of the calibration
-        text fall (layers in ``never_skip`` do not count as candidates but do count in the total)."""
+        text fall (layers in ``never_skip`` do not count as candidates but do count in the total); ``-inf``
+        when ``fraction`` rounds to no skip. Raises :class:`~prunekit.errors.ConfigError` for a fraction outside
+        [0, 1) or one the allowed layers cannot give."""
         if not 0 <= fraction < 1:
             raise ConfigError(f"fraction of layer computations to skip must be in [0, 1), got {fraction}")
         n_layers, n_tok = self.calibration_scores.shape
@@ -106,7 +110,8 @@ def calibrate_router(
     Two passes of the dense model: one accumulates the ridge normal equations ``(U^T U + ridge I) w = U^T BI``
     per layer, ``lambda = ridge * mean(diag(U^T U))`` (memory: ``L x D x D`` doubles), one scores the
     calibration tokens with the fitted routers.
-    Raises :class:`~prunekit.errors.DataError` when no batch is given.
+    Raises :class:`~prunekit.errors.DataError` when no batch is given (or one is not ``(B, T)``), and
+    :class:`~prunekit.errors.UnsupportedModuleError` for a model without Llama-style decoder layers.
     """
     from prunekit.progress import ProgressBar
 
@@ -202,6 +207,7 @@ class LayerSkipping(Patch):
         self._install([(layer, self._forward_for(i, layer)) for i, layer in enumerate(layers)])
 
     def reset_counts(self) -> None:
+        """Zero the counts of (token, layer) computations seen and skipped."""
         self.token_layers = 0
         self.skipped = 0
         self.skipped_per_layer = [0] * len(self.layers)
@@ -211,6 +217,8 @@ class LayerSkipping(Patch):
         return self.skipped / self.token_layers if self.token_layers else 0.0
 
     def report(self) -> dict[str, Any]:
+        """A JSON-able dict: the target fraction, threshold, never-skipped layers, the counts since
+        :meth:`reset_counts` (overall and per layer) and the router's per-layer R^2."""
         return {
             "method": "skip-layers",
             "fraction_target": self.fraction,

@@ -17,11 +17,17 @@ from torch import Tensor, nn
 
 from prunekit.dynamic.tokens import attend
 
+__all__ = ["FAMILIES", "Family", "Reduce", "describe_supported", "find_blocks"]
+
 Reduce = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 @dataclass(frozen=True)
 class Family:
+    """One kind of transformer block token reduction can run: how to recognise it (``matches``) and its
+    forward pass with a reduce step (``run``: block, tokens ``(B, N, D)``, additive key bias or None, whether
+    the class token's attention is needed, ``reduce``), and what its inputs hold."""
+
     name: str
     matches: Callable[[nn.Module], bool]
     run: Callable[[nn.Module, Tensor, Tensor | None, bool, Reduce], Tensor]
@@ -149,6 +155,7 @@ def find_blocks(model: nn.Module) -> tuple[Family, list[nn.Module], str] | None:
 
 
 def describe_supported() -> str:
+    """One sentence naming the supported block families, for error messages."""
     return (
         "torchvision VisionTransformer (vit_b_16, ...), Hugging Face ViTModel / ViTForImageClassification, "
         "and BERT-style encoders (BertModel, RobertaModel, all-MiniLM-L6-v2, ...; not decoders or "

@@ -29,6 +29,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.train.callbacks import Callback
+from prunekit.train.methods import TrainingMethod
+
+__all__ = [
+    "CGGate",
+    "CGNetCallback",
+    "FBSCallback",
+    "FBSGate",
+    "GATES",
+    "GatedNetwork",
+    "MacsCount",
+    "add_cgnet_",
+    "add_fbs_",
+    "conv_bn_pairs",
+    "count_macs",
+]
 
 _TAG = "_prunekit_gate"
 
@@ -64,6 +80,8 @@ class FBSGate(nn.Module):
         self.last: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        """Saliencies ``(B, C_out)`` for the gated convolution's input ``x`` ``(B, C_in, H, W)``: ``relu(W
+        mean_hw(|x|) + b)`` with all but the ``k`` largest per input set to 0 (all ones when ``k = C_out``)."""
         if self.k >= self.fc.out_features:  # nothing to suppress: the dense layer, exactly
             return torch.ones(x.shape[0], self.fc.out_features, dtype=x.dtype, device=x.device)
         s = F.relu(self.fc(x.abs().mean((2, 3))))
@@ -85,6 +103,10 @@ class CGGate(nn.Module):
         self.last_open: Tensor | None = None  # (B,) share of output elements that computed the rest
 
     def gate(self, conv: nn.Conv2d, x: Tensor, full: Tensor) -> Tensor:
+        """The gated output of ``conv`` on ``x`` given its dense output ``full`` ``(B, C_out, H', W')``: the
+        partial sum over the first ``p`` input channels everywhere, the rest added where the normalised partial
+        sum exceeds ``delta`` (straight-through gradient in training). Records the open share per input in
+        ``last_open``; updates the running ``std`` in training."""
         if not self.enabled:
             self.last_open = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
             return full
@@ -153,7 +175,9 @@ def add_fbs_(model: nn.Module, density: float) -> GatedNetwork:
     ``density``: the share of output channels each gated layer computes per input, in (0, 1] (1: the dense
     network, exactly). Adds a :class:`FBSGate` (trainable) per gated convolution to the model's
     ``prunekit_gates`` ModuleDict, and two hooks.
-    Raises :class:`UnsupportedModuleError` when the model has no gateable pair.
+    Raises :class:`~prunekit.errors.UnsupportedModuleError` when the model has no gateable pair or is a bare
+    container (``nn.Sequential``), and :class:`~prunekit.errors.ConfigError` for a density outside (0, 1] or a
+    model that is already gated.
     """
     if not 0 < density <= 1:
         raise ConfigError(f"density is the share of channels computed per input, in (0, 1], got {density}")
@@ -189,6 +213,10 @@ def add_cgnet_(model: nn.Module, gated_share: float, base: float = 0.25) -> Gate
     of the threshold controller (:class:`CGNetCallback`); ``base``: the share of input channels of the
     partial sum. Adds a :class:`CGGate` per gated convolution to the model's ``prunekit_gates`` ModuleDict,
     and one hook. ``gated_share = 0`` keeps every gate open: the dense network, exactly.
+
+    Raises :class:`~prunekit.errors.ConfigError` for ``gated_share`` outside [0, 1), ``base`` outside (0, 1) or
+    a model that is already gated, and :class:`~prunekit.errors.UnsupportedModuleError` when no convolution
+    qualifies or the model is a bare container.
     """
     if not 0 <= gated_share < 1 or not 0 < base < 1:
         raise ConfigError(f"cgnet takes gated_share in [0, 1) and base in (0, 1), got {gated_share}, {base}")
@@ -284,8 +312,6 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
 
 
 # ---- training-time methods: trainer callbacks, registered as `fbs` and `cgnet` ------------------------
-from prunekit.train.methods import TrainingMethod
-from prunekit.train.callbacks import Callback
 
 
 class FBSCallback(Callback):
@@ -297,6 +323,7 @@ class FBSCallback(Callback):
         self.net: GatedNetwork | None = None
 
     def on_train_begin(self, trainer: Any) -> None:
+        """Install the FBS gates on ``trainer.model`` (once) before the optimizer is built."""
         if self.net is None:
             self.net = add_fbs_(trainer.model, density=1 - self.sparsity)
 
@@ -311,10 +338,12 @@ class CGNetCallback(Callback):
         self.net: GatedNetwork | None = None
 
     def on_train_begin(self, trainer: Any) -> None:
+        """Install the channel gates on ``trainer.model`` (once) before the optimizer is built."""
         if self.net is None:
             self.net = add_cgnet_(trainer.model, gated_share=self.sparsity, base=self.base)
 
     def on_step_end(self, trainer: Any) -> None:
+        """Move every gate's thresholds by ``rate * (target - closed share)`` after the optimizer step."""
         assert self.net is not None
         with torch.no_grad():
             for gate in self.net.gates.values():

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["austen_sentences", "encode", "load_minilm"]
+
 
 def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
     """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
@@ -26,6 +28,8 @@ def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> l
 
 
 def load_minilm() -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the offline all-MiniLM-L6-v2 sentence encoder (eval mode), from the package
+    :func:`prunekit.datasets.minilm_model_dir` locates; raises what that raises when it is not installed."""
     from transformers import AutoModel, AutoTokenizer
 
     from prunekit.datasets import minilm_model_dir

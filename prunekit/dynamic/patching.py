@@ -12,6 +12,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 
+__all__ = ["Patch", "find_patch", "restore_"]
+
 _ATTR = "_prunekit_dynamic"
 
 
@@ -35,7 +37,7 @@ class Patch:
                 f"the model already carries a run-time patch ({existing.kind}); call "
                 "prunekit.dynamic.restore_(model) first (patches do not stack)"
             )
-        for module, fwd in pairs:
+        for module, _fwd in pairs:
             if "forward" in module.__dict__:
                 raise ConfigError(
                     f"module {type(module).__name__} already has its forward replaced on the instance (by another "

@@ -28,6 +28,8 @@ from prunekit.dynamic.tokens import (
 )
 from prunekit.errors import ConfigError, ModelError, UnsupportedModuleError
 
+__all__ = ["TokenReduction", "default_prune_layers", "merge_tokens_", "prune_tokens_"]
+
 
 class TokenReduction(Patch):
     """A token-reduction patch (see :func:`merge_tokens_` and :func:`prune_tokens_`).

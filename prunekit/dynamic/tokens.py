@@ -37,6 +37,7 @@ class TokenState:
 
     @property
     def tokens(self) -> int:
+        """The current number of token positions ``N`` (padding included)."""
         return int(self.real.shape[1])
 
 

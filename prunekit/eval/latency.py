@@ -27,6 +27,16 @@ from torch.nn.utils import parametrize
 
 from prunekit.calls import call_model
 
+__all__ = [
+    "LatencyComparison",
+    "SAME_WITHIN",
+    "Timing",
+    "WIDE_SPREAD",
+    "compare_latency",
+    "pinned_threads",
+    "time_model",
+]
+
 #: relative interquartile range above which a timing is flagged as too noisy to read precisely
 WIDE_SPREAD = 0.25
 #: differences smaller than this fraction are reported as "same", even when they are measurable
@@ -49,7 +59,10 @@ class Timing:
         return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else math.inf
 
     def __str__(self) -> str:
-        return f"{self.median_ms:.3f} ms (IQR {self.q1_ms:.3f}-{self.q3_ms:.3f}, {self.runs} runs, {self.threads} thread(s))"
+        return (
+            f"{self.median_ms:.3f} ms (IQR {self.q1_ms:.3f}-{self.q3_ms:.3f}, {self.runs} runs, "
+            f"{self.threads} thread(s))"
+        )
 
 
 @dataclass(frozen=True)
@@ -72,13 +85,16 @@ class LatencyComparison:
 
     @property
     def speedup(self) -> float:
+        """``1 / ratio``: how many times faster the candidate is (below 1: slower; inf for a zero ratio)."""
         return 1.0 / self.ratio if self.ratio > 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (timings nested, in milliseconds) plus ``speedup``."""
         return {**asdict(self), "speedup": self.speedup}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyComparison:
+        """The inverse of :meth:`to_dict` (``speedup`` is recomputed, not read)."""
         fields = {k: v for k, v in d.items() if k != "speedup"}
         return cls(**{**fields, "baseline": Timing(**d["baseline"]), "candidate": Timing(**d["candidate"])})
 
@@ -92,7 +108,10 @@ class LatencyComparison:
 
 @contextmanager
 def pinned_threads(threads: int | None) -> Iterator[int]:
-    """Run the block with ``torch.set_num_threads(threads)`` (None: keep the current count); restores it."""
+    """Run the block with ``torch.set_num_threads(threads)`` (None: keep the current count); restores it.
+
+    Yields the thread count in force. Raises :class:`~prunekit.errors.ConfigError` for ``threads`` < 1.
+    """
     before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -186,7 +205,8 @@ def time_model(
     """Time ``model``'s forward pass on ``inputs`` (eval mode, no grad, masks cached) at ``threads`` threads.
 
     Runs ``warmup`` untimed passes, then at least ``min_rounds`` and at most ``max_rounds`` timed ones,
-    stopping after ``budget_s`` seconds. Returns a :class:`Timing` in milliseconds.
+    stopping after ``budget_s`` seconds. Returns a :class:`Timing` in milliseconds. Raises
+    :class:`~prunekit.errors.ConfigError` for ``threads`` < 1.
     """
     modes = _eval_mode([model])
     try:
@@ -213,6 +233,7 @@ def compare_latency(
 
     Both run in eval mode without gradients, at ``threads`` threads (None: the current count). At least
     ``min_rounds`` rounds are timed, then rounds continue until ``budget_s`` seconds or ``max_rounds``.
+    Raises :class:`~prunekit.errors.ConfigError` for ``threads`` < 1.
     """
     modes = _eval_mode([baseline, candidate])
     try:

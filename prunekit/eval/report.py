@@ -22,12 +22,24 @@ from rich.table import Table
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit.apply.masks import effective_state_dict
 from prunekit.calls import call_model
 from prunekit.errors import DataError, PrunekitError
-from prunekit.eval.latency import LatencyComparison, Timing, compare_latency, time_model
-from prunekit.apply.masks import effective_state_dict
+from prunekit.eval.latency import LatencyComparison, Timing, time_model
+from prunekit.layout import is_prunable
 from prunekit.serialization import dense_bytes, sparse_bytes
-from prunekit.targets import _is_prunable
+
+__all__ = [
+    "LayerStats",
+    "ModelStats",
+    "Report",
+    "count_flops",
+    "layer_stats",
+    "measure",
+    "no_fused_attention",
+    "time_forward",
+    "weight_shapes",
+]
 
 
 @dataclass
@@ -60,11 +72,16 @@ class ModelStats:
 
     @property
     def macs(self) -> int | None:
+        """Multiply-accumulates of one forward pass: ``flops // 2`` (None when FLOPs were not counted)."""
         return None if self.flops is None else self.flops // 2
 
 
 @dataclass
 class LayerStats:
+    """One prunable layer in a :class:`Report`: its weight ``shape`` and ``params`` (count), the ``nonzero``
+    weights, the ``target`` sparsity the method gave it, why it was ``ignored`` (None: pruned) and, after
+    structural pruning, its ``shape_before``."""
+
     name: str
     shape: tuple[int, ...]
     params: int
@@ -118,7 +135,9 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), per_module
 
 
-def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
+def time_forward(
+    model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0
+) -> float:
     """Median wall time of a forward pass in milliseconds at the current thread count (see
     :func:`prunekit.eval.latency.time_model` for the spread, and :func:`prunekit.eval.latency.compare_latency` to
     compare two models)."""
@@ -137,8 +156,9 @@ def measure(
     """Measure ``model`` in eval mode (its mode is restored). FLOPs and latency need ``example_inputs``.
 
     Latency is timed at ``threads`` threads (None: the current count), median and quartiles in ms
-    (:func:`prunekit.eval.latency.time_model`). To compare two models, use :func:`prunekit.eval.latency.compare_latency`,
-    which times them interleaved.
+    (:func:`prunekit.eval.latency.time_model`). To compare two models, use
+    :func:`prunekit.eval.latency.compare_latency`, which times them interleaved. Raises
+    :class:`~prunekit.errors.DataError` when the model does not run on ``example_inputs``.
     """
     params = _effective_params(model)
     stats = ModelStats(
@@ -162,7 +182,7 @@ def measure(
             stats.flops = total
             saved = 0.0
             for name, module in model.named_modules():
-                if _is_prunable(module) and name in per_module and module.weight is not None:
+                if is_prunable(module) and name in per_module and module.weight is not None:
                     w = module.weight
                     saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
             stats.effective_flops = int(round(total - saved))
@@ -182,7 +202,7 @@ def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {
         name: tuple(m.weight.shape)
         for name, m in model.named_modules()
-        if _is_prunable(m) and isinstance(getattr(m, "weight", None), torch.Tensor)
+        if is_prunable(m) and isinstance(getattr(m, "weight", None), torch.Tensor)
     }
 
 
@@ -196,7 +216,7 @@ def layer_stats(
     a structural method ran; layers whose shape changed record it."""
     rows = []
     for name, module in model.named_modules():
-        if not _is_prunable(module) or getattr(module, "weight", None) is None:
+        if not is_prunable(module) or getattr(module, "weight", None) is None:
             continue
         w = module.weight.detach()
         rows.append(
@@ -249,6 +269,7 @@ class Report:
 
     @property
     def pruned_layers(self) -> list[LayerStats]:
+        """The layers the method pruned (those not ignored)."""
         return [layer for layer in self.layers if layer.ignored is None]
 
     @property
@@ -264,6 +285,8 @@ class Report:
         return 1.0 - self.after.nonzero_params / self.after.params if self.after.params else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: settings, both measurements, per-layer rows (with sparsity and removed fraction),
+        notes and the latency comparison."""
         return {
             "method": self.method,
             "settings": self.settings,
@@ -277,6 +300,7 @@ class Report:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """:meth:`to_dict` as indented JSON text, also written to ``path`` when one is given."""
         text = json.dumps(self.to_dict(), indent=2, default=str)
         if path is not None:
             Path(path).write_text(text)
@@ -284,6 +308,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
+        """The inverse of :meth:`to_dict` (derived fields such as ``sparsity`` are recomputed)."""
         return cls(
             method=d["method"],
             settings=d.get("settings", {}),
@@ -302,6 +327,8 @@ class Report:
         )
 
     def summary_table(self) -> Table:
+        """A rich table of before / after / ratio: parameters, non-zeros, FLOPs, latency, file sizes, and the
+        sparsity reached (or the share of parameters removed by structural pruning)."""
         t = Table(title=f"prunekit: {self.method}  {self._settings_line()}")
         t.add_column("")
         t.add_column("before", justify="right")
@@ -342,6 +369,8 @@ class Report:
         return "(physical)" in str(self.settings.get("pattern", ""))
 
     def layer_table(self) -> Table:
+        """A rich table with a row per prunable layer: sparsity and target for masks, shapes before -> after
+        and the share removed for structural pruning."""
         t = Table(title="per layer")
         if self.structural:  # shapes changed: what was removed, not zeros inside what is left
             for col in ("layer", "shape", "weights", "outputs removed", "weights removed", "note"):

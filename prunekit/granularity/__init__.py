@@ -6,16 +6,16 @@ typed value; :func:`parse_pattern` turns the command line's strings into them.
 """
 
 from prunekit.granularity.patterns import (
-    lowest_k_mask,
-    Granularity,
-    Unstructured,
     NM,
+    PATTERN_NAMES,
     Block,
     Channel,
+    Embedding,
+    Granularity,
     Head,
     Layer,
-    Embedding,
-    PATTERN_NAMES,
+    Unstructured,
+    lowest_k_mask,
     parse_pattern,
 )
 

@@ -32,6 +32,20 @@ from torch import Tensor
 
 from prunekit.errors import InvalidSparsityError, PatternError, UnknownNameError
 
+__all__ = [
+    "Block",
+    "Channel",
+    "Embedding",
+    "Granularity",
+    "Head",
+    "Layer",
+    "NM",
+    "PATTERN_NAMES",
+    "Unstructured",
+    "lowest_k_mask",
+    "parse_pattern",
+]
+
 
 def lowest_k_mask(flat: Tensor, k: int) -> Tensor:
     """Boolean mask of the ``k`` lowest entries of a 1-D tensor, in O(n).
@@ -72,6 +86,7 @@ class Granularity:
 
     @property
     def physical(self) -> bool:
+        """Whether the structural engine removes these units from the architecture (no masks); False here."""
         return False
 
     @property
@@ -86,7 +101,8 @@ class Granularity:
         return None
 
     def check(self, name: str, weight: Tensor) -> None:
-        """Raise :class:`PatternError` if this pattern cannot be applied to ``weight`` (of layer ``name``)."""
+        """Raise :class:`~prunekit.errors.PatternError` if this pattern cannot be applied to ``weight``
+        (canonical ``[out, in/groups, *kernel]``, of layer ``name``); the base class accepts every weight."""
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
         """``(sums, sizes)``: per unit, the float64 sum of ``contrib`` (shaped like the canonical weight) over
@@ -105,7 +121,11 @@ class Granularity:
     def keep_units(self, unit_scores: Tensor, unit_sizes: Tensor, sparsity: float) -> Tensor:
         """Boolean keep-flag per unit: the lowest-scoring units go until the weights removed come closest
         to ``sparsity`` of all the layer's weights (ties: lower index first); the highest-scoring unit always
-        stays, so a layer is never emptied."""
+        stays, so a layer is never emptied.
+
+        ``unit_scores``, ``unit_sizes``: 1-D, one entry per unit. Raises
+        :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside [0, 1).
+        """
         _check_sparsity(sparsity)
         keep = torch.ones_like(unit_scores, dtype=torch.bool)
         target = sparsity * float(unit_sizes.double().sum())
@@ -121,12 +141,20 @@ class Granularity:
         return keep
 
     def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
-        """Keep-mask shaped ``shape`` from one score per unit (higher = keep), at ``sparsity`` in weights."""
+        """Keep-mask shaped ``shape`` from one score per unit (higher = keep), at ``sparsity`` in weights.
+
+        ``unit_scores``, ``unit_sizes``: 1-D, in the unit order of :meth:`unit_sums`. Raises
+        :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside [0, 1).
+        """
         return self.expand(self.keep_units(unit_scores, unit_sizes, sparsity), shape)
 
     def mask(self, scores: Tensor, sparsity: float) -> Tensor:
         """Keep-mask (True = keep) that removes the lowest-scoring ``sparsity`` fraction of weights; units
-        are scored by the mean of their element scores."""
+        are scored by the mean of their element scores.
+
+        ``scores``: shaped like the canonical weight; the mask has the same shape. Raises
+        :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside [0, 1).
+        """
         _check_sparsity(sparsity)
         unit_scores, unit_sizes = self.units(scores)
         return self.mask_units(unit_scores, unit_sizes, scores.shape, sparsity)
@@ -142,23 +170,31 @@ class Unstructured(Granularity):
     kind: ClassVar[str] = "unstructured"
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        """Every weight is a unit: ``contrib`` flattened (float64) and a size of 1 each."""
         flat = contrib.reshape(-1)
         return flat.double(), torch.ones_like(flat, dtype=torch.long)
 
     def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """The element scores flattened (in their own dtype) and a size of 1 each."""
         flat = scores.reshape(-1)
         return flat, torch.ones_like(flat, dtype=torch.long)
 
     def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
+        """:meth:`mask` of the unit scores reshaped to ``shape`` (the sizes are all 1)."""
         return self.mask(unit_scores.reshape(shape), sparsity)
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        """The per-weight keep-flags reshaped to ``shape``."""
         return keep_units.reshape(shape)
 
     def mask(self, scores: Tensor, sparsity: float) -> Tensor:
+        """Keep-mask shaped like ``scores`` that drops the ``round(sparsity * numel)`` lowest weights (ties:
+        lower index first), never all of them. Raises :class:`~prunekit.errors.InvalidSparsityError` for a
+        sparsity outside [0, 1)."""
         _check_sparsity(sparsity)
         flat = scores.reshape(-1)  # never every weight: the highest-scoring one stays
-        return (~lowest_k_mask(flat, min(round(sparsity * flat.numel()), max(flat.numel() - 1, 0)))).reshape(scores.shape)
+        k = min(round(sparsity * flat.numel()), max(flat.numel() - 1, 0))
+        return (~lowest_k_mask(flat, k)).reshape(scores.shape)
 
 
 @dataclass(frozen=True)
@@ -183,9 +219,12 @@ class NM(Granularity):
 
     @property
     def fixed_sparsity(self) -> float:
+        """``1 - n / m``: an N:M pattern fixes the sparsity (0.5 for 2:4)."""
         return 1.0 - self.n / self.m
 
     def check(self, name: str, weight: Tensor) -> None:
+        """Raise :class:`~prunekit.errors.PatternError` unless ``weight`` has an input dim (``dim() >= 2``)
+        whose size is a multiple of ``m``."""
         if weight.dim() < 2:
             raise PatternError(f"N:M needs a weight with an input dim; {name} has shape {tuple(weight.shape)}")
         if weight.shape[1] % self.m:
@@ -200,23 +239,37 @@ class NM(Granularity):
         return moved.reshape(-1, self.m)
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        """Every weight is a unit (each group keeps exactly ``n``): ``contrib`` flattened in group order (the
+        input dim last, groups of ``m`` consecutive), float64, with a size of 1 each."""
         # every group keeps exactly n weights; as units for allocation each weight stands alone
         flat = self._grouped(contrib).reshape(-1)
         return flat.double(), torch.ones_like(flat, dtype=torch.long)
 
     def units(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """The element scores flattened in group order (see :meth:`unit_sums`) and a size of 1 each."""
         flat = self._grouped(scores).reshape(-1)
         return flat, torch.ones_like(flat, dtype=torch.long)
 
-    def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float | None) -> Tensor:
+    def mask_units(
+        self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float | None
+    ) -> Tensor:
+        """:meth:`mask` of unit scores given in group order (as :meth:`units` returns them), as a keep-mask
+        shaped ``shape``."""
         moved = torch.Size([shape[0], *shape[2:], shape[1]]) if len(shape) > 2 else shape
         scores = unit_scores.reshape(moved)
         return self.mask(scores.movedim(-1, 1) if len(shape) > 2 else scores, sparsity)
 
     def mask(self, scores: Tensor, sparsity: float | None = None) -> Tensor:
+        """Keep-mask shaped like ``scores`` that keeps the ``n`` highest of every ``m`` consecutive weights
+        along the input dim (ties: lower index dropped first).
+
+        Raises :class:`~prunekit.errors.InvalidSparsityError` when ``sparsity`` is given and is not
+        :attr:`fixed_sparsity`, and :class:`~prunekit.errors.PatternError` as :meth:`check` does.
+        """
         if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-9):
             raise InvalidSparsityError(
-                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; pass sparsity={self.fixed_sparsity:g}"
+                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; "
+                f"pass sparsity={self.fixed_sparsity:g}"
             )
         self.check("this weight", scores)
         groups = self._grouped(scores)
@@ -247,7 +300,9 @@ class Block(Granularity):
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rows, int) and isinstance(self.cols, int)) or self.rows < 1 or self.cols < 1:
-            raise PatternError(f"Block needs positive integer sizes, got {self.rows}x{self.cols} (e.g. Block(4, 4))")
+            raise PatternError(
+                f"Block needs positive integer sizes, got {self.rows}x{self.cols} (e.g. Block(4, 4))"
+            )
 
     def _pad(self, t: Tensor) -> tuple[Tensor, Tensor]:
         w2 = _as_2d(t).to(torch.float64)
@@ -261,12 +316,15 @@ class Block(Granularity):
         return t.reshape(R // self.rows, self.rows, C // self.cols, self.cols).transpose(1, 2)
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        """Per tile of the ``[out, in*k*k]`` view (row-major over the tile grid): the float64 sum of
+        ``contrib`` and the number of real weights in the tile (edge tiles may be smaller)."""
         padded, valid = self._pad(contrib)
         s = self._tiles(padded).sum(dim=(2, 3))
         n = self._tiles(valid).sum(dim=(2, 3))
         return s.reshape(-1), n.reshape(-1).long()
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        """One keep-flag per tile (row-major over the tile grid) as a keep-mask shaped ``shape``."""
         out = shape[0]
         inner = math.prod(shape[1:]) if len(shape) > 1 else 1
         nr, nc = -(-out // self.rows), -(-inner // self.cols)
@@ -293,11 +351,15 @@ class Channel(Granularity):
     level: ClassVar[str] = "channel"
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
+        """Per output channel (row of the canonical weight): the float64 sum of ``contrib`` and the row's
+        size. Raises :class:`~prunekit.errors.PatternError` for ``Channel(physical=True)``."""
         self._masking_only()
         s2 = _as_2d(contrib).double()
         return s2.sum(dim=1), torch.full((s2.shape[0],), s2.shape[1], dtype=torch.long)
 
     def expand(self, keep_units: Tensor, shape: torch.Size) -> Tensor:
+        """One keep-flag per output channel broadcast to a keep-mask shaped ``shape``. Raises
+        :class:`~prunekit.errors.PatternError` for ``Channel(physical=True)``."""
         self._masking_only()
         view = [shape[0]] + [1] * (len(shape) - 1)
         return keep_units.reshape(view).expand(shape).contiguous()
@@ -305,8 +367,8 @@ class Channel(Granularity):
     def _masking_only(self) -> None:
         if self.physical:
             raise PatternError(
-                "Channel(physical=True) removes channels from the architecture (the structural engine); it makes no "
-                "masks. Use Channel() for the masking form"
+                "Channel(physical=True) removes channels from the architecture (the structural engine); it makes "
+                "no masks. Use Channel() for the masking form"
             )
 
     def __str__(self) -> str:
@@ -318,6 +380,7 @@ class _Physical(Granularity):
 
     @property
     def physical(self) -> bool:
+        """True: removed from the architecture by the structural engine."""
         return True
 
     def unit_sums(self, contrib: Tensor) -> tuple[Tensor, Tensor]:
@@ -385,7 +448,8 @@ def parse_pattern(value: str | Granularity | None) -> Granularity:
     ``NM(2, 4)``; ``"4x4"`` -> ``Block(4, 4)``; ``"channel"`` (masking) / ``"physical-channel"``;
     ``"head"``, ``"layer"``, ``"embedding"``; a :class:`Granularity` is returned as it is.
 
-    Raises :class:`UnknownNameError` listing the accepted forms.
+    Raises :class:`~prunekit.errors.UnknownNameError` listing the accepted forms, and
+    :class:`~prunekit.errors.PatternError` for an N:M or block form with impossible sizes (``4:2``, ``0x4``).
     """
     if value is None:
         return Unstructured()

@@ -16,49 +16,49 @@
 Importing this package needs only torch; transformers is imported where a model is loaded.
 """
 
+from prunekit.apply.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
 from prunekit.calibration.families import FAMILIES, Family, family_for
 from prunekit.llm.data import CalibrationSet, Perplexity, calibration_batches, perplexity, token_hash
 from prunekit.llm.memory import AllocationMeter
 from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
 from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
-from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
-from prunekit.apply.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
-from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
 from prunekit.llm.recover import RecoveryReport, recover  # the function shadows the module's name
+from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
+from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
 from prunekit.llm.tasks import TaskResults, evaluate_tasks
 from prunekit.llm.throughput import Throughput, throughput  # likewise
 
 __all__ = [
-    "FAMILIES",
-    "OFFLINE_MODELS",
-    "OWL",
-    "Family",
     "AllocationMeter",
     "CalibrationSet",
+    "FAMILIES",
+    "Family",
     "LLMPruneResult",
     "LayerJob",
     "LayerVisitor",
     "MagnitudeSolver",
+    "OFFLINE_MODELS",
+    "OWL",
     "Perplexity",
+    "RecoveryReport",
     "RunSummary",
     "Solver",
     "SparseGPTSolver",
     "StructuredResult",
+    "TaskResults",
+    "Throughput",
     "WandaSolver",
-    "family_for",
     "cached_model_dir",
     "calibration_batches",
+    "evaluate_tasks",
+    "family_for",
     "load_causal_lm",
     "perplexity",
     "prune_causal_lm",
     "prune_structured",
+    "recover",
     "remove_layers_",
     "run_layerwise",
-    "token_hash",
-    "RecoveryReport",
-    "TaskResults",
-    "Throughput",
-    "evaluate_tasks",
-    "recover",
     "throughput",
+    "token_hash",
 ]

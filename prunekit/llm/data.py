@@ -18,16 +18,27 @@ from torch import Tensor, nn
 
 from prunekit.errors import DataError
 
+__all__ = [
+    "CalibrationSet",
+    "DEFAULT_EVAL_TOKENS",
+    "Perplexity",
+    "bos_prefix",
+    "calibration_batches",
+    "perplexity",
+    "token_hash",
+    "tokenize",
+]
+
 
 def token_hash(ids: Tensor) -> str:
-    """SHA-256 of token ids (as int64, little-endian) with their shape."""
+    """SHA-256 (hex) of token ids (as int64, little-endian) with their shape; any shape."""
     x = ids.detach().to("cpu", torch.int64).contiguous()
     digest = hashlib.sha256(f"int64|{tuple(x.shape)}|".encode())
     digest.update(x.numpy().tobytes())
     return digest.hexdigest()
 
 
-def text_sha256(text: str) -> str:
+def _text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -86,7 +97,11 @@ def calibration_batches(
 
     Window starts are drawn with ``torch.Generator().manual_seed(seed)``; a window begins with BOS when the
     tokenizer adds one (:func:`bos_prefix`). The protocol records the text
-    names and hashes, the tokenizer and the hash of the drawn token ids.
+    names and hashes, the tokenizer and the hash of the drawn token ids. Batches are ``[batch_size, seq_len]``
+    token ids (the last one smaller when ``batch_size`` does not divide ``n_samples``).
+
+    Raises :class:`~prunekit.errors.DataError` for ``n_samples`` or ``seq_len`` below 1 and for a text of no
+    more than ``seq_len`` tokens.
     """
     named = [("text", texts)] if isinstance(texts, str) else list(texts)
     if n_samples < 1 or seq_len < 1:
@@ -106,7 +121,7 @@ def calibration_batches(
     batches = list(windows.split(batch_size))
     protocol = {
         "texts": [name for name, _ in named],
-        "text_sha256": {name: text_sha256(t) for name, t in named},
+        "text_sha256": {name: _text_sha256(t) for name, t in named},
         "tokenizer": _tokenizer_name(tokenizer),
         "n_samples": n_samples,
         "seq_len": seq_len,
@@ -163,7 +178,11 @@ def perplexity(
     start every ``stride`` text tokens (default: disjoint windows). Each
     token is predicted at most once, by the first window that reaches it, with the context that window has;
     without BOS a window's first token is not predicted by it (so with disjoint windows the first token of
-    every window goes unpredicted, as in the usual Hugging Face recipe). ``ppl = exp(sum NLL / predicted tokens)``.
+    every window goes unpredicted, as in the usual Hugging Face recipe).
+    ``ppl = exp(sum NLL / predicted tokens)``.
+
+    Raises :class:`~prunekit.errors.DataError` for a stride outside ``(0, seq_len - BOS]``, ``max_tokens`` below
+    2, or a text of fewer than two tokens.
     """
     prefix = torch.tensor(bos_prefix(tokenizer), dtype=torch.long)
     p = prefix.numel()
@@ -200,7 +219,7 @@ def perplexity(
     nll_mean = total / count
     protocol = {
         "corpus": name,
-        "text_sha256": text_sha256(text),
+        "text_sha256": _text_sha256(text),
         "tokenizer": _tokenizer_name(tokenizer),
         "seq_len": seq_len,
         "stride": stride,

@@ -16,9 +16,15 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+__all__ = ["AllocationMeter", "tensor_bytes"]
+
 
 class AllocationMeter(TorchDispatchMode):
-    """``with AllocationMeter() as m: ...`` then ``m.peak_bytes`` (and ``m.live_bytes`` still held)."""
+    """``with AllocationMeter() as m: ...`` then ``m.peak_bytes`` (and ``m.live_bytes`` still held), in bytes.
+
+    A :class:`~torch.utils._python_dispatch.TorchDispatchMode`: it counts storages created while it is
+    active, whatever their device (meta tensors excepted).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,5 +68,6 @@ class AllocationMeter(TorchDispatchMode):
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers."""
+    """Bytes held by a module's parameters and buffers (``numel * element_size`` summed; shared tensors
+    counted each time they appear)."""
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))

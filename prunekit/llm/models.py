@@ -28,6 +28,8 @@ import torch
 
 from prunekit.errors import CheckpointError, SourceMissingError
 
+__all__ = ["OFFLINE_MODELS", "OfflineModel", "cache_dir", "cached_model_dir", "load_causal_lm"]
+
 
 @dataclass(frozen=True)
 class OfflineModel:
@@ -40,14 +42,17 @@ class OfflineModel:
     locator: str = ""  # name of the locator function in prunekit.datasets
 
     def locate(self) -> Path:
-        """Path of the GGUF file; raises :class:`SourceMissingError` naming the install command."""
+        """Path of the GGUF file (assembled into the cache first when the package ships it in parts); raises
+        :class:`~prunekit.errors.SourceMissingError` naming the install command."""
         datasets = _datasets_module()
         locator = getattr(datasets, self.locator, None) if datasets is not None and self.locator else None
         if locator is not None:
             return Path(locator())
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise SourceMissingError(f"model {self.name!r} needs the PyPI package {self.package}: run `{self.install}`")
+            raise SourceMissingError(
+                f"model {self.name!r} needs the PyPI package {self.package}: run `{self.install}`"
+            )
         folder = Path(list(spec.submodule_search_locations)[0])
         if self.gguf_file is not None:
             path = folder / self.gguf_file
@@ -109,7 +114,12 @@ def _require_transformers() -> Any:
 
 
 def cached_model_dir(name: str) -> Path:
-    """Directory holding the safetensors copy of offline model ``name`` (created on first use)."""
+    """Directory holding the safetensors copy of offline model ``name`` (created on first use).
+
+    Raises :class:`~prunekit.errors.CheckpointError` for a name not in :data:`OFFLINE_MODELS` (or GGUF weights
+    that do not fit their config) and :class:`~prunekit.errors.SourceMissingError` when the package,
+    transformers or gguf is missing.
+    """
     if name not in OFFLINE_MODELS:
         raise CheckpointError(f"no offline model named {name!r}; known: {', '.join(sorted(OFFLINE_MODELS))}")
     folder = cache_dir() / "models" / name
@@ -169,11 +179,15 @@ def _clean_cached_config(folder: Path) -> None:
         tmp.replace(path)
 
 
-def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_causal_lm(
+    name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
     """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name.
 
-    The model is returned in eval mode. Raises :class:`CheckpointError` when the name is none of these (or
-    the hub cannot be reached) and :class:`SourceMissingError` when an offline model's package is missing.
+    The model is returned in eval mode, its weights in ``dtype``. Raises
+    :class:`~prunekit.errors.CheckpointError` when the name is none of these (or the hub cannot be reached)
+    and :class:`~prunekit.errors.SourceMissingError` when an offline model's package (or transformers) is
+    missing.
     """
     transformers = _require_transformers()
     key = str(name_or_dir)

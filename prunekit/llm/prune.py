@@ -29,13 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
+from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
+from prunekit.calibration.families import family_for, prunable_linears
 from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
-from prunekit.calibration.families import family_for, prunable_linears
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
-from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 
-__all__ = ["OWL", "LLMPruneResult", "prune_causal_lm", "select_targets"]
+__all__ = ["LLMPruneResult", "OWL", "prune_causal_lm", "select_targets"]
 
 
 @dataclass
@@ -256,9 +256,10 @@ def prune_causal_lm(
 
     ``method``: "magnitude", "wanda" or "sparsegpt" (the solver); ``pattern``: None (unstructured) or N:M,
     e.g. "2:4" (then ``sparsity`` is fixed by the pattern); ``allocation``: how ``sparsity`` is spread over
-    the matrices, a name in :data:`prunekit.allocation.builtin.ALLOCATIONS` or an :class:`~prunekit.allocation.builtin.Allocation`
-    (default uniform; see the module docstring). The overall sparsity over the pruned matrices is
-    ``sparsity`` up to rounding (Wanda rounds per output row: ``round(s * in)`` weights of each).
+    the matrices, a name in :data:`prunekit.allocation.builtin.ALLOCATIONS` or an
+    :class:`~prunekit.allocation.builtin.Allocation` (default uniform; see the module docstring). The overall
+    sparsity over the pruned matrices is ``sparsity`` up to rounding (Wanda rounds per output row:
+    ``round(s * in)`` weights of each).
 
     Raises :class:`~prunekit.errors.ConfigError` for N:M with an allocation other than uniform,
     :class:`~prunekit.errors.UnknownNameError` for an unknown method or allocation,

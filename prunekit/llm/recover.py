@@ -3,8 +3,8 @@
 ``recover(model, texts_or_batches, method="lora" | "kd", ...)`` trains low-rank adapters (PyPI ``peft``,
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") on every ``nn.Linear`` but the LM
 head (the attention and MLP projections) and merges them back, so the result is a plain model of the
-pruned shapes that saves with ``save_pretrained`` and reloads through :func:`prunekit.llm.load_causal_lm`. The two methods differ in the
-objective:
+pruned shapes that saves with ``save_pretrained`` and reloads through :func:`prunekit.llm.load_causal_lm`. The
+two methods differ in the objective:
 
 * ``"lora"``: next-token cross-entropy on the text, as LLM-Pruner (Ma et al. 2023) and the Wanda paper's
   LoRA experiments recover pruned models;
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.apply.masks import get_mask, original_parameter
 from prunekit.errors import (
     ConfigError,
     DataError,
@@ -37,7 +38,6 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.apply.masks import get_mask, original_parameter
 from prunekit.progress import ProgressBar
 
 __all__ = ["RECOVERY_METHODS", "RecoveryReport", "recover"]
@@ -448,7 +448,7 @@ def recover(
         seconds = time.perf_counter() - t0
         # merge: W <- W + M * (B A) s, written to the stored weight (under a prunekit mask, its original)
         with torch.no_grad():
-            for name, layer in lora_layers.items():
+            for layer in lora_layers.values():
                 variant = layer.lora_variant.get(_ADAPTER)
                 delta = variant.delta(layer, _ADAPTER) if variant is not None else layer.get_delta_weight(_ADAPTER)
                 base = layer.get_base_layer()

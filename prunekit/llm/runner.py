@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.calibration.families import Family, family_for, prunable_linears
+from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
+
+__all__ = ["InputConsumer", "LayerJob", "LayerVisitor", "RunSummary", "as_batches", "run_layerwise"]
 
 InputConsumer = Callable[[Tensor], None]
 
@@ -47,6 +49,7 @@ class LayerJob:
     linears: dict[str, nn.Module]
 
     def full_name(self, relative: str) -> str:
+        """The model-level name of a module named ``relative`` inside this layer (``prefix.relative``)."""
         return f"{self.prefix}.{relative}"
 
 
@@ -100,6 +103,10 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     Accepts one tensor [N, T] (each row becomes a batch of one), an iterable of tensors [B, T] or [T], or
     of dicts / tokenizer outputs holding ``input_ids`` (and ``attention_mask``: padded positions are fed to
     the model but enter no statistic).
+
+    Raises :class:`~prunekit.errors.MissingDataError` for no data, no batch, or batches that are all padding,
+    and :class:`~prunekit.errors.DataError` for a batch that is not integer token ids ``[batch, seq_len]`` (or
+    a dict without ``input_ids``, or a mask of the wrong shape or values).
     """
     if calibration is None:
         raise MissingDataError(f"this method needs calibration data; {_HOW_TO_PASS}")
@@ -147,7 +154,7 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
+def _check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
     """Refuse token ids the model's input embedding has no row for (text tokenized for another model)."""
     get = getattr(model, "get_input_embeddings", None)
     size = getattr(get() if callable(get) else None, "num_embeddings", None)
@@ -190,23 +197,25 @@ def _outside_layers(model: nn.Module, layers: nn.ModuleList) -> list[nn.Module]:
     return [m for m in model.modules() if id(m) not in inside]
 
 
-def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> dict[int, torch.device]:
+def _move_outside_layers(
+    model: nn.Module, layers: nn.ModuleList, device: torch.device
+) -> dict[int, torch.device]:
     """Move parameters and buffers that are not in a decoder layer; returns where each one was."""
     before: dict[int, torch.device] = {}
     for module in _outside_layers(model, layers):
         for tensors in (module._parameters, module._buffers):
-            for key, t in tensors.items():
+            for _key, t in tensors.items():
                 if t is not None and t.device != device:
                     before[id(t)] = t.device
                     t.data = t.data.to(device)
     return before
 
 
-def model_device(model: nn.Module) -> torch.device:
+def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def capture_inputs(
+def _capture_inputs(
     model: nn.Module, batches: list[dict[str, Tensor]], adapter: Family, device: torch.device, store: torch.device
 ) -> list[_Record]:
     """Hidden states entering layer 0 and each layer's extra call arguments, per calibration batch."""
@@ -222,7 +231,9 @@ def capture_inputs(
             calls: list[tuple[tuple[Any, ...], dict[str, Any]] | None] = [None] * n
             first: list[Tensor] = []
 
-            def recorder(i: int) -> Callable[..., Tensor]:
+            def recorder(
+                i: int, calls: list[tuple[tuple[Any, ...], dict[str, Any]] | None], first: list[Tensor]
+            ) -> Callable[..., Tensor]:
                 def forward(*args: Any, **kwargs: Any) -> Tensor:
                     if args:
                         hidden, rest = args[0], tuple(args[1:])
@@ -240,7 +251,7 @@ def capture_inputs(
             # an instance-level forward (e.g. accelerate's device hooks) is put back afterwards
             own_forward = [layer.__dict__.get("forward") for layer in layers]
             for i, layer in enumerate(layers):
-                layer.forward = recorder(i)
+                layer.forward = recorder(i, calls, first)
             try:
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
             except _StopForward:
@@ -298,22 +309,27 @@ def run_layerwise(
     a model kept on the CPU is moved there one layer at a time. ``offload_activations`` keeps the hidden
     states of the calibration set on the CPU between layers. ``progress``: None shows a bar on a terminal and
     logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent.
+
+    Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what
+    :func:`as_batches` raises for the calibration data, :class:`~prunekit.errors.DataError` for token ids
+    outside the model's vocabulary and :class:`~prunekit.errors.ModelError` when the forward pass does not
+    call every decoder layer.
     """
     adapter = family_for(model)
     batches = as_batches(calibration)
-    check_vocabulary(model, batches)
-    exec_device = torch.device(device) if device is not None else model_device(model)
+    _check_vocabulary(model, batches)
+    exec_device = torch.device(device) if device is not None else _model_device(model)
     store = torch.device("cpu") if offload_activations else exec_device
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    records = capture_inputs(model, batches, adapter, exec_device, store)
+    records = _capture_inputs(model, batches, adapter, exec_device, store)
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
     with ProgressBar(description, len(layers), enabled=progress) as bar:
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
-            home = model_device(layer)
+            home = _model_device(layer)
             if home != exec_device:
                 layer.to(exec_device)
             job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))

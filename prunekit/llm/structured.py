@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.calibration.families import Attention, Family, family_for
+from prunekit.criteria import formulas as criteria
 from prunekit.errors import (
     ConfigError,
     InvalidSparsityError,
@@ -44,17 +46,24 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.criteria import formulas as criteria
-from prunekit.calibration.families import Attention, Family, family_for
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
 from prunekit.surgery.blocks import overlaps_ignored
 from prunekit.surgery.hf import head_config_fields, own_config_, record_hf_structure
 from prunekit.surgery.remove import remove_
 
+__all__ = [
+    "CRITERIA",
+    "LAYER_CRITERIA",
+    "StructuredResult",
+    "UNITS",
+    "choose_gqa_shape",
+    "prune_structured",
+    "remove_layers_",
+]
+
 UNITS = ("heads", "mlp", "layers")
 CRITERIA = ("fluctuation", "magnitude")  # of heads and MLP channels
 LAYER_CRITERIA = ("block-influence",)  # of whole decoder layers
-
 
 
 @dataclass
@@ -71,6 +80,7 @@ class StructuredResult:
 
     @property
     def removed_fraction(self) -> float:
+        """The share of the model's parameters removed (0 for an empty model)."""
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
 
@@ -101,7 +111,7 @@ class _ChannelStats:
         return self.sq / max(self.n, 1)
 
 
-def ensure_bias(linear: nn.Module) -> nn.Module:
+def _ensure_bias(linear: nn.Module) -> nn.Module:
     """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go)."""
     if not isinstance(linear, nn.Linear):
         raise UnsupportedModuleError(f"bias compensation handles nn.Linear only, not {type(linear).__name__}")
@@ -144,7 +154,8 @@ def choose_gqa_shape(
     (``q``, ``o`` scale with query heads; ``k``, ``v`` with key-value heads) is closest to ``sparsity``.
 
     ``allowed(heads, kv_heads)`` says which shapes the model's config can state (the dense shape always
-    qualifies). Ties prefer keeping more key-value groups.
+    qualifies). Ties prefer keeping more key-value groups. Raises
+    :class:`~prunekit.errors.UnsupportedModuleError` when ``n_heads`` is not a multiple of ``n_kv``.
     """
     if n_heads % n_kv:
         raise UnsupportedModuleError(f"{n_heads} query heads do not split into {n_kv} key-value groups")
@@ -278,21 +289,21 @@ class _ChannelVisitor(LayerVisitor):
         do_bias = self.compensate and self.criterion == "fluctuation" and _bias_possible(self.model, part, out)
         if do_bias:
             assert self._stats is not None
-            _compensate(ensure_bias(out), removed.to(out.weight.device), self._stats.mean)
+            _compensate(_ensure_bias(out), removed.to(out.weight.device), self._stats.mean)
         # the structural engine's surgery slices every tensor and updates the Linears' size attributes
         removal: dict[str, dict[int, Tensor]] = {}
         _drop(layer, removal, self.out_name, 1, removed)
         if self.unit == "mlp":
             for name in self.mlp.inputs:
                 if do_bias:
-                    ensure_bias(layer.get_submodule(name))
+                    _ensure_bias(layer.get_submodule(name))
                 _drop(layer, removal, name, 0, removed)
         else:
             kv_removed = torch.ones(self.n_kv * self.head_dim, dtype=torch.bool)
             kv_removed[kv_rows] = False
             for name in (self.attn.q, self.attn.k, self.attn.v):
                 if do_bias:
-                    ensure_bias(layer.get_submodule(name))
+                    _ensure_bias(layer.get_submodule(name))
             _drop(layer, removal, self.attn.q, 0, removed)
             _drop(layer, removal, self.attn.k, 0, kv_removed.nonzero().flatten())
             _drop(layer, removal, self.attn.v, 0, kv_removed.nonzero().flatten())
@@ -321,7 +332,7 @@ class _ChannelVisitor(LayerVisitor):
                 # the config now gives every layer these biases: the kept layers get zero ones (exact)
                 for prefix in self.kept_whole:
                     for name in _unit_projections(self.adapter, self.unit):
-                        ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
+                        _ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
             return
         if self.unit == "mlp":
             setattr(cfg, self.mlp.config_field, self.keep_count)
@@ -378,7 +389,9 @@ class _InfluenceVisitor(LayerVisitor):
 
 
 def remove_layers_(model: nn.Module, drop: list[int]) -> None:
-    """Physically delete decoder layers ``drop`` and renumber the rest (config, cache indices, layer types)."""
+    """Physically delete decoder layers ``drop`` (indices) and renumber the rest (config, cache indices, layer
+    types). Raises :class:`~prunekit.errors.InvalidSparsityError` when ``drop`` names every layer and
+    :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family."""
     own_config_(model)
     adapter = family_for(model)
     layers = adapter.layer_list(model)
@@ -416,7 +429,8 @@ def prune_structured(
     one of :data:`LAYER_CRITERIA` (default "block-influence"). ``bias_compensation``: heads and MLP with the
     fluctuation criterion only (default True there). Raises :class:`~prunekit.errors.UnknownNameError` for
     an unknown unit or criterion (with the valid names), :class:`~prunekit.errors.ConfigError` for
-    ``bias_compensation`` where it cannot apply, before anything changes.
+    ``bias_compensation`` where it cannot apply, :class:`~prunekit.errors.InvalidSparsityError` for a
+    sparsity outside [0, 1), before anything changes.
 
     ``ignored``: module names (``ignore=``): a decoder layer whose attention (heads), MLP (mlp) or whole
     self (layers) lies inside, equals or contains one of them is left as it is. The other layers still lose
@@ -465,8 +479,9 @@ def prune_structured(
         n_drop = round(sparsity * n_layers)
         candidates = [i for i in range(n_layers) if overlaps_ignored(layer_names[i], ignored) is None]
         if len(candidates) < n_layers:
+            kept = ", ".join(n for n in layer_names if n not in [layer_names[i] for i in candidates])
             result.notes.append(f"{n_layers - len(candidates)} decoder layer(s) kept because ignore= names them or a "
-                                f"module inside them: {', '.join(n for n in layer_names if n not in [layer_names[i] for i in candidates])}")
+                                f"module inside them: {kept}")
         if n_drop > len(candidates):
             raise NothingToPruneError(
                 f"sparsity {sparsity:g} removes {n_drop} of {n_layers} decoder layers, but ignore= leaves only "
@@ -491,10 +506,11 @@ def prune_structured(
                 visitor_c.finish(LayerJob(i, layer, f"{adapter.layers}.{i}", {}))
         visitor_c.update_config()
         if visitor_c.kept_whole:
+            what = "attention heads" if unit == "heads" else "MLP channels"
             result.notes.append(
-                f"{len(visitor_c.kept_whole)} decoder layer(s) keep their {'attention heads' if unit == 'heads' else 'MLP channels'} "
-                f"because ignore= names them: {', '.join(visitor_c.kept_whole[:8])}; layers now differ, so the sizes are "
-                "recorded in config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
+                f"{len(visitor_c.kept_whole)} decoder layer(s) keep their {what} "
+                f"because ignore= names them: {', '.join(visitor_c.kept_whole[:8])}; layers now differ, so the "
+                "sizes are recorded in config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
             )
         if unit == "heads" and visitor_c.head_fields is None:
             result.notes.append(

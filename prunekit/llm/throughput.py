@@ -58,6 +58,8 @@ class Throughput:
     raw: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: settings, tokens/s and ratios as ``[q1, median, q3]``, parameter counts and the
+        raw timings (``raw_seconds``)."""
         return {
             "reference": self.reference,
             "settings": self.settings,

@@ -5,23 +5,23 @@ structural and language-model methods (imported by :mod:`prunekit`).
 """
 
 from prunekit.methods.base import (
-    PruneRequest,
-    MethodOutcome,
-    Method,
-    M,
-    METHODS,
-    register_method,
-    ScoreMethod,
-    Magnitude,
-    Random,
-    Snip,
-    Lamp,
-    Taylor,
-    OBD,
     FPGM,
+    METHODS,
+    OBD,
     APoZ,
-    resolve_method,
+    Lamp,
+    M,
+    Magnitude,
+    Method,
+    MethodOutcome,
+    PruneRequest,
+    Random,
+    ScoreMethod,
+    Snip,
+    Taylor,
     pruner_method,
+    register_method,
+    resolve_method,
 )
 
 __all__ = [

@@ -15,12 +15,33 @@ from typing import Any, ClassVar, TypeVar
 from torch import nn
 
 from prunekit.allocation.builtin import Allocation
+from prunekit.apply.plan import Plan, Pruner
 from prunekit.criteria import Criterion, resolve_criterion
 from prunekit.errors import ConfigError
 from prunekit.granularity.patterns import Granularity
-from prunekit.apply.plan import Plan, Pruner
 from prunekit.registry import Registry
 from prunekit.targets import Target
+
+__all__ = [
+    "APoZ",
+    "FPGM",
+    "Lamp",
+    "M",
+    "METHODS",
+    "Magnitude",
+    "Method",
+    "MethodOutcome",
+    "OBD",
+    "PruneRequest",
+    "Random",
+    "ScoreMethod",
+    "Snip",
+    "Taylor",
+    "pruner_method",
+    "register_method",
+    "register_physical_composer",
+    "resolve_method",
+]
 
 
 @dataclass
@@ -62,6 +83,9 @@ class Method:
     when: str = "one-shot"  # one-shot | at-init | during-training | post-training
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Prune ``model`` in place as ``request`` says (its sparsity, pattern, allocation and targets) and
+        report the per-layer sparsity and notes. :func:`prunekit.prune` calls it inside a transaction, so a
+        method may raise any :class:`~prunekit.errors.PrunekitError` and the model is left as it was."""
         raise NotImplementedError
 
     def for_pattern(self, pattern: Granularity) -> Method:
@@ -168,6 +192,8 @@ class ScoreMethod(Method):
         return _PHYSICAL_COMPOSER(pattern.level, crit)
 
     def pruner(self, request: PruneRequest) -> Pruner:
+        """The :class:`~prunekit.apply.plan.Pruner` for ``request``: this method's criterion with the request's
+        pattern, allocation, seed and overrides (``options["overrides"]``, else the method's default)."""
         overrides = request.options.get("overrides", self.default_overrides)
         return Pruner(
             criterion=self.criterion,
@@ -179,6 +205,9 @@ class ScoreMethod(Method):
         )
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Plan with :meth:`pruner` on the request's targets and data, apply the masks, and report the layer
+        sparsities, the plan and a note per layer the plan left dense (beyond those already ignored).
+        Raises what :meth:`~prunekit.apply.plan.Pruner.plan` raises."""
         plan = self.pruner(request).plan(
             model,
             sparsity=request.sparsity,
@@ -251,7 +280,8 @@ class APoZ(ScoreMethod):
 
 def resolve_method(method: str | Method | Pruner) -> Method:
     """A registered name, a :class:`Method`, or a :class:`~prunekit.apply.plan.Pruner` (a composition without a
-    registered name: :func:`pruner_method`)."""
+    registered name: :func:`pruner_method`). Raises :class:`~prunekit.errors.UnknownNameError` for an unknown
+    name and :class:`~prunekit.errors.ConfigError` for an object that is not a :class:`Method`."""
     if isinstance(method, str):
         return METHODS.get(method)
     if isinstance(method, Pruner):

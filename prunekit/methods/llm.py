@@ -16,6 +16,8 @@ from torch import nn
 from prunekit.errors import ConfigError, PatternError
 from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
 
+__all__ = ["LM_METHOD_NAMES", "LayerwiseLLMMethod", "StructuredLLMMethod", "register"]
+
 _LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "sequential"})
 
 
@@ -43,7 +45,8 @@ class LayerwiseLLMMethod(Method):
         self.paper = paper
 
     def check_allocation(self, allocation: object) -> None:
-        """Refuse an allocation other than OWL for the ``owl-*`` aliases (:class:`ConfigError`)."""
+        """Refuse an allocation other than OWL for the ``owl-*`` aliases
+        (:class:`~prunekit.errors.ConfigError`)."""
         from prunekit.allocation.builtin import OWL
 
         if self.owl and allocation is not None and not isinstance(allocation, OWL):
@@ -54,6 +57,13 @@ class LayerwiseLLMMethod(Method):
             )
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Prune the request's targets with the solver: a causal LM of a known family decoder layer by
+        decoder layer (:func:`prunekit.llm.prune.prune_causal_lm`; targets outside the decoder layers stay
+        dense, with a note), any other model with :func:`prunekit.apply.solve.solve_layerwise`.
+
+        Raises :class:`~prunekit.errors.ConfigError` for an allocation an ``owl-*`` alias refuses and for
+        ``sequential=False`` on a causal LM, and what the solvers raise.
+        """
         from prunekit.calibration.families import has_family
         from prunekit.llm.prune import prune_causal_lm, select_targets
 
@@ -95,7 +105,8 @@ class LayerwiseLLMMethod(Method):
 
 
 class StructuredLLMMethod(Method):
-    """Physical removal of attention heads, MLP channels or whole decoder layers (see :mod:`prunekit.llm.structured`)."""
+    """Physical removal of attention heads, MLP channels or whole decoder layers (see
+    :mod:`prunekit.llm.structured`)."""
 
     needs_data = True
     structural = True
@@ -115,6 +126,12 @@ class StructuredLLMMethod(Method):
         self.paper = paper
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Remove ``request.sparsity`` of the model's units with :func:`prunekit.llm.structured.prune_structured`
+        (the options ``criterion``, ``bias_compensation``, ``device``, ``progress`` pass through).
+
+        Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured and
+        :class:`~prunekit.errors.ConfigError` for an allocation other than uniform.
+        """
         from prunekit.allocation.builtin import Uniform
         from prunekit.granularity.patterns import Unstructured
         from prunekit.llm import structured
@@ -216,7 +233,8 @@ def _add(name: str, method: Method, description: str) -> None:
 
 
 def register() -> None:
-    """Add the LLM methods to the registry (idempotent)."""
+    """Add the LLM methods to the registry (idempotent). Raises :class:`~prunekit.errors.ConfigError` when
+    another module registered one of their names."""
     for name, solver, owl, description, paper in _LAYERWISE:
         _add(name, LayerwiseLLMMethod(name, solver, owl, description, paper), description)
     for name, unit, description, paper in _STRUCTURED:

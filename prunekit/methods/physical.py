@@ -15,6 +15,8 @@ from prunekit.methods.base import Method, register_physical_composer
 from prunekit.methods.structural import LEVEL, OPTIONS, UNIT_WORDS, StructuralMethod
 from prunekit.surgery.scoring import level_criterion
 
+__all__ = ["PHYSICAL_LEVELS", "physical_method"]
+
 #: the levels a physical method removes (the structural kinds)
 PHYSICAL_LEVELS = tuple(OPTIONS)
 _DEFAULT_NAMES = {("channel", "magnitude"): "l1-channel", ("channel", "l2"): "l2-channel",

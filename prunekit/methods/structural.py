@@ -35,6 +35,8 @@ from prunekit.surgery.engine import apply_plan_, check_options, layer_sparsity, 
 from prunekit.surgery.hf import own_config_
 from prunekit.surgery.scoring import level_criterion
 
+__all__ = ["LEVEL", "OPTIONS", "StructuralMethod", "UNIT_WORDS"]
+
 _DATA = frozenset({"criterion", "loss_fn", "calib_batches", "global_cap"})
 #: the options each kind of unit honours (anything else is refused by prunekit.prune, naming these)
 OPTIONS = {
@@ -78,6 +80,7 @@ class StructuralMethod(Method):
 
     @property  # type: ignore[override]
     def options(self) -> frozenset[str]:
+        """The options this method's kind of unit honours (:data:`OPTIONS`)."""
         return OPTIONS[self.kind]
 
     def check_pattern(self, pattern: Any) -> None:
@@ -105,6 +108,15 @@ class StructuralMethod(Method):
         return level_criterion(options.get("criterion") or self.criterion, LEVEL[self.kind], UNIT_WORDS[self.kind])
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Plan the removal of ``request.sparsity`` of each unit set with the structural engine
+        (:mod:`prunekit.surgery`), then cut the model's tensors and modules; the per-layer result is the
+        share of each layer's (or set's) units removed.
+
+        Raises :class:`~prunekit.errors.PatternError` for a mask pattern, :class:`~prunekit.errors.ConfigError`
+        for options this kind does not honour, :class:`~prunekit.errors.PrunekitError` for a model that
+        carries masks, :class:`~prunekit.errors.NothingToPruneError` when the sparsity removes no unit (with
+        the smallest sparsity that would), and what the engine raises.
+        """
         self.check_pattern(request.pattern)
         opts = dict(request.options)
         unknown = set(opts) - self.options
@@ -113,7 +125,7 @@ class StructuralMethod(Method):
                               f"{', '.join(sorted(self.options))}")
         crit = self.resolve_criterion(opts)
         check_options(opts.get("round_to"), opts.get("global_cap"))
-        refuse_masked(model)
+        _refuse_masked(model)
         data = {"calibration": request.calibration, "loss_fn": opts.get("loss_fn"),
                 "calib_batches": int(opts.get("calib_batches", 8)), "seed": request.seed}
         own_config_(model)  # a config shared with another model (a teacher) must not change with this one
@@ -135,7 +147,7 @@ class StructuralMethod(Method):
                 **data,
             )
             if not plan.units_removed:
-                raise nothing_removed(request.sparsity, [g.size for g in plan.groups],
+                raise _nothing_removed(request.sparsity, [g.size for g in plan.groups],
                                       UNIT_WORDS[self.kind], "channel group" if self.kind == "channel" else
                                       "hidden-size group")
             old = apply_plan_(model, plan)
@@ -149,7 +161,7 @@ class StructuralMethod(Method):
                                exact=bool(opts.get("exact_heads", False)), ignored=request.ignored_modules,
                                **data)
             if not any(len(r) for r in hplan.remove):
-                raise nothing_removed(request.sparsity, [b.groups for b in hplan.blocks], "key/value groups",
+                raise _nothing_removed(request.sparsity, [b.groups for b in hplan.blocks], "key/value groups",
                                       "attention module", extra=hplan.notes)
             apply_head_plan_proved_(model, hplan, request.example_inputs, apply=apply_head_plan_)
             ls = {b.name: len(r) / b.groups for b, r in zip(hplan.blocks, hplan.remove)}
@@ -163,13 +175,13 @@ class StructuralMethod(Method):
                 for n in lplan.candidates:
                     parent = n.rpartition(".")[0]
                     sizes[parent] = sizes.get(parent, 0) + 1
-                raise nothing_removed(request.sparsity, list(sizes.values()), "blocks", "stack", extra=lplan.notes)
+                raise _nothing_removed(request.sparsity, list(sizes.values()), "blocks", "stack", extra=lplan.notes)
             apply_layer_plan_(model, lplan)
             return MethodOutcome({n: 1.0 for n in lplan.remove}, [str(lplan)] + lplan.notes)
         raise ConfigError(f"unknown structural kind {self.kind!r}; use one of: {', '.join(OPTIONS)}")
 
 
-def refuse_masked(model: nn.Module) -> None:
+def _refuse_masked(model: nn.Module) -> None:
     """Physical pruning of a model that carries masks is refused at once (before any tracing), naming the fix:
     its masked weights are parametrizations the structural engine does not slice."""
     from torch.nn.utils import parametrize
@@ -187,7 +199,7 @@ def refuse_masked(model: nn.Module) -> None:
         )
 
 
-def nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
+def _nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
                     extra: list[str] | None = None) -> NothingToPruneError:
     """The refusal for a structural plan that removes no unit: the sparsity is too low for the unit counts
     (every set keeps at least one unit and loses ``floor(sparsity * n)``). Names the smallest sparsity that

@@ -47,7 +47,8 @@ def save_model(
     ``source`` is the registered spec that builds the architecture (defaults to the one recorded when the
     model was built by :func:`prunekit.models.build_model`). Without a source the weights are still saved,
     and :func:`load_model` needs the architecture passed in as ``model=``. ``extra`` adds JSON-able fields
-    to the record (e.g. the example input shape).
+    to the record (e.g. the example input shape). Returns ``directory``. Raises
+    :class:`~prunekit.errors.CheckpointError` when ``model`` is not a module or ``directory`` is a file.
     """
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"save_model takes a torch.nn.Module, got {type(model).__name__}")
@@ -85,7 +86,8 @@ def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, 
     The architecture comes from ``model`` if given, else from the recorded source spec (only registered
     builders are used; no code is loaded from the directory). Weights load strictly. With
     ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
-    so that fine-tuning keeps the zeros.
+    so that fine-tuning keeps the zeros. Raises :class:`~prunekit.errors.CheckpointError` when the
+    record or weights are missing or corrupt, no architecture is known, or the weights do not fit it.
     """
     directory = Path(directory)
     record = read_record(directory)

@@ -3,10 +3,10 @@
 
 from prunekit.schedules.builtin import (
     SCHEDULES,
-    Schedule,
-    OneShot,
-    Iterative,
     Gradual,
+    Iterative,
+    OneShot,
+    Schedule,
 )
 
 __all__ = [

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from prunekit.errors import ConfigError, InvalidSparsityError
 from prunekit.registry import Registry
 
+__all__ = ["Gradual", "Iterative", "OneShot", "SCHEDULES", "Schedule"]
+
 SCHEDULES: Registry[type] = Registry("schedule")
 
 
@@ -22,7 +24,8 @@ class Schedule(ABC):
     final_sparsity: float
 
     @abstractmethod
-    def sparsity_at(self, step: int) -> float: ...
+    def sparsity_at(self, step: int) -> float:
+        """The target sparsity (fraction of weights removed, in [0, 1)) at training step or round ``step``."""
 
     def steps(self) -> list[int]:
         """The steps at which the target changes (where a pruner should act)."""
@@ -36,7 +39,8 @@ class Schedule(ABC):
 @SCHEDULES.register("one-shot", "prune once, at `at`, to the final sparsity")
 @dataclass(frozen=True)
 class OneShot(Schedule):
-    """All pruning at step ``at``."""
+    """All pruning at step ``at``. Raises :class:`~prunekit.errors.InvalidSparsityError` for a final
+    sparsity outside [0, 1)."""
 
     final_sparsity: float
     at: int = 0
@@ -45,9 +49,11 @@ class OneShot(Schedule):
         _check(self.final_sparsity)
 
     def sparsity_at(self, step: int) -> float:
+        """0 before ``at``, ``final_sparsity`` from ``at`` on."""
         return self.final_sparsity if step >= self.at else 0.0
 
     def steps(self) -> list[int]:
+        """``[at]``."""
         return [self.at]
 
 
@@ -56,7 +62,12 @@ class OneShot(Schedule):
 class Iterative(Schedule):
     """``rounds`` equal-ratio rounds, ``every`` steps apart: after round r (1-based) the sparsity is
     ``1 - (1 - final) ** (r / rounds)``, the geometric schedule of iterative magnitude pruning
-    (Han et al. 2015; Frankle & Carbin 2019)."""
+    (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural Networks"; Frankle &
+    Carbin 2019, "The Lottery Ticket Hypothesis").
+
+    Raises :class:`~prunekit.errors.InvalidSparsityError` for a final sparsity outside [0, 1) and
+    :class:`~prunekit.errors.ConfigError` unless ``rounds >= 1`` and ``every >= 1``.
+    """
 
     final_sparsity: float
     rounds: int = 5
@@ -69,15 +80,19 @@ class Iterative(Schedule):
             raise ConfigError("Iterative needs rounds >= 1 and every >= 1")
 
     def sparsity_at(self, step: int) -> float:
+        """0 before ``start``; after round r (counting the round at ``step`` itself),
+        ``1 - (1 - final) ** (r / rounds)``."""
         if step < self.start:
             return 0.0
         done = min(self.rounds, (step - self.start) // self.every + 1)
         return 1.0 - (1.0 - self.final_sparsity) ** (done / self.rounds)
 
     def steps(self) -> list[int]:
+        """The ``rounds`` steps ``start, start + every, ...``."""
         return [self.start + i * self.every for i in range(self.rounds)]
 
     def acts_at(self, step: int) -> bool:
+        """Is ``step`` one of the rounds' steps?"""
         k, r = divmod(step - self.start, self.every)
         return step >= self.start and r == 0 and k < self.rounds
 
@@ -89,6 +104,9 @@ class Gradual(Schedule):
 
     ``s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_1 - t_0)) ** 3`` for ``t_0 <= t <= t_1``, updated every
     ``frequency`` steps; ``s_i`` before ``t_0`` (0 before the first pruning step) and ``s_f`` after ``t_1``.
+
+    Raises :class:`~prunekit.errors.InvalidSparsityError` for sparsities outside [0, 1) and
+    :class:`~prunekit.errors.ConfigError` unless ``end > start`` and ``frequency >= 1``.
     """
 
     start: int
@@ -104,6 +122,8 @@ class Gradual(Schedule):
             raise ConfigError("Gradual needs end > start and frequency >= 1")
 
     def sparsity_at(self, step: int) -> float:
+        """The cubic schedule of the class docstring, held constant between updates (every ``frequency``
+        steps)."""
         if step < self.start:
             return 0.0
         if step >= self.end:
@@ -113,7 +133,9 @@ class Gradual(Schedule):
         return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - frac) ** 3
 
     def steps(self) -> list[int]:
+        """``start``, every ``frequency`` steps up to ``end`` (excluded), and ``end``."""
         return [*range(self.start, self.end, self.frequency), self.end]
 
     def acts_at(self, step: int) -> bool:
+        """Is ``step`` one of :meth:`steps`?"""
         return step == self.end or (self.start <= step < self.end and (step - self.start) % self.frequency == 0)

@@ -20,16 +20,44 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.allocation.builtin import Global
-from prunekit.criteria import resolve_criterion
 from prunekit.api import prune
-from prunekit.errors import ConfigError, InvalidSparsityError, PatternError, UnknownNameError, UnsupportedModuleError
-from prunekit.granularity.patterns import Channel, Unstructured, lowest_k_mask
-from prunekit.apply.masks import apply_mask_, get_mask, masked_parameters, original_parameter, set_mask_
-from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
+from prunekit.apply.masks import apply_mask_, masked_parameters, original_parameter, set_mask_
 from prunekit.apply.plan import LayerPlan, Plan, Pruner, element_scores, gather_statistics
+from prunekit.criteria import resolve_criterion
+from prunekit.errors import (
+    ConfigError,
+    InvalidSparsityError,
+    PatternError,
+    UnknownNameError,
+    UnsupportedModuleError,
+)
+from prunekit.granularity.patterns import Channel, Unstructured, lowest_k_mask
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
 from prunekit.schedules.builtin import Gradual
 from prunekit.targets import Target, select_targets
 from prunekit.train.callbacks import Callback
+
+__all__ = [
+    "AtInit",
+    "DynamicSparse",
+    "ERKRandom",
+    "EarlyBird",
+    "GMP",
+    "GraSP",
+    "GroupLasso",
+    "LotteryTicket",
+    "NetworkSlimming",
+    "RigL",
+    "SET",
+    "SoftFilterPruning",
+    "SynFlow",
+    "TrainingMethod",
+    "dense_gradients",
+    "drop_and_grow",
+    "grasp_importance",
+    "synflow_importance",
+    "training_callback",
+]
 
 if TYPE_CHECKING:
     from prunekit.train.trainer import Trainer
@@ -99,6 +127,10 @@ class SynFlow(Method):
     options: ClassVar[frozenset[str]] = frozenset({"rounds"})
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Prune ``model`` in place in ``rounds`` rounds of SynFlow scoring and global (or the request's)
+        allocation. Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured,
+        :class:`~prunekit.errors.ConfigError` for ``rounds`` < 1 and
+        :class:`~prunekit.errors.MissingDataError` without example inputs."""
         if not isinstance(request.pattern, Unstructured):
             raise PatternError(f"synflow prunes single weights in rounds: use pattern=None (unstructured), not "
                                f"{request.pattern}; or prunekit.Pruner(criterion='synflow', granularity=...) for one "
@@ -150,6 +182,10 @@ class GraSP(Method):
     options: ClassVar[frozenset[str]] = frozenset({"temperature", "loss_fn"})
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Score with :func:`grasp_importance` on the request's calibration data and prune once with global
+        (or the request's) allocation. Raises :class:`~prunekit.errors.PatternError` for a pattern other than
+        unstructured and :class:`~prunekit.errors.DataError` / :class:`~prunekit.errors.MissingDataError` for
+        calibration no loss can be formed from."""
         if not isinstance(request.pattern, Unstructured):
             raise PatternError(f"grasp scores single weights: use pattern=None (unstructured), not {request.pattern}; "
                                "or prunekit.Pruner(criterion='grasp', granularity=...)")
@@ -175,6 +211,8 @@ class AtInit(Callback):
         self.report: Any = None
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        """Prune ``trainer.model`` with the method before the optimizer exists, on ``calibration_batches``
+        training batches when the method needs data; the report is kept in ``self.report``."""
         m = METHODS.get(self.method)
         calib = trainer.calibration_batches(self.n) if m.needs_data else None
         example = trainer.x[:1]
@@ -210,9 +248,12 @@ class GMP(Callback):
         return self.pruner
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        """Build the pruner with its :class:`~prunekit.schedules.builtin.Gradual` schedule in steps of this round."""
         self._pruner(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
+        """Prune to the schedule's sparsity when it acts at this step (masks only shrink) and then zero the
+        optimizer state (momentum, Adam moments) at every masked position."""
         if self._pruner(trainer).step(trainer.model, trainer.step) is not None:
             _reset_momentum_of_pruned(trainer)
 
@@ -288,6 +329,7 @@ class NetworkSlimming(Callback):
         self.sparsity, self.l1, self.finetune, self.pruned = sparsity, l1, finetune, False
 
     def on_after_backward(self, trainer: Trainer) -> None:
+        """Add the L1 subgradient ``l1 * sign(gamma)`` to every BatchNorm scale's gradient (until pruned)."""
         if self.pruned:
             return
         for _, m in _bn_layers(trainer.model):
@@ -296,6 +338,8 @@ class NetworkSlimming(Callback):
                 w.grad.add_(self.l1 * torch.sign(w.detach()))
 
     def wants_another_round(self, trainer: Trainer) -> bool:
+        """After the first round: remove the channels (physically where the structural engine can, else by
+        masking BN), then ask for a fine-tuning round unless ``finetune=False``."""
         if self.pruned:
             return False
         _remove_bn_channels(trainer, self.sparsity, "slimming")
@@ -303,14 +347,17 @@ class NetworkSlimming(Callback):
         return self.finetune
 
     def on_train_end(self, trainer: Trainer) -> None:
+        """Remove the channels if training stopped before :meth:`wants_another_round` did."""
         if not self.pruned:
             _remove_bn_channels(trainer, self.sparsity, "slimming")
             self.pruned = True
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"pruned": bool}``."""
         return {"pruned": self.pruned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore whether the channels were removed."""
         self.pruned = bool(state["pruned"])
 
 
@@ -323,6 +370,7 @@ class GroupLasso(Callback):
         self.sparsity, self.lam, self.finetune, self.pruned = sparsity, lam, finetune, False
 
     def on_after_backward(self, trainer: Trainer) -> None:
+        """Add the group-lasso gradient ``lam * W_g / ||W_g||`` of every output channel (until pruned)."""
         if self.pruned:
             return
         for t in _targets(trainer.model):
@@ -341,19 +389,24 @@ class GroupLasso(Callback):
         self.pruned = True
 
     def wants_another_round(self, trainer: Trainer) -> bool:
+        """After the first round: mask the ``sparsity`` fraction of channels with the smallest L2 norm per
+        layer, then ask for a fine-tuning round unless ``finetune=False``."""
         if self.pruned:
             return False
         self._prune(trainer)
         return self.finetune
 
     def on_train_end(self, trainer: Trainer) -> None:
+        """Prune the channels if training stopped before :meth:`wants_another_round` did."""
         if not self.pruned:
             self._prune(trainer)
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"pruned": bool}``."""
         return {"pruned": self.pruned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore whether the channels were pruned."""
         self.pruned = bool(state["pruned"])
 
 
@@ -369,6 +422,7 @@ class SoftFilterPruning(Callback):
         return [t for t in _targets(model) if isinstance(t.module, nn.modules.conv._ConvNd)]
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Zero the weakest ``sparsity`` fraction of filters (L2 norm) of every convolution, without a mask."""
         with torch.no_grad():
             for t in self._convs(trainer.model):
                 w = original_parameter(t.module, t.param)
@@ -376,6 +430,7 @@ class SoftFilterPruning(Callback):
                 w.mul_(t.layout.from_canonical(keep).to(w.dtype))
 
     def on_train_end(self, trainer: Trainer) -> None:
+        """Mask the weakest filters of every convolution for good (channel masks by magnitude)."""
         convs = self._convs(trainer.model)
         if convs:
             names = {t.name for t in convs}
@@ -422,6 +477,7 @@ class DynamicSparse(Callback):
         self.updates = 0
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        """Start from random masks at ``sparsity`` with the ``allocation``'s layer sparsities (ERK by default)."""
         prune(trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed,
                  measure=False)
 
@@ -430,10 +486,14 @@ class DynamicSparse(Callback):
         return nxt % self.update_every == 0 and nxt < self.end * trainer.total_steps
 
     def on_after_backward(self, trainer: Trainer) -> None:
+        """Before an update step of a gradient-growing method (RigL): compute the dense gradients to grow by."""
         if self.grow == "gradient" and self._is_update(trainer):
             self.dense_grads = dense_gradients(trainer.model, *trainer.last_batch)
 
     def on_step_end(self, trainer: Trainer) -> None:
+        """Every ``update_every`` steps until ``end``: drop and regrow ``zeta_t`` of each layer's active
+        weights (:func:`drop_and_grow`); grown weights start at 0 and optimizer state is reset where the mask
+        changed."""
         if not (trainer.step % self.update_every == 0 and trainer.step < self.end * trainer.total_steps):
             return
         zeta = self.drop_fraction / 2 * (1 + math.cos(math.pi * trainer.step / (self.end * trainer.total_steps)))
@@ -455,9 +515,11 @@ class DynamicSparse(Callback):
         self.dense_grads = {}
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"updates": int}``: mask updates done."""
         return {"updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the count of mask updates."""
         self.updates = int(state["updates"])
 
 
@@ -507,29 +569,40 @@ class LotteryTicket(Callback):
         self.rewind_state = {k: v.detach().clone() for k, v in _plain_state(model).items()}
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        """With ``rewind_step=0``, keep the initial weights to rewind to."""
         if self.rewind_step == 0:
             self._snapshot(trainer.model)
 
     def on_step_end(self, trainer: Trainer) -> None:
+        """Keep the weights at ``rewind_step`` of the first round to rewind to."""
         if trainer.round == 0 and trainer.step == self.rewind_step and self.rewind_state is None:
             self._snapshot(trainer.model)
 
     def wants_another_round(self, trainer: Trainer) -> bool:
+        """Until ``rounds`` prunings are done: prune to the next sparsity of the geometric schedule (global
+        magnitude), rewind the surviving weights and ask for another round. Raises
+        :class:`~prunekit.errors.ConfigError` when ``rewind_step`` lies beyond the round."""
         if self.pruned_rounds >= self.rounds:
             return False
         if self.rewind_state is None:
-            raise ConfigError(f"imp: rewind_step {self.rewind_step} is beyond the {trainer.total_steps} steps of a round")
+            raise ConfigError(
+                f"imp: rewind_step {self.rewind_step} is beyond the {trainer.total_steps} steps of a round"
+            )
         self.pruned_rounds += 1
         target = 1.0 - (1.0 - self.sparsity) ** (self.pruned_rounds / self.rounds)
         prune(trainer.model, "magnitude", sparsity=target, allocation=self.allocation, measure=False)
-        rewind(trainer.model, self.rewind_state)
-        trainer.history.notes.append(f"imp round {self.pruned_rounds}: sparsity {target:.4f}, rewound to step {self.rewind_step}")
+        _rewind(trainer.model, self.rewind_state)
+        trainer.history.notes.append(
+            f"imp round {self.pruned_rounds}: sparsity {target:.4f}, rewound to step {self.rewind_step}"
+        )
         return True
 
     def state_dict(self) -> dict[str, Any]:
+        """The weights to rewind to and the prunings done."""
         return {"rewind_state": self.rewind_state, "pruned_rounds": self.pruned_rounds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the weights to rewind to and the prunings done."""
         self.rewind_state, self.pruned_rounds = state["rewind_state"], int(state["pruned_rounds"])
 
 
@@ -543,7 +616,7 @@ def _plain_state(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def rewind(model: nn.Module, state: dict[str, Tensor]) -> None:
+def _rewind(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy ``state`` (from :func:`_plain_state`) back into the model, keeping its masks."""
     current = model.state_dict()
     with torch.no_grad():
@@ -566,14 +639,18 @@ class EarlyBird(Callback):
         self.found_epoch: int | None = None
 
     def on_after_backward(self, trainer: Trainer) -> None:
+        """Network slimming's L1 penalty on BN scales, until the ticket is found."""
         if self.found_epoch is None:
             NetworkSlimming.on_after_backward(self, trainer)  # type: ignore[arg-type]
 
     @property
     def pruned(self) -> bool:  # for the shared slimming hook
+        """Whether the ticket was found and its channels removed."""
         return self.found_epoch is not None
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Take this epoch's channel mask; once the last ``window`` masks differ by less than ``epsilon``
+        (recorded as ``metrics["mask_distance"]``), remove those channels."""
         if self.found_epoch is not None:
             return
         masks = _bn_channel_masks(trainer.model, self.sparsity)
@@ -587,9 +664,11 @@ class EarlyBird(Callback):
                 _remove_bn_channels(trainer, self.sparsity, f"early-bird ticket at epoch {self.found_epoch}")
 
     def state_dict(self) -> dict[str, Any]:
+        """The recent channel masks and the epoch the ticket was found (None before)."""
         return {"history": list(self.history), "found_epoch": self.found_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the recent masks and the epoch the ticket was found."""
         self.history, self.found_epoch = list(state["history"]), state["found_epoch"]
 
 
@@ -607,6 +686,7 @@ class TrainingMethod(Method):
     when: str = "during-training"
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Always raises :class:`~prunekit.errors.ConfigError`, naming how to run the method in the trainer."""
         raise ConfigError(
             f"{self.name!r} prunes during training, not in one call: use "
             f"prunekit.train.Trainer(model, train_data, method={self.name!r}, sparsity={request.sparsity:g}).fit()"
@@ -633,7 +713,11 @@ for _name, _factory, _desc, _paper in (
 
 
 def training_callback(method: str | Callback | Method, sparsity: float | None, **options: Any) -> Callback:
-    """The trainer's view of a method: a callback. One-shot methods run at initialisation."""
+    """The trainer's view of a method: a callback. One-shot methods run at initialisation (:class:`AtInit`).
+
+    Raises :class:`~prunekit.errors.UnknownNameError` for an unknown name and
+    :class:`~prunekit.errors.InvalidSparsityError` for a missing sparsity or one outside [0, 1).
+    """
     if isinstance(method, Callback):
         return method
     m = METHODS.resolve(method) if isinstance(method, str) else method

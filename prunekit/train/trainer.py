@@ -35,17 +35,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.apply.masks import apply_mask_, masked_parameters
+from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.train.callbacks import Callback
 from prunekit.train.methods import training_callback
+
+__all__ = ["History", "TrainConfig", "Trainer"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of a training run. ``lr_schedule``: "cosine", "step" (x0.1 at 50% and 75%) or
     "constant". ``checkpoint_every``: steps between checkpoints (also written at every epoch end when a
-    checkpoint directory is given). ``kd_alpha`` > 0 distils from the teacher passed to the trainer."""
+    checkpoint directory is given). ``kd_alpha`` > 0 distils from the teacher passed to the trainer.
+
+    Raises :class:`~prunekit.errors.ConfigError` for ``epochs`` / ``batch_size`` < 1, ``lr`` <= 0, an unknown
+    optimizer or schedule, or ``kd_alpha`` outside [0, 1].
+    """
 
     epochs: int = 5
     batch_size: int = 128
@@ -79,11 +85,15 @@ class _Stop(Exception):
 
 @dataclass
 class History:
+    """What :meth:`Trainer.fit` recorded: one metrics dict per epoch (round, epoch, step, train_loss, the
+    validation loss / accuracy when there is validation data, sparsity of the masked weights) and notes."""
+
     epochs: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, float]:
+        """The last epoch's metrics (empty before any epoch)."""
         return self.epochs[-1] if self.epochs else {}
 
 
@@ -104,7 +114,12 @@ class Trainer:
 
     ``method``: a training-time pruning method name (see ``prunekit methods``) or a :class:`Callback`;
     ``sparsity`` and ``method_options`` configure it. ``teacher``: a model to distil from when
-    ``config.kd_alpha > 0`` (soft targets at ``kd_temperature``, Hinton et al. 2015).
+    ``config.kd_alpha > 0`` (soft targets at ``kd_temperature``, Hinton et al. 2015, "Distilling the
+    Knowledge in a Neural Network").
+
+    Raises :class:`~prunekit.errors.DataError` when ``train`` / ``val`` are not (inputs, labels) tensors of
+    equal length, :class:`~prunekit.errors.ConfigError` for ``kd_alpha > 0`` without a teacher, and what
+    :func:`~prunekit.train.methods.training_callback` raises for ``method``.
     """
 
     def __init__(
@@ -145,6 +160,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ``ceil(len(train) / batch_size)``, capped by ``config.steps_per_epoch``."""
         full = math.ceil(len(self.x) / self.config.batch_size)
         return min(full, self.config.steps_per_epoch) if self.config.steps_per_epoch else full
 
@@ -183,6 +199,8 @@ class Trainer:
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def lr_at(self, step: int) -> float:
+        """The learning rate at optimizer step ``step`` of a round: cosine from ``lr`` to 0, step (x0.1 at 50%
+        and 75% of the round) or constant."""
         c, total = self.config, max(1, self.total_steps)
         if c.lr_schedule == "cosine":
             return 0.5 * c.lr * (1 + math.cos(math.pi * min(step, total) / total))
@@ -194,6 +212,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
+        """``{"loss", "accuracy"}`` (mean cross entropy, share of correct top-1) on ``data`` (inputs, labels),
+        default the validation data, in eval mode. Raises :class:`~prunekit.errors.DataError` for data that
+        is not a pair of tensors of equal length."""
         x, y = _as_tensors(data, "data") if data is not None else self.val  # type: ignore[misc]
         was = self.model.training
         self.model.eval()
@@ -224,7 +245,10 @@ class Trainer:
 
     def fit(self, *, resume: bool = False) -> History:
         """Train (and evaluate each epoch when ``val`` was given). ``resume=True`` continues from the
-        latest checkpoint in ``checkpoint_dir`` (same final weights as an uninterrupted run)."""
+        latest checkpoint in ``checkpoint_dir`` (same final weights as an uninterrupted run). Returns the
+        :class:`History`. Raises :class:`~prunekit.errors.DataError` when the loss stops being finite,
+        :class:`~prunekit.errors.ConfigError` for ``resume`` without ``checkpoint_dir`` and
+        :class:`~prunekit.errors.CheckpointError` for a checkpoint that cannot be read or does not fit."""
         c = self.config
         resumed = False
         if resume:
@@ -379,7 +403,7 @@ class Trainer:
 
 def _masked_sparsity(model: nn.Module) -> float:
     total = zeros = 0
-    for _, module, pname, mask in masked_parameters(model):
+    for _, _module, _pname, mask in masked_parameters(model):
         total += mask.numel()
         zeros += int((~mask).sum())
     return zeros / total if total else 0.0

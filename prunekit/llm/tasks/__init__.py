@@ -48,6 +48,7 @@ class TaskResults:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
         return {
             "metrics": self.metrics, "items": self.items, "seconds": self.seconds, "settings": self.settings,
             "data": self.data,

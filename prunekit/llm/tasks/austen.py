@@ -30,6 +30,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "BUILD_VERSION",
+    "DEFAULT_TEXT",
+    "SIZES",
+    "build_cloze",
+    "build_lastword",
+    "cloze",
+    "data_file",
+    "data_record",
+    "lastword",
+]
+
 BUILD_VERSION = 1
 DEFAULT_TEXT = "persuasion"
 SIZES = {"lastword": 200, "cloze": 200}
@@ -48,7 +60,7 @@ _HEADING = re.compile(r"^(chapter|volume|vol\.|end of)\b", re.IGNORECASE)
 _LAST_WORD = re.compile(r"^(.*\S)\s+([A-Za-z]+)([^A-Za-z0-9\s]*)$", re.DOTALL)
 
 
-def paragraphs(text: str) -> list[str]:
+def _paragraphs(text: str) -> list[str]:
     """Paragraphs (blank-line separated) with whitespace collapsed and the italics underscores removed;
     chapter headings and lines without a sentence end are dropped."""
     out = []
@@ -59,7 +71,7 @@ def paragraphs(text: str) -> list[str]:
     return out
 
 
-def sentences(paragraph: str) -> list[str]:
+def _sentences(paragraph: str) -> list[str]:
     """Sentences of one paragraph: split after ``.``, ``!`` or ``?`` (closing quotes kept) before a capital,
     except after abbreviations such as Mr. or Esq."""
     parts: list[str] = []
@@ -77,7 +89,7 @@ def sentences(paragraph: str) -> list[str]:
 
 def _sentence_stream(text: str) -> list[tuple[int, str]]:
     """(paragraph index, sentence) over the whole text, in order."""
-    return [(i, s) for i, p in enumerate(paragraphs(text)) for s in sentences(p)]
+    return [(i, s) for i, p in enumerate(_paragraphs(text)) for s in _sentences(p)]
 
 
 def build_lastword(text: str, n: int = SIZES["lastword"], seed: int = _SEEDS["lastword"]) -> list[dict[str, Any]]:
