@@ -22,7 +22,7 @@ from prunekit.errors import (
 )
 from prunekit.eval.latency import compare_latency, time_model
 from prunekit.eval.report import Report, layer_stats, measure, weight_shapes
-from prunekit.granularity.patterns import NM, Unstructured, _check_sparsity, parse_pattern
+from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
 
@@ -102,7 +102,7 @@ def prune(
             f"unknown option(s) {sorted(unknown)} for method {m.name!r}; it accepts: "
             f"{', '.join(sorted(COMMON_OPTIONS | set(m.options)))}"
         )
-    _check_sparsity(sparsity)
+    check_sparsity(sparsity)
     gran = parse_pattern(pattern if pattern is not None else m.default_pattern)
     if m.structural and pattern is not None:
         _check_structural_pattern(m, gran)

@@ -63,7 +63,6 @@ class Selection:
     ignored: list[tuple[str, str]]  # (module name, reason)
 
 
-_is_prunable = is_prunable  # the name other modules imported before prunekit.layout existed
 
 
 def _weight_identity(module: nn.Module) -> tuple[int, ...]:
@@ -83,7 +82,7 @@ def _classifier_name(model: nn.Module) -> str | None:
     ``lm_head``). It is kept dense by default, as in most of the literature."""
     last = None
     for name, module in model.named_modules():
-        if _is_prunable(module):
+        if is_prunable(module):
             last = name
     return last
 
@@ -151,7 +150,7 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
     all_names = set()
     for name, module in model.named_modules():
         all_names.add(name)
-        if not _is_prunable(module) or getattr(module, "weight", None) is None:
+        if not is_prunable(module) or getattr(module, "weight", None) is None:
             continue
         if match(module, name):
             ignored.append((name, "ignored by the user"))

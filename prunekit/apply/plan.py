@@ -37,7 +37,7 @@ from prunekit.errors import (
     PatternError,
     PlanError,
 )
-from prunekit.granularity.patterns import NM, Granularity, Unstructured, _check_sparsity, parse_pattern
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, check_sparsity, parse_pattern
 from prunekit.schedules.builtin import Schedule
 from prunekit.targets import Ignore, Target, check_finite, select_targets
 
@@ -402,7 +402,7 @@ class Pruner:
         check_seed(self.seed)
         for name, s in (self.overrides or {}).items():
             try:
-                _check_sparsity(s)
+                check_sparsity(s)
             except InvalidSparsityError as e:
                 raise InvalidSparsityError(f"override for {name!r}: {e}") from None
 
@@ -424,7 +424,7 @@ class Pruner:
             sparsity = g.fixed_sparsity
         if sparsity is None:
             raise InvalidSparsityError("no sparsity given: pass sparsity=... (a number in [0, 1))")
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
         if isinstance(g, NM) and not math.isclose(sparsity, g.fixed_sparsity, abs_tol=1e-9):
             raise InvalidSparsityError(
                 f"pattern {g} fixes the sparsity at {g.fixed_sparsity:g}; pass sparsity={g.fixed_sparsity:g}"

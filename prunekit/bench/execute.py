@@ -168,11 +168,11 @@ def _prune(model: nn.Module, p: GridPoint, sparsity: float, data: tuple[torch.Te
 
 def _weights(model: nn.Module) -> dict[str, tuple[tuple[int, ...], int, int]]:
     """Per prunable layer: (shape, weights, non-zeros), masks applied."""
-    from prunekit.targets import _is_prunable
+    from prunekit.layout import is_prunable
 
     out = {}
     for name, module in model.named_modules():
-        if _is_prunable(module) and getattr(module, "weight", None) is not None:
+        if is_prunable(module) and getattr(module, "weight", None) is not None:
             w = module.weight.detach()
             out[name] = (tuple(w.shape), w.numel(), int(torch.count_nonzero(w)))
     return out

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from prunekit.errors import DataError, MissingDataError, PrunekitError
 from prunekit.padding import IGNORE_INDEX, mask_padding_labels, token_mask
 
-__all__ = ["Calibration", "FORMS", "current_token_mask", "next_token_loss"]
+__all__ = ["FORMS", "Calibration", "current_token_mask", "next_token_loss", "output_logits"]
 
 FORMS = (
     "a tensor batch, (inputs, targets) pairs, dicts of model inputs (a tokenizer's BatchEncoding), an iterable "
@@ -90,7 +90,9 @@ def _call(model: nn.Module, inputs: Any) -> Any:
         ) from e
 
 
-def _logits(out: Any) -> Tensor:
+def output_logits(out: Any) -> Tensor:
+    """The logits in a model's output: ``out.logits`` (Hugging Face outputs), the first item of a tuple or
+    list, or the tensor itself. Raises :class:`~prunekit.errors.DataError` when there is no tensor there."""
     logits = getattr(out, "logits", out)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
@@ -232,7 +234,7 @@ class Calibration:
                 return loss
             ids = inputs.get("input_ids")
             if _is_token_batch(ids):
-                logits = _logits(out)
+                logits = output_logits(out)
                 if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(ids.shape):  # [B, T, V]: a language model
                     return next_token_loss(logits, ids, mask)
                 raise DataError(
@@ -245,7 +247,7 @@ class Calibration:
                             "input_ids; or pass loss_fn=")
         if targets is None:
             if _is_token_batch(inputs):
-                logits = _logits(out)
+                logits = output_logits(out)
                 if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(inputs.shape):
                     return next_token_loss(logits, inputs)
             raise DataError(
@@ -254,7 +256,7 @@ class Calibration:
             )
         if self.loss_fn is not None:
             return self.loss_fn(out, targets)
-        logits = _logits(out)
+        logits = output_logits(out)
         if logits.dim() == 3 and isinstance(targets, Tensor) and targets.dim() == 2 and \
                 tuple(logits.shape[:2]) == tuple(targets.shape) and _is_token_batch(targets):
             return next_token_loss(logits, targets)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunekit.calibration.batches import Calibration, _logits, current_token_mask
+from prunekit.calibration.batches import Calibration, output_logits, current_token_mask
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.layout import weight_layout
 
@@ -430,7 +430,7 @@ class _Tempered(Calibration):
 
     def _loss(self, out: Any, inputs: Any, targets: Any, mask: Tensor | None, batch: Any) -> Tensor:
         if isinstance(targets, Tensor) and not isinstance(inputs, Mapping):
-            logits = _logits(out)
+            logits = output_logits(out)
             if logits.dim() == 2:
                 try:
                     return F.cross_entropy(logits.float() / self.temperature, targets)
@@ -470,7 +470,7 @@ def _synflow(
     with torch.enable_grad(), parametrize.cached():
         weights = {name: modules[name].weight for name in layers}
         y = net(**x) if isinstance(x, Mapping) else net(*x) if isinstance(x, tuple) else net(x)
-        y = _logits(y)
+        y = output_logits(y)
         R = y.sum()
         grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
     for name, g in zip(weights, grads):

@@ -86,7 +86,7 @@ def prune_llm(
     try:
         import prunekit
         from prunekit.allocation.builtin import Uniform, resolve_allocation
-        from prunekit.granularity.patterns import NM, _check_sparsity, parse_pattern
+        from prunekit.granularity.patterns import NM, check_sparsity, parse_pattern
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
         from prunekit.serialization import atomic_directory, check_output_directory
@@ -98,7 +98,7 @@ def prune_llm(
                 raise prunekit.InvalidSparsityError("pass --sparsity (a fraction in [0, 1)) or an N:M --pattern")
             sparsity = gran.fixed_sparsity
         # everything that can be checked without the model is checked before it is loaded and evaluated
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
         if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
             raise prunekit.InvalidSparsityError(
                 f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass --sparsity "

@@ -43,6 +43,7 @@ __all__ = [
     "PATTERN_NAMES",
     "Unstructured",
     "lowest_k_mask",
+    "check_sparsity",
     "parse_pattern",
 ]
 
@@ -126,7 +127,7 @@ class Granularity:
         ``unit_scores``, ``unit_sizes``: 1-D, one entry per unit. Raises
         :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside [0, 1).
         """
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
         keep = torch.ones_like(unit_scores, dtype=torch.bool)
         target = sparsity * float(unit_sizes.double().sum())
         if target > 0:
@@ -155,7 +156,7 @@ class Granularity:
         ``scores``: shaped like the canonical weight; the mask has the same shape. Raises
         :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside [0, 1).
         """
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
         unit_scores, unit_sizes = self.units(scores)
         return self.mask_units(unit_scores, unit_sizes, scores.shape, sparsity)
 
@@ -191,7 +192,7 @@ class Unstructured(Granularity):
         """Keep-mask shaped like ``scores`` that drops the ``round(sparsity * numel)`` lowest weights (ties:
         lower index first), never all of them. Raises :class:`~prunekit.errors.InvalidSparsityError` for a
         sparsity outside [0, 1)."""
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
         flat = scores.reshape(-1)  # never every weight: the highest-scoring one stays
         k = min(round(sparsity * flat.numel()), max(flat.numel() - 1, 0))
         return (~lowest_k_mask(flat, k)).reshape(scores.shape)
@@ -466,7 +467,11 @@ def parse_pattern(value: str | Granularity | None) -> Granularity:
     raise UnknownNameError("pattern", value, PATTERN_NAMES)
 
 
-def _check_sparsity(sparsity: float) -> None:
+def check_sparsity(sparsity: float) -> None:
+    """Refuse a sparsity that is not a number in [0, 1) (the fraction of weights removed).
+
+    Raises :class:`~prunekit.errors.InvalidSparsityError` saying so.
+    """
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(
             f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}"

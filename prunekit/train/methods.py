@@ -723,9 +723,9 @@ def training_callback(method: str | Callback | Method, sparsity: float | None, *
     m = METHODS.resolve(method) if isinstance(method, str) else method
     if sparsity is None:
         raise InvalidSparsityError(f"method {m.name!r} needs sparsity=... (a number in [0, 1))")
-    from prunekit.granularity.patterns import _check_sparsity
+    from prunekit.granularity.patterns import check_sparsity
 
-    _check_sparsity(sparsity)
+    check_sparsity(sparsity)
     if isinstance(m, TrainingMethod):
         return m.factory(sparsity, **options)
     return AtInit(m.name, sparsity, **options)
