@@ -10,7 +10,7 @@ import prunekit as pk
 from prunekit.calibration.families import FAMILIES, block_list, family_for, family_of, layouts_for
 from prunekit.errors import UnsupportedModuleError
 from prunekit.surgery import from_pretrained_pruned
-from prunekit.surgery.hf import find_attention
+from prunekit.surgery.attention import find_attention
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

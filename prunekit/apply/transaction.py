@@ -23,7 +23,7 @@ def _immutable(value: Any) -> bool:
     return isinstance(value, _ATOMS) or (type(value) is tuple and all(isinstance(v, _ATOMS) for v in value))
 
 
-def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]:
+def snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]:
     """For every module: its attribute dict (registries copied shallowly, other values deep-copied with one
     shared memo so that objects shared between modules, such as a Hugging Face config, stay shared) and the
     storage each of its tensors points at, and its class. No weight is copied."""
@@ -54,7 +54,8 @@ def _snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], di
     return out
 
 
-def _restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]) -> None:
+def restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch.Tensor], type]]) -> None:
+    """Put every module of a :func:`snapshot_tree` back: its class, its attributes and its tensors' storage."""
     for module, saved, data, cls in snapshot:
         if type(module) is not cls:  # surgery may switch a module's class (nn.MultiheadAttention losing heads)
             module.__class__ = cls
@@ -76,11 +77,11 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
     restores the original objects on failure.
     """
     if structural:
-        snap = _snapshot_tree(model)
+        snap = snapshot_tree(model)
         try:
             yield
         except BaseException:
-            _restore_tree(snap)
+            restore_tree(snap)
             raise
         return
     tensors = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}

@@ -26,7 +26,7 @@ from prunekit.surgery.hf import from_pretrained_pruned
 from prunekit.surgery.record import apply_structure_record, structure_record
 from prunekit.surgery.scoring import UnitScorer, UnitScores, UnitSet
 from prunekit.surgery.remove import remove_
-from prunekit.surgery.trace import Group, Member, TraceResult, trace_groups
+from prunekit.surgery.graph import Group, Member, TraceResult, trace_groups
 
 __all__ = [
     "HANDLERS",

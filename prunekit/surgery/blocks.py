@@ -23,15 +23,9 @@ from prunekit.criteria.base import Criterion
 from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
-from prunekit.surgery.hf import (
-    AttentionBlock,
-    exact_head_notes,
-    find_attention,
-    fit_head_counts,
-    own_config_,
-    record_head_attrs,
-    renumber_layers,
-)
+from prunekit.calls import call_model
+from prunekit.surgery.attention import AttentionBlock, find_attention
+from prunekit.surgery.hf import exact_head_notes, fit_head_counts, own_config_, record_head_attrs, renumber_layers
 from prunekit.surgery.scoring import (
     UnitScorer,
     UnitScores,
@@ -41,8 +35,7 @@ from prunekit.surgery.scoring import (
     row_scores,
     stack_rows,
 )
-from prunekit.surgery.remove import _size_attrs, remove_, structure_state
-from prunekit.surgery.trace import _call
+from prunekit.surgery.remove import remove_, size_attrs, structure_state
 
 # ------------------------------------------------------------------------------------------------- heads
 
@@ -184,7 +177,7 @@ def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
                 removal.setdefault(key, {}).update(dims)
     if not removal:
         return
-    befores = [_size_attrs(b.module) for b in plan.blocks]
+    befores = [size_attrs(b.module) for b in plan.blocks]
     remove_(model, removal)
     for b, r, before in zip(plan.blocks, plan.remove, befores):
         if len(r):
@@ -202,8 +195,8 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
     a size it hard-codes) keeps its heads, and the plan's notes say which; if no block can lose heads the
     model is restored and :class:`NothingToPruneError` names the module that broke. ``apply``: the function
     that applies a head plan (default :func:`apply_head_plan_`)."""
-    from prunekit.apply.transaction import _restore_tree, _snapshot_tree
-    from prunekit.surgery.engine import _runs, single_thread
+    from prunekit.apply.transaction import restore_tree, snapshot_tree
+    from prunekit.surgery.engine import still_runs, single_thread
 
     apply = apply or apply_head_plan_
     if inputs is None:
@@ -211,21 +204,21 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
         return
     with single_thread():
         shapes = _output_shapes(model, inputs)
-        snap = _snapshot_tree(model)
+        snap = snapshot_tree(model)
         apply(model, plan)
         where: list[str] = []
-        if _runs(model, inputs, shapes, where):
+        if still_runs(model, inputs, shapes, where):
             return
-        _restore_tree(snap)
+        restore_tree(snap)
         kept: list[str] = []
         for i, (b, r) in enumerate(zip(plan.blocks, plan.remove)):
             if not len(r):
                 continue
             only = HeadPlan(plan.blocks, [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))])
-            snap_one = _snapshot_tree(model)
+            snap_one = snapshot_tree(model)
             apply(model, only)
-            ok = _runs(model, inputs, shapes)
-            _restore_tree(snap_one)
+            ok = still_runs(model, inputs, shapes)
+            restore_tree(snap_one)
             if not ok:
                 kept.append(b.name)
                 plan.remove[i] = np.zeros(0, dtype=np.int64)
@@ -245,7 +238,7 @@ def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     model.eval()
     try:
         with torch.no_grad():
-            out = _call(model, inputs)
+            out = call_model(model, inputs)
     finally:
         model.train(was)
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
@@ -359,7 +352,7 @@ def plan_layers(
     model.eval()
     try:
         with torch.no_grad():
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()

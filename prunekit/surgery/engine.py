@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from prunekit.apply.transaction import _restore_tree, _snapshot_tree
+from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.allocation.builtin import Allocation
+from prunekit.calls import call_model
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.layout import is_prunable, weight_layout
@@ -31,7 +32,7 @@ from prunekit.allocation.units import allocate_units, structural_allocation, uni
 from prunekit.surgery.handlers import handler_for
 from prunekit.surgery.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
 from prunekit.surgery.remove import Removal, remove_, tensor_slots
-from prunekit.surgery.trace import Group, TraceResult, _call, trace_groups
+from prunekit.surgery.graph import Group, TraceResult, trace_groups
 
 
 def _is_producer_module(m: nn.Module) -> bool:
@@ -379,9 +380,8 @@ def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], where: list[str] | None = None) -> bool:
-    """Does ``model`` run on ``inputs`` and give outputs of these shapes? If it raises and ``where`` is
-    given, the name of the innermost module that was running is appended to it."""
+def still_runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], where: list[str] | None = None) -> bool:
+    """Does ``model`` run on ``inputs`` with outputs of ``shapes``? On a raise, ``where`` gets the module that did."""
     was = model.training
     model.eval()
     names = {id(m): n for n, m in model.named_modules()} if where is not None else {}
@@ -403,7 +403,7 @@ def _runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], where: l
         ]
     try:
         with torch.no_grad():
-            out = _call(model, inputs)
+            out = call_model(model, inputs)
         return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)] == shapes
     except PrunekitError:
         raise
@@ -421,16 +421,16 @@ def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[i
            where: list[str] | None = None) -> bool:
     """Would the model still run, with the same output shapes, after this removal? The removal is applied
     in place and undone (module tree restored; no weight is copied)."""
-    snap = _snapshot_tree(model)
+    snap = snapshot_tree(model)
     try:
         remove_(model, removal)
-        return _runs(model, inputs, shapes, where)
+        return still_runs(model, inputs, shapes, where)
     except PrunekitError:
         raise
     except Exception:  # noqa: BLE001
         return False
     finally:
-        _restore_tree(snap)
+        restore_tree(snap)
 
 
 def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list,
@@ -524,16 +524,16 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
         plan.notes += recurrent_notes(model, {})
         return {}
     with single_thread():
-        snap = _snapshot_tree(model) if plan.check_shapes is not None else None
+        snap = snapshot_tree(model) if plan.check_shapes is not None else None
         try:
             old = remove_(model, removal)
         except BaseException:
             if snap is not None:
-                _restore_tree(snap)
+                restore_tree(snap)
             raise
         where: list[str] = []
-        if snap is not None and not _runs(model, plan.check_inputs, plan.check_shapes, where):
-            _restore_tree(snap)
+        if snap is not None and not still_runs(model, plan.check_inputs, plan.check_shapes, where):
+            restore_tree(snap)
             bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes, failed_in=where)
             if bad:
                 _keep_groups(plan, bad)

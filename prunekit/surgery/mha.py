@@ -103,6 +103,9 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
+        """Attention of ``query`` over ``key`` / ``value`` as ``nn.MultiheadAttention.forward`` computes it:
+        returns the output (shaped like ``query``, last axis ``embed_dim``) and the attention weights
+        (averaged over heads unless ``average_attn_weights=False``; None unless ``need_weights``)."""
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -135,7 +138,8 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(d)
             if causal:
-                scores = scores.masked_fill(torch.ones(tgt, src, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+                upper = torch.ones(tgt, src, dtype=torch.bool, device=q.device).triu(1)
+                scores = scores.masked_fill(upper, float("-inf"))
             if mask is not None:
                 scores = scores + mask
             attn = scores.softmax(-1)

@@ -289,17 +289,17 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
         if id(omod) in seen:
             continue
         seen.add(id(omod))
-        before = _size_attrs(omod)
+        before = size_attrs(omod)
         try:
             h.update(omod, rel_old)
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"updating the attributes of {type(omod).__name__} failed after removal: {e}") from e
-        record_attrs(model, names.get(id(omod), ""), before, _size_attrs(omod))
+        record_attrs(model, names.get(id(omod), ""), before, size_attrs(omod))
     record_shapes(model, old_shapes)
     return old_shapes
 
 
-def _size_attrs(module: nn.Module) -> dict[str, object]:
+def size_attrs(module: nn.Module) -> dict[str, object]:
     """The plain size attributes of a module (ints and tuples of ints)."""
     out: dict[str, object] = {}
     for k, v in vars(module).items():

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.calibration.collect import LayerStats, collect
+from prunekit.calls import call_model
 from prunekit.criteria.base import Criterion, ScoreInput, criteria_for, resolve_criterion
 from prunekit.errors import DataError, MissingDataError, NothingToPruneError, UnknownNameError
 from prunekit.layout import WeightLayout, weight_layout
 from prunekit.surgery.remove import tensor_slots
-from prunekit.surgery.trace import _call
 
 #: statistics read from activations: a layer whose forward never runs has none of them
 _ACTIVATION = frozenset({"act_norm", "act_mean", "act_zeros", "xtx"})
@@ -259,7 +259,7 @@ class UnitScorer:
         calibration = self.calibration
         if calibration is None and needs <= {"bn_gamma"} and self.example_inputs is not None:
             inputs = self.example_inputs
-            calibration = lambda m: _call(m, inputs)  # noqa: E731  (which norm follows a layer: the graph only)
+            calibration = lambda m: call_model(m, inputs)  # noqa: E731  (which norm follows a layer: the graph only)
         elif calibration is None and needs - {"synflow", "bn_gamma"}:
             free = [n for n in criteria_for(self.level) if not _needs_data(n)]
             raise MissingDataError(

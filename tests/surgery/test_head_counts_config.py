@@ -13,7 +13,8 @@ import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.llm.structured import choose_gqa_shape
 from prunekit.surgery import from_pretrained_pruned, plan_heads
-from prunekit.surgery.hf import find_attention, head_config_fields
+from prunekit.surgery.attention import find_attention
+from prunekit.surgery.hf import head_config_fields
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

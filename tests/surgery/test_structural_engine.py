@@ -501,15 +501,15 @@ def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pyt
     plan = plan_channels(model, x, 0.5)
     assert plan.units_removed == 24
     # the failing forward names the module it failed in (one with a tensor in the culprit group)
-    from prunekit.apply.transaction import _restore_tree, _snapshot_tree
+    from prunekit.apply.transaction import restore_tree, snapshot_tree
     from prunekit.surgery.remove import remove_
 
-    snap = _snapshot_tree(model)
+    snap = snapshot_tree(model)
     remove_(model, plan.removal())
     where: list[str] = []
     # the hard-coded reshape still runs on 8 channels but hands fc 16 features: fc is where it breaks
-    assert not eng._runs(model, plan.check_inputs, plan.check_shapes, where) and where == ["fc"]
-    _restore_tree(snap)
+    assert not eng.still_runs(model, plan.check_inputs, plan.check_shapes, where) and where == ["fc"]
+    restore_tree(snap)
     assert not torch.nn.modules.module._global_forward_hooks  # the tracking hooks are gone
     # following the error needs fewer probes than bisecting blindly, and finds the same group
     calls = {"n": 0}
