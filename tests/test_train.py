@@ -8,6 +8,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import datasets
+from prunekit.targets import select_targets
 from prunekit.train import (
     GMP,
     EarlyBird,
@@ -20,8 +21,8 @@ from prunekit.train import (
     Trainer,
     drop_and_grow,
 )
-from prunekit.train.methods import dense_gradients, grasp_importance, synflow_importance
-from prunekit.targets import select_targets
+from prunekit.train.at_init import grasp_importance, synflow_importance
+from prunekit.train.during import dense_gradients
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,7 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
         def on_step_end(self, trainer):
             if not hasattr(self, "before") or trainer.step % 10:
                 return
-            for n, module, _, m in pk.apply.masks.masked_parameters(trainer.model):
+            for n, _module, _, m in pk.apply.masks.masked_parameters(trainer.model):
                 old = self.before[n]
                 assert m.sum() == old.sum()  # constant sparsity per layer
                 grown = m & ~old

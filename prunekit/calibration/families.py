@@ -6,7 +6,7 @@ Every part that needs to know a family reads this table and nothing else:
   :meth:`Family.layer_list`;
 * the structured language-model methods (``llm-heads``, ``llm-mlp``, ``llm-layers``) cut the projections
   :attr:`Family.attention` and :attr:`Family.mlp` name, and turn on the config's bias fields;
-* the generic ``head`` / ``layer`` / ``embedding`` path (:mod:`prunekit.surgery.hf`) finds attention
+* the generic ``head`` / ``layer`` / ``embedding`` path (:mod:`prunekit.surgery.attention`) finds attention
   modules by the projection layouts of :data:`ATTENTION_LAYOUTS` (the family's own first), the block stack
   by :meth:`Family.layer_list` and the MLP width by :attr:`Family.mlp`.
 

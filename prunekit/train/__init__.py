@@ -1,20 +1,10 @@
 """Training-time pruning: a small trainer with hooks, and the methods of the survey's "when" axis."""
 
-from prunekit.train import methods as _methods  # noqa: F401  (registers the methods)
+from prunekit.train.after import EarlyBird, LotteryTicket
+from prunekit.train.at_init import AtInit
 from prunekit.train.callbacks import Callback
-from prunekit.train.methods import (
-    GMP,
-    SET,
-    AtInit,
-    EarlyBird,
-    GroupLasso,
-    LotteryTicket,
-    NetworkSlimming,
-    RigL,
-    SoftFilterPruning,
-    drop_and_grow,
-    training_callback,
-)
+from prunekit.train.during import GMP, SET, GroupLasso, NetworkSlimming, RigL, SoftFilterPruning, drop_and_grow
+from prunekit.train.methods import training_callback  # also registers the training-time methods
 from prunekit.train.trainer import History, TrainConfig, Trainer
 
 __all__ = [
