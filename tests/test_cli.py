@@ -279,7 +279,7 @@ suites:
 
 
 def test_bench_into_a_store_then_report_it_and_a_failed_run_exits_1(tmp_path, monkeypatch):
-    if not sources.is_installed("digits"):
+    if not datasets.is_installed("digits"):
         pytest.skip("needs the digits source: prunekit data install digits")
     spec = tmp_path / "micro.yaml"
     spec.write_text(MICRO_SPEC)

@@ -28,7 +28,7 @@ def data_install(
     from prunekit import datasets
 
     try:
-        chosen = [s.name for s in sources.available()] if all_sources else (names or None)
+        chosen = [s.name for s in datasets.available()] if all_sources else (names or None)
         datasets.install(chosen, quiet=quiet)
     except PrunekitError as e:
         fail(e)
@@ -42,6 +42,6 @@ def data_list() -> None:
     t = Table(title="offline sources", title_justify="left")
     for col in ("name", "installed", "description"):
         t.add_column(col)
-    for s in sources.available():
-        t.add_row(s.name, "yes" if sources.is_installed(s.name) else "no", s.description)
+    for s in datasets.available():
+        t.add_row(s.name, "yes" if datasets.is_installed(s.name) else "no", s.description)
     console.print(t)
