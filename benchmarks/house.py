@@ -6,8 +6,9 @@ with one command::
     python benchmarks/house.py --label after
 
 - files / lines: ``prunekit/**/*.py`` (lines as ``wc -l`` counts them), and the files over 600 lines;
-- public names: module-level names not starting with ``_`` defined in a public module (a module whose dotted
-  path has no part starting with ``_``), and ``len(prunekit.__all__)``;
+- public names: per public module (no part of its dotted path starts with ``_``), the names it defines and
+  exposes: those of its ``__all__`` when it declares one (re-exports count where they are defined), else its
+  module-level names not starting with ``_``; and ``len(prunekit.__all__)``;
 - import circles: strongly connected components of more than one module in the module import graph
   (``grimp``, every import, also those inside functions), with their sizes;
 - docstring coverage: public functions and classes (module level, and public methods of public classes)
@@ -53,6 +54,17 @@ def _defined_names(tree: ast.Module) -> list[tuple[str, ast.AST]]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append((node.target.id, node))
     return names
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    """The module's ``__all__`` when it is a literal list or tuple of strings, else None."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            try:
+                return [str(v) for v in ast.literal_eval(node.value)]
+            except ValueError:
+                return None
+    return None
 
 
 def _documentable(tree: ast.Module):
@@ -109,13 +121,18 @@ def measure() -> dict:
     mods = _modules()
     lines = {name: len(path.read_text().splitlines()) for name, path in mods.items()}
     public_names = 0
+    modules_with_all = 0
     documented = total_doc = 0
     undocumented: list[str] = []
     private_imports: list[str] = []
     for name, path in mods.items():
         tree = ast.parse(path.read_text())
         if _public_module(name):
-            public_names += sum(1 for n, _ in _defined_names(tree) if not n.startswith("_"))
+            declared = _declared_all(tree)
+            defined = [n for n, _ in _defined_names(tree) if not n.startswith("_") and n != "__all__"]
+            # names this module defines and exposes (re-exports are counted where they are defined)
+            public_names += len([n for n in defined if n in declared]) if declared is not None else len(defined)
+            modules_with_all += declared is not None
             for node in _documentable(tree):
                 total_doc += 1
                 if ast.get_docstring(node):
@@ -140,7 +157,8 @@ def measure() -> dict:
         "largest_file_lines": max(lines.values()),
         "public_modules": sum(1 for n in mods if _public_module(n)),
         "private_modules": sum(1 for n in mods if not _public_module(n)),
-        "public_top_level_names": public_names,
+        "public_names": public_names,
+        "modules_declaring_all": modules_with_all,
         "all_names": len(prunekit.__all__),
         "all_sorted": list(prunekit.__all__) == sorted(prunekit.__all__),
         "import_circles": len(cycles),
