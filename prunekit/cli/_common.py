@@ -82,7 +82,9 @@ def fail(e: Exception) -> NoReturn:
     from prunekit.errors import MissingDataError
 
     text = cli_hint(str(e))
-    hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) else ""
+    # the image data sets --calibration takes, where the advice names that option
+    names_option = re.search(r"--calibration\b(?!-)", text) is not None
+    hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) and names_option else ""
     err_console.print(f"[bold red]error:[/bold red] {text}{hint}", highlight=False)
     raise typer.Exit(code=2)
 
