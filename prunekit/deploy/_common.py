@@ -162,7 +162,7 @@ def weight_sparsity(model: nn.Module) -> float:
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             w = module.weight.detach()
             total += w.numel()
-            zeros += w.numel() - torch.count_nonzero(w).item()
+            zeros += w.numel() - int(torch.count_nonzero(w))
     return zeros / total if total else 0.0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from prunekit.errors import ConfigError, ModelError, PrunekitError, SourceMissingError
 
 
@@ -25,7 +27,7 @@ class DeviceError(PrunekitError, RuntimeError):
     """The operation needs a device (a CUDA GPU) that is not present."""
 
 
-def require(module: str, *, package: str | None = None):  # type: ignore[no-untyped-def]
+def require(module: str, *, package: str | None = None) -> ModuleType:
     """Import and return the optional module ``module``; a missing one raises :class:`RuntimeMissingError`
     naming ``pip install 'prunekit[deploy]'`` and the package itself."""
     import importlib

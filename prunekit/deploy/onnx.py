@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from prunekit.deploy._common import (
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, require
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import ConfigError
+from prunekit.eval.latency import LatencyComparison, compare_latency
 
 __all__ = ["OrtModule", "export_onnx", "load_onnx"]
 
@@ -81,18 +83,18 @@ def _to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dy
     require("onnx")
     require("onnxscript")
     shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
-    extra = {"opset_version": opset} if opset is not None else {}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, args, None, kwargs=kwargs or None, dynamo=True, dynamic_shapes=shapes,
-                                        verbose=False, **extra)
+                                        verbose=False, opset_version=opset)  # None: the exporter's default
     except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
         reason = str(e).strip().splitlines()
         hint = " Try dynamic=False (fixed input shapes)." if dynamic else ""
         raise ExportFailedError(
             f"torch.onnx.export could not export {type(model).__name__}: {' '.join(reason[:6])[:1200]}.{hint}"
         ) from None
+    assert program is not None  # the dynamo exporter always returns its program
     program.save(str(path))
 
 
@@ -218,7 +220,8 @@ def export_onnx(
         baseline_text = (baseline_label if baseline is not None else
                          "the model with its prunekit masks taken off (its dense original)" if dense is not None else
                          "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
-        latency, dense_bytes = {}, None
+        latency: dict[str, LatencyComparison] = {}
+        dense_bytes: int | None = None
         if measure_latency:
             latency, dense_bytes = _measure(prepared, session, dense, args, kwargs, dynamic, opset, threads,
                                            latency_budget_s)
@@ -265,18 +268,17 @@ def _sparsity_text(model: nn.Module) -> str:
 
 
 def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, args: tuple, kwargs: dict,
-             dynamic: bool, opset: int | None, threads: int, budget_s: float) -> tuple[dict, int | None]:
-    from prunekit.eval.latency import compare_latency
-
+             dynamic: bool, opset: int | None, threads: int, budget_s: float
+             ) -> tuple[dict[str, LatencyComparison], int | None]:
     inputs = kwargs if kwargs and not args else (args if len(args) != 1 or kwargs else args[0])
     if kwargs and args:
         from prunekit.errors import DataError
 
         raise DataError("latency needs example inputs as one form (a tensor, a tuple, or a dict); pass "
                         "measure_latency=False or one form")
-    latency: dict = {}
+    latency: dict[str, LatencyComparison] = {}
     dense_bytes = None
-    timing = {"threads": threads, "budget_s": budget_s}
+    timed = partial(compare_latency, threads=threads, budget_s=budget_s)
     if dense is not None:
         dense_prepared, _ = export_copy(dense)
         with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
@@ -284,7 +286,7 @@ def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, a
             _to_onnx_file(dense_prepared, args, kwargs, dense_path, dynamic=dynamic, opset=opset)
             dense_bytes = files_size(_onnx_files(dense_path))
             dense_session = OrtModule(dense_path, threads=threads)
-            latency["vs dense onnxruntime"] = compare_latency(dense_session, session, inputs, **timing)
-            latency["vs dense pytorch"] = compare_latency(dense_prepared, session, inputs, **timing)
-    latency["vs same model in pytorch"] = compare_latency(prepared, session, inputs, **timing)
+            latency["vs dense onnxruntime"] = timed(dense_session, session, inputs)
+            latency["vs dense pytorch"] = timed(dense_prepared, session, inputs)
+    latency["vs same model in pytorch"] = timed(prepared, session, inputs)
     return latency, dense_bytes

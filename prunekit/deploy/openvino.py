@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from prunekit.deploy._common import (
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
+from prunekit.eval.latency import LatencyComparison, compare_latency
 
 __all__ = [
     "OvModule",
@@ -379,7 +381,8 @@ def export_openvino(
         baseline_text = (baseline_label if baseline is not None else
                          "the model with its prunekit masks taken off (its dense original)" if dense is not None else
                          "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
-        latency, dense_bytes = {}, None
+        latency: dict[str, LatencyComparison] = {}
+        dense_bytes: int | None = None
         if measure_latency:
             latency, dense_bytes = _measure(prepared, compiled, dense, build, args, kwargs, config, threads,
                                             latency_budget_s)
@@ -409,15 +412,14 @@ def export_openvino(
 
 
 def _measure(prepared: nn.Module, compiled: OvModule, dense: nn.Module | None, build: Any, args: tuple,
-             kwargs: dict, config: dict, threads: int, budget_s: float) -> tuple[dict, int | None]:
-    from prunekit.eval.latency import compare_latency
-
+             kwargs: dict, config: dict, threads: int, budget_s: float
+             ) -> tuple[dict[str, LatencyComparison], int | None]:
     if kwargs and args:
         raise DataError("latency needs example inputs in one form (a tensor, a tuple or a dict); pass "
                         "measure_latency=False or one form")
     inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-    timing = {"threads": threads, "budget_s": budget_s}
-    latency: dict = {}
+    timed = partial(compare_latency, threads=threads, budget_s=budget_s)
+    latency: dict[str, LatencyComparison] = {}
     dense_bytes = None
     if dense is not None:
         dense_prepared, _ = export_copy(dense)
@@ -427,7 +429,7 @@ def _measure(prepared: nn.Module, compiled: OvModule, dense: nn.Module | None, b
             ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
             dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
             dense_compiled = OvModule(dense_path, config)
-            latency["vs dense openvino"] = compare_latency(dense_compiled, compiled, inputs, **timing)
-            latency["vs dense pytorch"] = compare_latency(dense_prepared, compiled, inputs, **timing)
-    latency["vs same model in pytorch"] = compare_latency(prepared, compiled, inputs, **timing)
+            latency["vs dense openvino"] = timed(dense_compiled, compiled, inputs)
+            latency["vs dense pytorch"] = timed(dense_prepared, compiled, inputs)
+    latency["vs same model in pytorch"] = timed(prepared, compiled, inputs)
     return latency, dense_bytes

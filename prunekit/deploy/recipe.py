@@ -105,7 +105,7 @@ def _typed(cls: type, where: str, raw: Any) -> Any:
         raise ConfigError(f"{where}: {e}; it accepts: {', '.join(names)}") from None
     for name, f in names.items():
         value = getattr(obj, name)
-        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}
+        expected: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
         base = str(f.type).split(" | ")[0]
         if base in expected and value is not None and not (isinstance(value, expected[base]) and
                                                             not (base != "bool" and isinstance(value, bool))):
@@ -280,7 +280,10 @@ class RecipeResult:
         return "\n".join(rows)
 
 
-def _data(recipe: Recipe) -> tuple[tuple, tuple, str] | None:
+_Split = tuple[torch.Tensor, torch.Tensor]  # images (N, 1, 28, 28), int64 labels (N,)
+
+
+def _data(recipe: Recipe) -> tuple[_Split, _Split, str] | None:
     from prunekit import datasets
 
     spec = recipe.model
@@ -298,19 +301,10 @@ def _data(recipe: Recipe) -> tuple[tuple, tuple, str] | None:
     return (x, y), (xt[: recipe.eval_images], yt[: recipe.eval_images]), note
 
 
-def _accuracy(model: nn.Module, test: tuple | None) -> float | None:
-    if test is None:
-        return None
-    x, y = test
-    model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(x), 500))
-    return correct / len(x)
-
-
-def _row(stage: str, model: nn.Module, x: torch.Tensor, test: tuple | None, threads: int, start: float,
+def _row(stage: str, model: nn.Module, x: torch.Tensor, test: _Split | None, threads: int, start: float,
          notes: list[str]) -> dict[str, Any]:
     from prunekit.deploy._common import weight_sparsity
+    from prunekit.eval.accuracy import accuracy
     from prunekit.eval.latency import time_model
 
     params = sum(p.numel() for p in model.parameters())
@@ -323,7 +317,9 @@ def _row(stage: str, model: nn.Module, x: torch.Tensor, test: tuple | None, thre
         others = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
         zeros += sum(int((w == 0).sum()) for w in others)
         sparsity = zeros / (sum(w.numel() for w in ws) + sum(w.numel() for w in others))
-    return {"stage": stage, "accuracy": _accuracy(model, test), "params": params or None,
+    # 500 at a time, as before: a torch-quantised model's outputs depend on the batch (activation ranges)
+    acc = accuracy(model, *test, batch=500) if test is not None else None
+    return {"stage": stage, "accuracy": acc, "params": params or None,
             "weight_sparsity": sparsity, "latency_ms": time_model(model, x, threads=threads).median_ms,
             "seconds": round(time.perf_counter() - start, 2), "notes": notes}
 
@@ -362,6 +358,7 @@ def _run(recipe: Recipe) -> RecipeResult:
             elif name == "fine_tune":
                 from prunekit.train import TrainConfig, Trainer
 
+                assert data is not None  # validate() refuses fine_tune without data
                 cfg = TrainConfig(epochs=stage.epochs, lr=stage.lr, batch_size=stage.batch_size,
                                   optimizer=stage.optimizer, steps_per_epoch=stage.steps_per_epoch,
                                   kd_alpha=stage.distil, weight_decay=0.0, lr_schedule="constant",
@@ -395,7 +392,8 @@ def _run(recipe: Recipe) -> RecipeResult:
 
 
 def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, model: nn.Module, dense: nn.Module,
-            x: torch.Tensor, data: tuple | None) -> dict[str, Any]:
+            x: torch.Tensor, data: tuple[_Split, _Split, str] | None) -> dict[str, Any]:
+    from prunekit.deploy._common import RuntimeModule
     from prunekit.deploy.onnx import export_onnx, load_onnx
     from prunekit.deploy.openvino import export_openvino, load_openvino
     from prunekit.serialization import atomic_directory
@@ -407,6 +405,7 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
         else:
             calib = None
             if quant is not None and quant.mode == "int8":
+                assert data is not None  # validate() refuses int8 calibration without data
                 xtr, ytr = data[0]
                 g = torch.Generator().manual_seed(recipe.seed)
                 idx = torch.randperm(len(xtr), generator=g)[: 64 * quant.calibration_batches]
@@ -418,6 +417,7 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
         report.files = [f.replace(str(tmp), str(stage.out)) for f in report.files]
         report.to_json(tmp / "model.report.json")
     path = Path(stage.out) / ("model.onnx" if stage.to == "onnx" else "model.xml")
+    module: RuntimeModule
     if stage.to == "onnx":
         module = load_onnx(path, threads=recipe.threads)
     else:

@@ -12,6 +12,9 @@ from prunekit.eval.latency import LatencyComparison
 
 __all__ = ["DeployReport"]
 
+#: the output check in words, by its ``passed`` value (None: the error is reported, not held to a tolerance)
+_VERDICTS: dict[object, str] = {True: "passed", False: "NOT within tolerance"}
+
 
 @dataclass
 class DeployReport:
@@ -71,8 +74,7 @@ class DeployReport:
             f"weight sparsity {100 * self.weight_sparsity:.1f}%; sparse-executed layers: "
             + (", ".join(self.sparse_layers) if self.sparse_layers else "none") + f" ({self.sparse_note})",
             "check vs PyTorch on the example inputs: "
-            + ({True: "passed", False: "NOT within tolerance"}.get(self.check.get("passed"),
-                                                                     "error reported, not held to a tolerance"))
+            + _VERDICTS.get(self.check.get("passed"), "error reported, not held to a tolerance")
             + f" (max |diff| {self.check.get('max_abs_diff', float('nan')):.3g}, relative L2 error "
             f"{self.check.get('relative_l2_error', float('nan')):.3g}, atol {self.check.get('atol')}, rtol "
             f"{self.check.get('rtol')})" + (f"; {self.check['note']}" if self.check.get("note") else ""),

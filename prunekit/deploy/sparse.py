@@ -7,9 +7,9 @@ kernels (``torch.sparse.to_sparse_semi_structured``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +37,13 @@ class SparseExecution(nn.Module):
     state dict read as before through :meth:`_save_to_state_dict`), which :func:`densify_` puts back."""
 
     format: str = ""
+    original: nn.Module  # kept in __dict__ (see __init__)
 
     def __init__(self, original: nn.Module):
         super().__init__()
         self.__dict__["original"] = original  # not a child: the state dict is the original's
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         for key, value in self.original.state_dict(keep_vars=keep_vars).items():
             destination[prefix + key] = value
 
@@ -51,7 +52,7 @@ class SparseExecution(nn.Module):
                          "prunekit.deploy.densify_(model) before loading a state dict")
 
 
-def _effective_weight(module: nn.Module) -> Tensor:
+def _effective_weight(module: nn.Linear | nn.Conv2d) -> Tensor:
     with torch.no_grad():
         return module.weight.detach().clone()
 
@@ -61,6 +62,9 @@ class SparseLinear(SparseExecution):
 
     Input ``(..., in_features)``, output ``(..., out_features)``; works under ``torch.inference_mode()``
     (``F.linear`` with a CSR weight does not)."""
+
+    sparse_weight: Tensor  # buffers, registered in __init__
+    bias_: Tensor | None
 
     def __init__(self, original: nn.Linear, fmt: str):
         super().__init__(original)
@@ -86,6 +90,9 @@ class SparseLinear(SparseExecution):
 class SparseConv1x1(SparseExecution):
     """A 1x1 convolution (stride 1, no padding, one group) as a sparse matrix product over the pixels:
     input ``(N, C, H, W)`` -> ``(N, O, H, W)``."""
+
+    sparse_weight: Tensor  # buffers, registered in __init__
+    bias_: Tensor | None
 
     def __init__(self, original: nn.Conv2d, fmt: str):
         super().__init__(original)
@@ -133,7 +140,7 @@ def _to_format(w: Tensor, fmt: str) -> Tensor:
     raise ConfigError(f"unknown sparse format {fmt!r}; valid: csr, bsr<block> (e.g. bsr16)")
 
 
-def _is_conv1x1(m: nn.Module) -> bool:
+def _is_conv1x1(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1
             and m.dilation == (1, 1) and m.padding in ((0, 0), "valid") and m.padding_mode == "zeros")
 
@@ -193,7 +200,7 @@ class SparsifyReport:
 
 
 def _capture_inputs(
-    model: nn.Module, layers: dict[str, nn.Module], example_inputs: Any
+    model: nn.Module, layers: Mapping[str, nn.Module], example_inputs: Any
 ) -> tuple[dict[str, Tensor], Any]:
     seen: dict[str, Tensor] = {}
     handles = []
@@ -219,15 +226,16 @@ def _block_density(w: Tensor, b: int) -> float:
     return blocks.float().mean().item()
 
 
-def _plain_copy(module: nn.Module, weight: Tensor) -> nn.Module:
+def _plain_copy(module: nn.Linear | nn.Conv2d, weight: Tensor) -> nn.Module:
     """A parameter-free dense twin of ``module`` computing with ``weight`` (the probe's reference)."""
+    ref: nn.Linear | nn.Conv2d
     if isinstance(module, nn.Linear):
         ref = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
     else:
         ref = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None)
     with torch.no_grad():
         ref.weight.copy_(weight)
-        if module.bias is not None:
+        if module.bias is not None and ref.bias is not None:  # ref has a bias exactly when module has one
             ref.bias.copy_(module.bias.detach())
     return ref.eval()
 
@@ -288,8 +296,11 @@ def sparsify_(
         raise ConfigError(f"min_speedup must be at least 1 (a sparse layer may never be slower), got {min_speedup}")
     from prunekit.eval.latency import compare_latency, pinned_threads
 
-    layers = {n: m for n, m in model.named_modules()
-              if n and (isinstance(m, nn.Linear) or _is_conv1x1(m)) and (filter_fn is None or filter_fn(m, n))}
+    layers: dict[str, nn.Linear | nn.Conv2d] = {
+        n: m
+        for n, m in model.named_modules()
+        if n and (isinstance(m, nn.Linear) or _is_conv1x1(m)) and (filter_fn is None or filter_fn(m, n))
+    }
     inputs, reference = _capture_inputs(model, layers, example_inputs)
     decisions: list[LayerDecision] = []
     chosen: dict[str, nn.Module] = {}
@@ -327,7 +338,7 @@ def sparsify_(
             with torch.no_grad():
                 expected = dense(x)
             for fmt in forms:
-                cand = (SparseLinear if kind == "linear" else SparseConv1x1)(module, fmt)
+                cand = SparseLinear(module, fmt) if isinstance(module, nn.Linear) else SparseConv1x1(module, fmt)
                 with torch.no_grad():
                     if not torch.allclose(cand(x), expected, rtol=1e-4, atol=1e-5):
                         continue  # a kernel that disagrees is never swapped in
@@ -337,7 +348,7 @@ def sparsify_(
                     best_cmp is None or cmp.ratio < best_cmp.ratio
                 ):
                     best, best_cmp = (fmt, cand), cmp
-            if best is None:
+            if best is None or best_cmp is None:  # set together
                 tried = ", ".join(f"{k} {v:.2f}x" for k, v in d.candidates.items()) or "no sparse form fits"
                 d.reason = f"the probe found no sparse form faster by {min_speedup:g}x with 95% confidence ({tried})"
                 continue
@@ -386,6 +397,7 @@ class SemiStructuredLinear(SparseExecution):
     """A 2:4-sparse Linear on NVIDIA's semi-structured kernels: ``F.linear(x, W_2:4, b)`` on CUDA (fp16/bf16)."""
 
     format = "2:4-semi-structured"
+    bias_: Tensor | None  # a buffer, registered in __init__
 
     def __init__(self, original: nn.Linear):
         super().__init__(original)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,36 @@ from prunekit.dynamic.patching import Patch
 from prunekit.errors import ConfigError, DataError, UnsupportedModuleError
 
 __all__ = ["LayerRouter", "LayerSkipping", "calibrate_router", "find_decoder_layers", "skip_layers_"]
+
+
+class _Norm(Protocol):
+    """A normalisation layer over the hidden size (RMSNorm, LayerNorm): ``(..., D) -> (..., D)``."""
+
+    weight: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class _LlamaAttention(Protocol):
+    """What :func:`_partial_layer` reads of a Llama-style attention module."""
+
+    q_proj: nn.Linear
+    k_proj: nn.Module
+    v_proj: nn.Module
+    o_proj: nn.Module
+    head_dim: int
+    scaling: float
+    layer_idx: int
+
+
+class _LlamaLayer(Protocol):
+    """What :func:`calibrate_router` and :func:`_partial_layer` read of a Llama-style decoder layer (the
+    structure :func:`_llama_like` checks)."""
+
+    input_layernorm: _Norm
+    self_attn: _LlamaAttention
+    post_attention_layernorm: _Norm
+    mlp: nn.Module
 
 
 def _llama_like(m: nn.Module) -> bool:
@@ -122,7 +152,7 @@ def calibrate_router(
             "skip_layers_ calibration takes token batches, tensors of ids shaped (batch, seq_len); got none "
             "or another shape (prunekit.llm.data.calibration_batches(tokenizer, text) makes them)"
         )
-    n, d = len(layers), layers[0].input_layernorm.weight.shape[0]
+    n, d = len(layers), cast(_LlamaLayer, layers[0]).input_layernorm.weight.shape[0]
     xtx = torch.zeros(n, d + 1, d + 1, dtype=torch.float64)
     xty = torch.zeros(n, d + 1, dtype=torch.float64)
     yy = torch.zeros(n, 3, dtype=torch.float64)  # count, sum y, sum y^2
@@ -259,7 +289,7 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rot * sin
 
 
-def _partial_layer(layer: nn.Module, h: Tensor, active: Tensor, args: tuple, kwargs: dict) -> Tensor:
+def _partial_layer(block: nn.Module, h: Tensor, active: Tensor, args: tuple, kwargs: dict) -> Tensor:
     """Run a Llama-style layer for the ``active`` tokens only ``(B, T)``; every token writes its keys and
     values to the cache. Returns the new hidden states ``(B, T, D)`` (skipped tokens unchanged)."""
     if args:
@@ -267,6 +297,7 @@ def _partial_layer(layer: nn.Module, h: Tensor, active: Tensor, args: tuple, kwa
             "skip_layers_: the decoder layer was called with positional arguments it cannot read; "
             "call the model, not its layers"
         )
+    layer = cast(_LlamaLayer, block)  # find_decoder_layers checked its structure
     att = layer.self_attn
     mask = kwargs.get("attention_mask")
     cache = kwargs.get("past_key_values")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,8 +55,19 @@ def _tv_matches(m: nn.Module) -> bool:
     return isinstance(mha, nn.MultiheadAttention) and mha.batch_first and mha._qkv_same_embed_dim
 
 
-def _tv_run(blk: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
-    mha: nn.MultiheadAttention = blk.self_attention
+class _TVBlock(Protocol):
+    """What :func:`_tv_run` reads of a torchvision ``EncoderBlock`` (:func:`_tv_matches` checked it)."""
+
+    ln_1: nn.Module
+    self_attention: nn.MultiheadAttention
+    dropout: nn.Module
+    ln_2: nn.Module
+    mlp: nn.Module
+
+
+def _tv_run(block: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+    blk = cast(_TVBlock, block)
+    mha = blk.self_attention
     y = blk.ln_1(x)
     q, k, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
     heads = mha.num_heads
@@ -83,7 +95,31 @@ def _hf_vit_matches(m: nn.Module) -> bool:
     )
 
 
-def _hf_vit_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+class _HFViTAttention(Protocol):
+    """The attention of a Hugging Face ``ViTLayer`` as :func:`_hf_vit_run` reads it."""
+
+    training: bool
+    q_proj: nn.Module
+    k_proj: nn.Module
+    v_proj: nn.Module
+    o_proj: nn.Module
+    num_attention_heads: int
+    scaling: float
+    attention_dropout: float
+
+
+class _HFViTLayer(Protocol):
+    """What :func:`_hf_vit_run` reads of a Hugging Face ``ViTLayer`` (:func:`_hf_vit_matches` checked it)."""
+
+    layernorm_before: nn.Module
+    attention: _HFViTAttention
+    dropout: nn.Module
+    layernorm_after: nn.Module
+    mlp: nn.Module
+
+
+def _hf_vit_run(block: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+    layer = cast(_HFViTLayer, block)
     att = layer.attention
     y = layer.layernorm_before(x)
     p = att.attention_dropout if att.training else 0.0
@@ -121,7 +157,35 @@ def _bert_matches(m: nn.Module) -> bool:
     return not getattr(m, "is_decoder", False) and not getattr(m, "add_cross_attention", False)
 
 
-def _bert_run(layer: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+class _BertSelfAttention(Protocol):
+    """``BertLayer.attention.self`` as :func:`_bert_run` reads it."""
+
+    training: bool
+    query: nn.Module
+    key: nn.Module
+    value: nn.Module
+    dropout: nn.Dropout
+    num_attention_heads: int
+    scaling: float
+
+
+class _BertAttention(Protocol):
+    """``BertLayer.attention``: the self-attention and its output block (dense, dropout, residual, LayerNorm)."""
+
+    self: _BertSelfAttention
+    output: nn.Module
+
+
+class _BertLayer(Protocol):
+    """What :func:`_bert_run` reads of a ``BertLayer`` look-alike (:func:`_bert_matches` checked it)."""
+
+    attention: _BertAttention
+    intermediate: nn.Module
+    output: nn.Module
+
+
+def _bert_run(block: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+    layer = cast(_BertLayer, block)
     sa = layer.attention.self
     p = sa.dropout.p if sa.training else 0.0
     a, metric, cls = attend(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,8 @@ class CGGate(nn.Module):
     """Channel gating of one convolution: learnable thresholds ``delta`` ``(C_out,)`` and the running
     standard deviation of the partial sums (a buffer)."""
 
+    std: Tensor  # (C_out,), a buffer
+
     def __init__(self, conv: nn.Conv2d, base: float, temperature: float = 4.0, enabled: bool = True):
         super().__init__()
         self.enabled = enabled  # False: every gate open (the dense layer, exactly)
@@ -161,7 +163,7 @@ def _gate_holder(model: nn.Module) -> nn.ModuleDict:
     if holder is None:
         holder = nn.ModuleDict()
         model.add_module(GATES, holder)
-    return holder
+    return cast(nn.ModuleDict, holder)  # only this function puts a module under that name
 
 
 def _check_fresh(model: nn.Module) -> None:
@@ -199,6 +201,7 @@ def add_fbs_(model: nn.Module, density: float) -> GatedNetwork:
             gate.last = gate(args[0])
 
         def post(module: nn.Module, args: tuple, out: Tensor, gate: FBSGate = gate) -> Tensor:
+            assert gate.last is not None  # set by the pre-hook on the convolution of the same forward pass
             return out * gate.last[:, :, None, None]
 
         net.handles += [conv.register_forward_pre_hook(pre), bn.register_forward_hook(post)]
@@ -235,7 +238,7 @@ def add_cgnet_(model: nn.Module, gated_share: float, base: float = 0.25) -> Gate
         holder[_gate_key(name)] = gate
         net.gates[name] = gate
 
-        def post(module: nn.Module, args: tuple, out: Tensor, gate: CGGate = gate) -> Tensor:
+        def post(module: nn.Conv2d, args: tuple, out: Tensor, gate: CGGate = gate) -> Tensor:
             return gate.gate(module, args[0], out)
 
         net.handles.append(conv.register_forward_hook(post))
@@ -267,8 +270,9 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
     opened, the remaining input channels. Runs the model once in eval mode.
     """
     net: GatedNetwork | None = model.__dict__.get(_TAG)
-    fbs = {id(model.get_submodule(n)): g for n, g in net.gates.items()} if net and net.kind == "fbs" else {}
-    cg = {id(model.get_submodule(n)): g for n, g in net.gates.items()} if net and net.kind == "cgnet" else {}
+    gates = net.gates.items() if net else []
+    fbs = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, FBSGate)}
+    cg = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, CGGate)}
     gate_fcs = {id(g.fc) for g in fbs.values()}
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     dense = [0.0]
@@ -279,7 +283,7 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
         if isinstance(module, nn.Conv2d):
             c_in = inp.shape[1]
             nz_in = (inp.flatten(2).abs().amax(2) > 0).sum(1).double()
-            per_out = out.shape[2] * out.shape[3] * module.kernel_size[0] * module.kernel_size[1]
+            per_out: float = out.shape[2] * out.shape[3] * module.kernel_size[0] * module.kernel_size[1]
             if module.groups != 1:  # grouped: every input channel meets only its group
                 per_out, nz_in = per_out / module.groups, torch.full((b,), float(c_in), dtype=torch.float64)
             dense[0] += per_out * module.out_channels * c_in

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -237,7 +237,7 @@ def merge_tokens_(
             ratio=True,
             metric=metric,
         )
-    values = list(r) if isinstance(r, (list, tuple)) else [r]
+    values: list[Any] = list(r) if isinstance(r, (list, tuple)) else [r]  # what the caller passed, checked here
     if any(isinstance(v, bool) or not float(v).is_integer() or v < 0 for v in values):
         raise ConfigError(f"r is a number of tokens merged per block, an integer >= 0 (or one per block), got {r!r}")
     rs = _per_block(r, len(blocks), "r", int)
@@ -292,7 +292,8 @@ def prune_tokens_(
         bad = [v for v in chosen if not 0 <= v < n]
         if bad:
             raise ConfigError(f"layers must be block indices in [0, {n}), got {bad}")
-        rates = [float(keep_rate) if i in chosen else 1.0 for i in range(n)]
+        rate = cast(float, keep_rate)  # neither list nor tuple: one rate
+        rates = [float(rate) if i in chosen else 1.0 for i in range(n)]
     if any(not (0 < v <= 1) or math.isnan(v) for v in rates):
         raise ConfigError(f"keep_rate is the share of tokens kept, in (0, 1], got {keep_rate!r}")
     if not fam.has_class_token:
