@@ -7,6 +7,8 @@ over layers), schedules (when), masks, and named methods composed from them.
 
 from prunekit.allocation.builtin import ALLOCATIONS, ERK, LAMP, OWL, Allocation, Global, Uniform
 from prunekit.api import prune
+from prunekit.apply.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
+from prunekit.apply.plan import Plan, Pruner
 from prunekit.criteria import CRITERIA, Criterion, lp
 from prunekit.errors import (
     CheckpointError,
@@ -24,14 +26,21 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.granularity.patterns import NM, Block, Channel, Embedding, Granularity, Head, Layer, Unstructured, parse_pattern
-from prunekit.apply.masks import Mask, apply_mask_, get_mask, remove_masks_, squash_masks_
-from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
-from prunekit.models import build_model
-from prunekit.apply.plan import Plan, Pruner
 from prunekit.eval.report import Report, measure
+from prunekit.granularity.patterns import (
+    NM,
+    Block,
+    Channel,
+    Embedding,
+    Granularity,
+    Head,
+    Layer,
+    Unstructured,
+    parse_pattern,
+)
+from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest, ScoreMethod, register_method
+from prunekit.models import build_model, load_model, save_model
 from prunekit.schedules.builtin import Gradual, Iterative, OneShot, Schedule
-from prunekit.models import load_model, save_model
 from prunekit.serialization import export_sparse, load_sparse
 
 __version__ = "0.1.0"
@@ -96,9 +105,9 @@ __all__ = [
     "save_model",
     "squash_masks_",
 ]
-from prunekit import train as _train  # noqa: E402,F401  (registers the training-time methods)
-from prunekit.methods import structural as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)
-from prunekit.methods import physical as _physical  # noqa: E402,F401  (any criterion at a physical granularity)
-from prunekit.methods import llm as _llm_methods  # noqa: E402,F401  (registers wanda, sparsegpt, owl-*, llm-*)
 from prunekit import deploy  # noqa: E402,F401  (prunekit.deploy: exports, sparse execution, recipes)
+from prunekit import train as _train  # noqa: E402,F401  (registers the training-time methods)
 from prunekit.dynamic import gating as _gating  # noqa: E402,F401  (registers fbs, cgnet)
+from prunekit.methods import llm as _llm_methods  # noqa: E402,F401  (registers wanda, sparsegpt, owl-*, llm-*)
+from prunekit.methods import physical as _physical  # noqa: E402,F401  (any criterion at a physical granularity)
+from prunekit.methods import structural as _structural_methods  # noqa: E402,F401  (registers l1-channel, head, ...)

@@ -197,7 +197,7 @@ def prune(
         notes += _unused_calibration_note(named)
     if latency_note:
         notes.append(latency_note)
-    if before is None:
+    if before is None or after is None:  # both or neither are measured
         from prunekit.eval.report import ModelStats
 
         before = after = ModelStats(params=0, nonzero_params=0)
@@ -205,7 +205,7 @@ def prune(
         method=named.name,
         settings=settings,
         before=before,
-        after=after,  # type: ignore[arg-type]
+        after=after,
         layers=layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before),
         notes=notes,
         latency=comparison,

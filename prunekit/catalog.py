@@ -193,7 +193,7 @@ def parse_survey_list(text: str) -> list[Paper]:
             f"{SURVEY_FILE}: found {len(tables)} tables, the layout expects {expected}; update SURVEY_LAYOUT"
         )
     sections = [(s, sub) for s, sub, n in SURVEY_LAYOUT for _ in range(n)]
-    papers = []
+    papers: list[Paper] = []
     for t_index, ((header, rows), (section, subsection)) in enumerate(zip(tables, sections)):
         for row in rows:
             cells = [c.strip() for c in row.split(" | ")]

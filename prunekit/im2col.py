@@ -52,7 +52,12 @@ def is_matrix_layer(module: nn.Module) -> bool:
     layout = weight_layout(module)
     if layout is not None and layout.kind in ("linear", "hf-conv1d"):
         return True
-    return layout is not None and layout.kind == "conv" and len(module.kernel_size) in (1, 2)
+    return (
+        layout is not None
+        and layout.kind == "conv"
+        and isinstance(module, nn.modules.conv._ConvNd)
+        and len(module.kernel_size) in (1, 2)
+    )
 
 
 def check_matrix_layer(module: nn.Module, name: str = "") -> None:
@@ -122,9 +127,9 @@ class Patches:
         """
         check_matrix_layer(module)
         layout = weight_layout(module)
-        if layout is None or layout.kind != "conv":
+        if layout is None or layout.kind != "conv" or not isinstance(module, nn.modules.conv._ConvNd):
             return None
-        pads = _explicit_padding(module)  # type: ignore[arg-type]
+        pads = _explicit_padding(module)
         k, s, d = list(module.kernel_size), list(module.stride), list(module.dilation)
         nd = len(k)
         if nd == 1:  # a Conv1d runs as a Conv2d of height 1

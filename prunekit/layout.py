@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["WeightLayout", "base_class", "is_prunable", "weight_layout"]
+__all__ = ["WeightLayout", "base_class", "is_prunable", "layer_weight", "parametrization_list", "weight_layout"]
 
 # where transformers defines (or once defined) its Conv1D
 _HF_CONV1D_MODULES = ("transformers.pytorch_utils", "transformers.modeling_utils")
@@ -48,6 +49,24 @@ def base_class(module: nn.Module) -> type:
     if parametrize.is_parametrized(module) and cls.__bases__:
         return cls.__bases__[0]
     return cls
+
+
+def layer_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """``module.<name>`` typed as the tensor it is (torch types module attributes as ``Tensor | Module``): the
+    weight as the model computes it, so a masked or otherwise parametrized weight comes out computed. Raises
+    ``AttributeError`` when ``module`` has no such attribute."""
+    return cast(Tensor, getattr(module, name))
+
+
+def parametrization_list(module: nn.Module, name: str = "weight") -> parametrize.ParametrizationList:
+    """The parametrizations of ``module.<name>``: torch's ``module.parametrizations[name]``, typed.
+
+    It holds the stored tensor(s) (``original``, or ``original0``, ``original1``, ... when a
+    parametrization's ``right_inverse`` returns several) and the parametrizations in the order they apply.
+    Raises ``AttributeError`` when ``module`` has no parametrization and ``KeyError`` when ``name`` has none.
+    """
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    return cast(parametrize.ParametrizationList, plists[name])
 
 
 def _swap_within_groups(t: Tensor, groups: int) -> Tensor:

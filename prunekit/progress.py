@@ -11,6 +11,10 @@ import logging
 import sys
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["ProgressBar"]
 
@@ -36,8 +40,8 @@ class ProgressBar:
         self.mode = ("bar" if _attached_to_terminal() else "log") if enabled is None else ("bar" if enabled else "off")
         self._log_every = max(1, round(self.total * log_every)) if self.total else 1
         self._start = 0.0
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressBar:
         self._start = time.perf_counter()
@@ -57,9 +61,8 @@ class ProgressBar:
     def advance(self, steps: int = 1, description: str | None = None) -> None:
         """Count ``steps`` more steps as done; ``description`` replaces the bar's label."""
         self.done += steps
-        if self._bar is not None:
-            kwargs = {"description": description} if description is not None else {}
-            self._bar.update(self._task, advance=steps, **kwargs)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=steps, description=description)  # None keeps the label
         elif self.mode == "log" and (self.done % self._log_every == 0 or self.done == self.total):
             logger.info(
                 "%s: %d/%d (%.1f s)", description or self.description, self.done, self.total,

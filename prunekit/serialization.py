@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
-from prunekit.apply.masks import effective_state_dict, masked_parameters
+from prunekit.apply.masks import effective_state_dict
 from prunekit.errors import CheckpointError
 
 __all__ = [
@@ -61,7 +61,7 @@ def untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for k, v in state.items():
         v = v.detach().cpu()
-        ident = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else (id(v), 0)
+        ident = (v.untyped_storage().data_ptr(), int(v.storage_offset())) if v.numel() else (id(v), 0)
         if ident in seen or not v.is_contiguous():
             v = v.clone().contiguous()
         seen.add(ident)

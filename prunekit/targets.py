@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
-from prunekit.layout import WeightLayout, is_prunable, weight_layout
+from prunekit.layout import WeightLayout, is_prunable, parametrization_list, weight_layout
 
 __all__ = ["Ignore", "Selection", "Target", "check_finite", "ignored_modules", "select_targets"]
 
@@ -40,7 +40,8 @@ class Target:
     @property
     def weight(self) -> torch.Tensor:
         """The selected parameter, ``module.<param>``, as stored (a parametrized weight is the masked one)."""
-        return getattr(self.module, self.param)
+        weight: torch.Tensor = getattr(self.module, self.param)
+        return weight
 
     @property
     def layout(self) -> WeightLayout:
@@ -70,7 +71,7 @@ def _weight_identity(module: nn.Module) -> tuple[int, ...]:
     A parametrized weight is computed from one or more originals (``original``, or ``original0``,
     ``original1``, ... under weight_norm); those are what two modules share."""
     if parametrize.is_parametrized(module, "weight"):
-        plist = module.parametrizations["weight"]
+        plist = parametrization_list(module, "weight")
         return tuple(id(t) for name, t in plist.named_parameters(recurse=False) if name.startswith("original")) or (
             id(plist),
         )
@@ -103,7 +104,7 @@ def _matcher(ignore: Ignore) -> Callable[[nn.Module, str], bool]:
     if ignore is None:
         return lambda m, n: False
     if callable(ignore) and not isinstance(ignore, nn.Module):
-        return ignore  # type: ignore[return-value]
+        return ignore
     items = _ignore_items(ignore)
     modules = {id(i) for i in items if isinstance(i, nn.Module)}
     names = [i for i in items if isinstance(i, str)]

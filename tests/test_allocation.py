@@ -87,6 +87,22 @@ def test_allocations_registered_and_contract():
         assert all(0.0 <= v < 1.0 for v in got.values()), name
 
 
+@pytest.mark.parametrize("alloc", [pk.Global(), pk.Global(count="units"), pk.LAMP(), pk.OWL()],
+                         ids=["global", "global-units", "lamp", "owl"])
+def test_score_based_allocations_refuse_layers_without_scores(alloc):
+    # Global and LAMP once failed inside with an AttributeError / TypeError on the missing scores
+    assert alloc.needs_scores
+    with pytest.raises(pk.ConfigError, match=r"LayerInfo\.unit_scores"):
+        alloc.allocate(_toy_layers(), 0.5)
+
+
+@pytest.mark.parametrize("alloc", [pk.Global(), pk.LAMP()], ids=["global", "lamp"])
+def test_weight_counting_allocations_refuse_scores_without_unit_sizes(alloc):
+    scored = [LayerInfo(layer.name, layer.shape, torch.rand(layer.numel)) for layer in _toy_layers()]
+    with pytest.raises(pk.ConfigError, match=r"LayerInfo\.unit_sizes"):
+        alloc.allocate(scored, 0.5)
+
+
 def test_global_counts_weights_or_units():
     import torch
 

@@ -85,6 +85,15 @@ def test_apoz_bn_gamma_and_conv_xtx():
         CRITERIA.get("bn-scale").element(_input(net[3], st["3"], "3"))
 
 
+@pytest.mark.parametrize("conv", [nn.Conv1d(2, 3, 3, padding="same"), nn.Conv1d(2, 3, 3, padding="valid"),
+                                  nn.Conv2d(2, 3, 3, padding="same")])
+def test_conv_xtx_with_string_padding_is_refused_by_name(conv):
+    # a Conv1d once read the first letter of "same" as its padding and failed inside torch with a TypeError
+    x = torch.randn(2, 2, *([6] * (conv.weight.dim() - 2)))
+    with pytest.raises(pk.ModelError, match=f"padding='{conv.padding}'.*ignore="):
+        collect(conv, {"c": conv}, {"xtx"}, x)
+
+
 def test_taylor_unit_is_squared_signed_sum_and_grad_weight_is_not():
     lin = nn.Linear(2, 2, bias=False)
     with torch.no_grad():

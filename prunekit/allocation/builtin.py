@@ -68,7 +68,27 @@ class Allocation(ABC):
         return self.name
 
 
-ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+#: the allocations by name: the built-in ones register their class (:func:`resolve_allocation` instantiates it
+#: with its defaults); an instance may be registered too
+ALLOCATIONS: Registry[type[Allocation] | Allocation] = Registry("allocation")
+
+
+def _unit_scores(layers: list[LayerInfo], allocation: str) -> list[Tensor]:
+    """Every layer's ``unit_scores``; :class:`~prunekit.errors.ConfigError` when one has none."""
+    scores = [layer.unit_scores for layer in layers]
+    present = [s for s in scores if s is not None]
+    if len(present) != len(scores):
+        raise ConfigError(f"the {allocation} allocation needs each layer's scores (LayerInfo.unit_scores)")
+    return present
+
+
+def _unit_sizes(layers: list[LayerInfo], allocation: str) -> list[Tensor]:
+    """Every layer's ``unit_sizes``; :class:`~prunekit.errors.ConfigError` when one has none."""
+    sizes = [layer.unit_sizes for layer in layers]
+    present = [z for z in sizes if z is not None]
+    if len(present) != len(sizes):
+        raise ConfigError(f"the {allocation} allocation needs each layer's unit sizes (LayerInfo.unit_sizes)")
+    return present
 
 
 @ALLOCATIONS.register("uniform", "the same sparsity in every layer (layer-wise pruning)", aliases=("layerwise",))
@@ -145,11 +165,11 @@ class Global(Allocation):
         """One threshold on the unit scores of all layers (ties: earlier layers and lower indices first),
         then every layer above the cap is clamped and its excess spread over the others."""
         if self.count == "units":
-            layers = [LayerInfo(layer.name, (int(layer.unit_scores.numel()),), layer.unit_scores,  # type: ignore[union-attr]
-                                torch.ones(int(layer.unit_scores.numel()), dtype=torch.long)) for layer in layers]
+            layers = [LayerInfo(layer.name, (int(s.numel()),), s, torch.ones(int(s.numel()), dtype=torch.long))
+                      for layer, s in zip(layers, _unit_scores(layers, "global"))]
         result = _global_threshold(
-            [layer.unit_scores for layer in layers],  # type: ignore[misc]
-            [layer.unit_sizes for layer in layers],  # type: ignore[misc]
+            _unit_scores(layers, "global"),
+            _unit_sizes(layers, "global"),
             [layer.name for layer in layers],
             sparsity,
         )
@@ -171,7 +191,7 @@ def _cap(result: dict[str, float], layers: list[LayerInfo], sparsity: float, cap
         return {**result, **capped}
     sub = min(max(left / rest_total, 0.0), cap)
     return {**capped, **_cap(_global_threshold(
-        [r.unit_scores for r in rest], [r.unit_sizes for r in rest], [r.name for r in rest], sub  # type: ignore[misc]
+        _unit_scores(rest, "global"), _unit_sizes(rest, "global"), [r.name for r in rest], sub
     ), rest, sub, cap)}
 
 
@@ -221,8 +241,8 @@ class LAMP(Allocation):
         """One global threshold on the LAMP scores of the layers' unit scores; units already removed
         (score ``-inf``) count first."""
         return _global_threshold(
-            [_lamp_of_alive(layer.unit_scores) for layer in layers],  # type: ignore[arg-type]
-            [layer.unit_sizes for layer in layers],  # type: ignore[misc]
+            [_lamp_of_alive(s) for s in _unit_scores(layers, "LAMP")],
+            _unit_sizes(layers, "LAMP"),
             [layer.name for layer in layers],
             sparsity,
         )
@@ -387,10 +407,7 @@ class OWL(Allocation):
             blocks.setdefault(self.block(layer.name), []).append(layer)
         ratios, numel = {}, {}
         for key, members in blocks.items():
-            if any(m.unit_scores is None for m in members):
-                raise ConfigError("the OWL allocation needs each layer's scores (LayerInfo.unit_scores)")
-            ratios[key] = self.ratio([m.unit_scores for m in members],  # type: ignore[misc]
-                                     [m.unit_sizes for m in members])
+            ratios[key] = self.ratio(_unit_scores(members, "OWL"), [m.unit_sizes for m in members])
             numel[key] = sum(m.numel for m in members)
         per_block = self.sparsities(ratios, numel, sparsity)
         return {layer.name: per_block[self.block(layer.name)] for layer in layers}

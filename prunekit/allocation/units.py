@@ -128,12 +128,12 @@ def allocate_units(
     per = allocation.allocate(infos, float(sparsity))
     out = []
     for i, name in enumerate(names):
-        s = per.get(name)
-        if s is None or not (0.0 <= float(s) <= 1.0) or math.isnan(float(s)):
-            raise ConfigError(f"allocation {allocation} gave {name!r} the sparsity {s!r}; an allocation must return "
-                              f"one in [0, 1] for every layer (supported: {', '.join(ALLOCATIONS.names())})")
+        given = per.get(name)
+        if given is None or not (0.0 <= float(given) <= 1.0) or math.isnan(float(given)):
+            raise ConfigError(f"allocation {allocation} gave {name!r} the sparsity {given!r}; an allocation must "
+                              f"return one in [0, 1] for every layer (supported: {', '.join(ALLOCATIONS.names())})")
         seg = segments[i] if segments is not None and i < len(segments) else None
-        out.append(remove_lowest(scores[i], removable[i], float(s), segments=seg, round_to=round_to))
+        out.append(remove_lowest(scores[i], removable[i], float(given), segments=seg, round_to=round_to))
     return out, {n: float(per[n]) for n in names}
 
 

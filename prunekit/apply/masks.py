@@ -12,6 +12,7 @@ the mask is registered after them, so it multiplies the weight they compute.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
 from prunekit.errors import PlanError, UnsupportedModuleError
+from prunekit.layout import parametrization_list
 
 __all__ = [
     "Mask",
@@ -38,6 +40,8 @@ __all__ = [
 
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask`` with a boolean keep-mask buffer (saved in the state dict)."""
+
+    mask: Tensor
 
     def __init__(self, mask: Tensor):
         super().__init__()
@@ -61,7 +65,7 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
     """The keep-mask on ``module.<name>``, or None if it is not masked."""
     if not parametrize.is_parametrized(module, name):
         return None
-    for p in module.parametrizations[name]:
+    for p in parametrization_list(module, name):
         if isinstance(p, Mask):
             return p.mask
     return None
@@ -95,12 +99,12 @@ def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, T
                     yield mname, module, pname, mask
 
 
-def _mask_index(plist: nn.ModuleList) -> int:
+def _mask_index(plist: parametrize.ParametrizationList) -> int:
     return next(i for i, p in enumerate(plist) if isinstance(p, Mask))
 
 
 def _check_foldable(name: str, module: nn.Module, pname: str) -> None:
-    plist = module.parametrizations[pname]
+    plist = parametrization_list(module, pname)
     idx = _mask_index(plist)
     if len(plist) == 1 or (idx == 0 and hasattr(plist, "original")) or idx == len(plist) - 1:
         return
@@ -118,7 +122,7 @@ def _remove(model: nn.Module, fold: bool) -> int:
             _check_foldable(mname, module, pname)
     count = 0
     for _, module, pname, _ in found:
-        plist = module.parametrizations[pname]
+        plist = parametrization_list(module, pname)
         idx = _mask_index(plist)
         if len(plist) == 1:
             own_parametrized_class_(module)
@@ -127,7 +131,7 @@ def _remove(model: nn.Module, fold: bool) -> int:
             del plist[idx]
         elif idx == 0 and hasattr(plist, "original"):  # the mask acts on the stored tensor itself
             with torch.no_grad():
-                plist.original.mul_(plist[0].mask.to(plist.original.dtype))
+                plist.original.mul_(cast(Mask, plist[0]).mask.to(plist.original.dtype))
             del plist[0]
         else:  # the mask acts on what the others compute: store that value through them
             with torch.no_grad():
@@ -208,15 +212,16 @@ def original_parameter(module: nn.Module, name: str = "weight") -> nn.Parameter:
     tensors (``weight_norm``).
     """
     if parametrize.is_parametrized(module, name):
-        plist = module.parametrizations[name]
+        plist = parametrization_list(module, name)
         if not hasattr(plist, "original"):
             raise UnsupportedModuleError(
                 f"{type(module).__name__}.{name} is computed from several tensors "
                 f"({', '.join(type(p).__name__ for p in plist)}), not one trainable weight; fold them first "
                 "(torch.nn.utils.parametrize.remove_parametrizations(module, name, leave_parametrized=True))"
             )
-        return plist.original
-    return getattr(module, name)
+        return cast(nn.Parameter, plist.original)  # registered from the module's parameter
+    param: nn.Parameter = getattr(module, name)
+    return param
 
 
 def assign_weight_(module: nn.Module, value: Tensor, name: str = "weight") -> None:
@@ -237,14 +242,15 @@ def assign_weight_(module: nn.Module, value: Tensor, name: str = "weight") -> No
         if not parametrize.is_parametrized(module, name):
             target.copy_(value)
             return
-        plist = module.parametrizations[name]
+        plist = parametrization_list(module, name)
         others = [p for p in plist if not isinstance(p, Mask)]
         if not others:
             plist.original.copy_(value.to(plist.original.dtype))
             return
-        if len(others) == 1 and isinstance(plist[0], _WeightNorm):
-            g, v = plist.original0, plist.original1
-            norm = torch.norm_except_dim(value.to(v.dtype), 2, plist[0].dim).reshape(g.shape)
+        first = plist[0]
+        if len(others) == 1 and isinstance(first, _WeightNorm):
+            g, v = cast(Tensor, plist.original0), cast(Tensor, plist.original1)
+            norm = torch.norm_except_dim(value.to(v.dtype), 2, first.dim).reshape(g.shape)
             v.copy_(torch.where(norm == 0, v, value.to(v.dtype)))
             g.copy_(norm.to(g.dtype))
             return

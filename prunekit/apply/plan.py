@@ -173,7 +173,7 @@ class Plan:
             layers=[LayerPlan.from_dict(x) for x in layers],
             method=str(d.get("method", "custom")),
             settings=dict(settings),
-            ignored=[tuple(i) for i in ignored],  # type: ignore[misc]
+            ignored=[tuple(i) for i in ignored],
         )
 
     @classmethod
@@ -489,23 +489,24 @@ class Pruner:
         existing: dict[str, Tensor | None] = {}
         for t in targets:
             old = get_mask(t.module, t.param)
-            existing[t.name] = None if old is None else t.layout.to_canonical(old.to(torch.bool))
+            prev = None if old is None else t.layout.to_canonical(old.to(torch.bool))
+            existing[t.name] = prev
             s_in = _score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
             if by_element:
                 s = crit.element(s_in)
                 _check_scores(crit, t, s)
-                if existing[t.name] is not None:  # already pruned weights go first: masks only shrink
-                    s = torch.where(existing[t.name].to(s.device), s, torch.full_like(s, float("-inf")))
+                if prev is not None:  # already pruned weights go first: masks only shrink
+                    s = torch.where(prev.to(s.device), s, torch.full_like(s, float("-inf")))
                 unit_scores[t.name], unit_sizes[t.name] = gran.units(s)
                 continue
             c = crit.contribution(s_in)
             _check_scores(crit, t, c)
-            if existing[t.name] is not None:  # pruned weights add nothing to their unit
-                c = torch.where(existing[t.name].to(c.device), c, torch.zeros_like(c))
+            if prev is not None:  # pruned weights add nothing to their unit
+                c = torch.where(prev.to(c.device), c, torch.zeros_like(c))
             sums, sizes = gran.unit_sums(c)
             us = crit.unit(sums, sizes)
-            if existing[t.name] is not None:  # units pruned whole go first
-                alive, _ = gran.unit_sums(existing[t.name].to(torch.float32))
+            if prev is not None:  # units pruned whole go first
+                alive, _ = gran.unit_sums(prev.to(torch.float32))
                 us = torch.where(alive.to(us.device) > 0, us, torch.full_like(us, float("-inf")))
             unit_scores[t.name], unit_sizes[t.name] = us, sizes
         free = [t for t in targets if t.name not in overrides]
@@ -520,8 +521,9 @@ class Pruner:
             shape = torch.Size(t.layout.canonical_shape(tuple(t.weight.shape)))
             mask = gran.mask_units(unit_scores[t.name], unit_sizes[t.name], shape,
                                    None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))  # type: ignore[arg-type]
-            if existing[t.name] is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
-                mask = mask & existing[t.name].to(mask.device)
+            prev = existing[t.name]
+            if prev is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
+                mask = mask & prev.to(mask.device)
             mask = t.layout.from_canonical(mask).contiguous()
             layers.append(LayerPlan(t.name, t.param, tuple(t.weight.shape), float(s_l), mask.cpu()))
         settings = {

@@ -72,7 +72,7 @@ from prunekit.errors import (
 )
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.im2col import is_matrix_layer, layer_rows
-from prunekit.layout import base_class, weight_layout
+from prunekit.layout import base_class, layer_weight, weight_layout
 from prunekit.progress import ProgressBar
 from prunekit.targets import Target, select_targets
 
@@ -216,7 +216,7 @@ def _trace(runner: _Runner, taps: Mapping[str, _Tap]) -> tuple[list[str], dict[s
     calls: dict[str, int] = {}
 
     def hook_for(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _args: tuple, _kwargs: dict) -> None:
+        def hook(_m: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
             if name not in calls:
                 order.append(name)
             calls[name] = calls.get(name, 0) + 1
@@ -242,7 +242,9 @@ def _gather(runner: _Runner, taps: Mapping[str, _Tap], solvers: Mapping[str, Sol
     for name, solver in solvers.items():
         tap = taps[name]
 
-        def hook(_m: nn.Module, args: tuple, kwargs: dict, tap: _Tap = tap, solver: Solver = solver) -> None:
+        def hook(
+            _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], tap: _Tap = tap, solver: Solver = solver
+        ) -> None:
             x = tap.inputs(args, kwargs)
             if x is not None:
                 solver.add_batch(_real_rows(x, tap))
@@ -293,7 +295,7 @@ def _check_targets(targets: Mapping[str, nn.Module], pattern: Granularity) -> No
         layout = weight_layout(module)
         assert layout is not None
         with torch.no_grad():
-            canonical = layout.to_canonical(module.weight.detach())
+            canonical = layout.to_canonical(layer_weight(module).detach())
         try:
             check_pattern(pattern, name, canonical)
         except PatternError as e:
@@ -307,7 +309,7 @@ def _solver_class(method: str | type[Solver]) -> type[Solver]:
         return method
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise solver", method, SOLVERS)
-    return SOLVERS[method]  # type: ignore[index]
+    return SOLVERS[method]
 
 
 def _scores_for_allocation(
@@ -451,7 +453,7 @@ def _plan(
         return {n: float(sparsities.get(n, sparsity)) for n in order}
     if isinstance(alloc, Uniform):
         return {n: sparsity for n in order}
-    shapes = {n: tuple(layers[n].weight.shape) for n in order}
+    shapes = {n: tuple(layer_weight(layers[n]).shape) for n in order}
     if not alloc.needs_scores:
         return alloc.allocate([LayerInfo(n, shapes[n]) for n in order], sparsity)
     scorer = WandaSolver if isinstance(alloc, OWL) else cls
@@ -561,10 +563,11 @@ def reconstruction_errors(
 
     def hook_for(tap: _Tap) -> Callable[..., None]:
         W, D = deltas[tap.name]
-        groups = 1 if weight_layout(tap.module).kind != "conv" else int(tap.module.groups)  # type: ignore[union-attr]
+        layout = weight_layout(tap.module)
+        groups = layout.groups if layout is not None and layout.kind == "conv" else 1
         per = W.shape[0] // groups
 
-        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = tap.inputs(args, kwargs)
             if x is None:
                 return

@@ -31,7 +31,7 @@ from prunekit.criteria import formulas as criteria
 from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix, to_matrix
-from prunekit.layout import weight_layout
+from prunekit.layout import layer_weight, weight_layout
 
 __all__ = [
     "MagnitudeSolver",
@@ -59,8 +59,8 @@ def weight_matrix(module: nn.Module) -> Tensor:
     assert layout is not None
     if parametrize.is_parametrized(module, "weight"):
         with torch.no_grad():
-            return to_matrix(layout.to_canonical(module.weight.detach()))
-    return to_matrix(layout.to_canonical(module.weight.data))
+            return to_matrix(layout.to_canonical(layer_weight(module).detach()))
+    return to_matrix(layout.to_canonical(layer_weight(module).data))
 
 
 def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
@@ -74,14 +74,14 @@ def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
     layout = weight_layout(module)
     assert layout is not None
     if not parametrize.is_parametrized(module, "weight"):
-        w = layout.to_canonical(module.weight.data)
+        w = layout.to_canonical(layer_weight(module).data)
         w.copy_(from_matrix(matrix * keep.to(matrix.dtype), w.shape).to(w.dtype))
         return keep
-    shape = layout.canonical_shape(tuple(module.weight.shape))
+    shape = layout.canonical_shape(tuple(layer_weight(module).shape))
     existing = get_mask(module, "weight")
     if existing is not None:
         keep = keep & to_matrix(layout.to_canonical(existing)).to(keep.device)
-    value = layout.from_canonical(from_matrix(matrix * keep.to(matrix.dtype), shape)).to(module.weight.dtype)
+    value = layout.from_canonical(from_matrix(matrix * keep.to(matrix.dtype), shape)).to(layer_weight(module).dtype)
     assign_weight_(module, value.contiguous(), "weight")
     if existing is not None:
         apply_mask_(module, layout.from_canonical(from_matrix(keep, shape)).contiguous(), "weight")
@@ -93,7 +93,7 @@ def stored_mask(module: nn.Module, keep: Tensor) -> Tensor:
     weight (for :func:`prunekit.apply.masks.apply_mask_`)."""
     layout = weight_layout(module)
     assert layout is not None
-    shape = layout.canonical_shape(tuple(module.weight.shape))
+    shape = layout.canonical_shape(tuple(layer_weight(module).shape))
     return layout.from_canonical(from_matrix(keep, shape)).contiguous()
 
 
@@ -160,7 +160,7 @@ class Solver:
             return matrix
         layout = weight_layout(self.module)
         assert layout is not None
-        return from_matrix(matrix, layout.canonical_shape(tuple(self.module.weight.shape)))
+        return from_matrix(matrix, layout.canonical_shape(tuple(layer_weight(self.module).shape)))
 
     def scores(self) -> Tensor:
         """Importance of every weight, shaped like the [out, in] weight (higher = keep)."""
@@ -215,7 +215,7 @@ class WandaSolver(Solver):
     def __init__(self, module: nn.Module, layer_name: str = ""):
         super().__init__(module, layer_name)
         shape = (self.columns,) if self.groups == 1 else (self.groups, self.columns)
-        self.sq_norms = torch.zeros(shape, dtype=torch.float64, device=module.weight.device)
+        self.sq_norms = torch.zeros(shape, dtype=torch.float64, device=layer_weight(module).device)
 
     def add_batch(self, x: Tensor) -> None:
         """Add the squared inputs ``x`` (shaped as :meth:`Solver.add_batch` says) to ``sq_norms``."""
@@ -294,7 +294,7 @@ class SparseGPTSolver(Solver):
         self.blocksize = blocksize
         self.percdamp = percdamp
         shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
-        self.H = torch.zeros(shape, dtype=torch.float32, device=module.weight.device)
+        self.H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(module).device)
         self.damping_used: float | None = None
 
     def add_batch(self, x: Tensor) -> None:
@@ -348,6 +348,7 @@ class SparseGPTSolver(Solver):
             L, info = torch.linalg.cholesky_ex(damped)
             if info.item() == 0:
                 Hinv = torch.cholesky_inverse(L)
+                U: Tensor
                 U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
                 if info.item() == 0 and torch.isfinite(U).all():
                     if frac != self.percdamp:

@@ -54,6 +54,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Any, Any]:
     """(model, example_inputs, calibration) for "cnn", "vit" or "llama" (transformers LlamaForCausalLM)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
+    calib: list[Any]  # (inputs, targets) pairs, or token batches for the language model
     if name == "cnn":
         model: nn.Module = TinyCNN()
         x = torch.randn(4, 4, 8, 8, generator=g)
@@ -61,7 +62,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Any, Any]:
         # BN statistics of a trained network rather than the identity of a fresh one
         with torch.no_grad():
             for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
                     m.weight.uniform_(0.2, 1.5, generator=g)
                     m.running_var.uniform_(0.5, 2.0, generator=g)
     elif name == "vit":
@@ -111,8 +112,10 @@ def _heads(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
             n += m.num_heads
-        elif hasattr(m, "q_proj") and hasattr(m, "head_dim"):
-            n += m.q_proj.out_features // m.head_dim
+        elif hasattr(m, "q_proj") and hasattr(m, "head_dim"):  # a Hugging Face attention module
+            q_proj: Any = m.q_proj
+            head_dim: Any = m.head_dim
+            n += q_proj.out_features // head_dim
     return n
 
 
@@ -265,10 +268,12 @@ def markdown(cells: list[Cell], summary: dict[str, Any]) -> str:
                     continue
                 bad = [c for c in sel if c.status in ("raw", "silent")]
                 ok = [c.model for c in sel if c.status == "ok"]
-                row.append(("**" + "/".join(c.status.upper() for c in bad) + "** " if bad else "") + (",".join(ok) or "-"))
+                flagged = "**" + "/".join(c.status.upper() for c in bad) + "** " if bad else ""
+                row.append(flagged + (",".join(ok) or "-"))
             lines.append(f"| {crit} | " + " | ".join(row) + " |")
         lines.append("")
-    lines += ["Criteria working per granularity: " + ", ".join(f"{g} {n}" for g, n in summary["criteria_per_granularity"].items()), ""]
+    working = ", ".join(f"{g} {n}" for g, n in summary["criteria_per_granularity"].items())
+    lines += ["Criteria working per granularity: " + working, ""]
     refusals: dict[str, str] = {}
     for c in cells:
         if c.status == "refused":
@@ -290,4 +295,5 @@ def markdown(cells: list[Cell], summary: dict[str, Any]) -> str:
 
 
 def seconds(cells: list[Cell]) -> float:
+    """The wall-clock time all ``cells`` took, in seconds (the sum of :attr:`Cell.seconds`)."""
     return math.fsum(c.seconds for c in cells)

@@ -22,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
             n_test = int(parts[1]) if len(parts) > 1 else 2000
         except ValueError:
             raise ConfigError(f"data spec {spec!r}: use {name}:N or {name}:N:M with integers") from None
+        norm: Callable[[torch.Tensor], torch.Tensor]
         if name == "mnist":
             xtr, ytr = datasets.load_mnist("train")
             xte, yte = datasets.load_mnist("test")
@@ -69,14 +71,18 @@ def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
             xtr, ytr = datasets.load_fashion_mnist("train")
             xte, yte = datasets.load_fashion_mnist("test")
 
-            def norm(t: torch.Tensor) -> torch.Tensor:
+            def fashion_norm(t: torch.Tensor) -> torch.Tensor:
                 return (t - FASHION_MEAN) / FASHION_STD
+
+            norm = fashion_norm
 
         return norm(xtr[:n_train]), ytr[:n_train].clone(), norm(xte[:n_test]), yte[:n_test].clone()
     raise UnknownNameError("benchmark data", spec, ["digits", "mnist:N[:M]", "fashion-mnist:N[:M]"])
 
 
 def data_hash(spec: str) -> str:
+    """SHA-256 (hex) over the four tensors :func:`load_data` gives for ``spec``: recorded with every result
+    so that a run can be matched to the exact data it saw."""
     from prunekit.datasets import sha256_of_tensor
 
     h = hashlib.sha256()
@@ -92,6 +98,10 @@ BENCH_MODELS = ("bench:mlp", "bench:mlp-wide", "bench:cnn")
 
 
 def build(spec: str, sample: torch.Tensor, classes: int, seed: int) -> nn.Module:
+    """A freshly initialised model (seeded with ``seed``) for a model spec: ``bench:mlp``, ``bench:mlp-wide``,
+    ``bench:cnn`` (sized from ``sample``, a batch ``[B, ...]`` of inputs, and ``classes`` outputs), or any
+    ``prunekit:NAME`` / ``torchvision:NAME`` of :func:`prunekit.models.build_model`. Raises
+    :class:`~prunekit.errors.UnknownNameError` for other specs."""
     torch.manual_seed(seed)
     if spec == "bench:mlp":
         return MLP(sample[0].numel(), (256, 128), classes)
@@ -194,6 +204,8 @@ def _latency(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def versions() -> dict[str, str]:
+    """The versions of Python, torch, numpy, prunekit and (when installed) scikit-learn, by package name:
+    the software part of a result's protocol."""
     import numpy
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
@@ -257,7 +269,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
         acc = accuracy(model, target[2], target[3])
         squash_masks_(model)
         after = _weights(model)
-        layers = []
+        layers: list[dict[str, Any]] = []
         for name, (shape, n, _nz) in original.items():
             now = after.get(name)
             nz = now[2] if now else 0

@@ -125,7 +125,7 @@ def run_grid(
     if not isinstance(spec, BenchSpec):
         spec = load_spec(spec)
     own = not isinstance(store, ResultStore)
-    st = ResultStore(store) if own else store  # type: ignore[arg-type]
+    st = store if isinstance(store, ResultStore) else ResultStore(store)
     try:
         points, skips = expand(spec, suites)
         st.add_skips(skips)

@@ -132,7 +132,8 @@ class ResultStore:
 
     def skipped(self, suite: str | None = None) -> list[dict[str, Any]]:
         """Every skipped point (of ``suite``, or all) as ``{"key", "suite", "config", "reason"}``."""
-        q, args = "SELECT key, suite, config, reason FROM skipped", ()
+        q = "SELECT key, suite, config, reason FROM skipped"
+        args: tuple[str, ...] = ()
         if suite is not None:
             q, args = q + " WHERE suite = ?", (suite,)
         return [{"key": k, "suite": s, "config": json.loads(c), "reason": r}

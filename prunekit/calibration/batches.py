@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ def next_token_loss(logits: Tensor, ids: Tensor, mask: Tensor | None = None) -> 
     )
 
 
-def _is_token_batch(x: Any) -> bool:
+def _is_token_batch(x: Any) -> TypeGuard[Tensor]:
     return isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex() and x.dim() == 2
 
 
@@ -269,7 +269,7 @@ class Calibration:
             ) from None
 
 
-def _same_kind_batches(pair: tuple) -> bool:
+def _same_kind_batches(pair: tuple[Tensor, Tensor]) -> bool:
     """A 2-tuple of tensors is one (inputs, targets) batch unless both are batches of the same form."""
     a, b = pair
     return a.shape == b.shape and a.dtype == b.dtype and a.is_floating_point()

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunekit.calibration.batches import Calibration, output_logits, current_token_mask
+from prunekit.calibration.batches import Calibration, current_token_mask, output_logits
 from prunekit.errors import DataError, MissingDataError, ModelError
-from prunekit.layout import weight_layout
+from prunekit.layout import layer_weight, weight_layout
 
 __all__ = ["LayerStats", "STATISTICS", "collect", "im2col_rows", "input_rows", "modules_called", "output_rows"]
 
@@ -143,14 +143,21 @@ def im2col_rows(module: nn.Module, x: Tensor) -> Tensor:
             f"X^T X is computed for Linear layers and ungrouped Conv1d/Conv2d, not {type(module).__name__} "
             f"(groups={getattr(module, 'groups', 1)}); leave the layer out with ignore=[...]"
         )
+    pad = module.padding
+    if isinstance(pad, str):  # before a Conv1d's pad[0] below would read the first letter of "same"
+        raise ModelError(
+            f"X^T X of a convolution with padding={pad!r} is not supported; leave it out with ignore=[...]"
+        )
     x = x.detach()
+    k: tuple[int, ...]
+    s: tuple[int, ...]
+    p: tuple[int, ...]
+    d: tuple[int, ...]
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(-1)
-        k, s, p, d = (module.kernel_size[0], 1), (module.stride[0], 1), (module.padding[0], 0), (module.dilation[0], 1)
+        k, s, p, d = (module.kernel_size[0], 1), (module.stride[0], 1), (pad[0], 0), (module.dilation[0], 1)
     else:
-        k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
-    if isinstance(p, str):
-        raise ModelError(f"X^T X of a convolution with padding={p!r} is not supported; leave it out with ignore=[...]")
+        k, s, p, d = module.kernel_size, module.stride, pad, module.dilation
     cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [B, C*k*k, L]
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -224,10 +231,10 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
     # id(output tensor) -> (layer name, the tensor: held so that its id cannot be reused by another tensor)
     produced: dict[int, tuple[str, Tensor]] = {}
 
-    def hook_for(name: str, module: nn.Module):
+    def hook_for(name: str, module: nn.Module) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         st = out[name]
 
-        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             x = args[0] if args else None
             y = output if isinstance(output, Tensor) else None
             if isinstance(x, Tensor) and x.is_floating_point():
@@ -249,12 +256,13 @@ def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[s
 
         return hook
 
-    def norm_pre_hook(mod: nn.Module, args: tuple) -> None:
+    def norm_pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0] if args else None
         hit = produced.get(id(x)) if isinstance(x, Tensor) else None
         name = hit[0] if hit is not None and hit[1] is x else None
-        if name is not None and getattr(mod, "weight", None) is not None and out[name].bn_gamma is None:
-            out[name].bn_gamma = mod.weight.detach().abs().double().clone()
+        weight = getattr(mod, "weight", None)
+        if name is not None and weight is not None and out[name].bn_gamma is None:
+            out[name].bn_gamma = cast(Tensor, weight).detach().abs().double().clone()
 
     for name, module in layers.items():
         handles.append(module.register_forward_hook(hook_for(name, module)))
@@ -344,10 +352,6 @@ def _explicit_attention(self: nn.MultiheadAttention, query: Tensor, key: Tensor,
     return out, weights
 
 
-def _weight_of(module: nn.Module) -> Tensor:
-    return module.weight
-
-
 def _gradients(
     model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats]
 ) -> None:
@@ -355,7 +359,11 @@ def _gradients(
         p.requires_grad_(True)
     steps = 0
     with torch.enable_grad():
-        biases = {name: m.bias for name, m in layers.items() if isinstance(getattr(m, "bias", None), nn.Parameter)}
+        biases = {
+            name: cast(Tensor, m.bias)
+            for name, m in layers.items()
+            if isinstance(getattr(m, "bias", None), nn.Parameter)
+        }
         for loss_graph in _loss_steps(model, layers, calib):
             loss, weights = loss_graph
             grads = torch.autograd.grad(loss, list(weights.values()) + list(biases.values()), allow_unused=True)
@@ -381,7 +389,7 @@ def _loss_steps(
     it = calib.losses(model)
     while True:
         with parametrize.cached():
-            weights = {name: _weight_of(m) for name, m in layers.items()}
+            weights = {name: layer_weight(m) for name, m in layers.items()}
             try:
                 loss = next(it)
             except StopIteration:
@@ -417,7 +425,8 @@ def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration
                 raise DataError("GraSP needs a loss whose gradient is differentiable again (double back-propagation)")
             for n, h in zip(names, torch.autograd.grad(z, ws, allow_unused=True)):
                 if h is not None:
-                    out[n].grasp_hg = h.detach() + (out[n].grasp_hg if out[n].grasp_hg is not None else 0)
+                    prev = out[n].grasp_hg
+                    out[n].grasp_hg = h.detach() + (prev if prev is not None else 0)
 
 
 @dataclass
@@ -439,7 +448,7 @@ class _Tempered(Calibration):
         return super()._loss(out, inputs, targets, mask, batch)
 
 
-def _math_attention() -> contextlib.AbstractContextManager:
+def _math_attention() -> contextlib.AbstractContextManager[object]:
     """Scaled-dot-product attention through its math kernel, which supports double back-propagation."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel

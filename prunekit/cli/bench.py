@@ -58,8 +58,10 @@ def bench(
                           f"{p.sparsity:g}", str(p.fine_tune_epochs), str(p.calibration_size), str(p.seed),
                           "yes" if p.key in done else "")
             console.print(t)
-            for s in skips:
-                console.print(f"skip {s.suite}/{s.config['method']['label']}@{s.config['sparsity']:g}: {s.reason}")
+            for skip in skips:
+                console.print(
+                    f"skip {skip.suite}/{skip.config['method']['label']}@{skip.config['sparsity']:g}: {skip.reason}"
+                )
             return
         s = run_grid(spec, store, suites=suite, backend=backend, jobs=jobs, ray_address=ray_address, limit=limit,
                      progress=progress)

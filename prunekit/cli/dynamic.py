@@ -127,7 +127,7 @@ def _run_tokens(
     ratios = sorted(d / p for d, p in zip(times["dense"], times["patched"]))
     kept = sum(sum(r["tokens_per_block"]) for r in reports)
     total = sum(r["blocks"] * r["input_tokens"] for r in reports)
-    result = {
+    result: dict[str, Any] = {
         "model": spec,
         "settings": settings,
         "inputs": len(dense),
@@ -290,9 +290,9 @@ def skip_layers(
     import torch
 
     from prunekit import dynamic
+    from prunekit.datasets import load_text
     from prunekit.llm.data import calibration_batches, perplexity
     from prunekit.llm.models import load_causal_lm
-    from prunekit.datasets import load_text
 
     try:
         torch.set_num_threads(1)
@@ -306,10 +306,11 @@ def skip_layers(
         )
         text = load_text(eval_text)
         dense = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
-        with dynamic.skip_layers_(m, cal.batches, fraction=fraction, never_skip=_ints(never_skip, "--never-skip")) as p:
-            p.reset_counts()
+        skipping = dynamic.skip_layers_(m, cal.batches, fraction=fraction, never_skip=_ints(never_skip, "--never-skip"))
+        with skipping:
+            skipping.reset_counts()
             after = perplexity(m, tok, text, name=eval_text, max_tokens=eval_tokens)
-            rep = p.report()
+            rep = skipping.report()
         result = {
             "model": model,
             "fraction": fraction,

@@ -28,8 +28,8 @@ RECORD_FILE = "prunekit_llm.json"
 
 
 def _ppl(model: Any, tokenizer: Any, text: str, max_tokens: int, seq_len: int = 512) -> Any:
-    from prunekit.llm.data import perplexity
     from prunekit.datasets import load_text
+    from prunekit.llm.data import perplexity
 
     return perplexity(model, tokenizer, load_text(text), name=text, seq_len=seq_len, max_tokens=max_tokens or None)
 
@@ -86,11 +86,11 @@ def prune_llm(
     try:
         import prunekit
         from prunekit.allocation.builtin import Uniform, resolve_allocation
+        from prunekit.datasets import load_text
         from prunekit.granularity.patterns import NM, check_sparsity, parse_pattern
         from prunekit.llm.data import calibration_batches
         from prunekit.llm.models import load_causal_lm
         from prunekit.serialization import atomic_directory, check_output_directory
-        from prunekit.datasets import load_text
 
         gran = parse_pattern(pattern)
         if sparsity is None:
@@ -195,9 +195,9 @@ def eval_ppl(
 ) -> None:
     """Perplexity of a causal LM on a real text, with the protocol (text hash, tokenizer, windows) recorded."""
     try:
+        from prunekit.datasets import load_text
         from prunekit.llm.data import perplexity
         from prunekit.llm.models import load_causal_lm
-        from prunekit.datasets import load_text
 
         if seq_len < 1 or (stride is not None and stride < 1) or max_tokens < 0:
             raise ConfigError(

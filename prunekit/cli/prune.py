@@ -145,7 +145,7 @@ def prune(
         )
         console.print(report)
         payload = report.to_dict()
-        if task is not None:
+        if task is not None and metric_before is not None:
             metric_after = task[1](m)
             payload["task"] = {"metric": task[0], "before": metric_before, "after": metric_after}
             console.print(f"{task[0]}: {100 * metric_before:.2f}% -> {100 * metric_after:.2f}%", highlight=False)
@@ -242,8 +242,8 @@ def methods() -> None:
         t = Table(title=title, title_justify="left")
         t.add_column("name", style="bold")
         t.add_column("description")
-        for e in reg.entries():
-            t.add_row(e.name, e.description)
+        for entry in reg.entries():
+            t.add_row(entry.name, entry.description)
         console.print(t)
     t = Table(title="patterns (granularity)", title_justify="left")
     t.add_column("name", style="bold")

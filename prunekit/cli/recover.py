@@ -69,11 +69,11 @@ def recover(
     model keeps its pruned shapes and zeros, and save it (written to a temporary folder, renamed into --out
     only when complete)."""
     try:
+        from prunekit.datasets import load_text
         from prunekit.errors import ConfigError, MissingDataError, UnknownNameError
         from prunekit.llm.models import load_causal_lm
         from prunekit.llm.recover import RECOVERY_METHODS
         from prunekit.serialization import atomic_directory, check_output_directory
-        from prunekit.datasets import load_text
 
         if not text:
             raise MissingDataError("pass at least one --train-text to train on (e.g. --train-text prideprejudice)")

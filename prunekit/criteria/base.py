@@ -86,7 +86,7 @@ class ScoreInput:
     def require(self, name: str, criterion: str) -> Tensor:
         """A statistic of this layer by its :data:`~prunekit.calibration.STATISTICS` name, or
         :class:`~prunekit.errors.MissingDataError` saying what to pass for ``criterion`` to have it."""
-        value = getattr(self.stats, _FIELD.get(name, name), None)
+        value: Tensor | None = getattr(self.stats, _FIELD.get(name, name), None)
         if value is None:
             raise MissingDataError(
                 f"criterion {criterion!r} needs the statistic {name!r} of {self.key or 'this layer'}, which was not "

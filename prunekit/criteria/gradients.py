@@ -64,7 +64,7 @@ def accumulate_gradients(
         if callable(calibration) and not hasattr(calibration, "__iter__"):
             steps: Iterable[Any] = [None]
         else:
-            steps = calibration  # type: ignore[assignment]
+            steps = calibration
         for batch in steps:
             if max_batches is not None and batches >= max_batches:
                 break

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -17,7 +16,6 @@ import torch
 from prunekit.datasets.locate import missing_error, source_path
 from prunekit.datasets.readers import read_idx, read_r_lazyload
 from prunekit.datasets.registry import (
-    CCEXAM_WEIGHTS,
     FASHION_DIR,
     FASHION_FILES,
     JANEAUSTENR_DATA,

@@ -24,7 +24,9 @@ def _numpy_reconstruct() -> Callable[..., Any]:
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct as reconstruct_v1
+
+        return reconstruct_v1
     return _reconstruct
 
 

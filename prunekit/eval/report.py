@@ -10,14 +10,14 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from torch import nn
 from torch.nn.utils import parametrize
@@ -102,6 +102,16 @@ class LayerStats:
             return 0.0
         n0 = math.prod(self.shape_before)
         return 1.0 - self.params / n0 if n0 else 0.0
+
+
+def _layer_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`LayerStats` fields of one layer of :meth:`Report.to_dict` (shapes back to tuples, the
+    derived ``sparsity`` and ``removed`` left out)."""
+    return {
+        k: (tuple(v) if k in ("shape", "shape_before") and v is not None else v)
+        for k, v in r.items()
+        if k not in ("sparsity", "removed")
+    }
 
 
 def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -208,8 +218,8 @@ def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def layer_stats(
     model: nn.Module,
-    targets: dict[str, float | None],
-    ignored: dict[str, str],
+    targets: Mapping[str, float | None],
+    ignored: Mapping[str, str],
     shapes_before: dict[str, tuple[int, ...]] | None = None,
 ) -> list[LayerStats]:
     """Per-layer statistics of every prunable module, in model order. ``shapes_before``: weight shapes before
@@ -315,11 +325,7 @@ class Report:
             before=ModelStats(**d["before"]),
             after=ModelStats(**d["after"]),
             layers=[
-                LayerStats(**{
-                    k: (tuple(v) if k in ("shape", "shape_before") and v is not None else v)
-                    for k, v in r.items()
-                    if k not in ("sparsity", "removed")
-                })
+                LayerStats(**_layer_fields(r))
                 for r in d.get("layers", [])
             ],
             notes=list(d.get("notes", [])),
@@ -396,7 +402,7 @@ class Report:
         keys = ("pattern", "allocation", "sparsity")
         return "  ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
 
-    def __rich_console__(self, console, options):  # type: ignore[no-untyped-def]
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.summary_table()
         yield self.layer_table()
         for note in self.notes:

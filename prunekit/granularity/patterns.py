@@ -347,7 +347,7 @@ class Channel(Granularity):
     Fang et al. 2023, "DepGraph").
     """
 
-    physical: bool = False  # type: ignore[assignment]
+    physical: bool = False
     kind: ClassVar[str] = "channel"
     level: ClassVar[str] = "channel"
 

@@ -293,7 +293,7 @@ def prune_causal_lm(
     n_layers = len(adapter.layer_list(model))
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
     options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
-    run = {"device": device, "progress": progress}
+    run: dict[str, Any] = {"device": device, "progress": progress}
     plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run)
     wrong = sorted(n for n in selected if not 0.0 <= plan.get(n, -1.0) < 1.0)
     if wrong:  # checked before the pruning pass changes anything

@@ -38,6 +38,7 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
+from prunekit.layout import layer_weight
 from prunekit.progress import ProgressBar
 
 __all__ = ["RECOVERY_METHODS", "RecoveryReport", "recover"]
@@ -143,13 +144,14 @@ def _keep_mask(module: nn.Module) -> Tensor | None:
     if mask is not None:
         return mask.detach().clone()
     with torch.no_grad():
-        keep = module.weight != 0
+        keep = layer_weight(module) != 0
     return None if bool(keep.all()) else keep
 
 
 def _targets(model: nn.Module, target_modules: Sequence[str] | None) -> list[str]:
     """Full names of the Linears to adapt: by default every ``nn.Linear`` except the output embeddings."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)  # a Hugging Face model's LM head
+    head = get_head() if get_head is not None else None
     found = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head and n]
     if target_modules is not None:
         if isinstance(target_modules, str):
@@ -371,6 +373,7 @@ def recover(
         else None
     )
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    hf_model: Any = model  # a Hugging Face PreTrainedModel: gradient checkpointing is its own
     was_training = model.training
     was_checkpointing = bool(
         model.is_activation_checkpointing
@@ -402,7 +405,7 @@ def recover(
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if teacher is not None:
             teacher.eval()
         model.train()
@@ -419,6 +422,7 @@ def recover(
                     loss = out.loss
                 else:
                     out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    assert teacher is not None  # _check_options refuses "kd" without one
                     with torch.no_grad():
                         t_dev = _device_of(teacher)
                         t_mask = mask.to(t_dev) if mask is not None else None
@@ -457,7 +461,7 @@ def recover(
     finally:
         wrapped.unload()  # adapters out, base layers back in place (weights merged above, or untouched)
         if gradient_checkpointing and not was_checkpointing:
-            model.gradient_checkpointing_disable()
+            hf_model.gradient_checkpointing_disable()
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(n, p.requires_grad))
         model.train(was_training)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,6 +47,7 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
+from prunekit.layout import layer_weight
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
 from prunekit.surgery.blocks import overlaps_ignored
 from prunekit.surgery.hf import head_config_fields, own_config_, record_hf_structure
@@ -111,7 +113,7 @@ class _ChannelStats:
         return self.sq / max(self.n, 1)
 
 
-def _ensure_bias(linear: nn.Module) -> nn.Module:
+def _ensure_bias(linear: nn.Module) -> nn.Linear:
     """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go)."""
     if not isinstance(linear, nn.Linear):
         raise UnsupportedModuleError(f"bias compensation handles nn.Linear only, not {type(linear).__name__}")
@@ -121,7 +123,7 @@ def _ensure_bias(linear: nn.Module) -> nn.Module:
     return linear
 
 
-def _drop(layer: nn.Module, removal: dict[str, dict[int, Tensor]], name: str, dim: int, index: Tensor) -> None:
+def _drop(layer: nn.Module, removal: dict[str, dict[int, np.ndarray]], name: str, dim: int, index: Tensor) -> None:
     """Add "remove ``index`` along ``dim`` of ``name``'s weight" (and of its bias for output rows) to a plan."""
     module = layer.get_submodule(name)
     removal[f"{name}.weight"] = {dim: index.cpu().numpy()}
@@ -139,6 +141,12 @@ def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
     delta = out_proj.weight.detach()[:, removed].double() @ mean[removed].to(out_proj.weight.device)
     old = out_proj.bias
     out_proj.bias = nn.Parameter(old.detach() + delta.to(old.dtype), requires_grad=old.requires_grad)
+
+
+def _set_if_present(module: nn.Module, attr: str, value: int) -> None:
+    """``module.<attr> = value`` when ``module`` has that attribute (a size a Hugging Face module keeps)."""
+    if hasattr(module, attr):
+        setattr(module, attr, value)
 
 
 def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
@@ -239,13 +247,12 @@ class _ChannelVisitor(LayerVisitor):
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         if self.criterion != "fluctuation":
             return {}
-        out = job.layer.get_submodule(self.out_name)
-        self._stats = _ChannelStats(out.weight.shape[1], out.weight.device)
+        w = layer_weight(job.layer.get_submodule(self.out_name))
+        self._stats = _ChannelStats(w.shape[1], w.device)
         return {self.out_name: self._stats.add}
 
     def _channel_scores(self, job: LayerJob) -> Tensor:
-        out = job.layer.get_submodule(self.out_name)
-        w = out.weight.detach()
+        w = layer_weight(job.layer.get_submodule(self.out_name)).detach()
         if self.criterion == "fluctuation":
             assert self._stats is not None
             return criteria.fluctuation(self._stats.mean.float(), self._stats.sq_mean.float(), w)
@@ -282,16 +289,16 @@ class _ChannelVisitor(LayerVisitor):
             kv_rows = torch.cat([torch.arange(g * self.head_dim, (g + 1) * self.head_dim) for g in groups.tolist()])
             keep_cols = q_rows
             kept = {"kv_groups": groups.tolist(), "heads": heads}
-        width = out.weight.shape[1]
+        width = layer_weight(out).shape[1]
         removed_mask = torch.ones(width, dtype=torch.bool)
         removed_mask[keep_cols] = False
         removed = removed_mask.nonzero().flatten()
         do_bias = self.compensate and self.criterion == "fluctuation" and _bias_possible(self.model, part, out)
         if do_bias:
             assert self._stats is not None
-            _compensate(_ensure_bias(out), removed.to(out.weight.device), self._stats.mean)
+            _compensate(_ensure_bias(out), removed.to(layer_weight(out).device), self._stats.mean)
         # the structural engine's surgery slices every tensor and updates the Linears' size attributes
-        removal: dict[str, dict[int, Tensor]] = {}
+        removal: dict[str, dict[int, np.ndarray]] = {}
         _drop(layer, removal, self.out_name, 1, removed)
         if self.unit == "mlp":
             for name in self.mlp.inputs:
@@ -310,15 +317,12 @@ class _ChannelVisitor(LayerVisitor):
         remove_(layer, removal)
         if self.unit == "mlp":
             mlp_module = layer.get_submodule(self.mlp.output.rpartition(".")[0]) if "." in self.mlp.output else layer
-            if hasattr(mlp_module, "intermediate_size"):
-                mlp_module.intermediate_size = self.keep_count
+            _set_if_present(mlp_module, "intermediate_size", self.keep_count)
         else:
             attn = layer.get_submodule(self.attn.module)
-            if hasattr(attn, "num_key_value_groups"):
-                attn.num_key_value_groups = self.per_group
+            _set_if_present(attn, "num_key_value_groups", self.per_group)
             for attr, value in (("num_heads", len(heads)), ("num_key_value_heads", self.groups)):
-                if hasattr(attn, attr):
-                    setattr(attn, attr, value)
+                _set_if_present(attn, attr, value)
         self.result.kept[job.index] = kept
         self._stats = None
         self._did_bias = do_bias
@@ -348,15 +352,15 @@ class _ChannelVisitor(LayerVisitor):
 def _head_shape(model: nn.Module, adapter: Family, attn: Attention) -> tuple[int, int, int]:
     """(query heads, key/value heads, head size) of the decoder layers, read from their projections; every
     layer must have the same, else :class:`UnsupportedModuleError` (before anything changes)."""
-    cfg = model.config
+    cfg: Any = model.config  # a Hugging Face config: its fields depend on the family
     shapes = set()
     for layer in adapter.layer_list(model):
         module = layer.get_submodule(attn.module)
         head_dim = int(getattr(module, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
         if not head_dim:
             head_dim = cfg.hidden_size // cfg.num_attention_heads
-        q = layer.get_submodule(attn.q).weight.shape[0]
-        k = layer.get_submodule(attn.k).weight.shape[0]
+        q = layer_weight(layer.get_submodule(attn.q)).shape[0]
+        k = layer_weight(layer.get_submodule(attn.k)).shape[0]
         if q % head_dim or k % head_dim:
             raise UnsupportedModuleError(
                 f"{attn.q} has {q} rows, which is not a whole number of heads of size {head_dim}"
@@ -401,10 +405,10 @@ def remove_layers_(model: nn.Module, drop: list[int]) -> None:
     new_layers = nn.ModuleList([layers[i] for i in keep])
     for new_idx, layer in enumerate(new_layers):
         for module in layer.modules():
-            if hasattr(module, "layer_idx") and isinstance(module.layer_idx, int):
-                module.layer_idx = new_idx
+            if isinstance(getattr(module, "layer_idx", None), int):
+                _set_if_present(module, "layer_idx", new_idx)
     adapter.set_layer_list(model, new_layers)
-    cfg = model.config
+    cfg: Any = model.config
     cfg.num_hidden_layers = len(keep)
     layer_types = getattr(cfg, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == len(layers):
@@ -527,7 +531,8 @@ def prune_structured(
             result.notes.append(f"kept {visitor_c.keep_count} MLP channels {where}")
         part = "mlp" if unit == "mlp" else "attention"
         if bias_compensation and criterion == "fluctuation" and not visitor_c._did_bias:
-            result.notes.append(f"no bias compensation: {model.config.model_type} has no {part} output bias")
+            config: Any = model.config
+            result.notes.append(f"no bias compensation: {config.model_type} has no {part} output bias")
     record_hf_structure(model)  # what the config cannot state travels in config.prunekit_structure
     result.params_after = _count(model)
     result.notes.append(

@@ -78,8 +78,8 @@ class StructuralMethod(Method):
     default_pattern: Any = None
     default_allocation: Any = "uniform"
 
-    @property  # type: ignore[override]
-    def options(self) -> frozenset[str]:
+    @property
+    def options(self) -> frozenset[str]:  # type: ignore[override]  # read-only everywhere; depends on kind
         """The options this method's kind of unit honours (:data:`OPTIONS`)."""
         return OPTIONS[self.kind]
 

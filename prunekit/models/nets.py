@@ -54,6 +54,7 @@ class DigitCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` of images ``x`` ``[N, in_channels, input_size, input_size]``."""
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
@@ -71,6 +72,7 @@ class LeNet300100(nn.Module):
         self.fc3 = nn.Linear(100, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` of ``x`` ``[N, ...]`` (``in_features`` values per sample, flattened)."""
         x = x.flatten(1)
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
@@ -88,10 +90,12 @@ class LeNet5(nn.Module):
             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` of images ``x`` ``[N, in_channels, 28, 28]``."""
         return self.classifier(self.features(x))
 
 
@@ -112,6 +116,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``: ``[N, cin, H, W]`` -> ``[N, cout, H', W']``."""
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
@@ -137,6 +142,7 @@ class SmallResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` of images ``x`` ``[N, in_channels, H, W]`` (globally pooled)."""
         x = self.layers(torch.relu(self.bn1(self.conv1(x))))
         return self.fc(x.mean(dim=(2, 3)))
 
@@ -159,6 +165,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(prev, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, classes]`` of ``x`` ``[N, ...]`` (``in_features`` values per sample, flattened)."""
         return self.head(self.body(x))
 
 
@@ -180,6 +187,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(4 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, classes]`` of images ``x`` ``[N, in_channels, H, W]`` (globally pooled)."""
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
@@ -218,6 +226,7 @@ class TinyCNN(nn.Module):
         self.head = nn.Linear(32, 3)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[N, 3]`` of ``x`` ``[N, 4, H, W]``."""
         x = self.blocks(torch.relu(self.bn(self.stem(x))))
         x = torch.relu(self.conv(x)).mean(dim=(2, 3))
         return self.head(torch.relu(self.fc(x)))

@@ -80,7 +80,9 @@ def save_model(
     return directory
 
 
-def load_model(directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False) -> nn.Module:
+def load_model(
+    directory: str | os.PathLike, *, model: nn.Module | None = None, attach_masks: bool = False
+) -> nn.Module:
     """Load a model saved by :func:`save_model`, in eval mode.
 
     The architecture comes from ``model`` if given, else from the recorded source spec (only registered

@@ -85,7 +85,8 @@ class Iterative(Schedule):
         if step < self.start:
             return 0.0
         done = min(self.rounds, (step - self.start) // self.every + 1)
-        return 1.0 - (1.0 - self.final_sparsity) ** (done / self.rounds)
+        kept: float = (1.0 - self.final_sparsity) ** (done / self.rounds)
+        return 1.0 - kept
 
     def steps(self) -> list[int]:
         """The ``rounds`` steps ``start, start + every, ...``."""

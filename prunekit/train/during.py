@@ -98,7 +98,7 @@ def _reset_momentum_of_pruned(trainer: Any, positions: dict[int, Tensor] | None 
                 buf[where] = 0
 
 
-def _bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
 
 
