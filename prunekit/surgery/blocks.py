@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.allocation.builtin import Allocation
 from prunekit.criteria.base import Criterion
-from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError
+from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
 from prunekit.calls import call_model
@@ -263,8 +263,8 @@ class LayerPlan:
         return "\n".join(lines)
 
 
-def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
+def _stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
+    out: list[tuple[str, nn.ModuleList | nn.Sequential]] = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2:
             kids = list(m)
@@ -417,8 +417,8 @@ def _layer_scores(model: nn.Module, crit: Criterion, live: list, infl: dict[str,
     canon = {id(t): n for n, t in model.named_parameters()}
     sets = []
     for sname, st, _, _ in live:
-        members = [(canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters()
-                   if id(p) in canon]
+        members: list[tuple[str, int | None, np.ndarray]] = [
+            (canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters() if id(p) in canon]
         sets.append(UnitSet(sname or "<model>", len(st), members))
     scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
                         max_batches=calib_batches, seed=seed, level="layer")
@@ -460,12 +460,15 @@ def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
     for n in sorted(plan.remove, key=key, reverse=True):
         parent_name, idx = key(n)
         parent = model.get_submodule(parent_name) if parent_name else model
+        if not isinstance(parent, (nn.ModuleList, nn.Sequential)):
+            raise PlanError(f"the layer plan removes block {n!r}, but {parent_name or 'the model'!r} is a "
+                            f"{type(parent).__name__}, not a ModuleList or Sequential of blocks")
         del parent[idx]
         st["removed_layers"].append(n)
         _rename_after_removal(st, parent_name, idx)
     renumber_layers(model)
     if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        cfg = model.config
+        cfg: Any = model.config  # a transformers config (no stubs)
         types = getattr(cfg, "layer_types", None)
         stack_removed = sorted((key(n)[1] for n in plan.remove), reverse=True)
         if isinstance(types, list) and len(types) == getattr(cfg, "num_hidden_layers", -1):

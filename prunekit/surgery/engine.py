@@ -523,8 +523,9 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
     if not removal:
         plan.notes += recurrent_notes(model, {})
         return {}
+    shapes = plan.check_shapes
     with single_thread():
-        snap = snapshot_tree(model) if plan.check_shapes is not None else None
+        snap = snapshot_tree(model) if shapes is not None else None
         try:
             old = remove_(model, removal)
         except BaseException:
@@ -532,9 +533,9 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
                 restore_tree(snap)
             raise
         where: list[str] = []
-        if snap is not None and not still_runs(model, plan.check_inputs, plan.check_shapes, where):
+        if snap is not None and shapes is not None and not still_runs(model, plan.check_inputs, shapes, where):
             restore_tree(snap)
-            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes, failed_in=where)
+            bad = _bisect_failures(model, plan.check_inputs, plan, shapes, failed_in=where)
             if bad:
                 _keep_groups(plan, bad)
             removal = plan.removal()

@@ -11,7 +11,7 @@ them are sliced together so that the kept part of the weight stays what it was (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -82,17 +82,21 @@ class _Reparam:
     def label(self) -> str:
         return f"{self.module_name}.{self.pname}" if self.module_name else self.pname
 
+    def _plist(self) -> parametrize.ParametrizationList:
+        """The ParametrizationList that computes ``pname``."""
+        return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, self.module.parametrizations)[self.pname])
+
     def tensors(self) -> list[tuple[str, Tensor]]:
         """(local name under the ParametrizationList, tensor): the stored originals and the masks."""
-        plist = self.module.parametrizations[self.pname]
-        out = [(n, t) for n, t in plist.named_parameters(recurse=False)]
+        plist = self._plist()
+        out: list[tuple[str, Tensor]] = [(n, t) for n, t in plist.named_parameters(recurse=False)]
         for i, p in enumerate(plist):
             if isinstance(p, Mask):
-                out.append((f"{i}.mask", p.mask))
+                out.append((f"{i}.mask", cast(Tensor, p.mask)))  # a buffer
         return out
 
     def check(self) -> None:
-        plist = self.module.parametrizations[self.pname]
+        plist = self._plist()
         kinds = [type(p).__name__ for p in plist]
         plain = all(isinstance(p, Mask) for p in plist) and hasattr(plist, "original")
         normed = isinstance(plist[0], _WeightNorm) and all(isinstance(p, Mask) for p in list(plist)[1:])
@@ -127,12 +131,12 @@ class _Reparam:
 
     def new_tensors(self) -> dict[str, Tensor]:
         """Local name -> the tensor it becomes."""
-        plist = self.module.parametrizations[self.pname]
+        plist = self._plist()
         with torch.no_grad():
             wshape = getattr(self.module, self.pname).shape
             out = {n: self._slice(t.detach(), wshape).contiguous() for n, t in self.tensors() if n != "original0"}
             if isinstance(plist[0], _WeightNorm):
-                g, v = plist.original0.detach(), plist.original1.detach()
+                g, v = cast(Tensor, plist.original0).detach(), cast(Tensor, plist.original1).detach()
                 dim = plist[0].dim
                 norm = torch.norm_except_dim(v, 2, dim).reshape(g.shape)
                 scale = torch.where(norm == 0, torch.zeros_like(g), g / torch.where(norm == 0, torch.ones_like(norm), norm))
