@@ -85,9 +85,15 @@ def handler_for(module: nn.Module) -> ModuleHandler | None:
 
 @register_handler("conv", "Conv1d/2d/3d (plain, grouped, depthwise) and ConvTranspose1d/2d/3d")
 class ConvHandler(ModuleHandler):
+    """Convolutions keep ``in_channels``, ``out_channels`` and ``groups``. A grouped convolution loses
+    filters uniformly from every group; a depthwise one keeps its channel multiplier (its groups follow
+    the channels); a grouped transposed convolution cannot be resized."""
+
     module_types = (nn.modules.conv._ConvNd,)
 
     def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse a grouped transposed convolution that changes shape, output channels that do not split
+        into the groups, and a depthwise weight that would lose its single input channel."""
         w = new_shapes.get("weight")
         if w is None:
             return
@@ -105,6 +111,8 @@ class ConvHandler(ModuleHandler):
             raise UnsupportedModuleError(f"module '{name}': depthwise weight must keep one input channel")
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``in_channels`` / ``out_channels`` (and ``groups`` of a depthwise convolution) from the new
+        weight, ``(out, in / groups, *kernel)``, or ``(in, out / groups, *kernel)`` when transposed."""
         conv = cast(nn.modules.conv._ConvNd, module)  # handler_for serves it only its module_types
         w = conv.weight
         old = old_shapes.get("weight", tuple(w.shape))
@@ -123,27 +131,37 @@ class ConvHandler(ModuleHandler):
 
 @register_handler("linear", "Linear (and subclasses such as MultiheadAttention's out_proj)")
 class LinearHandler(ModuleHandler):
+    """Linear layers keep ``in_features`` and ``out_features``."""
+
     module_types = (nn.Linear,)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``out_features, in_features`` from the new weight ``(out, in)``."""
         linear = cast(nn.Linear, module)  # handler_for serves it only its module_types
         linear.out_features, linear.in_features = linear.weight.shape
 
 
 @register_handler("hf-conv1d", "Hugging Face Conv1D (GPT-2): a Linear with a transposed weight")
 class HFConv1DHandler(ModuleHandler):
+    """transformers' Conv1D (GPT-2) keeps ``nx`` (inputs) and ``nf`` (outputs); its weight is ``(nx, nf)``."""
+
     type_names = ("Conv1D",)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``nx, nf`` from the new weight ``(in, out)``."""
         conv1d: Any = module  # a transformers class, matched by name (its sizes are plain int attributes)
         conv1d.nx, conv1d.nf = conv1d.weight.shape
 
 
 @register_handler("batchnorm", "BatchNorm1d/2d/3d and SyncBatchNorm")
 class BatchNormHandler(ModuleHandler):
+    """Batch normalisation keeps ``num_features``; its affine parameters and running statistics are
+    ``[num_features]``."""
+
     module_types = (nn.modules.batchnorm._NormBase,)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``num_features`` from the new weight, or the running mean when it has no affine weight."""
         bn = cast(nn.modules.batchnorm._NormBase, module)  # handler_for serves it only its module_types
         t = _tensor_or_none(bn, "weight")
         if t is None:
@@ -154,9 +172,13 @@ class BatchNormHandler(ModuleHandler):
 
 @register_handler("layernorm", "LayerNorm over the last dimension")
 class LayerNormHandler(ModuleHandler):
+    """Layer normalisation keeps ``normalized_shape``; only one over the last dimension can be resized."""
+
     module_types = (nn.LayerNorm,)
 
     def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        """Every dimension of the weight and bias when it normalises over more than one dimension; else
+        none."""
         ln = cast(nn.LayerNorm, module)  # handler_for serves it only its module_types
         if len(ln.normalized_shape) > 1 and ln.weight is not None:
             return [("weight", d) for d in range(ln.weight.dim())] + (
@@ -165,6 +187,7 @@ class LayerNormHandler(ModuleHandler):
         return []
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``normalized_shape`` from the new weight (a LayerNorm without a weight keeps its own)."""
         ln = cast(nn.LayerNorm, module)  # handler_for serves it only its module_types
         if ln.weight is not None:
             ln.normalized_shape = tuple(ln.weight.shape)
@@ -172,9 +195,14 @@ class LayerNormHandler(ModuleHandler):
 
 @register_handler("groupnorm", "GroupNorm (channels removed uniformly from every group)")
 class GroupNormHandler(ModuleHandler):
+    """Group normalisation keeps ``num_channels`` and ``num_groups``; the graph removes channels uniformly
+    from every group, so the group count stays unless every channel was its own group."""
+
     module_types = (nn.GroupNorm,)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``num_channels`` from the new weight, and ``num_groups`` too when it was one group per
+        channel."""
         gn = cast(nn.GroupNorm, module)  # handler_for serves it only its module_types
         if gn.weight is None:
             return
@@ -186,21 +214,28 @@ class GroupNormHandler(ModuleHandler):
 
 @register_handler("prelu", "PReLU with one slope per channel")
 class PReLUHandler(ModuleHandler):
+    """PReLU keeps ``num_parameters``, its number of slopes (one per channel, or one shared)."""
+
     module_types = (nn.PReLU,)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``num_parameters`` to the number of slopes left."""
         prelu = cast(nn.PReLU, module)  # handler_for serves it only its module_types
         prelu.num_parameters = prelu.weight.numel()
 
 
 @register_handler("embedding", "Embedding: the embedding dimension (columns); the vocabulary is kept")
 class EmbeddingHandler(ModuleHandler):
+    """Embeddings keep ``num_embeddings`` and ``embedding_dim``; only the columns (the hidden size) go."""
+
     module_types = (nn.Embedding,)
 
     def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        """The rows of the weight: the vocabulary is kept."""
         return [("weight", 0)]
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``num_embeddings, embedding_dim`` from the new weight ``(vocabulary, dim)``."""
         emb = cast(nn.Embedding, module)  # handler_for serves it only its module_types
         emb.num_embeddings, emb.embedding_dim = emb.weight.shape
 
@@ -210,6 +245,9 @@ class EmbeddingHandler(ModuleHandler):
     "nn.MultiheadAttention: heads removed by Head(); the input/output width (residual stream) follows its group",
 )
 class MultiheadAttentionHandler(ModuleHandler):
+    """``nn.MultiheadAttention`` stores its widths and head count; after a change it becomes a
+    :class:`~prunekit.surgery.mha.HeadPrunedMultiheadAttention`, which runs any inner width."""
+
     module_types = (nn.MultiheadAttention,)
 
     def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
@@ -227,6 +265,8 @@ class MultiheadAttentionHandler(ModuleHandler):
         return out
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Give the module the class and head count that run its new tensors
+        (:func:`~prunekit.surgery.mha.adopt_pruned_heads`)."""
         from prunekit.surgery.mha import adopt_pruned_heads
 
         adopt_pruned_heads(module)
@@ -240,6 +280,7 @@ class TorchvisionViTHandler(ModuleHandler):
     type_names = ("VisionTransformer",)
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``hidden_dim`` to the patch embedding's new number of filters."""
         conv = getattr(module, "conv_proj", None)
         vit: Any = module  # a torchvision class, matched by name (hidden_dim is a plain int attribute)
         if isinstance(conv, nn.Conv2d) and isinstance(getattr(vit, "hidden_dim", None), int):
@@ -254,11 +295,14 @@ class RNNHandler(ModuleHandler):
     module_types = (nn.RNNBase,)
 
     def fixed(self, module: nn.Module) -> list[tuple[str, int]]:
+        """Every dimension of the layer's own parameters when it has ``proj_size``; else none."""
         if getattr(module, "proj_size", 0):
             return [(n, d) for n, p in module.named_parameters(recurse=False) for d in range(p.dim())]
         return []
 
     def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse new shapes that are not those of an RNN with fewer hidden units (every gate, layer and
+        direction alike) or fewer inputs."""
         def shape(key: str) -> tuple[int, ...]:
             return tuple(new_shapes.get(key, tuple(getattr(module, key).shape)))
 
@@ -283,6 +327,7 @@ class RNNHandler(ModuleHandler):
                         )
 
     def update(self, module: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set ``hidden_size`` and ``input_size`` from the new weights and rebuild ``_flat_weights``."""
         rnn = cast(nn.RNNBase, module)  # handler_for serves it only its module_types
         rnn.hidden_size = int(cast(Tensor, rnn.weight_hh_l0).shape[1])
         rnn.input_size = int(cast(Tensor, rnn.weight_ih_l0).shape[1])

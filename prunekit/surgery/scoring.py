@@ -225,6 +225,7 @@ class UnitScorer:
 
     # ------------------------------------------------------------------------------------------- public
     def ref(self, key: str) -> _Ref:
+        """How tensor ``key`` is scored (see :func:`resolve_tensor`), resolved once and cached."""
         if key not in self._refs:
             self._refs[key] = resolve_tensor(key, self._slots, self._modules)
         return self._refs[key]
