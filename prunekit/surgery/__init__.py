@@ -11,6 +11,7 @@ shapes (head sizes, per-layer widths).
 """
 
 from prunekit.allocation.units import allocate_units, structural_allocation
+from prunekit.granularity.patterns import Embedding, Head, Layer
 from prunekit.surgery.blocks import HeadPlan, LayerPlan, apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
 from prunekit.surgery.engine import (
     StructuralPlan,
@@ -20,13 +21,12 @@ from prunekit.surgery.engine import (
     prune_channels_,
     validate_plan,
 )
-from prunekit.granularity.patterns import Embedding, Head, Layer
+from prunekit.surgery.graph import Group, Member, TraceResult, trace_groups
 from prunekit.surgery.handlers import HANDLERS, ModuleHandler, register_handler
 from prunekit.surgery.hf import from_pretrained_pruned
 from prunekit.surgery.record import apply_structure_record, structure_record
-from prunekit.surgery.scoring import UnitScorer, UnitScores, UnitSet
 from prunekit.surgery.remove import remove_
-from prunekit.surgery.graph import Group, Member, TraceResult, trace_groups
+from prunekit.surgery.scoring import UnitScorer, UnitScores, UnitSet
 
 __all__ = [
     "HANDLERS",

@@ -12,14 +12,14 @@ key/value heads is unchanged).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from prunekit.calibration.families import AttentionLayout, layouts_for
-from prunekit.errors import UnsupportedModuleError
+from prunekit.errors import ConfigError, UnsupportedModuleError
 from prunekit.surgery.remove import Removal
 
 __all__ = ["AttentionBlock", "find_attention"]
@@ -87,12 +87,19 @@ class AttentionBlock:
         return out
 
     def unit_tensors(self, u: int) -> list[tuple[torch.Tensor, int, np.ndarray]]:
-        """(tensor, dim, indices) slices that make up one unit, for scoring."""
+        """(tensor, dim, indices) slices that make up one unit, for scoring. Raises
+        :class:`~prunekit.errors.ConfigError` for a block without ``root`` (one not found by
+        :func:`find_attention`), which has no tensors to read."""
+        if self.root is None:
+            raise ConfigError(
+                f"attention block '{self.name}' has no root model to read its tensors from; find it with "
+                f"find_attention(model)"
+            )
         rem = self.unit_removal([u])
         out = []
         for key, dims in rem.items():
             mod_name, _, attr = key.rpartition(".")
-            t = self.root.get_submodule(mod_name).__getattr__(attr) if self.root is not None else None
+            t = cast(torch.Tensor, self.root.get_submodule(mod_name).__getattr__(attr))
             for dim, idx in dims.items():
                 out.append((t, dim, idx))
         return out
@@ -101,7 +108,7 @@ class AttentionBlock:
 
     def update_attrs(self, new_heads: int, new_kv: int) -> None:
         """Write the new head counts into the module's own size attributes (after its heads were removed)."""
-        m = self.module
+        m: Any = self.module  # a transformers class (no stubs): its size attributes are plain ints
         if self.style == "llama":
             for attr, val in (("num_heads", new_heads), ("num_key_value_heads", new_kv)):
                 if hasattr(m, attr):
@@ -154,7 +161,7 @@ def _attention_block(name: str, m: nn.Module, ch: dict[str, nn.Module], layout: 
         kv = _rows(f"{name}.{layout.k}", ch[layout.k]) // hd
         return AttentionBlock(name, m, "llama", h, kv, hd, ch[layout.o], f"{name}.{layout.o}", layout)
     if layout.style == "gpt2":
-        h = ch[layout.o].weight.shape[0] // hd
+        h = cast(torch.Tensor, ch[layout.o].weight).shape[0] // hd
         return AttentionBlock(name, m, "gpt2", h, h, hd, ch[layout.o], f"{name}.{layout.o}", layout)
     parent_name = name.rpartition(".")[0]
     out_name = f"{parent_name}.{layout.o}" if parent_name else layout.o

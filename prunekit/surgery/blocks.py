@@ -19,13 +19,14 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from prunekit.allocation.builtin import Allocation
-from prunekit.criteria.base import Criterion
-from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError
-from prunekit.padding import real_tokens, token_mask
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
 from prunekit.calls import call_model
+from prunekit.criteria.base import Criterion
+from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
+from prunekit.padding import real_tokens, token_mask
 from prunekit.surgery.attention import AttentionBlock, find_attention
 from prunekit.surgery.hf import exact_head_notes, fit_head_counts, own_config_, record_head_attrs, renumber_layers
+from prunekit.surgery.remove import remove_, size_attrs, structure_state
 from prunekit.surgery.scoring import (
     UnitScorer,
     UnitScores,
@@ -35,7 +36,6 @@ from prunekit.surgery.scoring import (
     row_scores,
     stack_rows,
 )
-from prunekit.surgery.remove import remove_, size_attrs, structure_state
 
 # ------------------------------------------------------------------------------------------------- heads
 
@@ -51,6 +51,11 @@ def overlaps_ignored(name: str, ignored: Iterable[str]) -> str | None:
 
 @dataclass
 class HeadPlan:
+    """Which heads :func:`plan_heads` removes: per attention block (``blocks``), the indices of the
+    key/value groups it loses (``remove``, each group with the query heads that share it), the ``criterion``
+    that scored them, the ``scores`` (one per key/value group of each block) and ``notes`` on what was kept
+    and why. Printing it lists the groups and query heads each block loses."""
+
     blocks: list[AttentionBlock]
     remove: list[np.ndarray]  # per block: key/value groups removed
     notes: list[str] = field(default_factory=list)
@@ -170,6 +175,11 @@ def plan_heads(
 
 
 def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
+    """Remove the planned key/value groups (with their query heads) in place: the q/k/v rows and output
+    projection columns are sliced (:func:`~prunekit.surgery.remove.remove_`), each block's head counts are
+    written into its attributes and the structure record, and a Hugging Face config follows. A plan that
+    removes nothing changes nothing. Raises :class:`~prunekit.errors.UnsupportedModuleError` (before any
+    change) when a module cannot take its new shapes."""
     removal: dict[str, dict[int, np.ndarray]] = {}
     for b, r in zip(plan.blocks, plan.remove):
         if len(r):
@@ -196,7 +206,7 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
     model is restored and :class:`NothingToPruneError` names the module that broke. ``apply``: the function
     that applies a head plan (default :func:`apply_head_plan_`)."""
     from prunekit.apply.transaction import restore_tree, snapshot_tree
-    from prunekit.surgery.engine import still_runs, single_thread
+    from prunekit.surgery.engine import single_thread, still_runs
 
     apply = apply or apply_head_plan_
     if inputs is None:
@@ -214,7 +224,8 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
         for i, (b, r) in enumerate(zip(plan.blocks, plan.remove)):
             if not len(r):
                 continue
-            only = HeadPlan(plan.blocks, [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))])
+            only = HeadPlan(plan.blocks,
+                            [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))])
             snap_one = snapshot_tree(model)
             apply(model, only)
             ok = still_runs(model, inputs, shapes)
@@ -249,6 +260,11 @@ def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
 
 @dataclass
 class LayerPlan:
+    """Which whole blocks :func:`plan_layers` removes: the ``candidates`` (blocks that keep their input
+    shape), the blocks to ``remove`` (qualified names such as ``model.layers.3``), whether each candidate is
+    an ``identity`` residual (``x + f(x)``), every candidate's score under ``criterion`` (``scores``) and
+    ``notes``. Printing it lists the removed blocks with their scores."""
+
     candidates: list[str]  # names of removable blocks
     remove: list[str]
     identity: dict[str, bool]
@@ -263,8 +279,8 @@ class LayerPlan:
         return "\n".join(lines)
 
 
-def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
+def _stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList | nn.Sequential]]:
+    out: list[tuple[str, nn.ModuleList | nn.Sequential]] = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2:
             kids = list(m)
@@ -345,7 +361,7 @@ def plan_layers(
             infl[n] = float((1 - cos).mean())
             identity[n] = _is_identity_residual(mod, args, kwargs, x)
 
-    for sname, st in stacks:
+    for _, st in stacks:
         for child in st:
             handles.append(child.register_forward_hook(hook, with_kwargs=True))
     was = model.training
@@ -417,8 +433,8 @@ def _layer_scores(model: nn.Module, crit: Criterion, live: list, infl: dict[str,
     canon = {id(t): n for n, t in model.named_parameters()}
     sets = []
     for sname, st, _, _ in live:
-        members = [(canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters()
-                   if id(p) in canon]
+        members: list[tuple[str, int | None, np.ndarray]] = [
+            (canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters() if id(p) in canon]
         sets.append(UnitSet(sname or "<model>", len(st), members))
     scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
                         max_batches=calib_batches, seed=seed, level="layer")
@@ -460,12 +476,15 @@ def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
     for n in sorted(plan.remove, key=key, reverse=True):
         parent_name, idx = key(n)
         parent = model.get_submodule(parent_name) if parent_name else model
+        if not isinstance(parent, (nn.ModuleList, nn.Sequential)):
+            raise PlanError(f"the layer plan removes block {n!r}, but {parent_name or 'the model'!r} is a "
+                            f"{type(parent).__name__}, not a ModuleList or Sequential of blocks")
         del parent[idx]
         st["removed_layers"].append(n)
         _rename_after_removal(st, parent_name, idx)
     renumber_layers(model)
     if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        cfg = model.config
+        cfg: Any = model.config  # a transformers config (no stubs)
         types = getattr(cfg, "layer_types", None)
         stack_removed = sorted((key(n)[1] for n in plan.remove), reverse=True)
         if isinstance(types, list) and len(types) == getattr(cfg, "num_hidden_layers", -1):

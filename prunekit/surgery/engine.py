@@ -22,17 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.allocation.builtin import Allocation
+from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
+from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.calls import call_model
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.layout import is_prunable, weight_layout
-from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
-from prunekit.surgery.handlers import handler_for
-from prunekit.surgery.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
-from prunekit.surgery.remove import Removal, remove_, tensor_slots
 from prunekit.surgery.graph import Group, TraceResult, trace_groups
+from prunekit.surgery.handlers import handler_for
+from prunekit.surgery.remove import Removal, remove_, tensor_slots
+from prunekit.surgery.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
 
 
 def _is_producer_module(m: nn.Module) -> bool:
@@ -67,6 +67,8 @@ class StructuralPlan:
     check_shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
     def removal(self, only: Iterable[int] | None = None) -> Removal:
+        """The plan as tensor key -> dim -> sorted indices to remove (every member of every group that
+        loses units), for :func:`~prunekit.surgery.remove.remove_`; ``only``: just these group indices."""
         parts: dict[str, dict[int, list[np.ndarray]]] = {}
         sel = range(len(self.groups)) if only is None else only
         for g in sel:
@@ -80,10 +82,12 @@ class StructuralPlan:
                 idx = np.nonzero(gone[lab])[0]
                 if idx.size:
                     parts.setdefault(m.param, {}).setdefault(m.dim, []).append(idx)
-        return {k: {d: np.unique(np.concatenate(v)).astype(np.int64) for d, v in dims.items()} for k, dims in parts.items()}
+        return {k: {d: np.unique(np.concatenate(v)).astype(np.int64) for d, v in dims.items()}
+                for k, dims in parts.items()}
 
     @property
     def units_removed(self) -> int:
+        """The number of units removed, summed over the groups."""
         return int(sum(len(r) for r in self.remove))
 
     def __str__(self) -> str:
@@ -523,8 +527,9 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
     if not removal:
         plan.notes += recurrent_notes(model, {})
         return {}
+    shapes = plan.check_shapes
     with single_thread():
-        snap = snapshot_tree(model) if plan.check_shapes is not None else None
+        snap = snapshot_tree(model) if shapes is not None else None
         try:
             old = remove_(model, removal)
         except BaseException:
@@ -532,9 +537,9 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
                 restore_tree(snap)
             raise
         where: list[str] = []
-        if snap is not None and not still_runs(model, plan.check_inputs, plan.check_shapes, where):
+        if snap is not None and shapes is not None and not still_runs(model, plan.check_inputs, shapes, where):
             restore_tree(snap)
-            bad = _bisect_failures(model, plan.check_inputs, plan, plan.check_shapes, failed_in=where)
+            bad = _bisect_failures(model, plan.check_inputs, plan, shapes, failed_in=where)
             if bad:
                 _keep_groups(plan, bad)
             removal = plan.removal()
@@ -570,7 +575,8 @@ def sync_config(model: nn.Module) -> None:
         sync_hf_config(model)
 
 
-def layer_sparsity(model: nn.Module, old_shapes: dict[str, tuple[int, ...]], targets: Iterable[str] | None = None) -> dict[str, float]:
+def layer_sparsity(model: nn.Module, old_shapes: dict[str, tuple[int, ...]],
+                   targets: Iterable[str] | None = None) -> dict[str, float]:
     """Fraction of output units removed from each conv / linear layer (by module name)."""
     out = {}
     tset = set(targets) if targets is not None else None
@@ -594,6 +600,9 @@ def prune_channels_(model: nn.Module, example_inputs: Any, sparsity: float, **kw
 
 
 def check_options(round_to: Any, global_cap: Any) -> None:
+    """Validate the structural options ``round_to`` (None or a positive int: unit counts are kept at a
+    multiple of it) and ``global_cap`` (None or a number in (0, 1): the most a group may lose under global
+    allocation). Raises :class:`~prunekit.errors.ConfigError` for any other value."""
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
     if global_cap is not None and not (isinstance(global_cap, (int, float)) and 0 < global_cap < 1):

@@ -10,7 +10,7 @@ are found by :mod:`prunekit.surgery.attention`.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,8 +55,9 @@ def _mlp_width(layer: nn.Module, inputs: tuple[tuple[str, bool], ...]) -> int | 
     for key, fused in inputs:
         mod = ch.get(key)
         layout = weight_layout(mod) if mod is not None else None
-        if layout is not None and isinstance(getattr(mod, "weight", None), torch.Tensor):
-            width = int(mod.weight.shape[layout.out_axis])
+        w = getattr(mod, "weight", None)
+        if layout is not None and isinstance(w, torch.Tensor):
+            width = int(w.shape[layout.out_axis])
             return width // 2 if fused else width
     return None
 
@@ -77,7 +78,7 @@ def own_config_(model: nn.Module) -> None:
     matching part of the copy. The generation config is copied as well.
     """
     old = getattr(model, "config", None)
-    if not _is_hf_config(old):
+    if old is None or not _is_hf_config(old):
         return
     memo: dict[int, Any] = {}
     new = copy.deepcopy(old, memo)
@@ -255,7 +256,7 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
     ``config.prunekit_structure``, which :func:`from_pretrained_pruned` replays. Returns the fields that changed.
     """
     own_config_(model)
-    cfg = model.config
+    cfg: Any = model.config  # a transformers config (no stubs)
     changed: dict[str, Any] = {}
     unexpressible: list[str] = []
     per_layer: dict[str, list[int]] = {}
@@ -293,10 +294,11 @@ def sync_hf_config(model: nn.Module) -> dict[str, Any]:
             else:
                 per_layer["intermediate_size"] = widths
     emb = input_embedding(model)
+    emb_w = cast(torch.Tensor, emb.weight) if emb is not None else None  # input_embedding checked: a 2-D tensor
     old_hidden = getattr(cfg, "hidden_size", None)
-    hidden_changed = emb is not None and old_hidden is not None and emb.weight.shape[1] != old_hidden
-    if hidden_changed:
-        put({"hidden_size": int(emb.weight.shape[1])}, f"hidden_size {int(emb.weight.shape[1])}")
+    hidden_changed = emb_w is not None and old_hidden is not None and emb_w.shape[1] != old_hidden
+    if hidden_changed and emb_w is not None:
+        put({"hidden_size": int(emb_w.shape[1])}, f"hidden_size {int(emb_w.shape[1])}")
     if blocks:
         heads = [b.num_heads for b in blocks]
         kvs = [b.num_kv_heads for b in blocks]
@@ -333,8 +335,9 @@ def renumber_layers(model: nn.Module) -> None:
     _, layers = stack
     for i, layer in enumerate(layers):
         for m in layer.modules():
-            if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int):
-                m.layer_idx = i
+            attn: Any = m  # a transformers module (no stubs): layer_idx is a plain int attribute
+            if hasattr(attn, "layer_idx") and isinstance(attn.layer_idx, int):
+                attn.layer_idx = i
 
 
 def record_head_attrs(model: nn.Module, blk: AttentionBlock, before: dict) -> None:
@@ -491,8 +494,8 @@ def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
         for s in sl:
             alias[f"{s.module_name}.{s.attr}" if s.module_name else s.attr] = key
     for name, shape in record.get("shapes", {}).items():
-        key = alias.get(name)
-        if key is None:
+        slot_key = alias.get(name)
+        if slot_key is None:
             raise CheckpointError(f"the structure record names {name!r}, which the rebuilt model does not have")
-        reshape_slot(slots, key, shape)
+        reshape_slot(slots, slot_key, shape)
     set_size_attrs(model, record.get("attrs", {}))

@@ -92,7 +92,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     ``F.scaled_dot_product_attention`` when no weights are asked for.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,

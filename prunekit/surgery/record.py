@@ -46,7 +46,7 @@ def reshape_slot(slots: dict[str, list[Any]], key: str, shape: Any) -> None:
     data = torch.zeros(shape, dtype=old.dtype, device=old.device)
     repl = nn.Parameter(data, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else data
     for s in slots[key]:
-        (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = repl  # type: ignore[assignment]
+        (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = repl
 
 
 def set_size_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:

@@ -11,17 +11,16 @@ them are sliced together so that the kept part of the weight stays what it was (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
-from prunekit.errors import ModelError, PlanError, UnsupportedModuleError
 from prunekit.apply.masks import Mask
+from prunekit.errors import ModelError, PlanError, UnsupportedModuleError
 from prunekit.surgery.handlers import handler_for
 
 Removal = dict[str, dict[int, np.ndarray]]  # tensor key -> dim -> indices to remove
@@ -39,7 +38,7 @@ def tensor_slots(model: nn.Module) -> dict[str, list[_Slot]]:
     """Canonical tensor key (first qualified name, as ``named_parameters`` gives it) -> every place that
     holds the same tensor (tied weights are held by several modules)."""
     canon: dict[int, str] = {}
-    for name, t in list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers(remove_duplicate=True)):
+    for name, t in [*model.named_parameters(remove_duplicate=True), *model.named_buffers(remove_duplicate=True)]:
         canon.setdefault(id(t), name)
     slots: dict[str, list[_Slot]] = {}
     for mname, mod in model.named_modules(remove_duplicate=False):
@@ -82,17 +81,21 @@ class _Reparam:
     def label(self) -> str:
         return f"{self.module_name}.{self.pname}" if self.module_name else self.pname
 
+    def _plist(self) -> parametrize.ParametrizationList:
+        """The ParametrizationList that computes ``pname``."""
+        return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, self.module.parametrizations)[self.pname])
+
     def tensors(self) -> list[tuple[str, Tensor]]:
         """(local name under the ParametrizationList, tensor): the stored originals and the masks."""
-        plist = self.module.parametrizations[self.pname]
-        out = [(n, t) for n, t in plist.named_parameters(recurse=False)]
+        plist = self._plist()
+        out: list[tuple[str, Tensor]] = [(n, t) for n, t in plist.named_parameters(recurse=False)]
         for i, p in enumerate(plist):
             if isinstance(p, Mask):
-                out.append((f"{i}.mask", p.mask))
+                out.append((f"{i}.mask", cast(Tensor, p.mask)))  # a buffer
         return out
 
     def check(self) -> None:
-        plist = self.module.parametrizations[self.pname]
+        plist = self._plist()
         kinds = [type(p).__name__ for p in plist]
         plain = all(isinstance(p, Mask) for p in plist) and hasattr(plist, "original")
         normed = isinstance(plist[0], _WeightNorm) and all(isinstance(p, Mask) for p in list(plist)[1:])
@@ -127,18 +130,20 @@ class _Reparam:
 
     def new_tensors(self) -> dict[str, Tensor]:
         """Local name -> the tensor it becomes."""
-        plist = self.module.parametrizations[self.pname]
+        plist = self._plist()
         with torch.no_grad():
             wshape = getattr(self.module, self.pname).shape
             out = {n: self._slice(t.detach(), wshape).contiguous() for n, t in self.tensors() if n != "original0"}
             if isinstance(plist[0], _WeightNorm):
-                g, v = plist.original0.detach(), plist.original1.detach()
+                g, v = cast(Tensor, plist.original0).detach(), cast(Tensor, plist.original1).detach()
                 dim = plist[0].dim
                 norm = torch.norm_except_dim(v, 2, dim).reshape(g.shape)
-                scale = torch.where(norm == 0, torch.zeros_like(g), g / torch.where(norm == 0, torch.ones_like(norm), norm))
+                safe_norm = torch.where(norm == 0, torch.ones_like(norm), norm)
+                scale = torch.where(norm == 0, torch.zeros_like(g), g / safe_norm)
                 if dim != -1 and len(self.dims.get(dim % v.dim(), ())):
                     d = dim % v.dim()
-                    scale = scale.index_select(d, _keep_index(scale.shape[d], _sorted_unique(self.dims[d])).to(g.device))
+                    keep = _keep_index(scale.shape[d], _sorted_unique(self.dims[d])).to(g.device)
+                    scale = scale.index_select(d, keep)
                 new_norm = torch.norm_except_dim(out["original1"], 2, dim).reshape(scale.shape)
                 out["original0"] = (scale * new_norm).contiguous()
         return out
@@ -182,7 +187,8 @@ def _reparam_keys(rp: _Reparam, slots: dict[str, list[_Slot]]) -> dict[str, str]
     return {n: key_of[id(t)] for n, t in rp.tensors() if id(t) in key_of}
 
 
-def new_shapes(model: nn.Module, removal: Removal, slots: dict[str, list[_Slot]] | None = None) -> dict[str, tuple[int, ...]]:
+def new_shapes(model: nn.Module, removal: Removal,
+               slots: dict[str, list[_Slot]] | None = None) -> dict[str, tuple[int, ...]]:
     """The shape every tensor of ``removal`` will have; a removal that does not fit raises :class:`PlanError`."""
     slots = tensor_slots(model) if slots is None else slots
     removal, reparams = _reparams(model, removal, slots)
@@ -235,7 +241,8 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
                 old_shapes[keys[n]] = tuple(olds[n].shape)
         # the module's handler checks the weight it computes, by its plain name
         per_module[id(rp.module)] = (
-            rp.module_name, rp.module, {rp.pname: rp.weight_shape()}, {rp.pname: tuple(getattr(rp.module, rp.pname).shape)}
+            rp.module_name, rp.module, {rp.pname: rp.weight_shape()},
+            {rp.pname: tuple(getattr(rp.module, rp.pname).shape)}
         )
     for key, dims in removal.items():
         t = getattr(slots[key][0].module, slots[key][0].attr)
@@ -259,7 +266,7 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
             entry[2][s.attr] = shapes[key]
             entry[3][s.attr] = old_shapes[key]
     owner_handlers = []
-    for mname, mod, nshapes, oshapes in per_module.values():
+    for mname, _mod, nshapes, oshapes in per_module.values():
         owners = _owners(modules, mname)
         for oname, omod in owners:
             h = handler_for(omod)
@@ -305,7 +312,8 @@ def size_attrs(module: nn.Module) -> dict[str, object]:
     for k, v in vars(module).items():
         if k.startswith("_") or isinstance(v, bool):
             continue
-        if isinstance(v, int) or (isinstance(v, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        if isinstance(v, int) or (isinstance(v, tuple)
+                                  and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
             out[k] = v
     return out
 
@@ -323,12 +331,16 @@ def structure_state(model: nn.Module) -> dict:
 
 
 def record_shapes(model: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Record ``old_shapes`` (tensor key -> shape before a removal) in the model's structure state as its
+    original shapes; a tensor already recorded keeps its first (true original) shape."""
     st = structure_state(model)
     for k, v in old_shapes.items():
         st["original_shapes"].setdefault(k, list(v))
 
 
 def record_attrs(model: nn.Module, module_name: str, before: dict, after: dict) -> None:
+    """Record in the model's structure state the size attributes of module ``module_name`` that differ
+    between ``before`` and ``after`` (two :func:`size_attrs` of it); tuples are stored as lists."""
     changed = {k: (list(v) if isinstance(v, tuple) else v) for k, v in after.items() if before.get(k) != v}
     if changed:
         structure_state(model)["attrs"].setdefault(module_name, {}).update(changed)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -119,9 +119,10 @@ def resolve_tensor(key: str, slots: Mapping[str, Sequence[Any]], modules: Mappin
     for s in sl:
         owner_name = _parametrized_owner(s.module_name) if s.is_param and s.attr == "original" else None
         owner = modules.get(owner_name) if owner_name is not None else None
-        if owner is not None and (lay := weight_layout(owner)) is not None and \
-                tuple(owner.weight.shape) == tuple(getattr(s.module, s.attr).shape):
-            return _Ref(key, owner.weight, lay, owner_name, True)
+        if owner is not None and (lay := weight_layout(owner)) is not None:
+            owner_w = cast(Tensor, owner.weight)  # a module with a weight layout has a weight tensor
+            if tuple(owner_w.shape) == tuple(getattr(s.module, s.attr).shape):
+                return _Ref(key, owner_w, lay, owner_name, True)
         if s.is_param and isinstance(s.module, nn.MultiheadAttention) and s.attr == "in_proj_weight":
             return _Ref(key, s.module.in_proj_weight, WeightLayout("linear", 0, 1), None, True)
     for s in sl:
@@ -224,6 +225,7 @@ class UnitScorer:
 
     # ------------------------------------------------------------------------------------------- public
     def ref(self, key: str) -> _Ref:
+        """How tensor ``key`` is scored (see :func:`resolve_tensor`), resolved once and cached."""
         if key not in self._refs:
             self._refs[key] = resolve_tensor(key, self._slots, self._modules)
         return self._refs[key]
@@ -275,9 +277,9 @@ class UnitScorer:
                 raise
             self._stats = {n: LayerStats(n) for n in layers}  # none of these modules ran: none has activations
 
-    def _stats_for(self, ref: _Ref) -> LayerStats | None:
-        """The statistics of a layer weight, or None when the criterion cannot score it (a missing
-        normalisation layer for BN scale). Derivatives the loss does not reach are zero."""
+    def _stats_for(self, ref: _Ref, w: Tensor) -> LayerStats | None:
+        """The statistics of a layer weight ``w`` (detached ``ref.tensor``), or None when the criterion cannot
+        score it (a missing normalisation layer for BN scale). Derivatives the loss does not reach are zero."""
         crit = self.criterion
         if not crit.needs:
             return LayerStats(ref.key)
@@ -288,8 +290,9 @@ class UnitScorer:
             return None  # no normalisation layer follows this layer: BN scale has nothing to read
         missing = {n for n in crit.needs & _DERIVATIVE if getattr(st, n) is None}
         if missing:
-            zero = torch.zeros_like(ref.tensor.detach(), dtype=torch.float32)
-            st = dataclasses.replace(st, **{n: zero for n in missing})
+            zero = torch.zeros_like(w, dtype=torch.float32)
+            filled: dict[str, Any] = {n: zero for n in missing}
+            st = dataclasses.replace(st, **filled)
         return st
 
     def _vectors(self, key: str, dims: set[int | None]) -> None:
@@ -317,10 +320,10 @@ class UnitScorer:
             if crit.needs and ref.stats_name is None:
                 self._unobserved.add(key)
                 return
-            st = self._stats_for(ref)
+            w = ref.tensor.detach()
+            st = self._stats_for(ref, w)
             if st is None:
                 return
-            w = ref.tensor.detach()
             s = ScoreInput(ref.layout.to_canonical(w), st, ref.layout, key, self.seed)
             try:
                 contrib = ref.layout.from_canonical(crit.contribution(s))

@@ -204,12 +204,11 @@ def build_groups(tr: Tracer) -> TraceResult:
     flat_cls[o2] = cls_global  # entry i is (keys[all_keys[i]], index i - offsets[key])
     removable_cls = prod_root[root_of_cls] & ~pinned_root[root_of_cls]
     keys_of_comp: dict[int, list[int]] = {}
-    for i, c in enumerate(comp.tolist()):
-        keys_of_comp.setdefault(c, []).append(i)
+    for i, comp_id in enumerate(comp.tolist()):
+        keys_of_comp.setdefault(comp_id, []).append(i)
     groups = []
     for st, en in sorted(zip(starts.tolist(), ends.tolist()), key=lambda se: int(root_of_cls[se[0]])):
-        c = int(comp_of_cls[st])
-        kids = keys_of_comp[c]
+        kids = keys_of_comp[int(comp_of_cls[st])]
         index_class = [flat_cls[offsets[k]: offsets[k + 1]] - st for k in kids]
         groups.append(Group([Member(keys[k][0], keys[k][1]) for k in kids], None, removable_cls[st:en].tolist(),
                             index_class=index_class, size=en - st))

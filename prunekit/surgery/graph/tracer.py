@@ -173,7 +173,7 @@ class Tracer(TorchDispatchMode):
                        else const_label(t.dim()))
             self.labels[id(t)] = (t, lab)
             try:
-                self.layouts[id(t)] = (tuple(t.shape), tuple(t.stride()), t.storage_offset())
+                self.layouts[id(t)] = (tuple(t.shape), tuple(t.stride()), int(t.storage_offset()))
             except Exception:  # noqa: BLE001  (tensors without strides)
                 self.layouts.pop(id(t), None)
 
@@ -334,10 +334,8 @@ def trace_groups(
 
     def propagate(func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if name in ("add", "add_") and isinstance(out, Tensor):
-            prev = [id(a) for a in args[:2] if isinstance(a, Tensor)]
-            if name == "add_":  # in place: the tensor's earlier value is a new node
-                prev = [add_src.get(-id(args[0]), id(args[0])) if i == 0 else p for i, p in enumerate(prev)]
-            add_src[id(out)] = prev
+            # the summands' ids; for add_ (in place) ``out`` is ``args[0]`` itself, so its first id is its own
+            add_src[id(out)] = [id(a) for a in args[:2] if isinstance(a, Tensor)]
         orig_propagate(func, name, args, kwargs, out)
 
     tr.propagate = propagate  # type: ignore[method-assign]

@@ -91,11 +91,12 @@ def conv_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Tensor) -> 
                 atoms = per[c]
                 real = atoms[atoms >= 0]
                 g, j = divmod(c, per_in)
-                tied = [int(o_atoms[g * per_out + t]) for t in range(per_out)] if per_in == 1 else [int(i_atoms[j])]
+                tied_atoms = ([int(o_atoms[g * per_out + t]) for t in range(per_out)] if per_in == 1
+                              else [int(i_atoms[j])])
                 if real.size == 0 or real.size != atoms.size:
-                    tr.pin(tied)
+                    tr.pin(tied_atoms)
                 for a in real.tolist():
-                    for t in tied:
+                    for t in tied_atoms:
                         tr.uf.union(t, a)
             if per_in > 1 and groups > 1:  # grouped (not depthwise): uniform removal inside every group
                 tr.union_pairs(np.tile(o_atoms[:per_out], groups - 1), o_atoms[per_out: groups * per_out])

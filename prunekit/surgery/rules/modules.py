@@ -7,7 +7,7 @@ hidden units flow.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from torch import Tensor, nn
@@ -53,13 +53,16 @@ def rnn_rule(tr: Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, o
     hx = args[1] if len(args) > 1 else kwargs.get("hx")
     outs = [o for o in tree_flatten(output)[0] if isinstance(o, Tensor)]
     gates = {"LSTM": 4, "GRU": 3}.get(getattr(mod, "mode", ""), 1)
-    nd = 2 if mod.bidirectional else 1
-    layers = int(mod.num_layers)
+    rnn = cast(nn.RNNBase, mod)  # the rule is registered for nn.RNNBase only
+    nd = 2 if rnn.bidirectional else 1
+    layers = int(rnn.num_layers)
     sfx = ["", "_reverse"][:nd]
 
     def atoms(pname: str, dim: int, *, producer: bool = False) -> np.ndarray | None:
         t = getattr(mod, pname, None)
-        pv = tr.view_of(t) if isinstance(t, Tensor) else None
+        if not isinstance(t, Tensor):
+            return None
+        pv = tr.view_of(t)
         if pv is None or pv.dim_map() is None or pv.param.shape != t.shape:
             return None
         return tr.pdim(pv.key, pv.param, dim, producer=producer)
@@ -104,6 +107,7 @@ def rnn_rule(tr: Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, o
     seq = _rnn_data(output[0] if isinstance(output, tuple) else output)
     states = [h for h in tree_flatten(output[1] if isinstance(output, tuple) and len(output) > 1 else ())[0]
               if isinstance(h, Tensor)]
-    for o, unit in [(seq, np.tile(hid, nd))] + [(h, hid) for h in states]:
-        if isinstance(o, Tensor) and o.shape[-1] == unit.size:
-            tr.set_label(o, axis_label(o.dim() - 1, o.dim(), unit))
+    tails: list[tuple[Tensor | None, np.ndarray]] = [(seq, np.tile(hid, nd)), *((h, hid) for h in states)]
+    for tail, unit in tails:
+        if isinstance(tail, Tensor) and tail.shape[-1] == unit.size:
+            tr.set_label(tail, axis_label(tail.dim() - 1, tail.dim(), unit))
