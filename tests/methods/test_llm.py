@@ -10,7 +10,7 @@ from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError
 from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from prunekit.llm.prune import OWL, prune_causal_lm
 
-from .conftest import VOCAB, calibration, tiny_model
+from tests.llm.conftest import VOCAB, calibration, tiny_model
 
 UNSTRUCTURED = ["magnitude", "wanda", "sparsegpt", "owl-wanda", "owl-sparsegpt", "owl-magnitude"]
 STRUCTURED = ["llm-heads", "llm-mlp", "llm-layers"]
