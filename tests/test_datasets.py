@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.models import load_ccexam_mnist_cnn
 from prunekit import datasets as S
 from prunekit.datasets import installer, loaders, locate, readers, registry, unpickle
 from prunekit.errors import CheckpointError, SourceMissingError, UnknownNameError
+from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.models.nets import DigitCNN
 
 

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import prunekit as pk
-from prunekit.layout import base_class, is_prunable, weight_layout
 from prunekit.apply.masks import get_mask
+from prunekit.layout import base_class, is_prunable, weight_layout
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402

@@ -1,9 +1,14 @@
+"""Tests of :mod:`prunekit.allocation.builtin`: ERK, LAMP, global, uniform and OWL on hand-computed layers, and
+the contract every registered allocation meets."""
+
 import pytest
 import torch
+from conftest import ThreeLayer
+from torch import nn
 
 import prunekit as pk
-from prunekit.allocation.builtin import LayerInfo
-from prunekit.criteria import lamp_scores
+from prunekit.allocation.builtin import OWL, LayerInfo, outlier_ratio, owl_sparsities, repeated_block
+from prunekit.errors import ConfigError
 
 
 def _toy_layers():
@@ -28,12 +33,6 @@ def test_erk_hand_computed_with_capping():
     assert got == pytest.approx({"fc1": 0.58, "fc2": 0.44, "fc3": 0.0}, abs=1e-12)
     total = 5000 * got["fc1"] + 2500 * got["fc2"] + 500 * got["fc3"]
     assert total == pytest.approx(0.5 * 8000)
-
-
-def test_lamp_scores_hand_computed():
-    # magnitudes 1, 2, 3 -> squares 1, 4, 9; suffix sums 14, 13, 9
-    s = lamp_scores(torch.tensor([4.0, 1.0, 9.0]))
-    assert s.tolist() == pytest.approx([4 / 13, 1 / 14, 1.0])
 
 
 def test_lamp_allocation_hand_computed():
@@ -102,3 +101,97 @@ def test_global_counts_weights_or_units():
     assert by_unit["a"] * 4 + by_unit["b"] * 4 == pytest.approx(4, abs=1)
     with pytest.raises(pk.ConfigError):
         Global(count="bytes")
+
+
+def test_lamp_allocation_prunes_again_to_the_new_target():
+    """Weights removed earlier score -inf; LAMP is computed over the units still alive, so a second LAMP
+    pruning reaches its target (before, (-inf)^2 made the removed weights the most important)."""
+    torch.manual_seed(0)
+    model = ThreeLayer()
+    pk.prune(model, "lamp", sparsity=0.5, prune_classifier=True, measure=False)
+    first = {n: pk.get_mask(m).clone() for n, m in model.named_children()}
+    report = pk.prune(model, "lamp", sparsity=0.8, prune_classifier=True, measure=False)
+    assert report.sparsity == pytest.approx(0.8, abs=1e-3)
+    assert all(not (pk.get_mask(m) & ~first[n]).any() for n, m in model.named_children())
+
+
+def test_owl_sparsities_keep_the_mean_and_favour_outlier_layers():
+    s = owl_sparsities([0.01, 0.05, 0.03, 0.02], 0.6, lam=0.08)
+    assert sum(s) / len(s) == pytest.approx(0.6)
+    assert max(s) - min(s) == pytest.approx(0.16)
+    assert s[1] == min(s) and s[0] == max(s)  # most outliers -> least pruned
+    assert owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
+
+
+def test_outlier_ratio_hand_computed():
+    scores = [torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 31.0])]  # mean 4
+    assert outlier_ratio(scores, multiple=5.0) == pytest.approx(0.1)  # 31 > 5 * 4 = 20
+    assert outlier_ratio(scores, multiple=10.0) == 0.0
+
+
+def _cnn() -> nn.Sequential:
+    """Three 4->4 3x3 convolutions (144 weights each) and a classifier the pruner leaves dense."""
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(), nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, bias=False), nn.Flatten(), nn.Linear(4, 2),
+    )
+    with torch.no_grad():
+        for conv in (model[0], model[2], model[4]):
+            conv.weight.fill_(1.0)
+        model[0].weight.view(-1)[[3, 70]] = 100.0  # mean 342/144 = 2.375: 2 weights above 5 x mean
+        model[2].weight.view(-1)[[0, 9, 20, 50, 99, 143]] = -50.0  # mean 438/144: 6 above 5 x mean
+    return model  # model[4]: all ones, no weight above 5 x mean
+
+
+def test_owl_core_matches_hand_computed_ratios():
+    model = _cnn()
+    plan = pk.Pruner("magnitude", allocation=OWL(lam=0.1)).plan(model, sparsity=0.5)
+    ratios = [2 / 144, 6 / 144, 0.0]
+    expected = owl_sparsities(ratios, 0.5, lam=0.1)
+    # by hand: d = 0.2 * r / max(r) = (1/15, 1/5, 0), mean 4/45; sparsity = 1 - (d - 4/45 + 0.5)
+    assert expected == pytest.approx([47 / 90, 35 / 90, 53 / 90], abs=1e-12)
+    # (the ratios are float32 shares, as in the LLM path: equal to 1e-6)
+    assert plan.layer_sparsity() == pytest.approx({"0": 47 / 90, "2": 35 / 90, "4": 53 / 90}, abs=1e-6)
+    assert [lp.name for lp in plan.layers] == ["0", "2", "4"]  # the classifier stays dense
+    assert plan.sparsity == pytest.approx(0.5, abs=1 / 432)
+    assert plan.settings["allocation"] == "owl"
+    # through prunekit.prune with the registered name (lam = 0.08)
+    report = pk.prune(_cnn(), "magnitude", sparsity=0.5, allocation="owl", measure=False)
+    targets = [r.target for r in report.layers if r.target is not None]
+    assert targets == pytest.approx(owl_sparsities(ratios, 0.5), abs=1e-6)
+
+
+def test_owl_pools_blocks_and_meets_the_target_in_weights():
+    def info(name, scores):
+        return LayerInfo(name, tuple(scores.shape), scores, torch.ones_like(scores, dtype=torch.long))
+
+    ones = torch.ones
+    outliers = torch.cat([ones(96), torch.full((4,), 100.0)])  # 4 of 100 above 5 x mean
+    layers = [
+        info("blocks.0.a", outliers), info("blocks.0.b", ones(100)),  # block 0: 4 / 200 outliers
+        info("blocks.1.a", ones(50)),  # block 1: none
+        info("head", torch.cat([ones(47), torch.full((3,), 100.0)])),  # its own block: 3 / 50
+    ]
+    assert [repeated_block(layer.name) for layer in layers] == ["blocks.0", "blocks.0", "blocks.1", "head"]
+    got = OWL().allocate(layers, 0.5)
+    assert got["blocks.0.a"] == got["blocks.0.b"]
+    removed = sum(got[layer.name] * layer.numel for layer in layers)
+    assert removed == pytest.approx(0.5 * 300)  # overall sparsity in weights, with blocks of 200, 50, 50
+    raw = owl_sparsities([4 / 200, 0.0, 3 / 50], 0.5)  # the paper's values, shifted by one constant
+    shift = got["blocks.0.a"] - raw[0]
+    assert [got["blocks.1.a"] - shift, got["head"] - shift] == pytest.approx(raw[1:], abs=1e-6)
+    assert shift != 0.0  # unequal blocks: the plain mapping would miss the target
+    assert got["head"] < got["blocks.0.a"] < got["blocks.1.a"]  # more outliers, fewer removed
+    per_weight = OWL(block_of=None).allocate(layers, 0.5)  # every weight its own layer
+    assert per_weight["blocks.0.a"] < per_weight["blocks.0.b"]
+    # weights removed earlier score -inf and are left out of the ratio
+    kept = torch.cat([ones(9), torch.full((1,), 100.0)])  # mean 10.9: one of ten above 5 x mean
+    assert OWL().ratio([torch.cat([kept, torch.full((5,), float("-inf"))])]) == pytest.approx(0.1)
+
+
+def test_owl_refuses_bad_options_and_nm():
+    for bad in ({"lam": -0.1}, {"M": 0.0}, {"max_sparsity": 1.5}):
+        with pytest.raises(ConfigError):
+            OWL(**bad)
+    with pytest.raises(ConfigError, match="2:4"):
+        pk.Pruner("magnitude", "2:4", allocation="owl")

@@ -1,4 +1,6 @@
-"""Every data-driven criterion x every calibration form: it works (masks of the requested sparsity) or it is
+"""Tests of :mod:`prunekit.calibration.batches`: every calibration form is read one way.
+
+Every data-driven criterion x every calibration form: it works (masks of the requested sparsity) or it is
 refused with a PrunekitError that names the forms it can use, and the model is bit-identical.
 
 Models: a small CNN with BatchNorm (forms: (x, y) pairs, a float tensor batch, a loss callable, a
@@ -15,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit as pk
+from prunekit.calibration import Calibration
 
 transformers = pytest.importorskip("transformers")
 
@@ -182,3 +185,12 @@ def test_grasp_runs_through_fused_attention():
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
     report = pk.prune(model, "grasp", sparsity=SPARSITY, calibration=[(x, y)], measure=False)
     assert report.sparsity == pytest.approx(SPARSITY, abs=0.01)
+
+
+def test_calibration_refuses_strings_and_empty():
+    with pytest.raises(pk.DataError, match="string"):
+        Calibration.of("some text")
+    with pytest.raises(pk.MissingDataError):
+        Calibration.of(None)
+    with pytest.raises(pk.DataError, match="empty"):
+        list(Calibration.of([]).batches())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.errors import DataError, MissingDataError, UnsupportedModuleError
 from prunekit.calibration.families import family_for as adapter_for
+from prunekit.errors import DataError, MissingDataError, UnsupportedModuleError
 from prunekit.llm.memory import AllocationMeter, tensor_bytes
 from prunekit.llm.prune import prune_causal_lm
 from prunekit.llm.runner import LayerVisitor, as_batches, run_layerwise
@@ -103,9 +103,9 @@ def test_unknown_family_is_refused():
 
 
 def test_offloaded_activations_give_the_same_weights():
-    from prunekit.llm.prune import _SolveVisitor, select_targets
     from prunekit.apply.solvers import SparseGPTSolver
     from prunekit.granularity.patterns import Unstructured
+    from prunekit.llm.prune import _SolveVisitor, select_targets
 
     pruned = []
     for offload in (False, True):

@@ -1,4 +1,5 @@
-"""Every LLM method through prunekit.prune on a random-init LLaMA with grouped-query attention."""
+"""Tests of :mod:`prunekit.methods.llm`: every LLM method through prunekit.prune on a random-init LLaMA with
+grouped-query attention."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import torch
 
 import prunekit
 from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError
-from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from prunekit.llm.prune import OWL, prune_causal_lm
-
+from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from tests.llm.conftest import VOCAB, calibration, tiny_model
 
 UNSTRUCTURED = ["magnitude", "wanda", "sparsegpt", "owl-wanda", "owl-sparsegpt", "owl-magnitude"]

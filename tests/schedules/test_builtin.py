@@ -1,3 +1,5 @@
+"""Tests of :mod:`prunekit.schedules.builtin`: one-shot, iterative and gradual (cubic) schedules by formula."""
+
 import pytest
 
 import prunekit as pk

@@ -10,8 +10,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.allocation.builtin import Global, LayerInfo
-from prunekit.errors import ConfigError, NothingToPruneError, PrunekitError
 from prunekit.allocation.units import structural_allocation
+from prunekit.errors import ConfigError, NothingToPruneError, PrunekitError
 from prunekit.surgery.blocks import _is_identity_residual, plan_layers
 
 

@@ -111,23 +111,6 @@ def test_fused_gate_up_pairs_channel_i_of_gate_with_channel_i_of_up() -> None:
         torch.testing.assert_close(model(input_ids=IDS).logits, before, atol=1e-5, rtol=1e-5)
 
 
-def test_glu_halves_are_coupled() -> None:
-    class GLU(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(8, 32)
-            self.b = nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(nn.functional.glu(self.a(x), dim=-1))
-
-    model = GLU().eval()
-    x = torch.randn(2, 8)
-    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure_latency=False)
-    assert model.a.out_features == 16 and model.b.in_features == 8
-    assert model(x).shape == (2, 3)
-
-
 def _vision(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "vit":  # get_input_embeddings() is a patch embedding without .weight
