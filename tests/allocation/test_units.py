@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 import prunekit as pk
-from prunekit.allocation.units import allocate_units, remove_lowest, structural_allocation
+from prunekit.allocation.units import (
+    allocate_units,
+    default_global_cap,
+    remove_lowest,
+    structural_allocation,
+    unique_names,
+)
 from prunekit.errors import ConfigError
 
 
@@ -40,3 +46,19 @@ def test_allocations_split_a_concatenation_by_producer() -> None:
     g, _ = allocate_units(["cat"], [scores], [np.ones(12)], [rem], 0.5, structural_allocation("global", 0.5, 0.5),
                           segments=[seg])
     assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the share holds per segment: segment 0 keeps two units
+
+
+def test_remove_lowest_keeps_one_unit_and_only_removes_removable_ones():
+    assert remove_lowest(np.array([2.0, 1.0]), np.ones(2, bool), 0.99).tolist() == [1]  # one unit stays
+    removable = np.array([False, True, True, True])
+    assert remove_lowest(np.array([1.0, 2.0, 3.0, 4.0]), removable, 0.5).tolist() == [1, 2]  # 0 is pinned
+    assert remove_lowest(np.array([1.0, 2.0]), np.zeros(2, bool), 0.5).tolist() == []
+    # ties: the earlier unit goes first
+    assert remove_lowest(np.array([1.0, 1.0, 1.0, 0.0]), np.ones(4, bool), 0.5).tolist() == [0, 3]
+
+
+def test_unique_names_and_the_default_cap():
+    assert unique_names(["a", "b", "a", "a"]) == ["a", "b", "a#1", "a#2"]
+    assert default_global_cap(0.3) == pytest.approx(0.6) and default_global_cap(0.6) == 0.9
+    assert structural_allocation(None, 0.5) == pk.Uniform()
+    assert allocate_units([], [], [], [], 0.5, pk.Uniform()) == ([], {})

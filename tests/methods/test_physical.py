@@ -10,7 +10,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.criteria import CriterionLevelError
-from prunekit.methods.physical import physical_method
+from prunekit.methods.physical import PHYSICAL_LEVELS, physical_method
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,3 +85,14 @@ def test_physical_channel_pruner_really_shrinks_the_model():
     assert not any(hasattr(m, "parametrizations") for m in model.modules())  # no masks: shapes changed
     assert report.settings["pattern"] == "channel (physical)" and report.settings["criterion"] == "fpgm"
     assert model(x).shape == (1, 3)
+
+
+def test_physical_method_names_its_level_and_criterion():
+    assert PHYSICAL_LEVELS == ("channel", "embedding", "head", "layer")
+    assert physical_method("channel", "magnitude").name == "l1-channel"  # the named method's own name
+    assert physical_method("channel", "obd").name == "hessian-channel"
+    m = physical_method("head", "taylor")
+    assert m.name == "taylor-head" and m.kind == "head" and m.needs_data
+    assert "attention heads" in m.description and m.criterion.name == "taylor"
+    assert not physical_method("layer", "magnitude").needs_data
+    assert physical_method("embedding", "l2").name == "l2-embedding"

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.surgery import apply_head_plan_, plan_heads
+from prunekit.surgery import apply_head_plan_, apply_layer_plan_, plan_heads, plan_layers
+from prunekit.surgery.blocks import overlaps_ignored
 
 transformers = pytest.importorskip("transformers")
 
@@ -73,3 +74,33 @@ def test_layer_removal_updates_config_and_indices() -> None:
     assert len(model.config.layer_types) == 2
     out = model.generate(IDS, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 15)
+
+
+def test_a_block_overlaps_an_ignored_module_it_is_inside_equals_or_contains():
+    assert overlaps_ignored("model.layers.0", ["model.layers.0.mlp"]) == "model.layers.0.mlp"  # contains
+    assert overlaps_ignored("model.layers.0", ["model.layers.0"]) == "model.layers.0"
+    assert overlaps_ignored("model.layers.0.mlp", ["model.layers"]) == "model.layers"  # inside
+    assert overlaps_ignored("model.layers.10", ["model.layers.1"]) is None  # a prefix of the name is not a parent
+    assert overlaps_ignored("model.layers.1", ["model.norm"]) is None
+    assert overlaps_ignored("blocks.0", [""]) == ""  # the model itself contains everything
+
+
+class _Res(nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4, bias=False)
+        with torch.no_grad():
+            self.lin.weight.fill_(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.lin(x))
+
+
+def test_magnitude_removes_the_blocks_with_the_smallest_mean_weight():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(*[_Res(s) for s in (1.0, 0.1, 2.0, 0.5)]), nn.Linear(4, 2))
+    plan = plan_layers(model, torch.randn(3, 4), 0.5, criterion="magnitude")
+    assert plan.candidates == ["1.0", "1.1", "1.2", "1.3"]
+    assert plan.scores == pytest.approx({"1.0": 1.0, "1.1": 0.1, "1.2": 2.0, "1.3": 0.5})
+    assert sorted(plan.remove) == ["1.1", "1.3"]
+    apply_layer_plan_(model, plan)
+    assert [blk.lin.weight[0, 0].item() for blk in model[1]] == [1.0, 2.0]

@@ -12,6 +12,13 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import UnsupportedModuleError
+from prunekit.surgery.mha import (
+    HeadPrunedMultiheadAttention,
+    adopt_pruned_heads,
+    check_head_prunable,
+    head_prunable,
+    inner_width,
+)
 
 
 def _vit() -> nn.Module:
@@ -136,3 +143,39 @@ def test_vit_channel_pruning_shrinks_the_residual_stream_through_multihead_atten
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), out)
+
+
+def test_only_the_packed_layout_can_lose_heads():
+    packed = nn.MultiheadAttention(8, 2)
+    assert head_prunable(packed) and inner_width(packed) == 8
+    check_head_prunable("ok", packed)
+    cross = nn.MultiheadAttention(8, 2, kdim=4, vdim=4)
+    biased = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    assert not head_prunable(cross) and not head_prunable(biased)
+    with pytest.raises(UnsupportedModuleError, match="'x' .*kdim/vdim"):
+        check_head_prunable("x", cross)
+    with pytest.raises(UnsupportedModuleError, match="add_bias_kv"):
+        check_head_prunable("y", biased)
+
+
+def test_a_module_that_lost_a_head_computes_the_stock_module_without_that_head():
+    """Head 1 of 2 (size 4) removed from the packed projections and out_proj: the result is what the stock
+    module gives with head 1's columns of out_proj set to zero (its contribution left out)."""
+    torch.manual_seed(0)
+    stock = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    reference = copy.deepcopy(stock)
+    with torch.no_grad():
+        reference.out_proj.weight[:, 4:8] = 0
+    keep = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]  # head 0's rows of q, k and v
+    pruned = copy.deepcopy(stock)
+    pruned.in_proj_weight = nn.Parameter(stock.in_proj_weight.detach()[keep].clone())
+    pruned.in_proj_bias = nn.Parameter(stock.in_proj_bias.detach()[keep].clone())
+    pruned.out_proj.weight = nn.Parameter(stock.out_proj.weight.detach()[:, :4].clone())
+    adopt_pruned_heads(pruned)
+    assert type(pruned) is HeadPrunedMultiheadAttention
+    assert (pruned.num_heads, pruned.head_dim, pruned.embed_dim, inner_width(pruned)) == (1, 4, 8, 4)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x, x, x)[0], reference(x, x, x)[0], atol=1e-6, rtol=1e-5)
+    adopt_pruned_heads(stock)  # nothing removed: the stock class stays
+    assert type(stock) is nn.MultiheadAttention and stock.num_heads == 2

@@ -63,3 +63,38 @@ def test_surgery_refuses_an_unknown_parametrization_before_any_change():
         remove_(model, {"0.weight": {0: np.array([1])}, "0.bias": {0: np.array([1])}, "1.weight": {1: np.array([1])}})
     assert_unchanged(model, before)
     assert model[1].in_features == 4
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_removing_a_hidden_unit_drops_its_row_bias_and_column_exactly():
+    model = _mlp()
+    w0, b0, w2 = (t.detach().clone() for t in (model[0].weight, model[0].bias, model[2].weight))
+    removal = {"0.weight": {0: np.array([1])}, "0.bias": {0: np.array([1])}, "2.weight": {1: np.array([1])}}
+    assert new_shapes(model, removal) == {"0.weight": (3, 3), "0.bias": (3,), "2.weight": (2, 3)}
+    old = remove_(model, removal)
+    assert old == {"0.weight": (4, 3), "0.bias": (4,), "2.weight": (2, 4)}
+    keep = [0, 2, 3]
+    assert torch.equal(model[0].weight, w0[keep]) and torch.equal(model[0].bias, b0[keep])
+    assert torch.equal(model[2].weight, w2[:, keep])
+    assert (model[0].out_features, model[2].in_features) == (3, 3)  # the handlers followed
+    assert isinstance(model[0].weight, nn.Parameter)
+
+
+def test_tied_weights_stay_tied_and_bad_removals_change_nothing():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    model[1].weight = model[0].weight
+    remove_(model, {"0.weight": {1: np.array([0])}})
+    assert model[1].weight is model[0].weight and tuple(model[1].weight.shape) == (4, 3)
+    model = _mlp()
+    before = snapshot(model)
+    with pytest.raises(pk.PlanError, match="does not have"):
+        remove_(model, {"9.weight": {0: np.array([0])}})
+    with pytest.raises(pk.PlanError, match="every index"):
+        remove_(model, {"2.weight": {0: np.array([0, 1])}})
+    with pytest.raises(pk.PlanError, match="index 7"):
+        remove_(model, {"0.bias": {0: np.array([7])}})
+    assert_unchanged(model, before)
