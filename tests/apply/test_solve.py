@@ -201,8 +201,10 @@ def test_sparsegpt_reconstructs_better_than_wanda_better_than_magnitude(models, 
     assert len(layers) >= (5 if model_name == "vit" else 7)
     total = {m: sum(e.error for e in errors[m].values()) for m in METHODS}
     assert total["sparsegpt"] < total["wanda"] < total["magnitude"], total
-    ordered = [n for n in layers if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error]
-    assert len(ordered) >= 0.75 * len(layers), {m: {n: round(e.relative, 4) for n, e in errors[m].items()} for m in METHODS}
+    ordered = [n for n in layers
+               if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error]
+    assert len(ordered) >= 0.75 * len(layers), {m: {n: round(e.relative, 4) for n, e in errors[m].items()}
+                                                for m in METHODS}
 
 
 def test_sequential_and_one_pass_modes(models, images):

@@ -45,7 +45,8 @@ def test_padding_enters_no_activation_statistic():
 
     m = M()
     ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
-    padded = collect(m, {"lin": lin}, {"act_norm"}, {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
+    padded = collect(m, {"lin": lin}, {"act_norm"},
+                     {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
     clean = collect(m, {"lin": lin}, {"act_norm"}, [ids[:1], ids[1:, :2]])
     assert padded["lin"].rows == 5
     assert torch.allclose(padded["lin"].act_sq, clean["lin"].act_sq)

@@ -44,7 +44,7 @@ def test_runner_replays_each_layer_exactly(family):
         seen = {}
         handles = [
             layer.register_forward_hook(
-                lambda _m, _i, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+                lambda _m, _i, out, i=i, seen=seen: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)
             )
             for i, layer in enumerate(layers)
         ]

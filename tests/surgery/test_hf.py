@@ -132,7 +132,7 @@ def test_exact_heads_keep_the_requested_count_and_reload_through_the_pruned_load
     assert model.config.prunekit_structure["shapes"]
     logits = _logits(model)
     model.save_pretrained(tmp_path)
-    with pytest.raises(Exception):  # the stock loader builds 8 heads
+    with pytest.raises(RuntimeError):  # the stock loader builds 8 heads
         transformers.LlamaForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(_logits(from_pretrained_pruned(transformers.AutoModelForCausalLM, tmp_path)), logits)
 

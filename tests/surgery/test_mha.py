@@ -113,7 +113,8 @@ def test_multihead_attention_layouts_without_packed_projections_are_refused_befo
     model = _CrossAttention().eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedModuleError, match="kdim/vdim"):
-        pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 4, 16), measure=False, prune_classifier=True)
+        pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 4, 16), measure=False,
+                 prune_classifier=True)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
@@ -127,7 +128,8 @@ def test_vit_channel_pruning_shrinks_the_residual_stream_through_multihead_atten
     flops0, _ = count_flops(model, x)
     rep = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
     assert not any("fixes their size" in n for n in rep.notes)
-    assert model.hidden_dim == 16 and model.conv_proj.out_channels == 16 and tuple(model.class_token.shape) == (1, 1, 16)
+    assert (model.hidden_dim == 16 and model.conv_proj.out_channels == 16
+            and tuple(model.class_token.shape) == (1, 1, 16))
     assert tuple(model.encoder.pos_embedding.shape[-1:]) == (16,)
     for blk in model.encoder.layers:
         att = blk.self_attention

@@ -24,7 +24,8 @@ def _family(kind: str) -> tuple[nn.Module, str, str]:
                            bos_token_id=1, eos_token_id=2)
         return T.Phi3ForCausalLM(cfg), "model.layers.{}.mlp.gate_up_proj", "model.layers.{}.mlp.down_proj"
     if kind == "gpt2":  # fused c_attn (Conv1D)
-        cfg = T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2)
+        cfg = T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1,
+                           eos_token_id=2)
         return T.GPT2LMHeadModel(cfg), "transformer.h.{}.mlp.c_fc", "transformer.h.{}.mlp.c_proj"
     if kind == "gpt-neox":  # fused query_key_value
         cfg = T.GPTNeoXConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2,
@@ -77,7 +78,8 @@ def test_fused_families_lose_mlp_width_and_reload(kind: str, tmp_path) -> None: 
     model.save_pretrained(tmp_path)
     from prunekit.surgery.hf import from_pretrained_pruned
 
-    again = (type(model).from_pretrained(tmp_path) if kind in STOCK else from_pretrained_pruned(type(model), tmp_path)).eval()
+    again = (type(model).from_pretrained(tmp_path) if kind in STOCK
+             else from_pretrained_pruned(type(model), tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=IDS).logits, logits, atol=1e-5, rtol=1e-5)
 

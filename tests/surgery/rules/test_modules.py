@@ -47,7 +47,10 @@ class Recurrent(nn.Module):
 
 def test_lstm_hidden_unit_j_is_row_j_of_every_gate() -> None:
     tr = trace_groups(Recurrent(), torch.randn(1, 4, 2))
-    gates = lambda j: [j, 3 + j, 6 + j, 9 + j]  # input, forget, cell, output gates
+
+    def gates(j: int) -> list[int]:
+        return [j, 3 + j, 6 + j, 9 + j]  # input, forget, cell, output gates
+
     assert units(tr, "lstm.weight_hh_l0", 1) == expect(*[
         {"lstm.weight_ih_l0:0": gates(j), "lstm.weight_hh_l0:0": gates(j), "lstm.weight_hh_l0:1": [j],
          "lstm.bias_ih_l0:0": gates(j), "lstm.bias_hh_l0:0": gates(j), "fc.weight:1": [j]} for j in range(3)
@@ -225,7 +228,8 @@ def test_lstm_encoder_loses_hidden_units_and_says_so() -> None:
     assert model.ln.normalized_shape == (32,) and model.fc.in_features == 32 and model.proj.out_features == 16
     assert sum(p.numel() for p in model.parameters()) < n0
     assert model(torch.randn(4, 7, 32)).shape == (4, 6)
-    assert "lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)" in report.notes
+    assert ("lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)"
+            in report.notes)
 
 
 @pytest.mark.parametrize("ignore", ["name", "module", "filter_fn"])
@@ -238,7 +242,8 @@ def test_ignored_lstm_is_kept_whole_by_name_object_or_filter(ignore) -> None:  #
     report = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, ignore=arg, measure_latency=False)
     assert _same(lstm_before, model.lstm.state_dict())
     assert model.lstm.hidden_size == 64 and model.lstm.input_size == 32
-    assert model.proj.out_features == 32 and model.ln.normalized_shape == (64,)  # its inputs and outputs keep their sizes
+    # its inputs and outputs keep their sizes
+    assert model.proj.out_features == 32 and model.ln.normalized_shape == (64,)
     assert model.fc.out_features == 24  # the rest is pruned
     assert any("lstm (LSTM): kept whole" in n for n in report.notes)
     assert model(torch.randn(4, 7, 32)).shape == (4, 6)
