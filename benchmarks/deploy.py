@@ -72,10 +72,9 @@ def cpu_name() -> str:
 
 
 def environment(threads: int) -> dict[str, Any]:
+    import nncf
     import onnxruntime
     import openvino
-
-    import nncf
 
     return {"cpu": cpu_name(), "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "openvino": openvino.get_version(), "nncf": nncf.__version__, "python": platform.python_version()}
@@ -183,9 +182,9 @@ def one_mnist_model(name: str, dense: nn.Module, data: dict, args: argparse.Name
     train(pruned, data, epochs=1, lr=1e-3, seed=1)
     rec["pruned_accuracy"] = accuracy(pruned, data["xt"], data["yt"])
     pk.squash_masks_(pruned)
-    rec["weight_sparsity"] = round(1 - sum(int(torch.count_nonzero(m.weight)) for m in pruned.modules()
-                                           if isinstance(m, (nn.Linear, nn.Conv2d))) /
-                                   sum(m.weight.numel() for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), 4)
+    layers = [m for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    rec["weight_sparsity"] = round(1 - sum(int(torch.count_nonzero(m.weight)) for m in layers) /
+                                   sum(m.weight.numel() for m in layers), 4)
     calibration = [(data["x"][i : i + 1], data["y"][i : i + 1]) for i in range(300)]
     x1 = data["xt"][:1]
     log(f"{name}: exporting to OpenVINO int8 (pruned, and dense for the comparison)")
@@ -246,7 +245,8 @@ def part_sparsify(args: argparse.Namespace) -> dict[str, Any]:
             report = sparsify_(model, x, threads=args.threads)
             with torch.inference_mode():
                 diff = (model(x) - dense_same(x)).abs().max().item()
-            c = compare_latency(dense_same, model, x, threads=args.threads, budget_s=args.budget, min_rounds=args.rounds)
+            c = compare_latency(dense_same, model, x, threads=args.threads, budget_s=args.budget,
+                                min_rounds=args.rounds)
             rec[f"batch{batch}"] = {"vs_dense_pytorch": cmp_dict(c), "max_abs_diff": diff,
                                     "layers": report.to_dict()["layers"], "swapped": len(report.swapped)}
             log(f"sparsify: {sparsity:.0%}, batch {batch}: {len(report.swapped)} layer(s) swapped, {c.speedup:.2f}x")
@@ -278,9 +278,9 @@ class _Logits(nn.Module):
 
 
 def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
+    from prunekit.datasets import load_text
     from prunekit.llm import calibration_batches, load_causal_lm, perplexity
     from prunekit.llm.data import tokenize
-    from prunekit.datasets import load_text
 
     log("smollm2: loading SmolLM2-135M")
     model, tok = load_causal_lm("smollm2-135m")
@@ -343,13 +343,16 @@ def write_markdown(results: dict[str, Any]) -> str:
                   f"Parameters {r['params_dense'] / 1e6:.1f}M -> {r['params_pruned'] / 1e6:.1f}M, MACs "
                   f"{r['macs_dense'] / 1e9:.2f}G -> {r['macs_pruned'] / 1e9:.2f}G ({r['macs_reduction']:.2f}x fewer); "
                   f"ONNX file {r['file_mb']['dense']} MB -> {r['file_mb']['pruned']} MB.", "",
-                  "| batch | pruned ORT vs dense ORT | / MACs reduction | pruned ORT vs dense PyTorch | dense ORT vs dense "
-                  "PyTorch | max abs diff vs PyTorch | target (>= 0.85x MACs, <= 1e-4) |", "|---|---|---|---|---|---|---|"]
+                  "| batch | pruned ORT vs dense ORT | / MACs reduction | pruned ORT vs dense PyTorch | "
+                  "dense ORT vs dense PyTorch | max abs diff vs PyTorch | target (>= 0.85x MACs, <= 1e-4) |",
+                  "|---|---|---|---|---|---|---|"]
         for b in (1, 8):
             x = r.get(f"batch{b}")
             if x:
-                lines.append(f"| {b} | {fmt_cmp(x['pruned_ort_vs_dense_ort'])} | {x['speedup_over_macs_reduction']:.2f} | "
-                             f"{fmt_cmp(x['pruned_ort_vs_dense_pytorch'])} | {fmt_cmp(x['dense_ort_vs_dense_pytorch'])} | "
+                lines.append(f"| {b} | {fmt_cmp(x['pruned_ort_vs_dense_ort'])} | "
+                             f"{x['speedup_over_macs_reduction']:.2f} | "
+                             f"{fmt_cmp(x['pruned_ort_vs_dense_pytorch'])} | "
+                             f"{fmt_cmp(x['dense_ort_vs_dense_pytorch'])} | "
                              f"{x['max_abs_diff_vs_pytorch']:.1e} | {'met' if x['target_met'] else 'NOT met'} |")
         lines.append("")
     if "mnist" in results:
@@ -369,7 +372,8 @@ def write_markdown(results: dict[str, Any]) -> str:
                 f"({'within' if t['accuracy_within_0.5_points'] else 'NOT within'} 0.5) | "
                 f"{fmt_cmp(m['vs_dense_openvino'])} {'met' if t['vs_dense_int8_openvino>=1.4'] else 'NOT met'} | "
                 f"{fmt_cmp(m['vs_dense_pytorch'])} {'met' if t['vs_dense_pytorch_fp32>=4'] else 'NOT met'} | "
-                f"{fmt_cmp(m['sparse_decompression_on_vs_off'])} | {', '.join(m['report']['sparse_layers']) or 'none'} |")
+                f"{fmt_cmp(m['sparse_decompression_on_vs_off'])} | "
+                f"{', '.join(m['report']['sparse_layers']) or 'none'} |")
         lines.append("")
     if "sparsify" in results:
         s = results["sparsify"]
@@ -381,10 +385,12 @@ def write_markdown(results: dict[str, Any]) -> str:
                 x = s.get(key, {}).get(f"batch{b}")
                 if not x:
                     continue
-                per = "; ".join(f"{d['name']}: {d['format'] or 'dense'} ({', '.join(f'{k} {v:.2f}x' for k, v in d['candidates'].items()) or d['reason']})"
-                                for d in x["layers"])
-                lines.append(f"| {label} | {b} | {x['swapped']} of {len(x['layers'])} | {fmt_cmp(x['vs_dense_pytorch'])} | "
-                             f"{x['max_abs_diff']:.1e} | {per} |")
+                per = "; ".join(
+                    f"{d['name']}: {d['format'] or 'dense'} "
+                    f"({', '.join(f'{k} {v:.2f}x' for k, v in d['candidates'].items()) or d['reason']})"
+                    for d in x["layers"])
+                lines.append(f"| {label} | {b} | {x['swapped']} of {len(x['layers'])} | "
+                             f"{fmt_cmp(x['vs_dense_pytorch'])} | {x['max_abs_diff']:.1e} | {per} |")
         t = s.get("targets", {})
         lines += ["", f"Targets: 90% at batch 8 >= 2x: {'met' if t.get('90%_batch8>=2x') else 'NOT met'}; 50% declined "
                       f"by the probe: {'yes' if t.get('50%_declined') else 'NO'}.", ""]

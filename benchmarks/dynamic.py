@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm
+
 OUT = Path("docs/results/dynamic")
 
 
@@ -58,7 +60,6 @@ def _env(threads: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- minilm
-from prunekit.dynamic.inputs import austen_sentences, encode, load_minilm
 
 
 def _minilm_configs() -> list[tuple[str, str, Any]]:
@@ -110,8 +111,8 @@ def _time_interleaved(
 
 def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
     from prunekit import dynamic
-    from prunekit.progress import ProgressBar
     from prunekit.datasets import text_hash
+    from prunekit.progress import ProgressBar
 
     model, tok = load_minilm()
     sents = austen_sentences(args.sentences)
@@ -279,13 +280,13 @@ def run_vit(args: argparse.Namespace) -> dict[str, Any]:
         dense_macs = _macs(model, x)
         rows = []
         shares = {}
-        for name, kind, amount in configs[1:]:
+        for name, _kind, amount in configs[1:]:
             with dynamic.merge_tokens_(model, r=amount) as p:
                 macs = _macs(model, x)
                 shares[name] = p.report()["token_share"]
             rows.append({"config": name, "r": amount, "macs_ratio": dense_macs / macs, "token_share": shares[name]})
 
-        def work(m: Any) -> None:
+        def work(m: Any, x: Any = x) -> None:
             with torch.no_grad():
                 m(x)
 
@@ -328,9 +329,9 @@ def run_depth(args: argparse.Namespace) -> dict[str, Any]:
 
     import prunekit as pk
     from prunekit import dynamic
+    from prunekit.datasets import load_text
     from prunekit.llm.data import calibration_batches, perplexity
     from prunekit.llm.models import load_causal_lm
-    from prunekit.datasets import load_text
 
     fractions = [float(f) for f in args.fractions.split(",")]
     model, tok = load_causal_lm("smollm2-135m")
@@ -440,8 +441,8 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
     import copy
 
     import prunekit as pk
-    from prunekit.dynamic import count_macs
     from prunekit.datasets import load_fashion_mnist
+    from prunekit.dynamic import count_macs
     from prunekit.train import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(args.seed)
@@ -457,8 +458,8 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
     @torch.no_grad()
     def acc(m: Any) -> float:
         m.eval()
-        return float(sum(int((m(xte[i : i + 500]).argmax(1) == yte[i : i + 500]).sum()) for i in range(0, len(xte), 500))
-                     / len(xte))
+        right = sum(int((m(xte[i : i + 500]).argmax(1) == yte[i : i + 500]).sum()) for i in range(0, len(xte), 500))
+        return float(right / len(xte))
 
     def latency(models: dict[str, Any]) -> dict[str, dict[str, float]]:
         times: dict[str, list[float]] = {k: [] for k in models}
@@ -506,8 +507,8 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         Trainer(static, (xtr, ytr), config=cfg(args.fbs_epochs)).fit()
         static.eval()
         lat = latency({"dense": dense, "fbs": fbs, "static": static})
-        rows.append({"method": f"static l2-channel sparsity={sp}", "accuracy": acc(static), "accuracy_before_ft": before,
-                     "macs_share": c_share, "matched_to": f"fbs density={density}",
+        rows.append({"method": f"static l2-channel sparsity={sp}", "accuracy": acc(static),
+                     "accuracy_before_ft": before, "macs_share": c_share, "matched_to": f"fbs density={density}",
                      "latency_ms_batch1": lat})
         print(json.dumps(rows[-1]), flush=True)
     return {"model": "prunekit:resnet-small (random init, trained here)", "data": {"train": len(xtr), "test": len(xte),

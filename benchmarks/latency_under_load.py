@@ -94,7 +94,8 @@ def main() -> None:
         lines.append(
             f"| {r['model']} | {', '.join(f'{m:.3f}' for m in r['pruned median ms, each run'])} | "
             f"{r['spread of the medians ms (max - min)']:.3f} | {r['reported IQR ms, median over runs']:.3f} | "
-            f"{', '.join(f'{v:.2f}' for v in r['ratio to dense, each run'])} | {', '.join(sorted(set(r['verdicts'])))} |"
+            f"{', '.join(f'{v:.2f}' for v in r['ratio to dense, each run'])} | "
+            f"{', '.join(sorted(set(r['verdicts'])))} |"
         )
     (args.out / "under_load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -40,11 +40,11 @@ def run_one(model_name: str, cfg: dict, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from prunekit.datasets import load_text
     from prunekit.llm.data import calibration_batches, perplexity
     from prunekit.llm.models import load_causal_lm
     from prunekit.llm.prune import prune_causal_lm
     from prunekit.llm.structured import prune_structured
-    from prunekit.datasets import load_text
 
     t0 = time.perf_counter()
     model, tok = load_causal_lm(model_name)
@@ -114,7 +114,8 @@ def run_one(model_name: str, cfg: dict, args: argparse.Namespace) -> dict:
 
 def write_table(rows: list[dict], path: Path) -> None:
     lines = [
-        "| model | method | sparsity | pattern | ppl | params removed | weights zero | prune s | peak RSS MB (load -> prune) |",
+        "| model | method | sparsity | pattern | ppl | params removed | weights zero | prune s "
+        "| peak RSS MB (load -> prune) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

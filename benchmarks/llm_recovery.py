@@ -34,8 +34,8 @@ TRAIN_TEXTS = ("prideprejudice", "mansfieldpark", "northangerabbey", "sensesensi
 
 
 def _ppl(model: Any, tok: Any, args: argparse.Namespace) -> Any:
-    from prunekit.llm.data import perplexity
     from prunekit.datasets import load_text
+    from prunekit.llm.data import perplexity
 
     return perplexity(
         model, tok, load_text(args.eval_text), name=args.eval_text, seq_len=args.eval_len, max_tokens=args.eval_tokens
@@ -53,8 +53,8 @@ def _tasks(model: Any, tok: Any, args: argparse.Namespace) -> dict[str, Any] | N
 
 
 def _calibration(tok: Any, args: argparse.Namespace) -> Any:
-    from prunekit.llm.data import calibration_batches
     from prunekit.datasets import load_text
+    from prunekit.llm.data import calibration_batches
 
     return calibration_batches(
         tok, [(args.calib_text, load_text(args.calib_text))], n_samples=args.calib_samples, seq_len=args.calib_len,
@@ -90,11 +90,12 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     if stage in STRUCTURED:
         cal = _calibration(tok, args)
         t0 = time.perf_counter()
-        pk.prune(model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False, progress=args.progress or None)
+        pk.prune(model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False,
+                 progress=args.progress or None)
         rec.update(sparsity=STRUCTURED[stage], prune_seconds=time.perf_counter() - t0, params=_params(model),
                    calibration=cal.protocol)
-        from prunekit.llm.recover import recover
         from prunekit.datasets import load_text
+        from prunekit.llm.recover import recover
 
         texts = [(name, load_text(name)) for name in TRAIN_TEXTS]
         report = recover(

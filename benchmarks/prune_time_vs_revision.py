@@ -6,9 +6,9 @@ REV is checked out into a temporary git worktree. Each round runs, for every mod
 tree (the order alternates between rounds); a child builds the torchvision model (random init), warms up,
 then times ``prunekit.prune(model, "l2-channel", sparsity=0.5, example_inputs=1x3x224x224, measure=False)``
 three times at one thread, in CPU time of the process (``time.process_time``: other processes on a shared
-machine do not count), keeping the fastest, and checks the parameter count after pruning. Reports per model the median time of each
-tree, the median of the per-round ratios (this tree / REV), and whether both trees give the same parameter
-count. Writes docs/results/prune_time/<REV>.{md,json}.
+machine do not count), keeping the fastest, and checks the parameter count after pruning. Reports per model the
+median time of each tree, the median of the per-round ratios (this tree / REV), and whether both trees give the same
+parameter count. Writes docs/results/prune_time/<REV>.{md,json}.
 """
 
 from __future__ import annotations
@@ -70,17 +70,19 @@ def main() -> int:
                        "ratio": statistics.median(ratios), "ratios": ratios,
                        "same_params": all(a == b for a, b in params), "params": sorted(params)}
                 rows.append(row)
-                print(f"{model:16s} this {row['new_s']:.3f} s  {args.rev} {row['old_s']:.3f} s  ratio {row['ratio']:.3f}  "
-                      f"same params {row['same_params']}", flush=True)
+                print(f"{model:16s} this {row['new_s']:.3f} s  {args.rev} {row['old_s']:.3f} s  "
+                      f"ratio {row['ratio']:.3f}  same params {row['same_params']}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     out = ROOT / "docs" / "results" / "prune_time"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.rev}.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# l2-channel prune time, this tree vs {args.rev}", "",
-             f"Interleaved child processes, one thread, CPU time (fastest of 3 per child), {args.rounds} rounds, input 1x3x224x224, sparsity 0.5.", "",
+             f"Interleaved child processes, one thread, CPU time (fastest of 3 per child), {args.rounds} rounds, "
+             "input 1x3x224x224, sparsity 0.5.", "",
              "| model | this tree s | rev s | median ratio | same parameter count |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['new_s']:.3f} | {r['old_s']:.3f} | {r['ratio']:.3f} | {r['same_params']} |" for r in rows]
+    lines += [f"| {r['model']} | {r['new_s']:.3f} | {r['old_s']:.3f} | {r['ratio']:.3f} | {r['same_params']} |"
+              for r in rows]
     (out / f"{args.rev}.md").write_text("\n".join(lines) + "\n")
     return 0
 

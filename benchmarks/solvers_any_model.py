@@ -38,9 +38,9 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import datasets
-from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.apply.plan import split_by_pattern
 from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
+from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.targets import select_targets
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -151,12 +151,13 @@ def run(name: str, base: nn.Module, weights: str, calib: torch.Tensor, held: tor
                 row["accuracy"] = float((out.argmax(1) == labels).float().mean())
                 row["dense_accuracy"] = float((dense_out.argmax(1) == labels).float().mean())
             per_method[method if sequential else f"{method} (one pass)"] = row
-            print(f"{name} {row['pattern']} {method} {'sequential' if sequential else 'one pass'}: calib {row['relative_error_calibration']:.4f} "
-                  f"held {row['relative_error_held_out']:.4f} drift {row['output_drift']:.4f} {seconds:.1f}s",
+            print(f"{name} {row['pattern']} {method} {'sequential' if sequential else 'one pass'}: "
+                  f"calib {row['relative_error_calibration']:.4f} held {row['relative_error_held_out']:.4f} "
+                  f"drift {row['output_drift']:.4f} {seconds:.1f}s",
                   flush=True)
         layers = per_method["wanda"]["per_layer_calibration"]
-        ordered = [n for n in layers if per_method["sparsegpt"]["per_layer_calibration"][n]
-                   < per_method["wanda"]["per_layer_calibration"][n] < per_method["magnitude"]["per_layer_calibration"][n]]
+        err = {m: per_method[m]["per_layer_calibration"] for m in ("sparsegpt", "wanda", "magnitude")}
+        ordered = [n for n in layers if err["sparsegpt"][n] < err["wanda"][n] < err["magnitude"][n]]
         for row in per_method.values():
             row["layers_ordered"] = len(ordered)
         rows += per_method.values()
@@ -193,13 +194,15 @@ def write(rows: list[dict], out: Path, protocol: dict) -> None:
                   f"{first['held_out_images']} held-out from the {data['held_out']}"
                   + (f", {data['size']}x{data['size']}" if "size" in data else "") + ").", ""]
         acc = "accuracy" in first
-        header = "| pattern | method | mode | layers | rel. error (calibration) | rel. error (held-out) | output drift |"
+        header = ("| pattern | method | mode | layers | rel. error (calibration) | rel. error (held-out) "
+                  "| output drift |")
         header += " accuracy |" if acc else ""
         header += " layers sgpt < wanda < mag | prune s | passes |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for r in sub:
-            cells = [r["pattern"], r["method"], "sequential" if r["sequential"] else "one pass", str(r["layers"]), f"{r['relative_error_calibration']:.4f}",
-                     f"{r['relative_error_held_out']:.4f}", f"{r['output_drift']:.4f}"]
+            cells = [r["pattern"], r["method"], "sequential" if r["sequential"] else "one pass", str(r["layers"]),
+                     f"{r['relative_error_calibration']:.4f}", f"{r['relative_error_held_out']:.4f}",
+                     f"{r['output_drift']:.4f}"]
             if acc:
                 cells.append(f"{100 * r['accuracy']:.2f}% (dense {100 * r['dense_accuracy']:.2f}%)")
             cells += [f"{r['layers_ordered']}/{r['layers']}", f"{r['seconds']:.1f}", str(r["forward_passes"])]

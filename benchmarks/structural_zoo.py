@@ -72,7 +72,8 @@ def macs(m: nn.Module, x: torch.Tensor) -> int:
     return c.get_total_flops() // 2
 
 
-def latencies_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, budget_s: float = 10.0) -> dict[str, list[float]]:
+def latencies_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int,
+                 budget_s: float = 10.0) -> dict[str, list[float]]:
     """Per-call latencies of several models measured interleaved: every round runs each model once (after
     two warm-up calls each), so that load changes hit all of them alike.
 
@@ -198,7 +199,7 @@ def measure(name: str, libs: list, size: int, repeats: int) -> list[dict[str, An
         recs[lib] = rec
     for tag, x, n in (("1", x1, repeats), ("8", x8, max(3, repeats // 2))):
         t = latencies_ms({"dense": model, **pruned}, x, n)
-        for lib, m in pruned.items():
+        for lib in pruned:
             r = recs[lib]
             r[f"lat{tag}_before"], r[f"lat{tag}_after"] = statistics.median(t["dense"]), statistics.median(t[lib])
             r[f"speedup{tag}"] = r[f"lat{tag}_before"] / r[f"lat{tag}_after"]
@@ -250,7 +251,8 @@ def table(records: list[dict[str, Any]]) -> str:
                 tot_pk += a["prune_s"]
                 tot_eng += a.get("engine_s", a["prune_s"])
                 tot_tp += b["prune_s"]
-            same = "-" if not b or "same_shapes_as_prunekit" not in b else ("yes" if b["same_shapes_as_prunekit"] else "no")
+            same = ("-" if not b or "same_shapes_as_prunekit" not in b
+                    else ("yes" if b["same_shapes_as_prunekit"] else "no"))
             row += f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | " \
                    f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {same} | {lat(b, '1')} | {lat(b, '8')} | {ratio} |"
         lines.append(row)
@@ -261,17 +263,21 @@ def table(records: list[dict[str, Any]]) -> str:
         ok_tp = sum(1 for m in models if by.get((m, "torch-pruning"), {}).get("ok"))
         lines.append(f"torch-pruning: {ok_tp}/{len(models)}.")
         if tot_tp:
-            lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, torch-pruning {tot_tp:.1f} s "
-                         f"(ratio {tot_pk / tot_tp:.2f}); prunekit's engine alone {tot_eng:.1f} s "
+            lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, "
+                         f"torch-pruning {tot_tp:.1f} s (ratio {tot_pk / tot_tp:.2f}); "
+                         f"prunekit's engine alone {tot_eng:.1f} s "
                          f"(ratio {tot_eng / tot_tp:.2f}).")
-        both = [by[(m, "torch-pruning")] for m in models if (m, "torch-pruning") in by and "pk_over_lib1" in by[(m, "torch-pruning")]]
+        both = [by[(m, "torch-pruning")] for m in models
+                if (m, "torch-pruning") in by and "pk_over_lib1" in by[(m, "torch-pruning")]]
         if both:
             same = sum(1 for r in both if r.get("same_shapes_as_prunekit"))
             for tag in ("1", "8"):
                 worst = max(both, key=lambda r: r[f"pk_over_lib{tag}"])
+                at_most = sum(1 for r in both if r[f"pk_over_lib{tag}"] <= 1)
+                inside = sum(1 for r in both if r[f"pk_over_lib{tag}_ci"][0] <= 1)
                 lines.append(f"batch {tag}: prunekit's model at most as slow as torch-pruning's (median ratio <= 1) on "
-                             f"{sum(1 for r in both if r[f'pk_over_lib{tag}'] <= 1)}/{len(both)} models; 1 inside the 95% "
-                             f"interval or below it on {sum(1 for r in both if r[f'pk_over_lib{tag}_ci'][0] <= 1)}/{len(both)}; "
+                             f"{at_most}/{len(both)} models; 1 inside the 95% "
+                             f"interval or below it on {inside}/{len(both)}; "
                              f"largest ratio {worst[f'pk_over_lib{tag}']:.3f} ({worst['model']}).")
             lines.append(f"identical tensor shapes from both libraries on {same}/{len(both)} models.")
     errors = [r for r in records if not r.get("ok") and r.get("error")]
@@ -285,7 +291,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(ZOO))
     ap.add_argument("--size", type=int, default=224, help="input side for models that accept any size")
-    ap.add_argument("--repeats", type=int, default=30, help="most rounds of interleaved timing at batch 1 (half at batch 8)")
+    ap.add_argument("--repeats", type=int, default=30,
+                    help="most rounds of interleaved timing at batch 1 (half at batch 8)")
     ap.add_argument("--out", default="results/structural_zoo")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning even if it is installed")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")

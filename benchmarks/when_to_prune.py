@@ -55,7 +55,8 @@ def run_one(model_name: str, method: str, sparsity: float, train, test, epochs: 
         half = max(1, epochs // 2)
         Trainer(model, train, None, TrainConfig(**{**cfg.__dict__, "epochs": half})).fit()
         pk.prune(model, "magnitude", sparsity=sparsity, allocation="global", measure=False)
-        hist = Trainer(model, train, test, TrainConfig(**{**cfg.__dict__, "epochs": epochs - half, "lr": lr / 10})).fit()
+        finetune = TrainConfig(**{**cfg.__dict__, "epochs": epochs - half, "lr": lr / 10})
+        hist = Trainer(model, train, test, finetune).fit()
     elif method == "imp":
         per = max(1, epochs // (rounds + 1))
         cb = pk.train.LotteryTicket(sparsity, rounds=rounds, rewind_step=20)
@@ -115,7 +116,8 @@ def main() -> None:
             else:
                 row = run_one(model_name, method, s, train, test, args.epochs, args.seed, args.lr, args.rounds)
             row = {"key": key, **protocol, **row}
-            print(f"  accuracy {row['accuracy']:.4f} sparsity {row['sparsity']:.4f} ({row['seconds']:.0f}s)", flush=True)
+            print(f"  accuracy {row['accuracy']:.4f} sparsity {row['sparsity']:.4f} ({row['seconds']:.0f}s)",
+                  flush=True)
             with store.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     write_report(out)
@@ -135,7 +137,8 @@ def write_report(out: Path) -> None:
         sub = [r for r in rows if r["dataset"] == ds and r["model"] == model]
         sparsities = sorted({r["target_sparsity"] for r in sub if r["method"] != "dense"})
         dense = next((r for r in sub if r["method"] == "dense"), None)
-        lines += [f"## {ds}, {model} (budget {sub[0]['epochs_budget']} epochs, {sub[0]['train_images']} training images)", ""]
+        lines += [f"## {ds}, {model} (budget {sub[0]['epochs_budget']} epochs, "
+                  f"{sub[0]['train_images']} training images)", ""]
         if dense:
             lines += [f"dense: {100 * dense['accuracy']:.2f}%", ""]
         lines += ["| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | time (s) |",

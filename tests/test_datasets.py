@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.models import load_ccexam_mnist_cnn
 from prunekit import datasets as S
 from prunekit.datasets import installer, loaders, locate, readers, registry, unpickle
 from prunekit.errors import CheckpointError, SourceMissingError, UnknownNameError
+from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.models.nets import DigitCNN
 
 
@@ -228,7 +228,8 @@ def test_failed_install_raises_with_command(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(installer.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(installer._AptState, "updated", True)  # no second update
-    monkeypatch.setattr(installer, "_run", lambda cmd, *, quiet, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "boom"))
+    monkeypatch.setattr(installer, "_run",
+                        lambda cmd, *, quiet, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "boom"))
     with pytest.raises(SourceMissingError, match=r"(?s)apt-get .*download r-cran-janeaustenr.*boom"):
         S.install(["austen"], quiet=True)
 

@@ -78,3 +78,21 @@ def test_every_top_level_module_has_a_place_in_the_import_layers():
     top = {p.stem if p.is_file() else p.name for p in PKG.iterdir()
            if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
     assert top <= placed, f"not in any layer of the import contract: {sorted(top - placed)}"
+
+
+MIRRORED = ("criteria", "granularity", "allocation", "schedules", "calibration", "apply", "methods", "surgery")
+
+
+def test_every_module_of_the_core_and_of_surgery_has_its_test_file():
+    """Tests mirror the package: prunekit/<package>/<module>.py is tested in tests/<package>/test_<module>.py."""
+    tests = ROOT / "tests"
+    missing = []
+    for package in MIRRORED:
+        for path in sorted((PKG / package).rglob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            rel = path.relative_to(PKG)
+            expected = tests / rel.parent / f"test_{rel.name}"
+            if not expected.is_file():
+                missing.append(f"{rel} -> {expected.relative_to(ROOT)}")
+    assert not missing, "modules without their test file:\n" + "\n".join(missing)

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import prunekit as pk
-from prunekit.layout import base_class, is_prunable, weight_layout
 from prunekit.apply.masks import get_mask
+from prunekit.layout import base_class, is_prunable, weight_layout
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -117,7 +117,8 @@ def test_nm_runs_along_inputs_and_repruning_only_shrinks(kind, wrap):
         assert torch.equal(kept.reshape(moved.shape).movedim(-1, 1), canon)
     # prune again with the same and with other methods: the mask only shrinks and the layer still runs
     for method, kw in (("magnitude", {"pattern": "2:4", "sparsity": 0.5}), ("magnitude", {"sparsity": 0.75}),
-                       ("random", {"pattern": "channel", "sparsity": 0.5}), ("magnitude", {"pattern": "2x4", "sparsity": 0.8})):
+                       ("random", {"pattern": "channel", "sparsity": 0.5}),
+                       ("magnitude", {"pattern": "2x4", "sparsity": 0.8})):
         previous = get_mask(layer).clone()
         pk.prune(layer, method, prune_classifier=True, measure=False, **kw)
         now = get_mask(layer)

@@ -1,17 +1,15 @@
 """Masks and surgery on weights that already carry a parametrization (weight_norm, as in wav2vec2's
 positional convolution, whose weight is computed from ``original0 = g`` and ``original1 = v``)."""
 
-import numpy as np
 import pytest
 import torch
 from conftest import assert_unchanged, snapshot
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _WeightNorm, orthogonal, weight_norm
+from torch.nn.utils.parametrizations import _WeightNorm, weight_norm
 
 import prunekit as pk
-from prunekit.apply.masks import Mask, assign_weight_, get_mask
-from prunekit.surgery.remove import new_shapes, remove_
+from prunekit.apply.masks import Mask, get_mask
 
 
 def _normed_conv(dim=0, groups=1):
@@ -55,29 +53,6 @@ def test_magnitude_masks_the_weight_norm_weight(dim):
     assert torch.equal(mask, dense.abs() >= dense.abs().flatten().kthvalue(dense.numel() // 2 + 1).values)
 
 
-def test_squash_folds_the_mask_into_g_and_v_without_nan():
-    conv = _normed_conv(dim=0)
-    pk.prune(conv, "magnitude", sparsity=0.5, pattern="channel", prune_classifier=True, measure=False)
-    masked = conv.weight.detach().clone()
-    assert int((masked.reshape(8, -1) == 0).all(1).sum()) == 4  # whole normalised slices are zero
-    assert pk.squash_masks_(conv) == 1
-    plist = conv.parametrizations.weight
-    assert len(plist) == 1 and isinstance(plist[0], _WeightNorm)  # weight_norm stays
-    assert torch.isfinite(conv.weight).all()
-    assert torch.allclose(conv.weight, masked, atol=1e-6)
-    assert bool((conv.weight[masked == 0] == 0).all())
-
-
-def test_remove_masks_restores_the_weight_norm_weight_exactly():
-    conv = _normed_conv(dim=2)
-    before = snapshot(conv)
-    dense = conv.weight.detach().clone()
-    pk.prune(conv, "magnitude", sparsity=0.5, prune_classifier=True, measure=False)
-    assert pk.remove_masks_(conv) == 1
-    assert torch.equal(conv.weight, dense)
-    assert_unchanged(conv, before)
-
-
 def test_gradient_criterion_reads_the_computed_weight():
     """SNIP scores |dL/dw * w| with w the weight as computed (here g * v / ||v||)."""
     conv = _normed_conv(dim=0)
@@ -93,70 +68,6 @@ def test_gradient_criterion_reads_the_computed_weight():
     pk.prune(conv, "snip", sparsity=0.5, calibration=loss, prune_classifier=True, measure=False)
     mask = get_mask(conv)
     assert torch.equal(mask, ~pk.granularity.lowest_k_mask(expected.reshape(-1), k).reshape(mask.shape))
-
-
-def test_assign_weight_through_weight_norm_and_masks():
-    conv = _normed_conv(dim=0)
-    pk.apply_mask_(conv, torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(1)) > 0.3)
-    value = torch.randn(conv.weight.shape)
-    value[3] = 0  # a whole normalised slice
-    assign_weight_(conv, value)
-    assert torch.isfinite(conv.weight).all()
-    assert torch.allclose(conv.weight, value * get_mask(conv), atol=1e-6)
-    assert float(conv.parametrizations.weight.original0.detach()[3].abs().sum()) == 0.0
-
-
-def test_a_parametrization_that_cannot_store_a_value_is_refused():
-    layer = orthogonal(nn.Linear(4, 4))
-    pk.apply_mask_(layer, torch.ones(4, 4, dtype=torch.bool))
-    before = snapshot(layer)
-    with pytest.raises(pk.UnsupportedModuleError, match="remove_parametrizations"):
-        assign_weight_(layer, torch.randn(4, 4) * 3)  # not orthogonal
-    assert_unchanged(layer, before)
-
-
-@pytest.mark.parametrize("dim", [0, 1, 2, None])
-def test_surgery_slices_g_and_v_consistently(dim):
-    """Removing output channels and an input channel of a weight-normed conv: g and v are sliced together
-    (g rescaled where the norm runs over a sliced dim) and every kept output is what it was."""
-    conv = _normed_conv(dim)
-    model = nn.Sequential(conv)
-    x = torch.randn(2, 8, 10)
-    x[:, 0] = 0  # the input channel that goes
-    with torch.no_grad():
-        ref = conv(x)
-    removal = {"0.weight": {0: np.array([1, 5]), 1: np.array([0])}, "0.bias": {0: np.array([1, 5])}}
-    assert new_shapes(model, removal)["0.parametrizations.weight.original1"] == (6, 7, 3)
-    remove_(model, removal)
-    keep = [0, 2, 3, 4, 6, 7]
-    assert (conv.in_channels, conv.out_channels) == (7, 6)
-    assert tuple(conv.parametrizations.weight.original1.shape) == (6, 7, 3)
-    with torch.no_grad():
-        out = conv(x[:, 1:])
-    assert torch.allclose(out, ref[:, keep], atol=1e-5)
-
-
-def test_surgery_slices_a_masked_weight_named_by_its_stored_tensor():
-    conv = _normed_conv(dim=0)
-    pk.prune(conv, "magnitude", sparsity=0.5, prune_classifier=True, measure=False)
-    model = nn.Sequential(conv)
-    x = torch.randn(2, 8, 10)
-    with torch.no_grad():
-        ref = conv(x)
-    remove_(model, {"0.parametrizations.weight.original1": {0: np.array([2])}, "0.bias": {0: np.array([2])}})
-    assert tuple(get_mask(conv).shape) == (7, 8, 3) and conv.out_channels == 7
-    with torch.no_grad():
-        assert torch.allclose(conv(x), ref[:, [0, 1, 3, 4, 5, 6, 7]], atol=1e-5)
-
-
-def test_surgery_refuses_an_unknown_parametrization_before_any_change():
-    torch.manual_seed(0)
-    model = nn.Sequential(orthogonal(nn.Linear(4, 4)), nn.Linear(4, 2))
-    before = snapshot(model)
-    with pytest.raises(pk.UnsupportedModuleError, match="leave_parametrized=True"):
-        remove_(model, {"0.weight": {0: np.array([1])}, "0.bias": {0: np.array([1])}, "1.weight": {1: np.array([1])}})
-    assert_unchanged(model, before)
-    assert model[1].in_features == 4
 
 
 @pytest.mark.parametrize("method", ["magnitude", "l2-channel"])

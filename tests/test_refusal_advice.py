@@ -122,10 +122,12 @@ CASES = [
          lambda m: m.a.out_features == 16 and m.b.out_features == 6),
     Case("unknown op in the model's own forward: strict=False", lambda: Odd(functional=True),
          _prune("l2-channel", sparsity=0.5, example_inputs=X), pk.UnsupportedModuleError,
-         "no submodule to ignore): pass strict=False", _prune("l2-channel", sparsity=0.5, example_inputs=X, strict=False),
+         "no submodule to ignore): pass strict=False",
+         _prune("l2-channel", sparsity=0.5, example_inputs=X, strict=False),
          lambda m: m.b.out_features == 6),
     Case("recurrent layer that cannot take the change: ignore= it", LSTMNet, _rnn_veto, pk.UnsupportedModuleError,
-         "Pass ignore=['lstm'] to keep it whole", _prune("l2-channel", sparsity=0.5, example_inputs=SEQ, ignore=["lstm"]),
+         "Pass ignore=['lstm'] to keep it whole",
+         _prune("l2-channel", sparsity=0.5, example_inputs=SEQ, ignore=["lstm"]),
          lambda m: m.lstm.hidden_size == 16 and m.fc.out_features == 6),
     Case("N:M on a layer it does not divide: ignore= it", lambda: MLP(d_in=6),
          _prune("magnitude", sparsity=0.5, pattern="2:4"), pk.PatternError, "Add it to ignore=[...]",
@@ -142,7 +144,8 @@ CASES = [
          "allocation must be 'uniform'", _prune("magnitude", sparsity=0.5, pattern="2:4", allocation="uniform")),
     Case("one-layer model: prune_classifier=True", lambda: nn.Sequential(nn.Linear(8, 4)),
          _prune("magnitude", sparsity=0.5), pk.NothingToPruneError, "pass prune_classifier=True",
-         _prune("magnitude", sparsity=0.5, prune_classifier=True), lambda m: (m[0].weight == 0).float().mean().item() == 0.5),
+         _prune("magnitude", sparsity=0.5, prune_classifier=True),
+         lambda m: (m[0].weight == 0).float().mean().item() == 0.5),
     Case("gradient method without data: pass calibration= batches", MLP, _prune("snip", sparsity=0.5),
          pk.MissingDataError, "pass calibration=batches", _prune("snip", sparsity=0.5, calibration=[(X, Y)])),
     Case("gradient method without data: pass calibration= a loss", MLP, _prune("snip", sparsity=0.5),
@@ -203,7 +206,8 @@ def test_training_method_advice_works() -> None:
     from prunekit.train import TrainConfig, Trainer
 
     model = MLP()
-    with pytest.raises(pk.ConfigError, match=r"use prunekit.train.Trainer\(model, train_data, method='gmp', sparsity=0.5\)"):
+    with pytest.raises(pk.ConfigError,
+                       match=r"use prunekit.train.Trainer\(model, train_data, method='gmp', sparsity=0.5\)"):
         pk.prune(model, "gmp", sparsity=0.5, measure=False)
     Trainer(model, (X, Y), config=TrainConfig(epochs=1, batch_size=4, progress=False), method="gmp", sparsity=0.5).fit()
 

@@ -40,7 +40,8 @@ def test_html_renders_in_headless_chromium(tiny_store, tmp_path):
       var imgs = Array.from(document.images);
       var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
       var rows = document.querySelectorAll('table tbody tr').length;
-      var tables = Array.from(document.querySelectorAll('table')).filter(function (t) { return t.offsetHeight > 0; }).length;
+      var tables = Array.from(document.querySelectorAll('table'))
+        .filter(function (t) { return t.offsetHeight > 0; }).length;
       var p = document.createElement('pre'); p.id = 'probe';
       p.textContent = 'imgs=' + imgs.length + ' loaded=' + ok + ' tables=' + tables + ' rows=' + rows;
       document.body.appendChild(p);

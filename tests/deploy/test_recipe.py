@@ -18,7 +18,8 @@ def _recipe(*stages, **extra):
 
 
 @pytest.mark.parametrize("raw,error,match", [
-    (_recipe({"quantize": {"backend": "torch", "mode": "dynamic-int8"}}, {"prune": {"method": "magnitude", "sparsity": 0.5}}),
+    (_recipe({"quantize": {"backend": "torch", "mode": "dynamic-int8"}},
+             {"prune": {"method": "magnitude", "sparsity": 0.5}}),
      pk.ConfigError, "prune -> fine_tune -> quantize -> export"),
     (_recipe({"prune": {"method": "magnitude", "sparsity": 1.5}}), pk.InvalidSparsityError, r"\[0, 1\)"),
     (_recipe({"prune": {"method": "nope", "sparsity": 0.5}}), pk.UnknownNameError, "magnitude"),
@@ -71,7 +72,8 @@ def test_cli_dry_run_validates(tmp_path):
                     f"  - export: {{to: openvino, out: {tmp_path / 'out'}}}\n")
     r = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
     assert r.exit_code == 0 and "the recipe is valid" in r.output, r.output
-    path.write_text("model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\nstages:\n  - quantize: {backend: openvino, mode: int8}\n")
+    path.write_text("model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\n"
+                    "stages:\n  - quantize: {backend: openvino, mode: int8}\n")
     r = CliRunner().invoke(app, ["run", str(path)])
     assert r.exit_code == 2 and "add an export" in r.output
     assert not (tmp_path / "out").exists()

@@ -14,10 +14,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import prunekit as pk
-from prunekit.allocation.builtin import OWL, LayerInfo, owl_sparsities, repeated_block
+from prunekit.allocation.builtin import OWL, owl_sparsities
 from prunekit.errors import ConfigError, PatternError, UnknownNameError
-from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 from prunekit.llm.prune import prune_causal_lm
+from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
 
 from .conftest import VOCAB, transformers
 
@@ -180,77 +180,6 @@ def test_structured_methods_refuse_what_they_cannot_do(method):
     if method == "llm-layers":  # the one criterion, named, is accepted
         pk.prune(model, method, sparsity=0.5, criterion="block-influence", calibration=cal, measure=False)
         assert model.config.num_hidden_layers == 2
-
-
-# --- OWL in the core path -------------------------------------------------------------------------------
-
-
-def _cnn() -> nn.Sequential:
-    """Three 4->4 3x3 convolutions (144 weights each) and a classifier the pruner leaves dense."""
-    model = nn.Sequential(
-        nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(), nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, bias=False), nn.Flatten(), nn.Linear(4, 2),
-    )
-    with torch.no_grad():
-        for conv in (model[0], model[2], model[4]):
-            conv.weight.fill_(1.0)
-        model[0].weight.view(-1)[[3, 70]] = 100.0  # mean 342/144 = 2.375: 2 weights above 5 x mean
-        model[2].weight.view(-1)[[0, 9, 20, 50, 99, 143]] = -50.0  # mean 438/144: 6 above 5 x mean
-    return model  # model[4]: all ones, no weight above 5 x mean
-
-
-def test_owl_core_matches_hand_computed_ratios():
-    model = _cnn()
-    plan = pk.Pruner("magnitude", allocation=OWL(lam=0.1)).plan(model, sparsity=0.5)
-    ratios = [2 / 144, 6 / 144, 0.0]
-    expected = owl_sparsities(ratios, 0.5, lam=0.1)
-    # by hand: d = 0.2 * r / max(r) = (1/15, 1/5, 0), mean 4/45; sparsity = 1 - (d - 4/45 + 0.5)
-    assert expected == pytest.approx([47 / 90, 35 / 90, 53 / 90], abs=1e-12)
-    # (the ratios are float32 shares, as in the LLM path: equal to 1e-6)
-    assert plan.layer_sparsity() == pytest.approx({"0": 47 / 90, "2": 35 / 90, "4": 53 / 90}, abs=1e-6)
-    assert [lp.name for lp in plan.layers] == ["0", "2", "4"]  # the classifier stays dense
-    assert plan.sparsity == pytest.approx(0.5, abs=1 / 432)
-    assert plan.settings["allocation"] == "owl"
-    # through prunekit.prune with the registered name (lam = 0.08)
-    report = pk.prune(_cnn(), "magnitude", sparsity=0.5, allocation="owl", measure=False)
-    targets = [r.target for r in report.layers if r.target is not None]
-    assert targets == pytest.approx(owl_sparsities(ratios, 0.5), abs=1e-6)
-
-
-def test_owl_pools_blocks_and_meets_the_target_in_weights():
-    def info(name, scores):
-        return LayerInfo(name, tuple(scores.shape), scores, torch.ones_like(scores, dtype=torch.long))
-
-    ones = torch.ones
-    outliers = torch.cat([ones(96), torch.full((4,), 100.0)])  # 4 of 100 above 5 x mean
-    layers = [
-        info("blocks.0.a", outliers), info("blocks.0.b", ones(100)),  # block 0: 4 / 200 outliers
-        info("blocks.1.a", ones(50)),  # block 1: none
-        info("head", torch.cat([ones(47), torch.full((3,), 100.0)])),  # its own block: 3 / 50
-    ]
-    assert [repeated_block(layer.name) for layer in layers] == ["blocks.0", "blocks.0", "blocks.1", "head"]
-    got = OWL().allocate(layers, 0.5)
-    assert got["blocks.0.a"] == got["blocks.0.b"]
-    removed = sum(got[layer.name] * layer.numel for layer in layers)
-    assert removed == pytest.approx(0.5 * 300)  # overall sparsity in weights, with blocks of 200, 50, 50
-    raw = owl_sparsities([4 / 200, 0.0, 3 / 50], 0.5)  # the paper's values, shifted by one constant
-    shift = got["blocks.0.a"] - raw[0]
-    assert [got["blocks.1.a"] - shift, got["head"] - shift] == pytest.approx(raw[1:], abs=1e-6)
-    assert shift != 0.0  # unequal blocks: the plain mapping would miss the target
-    assert got["head"] < got["blocks.0.a"] < got["blocks.1.a"]  # more outliers, fewer removed
-    per_weight = OWL(block_of=None).allocate(layers, 0.5)  # every weight its own layer
-    assert per_weight["blocks.0.a"] < per_weight["blocks.0.b"]
-    # weights removed earlier score -inf and are left out of the ratio
-    kept = torch.cat([ones(9), torch.full((1,), 100.0)])  # mean 10.9: one of ten above 5 x mean
-    assert OWL().ratio([torch.cat([kept, torch.full((5,), float("-inf"))])]) == pytest.approx(0.1)
-
-
-def test_owl_refuses_bad_options_and_nm():
-    for bad in ({"lam": -0.1}, {"M": 0.0}, {"max_sparsity": 1.5}):
-        with pytest.raises(ConfigError):
-            OWL(**bad)
-    with pytest.raises(ConfigError, match="2:4"):
-        pk.Pruner("magnitude", "2:4", allocation="owl")
 
 
 def test_cli_lists_and_checks_allocations():

@@ -15,9 +15,10 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft", reason="LoRA recovery needs peft (pip install peft==0.21.2)")
 
 import prunekit as pk  # noqa: E402
+from prunekit.apply.masks import apply_mask_, effective_state_dict, get_mask  # noqa: E402
 from prunekit.errors import ConfigError, DataError, MissingDataError, PrunekitError, UnknownNameError  # noqa: E402
 from prunekit.llm.recover import _kd_loss, recover  # noqa: E402
-from prunekit.apply.masks import apply_mask_, effective_state_dict, get_mask  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.errors import DataError, MissingDataError, UnsupportedModuleError
 from prunekit.calibration.families import family_for as adapter_for
+from prunekit.errors import DataError, MissingDataError, UnsupportedModuleError
 from prunekit.llm.memory import AllocationMeter, tensor_bytes
 from prunekit.llm.prune import prune_causal_lm
 from prunekit.llm.runner import LayerVisitor, as_batches, run_layerwise
@@ -44,7 +44,7 @@ def test_runner_replays_each_layer_exactly(family):
         seen = {}
         handles = [
             layer.register_forward_hook(
-                lambda _m, _i, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+                lambda _m, _i, out, i=i, seen=seen: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)
             )
             for i, layer in enumerate(layers)
         ]
@@ -103,9 +103,9 @@ def test_unknown_family_is_refused():
 
 
 def test_offloaded_activations_give_the_same_weights():
-    from prunekit.llm.prune import _SolveVisitor, select_targets
     from prunekit.apply.solvers import SparseGPTSolver
     from prunekit.granularity.patterns import Unstructured
+    from prunekit.llm.prune import _SolveVisitor, select_targets
 
     pruned = []
     for offload in (False, True):

@@ -109,3 +109,9 @@ def test_gpt2_heads_are_refused_clearly():
     model = tiny_model("gpt2")
     with pytest.raises(UnsupportedModuleError, match="heads"):
         prune_structured(model, "heads", sparsity=0.5, calibration=calibration())
+
+
+def test_choose_gqa_shape_skips_shapes_the_config_cannot_state() -> None:
+    assert choose_gqa_shape(8, 4, 0.5) == (3, 1)  # the closest share of parameters, with no constraint
+    assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: 64 % heads == 0) == (2, 2)
+    assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: False) == (4, 2)  # nothing stateable: keep all

@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from prunekit.errors import ConfigError, PrunekitError, UnknownNameError  # noqa: E402
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run fastest on one thread (and a shared machine's cores are not oversubscribed)."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import assert_unchanged, snapshot
-from tests.llm.conftest import tiny_model
-
 from prunekit.errors import ConfigError, DataError  # noqa: E402
 from prunekit.llm.throughput import throughput  # noqa: E402
+from tests.conftest import assert_unchanged, snapshot
+from tests.llm.conftest import tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,66 @@
-"""Attention blocks found by :func:`prunekit.surgery.attention.find_attention`: the tensors of one head unit."""
-
-from __future__ import annotations
+"""Tests of :mod:`prunekit.surgery.attention`: attention modules are found by their projections (or their class),
+and a head unit (one key/value group with its query heads) names exactly the rows and columns it removes."""
 
 import pytest
 import torch
 from torch import nn
 
+import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.surgery.attention import find_attention
+
+transformers = pytest.importorskip("transformers")
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def _llama() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=50, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_multihead_attention_heads_are_rows_of_the_packed_projection():
+    model = _SelfAttention()
+    (blk,) = find_attention(model)
+    assert (blk.name, blk.style, blk.num_heads, blk.num_kv_heads, blk.head_dim) == ("attn", "mha", 4, 4, 4)
+    assert blk.groups == 4 and blk.q_per_kv == 1 and blk.out_name == "attn.out_proj"
+    removal = blk.unit_removal([1])
+    # head 1 is rows 4..7 of each of q, k, v in the packed (3 * 16, 16) weight, and columns 4..7 of out_proj
+    rows = list(range(4, 8)) + list(range(20, 24)) + list(range(36, 40))
+    assert removal["attn.in_proj_weight"][0].tolist() == rows
+    assert removal["attn.in_proj_bias"][0].tolist() == rows
+    assert removal["attn.out_proj.weight"][1].tolist() == [4, 5, 6, 7]
+
+
+def test_a_grouped_query_unit_is_one_key_value_head_with_the_query_heads_that_share_it():
+    model = _llama()
+    (blk,) = find_attention(model)
+    assert blk.name == "model.layers.0.self_attn" and blk.style == "llama"
+    assert (blk.num_heads, blk.num_kv_heads, blk.head_dim, blk.groups, blk.q_per_kv) == (4, 2, 8, 2, 2)
+    removal = blk.unit_removal([1])
+    n = "model.layers.0.self_attn"
+    assert removal[f"{n}.q_proj.weight"][0].tolist() == list(range(16, 32))  # query heads 2 and 3
+    assert removal[f"{n}.k_proj.weight"][0].tolist() == list(range(8, 16))  # key/value head 1
+    assert removal[f"{n}.v_proj.weight"][0].tolist() == list(range(8, 16))
+    assert removal[f"{n}.o_proj.weight"][1].tolist() == list(range(16, 32))
+    assert f"{n}.q_proj.bias" not in removal  # LLaMA's projections have no bias
+
+
+def test_a_model_without_attention_has_no_blocks_and_a_layout_that_cannot_lose_heads_is_refused():
+    assert find_attention(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == []
+    cross = nn.Sequential()
+    cross.add_module("attn", nn.MultiheadAttention(16, 2, kdim=8, vdim=8))
+    with pytest.raises(pk.UnsupportedModuleError, match="kdim/vdim"):
+        find_attention(cross)
 
 
 def test_unit_tensors_are_the_slices_of_one_head_and_need_the_root_model() -> None:

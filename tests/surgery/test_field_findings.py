@@ -10,9 +10,9 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.allocation.builtin import Global, LayerInfo
-from prunekit.errors import ConfigError, NothingToPruneError, PrunekitError
 from prunekit.allocation.units import structural_allocation
-from prunekit.surgery.blocks import _is_identity_residual, plan_layers
+from prunekit.errors import ConfigError, NothingToPruneError, PrunekitError
+from prunekit.surgery.blocks import plan_layers
 
 
 class Res(nn.Module):
@@ -58,7 +58,7 @@ X = torch.randn(4, 8)
 def test_residual_block_is_identity_and_identity_only_works() -> None:
     torch.manual_seed(0)
     m = Net()
-    assert _is_identity_residual(m.blocks[0], (X,), {}, X)
+    assert plan_layers(m, X, 0.5).identity["blocks.0"]  # zero parameters: the block returns its input
     plan = plan_layers(m, X, 0.5, identity_only=True)
     assert all(plan.identity[n] for n in plan.candidates) and len(plan.remove) == 2
     assert not any("not identity residuals" in n for n in plan.notes)

@@ -14,7 +14,6 @@ from torch import nn
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.errors import PrunekitError
-from prunekit.surgery.hf import own_config_
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -110,13 +109,3 @@ def test_parameters_tied_across_models_are_not_changed() -> None:
     _prune(student, "embedding")
     assert student.model.embed_tokens.weight.shape[1] < 64
     assert all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
-
-
-def test_own_config_points_every_reference_at_the_copy() -> None:
-    cfg = _config("llama")
-    model = _model("llama", cfg, 0)
-    generation = model.generation_config
-    own_config_(model)
-    assert model.config is not cfg and model.config.to_dict() == cfg.to_dict()
-    assert model.model.config is model.config and model.model.layers[0].self_attn.config is model.config
-    assert model.generation_config is not generation and model.generation_config.to_dict() == generation.to_dict()

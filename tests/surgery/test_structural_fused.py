@@ -24,7 +24,8 @@ def _family(kind: str) -> tuple[nn.Module, str, str]:
                            bos_token_id=1, eos_token_id=2)
         return T.Phi3ForCausalLM(cfg), "model.layers.{}.mlp.gate_up_proj", "model.layers.{}.mlp.down_proj"
     if kind == "gpt2":  # fused c_attn (Conv1D)
-        cfg = T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2)
+        cfg = T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1,
+                           eos_token_id=2)
         return T.GPT2LMHeadModel(cfg), "transformer.h.{}.mlp.c_fc", "transformer.h.{}.mlp.c_proj"
     if kind == "gpt-neox":  # fused query_key_value
         cfg = T.GPTNeoXConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2,
@@ -77,7 +78,8 @@ def test_fused_families_lose_mlp_width_and_reload(kind: str, tmp_path) -> None: 
     model.save_pretrained(tmp_path)
     from prunekit.surgery.hf import from_pretrained_pruned
 
-    again = (type(model).from_pretrained(tmp_path) if kind in STOCK else from_pretrained_pruned(type(model), tmp_path)).eval()
+    again = (type(model).from_pretrained(tmp_path) if kind in STOCK
+             else from_pretrained_pruned(type(model), tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=IDS).logits, logits, atol=1e-5, rtol=1e-5)
 
@@ -109,23 +111,6 @@ def test_fused_gate_up_pairs_channel_i_of_gate_with_channel_i_of_up() -> None:
     assert tuple(model.model.layers[1].mlp.gate_up_proj.weight.shape) == (2 * inter, 64)  # ignored: kept whole
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=IDS).logits, before, atol=1e-5, rtol=1e-5)
-
-
-def test_glu_halves_are_coupled() -> None:
-    class GLU(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(8, 32)
-            self.b = nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.b(nn.functional.glu(self.a(x), dim=-1))
-
-    model = GLU().eval()
-    x = torch.randn(2, 8)
-    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure_latency=False)
-    assert model.a.out_features == 16 and model.b.in_features == 8
-    assert model(x).shape == (2, 3)
 
 
 def _vision(kind: str) -> nn.Module:

@@ -1,4 +1,5 @@
-"""One family table serves the layer-wise runner, the structured LLM methods and the generic head/layer path."""
+"""Tests of :mod:`prunekit.calibration.families`: one family table serves the layer-wise runner, the structured
+LLM methods and the generic head/layer path."""
 
 from __future__ import annotations
 

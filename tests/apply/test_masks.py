@@ -1,9 +1,22 @@
+"""Tests of :mod:`prunekit.apply.masks`: masks as parametrizations survive training, only shrink, squash or
+undo exactly, and work under other parametrizations (weight_norm)."""
+
 import pytest
 import torch
+from conftest import assert_unchanged, snapshot
 from torch import nn
+from torch.nn.utils.parametrizations import _WeightNorm, orthogonal, weight_norm
 
 import prunekit as pk
-from prunekit.apply.masks import effective_state_dict
+from prunekit.apply.masks import assign_weight_, effective_state_dict, get_mask
+
+
+def _normed_conv(dim=0, groups=1):
+    torch.manual_seed(0)
+    conv = weight_norm(nn.Conv1d(8, 8, 3, padding=1, groups=groups), dim=dim)
+    with torch.no_grad():  # g differs from ||v||, so a slip in either shows in the weight
+        conv.parametrizations.weight.original0.mul_(1.5)
+    return conv
 
 
 def _masked_linear():
@@ -82,3 +95,46 @@ def test_removing_masks_from_a_deep_copy_leaves_the_original_masked() -> None:
         assert type(twin[0]) is nn.Linear
     pk.squash_masks_(model)
     assert torch.equal(model(x), out) and type(model[0]) is nn.Linear
+
+
+def test_squash_folds_the_mask_into_g_and_v_without_nan():
+    conv = _normed_conv(dim=0)
+    pk.prune(conv, "magnitude", sparsity=0.5, pattern="channel", prune_classifier=True, measure=False)
+    masked = conv.weight.detach().clone()
+    assert int((masked.reshape(8, -1) == 0).all(1).sum()) == 4  # whole normalised slices are zero
+    assert pk.squash_masks_(conv) == 1
+    plist = conv.parametrizations.weight
+    assert len(plist) == 1 and isinstance(plist[0], _WeightNorm)  # weight_norm stays
+    assert torch.isfinite(conv.weight).all()
+    assert torch.allclose(conv.weight, masked, atol=1e-6)
+    assert bool((conv.weight[masked == 0] == 0).all())
+
+
+def test_remove_masks_restores_the_weight_norm_weight_exactly():
+    conv = _normed_conv(dim=2)
+    before = snapshot(conv)
+    dense = conv.weight.detach().clone()
+    pk.prune(conv, "magnitude", sparsity=0.5, prune_classifier=True, measure=False)
+    assert pk.remove_masks_(conv) == 1
+    assert torch.equal(conv.weight, dense)
+    assert_unchanged(conv, before)
+
+
+def test_assign_weight_through_weight_norm_and_masks():
+    conv = _normed_conv(dim=0)
+    pk.apply_mask_(conv, torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(1)) > 0.3)
+    value = torch.randn(conv.weight.shape)
+    value[3] = 0  # a whole normalised slice
+    assign_weight_(conv, value)
+    assert torch.isfinite(conv.weight).all()
+    assert torch.allclose(conv.weight, value * get_mask(conv), atol=1e-6)
+    assert float(conv.parametrizations.weight.original0.detach()[3].abs().sum()) == 0.0
+
+
+def test_a_parametrization_that_cannot_store_a_value_is_refused():
+    layer = orthogonal(nn.Linear(4, 4))
+    pk.apply_mask_(layer, torch.ones(4, 4, dtype=torch.bool))
+    before = snapshot(layer)
+    with pytest.raises(pk.UnsupportedModuleError, match="remove_parametrizations"):
+        assign_weight_(layer, torch.randn(4, 4) * 3)  # not orthogonal
+    assert_unchanged(layer, before)

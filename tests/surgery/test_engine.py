@@ -1,8 +1,8 @@
-"""Dependency tracing, physical channel removal, criteria and allocation."""
+"""Tests of :mod:`prunekit.surgery.engine`: channel groups analysed, planned and removed physically (outputs
+kept when the removed channels are zero), sizes the code fixes found and kept, allocation over groups."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,23 +11,14 @@ from torch import nn
 
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
-from prunekit.calibration import collect
-from prunekit.criteria import criteria_for, resolve_criterion
-from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.criteria import resolve_criterion
+from prunekit.errors import UnsupportedModuleError
 from prunekit.surgery import (
-    HANDLERS,
-    ModuleHandler,
     UnitScorer,
-    UnitSet,
-    allocate_units,
     analyze,
     apply_plan_,
-    apply_structure_record,
     plan_channels,
-    structural_allocation,
-    structure_record,
 )
-from prunekit.allocation.units import remove_lowest
 from prunekit.surgery.engine import group_unit_sets
 from prunekit.surgery.remove import tensor_slots
 
@@ -192,127 +183,6 @@ def test_unknown_operation_is_refused_naming_module_and_op() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_handler_registration_is_validated() -> None:
-    with pytest.raises(ConfigError):
-        HANDLERS.add("bad-handler", object())  # type: ignore[arg-type]
-
-    class NoTypes(ModuleHandler):
-        pass
-
-    with pytest.raises(ConfigError, match="names no module types"):
-        HANDLERS.add("no-types", NoTypes())
-
-
-def _rows(values: list[list[float]]) -> nn.Linear:
-    """A bias-free Linear whose output rows are the units."""
-    lin = nn.Linear(len(values[0]), len(values), bias=False)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor(values))
-    return lin
-
-
-def _unit_scores(model: nn.Module, criterion: str, **kw) -> np.ndarray:  # noqa: ANN003
-    n = model.weight.shape[0]
-    units = UnitSet("w", n, [("weight", 0, np.arange(n))])
-    return UnitScorer(model, resolve_criterion(criterion), **kw).score([units])[0].scores
-
-
-def test_criteria_by_hand() -> None:
-    lin = _rows([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]])
-    np.testing.assert_allclose(_unit_scores(lin, "l1"), [3, 1, 2])  # mean |w| of each unit
-    np.testing.assert_allclose(_unit_scores(lin, "l2"), [9, 1, 4])  # mean w^2: the L2 order
-    lamp = _unit_scores(lin, "lamp")
-    assert np.argsort(lamp).tolist() == [1, 2, 0] and lamp[0] == pytest.approx(1.0)
-    for name in criteria_for("channel"):
-        if resolve_criterion(name).needs:
-            with pytest.raises(pk.MissingDataError):
-                _unit_scores(lin, name)
-        else:
-            assert _unit_scores(lin, name).shape == (3,)
-
-
-def test_allocations() -> None:
-    scores = [np.array([5.0, 1, 3, 2]), np.arange(16, dtype=float)]
-    rem = [np.ones(4, bool), np.ones(16, bool)]
-    assert remove_lowest(scores[0], rem[0], 0.5).tolist() == [1, 3]
-    assert remove_lowest(scores[1], rem[1], 0.5).tolist() == list(range(8))
-    assert len(remove_lowest(scores[1], rem[1], 0.5, round_to=8)) == 8
-    assert len(remove_lowest(scores[0], rem[0], 0.5, round_to=8)) == 2
-    assert 20 - len(remove_lowest(np.arange(20.0), np.ones(20, bool), 0.5, round_to=8)) == 16
-    sizes = [np.ones(4), np.ones(16)]
-    gl, per = allocate_units(["a", "b"], scores, sizes, rem, 0.5, structural_allocation("global", 0.5, 0.5))
-    assert all(len(x) <= 0.5 * len(s) for x, s in zip(gl, scores)) and max(per.values()) <= 0.5
-    with pytest.raises(ConfigError, match=r"global_cap must be in \(0, 1\)"):
-        structural_allocation("global", 0.5, 1.5)
-    with pytest.raises(ConfigError, match="allocation='global'"):  # the cap means nothing to another allocation
-        structural_allocation("uniform", 0.5, 0.5)
-    assert structural_allocation("global", 0.3).max_sparsity == pytest.approx(0.6)  # the default min(0.9, 2 s)
-    assert structural_allocation(pk.Global(max_sparsity=0.4), 0.3).max_sparsity == 0.4  # one meaning of the cap
-
-
-def test_structure_record_round_trip(tmp_path) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
-    x = torch.randn(1, 3, 32, 32)
-    pk.prune(model, "l1-channel", sparsity=0.4, example_inputs=x, round_to=8, measure=False)
-    rec = structure_record(model)
-    assert rec is not None and rec["shapes"]
-    fresh = apply_structure_record(torchvision.models.mobilenet_v2(num_classes=10), rec)
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    torch.testing.assert_close(fresh.eval()(x), model(x))
-    pk.save_model(model, tmp_path / "m")
-    loaded = pk.load_model(tmp_path / "m", model=torchvision.models.mobilenet_v2(num_classes=10)).eval()
-    torch.testing.assert_close(loaded(x), model(x))
-    assert structure_record(torchvision.models.mobilenet_v2()) is None
-
-
-def test_load_model_rebuilds_a_pruned_torchvision_model_from_its_source(tmp_path) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
-    model = pk.build_model("torchvision:resnet18", pretrained=False).eval()
-    x = torch.randn(1, 3, 32, 32)
-    pk.prune(model, "l1-channel", sparsity=0.5, example_inputs=x, measure=False)
-    pk.save_model(model, tmp_path / "m")
-    loaded = pk.load_model(tmp_path / "m").eval()
-    assert loaded.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels < 64
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-
-
-def _with_gradient(w: torch.Tensor, g: torch.Tensor) -> tuple[nn.Linear, object]:
-    """A Linear with weight ``w`` and a calibration loss whose gradient for that weight is exactly ``g``."""
-    lin = _rows(w.tolist())
-    return lin, lambda m: (m.weight * g).sum()
-
-
-def test_taylor_is_the_squared_sum_of_gradient_times_weight_over_the_unit() -> None:
-    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
-                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
-    # (1 + 2)^2, (3 - 3)^2, (-1 + 1)^2: signed sums, so opposite contributions cancel
-    np.testing.assert_allclose(_unit_scores(lin, "taylor", calibration=loss), [9.0, 0.0, 0.0])
-
-
-def test_obd_is_half_the_fisher_diagonal_times_squared_weights() -> None:
-    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
-                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
-    # h_ii ~ sum of g^2 over the batches (here one); per unit the mean over its 2 weights:
-    # 0.5 * (1*1 + 1*4) / 2, 0.5 * (1*9 + 9*1) / 2, 0.5 * (4*.25 + 4*.25) / 2
-    np.testing.assert_allclose(_unit_scores(lin, "hessian", calibration=loss), [1.25, 4.5, 0.5])
-
-
-def test_gradient_criteria_accumulate_over_calibration_batches() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    batches = [(torch.randn(5, 4), torch.randint(0, 2, (5,))) for _ in range(2)]
-    st = collect(model, {"0": model[0]}, {"grad", "grad_sq"}, batches)["0"]
-    grads = [torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0] for x, y in batches]
-    torch.testing.assert_close(st.grad, grads[0] + grads[1])
-    torch.testing.assert_close(st.grad_sq, grads[0].square() + grads[1].square())
-    for name in ("taylor-channel", "hessian-channel"):
-        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        pk.prune(m, name, sparsity=0.5, example_inputs=torch.randn(1, 4), calibration=batches, measure=False)
-        assert m[0].out_features == 4 and m[2].in_features == 4
-
-
 def test_global_allocation_on_resnet_respects_the_cap() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -386,18 +256,6 @@ def test_groups_the_code_fixes_are_found_and_kept(how: str) -> None:
     rep = pk.prune(model2, "l2-channel", sparsity=0.5, example_inputs=x)
     assert model2.conv1.out_channels == 8 and model2.conv2.out_channels == 16
     assert any("fixes their size" in n for n in rep.notes)
-
-
-def test_allocations_split_a_concatenation_by_producer() -> None:
-    # units 0-3 come from one layer, 4-11 from another; the first layer's units all score lower
-    scores = np.arange(12, dtype=float)
-    rem = np.ones(12, bool)
-    seg = np.array([0] * 4 + [1] * 8)
-    assert remove_lowest(scores, rem, 0.5, segments=seg).tolist() == [0, 1, 4, 5, 6, 7]  # half of each segment
-    assert remove_lowest(scores, rem, 0.5).tolist() == [0, 1, 2, 3, 4, 5]  # no segments
-    g, _ = allocate_units(["cat"], [scores], [np.ones(12)], [rem], 0.5, structural_allocation("global", 0.5, 0.5),
-                          segments=[seg])
-    assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the share holds per segment: segment 0 keeps two units
 
 
 class Concat(nn.Module):

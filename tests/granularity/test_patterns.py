@@ -1,3 +1,6 @@
+"""Tests of :mod:`prunekit.granularity.patterns`: each granularity turns element scores into units and a mask,
+by hand (N:M, blocks, channels, ties), and patterns parse from their names."""
+
 import pytest
 import torch
 from torch import nn
@@ -106,3 +109,29 @@ def test_sparsity_out_of_range():
     for bad in (-0.1, 1.0, 1.5, float("nan"), "0.5"):
         with pytest.raises(pk.InvalidSparsityError):
             pk.Unstructured().mask(torch.rand(4), bad)
+
+
+def test_unit_sums_and_sizes_hand_computed():
+    c = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.5, 0.5]])
+    sums, sizes = pk.Channel().unit_sums(c)
+    assert sums.tolist() == [2.0, 1.5] and sizes.tolist() == [3, 3]
+    sums, sizes = pk.Block(2, 2).unit_sums(c)  # tiles [[1, -2], [.5, .5]] and the edge tile [[3], [.5]]
+    assert sums.tolist() == [0.0, 3.5] and sizes.tolist() == [4, 2]
+    sums, sizes = pk.Unstructured().unit_sums(c)
+    assert sums.tolist() == c.reshape(-1).tolist() and sizes.tolist() == [1] * 6
+    # units() stays the mean of element scores
+    assert pk.Channel().units(c.abs())[0].tolist() == pytest.approx([2.0, 0.5])
+
+
+def test_physical_granularities_parse_and_make_no_masks():
+    assert pk.parse_pattern("head") == pk.Head()
+    assert pk.parse_pattern("layer") == pk.Layer()
+    assert pk.parse_pattern("embedding") == pk.Embedding()
+    assert pk.parse_pattern("physical-channel") == pk.Channel(physical=True)
+    assert pk.parse_pattern("channel") == pk.Channel() and not pk.Channel().physical
+    assert str(pk.Channel(physical=True)) == "physical-channel"
+    assert all(g.physical for g in (pk.Head(), pk.Layer(), pk.Embedding(), pk.Channel(physical=True)))
+    with pytest.raises(pk.PatternError, match="physical"):
+        pk.Channel(physical=True).mask(torch.rand(4, 3), 0.5)
+    with pytest.raises(pk.UnknownNameError, match="physical-channel"):
+        pk.parse_pattern("heads!")

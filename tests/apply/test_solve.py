@@ -1,4 +1,5 @@
-"""Layer-wise solvers (magnitude, Wanda, SparseGPT) on models other than causal LMs: CNNs and a ViT.
+"""Tests of :mod:`prunekit.apply.solve`: layer-wise solvers (magnitude, Wanda, SparseGPT) on models other than
+causal LMs: CNNs and a ViT.
 
 Real inputs: scikit-learn's digits, upsampled to 16x16 RGB. Every layer's reconstruction error is measured on
 the inputs it really receives (``prunekit.apply.solve.reconstruction_errors``).
@@ -15,12 +16,10 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import DataError, ModelError, PatternError
-from prunekit.granularity.patterns import NM, Unstructured
-from prunekit.im2col import Patches, from_matrix, to_matrix
-from prunekit.apply.solvers import SparseGPTSolver, WandaSolver
 from prunekit.apply.solve import dense_matrices, reconstruction_errors, solve_layerwise
 from prunekit.datasets import load_digits
+from prunekit.errors import DataError, ModelError, PatternError
+from prunekit.im2col import to_matrix
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -103,89 +102,7 @@ def nm_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
     return moved.reshape(-1, m)
 
 
-# ------------------------------------------------------------------------------------------ im2col
-
-
-@pytest.mark.parametrize(
-    "conv,shape",
-    [
-        (nn.Conv2d(8, 12, 3, stride=2, padding=1), (2, 8, 9, 7)),
-        (nn.Conv2d(8, 12, (3, 2), padding="same", dilation=2, padding_mode="reflect"), (2, 8, 9, 7)),
-        (nn.Conv2d(8, 12, 3, groups=4, padding=1, padding_mode="circular"), (3, 8, 6, 6)),
-        (nn.Conv2d(8, 8, 3, groups=8), (3, 8, 6, 6)),
-        (nn.Conv1d(6, 4, 3, stride=2, padding=2, padding_mode="replicate"), (2, 6, 11)),
-        (nn.Conv1d(6, 4, 3, padding="same"), (6, 11)),
-    ],
-)
-def test_patches_times_the_matrix_is_the_convolution(conv, shape):
-    torch.manual_seed(0)
-    x = torch.randn(shape)
-    with torch.no_grad():
-        y = conv(x) - conv.bias.reshape(-1, *([1] * (conv.weight.dim() - 2)))
-    y = y if y.dim() == conv.weight.dim() else y.unsqueeze(0)
-    W = to_matrix(conv.weight.detach())
-    assert torch.equal(from_matrix(W, conv.weight.shape), conv.weight.detach())
-    rows = torch.cat(list(Patches.of(conv).rows(x, chunk_elements=64)))  # small chunks: several per batch
-    per = conv.out_channels // conv.groups
-    out = torch.cat([rows[:, g] @ W[g * per : (g + 1) * per].T for g in range(conv.groups)], dim=1)
-    assert torch.allclose(out, y.flatten(2).transpose(1, 2).reshape(-1, conv.out_channels), atol=1e-5)
-
-
-def test_sparsegpt_nm_groups_are_the_granularity_nm_groups():
-    # with H = I SparseGPT makes no updates and ranks by |w|: its 2:4 mask must be NM(2, 4) of |W| as
-    # prunekit.granularity.patterns groups a [out, in, kh, kw] weight (input channels at each kernel position)
-    torch.manual_seed(1)
-    conv = nn.Conv2d(8, 6, 3, bias=False)
-    dense = conv.weight.detach().clone()
-    solver = SparseGPTSolver(conv, "conv")
-    solver.H = torch.eye(solver.columns)
-    solver.nsamples = 1
-    solver.prune(0.5, NM(2, 4))
-    expected = NM(2, 4).mask(dense.abs())
-    assert torch.equal(conv.weight != 0, expected)
-    assert torch.equal(conv.weight.detach(), dense * expected)
-
-
-def test_wanda_scores_a_conv_by_its_patch_norms():
-    torch.manual_seed(2)
-    conv = nn.Conv2d(4, 3, 2, bias=False)
-    x = torch.randn(5, 4, 6, 6) * torch.tensor([3.0, 1.0, 0.1, 2.0]).reshape(1, 4, 1, 1)
-    solver = WandaSolver(conv, "conv")
-    solver.add_batch(x)
-    rows = torch.cat(list(Patches.of(conv).rows(x)))[:, 0]
-    expected = to_matrix(conv.weight.detach()).abs() * rows.pow(2).sum(0).sqrt()
-    assert torch.allclose(solver.scores(), expected, rtol=1e-5)
-    keep = solver.prune(0.5, Unstructured())
-    assert torch.all(keep.sum(1) == 8)  # exactly half of every filter's 16 weights
-
-
-def test_a_grouped_conv_is_solved_as_its_groups():
-    # a conv with groups=2 equals two convs, each on its half of the channels: SparseGPT must prune it so
-    # (with 2:4, whose masks are chosen group by group; an unstructured mask is chosen over all groups at once)
-    torch.manual_seed(3)
-    grouped = nn.Conv2d(8, 6, 3, groups=2, bias=False)
-    halves = [nn.Conv2d(4, 3, 3, bias=False) for _ in range(2)]
-    with torch.no_grad():
-        for g, half in enumerate(halves):
-            half.weight.copy_(grouped.weight[3 * g : 3 * g + 3])
-    x = torch.randn(6, 8, 7, 7)
-    solver = SparseGPTSolver(grouped, "grouped")
-    solver.add_batch(x)
-    solver.prune(0.5, NM(2, 4))
-    for g, half in enumerate(halves):
-        s = SparseGPTSolver(half, f"half{g}")
-        s.add_batch(x[:, 4 * g : 4 * g + 4])
-        s.prune(0.5, NM(2, 4))
-        assert torch.allclose(grouped.weight[3 * g : 3 * g + 3], half.weight, atol=1e-5)
-
-
-def test_a_depthwise_conv_reaches_the_sparsity_over_the_layer():
-    torch.manual_seed(3)
-    conv = nn.Conv2d(16, 16, 3, groups=16, bias=False)  # 9 weights per filter: half of them cannot be removed
-    solver = SparseGPTSolver(conv, "depthwise")
-    solver.add_batch(torch.randn(4, 16, 8, 8))
-    keep = solver.prune(0.5, Unstructured())
-    assert (~keep).sum().item() == 72 and torch.equal(conv.weight != 0, keep.reshape(16, 1, 3, 3))
+# ------------------------------------------------------------------------------------------ one layer
 
 
 def test_attention_out_proj_is_solved_on_the_heads_outputs():
@@ -284,8 +201,10 @@ def test_sparsegpt_reconstructs_better_than_wanda_better_than_magnitude(models, 
     assert len(layers) >= (5 if model_name == "vit" else 7)
     total = {m: sum(e.error for e in errors[m].values()) for m in METHODS}
     assert total["sparsegpt"] < total["wanda"] < total["magnitude"], total
-    ordered = [n for n in layers if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error]
-    assert len(ordered) >= 0.75 * len(layers), {m: {n: round(e.relative, 4) for n, e in errors[m].items()} for m in METHODS}
+    ordered = [n for n in layers
+               if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error]
+    assert len(ordered) >= 0.75 * len(layers), {m: {n: round(e.relative, 4) for n, e in errors[m].items()}
+                                                for m in METHODS}
 
 
 def test_sequential_and_one_pass_modes(models, images):

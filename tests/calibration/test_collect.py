@@ -1,12 +1,14 @@
-"""The one criterion interface and the statistics collector, on hand-computed cases."""
+"""Tests of :mod:`prunekit.calibration.collect`: the statistics collector (activation norms, zeros, BatchNorm
+scales, XtX, gradients) on hand-computed cases, read by the criteria."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.calibration import Calibration, collect
-from prunekit.criteria import BUILTIN, CRITERIA, CriterionLevelError, ScoreInput, criteria_for, resolve_criterion
+from prunekit.calibration import collect
+from prunekit.criteria import CRITERIA, ScoreInput
 from prunekit.layout import weight_layout
 
 
@@ -15,24 +17,6 @@ def _input(module, stats=None, name="m"):
 
     layout = weight_layout(module)
     return ScoreInput(layout.to_canonical(module.weight.detach()), stats or LayerStats(name), layout, name)
-
-
-def test_seventeen_criteria_registered_with_levels():
-    assert len(BUILTIN) == 17
-    assert set(criteria_for("element")) >= {"magnitude", "wanda", "sparsegpt", "grad-weight", "taylor", "synflow"}
-    assert "influence" not in criteria_for("element") and "influence" in criteria_for("layer")
-    assert resolve_criterion("snip").name == "grad-weight"
-    assert resolve_criterion("hessian").name == "obd"
-    assert resolve_criterion("l0.5").name == "l0.5"
-    with pytest.raises(pk.UnknownNameError):
-        resolve_criterion("zigzag")
-
-
-def test_level_refusal_names_what_works():
-    with pytest.raises(CriterionLevelError) as info:
-        CRITERIA.get("apoz").check_level("element")
-    assert "channel" in str(info.value) and "magnitude" in str(info.value)
-    assert isinstance(info.value, pk.PrunekitError)
 
 
 def test_wanda_uses_input_norms_of_the_collected_data():
@@ -61,7 +45,8 @@ def test_padding_enters_no_activation_statistic():
 
     m = M()
     ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
-    padded = collect(m, {"lin": lin}, {"act_norm"}, {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
+    padded = collect(m, {"lin": lin}, {"act_norm"},
+                     {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
     clean = collect(m, {"lin": lin}, {"act_norm"}, [ids[:1], ids[1:, :2]])
     assert padded["lin"].rows == 5
     assert torch.allclose(padded["lin"].act_sq, clean["lin"].act_sq)
@@ -94,21 +79,6 @@ def test_conv_xtx_with_string_padding_is_refused_by_name(conv):
         collect(conv, {"c": conv}, {"xtx"}, x)
 
 
-def test_taylor_unit_is_squared_signed_sum_and_grad_weight_is_not():
-    lin = nn.Linear(2, 2, bias=False)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.1]]))
-    from prunekit.calibration import LayerStats
-
-    g = torch.tensor([[1.0, -1.0], [0.5, 0.5]])  # row 0: contributions cancel
-    s = _input(lin, LayerStats("m", grad=g))
-    taylor, gw = CRITERIA.get("taylor"), CRITERIA.get("grad-weight")
-    t_units = taylor.unit(taylor.contribution(s).sum(1), torch.tensor([2, 2]))
-    gw_units = gw.unit(gw.contribution(s).sum(1), torch.tensor([2, 2]))
-    assert t_units[0] < t_units[1]  # (1 - 1)^2 = 0 < (0.5 + 0.05)^2
-    assert gw_units[0] > gw_units[1]  # mean |g w|: 1.0 > 0.275
-
-
 def test_gradients_for_every_batch_form_of_a_language_model():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -130,15 +100,6 @@ def test_gradients_for_every_batch_form_of_a_language_model():
         collect(nn.Linear(3, 2), {"": nn.Linear(3, 2)}, {"grad"}, torch.randn(4, 3))
 
 
-def test_calibration_refuses_strings_and_empty():
-    with pytest.raises(pk.DataError, match="string"):
-        Calibration.of("some text")
-    with pytest.raises(pk.MissingDataError):
-        Calibration.of(None)
-    with pytest.raises(pk.DataError, match="empty"):
-        list(Calibration.of([]).batches())
-
-
 def test_multihead_attention_out_proj_inputs_are_collected_exactly():
     mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
     x = torch.randn(3, 5, 8)
@@ -155,3 +116,17 @@ def test_multihead_attention_out_proj_inputs_are_collected_exactly():
     assert len(seen) == 1 and "forward" not in vars(mha)  # restored
     st = collect(mha, {"out_proj": mha.out_proj}, {"act_norm"}, [((x, x, x))])
     assert st["out_proj"].rows == 15
+
+
+def test_gradient_criteria_accumulate_over_calibration_batches() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    batches = [(torch.randn(5, 4), torch.randint(0, 2, (5,))) for _ in range(2)]
+    st = collect(model, {"0": model[0]}, {"grad", "grad_sq"}, batches)["0"]
+    grads = [torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0] for x, y in batches]
+    torch.testing.assert_close(st.grad, grads[0] + grads[1])
+    torch.testing.assert_close(st.grad_sq, grads[0].square() + grads[1].square())
+    for name in ("taylor-channel", "hessian-channel"):
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        pk.prune(m, name, sparsity=0.5, example_inputs=torch.randn(1, 4), calibration=batches, measure=False)
+        assert m[0].out_features == 4 and m[2].in_features == 4

@@ -1,4 +1,5 @@
-"""Exact tests of the layer-wise solvers on tiny matrices."""
+"""Tests of :mod:`prunekit.apply.solvers`: exact tests of the layer-wise solvers (magnitude, Wanda, SparseGPT)
+on tiny matrices and convolutions."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
 from prunekit.errors import InvalidSparsityError, PatternError
 from prunekit.granularity.patterns import NM, Block, Unstructured
-from prunekit.allocation.builtin import outlier_ratio, owl_sparsities
-from prunekit.criteria import formulas as criteria
-from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
+from prunekit.im2col import Patches, to_matrix
 
 
 def linear(weight: list[list[float]] | torch.Tensor) -> nn.Linear:
@@ -162,15 +162,58 @@ def test_invalid_inputs_are_refused():
         solver.prune(0.5, Block(2, 2))
 
 
-def test_owl_sparsities_keep_the_mean_and_favour_outlier_layers():
-    s = owl_sparsities([0.01, 0.05, 0.03, 0.02], 0.6, lam=0.08)
-    assert sum(s) / len(s) == pytest.approx(0.6)
-    assert max(s) - min(s) == pytest.approx(0.16)
-    assert s[1] == min(s) and s[0] == max(s)  # most outliers -> least pruned
-    assert owl_sparsities([0.02, 0.02], 0.5) == [0.5, 0.5]
+def test_sparsegpt_nm_groups_are_the_granularity_nm_groups():
+    # with H = I SparseGPT makes no updates and ranks by |w|: its 2:4 mask must be NM(2, 4) of |W| as
+    # prunekit.granularity.patterns groups a [out, in, kh, kw] weight (input channels at each kernel position)
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 6, 3, bias=False)
+    dense = conv.weight.detach().clone()
+    solver = SparseGPTSolver(conv, "conv")
+    solver.H = torch.eye(solver.columns)
+    solver.nsamples = 1
+    solver.prune(0.5, NM(2, 4))
+    expected = NM(2, 4).mask(dense.abs())
+    assert torch.equal(conv.weight != 0, expected)
+    assert torch.equal(conv.weight.detach(), dense * expected)
 
 
-def test_outlier_ratio_hand_computed():
-    scores = [torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 31.0])]  # mean 4
-    assert outlier_ratio(scores, multiple=5.0) == pytest.approx(0.1)  # 31 > 5 * 4 = 20
-    assert outlier_ratio(scores, multiple=10.0) == 0.0
+def test_wanda_scores_a_conv_by_its_patch_norms():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(4, 3, 2, bias=False)
+    x = torch.randn(5, 4, 6, 6) * torch.tensor([3.0, 1.0, 0.1, 2.0]).reshape(1, 4, 1, 1)
+    solver = WandaSolver(conv, "conv")
+    solver.add_batch(x)
+    rows = torch.cat(list(Patches.of(conv).rows(x)))[:, 0]
+    expected = to_matrix(conv.weight.detach()).abs() * rows.pow(2).sum(0).sqrt()
+    assert torch.allclose(solver.scores(), expected, rtol=1e-5)
+    keep = solver.prune(0.5, Unstructured())
+    assert torch.all(keep.sum(1) == 8)  # exactly half of every filter's 16 weights
+
+
+def test_a_grouped_conv_is_solved_as_its_groups():
+    # a conv with groups=2 equals two convs, each on its half of the channels: SparseGPT must prune it so
+    # (with 2:4, whose masks are chosen group by group; an unstructured mask is chosen over all groups at once)
+    torch.manual_seed(3)
+    grouped = nn.Conv2d(8, 6, 3, groups=2, bias=False)
+    halves = [nn.Conv2d(4, 3, 3, bias=False) for _ in range(2)]
+    with torch.no_grad():
+        for g, half in enumerate(halves):
+            half.weight.copy_(grouped.weight[3 * g : 3 * g + 3])
+    x = torch.randn(6, 8, 7, 7)
+    solver = SparseGPTSolver(grouped, "grouped")
+    solver.add_batch(x)
+    solver.prune(0.5, NM(2, 4))
+    for g, half in enumerate(halves):
+        s = SparseGPTSolver(half, f"half{g}")
+        s.add_batch(x[:, 4 * g : 4 * g + 4])
+        s.prune(0.5, NM(2, 4))
+        assert torch.allclose(grouped.weight[3 * g : 3 * g + 3], half.weight, atol=1e-5)
+
+
+def test_a_depthwise_conv_reaches_the_sparsity_over_the_layer():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(16, 16, 3, groups=16, bias=False)  # 9 weights per filter: half of them cannot be removed
+    solver = SparseGPTSolver(conv, "depthwise")
+    solver.add_batch(torch.randn(4, 16, 8, 8))
+    keep = solver.prune(0.5, Unstructured())
+    assert (~keep).sum().item() == 72 and torch.equal(conv.weight != 0, keep.reshape(16, 1, 3, 3))

@@ -1,7 +1,8 @@
-"""Head pruning keeps a Hugging Face config that can state the pruned model, and every pruned model saves
-and reloads to identical logits: through stock ``from_pretrained`` when the config states its sizes, else
-through ``prunekit.surgery.from_pretrained_pruned`` (field report: a GQA Llama with 6 of 8 heads left and
-hidden size 64 could be neither saved nor reloaded)."""
+"""Tests of :mod:`prunekit.surgery.hf`: head pruning keeps a Hugging Face config that can state the pruned
+model, and every pruned model saves and reloads to identical logits: through stock ``from_pretrained`` when
+the config states its sizes, else through ``prunekit.surgery.from_pretrained_pruned`` (field report: a GQA
+Llama with 6 of 8 heads left and hidden size 64 could be neither saved nor reloaded). ``own_config_`` gives
+a model its own copy of a shared config."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from torch import nn
 
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
-from prunekit.llm.structured import choose_gqa_shape
 from prunekit.surgery import from_pretrained_pruned, plan_heads
 from prunekit.surgery.attention import find_attention
-from prunekit.surgery.hf import head_config_fields
+from prunekit.surgery.hf import head_config_fields, own_config_
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -132,7 +132,7 @@ def test_exact_heads_keep_the_requested_count_and_reload_through_the_pruned_load
     assert model.config.prunekit_structure["shapes"]
     logits = _logits(model)
     model.save_pretrained(tmp_path)
-    with pytest.raises(Exception):  # the stock loader builds 8 heads
+    with pytest.raises(RuntimeError):  # the stock loader builds 8 heads
         transformers.LlamaForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(_logits(from_pretrained_pruned(transformers.AutoModelForCausalLM, tmp_path)), logits)
 
@@ -173,7 +173,26 @@ def test_head_config_fields_asks_the_family_what_it_can_state() -> None:
     assert head_config_fields(qwen3, 6, 3, 8) is not None  # Qwen3 reads an explicit head_dim, no divisibility rule
 
 
-def test_choose_gqa_shape_skips_shapes_the_config_cannot_state() -> None:
-    assert choose_gqa_shape(8, 4, 0.5) == (3, 1)  # the closest share of parameters, with no constraint
-    assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: 64 % heads == 0) == (2, 2)
-    assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: False) == (4, 2)  # nothing stateable: keep all
+def _config(kind: str, **extra):  # noqa: ANN003, ANN202
+    if kind == "llama":
+        return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=8, num_key_value_heads=4, vocab_size=300,
+                                        max_position_embeddings=64, **extra)
+    return transformers.BertConfig(hidden_size=64, num_attention_heads=8, intermediate_size=128, num_hidden_layers=2,
+                                   vocab_size=300, max_position_embeddings=64, **extra)
+
+
+def _model(kind: str, cfg, seed: int) -> nn.Module:  # noqa: ANN001
+    torch.manual_seed(seed)
+    cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.BertForMaskedLM
+    return cls(cfg).eval()
+
+
+def test_own_config_points_every_reference_at_the_copy() -> None:
+    cfg = _config("llama")
+    model = _model("llama", cfg, 0)
+    generation = model.generation_config
+    own_config_(model)
+    assert model.config is not cfg and model.config.to_dict() == cfg.to_dict()
+    assert model.model.config is model.config and model.model.layers[0].self_attn.config is model.config
+    assert model.generation_config is not generation and model.generation_config.to_dict() == generation.to_dict()

@@ -1,4 +1,5 @@
-"""Every LLM method through prunekit.prune on a random-init LLaMA with grouped-query attention."""
+"""Tests of :mod:`prunekit.methods.llm`: every LLM method through prunekit.prune on a random-init LLaMA with
+grouped-query attention."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError
-from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
+from prunekit.errors import ConfigError, DataError, InvalidSparsityError, MissingDataError
 from prunekit.llm.prune import OWL, prune_causal_lm
-
-from .conftest import VOCAB, calibration, tiny_model
+from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the methods)
+from tests.llm.conftest import VOCAB, calibration, tiny_model
 
 UNSTRUCTURED = ["magnitude", "wanda", "sparsegpt", "owl-wanda", "owl-sparsegpt", "owl-magnitude"]
 STRUCTURED = ["llm-heads", "llm-mlp", "llm-layers"]
@@ -89,7 +89,7 @@ def test_calibration_is_required_and_sparsity_checked():
 def test_failed_run_leaves_the_model_unchanged():
     model = tiny_model("llama")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(Exception):
+    with pytest.raises(DataError):
         prunekit.prune(model, "wanda", sparsity=0.5, calibration=[torch.randn(2, 3)])  # not token ids
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])

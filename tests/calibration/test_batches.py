@@ -1,4 +1,6 @@
-"""Every data-driven criterion x every calibration form: it works (masks of the requested sparsity) or it is
+"""Tests of :mod:`prunekit.calibration.batches`: every calibration form is read one way.
+
+Every data-driven criterion x every calibration form: it works (masks of the requested sparsity) or it is
 refused with a PrunekitError that names the forms it can use, and the model is bit-identical.
 
 Models: a small CNN with BatchNorm (forms: (x, y) pairs, a float tensor batch, a loss callable, a
@@ -8,6 +10,8 @@ callable, a DataLoader of token batches).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import assert_unchanged, snapshot
@@ -15,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit as pk
+from prunekit.calibration.batches import Calibration, next_token_loss, output_logits
 
 transformers = pytest.importorskip("transformers")
 
@@ -182,3 +187,51 @@ def test_grasp_runs_through_fused_attention():
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
     report = pk.prune(model, "grasp", sparsity=SPARSITY, calibration=[(x, y)], measure=False)
     assert report.sparsity == pytest.approx(SPARSITY, abs=0.01)
+
+
+def test_calibration_refuses_strings_and_empty():
+    with pytest.raises(pk.DataError, match="string"):
+        Calibration.of("some text")
+    with pytest.raises(pk.MissingDataError):
+        Calibration.of(None)
+    with pytest.raises(pk.DataError, match="empty"):
+        list(Calibration.of([]).batches())
+
+
+def test_each_form_is_read_as_its_batches():
+    x, y = torch.ones(2, 3), torch.zeros(2, dtype=torch.long)
+    assert len(list(Calibration.of(x).batches())) == 1  # a tensor is one batch
+    assert len(list(Calibration.of((x, y)).batches())) == 1  # so is one (inputs, targets) pair
+    assert len(list(Calibration.of((x, x)).batches())) == 2  # two float batches of one form: two batches
+    assert len(list(Calibration.of({"input_ids": y[None]}).batches())) == 1
+    assert len(list(Calibration.of([x, x, x], max_batches=2).batches())) == 2
+    assert Calibration.of(lambda m: m(x).sum()).is_loss_callable
+    with pytest.raises(pk.DataError, match="no batches"):
+        list(Calibration.of(lambda m: m(x).sum()).batches())
+    with pytest.raises(pk.DataError, match="string"):
+        list(Calibration.of(["text"]).batches())
+
+
+def test_next_token_loss_by_hand():
+    # uniform logits over 2 tokens: every prediction costs ln 2; position t predicts ids[t + 1]
+    logits = torch.zeros(1, 3, 2)
+    ids = torch.tensor([[0, 1, 1]])
+    assert next_token_loss(logits, ids).item() == pytest.approx(math.log(2))
+    logits[0, 0] = torch.tensor([0.0, math.log(3)])  # predicts ids[1] = 1 with p = 3/4
+    assert next_token_loss(logits, ids).item() == pytest.approx((-math.log(0.75) + math.log(2)) / 2)
+    # a padded target is left out: only the first prediction counts
+    mask = torch.tensor([[True, True, False]])
+    assert next_token_loss(logits, ids, mask).item() == pytest.approx(-math.log(0.75))
+
+
+def test_losses_are_one_per_batch_and_logits_are_found_in_any_output():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()  # uniform logits: cross entropy ln 2 per sample
+    pairs = [(torch.ones(3, 2), torch.tensor([0, 1, 0])), (torch.ones(1, 2), torch.tensor([1]))]
+    losses = list(Calibration.of(pairs).losses(model))
+    assert [round(v.item(), 6) for v in losses] == [round(math.log(2), 6)] * 2
+    t = torch.ones(2)
+    assert output_logits(t) is t and output_logits((t, None)) is t and output_logits([t]) is t
+    with pytest.raises(pk.DataError, match="not logits"):
+        output_logits({"x": t})

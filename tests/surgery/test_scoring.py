@@ -1,4 +1,5 @@
-"""Physical channels, heads and layers scored by the one criterion interface (prunekit.criteria)."""
+"""Tests of :mod:`prunekit.surgery.scoring`: physical channels, heads and layers scored by the one criterion
+interface (prunekit.criteria), by hand and end to end."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from torch import nn
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.criteria import CRITERIA, CriterionLevelError, criteria_for, resolve_criterion
-from prunekit.surgery import plan_channels, plan_layers
-from prunekit.methods.physical import physical_method
+from prunekit.surgery import UnitScorer, UnitSet, plan_channels, plan_layers
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,6 +27,58 @@ def _assert_identical(model: nn.Module, before: dict[str, torch.Tensor]) -> None
     assert list(after) == list(before)
     for k, v in before.items():
         assert after[k].shape == v.shape and torch.equal(after[k], v), k
+
+
+# ----------------------------------------------------------------------------------- unit scores by hand
+
+
+def _rows(values: list[list[float]]) -> nn.Linear:
+    """A bias-free Linear whose output rows are the units."""
+    lin = nn.Linear(len(values[0]), len(values), bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(values))
+    return lin
+
+
+def _unit_scores(model: nn.Module, criterion: str, **kw) -> np.ndarray:  # noqa: ANN003
+    n = model.weight.shape[0]
+    units = UnitSet("w", n, [("weight", 0, np.arange(n))])
+    return UnitScorer(model, resolve_criterion(criterion), **kw).score([units])[0].scores
+
+
+def test_criteria_by_hand() -> None:
+    lin = _rows([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]])
+    np.testing.assert_allclose(_unit_scores(lin, "l1"), [3, 1, 2])  # mean |w| of each unit
+    np.testing.assert_allclose(_unit_scores(lin, "l2"), [9, 1, 4])  # mean w^2: the L2 order
+    lamp = _unit_scores(lin, "lamp")
+    assert np.argsort(lamp).tolist() == [1, 2, 0] and lamp[0] == pytest.approx(1.0)
+    for name in criteria_for("channel"):
+        if resolve_criterion(name).needs:
+            with pytest.raises(pk.MissingDataError):
+                _unit_scores(lin, name)
+        else:
+            assert _unit_scores(lin, name).shape == (3,)
+
+
+def _with_gradient(w: torch.Tensor, g: torch.Tensor) -> tuple[nn.Linear, object]:
+    """A Linear with weight ``w`` and a calibration loss whose gradient for that weight is exactly ``g``."""
+    lin = _rows(w.tolist())
+    return lin, lambda m: (m.weight * g).sum()
+
+
+def test_taylor_is_the_squared_sum_of_gradient_times_weight_over_the_unit() -> None:
+    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
+                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
+    # (1 + 2)^2, (3 - 3)^2, (-1 + 1)^2: signed sums, so opposite contributions cancel
+    np.testing.assert_allclose(_unit_scores(lin, "taylor", calibration=loss), [9.0, 0.0, 0.0])
+
+
+def test_obd_is_half_the_fisher_diagonal_times_squared_weights() -> None:
+    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
+                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
+    # h_ii ~ sum of g^2 over the batches (here one); per unit the mean over its 2 weights:
+    # 0.5 * (1*1 + 1*4) / 2, 0.5 * (1*9 + 9*1) / 2, 0.5 * (4*.25 + 4*.25) / 2
+    np.testing.assert_allclose(_unit_scores(lin, "hessian", calibration=loss), [1.25, 4.5, 0.5])
 
 
 # ------------------------------------------------------------------------------------------ FPGM vs L2
@@ -202,41 +254,7 @@ def test_bn_scale_keeps_groups_without_a_norm_layer_whole_and_says_so() -> None:
     assert torch.equal(model.bn1.weight.detach(), gammas[gammas.argsort()[4:].sort().values])  # the largest |gamma|
 
 
-# ------------------------------------------------------------------------------------ patterns, composition
-
-
-@pytest.mark.parametrize("pattern", ["2:4", "4x4", "channel"])
-def test_structural_methods_refuse_mask_patterns(pattern: str) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    before = _state(model)
-    with pytest.raises(pk.PatternError) as info:
-        pk.prune(model, "l2-channel", sparsity=0.5, pattern=pattern, example_inputs=torch.randn(2, 8), measure=False)
-    msg = str(info.value)
-    assert "l2-channel removes channels physically" in msg and 'pk.prune(model, "magnitude"' in msg
-    assert f'pattern="{pattern}"' in msg
-    _assert_identical(model, before)
-    # the advice, followed, masks that pattern
-    pk.prune(model, "magnitude", sparsity=0.5, pattern=pattern, measure=False)
-    assert model[0].weight.shape == (8, 8) and float((model[0].weight == 0).float().mean()) == 0.5
-
-
-def test_physical_method_runs_any_criterion_at_a_level() -> None:
-    model = _llama(layers=4)
-    pk.prune(model, physical_method("head", "taylor"), sparsity=0.5, example_inputs={"input_ids": IDS},
-             calibration=TOKENS, measure=False)
-    assert model.config.num_key_value_heads == 1
-    pk.prune(model, physical_method("layer", "fpgm"), sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
-    assert model.config.num_hidden_layers == 2
-    cnn = _cnn()
-    pk.prune(cnn, physical_method("channel", "wanda"), sparsity=0.5, example_inputs=X_IMG, calibration=IMG_BATCHES,
-             measure=False)
-    assert cnn.conv2.out_channels == 4
-    assert physical_method("channel", "l2").name == "l2-channel"
-    with pytest.raises(CriterionLevelError):
-        physical_method("head", "apoz")
-    with pytest.raises(pk.ConfigError, match="channel, embedding, head, layer"):
-        physical_method("block", "l2")
+# ----------------------------------------------------------------------------------------- whole blocks
 
 
 def test_layer_fpgm_compares_whole_blocks() -> None:
@@ -254,20 +272,6 @@ def test_layer_fpgm_compares_whole_blocks() -> None:
     assert fpgm.scores["model.layers.0"] == pytest.approx(fpgm.scores["model.layers.1"])
     assert set(fpgm.remove) <= {"model.layers.0", "model.layers.1", "model.layers.2"} and len(fpgm.remove) == 2
     assert "model.layers.3" in plan_layers(model, ids, 0.25, criterion="magnitude").remove
-
-
-def test_unknown_options_and_allocations_are_refused_by_name() -> None:
-    model = _cnn()
-    before = _state(model)
-    with pytest.raises(pk.ConfigError, match="round_to"):
-        pk.prune(_llama(), "head", sparsity=0.5, example_inputs={"input_ids": IDS}, round_to=8, measure=False)
-    with pytest.raises(pk.ConfigError, match="allocation='global'"):
-        pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=X_IMG, global_cap=0.5, measure=False)
-    _assert_identical(model, before)
-    for alloc in ("global", "erk", "lamp"):
-        m = _cnn()
-        pk.prune(m, "l2-channel", sparsity=0.5, allocation=alloc, example_inputs=X_IMG, measure=False)
-        assert m.conv1.out_channels < 8 or m.conv2.out_channels < 8, alloc
 
 
 def test_taylor_unit_score_is_the_squared_gradient_of_a_gate_on_the_unit_bias_included() -> None:

@@ -1,4 +1,4 @@
-"""Recurrent layers, ignored modules traced as closed boxes, in-place view operations.
+"""Tests of :mod:`prunekit.surgery.rules.modules`: recurrent layers, and ignored modules traced as closed boxes.
 
 A recurrent layer's hidden unit j lives in rows g*H + j of every gate, column j of the recurrent weights and
 columns d*H + j of the next layer: removing it must keep what the other units compute. A module named by
@@ -14,6 +14,9 @@ from torch import nn
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 from prunekit.surgery.engine import analyze
+from prunekit.surgery.graph import trace_groups
+
+from .conftest import expect, units
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -27,6 +30,47 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def _flat_weights_follow(rnn: nn.RNNBase) -> bool:
     """The forward reads ``_flat_weights``: they must be the module's own parameters."""
     return all(w is getattr(rnn, n) for w, n in zip(rnn._flat_weights, rnn._flat_weights_names))
+
+
+# ------------------------------------------------------------------ the rules, on hand-worked cases
+
+
+class Recurrent(nn.Module):
+    def __init__(self, proj_size: int = 0) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(2, 3, batch_first=True, proj_size=proj_size)
+        self.fc = nn.Linear(proj_size or 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+def test_lstm_hidden_unit_j_is_row_j_of_every_gate() -> None:
+    tr = trace_groups(Recurrent(), torch.randn(1, 4, 2))
+
+    def gates(j: int) -> list[int]:
+        return [j, 3 + j, 6 + j, 9 + j]  # input, forget, cell, output gates
+
+    assert units(tr, "lstm.weight_hh_l0", 1) == expect(*[
+        {"lstm.weight_ih_l0:0": gates(j), "lstm.weight_hh_l0:0": gates(j), "lstm.weight_hh_l0:1": [j],
+         "lstm.bias_ih_l0:0": gates(j), "lstm.bias_hh_l0:0": gates(j), "fc.weight:1": [j]} for j in range(3)
+    ])
+
+
+def test_lstm_with_proj_size_is_kept_whole() -> None:
+    tr = trace_groups(Recurrent(proj_size=2), torch.randn(1, 4, 2))
+    assert not any(tr.group_of("lstm.weight_hh_l0", 0).removable)
+    assert any("is kept whole: it has proj_size" in n for n in tr.notes)
+
+
+def test_an_ignored_module_is_not_looked_into_and_its_neighbours_keep_their_sizes() -> None:
+    tr = trace_groups(Recurrent(), torch.randn(1, 4, 2), opaque=["lstm"])
+    assert tr.group_of("lstm.weight_hh_l0", 1) is None  # no atom inside the closed box
+    assert units(tr, "fc.weight", 1) == expect(*[{"fc.weight:1": [j]} for j in range(3)], removable=False)
+    assert any("module 'lstm' (LSTM) is ignored" in n for n in tr.notes)
+
+
+# -------------------------------------------------------------------- recurrent layers, end to end
 
 
 class Encoder(nn.Module):
@@ -184,7 +228,8 @@ def test_lstm_encoder_loses_hidden_units_and_says_so() -> None:
     assert model.ln.normalized_shape == (32,) and model.fc.in_features == 32 and model.proj.out_features == 16
     assert sum(p.numel() for p in model.parameters()) < n0
     assert model(torch.randn(4, 7, 32)).shape == (4, 6)
-    assert "lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)" in report.notes
+    assert ("lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)"
+            in report.notes)
 
 
 @pytest.mark.parametrize("ignore", ["name", "module", "filter_fn"])
@@ -197,43 +242,14 @@ def test_ignored_lstm_is_kept_whole_by_name_object_or_filter(ignore) -> None:  #
     report = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, ignore=arg, measure_latency=False)
     assert _same(lstm_before, model.lstm.state_dict())
     assert model.lstm.hidden_size == 64 and model.lstm.input_size == 32
-    assert model.proj.out_features == 32 and model.ln.normalized_shape == (64,)  # its inputs and outputs keep their sizes
+    # its inputs and outputs keep their sizes
+    assert model.proj.out_features == 32 and model.ln.normalized_shape == (64,)
     assert model.fc.out_features == 24  # the rest is pruned
     assert any("lstm (LSTM): kept whole" in n for n in report.notes)
     assert model(torch.randn(4, 7, 32)).shape == (4, 6)
 
 
-# ------------------------------------------------------------ in-place view operations have rules
-
-
-class InPlaceViews(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(8, 16)
-        self.b = nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.a(x)  # (B, 16)
-        h = h.unsqueeze_(0)  # (1, B, 16)
-        h = h.transpose_(0, 1)  # (B, 1, 16)
-        h = h.squeeze_(1)  # (B, 16)
-        h = h.t_()  # (16, B)
-        h = h.t_()
-        h = torch.relu(h).swapdims_(0, 1).swapdims_(0, 1)
-        return self.b(h)
-
-
-def test_in_place_view_operations_are_traced() -> None:
-    torch.manual_seed(0)
-    model = InPlaceViews().eval()
-    x = torch.randn(3, 8)
-    trace = analyze(model, x)
-    group = trace.group_of("a.weight", 0)
-    assert group is not None and group.size == 16 and all(group.removable)
-    assert {(m.param, m.dim) for m in group.members} == {("a.weight", 0), ("a.bias", 0), ("b.weight", 1)}
-    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure_latency=False)
-    assert model.a.out_features == 8 and model.b.in_features == 8
-    assert model(x).shape == (3, 4)
+# ------------------------------------------------------------------ ignored modules, end to end
 
 
 def test_ignored_module_is_not_traced_and_its_parameters_keep_their_sizes() -> None:

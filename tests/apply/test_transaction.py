@@ -1,0 +1,66 @@
+"""Tests of :mod:`prunekit.apply.transaction`: an error inside leaves the module bit-identical (values, masks,
+and with ``structural=True`` the very objects, shapes, attributes and classes); success keeps the changes."""
+
+import pytest
+import torch
+from conftest import assert_unchanged, snapshot
+from torch import nn
+
+import prunekit as pk
+from prunekit.apply.transaction import transaction
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_an_error_inside_undoes_value_changes_and_new_masks():
+    model = _model()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="inside"), transaction(model):
+        with torch.no_grad():
+            model[0].weight.mul_(2.0)
+            model[2].bias.zero_()
+        pk.apply_mask_(model[2], torch.zeros(2, 4, dtype=torch.bool))
+        raise RuntimeError("inside")
+    assert_unchanged(model, before)
+    assert pk.get_mask(model[2]) is None and type(model[2]) is nn.Linear
+
+
+def test_a_mask_that_was_there_before_stays_and_keeps_its_values():
+    model = _model()
+    first = torch.tensor([[True, False, True, True]] * 2)
+    pk.apply_mask_(model[2], first)
+    before = snapshot(model)
+    with pytest.raises(ValueError), transaction(model):
+        pk.apply_mask_(model[2], torch.zeros(2, 4, dtype=torch.bool))  # masks only shrink: now all zero
+        raise ValueError
+    assert torch.equal(pk.get_mask(model[2]), first)
+    assert_unchanged(model, before)
+
+
+def test_success_keeps_the_changes():
+    model = _model()
+    with transaction(model):
+        with torch.no_grad():
+            model[0].bias.fill_(1.0)
+    assert model[0].bias.tolist() == [1.0] * 4
+
+
+def test_structural_restores_the_objects_the_surgery_replaced():
+    model = _model()
+    weight, bias = model[0].weight, model[0].bias
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        out = model(x)
+    with pytest.raises(KeyError), transaction(model, structural=True):
+        model[0].weight = nn.Parameter(weight.detach()[:2].clone())  # a smaller layer, as surgery makes it
+        model[0].bias = nn.Parameter(bias.detach()[:2].clone())
+        model[0].out_features = 2
+        model[2] = nn.Identity()
+        raise KeyError("inside")
+    assert model[0].weight is weight and model[0].bias is bias and model[0].out_features == 4
+    assert type(model[2]) is nn.Linear
+    with torch.no_grad():
+        assert torch.equal(model(x), out)
