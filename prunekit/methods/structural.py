@@ -31,7 +31,8 @@ from prunekit.surgery.blocks import (
     plan_heads,
     plan_layers,
 )
-from prunekit.surgery.engine import apply_plan_, check_options, layer_sparsity, plan_channels
+from prunekit.surgery.changes import layer_sparsity
+from prunekit.surgery.engine import apply_plan_, check_options, plan_channels
 from prunekit.surgery.hf import own_config_
 from prunekit.surgery.scoring import level_criterion
 

@@ -193,7 +193,7 @@ def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
         if len(r):
             b.update_attrs(b.num_heads - len(r) * b.q_per_kv, b.num_kv_heads - len(r))
             record_head_attrs(model, b, before)
-    from prunekit.surgery.engine import sync_config
+    from prunekit.surgery.changes import sync_config
 
     sync_config(model)
 
@@ -494,7 +494,7 @@ def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
                     del types[i]
             cfg.layer_types = types
             st["config"]["layer_types"] = types
-        from prunekit.surgery.engine import sync_config
+        from prunekit.surgery.changes import sync_config
 
         sync_config(model)
 

@@ -28,7 +28,8 @@ from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.calls import call_model
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
-from prunekit.layout import is_prunable, weight_layout
+from prunekit.layout import is_prunable
+from prunekit.surgery.changes import output_axis, recurrent_notes, sync_config
 from prunekit.surgery.graph import Group, TraceResult, trace_groups
 from prunekit.surgery.handlers import handler_for
 from prunekit.surgery.remove import Removal, remove_, tensor_slots
@@ -43,13 +44,8 @@ def _produces(m: nn.Module, attr: str, dim: int) -> bool:
     """Is ``m.<attr>`` along ``dim`` a dimension of units the layer makes (a conv / linear layer's outputs,
     a recurrent layer's hidden units)?"""
     if _is_producer_module(m):
-        return attr == "weight" and dim == _out_dim(m)
+        return attr == "weight" and dim == output_axis(m)
     return isinstance(m, nn.RNNBase) and attr.startswith("weight_hh_l") and dim == 1
-
-
-def _out_dim(m: nn.Module) -> int:
-    layout = weight_layout(m)  # prunekit.layout decides every layer's output axis
-    return layout.out_axis if layout is not None else 0
 
 
 @dataclass
@@ -109,7 +105,7 @@ def fixed_dims(targets: set[str] | None) -> Callable[[str, nn.Module], list[tupl
         if h is not None:
             out += h.fixed(module)
         if targets is not None and _is_producer_module(module) and name not in targets:
-            out.append(("weight", _out_dim(module)))
+            out.append(("weight", output_axis(module)))
             if getattr(module, "bias", None) is not None:
                 out.append(("bias", 0))
         return out
@@ -548,48 +544,6 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> dict[str, tuple[int, 
     plan.notes += recurrent_notes(model, old)
     sync_config(model)
     return old
-
-
-def recurrent_notes(model: nn.Module, old_shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """What happened to every recurrent layer: hidden units removed, or kept whole (said, never silent)."""
-    notes = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.RNNBase):
-            continue
-        key = f"{name}.weight_hh_l0" if name else "weight_hh_l0"
-        label = f"{name or '<model>'} ({type(mod).__name__})"
-        if key in old_shapes and old_shapes[key][1] != mod.hidden_size:
-            notes.append(f"{label}: hidden units {old_shapes[key][1]} -> {mod.hidden_size} (every gate, the recurrent "
-                         f"weights and the next layer's inputs)")
-        else:
-            notes.append(f"{label}: kept whole, hidden_size {mod.hidden_size} (its hidden units are fixed by an "
-                         f"ignore=, a model output or a size the code hard-codes)")
-    return notes
-
-
-def sync_config(model: nn.Module) -> None:
-    """Keep a Hugging Face config in step with the new sizes (no-op for other models)."""
-    if getattr(model, "config", None) is not None and hasattr(model.config, "to_dict"):
-        from prunekit.surgery.hf import sync_hf_config
-
-        sync_hf_config(model)
-
-
-def layer_sparsity(model: nn.Module, old_shapes: dict[str, tuple[int, ...]],
-                   targets: Iterable[str] | None = None) -> dict[str, float]:
-    """Fraction of output units removed from each conv / linear layer (by module name)."""
-    out = {}
-    tset = set(targets) if targets is not None else None
-    for name, mod in model.named_modules():
-        if not _is_producer_module(mod) or (tset is not None and name not in tset):
-            continue
-        key = f"{name}.weight" if name else "weight"
-        d = _out_dim(mod)
-        if key in old_shapes:
-            out[name] = 1.0 - mod.weight.shape[d] / old_shapes[key][d]
-        elif tset is not None:
-            out[name] = 0.0
-    return out
 
 
 def prune_channels_(model: nn.Module, example_inputs: Any, sparsity: float, **kwargs: Any) -> StructuralPlan:
