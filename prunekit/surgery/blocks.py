@@ -89,14 +89,6 @@ def head_unit_sets(model: nn.Module, blocks: list[AttentionBlock]) -> list[UnitS
     return out
 
 
-def _kept_high(u: UnitScores) -> np.ndarray:
-    if u.scored.all() or not u.scored.any():
-        return u.scores
-    s = u.scores.copy()
-    s[~u.scored] = float(u.scores[u.scored].max())
-    return s
-
-
 def plan_heads(
     model: nn.Module,
     sparsity: float,
@@ -158,11 +150,11 @@ def plan_heads(
         notes.append(f"{len(blocks) - len(live)} attention module(s) keep their heads: criterion {crit.name!r} has "
                      f"no score for them")
     if live:
-        got, _ = allocate_units([names[i] for i in live], [_kept_high(scored[i]) for i in live],
+        got, _ = allocate_units([names[i] for i in live], [scored[i].kept_high() for i in live],
                                 [scored[i].sizes for i in live], [scored[i].scored for i in live], sparsity, alloc)
         for i, r in zip(live, got):
             remove[i] = r
-    scores = [_kept_high(u) for u in scored]
+    scores = [u.kept_high() for u in scored]
     if not exact:
         remove, fit_notes = fit_head_counts(model, blocks, scores, remove)
         notes += fit_notes
@@ -401,7 +393,7 @@ def plan_layers(
         raise nothing_scored(crit, "layer", "whole layers", notes)
     if any((cand & ~ok).any() for (_, _, _, cand), ok in zip(live, scored)):
         notes.append(f"criterion {crit.name!r} has no score for some blocks (no parameter it reads): they are kept")
-    ranked = [_kept_high(UnitScores(s, r, z)) for s, r, z in zip(scores, removable, sizes)]
+    ranked = [UnitScores(s, r, z).kept_high() for s, r, z in zip(scores, removable, sizes)]
     got, _ = allocate_units(unique_names([sname or "<model>" for sname, _, _, _ in live]), ranked, sizes,
                             removable, sparsity, alloc)
     plan = LayerPlan([], [], identity, {}, notes, crit.name)

@@ -36,14 +36,10 @@ from prunekit.surgery.remove import Removal, remove_, tensor_slots
 from prunekit.surgery.scoring import UnitScorer, UnitSet, level_criterion, nothing_scored
 
 
-def _is_producer_module(m: nn.Module) -> bool:
-    return is_prunable(m)
-
-
 def _produces(m: nn.Module, attr: str, dim: int) -> bool:
     """Is ``m.<attr>`` along ``dim`` a dimension of units the layer makes (a conv / linear layer's outputs,
     a recurrent layer's hidden units)?"""
-    if _is_producer_module(m):
+    if is_prunable(m):
         return attr == "weight" and dim == output_axis(m)
     return isinstance(m, nn.RNNBase) and attr.startswith("weight_hh_l") and dim == 1
 
@@ -104,7 +100,7 @@ def fixed_dims(targets: set[str] | None) -> Callable[[str, nn.Module], list[tupl
         h = handler_for(module)
         if h is not None:
             out += h.fixed(module)
-        if targets is not None and _is_producer_module(module) and name not in targets:
+        if targets is not None and is_prunable(module) and name not in targets:
             out.append(("weight", output_axis(module)))
             if getattr(module, "bias", None) is not None:
                 out.append(("bias", 0))
@@ -325,7 +321,7 @@ def _plan_channels(
     removes = [np.zeros(0, dtype=np.int64) for _ in groups]
     if live:
         got, _ = allocate_units(
-            [names[i] for i in live], [_kept_high(scored[i].scores, scored[i].scored) for i in live],
+            [names[i] for i in live], [scored[i].kept_high() for i in live],
             [scored[i].sizes for i in live], [removable[i] for i in live], sparsity, alloc,
             segments=[segs[i] for i in live], round_to=round_to,
         )
@@ -338,15 +334,6 @@ def _plan_channels(
         plan.check_inputs, plan.check_shapes = tr.inputs, list(tr.output_shapes)
     plan.seconds = time.perf_counter() - t0
     return plan
-
-
-def _kept_high(scores: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """Units without a score are kept: they rank above every scored unit of their set."""
-    if scored.all() or not scored.any():
-        return scores
-    out = scores.copy()
-    out[~scored] = float(scores[scored].max())
-    return out
 
 
 def _segments(g: Group, producer_of: dict[tuple[str, int], str]) -> np.ndarray | None:

@@ -72,6 +72,16 @@ class UnitScores:
     scored: np.ndarray
     sizes: np.ndarray
 
+    def kept_high(self) -> np.ndarray:
+        """``scores`` (float64 ``[size]``) with every unscored unit raised to the highest score of the set,
+        so that an allocation removing the lowest-scored units keeps them; unchanged when every unit or no
+        unit has a score."""
+        if self.scored.all() or not self.scored.any():
+            return self.scores
+        s = self.scores.copy()
+        s[~self.scored] = float(self.scores[self.scored].max())
+        return s
+
 
 @dataclass
 class _Ref:
