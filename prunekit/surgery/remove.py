@@ -91,7 +91,7 @@ class _Reparam:
         out: list[tuple[str, Tensor]] = [(n, t) for n, t in plist.named_parameters(recurse=False)]
         for i, p in enumerate(plist):
             if isinstance(p, Mask):
-                out.append((f"{i}.mask", cast(Tensor, p.mask)))  # a buffer
+                out.append((f"{i}.mask", p.mask))  # a buffer
         return out
 
     def check(self) -> None:
