@@ -33,8 +33,11 @@ def main() -> int:
     def progress(cell):
         n[0] += 1
         if cell.status in ("raw", "silent") or n[0] % 50 == 0:
-            print(f"[{n[0]}] {cell.model} {cell.criterion} x {cell.granularity} ({cell.allocation}): {cell.status} "
-                  f"{cell.detail[:120]}", flush=True)
+            print(
+                f"[{n[0]}] {cell.model} {cell.criterion} x {cell.granularity} ({cell.allocation}): {cell.status} "
+                f"{cell.detail[:120]}",
+                flush=True,
+            )
 
     cells = run_matrix(allocations=[a for a in args.allocations.split(",") if a], progress=progress)
     summary = summarise(cells)
@@ -44,8 +47,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "matrix.json").write_text(json.dumps({"summary": summary, "cells": [asdict(c) for c in cells]}, indent=1))
     (out / "matrix.md").write_text(markdown(cells, summary))
-    print(f"{summary['pairs_working']}/{summary['pairs_total']} pairs work; per granularity "
-          f"{summary['criteria_per_granularity']}; {summary['status_counts']}; {summary['wall_seconds']} s -> {out}")
+    print(
+        f"{summary['pairs_working']}/{summary['pairs_total']} pairs work; per granularity "
+        f"{summary['criteria_per_granularity']}; {summary['status_counts']}; {summary['wall_seconds']} s -> {out}"
+    )
     return 0 if not summary["raw"] and not summary["silent"] else 1
 
 

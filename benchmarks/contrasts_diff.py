@@ -33,18 +33,23 @@ def parse(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
 
 def compare(old: Path, new: Path) -> list[str]:
     a, b = parse(old), parse(new)
-    lines = [f"{len(a)} cells in {old}, {len(b)} in {new}; {len(set(a) - set(b))} only in the first, "
-             f"{len(set(b) - set(a))} only in the second", "",
-             "| suite | method | cells | accuracy changed | max abs change (points) | mean change | sparsity changed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{len(a)} cells in {old}, {len(b)} in {new}; {len(set(a) - set(b))} only in the first, "
+        f"{len(set(b) - set(a))} only in the second",
+        "",
+        "| suite | method | cells | accuracy changed | max abs change (points) | mean change | sparsity changed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     by: dict[tuple[str, str], list[tuple[float, bool]]] = defaultdict(list)
     for k in sorted(set(a) & set(b)):
         d = float(b[k]["accuracy %"]) - float(a[k]["accuracy %"])
         by[(k[0], k[2])].append((d, a[k]["sparsity %"] != b[k]["sparsity %"]))
     for (suite, method), rows in sorted(by.items()):
         ds = [d for d, _ in rows]
-        lines.append(f"| {suite} | {method} | {len(rows)} | {sum(abs(d) > 0.05 for d in ds)} | "
-                     f"{max(abs(d) for d in ds):.1f} | {sum(ds) / len(ds):+.2f} | {sum(s for _, s in rows)} |")
+        lines.append(
+            f"| {suite} | {method} | {len(rows)} | {sum(abs(d) > 0.05 for d in ds)} | "
+            f"{max(abs(d) for d in ds):.1f} | {sum(ds) / len(ds):+.2f} | {sum(s for _, s in rows)} |"
+        )
     return lines
 
 

@@ -487,8 +487,14 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         fbs.eval()
         macs = count_macs(fbs, xte[:500])
         share = float(macs.per_input.mean()) / dense_macs.dense
-        rows.append({"method": f"fbs density={density}", "accuracy": acc(fbs), "macs_share": share,
-                     "macs_share_p5_p95": [float(macs.per_input.quantile(q)) / dense_macs.dense for q in (0.05, 0.95)]})
+        rows.append(
+            {
+                "method": f"fbs density={density}",
+                "accuracy": acc(fbs),
+                "macs_share": share,
+                "macs_share_p5_p95": [float(macs.per_input.quantile(q)) / dense_macs.dense for q in (0.05, 0.95)],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         # static: the l2-channel sparsity whose MACs per input come closest to FBS's mean, then fine-tuned
         best = None
@@ -507,12 +513,23 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         Trainer(static, (xtr, ytr), config=cfg(args.fbs_epochs)).fit()
         static.eval()
         lat = latency({"dense": dense, "fbs": fbs, "static": static})
-        rows.append({"method": f"static l2-channel sparsity={sp}", "accuracy": acc(static),
-                     "accuracy_before_ft": before, "macs_share": c_share, "matched_to": f"fbs density={density}",
-                     "latency_ms_batch1": lat})
+        rows.append(
+            {
+                "method": f"static l2-channel sparsity={sp}",
+                "accuracy": acc(static),
+                "accuracy_before_ft": before,
+                "macs_share": c_share,
+                "matched_to": f"fbs density={density}",
+                "latency_ms_batch1": lat,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    return {"model": "prunekit:resnet-small (random init, trained here)", "data": {"train": len(xtr), "test": len(xte),
-            "seed": args.seed, "epochs": args.fbs_epochs}, "dense_macs": dense_macs.dense, "rows": rows}
+    return {
+        "model": "prunekit:resnet-small (random init, trained here)",
+        "data": {"train": len(xtr), "test": len(xte), "seed": args.seed, "epochs": args.fbs_epochs},
+        "dense_macs": dense_macs.dense,
+        "rows": rows,
+    }
 
 
 def fbs_markdown(res: dict[str, Any]) -> str:
@@ -522,7 +539,7 @@ def fbs_markdown(res: dict[str, Any]) -> str:
         "",
         f"Dense: trained from scratch for {d['epochs']} epochs on {d['train']:,} training images (seeded subset); "
         f"accuracy on the first {d['test']:,} test images. FBS: gates added to the trained dense network, then "
-        f"`Trainer(method=\"fbs\", sparsity=1 - density)` for {d['epochs']} more epochs; MACs per input "
+        f'`Trainer(method="fbs", sparsity=1 - density)` for {d["epochs"]} more epochs; MACs per input '
         "counted by `prunekit.dynamic.count_macs` (channels computed, non-zero inputs, predictors included), "
         "as a share of the dense network's. Static: `l2-channel` on the trained dense network at the sparsity "
         "whose MACs come closest to FBS's mean, fine-tuned for the same epochs. Latency: batch 1, one thread, "

@@ -140,8 +140,10 @@ def measure() -> dict:
                 else:
                     undocumented.append(f"{name}.{node.name}")
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prunekit") or (
-                isinstance(node, ast.ImportFrom) and node.level
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("prunekit")
+                or (isinstance(node, ast.ImportFrom) and node.level)
             ):
                 for alias in node.names:
                     if alias.name.startswith("_") and not alias.name.startswith("__"):

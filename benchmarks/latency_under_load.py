@@ -70,26 +70,39 @@ def main() -> None:
             runs = [compare_latency(dense, pruned, x, threads=1) for _ in range(args.repeats)]
             medians = [r.candidate.median_ms for r in runs]
             iqrs = [r.candidate.q3_ms - r.candidate.q1_ms for r in runs]
-            results.append({
-                "model": name,
-                "pruned median ms, each run": medians,
-                "spread of the medians ms (max - min)": max(medians) - min(medians),
-                "reported IQR ms, median over runs": statistics.median(iqrs),
-                "ratio to dense, each run": [r.ratio for r in runs],
-                "verdicts": [r.verdict for r in runs],
-                "warnings": sum(r.warning is not None for r in runs),
-            })
+            results.append(
+                {
+                    "model": name,
+                    "pruned median ms, each run": medians,
+                    "spread of the medians ms (max - min)": max(medians) - min(medians),
+                    "reported IQR ms, median over runs": statistics.median(iqrs),
+                    "ratio to dense, each run": [r.ratio for r in runs],
+                    "verdicts": [r.verdict for r in runs],
+                    "warnings": sum(r.warning is not None for r in runs),
+                }
+            )
     finally:
         stop.set()
         for w in workers:
             w.join()
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"busy_processes": args.busy, "repeats": args.repeats, "torch": torch.__version__,
-            "machine": platform.machine(), "cores": mp.cpu_count(), "threads": 1}
+    meta = {
+        "busy_processes": args.busy,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cores": mp.cpu_count(),
+        "threads": 1,
+    }
     (args.out / "under_load.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["# Latency under load", "", f"Settings: {meta}", "",
-             "| model | pruned median ms per run | spread of medians | reported IQR | ratio per run | verdicts |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Latency under load",
+        "",
+        f"Settings: {meta}",
+        "",
+        "| model | pruned median ms per run | spread of medians | reported IQR | ratio per run | verdicts |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
             f"| {r['model']} | {', '.join(f'{m:.3f}' for m in r['pruned median ms, each run'])} | "

@@ -57,7 +57,10 @@ def _calibration(tok: Any, args: argparse.Namespace) -> Any:
     from prunekit.llm.data import calibration_batches
 
     return calibration_batches(
-        tok, [(args.calib_text, load_text(args.calib_text))], n_samples=args.calib_samples, seq_len=args.calib_len,
+        tok,
+        [(args.calib_text, load_text(args.calib_text))],
+        n_samples=args.calib_samples,
+        seq_len=args.calib_len,
         seed=0,
     )
 
@@ -90,18 +93,35 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     if stage in STRUCTURED:
         cal = _calibration(tok, args)
         t0 = time.perf_counter()
-        pk.prune(model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False,
-                 progress=args.progress or None)
-        rec.update(sparsity=STRUCTURED[stage], prune_seconds=time.perf_counter() - t0, params=_params(model),
-                   calibration=cal.protocol)
+        pk.prune(
+            model, stage, sparsity=STRUCTURED[stage], calibration=cal, measure=False, progress=args.progress or None
+        )
+        rec.update(
+            sparsity=STRUCTURED[stage],
+            prune_seconds=time.perf_counter() - t0,
+            params=_params(model),
+            calibration=cal.protocol,
+        )
         from prunekit.datasets import load_text
         from prunekit.llm.recover import recover
 
         texts = [(name, load_text(name)) for name in TRAIN_TEXTS]
         report = recover(
-            model, texts, "lora", tokenizer=tok, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-            lr=args.lr, rank=args.rank, lora_alpha=2.0 * args.rank, eval_text=load_text(args.eval_text),
-            eval_name=args.eval_text, eval_tokens=args.eval_tokens, eval_seq_len=args.eval_len, seed=0,
+            model,
+            texts,
+            "lora",
+            tokenizer=tok,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            lr=args.lr,
+            rank=args.rank,
+            lora_alpha=2.0 * args.rank,
+            eval_text=load_text(args.eval_text),
+            eval_name=args.eval_text,
+            eval_tokens=args.eval_tokens,
+            eval_seq_len=args.eval_len,
+            seed=0,
             progress=args.progress or None,
         )
         print(report, flush=True)
@@ -118,11 +138,23 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict[str, Any]:
         cal = _calibration(tok, args)
         pattern = "2:4" if stage == "sparse-2:4" else None
         t0 = time.perf_counter()
-        pk.prune(model, args.sparse_method, sparsity=0.5, pattern=pattern, calibration=cal, measure=False,
-                 progress=args.progress or None)
+        pk.prune(
+            model,
+            args.sparse_method,
+            sparsity=0.5,
+            pattern=pattern,
+            calibration=cal,
+            measure=False,
+            progress=args.progress or None,
+        )
         pk.squash_masks_(model)
-        rec.update(method=args.sparse_method, pattern=pattern or "unstructured", sparsity=0.5,
-                   prune_seconds=time.perf_counter() - t0, calibration=cal.protocol)
+        rec.update(
+            method=args.sparse_method,
+            pattern=pattern or "unstructured",
+            sparsity=0.5,
+            prune_seconds=time.perf_counter() - t0,
+            calibration=cal.protocol,
+        )
         rec["ppl"] = _ppl(model, tok, args).ppl
         rec["tasks"] = _tasks(model, tok, args)
         return rec
@@ -163,10 +195,14 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     lines += [
         "Written by " + "; ".join(f"`{c}`" for c in commands) + f" on {s['machine']} ({s['threads']} threads, "
         f"torch {s['torch']}); {s['date']}. Stage wall times (machine shared with other jobs): "
-        + ", ".join(f"{r['stage']} {r['stage_seconds']:.0f} s" for r in data["records"]) + ".",
+        + ", ".join(f"{r['stage']} {r['stage_seconds']:.0f} s" for r in data["records"])
+        + ".",
         "",
-        *([f"Stages not run yet: {', '.join(m for m in STAGES if m not in recs)}.", ""]
-          if any(m not in recs for m in STAGES) else []),
+        *(
+            [f"Stages not run yet: {', '.join(m for m in STAGES if m not in recs)}.", ""]
+            if any(m not in recs for m in STAGES)
+            else []
+        ),
         "## Perplexity: dense, pruned, recovered (LoRA)",
         "",
         f"Perplexity on the first {s['eval_tokens']:,} tokens of *{s['eval_text']}* (windows of {s['eval_len']}). "

@@ -41,8 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(tree: Path, model: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, model], cwd=tree, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, model],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -66,23 +72,38 @@ def main() -> int:
                     old_s.append(got["old"]["s"])
                     ratios.append(got["new"]["s"] / got["old"]["s"])
                     params.add((got["new"]["params"], got["old"]["params"]))
-                row = {"model": model, "new_s": statistics.median(new_s), "old_s": statistics.median(old_s),
-                       "ratio": statistics.median(ratios), "ratios": ratios,
-                       "same_params": all(a == b for a, b in params), "params": sorted(params)}
+                row = {
+                    "model": model,
+                    "new_s": statistics.median(new_s),
+                    "old_s": statistics.median(old_s),
+                    "ratio": statistics.median(ratios),
+                    "ratios": ratios,
+                    "same_params": all(a == b for a, b in params),
+                    "params": sorted(params),
+                }
                 rows.append(row)
-                print(f"{model:16s} this {row['new_s']:.3f} s  {args.rev} {row['old_s']:.3f} s  "
-                      f"ratio {row['ratio']:.3f}  same params {row['same_params']}", flush=True)
+                print(
+                    f"{model:16s} this {row['new_s']:.3f} s  {args.rev} {row['old_s']:.3f} s  "
+                    f"ratio {row['ratio']:.3f}  same params {row['same_params']}",
+                    flush=True,
+                )
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     out = ROOT / "docs" / "results" / "prune_time"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.rev}.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"# l2-channel prune time, this tree vs {args.rev}", "",
-             f"Interleaved child processes, one thread, CPU time (fastest of 3 per child), {args.rounds} rounds, "
-             "input 1x3x224x224, sparsity 0.5.", "",
-             "| model | this tree s | rev s | median ratio | same parameter count |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['new_s']:.3f} | {r['old_s']:.3f} | {r['ratio']:.3f} | {r['same_params']} |"
-              for r in rows]
+    lines = [
+        f"# l2-channel prune time, this tree vs {args.rev}",
+        "",
+        f"Interleaved child processes, one thread, CPU time (fastest of 3 per child), {args.rounds} rounds, "
+        "input 1x3x224x224, sparsity 0.5.",
+        "",
+        "| model | this tree s | rev s | median ratio | same parameter count |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['new_s']:.3f} | {r['old_s']:.3f} | {r['ratio']:.3f} | {r['same_params']} |" for r in rows
+    ]
     (out / f"{args.rev}.md").write_text("\n".join(lines) + "\n")
     return 0
 

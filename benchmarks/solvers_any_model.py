@@ -60,8 +60,13 @@ def fashion_images(n_calib: int, n_held: int, size: int) -> tuple[torch.Tensor, 
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
         return (t - 0.2860) / 0.3530
 
-    info = {"dataset": "fashion-mnist", "calibration": "train split", "held_out": "test split", "size": size,
-            "calibration_sha256": datasets.sha256_of_tensor(calib)}
+    info = {
+        "dataset": "fashion-mnist",
+        "calibration": "train split",
+        "held_out": "test split",
+        "size": size,
+        "calibration_sha256": datasets.sha256_of_tensor(calib),
+    }
     return prep(calib), prep(held), info
 
 
@@ -71,8 +76,12 @@ def mnist_images(n_calib: int, n_held: int) -> tuple[torch.Tensor, torch.Tensor,
     g = torch.Generator().manual_seed(0)
     calib = x[torch.randperm(len(x), generator=g)[:n_calib]]
     idx = torch.arange(len(xt))[:n_held]
-    info = {"dataset": "mnist", "calibration": "train split", "held_out": f"first {n_held} test images",
-            "calibration_sha256": datasets.sha256_of_tensor(calib)}
+    info = {
+        "dataset": "mnist",
+        "calibration": "train split",
+        "held_out": f"first {n_held} test images",
+        "calibration_sha256": datasets.sha256_of_tensor(calib),
+    }
     return datasets.mnist_normalize(calib), datasets.mnist_normalize(xt[idx]), yt[idx], info
 
 
@@ -103,8 +112,10 @@ def vit() -> tuple[nn.Module, str]:
     )
     # torchvision starts the classifier at zero (all logits 0); a random head gives the output drift a scale
     nn.init.normal_(model.heads.head.weight, std=384**-0.5)
-    return model.eval(), ("random init (classifier N(0, 1/384) instead of zeros); 64x64 input, patch 8, 6 layers, "
-                          "width 384, 6 heads, MLP 1536")
+    return model.eval(), (
+        "random init (classifier N(0, 1/384) instead of zeros); 64x64 input, patch 8, 6 layers, "
+        "width 384, 6 heads, MLP 1536"
+    )
 
 
 @torch.no_grad()
@@ -112,8 +123,9 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(b) for b in x.split(64)])
 
 
-def run(name: str, base: nn.Module, weights: str, calib: torch.Tensor, held: torch.Tensor, labels, data: dict,
-        batch: int) -> list[dict]:
+def run(
+    name: str, base: nn.Module, weights: str, calib: torch.Tensor, held: torch.Tensor, labels, data: dict, batch: int
+) -> list[dict]:
     rows = []
     dense_out = logits(base, held)
     calibration = list(calib.split(batch))
@@ -122,39 +134,57 @@ def run(name: str, base: nn.Module, weights: str, calib: torch.Tensor, held: tor
         per_method = {}
         for method, sequential in RUNS:
             model = copy.deepcopy(base)
-            targets, misfits = split_by_pattern(select_targets(model).targets, pk.parse_pattern(pattern),
-                                                skip_incompatible=True)
+            targets, misfits = split_by_pattern(
+                select_targets(model).targets, pk.parse_pattern(pattern), skip_incompatible=True
+            )
             names = [t.name for t in targets]
             dense = dense_matrices(model, names)
             t0 = time.perf_counter()
-            result = solve_layerwise(model, method, sparsity=0.5, pattern=pattern, calibration=calibration,
-                                     targets=targets, progress=False, sequential=sequential)
+            result = solve_layerwise(
+                model,
+                method,
+                sparsity=0.5,
+                pattern=pattern,
+                calibration=calibration,
+                targets=targets,
+                progress=False,
+                sequential=sequential,
+            )
             seconds = time.perf_counter() - t0
             on_calib = reconstruction_errors(model, dense, calibration)
             on_held = reconstruction_errors(model, dense, held_batches)
             out = logits(model, held)
             row = {
-                "model": name, "weights": weights, "pattern": str(pk.parse_pattern(pattern)), "method": method,
+                "model": name,
+                "weights": weights,
+                "pattern": str(pk.parse_pattern(pattern)),
+                "method": method,
                 "sequential": sequential,
-                "layers": len(names), "left_dense": [n for n, _ in misfits],
+                "layers": len(names),
+                "left_dense": [n for n, _ in misfits],
                 "relative_error_calibration": sum(e.error for e in on_calib.values())
                 / sum(e.reference for e in on_calib.values()),
                 "relative_error_held_out": sum(e.error for e in on_held.values())
                 / sum(e.reference for e in on_held.values()),
                 "output_drift": float((out - dense_out).pow(2).sum() / dense_out.pow(2).sum()),
-                "seconds": seconds, "forward_passes": result.forward_passes,
+                "seconds": seconds,
+                "forward_passes": result.forward_passes,
                 "per_layer_calibration": {n: e.relative for n, e in on_calib.items()},
                 "per_layer_held_out": {n: e.relative for n, e in on_held.items()},
-                "data": data, "calibration_images": len(calib), "held_out_images": len(held),
+                "data": data,
+                "calibration_images": len(calib),
+                "held_out_images": len(held),
             }
             if labels is not None:
                 row["accuracy"] = float((out.argmax(1) == labels).float().mean())
                 row["dense_accuracy"] = float((dense_out.argmax(1) == labels).float().mean())
             per_method[method if sequential else f"{method} (one pass)"] = row
-            print(f"{name} {row['pattern']} {method} {'sequential' if sequential else 'one pass'}: "
-                  f"calib {row['relative_error_calibration']:.4f} held {row['relative_error_held_out']:.4f} "
-                  f"drift {row['output_drift']:.4f} {seconds:.1f}s",
-                  flush=True)
+            print(
+                f"{name} {row['pattern']} {method} {'sequential' if sequential else 'one pass'}: "
+                f"calib {row['relative_error_calibration']:.4f} held {row['relative_error_held_out']:.4f} "
+                f"drift {row['output_drift']:.4f} {seconds:.1f}s",
+                flush=True,
+            )
         layers = per_method["wanda"]["per_layer_calibration"]
         err = {m: per_method[m]["per_layer_calibration"] for m in ("sparsegpt", "wanda", "magnitude")}
         ordered = [n for n in layers if err["sparsegpt"][n] < err["wanda"][n] < err["magnitude"][n]]
@@ -181,28 +211,43 @@ def write(rows: list[dict], out: Path, protocol: dict) -> None:
         "On a random-init model the output drift says how far the logits move, not how a task suffers; the",
         "pretrained MNIST CNN also gives the accuracy.",
         "",
-        (f"torch {protocol['torch']}, torchvision {protocol['torchvision']}, {protocol['threads']} thread(s), "
-         f"{protocol['machine']}." + (f" {protocol['note']}" if protocol.get("note") else "")),
+        (
+            f"torch {protocol['torch']}, torchvision {protocol['torchvision']}, {protocol['threads']} thread(s), "
+            f"{protocol['machine']}." + (f" {protocol['note']}" if protocol.get("note") else "")
+        ),
         "",
     ]
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         first = sub[0]
         data = first["data"]
-        lines += [f"## {model}", "", f"Weights: {first['weights']}. Images: {data['dataset']} "
-                  f"({first['calibration_images']} calibration images from the {data['calibration']}, "
-                  f"{first['held_out_images']} held-out from the {data['held_out']}"
-                  + (f", {data['size']}x{data['size']}" if "size" in data else "") + ").", ""]
+        lines += [
+            f"## {model}",
+            "",
+            f"Weights: {first['weights']}. Images: {data['dataset']} "
+            f"({first['calibration_images']} calibration images from the {data['calibration']}, "
+            f"{first['held_out_images']} held-out from the {data['held_out']}"
+            + (f", {data['size']}x{data['size']}" if "size" in data else "")
+            + ").",
+            "",
+        ]
         acc = "accuracy" in first
-        header = ("| pattern | method | mode | layers | rel. error (calibration) | rel. error (held-out) "
-                  "| output drift |")
+        header = (
+            "| pattern | method | mode | layers | rel. error (calibration) | rel. error (held-out) | output drift |"
+        )
         header += " accuracy |" if acc else ""
         header += " layers sgpt < wanda < mag | prune s | passes |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for r in sub:
-            cells = [r["pattern"], r["method"], "sequential" if r["sequential"] else "one pass", str(r["layers"]),
-                     f"{r['relative_error_calibration']:.4f}", f"{r['relative_error_held_out']:.4f}",
-                     f"{r['output_drift']:.4f}"]
+            cells = [
+                r["pattern"],
+                r["method"],
+                "sequential" if r["sequential"] else "one pass",
+                str(r["layers"]),
+                f"{r['relative_error_calibration']:.4f}",
+                f"{r['relative_error_held_out']:.4f}",
+                f"{r['output_drift']:.4f}",
+            ]
             if acc:
                 cells.append(f"{100 * r['accuracy']:.2f}% (dense {100 * r['dense_accuracy']:.2f}%)")
             cells += [f"{r['layers_ordered']}/{r['layers']}", f"{r['seconds']:.1f}", str(r["forward_passes"])]
@@ -244,12 +289,27 @@ def main() -> None:
             rows += run("vit (torchvision VisionTransformer)", model, weights, calib, held, None, data, args.batch)
     if "mnist-cnn" in wanted:
         calib, held, labels, data = mnist_images(args.calibration, max(args.held_out, 2000))
-        rows += run("mnist-cnn (ccexam, pretrained)", load_ccexam_mnist_cnn(),
-                    "ccexam's MNIST weights (99.05% on the full test set)", calib, held, labels, data, args.batch)
-    protocol = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
-                "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores", "sparsity": 0.5,
-                "load_average_at_start": load, "note": args.note,
-                "calibration_images": args.calibration, "batch": args.batch}
+        rows += run(
+            "mnist-cnn (ccexam, pretrained)",
+            load_ccexam_mnist_cnn(),
+            "ccexam's MNIST weights (99.05% on the full test set)",
+            calib,
+            held,
+            labels,
+            data,
+            args.batch,
+        )
+    protocol = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores",
+        "sparsity": 0.5,
+        "load_average_at_start": load,
+        "note": args.note,
+        "calibration_images": args.calibration,
+        "batch": args.batch,
+    }
     write(rows, Path(args.out), protocol)
     print((Path(args.out) / "any_model.md").read_text())
 

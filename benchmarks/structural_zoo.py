@@ -45,10 +45,27 @@ import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
 
 ZOO = [
-    "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg16_bn", "densenet121", "mobilenet_v2",
-    "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_800mf", "shufflenet_v2_x1_0",
-    "squeezenet1_1", "googlenet", "inception_v3", "mnasnet1_0", "convnext_tiny", "vit_b_16", "swin_t",
-    "maxvit_t", "alexnet",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "vgg16_bn",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_y_800mf",
+    "shufflenet_v2_x1_0",
+    "squeezenet1_1",
+    "googlenet",
+    "inception_v3",
+    "mnasnet1_0",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+    "maxvit_t",
+    "alexnet",
 ]
 FIXED_SIZE = {"vit_b_16": 224, "maxvit_t": 224}
 
@@ -72,8 +89,9 @@ def macs(m: nn.Module, x: torch.Tensor) -> int:
     return c.get_total_flops() // 2
 
 
-def latencies_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int,
-                 budget_s: float = 10.0) -> dict[str, list[float]]:
+def latencies_ms(
+    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, budget_s: float = 10.0
+) -> dict[str, list[float]]:
     """Per-call latencies of several models measured interleaved: every round runs each model once (after
     two warm-up calls each), so that load changes hit all of them alike.
 
@@ -146,8 +164,13 @@ def classifier(model: nn.Module) -> nn.Module:
 def prune_torch_pruning(model: nn.Module, x: torch.Tensor) -> None:
     import torch_pruning as tp
 
-    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                       pruning_ratio=0.5, ignored_layers=[classifier(model)])
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=[classifier(model)],
+    )
     pruner.step()
 
 
@@ -223,8 +246,10 @@ def table(records: list[dict[str, Any]]) -> str:
     head = "| model | ok | prune s | engine s | params | MACs x | speedup b1 | speedup b8 |"
     sep = "|---|---|---|---|---|---|---|---|"
     if has_tp:
-        head += (" TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | same shapes |"
-                 " pk/TP latency b1 | pk/TP latency b8 | time ratio pk/TP |")
+        head += (
+            " TP ok | TP prune s | TP MACs x | TP speedup b1 | TP speedup b8 | same shapes |"
+            " pk/TP latency b1 | pk/TP latency b8 | time ratio pk/TP |"
+        )
         sep += "---|---|---|---|---|---|---|---|---|"
     lines = [head, sep]
 
@@ -241,9 +266,11 @@ def table(records: list[dict[str, Any]]) -> str:
     for m in models:
         a, b = by.get((m, "prunekit")), by.get((m, "torch-pruning"))
         p = f"{a['params_before'] / 1e6:.1f}M -> {a['params_after'] / 1e6:.1f}M" if a and "params_after" in a else "-"
-        row = f"| {m} | {'yes' if a and a['ok'] else 'NO'} | {f(a, 'prune_s')} | {f(a, 'engine_s')} | {p} | " \
-              f"{f(a, 'macs_reduction')} | " \
-              f"{f(a, 'speedup1')} | {f(a, 'speedup8')} |"
+        row = (
+            f"| {m} | {'yes' if a and a['ok'] else 'NO'} | {f(a, 'prune_s')} | {f(a, 'engine_s')} | {p} | "
+            f"{f(a, 'macs_reduction')} | "
+            f"{f(a, 'speedup1')} | {f(a, 'speedup8')} |"
+        )
         if has_tp:
             ratio = "-"
             if a and b and a.get("ok") and b.get("ok"):
@@ -251,10 +278,15 @@ def table(records: list[dict[str, Any]]) -> str:
                 tot_pk += a["prune_s"]
                 tot_eng += a.get("engine_s", a["prune_s"])
                 tot_tp += b["prune_s"]
-            same = ("-" if not b or "same_shapes_as_prunekit" not in b
-                    else ("yes" if b["same_shapes_as_prunekit"] else "no"))
-            row += f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | " \
-                   f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {same} | {lat(b, '1')} | {lat(b, '8')} | {ratio} |"
+            same = (
+                "-"
+                if not b or "same_shapes_as_prunekit" not in b
+                else ("yes" if b["same_shapes_as_prunekit"] else "no")
+            )
+            row += (
+                f" {'yes' if b and b['ok'] else 'NO'} | {f(b, 'prune_s')} | {f(b, 'macs_reduction')} | "
+                f"{f(b, 'speedup1')} | {f(b, 'speedup8')} | {same} | {lat(b, '1')} | {lat(b, '8')} | {ratio} |"
+            )
         lines.append(row)
     ok = sum(1 for m in models if by.get((m, "prunekit"), {}).get("ok"))
     lines.append("")
@@ -263,22 +295,29 @@ def table(records: list[dict[str, Any]]) -> str:
         ok_tp = sum(1 for m in models if by.get((m, "torch-pruning"), {}).get("ok"))
         lines.append(f"torch-pruning: {ok_tp}/{len(models)}.")
         if tot_tp:
-            lines.append(f"total prune time on models both handle: prunekit {tot_pk:.1f} s, "
-                         f"torch-pruning {tot_tp:.1f} s (ratio {tot_pk / tot_tp:.2f}); "
-                         f"prunekit's engine alone {tot_eng:.1f} s "
-                         f"(ratio {tot_eng / tot_tp:.2f}).")
-        both = [by[(m, "torch-pruning")] for m in models
-                if (m, "torch-pruning") in by and "pk_over_lib1" in by[(m, "torch-pruning")]]
+            lines.append(
+                f"total prune time on models both handle: prunekit {tot_pk:.1f} s, "
+                f"torch-pruning {tot_tp:.1f} s (ratio {tot_pk / tot_tp:.2f}); "
+                f"prunekit's engine alone {tot_eng:.1f} s "
+                f"(ratio {tot_eng / tot_tp:.2f})."
+            )
+        both = [
+            by[(m, "torch-pruning")]
+            for m in models
+            if (m, "torch-pruning") in by and "pk_over_lib1" in by[(m, "torch-pruning")]
+        ]
         if both:
             same = sum(1 for r in both if r.get("same_shapes_as_prunekit"))
             for tag in ("1", "8"):
                 worst = max(both, key=lambda r: r[f"pk_over_lib{tag}"])
                 at_most = sum(1 for r in both if r[f"pk_over_lib{tag}"] <= 1)
                 inside = sum(1 for r in both if r[f"pk_over_lib{tag}_ci"][0] <= 1)
-                lines.append(f"batch {tag}: prunekit's model at most as slow as torch-pruning's (median ratio <= 1) on "
-                             f"{at_most}/{len(both)} models; 1 inside the 95% "
-                             f"interval or below it on {inside}/{len(both)}; "
-                             f"largest ratio {worst[f'pk_over_lib{tag}']:.3f} ({worst['model']}).")
+                lines.append(
+                    f"batch {tag}: prunekit's model at most as slow as torch-pruning's (median ratio <= 1) on "
+                    f"{at_most}/{len(both)} models; 1 inside the 95% "
+                    f"interval or below it on {inside}/{len(both)}; "
+                    f"largest ratio {worst[f'pk_over_lib{tag}']:.3f} ({worst['model']})."
+                )
             lines.append(f"identical tensor shapes from both libraries on {same}/{len(both)} models.")
     errors = [r for r in records if not r.get("ok") and r.get("error")]
     if errors:
@@ -291,8 +330,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(ZOO))
     ap.add_argument("--size", type=int, default=224, help="input side for models that accept any size")
-    ap.add_argument("--repeats", type=int, default=30,
-                    help="most rounds of interleaved timing at batch 1 (half at batch 8)")
+    ap.add_argument(
+        "--repeats", type=int, default=30, help="most rounds of interleaved timing at batch 1 (half at batch 8)"
+    )
     ap.add_argument("--out", default="results/structural_zoo")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning even if it is installed")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
@@ -325,9 +365,12 @@ def main() -> None:
                 records.append(rec)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
-                print(f"{name:20s} {rec['lib']:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
-                      f"b1x{rec.get('speedup1', 0):.2f} b8x{rec.get('speedup8', 0):.2f} "
-                      f"MACsx{rec.get('macs_reduction', 0):.2f} {rec.get('error', '')}", flush=True)
+                print(
+                    f"{name:20s} {rec['lib']:14s} ok={rec['ok']} prune={rec.get('prune_s', 0):.2f}s "
+                    f"b1x{rec.get('speedup1', 0):.2f} b8x{rec.get('speedup8', 0):.2f} "
+                    f"MACsx{rec.get('macs_reduction', 0):.2f} {rec.get('error', '')}",
+                    flush=True,
+                )
     order = {m: i for i, m in enumerate(ZOO)}
     records.sort(key=lambda r: (order.get(r["model"], len(order)), r["lib"] != "prunekit"))
     md = table(records)

@@ -44,8 +44,9 @@ def load(dataset: str, subset: int | None, seed: int):
     return (x, y), (xt, yt)
 
 
-def run_one(model_name: str, method: str, sparsity: float, train, test, epochs: int, seed: int, lr: float,
-            rounds: int) -> dict:
+def run_one(
+    model_name: str, method: str, sparsity: float, train, test, epochs: int, seed: int, lr: float, rounds: int
+) -> dict:
     torch.manual_seed(seed)
     model = pk.build_model(f"prunekit:{model_name}", pretrained=False)
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=lr, seed=seed, progress=False)
@@ -71,8 +72,14 @@ def run_one(model_name: str, method: str, sparsity: float, train, test, epochs: 
     for _, _, _, mask in pk.apply.masks.masked_parameters(model):
         total += mask.numel()
         zeros += int((~mask).sum())
-    return {"method": method, "target_sparsity": sparsity, "sparsity": zeros / total if total else 0.0,
-            "accuracy": acc, "seconds": seconds, "notes": notes}
+    return {
+        "method": method,
+        "target_sparsity": sparsity,
+        "sparsity": zeros / total if total else 0.0,
+        "accuracy": acc,
+        "seconds": seconds,
+        "notes": notes,
+    }
 
 
 def main() -> None:
@@ -96,9 +103,18 @@ def main() -> None:
     for pair in pairs:
         dataset, model_name = pair.split(":")
         train, test = load(dataset, args.subset, args.seed)
-        protocol = {"dataset": dataset, "model": model_name, "train_images": len(train[0]), "test_images": len(test[0]),
-                    "epochs_budget": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": 128,
-                    "train_sha256": datasets.sha256_of_tensor(train[0]), "torch": torch.__version__}
+        protocol = {
+            "dataset": dataset,
+            "model": model_name,
+            "train_images": len(train[0]),
+            "test_images": len(test[0]),
+            "epochs_budget": args.epochs,
+            "seed": args.seed,
+            "lr": args.lr,
+            "batch_size": 128,
+            "train_sha256": datasets.sha256_of_tensor(train[0]),
+            "torch": torch.__version__,
+        }
         jobs = [("dense", 0.0)] + [(m, float(s)) for m in args.methods.split(",") for s in args.sparsities.split(",")]
         for method, s in jobs:
             key = [dataset, model_name, method, s, args.epochs, len(train[0]), args.seed, args.rounds]
@@ -109,15 +125,23 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 model = pk.build_model(f"prunekit:{model_name}", pretrained=False)
                 t0 = time.perf_counter()
-                hist = Trainer(model, train, test, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed,
-                                                              progress=False)).fit()
-                row = {"method": "dense", "target_sparsity": 0.0, "sparsity": 0.0,
-                       "accuracy": hist.final["val_accuracy"], "seconds": time.perf_counter() - t0, "notes": []}
+                hist = Trainer(
+                    model, train, test, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False)
+                ).fit()
+                row = {
+                    "method": "dense",
+                    "target_sparsity": 0.0,
+                    "sparsity": 0.0,
+                    "accuracy": hist.final["val_accuracy"],
+                    "seconds": time.perf_counter() - t0,
+                    "notes": [],
+                }
             else:
                 row = run_one(model_name, method, s, train, test, args.epochs, args.seed, args.lr, args.rounds)
             row = {"key": key, **protocol, **row}
-            print(f"  accuracy {row['accuracy']:.4f} sparsity {row['sparsity']:.4f} ({row['seconds']:.0f}s)",
-                  flush=True)
+            print(
+                f"  accuracy {row['accuracy']:.4f} sparsity {row['sparsity']:.4f} ({row['seconds']:.0f}s)", flush=True
+            )
             with store.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     write_report(out)
@@ -137,12 +161,16 @@ def write_report(out: Path) -> None:
         sub = [r for r in rows if r["dataset"] == ds and r["model"] == model]
         sparsities = sorted({r["target_sparsity"] for r in sub if r["method"] != "dense"})
         dense = next((r for r in sub if r["method"] == "dense"), None)
-        lines += [f"## {ds}, {model} (budget {sub[0]['epochs_budget']} epochs, "
-                  f"{sub[0]['train_images']} training images)", ""]
+        lines += [
+            f"## {ds}, {model} (budget {sub[0]['epochs_budget']} epochs, {sub[0]['train_images']} training images)",
+            "",
+        ]
         if dense:
             lines += [f"dense: {100 * dense['accuracy']:.2f}%", ""]
-        lines += ["| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | time (s) |",
-                  "|---|" + "---|" * (len(sparsities) + 1)]
+        lines += [
+            "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | time (s) |",
+            "|---|" + "---|" * (len(sparsities) + 1),
+        ]
         for m in dict.fromkeys(r["method"] for r in sub if r["method"] != "dense"):
             by = {r["target_sparsity"]: r for r in sub if r["method"] == m}
             cells = [f"{100 * by[s]['accuracy']:.2f}" if s in by else "-" for s in sparsities]

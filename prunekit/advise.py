@@ -123,8 +123,10 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
             f"{where} structured pruning ({near50['label']}, {near50['model']}) at {near50['target']:.0%} gave "
             f"{near50['speedup_b1']:.1f}x at batch 1 and {near50['speedup_b8']:.1f}x at batch 8 "
             f"(accuracy {near50['delta'] * 100:+.1f} points); the best was {best['speedup_b1']:.1f}x at "
-            f"{best['target']:.0%}" if near50["delta"] is not None else
-            f"{where} structured pruning at {near50['target']:.0%} gave {near50['speedup_b1']:.1f}x at batch 1")
+            f"{best['target']:.0%}"
+            if near50["delta"] is not None
+            else f"{where} structured pruning at {near50['target']:.0%} gave {near50['speedup_b1']:.1f}x at batch 1"
+        )
     if struct and unstruct:  # the same heavy model, so the two are timed alike
         same = [r for r in unstruct if r["model"] == struct[0]["model"] and r["data"] == struct[0]["data"]]
         unstruct = same or unstruct
@@ -132,8 +134,10 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
         top = max(r["speedup_b1"] for r in unstruct)
         hi = max(r["target"] for r in unstruct)
         verdict = "none" if top < 1.15 else f"at most {top:.2f}x"
-        out["speed"].append(f"unstructured pruning gave {verdict} (best {top:.2f}x at batch 1) at sparsities up to "
-                            f"{hi:.0%}: masked weights still run as dense matrices")
+        out["speed"].append(
+            f"unstructured pruning gave {verdict} (best {top:.2f}x at batch 1) at sparsities up to "
+            f"{hi:.0%}: masked weights still run as dense matrices"
+        )
 
     def compare(topic: str, a_pred: Any, b_pred: Any, a_name: str, b_name: str, what: str) -> None:
         pairs: dict[tuple[Any, ...], dict[str, float]] = defaultdict(dict)
@@ -150,17 +154,35 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
         at_hi = [v["a"] - v["b"] for k, v in both.items() if k[-1] == hi]
         wins = sum(v["a"] > v["b"] for v in both.values())
         diff = sum(at_hi) / len(at_hi)
-        out[topic].append(f"{a_name} vs {b_name} ({what}): {a_name} more accurate in {wins} of {len(both)} "
-                          f"comparisons; at {hi:.0%} sparsity by {diff * 100:+.1f} points on average")
+        out[topic].append(
+            f"{a_name} vs {b_name} ({what}): {a_name} more accurate in {wins} of {len(both)} "
+            f"comparisons; at {hi:.0%} sparsity by {diff * 100:+.1f} points on average"
+        )
 
-    compare("allocation", lambda r: r["label"] in ("global", "LAMP", "ERK"),
-            lambda r: r["label"].startswith("layer-wise"), "global/adaptive allocation", "layer-wise (uniform)",
-            "magnitude pruning")
-    compare("schedule", lambda r: r["label"].startswith("iterative ("), lambda r: r["label"] == "one-shot",
-            "iterative pruning", "one-shot pruning", "same fine-tune budget")
-    compare("init", lambda r: r["label"] == "magnitude after training", lambda r: r["stage"] == "init"
-            and r["suite"] == "init-vs-trained", "pruning a trained model", "pruning at initialisation",
-            "same training budget")
+    compare(
+        "allocation",
+        lambda r: r["label"] in ("global", "LAMP", "ERK"),
+        lambda r: r["label"].startswith("layer-wise"),
+        "global/adaptive allocation",
+        "layer-wise (uniform)",
+        "magnitude pruning",
+    )
+    compare(
+        "schedule",
+        lambda r: r["label"].startswith("iterative ("),
+        lambda r: r["label"] == "one-shot",
+        "iterative pruning",
+        "one-shot pruning",
+        "same fine-tune budget",
+    )
+    compare(
+        "init",
+        lambda r: r["label"] == "magnitude after training",
+        lambda r: r["stage"] == "init" and r["suite"] == "init-vs-trained",
+        "pruning a trained model",
+        "pruning at initialisation",
+        "same training budget",
+    )
     ft = [r for r in agg if r["suite"] == "fine-tuning"]
     if ft:
         hi = max(r["target"] for r in ft)
@@ -170,15 +192,23 @@ def evidence(store: str | Path) -> dict[str, list[str]]:
                 mx = max(by_ft)
                 out["finetune"].append(
                     f"{label} at {hi:.0%}: {by_ft[0]['delta'] * 100:+.1f} points without fine-tuning, "
-                    f"{by_ft[mx]['delta'] * 100:+.1f} after {mx} epochs")
+                    f"{by_ft[mx]['delta'] * 100:+.1f} after {mx} epochs"
+                )
     return dict(out)
 
 
 # ---- the rules ---------------------------------------------------------------------------------------
 
 
-def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: str = "few", retrain: bool = True,
-           results: str | Path | None = None) -> Advice:
+def advise(
+    model: str,
+    *,
+    target: str = "latency",
+    hardware: str = "cpu",
+    data: str = "few",
+    retrain: bool = True,
+    results: str | Path | None = None,
+) -> Advice:
     """Recommend methods and settings for a situation (see the module docstring).
 
     ``model``: a model spec or name (its family is guessed by :func:`model_family`); ``target``: one of
@@ -197,92 +227,211 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
     if family == "llm":
         if target == "latency":
             if hardware == "gpu":
-                add(Recommendation("sparsegpt" if data != "none" else "magnitude", {"pattern": "2:4", "sparsity": 0.5},
-                                   ["2:4 semi-structured sparsity runs on sparse tensor cores (Ampere and newer): "
-                                    "the survey's route to real GPU speedups without changing shapes",
-                                    "post-training: a few hundred calibration sequences, no retraining"]))
-            add(Recommendation("layer", {"sparsity": 0.25},
-                               ["removing whole decoder layers gives speedup on any hardware (structured)",
-                                "accuracy drops quickly: follow with recovery fine-tuning (LoRA) when retraining is "
-                                "possible"
-                                if retrain else "without retraining keep it to a few layers"]))
-            add(Recommendation("head", {"sparsity": 0.25},
-                               ["attention heads and MLP channels: structured, smaller matrices"]))
+                add(
+                    Recommendation(
+                        "sparsegpt" if data != "none" else "magnitude",
+                        {"pattern": "2:4", "sparsity": 0.5},
+                        [
+                            "2:4 semi-structured sparsity runs on sparse tensor cores (Ampere and newer): "
+                            "the survey's route to real GPU speedups without changing shapes",
+                            "post-training: a few hundred calibration sequences, no retraining",
+                        ],
+                    )
+                )
+            add(
+                Recommendation(
+                    "layer",
+                    {"sparsity": 0.25},
+                    [
+                        "removing whole decoder layers gives speedup on any hardware (structured)",
+                        "accuracy drops quickly: follow with recovery fine-tuning (LoRA) when retraining is possible"
+                        if retrain
+                        else "without retraining keep it to a few layers",
+                    ],
+                )
+            )
+            add(
+                Recommendation(
+                    "head", {"sparsity": 0.25}, ["attention heads and MLP channels: structured, smaller matrices"]
+                )
+            )
         else:
             if data == "none":
-                add(Recommendation("magnitude", {"sparsity": 0.4, "allocation": "uniform"},
-                                   ["with no calibration text only data-free criteria are possible; layer-wise "
-                                    "magnitude is the survey's baseline", "export sparse to shrink the file"]))
+                add(
+                    Recommendation(
+                        "magnitude",
+                        {"sparsity": 0.4, "allocation": "uniform"},
+                        [
+                            "with no calibration text only data-free criteria are possible; layer-wise "
+                            "magnitude is the survey's baseline",
+                            "export sparse to shrink the file",
+                        ],
+                    )
+                )
             else:
-                add(Recommendation("sparsegpt", {"sparsity": 0.5 if not retrain else 0.6},
-                                   ["second-order layer-wise reconstruction keeps perplexity at 50% unstructured "
-                                    "sparsity with only calibration data (post-training, one shot)"]))
-                add(Recommendation("wanda", {"sparsity": 0.5},
-                                   ["|W| x ||X||: as good as SparseGPT at 50% with no weight update, much cheaper"]))
+                add(
+                    Recommendation(
+                        "sparsegpt",
+                        {"sparsity": 0.5 if not retrain else 0.6},
+                        [
+                            "second-order layer-wise reconstruction keeps perplexity at 50% unstructured "
+                            "sparsity with only calibration data (post-training, one shot)"
+                        ],
+                    )
+                )
+                add(
+                    Recommendation(
+                        "wanda",
+                        {"sparsity": 0.5},
+                        ["|W| x ||X||: as good as SparseGPT at 50% with no weight update, much cheaper"],
+                    )
+                )
         if data == "none":
-            avoid.append("calibration-based solvers need some text: with none, use magnitude and expect a large "
-                         "perplexity increase above 30-40% sparsity")
+            avoid.append(
+                "calibration-based solvers need some text: with none, use magnitude and expect a large "
+                "perplexity increase above 30-40% sparsity"
+            )
     else:
         conv = family == "cnn"
         if target == "latency":
             if hardware == "gpu":
-                add(Recommendation("magnitude", {"pattern": "2:4", "sparsity": 0.5},
-                                   ["N:M (2:4) sparsity gets ~1.5-2x on GPUs with sparse tensor cores; elsewhere use "
-                                    "structured pruning"]))
+                add(
+                    Recommendation(
+                        "magnitude",
+                        {"pattern": "2:4", "sparsity": 0.5},
+                        [
+                            "N:M (2:4) sparsity gets ~1.5-2x on GPUs with sparse tensor cores; elsewhere use "
+                            "structured pruning"
+                        ],
+                    )
+                )
             if data == "none":
-                add(Recommendation("l2-channel" if conv else "head",
-                                   {"sparsity": 0.3 if not retrain else 0.5, "allocation": "uniform"},
-                                   ["structured (channel/filter) pruning makes the network physically smaller: real "
-                                    "speedup on general hardware", "norm criteria need no data"]))
-                add(Recommendation("fpgm-channel", {"sparsity": 0.3}, ["data-free: removes redundant filters near the "
-                                                                       "geometric median"]))
+                add(
+                    Recommendation(
+                        "l2-channel" if conv else "head",
+                        {"sparsity": 0.3 if not retrain else 0.5, "allocation": "uniform"},
+                        [
+                            "structured (channel/filter) pruning makes the network physically smaller: real "
+                            "speedup on general hardware",
+                            "norm criteria need no data",
+                        ],
+                    )
+                )
+                add(
+                    Recommendation(
+                        "fpgm-channel",
+                        {"sparsity": 0.3},
+                        ["data-free: removes redundant filters near the geometric median"],
+                    )
+                )
             else:
-                add(Recommendation("taylor-channel" if conv else "head",
-                                   {"sparsity": 0.5 if retrain else 0.3, "calibration_batches": 8},
-                                   ["structured pruning is the survey's first choice for speed on CPUs and GPUs "
-                                    "without sparse kernels",
-                                    "first-order (Taylor) importance uses the data you have"]))
-                add(Recommendation("l2-channel", {"sparsity": 0.5 if retrain else 0.3},
-                                   ["dependency-group (DepGraph-style) pruning handles residual and coupled layers"]))
+                add(
+                    Recommendation(
+                        "taylor-channel" if conv else "head",
+                        {"sparsity": 0.5 if retrain else 0.3, "calibration_batches": 8},
+                        [
+                            "structured pruning is the survey's first choice for speed on CPUs and GPUs "
+                            "without sparse kernels",
+                            "first-order (Taylor) importance uses the data you have",
+                        ],
+                    )
+                )
+                add(
+                    Recommendation(
+                        "l2-channel",
+                        {"sparsity": 0.5 if retrain else 0.3},
+                        ["dependency-group (DepGraph-style) pruning handles residual and coupled layers"],
+                    )
+                )
             if data == "full" and retrain:
-                add(Recommendation("slimming", {"sparsity": 0.5}, ["learn which channels to drop during training "
-                                                                   "(L1 on BN scales), then remove them"]))
+                add(
+                    Recommendation(
+                        "slimming",
+                        {"sparsity": 0.5},
+                        ["learn which channels to drop during training (L1 on BN scales), then remove them"],
+                    )
+                )
             avoid.append("unstructured pruning for latency on CPU: zeros in dense matrices are not skipped")
         elif target == "size":
-            add(Recommendation("lamp" if data == "none" or not retrain else "gmp",
-                               {"sparsity": 0.9 if retrain else 0.7, "allocation": "lamp" if not retrain else "global"},
-                               ["unstructured pruning reaches the highest sparsity for a given accuracy",
-                                "global or layer-adaptive (LAMP, ERK) allocation beats uniform at high sparsity",
-                                "save with prunekit.export_sparse: the file really shrinks"]))
+            add(
+                Recommendation(
+                    "lamp" if data == "none" or not retrain else "gmp",
+                    {"sparsity": 0.9 if retrain else 0.7, "allocation": "lamp" if not retrain else "global"},
+                    [
+                        "unstructured pruning reaches the highest sparsity for a given accuracy",
+                        "global or layer-adaptive (LAMP, ERK) allocation beats uniform at high sparsity",
+                        "save with prunekit.export_sparse: the file really shrinks",
+                    ],
+                )
+            )
             if retrain and data == "full":
-                add(Recommendation("imp", {"sparsity": 0.9, "rounds": 3},
-                                   ["iterative magnitude pruning with rewinding: the most accurate at extreme "
-                                    "sparsity, at several times the training cost"]))
-                add(Recommendation("rigl", {"sparsity": 0.9},
-                                   ["train sparse from scratch (dynamic sparse training) when training cost matters"]))
-            add(Recommendation("quantisation after pruning", {"bits": 8},
-                               ["the survey recommends combining pruning with quantisation for size"], available=False))
+                add(
+                    Recommendation(
+                        "imp",
+                        {"sparsity": 0.9, "rounds": 3},
+                        [
+                            "iterative magnitude pruning with rewinding: the most accurate at extreme "
+                            "sparsity, at several times the training cost"
+                        ],
+                    )
+                )
+                add(
+                    Recommendation(
+                        "rigl",
+                        {"sparsity": 0.9},
+                        ["train sparse from scratch (dynamic sparse training) when training cost matters"],
+                    )
+                )
+            add(
+                Recommendation(
+                    "quantisation after pruning",
+                    {"bits": 8},
+                    ["the survey recommends combining pruning with quantisation for size"],
+                    available=False,
+                )
+            )
         else:  # accuracy
             if retrain:
-                add(Recommendation("gmp" if data == "full" else "magnitude",
-                                   {"sparsity": 0.7, "allocation": "global", "fine_tune_epochs": "as many as you can"},
-                                   ["prune after training and fine-tune; gradual / iterative schedules keep the most "
-                                    "accuracy", "distil from the dense model while fine-tuning (kd_alpha)"]))
+                add(
+                    Recommendation(
+                        "gmp" if data == "full" else "magnitude",
+                        {"sparsity": 0.7, "allocation": "global", "fine_tune_epochs": "as many as you can"},
+                        [
+                            "prune after training and fine-tune; gradual / iterative schedules keep the most accuracy",
+                            "distil from the dense model while fine-tuning (kd_alpha)",
+                        ],
+                    )
+                )
                 if data == "full":
-                    add(Recommendation("imp", {"sparsity": 0.8, "rounds": 4},
-                                       ["iterative pruning with rewinding finds the most accurate sparse networks"]))
+                    add(
+                        Recommendation(
+                            "imp",
+                            {"sparsity": 0.8, "rounds": 4},
+                            ["iterative pruning with rewinding finds the most accurate sparse networks"],
+                        )
+                    )
             else:
-                add(Recommendation("lamp", {"sparsity": 0.5},
-                                   ["without retraining stay at moderate sparsity and allocate adaptively"]))
+                add(
+                    Recommendation(
+                        "lamp",
+                        {"sparsity": 0.5},
+                        ["without retraining stay at moderate sparsity and allocate adaptively"],
+                    )
+                )
                 if data != "none":
-                    add(Recommendation("snip", {"sparsity": 0.5, "allocation": "global"},
-                                       ["gradient x weight scores from a few batches help most when there is no "
-                                        "fine-tuning"]))
+                    add(
+                        Recommendation(
+                            "snip",
+                            {"sparsity": 0.5, "allocation": "global"},
+                            ["gradient x weight scores from a few batches help most when there is no fine-tuning"],
+                        )
+                    )
     if data == "none":
         avoid.append("criteria that need data (SNIP, GraSP, Taylor, Hessian, SparseGPT, Wanda)")
     if not retrain:
-        avoid.append("high sparsity without fine-tuning: accuracy falls off a cliff beyond ~50% unstructured "
-                     "/ ~30% structured")
+        avoid.append(
+            "high sparsity without fine-tuning: accuracy falls off a cliff beyond ~50% unstructured / ~30% structured"
+        )
         avoid.append("methods that act during training (GMP, RigL, IMP, slimming)")
         recs = [r for r in recs if r.method not in ("gmp", "imp", "rigl", "slimming", "set")] or recs
     if data != "full":
@@ -296,8 +445,11 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
     ev: list[str] = []
     if results is not None and Path(results).is_file():
         found = evidence(results)
-        topics = {"latency": ["speed", "finetune"], "size": ["allocation", "schedule", "finetune", "speed"],
-                  "accuracy": ["schedule", "allocation", "finetune", "init"]}[target]
+        topics = {
+            "latency": ["speed", "finetune"],
+            "size": ["allocation", "schedule", "finetune", "speed"],
+            "accuracy": ["schedule", "allocation", "finetune", "init"],
+        }[target]
         for t in topics:
             ev += found.get(t, [])
     papers: dict[str, list[str]] = {}
@@ -312,7 +464,11 @@ def advise(model: str, *, target: str = "latency", hardware: str = "cpu", data: 
     except Exception:  # noqa: BLE001  (the catalog is optional for advice)
         pass
     situation = {
-        "model": model, "target": target, "hardware": hardware, "data": data, "retrain": "yes" if retrain else "no"
+        "model": model,
+        "target": target,
+        "hardware": hardware,
+        "data": data,
+        "retrain": "yes" if retrain else "no",
     }
     if results is not None and not Path(results).is_file():
         ev.append(f"(no results store at {results}: run `prunekit bench` to measure on {platform.machine()})")

@@ -217,7 +217,7 @@ def _forward_only(named: Method, m: Method) -> bool:
     by running the model), so that example_inputs can stand in for calibration data?"""
     if not isinstance(named, ScoreMethod) or m is not named:
         return False
-    from prunekit.apply.plan import FORWARD_ONLY_STATS
+    from prunekit.apply.scores import FORWARD_ONLY_STATS
     from prunekit.criteria import resolve_criterion
 
     needs = resolve_criterion(named.criterion).needs
@@ -260,8 +260,12 @@ def _unprunable_notes(model: nn.Module, ignored_names: list[str]) -> list[str]:
         if isinstance(module, parametrize.ParametrizationList):
             continue
         pruned_here = is_prunable(module)
-        skip = pruned_here or isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or any(
-            name == i or name.startswith(i + ".") for i in ignored_names if i) or (not name and "" in ignored_names)
+        skip = (
+            pruned_here
+            or isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+            or any(name == i or name.startswith(i + ".") for i in ignored_names if i)
+            or (not name and "" in ignored_names)
+        )
         params, size = [], 0
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen or p.dim() < 2 or "weight" not in pname:  # tokens, position tables: not weights
@@ -280,8 +284,10 @@ def _unprunable_notes(model: nn.Module, ignored_names: list[str]) -> list[str]:
             found.append((name, params, size, module))
     by_why: dict[str, tuple[list[str], int]] = {}  # one note per reason (a 12-block ViT: one note, not 12)
     for _name, params, size, module in found:
-        why = next((w for t, w in _UNPRUNABLE_WHY.items() if isinstance(module, t)),
-                   f"{type(module).__name__} is not a prunable layer type (Linear, Conv, transformers' Conv1D)")
+        why = next(
+            (w for t, w in _UNPRUNABLE_WHY.items() if isinstance(module, t)),
+            f"{type(module).__name__} is not a prunable layer type (Linear, Conv, transformers' Conv1D)",
+        )
         names, n = by_why.get(why, ([], 0))
         by_why[why] = (names + params, n + size)
     notes = []
@@ -302,8 +308,7 @@ def _from_pruner(
 
     if pattern is not None and "granularity" in pruner.given and parse_pattern(pattern) != pruner.granularity:
         raise clash("granularity", parse_pattern(pattern), pruner.granularity)
-    if allocation is not None and "allocation" in pruner.given and \
-            resolve_allocation(allocation) != pruner.allocation:
+    if allocation is not None and "allocation" in pruner.given and resolve_allocation(allocation) != pruner.allocation:
         raise clash("allocation", resolve_allocation(allocation), pruner.allocation)
     if pruner.sparsity is not None and not math.isclose(pruner.sparsity, sparsity, abs_tol=1e-12):
         raise clash("sparsity", sparsity, pruner.sparsity)
@@ -311,14 +316,20 @@ def _from_pruner(
         if ignore is not None and ignore is not pruner.ignore and ignore != pruner.ignore:
             raise clash("ignore", ignore, pruner.ignore)
         ignore = pruner.ignore
-    for key, value, default in (("seed", pruner.seed, 0), ("prune_classifier", pruner.prune_classifier, False),
-                                ("skip_incompatible", pruner.skip_incompatible, False)):
+    for key, value, default in (
+        ("seed", pruner.seed, 0),
+        ("prune_classifier", pruner.prune_classifier, False),
+        ("skip_incompatible", pruner.skip_incompatible, False),
+    ):
         if value != default:
             if key in options and options[key] != value:
                 raise clash(key, options[key], value)
             options[key] = value
-    return (pattern if pattern is not None else pruner.granularity,
-            allocation if allocation is not None else pruner.allocation, ignore)
+    return (
+        pattern if pattern is not None else pruner.granularity,
+        allocation if allocation is not None else pruner.allocation,
+        ignore,
+    )
 
 
 def _check_structural_pattern(m: Method, gran: Any) -> None:

@@ -48,8 +48,16 @@ SURVEY_FILE = "survey-repository-list.txt"
 AWESOME_FILE = "awesome-pruning-list.md"
 
 TYPE_CODES: dict[str, str] = {
-    "L": "layer", "F": "filter", "C": "channel", "N": "neuron", "H": "head", "B": "block",
-    "M": "matrix", "E": "embedding", "W": "weight", "P": "pioneer work",
+    "L": "layer",
+    "F": "filter",
+    "C": "channel",
+    "N": "neuron",
+    "H": "head",
+    "B": "block",
+    "M": "matrix",
+    "E": "embedding",
+    "W": "weight",
+    "P": "pioneer work",
 }
 STRUCTURED_CODES = frozenset("LFCNHBE")
 
@@ -202,33 +210,45 @@ def parse_survey_list(text: str) -> list[Paper]:
             while cells and cells[-1] == "":
                 cells.pop()
             if len(cells) != len(header):
-                raise DataError(f"{SURVEY_FILE}: table {t_index + 1} row {row[:60]!r} has {len(cells)} cells, "
-                                f"header has {len(header)}")
+                raise DataError(
+                    f"{SURVEY_FILE}: table {t_index + 1} row {row[:60]!r} has {len(cells)} cells, "
+                    f"header has {len(header)}"
+                )
             d = dict(zip(header, cells))
             type_text = d.get("Type", "")
             algorithm = d.get("Algorithm Name", "-")
-            papers.append(Paper(
-                id=f"survey-{len(papers) + 1:03d}",
-                source="survey",
-                section=section,
-                subsection=subsection,
-                title=d["Title"].rstrip(")").strip() if d["Title"].count(")") > d["Title"].count("(") else d["Title"],
-                venue=d["Venue"],
-                year=_year(d["Year"]),
-                year_text=d["Year"],
-                types=_type_codes(type_text),
-                type_text=type_text,
-                algorithm="" if algorithm == "-" else algorithm,
-                code="" if d["Code"] == "-" else d["Code"],
-                code_available=_code_available(d["Code"]),
-                application="" if d["APP"] == "-" else d["APP"],
-            ))
+            papers.append(
+                Paper(
+                    id=f"survey-{len(papers) + 1:03d}",
+                    source="survey",
+                    section=section,
+                    subsection=subsection,
+                    title=d["Title"].rstrip(")").strip()
+                    if d["Title"].count(")") > d["Title"].count("(")
+                    else d["Title"],
+                    venue=d["Venue"],
+                    year=_year(d["Year"]),
+                    year_text=d["Year"],
+                    types=_type_codes(type_text),
+                    type_text=type_text,
+                    algorithm="" if algorithm == "-" else algorithm,
+                    code="" if d["Code"] == "-" else d["Code"],
+                    code_available=_code_available(d["Code"]),
+                    application="" if d["APP"] == "-" else d["APP"],
+                )
+            )
     return papers
 
 
 _MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)]*)\)")
-_AWESOME_SECTIONS = {"conference": "", "journal": "", "survery papers": "survey", "survey papers": "survey",
-                     "other": "other", "pruning software/toolbox": "toolbox"}
+_AWESOME_SECTIONS = {
+    "conference": "",
+    "journal": "",
+    "survery papers": "survey",
+    "survey papers": "survey",
+    "other": "other",
+    "pruning software/toolbox": "toolbox",
+}
 
 
 def _md_text(cell: str) -> tuple[str, str]:
@@ -268,24 +288,26 @@ def parse_awesome_list(text: str) -> list[Paper]:
         if "S" in type_text:
             types.append("S")
         section = _AWESOME_SECTIONS.get(heading, "")
-        papers.append(Paper(
-            id=f"awesome-{len(papers) + 1:03d}",
-            source="awesome",
-            section=section,
-            subsection=heading,
-            title=title,
-            venue=venue,
-            year=_year(cells[0]),
-            year_text=cells[0].strip("`"),
-            types=types,
-            type_text=type_text,
-            algorithm="",
-            code=code,
-            code_available=bool(code_url) or _code_available(code),
-            application="",
-            url=url,
-            code_url=code_url,
-        ))
+        papers.append(
+            Paper(
+                id=f"awesome-{len(papers) + 1:03d}",
+                source="awesome",
+                section=section,
+                subsection=heading,
+                title=title,
+                venue=venue,
+                year=_year(cells[0]),
+                year_text=cells[0].strip("`"),
+                types=types,
+                type_text=type_text,
+                algorithm="",
+                code=code,
+                code_available=bool(code_url) or _code_available(code),
+                application="",
+                url=url,
+                code_url=code_url,
+            )
+        )
     return papers
 
 
@@ -296,8 +318,9 @@ def build(source_dir: str | Path) -> list[Paper]:
     for name in (SURVEY_FILE, AWESOME_FILE):
         if not (d / name).is_file():
             raise DataError(f"{d / name} not found: pass the folder that holds {SURVEY_FILE} and {AWESOME_FILE}")
-    return (parse_survey_list((d / SURVEY_FILE).read_text(encoding="utf-8"))
-            + parse_awesome_list((d / AWESOME_FILE).read_text(encoding="utf-8", errors="replace")))
+    return parse_survey_list((d / SURVEY_FILE).read_text(encoding="utf-8")) + parse_awesome_list(
+        (d / AWESOME_FILE).read_text(encoding="utf-8", errors="replace")
+    )
 
 
 def write_json(papers: Sequence[Paper], path: str | Path) -> Path:
@@ -311,7 +334,8 @@ def write_json(papers: Sequence[Paper], path: str | Path) -> Path:
         row.pop("methods")
         rows.append(row)
     counts = {
-        "survey": sum(p.source == "survey" for p in papers), "awesome": sum(p.source == "awesome" for p in papers)
+        "survey": sum(p.source == "survey" for p in papers),
+        "awesome": sum(p.source == "awesome" for p in papers),
     }
     text = json.dumps({"counts": counts, "papers": rows}, indent=1, ensure_ascii=False) + "\n"
     path.write_text(text, encoding="utf-8")

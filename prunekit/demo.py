@@ -78,8 +78,9 @@ def run_demo(
         "prunekit": importlib.metadata.version("prunekit"),
     }
 
-    def row(name: str, pattern: str, allocation: str, target: float, model: nn.Module, seconds: float,
-            achieved: float) -> dict[str, Any]:
+    def row(
+        name: str, pattern: str, allocation: str, target: float, model: nn.Module, seconds: float, achieved: float
+    ) -> dict[str, Any]:
         stats = measure(model, example, latency=False)
         if model is dense:
             stats.set_timing(time_model(model, example, threads=1))
@@ -87,8 +88,11 @@ def run_demo(
         else:
             cmp = compare_latency(dense, model, example, threads=1)
             stats.set_timing(cmp.candidate)
-            timing = {"latency_ratio": cmp.ratio, "latency_ratio_ci": [cmp.ratio_low, cmp.ratio_high],
-                      "latency_verdict": cmp.verdict}
+            timing = {
+                "latency_ratio": cmp.ratio,
+                "latency_ratio_ci": [cmp.ratio_low, cmp.ratio_high],
+                "latency_verdict": cmp.verdict,
+            }
         return {
             "method": name,
             "pattern": pattern,
@@ -106,14 +110,22 @@ def run_demo(
     for (method, pattern, allocation), s in track(jobs, description="pruning", console=console):
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        report = prune(model, method, sparsity=s, pattern=pattern, allocation=allocation, calibration=calibration,
-                          example_inputs=example, skip_incompatible=True, measure=False)
+        report = prune(
+            model,
+            method,
+            sparsity=s,
+            pattern=pattern,
+            allocation=allocation,
+            calibration=calibration,
+            example_inputs=example,
+            skip_incompatible=True,
+            measure=False,
+        )
         seconds = time.perf_counter() - t0
         squash_masks_(model)
         # structural methods remove weights rather than zeroing them: their sparsity is the share removed
         achieved = 1.0 - _params(model) / _params(dense) if report.structural else report.sparsity
-        rows.append(row(method, report.settings["pattern"], report.settings["allocation"], s, model, seconds,
-                        achieved))
+        rows.append(row(method, report.settings["pattern"], report.settings["allocation"], s, model, seconds, achieved))
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.jsonl").open("w") as f:
@@ -137,17 +149,36 @@ _LATENCY_LEGEND = (
     "difference exceeds 5%, '~' otherwise"
 )
 
-_COLUMNS = ("method", "pattern", "allocation", "sparsity", "accuracy", "non-zero params", "FLOPs dense",
-            "FLOPs non-zero", "latency ms (IQR)", "vs dense [95% CI]", "file dense", "file sparse")
+_COLUMNS = (
+    "method",
+    "pattern",
+    "allocation",
+    "sparsity",
+    "accuracy",
+    "non-zero params",
+    "FLOPs dense",
+    "FLOPs non-zero",
+    "latency ms (IQR)",
+    "vs dense [95% CI]",
+    "file dense",
+    "file sparse",
+)
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     return [
-        r["method"], r["pattern"], r["allocation"], f"{r['sparsity']:.3f}", f"{100 * r['accuracy']:.2f}%",
-        f"{r['nonzero_params']:,} / {r['params']:,}", f"{r['flops'] / 1e6:.2f}M", f"{r['effective_flops'] / 1e6:.2f}M",
+        r["method"],
+        r["pattern"],
+        r["allocation"],
+        f"{r['sparsity']:.3f}",
+        f"{100 * r['accuracy']:.2f}%",
+        f"{r['nonzero_params']:,} / {r['params']:,}",
+        f"{r['flops'] / 1e6:.2f}M",
+        f"{r['effective_flops'] / 1e6:.2f}M",
         f"{r['latency_ms']:.3f} ({r['latency_q1_ms']:.3f}-{r['latency_q3_ms']:.3f})",
         _ratio_cell(r),
-        f"{r['dense_bytes'] / 1024:.0f} kB", f"{r['sparse_bytes'] / 1024:.0f} kB",
+        f"{r['dense_bytes'] / 1024:.0f} kB",
+        f"{r['sparse_bytes'] / 1024:.0f} kB",
     ]
 
 

@@ -49,7 +49,10 @@ class ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 transient=False,
             )
             self._bar.__enter__()
@@ -65,7 +68,10 @@ class ProgressBar:
             self._bar.update(self._task, advance=steps, description=description)  # None keeps the label
         elif self.mode == "log" and (self.done % self._log_every == 0 or self.done == self.total):
             logger.info(
-                "%s: %d/%d (%.1f s)", description or self.description, self.done, self.total,
+                "%s: %d/%d (%.1f s)",
+                description or self.description,
+                self.done,
+                self.total,
                 time.perf_counter() - self._start,
             )
 

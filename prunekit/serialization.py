@@ -135,9 +135,7 @@ def export_sparse(model_or_state: nn.Module | dict[str, Tensor], path: str | os.
     Raises :class:`~prunekit.errors.CheckpointError` when given neither a model nor a state dict, or a folder.
     """
     if not isinstance(model_or_state, (nn.Module, dict)):
-        raise CheckpointError(
-            f"export_sparse takes a model or a state dict, got {type(model_or_state).__name__}"
-        )
+        raise CheckpointError(f"export_sparse takes a model or a state dict, got {type(model_or_state).__name__}")
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(

@@ -64,8 +64,6 @@ class Selection:
     ignored: list[tuple[str, str]]  # (module name, reason)
 
 
-
-
 def _weight_identity(module: nn.Module) -> tuple[int, ...]:
     """What identifies the stored tensors of ``module.weight``: shared weights have the same identity.
     A parametrized weight is computed from one or more originals (``original``, or ``original0``,

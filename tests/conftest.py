@@ -50,4 +50,3 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))
-

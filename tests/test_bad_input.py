@@ -44,8 +44,15 @@ def cnn() -> nn.Module:
     """A small CNN with no repeated block, no attention and no embedding."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
     ).eval()
 
 
@@ -53,15 +60,29 @@ def narrow_cnn() -> nn.Module:
     """The same layer names as :func:`cnn` with other widths: a plan for one does not fit the other."""
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
     ).eval()
 
 
 def tiny_llama() -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                   num_hidden_layers=2, vocab_size=64, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -243,8 +264,10 @@ def ignore_foreign_module(tmp: Path) -> Setup:
 def llm_calibration(batches: Any, method: str = "wanda", **options: Any) -> Callable[[Path], Setup]:
     def setup(tmp: Path) -> Setup:
         model = tiny_llama()
-        return Setup(call=lambda: pk.prune(model, method, sparsity=0.5, calibration=batches, progress=False,
-                                           **options), model=model)
+        return Setup(
+            call=lambda: pk.prune(model, method, sparsity=0.5, calibration=batches, progress=False, **options),
+            model=model,
+        )
 
     return setup
 
@@ -300,8 +323,10 @@ def cli_tiny_lm(*args: str) -> Callable[[Path], Setup]:
     def setup(tmp: Path) -> Setup:
         src = tiny_lm_dir(tmp)
         out = tmp / "pruned"
-        return Setup(args=["prune-llm", str(src), *args, "--eval-tokens", "0", "--no-progress", "--out", str(out)],
-                     paths=[src, out])
+        return Setup(
+            args=["prune-llm", str(src), *args, "--eval-tokens", "0", "--no-progress", "--out", str(out)],
+            paths=[src, out],
+        )
 
     return setup
 
@@ -313,8 +338,9 @@ def tiny_lm_dir(tmp: Path) -> Path:
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                                eos_token="</s>")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     d = tmp / "tiny-lm"
     tiny_llama().save_pretrained(d)
     fast.save_pretrained(d)
@@ -327,73 +353,154 @@ CASES = [
     Case("Pruner granularity 4:2", pruner_plan(cnn, granularity="4:2"), pk.PatternError, "0 < n < m"),
     Case("Pruner granularity 0x3", pruner_plan(cnn, granularity="0x3"), pk.PatternError, "positive integer sizes"),
     Case("Pruner override sparsity 1.5", pruner_plan(cnn, overrides={"2": 1.5}), pk.InvalidSparsityError, "[0, 1)"),
-    Case("Pruner override of an unknown layer", pruner_plan(cnn, overrides={"conv9": 0.3}), pk.ConfigError,
-         "'conv9'"),
-    Case("Pruner overrides not a mapping", pruner_plan(cnn, overrides=[0.3]), pk.ConfigError,
-         "{module name: sparsity}"),
-    Case("Pruner N:M with allocation global", pruner_plan(cnn, granularity="2:4", allocation="global"),
-         pk.ConfigError, "allocation='uniform'"),
-    Case("Pruner.plan sparsity '0.5' (a string)", pruner_plan(cnn, sparsity="0.5"), pk.InvalidSparsityError,
-         "a number in [0, 1)"),
-    Case("Pruner.plan without a sparsity", pruner_plan(cnn, sparsity=None), pk.InvalidSparsityError,
-         "pass sparsity="),
+    Case("Pruner override of an unknown layer", pruner_plan(cnn, overrides={"conv9": 0.3}), pk.ConfigError, "'conv9'"),
+    Case(
+        "Pruner overrides not a mapping", pruner_plan(cnn, overrides=[0.3]), pk.ConfigError, "{module name: sparsity}"
+    ),
+    Case(
+        "Pruner N:M with allocation global",
+        pruner_plan(cnn, granularity="2:4", allocation="global"),
+        pk.ConfigError,
+        "allocation='uniform'",
+    ),
+    Case(
+        "Pruner.plan sparsity '0.5' (a string)",
+        pruner_plan(cnn, sparsity="0.5"),
+        pk.InvalidSparsityError,
+        "a number in [0, 1)",
+    ),
+    Case("Pruner.plan without a sparsity", pruner_plan(cnn, sparsity=None), pk.InvalidSparsityError, "pass sparsity="),
     Case("Pruner schedule given as a string", pruner_plan(cnn, schedule="gradual"), pk.ConfigError, "Gradual("),
-    Case("Pruner.step without a schedule", api(cnn, lambda m: pk.Pruner().step(m, 0)), pk.ConfigError,
-         "needs a schedule"),
+    Case(
+        "Pruner.step without a schedule", api(cnn, lambda m: pk.Pruner().step(m, 0)), pk.ConfigError, "needs a schedule"
+    ),
     # pk.prune: values of the wrong form
-    Case("prune sparsity '0.5' (a string)", prune(cnn, "magnitude", sparsity="0.5"), pk.InvalidSparsityError,
-         "a number in [0, 1)"),
+    Case(
+        "prune sparsity '0.5' (a string)",
+        prune(cnn, "magnitude", sparsity="0.5"),
+        pk.InvalidSparsityError,
+        "a number in [0, 1)",
+    ),
     Case("prune seed 'abc'", prune(cnn, "random", sparsity=0.5, seed="abc"), pk.ConfigError, "seed=0"),
-    Case("prune ignore=3 (not a module or name)", prune(cnn, "magnitude", sparsity=0.5, ignore=3), pk.ConfigError,
-         "filter_fn(module, name)"),
+    Case(
+        "prune ignore=3 (not a module or name)",
+        prune(cnn, "magnitude", sparsity=0.5, ignore=3),
+        pk.ConfigError,
+        "filter_fn(module, name)",
+    ),
     Case("prune ignore= a module of another model", ignore_foreign_module, pk.ConfigError, "not a module of the model"),
-    Case("prune a string instead of a model", api(cnn, lambda m: pk.prune("torchvision:resnet18", "magnitude",
-                                                                           sparsity=0.5)),
-         pk.ModelError, "pk.build_model("),
+    Case(
+        "prune a string instead of a model",
+        api(cnn, lambda m: pk.prune("torchvision:resnet18", "magnitude", sparsity=0.5)),
+        pk.ModelError,
+        "pk.build_model(",
+    ),
     # structural methods
-    Case("l1-channel on a CNN without example_inputs", prune(cnn, "l1-channel", sparsity=0.5), pk.DataError,
-         "pass example_inputs="),
-    Case("head on a CNN", prune(cnn, "head", sparsity=0.5, example_inputs=X), pk.NothingToPruneError,
-         "attention"),
-    Case("layer on a model with no repeated blocks", prune(cnn, "layer", sparsity=0.5, example_inputs=X),
-         pk.NothingToPruneError, "keeps its input shape"),
-    Case("embedding on a CNN", prune(cnn, "embedding", sparsity=0.5, example_inputs=X), pk.NothingToPruneError,
-         "no embedding group"),
-    Case("round_to=0", prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, round_to=0), pk.ConfigError,
-         "round_to must be a positive integer"),
-    Case("round_to=2.5", prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, round_to=2.5), pk.ConfigError,
-         "round_to must be a positive integer"),
-    Case("global_cap=1.5", prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, allocation="global",
-                                 global_cap=1.5), pk.ConfigError, "global_cap must be in (0, 1)"),
-    Case("l2-channel with the mask pattern 2:4",
-         prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, pattern="2:4"), pk.PatternError,
-         "takes no pattern (pattern=None)"),
+    Case(
+        "l1-channel on a CNN without example_inputs",
+        prune(cnn, "l1-channel", sparsity=0.5),
+        pk.DataError,
+        "pass example_inputs=",
+    ),
+    Case("head on a CNN", prune(cnn, "head", sparsity=0.5, example_inputs=X), pk.NothingToPruneError, "attention"),
+    Case(
+        "layer on a model with no repeated blocks",
+        prune(cnn, "layer", sparsity=0.5, example_inputs=X),
+        pk.NothingToPruneError,
+        "keeps its input shape",
+    ),
+    Case(
+        "embedding on a CNN",
+        prune(cnn, "embedding", sparsity=0.5, example_inputs=X),
+        pk.NothingToPruneError,
+        "no embedding group",
+    ),
+    Case(
+        "round_to=0",
+        prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, round_to=0),
+        pk.ConfigError,
+        "round_to must be a positive integer",
+    ),
+    Case(
+        "round_to=2.5",
+        prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, round_to=2.5),
+        pk.ConfigError,
+        "round_to must be a positive integer",
+    ),
+    Case(
+        "global_cap=1.5",
+        prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, allocation="global", global_cap=1.5),
+        pk.ConfigError,
+        "global_cap must be in (0, 1)",
+    ),
+    Case(
+        "l2-channel with the mask pattern 2:4",
+        prune(cnn, "l2-channel", sparsity=0.5, example_inputs=X, pattern="2:4"),
+        pk.PatternError,
+        "takes no pattern (pattern=None)",
+    ),
     # calibration of the wrong form
-    Case("calibration a string", prune(cnn, "snip", sparsity=0.5, calibration="mnist"), pk.DataError,
-         "(inputs, targets) pairs"),
-    Case("calibration a list of strings", prune(cnn, "snip", sparsity=0.5, calibration=["a cat", "a dog"]),
-         pk.DataError, "(inputs, targets) pairs"),
-    Case("calibration loss NaN", prune(cnn, "snip", sparsity=0.5, calibration=lambda m: m(X).sum() * float("nan")),
-         pk.DataError, "not finite"),
+    Case(
+        "calibration a string",
+        prune(cnn, "snip", sparsity=0.5, calibration="mnist"),
+        pk.DataError,
+        "(inputs, targets) pairs",
+    ),
+    Case(
+        "calibration a list of strings",
+        prune(cnn, "snip", sparsity=0.5, calibration=["a cat", "a dog"]),
+        pk.DataError,
+        "(inputs, targets) pairs",
+    ),
+    Case(
+        "calibration loss NaN",
+        prune(cnn, "snip", sparsity=0.5, calibration=lambda m: m(X).sum() * float("nan")),
+        pk.DataError,
+        "not finite",
+    ),
     Case("calibration inputs the model cannot run", bad_calibration_inputs, pk.DataError, "calibration batch"),
-    Case("LM calibration a list of strings", llm_calibration(["It is a truth", "universally"]), pk.DataError,
-         "token-id tensors"),
-    Case("LM calibration ids outside the vocabulary", llm_calibration([torch.full((1, 8), 1000)]), pk.DataError,
-         "vocabulary"),
-    Case("sparsegpt percdamp -1", llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", percdamp=-1.0),
-         pk.ConfigError, "percdamp must be a number >= 0"),
-    Case("sparsegpt blocksize 0", llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", blocksize=0),
-         pk.ConfigError, "blocksize must be a positive integer"),
-    Case("measure on inputs the model cannot run", api(cnn, lambda m: pk.measure(m, torch.randn(2, 5))),
-         pk.DataError, "pass a batch the model accepts"),
+    Case(
+        "LM calibration a list of strings",
+        llm_calibration(["It is a truth", "universally"]),
+        pk.DataError,
+        "token-id tensors",
+    ),
+    Case(
+        "LM calibration ids outside the vocabulary",
+        llm_calibration([torch.full((1, 8), 1000)]),
+        pk.DataError,
+        "vocabulary",
+    ),
+    Case(
+        "sparsegpt percdamp -1",
+        llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", percdamp=-1.0),
+        pk.ConfigError,
+        "percdamp must be a number >= 0",
+    ),
+    Case(
+        "sparsegpt blocksize 0",
+        llm_calibration([torch.randint(0, 64, (1, 8))], "sparsegpt", blocksize=0),
+        pk.ConfigError,
+        "blocksize must be a positive integer",
+    ),
+    Case(
+        "measure on inputs the model cannot run",
+        api(cnn, lambda m: pk.measure(m, torch.randn(2, 5))),
+        pk.DataError,
+        "pass a batch the model accepts",
+    ),
     # saved models and plans
     Case("load_model on a missing folder", load_missing, pk.CheckpointError, "save_model"),
     Case("load_model with garbage weights", load_garbage_weights, pk.CheckpointError, "save the model again"),
     Case("load_model with a pickle as weights", load_pickled_weights, pk.CheckpointError, "save the model again"),
     Case("load_model on a pickle file", load_pickle_file, pk.CheckpointError, "save_model"),
     Case("load_sparse on a pickle file", load_sparse_pickle, pk.CheckpointError, "re-export"),
-    Case("load_model whose record names an unknown source", load_unknown_source, pk.CheckpointError,
-         "load_model(dir, model=MyNet())"),
+    Case(
+        "load_model whose record names an unknown source",
+        load_unknown_source,
+        pk.CheckpointError,
+        "load_model(dir, model=MyNet())",
+    ),
     Case("Plan.load for other shapes, then apply_", plan_other_shapes, pk.PlanError, "the plan expects"),
     Case("Plan.load on a missing file", plan_missing, pk.PlanError, "Plan.save"),
     Case("Plan.load with layers not a list", plan_layers_not_a_list, pk.PlanError, "Plan.save"),
@@ -401,40 +508,103 @@ CASES = [
     Case("export_sparse onto a folder", export_onto_folder, pk.CheckpointError, "a file path"),
     # the command line
     Case("CLI prune unknown model", cli("prune", "resnet18"), pk.UnknownNameError, "torchvision:NAME"),
-    Case("CLI prune --sparsity 2", cli("prune", "prunekit:lenet5", "--sparsity", "2", "--no-latency"),
-         pk.InvalidSparsityError, "a number in [0, 1)"),
-    Case("CLI prune --pattern zigzag", cli("prune", "prunekit:lenet5", "--pattern", "zigzag", "--no-latency"),
-         pk.UnknownNameError, "2:4"),
-    Case("CLI prune --out non-empty without --overwrite", cli_out("prune", "prunekit:lenet5", "--no-latency"),
-         pk.CheckpointError, "pass --overwrite"),
-    Case("CLI prune --option seed=abc", cli("prune", "prunekit:lenet5", "--option", "seed=abc", "--no-latency"),
-         pk.ConfigError, "--seed"),
+    Case(
+        "CLI prune --sparsity 2",
+        cli("prune", "prunekit:lenet5", "--sparsity", "2", "--no-latency"),
+        pk.InvalidSparsityError,
+        "a number in [0, 1)",
+    ),
+    Case(
+        "CLI prune --pattern zigzag",
+        cli("prune", "prunekit:lenet5", "--pattern", "zigzag", "--no-latency"),
+        pk.UnknownNameError,
+        "2:4",
+    ),
+    Case(
+        "CLI prune --out non-empty without --overwrite",
+        cli_out("prune", "prunekit:lenet5", "--no-latency"),
+        pk.CheckpointError,
+        "pass --overwrite",
+    ),
+    Case(
+        "CLI prune --option seed=abc",
+        cli("prune", "prunekit:lenet5", "--option", "seed=abc", "--no-latency"),
+        pk.ConfigError,
+        "--seed",
+    ),
     Case("CLI report on a missing folder", cli_missing("report"), pk.CheckpointError, "save_model"),
-    Case("CLI prune-llm misspelt model name", cli("prune-llm", "smollm2-136m", "--sparsity", "0.5"),
-         pk.CheckpointError, "did you mean the offline name 'smollm2-135m'?", absent="Loading weights"),
-    Case("CLI prune-llm unknown model", cli("prune-llm", "no-such-model", "--sparsity", "0.5", "--eval-tokens", "0"),
-         pk.CheckpointError, "pass an offline name (smollm2-135m"),
-    Case("CLI prune-llm --out non-empty", cli_out("prune-llm", "smollm2-135m", "--sparsity", "0.5"),
-         pk.CheckpointError, "pass --overwrite"),
-    Case("CLI prune-llm --calibration-samples 0", cli("prune-llm", "smollm2-135m", "--sparsity", "0.5",
-                                                      "--calibration-samples", "0"),
-         pk.DataError, "--calibration-samples and --seq-len of at least 1", absent="Loading weights"),
-    Case("CLI prune-llm --seq-len 0", cli("prune-llm", "smollm2-135m", "--sparsity", "0.5", "--seq-len", "0"),
-         pk.DataError, "--calibration-samples and --seq-len of at least 1", absent="Loading weights"),
-    Case("CLI prune-llm --sparsity 1.5", cli("prune-llm", "smollm2-135m", "--sparsity", "1.5"),
-         pk.InvalidSparsityError, "a number in [0, 1)", absent="Loading weights"),
-    Case("CLI prune-llm --pattern 2:4 --sparsity 0.7", cli("prune-llm", "smollm2-135m", "--pattern", "2:4",
-                                                           "--sparsity", "0.7"),
-         pk.InvalidSparsityError, "pass --sparsity 0.5", absent="Loading weights"),
-    Case("CLI prune-llm --calibration-text of an unknown text", cli("prune-llm", "smollm2-135m", "--sparsity", "0.5",
-                                                                    "--calibration-text", "ulysses"),
-         pk.UnknownNameError, "prideprejudice", absent="Loading weights"),
-    Case("CLI prune-llm on a missing folder", cli_missing("prune-llm", "--sparsity", "0.5", "--eval-tokens", "0"),
-         pk.CheckpointError, "there is no folder"),
-    Case("CLI prune-llm on a folder that is not a language model", cli_saved_cnn("prune-llm", "--sparsity", "0.5"),
-         pk.CheckpointError, "not a saved language model"),
-    Case("CLI prune-llm llm-heads with --pattern 2:4", cli_tiny_lm("--method", "llm-heads", "--pattern", "2:4"),
-         pk.PatternError, "takes no pattern"),
+    Case(
+        "CLI prune-llm misspelt model name",
+        cli("prune-llm", "smollm2-136m", "--sparsity", "0.5"),
+        pk.CheckpointError,
+        "did you mean the offline name 'smollm2-135m'?",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm unknown model",
+        cli("prune-llm", "no-such-model", "--sparsity", "0.5", "--eval-tokens", "0"),
+        pk.CheckpointError,
+        "pass an offline name (smollm2-135m",
+    ),
+    Case(
+        "CLI prune-llm --out non-empty",
+        cli_out("prune-llm", "smollm2-135m", "--sparsity", "0.5"),
+        pk.CheckpointError,
+        "pass --overwrite",
+    ),
+    Case(
+        "CLI prune-llm --calibration-samples 0",
+        cli("prune-llm", "smollm2-135m", "--sparsity", "0.5", "--calibration-samples", "0"),
+        pk.DataError,
+        "--calibration-samples and --seq-len of at least 1",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm --seq-len 0",
+        cli("prune-llm", "smollm2-135m", "--sparsity", "0.5", "--seq-len", "0"),
+        pk.DataError,
+        "--calibration-samples and --seq-len of at least 1",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm --sparsity 1.5",
+        cli("prune-llm", "smollm2-135m", "--sparsity", "1.5"),
+        pk.InvalidSparsityError,
+        "a number in [0, 1)",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm --pattern 2:4 --sparsity 0.7",
+        cli("prune-llm", "smollm2-135m", "--pattern", "2:4", "--sparsity", "0.7"),
+        pk.InvalidSparsityError,
+        "pass --sparsity 0.5",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm --calibration-text of an unknown text",
+        cli("prune-llm", "smollm2-135m", "--sparsity", "0.5", "--calibration-text", "ulysses"),
+        pk.UnknownNameError,
+        "prideprejudice",
+        absent="Loading weights",
+    ),
+    Case(
+        "CLI prune-llm on a missing folder",
+        cli_missing("prune-llm", "--sparsity", "0.5", "--eval-tokens", "0"),
+        pk.CheckpointError,
+        "there is no folder",
+    ),
+    Case(
+        "CLI prune-llm on a folder that is not a language model",
+        cli_saved_cnn("prune-llm", "--sparsity", "0.5"),
+        pk.CheckpointError,
+        "not a saved language model",
+    ),
+    Case(
+        "CLI prune-llm llm-heads with --pattern 2:4",
+        cli_tiny_lm("--method", "llm-heads", "--pattern", "2:4"),
+        pk.PatternError,
+        "takes no pattern",
+    ),
     Case("CLI eval-ppl on a missing folder", cli_missing("eval-ppl"), pk.CheckpointError, "there is no folder"),
 ]
 
@@ -485,8 +655,13 @@ def test_the_installed_command_refuses_a_nonempty_out_folder(tmp_path: Path) -> 
     d = nonempty_folder(tmp_path)
     before = files_snapshot([d])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "prunekit", "prune", "prunekit:lenet5", "--out", str(d)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit", "prune", "prunekit:lenet5", "--out", str(d)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "pass --overwrite" in _flat(proc.stderr)

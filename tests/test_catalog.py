@@ -10,15 +10,20 @@ import pytest
 from prunekit import catalog
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "catalog"
-needs_source = pytest.mark.skipif(not (SOURCE / catalog.SURVEY_FILE).is_file(),
-                                  reason="../shared/catalog (the source lists) is not beside this checkout")
+needs_source = pytest.mark.skipif(
+    not (SOURCE / catalog.SURVEY_FILE).is_file(),
+    reason="../shared/catalog (the source lists) is not beside this checkout",
+)
 
 
 def _independent_counts() -> tuple[int, int]:
     """Rows counted straight from the files: numbered rows of the survey list, year rows of the markdown list."""
     survey = sum(1 for line in (SOURCE / catalog.SURVEY_FILE).read_text().splitlines() if re.match(r"^\d\d \| ", line))
-    awesome = sum(1 for line in (SOURCE / catalog.AWESOME_FILE).read_text(errors="replace").splitlines()
-                  if re.match(r"^\|\s*`(19|20)\d\d`", line))
+    awesome = sum(
+        1
+        for line in (SOURCE / catalog.AWESOME_FILE).read_text(errors="replace").splitlines()
+        if re.match(r"^\|\s*`(19|20)\d\d`", line)
+    )
     return survey, awesome
 
 
@@ -35,8 +40,9 @@ def test_catalog_holds_every_row_of_both_lists():
 def test_packaged_json_is_up_to_date_with_the_lists():
     packaged = catalog.load()
     built = catalog.build(SOURCE)
-    assert [(p.id, p.title, p.year, p.types, p.section) for p in packaged] == \
-           [(p.id, p.title, p.year, p.types, p.section) for p in built]
+    assert [(p.id, p.title, p.year, p.types, p.section) for p in packaged] == [
+        (p.id, p.title, p.year, p.types, p.section) for p in built
+    ]
 
 
 def test_rows_are_parsed_into_typed_fields():
@@ -63,6 +69,18 @@ def test_query_filters_like_the_cli():
 def test_implemented_methods_link_to_their_papers():
     papers = catalog.load()
     linked = {m for p in papers for m in p.methods}
-    assert {"snip", "l1-channel", "fpgm-channel", "taylor-channel", "imp", "sfp", "slimming", "early-bird",
-            "lamp", "l2-channel", "hessian-channel", "magnitude"} <= linked
+    assert {
+        "snip",
+        "l1-channel",
+        "fpgm-channel",
+        "taylor-channel",
+        "imp",
+        "sfp",
+        "slimming",
+        "early-bird",
+        "lamp",
+        "l2-channel",
+        "hessian-channel",
+        "magnitude",
+    } <= linked
     assert any("Lottery Ticket Hypothesis" in p.title for p in catalog.papers_for_method("imp", papers))

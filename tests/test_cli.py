@@ -57,9 +57,25 @@ def test_methods_lists_every_registry():
 
 def test_prune_save_and_report(tmp_path):
     out = tmp_path / "r18"
-    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--method", "magnitude", "--sparsity", "0.8",
-                                 "--allocation", "global", "--input-shape", "1,3,32,32", "--out", str(out), "--sparse",
-                                 "--no-latency"])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "torchvision:resnet18",
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.8",
+            "--allocation",
+            "global",
+            "--input-shape",
+            "1,3,32,32",
+            "--out",
+            str(out),
+            "--sparse",
+            "--no-latency",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "sparsity of pruned layers" in result.output
     assert (out / "model.sparse.safetensors").is_file() and (out / "report.json").is_file()
@@ -89,15 +105,18 @@ def test_prune_bad_input_gives_clear_message():
     # the advice is given in the command line's syntax, and following it works
     text = " ".join(result.output.split())
     assert "--skip-incompatible" in text and "--ignore NAME" in text and "skip_incompatible=True" not in text
-    result = runner.invoke(app, ["prune", "torchvision:resnet18", "--pattern", "2:4", "--skip-incompatible",
-                                 "--no-latency"])
+    result = runner.invoke(
+        app, ["prune", "torchvision:resnet18", "--pattern", "2:4", "--skip-incompatible", "--no-latency"]
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["report", "/nonexistent/dir"])
     assert result.exit_code == 2 and "not a saved prunekit model" in result.output
 
 
-@pytest.mark.skipif(not (datasets.is_installed("mnist") and datasets.is_installed("ccexam")),
-                    reason="needs the mnist and ccexam sources: prunekit data install mnist ccexam")
+@pytest.mark.skipif(
+    not (datasets.is_installed("mnist") and datasets.is_installed("ccexam")),
+    reason="needs the mnist and ccexam sources: prunekit data install mnist ccexam",
+)
 def test_demo_quick(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--sparsities", "0.5", "--test-images", "500"])
     assert result.exit_code == 0, result.output
@@ -114,11 +133,17 @@ def test_demo_quick(tmp_path):
 
 
 def test_cli_hints_rewrite_python_advice_into_flags():
-    assert cli_hint("pass calibration=batches (an iterable of (inputs, targets)) or calibration=loss_fn "
-                    "(a callable model -> scalar loss)") == "pass --calibration DATA"
+    assert (
+        cli_hint(
+            "pass calibration=batches (an iterable of (inputs, targets)) or calibration=loss_fn "
+            "(a callable model -> scalar loss)"
+        )
+        == "pass --calibration DATA"
+    )
     assert cli_hint("use strict=False to keep them") == "use --option strict=False to keep them"
     assert cli_hint("pattern 2:4 fixes the sparsity at 0.5; pass sparsity=0.5") == (
-        "pattern 2:4 fixes the sparsity at 0.5; pass --sparsity 0.5")
+        "pattern 2:4 fixes the sparsity at 0.5; pass --sparsity 0.5"
+    )
     assert cli_hint("Check ignore= or pass prune_classifier=True") == "Check --ignore NAME or pass --prune-classifier"
 
 
@@ -153,8 +178,20 @@ def test_unexpected_errors_are_messages_with_exit_2(monkeypatch, capsys):
 def test_prune_reports_task_accuracy_and_defaults_that_work(tmp_path):
     if not (datasets.is_installed("mnist") and datasets.is_installed("ccexam")):
         pytest.skip("needs the mnist and ccexam sources: prunekit data install mnist ccexam")
-    result = runner.invoke(app, ["prune", "prunekit:mnist-cnn", "--method", "snip", "--sparsity", "0.8",
-                                 "--out", str(tmp_path / "cnn"), "--no-latency"])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "prunekit:mnist-cnn",
+            "--method",
+            "snip",
+            "--sparsity",
+            "0.8",
+            "--out",
+            str(tmp_path / "cnn"),
+            "--no-latency",
+        ],
+    )
     assert result.exit_code == 0, result.output
     task = json.loads((tmp_path / "cnn" / "report.json").read_text())["task"]
     assert task["before"] == pytest.approx(0.9905, abs=1e-4)  # the published accuracy of the pretrained CNN
@@ -173,9 +210,24 @@ def test_criteria_lists_levels_and_needs():
 
 
 def test_prune_composes_a_criterion_pattern_and_allocation(tmp_path):
-    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--criterion", "l2", "--pattern", "channel",
-                                 "--allocation", "global", "--sparsity", "0.5", "--no-latency",
-                                 "--out", str(tmp_path / "m")])
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "prunekit:lenet5",
+            "--criterion",
+            "l2",
+            "--pattern",
+            "channel",
+            "--allocation",
+            "global",
+            "--sparsity",
+            "0.5",
+            "--no-latency",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "m" / "report.json").read_text())
     assert saved["settings"]["criterion"] == "l2" and saved["settings"]["pattern"] == "channel"
@@ -216,8 +268,20 @@ def test_every_command_and_parameter_has_a_help_text():
             if p.param_type_name == "argument":
                 assert (p.help or "").strip(), f"prunekit {' '.join(path)}: argument {p.name} has no help text"
         paths.append(" ".join(path))
-    for name in ("prune", "report", "data install", "prune-llm", "eval-ppl", "recover", "export", "run",
-                 "dynamic merge-tokens", "bench", "advise", "papers"):
+    for name in (
+        "prune",
+        "report",
+        "data install",
+        "prune-llm",
+        "eval-ppl",
+        "recover",
+        "export",
+        "run",
+        "dynamic merge-tokens",
+        "bench",
+        "advise",
+        "papers",
+    ):
         assert name in paths
 
 
@@ -227,13 +291,20 @@ def test_python_m_prunekit_is_the_same_application():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"prunekit": "prunekit.cli:main"}  # one console script
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "prunekit", "--help"], check=False, capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit", "--help"], check=False, capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     words = set(proc.stdout.replace("│", " ").split())
     assert set(typer.main.get_command(app).commands) <= words
-    proc = subprocess.run([sys.executable, "-m", "prunekit.bench", "--help"], check=False, capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit.bench", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "No module named prunekit.bench.__main__" in proc.stderr
 
 
@@ -246,8 +317,9 @@ def test_renamed_options_are_refused_with_the_new_name_suggested():
 
 def test_bench_dry_run_lists_the_grid(tmp_path):
     spec = ROOT / "benchmarks" / "suites" / "contrasts.yaml"
-    result = runner.invoke(app, ["bench", str(spec), "--store", str(tmp_path / "b.db"), "--dry-run"],
-                           terminal_width=200)
+    result = runner.invoke(
+        app, ["bench", str(spec), "--store", str(tmp_path / "b.db"), "--dry-run"], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     assert "grid points, 0 done" in result.output
     assert not (tmp_path / "b.db").exists()  # a dry run writes nothing

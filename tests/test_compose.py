@@ -19,8 +19,14 @@ def test_prune_accepts_a_pruner_with_report_and_transaction():
     model = SmallCNN()
     x = torch.randn(4, 4, 6, 6)
     calib = [(x, torch.tensor([0, 1, 2, 0]))]
-    report = pk.prune(model, pk.Pruner(criterion="taylor", granularity="channel", allocation="global"),
-                      sparsity=0.5, calibration=calib, example_inputs=x, measure_latency=False)
+    report = pk.prune(
+        model,
+        pk.Pruner(criterion="taylor", granularity="channel", allocation="global"),
+        sparsity=0.5,
+        calibration=calib,
+        example_inputs=x,
+        measure_latency=False,
+    )
     assert report.settings["criterion"] == "taylor" and report.settings["pattern"] == "channel"
     assert report.settings["allocation"].startswith("global")
     assert report.sparsity == pytest.approx(0.5, abs=0.05)
@@ -34,14 +40,14 @@ def test_prune_accepts_a_pruner_with_report_and_transaction():
 
 def test_prune_fills_what_the_pruner_was_not_given_and_refuses_clashes():
     model = ThreeLayer()
-    report = pk.prune(model, pk.Pruner("magnitude", skip_incompatible=True), sparsity=0.5, pattern="2:4",
-                      measure=False)
+    report = pk.prune(model, pk.Pruner("magnitude", skip_incompatible=True), sparsity=0.5, pattern="2:4", measure=False)
     assert report.settings["pattern"] == "2:4" and pk.get_mask(model.fc2) is None
     with pytest.raises(pk.ConfigError, match="one place"):
         pk.prune(ThreeLayer(), pk.Pruner("magnitude", "channel"), sparsity=0.5, pattern="2:4", measure=False)
     with pytest.raises(pk.ConfigError, match="one place"):
-        pk.prune(ThreeLayer(), pk.Pruner("magnitude", allocation="erk"), sparsity=0.5, allocation="global",
-                 measure=False)
+        pk.prune(
+            ThreeLayer(), pk.Pruner("magnitude", allocation="erk"), sparsity=0.5, allocation="global", measure=False
+        )
     with pytest.raises(pk.ConfigError, match="accepts"):
         pk.prune(ThreeLayer(), pk.Pruner("magnitude"), sparsity=0.5, colour="red", measure=False)
     overrides = pk.prune(ThreeLayer(), pk.Pruner("magnitude", overrides={"fc1": 0.9}), sparsity=0.5, measure=False)
@@ -50,9 +56,17 @@ def test_prune_fills_what_the_pruner_was_not_given_and_refuses_clashes():
 
 def _bn_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -68,7 +82,6 @@ def test_every_criterion_is_reachable_through_a_pruner(name):
         with pytest.raises(CriterionLevelError, match="layer"):
             pk.Pruner(name, "channel")
         return
-    report = pk.prune(model, pk.Pruner(name, level), sparsity=0.5, calibration=calib, example_inputs=x,
-                      measure=False)
+    report = pk.prune(model, pk.Pruner(name, level), sparsity=0.5, calibration=calib, example_inputs=x, measure=False)
     assert report.sparsity == pytest.approx(0.5, abs=0.02), name
     assert report.settings["criterion"] == name

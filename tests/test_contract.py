@@ -22,8 +22,11 @@ def _one_thread():
 
 
 def _failures(cells):
-    return [f"{c.model} {c.criterion} x {c.granularity} ({c.allocation}): {c.status}: {c.detail}"
-            for c in cells if c.status in ("raw", "silent")]
+    return [
+        f"{c.model} {c.criterion} x {c.granularity} ({c.allocation}): {c.status}: {c.detail}"
+        for c in cells
+        if c.status in ("raw", "silent")
+    ]
 
 
 def test_every_criterion_at_every_granularity():

@@ -228,8 +228,9 @@ def test_failed_install_raises_with_command(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(installer.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(installer._AptState, "updated", True)  # no second update
-    monkeypatch.setattr(installer, "_run",
-                        lambda cmd, *, quiet, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "boom"))
+    monkeypatch.setattr(
+        installer, "_run", lambda cmd, *, quiet, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "boom")
+    )
     with pytest.raises(SourceMissingError, match=r"(?s)apt-get .*download r-cran-janeaustenr.*boom"):
         S.install(["austen"], quiet=True)
 

@@ -33,7 +33,8 @@ def test_global_channel_masks_never_empty_a_layer_and_still_meet_the_target():
     torch.manual_seed(0)
     m = _Narrow().eval()
     plan = pk.Pruner("bn-scale", "channel", pk.Global(max_sparsity=0.99)).plan(
-        m, sparsity=0.5, example_inputs=torch.randn(2, 3, 8, 8))
+        m, sparsity=0.5, example_inputs=torch.randn(2, 3, 8, 8)
+    )
     by_name = {lp.name: lp for lp in plan.layers}
     rows = by_name["c1"].mask.reshape(4, -1).any(1)
     assert int(rows.sum()) == 1  # the layer keeps its best channel
@@ -77,8 +78,9 @@ def test_report_names_weights_of_unprunable_layer_types():
 def test_classification_dicts_without_labels_are_a_data_error():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
     m = transformers.BertForSequenceClassification(cfg).eval()
     ids = torch.randint(0, 64, (2, 8))
     b = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -93,8 +95,11 @@ def test_prune_takes_the_pruners_sparsity_or_asks_for_one():
     m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     r = pk.prune(m, pk.Pruner("magnitude", sparsity=0.25), measure=False)
     assert r.settings["sparsity"] == 0.25
-    r = pk.prune(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)),
-                 pk.Pruner("magnitude", schedule=pk.Gradual(start=0, end=10, final_sparsity=0.5)), measure=False)
+    r = pk.prune(
+        nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)),
+        pk.Pruner("magnitude", schedule=pk.Gradual(start=0, end=10, final_sparsity=0.5)),
+        measure=False,
+    )
     assert r.settings["sparsity"] == 0.5
     with pytest.raises(pk.InvalidSparsityError, match="sparsity="):
         pk.prune(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), pk.Pruner("magnitude"), measure=False)
@@ -106,19 +111,28 @@ def test_data_free_criteria_note_unused_calibration_and_bn_scale_runs_on_example
     m = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
     r = pk.prune(m, "magnitude", sparsity=0.5, calibration=12345, measure=False)
     assert "calibration was not used: criterion 'magnitude' is data-free" in r.notes
-    r = pk.prune(_Narrow().eval(), pk.Pruner("bn-scale", "channel"), sparsity=0.5,
-                 example_inputs=torch.randn(2, 3, 8, 8), measure=False)
+    r = pk.prune(
+        _Narrow().eval(),
+        pk.Pruner("bn-scale", "channel"),
+        sparsity=0.5,
+        example_inputs=torch.randn(2, 3, 8, 8),
+        measure=False,
+    )
     assert r.layers and not any("calibration was not used" in n for n in r.notes)
 
 
 def test_cli_hints_leave_python_calls_alone():
-    msg = ('l2-channel takes no pattern (pattern=None), not 2:4. To mask a 2:4 pattern instead use a masking '
-           'method: pk.prune(model, "magnitude", sparsity=0.5, pattern="2:4")')
+    msg = (
+        "l2-channel takes no pattern (pattern=None), not 2:4. To mask a 2:4 pattern instead use a masking "
+        'method: pk.prune(model, "magnitude", sparsity=0.5, pattern="2:4")'
+    )
     out = cli_hint(msg)
     assert 'pk.prune(model, "magnitude", sparsity=0.5, pattern="2:4")' in out and "(no --pattern)" in out
     assert cli_hint("use prunekit.Pruner(criterion=..., granularity=...) or skip_incompatible=True") == (
-        "use prunekit.Pruner(criterion=..., granularity=...) or --skip-incompatible")
+        "use prunekit.Pruner(criterion=..., granularity=...) or --skip-incompatible"
+    )
     assert cli_hint("--option takes key=value, got 'x' (e.g. --option strict=false)") == (
-        "--option takes key=value, got 'x' (e.g. --option strict=false)")
+        "--option takes key=value, got 'x' (e.g. --option strict=false)"
+    )
     assert cli_hint("ignore= names no module of the model: 'conv9'") == "--ignore names no module of the model: 'conv9'"
     assert cli_hint("pass sparsity=0.5 or ignore=[...]") == "pass --sparsity 0.5 or --ignore NAME"

@@ -75,8 +75,11 @@ def test_every_top_level_module_has_a_place_in_the_import_layers():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layers = next(c for c in config if c["type"] == "layers")["layers"]
     placed = {name.strip("() ") for layer in layers for name in re.split(r"[|:]", layer)}
-    top = {p.stem if p.is_file() else p.name for p in PKG.iterdir()
-           if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    top = {
+        p.stem if p.is_file() else p.name
+        for p in PKG.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
     assert top <= placed, f"not in any layer of the import contract: {sorted(top - placed)}"
 
 

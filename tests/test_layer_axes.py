@@ -116,9 +116,12 @@ def test_nm_runs_along_inputs_and_repruning_only_shrinks(kind, wrap):
         kept = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
         assert torch.equal(kept.reshape(moved.shape).movedim(-1, 1), canon)
     # prune again with the same and with other methods: the mask only shrinks and the layer still runs
-    for method, kw in (("magnitude", {"pattern": "2:4", "sparsity": 0.5}), ("magnitude", {"sparsity": 0.75}),
-                       ("random", {"pattern": "channel", "sparsity": 0.5}),
-                       ("magnitude", {"pattern": "2x4", "sparsity": 0.8})):
+    for method, kw in (
+        ("magnitude", {"pattern": "2:4", "sparsity": 0.5}),
+        ("magnitude", {"sparsity": 0.75}),
+        ("random", {"pattern": "channel", "sparsity": 0.5}),
+        ("magnitude", {"pattern": "2x4", "sparsity": 0.8}),
+    ):
         previous = get_mask(layer).clone()
         pk.prune(layer, method, prune_classifier=True, measure=False, **kw)
         now = get_mask(layer)

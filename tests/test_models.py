@@ -60,8 +60,12 @@ def test_residual_blocks() -> None:
 
 def test_registry_builds_every_prunekit_model() -> None:
     assert {"mnist-cnn", "lenet-300-100", "lenet5", "resnet-small"} <= set(MODELS.names())
-    for name, cls in (("lenet-300-100", LeNet300100), ("lenet5", LeNet5), ("resnet-small", SmallResNet),
-                      ("mnist-cnn", DigitCNN)):
+    for name, cls in (
+        ("lenet-300-100", LeNet300100),
+        ("lenet5", LeNet5),
+        ("resnet-small", SmallResNet),
+        ("mnist-cnn", DigitCNN),
+    ):
         model = build_model(f"prunekit:{name}", pretrained=False)
         assert type(model) is cls
         assert source_of(model) == f"prunekit:{name}" and is_pretrained(model) is False

@@ -101,8 +101,15 @@ def test_wav2vec2_positional_conv_is_masked_under_weight_norm():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16),
-        conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4,
         vocab_size=12,
     )
     model = transformers.Wav2Vec2ForCTC(cfg).eval()

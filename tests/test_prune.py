@@ -12,8 +12,14 @@ from prunekit.apply import plan as plan_module
 def resnet18_pruned():
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
-    report = pk.prune(model, "magnitude", sparsity=0.9, allocation="global", measure_latency=False,
-                      example_inputs=torch.randn(1, 3, 32, 32))
+    report = pk.prune(
+        model,
+        "magnitude",
+        sparsity=0.9,
+        allocation="global",
+        measure_latency=False,
+        example_inputs=torch.randn(1, 3, 32, 32),
+    )
     return model, report
 
 
@@ -30,7 +36,8 @@ def test_resnet18_global_magnitude_reaches_target(resnet18_pruned):
     # and the masks really zero what the report says
     conv = model.layer4[1].conv2
     assert (conv.weight == 0).float().mean().item() == pytest.approx(
-        next(r.sparsity for r in pruned if r.name == "layer4.1.conv2"))
+        next(r.sparsity for r in pruned if r.name == "layer4.1.conv2")
+    )
     assert report.after.effective_flops < 0.5 * report.before.effective_flops
     assert report.after.flops == report.before.flops  # masks alone do not change dense execution
     assert report.after.sparse_bytes <= 0.25 * report.after.dense_bytes
@@ -77,8 +84,7 @@ def test_snip_with_loss_function():
     torch.manual_seed(0)
     model = ThreeLayer()
     x = torch.randn(8, 100)
-    pk.prune(model, "snip", sparsity=0.5, allocation="uniform", calibration=lambda m: m(x).pow(2).mean(),
-             measure=False)
+    pk.prune(model, "snip", sparsity=0.5, allocation="uniform", calibration=lambda m: m(x).pow(2).mean(), measure=False)
     assert pk.get_mask(model.fc1).float().mean().item() == pytest.approx(0.5)
 
 
@@ -220,29 +226,74 @@ def _bad_cases():
     return [
         ("sparsity 1.0", SmallCNN(), dict(method="magnitude", sparsity=1.0), pk.InvalidSparsityError, "[0, 1)"),
         ("negative sparsity", SmallCNN(), dict(method="magnitude", sparsity=-0.2), pk.InvalidSparsityError, "[0, 1)"),
-        ("nan sparsity", SmallCNN(), dict(method="magnitude", sparsity=float("nan")), pk.InvalidSparsityError,
-         "[0, 1)"),
+        (
+            "nan sparsity",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=float("nan")),
+            pk.InvalidSparsityError,
+            "[0, 1)",
+        ),
         ("unknown method", SmallCNN(), dict(method="magic", sparsity=0.5), pk.UnknownNameError, "magnitude"),
-        ("unknown pattern", SmallCNN(), dict(method="magnitude", sparsity=0.5, pattern="zigzag"), pk.UnknownNameError,
-         "2:4"),
-        ("unknown allocation", SmallCNN(), dict(method="magnitude", sparsity=0.5, allocation="fair"),
-         pk.UnknownNameError, "erk"),
-        ("N:M indivisible", SmallCNN(), dict(method="magnitude", sparsity=0.5, pattern="4:8"), pk.PatternError,
-         "ignore="),
-        ("N:M sparsity mismatch", SmallCNN(), dict(method="magnitude", sparsity=0.7, pattern="2:4"),
-         pk.InvalidSparsityError, "0.5"),
+        (
+            "unknown pattern",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.5, pattern="zigzag"),
+            pk.UnknownNameError,
+            "2:4",
+        ),
+        (
+            "unknown allocation",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.5, allocation="fair"),
+            pk.UnknownNameError,
+            "erk",
+        ),
+        (
+            "N:M indivisible",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.5, pattern="4:8"),
+            pk.PatternError,
+            "ignore=",
+        ),
+        (
+            "N:M sparsity mismatch",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.7, pattern="2:4"),
+            pk.InvalidSparsityError,
+            "0.5",
+        ),
         ("NaN weights", nan_model, dict(method="magnitude", sparsity=0.5), pk.NonFiniteWeightsError, "conv2"),
-        ("nothing prunable", nn.Sequential(nn.ReLU()), dict(method="magnitude", sparsity=0.5), pk.NothingToPruneError,
-         "nothing to prune"),
-        ("only a classifier", nn.Linear(4, 2), dict(method="magnitude", sparsity=0.5), pk.NothingToPruneError,
-         "prune_classifier"),
+        (
+            "nothing prunable",
+            nn.Sequential(nn.ReLU()),
+            dict(method="magnitude", sparsity=0.5),
+            pk.NothingToPruneError,
+            "nothing to prune",
+        ),
+        (
+            "only a classifier",
+            nn.Linear(4, 2),
+            dict(method="magnitude", sparsity=0.5),
+            pk.NothingToPruneError,
+            "prune_classifier",
+        ),
         ("snip without data", SmallCNN(), dict(method="snip", sparsity=0.5), pk.MissingDataError, "calibration="),
         ("snip with empty data", SmallCNN(), dict(method="snip", sparsity=0.5, calibration=[]), pk.DataError, "empty"),
         ("unknown option", SmallCNN(), dict(method="magnitude", sparsity=0.5, colour="red"), pk.ConfigError, "accepts"),
-        ("unknown ignore name", SmallCNN(), dict(method="magnitude", sparsity=0.5, ignore=["conv9"]), pk.ConfigError,
-         "conv9"),
-        ("bad example inputs", SmallCNN(), dict(method="magnitude", sparsity=0.5, example_inputs=torch.randn(1, 3)),
-         pk.DataError, "example_inputs"),
+        (
+            "unknown ignore name",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.5, ignore=["conv9"]),
+            pk.ConfigError,
+            "conv9",
+        ),
+        (
+            "bad example inputs",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=0.5, example_inputs=torch.randn(1, 3)),
+            pk.DataError,
+            "example_inputs",
+        ),
     ]
 
 

@@ -68,5 +68,6 @@ def test_readme_block_runs(name, lang, code, why, tmp_path):
         commands = [["bash", "-c", ln] for ln in lines if ln and not ln.startswith("#")]
     for cmd in commands:
         res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, (f"{name}: {cmd[-1][:200]}\n--- stdout\n{res.stdout[-3000:]}"
-                                     f"\n--- stderr\n{res.stderr[-3000:]}")
+        assert res.returncode == 0, (
+            f"{name}: {cmd[-1][:200]}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+        )

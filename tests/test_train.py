@@ -41,9 +41,15 @@ def mlp():
 def bn_cnn():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     )
 
 
@@ -73,8 +79,7 @@ def test_resume_after_kill_matches_uninterrupted_run(digits, tmp_path):
 
     model = mlp()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(model, train, val, cfg, method="gmp", sparsity=0.6, callbacks=[Kill()],
-                checkpoint_dir=tmp_path).fit()
+        Trainer(model, train, val, cfg, method="gmp", sparsity=0.6, callbacks=[Kill()], checkpoint_dir=tmp_path).fit()
     fresh = mlp()  # a new process would start from a new model object
     hist = Trainer(fresh, train, val, cfg, method="gmp", sparsity=0.6, checkpoint_dir=tmp_path).fit(resume=True)
     ref_state, state = reference.state_dict(), fresh.state_dict()
@@ -97,8 +102,9 @@ def test_distillation_needs_teacher_and_trains(digits):
     teacher = mlp()
     Trainer(teacher, train, val, TrainConfig(**QUICK)).fit()
     student = mlp()
-    hist = Trainer(student, train, val, TrainConfig(**QUICK, kd_alpha=0.7), teacher=teacher,
-                   method="magnitude", sparsity=0.5).fit()
+    hist = Trainer(
+        student, train, val, TrainConfig(**QUICK, kd_alpha=0.7), teacher=teacher, method="magnitude", sparsity=0.5
+    ).fit()
     assert hist.final["val_accuracy"] > 0.8
     assert hist.final["sparsity"] == pytest.approx(0.5, abs=0.01)
 
@@ -168,8 +174,15 @@ def test_grasp_importance_equals_w_times_hessian_gradient():
 @pytest.mark.parametrize("method", ["random", "erk", "snip", "grasp", "synflow"])
 def test_pai_methods_in_the_trainer(digits, method):
     train, val = digits
-    hist = Trainer(mlp(), train, val, TrainConfig(**QUICK), method=method, sparsity=0.8,
-                   method_options={"rounds": 5} if method == "synflow" else {}).fit()
+    hist = Trainer(
+        mlp(),
+        train,
+        val,
+        TrainConfig(**QUICK),
+        method=method,
+        sparsity=0.8,
+        method_options={"rounds": 5} if method == "synflow" else {},
+    ).fit()
     assert hist.final["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert hist.final["val_accuracy"] > 0.3  # well above chance (0.1) after two short epochs
 
@@ -236,8 +249,9 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
 
     model = mlp()
     cfg = TrainConfig(**{**QUICK, "epochs": 3})
-    trainer = Trainer(model, train, None, cfg, method=RigL(0.8, update_every=10, drop_fraction=0.3),
-                      callbacks=[Check()])
+    trainer = Trainer(
+        model, train, None, cfg, method=RigL(0.8, update_every=10, drop_fraction=0.3), callbacks=[Check()]
+    )
     hist = trainer.fit()
     assert grown_ok and all(grown_ok)
     assert trainer.callbacks[0].updates > 3
@@ -248,8 +262,15 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
 
 
 def test_set_keeps_sparsity(digits):
-    hist = Trainer(mlp(), digits[0], digits[1], TrainConfig(**QUICK), method="set", sparsity=0.7,
-                   method_options={"update_every": 5}).fit()
+    hist = Trainer(
+        mlp(),
+        digits[0],
+        digits[1],
+        TrainConfig(**QUICK),
+        method="set",
+        sparsity=0.7,
+        method_options={"update_every": 5},
+    ).fit()
     assert hist.final["sparsity"] == pytest.approx(0.7, abs=0.01)
 
 

@@ -153,11 +153,14 @@ class Global(Allocation):
     count: str = "weights"
 
     def __post_init__(self) -> None:
-        if self.max_sparsity is not None and (isinstance(self.max_sparsity, bool)
-                                              or not isinstance(self.max_sparsity, (int, float))
-                                              or not 0 < self.max_sparsity <= 1):
-            raise ConfigError(f"Global(max_sparsity=...) must be in (0, 1] or None (the default cap), "
-                              f"got {self.max_sparsity!r}")
+        if self.max_sparsity is not None and (
+            isinstance(self.max_sparsity, bool)
+            or not isinstance(self.max_sparsity, (int, float))
+            or not 0 < self.max_sparsity <= 1
+        ):
+            raise ConfigError(
+                f"Global(max_sparsity=...) must be in (0, 1] or None (the default cap), got {self.max_sparsity!r}"
+            )
         if self.count not in ("weights", "units"):
             raise ConfigError(f"Global(count=...) counts 'weights' or 'units', got {self.count!r}")
 
@@ -165,8 +168,10 @@ class Global(Allocation):
         """One threshold on the unit scores of all layers (ties: earlier layers and lower indices first),
         then every layer above the cap is clamped and its excess spread over the others."""
         if self.count == "units":
-            layers = [LayerInfo(layer.name, (int(s.numel()),), s, torch.ones(int(s.numel()), dtype=torch.long))
-                      for layer, s in zip(layers, _unit_scores(layers, "global"))]
+            layers = [
+                LayerInfo(layer.name, (int(s.numel()),), s, torch.ones(int(s.numel()), dtype=torch.long))
+                for layer, s in zip(layers, _unit_scores(layers, "global"))
+            ]
         result = _global_threshold(
             _unit_scores(layers, "global"),
             _unit_sizes(layers, "global"),
@@ -190,9 +195,15 @@ def _cap(result: dict[str, float], layers: list[LayerInfo], sparsity: float, cap
     if not rest or rest_total == 0:
         return {**result, **capped}
     sub = min(max(left / rest_total, 0.0), cap)
-    return {**capped, **_cap(_global_threshold(
-        _unit_scores(rest, "global"), _unit_sizes(rest, "global"), [r.name for r in rest], sub
-    ), rest, sub, cap)}
+    return {
+        **capped,
+        **_cap(
+            _global_threshold(_unit_scores(rest, "global"), _unit_sizes(rest, "global"), [r.name for r in rest], sub),
+            rest,
+            sub,
+            cap,
+        ),
+    }
 
 
 @ALLOCATIONS.register("erk", "Erdos-Renyi-Kernel: density proportional to sum(dims)/prod(dims) (Evci et al. 2020)")
@@ -381,8 +392,11 @@ class OWL(Allocation):
         """Outlier ratio of one block from the unit scores of its weights (and unit sizes; None: 1 each)."""
         sizes = sizes or [None] * len(scores)
         flat = torch.cat([s.reshape(-1).double() for s in scores]) if scores else torch.zeros(0)
-        size = torch.cat([torch.ones(s.numel()) if z is None else z.reshape(-1).double()
-                          for s, z in zip(scores, sizes)]) if scores else torch.zeros(0)
+        size = (
+            torch.cat([torch.ones(s.numel()) if z is None else z.reshape(-1).double() for s, z in zip(scores, sizes)])
+            if scores
+            else torch.zeros(0)
+        )
         finite = torch.isfinite(flat)
         flat, size = flat[finite], size[finite]
         if bool((size == 1).all()):

@@ -48,8 +48,7 @@ def structural_allocation(allocation: Any, sparsity: float, global_cap: float | 
     """
     alloc = resolve_allocation(allocation)
     if not isinstance(alloc, Allocation) or not callable(getattr(alloc, "allocate", None)):
-        raise ConfigError(f"allocation {alloc!r} is not an Allocation; use one of: "
-                          f"{', '.join(ALLOCATIONS.names())}")
+        raise ConfigError(f"allocation {alloc!r} is not an Allocation; use one of: {', '.join(ALLOCATIONS.names())}")
     if global_cap is not None:
         if isinstance(global_cap, bool) or not isinstance(global_cap, (int, float)) or not 0 < global_cap < 1:
             raise ConfigError(f"global_cap must be in (0, 1), got {global_cap!r}")
@@ -59,8 +58,9 @@ def structural_allocation(allocation: Any, sparsity: float, global_cap: float | 
                 f"allocation {alloc} does not read it: drop global_cap or use allocation='global'"
             )
         if alloc.max_sparsity is not None and alloc.max_sparsity != global_cap:
-            raise ConfigError(f"global_cap={global_cap} contradicts Global(max_sparsity={alloc.max_sparsity}); "
-                              f"give one of them")
+            raise ConfigError(
+                f"global_cap={global_cap} contradicts Global(max_sparsity={alloc.max_sparsity}); give one of them"
+            )
         return dataclasses.replace(alloc, max_sparsity=float(global_cap))
     if isinstance(alloc, Global) and alloc.max_sparsity is None:
         return dataclasses.replace(alloc, max_sparsity=default_global_cap(sparsity))
@@ -81,8 +81,14 @@ def _lowest(scores: np.ndarray, removable: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[: min(k, cand.size)])
 
 
-def remove_lowest(scores: np.ndarray, removable: np.ndarray, sparsity: float, *, segments: np.ndarray | None = None,
-                  round_to: int | None = None) -> np.ndarray:
+def remove_lowest(
+    scores: np.ndarray,
+    removable: np.ndarray,
+    sparsity: float,
+    *,
+    segments: np.ndarray | None = None,
+    round_to: int | None = None,
+) -> np.ndarray:
     """Indices of the units one set loses at ``sparsity``: per segment ``floor(sparsity * n)`` of its ``n``
     units, the lowest-scoring removable ones, at least one unit kept, the kept count rounded up to a
     multiple of ``round_to``."""
@@ -123,15 +129,23 @@ def allocate_units(
         n = len(s)
         z = np.asarray(z, dtype=np.float64)
         per_unit = max(1, round(float(z.sum()) / max(n, 1)))
-        infos.append(LayerInfo(name, (n, per_unit), torch.as_tensor(np.asarray(s, dtype=np.float64)),
-                               torch.as_tensor(np.where(z > 0, z, 1.0))))
+        infos.append(
+            LayerInfo(
+                name,
+                (n, per_unit),
+                torch.as_tensor(np.asarray(s, dtype=np.float64)),
+                torch.as_tensor(np.where(z > 0, z, 1.0)),
+            )
+        )
     per = allocation.allocate(infos, float(sparsity))
     out = []
     for i, name in enumerate(names):
         given = per.get(name)
         if given is None or not (0.0 <= float(given) <= 1.0) or math.isnan(float(given)):
-            raise ConfigError(f"allocation {allocation} gave {name!r} the sparsity {given!r}; an allocation must "
-                              f"return one in [0, 1] for every layer (supported: {', '.join(ALLOCATIONS.names())})")
+            raise ConfigError(
+                f"allocation {allocation} gave {name!r} the sparsity {given!r}; an allocation must "
+                f"return one in [0, 1] for every layer (supported: {', '.join(ALLOCATIONS.names())})"
+            )
         seg = segments[i] if segments is not None and i < len(segments) else None
         out.append(remove_lowest(scores[i], removable[i], float(given), segments=seg, round_to=round_to))
     return out, {n: float(per[n]) for n in names}

@@ -26,12 +26,12 @@ from torch import Tensor, nn
 
 from prunekit.allocation.builtin import Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.apply.masks import apply_mask_, get_mask
+from prunekit.apply.scores import check_scores, gather_statistics, score_input, without_norm_scale
 from prunekit.apply.transaction import transaction
-from prunekit.calibration import LayerStats, collect
-from prunekit.criteria import Criterion, ScoreInput, resolve_criterion
+from prunekit.calibration import LayerStats
+from prunekit.criteria import Criterion, resolve_criterion
 from prunekit.errors import (
     ConfigError,
-    DataError,
     InvalidSparsityError,
     NothingToPruneError,
     PatternError,
@@ -42,13 +42,10 @@ from prunekit.schedules.builtin import Schedule
 from prunekit.targets import Ignore, Target, check_finite, select_targets
 
 __all__ = [
-    "FORWARD_ONLY_STATS",
     "LayerPlan",
     "Plan",
     "Pruner",
     "check_seed",
-    "element_scores",
-    "gather_statistics",
     "split_by_pattern",
 ]
 
@@ -201,9 +198,7 @@ class Plan:
         for col in ("layer", "shape", "target", "sparsity"):
             t.add_column(col, justify="left" if col == "layer" else "right")
         for lp in self.layers:
-            t.add_row(
-                f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}"
-            )
+            t.add_row(f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}")
         for name, _why in self.ignored:
             t.add_row(name, "", "-", "dense", style="dim")
         return t
@@ -245,91 +240,6 @@ def split_by_pattern(
     if not fit:
         raise NothingToPruneError(f"no layer fits pattern {pattern}; nothing to prune")
     return fit, ignored
-
-
-def _weight_for_scoring(target: Target) -> Tensor:
-    """The weight as the model computes it (through masks, weight_norm, ...), in canonical layout."""
-    with torch.no_grad():
-        return target.layout.to_canonical(target.weight.detach())
-
-
-#: statistics one forward pass on example_inputs gives (no calibration data needed)
-FORWARD_ONLY_STATS = frozenset({"bn_gamma"})
-
-
-def gather_statistics(
-    criterion: Criterion,
-    model: nn.Module,
-    targets: list[Target],
-    *,
-    calibration: Any = None,
-    example_inputs: Any = None,
-    loss_fn: Any = None,
-    **kwargs: Any,
-) -> dict[str, LayerStats]:
-    """The statistics ``criterion.needs`` of every target, from :func:`prunekit.calibration.collect`
-    (``{target name: LayerStats}``). Raises :class:`~prunekit.errors.MissingDataError` /
-    :class:`~prunekit.errors.DataError` naming the calibration forms the criterion can use."""
-    layers = {t.name: t.module for t in targets}
-    if not criterion.needs:
-        return {name: LayerStats(name) for name in layers}
-    if calibration is None and example_inputs is not None and criterion.needs <= FORWARD_ONLY_STATS:
-        calibration = [example_inputs]  # one forward pass finds what it needs (as the structural path does)
-    try:
-        return collect(model, layers, criterion.needs, calibration, example_inputs=example_inputs, loss_fn=loss_fn,
-                       **kwargs)
-    except DataError as e:  # say which criterion asked and what it can read
-        raise type(e)(f"criterion {criterion.name!r}: {e}") from None
-
-
-def _without_norm_scale(
-    criterion: Criterion, targets: list[Target], stats: dict[str, LayerStats], ignored: list[tuple[str, str]]
-) -> tuple[list[Target], list[tuple[str, str]]]:
-    """BN scale scores a layer by the normalisation layer its output feeds: layers that feed none are kept
-    dense, with the reason (as the structural engine keeps such channel groups whole). Raises
-    :class:`NothingToPruneError` when no layer feeds one."""
-    if "bn_gamma" not in criterion.needs:
-        return targets, ignored
-    keep = [t for t in targets if stats.get(t.name) is not None and stats[t.name].bn_gamma is not None]
-    if not keep:
-        raise NothingToPruneError(
-            f"criterion {criterion.name!r} scores a layer's channels by the |gamma| of the normalisation layer its "
-            "output feeds, and no pruned layer feeds one; use another criterion (e.g. 'l1')"
-        )
-    left = [(t.name, f"feeds no normalisation layer, which {criterion.name} needs: kept dense")
-            for t in targets if t not in keep]
-    return keep, ignored + left
-
-
-def _score_input(criterion: Criterion, target: Target, stats: LayerStats, seed: int) -> ScoreInput:
-    """What ``criterion`` reads for one target: its canonical weight, statistics and a seeded generator."""
-    return ScoreInput(_weight_for_scoring(target), stats, target.layout, target.key, seed)
-
-
-def element_scores(
-    criterion: Criterion, targets: list[Target], stats: dict[str, LayerStats], seed: int = 0
-) -> dict[str, Tensor]:
-    """``{target name: element scores}`` in canonical layout ``[out, in/groups, *kernel]`` (float32).
-
-    Raises :class:`~prunekit.errors.PlanError` when the criterion gives scores of another shape and
-    :class:`~prunekit.errors.DataError` when it gives NaN.
-    """
-    out = {}
-    for t in targets:
-        s = criterion.element(_score_input(criterion, t, stats.get(t.name) or LayerStats(t.name), seed))
-        _check_scores(criterion, t, s)
-        out[t.name] = s
-    return out
-
-
-def _check_scores(criterion: Criterion, t: Target, s: Tensor) -> None:
-    if tuple(s.shape) != tuple(t.layout.canonical_shape(tuple(t.weight.shape))):
-        raise PlanError(f"criterion {criterion.name!r} gave scores of shape {tuple(s.shape)} for {t.name}")
-    if torch.isnan(s).any():
-        raise DataError(
-            f"criterion {criterion.name!r} gave NaN scores for {t.name}: its statistics are not finite "
-            "(check the calibration data and the model's outputs)"
-        )
 
 
 def check_seed(seed: Any) -> int:
@@ -416,8 +326,10 @@ class Pruner:
         N:M pattern's fixed one. Raises :class:`~prunekit.errors.InvalidSparsityError` when there is none, it
         is outside [0, 1), or it contradicts an N:M pattern."""
         if sparsity is None:
-            sparsity = self.sparsity if self.sparsity is not None else (
-                self.schedule.final_sparsity if self.schedule is not None else None
+            sparsity = (
+                self.sparsity
+                if self.sparsity is not None
+                else (self.schedule.final_sparsity if self.schedule is not None else None)
             )
         g = self.granularity
         if sparsity is None and isinstance(g, NM):
@@ -480,9 +392,10 @@ class Pruner:
         unknown = set(overrides) - {t.name for t in targets}
         if unknown:
             raise ConfigError(f"overrides name layers that are not pruned: {sorted(unknown)}")
-        stats = gather_statistics(crit, model, targets, calibration=calibration, example_inputs=example_inputs,
-                                  loss_fn=loss_fn)
-        targets, ignored = _without_norm_scale(crit, targets, stats, list(ignored or []))
+        stats = gather_statistics(
+            crit, model, targets, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn
+        )
+        targets, ignored = without_norm_scale(crit, targets, stats, list(ignored or []))
         by_element = isinstance(gran, (Unstructured, NM))
         unit_scores: dict[str, Tensor] = {}
         unit_sizes: dict[str, Tensor] = {}
@@ -491,16 +404,16 @@ class Pruner:
             old = get_mask(t.module, t.param)
             prev = None if old is None else t.layout.to_canonical(old.to(torch.bool))
             existing[t.name] = prev
-            s_in = _score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
+            s_in = score_input(crit, t, stats.get(t.name) or LayerStats(t.name), self.seed)
             if by_element:
                 s = crit.element(s_in)
-                _check_scores(crit, t, s)
+                check_scores(crit, t, s)
                 if prev is not None:  # already pruned weights go first: masks only shrink
                     s = torch.where(prev.to(s.device), s, torch.full_like(s, float("-inf")))
                 unit_scores[t.name], unit_sizes[t.name] = gran.units(s)
                 continue
             c = crit.contribution(s_in)
-            _check_scores(crit, t, c)
+            check_scores(crit, t, c)
             if prev is not None:  # pruned weights add nothing to their unit
                 c = torch.where(prev.to(c.device), c, torch.zeros_like(c))
             sums, sizes = gran.unit_sums(c)
@@ -519,8 +432,12 @@ class Pruner:
         for t in targets:
             s_l = layer_sparsity[t.name]
             shape = torch.Size(t.layout.canonical_shape(tuple(t.weight.shape)))
-            mask = gran.mask_units(unit_scores[t.name], unit_sizes[t.name], shape,
-                                   None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12))  # type: ignore[arg-type]
+            mask = gran.mask_units(
+                unit_scores[t.name],
+                unit_sizes[t.name],
+                shape,
+                None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12),
+            )  # type: ignore[arg-type]
             prev = existing[t.name]
             if prev is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
                 mask = mask & prev.to(mask.device)
@@ -537,8 +454,9 @@ class Pruner:
             settings["overrides"] = overrides
         return Plan(layers, self.method_name, settings, list(ignored or []))
 
-    def _allocate_keeping_a_unit(self, free: list[Target], sparsity: float, unit_scores: dict[str, Tensor],
-                                 unit_sizes: dict[str, Tensor]) -> dict[str, float]:
+    def _allocate_keeping_a_unit(
+        self, free: list[Target], sparsity: float, unit_scores: dict[str, Tensor], unit_sizes: dict[str, Tensor]
+    ) -> dict[str, float]:
         """The allocation's per-layer sparsity over ``free``, with no layer emptied: a mask keeps at least a
         layer's highest-scoring unit (:meth:`Granularity.keep_units`), so a layer the allocation would empty
         is held at that floor and the rest of the target is spread again over the other layers (their
@@ -553,8 +471,15 @@ class Pruner:
             if held and rest_size > 0:
                 removed = sum(held[n] * size[n] for n in held)
                 target = min(max((sparsity * total - removed) / rest_size, 0.0), 1.0 - 1e-9)
-            infos = [LayerInfo(t.name, tuple(t.layout.canonical_shape(tuple(t.weight.shape))), unit_scores[t.name],
-                               unit_sizes[t.name]) for t in rest]
+            infos = [
+                LayerInfo(
+                    t.name,
+                    tuple(t.layout.canonical_shape(tuple(t.weight.shape))),
+                    unit_scores[t.name],
+                    unit_sizes[t.name],
+                )
+                for t in rest
+            ]
             out = self.allocation.allocate(infos, target) if infos else {}  # type: ignore[union-attr]
             newly = {}
             for t in rest:

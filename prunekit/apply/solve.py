@@ -419,10 +419,12 @@ def solve_layerwise(
         else:
             order, calls = list(layers), {n: 1 for n in layers}
         stop_ok = {n: calls[n] == 1 for n in order}
-        plan = _plan(model, layers, taps, order, runner, cls, options, alloc, sparsity, sparsities, sequential,
-                     stop_ok, result)
-        _prune(layers, taps, order, runner, cls, options, plan, granularity, sequential, stop_ok, masks, progress,
-               result)
+        plan = _plan(
+            model, layers, taps, order, runner, cls, options, alloc, sparsity, sparsities, sequential, stop_ok, result
+        )
+        _prune(
+            layers, taps, order, runner, cls, options, plan, granularity, sequential, stop_ok, masks, progress, result
+        )
         if runner is not None:
             result.forward_passes = runner.passes
     finally:
@@ -458,11 +460,14 @@ def _plan(
         return alloc.allocate([LayerInfo(n, shapes[n]) for n in order], sparsity)
     scorer = WandaSolver if isinstance(alloc, OWL) else cls
     scores = _scores_for_allocation(runner, taps, order, scorer, options if scorer is cls else {}, sequential, stop_ok)
-    infos = [LayerInfo(n, shapes[n], scores[n].reshape(-1), torch.ones(scores[n].numel(), dtype=torch.long))
-             for n in order]
+    infos = [
+        LayerInfo(n, shapes[n], scores[n].reshape(-1), torch.ones(scores[n].numel(), dtype=torch.long)) for n in order
+    ]
     plan = alloc.allocate(infos, sparsity)
-    result.notes.append(f"allocation {alloc} on {scorer.name} scores of the dense model: "
-                        + ", ".join(f"{n} {plan[n]:.3f}" for n in order))
+    result.notes.append(
+        f"allocation {alloc} on {scorer.name} scores of the dense model: "
+        + ", ".join(f"{n} {plan[n]:.3f}" for n in order)
+    )
     return plan
 
 

@@ -46,9 +46,7 @@ def snapshot_tree(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dic
                 except Exception:  # an attribute that cannot be copied is kept by reference
                     saved[key] = value
         data = {
-            id(t): t.data
-            for t in list(module._parameters.values()) + list(module._buffers.values())
-            if t is not None
+            id(t): t.data for t in list(module._parameters.values()) + list(module._buffers.values()) if t is not None
         }
         out.append((module, saved, data, type(module)))
     return out

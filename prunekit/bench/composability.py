@@ -68,15 +68,23 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Any, Any]:
     elif name == "vit":
         from torchvision.models import VisionTransformer
 
-        model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32,
-                                  mlp_dim=64, num_classes=5)
+        model = VisionTransformer(
+            image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5
+        )
         x = torch.randn(2, 3, 16, 16, generator=g)
         calib = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(2)]
     elif name == "llama":
         import transformers
 
-        cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+        cfg = transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
         model = transformers.LlamaForCausalLM(cfg)
         x = torch.randint(0, 64, (1, 16), generator=g)
         calib = [torch.randint(0, 64, (2, 16), generator=g) for _ in range(2)]
@@ -90,8 +98,10 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Any, Any]:
 
 def _state(model: nn.Module) -> tuple[list[str], dict[str, bytes]]:
     tree = [f"{n}:{type(m).__name__}" for n, m in model.named_modules()]
-    return tree, {k: v.detach().cpu().contiguous().numpy().tobytes() + str(tuple(v.shape)).encode()
-                  for k, v in model.state_dict().items()}
+    return tree, {
+        k: v.detach().cpu().contiguous().numpy().tobytes() + str(tuple(v.shape)).encode()
+        for k, v in model.state_dict().items()
+    }
 
 
 def _canonical_masks(model: nn.Module) -> dict[str, Tensor]:
@@ -181,8 +191,9 @@ def _runs(model: nn.Module, x: Any) -> str:
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_cell(model_name: str, criterion: str, granularity: str, allocation: str,
-             built: tuple[nn.Module, Any, Any] | None = None) -> Cell:
+def run_cell(
+    model_name: str, criterion: str, granularity: str, allocation: str, built: tuple[nn.Module, Any, Any] | None = None
+) -> Cell:
     """Prune a fresh copy of the model with ``pk.Pruner(criterion, granularity, allocation)``."""
 
     base, x, calib = built if built is not None else build(model_name)
@@ -192,8 +203,9 @@ def run_cell(model_name: str, criterion: str, granularity: str, allocation: str,
     status, detail = "ok", ""
     try:
         pruner = Pruner(criterion=criterion, granularity=granularity, allocation=allocation)
-        prune(model, pruner, sparsity=SPARSITY, example_inputs=x, calibration=calib, skip_incompatible=True,
-                 measure=False)
+        prune(
+            model, pruner, sparsity=SPARSITY, example_inputs=x, calibration=calib, skip_incompatible=True, measure=False
+        )
         problem = check(granularity, base, model) or _runs(model, x)
         if problem:
             status, detail = "silent", problem
@@ -203,8 +215,15 @@ def run_cell(model_name: str, criterion: str, granularity: str, allocation: str,
             status, detail = "silent", f"refused but the model changed: {detail}"
     except Exception as e:  # noqa: BLE001  (the contract says this must not happen)
         status, detail = "raw", f"{type(e).__name__}: {e}"
-    return Cell(model_name, criterion, granularity, allocation, status, detail.splitlines()[0][:300] if detail else "",
-                round(time.perf_counter() - t0, 3))
+    return Cell(
+        model_name,
+        criterion,
+        granularity,
+        allocation,
+        status,
+        detail.splitlines()[0][:300] if detail else "",
+        round(time.perf_counter() - t0, 3),
+    )
 
 
 def run_matrix(
@@ -219,7 +238,7 @@ def run_matrix(
 
     cells = []
     built = {m: build(m) for m in models}
-    for crit in (criteria or BUILTIN):
+    for crit in criteria or BUILTIN:
         for gran in granularities:
             for alloc in allocations:
                 for m in built:
@@ -251,14 +270,22 @@ def summarise(cells: list[Cell]) -> dict[str, Any]:
 def markdown(cells: list[Cell], summary: dict[str, Any]) -> str:
     """The matrix as markdown: one table per allocation, a row per criterion, a column per granularity;
     a cell lists the models the pair works on (``-`` refused everywhere; ``RAW``/``SILENT`` flag failures)."""
-    lines = ["# Composability matrix", "",
-             f"{summary['pairs_working']} of {summary['pairs_total']} criterion x granularity pairs work on at least "
-             f"one of {', '.join(sorted({c.model for c in cells}))} (sparsity {SPARSITY}); cells: "
-             + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()), ""]
+    lines = [
+        "# Composability matrix",
+        "",
+        f"{summary['pairs_working']} of {summary['pairs_total']} criterion x granularity pairs work on at least "
+        f"one of {', '.join(sorted({c.model for c in cells}))} (sparsity {SPARSITY}); cells: "
+        + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()),
+        "",
+    ]
     grans = [g for g in GRANULARITIES if any(c.granularity == g for c in cells)]
     for alloc in [a for a in ALLOCATIONS if any(c.allocation == a for c in cells)]:
-        lines += [f"## allocation: {alloc}", "", "| criterion | " + " | ".join(grans) + " |",
-                  "|---|" + "---|" * len(grans)]
+        lines += [
+            f"## allocation: {alloc}",
+            "",
+            "| criterion | " + " | ".join(grans) + " |",
+            "|---|" + "---|" * len(grans),
+        ]
         for crit in sorted({c.criterion for c in cells}):
             row = []
             for g in grans:
@@ -282,15 +309,17 @@ def markdown(cells: list[Cell], summary: dict[str, Any]) -> str:
         lines += ["## Refusals (first of each kind)", ""]
         seen = set()
         for k, v in refusals.items():
-            kind = v.split(":")[0] + v[v.find(":"):][:80]
+            kind = v.split(":")[0] + v[v.find(":") :][:80]
             if kind in seen:
                 continue
             seen.add(kind)
             lines.append(f"- {k}: {v}")
     for kind in ("raw", "silent"):
         if summary[kind]:
-            lines += ["", f"## {kind}", ""] + [f"- {d['model']} {d['criterion']} x {d['granularity']} "
-                                               f"({d['allocation']}): {d['detail']}" for d in summary[kind]]
+            lines += ["", f"## {kind}", ""] + [
+                f"- {d['model']} {d['criterion']} x {d['granularity']} ({d['allocation']}): {d['detail']}"
+                for d in summary[kind]
+            ]
     return "\n".join(lines) + "\n"
 
 

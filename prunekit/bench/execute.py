@@ -170,9 +170,16 @@ def _calibration(p: GridPoint, data: tuple[torch.Tensor, ...]) -> list[tuple[tor
 def _prune(model: nn.Module, p: GridPoint, sparsity: float, data: tuple[torch.Tensor, ...]) -> Any:
     m = METHODS.get(p.method.method)
     return prune(
-        model, m, sparsity=sparsity, pattern=p.method.pattern, allocation=p.method.allocation,
-        example_inputs=data[0][:2], calibration=_calibration(p, data) if m.needs_data else None,
-        seed=p.seed, measure=False, **dict(p.method.options),
+        model,
+        m,
+        sparsity=sparsity,
+        pattern=p.method.pattern,
+        allocation=p.method.allocation,
+        example_inputs=data[0][:2],
+        calibration=_calibration(p, data) if m.needs_data else None,
+        seed=p.seed,
+        measure=False,
+        **dict(p.method.options),
     )
 
 
@@ -208,8 +215,12 @@ def versions() -> dict[str, str]:
     the software part of a result's protocol."""
     import numpy
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "prunekit": importlib.metadata.version("prunekit")}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "prunekit": importlib.metadata.version("prunekit"),
+    }
     try:
         import sklearn
 
@@ -261,11 +272,19 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
             opts = dict(method.options)
             if p.transfer:
                 _train(model, p, src, p.pretrain_epochs)
-                _train(model, p, target, p.fine_tune_epochs, method=method.method, sparsity=p.sparsity,
-                       method_options=opts)
+                _train(
+                    model, p, target, p.fine_tune_epochs, method=method.method, sparsity=p.sparsity, method_options=opts
+                )
             else:
-                _train(model, p, src, p.pretrain_epochs + p.fine_tune_epochs, method=method.method,
-                       sparsity=p.sparsity, method_options=opts)
+                _train(
+                    model,
+                    p,
+                    src,
+                    p.pretrain_epochs + p.fine_tune_epochs,
+                    method=method.method,
+                    sparsity=p.sparsity,
+                    method_options=opts,
+                )
         acc = accuracy(model, target[2], target[3])
         squash_masks_(model)
         after = _weights(model)
@@ -273,8 +292,16 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
         for name, (shape, n, _nz) in original.items():
             now = after.get(name)
             nz = now[2] if now else 0
-            layers.append({"name": name, "shape": list(now[0]) if now else [], "original_shape": list(shape),
-                           "params": n, "nonzero": nz, "sparsity": 1.0 - nz / n if n else 0.0})
+            layers.append(
+                {
+                    "name": name,
+                    "shape": list(now[0]) if now else [],
+                    "original_shape": list(shape),
+                    "params": n,
+                    "nonzero": nz,
+                    "sparsity": 1.0 - nz / n if n else 0.0,
+                }
+            )
         total = sum(r["params"] for r in layers)
         nonzero = sum(r["nonzero"] for r in layers)
         params = sum(v.numel() for v in model.parameters())
@@ -313,8 +340,11 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
             "seed": p.seed,
             "threads": p.threads,
             "versions": versions(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count()},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+            },
             "latency": "median of up to 40 timed forward passes after 5 warm-up passes, masks folded in",
             "notes": notes,
             "argv0": Path(sys.argv[0]).name if sys.argv else "",
@@ -324,5 +354,13 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-DETERMINISTIC_METRICS = ("accuracy", "dense_accuracy", "params", "nonzero_params", "sparsity", "flops",
-                         "effective_flops", "weights_sha256")
+DETERMINISTIC_METRICS = (
+    "accuracy",
+    "dense_accuracy",
+    "params",
+    "nonzero_params",
+    "sparsity",
+    "flops",
+    "effective_flops",
+    "weights_sha256",
+)

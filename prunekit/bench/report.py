@@ -59,11 +59,29 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (suite, *setting, label, target), rs in groups.items():
         base = dense.get((suite, *setting))
         d = {
-            "suite": suite, **dict(zip(SETTING, setting)), "label": label, "method": rs[0]["method"],
-            "target": target, "seeds": len(rs), "stage": rs[0].get("stage"), "structural": rs[0].get("structural"),
+            "suite": suite,
+            **dict(zip(SETTING, setting)),
+            "label": label,
+            "method": rs[0]["method"],
+            "target": target,
+            "seeds": len(rs),
+            "stage": rs[0].get("stage"),
+            "structural": rs[0].get("structural"),
         }
-        for k in ("accuracy", "sparsity", "params", "nonzero_params", "flops", "latency_b1_ms", "latency_b8_ms",
-                  "speedup_b1", "speedup_b8", "wall_s", "dense_params", "dense_flops"):
+        for k in (
+            "accuracy",
+            "sparsity",
+            "params",
+            "nonzero_params",
+            "flops",
+            "latency_b1_ms",
+            "latency_b8_ms",
+            "speedup_b1",
+            "speedup_b8",
+            "wall_s",
+            "dense_params",
+            "dense_flops",
+        ):
             d[k] = _mean(r.get(k) for r in rs)
         d["accuracy_std"] = statistics.pstdev([r["accuracy"] for r in rs]) if len(rs) > 1 else 0.0
         d["dense"] = base
@@ -155,12 +173,39 @@ def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     and its change against the dense model, parameters, FLOPs, latency in ms at batch 1 and 8 with the
     speedups, seeds; the setting column names only what varies in the suite."""
     keys = [k for k in SETTING if _varying(agg, k)]
-    header = ["setting", "method", "target", "sparsity %", "accuracy %", "vs dense", "params", "FLOPs",
-              "b1 ms", "b8 ms", "speedup b1", "speedup b8", "seeds"]
-    body = [[_setting_label(r, keys) if keys else "-", r["label"], f"{r['target']:g}", _fmt(r["sparsity"], "pct"),
-             _fmt(r["accuracy"], "pct"), _fmt(r["delta"], "dpct"), _fmt(r["params"], "int"), _fmt(r["flops"], "int"),
-             _fmt(r["latency_b1_ms"], "ms"), _fmt(r["latency_b8_ms"], "ms"), _fmt(r["speedup_b1"], "x"),
-             _fmt(r["speedup_b8"], "x"), str(r["seeds"])] for r in agg]
+    header = [
+        "setting",
+        "method",
+        "target",
+        "sparsity %",
+        "accuracy %",
+        "vs dense",
+        "params",
+        "FLOPs",
+        "b1 ms",
+        "b8 ms",
+        "speedup b1",
+        "speedup b8",
+        "seeds",
+    ]
+    body = [
+        [
+            _setting_label(r, keys) if keys else "-",
+            r["label"],
+            f"{r['target']:g}",
+            _fmt(r["sparsity"], "pct"),
+            _fmt(r["accuracy"], "pct"),
+            _fmt(r["delta"], "dpct"),
+            _fmt(r["params"], "int"),
+            _fmt(r["flops"], "int"),
+            _fmt(r["latency_b1_ms"], "ms"),
+            _fmt(r["latency_b8_ms"], "ms"),
+            _fmt(r["speedup_b1"], "x"),
+            _fmt(r["speedup_b8"], "x"),
+            str(r["seeds"]),
+        ]
+        for r in agg
+    ]
     return header, body
 
 
@@ -245,12 +290,12 @@ def plot_pareto(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
         if r["latency_b1_ms"] is not None:
             by_label[r["label"]].append((r["latency_b1_ms"], 100 * r["accuracy"]))
     for label, pts in by_label.items():
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, s=22,
-                   marker="*" if label == DENSE else "o")
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, s=22, marker="*" if label == DENSE else "o")
     front = pareto_front([p for pts in by_label.values() for p in pts])
     if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=1,
-                label="Pareto front")
+        ax.step(
+            [p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=1, label="Pareto front"
+        )
     ax.set_xlabel("latency at batch 1 (ms, median)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{title}: accuracy vs real latency", fontsize=10)
@@ -275,8 +320,9 @@ def plot_layers(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
         width = 0.8 / max(1, len(chosen))
         for i, r in enumerate(chosen):
             values = {layer["name"]: 100 * layer["sparsity"] for layer in r["layers"]}
-            ax.bar([j + i * width for j in range(len(names))], [values.get(n, 0.0) for n in names], width,
-                   label=r["label"])
+            ax.bar(
+                [j + i * width for j in range(len(names))], [values.get(n, 0.0) for n in names], width, label=r["label"]
+            )
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{title}: per-layer sparsity at target {top:g} ({first[0]})", fontsize=10)
@@ -322,15 +368,19 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
     skipped = st.skipped()
     suites = sorted({r["suite"] for r in rows} | {s["suite"] for s in skipped})
     md = ["# prunekit benchmark report", ""]
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>prunekit benchmark report</title>"
-            f"<style>{_CSS}</style></head><body><h1>prunekit benchmark report</h1>"]
+    page = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>prunekit benchmark report</title>"
+        f"<style>{_CSS}</style></head><body><h1>prunekit benchmark report</h1>"
+    ]
     if rows:
         proto = rows[0]["protocol"]
         versions = ", ".join(f"{k} {v}" for k, v in proto.get("versions", {}).items())
-        line = (f"{len(rows)} runs in {len(suites)} suites. Library versions: {versions}. "
-                f"Machine: {proto.get('machine', {}).get('processor')}, "
-                f"{proto.get('machine', {}).get('cpus')} CPUs; "
-                f"runs use {proto.get('threads')} thread(s). Latency: {proto.get('latency')}.")
+        line = (
+            f"{len(rows)} runs in {len(suites)} suites. Library versions: {versions}. "
+            f"Machine: {proto.get('machine', {}).get('processor')}, "
+            f"{proto.get('machine', {}).get('cpus')} CPUs; "
+            f"runs use {proto.get('threads')} thread(s). Latency: {proto.get('latency')}."
+        )
         md += [line, ""]
         page.append(f"<p>{html.escape(line)}</p>")
         hashes = sorted({(k, v) for r in rows for k, v in r["protocol"].get("data_sha256", {}).items()})
@@ -352,9 +402,7 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
             md += ["Accuracy % (achieved sparsity) by method and target sparsity:", "", _markdown(h, b), ""]
             page.append("<h3>Accuracy by method and sparsity</h3>" + _html_table(h, b))
             h, b = full_table(agg)
-            md += [
-                "<details><summary>all runs (means over seeds)</summary>", "", _markdown(h, b), "", "</details>", ""
-            ]
+            md += ["<details><summary>all runs (means over seeds)</summary>", "", _markdown(h, b), "", "</details>", ""]
             page.append("<h3>All runs (means over seeds)</h3>" + _html_table(h, b))
             for kind, fn in (("accuracy", plot_accuracy), ("pareto", plot_pareto), ("layers", plot_layers)):
                 png = fn(agg, out / f"{suite}-{kind}.png", suite)

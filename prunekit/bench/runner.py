@@ -74,8 +74,9 @@ def _local(points: list[GridPoint], jobs: int, cache_dir: str | None) -> Iterato
             yield f.result()
 
 
-def _ray(points: list[GridPoint], address: str | None, cache_dir: str | None,
-         num_cpus: int | None) -> Iterator[tuple[str, Any, str | None]]:
+def _ray(
+    points: list[GridPoint], address: str | None, cache_dir: str | None, num_cpus: int | None
+) -> Iterator[tuple[str, Any, str | None]]:
     try:
         import ray
     except ImportError:
@@ -142,8 +143,14 @@ def run_grid(
             results = _local(todo, jobs, cache)
         else:
             results = _ray(todo, ray_address, cache, ray_num_cpus)
-        with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[info]}"), disable=not progress) as bar:
+        with Progress(
+            TextColumn("[bold]bench"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not progress,
+        ) as bar:
             task = bar.add_task("grid", total=len(points), completed=summary.already_done, info="")
             for key, result, error in results:
                 point = by_key[key]

@@ -229,8 +229,10 @@ class Suite:
                 sparsities=tuple(float(s) for s in _tuple(raw.get("sparsities"), "sparsities")),
                 question=str(raw.get("question", "")),
                 survey=str(raw.get("survey", "")),
-                transfer=tuple(None if t is None else str(t) for t in (_tuple(raw["transfer"], "transfer")
-                                                                       if "transfer" in raw else (None,))),
+                transfer=tuple(
+                    None if t is None else str(t)
+                    for t in (_tuple(raw["transfer"], "transfer") if "transfer" in raw else (None,))
+                ),
                 pretrain_epochs=int(raw.get("pretrain_epochs", 5)),
                 fine_tune_epochs=tuple(int(e) for e in _tuple(raw.get("fine_tune_epochs", 0), "fine_tune_epochs")),
                 calibration_size=tuple(int(c) for c in _tuple(raw.get("calibration_size", 256), "calibration_size")),
@@ -251,9 +253,19 @@ class Suite:
         for model, data, transfer, ft, calib, seed in itertools.product(
             self.models, self.data, self.transfer, self.fine_tune_epochs, self.calibration_size, self.seeds
         ):
-            common = dict(suite=self.name, model=model, data=data, transfer=transfer,
-                          pretrain_epochs=self.pretrain_epochs, fine_tune_epochs=ft, calibration_size=calib,
-                          seed=seed, batch_size=self.batch_size, lr=self.lr, threads=self.threads)
+            common = dict(
+                suite=self.name,
+                model=model,
+                data=data,
+                transfer=transfer,
+                pretrain_epochs=self.pretrain_epochs,
+                fine_tune_epochs=ft,
+                calibration_size=calib,
+                seed=seed,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                threads=self.threads,
+            )
             if self.baseline:
                 p = GridPoint(method=MethodSpec(DENSE), sparsity=0.0, **common)  # type: ignore[arg-type]
                 if p.key not in seen:

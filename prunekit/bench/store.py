@@ -80,10 +80,25 @@ class ResultStore:
         with self._transaction():
             cur = self.conn.execute(
                 "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (point.key, point.suite, point.model, point.data, point.transfer, m.method, m.label, point.sparsity,
-                 point.fine_tune_epochs, point.calibration_size, point.seed,
-                 json.dumps(point.config(), sort_keys=True, default=str), json.dumps(result["protocol"], default=str),
-                 json.dumps(result["metrics"]), json.dumps(result["layers"]), backend, time.time()),
+                (
+                    point.key,
+                    point.suite,
+                    point.model,
+                    point.data,
+                    point.transfer,
+                    m.method,
+                    m.label,
+                    point.sparsity,
+                    point.fine_tune_epochs,
+                    point.calibration_size,
+                    point.seed,
+                    json.dumps(point.config(), sort_keys=True, default=str),
+                    json.dumps(result["protocol"], default=str),
+                    json.dumps(result["metrics"]),
+                    json.dumps(result["layers"]),
+                    backend,
+                    time.time(),
+                ),
             )
             self.conn.execute("DELETE FROM skipped WHERE key = ?", (point.key,))
         return cur.rowcount == 1
@@ -112,16 +127,35 @@ class ResultStore:
     def runs(self, suite: str | None = None) -> list[dict[str, Any]]:
         """Every finished run as a flat dict: its configuration columns (``target``: the target sparsity),
         ``config``, ``protocol``, ``layers`` and the metrics merged in at the top level."""
-        q = "SELECT key, suite, model, data, transfer, method, label, sparsity, fine_tune_epochs, calibration_size, " \
+        q = (
+            "SELECT key, suite, model, data, transfer, method, label, sparsity, fine_tune_epochs, calibration_size, "
             "seed, config, protocol, metrics, layers, backend, finished_at FROM runs"
+        )
         args: tuple[Any, ...] = ()
         if suite is not None:
             q += " WHERE suite = ?"
             args = (suite,)
         rows = []
         for r in self.conn.execute(q + " ORDER BY suite, label, sparsity, fine_tune_epochs, seed", args):
-            keys = ("key", "suite", "model", "data", "transfer", "method", "label", "sparsity", "fine_tune_epochs",
-                    "calibration_size", "seed", "config", "protocol", "metrics", "layers", "backend", "finished_at")
+            keys = (
+                "key",
+                "suite",
+                "model",
+                "data",
+                "transfer",
+                "method",
+                "label",
+                "sparsity",
+                "fine_tune_epochs",
+                "calibration_size",
+                "seed",
+                "config",
+                "protocol",
+                "metrics",
+                "layers",
+                "backend",
+                "finished_at",
+            )
             d = dict(zip(keys, r))
             d["target"] = d.pop("sparsity")  # the grid's target; "sparsity" below is the achieved one
             for k in ("config", "protocol", "layers"):
@@ -136,8 +170,10 @@ class ResultStore:
         args: tuple[str, ...] = ()
         if suite is not None:
             q, args = q + " WHERE suite = ?", (suite,)
-        return [{"key": k, "suite": s, "config": json.loads(c), "reason": r}
-                for k, s, c, r in self.conn.execute(q + " ORDER BY suite, reason", args)]
+        return [
+            {"key": k, "suite": s, "config": json.loads(c), "reason": r}
+            for k, s, c, r in self.conn.execute(q + " ORDER BY suite, reason", args)
+        ]
 
     def count(self) -> int:
         """The number of finished runs."""

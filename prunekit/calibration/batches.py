@@ -66,9 +66,7 @@ def _publish(mask: Tensor | None) -> Iterator[None]:
 
 
 def _is_loss_callable(value: Any) -> bool:
-    return (
-        callable(value) and not isinstance(value, (Tensor, Mapping, list, tuple)) and not hasattr(value, "__iter__")
-    )
+    return callable(value) and not isinstance(value, (Tensor, Mapping, list, tuple)) and not hasattr(value, "__iter__")
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -163,8 +161,11 @@ class Calibration:
             raise DataError("calibration is a loss callable, which has no batches")
         src = self.source
         if isinstance(src, (Tensor, Mapping)) or (
-            isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], Tensor)
-            and isinstance(src[1], Tensor) and not _same_kind_batches(src)
+            isinstance(src, tuple)
+            and len(src) == 2
+            and isinstance(src[0], Tensor)
+            and isinstance(src[1], Tensor)
+            and not _same_kind_batches(src)
         ):
             items: Any = [src]
         else:
@@ -243,8 +244,10 @@ class Calibration:
                     "gradient criterion: add labels to each batch (so the model returns .loss), or pass loss_fn= "
                     "(loss_fn(outputs, batch)) or calibration=a callable model -> scalar loss"
                 )
-            raise DataError("a dict calibration batch must make the model return .loss (add labels) or hold "
-                            "input_ids; or pass loss_fn=")
+            raise DataError(
+                "a dict calibration batch must make the model return .loss (add labels) or hold "
+                "input_ids; or pass loss_fn="
+            )
         if targets is None:
             if _is_token_batch(inputs):
                 logits = output_logits(out)
@@ -257,8 +260,13 @@ class Calibration:
         if self.loss_fn is not None:
             return self.loss_fn(out, targets)
         logits = output_logits(out)
-        if logits.dim() == 3 and isinstance(targets, Tensor) and targets.dim() == 2 and \
-                tuple(logits.shape[:2]) == tuple(targets.shape) and _is_token_batch(targets):
+        if (
+            logits.dim() == 3
+            and isinstance(targets, Tensor)
+            and targets.dim() == 2
+            and tuple(logits.shape[:2]) == tuple(targets.shape)
+            and _is_token_batch(targets)
+        ):
             return next_token_loss(logits, targets)
         try:
             return F.cross_entropy(logits.float(), targets)

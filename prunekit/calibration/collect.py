@@ -225,8 +225,9 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(r)
 
 
-def _activations(model: nn.Module, layers: Mapping[str, nn.Module], needs: set[str], calib: Calibration,
-                 out: dict[str, LayerStats]) -> None:
+def _activations(
+    model: nn.Module, layers: Mapping[str, nn.Module], needs: set[str], calib: Calibration, out: dict[str, LayerStats]
+) -> None:
     handles = []
     # id(output tensor) -> (layer name, the tensor: held so that its id cannot be reused by another tensor)
     produced: dict[int, tuple[str, Tensor]] = {}
@@ -292,7 +293,9 @@ def modules_called(model: nn.Module, layers: Iterable[nn.Module]) -> Iterator[No
     patched = []
     for m in model.modules():
         if (
-            isinstance(m, nn.MultiheadAttention) and id(m.out_proj) in wanted and m.bias_k is None
+            isinstance(m, nn.MultiheadAttention)
+            and id(m.out_proj) in wanted
+            and m.bias_k is None
             and not m.add_zero_attn
         ):
             m.forward = _explicit_attention.__get__(m)  # type: ignore[method-assign]
@@ -304,10 +307,17 @@ def modules_called(model: nn.Module, layers: Iterable[nn.Module]) -> Iterator[No
             del m.forward
 
 
-def _explicit_attention(self: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
-                        key_padding_mask: Tensor | None = None, need_weights: bool = True,
-                        attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                        is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+def _explicit_attention(
+    self: nn.MultiheadAttention,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Multi-head attention (Vaswani et al. 2017) as ``nn.MultiheadAttention`` computes it in eval mode,
     with ``self.out_proj`` called as a module. Shapes as torch's: ``[L, N, E]`` or ``[N, L, E]``."""
     if is_causal and attn_mask is None:
@@ -329,7 +339,7 @@ def _explicit_attention(self: nn.MultiheadAttention, query: Tensor, key: Tensor,
     q = F.linear(query, wq, bq).reshape(L, N * h, d).transpose(0, 1)
     k = F.linear(key, wk, bk).reshape(S, N * h, d).transpose(0, 1)
     v = F.linear(value, wv, bv).reshape(S, N * h, d).transpose(0, 1)
-    logits = (q @ k.transpose(1, 2)) / (d ** 0.5)  # [N*h, L, S]
+    logits = (q @ k.transpose(1, 2)) / (d**0.5)  # [N*h, L, S]
     if attn_mask is not None:
         am = attn_mask if attn_mask.dim() == 3 else attn_mask.unsqueeze(0)
         logits = logits.masked_fill(am, float("-inf")) if am.dtype == torch.bool else logits + am
@@ -397,8 +407,13 @@ def _loss_steps(
             yield loss, weights
 
 
-def _grasp(model: nn.Module, layers: Mapping[str, nn.Module], calib: Calibration, out: dict[str, LayerStats],
-           temperature: float) -> None:
+def _grasp(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    calib: Calibration,
+    out: dict[str, LayerStats],
+    temperature: float,
+) -> None:
     """``H g`` by double back-propagation (Wang et al. 2020): first the summed gradient ``g``, then the
     gradient of ``g_detached . grad(L)``. Logits are divided by ``temperature`` for (inputs, targets)
     batches without a user loss, as in the paper."""

@@ -69,8 +69,12 @@ class AttentionLayout:
     def matches(self, children: dict[str, nn.Module], module: nn.Module) -> bool:
         """Whether ``module`` (with these ``children``) is an attention module of this layout."""
         if self.style == "gpt2":
-            return (self.q in children and self.o in children and hasattr(module, self.head_dim_attr)
-                    and not getattr(module, "is_cross_attention", False))
+            return (
+                self.q in children
+                and self.o in children
+                and hasattr(module, self.head_dim_attr)
+                and not getattr(module, "is_cross_attention", False)
+            )
         if self.style == "bert":
             return all(n in children for n in (self.q, self.k, self.v)) and hasattr(module, self.head_dim_attr)
         return all(n in children for n in (self.q, self.k, self.v, self.o))
@@ -183,20 +187,48 @@ _LLAMA_ATTN = Attention("self_attn", "self_attn.q_proj", "self_attn.k_proj", "se
 _GATED_MLP = MLP(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size")
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama",), "model.layers", _LLAMA_ATTN, _GATED_MLP,
-           bias_fields=(("attention", "attention_bias"), ("mlp", "mlp_bias"))),
+    Family(
+        "llama",
+        ("llama",),
+        "model.layers",
+        _LLAMA_ATTN,
+        _GATED_MLP,
+        bias_fields=(("attention", "attention_bias"), ("mlp", "mlp_bias")),
+    ),
     Family("llama-like", ("mistral", "qwen2", "qwen3", "gemma2", "gemma"), "model.layers", _LLAMA_ATTN, _GATED_MLP),
-    Family("gemma3", ("gemma3_text",), "model.layers", _LLAMA_ATTN, _GATED_MLP,
-           bias_fields=(("attention", "attention_bias"),)),
-    Family("opt", ("opt",), "model.decoder.layers",
-           Attention("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                     OPT_ATTENTION),
-           MLP(("fc1",), "fc2", "ffn_dim"), head_dim_in_config=False),
-    Family("gpt2", ("gpt2",), "transformer.h", mlp=MLP(("mlp.c_fc",), "mlp.c_proj", "n_inner"),
-           attention_layout=GPT2_ATTENTION),
-    Family("bert", ("bert", "roberta", "xlm-roberta", "electra"), "encoder.layer",
-           mlp=MLP(("intermediate.dense",), "output.dense", "intermediate_size"), attention_layout=BERT_ATTENTION,
-           decoder=False),
+    Family(
+        "gemma3",
+        ("gemma3_text",),
+        "model.layers",
+        _LLAMA_ATTN,
+        _GATED_MLP,
+        bias_fields=(("attention", "attention_bias"),),
+    ),
+    Family(
+        "opt",
+        ("opt",),
+        "model.decoder.layers",
+        Attention(
+            "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", OPT_ATTENTION
+        ),
+        MLP(("fc1",), "fc2", "ffn_dim"),
+        head_dim_in_config=False,
+    ),
+    Family(
+        "gpt2",
+        ("gpt2",),
+        "transformer.h",
+        mlp=MLP(("mlp.c_fc",), "mlp.c_proj", "n_inner"),
+        attention_layout=GPT2_ATTENTION,
+    ),
+    Family(
+        "bert",
+        ("bert", "roberta", "xlm-roberta", "electra"),
+        "encoder.layer",
+        mlp=MLP(("intermediate.dense",), "output.dense", "intermediate_size"),
+        attention_layout=BERT_ATTENTION,
+        decoder=False,
+    ),
 )
 
 #: every attention layout a family declares, the generic head path's search order for models of no family
@@ -204,7 +236,10 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (LLAMA_ATTENTION, OPT_ATTENTION
 
 #: MLP input projections (relative to a block) of families not in the table whose MLP width a config names
 _OTHER_MLP_INPUTS: tuple[tuple[str, bool], ...] = (
-    ("mlp.fc1", False), ("mlp.dense_h_to_4h", False), ("mlp.fc_in", False), ("ffn.up_proj", False),
+    ("mlp.fc1", False),
+    ("mlp.dense_h_to_4h", False),
+    ("mlp.fc_in", False),
+    ("ffn.up_proj", False),
     ("mlp.gate_up_proj", True),
 )
 

@@ -27,9 +27,9 @@ def is_results_store(path: str | Path) -> bool:
 
 def bench(
     spec: Annotated[Path, typer.Argument(help="benchmark spec (YAML), e.g. benchmarks/suites/contrasts.yaml")],
-    store: Annotated[
-        Path, typer.Option("--store", help="results store (SQLite); created if missing")
-    ] = Path("results/bench.db"),
+    store: Annotated[Path, typer.Option("--store", help="results store (SQLite); created if missing")] = Path(
+        "results/bench.db"
+    ),
     suite: Annotated[
         list[str] | None, typer.Option("--suite", help="suite name to run (repeatable; default all)")
     ] = None,
@@ -54,19 +54,37 @@ def bench(
             for col in ("suite", "model", "data", "method", "sparsity", "fine-tune", "calib", "seed", "done"):
                 t.add_column(col)
             for p in points:
-                t.add_row(p.suite, p.model, p.data + (f" -> {p.transfer}" if p.transfer else ""), p.method.label,
-                          f"{p.sparsity:g}", str(p.fine_tune_epochs), str(p.calibration_size), str(p.seed),
-                          "yes" if p.key in done else "")
+                t.add_row(
+                    p.suite,
+                    p.model,
+                    p.data + (f" -> {p.transfer}" if p.transfer else ""),
+                    p.method.label,
+                    f"{p.sparsity:g}",
+                    str(p.fine_tune_epochs),
+                    str(p.calibration_size),
+                    str(p.seed),
+                    "yes" if p.key in done else "",
+                )
             console.print(t)
             for skip in skips:
                 console.print(
                     f"skip {skip.suite}/{skip.config['method']['label']}@{skip.config['sparsity']:g}: {skip.reason}"
                 )
             return
-        s = run_grid(spec, store, suites=suite, backend=backend, jobs=jobs, ray_address=ray_address, limit=limit,
-                     progress=progress)
-        console.print(f"grid of {s.total}: {s.already_done} already done, {s.ran} ran, {len(s.failed)} failed, "
-                      f"{len(s.skipped)} skipped (method missing) -> {store}")
+        s = run_grid(
+            spec,
+            store,
+            suites=suite,
+            backend=backend,
+            jobs=jobs,
+            ray_address=ray_address,
+            limit=limit,
+            progress=progress,
+        )
+        console.print(
+            f"grid of {s.total}: {s.already_done} already done, {s.ran} ran, {len(s.failed)} failed, "
+            f"{len(s.skipped)} skipped (method missing) -> {store}"
+        )
         for label, err in s.failed:
             err_console.print(f"failed {label}: {err}")
         reasons = sorted({sk.reason for sk in s.skipped})
@@ -106,8 +124,9 @@ def advise(
     if retrain.lower() not in ("yes", "no"):
         fail(PrunekitError(f"--retrain must be yes or no, got {retrain!r}"))
     try:
-        a = _advise(model, target=target, hardware=hardware, data=data, retrain=retrain.lower() == "yes",
-                    results=results)
+        a = _advise(
+            model, target=target, hardware=hardware, data=data, retrain=retrain.lower() == "yes", results=results
+        )
         console.print(a.to_text(), highlight=False, markup=False)
     except PrunekitError as e:
         fail(e)
@@ -120,8 +139,9 @@ def papers(
     ] = None,
     when: Annotated[
         str | None,
-        typer.Option(help="before, during, after, early, dynamic, learning, application, combination, survey, other, "
-                          "toolbox"),
+        typer.Option(
+            help="before, during, after, early, dynamic, learning, application, combination, survey, other, toolbox"
+        ),
     ] = None,
     year: Annotated[int | None, typer.Option(help="publication year")] = None,
     since: Annotated[int | None, typer.Option(help="this year or later")] = None,
@@ -138,8 +158,17 @@ def papers(
     from prunekit import catalog
 
     try:
-        rows = catalog.query(catalog.load(), type=type, when=when, year=year, since=since, venue=venue, text=search,
-                             implemented=True if implemented else None, code=True if with_code else None)
+        rows = catalog.query(
+            catalog.load(),
+            type=type,
+            when=when,
+            year=year,
+            since=since,
+            venue=venue,
+            text=search,
+            implemented=True if implemented else None,
+            code=True if with_code else None,
+        )
     except PrunekitError as e:
         fail(e)
     if as_json:
@@ -149,6 +178,14 @@ def papers(
     for col in ("year", "venue", "type", "when", "title", "algorithm", "code", "prunekit"):
         t.add_column(col, overflow="fold")
     for p in rows:
-        t.add_row(str(p.year or ""), p.venue, p.type_text, p.section, p.title, p.algorithm,
-                  "yes" if p.code_available else "", ", ".join(p.methods))
+        t.add_row(
+            str(p.year or ""),
+            p.venue,
+            p.type_text,
+            p.section,
+            p.title,
+            p.algorithm,
+            "yes" if p.code_available else "",
+            ", ".join(p.methods),
+        )
     console.print(t)

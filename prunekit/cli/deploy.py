@@ -22,32 +22,36 @@ def export(
         str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
     ],
     to: Annotated[str, typer.Option("--to", help="onnx or openvino")],
-    out: Annotated[
-        Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")
-    ],
+    out: Annotated[Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")],
     quantize: Annotated[
         str | None,
         typer.Option(help="openvino only: int8-weights (weight-only) or int8 (weights and activations, calibrated)"),
     ] = None,
     calibration: Annotated[
         str | None,
-        typer.Option(help="calibration data set (--quantize int8 only: mnist or fashion-mnist; default: the model's "
-                          "task data)"),
+        typer.Option(
+            help="calibration data set (--quantize int8 only: mnist or fashion-mnist; default: the model's task data)"
+        ),
     ] = None,
     calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
     precision: Annotated[str, typer.Option(help="openvino only: inference precision hint f32, bf16 or f16")] = "f32",
     sparse_weights: Annotated[
         bool | None,
-        typer.Option("--sparse-weights/--no-sparse-weights",
-                     help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse "
-                          "Linear layers)"),
+        typer.Option(
+            "--sparse-weights/--no-sparse-weights",
+            help="openvino only: CPU sparse-weight decompression (default: on for int8 with >= 70%-sparse "
+            "Linear layers)",
+        ),
     ] = None,
     sparse_rate: Annotated[
         float, typer.Option(help="openvino only: zeros from which a layer runs the sparse kernel")
     ] = 0.7,
     sparse_initializers: Annotated[
-        bool, typer.Option("--sparse-initializers/--dense-initializers",
-                           help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)"),
+        bool,
+        typer.Option(
+            "--sparse-initializers/--dense-initializers",
+            help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)",
+        ),
     ] = True,
     input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
     dynamic: Annotated[
@@ -55,8 +59,9 @@ def export(
     ] = True,
     baseline: Annotated[
         str | None,
-        typer.Option(help="dense model to time against (a spec or saved dir; default: a saved model's recorded "
-                          "source)"),
+        typer.Option(
+            help="dense model to time against (a spec or saved dir; default: a saved model's recorded source)"
+        ),
     ] = None,
     latency: Annotated[
         bool, typer.Option("--latency/--no-latency", help="time the model (against the dense model and PyTorch)")
@@ -80,15 +85,24 @@ def export(
         if to not in RUNTIMES:
             raise UnknownNameError("export runtime (--to)", to, RUNTIMES)
         if to == "onnx":
-            given = [flag for flag, value in (("--quantize", quantize), ("--calibration", calibration),
-                                              ("--sparse-weights", sparse_weights)) if value is not None]
+            given = [
+                flag
+                for flag, value in (
+                    ("--quantize", quantize),
+                    ("--calibration", calibration),
+                    ("--sparse-weights", sparse_weights),
+                )
+                if value is not None
+            ]
             if precision != "f32":
                 given.append("--precision")
             if sparse_rate != 0.7:
                 given.append("--sparse-rate")
             if given:
-                raise pk.ConfigError(f"{', '.join(given)} apply(ies) to --to openvino only; ONNX export is fp32 "
-                                     "(drop them, or export with --to openvino)")
+                raise pk.ConfigError(
+                    f"{', '.join(given)} apply(ies) to --to openvino only; ONNX export is fp32 "
+                    "(drop them, or export with --to openvino)"
+                )
         elif not sparse_initializers:
             raise pk.ConfigError("--dense-initializers applies to --to onnx only")
         check_output_directory(out, overwrite=overwrite)
@@ -104,8 +118,11 @@ def export(
             base, label = pk.build_model(baseline), f"--baseline {baseline}"
         elif record is not None and record.get("source") and latency:
             base, label = pk.build_model(record["source"]), f"the saved model's dense source {record['source']}"
-            err_console.print(f"[yellow]note:[/yellow] timing against the dense source model {record['source']} "
-                              "(pass --baseline to choose)", highlight=False)
+            err_console.print(
+                f"[yellow]note:[/yellow] timing against the dense source model {record['source']} "
+                "(pass --baseline to choose)",
+                highlight=False,
+            )
         calib = None
         if quantize == "int8":
             task = task_evaluation(spec)
@@ -113,23 +130,46 @@ def export(
                 calib = calibration_data(calibration, calibration_batches, seed)
             elif task is not None:
                 calib = task[2](calibration_batches, seed)
-                err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
-                                  "batches of 64 from its training split); pass --calibration to choose",
-                                  highlight=False)
+                err_console.print(
+                    f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
+                    "batches of 64 from its training split); pass --calibration to choose",
+                    highlight=False,
+                )
         elif calibration:
-            raise pk.ConfigError("--calibration is used only by --quantize int8 (int8 activations): drop it or "
-                                 "pass --quantize int8")
+            raise pk.ConfigError(
+                "--calibration is used only by --quantize int8 (int8 activations): drop it or pass --quantize int8"
+            )
         with atomic_directory(out, overwrite=overwrite) as tmp:
             if to == "onnx":
-                report = export_onnx(m, x, tmp / "model.onnx", baseline=base, baseline_label=label, dynamic=dynamic,
-                                     sparse_initializers=sparse_initializers, measure_latency=latency,
-                                     threads=threads, latency_budget_s=latency_budget)
+                report = export_onnx(
+                    m,
+                    x,
+                    tmp / "model.onnx",
+                    baseline=base,
+                    baseline_label=label,
+                    dynamic=dynamic,
+                    sparse_initializers=sparse_initializers,
+                    measure_latency=latency,
+                    threads=threads,
+                    latency_budget_s=latency_budget,
+                )
             else:
-                report = export_openvino(m, x, tmp / "model.xml", quantize=quantize, calibration=calib,
-                                         precision=precision, sparse_weights=sparse_weights,
-                                         sparse_rate=sparse_rate, dynamic=dynamic, baseline=base,
-                                         baseline_label=label, measure_latency=latency, threads=threads,
-                                         latency_budget_s=latency_budget)
+                report = export_openvino(
+                    m,
+                    x,
+                    tmp / "model.xml",
+                    quantize=quantize,
+                    calibration=calib,
+                    precision=precision,
+                    sparse_weights=sparse_weights,
+                    sparse_rate=sparse_rate,
+                    dynamic=dynamic,
+                    baseline=base,
+                    baseline_label=label,
+                    measure_latency=latency,
+                    threads=threads,
+                    latency_budget_s=latency_budget,
+                )
             report.path = report.path.replace(str(tmp), str(out))
             report.files = [f.replace(str(tmp), str(out)) for f in report.files]
             report.to_json(tmp / "model.report.json")

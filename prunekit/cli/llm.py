@@ -40,8 +40,11 @@ def prune_llm(
     ],
     method: Annotated[
         str,
-        typer.Option("--method", "-m",
-                     help=f"a registered pruning method (one for language models: {', '.join(LM_METHOD_NAMES)})"),
+        typer.Option(
+            "--method",
+            "-m",
+            help=f"a registered pruning method (one for language models: {', '.join(LM_METHOD_NAMES)})",
+        ),
     ] = "sparsegpt",
     sparsity: Annotated[
         float | None,
@@ -125,7 +128,10 @@ def prune_llm(
             load_text(eval_text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         cal = calibration_batches(
-            tokenizer, [(calibration_text, calibration_corpus)], n_samples=calibration_samples, seq_len=seq_len,
+            tokenizer,
+            [(calibration_text, calibration_corpus)],
+            n_samples=calibration_samples,
+            seq_len=seq_len,
             seed=seed,
         )
         before = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
@@ -180,8 +186,9 @@ def eval_ppl(
     model_dir: Annotated[str, typer.Argument(help="a save_pretrained dir, an offline name or a hub name")],
     text: Annotated[
         str,
-        typer.Option("--eval-text",
-                     help="text the perplexity is measured on (`prunekit data list`: an Austen novel, mobydick)"),
+        typer.Option(
+            "--eval-text", help="text the perplexity is measured on (`prunekit data list`: an Austen novel, mobydick)"
+        ),
     ] = "persuasion",
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 512,
     stride: Annotated[int | None, typer.Option(help="window step (default: seq_len, disjoint windows)")] = None,

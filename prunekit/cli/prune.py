@@ -41,9 +41,15 @@ def _options(items: list[str] | None) -> dict:
 
 #: settings that `prunekit prune` passes from its own flags, so --option cannot give them again
 _FLAG_OPTIONS = {
-    "sparsity": "--sparsity", "pattern": "--pattern", "allocation": "--allocation", "ignore": "--ignore",
-    "example_inputs": "--input-shape", "calibration": "--calibration", "seed": "--seed",
-    "skip_incompatible": "--skip-incompatible", "prune_classifier": "--prune-classifier",
+    "sparsity": "--sparsity",
+    "pattern": "--pattern",
+    "allocation": "--allocation",
+    "ignore": "--ignore",
+    "example_inputs": "--input-shape",
+    "calibration": "--calibration",
+    "seed": "--seed",
+    "skip_incompatible": "--skip-incompatible",
+    "prune_classifier": "--prune-classifier",
     "measure_latency": "--latency/--no-latency",
 }
 
@@ -58,21 +64,28 @@ def prune(
     ] = None,
     criterion: Annotated[
         str | None,
-        typer.Option("--criterion", "-c", help="compose a method from a criterion (see `prunekit criteria`) with "
-                                               "--pattern and --allocation; excludes --method"),
+        typer.Option(
+            "--criterion",
+            "-c",
+            help="compose a method from a criterion (see `prunekit criteria`) with "
+            "--pattern and --allocation; excludes --method",
+        ),
     ] = None,
     sparsity: Annotated[
         float, typer.Option("--sparsity", "-s", help="fraction of weights to remove (in [0, 1))")
     ] = 0.5,
     pattern: Annotated[
         str | None,
-        typer.Option(help="what is removed (unstructured, N:M such as 2:4, RxC blocks such as 4x4, channel: masked "
-                          "rows; physical: physical-channel, head, layer, embedding)"),
+        typer.Option(
+            help="what is removed (unstructured, N:M such as 2:4, RxC blocks such as 4x4, channel: masked "
+            "rows; physical: physical-channel, head, layer, embedding)"
+        ),
     ] = None,
     allocation: Annotated[
         str | None,
-        typer.Option(help="how the sparsity is spread over the layers (uniform, global, erk, lamp, owl; default: the "
-                          "method's)"),
+        typer.Option(
+            help="how the sparsity is spread over the layers (uniform, global, erk, lamp, owl; default: the method's)"
+        ),
     ] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="module name to keep dense (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (the pruned model and its report)")] = None,
@@ -81,8 +94,10 @@ def prune(
     input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
     calibration: Annotated[
         str | None,
-        typer.Option(help="calibration data set (for data-driven methods: mnist or fashion-mnist; default: the "
-                          "model's task data)"),
+        typer.Option(
+            help="calibration data set (for data-driven methods: mnist or fashion-mnist; default: the "
+            "model's task data)"
+        ),
     ] = None,
     calibration_batches: Annotated[int, typer.Option(help="number of calibration batches of 64")] = 8,
     seed: Annotated[
@@ -133,15 +148,28 @@ def prune(
             calib = calibration_data(calibration, calibration_batches, seed)
         elif m_obj.needs_data and task is not None:
             calib = task[2](calibration_batches, seed)
-            err_console.print(f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
-                              "batches of 64 from its training split); pass --calibration to choose", highlight=False)
+            err_console.print(
+                f"[yellow]note:[/yellow] calibrating on the model's task data ({calibration_batches} "
+                "batches of 64 from its training split); pass --calibration to choose",
+                highlight=False,
+            )
         else:
             calib = None
         metric_before = task[1](m) if task is not None else None
         report = pk.prune(
-            m, chosen, sparsity=sparsity, pattern=pattern, allocation=allocation, ignore=ignore or None,
-            example_inputs=x, calibration=calib, seed=seed, skip_incompatible=skip_incompatible,
-            prune_classifier=prune_classifier, measure_latency=latency, **options,
+            m,
+            chosen,
+            sparsity=sparsity,
+            pattern=pattern,
+            allocation=allocation,
+            ignore=ignore or None,
+            example_inputs=x,
+            calibration=calib,
+            seed=seed,
+            skip_incompatible=skip_incompatible,
+            prune_classifier=prune_classifier,
+            measure_latency=latency,
+            **options,
         )
         console.print(report)
         payload = report.to_dict()
@@ -152,8 +180,14 @@ def prune(
         if out is not None:
             pk.squash_masks_(m)
             with atomic_directory(out, overwrite=overwrite) as tmp:
-                pk.save_model(m, tmp, sparse=sparse, source=spec if record is None else record.get("source"),
-                              report=payload, extra={"input_shape": list(shape) if shape else None})
+                pk.save_model(
+                    m,
+                    tmp,
+                    sparse=sparse,
+                    source=spec if record is None else record.get("source"),
+                    report=payload,
+                    extra={"input_shape": list(shape) if shape else None},
+                )
             console.print(f"saved to {out}")
     except PrunekitError as e:
         fail(e)
@@ -170,8 +204,10 @@ def report(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="time the model")] = True,
     out: Annotated[
         Path | None,
-        typer.Option(help="output directory (results store only: tables, plots and HTML; default: STORE without "
-                          "its suffix + -report)"),
+        typer.Option(
+            help="output directory (results store only: tables, plots and HTML; default: STORE without "
+            "its suffix + -report)"
+        ),
     ] = None,
     spec: Annotated[Path | None, typer.Option(help="results store only: the benchmark spec (YAML)")] = None,
 ) -> None:
@@ -199,19 +235,32 @@ def report(
         if as_json:
             from dataclasses import asdict
 
-            print(json.dumps({"record": record, "files": files, "stats": asdict(stats),
-                              "layers": [{**asdict(r), "sparsity": r.sparsity} for r in layers],
-                              "pruning_report": saved.to_dict() if saved else None}, indent=2, default=str))
+            print(
+                json.dumps(
+                    {
+                        "record": record,
+                        "files": files,
+                        "stats": asdict(stats),
+                        "layers": [{**asdict(r), "sparsity": r.sparsity} for r in layers],
+                        "pruning_report": saved.to_dict() if saved else None,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
             return
         if saved is not None:
             console.print(saved.summary_table())
         t = Table(title=f"{path}  ({record.get('source')})")
         t.add_column("measure")
         t.add_column("value", justify="right")
-        for k, v in (("parameters", stats.params), ("non-zero parameters", stats.nonzero_params),
-                     ("FLOPs (dense)", stats.flops), ("FLOPs (non-zero only)", stats.effective_flops),
-                     ("latency ms, median (IQR), 1 thread",
-                      None if stats.latency_ms is None else stats.latency_text())):
+        for k, v in (
+            ("parameters", stats.params),
+            ("non-zero parameters", stats.nonzero_params),
+            ("FLOPs (dense)", stats.flops),
+            ("FLOPs (non-zero only)", stats.effective_flops),
+            ("latency ms, median (IQR), 1 thread", None if stats.latency_ms is None else stats.latency_text()),
+        ):
             t.add_row(k, "-" if v is None else str(v))
         for name, size in files.items():
             t.add_row(f"file {name}", f"{size} B")
@@ -288,16 +337,17 @@ def models() -> None:
     t.add_column("description")
     for e in MODELS.entries():
         t.add_row(f"prunekit:{e.name}", e.description)
-    t.add_row("torchvision:NAME",
-              "any torchvision classification model (random init unless its weights are cached locally)")
+    t.add_row(
+        "torchvision:NAME", "any torchvision classification model (random init unless its weights are cached locally)"
+    )
     t.add_row("DIR", "a model saved by `prunekit prune --out DIR` or prunekit.save_model")
     console.print(t)
 
 
 def demo(
-    out: Annotated[
-        Path, typer.Option(help="output directory (the results table and JSON lines)")
-    ] = Path("results/demo"),
+    out: Annotated[Path, typer.Option(help="output directory (the results table and JSON lines)")] = Path(
+        "results/demo"
+    ),
     sparsities: Annotated[str, typer.Option(help="comma-separated sparsities")] = "0.5,0.8,0.9",
     test_images: Annotated[int, typer.Option(help="MNIST test images to evaluate on")] = 10000,
 ) -> None:

@@ -28,8 +28,9 @@ def recover(
     ],
     text: Annotated[
         list[str] | None,
-        typer.Option("--train-text", "-t",
-                     help="text to train on (repeatable; `prunekit data list`: an Austen novel, mobydick)"),
+        typer.Option(
+            "--train-text", "-t", help="text to train on (repeatable; `prunekit data list`: an Austen novel, mobydick)"
+        ),
     ] = None,
     method: Annotated[
         str, typer.Option("--recovery-method", help="how to recover: lora (cross-entropy) or kd (distillation)")
@@ -123,8 +124,13 @@ def recover(
             seed=seed,
             progress=progress,
         )
-        record = {"source": model_dir, "teacher": teacher, "texts": text, "seconds": time.perf_counter() - t0,
-                  **report.to_dict()}
+        record = {
+            "source": model_dir,
+            "teacher": teacher,
+            "texts": text,
+            "seconds": time.perf_counter() - t0,
+            **report.to_dict(),
+        }
         if device:
             model.to("cpu")
         with atomic_directory(out, overwrite=overwrite) as tmp:

@@ -128,8 +128,7 @@ class ScoreInput:
 
 _FIELD = {"act_norm": "act_sq", "act_mean": "act_sum", "act_zeros": "act_nonpos", "grasp_hg": "grasp_hg"}
 _HOW = {
-    "grad": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss "
-    "callable",
+    "grad": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss callable",
     "grad_sq": "pass calibration=(inputs, targets) batches, dict batches with labels, token batches, or a loss "
     "callable",
     "act_norm": "pass calibration= batches that run the model",
@@ -255,8 +254,18 @@ def criterion(
 
     def deco(fn: Callable[[ScoreInput], Tensor]) -> Callable[[ScoreInput], Tensor]:
         register(
-            Criterion(name, fn, description, paper, frozenset(needs), frozenset(levels), contribute,
-                      reduce or _mean, row_native, power),
+            Criterion(
+                name,
+                fn,
+                description,
+                paper,
+                frozenset(needs),
+                frozenset(levels),
+                contribute,
+                reduce or _mean,
+                row_native,
+                power,
+            ),
             aliases=aliases,
         )
         return fn
@@ -282,7 +291,9 @@ def lp(p: float) -> Criterion:
     if not p > 0:
         raise DataError(f"the Lp criterion needs p > 0, got {p}")
     return Criterion(
-        f"l{p:g}", lambda s: s.weight.float().abs().pow(p), f"|w|^{p:g}: units rank by their L{p:g} norm",
+        f"l{p:g}",
+        lambda s: s.weight.float().abs().pow(p),
+        f"|w|^{p:g}: units rank by their L{p:g} norm",
         power=float(p),
     )
 

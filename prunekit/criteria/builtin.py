@@ -33,8 +33,13 @@ def lamp_scores(squared: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------- data-free
 
 
-@criterion("magnitude", "|w|: weight magnitude; summed over a unit, its L1 norm (Han et al. 2015; Li et al. 2017)",
-           paper="Learning both Weights and Connections for Efficient Neural Networks", aliases=("l1",), power=1.0)
+@criterion(
+    "magnitude",
+    "|w|: weight magnitude; summed over a unit, its L1 norm (Han et al. 2015; Li et al. 2017)",
+    paper="Learning both Weights and Connections for Efficient Neural Networks",
+    aliases=("l1",),
+    power=1.0,
+)
 def magnitude(s: ScoreInput) -> Tensor:
     """``|w|``. Over a unit the mean ``|w|`` ranks units by their L1 norm (Li et al. 2017, "Pruning Filters
     for Efficient ConvNets")."""
@@ -47,8 +52,14 @@ def l2(s: ScoreInput) -> Tensor:
     return s.weight.float().pow(2)
 
 
-register(Criterion("lp", lambda s: s.weight.float().abs().pow(3.0),
-                   "|w|^p with p = 3 (any other p: the name 'l<p>', e.g. 'l0.5', or prunekit.lp(p))", power=3.0))
+register(
+    Criterion(
+        "lp",
+        lambda s: s.weight.float().abs().pow(3.0),
+        "|w|^p with p = 3 (any other p: the name 'l<p>', e.g. 'l0.5', or prunekit.lp(p))",
+        power=3.0,
+    )
+)
 
 
 @criterion("random", "uniform random scores, seeded per layer: the baseline every criterion must beat")
@@ -57,19 +68,26 @@ def random(s: ScoreInput) -> Tensor:
     return torch.rand(s.weight.shape, generator=s.generator, dtype=torch.float32).to(s.weight.device)
 
 
-@criterion("lamp", "LAMP: w_u^2 / sum_{v>=u} w_v^2 within a layer, scale-free across layers (Lee et al. 2021)",
-           paper="Layer-adaptive Sparsity for the Magnitude-based Pruning",
-           contribute=lambda s: s.weight.float().pow(2),
-           reduce=lambda sums, sizes: lamp_scores(sums / sizes.clamp_min(1).to(sums.dtype)))
+@criterion(
+    "lamp",
+    "LAMP: w_u^2 / sum_{v>=u} w_v^2 within a layer, scale-free across layers (Lee et al. 2021)",
+    paper="Layer-adaptive Sparsity for the Magnitude-based Pruning",
+    contribute=lambda s: s.weight.float().pow(2),
+    reduce=lambda sums, sizes: lamp_scores(sums / sizes.clamp_min(1).to(sums.dtype)),
+)
 def lamp(s: ScoreInput) -> Tensor:
     """Layer-adaptive magnitude score (Lee et al. 2021): with the layer's weights sorted by magnitude,
     ``score(u) = w_u^2 / sum_{v >= u} w_v^2``. Units: the same formula on the units' mean squared weights."""
     return lamp_scores(s.weight.float().pow(2).reshape(-1)).reshape(s.weight.shape)
 
 
-@criterion("fpgm", "distance of a filter to the other filters of its layer: near the geometric median is redundant "
-           "(He et al. 2019)", paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks "
-           "Acceleration", levels=("channel", "head", "layer"), row_native=True)
+@criterion(
+    "fpgm",
+    "distance of a filter to the other filters of its layer: near the geometric median is redundant (He et al. 2019)",
+    paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration",
+    levels=("channel", "head", "layer"),
+    row_native=True,
+)
 def fpgm(s: ScoreInput) -> Tensor:
     """FPGM (He et al. 2019): filter ``i`` of a layer scores ``sum_j ||F_i - F_j||_2``, the objective the
     geometric median minimises; filters with the smallest sum lie nearest the median and are replaceable by
@@ -86,43 +104,64 @@ def _grad(s: ScoreInput, name: str) -> Tensor:
     return s.canonical(s.require("grad", name)).float()
 
 
-@criterion("grad-weight", "|g * w|: connection sensitivity of single weights (SNIP, Lee et al. 2019)",
-           paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity", needs=("grad",),
-           aliases=("snip",))
+@criterion(
+    "grad-weight",
+    "|g * w|: connection sensitivity of single weights (SNIP, Lee et al. 2019)",
+    paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity",
+    needs=("grad",),
+    aliases=("snip",),
+)
 def grad_weight(s: ScoreInput) -> Tensor:
     """``|g * w|`` with ``g`` the loss gradient summed over the calibration batches: the first-order change
     of the loss when ``w`` is set to zero, per weight (SNIP normalises it, which keeps the ranking)."""
     return (_grad(s, "grad-weight") * s.weight.float()).abs()
 
 
-@criterion("taylor", "first-order Taylor of a unit: (sum over the unit of g * w)^2 (Molchanov et al. 2019)",
-           paper="Importance Estimation for Neural Network Pruning", needs=("grad",),
-           contribute=lambda s: _grad(s, "taylor") * s.weight.float(),
-           reduce=lambda sums, sizes: sums.square())
+@criterion(
+    "taylor",
+    "first-order Taylor of a unit: (sum over the unit of g * w)^2 (Molchanov et al. 2019)",
+    paper="Importance Estimation for Neural Network Pruning",
+    needs=("grad",),
+    contribute=lambda s: _grad(s, "taylor") * s.weight.float(),
+    reduce=lambda sums, sizes: sums.square(),
+)
 def taylor(s: ScoreInput) -> Tensor:
     """Molchanov et al. 2019: removing a unit changes the loss by about ``sum_{w in unit} g w``; its score is
     the square of that signed sum, so a unit's weights can cancel. A single weight scores ``(g w)^2``."""
     return (_grad(s, "taylor") * s.weight.float()).square()
 
 
-@criterion("obd", "Optimal Brain Damage 1/2 h_ii w_i^2 with the empirical Fisher diagonal (LeCun et al. 1990)",
-           paper="Optimal Brain Damage", needs=("grad_sq",), aliases=("hessian", "fisher"))
+@criterion(
+    "obd",
+    "Optimal Brain Damage 1/2 h_ii w_i^2 with the empirical Fisher diagonal (LeCun et al. 1990)",
+    paper="Optimal Brain Damage",
+    needs=("grad_sq",),
+    aliases=("hessian", "fisher"),
+)
 def obd(s: ScoreInput) -> Tensor:
     """OBD saliency ``1/2 h_ii w_i^2``, the Hessian diagonal approximated by the empirical Fisher
     ``h_ii ~ sum_b g_{b,i}^2`` over calibration batches."""
     return 0.5 * s.canonical(s.require("grad_sq", "obd")).float() * s.weight.float().square()
 
 
-@criterion("synflow", "|dR/dw * w| of the all-positive network on all-ones inputs (Tanaka et al. 2020); data-free",
-           paper="Pruning neural networks without any data by iteratively conserving synaptic flow", needs=("synflow",))
+@criterion(
+    "synflow",
+    "|dR/dw * w| of the all-positive network on all-ones inputs (Tanaka et al. 2020); data-free",
+    paper="Pruning neural networks without any data by iteratively conserving synaptic flow",
+    needs=("synflow",),
+)
 def synflow(s: ScoreInput) -> Tensor:
     """SynFlow (Tanaka et al. 2020): ``|dR/dw * w|`` with ``R = 1^T (prod_l |W_l|) 1``; needs only the
     input shape. One scoring round (the method ``synflow`` iterates it)."""
     return (s.canonical(s.require("synflow", "synflow")).float() * s.weight.float()).abs()
 
 
-@criterion("grasp", "gradient-flow preservation w * (H g) (Wang et al. 2020); double back-propagation",
-           paper="Picking Winning Tickets Before Training by Preserving Gradient Flow", needs=("grasp_hg",))
+@criterion(
+    "grasp",
+    "gradient-flow preservation w * (H g) (Wang et al. 2020); double back-propagation",
+    paper="Picking Winning Tickets Before Training by Preserving Gradient Flow",
+    needs=("grasp_hg",),
+)
 def grasp(s: ScoreInput) -> Tensor:
     """GraSP (Wang et al. 2020): removing ``w`` changes the gradient norm by ``S = -w (H g)``; the weights
     with the largest ``S`` go first, so the importance is ``w (H g)`` (signed)."""
@@ -132,8 +171,12 @@ def grasp(s: ScoreInput) -> Tensor:
 # --------------------------------------------------------------------------------------- activations
 
 
-@criterion("wanda", "|w| * ||x_j||_2: weight times the norm of its input feature (Sun et al. 2023)",
-           paper="A Simple and Effective Pruning Approach for Large Language Models", needs=("act_norm",))
+@criterion(
+    "wanda",
+    "|w| * ||x_j||_2: weight times the norm of its input feature (Sun et al. 2023)",
+    paper="A Simple and Effective Pruning Approach for Large Language Models",
+    needs=("act_norm",),
+)
 def wanda(s: ScoreInput) -> Tensor:
     """Wanda (Sun et al. 2023): ``S_ij = |W_ij| ||X_j||_2`` over all calibration rows; for a convolution
     ``X_j`` is input channel ``j`` over every position (each kernel tap of the channel shares it)."""
@@ -153,8 +196,12 @@ def _hinv_diag(s: ScoreInput, damp: float = 0.01) -> Tensor:
     return torch.diag(torch.cholesky_inverse(L))
 
 
-@criterion("sparsegpt", "OBS saliency w^2 / [H^-1]_jj^2 with H = 2 X^T X / n (Frantar & Alistarh 2023)",
-           paper="SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot", needs=("xtx",))
+@criterion(
+    "sparsegpt",
+    "OBS saliency w^2 / [H^-1]_jj^2 with H = 2 X^T X / n (Frantar & Alistarh 2023)",
+    paper="SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+    needs=("xtx",),
+)
 def sparsegpt(s: ScoreInput) -> Tensor:
     """The optimal-brain-surgeon saliency SparseGPT ranks by (Frantar & Alistarh 2023; Hassibi & Stork
     1993): ``w_ij^2 / [H^-1]_jj^2`` with the damped ``H = 2 X^T X / n`` of the layer's (im2col) inputs.
@@ -169,9 +216,12 @@ def sparsegpt(s: ScoreInput) -> Tensor:
     return (flat.square() / hd.square().unsqueeze(0)).reshape(w.shape)
 
 
-@criterion("fluctuation", "FLAP fluctuation Var(x_j) * w_ij^2: what replacing input j by its mean loses "
-           "(An et al. 2024)", paper="Fluctuation-based Adaptive Structured Pruning for Large Language Models",
-           needs=("act_norm", "act_mean"))
+@criterion(
+    "fluctuation",
+    "FLAP fluctuation Var(x_j) * w_ij^2: what replacing input j by its mean loses (An et al. 2024)",
+    paper="Fluctuation-based Adaptive Structured Pruning for Large Language Models",
+    needs=("act_norm", "act_mean"),
+)
 def fluctuation(s: ScoreInput) -> Tensor:
     """FLAP (An et al. 2024): input feature ``j`` of a layer varies over calibration rows by
     ``Var(x_j) = E[x_j^2] - E[x_j]^2``; replacing it by its mean (which a bias can add back) costs about
@@ -184,9 +234,14 @@ def fluctuation(s: ScoreInput) -> Tensor:
     return s.per_input(var) * s.weight.float().square()
 
 
-@criterion("apoz", "1 - APoZ: the share of a channel's outputs that are positive (Hu et al. 2016)",
-           paper="Network Trimming: A Data-Driven Neuron Pruning Approach towards Efficient Deep Architectures",
-           needs=("act_zeros",), levels=("channel",), row_native=True)
+@criterion(
+    "apoz",
+    "1 - APoZ: the share of a channel's outputs that are positive (Hu et al. 2016)",
+    paper="Network Trimming: A Data-Driven Neuron Pruning Approach towards Efficient Deep Architectures",
+    needs=("act_zeros",),
+    levels=("channel",),
+    row_native=True,
+)
 def apoz(s: ScoreInput) -> Tensor:
     """Network trimming (Hu et al. 2016): a channel whose outputs are mostly zero after the ReLU (a high
     Average Percentage of Zeros) carries little; the score is ``1 - APoZ`` (outputs ``<= 0`` count as zeros)."""
@@ -194,21 +249,30 @@ def apoz(s: ScoreInput) -> Tensor:
     return s.per_output(1.0 - nonpos / max(s.stats.out_rows, 1))
 
 
-@criterion("bn-scale", "|gamma| of the normalisation layer a channel feeds (network slimming, Liu et al. 2017)",
-           paper="Learning Efficient Convolutional Networks through Network Slimming", needs=("bn_gamma",),
-           levels=("channel",), row_native=True)
+@criterion(
+    "bn-scale",
+    "|gamma| of the normalisation layer a channel feeds (network slimming, Liu et al. 2017)",
+    paper="Learning Efficient Convolutional Networks through Network Slimming",
+    needs=("bn_gamma",),
+    levels=("channel",),
+    row_native=True,
+)
 def bn_scale(s: ScoreInput) -> Tensor:
     """Network slimming (Liu et al. 2017): channel ``c`` scores ``|gamma_c|`` of the normalisation layer its
     output feeds directly. A layer that feeds none cannot be scored (``MissingDataError``)."""
     return s.per_output(s.require("bn_gamma", "bn-scale"))
 
 
-register(Criterion(
-    "influence", None,
-    "block influence 1 - cos(x_in, x_out) of a whole block (ShortGPT, Men et al. 2024); layers only",
-    paper="ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
-    needs=frozenset(), levels=frozenset({"layer"}),
-))
+register(
+    Criterion(
+        "influence",
+        None,
+        "block influence 1 - cos(x_in, x_out) of a whole block (ShortGPT, Men et al. 2024); layers only",
+        paper="ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+        needs=frozenset(),
+        levels=frozenset({"layer"}),
+    )
+)
 
 #: the names of every built-in criterion (aliases left out)
 BUILTIN = tuple(e.name for e in CRITERIA.entries() if e.obj.name == e.name)

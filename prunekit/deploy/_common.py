@@ -44,11 +44,11 @@ __all__ = [
 def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     """Example inputs in the forms :func:`prunekit.calls.call_model` takes, as ``(args, kwargs)``."""
     if example_inputs is None:
-        raise DataError("example_inputs is required to export a model: pass a batch as the model takes it "
-                        "(a tensor, a tuple of tensors or a dict of keyword tensors)")
-    if isinstance(example_inputs, dict) or (
-        hasattr(example_inputs, "keys") and hasattr(example_inputs, "__getitem__")
-    ):
+        raise DataError(
+            "example_inputs is required to export a model: pass a batch as the model takes it "
+            "(a tensor, a tuple of tensors or a dict of keyword tensors)"
+        )
+    if isinstance(example_inputs, dict) or (hasattr(example_inputs, "keys") and hasattr(example_inputs, "__getitem__")):
         return (), {k: example_inputs[k] for k in example_inputs.keys()}
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
@@ -130,8 +130,10 @@ def export_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     config = getattr(prepared, "config", None)
     if config is not None and getattr(config, "use_cache", False):
         config.use_cache = False
-        notes.append("Hugging Face config.use_cache set to False in the exported copy: the graph returns the "
-                     "outputs without a KV cache")
+        notes.append(
+            "Hugging Face config.use_cache set to False in the exported copy: the graph returns the "
+            "outputs without a KV cache"
+        )
     return prepared, notes
 
 
@@ -196,8 +198,16 @@ def compare_outputs(ref: Sequence[Tensor], got: Sequence[Any], *, atol: float, r
     return {"max_abs_diff": max_abs, "relative_l2_error": rel, "atol": atol, "rtol": rtol, "passed": passed}
 
 
-def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *, atol: float, rtol: float,
-                        quantized: bool = False, fresh_run: Any = None) -> str:
+def check_batch_dynamic(
+    run: Any,
+    tensors: list[Tensor],
+    first: Sequence[Any],
+    *,
+    atol: float,
+    rtol: float,
+    quantized: bool = False,
+    fresh_run: Any = None,
+) -> str:
     """Run the exported model on the example inputs stacked with a variant of them (rolled along the last
     dimension) along the batch dimension and check that each half of every batched output equals the output
     of that half alone (``|a - b| <= atol + rtol|a|``;
@@ -212,20 +222,22 @@ def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *
     n = tensors[0].shape[0] if tensors and tensors[0].dim() else None
     if not n or any(t.dim() == 0 or t.shape[0] != n for t in tensors):
         return "batch check skipped: the inputs do not share a leading batch dimension"
-    advice = ("export with a batch of 2 or more (example_inputs), or with dynamic=False (fixed shapes, "
-              "run at the example's batch size only)")
+    advice = (
+        "export with a batch of 2 or more (example_inputs), or with dynamic=False (fixed shapes, "
+        "run at the example's batch size only)"
+    )
     # the second half holds other values (each input rolled along its last dimension), so that a graph
     # mixing samples cannot pass by returning the same output twice
     other = [t.roll(1, dims=-1) if t.dim() > 1 else t for t in tensors]
     try:
         doubled = run([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
         second = run([o.detach().cpu().numpy() for o in other])
-        doubled_first = (fresh_run or run)(
-            [torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)]
-        )
+        doubled_first = (fresh_run or run)([torch.cat([t, o]).detach().cpu().numpy() for t, o in zip(tensors, other)])
     except Exception as e:  # noqa: BLE001 - a runtime failure at another batch size is the finding
-        raise ExportCheckError(f"the exported graph fails at batch {2 * n} although its batch is dynamic "
-                               f"({str(e).splitlines()[0][:200]}); {advice}") from None
+        raise ExportCheckError(
+            f"the exported graph fails at batch {2 * n} although its batch is dynamic "
+            f"({str(e).splitlines()[0][:200]}); {advice}"
+        ) from None
     for a, a2, b, bf in zip(first, second, doubled, doubled_first):
         a, a2, b, bf = np.asarray(a), np.asarray(a2), np.asarray(b), np.asarray(bf)
         if b.ndim and b.shape[0] == 2 * n and a.shape[0] == n:
@@ -237,8 +249,10 @@ def check_batch_dynamic(run: Any, tensors: list[Tensor], first: Sequence[Any], *
                 else:
                     same = bool(np.allclose(half, ref, atol=atol, rtol=rtol))
                 if not same:
-                    raise ExportCheckError(f"the exported graph computes other values at batch {2 * n} than at "
-                                           f"batch {n} (its batch was fixed while tracing); {advice}")
+                    raise ExportCheckError(
+                        f"the exported graph computes other values at batch {2 * n} than at "
+                        f"batch {n} (its batch was fixed while tracing); {advice}"
+                    )
     return f"checked at batch {n} and {2 * n}: same outputs per sample"
 
 

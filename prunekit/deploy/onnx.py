@@ -76,8 +76,9 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
     return OrtModule(path, threads=threads)
 
 
-def _to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True,
-                 opset: int | None = None) -> None:
+def _to_onnx_file(
+    model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True, opset: int | None = None
+) -> None:
     """Export ``model`` (eval mode, no masks) to ``path`` with torch's ONNX exporter. Raises
     :class:`ExportFailedError` with the exporter's reason."""
     require("onnx")
@@ -86,8 +87,16 @@ def _to_onnx_file(model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dy
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, args, None, kwargs=kwargs or None, dynamo=True, dynamic_shapes=shapes,
-                                        verbose=False, opset_version=opset)  # None: the exporter's default
+            program = torch.onnx.export(
+                model,
+                args,
+                None,
+                kwargs=kwargs or None,
+                dynamo=True,
+                dynamic_shapes=shapes,
+                verbose=False,
+                opset_version=opset,
+            )  # None: the exporter's default
     except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
         reason = str(e).strip().splitlines()
         hint = " Try dynamic=False (fixed input shapes)." if dynamic else ""
@@ -199,8 +208,10 @@ def export_onnx(
         _to_onnx_file(prepared, args, kwargs, out, dynamic=dynamic, opset=opset)
         converted = _sparsify_initializers(out) if sparse_initializers else []
         if converted:
-            notes.append(f"{len(converted)} weight(s) stored as ONNX sparse initializers (density < 1/3); ONNX "
-                         "Runtime densifies them on load")
+            notes.append(
+                f"{len(converted)} weight(s) stored as ONNX sparse initializers (density < 1/3); ONNX "
+                "Runtime densifies them on load"
+            )
         session = OrtModule(out, threads=threads)
         got = session.run([t.detach().cpu().numpy() for t in flat_tensors(args, kwargs)])
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
@@ -212,23 +223,36 @@ def export_onnx(
             )
         fixed = [f"{i.name} {i.shape}" for i in session.session.get_inputs() if i.shape and isinstance(i.shape[0], int)]
         if dynamic and fixed:
-            notes.append(f"inputs {', '.join(fixed)}: the batch was fixed while tracing; export with a batch of 2 "
-                         "or more to keep it dynamic")
+            notes.append(
+                f"inputs {', '.join(fixed)}: the batch was fixed while tracing; export with a batch of 2 "
+                "or more to keep it dynamic"
+            )
         elif dynamic:
             notes.append(check_batch_dynamic(session.run, flat_tensors(args, kwargs), got, atol=atol, rtol=rtol))
         dense = baseline if baseline is not None else dense_original(model)
-        baseline_text = (baseline_label if baseline is not None else
-                         "the model with its prunekit masks taken off (its dense original)" if dense is not None else
-                         "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
+        baseline_text = (
+            baseline_label
+            if baseline is not None
+            else "the model with its prunekit masks taken off (its dense original)"
+            if dense is not None
+            else "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)"
+        )
         latency: dict[str, LatencyComparison] = {}
         dense_bytes: int | None = None
         if measure_latency:
-            latency, dense_bytes = _measure(prepared, session, dense, args, kwargs, dynamic, opset, threads,
-                                           latency_budget_s)
+            latency, dense_bytes = _measure(
+                prepared, session, dense, args, kwargs, dynamic, opset, threads, latency_budget_s
+            )
         import onnx
 
-        opset_used = next((o.version for o in onnx.load(str(out), load_external_data=False).opset_import
-                           if o.domain in ("", "ai.onnx")), None)
+        opset_used = next(
+            (
+                o.version
+                for o in onnx.load(str(out), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx")
+            ),
+            None,
+        )
         report = DeployReport(
             runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
             format="onnx",
@@ -236,12 +260,16 @@ def export_onnx(
             files=[str(target.parent / p.name) for p in _onnx_files(out)] + [str(report_path)],
             file_bytes=files_size(_onnx_files(out)),
             precision="fp32 weights and activations",
-            runtime_config={"intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL",
-                            "opset": opset_used, "dynamic_inputs": _dynamic_dims(session)},
+            runtime_config={
+                "intra_op_num_threads": threads,
+                "graph_optimization_level": "ORT_ENABLE_ALL",
+                "opset": opset_used,
+                "dynamic_inputs": _dynamic_dims(session),
+            },
             weight_sparsity=weight_sparsity(prepared),
             sparse_layers=[],
             sparse_note="ONNX Runtime's CPU kernels run every layer dense: sparsity shrinks the file "
-                        "(sparse initializers), speed comes from structural pruning",
+            "(sparse initializers), speed comes from structural pruning",
             check=check,
             input_shapes=[list(t.shape) for t in flat_tensors(args, kwargs)],
             threads=threads,
@@ -264,18 +292,29 @@ def _sparsity_text(model: nn.Module) -> str:
     if not sparse:
         return "every weight dense"
     return ", ".join(f"{k or '(root)'} {100 * v:.0f}%" for k, v in list(sparse.items())[:12]) + (
-        f", ... ({len(sparse)} layers)" if len(sparse) > 12 else "")
+        f", ... ({len(sparse)} layers)" if len(sparse) > 12 else ""
+    )
 
 
-def _measure(prepared: nn.Module, session: OrtModule, dense: nn.Module | None, args: tuple, kwargs: dict,
-             dynamic: bool, opset: int | None, threads: int, budget_s: float
-             ) -> tuple[dict[str, LatencyComparison], int | None]:
+def _measure(
+    prepared: nn.Module,
+    session: OrtModule,
+    dense: nn.Module | None,
+    args: tuple,
+    kwargs: dict,
+    dynamic: bool,
+    opset: int | None,
+    threads: int,
+    budget_s: float,
+) -> tuple[dict[str, LatencyComparison], int | None]:
     inputs = kwargs if kwargs and not args else (args if len(args) != 1 or kwargs else args[0])
     if kwargs and args:
         from prunekit.errors import DataError
 
-        raise DataError("latency needs example inputs as one form (a tensor, a tuple, or a dict); pass "
-                        "measure_latency=False or one form")
+        raise DataError(
+            "latency needs example inputs as one form (a tensor, a tuple, or a dict); pass "
+            "measure_latency=False or one form"
+        )
     latency: dict[str, LatencyComparison] = {}
     dense_bytes = None
     timed = partial(compare_latency, threads=threads, budget_s=budget_s)

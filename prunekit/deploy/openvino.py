@@ -60,9 +60,7 @@ class OvModule(RuntimeModule):
     def __init__(self, model_or_path: Any, config: dict[str, Any]):
         ov = require("openvino")
         core = ov.Core()
-        model = (
-            core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
-        )
+        model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
         self_compiled = core.compile_model(model, "CPU", config)
         names = []
         for i, inp in enumerate(self_compiled.inputs):
@@ -85,7 +83,8 @@ class OvModule(RuntimeModule):
                 raise DataError(
                     f"the exported model takes {name} of shape {port.get_partial_shape()}, got {list(a.shape)}; "
                     "export with an example of the shape you will run (a dimension of size 1 in the example is "
-                    "fixed at 1: export with a batch of 2 or more to keep the batch dynamic)")
+                    "fixed at 1: export with a batch of 2 or more to keep the batch dynamic)"
+                )
         self.request.infer(inputs)
         return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
 
@@ -127,8 +126,11 @@ def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModu
         raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_openvino")
     report = path.with_name(path.stem + ".report.json")
     recorded = json.loads(report.read_text()).get("runtime_config", {}) if report.is_file() else {}
-    config = runtime_config(precision=recorded.get("INFERENCE_PRECISION_HINT", "f32"), threads=threads,
-                            sparse_rate=recorded.get("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"))
+    config = runtime_config(
+        precision=recorded.get("INFERENCE_PRECISION_HINT", "f32"),
+        threads=threads,
+        sparse_rate=recorded.get("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"),
+    )
     return OvModule(path, config)
 
 
@@ -166,8 +168,10 @@ def _calibration_items(calibration: Any, example_inputs: Any) -> list[list[np.nd
     """Calibration batches as lists of numpy inputs in the graph's order. Each batch is the model's inputs,
     or ``(inputs, targets)``, or a dict of keyword inputs (``labels`` dropped), as prunekit's calibration."""
     if callable(calibration) and not hasattr(calibration, "__iter__"):
-        raise DataError("int8 calibration needs batches of inputs (a list or DataLoader of tensors, (inputs, targets) "
-                        "pairs or dicts), not a loss function")
+        raise DataError(
+            "int8 calibration needs batches of inputs (a list or DataLoader of tensors, (inputs, targets) "
+            "pairs or dicts), not a loss function"
+        )
     n_expected = len(flat_tensors(*split_inputs(example_inputs)))
     items = []
     for batch in calibration:
@@ -177,8 +181,10 @@ def _calibration_items(calibration: Any, example_inputs: Any) -> list[list[np.nd
             batch = {k: v for k, v in batch.items() if k != "labels"}
         tensors = flat_tensors(*split_inputs(batch))
         if len(tensors) != n_expected:
-            raise DataError(f"a calibration batch holds {len(tensors)} input tensor(s), the model takes {n_expected}: "
-                            "give batches shaped like example_inputs (or (inputs, targets) pairs)")
+            raise DataError(
+                f"a calibration batch holds {len(tensors)} input tensor(s), the model takes {n_expected}: "
+                "give batches shaped like example_inputs (or (inputs, targets) pairs)"
+            )
         items.append([t.detach().cpu().numpy() for t in tensors])
     if not items:
         raise DataError("the calibration data is empty: give at least one batch")
@@ -211,8 +217,10 @@ def _fit_batches(ov_model: Any, items: list[list[np.ndarray]]) -> list[list[np.n
         fixed = shapes[0][0].get_length() if shapes[0].rank.is_static and shapes[0][0].is_static else None
         n = item[0].shape[0] if item[0].ndim else 0
         if not fixed or n % fixed:
-            raise DataError(f"calibration batches of shape {[list(a.shape) for a in item]} do not fit the exported "
-                            f"inputs {[str(s) for s in shapes]}; give batches shaped like example_inputs")
+            raise DataError(
+                f"calibration batches of shape {[list(a.shape) for a in item]} do not fit the exported "
+                f"inputs {[str(s) for s in shapes]}; give batches shaped like example_inputs"
+            )
         for i in range(0, n, fixed):
             out.append([a[i : i + fixed] for a in item])
     return out
@@ -296,14 +304,17 @@ def export_openvino(
     if quantize not in QUANTIZE_MODES:
         raise UnsupportedRuntimeOptionError(
             f"quantize={quantize!r} is not supported; choose None (fp32), 'int8-weights' (weight-only int8) or "
-            "'int8' (int8 weights and activations, needs calibration=)")
+            "'int8' (int8 weights and activations, needs calibration=)"
+        )
     if precision not in PRECISIONS:
         raise UnsupportedRuntimeOptionError(
             f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}"
         )
     if quantize == "int8" and calibration is None:
-        raise MissingDataError("quantize='int8' calibrates the activation ranges on data: pass calibration= (batches "
-                               "of inputs or (inputs, targets) pairs, e.g. a few hundred samples of the training set)")
+        raise MissingDataError(
+            "quantize='int8' calibrates the activation ranges on data: pass calibration= (batches "
+            "of inputs or (inputs, targets) pairs, e.g. a few hundred samples of the training set)"
+        )
     if quantize != "int8" and calibration is not None:
         raise ConfigError(
             f"calibration= is used only by quantize='int8' (int8 activations); with quantize={quantize!r} "
@@ -312,7 +323,8 @@ def export_openvino(
     if sparse_weights and quantize != "int8":
         raise UnsupportedRuntimeOptionError(
             "OpenVINO's sparse-weight decompression runs int8 fully connected layers only (int8 weights and "
-            "activations): pass quantize='int8' with calibration=, or sparse_weights=None/False")
+            "activations): pass quantize='int8' with calibration=, or sparse_weights=None/False"
+        )
     if not 0 < sparse_rate < 1:
         raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
     if threads < 1:
@@ -324,14 +336,18 @@ def export_openvino(
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
     ref = reference_outputs(prepared, args, kwargs)
-    linear_sparsity = {n: s for n, s in layer_sparsity(prepared).items()
-                       if isinstance(prepared.get_submodule(n), nn.Linear)}
+    linear_sparsity = {
+        n: s for n, s in layer_sparsity(prepared).items() if isinstance(prepared.get_submodule(n), nn.Linear)
+    }
     if sparse_weights is None:
         sparse_on = quantize == "int8" and any(s >= sparse_rate for s in linear_sparsity.values())
-        why = ("int8 weights and activations with Linear layers at >= "
-               f"{100 * sparse_rate:.0f}% zeros" if sparse_on else
-               "it pays only for int8 weights and activations" if quantize != "int8" else
-               f"no Linear layer has {100 * sparse_rate:.0f}% zeros")
+        why = (
+            f"int8 weights and activations with Linear layers at >= {100 * sparse_rate:.0f}% zeros"
+            if sparse_on
+            else "it pays only for int8 weights and activations"
+            if quantize != "int8"
+            else f"no Linear layer has {100 * sparse_rate:.0f}% zeros"
+        )
     else:
         sparse_on, why = bool(sparse_weights), "asked for (sparse_weights=" + str(sparse_weights) + ")"
     config = runtime_config(precision=precision, threads=threads, sparse_rate=sparse_rate if sparse_on else None)
@@ -353,39 +369,62 @@ def export_openvino(
         hint = str(compiled.property("INFERENCE_PRECISION_HINT"))
         if precision not in hint.replace("float32", "f32").replace("bfloat16", "bf16").replace("float16", "f16"):
             raise UnsupportedRuntimeOptionError(
-                f"the CPU plugin compiled at {hint} although {precision} was asked; this CPU cannot run {precision}")
+                f"the CPU plugin compiled at {hint} although {precision} was asked; this CPU cannot run {precision}"
+            )
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
         exact = quantize is None and precision == "f32"
         if exact and not check["passed"]:
             raise ExportCheckError(
                 f"OpenVINO's outputs differ from PyTorch's beyond atol={atol}, rtol={rtol} (max |diff| "
-                f"{check['max_abs_diff']:.3g}); nothing was written")
-        batch_fixed = [str(p.get_partial_shape()) for p in compiled.compiled.inputs
-                       if p.get_partial_shape().rank.is_static and p.get_partial_shape().rank.get_length()
-                       and p.get_partial_shape()[0].is_static]
+                f"{check['max_abs_diff']:.3g}); nothing was written"
+            )
+        batch_fixed = [
+            str(p.get_partial_shape())
+            for p in compiled.compiled.inputs
+            if p.get_partial_shape().rank.is_static
+            and p.get_partial_shape().rank.get_length()
+            and p.get_partial_shape()[0].is_static
+        ]
         if dynamic and batch_fixed:
-            notes.append(f"input shapes {', '.join(batch_fixed)}: the batch was fixed while tracing (a batch of 1 "
-                         "fixes it); export with a batch of 2 or more to keep it dynamic")
+            notes.append(
+                f"input shapes {', '.join(batch_fixed)}: the batch was fixed while tracing (a batch of 1 "
+                "fixes it); export with a batch of 2 or more to keep it dynamic"
+            )
         elif dynamic:
-            notes.append(check_batch_dynamic(compiled.run, flat_tensors(args, kwargs), got, atol=atol, rtol=rtol,
-                                             quantized=not (quantize is None and precision == "f32"),
-                                             fresh_run=lambda inputs: OvModule(out, config).run(inputs)))
+            notes.append(
+                check_batch_dynamic(
+                    compiled.run,
+                    flat_tensors(args, kwargs),
+                    got,
+                    atol=atol,
+                    rtol=rtol,
+                    quantized=not (quantize is None and precision == "f32"),
+                    fresh_run=lambda inputs: OvModule(out, config).run(inputs),
+                )
+            )
         if not exact:
             check["passed"] = None
             check["note"] = "quantised or reduced precision: the error is reported, not held to atol/rtol"
         sparse_layers = compiled.sparse_layers()
         if sparse_on and not sparse_layers:
-            notes.append("the CPU plugin ran no layer on its sparse kernel (it needs int8 AMX support and layers "
-                         f"over the rate {sparse_rate:g})")
+            notes.append(
+                "the CPU plugin ran no layer on its sparse kernel (it needs int8 AMX support and layers "
+                f"over the rate {sparse_rate:g})"
+            )
         dense = baseline if baseline is not None else dense_original(model)
-        baseline_text = (baseline_label if baseline is not None else
-                         "the model with its prunekit masks taken off (its dense original)" if dense is not None else
-                         "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)")
+        baseline_text = (
+            baseline_label
+            if baseline is not None
+            else "the model with its prunekit masks taken off (its dense original)"
+            if dense is not None
+            else "none (pass baseline= / --baseline: the dense model, e.g. a copy taken before pruning)"
+        )
         latency: dict[str, LatencyComparison] = {}
         dense_bytes: int | None = None
         if measure_latency:
-            latency, dense_bytes = _measure(prepared, compiled, dense, build, args, kwargs, config, threads,
-                                            latency_budget_s)
+            latency, dense_bytes = _measure(
+                prepared, compiled, dense, build, args, kwargs, config, threads, latency_budget_s
+            )
         files = [out, out.with_suffix(".bin")]
         report = DeployReport(
             runtime=f"openvino {ov.get_version()} (CPU plugin)",
@@ -397,8 +436,9 @@ def export_openvino(
             runtime_config=config,
             weight_sparsity=weight_sparsity(prepared),
             sparse_layers=sparse_layers,
-            sparse_note="OpenVINO layer names run by the CPU plugin's sparse int8 kernel" if sparse_on else
-                        "sparse-weight decompression off",
+            sparse_note="OpenVINO layer names run by the CPU plugin's sparse int8 kernel"
+            if sparse_on
+            else "sparse-weight decompression off",
             check=check,
             input_shapes=[list(t.shape) for t in flat_tensors(args, kwargs)],
             threads=threads,
@@ -411,12 +451,22 @@ def export_openvino(
     return report
 
 
-def _measure(prepared: nn.Module, compiled: OvModule, dense: nn.Module | None, build: Any, args: tuple,
-             kwargs: dict, config: dict, threads: int, budget_s: float
-             ) -> tuple[dict[str, LatencyComparison], int | None]:
+def _measure(
+    prepared: nn.Module,
+    compiled: OvModule,
+    dense: nn.Module | None,
+    build: Any,
+    args: tuple,
+    kwargs: dict,
+    config: dict,
+    threads: int,
+    budget_s: float,
+) -> tuple[dict[str, LatencyComparison], int | None]:
     if kwargs and args:
-        raise DataError("latency needs example inputs in one form (a tensor, a tuple or a dict); pass "
-                        "measure_latency=False or one form")
+        raise DataError(
+            "latency needs example inputs in one form (a tensor, a tuple or a dict); pass "
+            "measure_latency=False or one form"
+        )
     inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
     timed = partial(compare_latency, threads=threads, budget_s=budget_s)
     latency: dict[str, LatencyComparison] = {}

@@ -84,8 +84,12 @@ class ExportStage:
     overwrite: bool = False
 
 
-STAGES: dict[str, type] = {"prune": PruneStage, "fine_tune": FineTuneStage, "quantize": QuantizeStage,
-                           "export": ExportStage}
+STAGES: dict[str, type] = {
+    "prune": PruneStage,
+    "fine_tune": FineTuneStage,
+    "quantize": QuantizeStage,
+    "export": ExportStage,
+}
 _ORDER = list(STAGES)
 _QUANT_MODES = {"torch": ("dynamic-int8",), "openvino": ("int8", "int8-weights")}
 
@@ -107,8 +111,11 @@ def _typed(cls: type, where: str, raw: Any) -> Any:
         value = getattr(obj, name)
         expected: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
         base = str(f.type).split(" | ")[0]
-        if base in expected and value is not None and not (isinstance(value, expected[base]) and
-                                                            not (base != "bool" and isinstance(value, bool))):
+        if (
+            base in expected
+            and value is not None
+            and not (isinstance(value, expected[base]) and not (base != "bool" and isinstance(value, bool)))
+        ):
             raise ConfigError(f"{where}.{name} must be {base}, got {value!r}")
     return obj
 
@@ -150,7 +157,7 @@ class Recipe:
         for i, item in enumerate(raw["stages"]):
             if not isinstance(item, dict) or len(item) != 1:
                 raise ConfigError(f"stages[{i}] must be one mapping {{stage: options}}, got {item!r}")
-            (name, options), = item.items()
+            ((name, options),) = item.items()
             if name not in STAGES:
                 raise UnknownNameError("recipe stage", name, STAGES)
             stages.append(_typed(STAGES[name], f"stages[{i}].{name}", options))
@@ -219,7 +226,10 @@ class Recipe:
             if not has_data:
                 raise MissingDataError("fine_tune needs data: set data: mnist or fashion-mnist in the recipe")
             if (
-                f.epochs < 1 or f.lr <= 0 or f.batch_size < 1 or not 0 <= f.distil <= 1
+                f.epochs < 1
+                or f.lr <= 0
+                or f.batch_size < 1
+                or not 0 <= f.distil <= 1
                 or f.optimizer not in ("sgd", "adam")
             ):
                 raise ConfigError(
@@ -232,11 +242,15 @@ class Recipe:
             if q.mode not in _QUANT_MODES[q.backend]:
                 raise UnknownNameError(f"quantize mode for backend {q.backend}", q.mode, _QUANT_MODES[q.backend])
             if q.backend == "openvino" and (e is None or e.to != "openvino"):
-                raise ConfigError("quantize with backend openvino happens when exporting: add an export stage "
-                                  "{export: {to: openvino, out: DIR}}")
+                raise ConfigError(
+                    "quantize with backend openvino happens when exporting: add an export stage "
+                    "{export: {to: openvino, out: DIR}}"
+                )
             if q.backend == "torch" and e is not None:
-                raise ConfigError("a model quantised by torch (quantize_dynamic) cannot be exported to ONNX or "
-                                  "OpenVINO here; quantise with backend openvino and export to openvino instead")
+                raise ConfigError(
+                    "a model quantised by torch (quantize_dynamic) cannot be exported to ONNX or "
+                    "OpenVINO here; quantise with backend openvino and export to openvino instead"
+                )
             if q.mode == "int8" and not has_data:
                 raise MissingDataError("quantize mode int8 calibrates on data: set data: mnist or fashion-mnist")
             if q.calibration_batches < 1:
@@ -275,8 +289,10 @@ class RecipeResult:
             acc = f"{100 * s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
             lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
             zeros = 100 * (s.get("weight_sparsity") or 0)
-            rows.append(f"{s['stage']:<12} {acc:>8}  {s.get('params') or 0:>10,}  {zeros:5.1f}%"
-                        f"  {lat:>10}  {s['seconds']:7.1f}  {'; '.join(s.get('notes', []))}")
+            rows.append(
+                f"{s['stage']:<12} {acc:>8}  {s.get('params') or 0:>10,}  {zeros:5.1f}%"
+                f"  {lat:>10}  {s['seconds']:7.1f}  {'; '.join(s.get('notes', []))}"
+            )
         return "\n".join(rows)
 
 
@@ -292,17 +308,16 @@ def _data(recipe: Recipe) -> tuple[_Split, _Split, str] | None:
     name = recipe.data or "mnist"
     load = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
     (x, y), (xt, yt) = load("train"), load("test")
-    note = (
-        f"{name}: train split for fine-tuning / calibration, first {recipe.eval_images} test images for accuracy"
-    )
+    note = f"{name}: train split for fine-tuning / calibration, first {recipe.eval_images} test images for accuracy"
     if spec == "prunekit:mnist-cnn" and name == "mnist":  # the pretrained CNN's own input transform
         x, xt = datasets.mnist_normalize(x), datasets.mnist_normalize(xt)
         note += " (mnist_normalize'd, as the pretrained CNN expects)"
     return (x, y), (xt[: recipe.eval_images], yt[: recipe.eval_images]), note
 
 
-def _row(stage: str, model: nn.Module, x: torch.Tensor, test: _Split | None, threads: int, start: float,
-         notes: list[str]) -> dict[str, Any]:
+def _row(
+    stage: str, model: nn.Module, x: torch.Tensor, test: _Split | None, threads: int, start: float, notes: list[str]
+) -> dict[str, Any]:
     from prunekit.deploy._common import weight_sparsity
     from prunekit.eval.accuracy import accuracy
     from prunekit.eval.latency import time_model
@@ -319,9 +334,15 @@ def _row(stage: str, model: nn.Module, x: torch.Tensor, test: _Split | None, thr
         sparsity = zeros / (sum(w.numel() for w in ws) + sum(w.numel() for w in others))
     # 500 at a time, as before: a torch-quantised model's outputs depend on the batch (activation ranges)
     acc = accuracy(model, *test, batch=500) if test is not None else None
-    return {"stage": stage, "accuracy": acc, "params": params or None,
-            "weight_sparsity": sparsity, "latency_ms": time_model(model, x, threads=threads).median_ms,
-            "seconds": round(time.perf_counter() - start, 2), "notes": notes}
+    return {
+        "stage": stage,
+        "accuracy": acc,
+        "params": params or None,
+        "weight_sparsity": sparsity,
+        "latency_ms": time_model(model, x, threads=threads).median_ms,
+        "seconds": round(time.perf_counter() - start, 2),
+        "notes": notes,
+    }
 
 
 def _run(recipe: Recipe) -> RecipeResult:
@@ -351,22 +372,41 @@ def _run(recipe: Recipe) -> RecipeResult:
                 if data is not None and resolve_method(stage.method).needs_data:
                     (xtr, ytr) = data[0]
                     calib = [(xtr[i : i + 64], ytr[i : i + 64]) for i in range(0, 512, 64)]
-                prune(model, stage.method, sparsity=stage.sparsity, pattern=stage.pattern,
-                         allocation=stage.allocation, example_inputs=x, calibration=calib, measure=False,
-                         seed=recipe.seed, **stage.options)
+                prune(
+                    model,
+                    stage.method,
+                    sparsity=stage.sparsity,
+                    pattern=stage.pattern,
+                    allocation=stage.allocation,
+                    example_inputs=x,
+                    calibration=calib,
+                    measure=False,
+                    seed=recipe.seed,
+                    **stage.options,
+                )
                 notes.append(f"{stage.method} at {stage.sparsity:g}")
             elif name == "fine_tune":
                 from prunekit.train import TrainConfig, Trainer
 
                 assert data is not None  # validate() refuses fine_tune without data
-                cfg = TrainConfig(epochs=stage.epochs, lr=stage.lr, batch_size=stage.batch_size,
-                                  optimizer=stage.optimizer, steps_per_epoch=stage.steps_per_epoch,
-                                  kd_alpha=stage.distil, weight_decay=0.0, lr_schedule="constant",
-                                  seed=recipe.seed, progress=False)
+                cfg = TrainConfig(
+                    epochs=stage.epochs,
+                    lr=stage.lr,
+                    batch_size=stage.batch_size,
+                    optimizer=stage.optimizer,
+                    steps_per_epoch=stage.steps_per_epoch,
+                    kd_alpha=stage.distil,
+                    weight_decay=0.0,
+                    lr_schedule="constant",
+                    seed=recipe.seed,
+                    progress=False,
+                )
                 Trainer(model, data[0], None, cfg, teacher=dense if stage.distil > 0 else None).fit()
                 model.eval()
-                notes.append(f"{stage.epochs} epoch(s), masks kept" + (f", distilled (alpha {stage.distil:g})"
-                                                                       if stage.distil else ""))
+                notes.append(
+                    f"{stage.epochs} epoch(s), masks kept"
+                    + (f", distilled (alpha {stage.distil:g})" if stage.distil else "")
+                )
             elif name == "quantize" and stage.backend == "torch":
                 from torch.ao.quantization import quantize_dynamic
 
@@ -379,8 +419,13 @@ def _run(recipe: Recipe) -> RecipeResult:
                 export_report = _export(recipe, stage, by.get("quantize"), model, dense, x, data)
                 ev = export_report.pop("_module")
                 export_notes = [f"{stage.to}: {export_report['precision']}"]
-                rows.append({**_row("export", ev, x, test, recipe.threads, t0, export_notes),
-                             "params": None, "weight_sparsity": export_report["weight_sparsity"]})
+                rows.append(
+                    {
+                        **_row("export", ev, x, test, recipe.threads, t0, export_notes),
+                        "params": None,
+                        "weight_sparsity": export_report["weight_sparsity"],
+                    }
+                )
                 bar.advance(1, f"recipe: {name}")
                 continue
             rows.append(_row(name, model, x, test, recipe.threads, t0, notes))
@@ -391,8 +436,15 @@ def _run(recipe: Recipe) -> RecipeResult:
     return result
 
 
-def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, model: nn.Module, dense: nn.Module,
-            x: torch.Tensor, data: tuple[_Split, _Split, str] | None) -> dict[str, Any]:
+def _export(
+    recipe: Recipe,
+    stage: ExportStage,
+    quant: QuantizeStage | None,
+    model: nn.Module,
+    dense: nn.Module,
+    x: torch.Tensor,
+    data: tuple[_Split, _Split, str] | None,
+) -> dict[str, Any]:
     from prunekit.deploy._common import RuntimeModule
     from prunekit.deploy.onnx import export_onnx, load_onnx
     from prunekit.deploy.openvino import export_openvino, load_openvino
@@ -400,8 +452,14 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
 
     with atomic_directory(stage.out, overwrite=stage.overwrite) as tmp:
         if stage.to == "onnx":
-            report = export_onnx(model, x, tmp / "model.onnx", baseline=dense,
-                                 baseline_label="the recipe's dense model", threads=recipe.threads)
+            report = export_onnx(
+                model,
+                x,
+                tmp / "model.onnx",
+                baseline=dense,
+                baseline_label="the recipe's dense model",
+                threads=recipe.threads,
+            )
         else:
             calib = None
             if quant is not None and quant.mode == "int8":
@@ -410,9 +468,16 @@ def _export(recipe: Recipe, stage: ExportStage, quant: QuantizeStage | None, mod
                 g = torch.Generator().manual_seed(recipe.seed)
                 idx = torch.randperm(len(xtr), generator=g)[: 64 * quant.calibration_batches]
                 calib = [(xtr[idx[i : i + 64]], ytr[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
-            report = export_openvino(model, x, tmp / "model.xml", quantize=quant.mode if quant else None,
-                                     calibration=calib, baseline=dense, baseline_label="the recipe's dense model",
-                                     threads=recipe.threads)
+            report = export_openvino(
+                model,
+                x,
+                tmp / "model.xml",
+                quantize=quant.mode if quant else None,
+                calibration=calib,
+                baseline=dense,
+                baseline_label="the recipe's dense model",
+                threads=recipe.threads,
+            )
         report.path = report.path.replace(str(tmp), str(stage.out))
         report.files = [f.replace(str(tmp), str(stage.out)) for f in report.files]
         report.to_json(tmp / "model.report.json")

@@ -68,11 +68,13 @@ class DeployReport:
         mb = self.file_bytes / 1e6
         lines = [
             f"{self.format} export -> {self.path} ({mb:.2f} MB"
-            + (f", dense {self.dense_file_bytes / 1e6:.2f} MB" if self.dense_file_bytes else "") + ")",
+            + (f", dense {self.dense_file_bytes / 1e6:.2f} MB" if self.dense_file_bytes else "")
+            + ")",
             f"runtime: {self.runtime}; precision: {self.precision}",
             f"runtime settings: {json.dumps(self.runtime_config)}",
             f"weight sparsity {100 * self.weight_sparsity:.1f}%; sparse-executed layers: "
-            + (", ".join(self.sparse_layers) if self.sparse_layers else "none") + f" ({self.sparse_note})",
+            + (", ".join(self.sparse_layers) if self.sparse_layers else "none")
+            + f" ({self.sparse_note})",
             "check vs PyTorch on the example inputs: "
             + _VERDICTS.get(self.check.get("passed"), "error reported, not held to a tolerance")
             + f" (max |diff| {self.check.get('max_abs_diff', float('nan')):.3g}, relative L2 error "
@@ -81,9 +83,11 @@ class DeployReport:
             f"dense baseline: {self.baseline}",
         ]
         for name, c in self.latency.items():
-            lines.append(f"latency {name}: {c.candidate.median_ms:.3f} ms vs {c.baseline.median_ms:.3f} ms, "
-                         f"speedup {c.speedup:.2f}x (ratio 95% CI {c.ratio_low:.3f}-{c.ratio_high:.3f}, {c.verdict})"
-                         + (f"; {c.warning}" if c.warning else ""))
+            lines.append(
+                f"latency {name}: {c.candidate.median_ms:.3f} ms vs {c.baseline.median_ms:.3f} ms, "
+                f"speedup {c.speedup:.2f}x (ratio 95% CI {c.ratio_low:.3f}-{c.ratio_high:.3f}, {c.verdict})"
+                + (f"; {c.warning}" if c.warning else "")
+            )
         if not self.latency:
             lines.append("latency: not measured")
         lines += [f"note: {n}" for n in self.notes]

@@ -48,8 +48,10 @@ class SparseExecution(nn.Module):
             destination[prefix + key] = value
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        raise ModelError("this model has layers swapped to sparse kernels by prunekit.deploy.sparsify_; call "
-                         "prunekit.deploy.densify_(model) before loading a state dict")
+        raise ModelError(
+            "this model has layers swapped to sparse kernels by prunekit.deploy.sparsify_; call "
+            "prunekit.deploy.densify_(model) before loading a state dict"
+        )
 
 
 def _effective_weight(module: nn.Linear | nn.Conv2d) -> Tensor:
@@ -127,22 +129,39 @@ def _to_format(w: Tensor, fmt: str) -> Tensor:
         if fmt == "csr":
             c = w.to_sparse_csr()
             if small:
-                c = torch.sparse_csr_tensor(c.crow_indices().to(torch.int32), c.col_indices().to(torch.int32),
-                                            c.values(), size=w.shape, check_invariants=True)
+                c = torch.sparse_csr_tensor(
+                    c.crow_indices().to(torch.int32),
+                    c.col_indices().to(torch.int32),
+                    c.values(),
+                    size=w.shape,
+                    check_invariants=True,
+                )
             return c
         if fmt.startswith("bsr"):
             b = int(fmt[3:])
             c = w.to_sparse_bsr((b, b))
             if small:
-                c = torch.sparse_bsr_tensor(c.crow_indices().to(torch.int32), c.col_indices().to(torch.int32),
-                                            c.values(), size=w.shape, check_invariants=True)
+                c = torch.sparse_bsr_tensor(
+                    c.crow_indices().to(torch.int32),
+                    c.col_indices().to(torch.int32),
+                    c.values(),
+                    size=w.shape,
+                    check_invariants=True,
+                )
             return c
     raise ConfigError(f"unknown sparse format {fmt!r}; valid: csr, bsr<block> (e.g. bsr16)")
 
 
 def _is_conv1x1(m: nn.Module) -> TypeGuard[nn.Conv2d]:
-    return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1
-            and m.dilation == (1, 1) and m.padding in ((0, 0), "valid") and m.padding_mode == "zeros")
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride == (1, 1)
+        and m.groups == 1
+        and m.dilation == (1, 1)
+        and m.padding in ((0, 0), "valid")
+        and m.padding_mode == "zeros"
+    )
 
 
 @dataclass
@@ -183,19 +202,24 @@ class SparsifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict: threads, input shapes and every layer decision."""
-        return {
-            "threads": self.threads, "input_shapes": self.input_shapes, "layers": [asdict(d) for d in self.layers]
-        }
+        return {"threads": self.threads, "input_shapes": self.input_shapes, "layers": [asdict(d) for d in self.layers]}
 
     def __str__(self) -> str:
-        head = (f"sparsify_: {len(self.swapped)} of {len(self.layers)} layer(s) now run on sparse kernels "
-                f"(probed at input shape(s) {self.input_shapes}, {self.threads} thread(s))")
+        head = (
+            f"sparsify_: {len(self.swapped)} of {len(self.layers)} layer(s) now run on sparse kernels "
+            f"(probed at input shape(s) {self.input_shapes}, {self.threads} thread(s))"
+        )
         rows = []
         for d in self.layers:
-            times = (f"; dense {d.dense_ms:.4f} ms, sparse {d.sparse_ms:.4f} ms ({d.speedup:.2f}x)"
-                     if d.dense_ms is not None and d.sparse_ms is not None else "")
-            rows.append(f"  {d.name} {d.kind} {tuple(d.shape)} sparsity {100 * d.sparsity:.1f}%: "
-                        f"{d.format or 'kept dense'} - {d.reason}{times}")
+            times = (
+                f"; dense {d.dense_ms:.4f} ms, sparse {d.sparse_ms:.4f} ms ({d.speedup:.2f}x)"
+                if d.dense_ms is not None and d.sparse_ms is not None
+                else ""
+            )
+            rows.append(
+                f"  {d.name} {d.kind} {tuple(d.shape)} sparsity {100 * d.sparsity:.1f}%: "
+                f"{d.format or 'kept dense'} - {d.reason}{times}"
+            )
         return "\n".join([head, *rows])
 
 
@@ -205,9 +229,11 @@ def _capture_inputs(
     seen: dict[str, Tensor] = {}
     handles = []
     for name, module in layers.items():
+
         def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
             if name not in seen and args and isinstance(args[0], Tensor):
                 seen[name] = args[0].detach()
+
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -283,8 +309,9 @@ def sparsify_(
     if not isinstance(model, nn.Module):
         raise ModelError(f"sparsify_ takes a torch.nn.Module, got {type(model).__name__}")
     if example_inputs is None:
-        raise DataError("sparsify_ needs example_inputs: a batch at the batch size you will run (the probe times "
-                        "each layer on it)")
+        raise DataError(
+            "sparsify_ needs example_inputs: a batch at the batch size you will run (the probe times each layer on it)"
+        )
     unknown = set(formats) - {"csr", "bsr"}
     if unknown or not formats:
         raise ConfigError(f"formats takes 'csr' and/or 'bsr', got {list(formats)}")
@@ -344,18 +371,25 @@ def sparsify_(
                         continue  # a kernel that disagrees is never swapped in
                 cmp = compare_latency(dense, cand, x, threads=None, budget_s=probe_budget_s, min_rounds=15)
                 d.candidates[fmt] = round(cmp.speedup, 3)
-                if cmp.verdict == "faster" and cmp.speedup >= min_speedup and (
-                    best_cmp is None or cmp.ratio < best_cmp.ratio
+                if (
+                    cmp.verdict == "faster"
+                    and cmp.speedup >= min_speedup
+                    and (best_cmp is None or cmp.ratio < best_cmp.ratio)
                 ):
                     best, best_cmp = (fmt, cand), cmp
             if best is None or best_cmp is None:  # set together
                 tried = ", ".join(f"{k} {v:.2f}x" for k, v in d.candidates.items()) or "no sparse form fits"
                 d.reason = f"the probe found no sparse form faster by {min_speedup:g}x with 95% confidence ({tried})"
                 continue
-            d.format, d.reason = best[0], f"the probe measured {best_cmp.speedup:.2f}x (95% CI of the ratio " \
-                f"{best_cmp.ratio_low:.3f}-{best_cmp.ratio_high:.3f})"
+            d.format, d.reason = (
+                best[0],
+                f"the probe measured {best_cmp.speedup:.2f}x (95% CI of the ratio "
+                f"{best_cmp.ratio_low:.3f}-{best_cmp.ratio_high:.3f})",
+            )
             d.dense_ms, d.sparse_ms, d.speedup = (
-                best_cmp.baseline.median_ms, best_cmp.candidate.median_ms, best_cmp.speedup
+                best_cmp.baseline.median_ms,
+                best_cmp.candidate.median_ms,
+                best_cmp.speedup,
             )
             chosen[name] = best[1]
     originals = {name: layers[name] for name in chosen}
@@ -368,8 +402,10 @@ def sparsify_(
 
         for a, r in zip(flat_outputs(after), flat_outputs(reference)):
             if not torch.allclose(a, r, rtol=1e-3, atol=1e-4):
-                raise ModelError("the sparse layers change the model's outputs beyond float rounding; the model was "
-                                 "restored. Report this with the model")
+                raise ModelError(
+                    "the sparse layers change the model's outputs beyond float rounding; the model was "
+                    "restored. Report this with the model"
+                )
     except BaseException:
         for name, orig in originals.items():
             _set_child(model, name, orig)
@@ -429,16 +465,21 @@ def semi_structured_(model: nn.Module, *, filter_fn: Callable[[nn.Module, str], 
     a selected one has a weight the kernels refuse (dtype, shape); the model is then unchanged.
     """
     if not torch.cuda.is_available():
-        raise DeviceError("2:4 semi-structured sparse kernels run only on a CUDA GPU and none is present; on the "
-                          "CPU use prunekit.deploy.sparsify_(model, example_inputs) (CSR/BSR kernels) or export to "
-                          "OpenVINO (prunekit.deploy.export_openvino)")
+        raise DeviceError(
+            "2:4 semi-structured sparse kernels run only on a CUDA GPU and none is present; on the "
+            "CPU use prunekit.deploy.sparsify_(model, example_inputs) (CSR/BSR kernels) or export to "
+            "OpenVINO (prunekit.deploy.export_openvino)"
+        )
     targets = {
-        n: m for n, m in model.named_modules()
+        n: m
+        for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n)) and _is_2_4(_effective_weight(m))
     }
     if not targets:
-        raise PatternError("no Linear layer of the model is 2:4 sparse; prune first with "
-                           "pk.prune(model, 'magnitude', sparsity=0.5, pattern='2:4')")
+        raise PatternError(
+            "no Linear layer of the model is 2:4 sparse; prune first with "
+            "pk.prune(model, 'magnitude', sparsity=0.5, pattern='2:4')"
+        )
     built: dict[str, nn.Module] = {}
     for name, m in targets.items():
         w = m.weight

@@ -211,8 +211,9 @@ def time_model(
     modes = _eval_mode([model])
     try:
         with pinned_threads(threads) as n:
-            (times,) = _run_rounds([model], inputs, warmup=warmup, min_rounds=min_rounds, max_rounds=max_rounds,
-                                   budget_s=budget_s)
+            (times,) = _run_rounds(
+                [model], inputs, warmup=warmup, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s
+            )
     finally:
         model.train(modes[0])
     return _timing(times, n)
@@ -238,8 +239,14 @@ def compare_latency(
     modes = _eval_mode([baseline, candidate])
     try:
         with pinned_threads(threads) as n:
-            base, cand = _run_rounds([baseline, candidate], inputs, warmup=warmup, min_rounds=min_rounds,
-                                     max_rounds=max_rounds, budget_s=budget_s)
+            base, cand = _run_rounds(
+                [baseline, candidate],
+                inputs,
+                warmup=warmup,
+                min_rounds=min_rounds,
+                max_rounds=max_rounds,
+                budget_s=budget_s,
+            )
     finally:
         baseline.train(modes[0])
         candidate.train(modes[1])

@@ -145,14 +145,13 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), per_module
 
 
-def time_forward(
-    model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0
-) -> float:
+def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
     """Median wall time of a forward pass in milliseconds at the current thread count (see
     :func:`prunekit.eval.latency.time_model` for the spread, and :func:`prunekit.eval.latency.compare_latency` to
     compare two models)."""
-    return time_model(model, inputs, threads=None, warmup=warmup, min_rounds=min(5, repeats), max_rounds=repeats,
-                      budget_s=budget_s).median_ms
+    return time_model(
+        model, inputs, threads=None, warmup=warmup, min_rounds=min(5, repeats), max_rounds=repeats, budget_s=budget_s
+    ).median_ms
 
 
 def measure(
@@ -324,10 +323,7 @@ class Report:
             settings=d.get("settings", {}),
             before=ModelStats(**d["before"]),
             after=ModelStats(**d["after"]),
-            layers=[
-                LayerStats(**_layer_fields(r))
-                for r in d.get("layers", [])
-            ],
+            layers=[LayerStats(**_layer_fields(r)) for r in d.get("layers", [])],
             notes=list(d.get("notes", [])),
             latency=LatencyComparison.from_dict(d["latency"]) if d.get("latency") else None,
         )
@@ -346,23 +342,47 @@ class Report:
             return f"{y / x:.3f}x" if x and y is not None else "-"
 
         t.add_row("parameters", _fmt_int(b.params), _fmt_int(a.params), ratio(b.params, a.params))
-        t.add_row("non-zero parameters", _fmt_int(b.nonzero_params), _fmt_int(a.nonzero_params),
-                  ratio(b.nonzero_params, a.nonzero_params))
+        t.add_row(
+            "non-zero parameters",
+            _fmt_int(b.nonzero_params),
+            _fmt_int(a.nonzero_params),
+            ratio(b.nonzero_params, a.nonzero_params),
+        )
         t.add_row("FLOPs (dense execution)", _fmt_int(b.flops), _fmt_int(a.flops), ratio(b.flops, a.flops))
-        t.add_row("FLOPs (non-zero weights only)", _fmt_int(b.effective_flops), _fmt_int(a.effective_flops),
-                  ratio(b.effective_flops, a.effective_flops))
+        t.add_row(
+            "FLOPs (non-zero weights only)",
+            _fmt_int(b.effective_flops),
+            _fmt_int(a.effective_flops),
+            ratio(b.effective_flops, a.effective_flops),
+        )
         if self.latency is not None:
             lat = self.latency
             threads = f", {lat.baseline.threads} thread(s)"
-            t.add_row(f"latency ms, median (IQR){threads}", b.latency_text(), a.latency_text(),
-                      f"{lat.ratio:.3f}x [{lat.ratio_low:.3f}-{lat.ratio_high:.3f}] {lat.verdict}")
+            t.add_row(
+                f"latency ms, median (IQR){threads}",
+                b.latency_text(),
+                a.latency_text(),
+                f"{lat.ratio:.3f}x [{lat.ratio_low:.3f}-{lat.ratio_high:.3f}] {lat.verdict}",
+            )
         else:
-            t.add_row("latency ms, median (IQR)", b.latency_text(), a.latency_text(),
-                      ratio(b.latency_ms, a.latency_ms) if b.latency_ms and a.latency_ms else "-")
-        t.add_row("file, dense safetensors", _fmt_bytes(b.dense_bytes), _fmt_bytes(a.dense_bytes),
-                  ratio(b.dense_bytes, a.dense_bytes))
-        t.add_row("file, sparse export", _fmt_bytes(b.sparse_bytes), _fmt_bytes(a.sparse_bytes),
-                  ratio(b.sparse_bytes, a.sparse_bytes))
+            t.add_row(
+                "latency ms, median (IQR)",
+                b.latency_text(),
+                a.latency_text(),
+                ratio(b.latency_ms, a.latency_ms) if b.latency_ms and a.latency_ms else "-",
+            )
+        t.add_row(
+            "file, dense safetensors",
+            _fmt_bytes(b.dense_bytes),
+            _fmt_bytes(a.dense_bytes),
+            ratio(b.dense_bytes, a.dense_bytes),
+        )
+        t.add_row(
+            "file, sparse export",
+            _fmt_bytes(b.sparse_bytes),
+            _fmt_bytes(a.sparse_bytes),
+            ratio(b.sparse_bytes, a.sparse_bytes),
+        )
         if self.structural:
             t.add_row("parameters removed", "", f"{1 - a.params / b.params:.4f}" if b.params else "-", "")
         else:
@@ -388,14 +408,27 @@ class Report:
                 note = r.ignored or ""
                 if note and r.shape_before:
                     note += "; its inputs follow the layers before it"
-                t.add_row(r.name, shape, str(r.params), "-" if r.target is None else f"{r.target:.4f}",
-                          f"{r.removed:.4f}", note)
+                t.add_row(
+                    r.name,
+                    shape,
+                    str(r.params),
+                    "-" if r.target is None else f"{r.target:.4f}",
+                    f"{r.removed:.4f}",
+                    note,
+                )
             return t
         for col in ("layer", "shape", "weights", "non-zero", "target", "sparsity", "note"):
             t.add_column(col, justify="left" if col in ("layer", "note") else "right")
         for r in self.layers:
-            t.add_row(r.name, "x".join(map(str, r.shape)), str(r.params), str(r.nonzero),
-                      "-" if r.target is None else f"{r.target:.4f}", f"{r.sparsity:.4f}", r.ignored or "")
+            t.add_row(
+                r.name,
+                "x".join(map(str, r.shape)),
+                str(r.params),
+                str(r.nonzero),
+                "-" if r.target is None else f"{r.target:.4f}",
+                f"{r.sparsity:.4f}",
+                r.ignored or "",
+            )
         return t
 
     def _settings_line(self) -> str:

@@ -138,7 +138,7 @@ class Granularity:
             if k < len(cum) and (k == 0 or abs(cum[k].item() - target) < abs(cum[k - 1].item() - target)):
                 k += 1
             # never every unit: the highest-scoring one stays (an emptied layer disconnects the network)
-            keep[order[:min(k, len(order) - 1)]] = False
+            keep[order[: min(k, len(order) - 1)]] = False
         return keep
 
     def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float) -> Tensor:
@@ -251,9 +251,7 @@ class NM(Granularity):
         flat = self._grouped(scores).reshape(-1)
         return flat, torch.ones_like(flat, dtype=torch.long)
 
-    def mask_units(
-        self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float | None
-    ) -> Tensor:
+    def mask_units(self, unit_scores: Tensor, unit_sizes: Tensor, shape: torch.Size, sparsity: float | None) -> Tensor:
         """:meth:`mask` of unit scores given in group order (as :meth:`units` returns them), as a keep-mask
         shaped ``shape``."""
         moved = torch.Size([shape[0], *shape[2:], shape[1]]) if len(shape) > 2 else shape
@@ -269,8 +267,7 @@ class NM(Granularity):
         """
         if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-9):
             raise InvalidSparsityError(
-                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; "
-                f"pass sparsity={self.fixed_sparsity:g}"
+                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; pass sparsity={self.fixed_sparsity:g}"
             )
         self.check("this weight", scores)
         groups = self._grouped(scores)
@@ -301,9 +298,7 @@ class Block(Granularity):
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rows, int) and isinstance(self.cols, int)) or self.rows < 1 or self.cols < 1:
-            raise PatternError(
-                f"Block needs positive integer sizes, got {self.rows}x{self.cols} (e.g. Block(4, 4))"
-            )
+            raise PatternError(f"Block needs positive integer sizes, got {self.rows}x{self.cols} (e.g. Block(4, 4))")
 
     def _pad(self, t: Tensor) -> tuple[Tensor, Tensor]:
         w2 = _as_2d(t).to(torch.float64)
@@ -440,8 +435,16 @@ _NAMED: dict[str, Granularity] = {
 }
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _BLOCK_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-PATTERN_NAMES = ("unstructured", "channel", "physical-channel", "head", "layer", "embedding",
-                 "N:M (e.g. 2:4, 4:8)", "RxC (e.g. 4x4)")
+PATTERN_NAMES = (
+    "unstructured",
+    "channel",
+    "physical-channel",
+    "head",
+    "layer",
+    "embedding",
+    "N:M (e.g. 2:4, 4:8)",
+    "RxC (e.g. 4x4)",
+)
 
 
 def parse_pattern(value: str | Granularity | None) -> Granularity:

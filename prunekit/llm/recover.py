@@ -78,9 +78,11 @@ class RecoveryReport:
         out = asdict(self)
         for key in ("perplexity_before", "perplexity_after"):
             value = getattr(self, key)
-            out[key] = None if value is None else {
-                "ppl": value.ppl, "nll": value.nll, "tokens": value.tokens, "protocol": value.protocol
-            }
+            out[key] = (
+                None
+                if value is None
+                else {"ppl": value.ppl, "nll": value.nll, "tokens": value.tokens, "protocol": value.protocol}
+            )
         return out
 
     def __str__(self) -> str:
@@ -186,8 +188,10 @@ def _batches_from(
         named: list[tuple[str, str]] | None = [("text", data)]
     elif isinstance(data, Sequence) and data and all(isinstance(t, str) for t in data):
         named = [(f"text{i}", t) for i, t in enumerate(data)]
-    elif isinstance(data, Sequence) and data and all(
-        isinstance(t, tuple) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in data
+    elif (
+        isinstance(data, Sequence)
+        and data
+        and all(isinstance(t, tuple) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in data)
     ):
         named = list(data)
     else:
@@ -349,8 +353,16 @@ def recover(
         raised while training, the model is left as it was (adapters removed, base weights untouched).
     """
     options = dict(
-        steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, rank=rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, temperature=temperature, kd_alpha=kd_alpha, warmup_steps=warmup_steps,
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        rank=rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        temperature=temperature,
+        kd_alpha=kd_alpha,
+        warmup_steps=warmup_steps,
     )
     _check_options(method, teacher, model, **options)
     if eval_text is not None and tokenizer is None:

@@ -197,9 +197,7 @@ def _outside_layers(model: nn.Module, layers: nn.ModuleList) -> list[nn.Module]:
     return [m for m in model.modules() if id(m) not in inside]
 
 
-def _move_outside_layers(
-    model: nn.Module, layers: nn.ModuleList, device: torch.device
-) -> dict[int, torch.device]:
+def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> dict[int, torch.device]:
     """Move parameters and buffers that are not in a decoder layer; returns where each one was."""
     before: dict[int, torch.device] = {}
     for module in _outside_layers(model, layers):
@@ -267,8 +265,9 @@ def _capture_inputs(
                     f"{type(model).__name__} did not call all of its {n} decoder layers during the forward pass"
                 )
             tokens = token_mask(batch["input_ids"], batch.get("attention_mask"))
-            records.append(_Record(first[0], [c for c in calls if c is not None],
-                                   None if tokens is None else tokens.to(device)))
+            records.append(
+                _Record(first[0], [c for c in calls if c is not None], None if tokens is None else tokens.to(device))
+            )
     finally:
         if moved:
             _restore(model, layers, moved)

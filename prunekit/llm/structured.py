@@ -259,8 +259,9 @@ class _ChannelVisitor(LayerVisitor):
         return w.float().pow(2).sum(0)
 
     def _ignored(self, job: LayerJob) -> bool:
-        return any(overlaps_ignored(job.full_name(n), self.ignored) is not None
-                   for n in _unit_modules(self.adapter, self.unit))
+        return any(
+            overlaps_ignored(job.full_name(n), self.ignored) is not None for n in _unit_modules(self.adapter, self.unit)
+        )
 
     def finish(self, job: LayerJob) -> None:
         if self.ignored and self._ignored(job):
@@ -484,8 +485,10 @@ def prune_structured(
         candidates = [i for i in range(n_layers) if overlaps_ignored(layer_names[i], ignored) is None]
         if len(candidates) < n_layers:
             kept = ", ".join(n for n in layer_names if n not in [layer_names[i] for i in candidates])
-            result.notes.append(f"{n_layers - len(candidates)} decoder layer(s) kept because ignore= names them or a "
-                                f"module inside them: {kept}")
+            result.notes.append(
+                f"{n_layers - len(candidates)} decoder layer(s) kept because ignore= names them or a "
+                f"module inside them: {kept}"
+            )
         if n_drop > len(candidates):
             raise NothingToPruneError(
                 f"sparsity {sparsity:g} removes {n_drop} of {n_layers} decoder layers, but ignore= leaves only "

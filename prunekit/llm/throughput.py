@@ -131,8 +131,12 @@ def throughput(
     reference = names[0] if reference is None else reference
     if reference not in models:
         raise ConfigError(f"reference {reference!r} is not one of the models ({', '.join(names)})")
-    for key, value in (("prompt_len", prompt_len), ("new_tokens", new_tokens), ("batch_size", batch_size),
-                       ("repeats", repeats)):
+    for key, value in (
+        ("prompt_len", prompt_len),
+        ("new_tokens", new_tokens),
+        ("batch_size", batch_size),
+        ("repeats", repeats),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} takes a whole number >= 1, got {value!r}")
     if not isinstance(warmup, int) or warmup < 0:
@@ -152,7 +156,7 @@ def throughput(
         for m in models.values():
             m.eval()
         for r in range(warmup + repeats):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for n in order:
                 dev = next(models[n].parameters()).device
                 pre, dec = _run(models[n], prompt.to(dev), new_tokens)

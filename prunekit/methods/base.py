@@ -104,9 +104,7 @@ def _validate(name: str, obj: Any) -> None:
 METHODS: Registry[Method] = Registry("method", validate=_validate)
 
 
-def register_method(
-    name: str, *, aliases: tuple[str, ...] = (), **fields: Any
-) -> Callable[[type[M]], type[M]]:
+def register_method(name: str, *, aliases: tuple[str, ...] = (), **fields: Any) -> Callable[[type[M]], type[M]]:
     """Class decorator: instantiate the decorated :class:`Method` with ``name`` and ``fields`` and register it
     in :data:`METHODS`. The class docstring's first line is the description unless ``description=`` is given.
 
@@ -226,8 +224,9 @@ class ScoreMethod(Method):
 # ---- the named compositions -------------------------------------------------------------------------
 
 
-@register_method("magnitude", criterion="magnitude",
-                 paper="Learning both Weights and Connections for Efficient Neural Networks")
+@register_method(
+    "magnitude", criterion="magnitude", paper="Learning both Weights and Connections for Efficient Neural Networks"
+)
 class Magnitude(ScoreMethod):
     """|w| (Han et al. 2015); any pattern: unstructured, N:M, block, channel rows, or physical channels,
     heads and hidden size (L1 of the group)."""
@@ -238,21 +237,31 @@ class Random(ScoreMethod):
     """random scores, seeded: the baseline; at initialisation it is random pruning."""
 
 
-@register_method("snip", criterion="grad-weight", default_allocation="global", when="at-init",
-                 paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity")
+@register_method(
+    "snip",
+    criterion="grad-weight",
+    default_allocation="global",
+    when="at-init",
+    paper="SNIP: Single-shot Network Pruning based on Connection Sensitivity",
+)
 class Snip(ScoreMethod):
     """|g * w| from calibration data (Lee et al. 2019), one global threshold as in the paper; needs
     calibration."""
 
 
-@register_method("lamp", criterion="magnitude", default_allocation="lamp",
-                 paper="Layer-adaptive Sparsity for the Magnitude-based Pruning")
+@register_method(
+    "lamp",
+    criterion="magnitude",
+    default_allocation="lamp",
+    paper="Layer-adaptive Sparsity for the Magnitude-based Pruning",
+)
 class Lamp(ScoreMethod):
     """magnitude with LAMP layer-adaptive sparsity (Lee et al. 2021)."""
 
 
-@register_method("taylor", criterion="taylor", default_pattern="channel",
-                 paper="Importance Estimation for Neural Network Pruning")
+@register_method(
+    "taylor", criterion="taylor", default_pattern="channel", paper="Importance Estimation for Neural Network Pruning"
+)
 class Taylor(ScoreMethod):
     """first-order Taylor (sum of g * w over a unit)^2 (Molchanov et al. 2019); output channels by
     default; needs calibration."""
@@ -264,15 +273,22 @@ class OBD(ScoreMethod):
     calibration."""
 
 
-@register_method("fpgm", criterion="fpgm", default_pattern="channel",
-                 paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration")
+@register_method(
+    "fpgm",
+    criterion="fpgm",
+    default_pattern="channel",
+    paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration",
+)
 class FPGM(ScoreMethod):
     """filters nearest the geometric median of their layer go first (He et al. 2019); channels only."""
 
 
-@register_method("apoz", criterion="apoz", default_pattern="channel",
-                 paper="Network Trimming: A Data-Driven Neuron Pruning Approach towards Efficient Deep "
-                       "Architectures")
+@register_method(
+    "apoz",
+    criterion="apoz",
+    default_pattern="channel",
+    paper="Network Trimming: A Data-Driven Neuron Pruning Approach towards Efficient Deep Architectures",
+)
 class APoZ(ScoreMethod):
     """channels whose outputs are mostly zero go first (1 - APoZ, Hu et al. 2016); channels only; needs
     calibration."""
@@ -299,7 +315,7 @@ def pruner_method(pruner: Pruner) -> ScoreMethod:
         name=pruner.method_name,
         criterion=crit,
         description=f"a composition: criterion {crit.name}, granularity {pruner.granularity}, "
-                    f"allocation {pruner.allocation}",
+        f"allocation {pruner.allocation}",
         default_pattern=pruner.granularity,
         default_allocation=pruner.allocation,
         default_overrides=pruner.overrides,

@@ -73,15 +73,24 @@ class LayerwiseLLMMethod(Method):
 
             self.check_allocation(request.allocation)
             solved = solve_layerwise(
-                model, self.solver, sparsity=request.sparsity, pattern=request.pattern,
-                calibration=request.calibration, targets=request.targets, allocation=request.allocation,
-                sequential=bool(opts.get("sequential", True)), device=opts.get("device"),
-                progress=opts.get("progress"), **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
+                model,
+                self.solver,
+                sparsity=request.sparsity,
+                pattern=request.pattern,
+                calibration=request.calibration,
+                targets=request.targets,
+                allocation=request.allocation,
+                sequential=bool(opts.get("sequential", True)),
+                device=opts.get("device"),
+                progress=opts.get("progress"),
+                **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
             )
             return MethodOutcome(layer_sparsity=solved.layer_sparsity, notes=solved.notes)
         if not opts.get("sequential", True):
-            raise ConfigError("a causal LM is pruned one decoder layer after another; sequential=False applies to "
-                              "other models (prunekit.apply.solve)")
+            raise ConfigError(
+                "a causal LM is pruned one decoder layer after another; sequential=False applies to "
+                "other models (prunekit.apply.solve)"
+            )
         names = [t.name for t in request.targets]
         selected = select_targets(model, names)
         self.check_allocation(request.allocation)

@@ -19,10 +19,16 @@ __all__ = ["PHYSICAL_LEVELS", "physical_method"]
 
 #: the levels a physical method removes (the structural kinds)
 PHYSICAL_LEVELS = tuple(OPTIONS)
-_DEFAULT_NAMES = {("channel", "magnitude"): "l1-channel", ("channel", "l2"): "l2-channel",
-                  ("channel", "taylor"): "taylor-channel", ("channel", "obd"): "hessian-channel",
-                  ("channel", "fpgm"): "fpgm-channel", ("channel", "bn-scale"): "bn-scale-channel",
-                  ("channel", "lamp"): "lamp-channel", ("channel", "random"): "random-channel"}
+_DEFAULT_NAMES = {
+    ("channel", "magnitude"): "l1-channel",
+    ("channel", "l2"): "l2-channel",
+    ("channel", "taylor"): "taylor-channel",
+    ("channel", "obd"): "hessian-channel",
+    ("channel", "fpgm"): "fpgm-channel",
+    ("channel", "bn-scale"): "bn-scale-channel",
+    ("channel", "lamp"): "lamp-channel",
+    ("channel", "random"): "random-channel",
+}
 
 
 @register_physical_composer

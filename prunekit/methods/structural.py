@@ -48,8 +48,12 @@ OPTIONS = {
 }
 #: the criterion level of each kind of unit
 LEVEL = {"channel": "channel", "embedding": "channel", "head": "head", "layer": "layer"}
-UNIT_WORDS = {"channel": "channels", "embedding": "hidden dimensions", "head": "attention heads",
-              "layer": "whole blocks"}
+UNIT_WORDS = {
+    "channel": "channels",
+    "embedding": "hidden dimensions",
+    "head": "attention heads",
+    "layer": "whole blocks",
+}
 
 
 def _own_kind(pattern: Any, kind: str) -> bool:
@@ -98,7 +102,7 @@ class StructuralMethod(Method):
         raise PatternError(
             f"{self.name} removes {words} physically (the model gets smaller), so it takes no pattern "
             f"(pattern=None), not {gran}. To mask a {gran} pattern instead use a masking method: "
-            f"pk.prune(model, \"magnitude\", sparsity={sparsity}, pattern=\"{gran}\")"
+            f'pk.prune(model, "magnitude", sparsity={sparsity}, pattern="{gran}")'
             f"{' (zeroes whole output rows, shapes unchanged)' if str(gran) == 'channel' else ''}"
         )
 
@@ -122,13 +126,19 @@ class StructuralMethod(Method):
         opts = dict(request.options)
         unknown = set(opts) - self.options
         if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; it accepts: "
-                              f"{', '.join(sorted(self.options))}")
+            raise ConfigError(
+                f"unknown option(s) {sorted(unknown)} for method {self.name!r}; it accepts: "
+                f"{', '.join(sorted(self.options))}"
+            )
         crit = self.resolve_criterion(opts)
         check_options(opts.get("round_to"), opts.get("global_cap"))
         _refuse_masked(model)
-        data = {"calibration": request.calibration, "loss_fn": opts.get("loss_fn"),
-                "calib_batches": int(opts.get("calib_batches", 8)), "seed": request.seed}
+        data = {
+            "calibration": request.calibration,
+            "loss_fn": opts.get("loss_fn"),
+            "calib_batches": int(opts.get("calib_batches", 8)),
+            "seed": request.seed,
+        }
         own_config_(model)  # a config shared with another model (a teacher) must not change with this one
         if self.kind in ("channel", "embedding"):
             targets = [t.name for t in request.targets] if self.kind == "channel" else None
@@ -148,29 +158,57 @@ class StructuralMethod(Method):
                 **data,
             )
             if not plan.units_removed:
-                raise _nothing_removed(request.sparsity, [g.size for g in plan.groups],
-                                      UNIT_WORDS[self.kind], "channel group" if self.kind == "channel" else
-                                      "hidden-size group")
+                raise _nothing_removed(
+                    request.sparsity,
+                    [g.size for g in plan.groups],
+                    UNIT_WORDS[self.kind],
+                    "channel group" if self.kind == "channel" else "hidden-size group",
+                )
             old = apply_plan_(model, plan)
             groups = sum(len(r) > 0 for r in plan.remove)
-            notes = [(f"{plan.units_removed} {self.kind} units removed from {groups} groups by {crit.name} in "
-                      f"{plan.seconds:.2f} s"), *plan.notes]
+            notes = [
+                (
+                    f"{plan.units_removed} {self.kind} units removed from {groups} groups by {crit.name} in "
+                    f"{plan.seconds:.2f} s"
+                ),
+                *plan.notes,
+            ]
             return MethodOutcome(layer_sparsity(model, old, targets), notes)
         if self.kind == "head":
-            hplan = plan_heads(model, request.sparsity, criterion=crit, allocation=request.allocation,
-                               example_inputs=request.example_inputs, global_cap=opts.get("global_cap"),
-                               exact=bool(opts.get("exact_heads", False)), ignored=request.ignored_modules,
-                               **data)
+            hplan = plan_heads(
+                model,
+                request.sparsity,
+                criterion=crit,
+                allocation=request.allocation,
+                example_inputs=request.example_inputs,
+                global_cap=opts.get("global_cap"),
+                exact=bool(opts.get("exact_heads", False)),
+                ignored=request.ignored_modules,
+                **data,
+            )
             if not any(len(r) for r in hplan.remove):
-                raise _nothing_removed(request.sparsity, [b.groups for b in hplan.blocks], "key/value groups",
-                                      "attention module", extra=hplan.notes)
+                raise _nothing_removed(
+                    request.sparsity,
+                    [b.groups for b in hplan.blocks],
+                    "key/value groups",
+                    "attention module",
+                    extra=hplan.notes,
+                )
             apply_head_plan_proved_(model, hplan, request.example_inputs, apply=apply_head_plan_)
             ls = {b.name: len(r) / b.groups for b, r in zip(hplan.blocks, hplan.remove)}
             return MethodOutcome(ls, [str(hplan)])
         if self.kind == "layer":
-            lplan = plan_layers(model, request.example_inputs, request.sparsity, criterion=crit,
-                                allocation=request.allocation, identity_only=bool(opts.get("identity_only", False)),
-                                global_cap=opts.get("global_cap"), ignored=request.ignored_modules, **data)
+            lplan = plan_layers(
+                model,
+                request.example_inputs,
+                request.sparsity,
+                criterion=crit,
+                allocation=request.allocation,
+                identity_only=bool(opts.get("identity_only", False)),
+                global_cap=opts.get("global_cap"),
+                ignored=request.ignored_modules,
+                **data,
+            )
             if not lplan.remove:
                 sizes: dict[str, int] = {}
                 for n in lplan.candidates:
@@ -190,8 +228,11 @@ def _refuse_masked(model: nn.Module) -> None:
     from prunekit.apply.masks import get_mask
 
     # prunekit's masks only: other parametrizations (weight_norm, spectral_norm) are sliced by the surgery
-    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)
-              and any(get_mask(m, t) is not None for t in m.parametrizations.keys())]
+    masked = [
+        n
+        for n, m in model.named_modules()
+        if parametrize.is_parametrized(m) and any(get_mask(m, t) is not None for t in m.parametrizations.keys())
+    ]
     if masked:
         raise PrunekitError(
             f"the model carries masks ({len(masked)} module(s), e.g. {masked[0]!r}; see prunekit.get_mask): "
@@ -200,8 +241,9 @@ def _refuse_masked(model: nn.Module) -> None:
         )
 
 
-def _nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
-                    extra: list[str] | None = None) -> NothingToPruneError:
+def _nothing_removed(
+    sparsity: float, sizes: list[int], words: str, what: str, extra: list[str] | None = None
+) -> NothingToPruneError:
     """The refusal for a structural plan that removes no unit: the sparsity is too low for the unit counts
     (every set keeps at least one unit and loses ``floor(sparsity * n)``). Names the smallest sparsity that
     removes one unit."""
@@ -210,52 +252,97 @@ def _nothing_removed(sparsity: float, sizes: list[int], words: str, what: str,
     if rounded:  # the allocation removed some, the config's head counts rounded it back to none
         return NothingToPruneError(f"sparsity {sparsity:g} removes no {words}: {rounded[0]}; the model is unchanged")
     if biggest < 2:
-        why = (f"every {what} has at most one of its {words} left (at least one is kept), so none can be removed")
+        why = f"every {what} has at most one of its {words} left (at least one is kept), so none can be removed"
     else:
-        why = (f"the largest {what} has {biggest} {words}, so sparsity={sparsity:g} rounds down to 0 of them; "
-               f"the smallest sparsity that removes one is {1 / biggest:.4g} (uniform allocation)")
+        why = (
+            f"the largest {what} has {biggest} {words}, so sparsity={sparsity:g} rounds down to 0 of them; "
+            f"the smallest sparsity that removes one is {1 / biggest:.4g} (uniform allocation)"
+        )
     more = [n for n in (extra or []) if "keep" in n or "kept" in n]
-    return NothingToPruneError(f"sparsity {sparsity:g} removes no {words}: {why}; the model is unchanged"
-                               + (f" ({more[0]})" if more else ""))
+    return NothingToPruneError(
+        f"sparsity {sparsity:g} removes no {words}: {why}; the model is unchanged" + (f" ({more[0]})" if more else "")
+    )
 
 
 _METHODS = [
-    StructuralMethod("l1-channel", "magnitude", "channel",
-                     "remove channels physically by group L1 norm (mean |w| of each group's units; Li et al. 2017)",
-                     paper="Pruning Filters for Efficient ConvNets"),
-    StructuralMethod("l2-channel", "l2", "channel",
-                     "remove channels physically by group L2 norm (mean w^2 of each group's units; DepGraph, "
-                     "Fang et al. 2023)",
-                     paper="DepGraph: Towards Any Structural Pruning"),
-    StructuralMethod("taylor-channel", "taylor", "channel",
-                     "remove channels by first-order Taylor importance (Molchanov et al. 2019); needs calibration",
-                     needs_data=True, paper="Importance Estimation for Neural Network Pruning"),
-    StructuralMethod("hessian-channel", "obd", "channel",
-                     "remove channels by OBD saliency with the Fisher diagonal (LeCun et al. 1990); needs calibration",
-                     needs_data=True, paper="Optimal Brain Damage"),
-    StructuralMethod("fpgm-channel", "fpgm", "channel",
-                     "remove channels closest to the geometric median of their layer's filters (He et al. 2019)",
-                     paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration"),
-    StructuralMethod("bn-scale-channel", "bn-scale", "channel",
-                     "remove channels with the smallest BN scale |gamma| (network slimming, Liu et al. 2017); groups "
-                     "that feed no normalisation layer are kept whole",
-                     paper="Learning Efficient Convolutional Networks through Network Slimming"),
-    StructuralMethod("lamp-channel", "lamp", "channel",
-                     "remove channels by LAMP scores of their groups' units (Lee et al. 2021)",
-                     paper="Layer-adaptive Sparsity for the Magnitude-based Pruning"),
-    StructuralMethod("random-channel", "random", "channel",
-                     "remove random channels physically (seeded): the structural baseline"),
-    StructuralMethod("head", "l2", "head",
-                     "remove attention heads (GQA aware: key/value groups with their query heads) by L2 norm; "
-                     "criterion= any head criterion",
-                     paper="Are Sixteen Heads Really Better than One?"),
-    StructuralMethod("layer", "influence", "layer",
-                     "remove whole blocks with the least influence 1 - cos(in, out) (ShortGPT, Men et al. 2024); "
-                     "criterion= any layer criterion",
-                     paper="ShortGPT: Layers in Large Language Models are More Redundant Than You Expect"),
-    StructuralMethod("embedding", "l2", "embedding",
-                     "remove hidden dimensions of a transformer (embedding columns and the residual stream)",
-                     paper="DepGraph: Towards Any Structural Pruning"),
+    StructuralMethod(
+        "l1-channel",
+        "magnitude",
+        "channel",
+        "remove channels physically by group L1 norm (mean |w| of each group's units; Li et al. 2017)",
+        paper="Pruning Filters for Efficient ConvNets",
+    ),
+    StructuralMethod(
+        "l2-channel",
+        "l2",
+        "channel",
+        "remove channels physically by group L2 norm (mean w^2 of each group's units; DepGraph, Fang et al. 2023)",
+        paper="DepGraph: Towards Any Structural Pruning",
+    ),
+    StructuralMethod(
+        "taylor-channel",
+        "taylor",
+        "channel",
+        "remove channels by first-order Taylor importance (Molchanov et al. 2019); needs calibration",
+        needs_data=True,
+        paper="Importance Estimation for Neural Network Pruning",
+    ),
+    StructuralMethod(
+        "hessian-channel",
+        "obd",
+        "channel",
+        "remove channels by OBD saliency with the Fisher diagonal (LeCun et al. 1990); needs calibration",
+        needs_data=True,
+        paper="Optimal Brain Damage",
+    ),
+    StructuralMethod(
+        "fpgm-channel",
+        "fpgm",
+        "channel",
+        "remove channels closest to the geometric median of their layer's filters (He et al. 2019)",
+        paper="Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration",
+    ),
+    StructuralMethod(
+        "bn-scale-channel",
+        "bn-scale",
+        "channel",
+        "remove channels with the smallest BN scale |gamma| (network slimming, Liu et al. 2017); groups "
+        "that feed no normalisation layer are kept whole",
+        paper="Learning Efficient Convolutional Networks through Network Slimming",
+    ),
+    StructuralMethod(
+        "lamp-channel",
+        "lamp",
+        "channel",
+        "remove channels by LAMP scores of their groups' units (Lee et al. 2021)",
+        paper="Layer-adaptive Sparsity for the Magnitude-based Pruning",
+    ),
+    StructuralMethod(
+        "random-channel", "random", "channel", "remove random channels physically (seeded): the structural baseline"
+    ),
+    StructuralMethod(
+        "head",
+        "l2",
+        "head",
+        "remove attention heads (GQA aware: key/value groups with their query heads) by L2 norm; "
+        "criterion= any head criterion",
+        paper="Are Sixteen Heads Really Better than One?",
+    ),
+    StructuralMethod(
+        "layer",
+        "influence",
+        "layer",
+        "remove whole blocks with the least influence 1 - cos(in, out) (ShortGPT, Men et al. 2024); "
+        "criterion= any layer criterion",
+        paper="ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+    ),
+    StructuralMethod(
+        "embedding",
+        "l2",
+        "embedding",
+        "remove hidden dimensions of a transformer (embedding columns and the residual stream)",
+        paper="DepGraph: Towards Any Structural Pruning",
+    ),
 ]
 
 for _m in _METHODS:

@@ -1,7 +1,6 @@
 """Building models from spec strings: the registry of ``prunekit:NAME`` models, torchvision classifiers
 (pretrained only from the local cache), the pretrained ccexam MNIST CNN, and how each known task is evaluated."""
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

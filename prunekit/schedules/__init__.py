@@ -1,5 +1,4 @@
-"""Schedules: when pruning happens (one-shot, iterative, gradual). Each is a pure ``sparsity_at(step)``.
-"""
+"""Schedules: when pruning happens (one-shot, iterative, gradual). Each is a pure ``sparsity_at(step)``."""
 
 from prunekit.schedules.builtin import (
     SCHEDULES,

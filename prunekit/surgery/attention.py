@@ -24,6 +24,7 @@ from prunekit.surgery.remove import Removal
 
 __all__ = ["AttentionBlock", "find_attention"]
 
+
 @dataclass
 class AttentionBlock:
     """Where the heads of one attention module live. Slices are in output rows of q/k/v and input
@@ -135,8 +136,18 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
             from prunekit.surgery.mha import check_head_prunable, inner_width
 
             check_head_prunable(name, m)
-            out.append(AttentionBlock(name, m, "mha", inner_width(m) // m.head_dim, inner_width(m) // m.head_dim,
-                                      int(m.head_dim), m.out_proj, f"{name}.out_proj"))
+            out.append(
+                AttentionBlock(
+                    name,
+                    m,
+                    "mha",
+                    inner_width(m) // m.head_dim,
+                    inner_width(m) // m.head_dim,
+                    int(m.head_dim),
+                    m.out_proj,
+                    f"{name}.out_proj",
+                )
+            )
             continue
         ch = dict(m.named_children())
         layout = next((lay for lay in layouts if lay.matches(ch, m)), None)
@@ -147,15 +158,16 @@ def find_attention(model: nn.Module) -> list[AttentionBlock]:
     return out
 
 
-def _attention_block(name: str, m: nn.Module, ch: dict[str, nn.Module], layout: AttentionLayout, cfg: Any,
-                     mods: dict[str, nn.Module]) -> AttentionBlock:
+def _attention_block(
+    name: str, m: nn.Module, ch: dict[str, nn.Module], layout: AttentionLayout, cfg: Any, mods: dict[str, nn.Module]
+) -> AttentionBlock:
     """The :class:`AttentionBlock` of module ``name`` found by ``layout``; its head size from the module's
     attribute (else ``config.head_dim``), its head counts from the projections' rows."""
-    hd = int(getattr(m, layout.head_dim_attr, 0) or (getattr(cfg, "head_dim", 0) if layout.style == "qkvo" else 0)
-             or 0)
+    hd = int(getattr(m, layout.head_dim_attr, 0) or (getattr(cfg, "head_dim", 0) if layout.style == "qkvo" else 0) or 0)
     if not hd:
         raise UnsupportedModuleError(
-            f"module '{name}': cannot tell the head size (no {layout.head_dim_attr} attribute)")
+            f"module '{name}': cannot tell the head size (no {layout.head_dim_attr} attribute)"
+        )
     if layout.style == "qkvo":
         h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
         kv = _rows(f"{name}.{layout.k}", ch[layout.k]) // hd
@@ -170,7 +182,6 @@ def _attention_block(name: str, m: nn.Module, ch: dict[str, nn.Module], layout: 
         raise UnsupportedModuleError(f"module '{name}': no output projection found next to it ({out_name})")
     h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
     return AttentionBlock(name, m, "bert", h, h, hd, outm, out_name, layout)
-
 
 
 def _rows(name: str, mod: nn.Module) -> int:

@@ -137,8 +137,16 @@ def plan_heads(
                 f"ignore= covers every attention module ({', '.join(kept_by_user[:8])}), so Head() has nothing to "
                 f"remove; ignore fewer modules"
             )
-    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
-                        max_batches=calib_batches, seed=seed, level="head")
+    scorer = UnitScorer(
+        model,
+        crit,
+        calibration=calibration,
+        example_inputs=example_inputs,
+        loss_fn=loss_fn,
+        max_batches=calib_batches,
+        seed=seed,
+        level="head",
+    )
     scored = scorer.score(head_unit_sets(model, blocks))
     names = unique_names([b.name for b in blocks])
     notes = list(scorer.notes)
@@ -147,11 +155,19 @@ def plan_heads(
     if not live:
         raise nothing_scored(crit, "head", "attention heads", notes)
     if len(live) < len(blocks):
-        notes.append(f"{len(blocks) - len(live)} attention module(s) keep their heads: criterion {crit.name!r} has "
-                     f"no score for them")
+        notes.append(
+            f"{len(blocks) - len(live)} attention module(s) keep their heads: criterion {crit.name!r} has "
+            f"no score for them"
+        )
     if live:
-        got, _ = allocate_units([names[i] for i in live], [scored[i].kept_high() for i in live],
-                                [scored[i].sizes for i in live], [scored[i].scored for i in live], sparsity, alloc)
+        got, _ = allocate_units(
+            [names[i] for i in live],
+            [scored[i].kept_high() for i in live],
+            [scored[i].sizes for i in live],
+            [scored[i].scored for i in live],
+            sparsity,
+            alloc,
+        )
         for i, r in zip(live, got):
             remove[i] = r
     scores = [u.kept_high() for u in scored]
@@ -161,8 +177,11 @@ def plan_heads(
     else:
         notes += exact_head_notes(model, blocks, remove)
     if kept_by_user:
-        notes.append(f"{len(kept_by_user)} attention module(s) keep all their heads because ignore= names them: "
-                     + ", ".join(kept_by_user[:8]) + (" ..." if len(kept_by_user) > 8 else ""))
+        notes.append(
+            f"{len(kept_by_user)} attention module(s) keep all their heads because ignore= names them: "
+            + ", ".join(kept_by_user[:8])
+            + (" ..." if len(kept_by_user) > 8 else "")
+        )
     return HeadPlan(blocks, remove, notes, crit.name, scores)
 
 
@@ -190,8 +209,9 @@ def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
     sync_config(model)
 
 
-def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
-                            apply: Callable[[nn.Module, HeadPlan], None] | None = None) -> None:
+def apply_head_plan_proved_(
+    model: nn.Module, plan: HeadPlan, inputs: Any, apply: Callable[[nn.Module, HeadPlan], None] | None = None
+) -> None:
     """:func:`apply_head_plan_`, proved on ``inputs``: the model must still run and give outputs of the same
     shapes. An attention layout whose code does not follow the new head count (a convolution over heads,
     a size it hard-codes) keeps its heads, and the plan's notes say which; if no block can lose heads the
@@ -216,8 +236,9 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
         for i, (b, r) in enumerate(zip(plan.blocks, plan.remove)):
             if not len(r):
                 continue
-            only = HeadPlan(plan.blocks,
-                            [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))])
+            only = HeadPlan(
+                plan.blocks, [r if j == i else np.zeros(0, dtype=np.int64) for j in range(len(plan.blocks))]
+            )
             snap_one = snapshot_tree(model)
             apply(model, only)
             ok = still_runs(model, inputs, shapes)
@@ -231,8 +252,10 @@ def apply_head_plan_proved_(model: nn.Module, plan: HeadPlan, inputs: Any,
                 f"removing heads breaks this model's forward pass (in module '{culprit}'): its attention code does not "
                 f"follow a smaller head count, so Head() cannot prune it; use a channel method (l2-channel) instead"
             )
-        plan.notes.append(f"{len(kept)} attention module(s) keep their heads because their code fixes the head "
-                          f"count: {', '.join(kept[:8])}")
+        plan.notes.append(
+            f"{len(kept)} attention module(s) keep their heads because their code fixes the head "
+            f"count: {', '.join(kept[:8])}"
+        )
         apply(model, plan)
 
 
@@ -266,8 +289,10 @@ class LayerPlan:
 
     def __str__(self) -> str:
         lines = [f"layer plan: remove {len(self.remove)} of {len(self.candidates)} blocks"]
-        lines += [f"  - {n} ({self.criterion} {self.scores[n]:.4g}{', identity residual' if self.identity[n] else ''})"
-                  for n in self.remove]
+        lines += [
+            f"  - {n} ({self.criterion} {self.scores[n]:.4g}{', identity residual' if self.identity[n] else ''})"
+            for n in self.remove
+        ]
         return "\n".join(lines)
 
 
@@ -373,8 +398,12 @@ def plan_layers(
         blocks = [f"{sname}.{i}" if sname else str(i) for i in range(len(st))]
         user = [overlaps_ignored(full.get(id(child), b), ignored) is not None for b, child in zip(blocks, st)]
         kept_by_user += [b for b, u in zip(blocks, user) if u]
-        cand = np.array([bool(shape_ok.get(c)) and (bool(identity.get(c)) or not identity_only) and not u
-                         for c, u in zip(blocks, user)])
+        cand = np.array(
+            [
+                bool(shape_ok.get(c)) and (bool(identity.get(c)) or not identity_only) and not u
+                for c, u in zip(blocks, user)
+            ]
+        )
         if cand.any():
             live.append((sname, st, blocks, cand))
     if not live:
@@ -384,9 +413,17 @@ def plan_layers(
                 f"nothing to remove; ignore fewer modules"
             )
         raise NothingToPruneError("no block of this model keeps its input shape, so Layer() has nothing to remove")
-    scores, scored, notes = _layer_scores(model, crit, live, infl, calibration=calibration,
-                                          example_inputs=example_inputs, loss_fn=loss_fn, calib_batches=calib_batches,
-                                          seed=seed)
+    scores, scored, notes = _layer_scores(
+        model,
+        crit,
+        live,
+        infl,
+        calibration=calibration,
+        example_inputs=example_inputs,
+        loss_fn=loss_fn,
+        calib_batches=calib_batches,
+        seed=seed,
+    )
     sizes = [np.array([float(sum(p.numel() for p in b.parameters())) for b in st]) for _, st, _, _ in live]
     removable = [cand & ok for (_, _, _, cand), ok in zip(live, scored)]
     if not any(r.any() for r in removable):
@@ -394,42 +431,70 @@ def plan_layers(
     if any((cand & ~ok).any() for (_, _, _, cand), ok in zip(live, scored)):
         notes.append(f"criterion {crit.name!r} has no score for some blocks (no parameter it reads): they are kept")
     ranked = [UnitScores(s, r, z).kept_high() for s, r, z in zip(scores, removable, sizes)]
-    got, _ = allocate_units(unique_names([sname or "<model>" for sname, _, _, _ in live]), ranked, sizes,
-                            removable, sparsity, alloc)
+    got, _ = allocate_units(
+        unique_names([sname or "<model>" for sname, _, _, _ in live]), ranked, sizes, removable, sparsity, alloc
+    )
     plan = LayerPlan([], [], identity, {}, notes, crit.name)
     for (_, _, blocks, cand), s, r in zip(live, scores, got):
         plan.candidates += [b for b, c in zip(blocks, cand) if c]
         plan.scores.update({b: float(v) for b, v, c in zip(blocks, s, cand) if c})
         plan.remove += sorted((blocks[i] for i in r.tolist()), key=lambda n: plan.scores[n])
     if kept_by_user:
-        plan.notes.append(f"{len(kept_by_user)} block(s) kept because ignore= names them or a module inside them: "
-                          + ", ".join(kept_by_user[:8]) + (" ..." if len(kept_by_user) > 8 else ""))
+        plan.notes.append(
+            f"{len(kept_by_user)} block(s) kept because ignore= names them or a module inside them: "
+            + ", ".join(kept_by_user[:8])
+            + (" ..." if len(kept_by_user) > 8 else "")
+        )
     non_id = [n for n in plan.remove if not identity.get(n)]
     if non_id:
         plan.notes.append(f"{len(non_id)} removed block(s) are not identity residuals (e.g. {non_id[0]})")
     return plan
 
 
-def _layer_scores(model: nn.Module, crit: Criterion, live: list, infl: dict[str, float], *, calibration: Any,
-                  example_inputs: Any, loss_fn: Any, calib_batches: int,
-                  seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def _layer_scores(
+    model: nn.Module,
+    crit: Criterion,
+    live: list,
+    infl: dict[str, float],
+    *,
+    calibration: Any,
+    example_inputs: Any,
+    loss_fn: Any,
+    calib_batches: int,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """One score per block of every live stack (and which blocks have one): block influence, the stack's
     blocks as the rows of one matrix (row-native criteria: FPGM), or the criterion reduced over each
     block's parameters."""
     if crit.name == "influence":
-        return ([np.array([infl.get(b, 0.0) for b in blocks]) for _, _, blocks, _ in live],
-                [np.array([b in infl for b in blocks]) for _, _, blocks, _ in live], [])
+        return (
+            [np.array([infl.get(b, 0.0) for b in blocks]) for _, _, blocks, _ in live],
+            [np.array([b in infl for b in blocks]) for _, _, blocks, _ in live],
+            [],
+        )
     if crit.row_native:
-        return ([row_scores(crit, stack_rows(list(st)), sname or "<model>", seed) for sname, st, _, _ in live],
-                [np.ones(len(st), dtype=bool) for _, st, _, _ in live], [])
+        return (
+            [row_scores(crit, stack_rows(list(st)), sname or "<model>", seed) for sname, st, _, _ in live],
+            [np.ones(len(st), dtype=bool) for _, st, _, _ in live],
+            [],
+        )
     canon = {id(t): n for n, t in model.named_parameters()}
     sets = []
     for sname, st, _, _ in live:
         members: list[tuple[str, int | None, np.ndarray]] = [
-            (canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters() if id(p) in canon]
+            (canon[id(p)], None, np.array([i])) for i, b in enumerate(st) for p in b.parameters() if id(p) in canon
+        ]
         sets.append(UnitSet(sname or "<model>", len(st), members))
-    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
-                        max_batches=calib_batches, seed=seed, level="layer")
+    scorer = UnitScorer(
+        model,
+        crit,
+        calibration=calibration,
+        example_inputs=example_inputs,
+        loss_fn=loss_fn,
+        max_batches=calib_batches,
+        seed=seed,
+        level="layer",
+    )
     got = scorer.score(sets)
     return [u.scores for u in got], [u.scored for u in got], list(scorer.notes)
 
@@ -441,8 +506,13 @@ def _is_identity_residual(mod: nn.Module, args: tuple, kwargs: dict, x: Tensor) 
     try:
         m = copy.deepcopy(mod)
         for sub in m.modules():
-            for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-                          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            for hooks in (
+                "_forward_hooks",
+                "_forward_pre_hooks",
+                "_forward_hooks_with_kwargs",
+                "_forward_pre_hooks_with_kwargs",
+                "_forward_hooks_always_called",
+            ):
                 d = getattr(sub, hooks, None)
                 if d is not None:
                     d.clear()
@@ -469,8 +539,10 @@ def apply_layer_plan_(model: nn.Module, plan: LayerPlan) -> None:
         parent_name, idx = key(n)
         parent = model.get_submodule(parent_name) if parent_name else model
         if not isinstance(parent, (nn.ModuleList, nn.Sequential)):
-            raise PlanError(f"the layer plan removes block {n!r}, but {parent_name or 'the model'!r} is a "
-                            f"{type(parent).__name__}, not a ModuleList or Sequential of blocks")
+            raise PlanError(
+                f"the layer plan removes block {n!r}, but {parent_name or 'the model'!r} is a "
+                f"{type(parent).__name__}, not a ModuleList or Sequential of blocks"
+            )
         del parent[idx]
         st["removed_layers"].append(n)
         _rename_after_removal(st, parent_name, idx)
@@ -497,7 +569,7 @@ def _rename_after_removal(st: dict, parent: str, idx: int) -> None:
     def rn(name: str) -> str | None:
         if not name.startswith(prefix):
             return name
-        rest = name[len(prefix):]
+        rest = name[len(prefix) :]
         head, dot, tail = rest.partition(".")
         if not head.isdigit():
             return name

@@ -28,11 +28,15 @@ def recurrent_notes(model: nn.Module, old_shapes: dict[str, tuple[int, ...]]) ->
         key = f"{name}.weight_hh_l0" if name else "weight_hh_l0"
         label = f"{name or '<model>'} ({type(mod).__name__})"
         if key in old_shapes and old_shapes[key][1] != mod.hidden_size:
-            notes.append(f"{label}: hidden units {old_shapes[key][1]} -> {mod.hidden_size} (every gate, the recurrent "
-                         f"weights and the next layer's inputs)")
+            notes.append(
+                f"{label}: hidden units {old_shapes[key][1]} -> {mod.hidden_size} (every gate, the recurrent "
+                f"weights and the next layer's inputs)"
+            )
         else:
-            notes.append(f"{label}: kept whole, hidden_size {mod.hidden_size} (its hidden units are fixed by an "
-                         f"ignore=, a model output or a size the code hard-codes)")
+            notes.append(
+                f"{label}: kept whole, hidden_size {mod.hidden_size} (its hidden units are fixed by an "
+                f"ignore=, a model output or a size the code hard-codes)"
+            )
     return notes
 
 
@@ -44,8 +48,9 @@ def sync_config(model: nn.Module) -> None:
         sync_hf_config(model)
 
 
-def layer_sparsity(model: nn.Module, old_shapes: dict[str, tuple[int, ...]],
-                   targets: Iterable[str] | None = None) -> dict[str, float]:
+def layer_sparsity(
+    model: nn.Module, old_shapes: dict[str, tuple[int, ...]], targets: Iterable[str] | None = None
+) -> dict[str, float]:
     """Fraction of output units removed from each conv / linear layer (by module name)."""
     out = {}
     tset = set(targets) if targets is not None else None

@@ -74,8 +74,9 @@ class StructuralPlan:
                 idx = np.nonzero(gone[lab])[0]
                 if idx.size:
                     parts.setdefault(m.param, {}).setdefault(m.dim, []).append(idx)
-        return {k: {d: np.unique(np.concatenate(v)).astype(np.int64) for d, v in dims.items()}
-                for k, dims in parts.items()}
+        return {
+            k: {d: np.unique(np.concatenate(v)).astype(np.int64) for d, v in dims.items()} for k, dims in parts.items()
+        }
 
     @property
     def units_removed(self) -> int:
@@ -245,17 +246,33 @@ def plan_channels(
     """
     with single_thread():
         return _plan_channels(
-            model, example_inputs, sparsity, criterion=criterion, allocation=allocation, kind=kind,
-            round_to=round_to, global_cap=global_cap, targets=targets, calibration=calibration, loss_fn=loss_fn,
-            calib_batches=calib_batches, seed=seed, strict=strict, validate=validate, trace=trace, opaque=opaque,
+            model,
+            example_inputs,
+            sparsity,
+            criterion=criterion,
+            allocation=allocation,
+            kind=kind,
+            round_to=round_to,
+            global_cap=global_cap,
+            targets=targets,
+            calibration=calibration,
+            loss_fn=loss_fn,
+            calib_batches=calib_batches,
+            seed=seed,
+            strict=strict,
+            validate=validate,
+            trace=trace,
+            opaque=opaque,
         )
 
 
 def group_unit_sets(groups: list[Group], names: list[str] | None = None) -> list[UnitSet]:
     """Dependency groups as unit sets for :class:`~prunekit.surgery.scoring.UnitScorer`."""
     names = names or [g.members[0].param for g in groups]
-    return [UnitSet(n, g.size, [(m.param, m.dim, lab) for m, lab in zip(g.members, g.index_class)])
-            for n, g in zip(names, groups)]
+    return [
+        UnitSet(n, g.size, [(m.param, m.dim, lab) for m, lab in zip(g.members, g.index_class)])
+        for n, g in zip(names, groups)
+    ]
 
 
 def _group_name(g: Group, producer_of: dict[tuple[str, int], str]) -> str:
@@ -303,33 +320,50 @@ def _plan_channels(
         )
     groups = [tr.groups[i] for i in chosen]
     names = unique_names([_group_name(g, tr.producer_of) for g in groups])
-    scorer = UnitScorer(model, crit, calibration=calibration, example_inputs=example_inputs, loss_fn=loss_fn,
-                        max_batches=calib_batches, seed=seed, level="channel")
+    scorer = UnitScorer(
+        model,
+        crit,
+        calibration=calibration,
+        example_inputs=example_inputs,
+        loss_fn=loss_fn,
+        max_batches=calib_batches,
+        seed=seed,
+        level="channel",
+    )
     scored = scorer.score(group_unit_sets(groups, names))
     notes = list(tr.notes) + scorer.notes
     removable = [np.asarray(g.removable, dtype=bool) & u.scored for g, u in zip(groups, scored)]
     unscored = [n for n, u in zip(names, scored) if not u.scored.any()]
     if unscored:
         why = " (no normalisation layer follows them)" if "bn_gamma" in crit.needs else ""
-        notes.append(f"{len(unscored)} group(s) kept whole: criterion {crit.name!r} has no score for them{why}: "
-                     + ", ".join(unscored[:8]) + (" ..." if len(unscored) > 8 else ""))
+        notes.append(
+            f"{len(unscored)} group(s) kept whole: criterion {crit.name!r} has no score for them{why}: "
+            + ", ".join(unscored[:8])
+            + (" ..." if len(unscored) > 8 else "")
+        )
     live = [i for i, u in enumerate(scored) if u.scored.any()]
     if not live:
         what = "channels" if kind == "channel" else "hidden dimensions"
-        raise nothing_scored(crit, "channel", what, notes[len(tr.notes):])
+        raise nothing_scored(crit, "channel", what, notes[len(tr.notes) :])
     segs = [_segments(g, tr.producer_of) for g in groups]
     removes = [np.zeros(0, dtype=np.int64) for _ in groups]
     if live:
         got, _ = allocate_units(
-            [names[i] for i in live], [scored[i].kept_high() for i in live],
-            [scored[i].sizes for i in live], [removable[i] for i in live], sparsity, alloc,
-            segments=[segs[i] for i in live], round_to=round_to,
+            [names[i] for i in live],
+            [scored[i].kept_high() for i in live],
+            [scored[i].sizes for i in live],
+            [removable[i] for i in live],
+            sparsity,
+            alloc,
+            segments=[segs[i] for i in live],
+            round_to=round_to,
         )
         for i, r in zip(live, got):
             removes[i] = r
     removes = [_protect_members(g, r) for g, r in zip(groups, removes)]
-    plan = StructuralPlan(groups, removes, kind=kind, notes=notes, criterion=crit.name,
-                          scores=[u.scores for u in scored])
+    plan = StructuralPlan(
+        groups, removes, kind=kind, notes=notes, criterion=crit.name, scores=[u.scores for u in scored]
+    )
     if validate and tr.inputs is not None:
         plan.check_inputs, plan.check_shapes = tr.inputs, list(tr.output_shapes)
     plan.seconds = time.perf_counter() - t0
@@ -404,8 +438,9 @@ def still_runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], whe
         model.train(was)
 
 
-def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[int, ...]],
-           where: list[str] | None = None) -> bool:
+def _probe(
+    model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[int, ...]], where: list[str] | None = None
+) -> bool:
     """Would the model still run, with the same output shapes, after this removal? The removal is applied
     in place and undone (module tree restored; no weight is copied)."""
     snap = snapshot_tree(model)
@@ -420,8 +455,9 @@ def _probe(model: nn.Module, inputs: Any, removal: Removal, shapes: list[tuple[i
         restore_tree(snap)
 
 
-def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list,
-                     failed_in: list[str] | None = None) -> set[int]:
+def _bisect_failures(
+    model: nn.Module, inputs: Any, plan: StructuralPlan, shapes: list, failed_in: list[str] | None = None
+) -> set[int]:
     """The groups whose removal breaks the model.
 
     First by following the errors: the module whose forward raised names the suspects (the groups with a
@@ -434,8 +470,9 @@ def _bisect_failures(model: nn.Module, inputs: Any, plan: StructuralPlan, shapes
     for step in range(len(active)):
         rest = [i for i in active if i not in bad]
         where: list[str] = list(failed_in) if step == 0 and failed_in is not None else []
-        if not rest or (not (step == 0 and failed_in is not None)
-                        and _probe(model, inputs, plan.removal(rest), shapes, where)):
+        if not rest or (
+            not (step == 0 and failed_in is not None) and _probe(model, inputs, plan.removal(rest), shapes, where)
+        ):
             return bad
         prefix = f"{where[-1]}." if where and where[-1] else None
         suspects = [i for i in rest if prefix and any(m.param.startswith(prefix) for m in plan.groups[i].members)]

@@ -101,8 +101,9 @@ class ConvHandler(ModuleHandler):
         g = conv.groups
         if conv.transposed:
             if g != 1 and tuple(w) != tuple(conv.weight.shape):
-                raise UnsupportedModuleError(f"module '{name}' ({type(module).__name__}): grouped transposed "
-                                             f"convolution cannot be resized")
+                raise UnsupportedModuleError(
+                    f"module '{name}' ({type(module).__name__}): grouped transposed convolution cannot be resized"
+                )
             return
         depthwise = g > 1 and conv.weight.shape[1] == 1
         if not depthwise and g > 1 and w[0] % g:
@@ -303,6 +304,7 @@ class RNNHandler(ModuleHandler):
     def check(self, name: str, module: nn.Module, new_shapes: dict[str, tuple[int, ...]]) -> None:
         """Refuse new shapes that are not those of an RNN with fewer hidden units (every gate, layer and
         direction alike) or fewer inputs."""
+
         def shape(key: str) -> tuple[int, ...]:
             return tuple(new_shapes.get(key, tuple(getattr(module, key).shape)))
 
@@ -315,7 +317,8 @@ class RNNHandler(ModuleHandler):
             for s in ["", "_reverse"][:nd]:
                 want: dict[str, tuple[int, ...]] = {
                     f"weight_ih_l{layer}{s}": (gates * hidden, inputs if layer == 0 else nd * hidden),
-                    f"weight_hh_l{layer}{s}": (gates * hidden, hidden)}
+                    f"weight_hh_l{layer}{s}": (gates * hidden, hidden),
+                }
                 if rnn.bias:
                     want.update({f"bias_ih_l{layer}{s}": (gates * hidden,), f"bias_hh_l{layer}{s}": (gates * hidden,)})
                 for key, expect in want.items():

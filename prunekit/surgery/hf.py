@@ -44,7 +44,6 @@ def input_embedding(model: nn.Module) -> nn.Module | None:
     return emb if isinstance(w, torch.Tensor) and w.dim() == 2 else None
 
 
-
 def _mlp_width(layer: nn.Module, inputs: tuple[tuple[str, bool], ...]) -> int | None:
     """The MLP width of one block, read from the first of ``inputs`` (the family table's MLP input
     projections, :func:`~prunekit.calibration.families.mlp_inputs`) it has; a fused gate/up projection
@@ -178,13 +177,17 @@ def expressible_group_counts(model: nn.Module, block: AttentionBlock) -> list[in
     (no removal) always qualifies. Models without a Hugging Face config can keep any number."""
     if not _is_hf_config(getattr(model, "config", None)):
         return list(range(1, block.groups + 1))
-    out = [g for g in range(1, block.groups)
-           if head_config_fields(model, g * block.q_per_kv, g, block.head_dim) is not None]
+    out = [
+        g
+        for g in range(1, block.groups)
+        if head_config_fields(model, g * block.q_per_kv, g, block.head_dim) is not None
+    ]
     return out + [block.groups]
 
 
-def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list[np.ndarray],
-                    remove: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+def fit_head_counts(
+    model: nn.Module, blocks: list[AttentionBlock], scores: list[np.ndarray], remove: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[str]]:
     """Move a uniform head plan to the nearest group count the config can express.
 
     Ties go to the count that removes less, except that a tie with keeping every group goes to the count
@@ -210,20 +213,27 @@ def fit_head_counts(model: nn.Module, blocks: list[AttentionBlock], scores: list
     cls = type(model.config).__name__
     heads = want * b0.q_per_kv
     if allowed == [b0.groups]:
-        return remove, [(f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
-                         "config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned")]
+        return remove, [
+            (
+                f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
+                "config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
+            )
+        ]
     keep = min(allowed, key=lambda g: (abs(g - want), g == b0.groups, -g))
-    new_remove = [np.sort(np.argsort(s, kind="stable")[: b.groups - keep]).astype(np.int64)
-                  for b, s in zip(blocks, scores)]
+    new_remove = [
+        np.sort(np.argsort(s, kind="stable")[: b.groups - keep]).astype(np.int64) for b, s in zip(blocks, scores)
+    ]
     options = ", ".join(f"{1 - g / b0.groups:g}" for g in allowed)
     asked = 1 - want / b0.groups
-    note = (f"{cls} cannot state {heads} heads of size {b0.head_dim} (hidden size "
-            f"{getattr(model.config, 'hidden_size', '?')}): the head sparsity the allocation gave, {asked:g} "
-            f"({heads} of {b0.num_heads} heads kept), became {1 - keep / b0.groups:g}, "
-            f"keeping {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
-            f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
-            f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "
-            "prunekit.surgery.from_pretrained_pruned)")
+    note = (
+        f"{cls} cannot state {heads} heads of size {b0.head_dim} (hidden size "
+        f"{getattr(model.config, 'hidden_size', '?')}): the head sparsity the allocation gave, {asked:g} "
+        f"({heads} of {b0.num_heads} heads kept), became {1 - keep / b0.groups:g}, "
+        f"keeping {keep * b0.q_per_kv} heads ({keep} of {b0.groups} "
+        f"key/value groups) per layer so that stock from_pretrained reloads the model; sparsities it can "
+        f"state: {options}; option exact_heads=True keeps {heads} heads (reload with "
+        "prunekit.surgery.from_pretrained_pruned)"
+    )
     return new_remove, [note]
 
 
@@ -241,9 +251,13 @@ def exact_head_notes(model: nn.Module, blocks: list[AttentionBlock], remove: lis
         what = f"{groups * per} heads of size {dim}"
     else:
         what = "different head counts in different layers"
-    return [(f"{type(model.config).__name__} cannot state {what} (exact_heads=True): the new sizes are recorded "
-             "in config.prunekit_structure; reload with prunekit.surgery.from_pretrained_pruned (stock "
-             "from_pretrained builds the old sizes)")]
+    return [
+        (
+            f"{type(model.config).__name__} cannot state {what} (exact_heads=True): the new sizes are recorded "
+            "in config.prunekit_structure; reload with prunekit.surgery.from_pretrained_pruned (stock "
+            "from_pretrained builds the old sizes)"
+        )
+    ]
 
 
 def sync_hf_config(model: nn.Module) -> dict[str, Any]:
@@ -371,8 +385,9 @@ def hf_structure_diff(model: nn.Module) -> dict[str, Any] | None:
     ref_tensors = dict(ref.named_parameters(remove_duplicate=False)) | dict(ref.named_buffers(remove_duplicate=False))
     shapes: dict[str, list[int]] = {}
     missing: list[str] = []
-    for name, t in (list(model.named_parameters(remove_duplicate=False))
-                    + list(model.named_buffers(remove_duplicate=False))):
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         r = ref_tensors.get(name)
         if r is None:
             missing.append(name)
@@ -455,8 +470,9 @@ def from_pretrained_pruned(model_class: Any, path: str, *, dtype: torch.dtype | 
         for k, v in state.items():
             t = tensors[k]
             if tuple(t.shape) != tuple(v.shape):
-                raise CheckpointError(f"{directory}: {k} has shape {tuple(v.shape)} in the file, "
-                                      f"{tuple(t.shape)} in the rebuilt model")
+                raise CheckpointError(
+                    f"{directory}: {k} has shape {tuple(v.shape)} in the file, {tuple(t.shape)} in the rebuilt model"
+                )
             t.copy_(v)
     if dtype is not None:
         model.to(dtype)

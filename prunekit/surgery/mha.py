@@ -28,7 +28,9 @@ from prunekit.errors import UnsupportedModuleError
 def head_prunable(module: nn.MultiheadAttention) -> bool:
     """Packed projections, no extra key/value bias, no zero attention: the layout that can be resized."""
     return bool(
-        module._qkv_same_embed_dim and module.in_proj_weight is not None and module.bias_k is None
+        module._qkv_same_embed_dim
+        and module.in_proj_weight is not None
+        and module.bias_k is None
         and not module.add_zero_attn
     )
 
@@ -120,8 +122,8 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         w = self.in_proj_weight
         b = self.in_proj_bias
         q = F.linear(query, w[:inner], None if b is None else b[:inner])
-        k = F.linear(key, w[inner: 2 * inner], None if b is None else b[inner: 2 * inner])
-        v = F.linear(value, w[2 * inner:], None if b is None else b[2 * inner:])
+        k = F.linear(key, w[inner : 2 * inner], None if b is None else b[inner : 2 * inner])
+        v = F.linear(value, w[2 * inner :], None if b is None else b[2 * inner :])
         # (L, N, H*d) -> (N, H, L, d)
         q = q.reshape(tgt, n, h, d).permute(1, 2, 0, 3)
         k = k.reshape(src, n, h, d).permute(1, 2, 0, 3)

@@ -187,8 +187,9 @@ def _reparam_keys(rp: _Reparam, slots: dict[str, list[_Slot]]) -> dict[str, str]
     return {n: key_of[id(t)] for n, t in rp.tensors() if id(t) in key_of}
 
 
-def new_shapes(model: nn.Module, removal: Removal,
-               slots: dict[str, list[_Slot]] | None = None) -> dict[str, tuple[int, ...]]:
+def new_shapes(
+    model: nn.Module, removal: Removal, slots: dict[str, list[_Slot]] | None = None
+) -> dict[str, tuple[int, ...]]:
     """The shape every tensor of ``removal`` will have; a removal that does not fit raises :class:`PlanError`."""
     slots = tensor_slots(model) if slots is None else slots
     removal, reparams = _reparams(model, removal, slots)
@@ -241,8 +242,10 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
                 old_shapes[keys[n]] = tuple(olds[n].shape)
         # the module's handler checks the weight it computes, by its plain name
         per_module[id(rp.module)] = (
-            rp.module_name, rp.module, {rp.pname: rp.weight_shape()},
-            {rp.pname: tuple(getattr(rp.module, rp.pname).shape)}
+            rp.module_name,
+            rp.module,
+            {rp.pname: rp.weight_shape()},
+            {rp.pname: tuple(getattr(rp.module, rp.pname).shape)},
         )
     for key, dims in removal.items():
         t = getattr(slots[key][0].module, slots[key][0].attr)
@@ -272,7 +275,7 @@ def remove_(model: nn.Module, removal: Removal) -> dict[str, tuple[int, ...]]:
             h = handler_for(omod)
             if h is None:
                 continue
-            prefix = mname[len(oname) + 1:] if oname and mname != oname else ("" if mname == oname else mname)
+            prefix = mname[len(oname) + 1 :] if oname and mname != oname else ("" if mname == oname else mname)
             rel = {(f"{prefix}.{k}" if prefix else k): v for k, v in nshapes.items()}
             rel_old = {(f"{prefix}.{k}" if prefix else k): v for k, v in oshapes.items()}
             h.check(oname or "<model>", omod, rel)
@@ -312,8 +315,9 @@ def size_attrs(module: nn.Module) -> dict[str, object]:
     for k, v in vars(module).items():
         if k.startswith("_") or isinstance(v, bool):
             continue
-        if isinstance(v, int) or (isinstance(v, tuple)
-                                  and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        if isinstance(v, int) or (
+            isinstance(v, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        ):
             out[k] = v
     return out
 

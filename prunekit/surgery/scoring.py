@@ -185,7 +185,7 @@ def _power_per_index(t: Tensor, dim: int | None, p: float) -> Tensor:
     acc = torch.zeros(n, dtype=torch.float64, device=x.device)
     step = max(1, (1 << 18) // max(n * x3.shape[2], 1))  # ~256k values per chunk
     for i in range(0, lead, step):
-        acc += part(x3[i: i + step]).double()
+        acc += part(x3[i : i + step]).double()
     return acc
 
 
@@ -264,8 +264,11 @@ class UnitScorer:
         needs = set(self.criterion.needs)
         if not needs:
             return
-        layers = {r.stats_name: self._modules[r.stats_name] for r in refs
-                  if (r.layout is not None or r.bias) and r.stats_name is not None}
+        layers = {
+            r.stats_name: self._modules[r.stats_name]
+            for r in refs
+            if (r.layout is not None or r.bias) and r.stats_name is not None
+        }
         if not layers:
             return
         calibration = self.calibration
@@ -280,8 +283,15 @@ class UnitScorer:
                 f"criterion that needs none: {', '.join(free)}"
             )
         try:
-            self._stats = collect(self.model, layers, needs, calibration, example_inputs=self.example_inputs,
-                                  loss_fn=self.loss_fn, max_batches=self.max_batches)
+            self._stats = collect(
+                self.model,
+                layers,
+                needs,
+                calibration,
+                example_inputs=self.example_inputs,
+                loss_fn=self.loss_fn,
+                max_batches=self.max_batches,
+            )
         except DataError as e:
             if not str(e).startswith("no calibration input reached"):
                 raise
@@ -320,8 +330,10 @@ class UnitScorer:
             with torch.no_grad():
                 t = ref.tensor.detach()
                 for d in todo:
-                    self._cache[(key, d)] = (_power_per_index(t, d, crit.power).cpu().numpy(),
-                                             _slice_sizes(tuple(t.shape), d))
+                    self._cache[(key, d)] = (
+                        _power_per_index(t, d, crit.power).cpu().numpy(),
+                        _slice_sizes(tuple(t.shape), d),
+                    )
             return
         if ref.layout is not None:
             want = [d for d in todo if not crit.row_native or d == ref.layout.out_axis]
@@ -347,8 +359,15 @@ class UnitScorer:
             if st is None or st.bias_grad is None:
                 return
             want = todo
-            contrib = crit.contribution(ScoreInput(ref.tensor.detach(), LayerStats(key, grad=st.bias_grad,
-                                                   grad_sq=st.bias_grad_sq), None, key, self.seed))
+            contrib = crit.contribution(
+                ScoreInput(
+                    ref.tensor.detach(),
+                    LayerStats(key, grad=st.bias_grad, grad_sq=st.bias_grad_sq),
+                    None,
+                    key,
+                    self.seed,
+                )
+            )
         elif not crit.needs and not crit.row_native and crit.score is not None:
             want = todo
             t = ref.tensor.detach()
@@ -409,8 +428,10 @@ def stack_rows(blocks: Sequence[nn.Module]) -> Tensor:
 
     shapes = [[tuple(p.shape) for p in b.parameters()] for b in blocks]
     if any(s != shapes[0] for s in shapes[1:]):
-        raise ConfigError("comparing whole blocks by their parameters needs blocks of equal shapes in a stack; "
-                          "these differ (pruned unevenly?): use criterion='influence' for layers")
+        raise ConfigError(
+            "comparing whole blocks by their parameters needs blocks of equal shapes in a stack; "
+            "these differ (pruned unevenly?): use criterion='influence' for layers"
+        )
     return torch.stack([torch.cat([p.detach().float().reshape(-1) for p in b.parameters()]) for b in blocks])
 
 

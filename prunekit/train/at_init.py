@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from prunekit.allocation.builtin import Global
 from prunekit.api import prune
 from prunekit.apply.masks import original_parameter
-from prunekit.apply.plan import LayerPlan, Plan, element_scores, gather_statistics
+from prunekit.apply.plan import LayerPlan, Plan
+from prunekit.apply.scores import element_scores, gather_statistics
 from prunekit.criteria import resolve_criterion
 from prunekit.errors import (
     ConfigError,
@@ -41,22 +42,38 @@ if TYPE_CHECKING:
 # ---- pruning at initialisation: one-shot methods ---------------------------------------------------
 
 
-def _global_plan(name: str, targets: list[Target], importance: dict[str, Tensor], sparsity: float,
-                 allocation: Any, seed: int) -> Plan:
+def _global_plan(
+    name: str, targets: list[Target], importance: dict[str, Tensor], sparsity: float, allocation: Any, seed: int
+) -> Plan:
     """Masks from per-weight importance scores (higher = keep) with the given allocation."""
     from prunekit.allocation.builtin import LayerInfo
 
-    infos = [LayerInfo(t.name, tuple(t.weight.shape), importance[t.name].reshape(-1),
-                       torch.ones(t.weight.numel(), dtype=torch.long)) for t in targets]
+    infos = [
+        LayerInfo(
+            t.name,
+            tuple(t.weight.shape),
+            importance[t.name].reshape(-1),
+            torch.ones(t.weight.numel(), dtype=torch.long),
+        )
+        for t in targets
+    ]
     per_layer = allocation.allocate(infos, sparsity)
-    layers = [LayerPlan(t.name, t.param, tuple(t.weight.shape), per_layer[t.name],
-                        Unstructured().mask(importance[t.name], min(per_layer[t.name], 1 - 1e-12)).cpu())
-              for t in targets]
+    layers = [
+        LayerPlan(
+            t.name,
+            t.param,
+            tuple(t.weight.shape),
+            per_layer[t.name],
+            Unstructured().mask(importance[t.name], min(per_layer[t.name], 1 - 1e-12)).cpu(),
+        )
+        for t in targets
+    ]
     return Plan(layers, name, {"sparsity": sparsity, "allocation": str(allocation), "seed": seed})
 
 
-def _scores_in_stored_layout(criterion: str, model: nn.Module, targets: list[Target], seed: int = 0,
-                             **data: Any) -> dict[str, Tensor]:
+def _scores_in_stored_layout(
+    criterion: str, model: nn.Module, targets: list[Target], seed: int = 0, **data: Any
+) -> dict[str, Tensor]:
     """Element scores of ``criterion`` (:mod:`prunekit.criteria`) from the unified statistics collector,
     shaped like each stored weight."""
     crit = resolve_criterion(criterion)
@@ -65,8 +82,9 @@ def _scores_in_stored_layout(criterion: str, model: nn.Module, targets: list[Tar
     return {t.name: t.layout.from_canonical(scores[t.name]).contiguous() for t in targets}
 
 
-def synflow_importance(model: nn.Module, targets: list[Target], example_inputs: Any,
-                       masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+def synflow_importance(
+    model: nn.Module, targets: list[Target], example_inputs: Any, masks: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """SynFlow scores ``|dR/dw * w|`` with ``R = 1^T (prod_l |W_l|) 1`` (Tanaka et al. 2020, "Pruning
     neural networks without any data by iteratively conserving synaptic flow"): the ``synflow`` criterion.
 
@@ -90,8 +108,12 @@ def synflow_importance(model: nn.Module, targets: list[Target], example_inputs: 
     return _scores_in_stored_layout("synflow", work, wtargets, example_inputs=example_inputs)
 
 
-@register_method("synflow", when="at-init", default_allocation="global",
-                 paper="Pruning neural networks without any data by iteratively conserving synaptic flow")
+@register_method(
+    "synflow",
+    when="at-init",
+    default_allocation="global",
+    paper="Pruning neural networks without any data by iteratively conserving synaptic flow",
+)
 class SynFlow(Method):
     """data-free iterative synaptic-flow scores |dR/dw * w| (Tanaka et al. 2020); needs example_inputs.
 
@@ -108,9 +130,11 @@ class SynFlow(Method):
         :class:`~prunekit.errors.ConfigError` for ``rounds`` < 1 and
         :class:`~prunekit.errors.MissingDataError` without example inputs."""
         if not isinstance(request.pattern, Unstructured):
-            raise PatternError(f"synflow prunes single weights in rounds: use pattern=None (unstructured), not "
-                               f"{request.pattern}; or prunekit.Pruner(criterion='synflow', granularity=...) for one "
-                               "round with another pattern")
+            raise PatternError(
+                f"synflow prunes single weights in rounds: use pattern=None (unstructured), not "
+                f"{request.pattern}; or prunekit.Pruner(criterion='synflow', granularity=...) for one "
+                "round with another pattern"
+            )
         rounds = int(request.options.get("rounds", 100))
         if rounds < 1:
             raise ConfigError("synflow needs rounds >= 1")
@@ -122,14 +146,23 @@ class SynFlow(Method):
             scores = {n: torch.where(masks[n].to(s.device), s, torch.full_like(s, -1.0)) for n, s in scores.items()}
             plan = _global_plan(self.name, request.targets, scores, s_k, alloc, request.seed)
             masks = {lp.name: lp.mask & masks[lp.name].cpu() for lp in plan.layers}
-        plan = Plan([LayerPlan(t.name, t.param, tuple(t.weight.shape), 1 - masks[t.name].float().mean().item(),
-                               masks[t.name]) for t in request.targets], self.name, {"rounds": rounds})
+        plan = Plan(
+            [
+                LayerPlan(
+                    t.name, t.param, tuple(t.weight.shape), 1 - masks[t.name].float().mean().item(), masks[t.name]
+                )
+                for t in request.targets
+            ],
+            self.name,
+            {"rounds": rounds},
+        )
         plan.apply_(model)
         return MethodOutcome(plan.layer_sparsity(), [f"synflow: {rounds} rounds, no data used"], plan)
 
 
-def grasp_importance(model: nn.Module, targets: list[Target], batches: Any, temperature: float = 200.0,
-                     loss_fn: Any = None) -> dict[str, Tensor]:
+def grasp_importance(
+    model: nn.Module, targets: list[Target], batches: Any, temperature: float = 200.0, loss_fn: Any = None
+) -> dict[str, Tensor]:
     """GraSP (Wang et al. 2020, "Picking Winning Tickets Before Training by Preserving Gradient Flow"): the
     ``grasp`` criterion.
 
@@ -142,12 +175,18 @@ def grasp_importance(model: nn.Module, targets: list[Target], batches: Any, temp
     ``{target name: scores}`` shaped like each stored weight; raises :class:`~prunekit.errors.DataError`
     for data no loss can be formed from.
     """
-    return _scores_in_stored_layout("grasp", model, targets, calibration=batches, loss_fn=loss_fn,
-                                    grasp_temperature=temperature)
+    return _scores_in_stored_layout(
+        "grasp", model, targets, calibration=batches, loss_fn=loss_fn, grasp_temperature=temperature
+    )
 
 
-@register_method("grasp", when="at-init", default_allocation="global", needs_data=True,
-                 paper="Picking Winning Tickets Before Training by Preserving Gradient Flow")
+@register_method(
+    "grasp",
+    when="at-init",
+    default_allocation="global",
+    needs_data=True,
+    paper="Picking Winning Tickets Before Training by Preserving Gradient Flow",
+)
 class GraSP(Method):
     """gradient-flow preserving scores -w*(Hg) (Wang et al. 2020); needs calibration.
 
@@ -163,18 +202,31 @@ class GraSP(Method):
         unstructured and :class:`~prunekit.errors.DataError` / :class:`~prunekit.errors.MissingDataError` for
         calibration no loss can be formed from."""
         if not isinstance(request.pattern, Unstructured):
-            raise PatternError(f"grasp scores single weights: use pattern=None (unstructured), not {request.pattern}; "
-                               "or prunekit.Pruner(criterion='grasp', granularity=...)")
-        scores = grasp_importance(model, request.targets, request.calibration,
-                                  float(request.options.get("temperature", 200.0)), request.options.get("loss_fn"))
-        plan = _global_plan(self.name, request.targets, scores, request.sparsity,
-                            request.allocation or Global(), request.seed)
+            raise PatternError(
+                f"grasp scores single weights: use pattern=None (unstructured), not {request.pattern}; "
+                "or prunekit.Pruner(criterion='grasp', granularity=...)"
+            )
+        scores = grasp_importance(
+            model,
+            request.targets,
+            request.calibration,
+            float(request.options.get("temperature", 200.0)),
+            request.options.get("loss_fn"),
+        )
+        plan = _global_plan(
+            self.name, request.targets, scores, request.sparsity, request.allocation or Global(), request.seed
+        )
         plan.apply_(model)
         return MethodOutcome(plan.layer_sparsity(), plan=plan)
 
 
-@register_method("erk", criterion="random", default_allocation="erk", when="at-init",
-                 paper="Rigging the Lottery: Making All Tickets Winners")
+@register_method(
+    "erk",
+    criterion="random",
+    default_allocation="erk",
+    when="at-init",
+    paper="Rigging the Lottery: Making All Tickets Winners",
+)
 class ERKRandom(ScoreMethod):
     """random masks with Erdos-Renyi-Kernel layer sparsities (Evci et al. 2020)."""
 
@@ -192,6 +244,13 @@ class AtInit(Callback):
         m = METHODS.get(self.method)
         calib = trainer.calibration_batches(self.n) if m.needs_data else None
         example = trainer.x[:1]
-        self.report = prune(trainer.model, m, sparsity=self.sparsity, calibration=calib, example_inputs=example,
-                               measure=False, **self.options)
+        self.report = prune(
+            trainer.model,
+            m,
+            sparsity=self.sparsity,
+            calibration=calib,
+            example_inputs=example,
+            measure=False,
+            **self.options,
+        )
         trainer.history.notes.append(f"{self.method} at initialisation: sparsity {self.report.sparsity:.4f}")

@@ -55,8 +55,9 @@ class GMP(Callback):
     """Gradual magnitude pruning (Zhu & Gupta 2017): masks follow the cubic schedule from ``start`` to
     ``end`` (fractions of the round's steps), updated every ``frequency`` steps, layer-wise magnitude."""
 
-    def __init__(self, sparsity: float, start: float = 0.1, end: float = 0.7, updates: int = 20,
-                 allocation: str = "uniform"):
+    def __init__(
+        self, sparsity: float, start: float = 0.1, end: float = 0.7, updates: int = 20, allocation: str = "uniform"
+    ):
         if not 0 <= start < end <= 1:
             raise ConfigError("gmp needs 0 <= start < end <= 1 (fractions of training)")
         self.sparsity, self.start, self.end, self.updates, self.allocation = sparsity, start, end, updates, allocation
@@ -135,8 +136,14 @@ def remove_bn_channels(trainer: Trainer, ratio: float, label: str) -> None:
     try:
         from prunekit.methods import structural as _structural  # noqa: F401
 
-        report = prune(trainer.model, "bn-scale-channel", sparsity=ratio, example_inputs=trainer.x[:1],
-                          measure=False, allocation=Global(count="units"))
+        report = prune(
+            trainer.model,
+            "bn-scale-channel",
+            sparsity=ratio,
+            example_inputs=trainer.x[:1],
+            measure=False,
+            allocation=Global(count="units"),
+        )
         trainer.history.notes.append(f"{label}: removed channels physically, parameters {report.after.params}")
     except (ImportError, UnknownNameError, UnsupportedModuleError) as e:
         _mask_bn_channels(trainer.model, bn_channel_masks(trainer.model, ratio))
@@ -257,8 +264,14 @@ class SoftFilterPruning(Callback):
         convs = self._convs(trainer.model)
         if convs:
             names = {t.name for t in convs}
-            prune(trainer.model, "magnitude", sparsity=self.sparsity, pattern=Channel(), measure=False,
-                     ignore=lambda m, n: n not in names)
+            prune(
+                trainer.model,
+                "magnitude",
+                sparsity=self.sparsity,
+                pattern=Channel(),
+                measure=False,
+                ignore=lambda m, n: n not in names,
+            )
 
 
 def drop_and_grow(weight: Tensor, mask: Tensor, grow_scores: Tensor, k: int) -> Tensor:
@@ -292,8 +305,15 @@ class DynamicSparse(Callback):
 
     grow = "random"
 
-    def __init__(self, sparsity: float, update_every: int = 100, drop_fraction: float = 0.3, end: float = 0.75,
-                 allocation: str = "erk", seed: int = 0):
+    def __init__(
+        self,
+        sparsity: float,
+        update_every: int = 100,
+        drop_fraction: float = 0.3,
+        end: float = 0.75,
+        allocation: str = "erk",
+        seed: int = 0,
+    ):
         self.sparsity, self.update_every, self.drop_fraction = sparsity, update_every, drop_fraction
         self.end, self.allocation, self.seed = end, allocation, seed
         self.dense_grads: dict[str, Tensor] = {}
@@ -301,8 +321,9 @@ class DynamicSparse(Callback):
 
     def on_train_begin(self, trainer: Trainer) -> None:
         """Start from random masks at ``sparsity`` with the ``allocation``'s layer sparsities (ERK by default)."""
-        prune(trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed,
-                 measure=False)
+        prune(
+            trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed, measure=False
+        )
 
     def _is_update(self, trainer: Trainer) -> bool:
         nxt = trainer.step + 1  # the step about to finish
@@ -325,8 +346,7 @@ class DynamicSparse(Callback):
         for name, module, pname, mask in list(masked_parameters(trainer.model)):
             w = original_parameter(module, pname)
             k = int(zeta * int(mask.sum()))
-            scores = (self.dense_grads[name].abs() if self.grow == "gradient"
-                      else torch.rand(mask.shape, generator=gen))
+            scores = self.dense_grads[name].abs() if self.grow == "gradient" else torch.rand(mask.shape, generator=gen)
             new = drop_and_grow(w.detach() * mask, mask, scores, k)
             grown = new & ~mask
             with torch.no_grad():

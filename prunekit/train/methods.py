@@ -27,6 +27,7 @@ from prunekit.train.during import GMP, SET, GroupLasso, NetworkSlimming, RigL, S
 
 __all__ = ["TrainingMethod", "training_callback"]
 
+
 @dataclass
 class TrainingMethod(Method):
     """A method that acts during training: registered for discovery; it runs inside the trainer."""
@@ -47,19 +48,43 @@ class TrainingMethod(Method):
 
 for _name, _factory, _desc, _paper in (
     ("gmp", GMP, "gradual magnitude pruning on the cubic schedule (Zhu & Gupta 2017)", "To prune, or not to prune"),
-    ("slimming", NetworkSlimming, "L1 on BN scales, remove channels, fine-tune (Liu et al. 2017)",
-     "Learning Efficient Convolutional Networks through Network Slimming"),
-    ("group-lasso", GroupLasso, "group-lasso on filters/neurons, remove channels (Wen et al. 2016)",
-     "Learning Structured Sparsity in Deep Neural Networks"),
-    ("sfp", SoftFilterPruning, "soft filter pruning: zero weak filters each epoch, they may recover (He et al. 2018)",
-     "Soft Filter Pruning for Accelerating Deep Convolutional Neural Networks"),
-    ("set", SET, "sparse evolutionary training: drop small, grow random (Mocanu et al. 2018)",
-     "Scalable training of artificial neural networks with adaptive sparse connectivity"),
+    (
+        "slimming",
+        NetworkSlimming,
+        "L1 on BN scales, remove channels, fine-tune (Liu et al. 2017)",
+        "Learning Efficient Convolutional Networks through Network Slimming",
+    ),
+    (
+        "group-lasso",
+        GroupLasso,
+        "group-lasso on filters/neurons, remove channels (Wen et al. 2016)",
+        "Learning Structured Sparsity in Deep Neural Networks",
+    ),
+    (
+        "sfp",
+        SoftFilterPruning,
+        "soft filter pruning: zero weak filters each epoch, they may recover (He et al. 2018)",
+        "Soft Filter Pruning for Accelerating Deep Convolutional Neural Networks",
+    ),
+    (
+        "set",
+        SET,
+        "sparse evolutionary training: drop small, grow random (Mocanu et al. 2018)",
+        "Scalable training of artificial neural networks with adaptive sparse connectivity",
+    ),
     ("rigl", RigL, "drop small, grow by dense gradient, ERK (Evci et al. 2020)", "Rigging the Lottery"),
-    ("imp", LotteryTicket, "iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019)",
-     "The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neural Networks"),
-    ("early-bird", EarlyBird, "early-bird tickets from BN-mask convergence (You et al. 2020)",
-     "Drawing Early-Bird Tickets: Towards More Efficient Training of Deep Networks"),
+    (
+        "imp",
+        LotteryTicket,
+        "iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019)",
+        "The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neural Networks",
+    ),
+    (
+        "early-bird",
+        EarlyBird,
+        "early-bird tickets from BN-mask convergence (You et al. 2020)",
+        "Drawing Early-Bird Tickets: Towards More Efficient Training of Deep Networks",
+    ),
 ):
     METHODS.add(_name, TrainingMethod(_name, _desc, _factory, _paper), _desc)
 

@@ -281,12 +281,21 @@ class Trainer:
     def _run_round(self) -> None:
         c = self.config
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"), disable=not c.progress, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not c.progress,
+            transient=True,
         ) as progress:
             while self.epoch < c.epochs:
-                task = progress.add_task(f"round {self.round} epoch {self.epoch + 1}/{c.epochs}",
-                                         total=self.steps_per_epoch, completed=self.batch_in_epoch, info="")
+                task = progress.add_task(
+                    f"round {self.round} epoch {self.epoch + 1}/{c.epochs}",
+                    total=self.steps_per_epoch,
+                    completed=self.batch_in_epoch,
+                    info="",
+                )
                 order = self._order(self.epoch)
                 while self.batch_in_epoch < self.steps_per_epoch:
                     b = self.batch_in_epoch

@@ -76,8 +76,10 @@ def test_allocations_registered_and_contract():
     torch.manual_seed(0)
     shapes = [(50, 100), (50, 50), (10, 50)]
     weights = [torch.randn(s) for s in shapes]
-    layers = [LayerInfo(f"l{i}", s, w.abs().reshape(-1), torch.ones(w.numel(), dtype=torch.long))
-              for i, (s, w) in enumerate(zip(shapes, weights))]
+    layers = [
+        LayerInfo(f"l{i}", s, w.abs().reshape(-1), torch.ones(w.numel(), dtype=torch.long))
+        for i, (s, w) in enumerate(zip(shapes, weights))
+    ]
     for name in pk.ALLOCATIONS.names():
         alloc = pk.ALLOCATIONS.get(name)()
         got = alloc.allocate(layers, 0.7)
@@ -132,8 +134,13 @@ def test_outlier_ratio_hand_computed():
 def _cnn() -> nn.Sequential:
     """Three 4->4 3x3 convolutions (144 weights each) and a classifier the pruner leaves dense."""
     model = nn.Sequential(
-        nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(), nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, bias=False), nn.Flatten(), nn.Linear(4, 2),
+        nn.Conv2d(4, 4, 3, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, bias=False),
+        nn.Flatten(),
+        nn.Linear(4, 2),
     )
     with torch.no_grad():
         for conv in (model[0], model[2], model[4]):
@@ -168,7 +175,8 @@ def test_owl_pools_blocks_and_meets_the_target_in_weights():
     ones = torch.ones
     outliers = torch.cat([ones(96), torch.full((4,), 100.0)])  # 4 of 100 above 5 x mean
     layers = [
-        info("blocks.0.a", outliers), info("blocks.0.b", ones(100)),  # block 0: 4 / 200 outliers
+        info("blocks.0.a", outliers),
+        info("blocks.0.b", ones(100)),  # block 0: 4 / 200 outliers
         info("blocks.1.a", ones(50)),  # block 1: none
         info("head", torch.cat([ones(47), torch.full((3,), 100.0)])),  # its own block: 3 / 50
     ]
@@ -197,8 +205,9 @@ def test_owl_refuses_bad_options_and_nm():
         pk.Pruner("magnitude", "2:4", allocation="owl")
 
 
-@pytest.mark.parametrize("alloc", [pk.Global(), pk.Global(count="units"), pk.LAMP(), pk.OWL()],
-                         ids=["global", "global-units", "lamp", "owl"])
+@pytest.mark.parametrize(
+    "alloc", [pk.Global(), pk.Global(count="units"), pk.LAMP(), pk.OWL()], ids=["global", "global-units", "lamp", "owl"]
+)
 def test_score_based_allocations_refuse_layers_without_scores(alloc):
     # Global and LAMP once failed inside with an AttributeError / TypeError on the missing scores
     assert alloc.needs_scores

@@ -43,8 +43,9 @@ def test_allocations_split_a_concatenation_by_producer() -> None:
     seg = np.array([0] * 4 + [1] * 8)
     assert remove_lowest(scores, rem, 0.5, segments=seg).tolist() == [0, 1, 4, 5, 6, 7]  # half of each segment
     assert remove_lowest(scores, rem, 0.5).tolist() == [0, 1, 2, 3, 4, 5]  # no segments
-    g, _ = allocate_units(["cat"], [scores], [np.ones(12)], [rem], 0.5, structural_allocation("global", 0.5, 0.5),
-                          segments=[seg])
+    g, _ = allocate_units(
+        ["cat"], [scores], [np.ones(12)], [rem], 0.5, structural_allocation("global", 0.5, 0.5), segments=[seg]
+    )
     assert g[0].tolist() == [0, 1, 4, 5, 6, 7]  # the share holds per segment: segment 0 keeps two units
 
 

@@ -143,8 +143,16 @@ def test_attention_out_proj_is_solved_on_the_heads_outputs():
 def test_prune_any_model_through_the_entry_point(models, images, model_name, pattern, method):
     model = copy.deepcopy(models[model_name])
     x = images[:8]
-    report = pk.prune(model, method, sparsity=0.5, pattern=pattern, calibration=list(images[:32].split(16)),
-                      example_inputs=x, skip_incompatible=pattern is not None, measure_latency=False)
+    report = pk.prune(
+        model,
+        method,
+        sparsity=0.5,
+        pattern=pattern,
+        calibration=list(images[:32].split(16)),
+        example_inputs=x,
+        skip_incompatible=pattern is not None,
+        measure_latency=False,
+    )
     first = "stem.0" if model_name == "cnn" else "conv_proj"
     pruned = dict(report_layers(report))
     if pattern is None:
@@ -191,20 +199,26 @@ def test_sparsegpt_reconstructs_better_than_wanda_better_than_magnitude(models, 
     errors = {}
     for method in METHODS:
         model = copy.deepcopy(models[model_name])
-        targets = [t for t in pk.targets.select_targets(model).targets
-                   if pattern is None or t.layout.to_canonical(t.weight).shape[1] % 4 == 0]
+        targets = [
+            t
+            for t in pk.targets.select_targets(model).targets
+            if pattern is None or t.layout.to_canonical(t.weight).shape[1] % 4 == 0
+        ]
         dense = dense_matrices(model, [t.name for t in targets])
-        solve_layerwise(model, method, sparsity=0.5, pattern=pattern, calibration=calibration, targets=targets,
-                        progress=False)
+        solve_layerwise(
+            model, method, sparsity=0.5, pattern=pattern, calibration=calibration, targets=targets, progress=False
+        )
         errors[method] = reconstruction_errors(model, dense, calibration)
     layers = list(errors["wanda"])
     assert len(layers) >= (5 if model_name == "vit" else 7)
     total = {m: sum(e.error for e in errors[m].values()) for m in METHODS}
     assert total["sparsegpt"] < total["wanda"] < total["magnitude"], total
-    ordered = [n for n in layers
-               if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error]
-    assert len(ordered) >= 0.75 * len(layers), {m: {n: round(e.relative, 4) for n, e in errors[m].items()}
-                                                for m in METHODS}
+    ordered = [
+        n for n in layers if errors["sparsegpt"][n].error < errors["wanda"][n].error < errors["magnitude"][n].error
+    ]
+    assert len(ordered) >= 0.75 * len(layers), {
+        m: {n: round(e.relative, 4) for n, e in errors[m].items()} for m in METHODS
+    }
 
 
 def test_sequential_and_one_pass_modes(models, images):
@@ -214,7 +228,8 @@ def test_sequential_and_one_pass_modes(models, images):
     r_one = solve_layerwise(one, "sparsegpt", sparsity=0.5, calibration=calibration, progress=False, sequential=False)
     assert r_seq.order == r_one.order and r_seq.order[0] == "conv_proj"
     assert r_seq.order.index("encoder.layers.encoder_layer_0.self_attention.out_proj") < r_seq.order.index(
-        "encoder.layers.encoder_layer_0.mlp.0")
+        "encoder.layers.encoder_layer_0.mlp.0"
+    )
     assert r_one.forward_passes == 1 + 2  # the trace, then every batch once
     assert r_seq.forward_passes == 1 + 2 * len(r_seq.order)  # each layer: every batch, stopped at the layer
     # the first layer sees the same inputs either way; later ones see pruned (sequential) or dense inputs
@@ -245,10 +260,22 @@ def test_padding_enters_no_statistic(method):
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
     a, b = copy.deepcopy(base), copy.deepcopy(base)
-    solve_layerwise(a, method, sparsity=0.5, calibration=[{"input_ids": padded, "attention_mask": mask}],
-                    targets=["fc1", "fc2"], progress=False)
-    solve_layerwise(b, method, sparsity=0.5, targets=["fc1", "fc2"], progress=False,
-                    calibration=[{"input_ids": ids[:1]}, {"input_ids": ids[1:, :4]}])
+    solve_layerwise(
+        a,
+        method,
+        sparsity=0.5,
+        calibration=[{"input_ids": padded, "attention_mask": mask}],
+        targets=["fc1", "fc2"],
+        progress=False,
+    )
+    solve_layerwise(
+        b,
+        method,
+        sparsity=0.5,
+        targets=["fc1", "fc2"],
+        progress=False,
+        calibration=[{"input_ids": ids[:1]}, {"input_ids": ids[1:, :4]}],
+    )
     for name in ("fc1", "fc2"):
         ma, mb = pk.get_mask(a.get_submodule(name)), pk.get_mask(b.get_submodule(name))
         assert torch.equal(ma, mb), name
@@ -269,14 +296,20 @@ def test_layers_that_never_run_and_bad_calibration_are_refused(images):
     model = SmallResNet().eval()
     model.unused = nn.Linear(4, 4)
     with pytest.raises(ModelError, match="never ran.*unused"):
-        solve_layerwise(model, "wanda", sparsity=0.5, calibration=images[:4], progress=False,
-                        targets=["hidden", "unused"])
+        solve_layerwise(
+            model, "wanda", sparsity=0.5, calibration=images[:4], progress=False, targets=["hidden", "unused"]
+        )
     with pytest.raises(DataError, match="does not run on .*calibration batch"):
-        solve_layerwise(model, "wanda", sparsity=0.5, calibration=torch.randn(2, 5), progress=False,
-                        targets=["hidden"])
+        solve_layerwise(model, "wanda", sparsity=0.5, calibration=torch.randn(2, 5), progress=False, targets=["hidden"])
     with pytest.raises(DataError, match="loss callable"):
-        solve_layerwise(model, "sparsegpt", sparsity=0.5, calibration=lambda m: m(images[:2]).sum(),
-                        progress=False, targets=["hidden"])
+        solve_layerwise(
+            model,
+            "sparsegpt",
+            sparsity=0.5,
+            calibration=lambda m: m(images[:2]).sum(),
+            progress=False,
+            targets=["hidden"],
+        )
 
 
 def test_calibration_forms_give_the_same_statistics(images):
@@ -289,8 +322,9 @@ def test_calibration_forms_give_the_same_statistics(images):
     results = {}
     for label, calibration in forms.items():
         model = copy.deepcopy(base)
-        solve_layerwise(model, "wanda", sparsity=0.5, calibration=calibration, targets=["layer1.conv1", "hidden"],
-                        progress=False)
+        solve_layerwise(
+            model, "wanda", sparsity=0.5, calibration=calibration, targets=["layer1.conv1", "hidden"], progress=False
+        )
         results[label] = (pk.get_mask(model.layer1.conv1), pk.get_mask(model.hidden))
     for label in forms:
         assert all(torch.equal(a, b) for a, b in zip(results[label], results["tensor"])), label
@@ -306,19 +340,34 @@ def test_allocation_spreads_sparsity_on_a_cnn(models, images):
 
 def test_an_encoder_that_is_not_a_causal_lm_is_pruned_on_its_real_tokens():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(7)
     base = transformers.BertModel(cfg).eval()
     ids = torch.randint(1, 100, (2, 10))
     mask = torch.ones_like(ids)
     ids[1, 6:], mask[1, 6:] = 0, 0
     pruned = {}
-    for label, calibration in (("padded", [{"input_ids": ids, "attention_mask": mask}]),
-                               ("unpadded", [{"input_ids": ids[:1]}, {"input_ids": ids[1:, :6]}])):
+    for label, calibration in (
+        ("padded", [{"input_ids": ids, "attention_mask": mask}]),
+        ("unpadded", [{"input_ids": ids[:1]}, {"input_ids": ids[1:, :6]}]),
+    ):
         model = copy.deepcopy(base)
-        report = pk.prune(model, "sparsegpt", sparsity=0.5, pattern="2:4", calibration=calibration,
-                          prune_classifier=True, measure_latency=False)
+        report = pk.prune(
+            model,
+            "sparsegpt",
+            sparsity=0.5,
+            pattern="2:4",
+            calibration=calibration,
+            prune_classifier=True,
+            measure_latency=False,
+        )
         assert report.sparsity == pytest.approx(0.5)
         pruned[label] = model
     # the pooler reads one vector per sequence: no padding to drop there; every other Linear drops it
@@ -331,8 +380,15 @@ def test_causal_lms_keep_the_decoder_layer_runner():
     from prunekit.calibration.families import has_family as has_adapter
 
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                   num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     assert has_adapter(model) and not has_adapter(SmallResNet())
     with pytest.raises(pk.ConfigError, match="sequential=False"):

@@ -39,4 +39,3 @@ def test_advice_cites_the_measured_results(tiny_store):
     assert "measured on this machine" in text
     assert any("structured pruning" in e and "x at batch 1" in e for e in a.evidence)
     assert any(e.startswith("unstructured pruning gave") for e in a.evidence)
-

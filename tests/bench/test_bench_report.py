@@ -48,9 +48,21 @@ def test_html_renders_in_headless_chromium(tiny_store, tmp_path):
     });</script>"""
     checked = tmp_path / "probe.html"
     checked.write_text(html_path.read_text().replace("</body>", probe + "</body>"))
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        checked.as_uri(),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     m = re.search(r"imgs=(\d+) loaded=(\d+) tables=(\d+) rows=(\d+)", out)
     assert m, f"the probe did not run; chromium printed: {out[:500]}"

@@ -32,9 +32,13 @@ def _count(store: Path) -> int:
 
 def _start(spec: Path, store: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "prunekit", "bench", str(spec), "--store", str(store),
-                             "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "prunekit", "bench", str(spec), "--store", str(store), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_store_is_resumed_exactly_after_two_sigkills(tiny_spec, tiny_store, tmp_path):

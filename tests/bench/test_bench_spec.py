@@ -7,8 +7,14 @@ from prunekit.errors import ConfigError
 
 
 def _spec(**over):
-    suite = {"models": ["bench:mlp"], "data": ["digits"], "methods": ["magnitude", "no-such-method"],
-             "sparsities": [0.5, 0.9], "fine_tune_epochs": [0, 1], "seeds": [0, 1]}
+    suite = {
+        "models": ["bench:mlp"],
+        "data": ["digits"],
+        "methods": ["magnitude", "no-such-method"],
+        "sparsities": [0.5, 0.9],
+        "fine_tune_epochs": [0, 1],
+        "seeds": [0, 1],
+    }
     suite.update(over)
     return parse_spec({"suites": {"s": suite}})
 
@@ -31,12 +37,15 @@ def test_key_is_a_stable_hash_of_the_full_configuration():
     assert {q.key for q in changed}.isdisjoint({q.key for q in points})
 
 
-@pytest.mark.parametrize("bad", [
-    {"sparsities": [1.5]},
-    {"methods": [{"method": "magnitude", "schedule": "sometimes"}]},
-    {"methods": [{"method": "magnitude", "colour": "red"}]},
-    {"surprise": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"sparsities": [1.5]},
+        {"methods": [{"method": "magnitude", "schedule": "sometimes"}]},
+        {"methods": [{"method": "magnitude", "colour": "red"}]},
+        {"surprise": 1},
+    ],
+)
 def test_bad_specs_are_refused_with_a_clear_error(bad):
     with pytest.raises(ConfigError):
         _spec(**bad)
@@ -48,7 +57,15 @@ def test_the_shipped_contrast_suites_parse():
     from prunekit.bench import expand, load_spec
 
     spec = load_spec(Path(__file__).parents[2] / "benchmarks" / "suites" / "contrasts.yaml")
-    assert {"unstructured-vs-structured", "one-shot-vs-iterative", "data-free-vs-data-driven", "init-vs-trained",
-            "layerwise-vs-global", "static-vs-dynamic", "fine-tuning", "original-vs-transfer"} <= set(spec.suites)
+    assert {
+        "unstructured-vs-structured",
+        "one-shot-vs-iterative",
+        "data-free-vs-data-driven",
+        "init-vs-trained",
+        "layerwise-vs-global",
+        "static-vs-dynamic",
+        "fine-tuning",
+        "original-vs-transfer",
+    } <= set(spec.suites)
     points, skips = expand(spec)
     assert points and all(s.suite == "static-vs-dynamic" for s in skips)

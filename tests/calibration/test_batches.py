@@ -56,8 +56,15 @@ def _cnn() -> nn.Module:
 
 def _llama() -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -149,8 +156,13 @@ def test_padding_changes_no_llama_statistic():
     got = []
     for batch_ids in (ids, other):
         model = _llama()
-        pk.prune(model, pk.Pruner("wanda"), sparsity=SPARSITY, measure=False,
-                 calibration={"input_ids": batch_ids, "attention_mask": mask})
+        pk.prune(
+            model,
+            pk.Pruner("wanda"),
+            sparsity=SPARSITY,
+            measure=False,
+            calibration={"input_ids": batch_ids, "attention_mask": mask},
+        )
         got.append({n: pk.get_mask(m) for n, m in model.named_modules() if hasattr(m, "parametrizations")})
     assert got[0].keys() == got[1].keys() and all(torch.equal(got[0][k], got[1][k]) for k in got[0])
 
@@ -182,8 +194,9 @@ def test_grasp_runs_through_fused_attention():
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=4, hidden_dim=32, mlp_dim=64,
-                              num_classes=5).eval()
+    model = VisionTransformer(
+        image_size=16, patch_size=4, num_layers=1, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
     report = pk.prune(model, "grasp", sparsity=SPARSITY, calibration=[(x, y)], measure=False)
     assert report.sparsity == pytest.approx(SPARSITY, abs=0.01)

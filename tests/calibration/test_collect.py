@@ -45,8 +45,9 @@ def test_padding_enters_no_activation_statistic():
 
     m = M()
     ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
-    padded = collect(m, {"lin": lin}, {"act_norm"},
-                     {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
+    padded = collect(
+        m, {"lin": lin}, {"act_norm"}, {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    )
     clean = collect(m, {"lin": lin}, {"act_norm"}, [ids[:1], ids[1:, :2]])
     assert padded["lin"].rows == 5
     assert torch.allclose(padded["lin"].act_sq, clean["lin"].act_sq)
@@ -70,8 +71,10 @@ def test_apoz_bn_gamma_and_conv_xtx():
         CRITERIA.get("bn-scale").element(_input(net[3], st["3"], "3"))
 
 
-@pytest.mark.parametrize("conv", [nn.Conv1d(2, 3, 3, padding="same"), nn.Conv1d(2, 3, 3, padding="valid"),
-                                  nn.Conv2d(2, 3, 3, padding="same")])
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv1d(2, 3, 3, padding="same"), nn.Conv1d(2, 3, 3, padding="valid"), nn.Conv2d(2, 3, 3, padding="same")],
+)
 def test_conv_xtx_with_string_padding_is_refused_by_name(conv):
     # a Conv1d once read the first letter of "same" as its padding and failed inside torch with a TypeError
     x = torch.randn(2, 2, *([6] * (conv.weight.dim() - 2)))
@@ -81,8 +84,15 @@ def test_conv_xtx_with_string_padding_is_refused_by_name(conv):
 
 def test_gradients_for_every_batch_form_of_a_language_model():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     layer = model.model.layers[0].mlp.down_proj

@@ -24,20 +24,27 @@ def _tiny(kind: str) -> nn.Module:
     torch.manual_seed(0)
     common = dict(vocab_size=300, num_hidden_layers=2, num_attention_heads=4)
     if kind == "llama":
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=32, intermediate_size=64,
-                                                                      num_key_value_heads=2, **common)).eval()
+        return transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_key_value_heads=2, **common)
+        ).eval()
     if kind == "qwen2":
-        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(hidden_size=32, intermediate_size=64,
-                                                                      num_key_value_heads=2, **common)).eval()
+        return transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_key_value_heads=2, **common)
+        ).eval()
     if kind == "opt":
-        return transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=32, ffn_dim=64, word_embed_proj_dim=32,
-                                                                  max_position_embeddings=64, **common)).eval()
+        return transformers.OPTForCausalLM(
+            transformers.OPTConfig(
+                hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64, **common
+            )
+        ).eval()
     if kind == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300,
-                                                                    n_positions=64)).eval()
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64)
+        ).eval()
     if kind == "bert":
-        return transformers.BertForSequenceClassification(transformers.BertConfig(
-            hidden_size=32, intermediate_size=64, **common)).eval()
+        return transformers.BertForSequenceClassification(
+            transformers.BertConfig(hidden_size=32, intermediate_size=64, **common)
+        ).eval()
     raise ValueError(kind)
 
 
@@ -112,16 +119,25 @@ def test_llm_layers_and_layer_with_block_influence_remove_the_same_blocks() -> N
     """ShortGPT's block influence is one criterion: the layer-wise runner (llm-layers) and the generic Layer()
     path (criterion "influence") measure it on the same tokens and drop the same decoder layers."""
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=300)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+    )
     a = transformers.LlamaForCausalLM(cfg).eval()
     b = transformers.LlamaForCausalLM(cfg).eval()
     b.load_state_dict(a.state_dict())
     ids = torch.cat(CALIB)
     ra = pk.prune(a, "llm-layers", sparsity=0.5, calibration=[ids], measure_latency=False)
     pk.prune(b, "layer", sparsity=0.5, example_inputs=ids, criterion="influence", measure_latency=False)
-    kept_a = [torch.equal(x.self_attn.q_proj.weight, y.self_attn.q_proj.weight) for x in a.model.layers
-              for y in b.model.layers]
+    kept_a = [
+        torch.equal(x.self_attn.q_proj.weight, y.self_attn.q_proj.weight)
+        for x in a.model.layers
+        for y in b.model.layers
+    ]
     assert a.config.num_hidden_layers == b.config.num_hidden_layers == 3
     assert sum(kept_a) == 3  # each layer a kept is one b kept
     assert any("Block Influence" in n for n in ra.notes)

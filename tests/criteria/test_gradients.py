@@ -22,12 +22,15 @@ def _product(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def test_gradients_of_the_batches_are_summed():
     lin = _linear()
-    batches = [(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0]])),
-               (torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0]]))]
+    batches = [
+        (torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0]])),
+        (torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0]])),
+    ]
     got = accumulate_gradients(lin, {"w": lin.weight}, batches, loss_fn=_product)
     assert got["w"].tolist() == [[3.0, 5.0]]  # (3, 6) + (0, -1)
     assert accumulate_gradients(lin, {"w": lin.weight}, batches, loss_fn=_product, max_batches=1)["w"].tolist() == [
-        [3.0, 6.0]]
+        [3.0, 6.0]
+    ]
     dicts = [{"inputs": x, "labels": y} for x, y in batches]
     assert accumulate_gradients(lin, {"w": lin.weight}, dicts, loss_fn=_product)["w"].tolist() == [[3.0, 5.0]]
 

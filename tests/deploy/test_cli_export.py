@@ -60,8 +60,9 @@ def test_export_openvino_int8_weights(saved, tmp_path):
     pytest.importorskip("nncf", reason="nncf is not installed (pip install 'prunekit[deploy]')")
     d, _ = saved
     out = tmp_path / "ov"
-    r = runner.invoke(app, ["export", str(d), "--to", "openvino", "--quantize", "int8-weights", "--out", str(out),
-                            "--no-latency"])
+    r = runner.invoke(
+        app, ["export", str(d), "--to", "openvino", "--quantize", "int8-weights", "--out", str(out), "--no-latency"]
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.report.json", "model.xml"]
     report = json.loads((out / "model.report.json").read_text())

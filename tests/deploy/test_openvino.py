@@ -27,8 +27,15 @@ def _has_amx_int8() -> bool:
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
 
 
 def test_fp32_round_trip_precision_stated(tmp_path):
@@ -61,8 +68,9 @@ def test_int8_on_real_digits_with_sparse_decompression(tmp_path):
     pk.prune(model, "magnitude", sparsity=0.9, measure=False)  # the classifier stays dense
     calibration = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
     test = x[1000:1400]
-    report = export_openvino(model, test[:2], tmp_path / "q.xml", quantize="int8", calibration=calibration,
-                             measure_latency=False)
+    report = export_openvino(
+        model, test[:2], tmp_path / "q.xml", quantize="int8", calibration=calibration, measure_latency=False
+    )
     # int8 activations and Linear layers at 90% zeros: decompression on at the default rate
     assert report.runtime_config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] == pytest.approx(0.7)
     assert report.check["passed"] is None and "int8 weights and activations" in report.precision

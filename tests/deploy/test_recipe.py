@@ -17,24 +17,38 @@ def _recipe(*stages, **extra):
     return {**BASE, **extra, "stages": list(stages)}
 
 
-@pytest.mark.parametrize("raw,error,match", [
-    (_recipe({"quantize": {"backend": "torch", "mode": "dynamic-int8"}},
-             {"prune": {"method": "magnitude", "sparsity": 0.5}}),
-     pk.ConfigError, "prune -> fine_tune -> quantize -> export"),
-    (_recipe({"prune": {"method": "magnitude", "sparsity": 1.5}}), pk.InvalidSparsityError, r"\[0, 1\)"),
-    (_recipe({"prune": {"method": "nope", "sparsity": 0.5}}), pk.UnknownNameError, "magnitude"),
-    (_recipe({"prune": {"method": "magnitude", "sparsity": 0.5, "ratio": 2}}), pk.ConfigError, "accepts: method"),
-    (_recipe({"distil": {}}), pk.UnknownNameError, "fine_tune"),
-    (_recipe({"fine_tune": {"epochs": "two"}}), pk.ConfigError, "epochs must be int"),
-    (_recipe({"fine_tune": {}}, data=None), pk.MissingDataError, "data: mnist"),
-    (_recipe({"quantize": {"backend": "openvino", "mode": "int8"}}), pk.ConfigError, "add an export stage"),
-    (_recipe({"quantize": {"backend": "torch", "mode": "dynamic-int8"}}, {"export": {"to": "onnx", "out": "x"}}),
-     pk.ConfigError, "backend openvino"),
-    (_recipe({"quantize": {"backend": "torch", "mode": "int4"}}), pk.UnknownNameError, "dynamic-int8"),
-    (_recipe({"export": {"to": "tflite", "out": "x"}}), pk.UnknownNameError, "onnx, openvino"),
-    ({**BASE, "input_shape": [1, 0], "stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]}, pk.ConfigError,
-     "positive integers"),
-])
+@pytest.mark.parametrize(
+    "raw,error,match",
+    [
+        (
+            _recipe(
+                {"quantize": {"backend": "torch", "mode": "dynamic-int8"}},
+                {"prune": {"method": "magnitude", "sparsity": 0.5}},
+            ),
+            pk.ConfigError,
+            "prune -> fine_tune -> quantize -> export",
+        ),
+        (_recipe({"prune": {"method": "magnitude", "sparsity": 1.5}}), pk.InvalidSparsityError, r"\[0, 1\)"),
+        (_recipe({"prune": {"method": "nope", "sparsity": 0.5}}), pk.UnknownNameError, "magnitude"),
+        (_recipe({"prune": {"method": "magnitude", "sparsity": 0.5, "ratio": 2}}), pk.ConfigError, "accepts: method"),
+        (_recipe({"distil": {}}), pk.UnknownNameError, "fine_tune"),
+        (_recipe({"fine_tune": {"epochs": "two"}}), pk.ConfigError, "epochs must be int"),
+        (_recipe({"fine_tune": {}}, data=None), pk.MissingDataError, "data: mnist"),
+        (_recipe({"quantize": {"backend": "openvino", "mode": "int8"}}), pk.ConfigError, "add an export stage"),
+        (
+            _recipe({"quantize": {"backend": "torch", "mode": "dynamic-int8"}}, {"export": {"to": "onnx", "out": "x"}}),
+            pk.ConfigError,
+            "backend openvino",
+        ),
+        (_recipe({"quantize": {"backend": "torch", "mode": "int4"}}), pk.UnknownNameError, "dynamic-int8"),
+        (_recipe({"export": {"to": "tflite", "out": "x"}}), pk.UnknownNameError, "onnx, openvino"),
+        (
+            {**BASE, "input_shape": [1, 0], "stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]},
+            pk.ConfigError,
+            "positive integers",
+        ),
+    ],
+)
 def test_invalid_recipes_are_refused_before_running(raw, error, match):
     with pytest.raises(error, match=match):
         Recipe.from_dict(raw)
@@ -48,9 +62,13 @@ def test_non_empty_output_refused(tmp_path):
 
 
 def test_prune_finetune_quantize_runs_and_reports_each_stage():
-    recipe = Recipe.from_dict(_recipe({"prune": {"method": "magnitude", "sparsity": 0.5}},
-                                      {"fine_tune": {"epochs": 1, "lr": 0.001, "steps_per_epoch": 15, "distil": 0.3}},
-                                      {"quantize": {"backend": "torch", "mode": "dynamic-int8"}}))
+    recipe = Recipe.from_dict(
+        _recipe(
+            {"prune": {"method": "magnitude", "sparsity": 0.5}},
+            {"fine_tune": {"epochs": 1, "lr": 0.001, "steps_per_epoch": 15, "distil": 0.3}},
+            {"quantize": {"backend": "torch", "mode": "dynamic-int8"}},
+        )
+    )
     assert isinstance(recipe.stages[0], PruneStage) and isinstance(recipe.stages[1], FineTuneStage)
     assert isinstance(recipe.stages[2], QuantizeStage)
     result = recipe.run()
@@ -67,13 +85,17 @@ def test_prune_finetune_quantize_runs_and_reports_each_stage():
 
 def test_cli_dry_run_validates(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\nstages:\n"
-                    "  - prune: {method: magnitude, sparsity: 0.9}\n  - quantize: {backend: openvino, mode: int8}\n"
-                    f"  - export: {{to: openvino, out: {tmp_path / 'out'}}}\n")
+    path.write_text(
+        "model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\nstages:\n"
+        "  - prune: {method: magnitude, sparsity: 0.9}\n  - quantize: {backend: openvino, mode: int8}\n"
+        f"  - export: {{to: openvino, out: {tmp_path / 'out'}}}\n"
+    )
     r = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
     assert r.exit_code == 0 and "the recipe is valid" in r.output, r.output
-    path.write_text("model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\n"
-                    "stages:\n  - quantize: {backend: openvino, mode: int8}\n")
+    path.write_text(
+        "model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\n"
+        "stages:\n  - quantize: {backend: openvino, mode: int8}\n"
+    )
     r = CliRunner().invoke(app, ["run", str(path)])
     assert r.exit_code == 2 and "add an export" in r.output
     assert not (tmp_path / "out").exists()

@@ -76,8 +76,10 @@ def test_zero_reduction_is_bit_identical_and_restore_gives_the_dense_model_back(
             assert torch.equal(run(model), dense), name
         with dyn.merge_tokens_(model, ratio=0.0):
             assert torch.equal(run(model), dense), name
-        for make in (lambda model=model: dyn.merge_tokens_(model, r=2),
-                     lambda model=model: dyn.prune_tokens_(model, keep_rate=0.5)):
+        for make in (
+            lambda model=model: dyn.merge_tokens_(model, r=2),
+            lambda model=model: dyn.prune_tokens_(model, keep_rate=0.5),
+        ):
             make()
             out = run(model)
             assert out.shape == dense.shape, name  # tokens are unmerged at the end

@@ -31,8 +31,13 @@ def _llama(layers: int = 2) -> nn.Module:
     """Smaller than conftest's tiny model (hidden 32, MLP 64) so that 20 prunings stay within seconds."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -64,8 +69,9 @@ def _pruned(method: str, allocation: str) -> tuple[dict[str, torch.Tensor], pk.R
     """Decoder weights and report of ``method`` under ``allocation`` (each combination pruned once per session)."""
     if (method, allocation) not in _RUNS:
         model = _llama()
-        report = pk.prune(model, method, sparsity=SPARSITY, allocation=allocation, calibration=_calibration(),
-                          measure=False)
+        report = pk.prune(
+            model, method, sparsity=SPARSITY, allocation=allocation, calibration=_calibration(), measure=False
+        )
         pk.squash_masks_(model)
         _RUNS[method, allocation] = (_decoder_weights(model), report)
     return _RUNS[method, allocation]

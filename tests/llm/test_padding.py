@@ -33,8 +33,11 @@ def _padded(seqs: list[torch.Tensor], pad: int | None = 0, seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     rows, masks = [], []
     for s in seqs:
-        fill = (torch.full((width - len(s),), pad, dtype=torch.long) if pad is not None
-                else torch.randint(0, VOCAB, (width - len(s),), generator=g))
+        fill = (
+            torch.full((width - len(s),), pad, dtype=torch.long)
+            if pad is not None
+            else torch.randint(0, VOCAB, (width - len(s),), generator=g)
+        )
         rows.append(torch.cat([s, fill]))
         masks.append(torch.tensor([1] * len(s) + [0] * (width - len(s))))
     return {"input_ids": torch.stack(rows), "attention_mask": torch.stack(masks)}
@@ -108,8 +111,15 @@ def test_the_runner_shows_visitors_real_tokens_only() -> None:
     summary = run_layerwise(model, [_padded(_sequences())], visitor)
     real = sum(LENGTHS)
     assert summary.tokens == real
-    assert set(visitor.rows) == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    assert set(visitor.rows) == {
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
     assert set(visitor.rows.values()) == {2 * real}  # two layers, each Linear saw the real tokens once
     assert visitor.observed == [(real, 64), (real, 64)]
 
@@ -139,8 +149,11 @@ def test_padding_helpers() -> None:
     assert real_tokens(x, mask).tolist() == [[0.0, 1.0], [2.0, 3.0], [6.0, 7.0]]
     with pytest.raises(DataError, match="unpadded"):
         real_tokens(torch.zeros(4, 2), mask, "experts")
-    batch = {"input_ids": ids, "labels": torch.tensor([[5, 6, 7], [8, 9, 10]]),
-             "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
+    batch = {
+        "input_ids": ids,
+        "labels": torch.tensor([[5, 6, 7], [8, 9, 10]]),
+        "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]),
+    }
     assert mask_padding_labels(batch)["labels"].tolist() == [[5, 6, -100], [8, -100, -100]]
     assert batch["labels"].tolist() == [[5, 6, 7], [8, 9, 10]]  # the caller's batch is not changed
 
@@ -156,8 +169,14 @@ def test_gradient_criteria_ignore_the_loss_at_padding(method: str) -> None:
     results = []
     for batch in (with_pad_labels, ignored):
         model = tiny_model("llama", layers=2)
-        pk.prune(model, method, sparsity=0.25, calibration=[batch], example_inputs={"input_ids": seqs[0][None]},
-                 measure_latency=False)
+        pk.prune(
+            model,
+            method,
+            sparsity=0.25,
+            calibration=[batch],
+            example_inputs={"input_ids": seqs[0][None]},
+            measure_latency=False,
+        )
         results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     _assert_same(results[0], results[1], exact=True)
 

@@ -159,8 +159,24 @@ def test_cli_recover_writes_the_model_and_refuses_a_non_empty_out(tmp_path):
     app.command("recover")(recover_cmd)
     app.command("noop")(lambda: None)
     out = tmp_path / "recovered"
-    args = ["recover", str(src), "--train-text", "northangerabbey", "--steps", "2", "--batch-size", "1",
-            "--seq-len", "16", "--eval-text", "persuasion", "--eval-tokens", "32", "--out", str(out)]
+    args = [
+        "recover",
+        str(src),
+        "--train-text",
+        "northangerabbey",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--eval-text",
+        "persuasion",
+        "--eval-tokens",
+        "32",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     record = json.loads((out / RECORD_FILE).read_text())

@@ -17,13 +17,26 @@ IDS = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(9))
 
 def _llama(layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("method,ignore", [("llm-mlp", "model.layers.0"), ("llm-mlp", "model.layers.0.mlp.down_proj"),
-                                           ("llm-heads", "model.layers.0"), ("llm-heads", "model.layers.0.self_attn")])
+@pytest.mark.parametrize(
+    "method,ignore",
+    [
+        ("llm-mlp", "model.layers.0"),
+        ("llm-mlp", "model.layers.0.mlp.down_proj"),
+        ("llm-heads", "model.layers.0"),
+        ("llm-heads", "model.layers.0.self_attn"),
+    ],
+)
 def test_ignored_layers_keep_their_units_and_the_model_reloads(method: str, ignore: str, tmp_path) -> None:  # noqa: ANN001
     model = _llama()
     dense0 = {k: v.clone() for k, v in model.model.layers[0].state_dict().items()}
@@ -52,8 +65,14 @@ def test_llm_layers_never_removes_an_ignored_layer() -> None:
     for ignored in range(4):
         model = _llama(4)
         first = {i: layer.self_attn.q_proj.weight.clone() for i, layer in enumerate(model.model.layers)}
-        pk.prune(model, "llm-layers", sparsity=0.5, calibration=CALIB, ignore=[f"model.layers.{ignored}"],
-                 measure_latency=False)
+        pk.prune(
+            model,
+            "llm-layers",
+            sparsity=0.5,
+            calibration=CALIB,
+            ignore=[f"model.layers.{ignored}"],
+            measure_latency=False,
+        )
         assert len(model.model.layers) == 2
         assert any(torch.equal(layer.self_attn.q_proj.weight, first[ignored]) for layer in model.model.layers)
 
@@ -71,6 +90,12 @@ def test_ignore_covering_every_layer_is_refused_with_the_model_unchanged(method:
 def test_llm_layers_refuses_when_ignore_leaves_too_few_layers() -> None:
     model = _llama(4)
     with pytest.raises(pk.NothingToPruneError, match="lower the sparsity"):
-        pk.prune(model, "llm-layers", sparsity=0.75, calibration=CALIB,
-                 ignore=["model.layers.0", "model.layers.1"], measure_latency=False)
+        pk.prune(
+            model,
+            "llm-layers",
+            sparsity=0.75,
+            calibration=CALIB,
+            ignore=["model.layers.0", "model.layers.1"],
+            measure_latency=False,
+        )
     assert len(model.model.layers) == 4

@@ -36,7 +36,8 @@ def tiny_tokenizer(vocab_size: int = 320):
     tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = tokenizers.decoders.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator([SAMPLE], trainer)
@@ -47,8 +48,14 @@ def tiny_tokenizer(vocab_size: int = 320):
 
 def tiny_lm(vocab_size: int, seed: int = 0):
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()

@@ -38,8 +38,12 @@ def test_throughput_measures_every_model_against_the_reference_and_changes_nothi
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"models": {}}, ConfigError), ({"reference": "x"}, ConfigError), ({"repeats": 0}, ConfigError),
-     ({"prompt": torch.zeros(4)}, DataError)],
+    [
+        ({"models": {}}, ConfigError),
+        ({"reference": "x"}, ConfigError),
+        ({"repeats": 0}, ConfigError),
+        ({"prompt": torch.zeros(4)}, DataError),
+    ],
 )
 def test_bad_settings_are_refused(kwargs, error):
     models = kwargs.pop("models", {"dense": tiny_model()})

@@ -12,8 +12,16 @@ from prunekit.methods.physical import physical_method as structural_physical_met
 
 
 def test_named_methods_are_compositions_registered_by_decorator():
-    for name, crit in (("magnitude", "magnitude"), ("snip", "grad-weight"), ("taylor", "taylor"), ("obd", "obd"),
-                       ("fpgm", "fpgm"), ("apoz", "apoz"), ("erk", "random"), ("lamp", "magnitude")):
+    for name, crit in (
+        ("magnitude", "magnitude"),
+        ("snip", "grad-weight"),
+        ("taylor", "taylor"),
+        ("obd", "obd"),
+        ("fpgm", "fpgm"),
+        ("apoz", "apoz"),
+        ("erk", "random"),
+        ("lamp", "magnitude"),
+    ):
         m = pk.METHODS.get(name)
         assert isinstance(m, pk.ScoreMethod) and str(pk.criteria.resolve_criterion(m.criterion)) == crit, name
         assert m.description and m.needs_data == CRITERIA.get(crit).needs_data, name
@@ -43,8 +51,9 @@ def test_a_score_method_refuses_a_pattern_its_criterion_has_no_meaning_for():
 
 def test_a_masking_method_refuses_a_physical_pattern():
     with pytest.raises(pk.PatternError, match="head"):
-        pk.prune(SmallCNN(), "synflow", sparsity=0.5, pattern="head", example_inputs=torch.randn(1, 4, 6, 6),
-                 measure=False)
+        pk.prune(
+            SmallCNN(), "synflow", sparsity=0.5, pattern="head", example_inputs=torch.randn(1, 4, 6, 6), measure=False
+        )
 
 
 def test_physical_patterns_run_through_the_structural_composition():
@@ -73,8 +82,13 @@ def test_physical_patterns_run_through_the_structural_composition():
         pk.prune(SmallCNN(), pk.Pruner("influence", pk.Layer(identity_only=True)), sparsity=0.5, measure=False)
         assert (seen["level"], seen["criterion"]) == ("layer", "influence")
         assert seen["request"].options["identity_only"] is True
-        pk.prune(SmallCNN(), pk.Pruner("taylor", "physical-channel"), sparsity=0.5, measure=False,
-                 calibration=[(torch.randn(2, 4, 6, 6), torch.tensor([0, 1]))])
+        pk.prune(
+            SmallCNN(),
+            pk.Pruner("taylor", "physical-channel"),
+            sparsity=0.5,
+            measure=False,
+            calibration=[(torch.randn(2, 4, 6, 6), torch.tensor([0, 1]))],
+        )
         assert (seen["level"], seen["criterion"]) == ("channel", "taylor")
         pk.prune(SmallCNN(), pk.Pruner("l2", "embedding"), sparsity=0.5, measure=False)
         assert (seen["level"], seen["criterion"]) == ("embedding", "l2")

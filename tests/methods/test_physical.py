@@ -47,8 +47,15 @@ IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
 
 def _llama(layers: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                   num_hidden_layers=layers, vocab_size=50, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        vocab_size=50,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -58,14 +65,26 @@ TOKENS = [{"input_ids": IDS}]
 
 def test_physical_method_runs_any_criterion_at_a_level() -> None:
     model = _llama(layers=4)
-    pk.prune(model, physical_method("head", "taylor"), sparsity=0.5, example_inputs={"input_ids": IDS},
-             calibration=TOKENS, measure=False)
+    pk.prune(
+        model,
+        physical_method("head", "taylor"),
+        sparsity=0.5,
+        example_inputs={"input_ids": IDS},
+        calibration=TOKENS,
+        measure=False,
+    )
     assert model.config.num_key_value_heads == 1
     pk.prune(model, physical_method("layer", "fpgm"), sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
     assert model.config.num_hidden_layers == 2
     cnn = _cnn()
-    pk.prune(cnn, physical_method("channel", "wanda"), sparsity=0.5, example_inputs=X_IMG, calibration=IMG_BATCHES,
-             measure=False)
+    pk.prune(
+        cnn,
+        physical_method("channel", "wanda"),
+        sparsity=0.5,
+        example_inputs=X_IMG,
+        calibration=IMG_BATCHES,
+        measure=False,
+    )
     assert cnn.conv2.out_channels == 4
     assert physical_method("channel", "l2").name == "l2-channel"
     with pytest.raises(CriterionLevelError):
@@ -79,8 +98,9 @@ def test_physical_channel_pruner_really_shrinks_the_model():
     model = SmallCNN()
     x = torch.randn(1, 4, 6, 6)
     params = sum(p.numel() for p in model.parameters())
-    report = pk.prune(model, pk.Pruner("fpgm", pk.Channel(physical=True)), sparsity=0.5, example_inputs=x,
-                      measure=False)
+    report = pk.prune(
+        model, pk.Pruner("fpgm", pk.Channel(physical=True)), sparsity=0.5, example_inputs=x, measure=False
+    )
     assert sum(p.numel() for p in model.parameters()) < params
     assert not any(hasattr(m, "parametrizations") for m in model.modules())  # no masks: shapes changed
     assert report.settings["pattern"] == "channel (physical)" and report.settings["criterion"] == "fpgm"

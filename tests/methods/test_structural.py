@@ -63,8 +63,15 @@ IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
 
 def _llama(layers: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                   num_hidden_layers=layers, vocab_size=50, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        vocab_size=50,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -126,5 +133,6 @@ def test_unknown_options_and_allocations_are_refused_by_name() -> None:
 
 def test_structural_methods_refuse_another_kind_of_unit():
     with pytest.raises(pk.PatternError, match="l1-channel"):
-        pk.prune(SmallCNN(), "l1-channel", sparsity=0.5, pattern="2:4", example_inputs=torch.randn(1, 4, 6, 6),
-                 measure=False)
+        pk.prune(
+            SmallCNN(), "l1-channel", sparsity=0.5, pattern="2:4", example_inputs=torch.randn(1, 4, 6, 6), measure=False
+        )

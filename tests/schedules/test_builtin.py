@@ -41,8 +41,11 @@ def test_schedule_rejects_bad_values():
 
 @pytest.mark.parametrize(
     "schedule",
-    [pk.OneShot(final_sparsity=0.5, at=3), pk.Iterative(rounds=4, final_sparsity=0.8, every=5, start=2),
-     pk.Gradual(10, 47, 0.9, frequency=4)],
+    [
+        pk.OneShot(final_sparsity=0.5, at=3),
+        pk.Iterative(rounds=4, final_sparsity=0.8, every=5, start=2),
+        pk.Gradual(10, 47, 0.9, frequency=4),
+    ],
 )
 def test_acts_at_agrees_with_steps(schedule) -> None:  # noqa: ANN001
     steps = set(schedule.steps())

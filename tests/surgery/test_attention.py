@@ -23,8 +23,15 @@ class _SelfAttention(nn.Module):
 
 def _llama() -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=50, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -70,7 +77,10 @@ def test_unit_tensors_are_the_slices_of_one_head_and_need_the_root_model() -> No
     (blk,) = find_attention(model)
     got = blk.unit_tensors(1)
     assert [(t is att.in_proj_weight, t is att.in_proj_bias, t is att.out_proj.weight, dim) for t, dim, _ in got] == [
-        (True, False, False, 0), (False, True, False, 0), (False, False, True, 1)]
+        (True, False, False, 0),
+        (False, True, False, 0),
+        (False, False, True, 1),
+    ]
     rows = [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23]  # head 1 of q, k and v in the packed in_proj
     assert got[0][2].tolist() == rows and got[1][2].tolist() == rows
     assert got[2][2].tolist() == [4, 5, 6, 7]  # its columns of out_proj

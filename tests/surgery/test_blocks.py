@@ -17,20 +17,39 @@ transformers = pytest.importorskip("transformers")
 def _build(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
-                                       max_position_embeddings=64)
+        cfg = transformers.LlamaConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         return transformers.LlamaForCausalLM(cfg).eval()
     if kind == "qwen2":
-        cfg = transformers.Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=2,
-                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
-                                       max_position_embeddings=64)
+        cfg = transformers.Qwen2Config(
+            hidden_size=64,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         return transformers.Qwen2ForCausalLM(cfg).eval()
     if kind == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_head=4, n_layer=4, vocab_size=100,
-                                                                    n_positions=64)).eval()
-    cfg = transformers.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4,
-                                  vocab_size=100, max_position_embeddings=64)
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_embd=64, n_head=4, n_layer=4, vocab_size=100, n_positions=64)
+        ).eval()
+    cfg = transformers.BertConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
     return transformers.BertForMaskedLM(cfg).eval()
 
 

@@ -132,8 +132,13 @@ def test_resnet_residual_channels_form_one_group() -> None:
     g = tr.group_of("conv1.weight", 0)
     assert g is not None
     keys = {(m.param, m.dim) for m in g.members}
-    for k in [("bn1.weight", 0), ("layer1.0.conv2.weight", 0), ("layer1.1.conv2.weight", 0),
-              ("layer1.0.conv1.weight", 1), ("layer2.0.downsample.0.weight", 1)]:
+    for k in [
+        ("bn1.weight", 0),
+        ("layer1.0.conv2.weight", 0),
+        ("layer1.1.conv2.weight", 0),
+        ("layer1.0.conv1.weight", 1),
+        ("layer2.0.downsample.0.weight", 1),
+    ]:
         assert k in keys
     assert g.size == 64
     # the classifier's outputs are model outputs: never removable
@@ -200,8 +205,9 @@ def test_global_allocation_on_resnet_respects_the_cap() -> None:
     sizes = [u.sizes for u in UnitScorer(model, resolve_criterion("l2")).score(group_unit_sets(plan.groups))]
     removed = sum(z[r].sum() for z, r in zip(sizes, plan.remove)) / sum(z.sum() for z in sizes)
     assert 0.37 <= removed <= 0.4 + 1e-9  # the budget is counted in weights (each group's count rounds down)
-    weak = plan.groups.index(next(g for g in plan.groups if any(m.param == "layer2.0.conv1.weight" and m.dim == 0
-                                                                     for m in g.members)))
+    weak = plan.groups.index(
+        next(g for g in plan.groups if any(m.param == "layer2.0.conv1.weight" and m.dim == 0 for m in g.members))
+    )
     assert fractions[weak] == pytest.approx(int(0.6 * 128) / 128)  # the weak layer is stopped at the cap
     apply_plan_(model, plan)
     assert model(x).shape == (1, 10)

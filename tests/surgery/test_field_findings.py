@@ -46,8 +46,15 @@ def _same(a: dict, b: dict) -> bool:
 def _llama():
     T = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     ids = torch.randint(0, 64, (2, 8))
     return T.LlamaForCausalLM(cfg).eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
@@ -89,8 +96,13 @@ def test_overrides_refused_for_physical_granularities() -> None:
     before = _state(m)
     for gran in ("physical-channel", "layer"):
         with pytest.raises(ConfigError, match="mask granularities"):
-            pk.prune(m, pk.Pruner("l2" if gran != "layer" else "influence", gran, overrides={"no.such": 0.1}),
-                     sparsity=0.5, example_inputs=X, measure=False)
+            pk.prune(
+                m,
+                pk.Pruner("l2" if gran != "layer" else "influence", gran, overrides={"no.such": 0.1}),
+                sparsity=0.5,
+                example_inputs=X,
+                measure=False,
+            )
     assert _same(before, _state(m))
 
 

@@ -27,12 +27,24 @@ SPARSITIES = [0.125, 0.25, 0.375, 0.5, 0.75]
 def _build(kind: str, layers: int = 2) -> nn.Module:
     torch.manual_seed(0)
     if kind in ("llama-gqa", "llama-mha"):
-        cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                       num_attention_heads=8, num_key_value_heads=4 if kind == "llama-gqa" else 8,
-                                       vocab_size=300, max_position_embeddings=64)
+        cfg = transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=8,
+            num_key_value_heads=4 if kind == "llama-gqa" else 8,
+            vocab_size=300,
+            max_position_embeddings=64,
+        )
         return transformers.LlamaForCausalLM(cfg).eval()
-    cfg = transformers.BertConfig(hidden_size=64, num_attention_heads=8, intermediate_size=128, num_hidden_layers=2,
-                                  vocab_size=300, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=64,
+    )
     return transformers.BertForMaskedLM(cfg).eval()
 
 
@@ -64,8 +76,11 @@ def test_gqa_llama_heads_save_and_reload_with_stock_from_pretrained(tmp_path) ->
     result = pk.prune(model, "head", sparsity=0.25, measure_latency=False, example_inputs=IDS)
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
     assert any("0.25 (6 of 8 heads kept), became 0.5" in n and "exact_heads=True" in n for n in result.notes)
-    for method, sparsity, kw in (("head", 0.25, {"example_inputs": IDS}), ("head", 0.5, {"example_inputs": IDS}),
-                                 ("llm-heads", 0.5, {"calibration": CALIB})):
+    for method, sparsity, kw in (
+        ("head", 0.25, {"example_inputs": IDS}),
+        ("head", 0.5, {"example_inputs": IDS}),
+        ("llm-heads", 0.5, {"calibration": CALIB}),
+    ):
         model = _build("llama-gqa")
         pk.prune(model, method, sparsity=sparsity, measure_latency=False, **kw)
         cfg = model.config
@@ -83,10 +98,19 @@ def test_gqa_llama_heads_save_and_reload_with_stock_from_pretrained(tmp_path) ->
 
 
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-@pytest.mark.parametrize("kind,method", [("llama-gqa", "head"), ("llama-mha", "head"), ("bert", "head"),
-                                         ("llama-gqa", "llm-heads"), ("llama-mha", "llm-heads")])
-def test_every_head_pruned_model_saves_and_reloads_to_identical_logits(kind: str, method: str, sparsity: float,
-                                                                       tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "kind,method",
+    [
+        ("llama-gqa", "head"),
+        ("llama-mha", "head"),
+        ("bert", "head"),
+        ("llama-gqa", "llm-heads"),
+        ("llama-mha", "llm-heads"),
+    ],
+)
+def test_every_head_pruned_model_saves_and_reloads_to_identical_logits(
+    kind: str, method: str, sparsity: float, tmp_path
+) -> None:  # noqa: ANN001
     model = _build(kind)
     kw = {"example_inputs": {"input_ids": IDS}} if method == "head" else {"calibration": CALIB}
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -139,8 +163,9 @@ def test_exact_heads_keep_the_requested_count_and_reload_through_the_pruned_load
 
 def test_different_head_counts_per_layer_save_and_reload(tmp_path) -> None:  # noqa: ANN001
     model = _build("llama-gqa", layers=4)
-    pk.prune(model, "head", sparsity=0.5, allocation="global", global_cap=0.75, example_inputs=IDS,
-             measure_latency=False)
+    pk.prune(
+        model, "head", sparsity=0.5, allocation="global", global_cap=0.75, example_inputs=IDS, measure_latency=False
+    )
     assert len(set(model.config.prunekit_per_layer["num_attention_heads"])) > 1
     logits = _logits(model)
     again, loader = _reload(model, tmp_path)
@@ -167,19 +192,41 @@ def test_head_config_fields_asks_the_family_what_it_can_state() -> None:
     assert head_config_fields(bert, 8, 8, 8) == {"num_attention_heads": 8}
     assert head_config_fields(bert, 4, 4, 8) is None  # BERT would build heads of size 16
     assert head_config_fields(bert, 4, 2, 8) is None  # no key/value groups in BERT
-    qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
-        hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=8, num_key_value_heads=4,
-        head_dim=8, vocab_size=50))
+    qwen3 = transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=8,
+            vocab_size=50,
+        )
+    )
     assert head_config_fields(qwen3, 6, 3, 8) is not None  # Qwen3 reads an explicit head_dim, no divisibility rule
 
 
 def _config(kind: str, **extra):  # noqa: ANN003, ANN202
     if kind == "llama":
-        return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=8, num_key_value_heads=4, vocab_size=300,
-                                        max_position_embeddings=64, **extra)
-    return transformers.BertConfig(hidden_size=64, num_attention_heads=8, intermediate_size=128, num_hidden_layers=2,
-                                   vocab_size=300, max_position_embeddings=64, **extra)
+        return transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=300,
+            max_position_embeddings=64,
+            **extra,
+        )
+    return transformers.BertConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=64,
+        **extra,
+    )
 
 
 def _model(kind: str, cfg, seed: int) -> nn.Module:  # noqa: ANN001

@@ -76,7 +76,7 @@ def test_multihead_attention_heads_are_removed_physically_and_exactly() -> None:
                     rows = slice(part * 32 + h * 8, part * 32 + (h + 1) * 8)
                     att.in_proj_weight[rows] = 0
                     att.in_proj_bias[rows] = 0
-                att.out_proj.weight[:, h * 8: (h + 1) * 8] = 0
+                att.out_proj.weight[:, h * 8 : (h + 1) * 8] = 0
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
@@ -113,8 +113,9 @@ def test_multihead_attention_layouts_without_packed_projections_are_refused_befo
     model = _CrossAttention().eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnsupportedModuleError, match="kdim/vdim"):
-        pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 4, 16), measure=False,
-                 prune_classifier=True)
+        pk.prune(
+            model, "head", sparsity=0.5, example_inputs=torch.randn(1, 4, 16), measure=False, prune_classifier=True
+        )
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
@@ -128,8 +129,9 @@ def test_vit_channel_pruning_shrinks_the_residual_stream_through_multihead_atten
     flops0, _ = count_flops(model, x)
     rep = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, measure=False)
     assert not any("fixes their size" in n for n in rep.notes)
-    assert (model.hidden_dim == 16 and model.conv_proj.out_channels == 16
-            and tuple(model.class_token.shape) == (1, 1, 16))
+    assert (
+        model.hidden_dim == 16 and model.conv_proj.out_channels == 16 and tuple(model.class_token.shape) == (1, 1, 16)
+    )
     assert tuple(model.encoder.pos_embedding.shape[-1:]) == (16,)
     for blk in model.encoder.layers:
         att = blk.self_attention

@@ -67,15 +67,17 @@ def _with_gradient(w: torch.Tensor, g: torch.Tensor) -> tuple[nn.Linear, object]
 
 
 def test_taylor_is_the_squared_sum_of_gradient_times_weight_over_the_unit() -> None:
-    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
-                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
+    lin, loss = _with_gradient(
+        torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]), torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
+    )
     # (1 + 2)^2, (3 - 3)^2, (-1 + 1)^2: signed sums, so opposite contributions cancel
     np.testing.assert_allclose(_unit_scores(lin, "taylor", calibration=loss), [9.0, 0.0, 0.0])
 
 
 def test_obd_is_half_the_fisher_diagonal_times_squared_weights() -> None:
-    lin, loss = _with_gradient(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
-                               torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]]))
+    lin, loss = _with_gradient(
+        torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]), torch.tensor([[1.0, 1.0], [1.0, 3.0], [-2.0, 2.0]])
+    )
     # h_ii ~ sum of g^2 over the batches (here one); per unit the mean over its 2 weights:
     # 0.5 * (1*1 + 1*4) / 2, 0.5 * (1*9 + 9*1) / 2, 0.5 * (4*.25 + 4*.25) / 2
     np.testing.assert_allclose(_unit_scores(lin, "hessian", calibration=loss), [1.25, 4.5, 0.5])
@@ -136,8 +138,15 @@ def test_taylor_cancels_within_a_unit_where_grad_weight_does_not() -> None:
     kept = {}
     for crit in ("taylor", "grad-weight"):
         model, loss = _taylor_case()
-        pk.prune(model, "taylor-channel", criterion=crit, sparsity=0.5, example_inputs=torch.randn(1, 2),
-                 calibration=loss, measure=False)
+        pk.prune(
+            model,
+            "taylor-channel",
+            criterion=crit,
+            sparsity=0.5,
+            example_inputs=torch.randn(1, 2),
+            calibration=loss,
+            measure=False,
+        )
         kept[crit] = model[0].weight.tolist()
     assert kept["taylor"] == [[1.0, 2.0]]  # (3 - 3)^2 = 0: the second row goes
     assert kept["grad-weight"] == [[3.0, -1.0]]  # mean |g w| 1.5 < 3: the first row goes
@@ -178,8 +187,15 @@ IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
 
 def _llama(layers: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                   num_hidden_layers=layers, vocab_size=50, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        vocab_size=50,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -188,8 +204,7 @@ TOKENS = [{"input_ids": IDS}]
 
 
 def _kwargs(crit: str, inputs: object, calibration: object) -> dict:
-    return {"criterion": crit, "sparsity": 0.5, "example_inputs": inputs, "calibration": calibration,
-            "measure": False}
+    return {"criterion": crit, "sparsity": 0.5, "example_inputs": inputs, "calibration": calibration, "measure": False}
 
 
 def test_every_channel_criterion_removes_channels() -> None:
@@ -224,17 +239,21 @@ def test_every_layer_criterion_removes_layers() -> None:
         assert model(input_ids=IDS).logits.shape == (2, 8, 50)
 
 
-@pytest.mark.parametrize("method,inputs,refused", [
-    ("l2-channel", X_IMG, ["influence"]),
-    ("head", {"input_ids": IDS}, ["influence", "apoz", "bn-scale"]),
-    ("layer", {"input_ids": IDS}, ["apoz", "bn-scale"]),
-])
+@pytest.mark.parametrize(
+    "method,inputs,refused",
+    [
+        ("l2-channel", X_IMG, ["influence"]),
+        ("head", {"input_ids": IDS}, ["influence", "apoz", "bn-scale"]),
+        ("layer", {"input_ids": IDS}, ["apoz", "bn-scale"]),
+    ],
+)
 def test_criteria_without_a_meaning_at_a_level_are_refused(method: str, inputs: object, refused: list[str]) -> None:
     model = _cnn() if method == "l2-channel" else _llama(layers=4)
     before = _state(model)
     level = {"l2-channel": "channel", "head": "head", "layer": "layer"}[method]
     assert set(refused) == {n for n in CRITERIA.names() if level not in resolve_criterion(n).levels} & set(
-        criteria_for("channel") + criteria_for("head") + criteria_for("layer"))
+        criteria_for("channel") + criteria_for("head") + criteria_for("layer")
+    )
     for crit in refused:
         with pytest.raises(CriterionLevelError) as info:
             pk.prune(model, method, sparsity=0.5, example_inputs=inputs, criterion=crit, measure=False)

@@ -24,11 +24,25 @@ CALIB = [torch.randint(0, 300, (1, 24), generator=torch.Generator().manual_seed(
 
 def _config(kind: str, **extra):  # noqa: ANN003, ANN202
     if kind == "llama":
-        return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=8, num_key_value_heads=4, vocab_size=300,
-                                        max_position_embeddings=64, **extra)
-    return transformers.BertConfig(hidden_size=64, num_attention_heads=8, intermediate_size=128, num_hidden_layers=2,
-                                   vocab_size=300, max_position_embeddings=64, **extra)
+        return transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=300,
+            max_position_embeddings=64,
+            **extra,
+        )
+    return transformers.BertConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=300,
+        max_position_embeddings=64,
+        **extra,
+    )
 
 
 def _model(kind: str, cfg, seed: int) -> nn.Module:  # noqa: ANN001

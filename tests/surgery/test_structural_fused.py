@@ -19,21 +19,43 @@ def _family(kind: str) -> tuple[nn.Module, str, str]:
     """model, first MLP projection (suffix under each layer), second MLP projection."""
     torch.manual_seed(0)
     if kind == "phi3":  # fused qkv_proj and gate_up_proj (split by chunk(2))
-        cfg = T.Phi3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                           num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, pad_token_id=0,
-                           bos_token_id=1, eos_token_id=2)
+        cfg = T.Phi3Config(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            vocab_size=100,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return T.Phi3ForCausalLM(cfg), "model.layers.{}.mlp.gate_up_proj", "model.layers.{}.mlp.down_proj"
     if kind == "gpt2":  # fused c_attn (Conv1D)
-        cfg = T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1,
-                           eos_token_id=2)
+        cfg = T.GPT2Config(
+            n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
+        )
         return T.GPT2LMHeadModel(cfg), "transformer.h.{}.mlp.c_fc", "transformer.h.{}.mlp.c_proj"
     if kind == "gpt-neox":  # fused query_key_value
-        cfg = T.GPTNeoXConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2,
-                              vocab_size=100, max_position_embeddings=64)
+        cfg = T.GPTNeoXConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         return T.GPTNeoXForCausalLM(cfg), "gpt_neox.layers.{}.mlp.dense_h_to_4h", "gpt_neox.layers.{}.mlp.dense_4h_to_h"
     if kind == "falcon":  # fused query_key_value, grouped key/value heads
-        cfg = T.FalconConfig(hidden_size=64, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True,
-                             num_hidden_layers=2, vocab_size=100)
+        cfg = T.FalconConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            num_hidden_layers=2,
+            vocab_size=100,
+        )
         return T.FalconForCausalLM(cfg), "transformer.h.{}.mlp.dense_h_to_4h", "transformer.h.{}.mlp.dense_4h_to_h"
     if kind == "gpt-bigcode":  # fused c_attn with one key/value head (multi-query)
         cfg = T.GPTBigCodeConfig(n_embd=64, n_head=4, n_layer=2, vocab_size=100, n_positions=64)
@@ -78,8 +100,9 @@ def test_fused_families_lose_mlp_width_and_reload(kind: str, tmp_path) -> None: 
     model.save_pretrained(tmp_path)
     from prunekit.surgery.hf import from_pretrained_pruned
 
-    again = (type(model).from_pretrained(tmp_path) if kind in STOCK
-             else from_pretrained_pruned(type(model), tmp_path)).eval()
+    again = (
+        type(model).from_pretrained(tmp_path) if kind in STOCK else from_pretrained_pruned(type(model), tmp_path)
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=IDS).logits, logits, atol=1e-5, rtol=1e-5)
 
@@ -105,8 +128,14 @@ def test_fused_gate_up_pairs_channel_i_of_gate_with_channel_i_of_up() -> None:
             gu[inter + i].zero_()
             dn[:, i].zero_()
         before = model(input_ids=IDS).logits
-    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs={"input_ids": IDS}, measure_latency=False,
-             ignore=["model.layers.1"])
+    pk.prune(
+        model,
+        "l2-channel",
+        sparsity=0.5,
+        example_inputs={"input_ids": IDS},
+        measure_latency=False,
+        ignore=["model.layers.1"],
+    )
     assert tuple(model.model.layers[0].mlp.gate_up_proj.weight.shape) == (inter, 64)
     assert tuple(model.model.layers[1].mlp.gate_up_proj.weight.shape) == (2 * inter, 64)  # ignored: kept whole
     with torch.no_grad():
@@ -116,12 +145,21 @@ def test_fused_gate_up_pairs_channel_i_of_gate_with_channel_i_of_up() -> None:
 def _vision(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "vit":  # get_input_embeddings() is a patch embedding without .weight
-        return T.ViTModel(T.ViTConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
-                                      image_size=32, patch_size=8))
+        return T.ViTModel(
+            T.ViTConfig(
+                hidden_size=32,
+                num_attention_heads=4,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                image_size=32,
+                patch_size=8,
+            )
+        )
     if kind == "convnext":  # get_input_embeddings() raises NotImplementedError
         return T.ConvNextModel(T.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))
-    return T.SwinModel(T.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[2, 2], image_size=32, patch_size=4,
-                                    window_size=2))
+    return T.SwinModel(
+        T.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[2, 2], image_size=32, patch_size=4, window_size=2)
+    )
 
 
 @pytest.mark.parametrize("kind", ["vit", "convnext", "swin"])
@@ -134,8 +172,14 @@ def test_encoders_without_token_embeddings_prune(kind: str) -> None:
 
 
 def test_heads_that_the_code_fixes_are_refused_by_name_and_the_model_is_kept() -> None:
-    cfg = T.ConvBertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
-                           embedding_size=32, vocab_size=100)
+    cfg = T.ConvBertConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        embedding_size=32,
+        vocab_size=100,
+    )
     model = T.ConvBertModel(cfg).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.NothingToPruneError, match=r"in module 'encoder\.layer\.0\.attention\.self'"):

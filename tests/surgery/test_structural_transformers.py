@@ -15,20 +15,39 @@ transformers = pytest.importorskip("transformers")
 def _build(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
-                                       max_position_embeddings=64)
+        cfg = transformers.LlamaConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         return transformers.LlamaForCausalLM(cfg).eval()
     if kind == "qwen2":
-        cfg = transformers.Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=2,
-                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
-                                       max_position_embeddings=64)
+        cfg = transformers.Qwen2Config(
+            hidden_size=64,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         return transformers.Qwen2ForCausalLM(cfg).eval()
     if kind == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_head=4, n_layer=4, vocab_size=100,
-                                                                    n_positions=64)).eval()
-    cfg = transformers.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4,
-                                  vocab_size=100, max_position_embeddings=64)
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(n_embd=64, n_head=4, n_layer=4, vocab_size=100, n_positions=64)
+        ).eval()
+    cfg = transformers.BertConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
     return transformers.BertForMaskedLM(cfg).eval()
 
 
@@ -94,15 +113,28 @@ def test_global_allocation_round_trips_through_the_pruned_loader(kind: str, meth
     model = _build(kind)
     if method == "head":  # four key/value groups per layer, so that layers can lose different numbers
         torch.manual_seed(0)
-        cfg = transformers.Qwen2Config(hidden_size=64, num_attention_heads=8, num_key_value_heads=4,
-                                       intermediate_size=128, num_hidden_layers=4, vocab_size=100,
-                                       max_position_embeddings=64)
+        cfg = transformers.Qwen2Config(
+            hidden_size=64,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            vocab_size=100,
+            max_position_embeddings=64,
+        )
         model = transformers.Qwen2ForCausalLM(cfg).eval()
         with torch.no_grad():  # one weak layer: one threshold over all layers takes more of its heads
             for p in model.model.layers[0].self_attn.parameters():
                 p.mul_(0.1)
-    pk.prune(model, method, sparsity=0.5, allocation="global", example_inputs={"input_ids": IDS}, measure=False,
-             global_cap=0.75)
+    pk.prune(
+        model,
+        method,
+        sparsity=0.5,
+        allocation="global",
+        example_inputs={"input_ids": IDS},
+        measure=False,
+        global_cap=0.75,
+    )
     per_layer = model.config.prunekit_per_layer
     sizes = per_layer["intermediate_size" if method == "l2-channel" else "num_key_value_heads"]
     assert len(set(sizes)) > 1  # the layers really differ
@@ -115,8 +147,9 @@ def test_global_allocation_round_trips_through_the_pruned_loader(kind: str, meth
         type(model).from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("kind,method",
-                         [("gpt2", "head"), ("bert", "head"), ("gpt2", "embedding"), ("bert", "embedding")])
+@pytest.mark.parametrize(
+    "kind,method", [("gpt2", "head"), ("bert", "head"), ("gpt2", "embedding"), ("bert", "embedding")]
+)
 def test_head_size_the_config_cannot_express_round_trips(kind: str, method: str, tmp_path) -> None:  # noqa: ANN001
     from prunekit.surgery.hf import from_pretrained_pruned
 

@@ -50,7 +50,10 @@ class TaskResults:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
         return {
-            "metrics": self.metrics, "items": self.items, "seconds": self.seconds, "settings": self.settings,
+            "metrics": self.metrics,
+            "items": self.items,
+            "seconds": self.seconds,
+            "settings": self.settings,
             "data": self.data,
         }
 
@@ -138,9 +141,7 @@ def evaluate_tasks(
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UnknownNameError(
-            "lm-eval task", unknown[0], [*OFFLINE_TASKS, "(or any task of lm-eval's registry)"]
-        )
+        raise UnknownNameError("lm-eval task", unknown[0], [*OFFLINE_TASKS, "(or any task of lm-eval's registry)"])
     try:
         manager.load(names)  # builds the offline data, downloads hub data: fails here, before the model runs
     except Exception as e:  # datasets/hub errors have no common base class
@@ -183,9 +184,7 @@ def evaluate_tasks(
     items: dict[str, int] = {}
     for task, values in out["results"].items():
         metrics[task] = {
-            key.split(",")[0]: float(v) if isinstance(v, (int, float)) else v
-            for key, v in values.items()
-            if "," in key
+            key.split(",")[0]: float(v) if isinstance(v, (int, float)) else v for key, v in values.items() if "," in key
         }
         n = out.get("n-samples", {}).get(task, {})
         items[task] = int(n.get("effective", n.get("original", 0)) or 0)

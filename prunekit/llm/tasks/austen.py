@@ -130,7 +130,8 @@ def build_cloze(text: str, n: int = SIZES["cloze"], seed: int = _SEEDS["cloze"])
     candidates = [
         i
         for i in range(2, len(stream))
-        if stream[i][0] == stream[i - 1][0] == stream[i - 2][0] and 8 <= lengths[i] <= 40
+        if stream[i][0] == stream[i - 1][0] == stream[i - 2][0]
+        and 8 <= lengths[i] <= 40
         and sum(lengths[i - 2 : i]) >= 12
     ]
     if len(candidates) < n:
@@ -140,19 +141,22 @@ def build_cloze(text: str, n: int = SIZES["cloze"], seed: int = _SEEDS["cloze"])
     items = []
     for i in chosen:
         pool = [
-            k for k in range(len(stream))
+            k
+            for k in range(len(stream))
             if abs(k - i) >= 200 and abs(lengths[k] - lengths[i]) <= max(2, lengths[i] // 4)
         ]
         distractors = [stream[k][1] for k in rng.sample(pool, 3)]
         choices = [stream[i][1], *distractors]
         order = list(range(4))
         rng.shuffle(order)
-        items.append({
-            "context": f"{stream[i - 2][1]} {stream[i - 1][1]}",
-            "choices": [choices[k] for k in order],
-            "label": order.index(0),
-            "position": i,
-        })
+        items.append(
+            {
+                "context": f"{stream[i - 2][1]} {stream[i - 1][1]}",
+                "choices": [choices[k] for k in order],
+                "label": order.index(0),
+                "position": i,
+            }
+        )
     return items
 
 

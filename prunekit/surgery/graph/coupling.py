@@ -62,7 +62,7 @@ def couple_consumer(tr: Tracer, lab: np.ndarray, ax: int, size: int, param_atoms
     if col is not None:  # one atom per index: vectorised
         if param_atoms is not None:
             tr.pin(param_atoms[col < 0])
-            tr.union_pairs(np.asarray(param_atoms[: size]), col)
+            tr.union_pairs(np.asarray(param_atoms[:size]), col)
         return
     per = per_index(lab, ax, size)
     for i in range(size):

@@ -60,8 +60,9 @@ class Group:
                 index_class.append(lab)
             size = len(classes)
         self.index_class = [np.asarray(a, dtype=np.int64) for a in index_class]
-        self._size = (int(size) if size is not None
-                      else int(max((a.max() for a in self.index_class if a.size), default=-1)) + 1)
+        self._size = (
+            int(size) if size is not None else int(max((a.max() for a in self.index_class if a.size), default=-1)) + 1
+        )
         self.removable = list(removable) if removable is not None else [True] * self._size
 
     @property
@@ -78,7 +79,7 @@ class Group:
                 order = np.argsort(lab, kind="stable")
                 cuts = np.searchsorted(lab[order], np.arange(self._size + 1))
                 for c in np.unique(lab[lab >= 0]).tolist():
-                    out[c][(m.param, m.dim)] = order[cuts[c]: cuts[c + 1]]
+                    out[c][(m.param, m.dim)] = order[cuts[c] : cuts[c + 1]]
             self._classes = out
         return self._classes
 
@@ -144,10 +145,10 @@ def build_groups(tr: Tracer) -> TraceResult:
     members: dict[tuple[str, int], np.ndarray] = {}
     for (key, dim), base in tr.dim_atoms.items():
         n = tr.param_shapes[key][dim]
-        members[(key, dim)] = roots[base: base + n]
+        members[(key, dim)] = roots[base : base + n]
     for key, base in tr.elem_atoms.items():
         shape = tr.param_shapes[key]
-        r = roots[base: base + int(np.prod(shape))].reshape(shape)
+        r = roots[base : base + int(np.prod(shape))].reshape(shape)
         rc = compress(r)
         var = [d for d in range(rc.ndim) if rc.shape[d] > 1]
         if not var:
@@ -209,7 +210,14 @@ def build_groups(tr: Tracer) -> TraceResult:
     groups = []
     for st, en in sorted(zip(starts.tolist(), ends.tolist()), key=lambda se: int(root_of_cls[se[0]])):
         kids = keys_of_comp[int(comp_of_cls[st])]
-        index_class = [flat_cls[offsets[k]: offsets[k + 1]] - st for k in kids]
-        groups.append(Group([Member(keys[k][0], keys[k][1]) for k in kids], None, removable_cls[st:en].tolist(),
-                            index_class=index_class, size=en - st))
+        index_class = [flat_cls[offsets[k] : offsets[k + 1]] - st for k in kids]
+        groups.append(
+            Group(
+                [Member(keys[k][0], keys[k][1]) for k in kids],
+                None,
+                removable_cls[st:en].tolist(),
+                index_class=index_class,
+                size=en - st,
+            )
+        )
     return TraceResult(groups=groups, notes=notes)

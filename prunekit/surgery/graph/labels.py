@@ -71,7 +71,7 @@ def one_atom_per_index(lab: np.ndarray, ax: int, size: int) -> np.ndarray | None
     """If the label holds one atom at each index along ``ax`` (the usual case), those atoms; else None."""
     if lab.shape[ax] != size and lab.shape[ax] != 1:
         return None
-    moved = np.moveaxis(np.broadcast_to(lab, lab.shape[:ax] + (size,) + lab.shape[ax + 1:]), ax, 0)
+    moved = np.moveaxis(np.broadcast_to(lab, lab.shape[:ax] + (size,) + lab.shape[ax + 1 :]), ax, 0)
     moved = moved.reshape(size, -1)
     if moved.shape[1] == 1 or (moved == moved[:, :1]).all():
         return moved[:, 0]

@@ -57,7 +57,7 @@ def op_name(func: Any) -> str:
 def _bare(name: str) -> str:
     if not name.startswith("aten."):
         raise ValueError(f"an operation is named as the dispatcher names it, 'aten.<name>'; got {name!r}")
-    return name[len("aten."):]
+    return name[len("aten.") :]
 
 
 def op_rule(*names: str, aliasing: bool = False) -> Callable[[_F], _F]:

@@ -169,8 +169,9 @@ class Tracer(TorchDispatchMode):
         if isinstance(t, Tensor):
             lab = np.asarray(lab, dtype=np.int64)
             if lab.ndim != t.dim():
-                lab = (lab.reshape((1,) * (t.dim() - lab.ndim) + lab.shape) if lab.ndim < t.dim()
-                       else const_label(t.dim()))
+                lab = (
+                    lab.reshape((1,) * (t.dim() - lab.ndim) + lab.shape) if lab.ndim < t.dim() else const_label(t.dim())
+                )
             self.labels[id(t)] = (t, lab)
             try:
                 self.layouts[id(t)] = (tuple(t.shape), tuple(t.stride()), int(t.storage_offset()))
@@ -190,10 +191,17 @@ class Tracer(TorchDispatchMode):
         if any(atoms_of(lab).size for lab in labs):
             if self.strict:
                 mod = self.module_stack[-1] if self.module_stack else ""
-                advice = (f"pass ignore=[{mod!r}] to keep this module whole, or strict=False to keep only the "
-                          f"channels it touches") if mod else (
-                          "the operation is in the model's own forward (no submodule to ignore): pass strict=False "
-                          "to keep the channels it touches")
+                advice = (
+                    (
+                        f"pass ignore=[{mod!r}] to keep this module whole, or strict=False to keep only the "
+                        f"channels it touches"
+                    )
+                    if mod
+                    else (
+                        "the operation is in the model's own forward (no submodule to ignore): pass strict=False "
+                        "to keep the channels it touches"
+                    )
+                )
                 raise UnsupportedModuleError(
                     f"module '{self.here()} applies the operation aten.{name} to prunable channels, and "
                     f"prunekit does not know how channels flow through it; {advice}"

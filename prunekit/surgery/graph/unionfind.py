@@ -42,7 +42,7 @@ class UnionFind:
 
     def mark_producer(self, base: int, n: int) -> None:
         """Flag atoms ``base`` ... ``base + n - 1`` as producers (output channels of a layer)."""
-        self.producer[base: base + n] = [True] * n
+        self.producer[base : base + n] = [True] * n
 
     def roots(self) -> np.ndarray:
         """For every atom, the smallest atom of its class (connected components of the couplings, by

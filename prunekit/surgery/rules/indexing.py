@@ -61,7 +61,12 @@ def index_select_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Ten
 
 
 @op_rule(
-    "aten.flip", "aten.cumsum", "aten.cumprod", "aten.sort", "aten.topk", "aten.gather",
+    "aten.flip",
+    "aten.cumsum",
+    "aten.cumprod",
+    "aten.sort",
+    "aten.topk",
+    "aten.gather",
 )
 def gather_like_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     """cumsum, sort, topk, gather, flip: fine along axes without channels; pin otherwise."""

@@ -91,15 +91,16 @@ def conv_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Tensor) -> 
                 atoms = per[c]
                 real = atoms[atoms >= 0]
                 g, j = divmod(c, per_in)
-                tied_atoms = ([int(o_atoms[g * per_out + t]) for t in range(per_out)] if per_in == 1
-                              else [int(i_atoms[j])])
+                tied_atoms = (
+                    [int(o_atoms[g * per_out + t]) for t in range(per_out)] if per_in == 1 else [int(i_atoms[j])]
+                )
                 if real.size == 0 or real.size != atoms.size:
                     tr.pin(tied_atoms)
                 for a in real.tolist():
                     for t in tied_atoms:
                         tr.uf.union(t, a)
             if per_in > 1 and groups > 1:  # grouped (not depthwise): uniform removal inside every group
-                tr.union_pairs(np.tile(o_atoms[:per_out], groups - 1), o_atoms[per_out: groups * per_out])
+                tr.union_pairs(np.tile(o_atoms[:per_out], groups - 1), o_atoms[per_out : groups * per_out])
         out_lab = axis_label(1, nd, o_atoms)
     else:
         i_atoms = tr.pdim(pv.key, pv.param, 0)
@@ -251,8 +252,10 @@ def baddbmm_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Tensor) 
 
 
 @op_rule(
-    "aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_efficient_attention",
-    "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_cudnn_attention",
+    "aten._scaled_dot_product_flash_attention_for_cpu",
+    "aten._scaled_dot_product_efficient_attention",
+    "aten._scaled_dot_product_flash_attention",
+    "aten._scaled_dot_product_cudnn_attention",
 )
 def sdpa_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     """Scaled dot-product attention: ``q`` and ``k`` are coupled index by index over the head dimension
@@ -275,8 +278,11 @@ def sdpa_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Any) -> Non
     if varies(lv, nd - 2):
         tr.pin(lv)
         lab = np.full_like(lv.take([0], axis=nd - 2), NO_ATOM)
-    if (lv.shape[:-2] != lq.shape[:-2] and (lv >= 0).any()
-            and any(lv.shape[d] != q.shape[d] and lv.shape[d] > 1 for d in range(nd - 2))):
+    if (
+        lv.shape[:-2] != lq.shape[:-2]
+        and (lv >= 0).any()
+        and any(lv.shape[d] != q.shape[d] and lv.shape[d] > 1 for d in range(nd - 2))
+    ):
         tr.pin(lv)
         lab = const_label(nd)
     tr.set_label(o, lab)

@@ -85,8 +85,10 @@ def rnn_rule(tr: Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, o
     for layer in range(layers):
         for s in sfx:
             for pname, dim, unit in (
-                (f"weight_ih_l{layer}{s}", 0, rows), (f"weight_hh_l{layer}{s}", 0, rows),
-                (f"weight_hh_l{layer}{s}", 1, hid), (f"bias_ih_l{layer}{s}", 0, rows),
+                (f"weight_ih_l{layer}{s}", 0, rows),
+                (f"weight_hh_l{layer}{s}", 0, rows),
+                (f"weight_hh_l{layer}{s}", 1, hid),
+                (f"bias_ih_l{layer}{s}", 0, rows),
                 (f"bias_hh_l{layer}{s}", 0, rows),
             ):
                 a = atoms(pname, dim)
@@ -105,8 +107,11 @@ def rnn_rule(tr: Tracer, name: str, mod: nn.Module, args: tuple, kwargs: dict, o
     for o in outs:
         tr.set_label(o, const_label(o.dim()))
     seq = _rnn_data(output[0] if isinstance(output, tuple) else output)
-    states = [h for h in tree_flatten(output[1] if isinstance(output, tuple) and len(output) > 1 else ())[0]
-              if isinstance(h, Tensor)]
+    states = [
+        h
+        for h in tree_flatten(output[1] if isinstance(output, tuple) and len(output) > 1 else ())[0]
+        if isinstance(h, Tensor)
+    ]
     tails: list[tuple[Tensor | None, np.ndarray]] = [(seq, np.tile(hid, nd)), *((h, hid) for h in states)]
     for tail, unit in tails:
         if isinstance(tail, Tensor) and tail.shape[-1] == unit.size:

@@ -39,8 +39,14 @@ __all__ = [
 ]
 
 inplace_view(
-    "aten.transpose_", "aten.t_", "aten.squeeze_", "aten.unsqueeze_", "aten.swapdims_", "aten.swapaxes_",
-    "aten.detach_", "aten.as_strided_",
+    "aten.transpose_",
+    "aten.t_",
+    "aten.squeeze_",
+    "aten.unsqueeze_",
+    "aten.swapdims_",
+    "aten.swapaxes_",
+    "aten.detach_",
+    "aten.as_strided_",
 )
 
 
@@ -56,11 +62,11 @@ def view_rule(tr: Tracer, func: Any, args: tuple, kwargs: dict, out: Tensor) -> 
         tr.set_label(out, const_label(out.dim()))
         return
     # a varying input axis must land inside one output axis (merges are fine, splits are not)
-    ostr = [int(np.prod(oshape[e + 1:])) for e in range(len(oshape))]
+    ostr = [int(np.prod(oshape[e + 1 :])) for e in range(len(oshape))]
     for d in range(len(ishape)):
         if not varies(lab, d) or ishape[d] == 1:
             continue
-        st = int(np.prod(ishape[d + 1:]))
+        st = int(np.prod(ishape[d + 1 :]))
         ext = st * ishape[d]
         ok = any(ostr[e] <= st and ext <= ostr[e] * oshape[e] and oshape[e] > 1 for e in range(len(oshape)))
         if not ok:

@@ -9,8 +9,10 @@ def units(tr: TraceResult, param: str, dim: int) -> list[tuple[dict[str, list[in
     """The units of the group holding ``param`` along ``dim``: ({"param:dim": indices}, removable), sorted."""
     g = tr.group_of(param, dim)
     assert g is not None, f"{param}:{dim} is in no group"
-    out = [({f"{p}:{d}": sorted(int(i) for i in idx) for (p, d), idx in c.items()}, bool(r))
-           for c, r in zip(g.classes, g.removable)]
+    out = [
+        ({f"{p}:{d}": sorted(int(i) for i in idx) for (p, d), idx in c.items()}, bool(r))
+        for c, r in zip(g.classes, g.removable)
+    ]
     return sorted(out, key=lambda u: sorted(u[0].items()))
 
 

@@ -41,9 +41,9 @@ def test_index_select_of_channels_pins_them_and_reorders_the_coupling() -> None:
 
 def test_index_select_along_space_keeps_the_channels_free() -> None:
     tr = trace_groups(IndexSelect(2), torch.randn(1, 2, 3, 3))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(3)]
+    )
 
 
 class Sort(nn.Module):

@@ -34,9 +34,9 @@ def test_grouped_conv_ties_input_c_to_column_c_mod_2_and_filter_j_of_every_group
         {"a.weight:0": [0, 2], "a.bias:0": [0, 2], "g.weight:1": [0]},
         {"a.weight:0": [1, 3], "a.bias:0": [1, 3], "g.weight:1": [1]},
     )
-    assert units(tr, "g.weight", 0) == expect(*[
-        {"g.weight:0": [j, j + 3], "g.bias:0": [j, j + 3], "c.weight:1": [j, j + 3]} for j in range(3)
-    ])
+    assert units(tr, "g.weight", 0) == expect(
+        *[{"g.weight:0": [j, j + 3], "g.bias:0": [j, j + 3], "c.weight:1": [j, j + 3]} for j in range(3)]
+    )
 
 
 class Depthwise(nn.Module):
@@ -52,10 +52,12 @@ class Depthwise(nn.Module):
 
 def test_depthwise_conv_ties_input_channel_c_to_filter_c() -> None:
     tr = trace_groups(Depthwise(), torch.randn(1, 2, 4, 4))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [c], "a.bias:0": [c], "dw.weight:0": [c], "dw.bias:0": [c], "c.weight:1": [c]}
-        for c in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[
+            {"a.weight:0": [c], "a.bias:0": [c], "dw.weight:0": [c], "dw.bias:0": [c], "c.weight:1": [c]}
+            for c in range(3)
+        ]
+    )
 
 
 class Attention(nn.Module):
@@ -71,12 +73,12 @@ class Attention(nn.Module):
 
 def test_attention_couples_q_and_k_over_the_head_dim_and_v_with_the_output() -> None:
     tr = trace_groups(Attention(), torch.randn(1, 5, 4))
-    assert units(tr, "q.weight", 0) == expect(*[
-        {"q.weight:0": [i], "q.bias:0": [i], "k.weight:0": [i], "k.bias:0": [i]} for i in range(3)
-    ])
-    assert units(tr, "v.weight", 0) == expect(*[
-        {"v.weight:0": [i], "v.bias:0": [i], "o.weight:1": [i]} for i in range(2)
-    ])
+    assert units(tr, "q.weight", 0) == expect(
+        *[{"q.weight:0": [i], "q.bias:0": [i], "k.weight:0": [i], "k.bias:0": [i]} for i in range(3)]
+    )
+    assert units(tr, "v.weight", 0) == expect(
+        *[{"v.weight:0": [i], "v.bias:0": [i], "o.weight:1": [i]} for i in range(2)]
+    )
 
 
 class Embed(nn.Module):

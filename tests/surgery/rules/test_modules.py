@@ -51,10 +51,19 @@ def test_lstm_hidden_unit_j_is_row_j_of_every_gate() -> None:
     def gates(j: int) -> list[int]:
         return [j, 3 + j, 6 + j, 9 + j]  # input, forget, cell, output gates
 
-    assert units(tr, "lstm.weight_hh_l0", 1) == expect(*[
-        {"lstm.weight_ih_l0:0": gates(j), "lstm.weight_hh_l0:0": gates(j), "lstm.weight_hh_l0:1": [j],
-         "lstm.bias_ih_l0:0": gates(j), "lstm.bias_hh_l0:0": gates(j), "fc.weight:1": [j]} for j in range(3)
-    ])
+    assert units(tr, "lstm.weight_hh_l0", 1) == expect(
+        *[
+            {
+                "lstm.weight_ih_l0:0": gates(j),
+                "lstm.weight_hh_l0:0": gates(j),
+                "lstm.weight_hh_l0:1": [j],
+                "lstm.bias_ih_l0:0": gates(j),
+                "lstm.bias_hh_l0:0": gates(j),
+                "fc.weight:1": [j],
+            }
+            for j in range(3)
+        ]
+    )
 
 
 def test_lstm_with_proj_size_is_kept_whole() -> None:
@@ -76,8 +85,15 @@ def test_an_ignored_module_is_not_looked_into_and_its_neighbours_keep_their_size
 class Encoder(nn.Module):
     """Linear -> recurrent layer -> Linear head on the last step (no normalisation over the hidden units)."""
 
-    def __init__(self, cell: type[nn.RNNBase], d_in: int = 12, hidden: int = 16, layers: int = 2,
-                 bidirectional: bool = False, batch_first: bool = True) -> None:
+    def __init__(
+        self,
+        cell: type[nn.RNNBase],
+        d_in: int = 12,
+        hidden: int = 16,
+        layers: int = 2,
+        bidirectional: bool = False,
+        batch_first: bool = True,
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(d_in, 20)
         self.rnn = cell(20, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
@@ -111,8 +127,15 @@ def test_hidden_units_leave_every_gate_and_zero_units_change_nothing(cell, layer
             for (param, dim), idx in group.classes[unit].items():
                 model.get_parameter(param).index_fill_(dim, torch.as_tensor(idx), 0.0)
         before = model(x)
-    report = pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x, ignore=["proj"],
-                      prune_classifier=True, measure_latency=False)
+    report = pk.prune(
+        model,
+        "l2-channel",
+        sparsity=0.5,
+        example_inputs=x,
+        ignore=["proj"],
+        prune_classifier=True,
+        measure_latency=False,
+    )
     gates = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[cell]
     nd = 2 if bidir else 1
     rnn = model.rnn
@@ -228,8 +251,10 @@ def test_lstm_encoder_loses_hidden_units_and_says_so() -> None:
     assert model.ln.normalized_shape == (32,) and model.fc.in_features == 32 and model.proj.out_features == 16
     assert sum(p.numel() for p in model.parameters()) < n0
     assert model(torch.randn(4, 7, 32)).shape == (4, 6)
-    assert ("lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)"
-            in report.notes)
+    assert (
+        "lstm (LSTM): hidden units 64 -> 32 (every gate, the recurrent weights and the next layer's inputs)"
+        in report.notes
+    )
 
 
 @pytest.mark.parametrize("ignore", ["name", "module", "filter_fn"])

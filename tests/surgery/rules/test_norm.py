@@ -31,15 +31,32 @@ class ConvBN(nn.Module):
 
 def test_batch_norm_couples_every_statistic_and_group_norm_keeps_groups_equal() -> None:
     tr = trace_groups(ConvBN(), torch.randn(1, 2, 3, 3))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "bn.weight:0": [i], "bn.bias:0": [i], "bn.running_mean:0": [i],
-         "bn.running_var:0": [i], "gn_conv.weight:1": [i]} for i in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[
+            {
+                "a.weight:0": [i],
+                "bn.weight:0": [i],
+                "bn.bias:0": [i],
+                "bn.running_mean:0": [i],
+                "bn.running_var:0": [i],
+                "gn_conv.weight:1": [i],
+            }
+            for i in range(3)
+        ]
+    )
     # channel j of group 0 goes with channel j of group 1 (two groups of two channels)
-    assert units(tr, "gn_conv.weight", 0) == expect(*[
-        {"gn_conv.weight:0": [j, j + 2], "gn_conv.bias:0": [j, j + 2], "gn.weight:0": [j, j + 2],
-         "gn.bias:0": [j, j + 2], "c.weight:1": [j, j + 2]} for j in range(2)
-    ])
+    assert units(tr, "gn_conv.weight", 0) == expect(
+        *[
+            {
+                "gn_conv.weight:0": [j, j + 2],
+                "gn_conv.bias:0": [j, j + 2],
+                "gn.weight:0": [j, j + 2],
+                "gn.bias:0": [j, j + 2],
+                "c.weight:1": [j, j + 2],
+            }
+            for j in range(2)
+        ]
+    )
 
 
 class LN(nn.Module):
@@ -55,7 +72,9 @@ class LN(nn.Module):
 
 def test_layer_norm_over_the_channels_couples_its_scale_and_shift() -> None:
     tr = trace_groups(LN(), torch.randn(2, 4, 2))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "ln.weight:0": [i], "ln.bias:0": [i], "c.weight:1": [i]}
-        for i in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[
+            {"a.weight:0": [i], "a.bias:0": [i], "ln.weight:0": [i], "ln.bias:0": [i], "c.weight:1": [i]}
+            for i in range(3)
+        ]
+    )

@@ -29,12 +29,13 @@ class Residual(nn.Module):
 
 def test_pointwise_add_couples_channel_i_of_both_operands() -> None:
     tr = trace_groups(Residual(), torch.randn(1, 3, 5, 5))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i]} for i in range(4)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i]} for i in range(4)]
+    )
     # the model's output keeps its channels; the image's channels are data (no producer)
-    assert units(tr, "c.weight", 0) == expect(*[{"c.weight:0": [i], "c.bias:0": [i]} for i in range(2)],
-                                              removable=False)
+    assert units(tr, "c.weight", 0) == expect(
+        *[{"c.weight:0": [i], "c.bias:0": [i]} for i in range(2)], removable=False
+    )
     assert units(tr, "a.weight", 1) == expect(*[{"a.weight:1": [i]} for i in range(3)], removable=False)
 
 
@@ -54,9 +55,9 @@ class Gate(nn.Module):
 
 def test_pointwise_gate_reduced_over_space_couples_channels_and_a_scalar_couples_nothing() -> None:
     tr = trace_groups(Gate(), torch.randn(1, 3, 5, 5))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i]} for i in range(4)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i]} for i in range(4)]
+    )
 
 
 class ConstAdd(nn.Module):
@@ -71,6 +72,6 @@ class ConstAdd(nn.Module):
 
 def test_pointwise_constant_of_fixed_size_pins_the_channels() -> None:
     tr = trace_groups(ConstAdd(), torch.randn(2, 3))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(4)
-    ], removable=False)
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(4)], removable=False
+    )

@@ -30,9 +30,9 @@ class Pool(nn.Module):
 
 def test_pooling_and_spatial_padding_keep_the_channels() -> None:
     tr = trace_groups(Pool(), torch.randn(1, 2, 4, 4))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "fc.weight:1": [i]} for i in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "fc.weight:1": [i]} for i in range(3)]
+    )
 
 
 class ChannelPad(nn.Module):
@@ -47,5 +47,6 @@ class ChannelPad(nn.Module):
 
 def test_padding_a_channel_axis_pins_it() -> None:
     tr = trace_groups(ChannelPad(), torch.randn(2, 2))
-    assert units(tr, "a.weight", 0) == expect(*[{"a.weight:0": [i], "a.bias:0": [i]} for i in range(3)],
-                                              removable=False)
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i]} for i in range(3)], removable=False
+    )

@@ -30,10 +30,12 @@ class Flatten(nn.Module):
 
 def test_view_merging_channels_with_space_maps_channel_c_to_four_features() -> None:
     tr = trace_groups(Flatten(), torch.randn(2, 3, 2, 2))
-    assert units(tr, "conv.weight", 0) == expect(*[
-        {"conv.weight:0": [c], "conv.bias:0": [c], "fc.weight:1": [4 * c, 4 * c + 1, 4 * c + 2, 4 * c + 3]}
-        for c in range(4)
-    ])
+    assert units(tr, "conv.weight", 0) == expect(
+        *[
+            {"conv.weight:0": [c], "conv.bias:0": [c], "fc.weight:1": [4 * c, 4 * c + 1, 4 * c + 2, 4 * c + 3]}
+            for c in range(4)
+        ]
+    )
 
 
 class SplitView(nn.Module):
@@ -66,9 +68,13 @@ class Cat(nn.Module):
 def test_cat_maps_channel_i_of_the_second_operand_to_i_plus_the_first_width() -> None:
     tr = trace_groups(Cat(), torch.randn(1, 2, 3, 3))
     # one group (both feed c's input channels), seven units
-    assert units(tr, "a.weight", 0) == units(tr, "b.weight", 0) == expect(
-        *[{"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(3)],
-        *[{"b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i + 3]} for i in range(4)],
+    assert (
+        units(tr, "a.weight", 0)
+        == units(tr, "b.weight", 0)
+        == expect(
+            *[{"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(3)],
+            *[{"b.weight:0": [i], "b.bias:0": [i], "c.weight:1": [i + 3]} for i in range(4)],
+        )
     )
 
 
@@ -86,9 +92,9 @@ class TransposeInPlace(nn.Module):
 
 def test_transpose_in_place_moves_the_channels_to_the_last_axis() -> None:
     tr = trace_groups(TransposeInPlace(), torch.randn(1, 2, 5))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "fc.weight:1": [i]} for i in range(3)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "fc.weight:1": [i]} for i in range(3)]
+    )
 
 
 class Chunk(nn.Module):
@@ -105,9 +111,9 @@ class Chunk(nn.Module):
 
 def test_chunk_couples_index_i_of_every_piece() -> None:
     tr = trace_groups(Chunk(), torch.randn(2, 3))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i, i + 4], "a.bias:0": [i, i + 4], "c.weight:1": [i]} for i in range(4)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i, i + 4], "a.bias:0": [i, i + 4], "c.weight:1": [i]} for i in range(4)]
+    )
 
 
 def test_split_with_explicit_sizes_pins_the_channels() -> None:
@@ -130,9 +136,9 @@ class Slice(nn.Module):
 
 def test_slice_along_space_is_free() -> None:
     tr = trace_groups(Slice(channels=False), torch.randn(1, 2, 3, 3))
-    assert units(tr, "a.weight", 0) == expect(*[
-        {"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(4)
-    ])
+    assert units(tr, "a.weight", 0) == expect(
+        *[{"a.weight:0": [i], "a.bias:0": [i], "c.weight:1": [i]} for i in range(4)]
+    )
 
 
 def test_slice_of_the_channels_pins_them() -> None:
