@@ -10,7 +10,8 @@ from rich.table import Table
 from prunekit.cli._common import console, fail
 from prunekit.errors import PrunekitError
 
-__all__ = ["app", "data_install", "data_list"]
+# the commands register themselves on the typer application on import; only these names are imported elsewhere
+__all__ = ["app"]
 
 #: the ``prunekit data`` command group
 app = typer.Typer(help="Offline data and model sources: install and list them.", no_args_is_help=True)

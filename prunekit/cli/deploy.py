@@ -11,7 +11,8 @@ import typer
 from prunekit.cli._common import calibration_data, console, default_input_shape, err_console, fail, parse_shape
 from prunekit.errors import PrunekitError
 
-__all__ = ["RUNTIMES", "export", "run"]
+# the commands register themselves on the typer application on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 #: the runtimes ``prunekit export --to`` accepts
 RUNTIMES = ("onnx", "openvino")

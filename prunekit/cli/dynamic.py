@@ -23,7 +23,8 @@ import typer
 from prunekit.cli._common import console, fail
 from prunekit.errors import PrunekitError
 
-__all__ = ["app", "merge_tokens", "prune_tokens", "skip_layers"]
+# the commands register themselves on the typer application on import; only these names are imported elsewhere
+__all__ = ["app"]
 
 #: the ``prunekit dynamic`` command group
 app = typer.Typer(help="Run-time (dynamic) pruning: token merging / pruning, dynamic depth.", no_args_is_help=True)

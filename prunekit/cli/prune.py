@@ -15,7 +15,8 @@ from prunekit.cli._common import calibration_data, console, default_input_shape,
 from prunekit.cli.bench import is_results_store, report_results
 from prunekit.errors import PrunekitError
 
-__all__ = ["criteria", "demo", "methods", "models", "prune", "report"]
+# the commands register themselves on the typer application on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 
 def _options(items: list[str] | None) -> dict:

@@ -17,7 +17,8 @@ from prunekit.surgery.graph.registry import op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = ["gather_like_rule", "index_put_rule", "index_rule", "index_select_rule"]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 
 @op_rule("aten.index", "aten._unsafe_index")

@@ -30,7 +30,8 @@ from prunekit.surgery.graph.registry import op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = ["addmm_rule", "baddbmm_rule", "bmm_rule", "conv_rule", "embedding_rule", "mm_rule", "sdpa_rule"]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 
 def _pv_dim_atoms(tr: Tracer, pv: ParamView, view_dim: int, *, producer: bool = False) -> np.ndarray | None:

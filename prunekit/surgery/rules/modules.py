@@ -20,6 +20,7 @@ from prunekit.surgery.graph.registry import module_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
 __all__ = ["keep_whole", "rnn_rule"]
 
 

@@ -15,7 +15,8 @@ from prunekit.surgery.graph.registry import op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = ["batch_norm_rule", "group_norm_rule", "layer_norm_rule", "prelu_rule"]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 
 def _norm_channel_rule(tr: Tracer, x: Tensor, params: list[Any], ax: int) -> np.ndarray:

@@ -22,7 +22,8 @@ from prunekit.surgery.graph.registry import fallback_rule, op_name, op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = ["copy_rule", "create_rule", "fill_rule", "is_pointwise", "pass_rule", "pointwise_rule"]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__ = ["pointwise_rule"]
 
 # pointwise operations the dispatcher does not tag as such (``_prelu_kernel`` has its own rule in norm.py)
 _POINTWISE_EXTRA = (

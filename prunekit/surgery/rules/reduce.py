@@ -16,7 +16,8 @@ from prunekit.surgery.graph.registry import op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = ["pad_rule", "reduce_rule", "roll_rule", "spatial_rule"]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__: list[str] = []
 
 
 @op_rule(

@@ -20,23 +20,8 @@ from prunekit.surgery.graph.registry import inplace_view, op_rule
 if TYPE_CHECKING:
     from prunekit.surgery.graph.tracer import Tracer
 
-__all__ = [
-    "as_strided_rule",
-    "cat_rule",
-    "channel_shuffle_rule",
-    "expand_rule",
-    "glu_rule",
-    "permute_rule",
-    "select_rule",
-    "slice_rule",
-    "split_rule",
-    "squeeze_rule",
-    "stack_rule",
-    "transpose_rule",
-    "unbind_rule",
-    "unsqueeze_rule",
-    "view_rule",
-]
+# the rules register themselves with the tracer by decorator on import; only these names are imported elsewhere
+__all__ = ["view_rule"]
 
 inplace_view(
     "aten.transpose_",
