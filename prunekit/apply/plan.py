@@ -436,8 +436,8 @@ class Pruner:
                 unit_scores[t.name],
                 unit_sizes[t.name],
                 shape,
-                None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12),
-            )  # type: ignore[arg-type]
+                None if isinstance(gran, NM) else min(max(s_l, 0.0), 1.0 - 1e-12),  # type: ignore[arg-type]
+            )
             prev = existing[t.name]
             if prev is not None:  # a pattern that keeps a group whole can keep an already-pruned weight
                 mask = mask & prev.to(mask.device)
