@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SmallCNN
-from torch import nn
+from unit_models import IDS, IMG_BATCHES, TOKENS, X_IMG, tiny_cnn, tiny_llama
 
 import prunekit as pk
 from prunekit.criteria import CriterionLevelError
@@ -15,56 +15,8 @@ from prunekit.methods.physical import PHYSICAL_LEVELS, physical_method
 transformers = pytest.importorskip("transformers")
 
 
-class TinyCNN(nn.Module):
-    def __init__(self, bn2: bool = True) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(8) if bn2 else nn.Identity()
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def _cnn(bn2: bool = True) -> TinyCNN:
-    torch.manual_seed(0)
-    model = TinyCNN(bn2).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-    return model
-
-
-G = torch.Generator().manual_seed(0)
-X_IMG = torch.randn(4, 3, 8, 8, generator=G)
-IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
-
-
-def _llama(layers: int = 2) -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        vocab_size=50,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-IDS = torch.randint(0, 50, (2, 8), generator=G)
-TOKENS = [{"input_ids": IDS}]
-
-
 def test_physical_method_runs_any_criterion_at_a_level() -> None:
-    model = _llama(layers=4)
+    model = tiny_llama(layers=4)
     pk.prune(
         model,
         physical_method("head", "taylor"),
@@ -76,7 +28,7 @@ def test_physical_method_runs_any_criterion_at_a_level() -> None:
     assert model.config.num_key_value_heads == 1
     pk.prune(model, physical_method("layer", "fpgm"), sparsity=0.5, example_inputs={"input_ids": IDS}, measure=False)
     assert model.config.num_hidden_layers == 2
-    cnn = _cnn()
+    cnn = tiny_cnn()
     pk.prune(
         cnn,
         physical_method("channel", "wanda"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import SmallCNN
 from torch import nn
+from unit_models import IDS, X_IMG, tiny_cnn, tiny_llama
 
 import prunekit as pk
 
@@ -29,54 +30,6 @@ def _assert_identical(model: nn.Module, before: dict[str, torch.Tensor]) -> None
     assert list(after) == list(before)
     for k, v in before.items():
         assert after[k].shape == v.shape and torch.equal(after[k], v), k
-
-
-class TinyCNN(nn.Module):
-    def __init__(self, bn2: bool = True) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(8) if bn2 else nn.Identity()
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def _cnn(bn2: bool = True) -> TinyCNN:
-    torch.manual_seed(0)
-    model = TinyCNN(bn2).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-    return model
-
-
-G = torch.Generator().manual_seed(0)
-X_IMG = torch.randn(4, 3, 8, 8, generator=G)
-IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
-
-
-def _llama(layers: int = 2) -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        vocab_size=50,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-IDS = torch.randint(0, 50, (2, 8), generator=G)
-TOKENS = [{"input_ids": IDS}]
 
 
 def test_a_failure_after_heads_were_removed_restores_the_stock_module(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,15 +71,15 @@ def test_structural_methods_refuse_mask_patterns(pattern: str) -> None:
 
 
 def test_unknown_options_and_allocations_are_refused_by_name() -> None:
-    model = _cnn()
+    model = tiny_cnn()
     before = _state(model)
     with pytest.raises(pk.ConfigError, match="round_to"):
-        pk.prune(_llama(), "head", sparsity=0.5, example_inputs={"input_ids": IDS}, round_to=8, measure=False)
+        pk.prune(tiny_llama(), "head", sparsity=0.5, example_inputs={"input_ids": IDS}, round_to=8, measure=False)
     with pytest.raises(pk.ConfigError, match="allocation='global'"):
         pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=X_IMG, global_cap=0.5, measure=False)
     _assert_identical(model, before)
     for alloc in ("global", "erk", "lamp"):
-        m = _cnn()
+        m = tiny_cnn()
         pk.prune(m, "l2-channel", sparsity=0.5, allocation=alloc, example_inputs=X_IMG, measure=False)
         assert m.conv1.out_channels < 8 or m.conv2.out_channels < 8, alloc
 

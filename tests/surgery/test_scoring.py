@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from unit_models import IDS, IMG_BATCHES, TOKENS, X_IMG, tiny_cnn, tiny_llama
 
 import prunekit as pk
 import prunekit.methods.structural  # noqa: F401  (registers the structural methods)
@@ -155,54 +156,6 @@ def test_taylor_cancels_within_a_unit_where_grad_weight_does_not() -> None:
 # ------------------------------------------------------------------------------------------- every level
 
 
-class TinyCNN(nn.Module):
-    def __init__(self, bn2: bool = True) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(8) if bn2 else nn.Identity()
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def _cnn(bn2: bool = True) -> TinyCNN:
-    torch.manual_seed(0)
-    model = TinyCNN(bn2).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-    return model
-
-
-G = torch.Generator().manual_seed(0)
-X_IMG = torch.randn(4, 3, 8, 8, generator=G)
-IMG_BATCHES = [(X_IMG, torch.randint(0, 4, (4,), generator=G))]
-
-
-def _llama(layers: int = 2) -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        vocab_size=50,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-IDS = torch.randint(0, 50, (2, 8), generator=G)
-TOKENS = [{"input_ids": IDS}]
-
-
 def _kwargs(crit: str, inputs: object, calibration: object) -> dict:
     return {"criterion": crit, "sparsity": 0.5, "example_inputs": inputs, "calibration": calibration, "measure": False}
 
@@ -211,7 +164,7 @@ def test_every_channel_criterion_removes_channels() -> None:
     names = criteria_for("channel")
     assert len(names) >= 16 and {"fpgm", "apoz", "bn-scale", "wanda", "sparsegpt", "synflow", "grasp"} <= set(names)
     for crit in names:
-        model = _cnn()
+        model = tiny_cnn()
         pk.prune(model, "l2-channel", **_kwargs(crit, X_IMG, IMG_BATCHES))
         assert (model.conv1.out_channels, model.conv2.out_channels, model.fc.in_features) == (4, 4, 4), crit
         assert model(X_IMG).shape == (4, 4)
@@ -221,7 +174,7 @@ def test_every_head_criterion_removes_heads() -> None:
     names = criteria_for("head")
     assert len(names) >= 8 and "fpgm" in names and "taylor" in names and "influence" not in names
     for crit in names:
-        model = _llama()
+        model = tiny_llama()
         pk.prune(model, "head", **_kwargs(crit, {"input_ids": IDS}, TOKENS))
         attn = model.model.layers[0].self_attn
         shapes = (attn.k_proj.out_features, attn.q_proj.out_features, model.config.num_key_value_heads)
@@ -233,7 +186,7 @@ def test_every_layer_criterion_removes_layers() -> None:
     names = criteria_for("layer")
     assert len(names) >= 8 and {"influence", "fpgm", "taylor", "magnitude"} <= set(names)
     for crit in names:
-        model = _llama(layers=4)
+        model = tiny_llama(layers=4)
         pk.prune(model, "layer", **_kwargs(crit, {"input_ids": IDS}, TOKENS))
         assert len(model.model.layers) == 2 and model.config.num_hidden_layers == 2, crit
         assert model(input_ids=IDS).logits.shape == (2, 8, 50)
@@ -248,7 +201,7 @@ def test_every_layer_criterion_removes_layers() -> None:
     ],
 )
 def test_criteria_without_a_meaning_at_a_level_are_refused(method: str, inputs: object, refused: list[str]) -> None:
-    model = _cnn() if method == "l2-channel" else _llama(layers=4)
+    model = tiny_cnn() if method == "l2-channel" else tiny_llama(layers=4)
     before = _state(model)
     level = {"l2-channel": "channel", "head": "head", "layer": "layer"}[method]
     assert set(refused) == {n for n in CRITERIA.names() if level not in resolve_criterion(n).levels} & set(
@@ -265,11 +218,11 @@ def test_criteria_without_a_meaning_at_a_level_are_refused(method: str, inputs: 
 
 
 def test_bn_scale_keeps_groups_without_a_norm_layer_whole_and_says_so() -> None:
-    model = _cnn(bn2=False)
+    model = tiny_cnn(bn2=False)
     report = pk.prune(model, "bn-scale-channel", sparsity=0.5, example_inputs=X_IMG, measure=False)
     assert model.conv1.out_channels == 4 and model.conv2.out_channels == 8  # no fallback to another criterion
     assert any("kept whole" in n and "bn-scale" in n and "normalisation" in n for n in report.notes)
-    gammas = _cnn(bn2=False).bn1.weight.detach()
+    gammas = tiny_cnn(bn2=False).bn1.weight.detach()
     assert torch.equal(model.bn1.weight.detach(), gammas[gammas.argsort()[4:].sort().values])  # the largest |gamma|
 
 
@@ -279,7 +232,7 @@ def test_bn_scale_keeps_groups_without_a_norm_layer_whole_and_says_so() -> None:
 def test_layer_fpgm_compares_whole_blocks() -> None:
     """Blocks 0, 1, 2 are copies of one block; block 3 differs: the copies sit at the geometric median
     (FPGM removes them first), while magnitude removes the block with the smallest weights."""
-    model = _llama(layers=4)
+    model = tiny_llama(layers=4)
     with torch.no_grad():
         for i in (1, 2):
             for p, q in zip(model.model.layers[i].parameters(), model.model.layers[0].parameters()):
