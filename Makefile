@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/prunekit demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist load --maxschedchunk 1
 
 # lint, format, import layers (no circles), types: what CI runs before the tests
 lint: setup

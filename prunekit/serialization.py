@@ -14,6 +14,7 @@ Files are safetensors (no code runs on load) plus a small JSON record. Nothing h
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,11 +41,14 @@ __all__ = [
     "atomic_write",
     "check_output_directory",
     "dense_bytes",
+    "dense_size",
     "export_sparse",
     "load_sparse",
     "load_state",
     "read_record",
+    "safetensors_size",
     "sparse_bytes",
+    "sparse_size",
     "untie",
 ]
 
@@ -74,23 +78,35 @@ def dense_bytes(state: dict[str, Tensor]) -> bytes:
     return save(untie(state))
 
 
+def _sparse_entry(v: Tensor) -> tuple[Tensor, int] | None:
+    """``(non-zero mask, count)`` when the bitmask-plus-values form of ``v`` is smaller than ``v``, else None."""
+    if not (v.numel() and v.is_floating_point()):
+        return None
+    nz = v != 0
+    n_nz = int(nz.sum())
+    smaller = (v.numel() + 7) // 8 + n_nz * v.element_size() < v.numel() * v.element_size()
+    return (nz, n_nz) if smaller else None
+
+
+def _sparse_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    return {"prunekit_sparse": json.dumps(meta), "format_version": str(FORMAT_VERSION)}
+
+
 def _encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
     for k, v in untie(state).items():
         if _MASK in k or _VALUES in k:
             raise CheckpointError(f"tensor name {k!r} uses a reserved suffix")
-        nz = v != 0
-        n_nz = int(nz.sum())
-        sparse_size = (v.numel() + 7) // 8 + n_nz * v.element_size()
-        if v.numel() and v.is_floating_point() and sparse_size < v.numel() * v.element_size():
-            bits = np.packbits(nz.reshape(-1).numpy().astype(np.uint8))
-            tensors[k + _MASK] = torch.from_numpy(bits)
-            tensors[k + _VALUES] = v.reshape(-1)[nz.reshape(-1)].contiguous()
+        entry = _sparse_entry(v)
+        if entry is not None:
+            nz = entry[0].reshape(-1)
+            tensors[k + _MASK] = torch.from_numpy(np.packbits(nz.numpy().astype(np.uint8)))
+            tensors[k + _VALUES] = v.reshape(-1)[nz].contiguous()
             meta[k] = {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
         else:
             tensors[k] = v
-    return tensors, {"prunekit_sparse": json.dumps(meta), "format_version": str(FORMAT_VERSION)}
+    return tensors, _sparse_metadata(meta)
 
 
 def sparse_bytes(state: dict[str, Tensor]) -> bytes:
@@ -102,6 +118,64 @@ def sparse_bytes(state: dict[str, Tensor]) -> bytes:
     """
     tensors, meta = _encode_sparse(state)
     return save(tensors, metadata=meta)
+
+
+_DTYPE_ORDER: dict[frozenset[torch.dtype], dict[torch.dtype, tuple[int, str]]] = {}
+
+
+def _dtype_layout(dtypes: frozenset[torch.dtype]) -> dict[torch.dtype, tuple[int, str]]:
+    """Per dtype, its rank in the order safetensors lays tensors out and its name in the header, read from the
+    library itself: one element of each dtype serialised (so a new safetensors release cannot make sizes wrong)."""
+    if dtypes not in _DTYPE_ORDER:
+        probe = {f"t{i}": torch.zeros(1, dtype=dt) for i, dt in enumerate(sorted(dtypes, key=str))}
+        raw = save(probe)
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+        by_name = {f"t{i}": dt for i, dt in enumerate(sorted(dtypes, key=str))}
+        order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+        _DTYPE_ORDER[dtypes] = {by_name[k]: (rank, header[k]["dtype"]) for rank, k in enumerate(order)}
+    return _DTYPE_ORDER[dtypes]
+
+
+def safetensors_size(entries: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None) -> int:
+    """The exact length in bytes of the safetensors file holding tensors of these dtypes and shapes, by name,
+    with this metadata, computed without serialising any data (what :func:`safetensors.torch.save` would
+    write: an 8-byte header length, the JSON header padded to 8 bytes, the tensors' bytes in the library's
+    order). Memory: the header only, so sizing a 7B-parameter model costs no copy of it."""
+    layout = _dtype_layout(frozenset(dt for dt, _ in entries.values()))
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in sorted(entries, key=lambda k: (layout[entries[k][0]][0], k)):
+        dtype, shape = entries[name]
+        n = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        header[name] = {"dtype": layout[dtype][1], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return 8 + len(text) + (-len(text)) % 8 + offset
+
+
+def dense_size(state: dict[str, Tensor]) -> int:
+    """``len(dense_bytes(state))``, exactly, without serialising (see :func:`safetensors_size`)."""
+    return safetensors_size({k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, None)
+
+
+def sparse_size(state: dict[str, Tensor]) -> int:
+    """``len(sparse_bytes(state))``, exactly, without serialising: per tensor one count of its non-zeros.
+
+    Raises :class:`~prunekit.errors.CheckpointError` like :func:`sparse_bytes`.
+    """
+    entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    meta: dict[str, Any] = {}
+    for k, v in state.items():
+        if _MASK in k or _VALUES in k:
+            raise CheckpointError(f"tensor name {k!r} uses a reserved suffix")
+        entry = _sparse_entry(v.detach())
+        if entry is None:
+            entries[k] = (v.dtype, tuple(v.shape))
+            continue
+        entries[k + _MASK] = (torch.uint8, ((v.numel() + 7) // 8,))
+        entries[k + _VALUES] = (v.dtype, (entry[1],))
+        meta[k] = {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+    return safetensors_size(entries, _sparse_metadata(meta))
 
 
 def _decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> dict[str, Tensor]:

@@ -7,8 +7,10 @@ import os
 import torch
 from torch import nn
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n 2): each computes on one thread
-    torch.set_num_threads(1)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (pytest -n 2): each computes on one thread,
+    torch.set_num_threads(1)  # and so do the commands and interpreters a test starts (they inherit the variables)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,3 +52,18 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))
+
+
+# tests that start interpreters or servers and run for tens of seconds: scheduled first, so that with
+# `pytest -n 2 --dist load` the two workers share them out instead of one finishing alone at the end
+_LONG = (
+    "tests/test_readme.py::test_readme_block_runs",
+    "tests/bench/test_bench_runner.py::test_ray_backend",
+    "tests/bench/test_bench_runner.py::test_store_is_resumed",
+    "tests/test_cli.py::test_prune_reports_task",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long tests first (the order of everything else is kept)."""
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG))

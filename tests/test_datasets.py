@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import struct
 import subprocess
@@ -498,6 +499,22 @@ def test_load_austen_texts() -> None:
     assert S.text_hash(pride) != S.text_hash(S.load_text("persuasion"))
     with pytest.raises(UnknownNameError, match="prideprejudice"):
         S.load_text("ulysses")
+
+
+def test_a_text_is_parsed_once_until_its_files_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    need("austen")
+    first = S.load_text("emma")
+    calls = []
+    real = loaders.read_r_lazyload
+    monkeypatch.setattr(loaders, "read_r_lazyload", lambda *a: calls.append(a) or real(*a))
+    assert S.load_text("emma") == first and calls == []  # kept: the files are the same
+    rdb = loaders.source_path("austen", f"{loaders.JANEAUSTENR_DATA}/Rdata.rdb")
+    st = rdb.stat()
+    try:
+        os.utime(rdb, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if re-installed
+        assert S.load_text("emma") == first and len(calls) == 1
+    finally:
+        os.utime(rdb, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_load_mobydick() -> None:

@@ -1,7 +1,11 @@
 """Every code block of the README runs as written.
 
-Python blocks run in a fresh interpreter, bash blocks line by line in a shell, each in its own temporary
-folder (with ``benchmarks/`` reachable as in the repository), so the files they write land there. A block
+Python blocks run in a fresh interpreter, bash blocks line by line, each block in its own temporary folder (with
+``benchmarks/`` reachable as in the repository), so the files they write land there. The ``prunekit ...`` lines
+of a bash block run one after another in one fresh interpreter, through :func:`prunekit.cli.main` (what the
+installed command runs) with the line's words as ``sys.argv``: each must exit with status 0. Other lines, and
+lines with shell syntax, run in bash. (That the installed ``prunekit`` command starts :func:`prunekit.cli.main`
+is tested in tests/test_cli.py.) A block
 preceded by ``<!-- readme-test: skip (reason) -->`` is not run: only the set-up block, which CI runs itself.
 Blocks that need the offline SmolLM2 skip with the command that installs it when it is missing (CI
 installs it).
@@ -10,6 +14,7 @@ installs it).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -54,6 +59,42 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
+# runs the ``prunekit`` lines given as JSON in argv[1], in order, as the installed command would
+_CLI_LINES = """
+import json, shlex, sys
+from prunekit.cli import main
+for line in json.loads(sys.argv[1]):
+    print(f"$ {line}", flush=True)
+    sys.argv = shlex.split(line)
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    if code != 0:
+        print(f"exit status {code}: {line}", file=sys.stderr)
+        sys.exit(code)
+"""
+
+
+def _bash_commands(lines: list[str]) -> list[list[str]]:
+    """Consecutive plain ``prunekit`` lines become one interpreter's run; any other line runs in bash."""
+    commands: list[list[str]] = []
+    run: list[str] = []
+    for ln in lines:
+        if ln.startswith("prunekit ") and not re.search(r"[|&;<>$`]", ln):
+            run.append(ln)
+            continue
+        if run:
+            commands.append([sys.executable, "-c", _CLI_LINES, json.dumps(run)])
+            run = []
+        commands.append(["bash", "-c", ln])
+    if run:
+        commands.append([sys.executable, "-c", _CLI_LINES, json.dumps(run)])
+    return commands
+
+
 @pytest.mark.parametrize("name,lang,code,why", BLOCKS, ids=[b[0] for b in BLOCKS])
 def test_readme_block_runs(name, lang, code, why, tmp_path):
     if why:
@@ -65,7 +106,7 @@ def test_readme_block_runs(name, lang, code, why, tmp_path):
         commands = [[sys.executable, "-c", code]]
     else:
         lines = [ln.split("  #")[0].strip() for ln in code.splitlines()]
-        commands = [["bash", "-c", ln] for ln in lines if ln and not ln.startswith("#")]
+        commands = _bash_commands([ln for ln in lines if ln and not ln.startswith("#")])
     for cmd in commands:
         res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,14 +157,22 @@ def load_text(name: str) -> str:
     ``northangerabbey``, ``sensesensibility``) and ``mobydick``. Line endings are normalised to
     ``"\\n"`` and a leading byte-order mark is dropped (Moby Dick is stored as one CRLF string), so
     tokenisation does not depend on the source's storage. Record :func:`~prunekit.datasets.text_hash`
-    of what you use, and keep calibration and evaluation texts apart.
+    of what you use, and keep calibration and evaluation texts apart. A text is parsed once per process
+    (about 0.6 s) and kept while its files are unchanged (same paths, sizes and modification times).
     """
     if name not in _TEXT_SOURCES:
         raise UnknownNameError("text", name, TEXT_NAMES)
     source_name, data_dir = _TEXT_SOURCES[name]
     rdx = source_path(source_name, f"{data_dir}/Rdata.rdx")
     rdb = source_path(source_name, f"{data_dir}/Rdata.rdb")
-    value = read_r_lazyload(rdx, rdb, name)
-    lines = np.asarray(value, dtype=object).ravel()
-    text = "\n".join("" if line is None else str(line) for line in lines)
-    return text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
+    stamp = (name, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in map(Path, (rdx, rdb))))
+    if _TEXTS.get(name, (None, ""))[0] != stamp:
+        value = read_r_lazyload(rdx, rdb, name)
+        lines = np.asarray(value, dtype=object).ravel()
+        text = "\n".join("" if line is None else str(line) for line in lines)
+        _TEXTS[name] = (stamp, text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff"))
+    return _TEXTS[name][1]
+
+
+# name -> (the files' identity when parsed, the text); str is immutable, so callers can share it
+_TEXTS: dict[str, tuple[Any, str]] = {}

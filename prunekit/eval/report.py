@@ -27,7 +27,7 @@ from prunekit.calls import call_model
 from prunekit.errors import DataError, PrunekitError
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
 from prunekit.layout import is_prunable
-from prunekit.serialization import dense_bytes, sparse_bytes
+from prunekit.serialization import dense_size, sparse_size
 
 __all__ = [
     "LayerStats",
@@ -201,8 +201,8 @@ def measure(
             model.train(was_training)
     if sizes:
         state = effective_state_dict(model)
-        stats.dense_bytes = len(dense_bytes(state))
-        stats.sparse_bytes = len(sparse_bytes(state))
+        stats.dense_bytes = dense_size(state)  # exact file sizes, computed without serialising the model
+        stats.sparse_bytes = sparse_size(state)
     return stats
 
 
