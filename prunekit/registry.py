@@ -67,6 +67,21 @@ class Registry(Generic[T]):
                 self._validate(key, obj)
             self._entries[key] = Entry(key, obj, description if key == name.lower() else f"alias of {name}")
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` and every alias of it (an alias given as ``name`` removes only itself).
+
+        Raises :class:`~prunekit.errors.UnknownNameError`, listing the registered names, when there is none.
+        """
+        key = name.lower()
+        if key not in self._entries:
+            raise UnknownNameError(self.kind, name, self._entries)
+        entry = self._entries.pop(key)
+        aliases = [
+            k for k, e in self._entries.items() if e.obj is entry.obj and e.description.lower() == f"alias of {key}"
+        ]
+        for alias in aliases:
+            del self._entries[alias]
+
     def get(self, name: str) -> T:
         """The object registered under ``name`` (case-insensitive).
 

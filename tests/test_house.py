@@ -64,6 +64,51 @@ def test_no_module_imports_another_modules_private_names():
     assert not offenders, "\n".join(offenders)
 
 
+def _private_uses_in_tests() -> list[str]:
+    """Where a test file reaches a private name of prunekit: ``from prunekit.x import _y``, a private module
+    (``prunekit.x._y``), ``m._y`` on a name bound to a prunekit module or object, or ``setattr(m, "_y", ...)``."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        bound = {"pk", "prunekit"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prunekit"):
+                if any(p.startswith("_") and not p.startswith("__") for p in node.module.split(".")):
+                    found.append(f"{path.name}: from {node.module} import ...")
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path.name}: from {node.module} import {alias.name}")
+                    bound.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                bound.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("prunekit"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and re.fullmatch(r"_[a-zA-Z]\w*", node.attr)
+                and not node.attr.endswith("__")
+            ):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in bound:
+                    found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("setattr") and len(node.args) >= 2:
+                target, attr = node.args[0], node.args[1]
+                if (
+                    isinstance(attr, ast.Constant)
+                    and str(attr.value).startswith("_")
+                    and isinstance(target, ast.Name)
+                    and target.id in bound
+                ):
+                    found.append(f"{path.name}:{node.lineno}: setattr({target.id}, {attr.value!r})")
+    return found
+
+
+def test_tests_use_public_names_only():
+    """Tests exercise the public surface: a private name is an implementation detail a test must not pin."""
+    assert not _private_uses_in_tests()
+
+
 def test_no_file_over_600_lines():
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
     assert not {n: c for n, c in long.items() if c > MAX_LINES}

@@ -7,29 +7,29 @@ from torch import nn
 
 from prunekit.eval.latency import (
     LatencyComparison,
-    _median_interval,
-    _verdict,
     compare_latency,
+    median_interval,
     pinned_threads,
     time_model,
+    verdict,
 )
 
 
 def test_median_interval_brackets_the_median_and_narrows_with_more_runs():
     values = [float(v) for v in range(1, 101)]
-    low, high = _median_interval(values)
+    low, high = median_interval(values)
     assert low <= 50.5 <= high
     assert (low, high) == (40.0, 61.0)  # ranks 40 and 61 of 100: the binomial 95% interval (96.5%)
-    assert _median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few runs: the whole range
-    small = _median_interval(values[::4])
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few runs: the whole range
+    small = median_interval(values[::4])
     assert small[1] - small[0] > high - low
 
 
 def test_verdict_needs_the_interval_and_five_percent():
-    assert _verdict(0.5, 0.45, 0.55) == "faster"
-    assert _verdict(2.0, 1.8, 2.2) == "slower"
-    assert _verdict(0.98, 0.97, 0.99) == "same within 5%"  # measurable, but too small to call
-    assert _verdict(0.8, 0.5, 1.3) == "no clear difference"  # the interval crosses 1
+    assert verdict(0.5, 0.45, 0.55) == "faster"
+    assert verdict(2.0, 1.8, 2.2) == "slower"
+    assert verdict(0.98, 0.97, 0.99) == "same within 5%"  # measurable, but too small to call
+    assert verdict(0.8, 0.5, 1.3) == "no clear difference"  # the interval crosses 1
 
 
 def test_pinned_threads_restores_the_count():

@@ -196,7 +196,7 @@ def test_gmp_follows_cubic_schedule(digits):
 
     class Watch(pk.train.Callback):
         def on_step_end(self, trainer):
-            seen[trainer.step] = pk.train.trainer._masked_sparsity(trainer.model)
+            seen[trainer.step] = pk.apply.masks.masked_sparsity(trainer.model)
 
     cfg = TrainConfig(**{**QUICK, "epochs": 4})
     t = Trainer(mlp(), train, None, cfg, method=GMP(0.8, start=0.1, end=0.7, updates=10), callbacks=[Watch()])
@@ -228,7 +228,7 @@ def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
     class Check(pk.train.Callback):
         def on_after_backward(self, trainer):
             rigl = trainer.callbacks[0]
-            if rigl._is_update(trainer):
+            if rigl.is_update_step(trainer):
                 self.before = {n: m.clone() for n, _, _, m in pk.apply.masks.masked_parameters(trainer.model)}
                 self.grads = dense_gradients(trainer.model, *trainer.last_batch)
 
@@ -291,33 +291,20 @@ def test_imp_rewinds_survivors_to_rewind_step(digits):
     rounds_seen = []
 
     class AtRound(pk.train.Callback):
-        def on_train_begin(self, trainer):
-            pass
+        def on_round_begin(self, trainer):  # right after the first prune + rewind, before round 1 trains
+            rounds_seen.append(trainer.round)
+            if trainer.round == 1:
+                w = pk.apply.masks.original_parameter(model[1]).detach()
+                mask = pk.get_mask(model[1])
+                rewound.append(torch.equal(w[mask], snaps["w"][mask]))
+                assert 1 - mask.float().mean().item() > 0.3
 
-        def on_step_end(self, trainer):
-            if trainer.step == 0 or trainer.round in [r for r, _ in rounds_seen]:
-                return
-
-        def on_epoch_end(self, trainer, metrics):
-            pass
-
+    rewound = []
     model = mlp()
     cfg = TrainConfig(**{**QUICK, "epochs": 1})
     trainer = Trainer(model, train, None, cfg, method=lt, callbacks=[Snap(), AtRound()])
-    # check right after the first prune + rewind, before round 1 trains
-    original = trainer._run_round
-
-    def run_round():
-        if trainer.round == 1 and not rounds_seen:
-            w = pk.apply.masks.original_parameter(model[1]).detach()
-            mask = pk.get_mask(model[1])
-            rounds_seen.append((1, torch.equal(w[mask], snaps["w"][mask])))
-            assert 1 - mask.float().mean().item() > 0.3
-        original()
-
-    trainer._run_round = run_round
     hist = trainer.fit()
-    assert rounds_seen == [(1, True)]
+    assert rounds_seen == [0, 1, 2] and rewound == [True]
     assert trainer.round == 2
     assert hist.final["sparsity"] == pytest.approx(0.75, abs=0.01)
 

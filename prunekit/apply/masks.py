@@ -29,6 +29,7 @@ __all__ = [
     "effective_state_dict",
     "get_mask",
     "masked_parameters",
+    "masked_sparsity",
     "original_parameter",
     "own_parametrized_class_",
     "remove_masks_",
@@ -87,6 +88,16 @@ def apply_mask_(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
         current.logical_and_(mask)
         return
     parametrize.register_parametrization(module, name, Mask(mask), unsafe=False)
+
+
+def masked_sparsity(model: nn.Module) -> float:
+    """Fraction of masked-out entries over every masked parameter of ``model`` (0.0 when nothing is masked):
+    the sparsity the masks impose, whatever the values under them."""
+    total = zeros = 0
+    for _, _module, _pname, mask in masked_parameters(model):
+        total += mask.numel()
+        zeros += int((~mask).sum())
+    return zeros / total if total else 0.0
 
 
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor]]:

@@ -54,24 +54,18 @@ def _pip(args: Sequence[str], source: Source, *, quiet: bool) -> None:
     importlib.invalidate_caches()
 
 
-class _AptState:
-    """Whether ``apt-get update`` already ran in this process (it is run at most once)."""
-
-    updated = False
-
-
-def _apt_download(source: Source, folder: Path, *, quiet: bool) -> Path:
+def _apt_download(source: Source, folder: Path, *, quiet: bool, apt: dict[str, bool]) -> Path:
     """``apt-get download`` the package of ``source`` into ``folder``; returns the .deb path."""
     cmd = ["apt-get", "download", source.package]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # As root, apt drops to the _apt user, which cannot write into a root-owned cache folder.
         cmd[1:1] = ["-o", "APT::Sandbox::User=root"]
     proc = _run(cmd, quiet=quiet, cwd=folder)
-    if proc.returncode != 0 and not _AptState.updated:
+    if proc.returncode != 0 and not apt["updated"]:
         if not quiet:
             print("apt-get download failed; the package lists may be empty: running apt-get update once", flush=True)
         update = ["apt-get", "update"]
-        _AptState.updated = True
+        apt["updated"] = True
         _check(_run(update, quiet=quiet), update, source)
         proc = _run(cmd, quiet=quiet, cwd=folder)
     _check(proc, cmd, source)
@@ -81,7 +75,7 @@ def _apt_download(source: Source, folder: Path, *, quiet: bool) -> Path:
     return debs[0]
 
 
-def _install_deb(source: Source, *, quiet: bool) -> None:
+def _install_deb(source: Source, *, quiet: bool, apt: dict[str, bool]) -> None:
     """Download the Debian package and unpack it into ``cache_dir()/name/root`` (replaced atomically)."""
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -93,7 +87,7 @@ def _install_deb(source: Source, *, quiet: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".install-", dir=target) as tmp:
         work = Path(tmp)
-        deb = _apt_download(source, work, quiet=quiet)
+        deb = _apt_download(source, work, quiet=quiet, apt=apt)
         unpacked = work / "root"
         cmd = ["dpkg-deb", "-x", str(deb), str(unpacked)]
         _check(_run(cmd, quiet=quiet), cmd, source)
@@ -118,6 +112,7 @@ def install(names: list[str] | None = None, *, quiet: bool = False) -> list[str]
     """
     selected = [get_source(n) for n in (DEFAULT_SOURCES if names is None else names)]
     done: list[str] = []
+    apt = {"updated": False}  # `apt-get update` runs at most once per call, and only when a download fails
     for source in selected:
         if locate.source_problem(source) is None:
             if not quiet:
@@ -135,7 +130,7 @@ def install(names: list[str] | None = None, *, quiet: bool = False) -> list[str]
         elif source.kind == "pip":
             _pip([*(["--no-deps"] if source.no_deps else []), source.requirement], source, quiet=quiet)
         else:
-            _install_deb(source, quiet=quiet)
+            _install_deb(source, quiet=quiet, apt=apt)
         reqs = locate.missing_requirements(source)
         if reqs:
             _pip(reqs, source, quiet=quiet)

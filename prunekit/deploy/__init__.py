@@ -6,9 +6,11 @@ kernels inside PyTorch.
   sparse int8 kernels where the sparsity pays.
 * :func:`sparsify_` / :func:`densify_`: CSR / BSR kernels per layer where a timing probe shows a gain.
 * :func:`semi_structured_`: 2:4 sparse Linear layers on NVIDIA GPUs.
+* :func:`compare_outputs`: the check every export runs (tolerances, max and relative error).
 * :class:`Recipe`: prune -> fine-tune -> quantise -> export from a YAML file (``prunekit run``).
 """
 
+from prunekit.deploy._common import compare_outputs
 from prunekit.deploy.errors import (
     DeviceError,
     ExportCheckError,
@@ -51,6 +53,7 @@ __all__ = [
     "SparseLinear",
     "SparsifyReport",
     "UnsupportedRuntimeOptionError",
+    "compare_outputs",
     "densify_",
     "export_onnx",
     "export_openvino",

@@ -33,8 +33,10 @@ __all__ = [
     "Timing",
     "WIDE_SPREAD",
     "compare_latency",
+    "median_interval",
     "pinned_threads",
     "time_model",
+    "verdict",
 ]
 
 #: relative interquartile range above which a timing is flagged as too noisy to read precisely
@@ -132,8 +134,9 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def _median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median from order statistics (binomial ranks)."""
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval ``(low, high)`` of the median of ``values`` from order statistics
+    (binomial ranks; no assumption on the timings' distribution). With fewer than 6 values it is their range."""
     xs = sorted(values)
     n = len(xs)
     if n < 6:  # too few runs for a 95% interval: the range is the honest answer
@@ -150,7 +153,10 @@ def _median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple
     return xs[k - 1], xs[n - k]
 
 
-def _verdict(ratio: float, low: float, high: float) -> str:
+def verdict(ratio: float, low: float, high: float) -> str:
+    """The word for a latency ratio (candidate / baseline) and its interval ``[low, high]``: ``"faster"`` or
+    ``"slower"`` only when the interval excludes 1 and the ratio is beyond :data:`SAME_WITHIN`; ``"same within
+    5%"`` when the whole interval lies within it; otherwise ``"no clear difference"``."""
     if high < 1.0 and ratio < 1.0 - SAME_WITHIN:
         return "faster"
     if low > 1.0 and ratio > 1.0 + SAME_WITHIN:
@@ -252,8 +258,8 @@ def compare_latency(
         candidate.train(modes[1])
     ratios = [c / b for b, c in zip(base, cand) if b > 0]
     ratio = statistics.median(ratios)
-    low, high = _median_interval(ratios)
-    verdict = _verdict(ratio, low, high)
+    low, high = median_interval(ratios)
+    word = verdict(ratio, low, high)
     tb, tc = _timing(base, n), _timing(cand, n)
     warning = None
     if max(tb.spread, tc.spread) > WIDE_SPREAD or (high - low) > WIDE_SPREAD * ratio:
@@ -261,4 +267,4 @@ def compare_latency(
             f"timings vary widely (IQR {100 * tb.spread:.0f}% / {100 * tc.spread:.0f}% of the median): the machine is "
             "busy or the model is too small to time precisely; read the ratio's interval, not the medians"
         )
-    return LatencyComparison(tb, tc, ratio, low, high, verdict, warning)
+    return LatencyComparison(tb, tc, ratio, low, high, word, warning)

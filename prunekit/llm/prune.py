@@ -35,7 +35,7 @@ from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneErr
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
 
-__all__ = ["LLMPruneResult", "OWL", "prune_causal_lm", "select_targets"]
+__all__ = ["LLMPruneResult", "OWL", "SolveVisitor", "prune_causal_lm", "select_targets"]
 
 
 @dataclass
@@ -123,10 +123,14 @@ class _ScoreVisitor(LayerVisitor):
         self._solvers = {}
 
 
-class _SolveVisitor(LayerVisitor):
-    """Pruning pass: one solver per selected Linear; each is solved at its own sparsity and the pattern.
+class SolveVisitor(LayerVisitor):
+    """The pruning pass of :func:`~prunekit.llm.runner.run_layerwise`: one ``solver`` per Linear named in
+    ``plan`` (qualified name -> sparsity), each solved at its own sparsity with ``pattern`` once its decoder
+    layer's calibration inputs are gathered (SparseGPT: Frantar & Alistarh 2023; Wanda: Sun et al. 2023).
 
-    A matrix planned at sparsity 0 is left as it is (no solver, no statistics).
+    A matrix planned at sparsity 0 is left as it is (no solver, no statistics). ``layer_sparsity`` holds
+    what each matrix reached. :func:`prune_causal_lm` uses it; pass it to ``run_layerwise`` to run the pass
+    with other runner options (devices, activation offloading).
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class _SolveVisitor(LayerVisitor):
         self._solvers: dict[str, Solver] = {}
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
+        """A solver for each planned Linear of ``job``'s layer; its statistics gatherer, by relative name."""
         self._solvers = {}
         for rel, mod in job.linears.items():
             name = job.full_name(rel)
@@ -158,6 +163,7 @@ class _SolveVisitor(LayerVisitor):
         return {rel: s.add_batch for rel, s in self._solvers.items()}
 
     def finish(self, job: LayerJob) -> None:
+        """Solve every matrix of the layer at its planned sparsity and pattern; record what it reached."""
         for solver in self._solvers.values():
             sparsity = self.plan[solver.layer_name]
             solver.prune(sparsity, self.pattern)
@@ -302,7 +308,7 @@ def prune_causal_lm(
             f"{plan.get(wrong[0])}); an allocation must return one for every layer it is given"
         )
     label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
-    visitor = _SolveVisitor(SOLVERS[method], options, plan, granularity)
+    visitor = SolveVisitor(SOLVERS[method], options, plan, granularity)
     if method == "magnitude" and calibration is None:
         _walk(model, visitor)
     else:

@@ -41,7 +41,7 @@ from prunekit.errors import (
 from prunekit.layout import layer_weight
 from prunekit.progress import ProgressBar
 
-__all__ = ["RECOVERY_METHODS", "RecoveryReport", "recover"]
+__all__ = ["RECOVERY_METHODS", "RecoveryReport", "kd_loss", "recover"]
 
 RECOVERY_METHODS = ("kd", "lora")
 _ADAPTER = "default"
@@ -239,8 +239,9 @@ def _labels(ids: Tensor, mask: Tensor | None) -> Tensor:
     return ids if mask is None else ids.masked_fill(mask == 0, -100)
 
 
-def _kd_loss(student: Tensor, teacher: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
-    """``T^2 * KL(p_teacher || p_student)`` at temperature T, averaged over predicted positions.
+def kd_loss(student: Tensor, teacher: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
+    """Knowledge-distillation loss (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
+    ``T^2 * KL(p_teacher || p_student)`` at temperature T, averaged over predicted positions; a scalar.
 
     ``student``, ``teacher``: logits ``(batch, seq, vocab)``; the last position predicts nothing in the text
     and is left out, as are padded positions.
@@ -439,7 +440,7 @@ def recover(
                         t_dev = _device_of(teacher)
                         t_mask = mask.to(t_dev) if mask is not None else None
                         t_logits = teacher(input_ids=ids.to(t_dev), attention_mask=t_mask, use_cache=False).logits
-                    loss = kd_alpha * _kd_loss(out.logits, t_logits.to(out.logits.device), mask, temperature)
+                    loss = kd_alpha * kd_loss(out.logits, t_logits.to(out.logits.device), mask, temperature)
                     if kd_alpha < 1:
                         ce = nn.functional.cross_entropy(
                             out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100

@@ -17,6 +17,11 @@ class Callback:
         """Before the first step and before the optimizer exists: prune at initialisation or install
         parametrizations here (the optimizer is built afterwards, so it sees them)."""
 
+    def on_round_begin(self, trainer: Trainer) -> None:
+        """When a round starts from its first step (``trainer.round`` 0, 1, ...; not when resuming mid-round
+        from a checkpoint): after round 0's :meth:`on_train_begin`, or after the :meth:`wants_another_round`
+        that asked for this round pruned and rewound the model, before any of its steps."""
+
     def on_after_backward(self, trainer: Trainer) -> None:
         """Between ``loss.backward()`` and ``optimizer.step()``: gradients are ready (add a regulariser's
         gradient, read dense gradients)."""

@@ -325,13 +325,15 @@ class DynamicSparse(Callback):
             trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed, measure=False
         )
 
-    def _is_update(self, trainer: Trainer) -> bool:
+    def is_update_step(self, trainer: Trainer) -> bool:
+        """Whether the step now running (``trainer.step + 1`` once it finishes) drops and regrows weights:
+        every ``update_every`` steps, before ``end`` of the training steps."""
         nxt = trainer.step + 1  # the step about to finish
         return nxt % self.update_every == 0 and nxt < self.end * trainer.total_steps
 
     def on_after_backward(self, trainer: Trainer) -> None:
         """Before an update step of a gradient-growing method (RigL): compute the dense gradients to grow by."""
-        if self.grow == "gradient" and self._is_update(trainer):
+        if self.grow == "gradient" and self.is_update_step(trainer):
             self.dense_grads = dense_gradients(trainer.model, *trainer.last_batch)
 
     def on_step_end(self, trainer: Trainer) -> None:

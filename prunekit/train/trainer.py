@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunekit.apply.masks import apply_mask_, masked_parameters
+from prunekit.apply.masks import apply_mask_, masked_parameters, masked_sparsity
 from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.train.callbacks import Callback
 from prunekit.train.methods import training_callback
@@ -264,6 +264,9 @@ class Trainer:
         self.model.train()
         try:
             while True:
+                if self.epoch == self.step == self.batch_in_epoch == 0:
+                    for cb in self.callbacks:
+                        cb.on_round_begin(self)
                 self._run_round()
                 if self._stop:
                     break
@@ -310,7 +313,7 @@ class Trainer:
                 metrics = {"round": self.round, "epoch": self.epoch + 1, "step": self.step, "train_loss": loss}
                 if self.val is not None:
                     metrics.update({f"val_{k}": v for k, v in self.evaluate().items()})
-                metrics["sparsity"] = _masked_sparsity(self.model)
+                metrics["sparsity"] = masked_sparsity(self.model)
                 self.history.epochs.append(metrics)
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -408,11 +411,3 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         return True
-
-
-def _masked_sparsity(model: nn.Module) -> float:
-    total = zeros = 0
-    for _, _module, _pname, mask in masked_parameters(model):
-        total += mask.numel()
-        zeros += int((~mask).sum())
-    return zeros / total if total else 0.0

@@ -14,8 +14,13 @@ pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip insta
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'prunekit[deploy]')")
 
 import prunekit as pk  # noqa: E402
-from prunekit.deploy import ExportCheckError, ExportFailedError, export_onnx, load_onnx  # noqa: E402
-from prunekit.deploy._common import compare_outputs  # noqa: E402
+from prunekit.deploy import (  # noqa: E402
+    ExportCheckError,
+    ExportFailedError,
+    compare_outputs,
+    export_onnx,
+    load_onnx,
+)
 from tests.conftest import assert_unchanged, snapshot  # noqa: E402
 
 

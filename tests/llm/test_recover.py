@@ -17,7 +17,7 @@ pytest.importorskip("peft", reason="LoRA recovery needs peft (pip install peft==
 import prunekit as pk  # noqa: E402
 from prunekit.apply.masks import apply_mask_, effective_state_dict, get_mask  # noqa: E402
 from prunekit.errors import ConfigError, DataError, MissingDataError, PrunekitError, UnknownNameError  # noqa: E402
-from prunekit.llm.recover import _kd_loss, recover  # noqa: E402
+from prunekit.llm.recover import kd_loss, recover  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def test_kd_lowers_the_kl_to_the_teacher_on_the_training_batch():
 
     def kl() -> float:
         with torch.no_grad():
-            return float(_kd_loss(student(batch[0]).logits, teacher(batch[0]).logits, None, 2.0))
+            return float(kd_loss(student(batch[0]).logits, teacher(batch[0]).logits, None, 2.0))
 
     teacher_state = snapshot(teacher)
     start = kl()

@@ -105,13 +105,13 @@ def test_unknown_family_is_refused():
 def test_offloaded_activations_give_the_same_weights():
     from prunekit.apply.solvers import SparseGPTSolver
     from prunekit.granularity.patterns import Unstructured
-    from prunekit.llm.prune import _SolveVisitor, select_targets
+    from prunekit.llm.prune import SolveVisitor, select_targets
 
     pruned = []
     for offload in (False, True):
         model = tiny_model("llama", layers=2)
         plan = {name: 0.5 for name in select_targets(model, None)}
-        visitor = _SolveVisitor(SparseGPTSolver, {}, plan, Unstructured())
+        visitor = SolveVisitor(SparseGPTSolver, {}, plan, Unstructured())
         run_layerwise(model, calibration(n=2), visitor, device="cpu", offload_activations=offload)
         pruned.append(model.state_dict())
     for key, value in pruned[0].items():

@@ -36,7 +36,10 @@ def test_named_methods_are_compositions_registered_by_decorator():
         report = pk.prune(ThreeLayer(), "test-l3-channel", sparsity=0.5, measure=False)
         assert report.settings["pattern"] == "channel"
     finally:
-        pk.METHODS._entries.pop("test-l3-channel")
+        pk.METHODS.remove("test-l3-channel")
+    assert "test-l3-channel" not in pk.METHODS
+    with pytest.raises(pk.UnknownNameError, match="test-l3-channel"):
+        pk.METHODS.remove("test-l3-channel")
 
 
 def test_a_score_method_refuses_a_pattern_its_criterion_has_no_meaning_for():

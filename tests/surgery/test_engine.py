@@ -356,7 +356,7 @@ class _Nested(nn.Module):
         return self.fc(self.block(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
 
 
-def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_submodule_points_at_the_groups_that_break_it() -> None:
     import prunekit.surgery.engine as eng
 
     torch.manual_seed(0)
@@ -377,14 +377,9 @@ def test_a_failing_submodule_points_at_the_groups_that_break_it(monkeypatch: pyt
     assert not torch.nn.modules.module._global_forward_hooks  # the tracking hooks are gone
     # following the error needs fewer probes than bisecting blindly, and finds the same group
     calls = {"n": 0}
-    real = eng._probe
-
-    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(eng, "_probe", counting)
+    hook = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))  # a probe: one run
     apply_plan_(model, plan)
+    hook.remove()
     assert (model.conv1.out_channels, model.conv2.out_channels, model.block.conv.out_channels) == (8, 8, 16)
     assert model(x).shape == (2, 10)
-    assert calls["n"] <= 4
+    assert 1 <= calls["n"] <= 4
