@@ -40,6 +40,7 @@ __all__ = [
     "atomic_directory",
     "atomic_write",
     "check_output_directory",
+    "check_output_file",
     "dense_bytes",
     "dense_size",
     "export_sparse",
@@ -269,6 +270,30 @@ def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = Fa
             "--overwrite (overwrite=True in Python) to replace it"
         )
     return directory
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse, before any long work, an output file that could not be written or would replace one: ``path``
+    is a folder, a part of its parent path is a file, or it exists and ``overwrite`` is not set. A special file
+    (``/dev/stdout``, a pipe) is accepted as it is: writing to it replaces nothing.
+
+    Raises :class:`~prunekit.errors.CheckpointError` (naming ``--overwrite`` / ``overwrite=True`` for an
+    existing file). Returns the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder; the output is one file: choose a file path such as {path / 'result.json'}"
+        )
+    existing = next((p for p in path.parents if p.exists()), None)  # the deepest part of the path that exists
+    if existing is not None and not existing.is_dir():
+        raise CheckpointError(f"cannot write {path}: {existing} is a file, not a folder; choose another output path")
+    if path.is_file() and not overwrite:
+        raise CheckpointError(
+            f"{path} already exists; choose another output file or pass --overwrite (overwrite=True in Python) "
+            "to replace it"
+        )
+    return path
 
 
 @contextmanager

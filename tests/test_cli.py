@@ -260,6 +260,33 @@ def test_every_option_name_has_one_type_and_one_meaning_across_commands():
     assert all(len(longs) == 1 for longs in shorts.values()), shorts
 
 
+def test_every_json_out_is_checked_before_the_work(tmp_path):
+    """``--json-out FILE`` in every command that has it: a folder is refused before any work (the model, which
+    does not exist, would fail only later); an existing file is refused unless ``--overwrite`` where the command
+    has that flag, and where it has not, the option's help says that the file is replaced."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text("{}")
+    missing = str(tmp_path / "no-such-model")
+    commands = {path: command for path, command, option in _options() if "--json-out" in option.opts}
+    assert {"eval-ppl", "dynamic merge-tokens", "dynamic prune-tokens", "dynamic skip-layers"} <= set(commands)
+    for path, command in commands.items():
+        args = [*path.split(), missing, "--json-out"]
+        result = runner.invoke(app, [*args, str(folder)])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "is a folder" in said, (path, result.output)
+        result = runner.invoke(app, [*args, str(earlier)])
+        said = " ".join(result.output.split())
+        if any("--overwrite" in p.opts for p in command.params):
+            assert result.exit_code == 2 and "already exists" in said and "--overwrite" in said, (path, said)
+        else:
+            json_out = next(p for p in command.params if "--json-out" in p.opts)
+            assert "an existing file is replaced" in json_out.help, path
+            assert result.exit_code == 2 and "already exists" not in said, (path, said)  # the model fails
+        assert earlier.read_text() == "{}" and [p.name for p in folder.iterdir()] == []
+
+
 def test_every_command_and_parameter_has_a_help_text():
     paths = []
     for path, command in _commands():

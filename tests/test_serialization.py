@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +8,16 @@ from conftest import SmallCNN
 
 import prunekit as pk
 from prunekit.apply.masks import effective_state_dict
-from prunekit.serialization import DENSE_FILE, RECORD, SPARSE_FILE, dense_bytes, dense_size, sparse_bytes, sparse_size
+from prunekit.serialization import (
+    DENSE_FILE,
+    RECORD,
+    SPARSE_FILE,
+    check_output_file,
+    dense_bytes,
+    dense_size,
+    sparse_bytes,
+    sparse_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +158,17 @@ def test_file_sizes_computed_without_serialising_equal_the_files():
             state["tied"] = next(iter(state.values()))
         assert dense_size(state) == len(dense_bytes(state)), trial
         assert sparse_size(state) == len(sparse_bytes(state)), trial
+
+
+def test_check_output_file_refuses_what_it_could_not_write_whole(tmp_path):
+    assert check_output_file(tmp_path / "new" / "result.json") == tmp_path / "new" / "result.json"  # folders made later
+    with pytest.raises(pk.CheckpointError, match="is a folder"):
+        check_output_file(tmp_path, overwrite=True)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(pk.CheckpointError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "a-file" / "sub" / "result.json")
+    with pytest.raises(pk.CheckpointError, match=r"already exists.*overwrite=True"):
+        check_output_file(tmp_path / "a-file")
+    assert check_output_file(tmp_path / "a-file", overwrite=True) == tmp_path / "a-file"
+    assert (tmp_path / "a-file").read_text() == "x"  # a check writes nothing
+    assert check_output_file("/dev/null") == Path("/dev/null")  # a special file: writing it replaces nothing

@@ -1,16 +1,28 @@
 """What the command modules share: the consoles, errors printed for a person (exit status 2), the advice of
-Python-facing messages rewritten into the command line's flags, and the parsing of ``--input-shape`` and of
-``--calibration`` (an image data set)."""
+Python-facing messages rewritten into the command line's flags, the parsing of ``--input-shape`` and of
+``--calibration`` (an image data set), and ``--json-out FILE`` (checked before the work, written whole)."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 
-__all__ = ["calibration_data", "cli_hint", "console", "default_input_shape", "err_console", "fail", "parse_shape"]
+__all__ = [
+    "calibration_data",
+    "check_json_out",
+    "cli_hint",
+    "console",
+    "default_input_shape",
+    "err_console",
+    "fail",
+    "parse_shape",
+    "write_json_out",
+]
 
 #: standard output of every command (tables, reports)
 console = Console()
@@ -87,6 +99,30 @@ def fail(e: Exception) -> NoReturn:
     hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) and names_option else ""
     err_console.print(f"[bold red]error:[/bold red] {text}{hint}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def check_json_out(path: Path | None, *, overwrite: bool) -> None:
+    """``--json-out FILE``, checked before any work: a folder, a path under a file, or (unless ``overwrite``) an
+    existing file is refused with :class:`~prunekit.errors.CheckpointError` (see
+    :func:`prunekit.serialization.check_output_file`). Nothing to check when ``path`` is None."""
+    if path is not None:
+        from prunekit.serialization import check_output_file
+
+        check_output_file(path, overwrite=overwrite)
+
+
+def write_json_out(path: Path, payload: Any, *, overwrite: bool) -> None:
+    """Write ``payload`` as indented JSON to ``path``, whole or not at all (a temporary file renamed into place;
+    a special file such as ``/dev/stdout`` is written directly), checked again as :func:`check_json_out` does
+    in case the path changed during the work."""
+    from prunekit.serialization import atomic_write, check_output_file
+
+    text = json.dumps(payload, indent=2) + "\n"
+    check_output_file(path, overwrite=overwrite)
+    if path.exists() and not path.is_file():  # a device or a pipe: nothing to replace
+        path.write_text(text)
+        return
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -69,7 +69,7 @@ def export(
     ] = True,
     threads: Annotated[int, typer.Option(help="threads for the runtimes and PyTorch while timing")] = 1,
     latency_budget: Annotated[float, typer.Option(help="seconds of interleaved timing per comparison")] = 3.0,
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output (here a non-empty --out)")] = False,
     seed: Annotated[int, typer.Option(help="random seed (of the example inputs and calibration sample)")] = 0,
 ) -> None:
     """Export MODEL to ONNX (checked in ONNX Runtime) or OpenVINO IR (optionally int8 with NNCF), print the

@@ -8,19 +8,19 @@
 A patch lives only in memory (the weights do not change), so each command patches the model, runs it on
 real inputs next to the dense model and prints what was skipped and what it cost: tokens per block, the
 similarity of the outputs to the dense ones, the latency ratio (interleaved rounds, one thread) or the
-perplexity, and writes the same as JSON with ``--json-out``.
+perplexity, and writes the same as JSON with ``--json-out`` (checked before the work: an existing file is
+refused unless ``--overwrite``; written whole or not at all).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from prunekit.cli._common import console, fail
+from prunekit.cli._common import check_json_out, console, fail, write_json_out
 from prunekit.errors import PrunekitError
 
 # the commands register themselves on the typer application on import; only these names are imported elsewhere
@@ -97,7 +97,9 @@ def _run_tokens(
     rounds: int,
     seed: int,
     out: Path | None,
+    overwrite: bool,
 ) -> None:
+    check_json_out(out, overwrite=overwrite)  # before the model is loaded
     import torch
 
     from prunekit import dynamic
@@ -159,7 +161,7 @@ def _run_tokens(
         highlight=False,
     )
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_out(out, result, overwrite=overwrite)
         console.print(f"written to {out}")
 
 
@@ -171,7 +173,13 @@ _BATCH = Annotated[int, typer.Option(help="inputs per batch (sentences or images
 _TEXT = Annotated[str, typer.Option(help="Austen novel the sentences come from (text models)")]
 _ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds")]
 _SEED = Annotated[int, typer.Option(help="random seed (of the random images)")]
-_JSON_OUT = Annotated[Path | None, typer.Option("--json-out", help="write the result as JSON to this file")]
+_JSON_OUT = Annotated[
+    Path | None,
+    typer.Option(
+        "--json-out", help="write the result as JSON to this file (an existing file is refused unless --overwrite)"
+    ),
+]
+_OVERWRITE = Annotated[bool, typer.Option(help="replace an existing output (here the --json-out file)")]
 
 
 @app.command("merge-tokens")
@@ -197,6 +205,7 @@ def merge_tokens(
     rounds: _ROUNDS = 3,
     seed: _SEED = 0,
     json_out: _JSON_OUT = None,
+    overwrite: _OVERWRITE = False,
 ) -> None:
     """Token merging (ToMe, Bolya et al. 2023): like prunekit.dynamic.merge_tokens_(model, r=..., ratio=...)."""
     from prunekit import dynamic
@@ -223,6 +232,7 @@ def merge_tokens(
             rounds,
             seed,
             json_out,
+            overwrite,
         )
     except PrunekitError as e:
         fail(e)
@@ -240,6 +250,7 @@ def prune_tokens(
     rounds: _ROUNDS = 3,
     seed: _SEED = 0,
     json_out: _JSON_OUT = None,
+    overwrite: _OVERWRITE = False,
 ) -> None:
     """Attentive token pruning (EViT, Liang et al. 2022): like prunekit.dynamic.prune_tokens_(model, keep_rate=...)."""
     from prunekit import dynamic
@@ -262,6 +273,7 @@ def prune_tokens(
             rounds,
             seed,
             json_out,
+            overwrite,
         )
     except PrunekitError as e:
         fail(e)
@@ -285,6 +297,7 @@ def skip_layers(
     eval_tokens: Annotated[int, typer.Option(help="tokens of --eval-text to evaluate")] = 2048,
     seed: Annotated[int, typer.Option(help="random seed (of the calibration draw)")] = 0,
     json_out: _JSON_OUT = None,
+    overwrite: _OVERWRITE = False,
 ) -> None:
     """Dynamic depth: like prunekit.dynamic.skip_layers_(model, calibration, fraction=...); prints the
     perplexity before and after and the share of layer computations really skipped."""
@@ -296,6 +309,7 @@ def skip_layers(
     from prunekit.llm.models import load_causal_lm
 
     try:
+        check_json_out(json_out, overwrite=overwrite)  # before the model is loaded
         torch.set_num_threads(1)
         m, tok = load_causal_lm(model)
         cal = calibration_batches(
@@ -329,7 +343,7 @@ def skip_layers(
             highlight=False,
         )
         if json_out is not None:
-            json_out.write_text(json.dumps(result, indent=2) + "\n")
+            write_json_out(json_out, result, overwrite=overwrite)
             console.print(f"written to {json_out}")
     except PrunekitError as e:
         fail(e)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from prunekit.allocation.builtin import ALLOCATIONS
-from prunekit.cli._common import console, fail
+from prunekit.cli._common import check_json_out, console, fail, write_json_out
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
 from prunekit.methods.llm import LM_METHOD_NAMES
@@ -79,7 +79,7 @@ def prune_llm(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="output directory (the pruned model, save_pretrained)")
     ] = Path("pruned-llm"),
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output (here a non-empty --out)")] = False,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,
@@ -197,7 +197,11 @@ def eval_ppl(
     ] = DEFAULT_EVAL_TOKENS,
     device: Annotated[str | None, typer.Option(help="device to compute on (e.g. cuda)")] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json-out", help="write the result as JSON to this file (with its protocol)")
+        Path | None,
+        typer.Option(
+            "--json-out",
+            help="write the result as JSON to this file (with its protocol; an existing file is replaced)",
+        ),
     ] = None,
 ) -> None:
     """Perplexity of a causal LM on a real text, with the protocol (text hash, tokenizer, windows) recorded."""
@@ -211,6 +215,7 @@ def eval_ppl(
                 f"--seq-len and --stride take counts >= 1 and --max-tokens a count >= 0 (0: the whole text), got "
                 f"{seq_len}, {stride} and {max_tokens}"
             )
+        check_json_out(json_out, overwrite=True)  # a folder fails before the work; a file is replaced (as documented)
         eval_text = load_text(text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         if device:
@@ -228,6 +233,6 @@ def eval_ppl(
         payload = {"model": model_dir, "ppl": result.ppl, "nll": result.nll, "protocol": result.protocol}
         console.print(str(result), highlight=False)
         if json_out is not None:
-            json_out.write_text(json.dumps(payload, indent=2))
+            write_json_out(json_out, payload, overwrite=True)
     except PrunekitError as e:
         fail(e)

@@ -90,7 +90,7 @@ def prune(
     ] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="module name to keep dense (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option(help="output directory (the pruned model and its report)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output (here a non-empty --out)")] = False,
     sparse: Annotated[bool, typer.Option("--sparse/--dense", help="save in the sparse (bitmask) format")] = False,
     input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
     calibration: Annotated[

@@ -61,7 +61,7 @@ def recover(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="output directory (the recovered model, save_pretrained)")
     ] = Path("recovered-llm"),
-    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists and is not empty")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output (here a non-empty --out)")] = False,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,

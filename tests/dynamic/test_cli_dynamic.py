@@ -13,29 +13,24 @@ from prunekit.cli import app
 runner = CliRunner()
 
 
+def _said(result) -> str:
+    """The command's output with its line wrapping undone."""
+    return " ".join(result.output.split())
+
+
 def test_merge_tokens_on_minilm_writes_its_report(tmp_path):
     if not datasets.is_installed("minilm") or not datasets.is_installed("austen"):
         pytest.skip("needs the offline minilm and austen sources: prunekit data install minilm austen")
     out = tmp_path / "tome.json"
-    result = runner.invoke(
-        app,
-        [
-            "dynamic",
-            "merge-tokens",
-            "minilm",
-            "--ratio",
-            "0.1",
-            "--inputs",
-            "4",
-            "--batch-size",
-            "2",
-            "--rounds",
-            "1",
-            "--json-out",
-            str(out),
-        ],
-    )
+    out.write_text("an earlier result\n")
+    args = ["dynamic", "merge-tokens", "minilm", "--ratio", "0.1", "--inputs", "4", "--batch-size", "2"]
+    args += ["--rounds", "1", "--json-out", str(out)]
+    result = runner.invoke(app, args)  # the existing file is refused, and kept
+    assert result.exit_code == 2 and "--overwrite" in _said(result) and "written to" not in _said(result)
+    assert out.read_text() == "an earlier result\n"
+    result = runner.invoke(app, [*args, "--overwrite"])  # replaced, whole
     assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["tome.json"]  # no temporary file left next to it
     res = json.loads(out.read_text())
     assert res["settings"]["ratio"] == 0.1 and res["inputs"] == 4
     assert len(res["tokens_per_block"]) == 6 and res["tokens_per_block"][-1] < res["tokens_per_block"][0]
@@ -47,3 +42,42 @@ def test_refusals_are_messages():
     assert result.exit_code == 2 and "token commands take" in result.output
     result = runner.invoke(app, ["dynamic", "prune-tokens", "torchvision:vit_b_16", "--layers", "3,x"])
     assert result.exit_code == 2 and "comma-separated integers" in result.output
+
+
+# each command with an argument that fails only once the work has begun (no such model), so that a refusal
+# of the output proves the output was checked first
+_COMMANDS = {
+    "merge-tokens": ["dynamic", "merge-tokens", "prunekit:resnet-small", "--r", "2"],
+    "prune-tokens": ["dynamic", "prune-tokens", "prunekit:resnet-small"],
+    "skip-layers": ["dynamic", "skip-layers", "./no-such-folder"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_json_out_onto_a_folder_is_refused_before_the_work(tmp_path, command):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "kept.json").write_text("{}")
+    result = runner.invoke(app, [*_COMMANDS[command], "--json-out", str(folder), "--overwrite"])
+    assert result.exit_code == 2 and "is a folder" in _said(result), result.output
+    assert [p.name for p in folder.iterdir()] == ["kept.json"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = runner.invoke(app, [*_COMMANDS[command], "--json-out", str(blocker / "out.json")])
+    assert result.exit_code == 2 and "is a file, not a folder" in _said(result), result.output
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_an_existing_json_out_is_refused_unless_overwrite(tmp_path, command):
+    out = tmp_path / "result.json"
+    out.write_text("an earlier result\n")
+    result = runner.invoke(app, [*_COMMANDS[command], "--json-out", str(out)])
+    said = _said(result)
+    assert result.exit_code == 2 and "already exists" in said and "pass --overwrite" in said, result.output
+    assert "choose another output file" in said and "in Python" not in said
+    # with --overwrite the output passes and the command goes on to its work (which fails on the missing model);
+    # the failed run leaves the earlier file as it was
+    result = runner.invoke(app, [*_COMMANDS[command], "--json-out", str(out), "--overwrite"])
+    assert result.exit_code == 2 and "already exists" not in _said(result), result.output
+    assert out.read_text() == "an earlier result\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
