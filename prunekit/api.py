@@ -21,7 +21,7 @@ from prunekit.errors import (
     PrunekitError,
 )
 from prunekit.eval.latency import compare_latency, time_model
-from prunekit.eval.report import Report, layer_stats, measure, weight_shapes
+from prunekit.eval.report import ModelStats, Report, count_params, layer_stats, measure, weight_shapes
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
 from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
@@ -65,9 +65,9 @@ def prune(
     loss function ``model -> loss``, for data-driven methods.
 
     Common options: ``seed`` (0), ``prune_classifier`` (False), ``skip_incompatible`` (False: leave layers
-    that do not fit the pattern dense instead of failing), ``measure`` (True: measure before/after),
-    ``measure_latency`` (True when example inputs are given), ``latency_threads`` (1). Methods document their
-    own options.
+    that do not fit the pattern dense instead of failing), ``measure`` (True: measure FLOPs, file sizes and
+    latency before/after; False: count the parameters only, the other figures are None), ``measure_latency``
+    (True when example inputs are given), ``latency_threads`` (1). Methods document their own options.
 
     Latency: the dense model (a copy taken before pruning) and the pruned one are timed interleaved at
     ``latency_threads`` threads (:func:`prunekit.eval.latency.compare_latency`); ``report.latency`` holds the
@@ -161,7 +161,7 @@ def prune(
         options=options,
     )
     try:
-        before = measure(model, example_inputs, latency=False) if do_measure else None
+        before = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
     except PrunekitError:
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
@@ -170,9 +170,9 @@ def prune(
     shapes_before = weight_shapes(model) if m.structural else None
     with transaction(model, structural=m.structural):
         outcome = m.run(model, request)
-    after = measure(model, example_inputs, latency=False) if do_measure else None
+    after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
     comparison = None
-    if do_latency and before is not None and after is not None:
+    if do_latency:
         if dense_copy is not None:
             comparison = compare_latency(dense_copy, model, example_inputs, threads=threads)
             before.set_timing(comparison.baseline)
@@ -197,10 +197,6 @@ def prune(
         notes += _unused_calibration_note(named)
     if latency_note:
         notes.append(latency_note)
-    if before is None or after is None:  # both or neither are measured
-        from prunekit.eval.report import ModelStats
-
-        before = after = ModelStats(params=0, nonzero_params=0)
     return Report(
         method=named.name,
         settings=settings,

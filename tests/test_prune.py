@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -44,6 +46,41 @@ def test_resnet18_global_magnitude_reaches_target(resnet18_pruned):
     d = report.to_dict()
     assert d["sparsity"] == report.sparsity and len(d["layers"]) == 21
     assert "fc" in str(report) and "final classifier" in str(report)
+
+
+def _summary_rows(report, *labels):
+    """The rows of the report's printed summary whose first cell is one of these labels, as lists of cells."""
+    rows = [[cell.strip() for cell in line.strip("│").split("│")] for line in str(report).splitlines()]
+    return [r for r in rows if r[0] in labels]
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "physical-channel"])
+def test_measure_false_counts_the_parameters_and_measures_nothing_else(pattern):
+    """measure=False skips FLOPs, file sizes and latency (None, printed as '-'), but the parameter counts it
+    reports are true: the same as a measured run's, not 0 -> 0."""
+    torch.manual_seed(0)
+    model, x = SmallCNN(), torch.randn(2, 4, 8, 8)
+    twin = copy.deepcopy(model)
+    dense = sum(p.numel() for p in model.parameters())
+    report = pk.prune(model, pk.Pruner("l1", pattern), sparsity=0.5, example_inputs=x, measure=False)
+    measured = pk.prune(twin, pk.Pruner("l1", pattern), sparsity=0.5, example_inputs=x, measure_latency=False)
+    assert report.before.params == dense and report.before.nonzero_params == dense
+    assert (report.after.params, report.after.nonzero_params) == (measured.after.params, measured.after.nonzero_params)
+    assert report.after.nonzero_params < dense
+    if pattern == "physical-channel":  # channels removed: fewer parameters, all of them counted
+        assert report.after.params == sum(p.numel() for p in model.parameters()) < dense
+    else:  # masked: every parameter is still there, half of the pruned layers' weights at zero
+        assert report.after.params == dense and report.model_sparsity > 0
+    assert report.model_sparsity == measured.model_sparsity
+    for stats in (report.before, report.after):
+        assert stats.flops is None and stats.dense_bytes is None and stats.latency_ms is None
+    labels = ("parameters", "non-zero parameters", "parameters removed", "sparsity of pruned layers")
+    assert _summary_rows(report, *labels) == _summary_rows(measured, *labels)
+    assert len(_summary_rows(report, *labels)) == 3
+    assert _summary_rows(report, "FLOPs (dense execution)", "file, dense safetensors") == [
+        ["FLOPs (dense execution)", "-", "-", "-"],
+        ["file, dense safetensors", "-", "-", "-"],
+    ]
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global", "erk", "lamp"])

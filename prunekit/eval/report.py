@@ -34,6 +34,7 @@ __all__ = [
     "ModelStats",
     "Report",
     "count_flops",
+    "count_params",
     "layer_stats",
     "measure",
     "no_fused_attention",
@@ -114,10 +115,28 @@ def _layer_fields(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _effective_params(model: nn.Module) -> dict[str, torch.Tensor]:
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(parameters, non-zero parameters)`` of ``model`` as it computes: masks folded in, buffers left out,
+    every entry of :func:`~prunekit.apply.masks.effective_state_dict` counted. One tensor at a time, so counting
+    a large masked model costs no copy of it."""
     buffers = {k for k, _ in model.named_buffers()}
-    state = effective_state_dict(model)
-    return {k: v for k, v in state.items() if k not in buffers}
+    total = nonzero = 0
+
+    def add(key: str, value: torch.Tensor) -> None:
+        nonlocal total, nonzero
+        if key not in buffers:
+            total += value.numel()
+            nonzero += int(torch.count_nonzero(value))
+
+    with torch.no_grad():
+        for key, value in model.state_dict().items():  # what effective_state_dict keeps as it is
+            if ".parametrizations." not in key:
+                add(key, value)
+        for mname, module in model.named_modules():  # and what it computes: each masked tensor in turn
+            if parametrize.is_parametrized(module):
+                for pname in module.parametrizations.keys():
+                    add(f"{mname}.{pname}" if mname else pname, getattr(module, pname).detach())
+    return total, nonzero
 
 
 @contextmanager
@@ -169,11 +188,8 @@ def measure(
     :func:`prunekit.eval.latency.compare_latency`, which times them interleaved. Raises
     :class:`~prunekit.errors.DataError` when the model does not run on ``example_inputs``.
     """
-    params = _effective_params(model)
-    stats = ModelStats(
-        params=sum(v.numel() for v in params.values()),
-        nonzero_params=sum(int(torch.count_nonzero(v)) for v in params.values()),
-    )
+    params, nonzero = count_params(model)
+    stats = ModelStats(params=params, nonzero_params=nonzero)
     if example_inputs is not None:
         was_training = model.training
         model.eval()
