@@ -270,7 +270,7 @@ def test_every_json_out_is_checked_before_the_work(tmp_path):
     earlier.write_text("{}")
     missing = str(tmp_path / "no-such-model")
     commands = {path: command for path, command, option in _options() if "--json-out" in option.opts}
-    assert {"eval-ppl", "dynamic merge-tokens", "dynamic prune-tokens", "dynamic skip-layers"} <= set(commands)
+    assert {"eval-ppl", "run", "dynamic merge-tokens", "dynamic prune-tokens", "dynamic skip-layers"} <= set(commands)
     for path, command in commands.items():
         args = [*path.split(), missing, "--json-out"]
         result = runner.invoke(app, [*args, str(folder)])

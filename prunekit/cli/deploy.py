@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from prunekit.cli._common import calibration_data, console, default_input_shape, err_console, fail, parse_shape
+from prunekit.cli._common import (
+    calibration_data,
+    check_json_out,
+    console,
+    default_input_shape,
+    err_console,
+    fail,
+    parse_shape,
+    write_json_out,
+)
 from prunekit.errors import PrunekitError
 
 # the commands register themselves on the typer application on import; only these names are imported elsewhere
@@ -190,7 +199,14 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="show what would run and run nothing (the recipe, validated)")
     ] = False,
-    report: Annotated[Path | None, typer.Option(help="also write the stage table as JSON to this file")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-out",
+            help="write the result as JSON to this file (the stage table; checked before the recipe runs; an "
+            "existing file is replaced)",
+        ),
+    ] = None,
 ) -> None:
     """Run a prune -> fine-tune -> quantise -> export recipe (like prunekit.deploy.Recipe.from_yaml(path).run()),
     validated whole before anything runs; prints accuracy, parameters, sparsity and latency after each stage."""
@@ -199,6 +215,7 @@ def run(
     from prunekit.deploy.recipe import Recipe
 
     try:
+        check_json_out(json_out, overwrite=True)  # a folder or a path under a file fails before the work
         r = Recipe.from_yaml(recipe)
         if dry_run:
             console.print(json.dumps(r.to_dict(), indent=2), highlight=False, markup=False)
@@ -206,7 +223,7 @@ def run(
             return
         result = r.run()
         console.print(str(result), highlight=False, markup=False, soft_wrap=True)
-        if report is not None:
-            report.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        if json_out is not None:
+            write_json_out(json_out, json.loads(json.dumps(result.to_dict(), default=str)), overwrite=True)
     except PrunekitError as e:
         fail(e)
