@@ -267,7 +267,9 @@ def _macs(model: nn.Module, dense: nn.Module, x: torch.Tensor, chunk: int = 256)
         xb = x[i : i + chunk]
         counted.append(count_macs(model, xb, skip_zero_weights=True).per_input)
         if net is not None:
-            skipped += (net.skipped_share() or 0.0) * len(xb)  # the gates of the pass just run
+            share = net.skipped_share()  # the gates of the pass just run
+            assert share is not None, "count_macs ran a forward pass"
+            skipped += share * len(xb)
         kernel.append(count_macs(model, xb).per_input)
     return {
         "macs_per_input": float(torch.cat(counted).mean()),
