@@ -5,7 +5,7 @@ then turned into tables, plots and one HTML page.
 row per finished run; ``write_report`` writes markdown tables, PNG plots and a self-contained HTML page.
 """
 
-from prunekit.bench.execute import DETERMINISTIC_METRICS, run_point
+from prunekit.bench.execute import DETERMINISTIC_METRICS, point_problem, run_point
 from prunekit.bench.runner import BACKENDS, RunSummary, expand, run_grid
 from prunekit.bench.spec import BenchSpec, GridPoint, MethodSpec, Skip, Suite, load_spec, parse_spec
 from prunekit.bench.store import ResultStore
@@ -23,6 +23,7 @@ __all__ = [
     "expand",
     "load_spec",
     "parse_spec",
+    "point_problem",
     "run_grid",
     "run_point",
     "write_report",

@@ -8,6 +8,28 @@ Data specs: ``digits`` (scikit-learn, 1,347 train / 450 test, a fixed split), ``
 ``fashion-mnist:N[:M]`` (the first N training and M test images, M default 2,000). Model specs:
 ``bench:mlp`` (in-256-128-classes), ``bench:mlp-wide`` (in-1024-1024-classes), ``bench:cnn`` (three
 conv-BN-ReLU layers and a linear head), or any ``prunekit:`` / ``torchvision:`` spec.
+
+Static and run-time methods on one scale. ``sparsity`` in the metrics is always the share of masked (zero)
+weights in the prunable layers; a run-time method (``fbs``, ``cgnet``: per-input channel gating, trained
+during the whole budget like SET or RigL) masks none, so its saving is in MACs per input instead. Every run
+records, over the evaluation (test) set, with :func:`prunekit.dynamic.gating.count_macs`:
+
+- ``macs_per_input``: the mean MACs per input of the Conv2d / Linear layers, counting only products with a
+  non-zero weight, an input channel that is not all zero and an output the gates compute (masked weights,
+  removed channels and gated-off channels all save). Static and run-time rows compare on this count.
+- ``dense_kernel_macs_per_input``: the same with every product of the computed channels counted (what a
+  dense kernel does: masked zeros do not save, removed and gated-off channels do).
+- ``dense_macs_per_input``: the MACs of the unpruned, ungated network.
+- ``skipped_share`` (run-time methods; None otherwise): the measured share of the gated layers' outputs
+  skipped per input (:meth:`prunekit.dynamic.gating.GatedNetwork.skipped_share`).
+
+For a run-time method the grid's target ``sparsity`` is the method's own quantity, passed unchanged: for
+``fbs`` the share of each gated layer's output channels suppressed per input (``ceil((1 - sparsity) C_out)``
+computed), for ``cgnet`` the share of gated output elements that skip their remaining input channels (the
+target of its threshold controller; ``skipped_share`` says what was reached). Neither is the share of MACs
+saved: that is ``1 - macs_per_input / dense_macs_per_input``. A method that cannot act on a point's model
+(:meth:`prunekit.methods.base.Method.model_problem`, e.g. ``fbs`` on an MLP) is skipped with that reason
+(:func:`point_problem`).
 """
 
 from __future__ import annotations
@@ -32,10 +54,11 @@ from torch import nn
 from prunekit.api import prune
 from prunekit.apply.masks import squash_masks_
 from prunekit.bench.spec import DENSE, GridPoint, MethodSpec, parse_schedule
+from prunekit.dynamic.gating import count_macs, gated_network
 from prunekit.errors import ConfigError, UnknownNameError
 from prunekit.eval.accuracy import accuracy
 from prunekit.eval.report import measure
-from prunekit.methods.base import METHODS
+from prunekit.methods.base import METHODS, Method
 from prunekit.models.nets import MLP, SmallCNN
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -116,7 +139,33 @@ def build(spec: str, sample: torch.Tensor, classes: int, seed: int) -> nn.Module
     raise UnknownNameError("benchmark model", spec, [*BENCH_MODELS, "prunekit:NAME", "torchvision:NAME"])
 
 
+def _classes(src: tuple[torch.Tensor, ...], target: tuple[torch.Tensor, ...]) -> int:
+    return int(max(src[1].max(), target[1].max())) + 1
+
+
 # ---- methods --------------------------------------------------------------------------------------
+
+
+def point_problem(p: GridPoint) -> str | None:
+    """Why grid point ``p`` cannot run on its model, or None: its method's
+    :meth:`~prunekit.methods.base.Method.model_problem` on the model :func:`run_point` would build. Only
+    methods that check models (they override ``model_problem``) cost a model build; one per model and data."""
+    name = p.method.method
+    if name == DENSE or name not in METHODS:
+        return None
+    if type(METHODS.get(name)).model_problem is Method.model_problem:
+        return None
+    problem = _model_problem(name, p.model, p.data, p.transfer)
+    return f"method {name!r} cannot run on {p.model}: {problem}" if problem else None
+
+
+@functools.lru_cache(maxsize=64)
+def _model_problem(method: str, model: str, data: str, transfer: str | None) -> str | None:
+    src = load_data(data)
+    target = load_data(transfer) if transfer else src
+    with torch.random.fork_rng(devices=[]):  # build() seeds torch: leave the caller's generator as it was
+        net = build(model, src[0][:1], _classes(src, target), 0)
+    return METHODS.get(method).model_problem(net)
 
 
 def _when(m: MethodSpec) -> str:
@@ -210,6 +259,27 @@ def _latency(model: nn.Module, x: torch.Tensor) -> float:
     return time_forward(model, x, warmup=5, repeats=40, budget_s=1.0)
 
 
+def _macs(model: nn.Module, dense: nn.Module, x: torch.Tensor, chunk: int = 256) -> dict[str, Any]:
+    """The MACs metrics of the module docstring over the evaluation inputs ``x`` (in chunks)."""
+    net = gated_network(model)
+    counted, kernel, skipped = [], [], 0.0
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk]
+        counted.append(count_macs(model, xb, skip_zero_weights=True).per_input)
+        if net is not None:
+            share = net.skipped_share()  # the gates of the pass just run
+            assert share is not None, "count_macs ran a forward pass"
+            skipped += share * len(xb)
+        kernel.append(count_macs(model, xb).per_input)
+    return {
+        "macs_per_input": float(torch.cat(counted).mean()),
+        "dense_kernel_macs_per_input": float(torch.cat(kernel).mean()),
+        "dense_macs_per_input": count_macs(dense, x[:1]).dense,
+        "skipped_share": skipped / len(x) if net is not None else None,
+        "run_time": net is not None,
+    }
+
+
 def versions() -> dict[str, str]:
     """The versions of Python, torch, numpy, prunekit and (when installed) scikit-learn, by package name:
     the software part of a result's protocol."""
@@ -231,7 +301,12 @@ def versions() -> dict[str, str]:
 
 
 def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
-    """Execute one grid point; returns ``{"metrics", "protocol", "layers"}``."""
+    """Execute one grid point; returns ``{"metrics", "protocol", "layers"}``.
+
+    ``metrics["sparsity"]`` is the share of zero weights in the prunable layers; the MACs per input over the
+    test set (``macs_per_input``, ``dense_kernel_macs_per_input``, ``dense_macs_per_input``) and, for a
+    run-time gating method, ``skipped_share`` are defined in the module docstring, with what the grid's
+    target sparsity means for ``fbs`` and ``cgnet``."""
     from prunekit.eval.report import count_flops
 
     t0 = time.perf_counter()
@@ -240,7 +315,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
     try:
         src = load_data(p.data)
         target = load_data(p.transfer) if p.transfer else src
-        classes = int(max(src[1].max(), target[1].max())) + 1
+        classes = _classes(src, target)
         method = p.method
         when = "dense" if method.method == DENSE else _when(method)
         notes: list[str] = []
@@ -313,6 +388,12 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
         flops, _ = count_flops(model, x1)
         dense_flops, _ = count_flops(dense, x1)
         stats = measure(model, x1, latency=False, sizes=False)
+        macs = _macs(model, dense, target[2])
+        if macs["run_time"]:
+            notes.append(
+                "run-time gates are simulated (every channel computed, then masked): latency does not show "
+                "their saving; MACs per input count it"
+            )
         lat = {}
         for tag, x in (("b1", x1), ("b8", x8)):
             lat[f"latency_{tag}_ms"] = _latency(model, x)
@@ -328,6 +409,7 @@ def run_point(p: GridPoint, cache_dir: str | None = None) -> dict[str, Any]:
             "flops": flops,
             "dense_flops": dense_flops,
             "effective_flops": stats.effective_flops,
+            **macs,
             "weights_sha256": _state_hash(model),
             **lat,
             "wall_s": time.perf_counter() - t0,
@@ -363,4 +445,8 @@ DETERMINISTIC_METRICS = (
     "flops",
     "effective_flops",
     "weights_sha256",
+    "macs_per_input",
+    "dense_kernel_macs_per_input",
+    "dense_macs_per_input",
+    "skipped_share",
 )

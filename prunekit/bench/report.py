@@ -6,6 +6,11 @@ speedup over the dense model timed in the same process), and three PNG plots: ac
 method, accuracy vs measured latency with its Pareto front, and the per-layer sparsity profile at the
 highest sparsity. Everything is written under ``out/``; ``report.html`` embeds the images, so the one file
 can be sent around.
+
+Runs that recorded MACs per input (:mod:`prunekit.bench.execute`) add them to both tables (the pivot's
+cells and three columns of the full table) and a fourth plot, accuracy vs MACs per input: the scale on
+which static (masked, removed) and run-time (gated) methods compare. Run-time methods zero no weights, so
+the accuracy-vs-sparsity plot leaves them out.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "pivot_table",
     "plot_accuracy",
     "plot_layers",
+    "plot_macs",
     "plot_pareto",
     "write_report",
 ]
@@ -67,6 +73,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": len(rs),
             "stage": rs[0].get("stage"),
             "structural": rs[0].get("structural"),
+            "run_time": bool(rs[0].get("run_time")),
         }
         for k in (
             "accuracy",
@@ -81,6 +88,10 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall_s",
             "dense_params",
             "dense_flops",
+            "macs_per_input",
+            "dense_kernel_macs_per_input",
+            "dense_macs_per_input",
+            "skipped_share",
         ):
             d[k] = _mean(r.get(k) for r in rs)
         d["accuracy_std"] = statistics.pstdev([r["accuracy"] for r in rs]) if len(rs) > 1 else 0.0
@@ -115,6 +126,15 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
+def _has_macs(agg: list[dict[str, Any]]) -> bool:
+    """True when the runs recorded MACs per input (stores written before they were recorded have none)."""
+    return any(r.get("macs_per_input") is not None for r in agg)
+
+
+def _share(v: float | None, dense: float | None) -> str:
+    return f"{100 * v / dense:.0f}%" if v is not None and dense else "-"
+
+
 def _varying(rows: list[dict[str, Any]], key: str) -> bool:
     return len({str(r[key]) for r in rows}) > 1
 
@@ -136,8 +156,10 @@ def _setting_label(r: dict[str, Any], keys: list[str]) -> str:
 
 def pivot_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Main table of a suite: accuracy (%) by method (rows) and target sparsity (columns), with the dense
-    accuracy, per setting that varies in the suite."""
+    accuracy, per setting that varies in the suite. Each cell: accuracy (± over seeds), achieved weight
+    sparsity and, when recorded, mean MACs per input as a share of the dense network's."""
     keys = [k for k in SETTING if _varying(agg, k)]
+    with_macs = _has_macs(agg)
     sparsities = sorted({r["target"] for r in agg if r["method"] != DENSE})
     header = ["setting", "method", "dense", *[f"{s:g}" for s in sparsities], "best speedup b1", "best speedup b8"]
     cells: dict[tuple[str, str], dict[float, dict[str, Any]]] = defaultdict(dict)
@@ -161,7 +183,8 @@ def pivot_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 accs.append("-")
             else:
                 std = f" ±{100 * c['accuracy_std']:.1f}" if c["seeds"] > 1 else ""
-                accs.append(f"{100 * c['accuracy']:.1f}{std} ({100 * c['sparsity']:.0f}%)")
+                macs = f"; MACs {_share(c['macs_per_input'], c['dense_macs_per_input'])}" if with_macs else ""
+                accs.append(f"{100 * c['accuracy']:.1f}{std} ({100 * c['sparsity']:.0f}%{macs})")
         sp1 = max((c["speedup_b1"] or 0) for c in row.values())
         sp8 = max((c["speedup_b8"] or 0) for c in row.values())
         body.append([setting, label, _fmt(dense.get(setting), "pct"), *accs, _fmt(sp1, "x"), _fmt(sp8, "x")])
@@ -171,7 +194,9 @@ def pivot_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """``(header, rows)`` of every aggregated run (:func:`aggregate`): target and achieved sparsity, accuracy
     and its change against the dense model, parameters, FLOPs, latency in ms at batch 1 and 8 with the
-    speedups, seeds; the setting column names only what varies in the suite."""
+    speedups, seeds; the setting column names only what varies in the suite. When recorded, three more: mean
+    MACs per input with zero weights skipped and on dense kernels (each with its share of the dense network's),
+    and the measured share of gated outputs skipped per input (run-time methods)."""
     keys = [k for k in SETTING if _varying(agg, k)]
     header = [
         "setting",
@@ -188,6 +213,9 @@ def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         "speedup b8",
         "seeds",
     ]
+    with_macs = _has_macs(agg)
+    if with_macs:
+        header += ["MACs/input", "on dense kernels", "gated off %"]
     body = [
         [
             _setting_label(r, keys) if keys else "-",
@@ -203,6 +231,16 @@ def full_table(agg: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             _fmt(r["speedup_b1"], "x"),
             _fmt(r["speedup_b8"], "x"),
             str(r["seeds"]),
+            *(
+                [
+                    f"{_fmt(r['macs_per_input'], 'int')} ({_share(r['macs_per_input'], r['dense_macs_per_input'])})",
+                    f"{_fmt(r['dense_kernel_macs_per_input'], 'int')} "
+                    f"({_share(r['dense_kernel_macs_per_input'], r['dense_macs_per_input'])})",
+                    _fmt(r["skipped_share"], "pct"),
+                ]
+                if with_macs
+                else []
+            ),
         ]
         for r in agg
     ]
@@ -237,12 +275,14 @@ def _plt() -> Any:
 
 
 def plot_accuracy(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Accuracy vs achieved sparsity, one line per method, one panel per setting; dense as a dashed line."""
+    """Accuracy vs achieved sparsity, one line per method, one panel per setting; dense as a dashed line.
+    Run-time methods zero no weights and are left out (:func:`plot_macs` shows them)."""
     plt = _plt()
     keys = [k for k in SETTING if _varying(agg, k)]
     settings: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in agg:
-        settings[_setting_label(r, keys) if keys else ""].append(r)
+        if not r["run_time"]:
+            settings[_setting_label(r, keys) if keys else ""].append(r)
     n = len(settings)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
@@ -265,6 +305,38 @@ def plot_accuracy(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(f"{title}: accuracy vs sparsity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_macs(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Accuracy vs mean MACs per input (zero weights skipped) as a share of the dense network's, one line per
+    method, one panel per setting: static and run-time methods on one scale."""
+    plt = _plt()
+    keys = [k for k in SETTING if _varying(agg, k)]
+    settings: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in agg:
+        if r["macs_per_input"] is not None and r["dense_macs_per_input"]:
+            share = 100 * r["macs_per_input"] / r["dense_macs_per_input"]
+            settings[_setting_label(r, keys) if keys else ""][r["label"]].append((share, 100 * r["accuracy"]))
+    n = max(1, len(settings))
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, (setting, lines) in zip(axes.flat, settings.items()):
+        for label, pts in lines.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*" if label == DENSE else "o", label=label)
+        ax.set_title(setting or title, fontsize=9)
+        ax.set_xlabel("mean MACs per input (% of dense)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(settings) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}: accuracy vs MACs per input")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -399,12 +471,16 @@ def write_report(store: str | Path | ResultStore, out: str | Path, *, spec: str 
             )
         if agg:
             h, b = pivot_table(agg)
-            md += ["Accuracy % (achieved sparsity) by method and target sparsity:", "", _markdown(h, b), ""]
+            what = "achieved weight sparsity; MACs per input, % of dense" if _has_macs(agg) else "achieved sparsity"
+            md += [f"Accuracy % ({what}) by method and target sparsity:", "", _markdown(h, b), ""]
             page.append("<h3>Accuracy by method and sparsity</h3>" + _html_table(h, b))
             h, b = full_table(agg)
             md += ["<details><summary>all runs (means over seeds)</summary>", "", _markdown(h, b), "", "</details>", ""]
             page.append("<h3>All runs (means over seeds)</h3>" + _html_table(h, b))
-            for kind, fn in (("accuracy", plot_accuracy), ("pareto", plot_pareto), ("layers", plot_layers)):
+            plots = [("accuracy", plot_accuracy), ("pareto", plot_pareto), ("layers", plot_layers)]
+            if _has_macs(agg):
+                plots.append(("macs", plot_macs))
+            for kind, fn in plots:
                 png = fn(agg, out / f"{suite}-{kind}.png", suite)
                 md += [f"![{suite} {kind}]({png.name})", ""]
                 data = base64.b64encode(png.read_bytes()).decode()

@@ -5,6 +5,14 @@ rest; every finished run is written by the driver in its own transaction. Killin
 loses at most the runs in flight, and a restart runs exactly those again (each run is seeded, so its
 deterministic metrics are the same). Backends: ``local`` (``jobs=1`` runs in this process, more uses a pool
 of spawned processes) and ``ray`` (``ray.init(address)``; no address starts a local cluster).
+
+A point is skipped with its reason, not run, when its method is missing or cannot act on the point's model
+(:func:`~prunekit.bench.execute.point_problem`: e.g. the run-time gating methods ``fbs`` and ``cgnet`` on a
+model without Conv2d+BatchNorm pairs); no other method is substituted. For run-time methods the grid's
+sparsity is the method's own per-input quantity (``fbs``: share of a gated layer's output channels
+suppressed per input; ``cgnet``: target share of gated output elements that skip their remaining input
+channels), and what they save is recorded as mean MACs per input over the test set next to the dense
+MACs; ``sparsity`` in a row stays the share of zero weights. :mod:`prunekit.bench.execute` defines each.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from prunekit.bench.execute import run_point
+from prunekit.bench.execute import point_problem, run_point
 from prunekit.bench.spec import BenchSpec, GridPoint, Skip, load_spec
 from prunekit.bench.store import ResultStore
 from prunekit.errors import ConfigError
@@ -41,15 +49,21 @@ class RunSummary:
 
 
 def expand(spec: BenchSpec, suites: Sequence[str] | None = None) -> tuple[list[GridPoint], list[Skip]]:
-    """Every grid point of the selected ``suites`` (default all) and the combinations skipped with a reason.
+    """Every grid point of the selected ``suites`` (default all) and the combinations skipped with a reason:
+    a method prunekit does not have, or one that cannot act on the point's model (:func:`point_problem`).
 
     Raises :class:`~prunekit.errors.ConfigError` for a suite the spec does not have.
     """
     points, skips = [], []
     for suite in spec.select(list(suites) if suites else None):
         p, s = suite.points()
-        points += p
         skips += s
+        for point in p:
+            problem = point_problem(point)
+            if problem:
+                skips.append(Skip(point.key, point.suite, point.config(), problem))
+            else:
+                points.append(point)
     return points, skips
 
 

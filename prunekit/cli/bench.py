@@ -83,7 +83,7 @@ def bench(
         )
         console.print(
             f"grid of {s.total}: {s.already_done} already done, {s.ran} ran, {len(s.failed)} failed, "
-            f"{len(s.skipped)} skipped (method missing) -> {store}"
+            f"{len(s.skipped)} skipped (method missing or not applicable to the model) -> {store}"
         )
         for label, err in s.failed:
             err_console.print(f"failed {label}: {err}")

@@ -15,12 +15,18 @@
 
 :func:`count_macs` measures, for each input of a batch, the multiply-accumulates a gated network really
 needs: per convolution and linear layer, ``dense MACs x (output channels computed / C_out) x (input
-channels that are not all zero / C_in)``, with CGNet's partial-sum accounting for its layers.
+channels that are not all zero / C_in)``, with CGNet's partial-sum accounting for its layers; with
+``skip_zero_weights=True`` also without the products by zero weights (what a sparse kernel needs), so that
+masked (static) and gated (run-time) networks can be compared on one count.
+
+Both methods are registered as :class:`GatingMethod` (``fbs``, ``cgnet``), which can say before training
+whether a model has layers to gate (:meth:`GatingMethod.model_problem`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,11 +45,14 @@ __all__ = [
     "FBSGate",
     "GATES",
     "GatedNetwork",
+    "GatingMethod",
     "MacsCount",
     "add_cgnet_",
     "add_fbs_",
+    "cgnet_convs",
     "conv_bn_pairs",
     "count_macs",
+    "gated_network",
 ]
 
 _TAG = "_prunekit_gate"
@@ -77,15 +86,19 @@ class FBSGate(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.ones_(self.fc.bias)  # start as the identity (all saliencies about 1)
         self.k = max(1, math.ceil(density * c_out))
-        self.last: Tensor | None = None
+        self.last: Tensor | None = None  # (B, C_out) saliencies of the last forward pass
+        self.last_keep: Tensor | None = None  # (B, C_out) 1.0 for the k channels computed, 0.0 for the others
 
     def forward(self, x: Tensor) -> Tensor:
         """Saliencies ``(B, C_out)`` for the gated convolution's input ``x`` ``(B, C_in, H, W)``: ``relu(W
-        mean_hw(|x|) + b)`` with all but the ``k`` largest per input set to 0 (all ones when ``k = C_out``)."""
+        mean_hw(|x|) + b)`` with all but the ``k`` largest per input set to 0 (all ones when ``k = C_out``).
+        Records which channels are computed in ``last_keep``."""
         if self.k >= self.fc.out_features:  # nothing to suppress: the dense layer, exactly
-            return torch.ones(x.shape[0], self.fc.out_features, dtype=x.dtype, device=x.device)
+            self.last_keep = torch.ones(x.shape[0], self.fc.out_features, dtype=x.dtype, device=x.device)
+            return self.last_keep
         s = F.relu(self.fc(x.abs().mean((2, 3))))
         keep = torch.zeros_like(s).scatter_(1, s.topk(self.k, dim=1).indices, 1.0)
+        self.last_keep = keep.detach()
         return s * keep
 
 
@@ -103,14 +116,17 @@ class CGGate(nn.Module):
         self.register_buffer("std", torch.ones(conv.out_channels))
         self.temperature = temperature
         self.last_open: Tensor | None = None  # (B,) share of output elements that computed the rest
+        self.last_open_channels: Tensor | None = None  # (B, C_out) the same share per output channel
 
     def gate(self, conv: nn.Conv2d, x: Tensor, full: Tensor) -> Tensor:
         """The gated output of ``conv`` on ``x`` given its dense output ``full`` ``(B, C_out, H', W')``: the
         partial sum over the first ``p`` input channels everywhere, the rest added where the normalised partial
         sum exceeds ``delta`` (straight-through gradient in training). Records the open share per input in
-        ``last_open``; updates the running ``std`` in training."""
+        ``last_open`` (and per input and output channel in ``last_open_channels``); updates the running
+        ``std`` in training."""
         if not self.enabled:
             self.last_open = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            self.last_open_channels = torch.ones(x.shape[0], full.shape[1], dtype=x.dtype, device=x.device)
             return full
         w = conv.weight
         partial = F.conv2d(x[:, : self.p], w[:, : self.p], None, conv.stride, conv.padding, conv.dilation)
@@ -122,6 +138,7 @@ class CGGate(nn.Module):
         hard = (z > 0).to(x.dtype)
         g = hard + soft - soft.detach() if self.training else hard
         self.last_open = hard.mean((1, 2, 3)).detach()
+        self.last_open_channels = hard.mean((2, 3)).detach()
         rest = full - partial - (conv.bias[None, :, None, None] if conv.bias is not None else 0)
         return full - rest + g * rest
 
@@ -136,6 +153,19 @@ class GatedNetwork:
     handles: list[Any] = field(default_factory=list)
     gates: dict[str, nn.Module] = field(default_factory=dict)
     target: float = 0.0
+
+    def skipped_share(self) -> float | None:
+        """The share of the gated layers' output computations skipped in the last forward pass: the mean, over
+        the gated layers (unweighted) and the inputs of that pass, of the share of output channels suppressed
+        (FBS: ``1 - k / C_out``) or of output elements that skipped their remaining input channels (CGNet).
+        None before the first forward pass."""
+        shares = []
+        for gate in self.gates.values():
+            if isinstance(gate, FBSGate) and gate.last_keep is not None:
+                shares.append(1.0 - float(gate.last_keep.mean()))
+            elif isinstance(gate, CGGate) and gate.last_open is not None:
+                shares.append(1.0 - float(gate.last_open.mean()))
+        return sum(shares) / len(shares) if shares else None
 
     def remove(self) -> None:
         """Remove the hooks and gate modules (the network computes densely again)."""
@@ -154,11 +184,9 @@ def _gate_key(layer: str) -> str:
 
 
 def _gate_holder(model: nn.Module) -> nn.ModuleDict:
-    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        raise UnsupportedModuleError(
-            f"run-time gates are kept in a submodule of the model; a {type(model).__name__} at the top would call "
-            "it in its forward pass. Wrap the network in a module with its own forward"
-        )
+    problem = _container_problem(model)
+    if problem:
+        raise UnsupportedModuleError(problem)
     holder = model._modules.get(GATES)
     if holder is None:
         holder = nn.ModuleDict()
@@ -169,6 +197,44 @@ def _gate_holder(model: nn.Module) -> nn.ModuleDict:
 def _check_fresh(model: nn.Module) -> None:
     if _TAG in model.__dict__:
         raise ConfigError(f"the model already has {model.__dict__[_TAG].kind} gates; call .remove() on them first")
+
+
+def gated_network(model: nn.Module) -> GatedNetwork | None:
+    """The gates :func:`add_fbs_` / :func:`add_cgnet_` (or the trainer's ``fbs`` / ``cgnet`` methods) installed on
+    ``model``, or None when it has none."""
+    net = model.__dict__.get(_TAG)
+    return net if isinstance(net, GatedNetwork) else None
+
+
+def cgnet_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """``(name, conv)`` for each ungrouped Conv2d with at least 4 input channels: the layers CGNet gates."""
+    return [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 4
+    ]
+
+
+def _container_problem(model: nn.Module) -> str | None:
+    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return (
+            f"run-time gates are kept in a submodule of the model; a {type(model).__name__} at the top would call "
+            "it in its forward pass. Wrap the network in a module with its own forward"
+        )
+    return None
+
+
+def _fbs_problem(model: nn.Module) -> str | None:
+    if not conv_bn_pairs(model):
+        return (
+            "FBS gates a Conv2d directly followed by a BatchNorm2d over its channels; this model has no such pair "
+            "(besides its first convolution). Use a CNN with batch norm, e.g. prunekit:resnet-small"
+        )
+    return _container_problem(model)
+
+
+def _cgnet_problem(model: nn.Module) -> str | None:
+    if not cgnet_convs(model):
+        return "CGNet gates ungrouped Conv2d layers with at least 4 input channels; this model has none"
+    return _container_problem(model)
 
 
 def add_fbs_(model: nn.Module, density: float) -> GatedNetwork:
@@ -184,12 +250,10 @@ def add_fbs_(model: nn.Module, density: float) -> GatedNetwork:
     if not 0 < density <= 1:
         raise ConfigError(f"density is the share of channels computed per input, in (0, 1], got {density}")
     _check_fresh(model)
+    problem = _fbs_problem(model)
+    if problem:
+        raise UnsupportedModuleError(problem)
     pairs = conv_bn_pairs(model)
-    if not pairs:
-        raise UnsupportedModuleError(
-            "FBS gates a Conv2d directly followed by a BatchNorm2d over its channels; this model has no such pair "
-            "(besides its first convolution). Use a CNN with batch norm, e.g. prunekit:resnet-small"
-        )
     holder = _gate_holder(model)
     net = GatedNetwork("fbs", model, [n for n, _, _ in pairs], target=1 - density)
     for name, conv, bn in pairs:
@@ -224,13 +288,10 @@ def add_cgnet_(model: nn.Module, gated_share: float, base: float = 0.25) -> Gate
     if not 0 <= gated_share < 1 or not 0 < base < 1:
         raise ConfigError(f"cgnet takes gated_share in [0, 1) and base in (0, 1), got {gated_share}, {base}")
     _check_fresh(model)
-    convs = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 4
-    ]
-    if not convs:
-        raise UnsupportedModuleError(
-            "CGNet gates ungrouped Conv2d layers with at least 4 input channels; this model has none"
-        )
+    problem = _cgnet_problem(model)
+    if problem:
+        raise UnsupportedModuleError(problem)
+    convs = cgnet_convs(model)
     holder = _gate_holder(model)
     net = GatedNetwork("cgnet", model, [n for n, _ in convs], target=gated_share)
     for name, conv in convs:
@@ -260,16 +321,45 @@ class MacsCount:
         return float(self.per_input.mean()) / self.dense if self.dense else 0.0
 
 
+def _nonzero_weight_macs(
+    module: nn.Conv2d | nn.Linear, in_nz: Tensor, positions: int, keep: Tensor | None, cg: CGGate | None
+) -> Tensor:
+    """Per input ``(B,)``: the products with a non-zero weight that ``module`` (Conv2d / Linear) needs over
+    ``positions`` output positions, given which input channels are not all zero (``in_nz`` ``(B, C_in)``),
+    which output channels are computed (``keep`` ``(B, C_out)``, None: all) and a CGNet gate's open shares."""
+    w: Tensor = module.weight
+    if isinstance(module, nn.Conv2d) and module.groups != 1:  # every input channel meets only its group
+        return torch.full((in_nz.shape[0],), float(positions * int(torch.count_nonzero(w))), dtype=torch.float64)
+    nz: Tensor = w != 0
+    nnz = nz.flatten(2).sum(2).double() if w.dim() > 2 else nz.double()  # (C_out, C_in)
+    inp = in_nz.double()
+    keep = torch.ones(inp.shape[0], nnz.shape[0], dtype=torch.float64) if keep is None else keep.double()
+    if cg is not None and cg.last_open_channels is not None:
+        first = inp.clone()
+        first[:, cg.p :] = 0  # the partial sum reads the first p input channels
+        per_channel = first @ nnz.T + cg.last_open_channels.double() * ((inp - first) @ nnz.T)
+    else:
+        per_channel = inp @ nnz.T
+    return positions * (keep * per_channel).sum(1)
+
+
 @torch.no_grad()
-def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
+def count_macs(model: nn.Module, x: Tensor, *, skip_zero_weights: bool = False) -> MacsCount:
     """Multiply-accumulates each input of ``x`` ``(B, ...)`` really needs in ``model`` (gated or not).
 
     Per Conv2d / Linear and input: ``dense MACs x (output channels computed / C_out) x (input channels not
     all zero / C_in)``; an FBS layer computes only its ``k`` kept channels (its predictor's MACs are
     counted too); a CGNet layer costs its partial sum plus, for the share of output elements whose gate
     opened, the remaining input channels. Runs the model once in eval mode.
+
+    ``skip_zero_weights=True`` counts, of those products, only the ones with a non-zero weight (what a
+    kernel that skips zero weights needs; masked weights are zeros): per layer, output position and input,
+    the sum of ``nnz(W[o, i])`` over the computed output channels ``o`` and the input channels ``i`` that are
+    not all zero (a CGNet output element reads its first ``p`` input channels, and the others where its gate
+    opened). With no zero weights it equals the default count, CGNet layers aside, where the default assumes
+    the non-zero input channels come first. ``dense`` is the same in both: every weight, no gates.
     """
-    net: GatedNetwork | None = model.__dict__.get(_TAG)
+    net = gated_network(model)
     gates = net.gates.items() if net else []
     fbs = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, FBSGate)}
     cg = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, CGGate)}
@@ -282,23 +372,29 @@ def count_macs(model: nn.Module, x: Tensor) -> MacsCount:
         b = inp.shape[0]
         if isinstance(module, nn.Conv2d):
             c_in = inp.shape[1]
-            nz_in = (inp.flatten(2).abs().amax(2) > 0).sum(1).double()
-            per_out: float = out.shape[2] * out.shape[3] * module.kernel_size[0] * module.kernel_size[1]
+            in_nz = inp.flatten(2).abs().amax(2) > 0
+            nz_in = in_nz.sum(1).double()
+            positions = out.shape[2] * out.shape[3]
+            per_out: float = positions * module.kernel_size[0] * module.kernel_size[1]
             if module.groups != 1:  # grouped: every input channel meets only its group
                 per_out, nz_in = per_out / module.groups, torch.full((b,), float(c_in), dtype=torch.float64)
             dense[0] += per_out * module.out_channels * c_in
             g = fbs.get(id(module))
-            c_out = float(g.k) if g is not None else float(module.out_channels)
             gg = cg.get(id(module))
-            if gg is not None and gg.last_open is not None:
+            if skip_zero_weights:
+                macs = _nonzero_weight_macs(module, in_nz, positions, g.last_keep if g else None, gg)
+            elif gg is not None and gg.last_open is not None:
                 base_in = torch.clamp(nz_in, max=float(gg.p))
-                macs = per_out * c_out * (base_in + gg.last_open.double() * (nz_in - base_in))
+                macs = per_out * module.out_channels * (base_in + gg.last_open.double() * (nz_in - base_in))
             else:
-                macs = per_out * c_out * nz_in
+                macs = per_out * (float(g.k) if g is not None else float(module.out_channels)) * nz_in
         else:
             flat = inp.reshape(b, -1, inp.shape[-1])
-            nz_in = (flat.abs().amax(1) > 0).sum(1).double()
-            macs = nz_in * module.out_features * flat.shape[1]
+            in_nz = flat.abs().amax(1) > 0
+            if skip_zero_weights:
+                macs = _nonzero_weight_macs(cast(nn.Linear, module), in_nz, flat.shape[1], None, None)
+            else:
+                macs = in_nz.sum(1).double() * module.out_features * flat.shape[1]
             if id(module) not in gate_fcs:
                 dense[0] += float(inp.shape[-1] * module.out_features * flat.shape[1])
         total.add_(macs)
@@ -356,16 +452,33 @@ class CGNetCallback(Callback):
                     gate.delta.add_(self.rate * (self.sparsity - closed))
 
 
+@dataclass
+class GatingMethod(TrainingMethod):
+    """A run-time gating method (``fbs``, ``cgnet``): trained by the trainer like any training-time method,
+    it decides per input what is computed. ``sparsity`` means, per method: ``fbs``, the share of each gated
+    layer's output channels suppressed per input (``k = ceil((1 - sparsity) C_out)`` are computed);
+    ``cgnet``, the share of gated output elements that skip their remaining input channels, the target of
+    the threshold controller (the share reached is measured, not guaranteed)."""
+
+    problem: Callable[[nn.Module], str | None] | None = None
+
+    def model_problem(self, model: nn.Module) -> str | None:
+        """Why the gates cannot go on ``model`` (no layer of the kind the method gates, or a bare container
+        at the top); None when they can."""
+        return self.problem(model) if self.problem is not None else None
+
+
 def _register() -> None:
     from prunekit.methods.base import METHODS
 
-    for name, factory, desc, paper in (
+    for name, factory, desc, paper, problem in (
         (
             "fbs",
             FBSCallback,
             "run-time channel pruning: per-input saliency predictors keep the top-k channels "
             "(Gao et al. 2019); sparsity = share of channels suppressed per input",
             "Dynamic Channel Pruning: Feature Boosting and Suppression",
+            _fbs_problem,
         ),
         (
             "cgnet",
@@ -373,11 +486,12 @@ def _register() -> None:
             "run-time channel gating: a partial sum over some input channels decides "
             "where the rest is computed (Hua et al. 2019); sparsity = share of output elements gated off",
             "Channel Gating Neural Networks",
+            _cgnet_problem,
         ),
     ):
         if name not in METHODS:
             # trained during training (the trainer runs it), decides per input at run time
-            METHODS.add(name, TrainingMethod(name, desc, factory, paper), desc)
+            METHODS.add(name, GatingMethod(name, desc, factory, paper, problem=problem), desc)
 
 
 _register()

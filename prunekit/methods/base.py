@@ -92,6 +92,12 @@ class Method:
         """The method that carries out ``pattern`` (by default this one, which checks the pattern itself)."""
         return self
 
+    def model_problem(self, model: nn.Module) -> str | None:
+        """Why this method cannot act on ``model`` at all, whatever the request (e.g. a run-time gating method
+        on a network without the layers it gates), in words that say what it needs; None when it can. Lets a
+        caller skip a model before spending time on it; the base method accepts every model."""
+        return None
+
 
 M = TypeVar("M", bound=Method)
 

@@ -20,11 +20,11 @@ def test_report_writes_tables_plots_and_html(tiny_store, tiny_spec, tmp_path):
     html_path = write_report(tiny_store, tmp_path / "rep", spec=tiny_spec)
     md = (tmp_path / "rep" / "tables.md").read_text()
     assert "## tiny" in md and "| setting | method | dense |" in md and "not implemented" in md
-    for kind in ("accuracy", "pareto", "layers"):
+    for kind in ("accuracy", "pareto", "layers", "macs"):
         png = tmp_path / "rep" / f"tiny-{kind}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     page = html_path.read_text()
-    assert page.count("<img") == 3 and "data:image/png;base64," in page and "<table>" in page
+    assert page.count("<img") == 4 and "data:image/png;base64," in page and "<table>" in page
 
 
 def _chromium() -> str | None:
@@ -67,5 +67,5 @@ def test_html_renders_in_headless_chromium(tiny_store, tmp_path):
     m = re.search(r"imgs=(\d+) loaded=(\d+) tables=(\d+) rows=(\d+)", out)
     assert m, f"the probe did not run; chromium printed: {out[:500]}"
     imgs, loaded, tables, rows = map(int, m.groups())
-    assert imgs == 3 and loaded == 3, "every embedded plot decodes and has a size"
+    assert imgs == 4 and loaded == 4, "every embedded plot decodes and has a size"
     assert tables >= 3 and rows >= 10, "the tables are laid out with their rows"

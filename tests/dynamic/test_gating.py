@@ -71,6 +71,82 @@ def test_count_macs_by_hand():
     assert c.per_input.tolist() == [2 * 2 * 9 * 3 * 2 + 60, 2 * 2 * 9 * 3 * 1 + 60]
 
 
+def test_count_macs_skipping_zero_weights_by_hand():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    net = Net()
+    with torch.no_grad():
+        net.conv.weight[0, 0] = 0  # output 0 x input 0: all 9 taps zero
+        net.conv.weight[1, 1, 0, :2] = 0  # output 1 x input 1: 2 of 9 taps zero
+        net.fc.weight[:, 3] = 0  # input feature 3 meets no weight
+        net.fc.weight[0, 0] = 0
+    x = torch.randn(2, 2, 4, 4)
+    x[1, 1] = 0  # the second input has an all-zero input channel
+    c = count_macs(net, x, skip_zero_weights=True)
+    conv_nnz_in0 = 9 * 3 - 9  # weights reading input channel 0
+    conv_nnz_in1 = 9 * 3 - 2
+    fc = 12 * 5 - 5 - 1
+    assert c.per_input.tolist() == [4 * (conv_nnz_in0 + conv_nnz_in1) + fc, 4 * conv_nnz_in0 + fc]
+    assert c.dense == count_macs(net, x).dense == 2 * 2 * 9 * 3 * 2 + 60  # the reference keeps every weight
+
+
+@torch.no_grad()
+def test_count_macs_skipping_zero_weights_equals_the_default_without_zero_weights_fbs():
+    m, x = _resnet(), _x()
+    net = add_fbs_(m, density=0.25)
+    for gate in net.gates.values():  # trained-looking predictors
+        torch.nn.init.normal_(gate.fc.weight, generator=torch.Generator().manual_seed(3))
+    skipping, default = count_macs(m, x, skip_zero_weights=True), count_macs(m, x)
+    assert torch.equal(skipping.per_input, default.per_input) and skipping.mean_share < 0.5
+    assert net.skipped_share() == 0.75  # every gated layer computes a quarter of its channels
+
+
+@torch.no_grad()
+def test_count_macs_skipping_zero_weights_on_cgnet_reads_the_first_p_input_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(3, 8, 5, 5).abs() + 0.1
+    net = add_cgnet_(m, gated_share=0.5, base=0.25)
+    next(iter(net.gates.values())).delta.fill_(0.5)
+    skipping, default = count_macs(m, x, skip_zero_weights=True), count_macs(m, x)
+    assert torch.allclose(skipping.per_input, default.per_input, rtol=1e-12)  # no zero weight, no zero input
+    share = net.skipped_share()
+    assert share is not None and 0 < share < 1
+    conv = 5 * 5 * 9 * 4 * (2 + (1 - share) * 6)  # partial sum over 2 of 8 input channels, the rest where open
+    assert torch.allclose(skipping.per_input.mean(), torch.tensor(conv + 12, dtype=torch.float64))
+    x[0, 1] = 0  # an all-zero channel among the first p: the partial sum reads one channel, not two
+    skipping, default = count_macs(m, x, skip_zero_weights=True), count_macs(m, x)
+    assert skipping.per_input[0] < default.per_input[0] and torch.equal(skipping.per_input[1:], default.per_input[1:])
+
+
+def test_gating_methods_say_which_models_they_cannot_act_on():
+    fbs, cgnet = pk.METHODS.get("fbs"), pk.METHODS.get("cgnet")
+    assert fbs.model_problem(_resnet()) is None and cgnet.model_problem(_resnet()) is None
+    mlp = pk.build_model("prunekit:lenet-300-100")
+    problem = fbs.model_problem(mlp)
+    assert problem and "BatchNorm2d" in problem
+    with pytest.raises(UnsupportedModuleError) as err:
+        add_fbs_(mlp, density=0.5)
+    assert str(err.value) == problem  # one message: the check and the installer cannot drift
+    assert "Conv2d" in (cgnet.model_problem(mlp) or "")
+    assert pk.METHODS.get("magnitude").model_problem(mlp) is None
+
+
 @torch.no_grad()
 def test_cgnet_gate_closed_is_the_partial_sum_and_open_is_dense():
     conv = nn.Conv2d(8, 4, 3, padding=1)
