@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.eval.latency import LatencyComparison
+from prunekit.serialization import atomic_write
 
 __all__ = ["DeployReport"]
 
@@ -55,8 +56,8 @@ class DeployReport:
     def to_json(self, path: str | Path | None = None) -> str:
         """:meth:`to_dict` as indented JSON text, also written to ``path`` when one is given."""
         text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
+        if path is not None:  # whole or not at all: a temporary file renamed into place
+            atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
         return text
 
     @classmethod

@@ -27,7 +27,7 @@ from prunekit.calls import call_model
 from prunekit.errors import DataError, PrunekitError
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
 from prunekit.layout import is_prunable
-from prunekit.serialization import dense_size, sparse_size
+from prunekit.serialization import atomic_write, dense_size, sparse_size
 
 __all__ = [
     "LayerStats",
@@ -327,8 +327,8 @@ class Report:
     def to_json(self, path: str | Path | None = None) -> str:
         """:meth:`to_dict` as indented JSON text, also written to ``path`` when one is given."""
         text = json.dumps(self.to_dict(), indent=2, default=str)
-        if path is not None:
-            Path(path).write_text(text)
+        if path is not None:  # whole or not at all: a temporary file renamed into place
+            atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
         return text
 
     @classmethod

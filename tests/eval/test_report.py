@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -20,3 +24,25 @@ def test_count_params_folds_masks_in_and_leaves_buffers_out():
     assert count_params(model) == (108, 108 - 8 - 24 - 16)
     stats = pk.measure(model, latency=False, sizes=False)
     assert (stats.params, stats.nonzero_params) == count_params(model)
+
+
+def test_report_json_is_written_whole_and_reads_back(tmp_path, monkeypatch):
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    report = pk.prune(model, "magnitude", sparsity=0.5, measure=False)
+    path = tmp_path / "report.json"
+    path.write_text("earlier")
+    text = report.to_json(path)
+    assert path.read_text() == text and pk.Report.from_dict(json.loads(text)).to_dict() == report.to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+    path.write_text("earlier")
+
+    def half_then_fail(self, data, *args, **kwargs):  # the disk fills up in the middle of the file
+        with open(self, "w") as f:
+            f.write(data[:10])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        report.to_json(path)
+    monkeypatch.undo()
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
