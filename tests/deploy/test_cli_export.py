@@ -86,3 +86,13 @@ def test_export_builtin_model_without_input_shape(tmp_path):
     report = json.loads((out / "model.report.json").read_text())
     assert report["input_shapes"] == [[1, 1, 28, 28]] and report["check"]["passed"]
 
+
+def test_export_wrong_input_shape_exits_2_with_the_message(tmp_path):
+    out = tmp_path / "lenet5"
+    args = ["export", "prunekit:lenet5", "--to", "onnx", "--out", str(out), "--input-shape", "1,3,224,224"]
+    r = runner.invoke(app, [*args, "--no-latency"])
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert r.exit_code == 2, r.output
+    assert "shape (1, 3, 224, 224)" in text and "Pass an input the model accepts (--input-shape)" in text
+    assert "unexpected failure" not in text
+    assert not out.exists()

@@ -127,3 +127,14 @@ def test_output_check_compares_elementwise():
     assert not bad["passed"] and bad["max_abs_diff"] == pytest.approx(0.1, abs=1e-6)
     assert not compare_outputs(ref, [torch.tensor([1.0, float("nan")]).numpy()], atol=1, rtol=0)["passed"]
     assert issubclass(ExportCheckError, pk.PrunekitError)
+
+
+def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):
+    model = pk.build_model("prunekit:lenet5")
+    before = snapshot(model)
+    with pytest.raises(
+        pk.DataError, match=r"shape \(1, 3, 224, 224\).*\(1, 1, 28, 28\)\. Pass an input the model accepts"
+    ):
+        export_onnx(model, torch.randn(1, 3, 224, 224), tmp_path / "m.onnx", measure_latency=False)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert_unchanged(model, before)
