@@ -94,6 +94,15 @@ def test_prune_save_and_report(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_prune_builtin_model_measures_flops_without_input_shape(tmp_path):
+    out = tmp_path / "lenet5"
+    result = runner.invoke(app, ["prune", "prunekit:lenet5", "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["before"]["flops"] > 0 and saved["after"]["effective_flops"] < saved["before"]["flops"]
+    assert json.loads((out / "prunekit.json").read_text())["input_shape"] == [1, 1, 28, 28]
+
+
 def test_prune_bad_input_gives_clear_message():
     result = runner.invoke(app, ["prune", "torchvision:resnet18", "--sparsity", "1.5"])
     assert result.exit_code == 2

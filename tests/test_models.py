@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit import datasets
-from prunekit.models import MODELS, build_model, is_pretrained, source_of, task_evaluation
+from prunekit.models import MODELS, build_model, input_shape_of, is_pretrained, source_of, task_evaluation
 from prunekit.models.nets import MLP, BasicBlock, DigitCNN, LeNet5, LeNet300100, SmallCNN, SmallResNet, TinyCNN
 
 
@@ -69,6 +69,20 @@ def test_registry_builds_every_prunekit_model() -> None:
         model = build_model(f"prunekit:{name}", pretrained=False)
         assert type(model) is cls
         assert source_of(model) == f"prunekit:{name}" and is_pretrained(model) is False
+
+
+def test_every_built_model_carries_an_input_shape_it_runs_on() -> None:
+    for name in MODELS.names():
+        model = build_model(f"prunekit:{name}", pretrained=False).eval()
+        shape = input_shape_of(model)
+        assert shape is not None and shape[0] == 1, name
+        with torch.no_grad():
+            assert model(torch.randn(*shape)).shape == (1, 10), name
+    assert input_shape_of(build_model("prunekit:lenet-300-100")) == (1, 1, 28, 28)
+    assert input_shape_of(LeNet300100(in_features=20)) == (1, 20)
+    assert input_shape_of(DigitCNN(input_size=32, in_channels=3)) == (1, 3, 32, 32)
+    assert input_shape_of(build_model("torchvision:resnet18", pretrained=False)) == (1, 3, 224, 224)
+    assert input_shape_of(nn.Linear(3, 4)) is None  # nothing is guessed
 
 
 def test_mnist_cnn_task_evaluation_is_the_pretrained_accuracy() -> None:

@@ -137,18 +137,15 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def default_input_shape(spec: str, record: dict | None = None) -> tuple[int, ...] | None:
-    """The example input shape used for a model spec when the user gives none: the one a saved model's
-    ``record`` holds, else MNIST's (1, 1, 28, 28) or ImageNet's (1, 3, 224, 224; 299 for inception_v3); None
-    when unknown."""
+def default_input_shape(model: Any, record: dict | None = None) -> tuple[int, ...] | None:
+    """The example input shape used for a model when the user gives none: the one a saved model's ``record``
+    holds, else the one the model carries (every ``prunekit:NAME`` and ``torchvision:NAME`` model does;
+    :func:`prunekit.models.input_shape_of`); None when unknown."""
     if record and record.get("input_shape"):
         return tuple(record["input_shape"])
-    if spec.startswith("prunekit:mnist"):
-        return (1, 1, 28, 28)
-    if spec.startswith("torchvision:"):
-        name = spec.split(":", 1)[1]
-        return (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224)
-    return None
+    from prunekit.models import input_shape_of
+
+    return input_shape_of(model)
 
 
 def calibration_data(name: str, batches: int, seed: int) -> list:

@@ -63,7 +63,10 @@ def export(
             help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)",
         ),
     ] = True,
-    input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="example input shape (batch first; default: the one the model carries or its record holds)"),
+    ] = None,
     dynamic: Annotated[
         bool, typer.Option("--dynamic/--static", help="keep input dimensions dynamic or fix the example's")
     ] = True,
@@ -119,9 +122,12 @@ def export(
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
         spec = source_of(m) or (record or {}).get("source") or model
-        shape = parse_shape(input_shape) if input_shape else default_input_shape(spec, record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(m, record)
         if shape is None:
-            raise DataError(f"no example input shape is known for {model}: pass --input-shape, e.g. 1,3,224,224")
+            raise DataError(
+                f"no example input shape is known for {model}: pass --input-shape with the shape of one batch "
+                "the model takes (integers, batch first, comma-separated)"
+            )
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
         base, label = None, ""
         if baseline is not None:

@@ -92,7 +92,10 @@ def prune(
     out: Annotated[Path | None, typer.Option(help="output directory (the pruned model and its report)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output (here a non-empty --out)")] = False,
     sparse: Annotated[bool, typer.Option("--sparse/--dense", help="save in the sparse (bitmask) format")] = False,
-    input_shape: Annotated[str | None, typer.Option(help="example input shape (e.g. 1,3,224,224)")] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="example input shape (batch first; default: the one the model carries or its record holds)"),
+    ] = None,
     calibration: Annotated[
         str | None,
         typer.Option(
@@ -142,7 +145,13 @@ def prune(
                 "accuracy after pruning means nothing; sizes, FLOPs and latency still do",
                 highlight=False,
             )
-        shape = parse_shape(input_shape) if input_shape else default_input_shape(spec, record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(m, record)
+        if shape is None:
+            err_console.print(
+                f"[yellow]note:[/yellow] no example input shape is known for {spec}: FLOPs and latency are not "
+                "measured (pass --input-shape with the shape of one batch the model takes)",
+                highlight=False,
+            )
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) if shape else None
         task = task_evaluation(spec) if record is None else task_evaluation(record.get("source") or "")
         if calibration:
@@ -226,7 +235,7 @@ def report(
     try:
         record = read_record(path)
         model = pk.load_model(path)
-        shape = parse_shape(input_shape) if input_shape else default_input_shape(record.get("source") or "", record)
+        shape = parse_shape(input_shape) if input_shape else default_input_shape(model, record)
         x = torch.randn(*shape) if shape else None
         stats = pk.measure(model, x, latency=latency)
         report_file = path / "report.json"

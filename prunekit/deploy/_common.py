@@ -169,9 +169,30 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def reference_outputs(model: nn.Module, args: tuple, kwargs: dict) -> list[Tensor]:
-    """The PyTorch model's outputs on ``(args, kwargs)`` as a flat list of float32 tensors (no gradients)."""
-    with torch.no_grad():
-        return [t.detach().float() for t in flat_outputs(model(*args, **kwargs))]
+    """The PyTorch model's outputs on ``(args, kwargs)`` as a flat list of float32 tensors (no gradients).
+
+    Raises :class:`~prunekit.errors.DataError` naming the input shapes given (and the one the model carries,
+    :func:`prunekit.models.input_shape_of`, when known) when the model cannot run on them: a wrong shape is
+    the user's input, not a failure of the exporter.
+    """
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - whatever the forward pass raises on these inputs is reported
+        from prunekit.errors import PrunekitError
+        from prunekit.models import input_shape_of
+
+        if isinstance(e, PrunekitError):
+            raise
+        given = ", ".join(str(tuple(t.shape)) for t in flat_tensors(args, kwargs)) or "no tensor"
+        carried = input_shape_of(model)
+        known = f"; this model was built for inputs of shape {carried}" if carried else ""
+        reason = " ".join(str(e).strip().splitlines()[:3])[:400] or type(e).__name__
+        raise DataError(
+            f"the model cannot run on the example input of shape {given} ({reason}){known}. Pass an input the "
+            "model accepts (example_inputs=a batch)"
+        ) from None
+    return [t.detach().float() for t in flat_outputs(out)]
 
 
 def compare_outputs(ref: Sequence[Tensor], got: Sequence[Any], *, atol: float, rtol: float) -> dict[str, Any]:

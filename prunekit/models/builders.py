@@ -16,9 +16,18 @@ from prunekit.eval.accuracy import accuracy
 from prunekit.models.nets import DigitCNN, LeNet5, LeNet300100, SmallResNet
 from prunekit.registry import Registry
 
-__all__ = ["MODELS", "build_from_spec", "is_pretrained", "load_ccexam_mnist_cnn", "source_of", "task_evaluation"]
+__all__ = [
+    "MODELS",
+    "build_from_spec",
+    "input_shape_of",
+    "is_pretrained",
+    "load_ccexam_mnist_cnn",
+    "source_of",
+    "task_evaluation",
+]
 
-#: ``prunekit:NAME`` models: a name maps to ``factory(pretrained) -> nn.Module``.
+#: ``prunekit:NAME`` models: a name maps to ``factory(pretrained) -> nn.Module``; the module carries the shape of
+#: one example input as ``example_input_shape`` (read by :func:`input_shape_of`).
 MODELS: Registry[Callable[[bool], nn.Module]] = Registry("model")
 
 
@@ -27,9 +36,19 @@ def source_of(model: nn.Module) -> str | None:
     return getattr(model, "_prunekit_source", None)
 
 
-def _tag(model: nn.Module, spec: str, pretrained: bool) -> nn.Module:
+def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
+    """The shape of one example input batch the model takes (batch 1), when the model carries it: every
+    ``prunekit:NAME`` model and every ``torchvision:NAME`` model built by :func:`build_model` does; None
+    otherwise (prunekit does not guess a shape)."""
+    shape = getattr(model, "example_input_shape", None)
+    return tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) and shape else None
+
+
+def _tag(model: nn.Module, spec: str, pretrained: bool, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     model._prunekit_source = spec  # type: ignore[assignment]
     model._prunekit_pretrained = pretrained  # type: ignore[assignment]
+    if input_shape is not None:
+        model.example_input_shape = input_shape  # type: ignore[assignment]
     return model
 
 
@@ -72,8 +91,10 @@ def build_from_spec(spec: str, *, pretrained: bool = True) -> nn.Module:
     """Build the model a registered spec names (``torchvision:NAME``, ``prunekit:NAME``; see
     :mod:`prunekit.models`). Raises :class:`~prunekit.errors.UnknownNameError` listing the specs."""
     if spec.startswith("torchvision:"):
-        model, loaded = _torchvision(spec.split(":", 1)[1], pretrained)
-        return _tag(model, spec, loaded)
+        name = spec.split(":", 1)[1]
+        model, loaded = _torchvision(name, pretrained)
+        # torchvision's classifiers take ImageNet crops: 224x224, inception_v3 299x299
+        return _tag(model, spec, loaded, (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224))
     if spec.startswith("prunekit:"):
         return _tag(MODELS.get(spec.split(":", 1)[1])(pretrained), spec, pretrained)
     raise UnknownNameError(

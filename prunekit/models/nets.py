@@ -30,7 +30,7 @@ class DigitCNN(nn.Module):
     multiple of 4), output logits ``[N, num_classes]``. The architecture of ccexam's pretrained MNIST
     classifier (PyPI ccexam; state-dict keys ``features.0``, ``features.3``, ``classifier.0``,
     ``classifier.2``), defined here so that prunekit never runs third-party model code and can rebuild the
-    model from its name and arguments.
+    model from its name and arguments. ``example_input_shape``: the shape of one input batch of 1.
     """
 
     def __init__(self, num_classes: int = 10, input_size: int = 28, in_channels: int = 1):
@@ -38,6 +38,7 @@ class DigitCNN(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.in_channels = in_channels
+        self.example_input_shape: tuple[int, ...] = (1, in_channels, input_size, input_size)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -62,11 +63,13 @@ class LeNet300100(nn.Module):
     """Fully connected 784-300-100-10 with ReLU: LeNet-300-100 (LeCun et al. 1998; Han et al. 2015).
 
     Input ``[N, ...]`` with ``in_features`` values per sample (default ``[N, 1, 28, 28]``, flattened),
-    output logits ``[N, num_classes]``.
+    output logits ``[N, num_classes]``. ``example_input_shape``: the shape of one input batch of 1 (an MNIST
+    image for the default ``in_features``, else a flat vector).
     """
 
     def __init__(self, num_classes: int = 10, in_features: int = 28 * 28):
         super().__init__()
+        self.example_input_shape: tuple[int, ...] = (1, 1, 28, 28) if in_features == 28 * 28 else (1, in_features)
         self.fc1 = nn.Linear(in_features, 300)
         self.fc2 = nn.Linear(300, 100)
         self.fc3 = nn.Linear(100, num_classes)
@@ -81,10 +84,12 @@ class LeNet5(nn.Module):
     """LeNet-5-style CNN (LeCun et al. 1998): conv(6) - pool - conv(16) - pool - fc 120 - fc 84 - fc 10, ReLU.
 
     Input ``[N, in_channels, 28, 28]`` (the head expects 16x5x5 features), output logits ``[N, num_classes]``.
+    ``example_input_shape``: the shape of one input batch of 1.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
+        self.example_input_shape: tuple[int, ...] = (1, in_channels, 28, 28)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2),
             nn.ReLU(),
@@ -134,11 +139,12 @@ class SmallResNet(nn.Module):
     with ``width``, 2x and 4x channels (ResNet-8 with the defaults: 1 block per stage, width 16).
 
     Input ``[N, in_channels, H, W]`` (28x28 for MNIST; any size works, the head pools globally), output
-    logits ``[N, num_classes]``.
+    logits ``[N, num_classes]``. ``example_input_shape``: the shape of one input batch of 1 (28x28).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks: int = 1):
         super().__init__()
+        self.example_input_shape: tuple[int, ...] = (1, in_channels, 28, 28)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         layers, cin = [], width

@@ -76,3 +76,23 @@ def test_export_openvino_int8_weights(saved, tmp_path):
     assert ov_model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(pk.DataError, match="batch of 2 or more"):
         ov_model(torch.randn(2, 1, 28, 28))
+
+
+def test_export_builtin_model_without_input_shape(tmp_path):
+    # a prunekit:NAME model carries its input shape: no --input-shape needed, and not ImageNet's
+    out = tmp_path / "lenet"
+    r = runner.invoke(app, ["export", "prunekit:lenet-300-100", "--to", "onnx", "--out", str(out), "--no-latency"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "model.report.json").read_text())
+    assert report["input_shapes"] == [[1, 1, 28, 28]] and report["check"]["passed"]
+
+
+def test_export_wrong_input_shape_exits_2_with_the_message(tmp_path):
+    out = tmp_path / "lenet5"
+    args = ["export", "prunekit:lenet5", "--to", "onnx", "--out", str(out), "--input-shape", "1,3,224,224"]
+    r = runner.invoke(app, [*args, "--no-latency"])
+    text = " ".join(r.output.split())  # the console wraps long lines
+    assert r.exit_code == 2, r.output
+    assert "shape (1, 3, 224, 224)" in text and "Pass an input the model accepts (--input-shape)" in text
+    assert "unexpected failure" not in text
+    assert not out.exists()

@@ -17,6 +17,7 @@ import prunekit as pk  # noqa: E402
 from prunekit.deploy import (  # noqa: E402
     ExportCheckError,
     ExportFailedError,
+    UnsupportedRuntimeOptionError,
     compare_outputs,
     export_onnx,
     load_onnx,
@@ -127,3 +128,35 @@ def test_output_check_compares_elementwise():
     assert not bad["passed"] and bad["max_abs_diff"] == pytest.approx(0.1, abs=1e-6)
     assert not compare_outputs(ref, [torch.tensor([1.0, float("nan")]).numpy()], atol=1, rtol=0)["passed"]
     assert issubclass(ExportCheckError, pk.PrunekitError)
+
+
+def test_opset_is_written_as_asked_or_refused_before_anything_is_written(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(2, 6)
+    # 17 is below the exporter's own opset (18): it converts the graph, and the file and report say 17
+    report = export_onnx(mlp, x, tmp_path / "m17.onnx", opset=17, measure_latency=False)
+    opsets = {o.domain: o.version for o in onnx.load(str(tmp_path / "m17.onnx")).opset_import}
+    assert report.runtime_config["opset"] == 17 and opsets.get("", opsets.get("ai.onnx")) == 17
+    newest = onnx.defs.onnx_opset_version()
+    # out of the range the exporter reaches: refused up front, naming the range; nothing written
+    for bad in (3, newest + 1):
+        with pytest.raises(UnsupportedRuntimeOptionError, match=rf"opset={bad} .*opsets 13 to {newest}"):
+            export_onnx(mlp, x, tmp_path / f"m{bad}.onnx", opset=bad, measure_latency=False)
+    # in the range, but this model's pooling (ReduceMean) has no converter below 18: refused, not kept at 18
+    with pytest.raises(UnsupportedRuntimeOptionError, match=r"could not convert .* to opset 17 .*from 18"):
+        export_onnx(_cnn(), torch.randn(2, 1, 8, 8), tmp_path / "cnn.onnx", opset=17, measure_latency=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m17.onnx", "m17.report.json"]
+
+
+def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):
+    model = pk.build_model("prunekit:lenet5")
+    before = snapshot(model)
+    with pytest.raises(
+        pk.DataError, match=r"shape \(1, 3, 224, 224\).*\(1, 1, 28, 28\)\. Pass an input the model accepts"
+    ):
+        export_onnx(model, torch.randn(1, 3, 224, 224), tmp_path / "m.onnx", measure_latency=False)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert_unchanged(model, before)

@@ -102,3 +102,10 @@ def test_refusals(tmp_path):
         export_openvino(model, x, tmp_path / "a.onnx")
     assert_unchanged(model, before)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):
+    model = _cnn()
+    with pytest.raises(pk.DataError, match=r"shape \(1, 3, 10, 10\).*Pass an input the model accepts"):
+        export_openvino(model, torch.randn(1, 3, 10, 10), tmp_path / "m.xml", measure_latency=False)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
