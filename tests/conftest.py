@@ -57,7 +57,7 @@ class SmallCNN(nn.Module):
 # tests that start interpreters or servers and run for tens of seconds: scheduled first, so that with
 # `pytest -n 2 --dist load` the two workers share them out instead of one finishing alone at the end
 _LONG = (
-    "tests/test_readme.py::test_readme_block_runs",
+    "tests/test_readme.py::test_readme_blocks_run",
     "tests/bench/test_bench_runner.py::test_ray_backend",
     "tests/bench/test_bench_runner.py::test_store_is_resumed",
     "tests/test_cli.py::test_prune_reports_task",

