@@ -59,12 +59,17 @@ class Registry(Generic[T]):
         if not description:
             doc = (getattr(obj, "__doc__", None) or "").strip()
             description = doc.splitlines()[0] if doc else ""
-        for key in (name, *aliases):
-            key = key.lower()
-            if key in self._entries:
-                raise ConfigError(f"{self.kind} {key!r} is registered twice")
+        keys = [k.lower() for k in (name, *aliases)]
+        for key in keys:  # everything is checked before anything is registered
+            if key in self._entries or keys.count(key) > 1:
+                raise ConfigError(
+                    f"{self.kind} name {key!r} is already taken; choose another name"
+                    + (" or alias" if aliases else "")
+                    + (f" (remove the existing one first with .remove({key!r}))" if key in self._entries else "")
+                )
             if self._validate is not None:
                 self._validate(key, obj)
+        for key in keys:
             self._entries[key] = Entry(key, obj, description if key == name.lower() else f"alias of {name}")
 
     def remove(self, name: str) -> None:
@@ -72,9 +77,9 @@ class Registry(Generic[T]):
 
         Raises :class:`~prunekit.errors.UnknownNameError`, listing the registered names, when there is none.
         """
-        key = name.lower()
+        key = name.lower() if isinstance(name, str) else name
         if key not in self._entries:
-            raise UnknownNameError(self.kind, name, self._entries)
+            raise UnknownNameError(self.kind, str(name), self._entries)
         entry = self._entries.pop(key)
         aliases = [
             k for k, e in self._entries.items() if e.obj is entry.obj and e.description.lower() == f"alias of {key}"

@@ -46,9 +46,11 @@ __all__ = [
     "export_sparse",
     "load_sparse",
     "load_state",
+    "make_folder",
     "read_record",
     "safetensors_size",
     "sparse_bytes",
+    "set_default_mode_",
     "sparse_size",
     "untie",
 ]
@@ -243,13 +245,37 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     return _decode_sparse(tensors, metadata)
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` and its parents (nothing to do when it exists). Raises
+    :class:`~prunekit.errors.CheckpointError` when a file stands where a folder is needed."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise CheckpointError(
+            f"cannot create the folder {path}: {blocking} is a file; choose another output path"
+        ) from None
+    return path
+
+
+def set_default_mode_(path: Path) -> None:
+    """Give ``path`` the permissions a newly created file (0666) or folder (0777) gets under the process's
+    umask: temporary files and folders are created private (0600 / 0700), and outputs renamed from them must
+    not stay so."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename, so a failure never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        set_default_mode_(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -264,6 +290,9 @@ def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = Fa
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory; choose another output path")
+    blocking = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CheckpointError(f"cannot create the folder {directory}: {blocking} is a file; choose another output path")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise CheckpointError(
             f"{directory} already exists and is not empty; choose another output directory or pass "
@@ -305,10 +334,11 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
     non-empty ``directory`` is refused (:class:`~prunekit.errors.CheckpointError`) unless ``overwrite`` is set.
     """
     directory = check_output_directory(directory, overwrite=overwrite)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(directory.parent)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".partial"))
     try:
         yield tmp
+        set_default_mode_(tmp)
         if directory.exists():
             old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old"))
             os.replace(directory, old / "previous")

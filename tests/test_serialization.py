@@ -172,3 +172,30 @@ def test_check_output_file_refuses_what_it_could_not_write_whole(tmp_path):
     assert check_output_file(tmp_path / "a-file", overwrite=True) == tmp_path / "a-file"
     assert (tmp_path / "a-file").read_text() == "x"  # a check writes nothing
     assert check_output_file("/dev/null") == Path("/dev/null")  # a special file: writing it replaces nothing
+
+
+def test_outputs_get_the_umask_permissions_and_a_file_in_the_way_is_refused_clearly(tmp_path):
+    import os
+    import stat
+
+    from prunekit.errors import CheckpointError
+    from prunekit.serialization import atomic_directory, atomic_write, check_output_directory, make_folder
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", lambda tmp: open(tmp, "w").write("{}"))
+        with atomic_directory(tmp_path / "out") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not the temporary file's 0600
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # not the temporary folder's 0700
+    (tmp_path / "plain").write_text("keep")
+    for call in (
+        lambda: make_folder(tmp_path / "plain" / "sub"),
+        lambda: check_output_directory(tmp_path / "plain" / "sub"),
+        lambda: atomic_write(tmp_path / "plain" / "sub" / "f.json", lambda tmp: None),
+    ):
+        with pytest.raises(CheckpointError, match="plain is a file; choose another output path"):
+            call()
+    assert (tmp_path / "plain").read_text() == "keep"

@@ -168,10 +168,10 @@ def _run_tokens(
 _MODEL = Annotated[
     str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")
 ]
-_INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)")]
-_BATCH = Annotated[int, typer.Option(help="inputs per batch (sentences or images)")]
+_INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)", min=1)]
+_BATCH = Annotated[int, typer.Option(help="inputs per batch (sentences or images)", min=1)]
 _TEXT = Annotated[str, typer.Option(help="Austen novel the sentences come from (text models)")]
-_ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds")]
+_ROUNDS = Annotated[int, typer.Option(help="interleaved timing rounds", min=1)]
 _SEED = Annotated[int, typer.Option(help="random seed (of the random images)")]
 _JSON_OUT = Annotated[
     Path | None,
@@ -289,12 +289,12 @@ def skip_layers(
     calibration_text: Annotated[
         str, typer.Option(help="text to calibrate on (the router is fitted on it)")
     ] = "prideprejudice",
-    calibration_samples: Annotated[int, typer.Option(help="calibration windows")] = 8,
-    seq_len: Annotated[int, typer.Option(help="tokens per window (of the calibration text)")] = 256,
+    calibration_samples: Annotated[int, typer.Option(help="calibration windows", min=1)] = 8,
+    seq_len: Annotated[int, typer.Option(help="tokens per window (of the calibration text)", min=2)] = 256,
     eval_text: Annotated[
         str, typer.Option(help="text the perplexity is measured on (not the calibration text)")
     ] = "persuasion",
-    eval_tokens: Annotated[int, typer.Option(help="tokens of --eval-text to evaluate")] = 2048,
+    eval_tokens: Annotated[int, typer.Option(help="tokens of --eval-text to evaluate", min=2)] = 2048,
     seed: Annotated[int, typer.Option(help="random seed (of the calibration draw)")] = 0,
     json_out: _JSON_OUT = None,
     overwrite: _OVERWRITE = False,

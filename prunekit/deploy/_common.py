@@ -21,6 +21,7 @@ from torch.utils import _pytree as pytree
 
 from prunekit.apply.masks import masked_parameters, remove_masks_, squash_masks_
 from prunekit.errors import CheckpointError, DataError, ModelError
+from prunekit.serialization import make_folder
 
 __all__ = [
     "RuntimeModule",
@@ -324,7 +325,7 @@ def check_target(path: str | os.PathLike, suffix: str, *, overwrite: bool) -> Pa
 def staged_files(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; every file written into it is moved next to ``target``
     (same names) when the block ends without an error, and nothing is left behind when it fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         yield tmp

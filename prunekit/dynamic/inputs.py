@@ -7,12 +7,17 @@ from typing import Any
 
 import torch
 
+from prunekit.errors import ConfigError
+
 __all__ = ["austen_sentences", "encode", "load_minilm"]
 
 
 def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> list[str]:
     """The first ``n`` sentences of at least ``min_words`` words of an Austen novel (chapter headings
-    dropped; a sentence ends at . ! or ? followed by white space)."""
+    dropped; a sentence ends at . ! or ? followed by white space). Raises
+    :class:`~prunekit.errors.ConfigError` when ``n`` is not a whole number >= 1 or the novel has fewer."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"the number of sentences must be a whole number >= 1, got {n!r}")
     from prunekit.datasets import load_text
 
     text = load_text(novel)
@@ -23,8 +28,8 @@ def austen_sentences(n: int, novel: str = "persuasion", min_words: int = 4) -> l
         if len(s.split()) >= min_words and not s.lower().startswith("chapter"):
             out.append(s)
         if len(out) == n:
-            break
-    return out
+            return out
+    raise ConfigError(f"{novel} has only {len(out)} sentences of at least {min_words} words; ask for at most that many")
 
 
 def load_minilm() -> tuple[Any, Any]:

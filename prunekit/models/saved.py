@@ -25,6 +25,7 @@ from prunekit.serialization import (
     atomic_write,
     export_sparse,
     load_state,
+    make_folder,
     read_record,
     untie,
 )
@@ -68,7 +69,7 @@ def save_model(
         "dtype": str(next((p.dtype for p in model.parameters()), torch.float32)).removeprefix("torch."),
         **(extra or {}),
     }
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory)
     if sparse:
         export_sparse(state, directory / SPARSE_FILE)
     else:

@@ -81,3 +81,23 @@ def test_an_existing_json_out_is_refused_unless_overwrite(tmp_path, command):
     assert result.exit_code == 2 and "already exists" not in _said(result), result.output
     assert out.read_text() == "an earlier result\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize("option", ["--inputs", "--batch-size", "--rounds"])
+@pytest.mark.parametrize("command", [["merge-tokens", "minilm", "--r", "2"], ["prune-tokens", "minilm"]])
+def test_counts_below_one_are_refused_before_the_work(command, option):
+    for value in ("0", "-3"):
+        result = CliRunner().invoke(app, ["dynamic", *command, option, value], terminal_width=200)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"'{option}': Input should be greater than or equal to 1" in said, said
+
+
+def test_austen_sentences_refuses_a_count_below_one_and_more_than_the_novel_has():
+    from prunekit.dynamic.inputs import austen_sentences
+    from prunekit.errors import ConfigError
+
+    for n in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="whole number >= 1"):
+            austen_sentences(n)
+    with pytest.raises(ConfigError, match="ask for at most that many"):
+        austen_sentences(10**7)
