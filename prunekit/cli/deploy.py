@@ -210,9 +210,16 @@ def run(
         typer.Option(
             "--json-out",
             help="write the result as JSON to this file (the stage table; checked before the recipe runs; an "
-            "existing file is replaced)",
+            "existing file is refused unless --overwrite)",
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="replace an existing output (here the --json-out file; the export folder has the recipe's own "
+            "`overwrite: true`)"
+        ),
+    ] = False,
 ) -> None:
     """Run a prune -> fine-tune -> quantise -> export recipe (like prunekit.deploy.Recipe.from_yaml(path).run()),
     validated whole before anything runs; prints accuracy, parameters, sparsity and latency after each stage."""
@@ -221,7 +228,7 @@ def run(
     from prunekit.deploy.recipe import Recipe
 
     try:
-        check_json_out(json_out, overwrite=True)  # a folder or a path under a file fails before the work
+        check_json_out(json_out, overwrite=overwrite)  # before the recipe runs
         r = Recipe.from_yaml(recipe)
         if dry_run:
             console.print(json.dumps(r.to_dict(), indent=2), highlight=False, markup=False)
@@ -230,6 +237,6 @@ def run(
         result = r.run()
         console.print(str(result), highlight=False, markup=False, soft_wrap=True)
         if json_out is not None:
-            write_json_out(json_out, json.loads(json.dumps(result.to_dict(), default=str)), overwrite=True)
+            write_json_out(json_out, json.loads(json.dumps(result.to_dict(), default=str)), overwrite=overwrite)
     except PrunekitError as e:
         fail(e)

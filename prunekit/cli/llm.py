@@ -200,9 +200,11 @@ def eval_ppl(
         Path | None,
         typer.Option(
             "--json-out",
-            help="write the result as JSON to this file (with its protocol; an existing file is replaced)",
+            help="write the result as JSON to this file (with its protocol; an existing file is refused unless "
+            "--overwrite)",
         ),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output (here the --json-out file)")] = False,
 ) -> None:
     """Perplexity of a causal LM on a real text, with the protocol (text hash, tokenizer, windows) recorded."""
     try:
@@ -215,7 +217,7 @@ def eval_ppl(
                 f"--seq-len and --stride take counts >= 1 and --max-tokens a count >= 0 (0: the whole text), got "
                 f"{seq_len}, {stride} and {max_tokens}"
             )
-        check_json_out(json_out, overwrite=True)  # a folder fails before the work; a file is replaced (as documented)
+        check_json_out(json_out, overwrite=overwrite)  # before the work
         eval_text = load_text(text)  # an unknown --eval-text fails before the model is loaded
         model, tokenizer = load_causal_lm(model_dir)
         if device:
@@ -233,6 +235,6 @@ def eval_ppl(
         payload = {"model": model_dir, "ppl": result.ppl, "nll": result.nll, "protocol": result.protocol}
         console.print(str(result), highlight=False)
         if json_out is not None:
-            write_json_out(json_out, payload, overwrite=True)
+            write_json_out(json_out, payload, overwrite=overwrite)
     except PrunekitError as e:
         fail(e)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError, InvalidSparsityError, MissingDataError, UnknownNameError
+from prunekit.errors import CheckpointError, ConfigError, InvalidSparsityError, MissingDataError, UnknownNameError
 
 __all__ = ["DATA", "ExportStage", "FineTuneStage", "PruneStage", "QuantizeStage", "Recipe", "RecipeResult", "STAGES"]
 
@@ -258,6 +258,13 @@ class Recipe:
         if e is not None:
             if e.to not in ("onnx", "openvino"):
                 raise UnknownNameError("export target", e.to, ("onnx", "openvino"))
+            if not e.overwrite:
+                out = Path(e.out)
+                if out.is_dir() and any(out.iterdir()):
+                    raise CheckpointError(
+                        f"export.out {out} already exists and is not empty; choose another folder or set "
+                        "`overwrite: true` in the export stage (ExportStage(overwrite=True) in Python)"
+                    )
             check_output_directory(e.out, overwrite=e.overwrite)
 
     def run(self) -> RecipeResult:

@@ -57,8 +57,17 @@ def test_invalid_recipes_are_refused_before_running(raw, error, match):
 def test_non_empty_output_refused(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep").write_text("x")
-    with pytest.raises(pk.CheckpointError, match="overwrite"):
+    with pytest.raises(pk.CheckpointError, match="set `overwrite: true` in the export stage"):
         Recipe.from_dict(_recipe({"export": {"to": "onnx", "out": str(tmp_path / "out")}}))
+    path = tmp_path / "r.yaml"  # the command line names the recipe's option, not a flag `run` does not have
+    path.write_text(
+        "model: prunekit:mnist-cnn\ninput_shape: [1, 1, 28, 28]\nstages:\n"
+        f"  - prune: {{method: magnitude, sparsity: 0.9}}\n  - export: {{to: onnx, out: {tmp_path / 'out'}}}\n"
+    )
+    r = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "overwrite: true" in said and "--overwrite" not in said, said
+    assert (tmp_path / "out" / "keep").read_text() == "x"
 
 
 def test_prune_finetune_quantize_runs_and_reports_each_stage():
