@@ -36,6 +36,7 @@ __all__ = [
     "DENSE_FILE",
     "FORMAT_VERSION",
     "RECORD",
+    "SAVED_METADATA",
     "SPARSE_FILE",
     "atomic_directory",
     "atomic_write",
@@ -60,6 +61,8 @@ RECORD = "prunekit.json"
 DENSE_FILE = "model.safetensors"
 SPARSE_FILE = "model.sparse.safetensors"
 _MASK, _VALUES = "::mask", "::values"
+#: the header metadata of the dense weights file :func:`~prunekit.models.save_model` writes
+SAVED_METADATA = {"format": "pt"}
 
 
 def untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -156,9 +159,11 @@ def safetensors_size(entries: dict[str, tuple[torch.dtype, tuple[int, ...]]], me
     return 8 + len(text) + (-len(text)) % 8 + offset
 
 
-def dense_size(state: dict[str, Tensor]) -> int:
-    """``len(dense_bytes(state))``, exactly, without serialising (see :func:`safetensors_size`)."""
-    return safetensors_size({k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, None)
+def dense_size(state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> int:
+    """``len(dense_bytes(state))`` (with ``metadata`` in the header: the length of the file
+    :func:`~prunekit.models.save_model` writes with ``{"format": "pt"}``), exactly, without serialising (see
+    :func:`safetensors_size`)."""
+    return safetensors_size({k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, metadata)
 
 
 def sparse_size(state: dict[str, Tensor]) -> int:

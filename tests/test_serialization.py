@@ -199,3 +199,13 @@ def test_outputs_get_the_umask_permissions_and_a_file_in_the_way_is_refused_clea
         with pytest.raises(CheckpointError, match="plain is a file; choose another output path"):
             call()
     assert (tmp_path / "plain").read_text() == "keep"
+
+
+def test_measured_file_sizes_are_the_saved_files_sizes(tmp_path):
+    model = SmallCNN()
+    pk.prune(model, "magnitude", sparsity=0.8, measure=False)
+    stats = pk.measure(model, latency=False)
+    pk.save_model(model, tmp_path / "dense")
+    pk.export_sparse(model, tmp_path / "m.sparse.safetensors")
+    assert stats.dense_bytes == (tmp_path / "dense" / DENSE_FILE).stat().st_size
+    assert stats.sparse_bytes == (tmp_path / "m.sparse.safetensors").stat().st_size

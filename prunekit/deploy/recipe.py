@@ -295,9 +295,10 @@ class RecipeResult:
         for s in self.stages:
             acc = f"{100 * s['accuracy']:.2f}%" if s.get("accuracy") is not None else "-"
             lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
-            zeros = 100 * (s.get("weight_sparsity") or 0)
+            zeros = f"{100 * s['weight_sparsity']:5.1f}%" if s.get("weight_sparsity") is not None else "     -"
+            params = f"{s['params']:,}" if s.get("params") is not None else "-"
             rows.append(
-                f"{s['stage']:<12} {acc:>8}  {s.get('params') or 0:>10,}  {zeros:5.1f}%"
+                f"{s['stage']:<12} {acc:>8}  {params:>10}  {zeros}"
                 f"  {lat:>10}  {s['seconds']:7.1f}  {'; '.join(s.get('notes', []))}"
             )
         return "\n".join(rows)

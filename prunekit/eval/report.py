@@ -27,7 +27,7 @@ from prunekit.calls import call_model
 from prunekit.errors import DataError, PrunekitError
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
 from prunekit.layout import is_prunable
-from prunekit.serialization import atomic_write, dense_size, sparse_size
+from prunekit.serialization import SAVED_METADATA, atomic_write, dense_size, sparse_size
 
 __all__ = [
     "LayerStats",
@@ -217,7 +217,7 @@ def measure(
             model.train(was_training)
     if sizes:
         state = effective_state_dict(model)
-        stats.dense_bytes = dense_size(state)  # exact file sizes, computed without serialising the model
+        stats.dense_bytes = dense_size(state, SAVED_METADATA)  # the files' exact sizes, without serialising
         stats.sparse_bytes = sparse_size(state)
     return stats
 

@@ -21,6 +21,7 @@ from prunekit.serialization import (
     DENSE_FILE,
     FORMAT_VERSION,
     RECORD,
+    SAVED_METADATA,
     SPARSE_FILE,
     atomic_write,
     export_sparse,
@@ -74,7 +75,7 @@ def save_model(
         export_sparse(state, directory / SPARSE_FILE)
     else:
         tensors = untie(state)
-        atomic_write(directory / DENSE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / DENSE_FILE, lambda tmp: save_file(tensors, tmp, metadata=SAVED_METADATA))
     if report is not None:
         atomic_write(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
