@@ -32,7 +32,12 @@ def export(
         str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
     ],
     to: Annotated[str, typer.Option("--to", help="onnx or openvino")],
-    out: Annotated[Path, typer.Option(help="output directory (model.onnx or model.xml/.bin, and model.report.json)")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="output directory (model.onnx or model.xml/.bin, and the report beside it: model.onnx.report.json)"
+        ),
+    ],
     quantize: Annotated[
         str | None,
         typer.Option(help="openvino only: int8-weights (weight-only) or int8 (weights and activations, calibrated)"),
@@ -89,7 +94,7 @@ def export(
     import torch
 
     import prunekit as pk
-    from prunekit.deploy import export_onnx, export_openvino
+    from prunekit.deploy import export_onnx, export_openvino, report_path_of
     from prunekit.errors import DataError, UnknownNameError
     from prunekit.models import source_of, task_evaluation
     from prunekit.serialization import atomic_directory, check_output_directory, read_record
@@ -188,7 +193,7 @@ def export(
                 )
             report.path = report.path.replace(str(tmp), str(out))
             report.files = [f.replace(str(tmp), str(out)) for f in report.files]
-            report.to_json(tmp / "model.report.json")
+            report.to_json(report_path_of(tmp / Path(report.path).name))
         console.print(str(report), highlight=False, markup=False, soft_wrap=True)
         console.print(f"saved to {out}")
     except PrunekitError as e:

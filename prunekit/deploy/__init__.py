@@ -10,7 +10,7 @@ kernels inside PyTorch.
 * :class:`Recipe`: prune -> fine-tune -> quantise -> export from a YAML file (``prunekit run``).
 """
 
-from prunekit.deploy._common import compare_outputs
+from prunekit.deploy._common import compare_outputs, report_path_of
 from prunekit.deploy.errors import (
     DeviceError,
     ExportCheckError,
@@ -59,6 +59,7 @@ __all__ = [
     "export_openvino",
     "load_onnx",
     "load_openvino",
+    "report_path_of",
     "semi_structured_",
     "sparsify_",
 ]

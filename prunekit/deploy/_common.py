@@ -309,15 +309,28 @@ class RuntimeModule(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def check_target(path: str | os.PathLike, suffix: str, *, overwrite: bool) -> Path:
-    """The output file ``path`` (its suffix must be ``suffix``), refused when it exists without ``overwrite``."""
+def report_path_of(model_file: str | os.PathLike) -> Path:
+    """Where an export's report lies: beside the model file, named after it (``lenet.onnx`` ->
+    ``lenet.onnx.report.json``, ``lenet.xml`` -> ``lenet.xml.report.json``), so two runtimes' exports of one
+    name do not share a report."""
+    path = Path(model_file)
+    return path.with_name(path.name + ".report.json")
+
+
+def check_target(path: str | os.PathLike, suffix: str, *, overwrite: bool, companions: Sequence[str] = ()) -> Path:
+    """The output file ``path`` (its suffix must be ``suffix``), refused when it, its report
+    (:func:`report_path_of`) or a companion file (``path`` with each suffix of ``companions``) exists without
+    ``overwrite``."""
     path = Path(path)
     if path.suffix != suffix:
         raise CheckpointError(f"the output file must end in {suffix}, got {path}; e.g. {path.with_suffix(suffix)}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give a file path such as {path / ('model' + suffix)}")
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} already exists; choose another path or pass overwrite=True to replace it")
+    for existing in (path, report_path_of(path), *(path.with_suffix(s) for s in companions)):
+        if existing.exists() and not overwrite:
+            raise CheckpointError(
+                f"{existing} already exists; choose another path or pass overwrite=True to replace it"
+            )
     return path
 
 

@@ -27,6 +27,7 @@ from prunekit.deploy._common import (
     flat_tensors,
     layer_sparsity,
     reference_outputs,
+    report_path_of,
     split_inputs,
     staged_files,
     weight_sparsity,
@@ -255,7 +256,7 @@ def export_onnx(
     ``baseline_label`` names it in the report), else, for a masked model, the model with its masks taken
     off; a structurally pruned model needs ``baseline=`` for the dense comparisons.
 
-    Writes ``path`` (plus ``path.data`` for models over 2 GB) and ``<stem>.report.json`` beside it, all or
+    Writes ``path`` (plus ``path.data`` for models over 2 GB) and ``<name>.report.json`` beside it, all or
     nothing; an existing ``path`` is refused unless ``overwrite``. Returns a :class:`DeployReport`.
     Raises :class:`~prunekit.deploy.errors.RuntimeMissingError` without onnx / onnxscript / onnxruntime,
     :class:`~prunekit.deploy.errors.ExportFailedError` when torch's exporter cannot trace the model,
@@ -275,7 +276,7 @@ def export_onnx(
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
     ref = reference_outputs(prepared, args, kwargs)
-    report_path = target.with_name(target.stem + ".report.json")
+    report_path = report_path_of(target)
     with staged_files(target) as tmp:
         out = tmp / target.name
         _to_onnx_file(prepared, args, kwargs, out, dynamic=dynamic, opset=opset)

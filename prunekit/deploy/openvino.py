@@ -28,6 +28,7 @@ from prunekit.deploy._common import (
     flat_tensors,
     layer_sparsity,
     reference_outputs,
+    report_path_of,
     split_inputs,
     staged_files,
     weight_sparsity,
@@ -118,13 +119,13 @@ def runtime_config(
 
 def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModule:
     """An exported OpenVINO ``.xml`` compiled on the CPU with the settings recorded at export (precision hint,
-    sparse-weight decompression; read from ``<stem>.report.json``; without it: f32), called like the
+    sparse-weight decompression; read from ``<name>.report.json``; without it: f32), called like the
     PyTorch model. Raises :class:`~prunekit.errors.CheckpointError` when the file does not exist and
     :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_openvino")
-    report = path.with_name(path.stem + ".report.json")
+    report = report_path_of(path)
     recorded = json.loads(report.read_text()).get("runtime_config", {}) if report.is_file() else {}
     config = runtime_config(
         precision=recorded.get("INFERENCE_PRECISION_HINT", "f32"),
@@ -292,7 +293,7 @@ def export_openvino(
     masked model's dense original) in OpenVINO, the dense model in PyTorch fp32 and the model's own PyTorch
     form, interleaved at ``threads`` threads.
 
-    Writes ``path``, its ``.bin`` and ``<stem>.report.json`` (the runtime settings that
+    Writes ``path``, its ``.bin`` and ``<name>.report.json`` (the runtime settings that
     :func:`load_openvino` applies) all or nothing. Raises
     :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an unknown ``quantize`` / ``precision``
     or ``sparse_weights=True`` without int8 activations, :class:`~prunekit.errors.MissingDataError` for
@@ -332,7 +333,7 @@ def export_openvino(
     ov = require("openvino")
     if quantize is not None:
         require("nncf")
-    target = check_target(path, ".xml", overwrite=overwrite)
+    target = check_target(path, ".xml", overwrite=overwrite, companions=(".bin",))
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
     ref = reference_outputs(prepared, args, kwargs)
@@ -360,7 +361,7 @@ def export_openvino(
         return ov_model
 
     ov_model = build(prepared)
-    report_path = target.with_name(target.stem + ".report.json")
+    report_path = report_path_of(target)
     with staged_files(target) as tmp:
         out = tmp / target.name
         ov.save_model(ov_model, str(out), compress_to_fp16=False)

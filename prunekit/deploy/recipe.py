@@ -453,7 +453,7 @@ def _export(
     x: torch.Tensor,
     data: tuple[_Split, _Split, str] | None,
 ) -> dict[str, Any]:
-    from prunekit.deploy._common import RuntimeModule
+    from prunekit.deploy._common import RuntimeModule, report_path_of
     from prunekit.deploy.onnx import export_onnx, load_onnx
     from prunekit.deploy.openvino import export_openvino, load_openvino
     from prunekit.serialization import atomic_directory
@@ -488,7 +488,7 @@ def _export(
             )
         report.path = report.path.replace(str(tmp), str(stage.out))
         report.files = [f.replace(str(tmp), str(stage.out)) for f in report.files]
-        report.to_json(tmp / "model.report.json")
+        report.to_json(report_path_of(tmp / ("model.onnx" if stage.to == "onnx" else "model.xml")))
     path = Path(stage.out) / ("model.onnx" if stage.to == "onnx" else "model.xml")
     module: RuntimeModule
     if stage.to == "onnx":

@@ -33,8 +33,8 @@ def test_export_saved_model_to_onnx(saved, tmp_path):
     out = tmp_path / "onnx"
     r = runner.invoke(app, ["export", str(d), "--to", "onnx", "--out", str(out), "--no-latency"])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.report.json"]
-    report = json.loads((out / "model.report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.report.json"]
+    report = json.loads((out / "model.onnx.report.json").read_text())
     assert report["check"]["passed"] and report["path"] == str(out / "model.onnx")
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
@@ -64,8 +64,8 @@ def test_export_openvino_int8_weights(saved, tmp_path):
         app, ["export", str(d), "--to", "openvino", "--quantize", "int8-weights", "--out", str(out), "--no-latency"]
     )
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.report.json", "model.xml"]
-    report = json.loads((out / "model.report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.xml", "model.xml.report.json"]
+    report = json.loads((out / "model.xml.report.json").read_text())
     assert report["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert report["precision"].startswith("int8 weights")
     # exported from a batch of 1: the batch is fixed at 1, and another batch is refused, not computed wrongly
@@ -83,7 +83,7 @@ def test_export_builtin_model_without_input_shape(tmp_path):
     out = tmp_path / "lenet"
     r = runner.invoke(app, ["export", "prunekit:lenet-300-100", "--to", "onnx", "--out", str(out), "--no-latency"])
     assert r.exit_code == 0, r.output
-    report = json.loads((out / "model.report.json").read_text())
+    report = json.loads((out / "model.onnx.report.json").read_text())
     assert report["input_shapes"] == [[1, 1, 28, 28]] and report["check"]["passed"]
 
 

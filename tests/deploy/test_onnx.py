@@ -66,7 +66,7 @@ def test_masked_model_exports_folded_copy_and_leaves_masks(tmp_path):
     assert report.baseline.startswith("the model with its prunekit masks taken off")
     assert set(report.latency) == {"vs dense onnxruntime", "vs dense pytorch", "vs same model in pytorch"}
     assert all(c.candidate.median_ms > 0 and c.baseline.median_ms > 0 for c in report.latency.values())
-    saved = json.loads((tmp_path / "m.report.json").read_text())
+    saved = json.loads((tmp_path / "m.onnx.report.json").read_text())
     assert saved["format"] == "onnx" and saved["check"]["passed"] and "vs dense pytorch" in saved["latency"]
 
 
@@ -119,6 +119,27 @@ def test_refusals_leave_files_alone(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial folders left behind
     with pytest.raises(pk.DataError):
         export_onnx(model, None, tmp_path / "n.onnx")
+    report = tmp_path / "r.onnx.report.json"  # an existing report is an output too
+    report.write_text("mine")
+    with pytest.raises(pk.CheckpointError, match=r"r\.onnx\.report\.json already exists"):
+        export_onnx(model, x, tmp_path / "r.onnx", measure_latency=False)
+    assert report.read_text() == "mine" and not (tmp_path / "r.onnx").exists()
+    with pytest.raises(pk.CheckpointError, match="plain is a file"):
+        (tmp_path / "plain").write_text("x")
+        export_onnx(model, x, tmp_path / "plain" / "m.onnx", measure_latency=False)
+
+
+def test_exports_of_one_name_to_two_runtimes_keep_both_reports(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'prunekit[deploy]')")
+    from prunekit.deploy import export_openvino, report_path_of
+
+    model, x = _cnn(), torch.randn(1, 1, 8, 8)
+    export_onnx(model, x, tmp_path / "m.onnx", measure_latency=False)
+    export_openvino(model, x, tmp_path / "m.xml", measure_latency=False)
+    assert (
+        json.loads(report_path_of(tmp_path / "m.onnx").read_text())["format"]
+        != json.loads(report_path_of(tmp_path / "m.xml").read_text())["format"]
+    )
 
 
 def test_output_check_compares_elementwise():
@@ -148,7 +169,7 @@ def test_opset_is_written_as_asked_or_refused_before_anything_is_written(tmp_pat
     # in the range, but this model's pooling (ReduceMean) has no converter below 18: refused, not kept at 18
     with pytest.raises(UnsupportedRuntimeOptionError, match=r"could not convert .* to opset 17 .*from 18"):
         export_onnx(_cnn(), torch.randn(2, 1, 8, 8), tmp_path / "cnn.onnx", opset=17, measure_latency=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m17.onnx", "m17.report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m17.onnx", "m17.onnx.report.json"]
 
 
 def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):

@@ -54,7 +54,7 @@ def test_fp32_round_trip_precision_stated(tmp_path):
     x4 = torch.randn(4, 1, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(ov_model(x4), model(x4), atol=1e-4, rtol=1e-4)
-    saved = json.loads((tmp_path / "m.report.json").read_text())
+    saved = json.loads((tmp_path / "m.xml.report.json").read_text())
     assert saved["runtime_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
