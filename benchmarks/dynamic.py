@@ -540,7 +540,8 @@ def fbs_markdown(res: dict[str, Any]) -> str:
         f"Dense: trained from scratch for {d['epochs']} epochs on {d['train']:,} training images (seeded subset); "
         f"accuracy on the first {d['test']:,} test images. FBS: gates added to the trained dense network, then "
         f'`Trainer(method="fbs", sparsity=1 - density)` for {d["epochs"]} more epochs; MACs per input '
-        "counted by `prunekit.dynamic.count_macs` (channels computed, non-zero inputs, predictors included), "
+        "counted by `prunekit.dynamic.count_macs` (channels the gates compute, inputs no gate switched off, "
+        "predictors included), "
         "as a share of the dense network's. Static: `l2-channel` on the trained dense network at the sparsity "
         "whose MACs come closest to FBS's mean, fine-tuned for the same epochs. Latency: batch 1, one thread, "
         "ms per input, median over rounds "

@@ -14,11 +14,13 @@ weights in the prunable layers; a run-time method (``fbs``, ``cgnet``: per-input
 during the whole budget like SET or RigL) masks none, so its saving is in MACs per input instead. Every run
 records, over the evaluation (test) set, with :func:`prunekit.dynamic.gating.count_macs`:
 
-- ``macs_per_input``: the mean MACs per input of the Conv2d / Linear layers, counting only products with a
-  non-zero weight, an input channel that is not all zero and an output the gates compute (masked weights,
-  removed channels and gated-off channels all save). Static and run-time rows compare on this count.
-- ``dense_kernel_macs_per_input``: the same with every product of the computed channels counted (what a
-  dense kernel does: masked zeros do not save, removed and gated-off channels do).
+- ``dense_kernel_macs_per_input``: the mean MACs per input of the Conv2d / Linear layers that a dense kernel
+  executes: every product of the layers' shapes, except for channels removed structurally (a smaller layer)
+  and channels a run-time gate switched off for that input (the output channels it does not compute and the
+  matching input channels of the layers they feed). Zero weights do not save; activations that happen to be
+  zero (ReLU zeros, blank pixels) never save. A dense or masked network is exactly its dense MACs here.
+- ``macs_per_input``: the same without the products by a zero weight (masked weights): what a kernel that
+  skips zero weights could reach at best. Static and run-time rows compare on this count.
 - ``dense_macs_per_input``: the MACs of the unpruned, ungated network.
 - ``skipped_share`` (run-time methods; None otherwise): the measured share of the gated layers' outputs
   skipped per input (:meth:`prunekit.dynamic.gating.GatedNetwork.skipped_share`).

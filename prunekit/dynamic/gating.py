@@ -13,11 +13,12 @@
   are learned; to reach the wanted share of gated-off elements they are moved after each step by a
   proportional controller (the paper uses a target loss on the gate share instead).
 
-:func:`count_macs` measures, for each input of a batch, the multiply-accumulates a gated network really
-needs: per convolution and linear layer, ``dense MACs x (output channels computed / C_out) x (input
-channels that are not all zero / C_in)``, with CGNet's partial-sum accounting for its layers; with
-``skip_zero_weights=True`` also without the products by zero weights (what a sparse kernel needs), so that
-masked (static) and gated (run-time) networks can be compared on one count.
+:func:`count_macs` counts, for each input of a batch, the multiply-accumulates a gated network needs, from
+its layer shapes and its gates' decisions only (activations that happen to be zero save nothing): per
+convolution and linear layer, the output channels the gates compute times the input channels no gate
+switched off, with CGNet's partial-sum accounting for its layers; with ``skip_zero_weights=True`` also
+without the products by zero weights (what a sparse kernel needs at best), so that masked (static) and gated
+(run-time) networks can be compared on one count. A dense network costs exactly its dense MACs.
 
 Both methods are registered as :class:`GatingMethod` (``fbs``, ``cgnet``), which can say before training
 whether a model has layers to gate (:meth:`GatingMethod.model_problem`).
@@ -321,85 +322,50 @@ class MacsCount:
         return float(self.per_input.mean()) / self.dense if self.dense else 0.0
 
 
-def _nonzero_weight_macs(
-    module: nn.Conv2d | nn.Linear, in_nz: Tensor, positions: int, keep: Tensor | None, cg: CGGate | None
-) -> Tensor:
-    """Per input ``(B,)``: the products with a non-zero weight that ``module`` (Conv2d / Linear) needs over
-    ``positions`` output positions, given which input channels are not all zero (``in_nz`` ``(B, C_in)``),
-    which output channels are computed (``keep`` ``(B, C_out)``, None: all) and a CGNet gate's open shares."""
+def _weight_counts(module: nn.Conv2d | nn.Linear, skip_zero_weights: bool) -> Tensor:
+    """``(C_out, C_in)``: the products one output position of output channel ``o`` takes from input channel
+    ``i`` (every weight, or the non-zero ones; 0 where a grouped convolution does not connect them)."""
     w: Tensor = module.weight
-    if isinstance(module, nn.Conv2d) and module.groups != 1:  # every input channel meets only its group
-        return torch.full((in_nz.shape[0],), float(positions * int(torch.count_nonzero(w))), dtype=torch.float64)
-    nz: Tensor = w != 0
-    nnz = nz.flatten(2).sum(2).double() if w.dim() > 2 else nz.double()  # (C_out, C_in)
-    inp = in_nz.double()
-    keep = torch.ones(inp.shape[0], nnz.shape[0], dtype=torch.float64) if keep is None else keep.double()
-    if cg is not None and cg.last_open_channels is not None:
-        first = inp.clone()
-        first[:, cg.p :] = 0  # the partial sum reads the first p input channels
-        per_channel = first @ nnz.T + cg.last_open_channels.double() * ((inp - first) @ nnz.T)
-    else:
-        per_channel = inp @ nnz.T
-    return positions * (keep * per_channel).sum(1)
+    taps = (w != 0) if skip_zero_weights else torch.ones_like(w, dtype=torch.bool)
+    per = taps.flatten(2).sum(2).double() if w.dim() > 2 else taps.double()  # (C_out, C_in / groups)
+    groups = module.groups if isinstance(module, nn.Conv2d) else 1
+    if groups == 1:
+        return per
+    c_out, c_in_g = per.shape
+    out_g = c_out // groups
+    full = torch.zeros(c_out, c_in_g * groups, dtype=torch.float64)
+    for g in range(groups):
+        full[g * out_g : (g + 1) * out_g, g * c_in_g : (g + 1) * c_in_g] = per[g * out_g : (g + 1) * out_g]
+    return full
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, x: Tensor, *, skip_zero_weights: bool = False) -> MacsCount:
-    """Multiply-accumulates each input of ``x`` ``(B, ...)`` really needs in ``model`` (gated or not).
+@dataclass
+class _Call:
+    """One call of a Conv2d / Linear in the counted pass, with the gates' decisions for it."""
 
-    Per Conv2d / Linear and input: ``dense MACs x (output channels computed / C_out) x (input channels not
-    all zero / C_in)``; an FBS layer computes only its ``k`` kept channels (its predictor's MACs are
-    counted too); a CGNet layer costs its partial sum plus, for the share of output elements whose gate
-    opened, the remaining input channels. Runs the model once in eval mode.
+    module: nn.Conv2d | nn.Linear
+    positions: int  # output positions per input and output channel
+    keep: Tensor | None  # (B, C_out) output channels computed (an FBS gate's top-k); None: all
+    open_channels: Tensor | None  # (B, C_out) a CGNet gate's open share per output channel
+    p: int  # a CGNet gate's partial-sum input channels
+    predictor: bool  # an FBS predictor (not part of the dense network)
 
-    ``skip_zero_weights=True`` counts, of those products, only the ones with a non-zero weight (what a
-    kernel that skips zero weights needs; masked weights are zeros): per layer, output position and input,
-    the sum of ``nnz(W[o, i])`` over the computed output channels ``o`` and the input channels ``i`` that are
-    not all zero (a CGNet output element reads its first ``p`` input channels, and the others where its gate
-    opened). With no zero weights it equals the default count, CGNet layers aside, where the default assumes
-    the non-zero input channels come first. ``dense`` is the same in both: every weight, no gates.
-    """
-    net = gated_network(model)
-    gates = net.gates.items() if net else []
-    fbs = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, FBSGate)}
-    cg = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, CGGate)}
-    gate_fcs = {id(g.fc) for g in fbs.values()}
-    total = torch.zeros(x.shape[0], dtype=torch.float64)
-    dense = [0.0]
 
-    def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-        inp = args[0]
-        b = inp.shape[0]
-        if isinstance(module, nn.Conv2d):
-            c_in = inp.shape[1]
-            in_nz = inp.flatten(2).abs().amax(2) > 0
-            nz_in = in_nz.sum(1).double()
-            positions = out.shape[2] * out.shape[3]
-            per_out: float = positions * module.kernel_size[0] * module.kernel_size[1]
-            if module.groups != 1:  # grouped: every input channel meets only its group
-                per_out, nz_in = per_out / module.groups, torch.full((b,), float(c_in), dtype=torch.float64)
-            dense[0] += per_out * module.out_channels * c_in
-            g = fbs.get(id(module))
-            gg = cg.get(id(module))
-            if skip_zero_weights:
-                macs = _nonzero_weight_macs(module, in_nz, positions, g.last_keep if g else None, gg)
-            elif gg is not None and gg.last_open is not None:
-                base_in = torch.clamp(nz_in, max=float(gg.p))
-                macs = per_out * module.out_channels * (base_in + gg.last_open.double() * (nz_in - base_in))
-            else:
-                macs = per_out * (float(g.k) if g is not None else float(module.out_channels)) * nz_in
-        else:
-            flat = inp.reshape(b, -1, inp.shape[-1])
-            in_nz = flat.abs().amax(1) > 0
-            if skip_zero_weights:
-                macs = _nonzero_weight_macs(cast(nn.Linear, module), in_nz, flat.shape[1], None, None)
-            else:
-                macs = in_nz.sum(1).double() * module.out_features * flat.shape[1]
-            if id(module) not in gate_fcs:
-                dense[0] += float(inp.shape[-1] * module.out_features * flat.shape[1])
-        total.add_(macs)
+def _channels_on(module: nn.Module, inp: Tensor) -> Tensor:
+    """``(B, C_in)`` of a probe pass's input to ``module``: True for the channels no gate switched off (the
+    probe writes NaN everywhere and exact zeros only where a gate suppressed a channel)."""
+    if isinstance(module, nn.Conv2d):
+        return ~(inp == 0).flatten(2).all(2)
+    return ~(inp.reshape(inp.shape[0], -1, inp.shape[-1]) == 0).all(1)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+def _gate_state(gates: list[nn.Module]) -> list[dict[str, Any]]:
+    keys = ("last", "last_keep", "last_open", "last_open_channels")
+    return [{k: getattr(g, k) for k in keys if hasattr(g, k)} for g in gates]
+
+
+def _run(model: nn.Module, x: Tensor, hooks: list[tuple[nn.Module, Callable[..., Any]]]) -> None:
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     was = model.training
     model.eval()
     try:
@@ -408,7 +374,96 @@ def count_macs(model: nn.Module, x: Tensor, *, skip_zero_weights: bool = False) 
         model.train(was)
         for h in handles:
             h.remove()
-    return MacsCount(total, dense[0])
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, x: Tensor, *, skip_zero_weights: bool = False) -> MacsCount:
+    """Multiply-accumulates each input of ``x`` ``(B, ...)`` needs in ``model`` (gated or not).
+
+    What counts as saved is decided by the network's structure and its gates, never by the data: an
+    activation that happens to be zero (a ReLU zero, a blank pixel) is multiplied like any other.
+
+    - Every Conv2d / Linear costs its layer shape: ``positions x C_out x C_in x taps`` (``/ groups``), so a
+      channel removed structurally (a smaller layer) saves.
+    - An FBS layer computes only its ``k`` kept output channels for an input (its predictor's MACs are
+      counted too), and a layer that reads those channels, through any number of element-wise layers,
+      skips the suppressed ones as inputs. Which input channels a gate switched off is found by a probe pass:
+      the same gate decisions on an input of NaNs, where a channel is exactly zero only if the gates made it
+      so (a channel mixed with anything else, e.g. a residual sum, stays on).
+    - A CGNet layer costs its partial sum over the first ``p`` input channels for every output element,
+      plus the remaining input channels for the share of output elements whose gate opened.
+
+    With ``skip_zero_weights=False`` (the default) every weight of those products counts: what a dense kernel
+    executes. ``skip_zero_weights=True`` counts only the products with a non-zero weight (masked weights are
+    zeros): at best what a kernel that skips zero weights needs. ``dense`` is the same in both: every weight,
+    no gates. Runs the model once in eval mode (twice with FBS gates: the probe).
+    """
+    net = gated_network(model)
+    gate_list = list(net.gates.values()) if net else []
+    gates = net.gates.items() if net else []
+    fbs = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, FBSGate)}
+    cg = {id(model.get_submodule(n)): g for n, g in gates if isinstance(g, CGGate)}
+    gate_fcs = {id(g.fc) for g in fbs.values()}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    calls: list[_Call] = []
+
+    def record(module: nn.Module, args: tuple, out: Tensor) -> None:
+        inp = args[0]
+        lin = isinstance(module, nn.Linear)
+        positions = inp.reshape(inp.shape[0], -1, inp.shape[-1]).shape[1] if lin else out.shape[2] * out.shape[3]
+        g, gg = fbs.get(id(module)), cg.get(id(module))
+        keep = g.last_keep if g is not None else None
+        open_ch = gg.last_open_channels if gg is not None else None
+        mod = cast("nn.Conv2d | nn.Linear", module)
+        calls.append(_Call(mod, positions, keep, open_ch, gg.p if gg else 0, id(module) in gate_fcs))
+
+    _run(model, x, [(m, record) for m in layers])
+    on: list[Tensor | None] = [None] * len(calls)
+    if fbs:  # which input channels the FBS gates switched off, per input
+        state = _gate_state(gate_list)
+        keeps = {id(model.get_submodule(n)): g.last_keep for n, g in gates if isinstance(g, FBSGate)}
+        bns = {id(bn): keeps[id(conv)] for _, conv, bn in conv_bn_pairs(model) if id(conv) in keeps}
+        seen: list[Tensor] = []
+
+        def probe(module: nn.Module, args: tuple, out: Tensor) -> None:
+            seen.append(_channels_on(module, args[0]))
+
+        def suppress(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            keep = bns[id(module)]
+            assert keep is not None  # set by the counted pass
+            return torch.where(keep[:, :, None, None] > 0, out, torch.zeros_like(out))
+
+        modules = dict(model.named_modules())
+        hooks: list[tuple[nn.Module, Callable[..., Any]]] = [(m, probe) for m in layers]
+        hooks += [(m, suppress) for m in modules.values() if id(m) in bns]
+        try:
+            _run(model, torch.full_like(x, float("nan")), hooks)
+        finally:
+            for gate, saved in zip(gate_list, state):
+                for k, v in saved.items():
+                    setattr(gate, k, v)
+        if len(seen) != len(calls):
+            raise UnsupportedModuleError("the model's layers ran differently on the probe pass; cannot count MACs")
+        on = list(seen)
+
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    dense = 0.0
+    for c, ch_on in zip(calls, on):
+        full = _weight_counts(c.module, False)
+        if not c.predictor:
+            dense += c.positions * float(full.sum())
+        cnt = _weight_counts(c.module, True) if skip_zero_weights else full
+        b = x.shape[0]
+        inp = torch.ones(b, cnt.shape[1], dtype=torch.float64) if ch_on is None else ch_on.double()
+        keep = torch.ones(b, cnt.shape[0], dtype=torch.float64) if c.keep is None else c.keep.double()
+        if c.open_channels is not None:
+            first = inp.clone()
+            first[:, c.p :] = 0  # the partial sum reads the first p input channels
+            per_channel = first @ cnt.T + c.open_channels.double() * ((inp - first) @ cnt.T)
+        else:
+            per_channel = inp @ cnt.T
+        total.add_(c.positions * (keep * per_channel).sum(1))
+    return MacsCount(total, dense)
 
 
 # ---- training-time methods: trainer callbacks, registered as `fbs` and `cgnet` ------------------------

@@ -64,11 +64,11 @@ def test_count_macs_by_hand():
             return self.fc(self.conv(x).flatten(1))
 
     x = torch.randn(2, 2, 4, 4)
-    x[1, 1] = 0  # the second input has one all-zero input channel
+    x[1, 1] = 0  # the second input has one all-zero input channel: data zeros save nothing
     c = count_macs(Net(), x)
-    # conv: 2x2 outputs x 9 taps x 3 out x C_in (2, then 1); fc: 12 x 5
+    # conv: 2x2 outputs x 9 taps x 3 out x 2 in; fc: 12 x 5
     assert c.dense == 2 * 2 * 9 * 3 * 2 + 60
-    assert c.per_input.tolist() == [2 * 2 * 9 * 3 * 2 + 60, 2 * 2 * 9 * 3 * 1 + 60]
+    assert c.per_input.tolist() == [c.dense, c.dense]
 
 
 def test_count_macs_skipping_zero_weights_by_hand():
@@ -88,12 +88,12 @@ def test_count_macs_skipping_zero_weights_by_hand():
         net.fc.weight[:, 3] = 0  # input feature 3 meets no weight
         net.fc.weight[0, 0] = 0
     x = torch.randn(2, 2, 4, 4)
-    x[1, 1] = 0  # the second input has an all-zero input channel
+    x[1, 1] = 0  # the second input has an all-zero input channel: it saves nothing
     c = count_macs(net, x, skip_zero_weights=True)
-    conv_nnz_in0 = 9 * 3 - 9  # weights reading input channel 0
-    conv_nnz_in1 = 9 * 3 - 2
+    conv_nnz = 9 * 3 * 2 - 9 - 2
     fc = 12 * 5 - 5 - 1
-    assert c.per_input.tolist() == [4 * (conv_nnz_in0 + conv_nnz_in1) + fc, 4 * conv_nnz_in0 + fc]
+    assert c.per_input.tolist() == [4 * conv_nnz + fc, 4 * conv_nnz + fc]
+    assert count_macs(net, x).per_input.tolist() == [c.dense, c.dense]  # a dense kernel multiplies the zeros
     assert c.dense == count_macs(net, x).dense == 2 * 2 * 9 * 3 * 2 + 60  # the reference keeps every weight
 
 
@@ -129,9 +129,96 @@ def test_count_macs_skipping_zero_weights_on_cgnet_reads_the_first_p_input_chann
     assert share is not None and 0 < share < 1
     conv = 5 * 5 * 9 * 4 * (2 + (1 - share) * 6)  # partial sum over 2 of 8 input channels, the rest where open
     assert torch.allclose(skipping.per_input.mean(), torch.tensor(conv + 12, dtype=torch.float64))
-    x[0, 1] = 0  # an all-zero channel among the first p: the partial sum reads one channel, not two
+    x[0, 1] = 0  # an all-zero channel among the first p is still read: data zeros save nothing
     skipping, default = count_macs(m, x, skip_zero_weights=True), count_macs(m, x)
-    assert skipping.per_input[0] < default.per_input[0] and torch.equal(skipping.per_input[1:], default.per_input[1:])
+    open_ch = next(iter(net.gates.values())).last_open_channels
+    assert open_ch is not None
+    by_hand = 5 * 5 * 9 * (2 + open_ch * 6).sum(1) + 12  # per input, from the gates' own decisions
+    assert torch.allclose(default.per_input, by_hand.double()) and torch.allclose(skipping.per_input, by_hand.double())
+
+
+def _blank_and_relu_zeros(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[0] = 0  # a blank input
+    x[1, ..., : x.shape[-1] // 2] = 0  # half of the pixels blank
+    return x
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("spec", ["prunekit:lenet-300-100", "prunekit:resnet-small"])
+def test_a_dense_network_costs_exactly_its_dense_macs_whatever_the_data(spec):
+    torch.manual_seed(0)
+    m = pk.build_model(spec).eval()
+    x = _blank_and_relu_zeros(_x())
+    for skip in (False, True):  # ReLU zeros and blank pixels are data, never a saving
+        c = count_macs(m, x, skip_zero_weights=skip)
+        assert c.per_input.tolist() == [c.dense] * len(x)
+    if spec == "prunekit:lenet-300-100":
+        assert c.dense == 784 * 300 + 300 * 100 + 100 * 10
+
+
+@torch.no_grad()
+def test_zero_weights_save_only_when_skipped():
+    torch.manual_seed(0)
+    m = pk.build_model("prunekit:lenet-300-100").eval()
+    g = torch.Generator().manual_seed(2)
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    for lin in linears:  # an unstructured mask, about half the weights
+        lin.weight.mul_((torch.rand(lin.weight.shape, generator=g) > 0.5).float())
+    x = _blank_and_relu_zeros(_x())
+    kernel, sparse = count_macs(m, x), count_macs(m, x, skip_zero_weights=True)
+    nonzero = sum(int(torch.count_nonzero(lin.weight)) for lin in linears)
+    assert kernel.per_input.tolist() == [kernel.dense] * len(x)
+    assert sparse.per_input.tolist() == [nonzero] * len(x) and nonzero < 0.6 * kernel.dense
+
+
+class _Chain(nn.Module):
+    """conv1 (ungated) -> conv2 -> conv3 (FBS-gated), each with BN and ReLU, then pooling and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv3, self.bn3 = nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@torch.no_grad()
+def test_fbs_gates_forced_off_give_the_count_by_hand():
+    torch.manual_seed(0)
+    m = _Chain().eval()
+    net = add_fbs_(m, density=0.5)
+    g2, g3 = net.gates["conv2"], net.gates["conv3"]
+    assert isinstance(g2, FBSGate) and isinstance(g3, FBSGate) and (g2.k, g3.k) == (3, 2)
+    for gate, bias in ((g2, [6.0, 5.0, 4.0, 1.0, 2.0, 3.0]), (g3, [1.0, 4.0, 3.0, 2.0])):
+        gate.fc.weight.fill_(1e-3)  # equal rows: the biases rank the channels (conv2 keeps 0, 1, 2; conv3 1, 2)
+        gate.fc.bias.copy_(torch.tensor(bias))
+    x = _blank_and_relu_zeros(torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(4)))
+    pos = 6 * 6 * 9  # output positions x taps
+    by_hand = (
+        pos * 4 * 1  # conv1: every channel
+        + 4 * 6  # conv2's predictor reads conv2's 4 inputs
+        + pos * 3 * 4  # conv2: 3 kept outputs from 4 inputs
+        + 3 * 4  # conv3's predictor reads the 3 channels conv2 computed
+        + pos * 2 * 3  # conv3: 2 kept outputs from the 3 channels conv2 computed
+        + 2 * 3  # the head reads the 2 channels conv3 computed
+    )
+    dense = pos * 4 + pos * 6 * 4 + pos * 4 * 6 + 4 * 3
+    for skip in (False, True):  # no zero weight: both counts agree
+        c = count_macs(m, x, skip_zero_weights=skip)
+        assert c.per_input.tolist() == [by_hand] * len(x) and c.dense == dense
+    assert net.skipped_share() == (3 / 6 + 2 / 4) / 2  # the gates' state is the counted pass's, not the probe's
+    with torch.no_grad():
+        m.conv3.weight[1, 0] = 0  # 9 taps of a kept output on a kept input
+        m.conv3.weight[0, 1] = 0  # 9 taps of a suppressed output: not computed anyway
+    assert count_macs(m, x, skip_zero_weights=True).per_input.tolist() == [by_hand - 6 * 6 * 9] * len(x)
+    assert count_macs(m, x).per_input.tolist() == [by_hand] * len(x)
 
 
 def test_gating_methods_say_which_models_they_cannot_act_on():
