@@ -297,14 +297,22 @@ def plot_accuracy(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
         for label, pts in lines.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_title(setting or title, fontsize=9)
-        ax.set_xlabel("sparsity of prunable layers (%)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
+        _accuracy_panel(ax, setting or title, "sparsity of prunable layers (%)")
+    return _save_panels(plt, fig, axes, n, f"{title}: accuracy vs sparsity", path)
+
+
+def _accuracy_panel(ax: Any, title: str, xlabel: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save_panels(plt: Any, fig: Any, axes: Any, used: int, suptitle: str, path: Path) -> Path:
+    for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}: accuracy vs sparsity")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -329,18 +337,8 @@ def plot_macs(agg: list[dict[str, Any]], path: Path, title: str) -> Path:
         for label, pts in lines.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*" if label == DENSE else "o", label=label)
-        ax.set_title(setting or title, fontsize=9)
-        ax.set_xlabel("mean MACs per input (% of dense)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(settings) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"{title}: accuracy vs MACs per input")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+        _accuracy_panel(ax, setting or title, "mean MACs per input (% of dense)")
+    return _save_panels(plt, fig, axes, len(settings), f"{title}: accuracy vs MACs per input", path)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

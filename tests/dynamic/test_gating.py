@@ -53,35 +53,29 @@ def test_fbs_keeps_at_most_k_channels_per_input():
     assert macs.mean_share < 0.5 and macs.per_input.shape == (4,)
 
 
+class _ConvFc(nn.Module):
+    """A 2->3 channel 3x3 convolution on 4x4 inputs, then a Linear 12->5: MACs countable by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
 def test_count_macs_by_hand():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(2, 3, 3)
-            self.fc = nn.Linear(12, 5)
-
-        def forward(self, x):
-            return self.fc(self.conv(x).flatten(1))
-
     x = torch.randn(2, 2, 4, 4)
     x[1, 1] = 0  # the second input has one all-zero input channel: data zeros save nothing
-    c = count_macs(Net(), x)
+    c = count_macs(_ConvFc(), x)
     # conv: 2x2 outputs x 9 taps x 3 out x 2 in; fc: 12 x 5
     assert c.dense == 2 * 2 * 9 * 3 * 2 + 60
     assert c.per_input.tolist() == [c.dense, c.dense]
 
 
 def test_count_macs_skipping_zero_weights_by_hand():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(2, 3, 3)
-            self.fc = nn.Linear(12, 5)
-
-        def forward(self, x):
-            return self.fc(self.conv(x).flatten(1))
-
-    net = Net()
+    net = _ConvFc()
     with torch.no_grad():
         net.conv.weight[0, 0] = 0  # output 0 x input 0: all 9 taps zero
         net.conv.weight[1, 1, 0, :2] = 0  # output 1 x input 1: 2 of 9 taps zero
