@@ -152,7 +152,7 @@ def safetensors_size(entries: dict[str, tuple[torch.dtype, tuple[int, ...]]], me
     offset = 0
     for name in sorted(entries, key=lambda k: (layout[entries[k][0]][0], k)):
         dtype, shape = entries[name]
-        n = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        n = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": layout[dtype][1], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
@@ -250,6 +250,12 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     return _decode_sparse(tensors, metadata)
 
 
+def _file_in_the_way(paths: tuple[Path, ...]) -> Path | None:
+    """The deepest of ``paths`` (a path and its parents) that exists, when it is a file: where no folder can go."""
+    existing = next((p for p in paths if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def make_folder(path: str | os.PathLike) -> Path:
     """Create the folder ``path`` and its parents (nothing to do when it exists). Raises
     :class:`~prunekit.errors.CheckpointError` when a file stands where a folder is needed."""
@@ -257,7 +263,7 @@ def make_folder(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        blocking = _file_in_the_way((path, *path.parents)) or path
         raise CheckpointError(
             f"cannot create the folder {path}: {blocking} is a file; choose another output path"
         ) from None
@@ -295,7 +301,7 @@ def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = Fa
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory; choose another output path")
-    blocking = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+    blocking = _file_in_the_way(tuple(directory.parents))
     if blocking is not None:
         raise CheckpointError(f"cannot create the folder {directory}: {blocking} is a file; choose another output path")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
@@ -319,8 +325,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Pa
         raise CheckpointError(
             f"{path} is a folder; the output is one file: choose a file path such as {path / 'result.json'}"
         )
-    existing = next((p for p in path.parents if p.exists()), None)  # the deepest part of the path that exists
-    if existing is not None and not existing.is_dir():
+    existing = _file_in_the_way(tuple(path.parents))
+    if existing is not None:
         raise CheckpointError(f"cannot write {path}: {existing} is a file, not a folder; choose another output path")
     if path.is_file() and not overwrite:
         raise CheckpointError(
