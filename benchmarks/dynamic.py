@@ -10,6 +10,8 @@ Parts (``--part``, repeatable; default all):
   share of block-token computations kept.
 - ``vit``: torchvision ViT-B/16 (random init: speed only) with ToMe at 3 merge rates: latency ratio vs
   MACs ratio (``torch.utils.flop_counter``), batch 1 and 8, and a check that ``r = 0`` is bit-identical.
+- ``timm``: timm DeiT-S distilled and ViT-B/16 (random init) with ToMe at 3 merge rates, as ``vit`` (their
+  class, distillation and register tokens are kept out of the merging).
 - ``depth``: SmolLM2-135M with ``skip_layers_`` at several skip fractions vs static ``llm-layers`` at the
   same fraction of layer computations: perplexity on a bounded slice of *Persuasion*, calibration on
   *Pride and Prejudice*.
@@ -263,15 +265,43 @@ def _macs(model: Any, x: torch.Tensor) -> int:
 def run_vit(args: argparse.Namespace) -> dict[str, Any]:
     import torchvision
 
-    from prunekit import dynamic
-
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.vit_model)().eval()
-    rates = [4, 8, 16]
+    return _tome_speed(model, f"torchvision {args.vit_model} (random init)", [4, 8, 16], args.vit_batches, args)
+
+
+def run_timm(args: argparse.Namespace) -> dict[str, Any]:
+    """ToMe on timm ViT / DeiT models (random init: speed and token counts only)."""
+    import timm
+
+    res: dict[str, Any] = {"models": []}
+    for name in args.timm_models.split(","):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval()
+        info = _tome_speed(model, f"timm {name} (random init)", [4, 8, 16], args.timm_batches, args)
+        info["prefix_tokens"] = int(model.num_prefix_tokens)
+        res["models"].append(info)
+    return res
+
+
+def timm_markdown(res: dict[str, Any]) -> str:
+    parts = [vit_markdown(m).replace("# ToMe on", "## ToMe on", 1) for m in res["models"]]
+    head = (
+        "# ToMe on timm ViT / DeiT (speed only)\n\nRandom init (no hub here), so speed and token counts only; "
+        "the class token, a DeiT's distillation token and register tokens are never merged (`prefix tokens`: "
+        + ", ".join(f"{m['model']}: {m['prefix_tokens']}" for m in res["models"])
+        + ").\n\n"
+    )
+    return head + "\n".join(parts)
+
+
+def _tome_speed(model: Any, label: str, rates: list[int], batches: str, args: argparse.Namespace) -> dict[str, Any]:
+    from prunekit import dynamic
+
     configs = [("dense", "dense", None)] + [(f"tome r={r}", "tome", r) for r in rates]
-    out: dict[str, Any] = {"model": f"torchvision {args.vit_model} (random init)", "rates": rates, "batches": {}}
+    out: dict[str, Any] = {"model": label, "rates": rates, "batches": {}}
     g = torch.Generator().manual_seed(0)
-    for bs in [int(b) for b in args.vit_batches.split(",")]:
+    for bs in [int(b) for b in batches.split(",")]:
         x = torch.randn(bs, 3, 224, 224, generator=g)
         with torch.no_grad():
             dense_out = model(x)
@@ -561,7 +591,7 @@ def fbs_markdown(res: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", action="append", choices=["minilm", "vit", "depth", "fbs"])
+    ap.add_argument("--part", action="append", choices=["minilm", "vit", "timm", "depth", "fbs"])
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -572,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vit-rounds", type=int, default=7)
     ap.add_argument("--vit-model", default="vit_b_16")
     ap.add_argument("--vit-batches", default="1,8")
+    ap.add_argument("--timm-models", default="deit_small_distilled_patch16_224,vit_base_patch16_224")
+    ap.add_argument("--timm-batches", default="8")
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--fbs-train", type=int, default=12000)
@@ -589,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
             res, md = run_minilm(args), minilm_markdown
         elif part == "vit":
             res, md = run_vit(args), vit_markdown
+        elif part == "timm":
+            res, md = run_timm(args), timm_markdown
         elif part == "fbs":
             res, md = run_fbs(args), fbs_markdown
         else:

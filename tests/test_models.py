@@ -95,3 +95,26 @@ def test_mnist_cnn_task_evaluation_is_the_pretrained_accuracy() -> None:
     batches = calibration(2, 0)
     assert [tuple(x.shape) for x, _ in batches] == [(64, 1, 28, 28)] * 2
     assert task_evaluation("prunekit:lenet5") is None
+
+
+def test_timm_models_build_prune_save_and_reload(tmp_path) -> None:
+    pytest.importorskip("timm")
+    import prunekit as pk
+    from prunekit.errors import UnknownNameError
+
+    model = build_model("timm:test_vit").eval()  # no hub here: random init, said so
+    assert source_of(model) == "timm:test_vit" and is_pretrained(model) is False
+    shape = input_shape_of(model)
+    assert shape == (1, *model.pretrained_cfg["input_size"])
+    x = torch.randn(*shape)
+    before = sum(p.numel() for p in model.parameters())
+    pk.prune(model, "l1-channel", sparsity=0.3, example_inputs=x, measure=False)
+    assert sum(p.numel() for p in model.parameters()) < before  # channels physically removed
+    with torch.no_grad():
+        out = model(x)
+    pk.save_model(model, tmp_path / "vit")
+    again = build_model(str(tmp_path / "vit"))  # rebuilt from the recorded timm:test_vit, then reshaped
+    with torch.no_grad():
+        assert torch.equal(again(x), out)
+    with pytest.raises(UnknownNameError, match="timm model"):
+        build_model("timm:no_such_model")

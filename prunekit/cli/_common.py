@@ -139,7 +139,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def default_input_shape(model: Any, record: dict | None = None) -> tuple[int, ...] | None:
     """The example input shape used for a model when the user gives none: the one a saved model's ``record``
-    holds, else the one the model carries (every ``prunekit:NAME`` and ``torchvision:NAME`` model does;
+    holds, else the one the model carries (every ``prunekit:NAME``, ``torchvision:NAME`` and ``timm:NAME`` model does;
     :func:`prunekit.models.input_shape_of`); None when unknown."""
     if record and record.get("input_shape"):
         return tuple(record["input_shape"])

@@ -29,7 +29,8 @@ RUNTIMES = ("onnx", "openvino")
 
 def export(
     model: Annotated[
-        str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
+        str,
+        typer.Argument(help="torchvision:NAME, timm:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir"),
     ],
     to: Annotated[str, typer.Option("--to", help="onnx or openvino")],
     out: Annotated[

@@ -63,16 +63,19 @@ def _token_inputs(spec: str, inputs: int, batch_size: int, text: str, seed: int)
             for i in range(0, len(sents), batch_size)
         ]
         return model, batches, "text"
-    if spec.startswith("torchvision:"):
+    if spec.startswith(("torchvision:", "timm:")):
         import prunekit as pk
+        from prunekit.models import input_shape_of
 
         model = pk.build_model(spec).eval()
+        shape = input_shape_of(model) or (1, 3, 224, 224)
         g = torch.Generator().manual_seed(seed)
         n_batches = max(1, inputs // batch_size)
-        return model, [{"x": torch.randn(batch_size, 3, 224, 224, generator=g)} for _ in range(n_batches)], "image"
+        images = [{"x": torch.randn(batch_size, *shape[1:], generator=g)} for _ in range(n_batches)]
+        return model, images, "image"
     raise ConfigError(
-        f"model {spec!r}: token commands take minilm, a sentence-encoder folder (with its tokenizer) or "
-        "torchvision:NAME (a vision transformer, e.g. torchvision:vit_b_16)"
+        f"model {spec!r}: token commands take minilm, a sentence-encoder folder (with its tokenizer), "
+        "torchvision:NAME or timm:NAME (a vision transformer, e.g. torchvision:vit_b_16, timm:deit_small_patch16_224)"
     )
 
 
@@ -166,7 +169,10 @@ def _run_tokens(
 
 
 _MODEL = Annotated[
-    str, typer.Argument(help="minilm, a sentence-encoder folder, or torchvision:vit_b_16 (or another ViT)")
+    str,
+    typer.Argument(
+        help="minilm, a sentence-encoder folder, torchvision:vit_b_16 or timm:deit_small_patch16_224 (or another ViT)"
+    ),
 ]
 _INPUTS = Annotated[int, typer.Option(help="number of inputs (sentences or random images)", min=1)]
 _BATCH = Annotated[int, typer.Option(help="inputs per batch (sentences or images)", min=1)]

@@ -57,7 +57,8 @@ _FLAG_OPTIONS = {
 
 def prune(
     model: Annotated[
-        str, typer.Argument(help="torchvision:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir")
+        str,
+        typer.Argument(help="torchvision:NAME, timm:NAME, prunekit:NAME (see `prunekit models`) or a saved model dir"),
     ],
     method: Annotated[
         str | None,
@@ -349,6 +350,10 @@ def models() -> None:
         t.add_row(f"prunekit:{e.name}", e.description)
     t.add_row(
         "torchvision:NAME", "any torchvision classification model (random init unless its weights are cached locally)"
+    )
+    t.add_row(
+        "timm:NAME",
+        "any timm model (needs timm; random init unless its model.safetensors is in the local Hugging Face cache)",
     )
     t.add_row("DIR", "a model saved by `prunekit prune --out DIR` or prunekit.save_model")
     console.print(t)

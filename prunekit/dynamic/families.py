@@ -3,8 +3,9 @@
 A family is a small adapter: ``matches(block)`` (from the attributes a block has, not its class name)
 and ``run(block, x, bias, need_cls, reduce)``, a re-implementation of the block's forward pass with
 size-aware attention and a ``reduce(x, metric, cls_attn)`` step between attention and the MLP (where
-ToMe and EViT act). Supported: torchvision ``VisionTransformer`` blocks, Hugging Face ViT layers and
-BERT-style encoder layers (BERT, RoBERTa, MiniLM and other ``BertLayer`` look-alikes).
+ToMe and EViT act). Supported: torchvision ``VisionTransformer`` blocks, timm ``Block`` (ViT and DeiT, with
+their class, distillation and register tokens), Hugging Face ViT layers and BERT-style encoder layers
+(BERT, RoBERTa, MiniLM and other ``BertLayer`` look-alikes).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class Family:
     padding_mask: bool  # the block receives an attention (padding) mask as its second argument
     has_class_token: bool  # position 0 is a class token (protected by default)
     default_metric: str = "keys"  # ToMe's similarity: the attention keys ("keys") or the merged states ("hidden")
+    # the model's own count of leading tokens (class, distillation, register) and whether position 0 is a class
+    # token, read from the module that holds the blocks; None: ``(1, True)`` or ``(0, False)`` from has_class_token
+    prefix: Callable[[nn.Module], tuple[int, bool]] | None = None
+
+    def prefix_of(self, owner: nn.Module) -> tuple[int, bool]:
+        """``(leading tokens to protect, whether position 0 is a class token)`` for the blocks held by ``owner``."""
+        if self.prefix is not None:
+            return self.prefix(owner)
+        return (1, True) if self.has_class_token else (0, False)
 
 
 def _has(m: nn.Module, *paths: str) -> bool:
@@ -196,7 +206,96 @@ def _bert_run(block: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, 
     return layer.output(layer.intermediate(h), h)
 
 
+# timm.models.vision_transformer.Block (ViT, DeiT, DeiT distilled, ViTs with register tokens) ---------------
+def _timm_matches(m: nn.Module) -> bool:
+    if not _has(
+        m,
+        "norm1",
+        "ls1",
+        "drop_path1",
+        "norm2",
+        "mlp",
+        "ls2",
+        "drop_path2",
+        "attn.qkv",
+        "attn.num_heads",
+        "attn.head_dim",
+        "attn.scale",
+        "attn.q_norm",
+        "attn.k_norm",
+        "attn.attn_drop",
+        "attn.norm",
+        "attn.proj",
+        "attn.proj_drop",
+    ):
+        return False
+    att = cast(nn.Module, m.attn)
+    # a gated or rotary attention computes something this re-implementation does not
+    plain = getattr(att, "gate", None) is None and not any(hasattr(att, a) for a in ("rope", "rotary_emb"))
+    return plain and isinstance(att.qkv, nn.Linear)
+
+
+class _TimmAttention(Protocol):
+    """A timm ``Attention`` as :func:`_timm_run` reads it."""
+
+    training: bool
+    qkv: nn.Module
+    num_heads: int
+    head_dim: int
+    scale: float
+    q_norm: nn.Module
+    k_norm: nn.Module
+    attn_drop: nn.Dropout
+    norm: nn.Module
+    proj: nn.Module
+    proj_drop: nn.Module
+
+
+class _TimmBlock(Protocol):
+    """What :func:`_timm_run` reads of a timm ``Block`` (pre-norm, layer scale, stochastic depth)."""
+
+    norm1: nn.Module
+    attn: _TimmAttention
+    ls1: nn.Module
+    drop_path1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    ls2: nn.Module
+    drop_path2: nn.Module
+
+
+def _timm_run(block: nn.Module, x: Tensor, bias: Tensor | None, need_cls: bool, reduce: Reduce) -> Tensor:
+    blk = cast(_TimmBlock, block)
+    att = blk.attn
+    y = blk.norm1(x)
+    b, n, _ = y.shape
+    q, k, v = att.qkv(y).view(b, n, 3, att.num_heads, att.head_dim).unbind(2)  # each (B, N, H, d)
+    q, k = att.q_norm(q), att.k_norm(k)  # per-head normalisation (identity unless qk_norm)
+    p = att.attn_drop.p if att.training else 0.0
+    a, metric, cls = attend(
+        q.reshape(b, n, -1),
+        k.reshape(b, n, -1),
+        v.reshape(b, n, -1),
+        att.num_heads,
+        att.scale,
+        bias,
+        need_cls=need_cls,
+        dropout_p=p,
+    )
+    x = x + blk.drop_path1(blk.ls1(att.proj_drop(att.proj(att.norm(a)))))
+    x = reduce(x, metric, cls)
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
+def _timm_prefix(owner: nn.Module) -> tuple[int, bool]:
+    n = getattr(owner, "num_prefix_tokens", None)
+    if not isinstance(n, int):  # blocks outside a timm VisionTransformer: assume a class token, as timm's default
+        return 1, True
+    return n, bool(getattr(owner, "has_class_token", n > 0))
+
+
 FAMILIES: tuple[Family, ...] = (
+    Family("timm-vit", _timm_matches, _timm_run, padding_mask=False, has_class_token=True, prefix=_timm_prefix),
     Family("torchvision-vit", _tv_matches, _tv_run, padding_mask=False, has_class_token=True),
     Family("hf-vit", _hf_vit_matches, _hf_vit_run, padding_mask=True, has_class_token=True),
     # post-norm text encoders: the hidden states being merged match better than the layer's input keys
@@ -221,7 +320,8 @@ def find_blocks(model: nn.Module) -> tuple[Family, list[nn.Module], str] | None:
 def describe_supported() -> str:
     """One sentence naming the supported block families, for error messages."""
     return (
-        "torchvision VisionTransformer (vit_b_16, ...), Hugging Face ViTModel / ViTForImageClassification, "
+        "torchvision VisionTransformer (vit_b_16, ...), timm VisionTransformer blocks (vit_*, deit_*, deit "
+        "distilled, register tokens), Hugging Face ViTModel / ViTForImageClassification, "
         "and BERT-style encoders (BertModel, RobertaModel, all-MiniLM-L6-v2, ...; not decoders or "
         "cross-attention)"
     )

@@ -47,7 +47,7 @@ class TokenReduction(Patch):
         method: str,
         schedule: list[float],
         *,
-        protect_cls: bool,
+        protect: int,
         proportional_attention: bool,
         ratio: bool = False,
         metric: str = "keys",
@@ -60,7 +60,7 @@ class TokenReduction(Patch):
         self.blocks = blocks
         self.container = container
         self.schedule = schedule
-        self.protect_cls = protect_cls
+        self.protect = protect  # leading tokens never merged or pruned
         self.proportional_attention = proportional_attention
         self.last_tokens: list[float] = []
         self.input_tokens: float = 0.0
@@ -102,6 +102,13 @@ class TokenReduction(Patch):
             x, st = initial_state(x, real)
         else:
             self.last_tokens.append(float(st.real.sum(1).float().mean()))
+        if not self.family.padding_mask and any(a is not None and a is not False for a in (*args, *kwargs.values())):
+            self._state = None
+            raise ModelError(
+                f"block {i} of {self.container!r} was called with an attention mask or causal flag; {self.kind} "
+                f"cannot honour them on {self.family.name} blocks: call the model without attn_mask / is_causal, "
+                "or restore_ it first"
+            )
         bias = key_bias(st, self.proportional_attention)
         amount = self.schedule[i]
         holder = [st]
@@ -116,11 +123,11 @@ class TokenReduction(Patch):
                     holder[0],
                     None if self.ratio else int(amount),
                     ratio=amount if self.ratio else None,
-                    protect_first=self.protect_cls,
+                    protect_first=self.protect,
                 )
             else:
                 assert cls is not None
-                h, holder[0] = attentive_prune(h, cls, holder[0], float(amount))
+                h, holder[0] = attentive_prune(h, cls, holder[0], float(amount), protect=self.protect)
             return h
 
         out = self.family.run(block, x, bias, self.kind == "evit" and self._active(i), reduce)
@@ -163,6 +170,12 @@ def _resolve(model: nn.Module, what: str) -> tuple[Family, list[nn.Module], str]
     return found
 
 
+def _owner(model: nn.Module, container: str) -> nn.Module:
+    """The module that holds the block container (where timm keeps ``num_prefix_tokens``)."""
+    parent = container.rpartition(".")[0]
+    return model.get_submodule(parent) if parent else model
+
+
 def _per_block(value: Any, n: int, name: str, kind: type) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -195,7 +208,8 @@ def merge_tokens_(
     ``r``, for text of varied length): the share of each row's current tokens merged per block, in
     [0, 0.5] (``floor(ratio * n)`` tokens), so a 6-token sentence is not merged away as fast as a 60-token
     one. ``r = 0`` / ``ratio = 0`` give outputs bit-identical to the dense model. ``protect_cls``: keep
-    token 0 (a class token) out of the merging; default True for the supported families. Padded batches
+    the model's leading tokens out of the merging (the class token, and a DeiT's distillation token or a
+    ViT's register tokens where it has them); default True. Padded batches
     (an ``attention_mask``) are honoured: padding is never merged into a real token and each row is reduced
     as it would be alone. ``metric``: what the matching compares, ``"keys"`` (the block's attention keys
     averaged over heads, as the paper) or ``"hidden"`` (the token states being merged); default: keys for
@@ -219,7 +233,8 @@ def merge_tokens_(
             f"metric is 'keys' (attention keys, as in ToMe) or 'hidden' (the token states), got {metric!r}"
         )
     fam, blocks, container = _resolve(model, "merge_tokens_")
-    protect = fam.has_class_token if protect_cls is None else bool(protect_cls)
+    prefix, _ = fam.prefix_of(_owner(model, container))
+    protect = prefix if protect_cls is None or protect_cls else 0
     metric = metric or fam.default_metric
     if ratio is not None:
         ratios = _per_block(ratio, len(blocks), "ratio", float)
@@ -232,7 +247,7 @@ def merge_tokens_(
             container,
             "tome",
             ratios,
-            protect_cls=protect,
+            protect=protect,
             proportional_attention=proportional_attention,
             ratio=True,
             metric=metric,
@@ -248,7 +263,7 @@ def merge_tokens_(
         container,
         "tome",
         [float(v) for v in rs],
-        protect_cls=protect,
+        protect=protect,
         proportional_attention=proportional_attention,
         metric=metric,
     )
@@ -296,10 +311,12 @@ def prune_tokens_(
         rates = [float(rate) if i in chosen else 1.0 for i in range(n)]
     if any(not (0 < v <= 1) or math.isnan(v) for v in rates):
         raise ConfigError(f"keep_rate is the share of tokens kept, in (0, 1], got {keep_rate!r}")
-    if not fam.has_class_token:
+    prefix, has_cls = fam.prefix_of(_owner(model, container))
+    if not has_cls:
         raise UnsupportedModuleError(
-            f"prune_tokens_ ranks tokens by class-token attention; {fam.name} has no class token"
+            f"prune_tokens_ ranks tokens by class-token attention; this {fam.name} model has no class token "
+            "(e.g. a timm ViT built with class_token=False); use merge_tokens_ (ToMe) instead"
         )
     return TokenReduction(
-        model, fam, blocks, container, "evit", rates, protect_cls=True, proportional_attention=proportional_attention
+        model, fam, blocks, container, "evit", rates, protect=prefix, proportional_attention=proportional_attention
     )

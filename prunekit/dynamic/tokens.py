@@ -118,7 +118,7 @@ def _regather(
 
 
 def bipartite_merge(
-    x: Tensor, metric: Tensor, state: TokenState, r: int | None, *, protect_first: bool, ratio: float | None = None
+    x: Tensor, metric: Tensor, state: TokenState, r: int | None, *, protect_first: int, ratio: float | None = None
 ) -> tuple[Tensor, TokenState]:
     """ToMe's bipartite soft matching (Bolya et al. 2023, "Token Merging: Your ViT But Faster", sec. 3).
 
@@ -126,12 +126,13 @@ def bipartite_merge(
     token by cosine similarity of ``metric`` ``(B, N, d)``; the ``r`` most similar links are merged by a
     size-weighted average, ``x_b <- (s_b x_b + sum s_a x_a) / (s_b + sum s_a)``, and sizes add. A row merges
     ``min(r, (n_real - protected) // 2)`` tokens, as it would alone; rows of a padded batch drop padding to
-    stay the same length. Padding is never a source or a destination of a merge. With ``protect_first`` the
-    first token (a class token) is never merged away. With ``ratio`` instead of ``r``, a row merges
+    stay the same length. Padding is never a source or a destination of a merge. ``protect_first``: how many
+    leading tokens (class, distillation and register tokens) are never merged, neither away nor into (an
+    int >= 0; True means 1). With ``ratio`` instead of ``r``, a row merges
     ``floor(ratio * (n_real - protected))`` tokens (same cap), so short and long texts lose the same share.
     """
     b, n, c = x.shape
-    p = 1 if protect_first else 0
+    p = int(protect_first)
     n_real = state.real.sum(1)
     if ratio is not None:
         want = torch.floor(ratio * (n_real - p).to(torch.float64) + 1e-9).long()
@@ -146,10 +147,12 @@ def bipartite_merge(
     real_a, real_b = state.real[:, ::2], state.real[:, 1::2]
     scores = a @ bm.transpose(-1, -2)  # (B, Na, Nb)
     scores = scores.masked_fill(~real_b[:, None, :], float("-inf"))
+    if p > 1:  # protected B tokens (positions 1, 3, ... below p) receive no merge
+        scores[:, :, : p // 2] = float("-inf")
     node_max, node_idx = scores.max(-1)
     node_max = node_max.masked_fill(~real_a, float("-inf"))
-    if p:
-        node_max[:, 0] = float("-inf")
+    if p:  # protected A tokens (positions 0, 2, ... below p) are not merged away
+        node_max[:, : (p + 1) // 2] = float("-inf")
     order = torch.sort(node_max, dim=1, descending=True, stable=True).indices
     na = order.shape[1]
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(na, device=x.device).expand(b, na))
@@ -180,30 +183,34 @@ def bipartite_merge(
     return _regather(x_full, state, keep_index, new_pos, state.real, size_full)
 
 
-def attentive_prune(x: Tensor, cls_attn: Tensor, state: TokenState, keep_rate: float) -> tuple[Tensor, TokenState]:
+def attentive_prune(
+    x: Tensor, cls_attn: Tensor, state: TokenState, keep_rate: float, *, protect: int = 1
+) -> tuple[Tensor, TokenState]:
     """EViT's token reorganisation (Liang et al. 2022, "Not All Patches are What You Need", sec. 3).
 
-    Keeps the class token (position 0) and the ``ceil(keep_rate * (n_real - 1))`` tokens with the highest
-    class-token attention ``cls_attn`` ``(B, N)``; the others are fused into one token, their average
-    weighted by that attention (sizes add), placed after the kept ones, so that every input token is still
-    carried by some token (unmerging and mean pooling stay defined).
+    Keeps the ``protect`` leading tokens (the class token at position 0, and distillation or register
+    tokens after it; ``protect >= 1``) and the ``ceil(keep_rate * (n_real - protect))`` other tokens with
+    the highest class-token attention ``cls_attn`` ``(B, N)``; the others are fused into one token, their
+    average weighted by that attention (sizes add), placed after the kept ones, so that every input token
+    is still carried by some token (unmerging and mean pooling stay defined).
     """
     b, n, c = x.shape
+    p = int(protect)
     n_real = state.real.sum(1)
     pos = torch.arange(n, device=x.device)
-    cand = state.real & (pos[None, :] >= 1)
-    k_row = torch.ceil(keep_rate * (n_real - 1).to(torch.float64) - 1e-9).long().clamp(min=0)
-    drop_row = (n_real - 1).clamp(min=0) - k_row
+    cand = state.real & (pos[None, :] >= p)
+    k_row = torch.ceil(keep_rate * (n_real - p).to(torch.float64) - 1e-9).long().clamp(min=0)
+    drop_row = (n_real - p).clamp(min=0) - k_row
     if int(drop_row.max()) == 0:
         return x, state
     score = cls_attn.masked_fill(~cand, float("-inf"))
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, pos.expand(b, n))
-    kept = (cand & (rank < k_row[:, None])) | (state.real & (pos[None, :] == 0))
+    kept = (cand & (rank < k_row[:, None])) | (state.real & (pos[None, :] < p))
     dropped = cand & ~kept
     big_k = int(k_row.max())
     extra = 1
-    new_n = 1 + big_k + extra
+    new_n = p + big_k + extra
     has_fused = dropped.any(1)
     wgt = (cls_attn * dropped).to(x.dtype)
     fused = (x * wgt[..., None]).sum(1) / wgt.sum(1).clamp_min(torch.finfo(x.dtype).tiny)[:, None]

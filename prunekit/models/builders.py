@@ -1,5 +1,6 @@
-"""Building models from spec strings: the registry of ``prunekit:NAME`` models, torchvision classifiers
-(pretrained only from the local cache), the pretrained ccexam MNIST CNN, and how each known task is evaluated."""
+"""Building models from spec strings: the registry of ``prunekit:NAME`` models, torchvision classifiers and
+timm models (pretrained only from the local cache), the pretrained ccexam MNIST CNN, and how each known task is
+evaluated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from prunekit.datasets.locate import source_path
 from prunekit.datasets.registry import CCEXAM_WEIGHTS
-from prunekit.errors import CheckpointError, UnknownNameError
+from prunekit.errors import CheckpointError, ConfigError, UnknownNameError
 from prunekit.eval.accuracy import accuracy
 from prunekit.models.nets import DigitCNN, LeNet5, LeNet300100, SmallResNet
 from prunekit.registry import Registry
@@ -38,7 +39,8 @@ def source_of(model: nn.Module) -> str | None:
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
     """The shape of one example input batch the model takes (batch 1), when the model carries it: every
-    ``prunekit:NAME`` model and every ``torchvision:NAME`` model built by :func:`build_model` does; None
+    ``prunekit:NAME`` model and every ``torchvision:NAME`` / ``timm:NAME`` model built by :func:`build_model`
+    does (timm's from the model's ``pretrained_cfg``); None
     otherwise (prunekit does not guess a shape)."""
     shape = getattr(model, "example_input_shape", None)
     return tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) and shape else None
@@ -87,18 +89,57 @@ def _torchvision(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module,
     return model, True
 
 
+def _timm(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module, bool, tuple[int, ...]]:
+    """A timm model, its pretrained flag and its input shape; pretrained weights only from the local Hugging
+    Face cache (a ``model.safetensors`` file: nothing is downloaded, no pickle is read)."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("timm:NAME models need the timm package: pip install 'timm==1.0.29'") from None
+    names = timm.list_models()
+    if name not in names:
+        raise UnknownNameError("timm model", name, names)
+    torch.manual_seed(seed)
+    local = _timm_cached_weights(name) if pretrained else None
+    if local is None:
+        model = timm.create_model(name, pretrained=False)
+    else:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": local})
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = (cfg.get("input_size") if isinstance(cfg, dict) else None) or (3, 224, 224)
+    return model, local is not None, (1, *(int(d) for d in size))
+
+
+def _timm_cached_weights(name: str) -> str | None:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(name)
+    hub_id = repo.hf_hub_id if repo is not None else None
+    if not hub_id:
+        return None
+    hit = try_to_load_from_cache(hub_id, "model.safetensors")
+    return hit if isinstance(hit, str) else None
+
+
 def build_from_spec(spec: str, *, pretrained: bool = True) -> nn.Module:
-    """Build the model a registered spec names (``torchvision:NAME``, ``prunekit:NAME``; see
-    :mod:`prunekit.models`). Raises :class:`~prunekit.errors.UnknownNameError` listing the specs."""
+    """Build the model a registered spec names (``torchvision:NAME``, ``timm:NAME``, ``prunekit:NAME``; see
+    :mod:`prunekit.models`). Raises :class:`~prunekit.errors.UnknownNameError` listing the specs, and
+    :class:`~prunekit.errors.ConfigError` for ``timm:NAME`` when timm is not installed."""
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         model, loaded = _torchvision(name, pretrained)
         # torchvision's classifiers take ImageNet crops: 224x224, inception_v3 299x299
         return _tag(model, spec, loaded, (1, 3, 299, 299) if name == "inception_v3" else (1, 3, 224, 224))
+    if spec.startswith("timm:"):
+        model, loaded, shape = _timm(spec.split(":", 1)[1], pretrained)
+        return _tag(model, spec, loaded, shape)
     if spec.startswith("prunekit:"):
         return _tag(MODELS.get(spec.split(":", 1)[1])(pretrained), spec, pretrained)
     raise UnknownNameError(
-        "model spec", spec, ["torchvision:NAME", *(f"prunekit:{n}" for n in MODELS.names()), "a saved model directory"]
+        "model spec",
+        spec,
+        ["torchvision:NAME", "timm:NAME", *(f"prunekit:{n}" for n in MODELS.names()), "a saved model directory"],
     )
 
 

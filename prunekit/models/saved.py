@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunekit.apply.masks import apply_mask_, effective_state_dict, masked_parameters
-from prunekit.errors import CheckpointError, UnknownNameError
+from prunekit.errors import CheckpointError, ConfigError, UnknownNameError
 from prunekit.models.builders import build_from_spec, source_of
 from prunekit.serialization import (
     DENSE_FILE,
@@ -119,14 +119,14 @@ def load_model(
 def _build_recorded(directory: Path, source: Any) -> nn.Module:
     """The architecture a saved record names, built by a registered builder (never from files on disk)."""
     advice = "pass the architecture: load_model(dir, model=MyNet())"
-    if not isinstance(source, str) or not source.startswith(("torchvision:", "prunekit:")):
+    if not isinstance(source, str) or not source.startswith(("torchvision:", "timm:", "prunekit:")):
         raise CheckpointError(
             f"{directory / RECORD} names the source {source!r}, which is not a registered builder "
-            f"(torchvision:NAME, prunekit:NAME); {advice}"
+            f"(torchvision:NAME, timm:NAME, prunekit:NAME); {advice}"
         )
     try:
         return build_from_spec(source, pretrained=False)
-    except UnknownNameError as e:
+    except (UnknownNameError, ConfigError) as e:
         raise CheckpointError(
             f"{directory / RECORD} names the source {source!r}, which cannot be built ({e}); {advice}"
         ) from None

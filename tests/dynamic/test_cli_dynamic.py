@@ -101,3 +101,14 @@ def test_austen_sentences_refuses_a_count_below_one_and_more_than_the_novel_has(
             austen_sentences(n)
     with pytest.raises(ConfigError, match="ask for at most that many"):
         austen_sentences(10**7)
+
+
+def test_token_commands_take_timm_models(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "tome.json"
+    args = ["dynamic", "merge-tokens", "timm:test_vit", "--r", "4", "--inputs", "2", "--batch-size", "2"]
+    result = runner.invoke(app, [*args, "--rounds", "1", "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    # test_vit: 160x160 images in 16x16 patches = 100 patches + a class token; 4 merged per block
+    assert res["tokens_per_block"] == [101 - 4 * i for i in range(len(res["tokens_per_block"]))]

@@ -10,7 +10,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import prunekit.dynamic as dyn
 from prunekit.dynamic.tokens import attentive_prune, bipartite_merge, initial_state, unmerge
-from prunekit.errors import ConfigError, UnsupportedModuleError
+from prunekit.errors import ConfigError, ModelError, UnsupportedModuleError
 from tests.conftest import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
@@ -55,6 +55,32 @@ def _padded_ids() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, am
 
 
+def _timm_vit(**kw) -> torch.nn.Module:
+    """A small timm ViT (``VisionTransformer``, or ``VisionTransformerDistilled`` with ``distilled=True``) with
+    weights large enough that merging changes the output; ``kw`` go to the constructor."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    cls = timm.models.deit.VisionTransformerDistilled if kw.pop("distilled", False) else timm.models.VisionTransformer
+    m = cls(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, num_classes=5, **kw).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear):
+            torch.nn.init.normal_(mod.weight, std=0.2)
+    return m
+
+
+def _timm_models():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return []
+    img = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    return [
+        ("timm-vit", _timm_vit(qk_norm=True, init_values=0.1), lambda m: m(img)),
+        ("timm-deit-distilled", _timm_vit(distilled=True), lambda m: m(img)),
+        ("timm-vit-registers", _timm_vit(reg_tokens=2), lambda m: m(img)),
+    ]
+
+
 def _models():
     img = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     ids, am = _padded_ids()
@@ -62,6 +88,7 @@ def _models():
         ("torchvision-vit", _tv_vit(), lambda m: m(img)),
         ("hf-vit", _hf_vit(), lambda m: m(pixel_values=img).last_hidden_state),
         ("bert", _bert(), lambda m: m(input_ids=ids, attention_mask=am).last_hidden_state),
+        *_timm_models(),
     ]
 
 
@@ -107,6 +134,58 @@ def test_token_counts_per_block():
         # 16 patches -> class + 8 kept + 1 fused = 10 -> class + ceil(0.5 * 9) = 5 + 1 fused = 7
         assert p.report()["tokens_per_block"] == [17, 17, 10, 7]
     assert dyn.default_prune_layers(12) == [3, 6, 9]
+
+
+@torch.no_grad()
+def test_each_family_reimplements_its_block_exactly():
+    # ratio=0.01 runs every block through prunekit's own forward pass (the reduce step active) but merges
+    # nothing on these short sequences: the outputs must be the model's own
+    for name, model, run in _models():
+        dense = run(model)
+        with dyn.merge_tokens_(model, ratio=0.01) as p:
+            out = run(model)
+            assert p.report()["tokens_per_block"][-1] == p.report()["input_tokens"], name  # nothing merged
+        assert torch.allclose(out, dense, atol=1e-5, rtol=0), name
+
+
+@torch.no_grad()
+def test_timm_prefix_tokens_are_never_merged_or_pruned():
+    # a DeiT's class and distillation tokens, and a ViT's register tokens, keep their own slots (size 1)
+    for kw, prefix in ((dict(distilled=True), 2), (dict(reg_tokens=3), 4)):
+        m = _timm_vit(**kw)
+        x = torch.randn(1, 3, 32, 32)
+        tokens = 16 + prefix
+        with dyn.merge_tokens_(m, r=100) as p:  # as many as allowed: half of the unprotected tokens per block
+            m(x)
+            counts = p.report()["tokens_per_block"]
+        expected = [tokens]
+        for _ in range(3):
+            expected.append(prefix + (expected[-1] - prefix + 1) // 2)
+        assert counts == expected, (kw, counts)
+        with dyn.prune_tokens_(m, keep_rate=0.5) as p:  # blocks 1, 2, 3 prune: prefix + ceil(rest / 2) + 1
+            m(x)
+            assert p.report()["tokens_per_block"][:3] == [tokens, tokens, prefix + 8 + 1], kw
+    # by hand: 6 tokens, the first 2 protected; the closest pair is (0, 1), then (2, 1): neither may merge
+    x = torch.arange(6, dtype=torch.float32).view(1, 6, 1)
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [-1.0, 0.0], [-1.0, 0.1]]])
+    x0, st = initial_state(x, None)
+    y, st2 = bipartite_merge(x0, metric, st, 1, protect_first=2)
+    assert st2.size.tolist() == [[1.0, 1.0, 1.0, 1.0, 2.0]]  # token 4 went into token 5, the prefix untouched
+    assert y[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.5]
+
+
+def test_timm_refusals():
+    m = _timm_vit(class_token=False, global_pool="avg")
+    before = snapshot(m)
+    with pytest.raises(UnsupportedModuleError, match="no class token"):
+        dyn.prune_tokens_(m, keep_rate=0.5)
+    assert dyn.find_patch(m) is None
+    assert_unchanged(m, before)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), dyn.merge_tokens_(m, r=2):  # ToMe needs no class token
+        assert m(x).shape == (1, 5)
+        with pytest.raises(ModelError, match="attn_mask"):  # a mask the re-implemented blocks cannot honour
+            m(x, attn_mask=torch.zeros(1, 1, 16, 16))
 
 
 def test_bipartite_merge_by_hand():
