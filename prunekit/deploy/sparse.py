@@ -289,6 +289,14 @@ def _plain_copy(module: nn.Linear | nn.Conv2d, weight: Tensor) -> nn.Module:
     return ref.eval()
 
 
+def _refuse_bare_layer(model: nn.Module, what: str) -> None:
+    if isinstance(model, nn.Linear) or _is_conv1x1(model):
+        raise ConfigError(
+            f"{what} swaps layers inside a model, in place; this model is itself one {type(model).__name__}, "
+            "which cannot be replaced in place: wrap it, e.g. model = nn.Sequential(layer)"
+        )
+
+
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -348,6 +356,7 @@ def sparsify_(
         raise ConfigError(f"min_sparsity must lie in [0, 1), got {min_sparsity}")
     if min_speedup < 1:
         raise ConfigError(f"min_speedup must be at least 1 (a sparse layer may never be slower), got {min_speedup}")
+    _refuse_bare_layer(model, "sparsify_")
     from prunekit.eval.latency import compare_latency, pinned_threads
 
     layers: dict[str, nn.Linear | nn.Conv2d] = {
@@ -470,11 +479,20 @@ class SemiStructuredLinear(SparseExecution):
     format = "2:4-semi-structured"
     bias_: Tensor | None  # a buffer, registered in __init__
 
-    def __init__(self, original: nn.Linear):
+    def __init__(self, original: nn.Linear, backend: str = "auto"):
         super().__init__(original)
-        from torch.sparse import to_sparse_semi_structured
+        import torch.sparse as ts
 
-        self.sparse_weight = nn.Parameter(to_sparse_semi_structured(_effective_weight(original)), requires_grad=False)
+        w = _effective_weight(original)
+        sparse: Tensor
+        if backend == "cutlass":
+            sparse = ts.SparseSemiStructuredTensorCUTLASS.from_dense(w)
+        elif backend == "cusparselt":
+            sparse = ts.SparseSemiStructuredTensorCUSPARSELT.from_dense(w)
+        else:  # torch's default: cuSPARSELt where it is available, else CUTLASS
+            sparse = ts.to_sparse_semi_structured(w)
+        self.backend = backend
+        self.sparse_weight = nn.Parameter(sparse, requires_grad=False)
         bias = None if original.bias is None else original.bias.detach().clone()
         self.register_buffer("bias_", bias, persistent=False)
 
@@ -489,26 +507,41 @@ def _is_2_4(w: Tensor) -> bool:
     return bool((w.reshape(w.shape[0], -1, 4).ne(0).sum(-1) <= 2).all())
 
 
-def semi_structured_(model: nn.Module, *, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> list[str]:
+SEMI_STRUCTURED_BACKENDS = ("auto", "cusparselt", "cutlass")
+
+
+def semi_structured_(
+    model: nn.Module,
+    *,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    backend: str = "auto",
+) -> list[str]:
     """Run every 2:4-sparse Linear of ``model`` (on a CUDA device, fp16 or bf16) on the semi-structured sparse
     kernels of ``torch.sparse.to_sparse_semi_structured`` (Mishra et al. 2021, "Accelerating Sparse Deep Neural
     Networks"), in place; :func:`densify_` reverts. Prune with ``pattern="2:4"`` first. Returns the names of the
-    layers swapped.
+    layers swapped. ``backend``: ``"cusparselt"`` (NVIDIA cuSPARSELt), ``"cutlass"`` (PyTorch's CUTLASS
+    kernels) or ``"auto"`` (PyTorch's choice: cuSPARSELt where it is available); see
+    docs/results/deploy/gpu_2of4.md for what each gives at which token count.
 
-    Raises :class:`~prunekit.deploy.errors.DeviceError` without a CUDA device (the kernels exist only there: on
-    a CPU use :func:`sparsify_`), :class:`~prunekit.errors.PatternError` when no Linear layer is 2:4 sparse or
-    a selected one has a weight the kernels refuse (dtype, shape); the model is then unchanged.
+    Raises :class:`~prunekit.errors.ConfigError` for an unknown ``backend`` or a model that is itself one
+    Linear (wrap it in ``nn.Sequential``), :class:`~prunekit.deploy.errors.DeviceError` without a CUDA device
+    (the kernels exist only there: on a CPU use :func:`sparsify_`), :class:`~prunekit.errors.PatternError` when
+    no Linear layer is 2:4 sparse or a selected one has a weight the kernels refuse (dtype, shape); the model
+    is then unchanged.
     """
+    if backend not in SEMI_STRUCTURED_BACKENDS:
+        raise ConfigError(f"backend is one of {', '.join(SEMI_STRUCTURED_BACKENDS)}, got {backend!r}")
     if not torch.cuda.is_available():
         raise DeviceError(
             "2:4 semi-structured sparse kernels run only on a CUDA GPU and none is present; on the "
             "CPU use prunekit.deploy.sparsify_(model, example_inputs) (CSR/BSR kernels) or export to "
             "OpenVINO (prunekit.deploy.export_openvino)"
         )
+    _refuse_bare_layer(model, "semi_structured_")
     targets = {
         n: m
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n)) and _is_2_4(_effective_weight(m))
+        if n and isinstance(m, nn.Linear) and (filter_fn is None or filter_fn(m, n)) and _is_2_4(_effective_weight(m))
     }
     if not targets:
         raise PatternError(
@@ -523,12 +556,24 @@ def semi_structured_(model: nn.Module, *, filter_fn: Callable[[nn.Module, str], 
                 f"{name}: the semi-structured kernels take fp16/bf16 weights on a CUDA device, this one "
                 f"is {w.dtype} on {w.device}; call model.half().cuda() (or bfloat16) first"
             )
+        cap = torch.cuda.get_device_capability(w.device)
+        if backend == "cutlass" and cap[0] != 8:
+            raise DeviceError(
+                "PyTorch's CUTLASS 2:4 kernels run only on GPUs of compute capability 8.x (Ampere); this one is "
+                f"{torch.cuda.get_device_name(w.device)} ({cap[0]}.{cap[1]}): use backend='cusparselt' (or 'auto')"
+            )
         try:
-            built[name] = SemiStructuredLinear(m)
+            layer = SemiStructuredLinear(m, backend)
         except (RuntimeError, ValueError) as e:
             raise PatternError(
                 f"{name} {tuple(w.shape)}: torch.sparse.to_sparse_semi_structured refused it: {e}"
             ) from None
+        try:  # the kernels can refuse a device only when called: call each layer once, before any swap
+            with torch.no_grad():
+                layer(torch.zeros(8, w.shape[1], dtype=w.dtype, device=w.device))
+        except RuntimeError as e:
+            raise DeviceError(f"{name}: the {backend} 2:4 kernels failed on this device: {e}") from None
+        built[name] = layer
     for name, new in built.items():
         _set_child(model, name, new)
     return list(built)

@@ -117,8 +117,30 @@ def test_semi_structured_on_gpu():
     x = torch.randn(64, 256, dtype=torch.half, device="cuda")
     with torch.no_grad():
         ref = model(x)
-    names = semi_structured_(model)
-    assert names == ["0", "2"]
-    with torch.inference_mode():
-        torch.testing.assert_close(model(x), ref, atol=2e-2, rtol=2e-2)
-    assert densify_(model) == 2
+    backends = ["auto", "cusparselt"]
+    if torch.cuda.get_device_capability()[0] == 8:
+        backends.append("cutlass")
+    else:  # PyTorch's CUTLASS 2:4 kernels exist for Ampere only: refused before anything is swapped
+        with pytest.raises(DeviceError, match="Ampere"):
+            semi_structured_(model, backend="cutlass")
+        assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]  # nothing swapped
+    for backend in backends:
+        names = semi_structured_(model, backend=backend)
+        assert names == ["0", "2"]
+        with torch.inference_mode():
+            torch.testing.assert_close(model(x), ref, atol=2e-2, rtol=2e-2)
+        assert densify_(model) == 2
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)  # densify_ put the original layers back
+    with pytest.raises(pk.ConfigError, match="nn.Sequential"):  # a bare Linear cannot be swapped in place
+        semi_structured_(model[0])
+    with pytest.raises(pk.ConfigError, match="backend"):
+        semi_structured_(model, backend="cublas")
+
+
+def test_sparsify_refuses_a_bare_layer_it_cannot_swap_in_place():
+    layer = _sparse_mlp(0.9, width=64)[0]
+    before = snapshot(layer)
+    with pytest.raises(pk.ConfigError, match="nn.Sequential"):
+        sparsify_(layer, torch.randn(2, 64))
+    assert_unchanged(layer, before)
