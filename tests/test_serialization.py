@@ -115,7 +115,7 @@ def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(saved, "save_file", boom)
     with pytest.raises(OSError):
-        pk.save_model(model, out)
+        pk.save_model(model, out, overwrite=True)
     assert (out / DENSE_FILE).read_bytes() == before
     assert not list(out.glob("*.tmp"))
 
@@ -209,3 +209,19 @@ def test_measured_file_sizes_are_the_saved_files_sizes(tmp_path):
     pk.export_sparse(model, tmp_path / "m.sparse.safetensors")
     assert stats.dense_bytes == (tmp_path / "dense" / DENSE_FILE).stat().st_size
     assert stats.sparse_bytes == (tmp_path / "m.sparse.safetensors").stat().st_size
+
+
+def test_saving_over_a_saved_model_needs_overwrite_and_leaves_one_model(tmp_path):
+    torch.manual_seed(0)
+    first, second = SmallCNN(), SmallCNN()
+    pk.prune(first, "magnitude", sparsity=0.9, measure=False)
+    out = pk.save_model(first, tmp_path / "m", sparse=True, report={"run": 1})
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(pk.CheckpointError, match="overwrite=True"):
+        pk.save_model(second, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # nothing written, nothing lost
+    pk.save_model(second, out, overwrite=True)  # dense now, no report: the sparse weights and old report go
+    assert sorted(p.name for p in out.iterdir()) == sorted([DENSE_FILE, "prunekit.json"])
+    again = pk.load_model(out, model=SmallCNN())
+    for a, b in zip(again.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)

@@ -35,6 +35,10 @@ from prunekit.surgery import apply_structure_record, structure_record
 __all__ = ["load_model", "save_model"]
 
 
+#: the report file save_model writes beside the weights when given ``report=``
+REPORT = "report.json"
+
+
 def save_model(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -43,14 +47,18 @@ def save_model(
     source: str | None = None,
     report: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save ``model`` (masks folded in) to ``directory``; :func:`load_model` rebuilds it.
 
     ``source`` is the registered spec that builds the architecture (defaults to the one recorded when the
     model was built by :func:`prunekit.models.build_model`). Without a source the weights are still saved,
     and :func:`load_model` needs the architecture passed in as ``model=``. ``extra`` adds JSON-able fields
-    to the record (e.g. the example input shape). Returns ``directory``. Raises
-    :class:`~prunekit.errors.CheckpointError` when ``model`` is not a module or ``directory`` is a file.
+    to the record (e.g. the example input shape). A folder that already holds a saved model is refused
+    unless ``overwrite=True``; then the new files replace the old ones and the previous save's other files
+    (its weights in the other format, its report) are removed, so that the folder holds one model. Returns
+    ``directory``. Raises :class:`~prunekit.errors.CheckpointError` when ``model`` is not a module,
+    ``directory`` is a file, or it holds a saved model and ``overwrite`` is False (nothing written then).
     """
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"save_model takes a torch.nn.Module, got {type(model).__name__}")
@@ -59,6 +67,12 @@ def save_model(
         raise CheckpointError(
             f"{directory} is a file, not a folder; choose another folder for save_model (it writes "
             f"{DENSE_FILE} and {RECORD} into it)"
+        )
+    held = [n for n in (RECORD, DENSE_FILE, SPARSE_FILE, REPORT) if (directory / n).exists()]
+    if held and not overwrite:
+        raise CheckpointError(
+            f"{directory} already holds a saved model ({', '.join(held)}); pass overwrite=True to replace it "
+            "(on the command line: --overwrite), or choose another folder"
         )
     state = effective_state_dict(model)
     record: dict[str, Any] = {
@@ -77,8 +91,11 @@ def save_model(
         tensors = untie(state)
         atomic_write(directory / DENSE_FILE, lambda tmp: save_file(tensors, tmp, metadata=SAVED_METADATA))
     if report is not None:
-        atomic_write(directory / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+        atomic_write(directory / REPORT, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     atomic_write(directory / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    # the record names the new weights: only now can the previous save's other files go
+    for stale in [SPARSE_FILE if not sparse else DENSE_FILE] + ([REPORT] if report is None else []):
+        (directory / stale).unlink(missing_ok=True)
     return directory
 
 
