@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from prunekit.apply.masks import masked_parameters, remove_masks_, squash_masks_
-from prunekit.errors import CheckpointError, DataError, ModelError
+from prunekit.errors import CheckpointError, ConfigError, DataError, ModelError
 from prunekit.serialization import make_folder
 
 __all__ = [
     "RuntimeModule",
     "check_batch_dynamic",
+    "check_export_options",
     "check_target",
     "compare_outputs",
     "dense_original",
@@ -40,6 +41,25 @@ __all__ = [
     "staged_files",
     "weight_sparsity",
 ]
+
+
+def check_export_options(*, dynamic: Any, atol: Any, rtol: Any, threads: Any, latency_budget_s: Any) -> None:
+    """Refuse export options that cannot mean anything, before any work: ``dynamic`` not a bool, a negative or
+    non-finite ``atol`` / ``rtol``, ``threads`` < 1, a ``latency_budget_s`` that is not a positive number of
+    seconds. Raises :class:`~prunekit.errors.ConfigError` naming the option and what it takes."""
+    if not isinstance(dynamic, bool):
+        raise ConfigError(f"dynamic is True (any batch size) or False (the example's), got {dynamic!r}")
+    for name, v in (("atol", atol), ("rtol", rtol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise ConfigError(f"{name} is a finite tolerance >= 0 (e.g. 1e-4), got {v!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer of at least 1, got {threads!r}")
+    ok = isinstance(latency_budget_s, (int, float)) and not isinstance(latency_budget_s, bool)
+    if not ok or not 0 < latency_budget_s < float("inf"):
+        raise ConfigError(
+            f"latency_budget_s is the time in seconds the latency measurement may take, > 0, got {latency_budget_s!r}"
+            " (measure_latency=False skips the measurement)"
+        )
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:

@@ -18,6 +18,7 @@ from torch import nn
 from prunekit.deploy._common import (
     RuntimeModule,
     check_batch_dynamic,
+    check_export_options,
     check_target,
     compare_outputs,
     dense_original,
@@ -34,7 +35,6 @@ from prunekit.deploy._common import (
 )
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
-from prunekit.errors import ConfigError
 from prunekit.eval.latency import LatencyComparison, compare_latency
 
 __all__ = ["OrtModule", "export_onnx", "load_onnx"]
@@ -262,15 +262,15 @@ def export_onnx(
     :class:`~prunekit.deploy.errors.ExportFailedError` when torch's exporter cannot trace the model,
     :class:`~prunekit.deploy.errors.ExportCheckError` when ONNX Runtime's outputs differ from PyTorch's,
     :class:`~prunekit.errors.CheckpointError` for a target path that is not a new ``.onnx`` file (without
-    ``overwrite``), :class:`~prunekit.errors.ConfigError` for ``threads`` < 1,
+    ``overwrite``), :class:`~prunekit.errors.ConfigError` for ``threads`` < 1, a non-bool ``dynamic``, a
+    negative ``atol`` / ``rtol`` or a ``latency_budget_s`` <= 0,
     :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an ``opset`` the exporter cannot write
     (outside the range it names, or one it cannot convert this model to) and
     :class:`~prunekit.errors.DataError` for missing example inputs or ones the model cannot run on.
     """
     ort = require("onnxruntime")
     require("onnx")
-    if threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
+    check_export_options(dynamic=dynamic, atol=atol, rtol=rtol, threads=threads, latency_budget_s=latency_budget_s)
     _check_opset(opset)
     target = check_target(path, ".onnx", overwrite=overwrite)
     args, kwargs = split_inputs(example_inputs)

@@ -19,6 +19,7 @@ from torch import nn
 from prunekit.deploy._common import (
     RuntimeModule,
     check_batch_dynamic,
+    check_export_options,
     check_target,
     compare_outputs,
     dense_original,
@@ -298,7 +299,8 @@ def export_openvino(
     :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an unknown ``quantize`` / ``precision``
     or ``sparse_weights=True`` without int8 activations, :class:`~prunekit.errors.MissingDataError` for
     ``quantize="int8"`` without ``calibration``, :class:`~prunekit.errors.ConfigError` for calibration given to
-    a mode that does not use it (and for ``sparse_rate`` outside (0, 1) or ``threads`` < 1),
+    a mode that does not use it (and for ``sparse_rate`` outside (0, 1), ``threads`` < 1, a non-bool
+    ``dynamic``, a negative ``atol`` / ``rtol`` or a ``latency_budget_s`` <= 0),
     :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino / nncf,
     :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted.
     """
@@ -328,8 +330,7 @@ def export_openvino(
         )
     if not 0 < sparse_rate < 1:
         raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
-    if threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
+    check_export_options(dynamic=dynamic, atol=atol, rtol=rtol, threads=threads, latency_budget_s=latency_budget_s)
     ov = require("openvino")
     if quantize is not None:
         require("nncf")

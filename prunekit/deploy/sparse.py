@@ -337,8 +337,9 @@ def sparsify_(
     :func:`densify_` reverts bit-exactly (the original layer objects come back). Returns a
     :class:`SparsifyReport` naming every layer with its decision and reason. Raises
     :class:`~prunekit.errors.DataError` when ``example_inputs`` is missing or the model cannot run on it,
-    :class:`~prunekit.errors.ConfigError` for invalid ``formats``, ``block_sizes``, ``min_sparsity`` or
-    ``min_speedup``, :class:`~prunekit.errors.ModelError` when ``model`` is not a module or the swapped layers
+    :class:`~prunekit.errors.ConfigError` for invalid ``formats``, ``block_sizes``, ``min_sparsity``,
+    ``min_speedup``, ``probe_budget_s`` or ``threads``, or a model that is itself one layer,
+    :class:`~prunekit.errors.ModelError` when ``model`` is not a module or the swapped layers
     change its outputs; on any failure the model is left as it was.
     """
     if not isinstance(model, nn.Module):
@@ -347,9 +348,14 @@ def sparsify_(
         raise DataError(
             "sparsify_ needs example_inputs: a batch at the batch size you will run (the probe times each layer on it)"
         )
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)  # "csr" is one format, not three letters
     unknown = set(formats) - {"csr", "bsr"}
     if unknown or not formats:
         raise ConfigError(f"formats takes 'csr' and/or 'bsr', got {list(formats)}")
+    if isinstance(probe_budget_s, bool) or not isinstance(probe_budget_s, (int, float)) or not 0 < probe_budget_s:
+        raise ConfigError(f"probe_budget_s is the seconds each layer's timing may take, > 0, got {probe_budget_s!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads is None (the current count) or an integer of at least 1, got {threads!r}")
     if any(int(b) < 1 for b in block_sizes):
         raise ConfigError(f"block_sizes must be positive integers, got {list(block_sizes)}")
     if not 0 <= min_sparsity < 1:

@@ -129,6 +129,22 @@ def test_refusals_leave_files_alone(tmp_path):
         export_onnx(model, x, tmp_path / "plain" / "m.onnx", measure_latency=False)
 
 
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        (dict(atol=-1), "atol"),
+        (dict(rtol=float("nan")), "rtol"),
+        (dict(dynamic="no"), "dynamic"),
+        (dict(latency_budget_s=-1), "latency_budget_s"),
+        (dict(threads=0), "threads"),
+    ],
+)
+def test_meaningless_options_are_refused_before_anything_is_written(tmp_path, bad, word):
+    with pytest.raises(pk.ConfigError, match=word):
+        export_onnx(_cnn(), torch.randn(1, 1, 8, 8), tmp_path / "m.onnx", **bad)
+    assert not list(tmp_path.iterdir())
+
+
 def test_exports_of_one_name_to_two_runtimes_keep_both_reports(tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'prunekit[deploy]')")
     from prunekit.deploy import export_openvino, report_path_of

@@ -144,3 +144,13 @@ def test_sparsify_refuses_a_bare_layer_it_cannot_swap_in_place():
     with pytest.raises(pk.ConfigError, match="nn.Sequential"):
         sparsify_(layer, torch.randn(2, 64))
     assert_unchanged(layer, before)
+
+
+def test_sparsify_takes_one_format_as_a_string_and_refuses_meaningless_budgets():
+    model = _sparse_mlp(0.95, width=256)
+    report = sparsify_(model, torch.randn(8, 256), formats="csr", probe_budget_s=0.05)
+    assert {d.format for d in report.layers if d.format} <= {"csr"}
+    densify_(model)
+    for bad, word in ((dict(probe_budget_s=-1), "probe_budget_s"), (dict(threads=0), "threads")):
+        with pytest.raises(pk.ConfigError, match=word):
+            sparsify_(model, torch.randn(8, 256), **bad)
