@@ -69,6 +69,10 @@ def export(
             help="onnx only: store weights under 1/3 density in ONNX's sparse form (smaller file)",
         ),
     ] = True,
+    opset: Annotated[
+        int | None,
+        typer.Option(help="onnx only: the ONNX opset to write (13 to the installed onnx's newest; default: 18)"),
+    ] = None,
     input_shape: Annotated[
         str | None,
         typer.Option(help="example input shape (batch first; default: the one the model carries or its record holds)"),
@@ -124,6 +128,8 @@ def export(
                 )
         elif not sparse_initializers:
             raise pk.ConfigError("--dense-initializers applies to --to onnx only")
+        elif opset is not None:
+            raise pk.ConfigError("--opset applies to --to onnx only (OpenVINO IR has no opset to choose)")
         check_output_directory(out, overwrite=overwrite)
         record = read_record(model) if Path(model).is_dir() else None
         m = pk.build_model(model)
@@ -171,6 +177,7 @@ def export(
                     baseline_label=label,
                     dynamic=dynamic,
                     sparse_initializers=sparse_initializers,
+                    opset=opset,
                     measure_latency=latency,
                     threads=threads,
                     latency_budget_s=latency_budget,

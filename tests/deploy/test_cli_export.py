@@ -55,6 +55,20 @@ def test_export_refusals(saved, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_export_opset_is_written_or_refused(saved, tmp_path):
+    import onnx
+
+    d, _ = saved
+    out = tmp_path / "o17"
+    r = runner.invoke(app, ["export", str(d), "--to", "onnx", "--opset", "17", "--out", str(out), "--no-latency"])
+    assert r.exit_code == 0, r.output
+    assert {o.version for o in onnx.load(str(out / "model.onnx")).opset_import if o.domain in ("", "ai.onnx")} == {17}
+    for args in (["--to", "onnx", "--opset", "7"], ["--to", "openvino", "--opset", "17"]):
+        r = runner.invoke(app, ["export", str(d), *args, "--out", str(tmp_path / "x"), "--no-latency"])
+        assert r.exit_code == 2 and "opset" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_openvino_int8_weights(saved, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'prunekit[deploy]')")
     pytest.importorskip("nncf", reason="nncf is not installed (pip install 'prunekit[deploy]')")
