@@ -9,7 +9,7 @@ has data), parameters, weight sparsity and latency at the recipe's input shape.
 .. code-block:: yaml
 
     model: prunekit:mnist-cnn
-    input_shape: [1, 1, 28, 28]
+    input_shape: [1, 1, 28, 28]   # optional: built-in, torchvision and timm models carry theirs
     data: mnist
     stages:
       - prune: {method: magnitude, sparsity: 0.9}
@@ -120,15 +120,27 @@ def _typed(cls: type, where: str, raw: Any) -> Any:
     return obj
 
 
+def _recorded_shape(model: str) -> tuple[int, ...] | None:
+    """The example input shape a saved model's record holds (None: not a saved folder, or none recorded)."""
+    from prunekit.serialization import read_record
+
+    if not Path(model).is_dir():
+        return None
+    shape = read_record(model).get("input_shape")
+    return tuple(int(d) for d in shape) if isinstance(shape, list) and shape else None
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A prune -> fine-tune -> quantise -> export recipe; see the module docstring. ``model``: a spec as
-    :func:`prunekit.build_model` takes it; ``input_shape``: the example batch (latency is timed on it);
+    :func:`prunekit.build_model` takes it; ``input_shape``: the example batch (latency is timed on it; None:
+    the shape the built model carries, as every ``prunekit:``, ``torchvision:`` and ``timm:`` model and a
+    saved model's record do);
     ``data``: ``mnist`` or ``fashion-mnist`` for fine-tuning, calibration and accuracy (None: the model's
     own task data, known for ``prunekit:mnist-cnn``); ``eval_images``: test images for the accuracy."""
 
     model: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | None
     stages: tuple[Any, ...]
     data: str | None = None
     eval_images: int = 2000
@@ -146,7 +158,7 @@ class Recipe:
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; it accepts: {', '.join(sorted(known))}")
-        for key in ("model", "input_shape", "stages"):
+        for key in ("model", "stages"):
             if key not in raw:
                 raise ConfigError(f"recipe: {key} is required")
         if not isinstance(raw["stages"], list) or not raw["stages"]:
@@ -161,10 +173,14 @@ class Recipe:
             if name not in STAGES:
                 raise UnknownNameError("recipe stage", name, STAGES)
             stages.append(_typed(STAGES[name], f"stages[{i}].{name}", options))
-        shape = raw["input_shape"]
-        if not isinstance(shape, (list, tuple)) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise ConfigError(f"recipe: input_shape takes positive integers such as [1, 1, 28, 28], got {shape!r}")
-        recipe = cls(**{**raw, "input_shape": tuple(shape), "stages": tuple(stages)})
+        shape = raw.get("input_shape")
+        ok = isinstance(shape, (list, tuple)) and shape and all(isinstance(s, int) and s > 0 for s in shape)
+        if shape is not None and not ok:
+            raise ConfigError(
+                f"recipe: input_shape takes positive integers such as [1, 1, 28, 28] (or leave it out for a model "
+                f"that carries its shape), got {shape!r}"
+            )
+        recipe = cls(**{**raw, "input_shape": tuple(shape) if shape else None, "stages": tuple(stages)})
         recipe.validate()
         return recipe
 
@@ -185,7 +201,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The recipe as the mapping :meth:`from_dict` reads (stages as ``{stage name: options}``)."""
         d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["stages"] = [{_name(s): asdict(s)} for s in self.stages]
         return d
 
@@ -203,9 +219,9 @@ class Recipe:
 
         if self.model.startswith("prunekit:"):
             MODELS.get(self.model.split(":", 1)[1])
-        elif not (self.model.startswith("torchvision:") or Path(self.model).is_dir()):
+        elif not (self.model.startswith(("torchvision:", "timm:")) or Path(self.model).is_dir()):
             raise UnknownNameError(
-                "model spec", self.model, ["torchvision:NAME", "prunekit:NAME", "a saved model directory"]
+                "model spec", self.model, ["torchvision:NAME", "timm:NAME", "prunekit:NAME", "a saved model directory"]
             )
         if self.data is not None and self.data not in DATA:
             raise UnknownNameError("recipe data", self.data, DATA)
@@ -357,7 +373,7 @@ def _run(recipe: Recipe) -> RecipeResult:
     from prunekit.api import prune
     from prunekit.apply.masks import squash_masks_
     from prunekit.methods.base import resolve_method
-    from prunekit.models import build_model
+    from prunekit.models import build_model, input_shape_of
     from prunekit.progress import ProgressBar
 
     recipe.validate()
@@ -366,8 +382,13 @@ def _run(recipe: Recipe) -> RecipeResult:
     test = data[1] if data else None
     t0 = time.perf_counter()
     model = build_model(recipe.model).eval()
+    shape = recipe.input_shape or input_shape_of(model) or _recorded_shape(recipe.model)
+    if shape is None:
+        raise ConfigError(
+            f"recipe: {recipe.model} carries no input shape; add input_shape: [batch, ...] (e.g. [1, 3, 224, 224])"
+        )
     dense = copy.deepcopy(model)
-    x = torch.randn(*recipe.input_shape, generator=torch.Generator().manual_seed(recipe.seed))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(recipe.seed))
     start_notes = [data[2]] if data else ["no data: accuracy not measured"]
     rows = [_row("start", model, x, test, recipe.threads, t0, start_notes)]
     export_report = None

@@ -122,3 +122,13 @@ def test_the_readme_recipe_is_valid(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # its export folder is relative
     recipe = Recipe.from_dict(yaml.safe_load(block.group(1)))
     assert [type(s).__name__ for s in recipe.stages] == ["PruneStage", "FineTuneStage", "QuantizeStage", "ExportStage"]
+
+
+def test_input_shape_may_be_left_out_where_the_model_carries_it(tmp_path):
+    raw = {"model": "prunekit:lenet5", "stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]}
+    result = Recipe.from_dict(raw).run()  # lenet5 carries (1, 1, 28, 28): no data, so no accuracy
+    assert [r["stage"] for r in result.stages] == ["start", "prune"] and result.stages[1]["latency_ms"] > 0
+    model = pk.build_model("prunekit:lenet5")
+    saved = pk.save_model(model, tmp_path / "no-shape", source="prunekit:lenet5")  # a record without a shape
+    shapeless = {**raw, "model": str(saved)}
+    assert Recipe.from_dict(shapeless).run().stages[0]["latency_ms"] > 0  # rebuilt from its source: carried
