@@ -456,8 +456,8 @@ def from_pretrained_pruned(model_class: Any, path: str, *, dtype: torch.dtype | 
     model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
     if record:
         _apply_hf_structure(model, record)
-    state = _read_safetensors(directory)
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    state = _checkpoint_names_to_model(model, _read_safetensors(directory), set(tensors), directory)
     unexpected = sorted(set(state) - set(tensors))
     if unexpected:
         raise CheckpointError(f"{directory}: weights {unexpected[:5]} do not belong to {type(model).__name__}")
@@ -477,6 +477,36 @@ def from_pretrained_pruned(model_class: Any, path: str, *, dtype: torch.dtype | 
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def _checkpoint_names_to_model(
+    model: nn.Module, state: dict[str, torch.Tensor], names: set[str], directory: Any
+) -> dict[str, torch.Tensor]:
+    """The saved tensors under the model's own names. transformers >= 5 saves some parameters under their
+    legacy checkpoint names (GPT-NeoX's ``lm_head.weight`` as ``embed_out.weight``) and renames them when it
+    loads; the same renamings (``transformers.conversion_mapping``) are applied here, to names the model does
+    not have only. Weight merges and splits are not (a key they would produce stays unknown and is refused)."""
+    if all(k in names for k in state):
+        return state
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    from prunekit.errors import CheckpointError
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key
+        if key not in names:
+            for t in renamings:
+                new, hit = t.rename_source_key(key)
+                if hit is not None and new in names:
+                    name = new
+                    break
+        if name in out:
+            raise CheckpointError(f"{directory}: the weights {key!r} and another saved tensor both name {name!r}")
+        out[name] = value
+    return out
 
 
 def _read_safetensors(directory: Any) -> dict[str, torch.Tensor]:

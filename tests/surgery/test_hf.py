@@ -243,3 +243,18 @@ def test_own_config_points_every_reference_at_the_copy() -> None:
     assert model.config is not cfg and model.config.to_dict() == cfg.to_dict()
     assert model.model.config is model.config and model.model.layers[0].self_attn.config is model.config
     assert model.generation_config is not generation and model.generation_config.to_dict() == generation.to_dict()
+
+
+def test_legacy_checkpoint_names_are_renamed_as_transformers_loads_them(tmp_path) -> None:  # noqa: ANN001
+    # transformers 5 saves GPT-NeoX's lm_head.weight as embed_out.weight and renames it on load
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 16))
+    pk.prune(model, "l1-channel", sparsity=0.25, example_inputs=ids, measure=False)
+    model.save_pretrained(tmp_path)
+    again = from_pretrained_pruned(transformers.AutoModelForCausalLM, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
