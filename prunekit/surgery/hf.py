@@ -493,7 +493,7 @@ def _checkpoint_names_to_model(
 
     from prunekit.errors import CheckpointError
 
-    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    renamings = [t for t in get_model_conversion_mapping(cast(Any, model)) if isinstance(t, WeightRenaming)]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = key
