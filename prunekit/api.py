@@ -61,7 +61,9 @@ def prune(
     layers ("uniform", "global", "erk", "lamp", "owl", or an object); default the method's. ``ignore``: modules,
     module names or a ``filter_fn(module, name)`` to keep dense; the final classifier is kept dense by
     default (``prune_classifier=True`` prunes it). ``example_inputs``: a batch used to count FLOPs and time
-    the model (and by structural methods to trace it). ``calibration``: batches ``(inputs, targets)`` or a
+    the model (and by structural methods to trace it); without it, a model that carries its input shape
+    (:func:`prunekit.models.input_shape_of`: built-in, torchvision and timm models) is traced and counted on a
+    seeded random batch of that shape, and not timed. ``calibration``: batches ``(inputs, targets)`` or a
     loss function ``model -> loss``, for data-driven methods.
 
     Common options: ``seed`` (0), ``prune_classifier`` (False), ``skip_incompatible`` (False: leave layers
@@ -141,6 +143,9 @@ def prune(
     threads = options.pop("latency_threads", 1)
     prune_classifier = bool(options.pop("prune_classifier", False))
     skip_incompatible = bool(options.pop("skip_incompatible", False))
+    carried_note = None
+    if example_inputs is None:  # a model that carries its input shape (built-in, torchvision, timm) is traced on it
+        example_inputs, carried_note = _carried_example(model, seed)
 
     selection = select_targets(model, ignore, prune_classifier=prune_classifier)
     check_finite(selection.targets)
@@ -197,6 +202,8 @@ def prune(
         notes += _unused_calibration_note(named)
     if latency_note:
         notes.append(latency_note)
+    if carried_note:
+        notes.append(carried_note)
     return Report(
         method=named.name,
         settings=settings,
@@ -206,6 +213,25 @@ def prune(
         notes=notes,
         latency=comparison,
     )
+
+
+def _carried_example(model: nn.Module, seed: int) -> tuple[Any, str | None]:
+    """A seeded random batch of the shape the model carries (:func:`prunekit.models.input_shape_of`), on the
+    model's device, and a note saying so; ``(None, None)`` when the model carries none."""
+    from prunekit.models import input_shape_of
+
+    shape = input_shape_of(model)
+    if shape is None:
+        return None, None
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    note = (
+        f"example inputs: a random batch of the shape the model carries {tuple(shape)}, for tracing and FLOPs "
+        "(pass example_inputs= to choose them, and to time the model)"
+    )
+    return x, note
 
 
 def _forward_only(named: Method, m: Method) -> bool:

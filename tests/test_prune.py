@@ -400,3 +400,15 @@ def test_structural_failure_mid_surgery_restores_model(monkeypatch):
     assert_unchanged(model, before)
     assert model.layer1[0].conv1.out_channels == 64 and model.fc.in_features == 512
     assert torch.equal(model(x), expected)
+
+
+def test_a_model_that_carries_its_input_shape_is_traced_and_counted_on_it():
+    model = pk.build_model("prunekit:lenet5")
+    report = pk.prune(model, "l1-channel", sparsity=0.5)  # no example_inputs: the carried (1, 1, 28, 28)
+    assert report.after.params < report.before.params
+    assert report.before.flops and report.after.flops and report.after.flops < report.before.flops
+    assert report.before.latency_ms is None  # random inputs are not timed
+    assert any("carries (1, 1, 28, 28)" in n for n in report.notes)
+    bare = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    with pytest.raises(pk.DataError, match="pass example_inputs="):  # nothing carried: nothing guessed
+        pk.prune(bare, "l1-channel", sparsity=0.5)
