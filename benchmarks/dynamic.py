@@ -486,23 +486,38 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         return TrainConfig(epochs=epochs, batch_size=128, lr=0.05, seed=args.seed, progress=False)
 
     @torch.no_grad()
-    def acc(m: Any) -> float:
+    def correct(m: Any) -> torch.Tensor:
+        """``(n_test,)`` bool: which test images ``m`` classifies right."""
         m.eval()
-        right = sum(int((m(xte[i : i + 500]).argmax(1) == yte[i : i + 500]).sum()) for i in range(0, len(xte), 500))
-        return float(right / len(xte))
+        return torch.cat([m(xte[i : i + 500]).argmax(1) == yte[i : i + 500] for i in range(0, len(xte), 500)])
 
-    def latency(models: dict[str, Any]) -> dict[str, dict[str, float]]:
+    def acc(m: Any) -> float:
+        return float(correct(m).double().mean())
+
+    def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+        """Accuracy difference a - b in points on the same test images, with the 95% half-width of the
+        paired normal interval (per-image differences; test-set sampling only, not seed-to-seed spread)."""
+        d = a.double() - b.double()
+        return {"points": 100 * float(d.mean()), "half_width_95": 100 * 1.96 * float(d.std()) / len(d) ** 0.5}
+
+    def latency(models: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """ms per input at batch 1 for each model, and the per-round speed-up (dense time / model time),
+        from interleaved rounds in an order shuffled per round (seeded), after one untimed warm-up round."""
         times: dict[str, list[float]] = {k: [] for k in models}
         x1 = xte[:1]
+        rng = random.Random(args.seed)
         with torch.no_grad():
             for rnd in range(args.rounds + 1):
-                for name, m in models.items():
+                order = list(models.items())
+                rng.shuffle(order)
+                for name, m in order:
                     t0 = time.perf_counter()
                     for _ in range(20):
                         m(x1)
                     if rnd:
                         times[name].append((time.perf_counter() - t0) / 20 * 1000)
-        return {k: _spread(v) for k, v in times.items()}
+        speedup = {k: _spread([d / t for d, t in zip(times["dense"], times[k])]) for k in models if k != "dense"}
+        return {k: _spread(v) for k, v in times.items()}, speedup
 
     torch.manual_seed(args.seed)
     dense = pk.build_model("prunekit:resnet-small")
@@ -515,12 +530,13 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         fbs = copy.deepcopy(dense)  # as the paper: gates added to the trained network, then fine-tuned
         Trainer(fbs, (xtr, ytr), method="fbs", sparsity=1 - density, config=cfg(args.fbs_epochs)).fit()
         fbs.eval()
+        fbs_correct = correct(fbs)
         macs = count_macs(fbs, xte[:500])
         share = float(macs.per_input.mean()) / dense_macs.dense
         rows.append(
             {
                 "method": f"fbs density={density}",
-                "accuracy": acc(fbs),
+                "accuracy": float(fbs_correct.double().mean()),
                 "macs_share": share,
                 "macs_share_p5_p95": [float(macs.per_input.quantile(q)) / dense_macs.dense for q in (0.05, 0.95)],
             }
@@ -542,15 +558,18 @@ def run_fbs(args: argparse.Namespace) -> dict[str, Any]:
         before = acc(static)
         Trainer(static, (xtr, ytr), config=cfg(args.fbs_epochs)).fit()
         static.eval()
-        lat = latency({"dense": dense, "fbs": fbs, "static": static})
+        static_correct = correct(static)
+        lat, speedup = latency({"dense": dense, "fbs": fbs, "static": static})
         rows.append(
             {
                 "method": f"static l2-channel sparsity={sp}",
-                "accuracy": acc(static),
+                "accuracy": float(static_correct.double().mean()),
                 "accuracy_before_ft": before,
                 "macs_share": c_share,
                 "matched_to": f"fbs density={density}",
+                "fbs_minus_static": paired(fbs_correct, static_correct),
                 "latency_ms_batch1": lat,
+                "speedup_batch1": speedup,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -574,18 +593,72 @@ def fbs_markdown(res: dict[str, Any]) -> str:
         "predictors included), "
         "as a share of the dense network's. Static: `l2-channel` on the trained dense network at the sparsity "
         "whose MACs come closest to FBS's mean, fine-tuned for the same epochs. Latency: batch 1, one thread, "
-        "ms per input, median over rounds "
+        "ms per input, median over rounds; speed-up: dense time / model time per round, median [quartiles] "
         "(FBS computes every channel and zeroes the suppressed ones in PyTorch, so its savings are counted, "
         "not realised).",
         "",
-        "| method | accuracy | MACs share | latency batch 1 (ms): dense / fbs / static |",
-        "|---|---|---|---|",
+        "| method | accuracy | MACs share | latency batch 1 (ms): dense / fbs / static "
+        "| speed-up batch 1: fbs | speed-up batch 1: static |",
+        "|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
-        lat = r.get("latency_ms_batch1")
+        lat, sp = r.get("latency_ms_batch1"), r.get("speedup_batch1")
         lt = " / ".join(f"{lat[k]['median']:.2f}" for k in ("dense", "fbs", "static")) if lat else ""
-        lines.append(f"| {r['method']} | {100 * r['accuracy']:.2f}% | {r['macs_share']:.3f} | {lt} |")
+        su = [f"{sp[k]['median']:.2f}x [{sp[k]['q1']:.2f}, {sp[k]['q3']:.2f}]" for k in ("fbs", "static")] if sp else []
+        lines.append(
+            f"| {r['method']} | {100 * r['accuracy']:.2f}% | {r['macs_share']:.3f} | {lt} | "
+            + (" | ".join(su) if su else " | ")
+            + " |"
+        )
+    lines += ["", *fbs_reading(res)]
     return "\n".join(lines) + "\n"
+
+
+def fbs_reading(res: dict[str, Any]) -> list[str]:
+    """The reading of the FBS table, written from its numbers (so that a rerun cannot leave it stale)."""
+    rows = {r["method"]: r for r in res["rows"]}
+    pairs = [(rows[r["matched_to"]], r) for r in res["rows"] if "matched_to" in r]
+    beat = any(r["accuracy"] > rows["dense"]["accuracy"] for r in res["rows"][1:])
+    out = [
+        f"Reading (written from the numbers above by `benchmarks/dynamic.py`): every row after the dense one "
+        f"had {res['data']['epochs']} more epochs of training than the dense network"
+        + (", which is why some beat it." if beat else "."),
+        "",
+        "- Accuracy at matched MACs, FBS minus static (points; 95% paired interval over the "
+        f"{res['data']['test']:,} test images, one training seed, so seed-to-seed spread is not included):",
+    ]
+    for f, s in pairs:
+        diff = s["fbs_minus_static"]
+        pts, hw = diff["points"], diff["half_width_95"]
+        verdict = "level (within the interval)" if abs(pts) <= hw else ("FBS ahead" if pts > 0 else "FBS behind")
+        out.append(
+            f"  - {f['method']} ({f['macs_share']:.3f} of the MACs) vs {s['method']} ({s['macs_share']:.3f}): "
+            f"{100 * f['accuracy']:.2f}% vs {100 * s['accuracy']:.2f}%, {pts:+.2f} +/- {hw:.2f}: {verdict}."
+        )
+    spread = [f["macs_share_p5_p95"][1] - f["macs_share_p5_p95"][0] for f, _ in pairs]
+    out.append(
+        "- FBS keeps a fixed number of channels per layer, so its MACs per input hardly vary (5th to 95th "
+        f"percentile at most {max(spread):.4f} of the dense MACs apart; `fbs.json`); which channels run changes "
+        "per input."
+    )
+    fbs_su = [s["speedup_batch1"]["fbs"]["median"] for _, s in pairs]
+    st_su = [s["speedup_batch1"]["static"]["median"] for _, s in pairs]
+
+    def span(v: list[float]) -> str:
+        lo, hi = f"{min(v):.2f}x", f"{max(v):.2f}x"
+        return lo if lo == hi else f"{lo} to {hi}"
+
+    if max(fbs_su) < 1:
+        fbs_says = f"the savings do not turn into time: the gated network runs at {span(fbs_su)} of dense speed"
+    elif min(fbs_su) > 1:
+        fbs_says = f"the savings turn into time: the gated network is {span(fbs_su)} faster than dense"
+    else:
+        fbs_says = f"the savings do not reliably turn into time: median speed-up over dense {span(fbs_su)}"
+    out.append(
+        f"- CPU, batch 1, one thread: for FBS {fbs_says} (its predictors and hooks run and every channel is "
+        f"still computed), while the statically pruned networks run at {span(st_su)} of dense speed."
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- main

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -68,13 +69,28 @@ def _python_calls(message: str) -> list[tuple[int, int]]:
     return spans
 
 
-def cli_hint(message: str) -> str:
+def _flag_rules(flags: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Rewrite rules for a command's own names: ``name=value`` becomes ``--flag value``, a bare ``name=`` or
+    the name as a word becomes ``--flag`` (not inside another word, a dotted name or a flag)."""
+    rules: list[tuple[str, str]] = []
+    for name, flag in flags.items():
+        word = rf"(?<![\w.'-]){re.escape(name)}"
+        rules += [(rf"{word}=(?=[\s(),;:]|$)", flag), (rf"{word}=", flag + " "), (rf"{word}(?![\w'(=-])", flag)]
+    return rules
+
+
+def cli_hint(message: str, flags: Mapping[str, str] | None = None) -> str:
     """``message`` with its Python keyword advice (``ignore=[...]``, ``skip_incompatible=True``, ...) written as
     the command line's flags (``--ignore NAME``, ``--skip-incompatible``, ...). Only keywords that stand alone
-    are rewritten: a whole Python call expression (``pk.prune(model, ..., sparsity=0.5)``) is kept as it is."""
+    are rewritten: a whole Python call expression (``pk.prune(model, ..., sparsity=0.5)``) is kept as it is.
+
+    ``flags`` maps a command's own Python names to what the user typed, e.g. ``{"keep_rate": "--keep-rate",
+    "prune_tokens_": "prunekit dynamic prune-tokens"}``: ``keep_rate=0.7`` becomes ``--keep-rate 0.7`` and the
+    word ``keep_rate`` becomes ``--keep-rate`` (applied before the general rules)."""
+    rules = [*_flag_rules(flags or {}), *_CLI_HINTS]
 
     def rewrite(text: str) -> str:
-        for pattern, replacement in _CLI_HINTS:
+        for pattern, replacement in rules:
             text = re.sub(pattern, replacement, text)
         return text
 
@@ -88,12 +104,13 @@ def cli_hint(message: str) -> str:
     return message.replace("--overwrite (--overwrite in Python)", "--overwrite")
 
 
-def fail(e: Exception) -> NoReturn:
-    """Print a prunekit error for a person (its advice in command-line syntax) on standard error and end the
-    command with exit status 2 (raises :class:`typer.Exit`)."""
+def fail(e: Exception, flags: Mapping[str, str] | None = None) -> NoReturn:
+    """Print a prunekit error for a person (its advice in command-line syntax; ``flags``: the command's own
+    Python names and the flags they come from, see :func:`cli_hint`) on standard error and end the command
+    with exit status 2 (raises :class:`typer.Exit`)."""
     from prunekit.errors import MissingDataError
 
-    text = cli_hint(str(e))
+    text = cli_hint(str(e), flags)
     # the image data sets --calibration takes, where the advice names that option
     names_option = re.search(r"--calibration\b(?!-)", text) is not None
     hint = " (DATA: mnist or fashion-mnist)" if isinstance(e, MissingDataError) and names_option else ""

@@ -10,6 +10,12 @@ real inputs next to the dense model and prints what was skipped and what it cost
 similarity of the outputs to the dense ones, the latency ratio (interleaved rounds, one thread) or the
 perplexity, and writes the same as JSON with ``--json-out`` (checked before the work: an existing file is
 refused unless ``--overwrite``; written whole or not at all).
+
+For an image model the features entering its classification layer are compared too, and a model with random
+weights (no pretrained weights in the local cache) is named as such. A cosine similarity is undefined where an
+output is all zero (a random-init torchvision ViT's class scores are: its classification layer starts at
+zero); it is reported as undefined, never as a number. Refusals name the command's flags (``--keep-rate``),
+not the Python parameters of :mod:`prunekit.dynamic` (``keep_rate``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prunekit.cli._common import check_json_out, console, fail, write_json_out
+from prunekit.cli._common import check_json_out, console, err_console, fail, write_json_out
 from prunekit.errors import PrunekitError
 
 # the commands register themselves on the typer application on import; only these names are imported elsewhere
@@ -79,15 +85,68 @@ def _token_inputs(spec: str, inputs: int, batch_size: int, text: str, seed: int)
     )
 
 
-def _outputs(model: Any, batches: list, kind: str) -> Any:
+def _classifier(model: Any) -> tuple[str, Any] | None:
+    """(name, module) of the model's last ``nn.Linear`` (a vision transformer's classification layer), if any."""
+    from torch import nn
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return found[-1] if found else None
+
+
+def _outputs(model: Any, batches: list, kind: str, features: bool = False) -> tuple[Any, Any]:
+    """The model's outputs ``(N, ...)`` on ``batches`` (sentence embeddings for text, class scores for images)
+    and, with ``features`` for an image model, the features entering its classification layer ``(N, D)``
+    (None when that layer's output is not the model's output, or for text)."""
     import torch
 
     from prunekit.dynamic.inputs import encode
 
     with torch.no_grad():
         if kind == "text":
-            return encode(model, batches)
-        return torch.cat([model(b["x"]) for b in batches])
+            return encode(model, batches), None
+        head = _classifier(model) if features else None
+        if head is None:
+            return torch.cat([model(b["x"]) for b in batches]), None
+        seen: dict[str, Any] = {}
+        handle = head[1].register_forward_hook(lambda _m, args, out: seen.update(x=args[0], y=out))
+        outs, feats = [], []
+        try:
+            for b in batches:
+                outs.append(model(b["x"]))
+                if seen.get("y") is outs[-1]:  # the layer's output is the model's output: a classification layer
+                    feats.append(seen["x"].flatten(1))
+        finally:
+            handle.remove()
+        return torch.cat(outs), (torch.cat(feats) if len(feats) == len(outs) else None)
+
+
+def _cosine(patched: Any, dense: Any, of: str) -> dict[str, Any]:
+    """Cosine similarity of each input's patched output to its dense output (``(N, ...)`` each, flattened per
+    input): mean and min over the inputs where it is defined. A zero vector has no direction, so an input whose
+    dense or patched output is all zero is left out and counted (``undefined_inputs``, with the ``reason``);
+    mean and min are None when no input has a defined cosine (never a made-up 0)."""
+    a, b = patched.flatten(1).double(), dense.flatten(1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    ok = (na > 0) & (nb > 0)
+    res: dict[str, Any] = {"of": of, "mean": None, "min": None, "undefined_inputs": int((~ok).sum())}
+    if bool(ok.any()):
+        cos = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
+        res.update(mean=float(cos.mean()), min=float(cos.min()))
+    if not bool(ok.all()):
+        zero = [(w, int((n == 0).sum())) for w, n in (("dense", nb), ("patched", na))]
+        res["reason"] = " and ".join(f"the {w} {of} are all zero for {k} of {len(ok)} inputs" for w, k in zero if k)
+    return res
+
+
+def _say_cosine(c: dict[str, Any], note: str = "") -> None:
+    if c["mean"] is None:
+        console.print(
+            f"cosine to dense {c['of']}: undefined: {c['reason']} (a zero vector has no direction{note})",
+            highlight=False,
+        )
+        return
+    left_out = f" (left out: {c['reason']})" if c["undefined_inputs"] else ""
+    console.print(f"cosine to dense {c['of']}: mean {c['mean']:.4f}, min {c['min']:.4f}{left_out}", highlight=False)
 
 
 def _run_tokens(
@@ -106,17 +165,30 @@ def _run_tokens(
     import torch
 
     from prunekit import dynamic
+    from prunekit.models import is_pretrained
 
     torch.set_num_threads(1)
     model, batches, kind = _token_inputs(spec, inputs, batch_size, text, seed)
-    dense = _outputs(model, batches, kind)
+    with apply(model):  # the settings are checked (and refused) before the dense pass
+        pass
+    random_init = is_pretrained(model) is False
+    if random_init:
+        err_console.print(
+            f"note: {spec} has random weights (no pretrained weights in the local torch hub cache): the token "
+            "counts and the speed-up are meaningful, the similarity to the dense model says little about a "
+            "trained one",
+            highlight=False,
+        )
+    dense, dense_feats = _outputs(model, batches, kind, features=True)
     times: dict[str, list[float]] = {"dense": [], "patched": []}
     with apply(model) as patch:
         reports = []
-        patched_out = []
+        patched_out, patched_feats = [], []
         with torch.no_grad():
             for b in batches:
-                patched_out.append(_outputs(model, [b], kind))
+                y, feats = _outputs(model, [b], kind, features=True)
+                patched_out.append(y)
+                patched_feats.append(feats)
                 reports.append(patch.report())
         patched = torch.cat(patched_out)
     for _ in range(rounds):  # interleaved: dense, patched, dense, patched, ...
@@ -129,12 +201,17 @@ def _run_tokens(
                 dynamic.restore_(model)
     import statistics
 
-    cos = torch.nn.functional.cosine_similarity(patched.flatten(1), dense.flatten(1), dim=-1)
+    cos = _cosine(patched, dense, "embeddings" if kind == "text" else "outputs")
+    head = _classifier(model)
+    feats_cos = None
+    if dense_feats is not None and head is not None and all(f is not None for f in patched_feats):
+        feats_cos = _cosine(torch.cat(patched_feats), dense_feats, f"features entering {head[0]}")
     ratios = sorted(d / p for d, p in zip(times["dense"], times["patched"]))
     kept = sum(sum(r["tokens_per_block"]) for r in reports)
     total = sum(r["blocks"] * r["input_tokens"] for r in reports)
     result: dict[str, Any] = {
         "model": spec,
+        "random_init": random_init,
         "settings": settings,
         "inputs": len(dense),
         "batch_size": batch_size,
@@ -142,7 +219,8 @@ def _run_tokens(
             statistics.mean(r["tokens_per_block"][i] for r in reports) for i in range(reports[0]["blocks"])
         ],
         "token_share": kept / total if total else None,
-        "cosine_to_dense": {"mean": float(cos.mean()), "min": float(cos.min())},
+        "cosine_to_dense": cos,
+        **({"cosine_of_features": feats_cos} if feats_cos is not None else {}),
         "speedup": {
             "median": statistics.median(ratios),
             "min": ratios[0],
@@ -157,7 +235,11 @@ def _run_tokens(
         highlight=False,
     )
     console.print(f"block-token computations kept: {result['token_share']:.3f}", highlight=False)
-    console.print(f"cosine to dense outputs: mean {cos.mean():.4f}, min {cos.min():.4f}", highlight=False)
+    random_vit = random_init and kind == "image"
+    zero_head = "; torchvision initialises a ViT's classification layer to zero" if random_vit else ""
+    _say_cosine(cos, zero_head)
+    if feats_cos is not None:
+        _say_cosine(feats_cos)
     console.print(
         f"speed-up vs dense (1 thread, {rounds} interleaved rounds): median {result['speedup']['median']:.2f}x "
         f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]",
@@ -167,6 +249,30 @@ def _run_tokens(
         write_json_out(out, result, overwrite=overwrite)
         console.print(f"written to {out}")
 
+
+# each command's Python names (in the messages of prunekit.dynamic) and the flags the user typed for them
+_MERGE_FLAGS = {
+    "merge_tokens_": "prunekit dynamic merge-tokens",
+    "r": "--r",
+    "ratio": "--ratio",
+    "metric": "--metric",
+    "protect_cls": "--protect-cls",
+    "proportional_attention": "--proportional-attention",
+}
+_PRUNE_FLAGS = {
+    "prune_tokens_": "prunekit dynamic prune-tokens",
+    "keep_rate": "--keep-rate",
+    "layers": "--layers",
+    "proportional_attention": "--proportional-attention",
+}
+_SKIP_FLAGS = {
+    "skip_layers_": "prunekit dynamic skip-layers",
+    "fraction": "--fraction",
+    "never_skip": "--never-skip",
+    "n_samples": "--calibration-samples",
+    "seq_len": "--seq-len",
+    "max_tokens": "--eval-tokens",
+}
 
 _MODEL = Annotated[
     str,
@@ -241,7 +347,7 @@ def merge_tokens(
             overwrite,
         )
     except PrunekitError as e:
-        fail(e)
+        fail(e, _MERGE_FLAGS)
 
 
 @app.command("prune-tokens")
@@ -282,7 +388,7 @@ def prune_tokens(
             overwrite,
         )
     except PrunekitError as e:
-        fail(e)
+        fail(e, _PRUNE_FLAGS)
 
 
 @app.command("skip-layers")
@@ -352,4 +458,4 @@ def skip_layers(
             write_json_out(json_out, result, overwrite=overwrite)
             console.print(f"written to {json_out}")
     except PrunekitError as e:
-        fail(e)
+        fail(e, _SKIP_FLAGS)

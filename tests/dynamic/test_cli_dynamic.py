@@ -112,3 +112,73 @@ def test_token_commands_take_timm_models(tmp_path):
     res = json.loads(out.read_text())
     # test_vit: 160x160 images in 16x16 patches = 100 patches + a class token; 4 merged per block
     assert res["tokens_per_block"] == [101 - 4 * i for i in range(len(res["tokens_per_block"]))]
+
+
+def test_a_random_init_vit_is_named_and_compared_on_its_features(tmp_path):
+    # torchvision's ViT starts with a zero classification layer, so a random-init model's class scores are
+    # all zero: their cosine is undefined (not 0), and the features entering that layer are compared instead
+    out = tmp_path / "tome.json"
+    args = ["dynamic", "merge-tokens", "torchvision:vit_b_32", "--r", "4", "--inputs", "2", "--batch-size", "1"]
+    result = runner.invoke(app, [*args, "--rounds", "1", "--json-out", str(out)])
+    said = _said(result)
+    assert result.exit_code == 0, result.output
+    assert "torchvision:vit_b_32 has random weights" in said
+    assert "cosine to dense outputs: undefined: the dense outputs are all zero for 2 of 2 inputs" in said
+    assert "mean 0.0000" not in said
+    res = json.loads(out.read_text())
+    assert res["random_init"] is True
+    assert res["cosine_to_dense"]["mean"] is None and res["cosine_to_dense"]["undefined_inputs"] == 2
+    feats = res["cosine_of_features"]
+    assert feats["of"] == "features entering heads.head" and feats["undefined_inputs"] == 0
+    assert f"cosine to dense features entering heads.head: mean {feats['mean']:.4f}" in said
+    # merging 4 tokens per block moves the features, but keeps them pointing the same way
+    assert 0.5 < feats["min"] <= feats["mean"] < 1
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A folder holding a two-block BERT-style encoder (random init) and its tokenizer, as the commands take."""
+    transformers = pytest.importorskip("transformers")
+    if not datasets.is_installed("austen"):
+        pytest.skip("needs the offline austen source: prunekit data install austen")
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "of", "and", "to", "a"]) + "\n")
+    transformers.BertTokenizerFast(str(vocab)).save_pretrained(folder)
+    cfg = transformers.BertConfig(
+        vocab_size=10, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    transformers.BertModel(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("options", "flagged", "python"),
+    [
+        (["merge-tokens", "--r", "2", "--ratio", "0.1"], "takes --r (tokens merged per block, e.g. --r 8)", "r="),
+        (["merge-tokens"], "prunekit dynamic merge-tokens takes --r", "merge_tokens_"),
+        (["merge-tokens", "--ratio", "0.7"], "--ratio is the share of a row's tokens merged per block", " ratio is"),
+        (["merge-tokens", "--r", "-1"], "--r is a number of tokens merged per block", " r is"),
+        (["merge-tokens", "--r", "2", "--metric", "values"], "--metric is 'keys'", " metric is"),
+        (["prune-tokens", "--keep-rate", "1.5"], "--keep-rate is the share of tokens kept", "keep_rate"),
+        (["prune-tokens", "--layers", "0,7"], "--layers must be block indices in [0, 2), got [7]", " layers must"),
+    ],
+)
+def test_refusals_name_the_flags_the_user_typed(tiny_encoder, options, flagged, python):
+    command, *rest = options
+    result = runner.invoke(app, ["dynamic", command, tiny_encoder, *rest, "--inputs", "2", "--rounds", "1"])
+    said = _said(result)
+    assert result.exit_code == 2 and flagged in said, said
+    assert python not in said, said
+
+
+def test_cli_hint_rewrites_a_commands_own_names_and_nothing_else():
+    from prunekit.cli import cli_hint
+
+    flags = {"ratio": "--ratio", "keep_rate": "--keep-rate", "fit_": "prunekit fit"}
+    said = cli_hint("fit_ takes ratio= (e.g. ratio=0.1) or keep_rate; a row's ratio, see m.fit_(x, ratio=0.1)", flags)
+    want = "prunekit fit takes --ratio (e.g. --ratio 0.1) or --keep-rate; a row's --ratio, see m.fit_(x, ratio=0.1)"
+    assert said == want
+    # flags already written as flags, words containing a name and names the command does not own stay as they are
+    kept = "--ratio and --keep-rate; ratios, keep_rates, r=2"
+    assert cli_hint(kept, flags) == kept
