@@ -24,6 +24,7 @@ from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
 from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
 from prunekit.llm.recover import RecoveryReport, recover  # the function shadows the module's name
 from prunekit.llm.runner import LayerJob, LayerVisitor, RunSummary, run_layerwise
+from prunekit.llm.streaming import prune_checkpoint
 from prunekit.llm.structured import StructuredResult, prune_structured, remove_layers_
 from prunekit.llm.tasks import TaskResults, evaluate_tasks
 from prunekit.llm.throughput import Throughput, throughput  # likewise
@@ -55,6 +56,7 @@ __all__ = [
     "load_causal_lm",
     "perplexity",
     "prune_causal_lm",
+    "prune_checkpoint",
     "prune_structured",
     "recover",
     "remove_layers_",

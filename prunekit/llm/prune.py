@@ -33,7 +33,7 @@ from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, 
 from prunekit.calibration.families import family_for, prunable_linears
 from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
-from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, RunSummary, run_layerwise
+from prunekit.llm.runner import InputConsumer, LayerJob, LayerStore, LayerVisitor, RunSummary, run_layerwise
 
 __all__ = ["LLMPruneResult", "OWL", "SolveVisitor", "prune_causal_lm", "select_targets"]
 
@@ -189,13 +189,17 @@ def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
     return chosen
 
 
-def _walk(model: nn.Module, visitor: LayerVisitor) -> None:
+def _walk(model: nn.Module, visitor: LayerVisitor, store: LayerStore | None = None) -> None:
     """Visit every decoder layer without running the model (magnitude needs no inputs)."""
     adapter = family_for(model)
     for i, layer in enumerate(adapter.layer_list(model)):
+        if store is not None:
+            store.load(i, layer)
         job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
         visitor.start(job)
         visitor.finish(job)
+        if store is not None:
+            store.release(i, layer, True)
 
 
 def _matrix_sparsities(
@@ -257,6 +261,7 @@ def prune_causal_lm(
     progress: bool | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    store: LayerStore | None = None,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
@@ -266,6 +271,9 @@ def prune_causal_lm(
     :class:`~prunekit.allocation.builtin.Allocation` (default uniform; see the module docstring). The overall
     sparsity over the pruned matrices is ``sparsity`` up to rounding (Wanda rounds per output row:
     ``round(s * in)`` weights of each).
+
+    ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
+    :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.
 
     Raises :class:`~prunekit.errors.ConfigError` for N:M with an allocation other than uniform,
     :class:`~prunekit.errors.UnknownNameError` for an unknown method or allocation,
@@ -299,7 +307,7 @@ def prune_causal_lm(
     n_layers = len(adapter.layer_list(model))
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
     options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
-    run: dict[str, Any] = {"device": device, "progress": progress}
+    run: dict[str, Any] = {"device": device, "progress": progress, "layer_store": store}
     plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run)
     wrong = sorted(n for n in selected if not 0.0 <= plan.get(n, -1.0) < 1.0)
     if wrong:  # checked before the pruning pass changes anything
@@ -310,7 +318,7 @@ def prune_causal_lm(
     label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
     visitor = SolveVisitor(SOLVERS[method], options, plan, granularity)
     if method == "magnitude" and calibration is None:
-        _walk(model, visitor)
+        _walk(model, visitor, store)
     else:
         result.summaries.append(run_layerwise(model, calibration, visitor, description=label, **run))
     result.layer_sparsity = visitor.layer_sparsity

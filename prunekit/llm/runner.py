@@ -29,7 +29,7 @@ from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
 
-__all__ = ["InputConsumer", "LayerJob", "LayerVisitor", "RunSummary", "as_batches", "run_layerwise"]
+__all__ = ["InputConsumer", "LayerJob", "LayerStore", "LayerVisitor", "RunSummary", "as_batches", "run_layerwise"]
 
 InputConsumer = Callable[[Tensor], None]
 
@@ -73,6 +73,20 @@ class LayerVisitor:
 
     def finish(self, job: LayerJob) -> None:
         """Solve: prune the layer in place from the statistics gathered."""
+
+
+class LayerStore:
+    """Where decoder layers' weights live while the runner is not working on them (streaming from files).
+
+    :func:`run_layerwise` calls :meth:`load` before it works on a layer and :meth:`release` after, with
+    ``modified`` True when the visitor changed the layer (then a store that writes keeps the new weights).
+    The default does nothing: the layers stay in memory."""
+
+    def load(self, index: int, layer: nn.Module) -> None:
+        """Give ``layer`` (decoder layer ``index``) its weights."""
+
+    def release(self, index: int, layer: nn.Module, modified: bool) -> None:
+        """Done with ``layer``: keep (``modified``) and free its weights as the store does."""
 
 
 @dataclass
@@ -301,13 +315,16 @@ def run_layerwise(
     offload_activations: bool = False,
     progress: bool | None = None,
     description: str = "layers",
+    layer_store: LayerStore | None = None,
 ) -> RunSummary:
     """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
 
     ``device``: where the current layer and the activations are computed (default: where the model is);
     a model kept on the CPU is moved there one layer at a time. ``offload_activations`` keeps the hidden
     states of the calibration set on the CPU between layers. ``progress``: None shows a bar on a terminal and
-    logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent.
+    logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent. ``layer_store``: a
+    :class:`LayerStore` that gives each layer its weights before it is worked on and takes them back after
+    (:mod:`prunekit.llm.streaming`); None: the layers are in memory.
 
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what
     :func:`as_batches` raises for the calibration data, :class:`~prunekit.errors.DataError` for token ids
@@ -328,6 +345,8 @@ def run_layerwise(
     with ProgressBar(description, len(layers), enabled=progress) as bar:
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
+            if layer_store is not None:
+                layer_store.load(i, layer)
             home = _model_device(layer)
             if home != exec_device:
                 layer.to(exec_device)
@@ -364,6 +383,8 @@ def run_layerwise(
             del outputs
             if home != exec_device:
                 layer.to(home)
+            if layer_store is not None:
+                layer_store.release(i, layer, visitor.modifies)
             per_layer.append(time.perf_counter() - t0)
             bar.advance(description=f"{description} {i + 1}/{len(layers)}")
     model.train(was_training)

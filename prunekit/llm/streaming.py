@@ -1,0 +1,234 @@
+"""Pruning a causal LM checkpoint larger than memory: one decoder layer at a time, from its safetensors files.
+
+:func:`prune_checkpoint` builds the model without weights (``accelerate.init_empty_weights``), loads only the
+tensors outside the decoder layers (embeddings, final norm, LM head), and runs the calibration runner
+(:func:`prunekit.llm.runner.run_layerwise`) with a :class:`ShardStore`: before the runner works on decoder
+layer ``i`` the store reads that layer's tensors from the checkpoint's shards (``safetensors.safe_open``, one
+tensor at a time), and after it writes the pruned layer to its own output shard and frees it. Live at any
+time: the tensors outside the layers, one decoder layer (two while one is written), and the calibration
+set's hidden states. The output folder is a ``save_pretrained``-style checkpoint (sharded safetensors with an
+index, the config and the tokenizer files) that ``transformers`` and :func:`prunekit.llm.load_causal_lm`
+load; its weights equal those of the same pruning run on the model in memory.
+
+Supported: the layer-wise methods (magnitude, Wanda, SparseGPT) with any pattern, allocation ``uniform`` or
+the score-based and OWL allocations (their read-only first pass streams the layers too). Structured methods
+change shapes and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.calibration.families import family_for
+from prunekit.errors import CheckpointError, ConfigError
+from prunekit.llm.prune import LLMPruneResult, prune_causal_lm
+from prunekit.llm.runner import LayerStore
+
+__all__ = ["ShardStore", "checkpoint_tensors", "prune_checkpoint"]
+
+#: the layer-wise solvers :func:`prune_checkpoint` runs
+STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt")
+INDEX = "model.safetensors.index.json"
+
+
+def checkpoint_tensors(directory: str | os.PathLike) -> dict[str, Path]:
+    """Every tensor name of a safetensors checkpoint folder and the file that holds it (``model.safetensors``,
+    or the shards its ``model.safetensors.index.json`` names). Raises
+    :class:`~prunekit.errors.CheckpointError` when the folder has neither."""
+    folder = Path(directory)
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+        return {k: folder / f for k, f in weight_map.items()}
+    single = folder / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return {k: single for k in f.keys()}  # noqa: SIM118  (safe_open has keys(), not iteration)
+    raise CheckpointError(
+        f"{folder} holds no safetensors checkpoint (model.safetensors or {INDEX}); pass a folder written by "
+        "save_pretrained (pickled .bin checkpoints are not read)"
+    )
+
+
+class ShardStore(LayerStore):
+    """Decoder layers read from a safetensors checkpoint and, pruned, written to one shard each.
+
+    ``files``: tensor name -> file (:func:`checkpoint_tensors`); ``prefix``: the decoder layers' container
+    (``model.layers``); ``out``: the folder the pruned layers go to (None: read-only); ``dtype``: the dtype
+    the layers are computed and written in.
+    """
+
+    def __init__(self, files: dict[str, Path], prefix: str, out: Path | None, dtype: torch.dtype):
+        self.files = files
+        self.prefix = prefix
+        self.out = out
+        self.dtype = dtype
+        self.written: dict[int, str] = {}  # layer index -> shard file name
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+
+    def _read(self, names: list[str]) -> dict[str, Tensor]:
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        for n in names:
+            if n not in self.files:
+                raise CheckpointError(f"the checkpoint has no tensor {n!r}, which the model's config needs")
+            by_file.setdefault(self.files[n], []).append(n)
+        out: dict[str, Tensor] = {}
+        for file, keys in by_file.items():
+            with safe_open(str(file), framework="pt") as f:
+                for k in keys:
+                    out[k] = f.get_tensor(k).to(self.dtype)
+        return out
+
+    def load(self, index: int, layer: nn.Module) -> None:
+        """Read decoder layer ``index``'s parameters from the checkpoint into ``layer`` (on the CPU)."""
+        from accelerate.utils import set_module_tensor_to_device
+
+        names = [n for n, _ in layer.named_parameters()]
+        tensors = self._read([f"{self.prefix}.{index}.{n}" for n in names])
+        for n in names:
+            set_module_tensor_to_device(layer, n, "cpu", value=tensors[f"{self.prefix}.{index}.{n}"])
+
+    def release(self, index: int, layer: nn.Module, modified: bool) -> None:
+        """Write the layer to its shard when it was modified and this store writes; then free its weights."""
+        if modified and self.out is not None:
+            from safetensors.torch import save_file
+
+            name = f"model-layer-{index:05d}.safetensors"
+            tensors = {f"{self.prefix}.{index}.{n}": p.detach().contiguous() for n, p in layer.named_parameters()}
+            save_file(tensors, str(self.out / name), metadata={"format": "pt"})
+            self.written[index] = name
+            for k, t in tensors.items():
+                self.weight_map[k] = name
+                self.total_size += t.numel() * t.element_size()
+        layer.to("meta")
+
+    def write_rest(self, model: nn.Module) -> None:
+        """Write every checkpoint tensor outside the decoder layers, unchanged (cast to ``dtype``), as the
+        source names it, to one shard."""
+        from safetensors.torch import save_file
+
+        if self.out is None:
+            return
+        rest = [k for k in self.files if not k.startswith(f"{self.prefix}.")]
+        tensors = {k: t.contiguous() for k, t in self._read(rest).items()}
+        name = "model-rest.safetensors"
+        save_file(tensors, str(self.out / name), metadata={"format": "pt"})
+        for k, t in tensors.items():
+            self.weight_map[k] = name
+            self.total_size += t.numel() * t.element_size()
+
+
+def _skeleton(source: Path, files: dict[str, Path], dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """The model built from ``source``'s config without weights, with every tensor outside its decoder layers
+    loaded; and the layers' container name."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(source))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    prefix = family_for(model).layers
+    params = dict(model.named_parameters())
+    store = ShardStore(files, prefix, None, dtype)
+    outside = [k for k in files if not k.startswith(f"{prefix}.") and k in params]
+    for k, t in store._read(outside).items():
+        set_module_tensor_to_device(model, k, "cpu", value=t)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(f"{prefix}.")]
+    if missing:
+        raise CheckpointError(
+            f"{source}: the checkpoint has no tensors for {missing[:4]} (outside the decoder layers); its names do "
+            "not match the model's (a checkpoint saved under legacy names cannot be streamed: load it in memory)"
+        )
+    return model.eval(), prefix
+
+
+def prune_checkpoint(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    method: str,
+    *,
+    sparsity: float | None = None,
+    pattern: str | None = None,
+    calibration: Any = None,
+    allocation: str = "uniform",
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> LLMPruneResult:
+    """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
+
+    ``method``: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (Wanda: Sun et al. 2024; SparseGPT: Frantar &
+    Alistarh 2023), ``sparsity`` / ``pattern`` / ``allocation`` as in :func:`prunekit.llm.prune_causal_lm`;
+    ``calibration``: token batches ``[batch, seq_len]`` made with the checkpoint's tokenizer. ``dtype``: the
+    dtype the layers are computed in and written in (float32 by default, as :func:`load_causal_lm` loads).
+    ``out`` is written whole or not at all (a non-empty folder is refused unless ``overwrite``). Returns the
+    :class:`~prunekit.llm.prune.LLMPruneResult`. Peak memory: the tensors outside the decoder layers, about
+    two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring).
+
+    Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
+    :class:`~prunekit.errors.CheckpointError` for a folder without a safetensors checkpoint or with tensors
+    the model's config does not name, and what :func:`prunekit.llm.prune_causal_lm` raises; ``source`` is
+    never modified.
+    """
+    from prunekit.serialization import atomic_directory, check_output_directory
+
+    if method not in STREAMING_METHODS:
+        raise ConfigError(
+            f"prune_checkpoint streams the layer-wise methods {', '.join(STREAMING_METHODS)}; {method!r} is not "
+            "one (structured methods change the shapes: load the model with load_causal_lm and use pk.prune)"
+        )
+    src = Path(source)
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} is not a saved language model (no config.json)")
+    dst = Path(out)
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"out {dst} is the source checkpoint; write the pruned model to another folder")
+    check_output_directory(dst, overwrite=overwrite)
+    files = checkpoint_tensors(src)
+    model, prefix = _skeleton(src, files, dtype)
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
+        store = ShardStore(files, prefix, tmp, dtype)
+        result = prune_causal_lm(
+            model,
+            method,
+            sparsity=sparsity,
+            pattern=pattern,
+            calibration=calibration,
+            allocation=allocation,
+            progress=progress,
+            store=store,
+        )
+        n_layers = len(family_for(model).layer_list(model))
+        if sorted(store.written) != list(range(n_layers)):
+            raise CheckpointError(f"only layers {sorted(store.written)} of {n_layers} were written")
+        store.write_rest(model)
+        (tmp / INDEX).write_text(
+            json.dumps({"metadata": {"total_size": store.total_size}, "weight_map": store.weight_map}, indent=2)
+        )
+        for f in src.iterdir():  # config, generation config, tokenizer files: everything but the weights
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX:
+                shutil.copy2(f, tmp / f.name)
+        config = json.loads((tmp / "config.json").read_text())
+        for key in ("torch_dtype", "dtype"):
+            if key in config:
+                config[key] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    result.notes.append(f"streamed from {src} one decoder layer at a time; written to {dst}")
+    return result
