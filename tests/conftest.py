@@ -61,6 +61,7 @@ _LONG = (
     "tests/bench/test_bench_runner.py::test_ray_backend",
     "tests/bench/test_bench_runner.py::test_store_is_resumed",
     "tests/test_cli.py::test_prune_reports_task",
+    "tests/llm/test_streaming.py::test_prune_llm_stream_on_the_command_line",
 )
 
 

@@ -83,6 +83,15 @@ def prune_llm(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream/--no-stream",
+            help="read and write the checkpoint one decoder layer at a time, never holding the whole model (for "
+            "models larger than memory; like prunekit.llm.prune_checkpoint; magnitude, wanda, sparsegpt; needs "
+            "--eval-tokens 0)",
+        ),
+    ] = False,
 ) -> None:
     """Prune a causal LM layer by layer with calibration data, report its perplexity before and after, and
     save it with save_pretrained (written to a temporary folder, renamed into --out only when complete)."""
@@ -115,6 +124,12 @@ def prune_llm(
         if eval_tokens < 0:
             raise prunekit.ConfigError(f"--eval-tokens takes a count >= 0 (0 skips the evaluation), got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
+        if stream:
+            _prune_streaming(
+                model_dir, method, sparsity, pattern, allocation, calibration_text, calibration_samples, seq_len,
+                seed, eval_tokens, device, out, overwrite, progress,
+            )  # fmt: skip
+            return
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
         chosen = prunekit.methods.base.resolve_method(method)
         alloc = resolve_allocation(allocation if allocation is not None else chosen.default_allocation)
@@ -180,6 +195,93 @@ def prune_llm(
             console.print(f"  {note}", highlight=False)
     except PrunekitError as e:
         fail(e)
+
+
+def _prune_streaming(
+    model_dir: str,
+    method: str,
+    sparsity: float,
+    pattern: str | None,
+    allocation: str | None,
+    calibration_text: str,
+    calibration_samples: int,
+    seq_len: int,
+    seed: int,
+    eval_tokens: int,
+    device: str | None,
+    out: Path,
+    overwrite: bool,
+    progress: bool | None,
+) -> None:
+    """``prune-llm --stream``: :func:`prunekit.llm.prune_checkpoint` from the checkpoint folder into --out."""
+    import prunekit
+    from prunekit.datasets import load_text
+    from prunekit.llm.data import calibration_batches
+    from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir
+    from prunekit.llm.streaming import STREAMING_METHODS, prune_checkpoint
+    from prunekit.serialization import atomic_write
+
+    if method not in STREAMING_METHODS:
+        raise prunekit.ConfigError(
+            f"--stream prunes with the layer-wise methods {', '.join(STREAMING_METHODS)}; {method!r} changes "
+            "shapes or needs the whole model: drop --stream"
+        )
+    if eval_tokens:
+        raise prunekit.ConfigError(
+            "--stream never holds the whole model, so it measures no perplexity: pass --eval-tokens 0 (and run "
+            "`prunekit eval-ppl OUT` afterwards if the model fits in memory)"
+        )
+    if device:
+        raise prunekit.ConfigError("--stream computes on the CPU; drop --device")
+    source = cached_model_dir(model_dir) if model_dir in OFFLINE_MODELS else Path(model_dir)
+    if model_dir in OFFLINE_MODELS and not source.is_dir():
+        from prunekit.llm.models import load_causal_lm
+
+        load_causal_lm(model_dir)  # converts the offline package's GGUF into that folder once
+    if not (source / "config.json").is_file():
+        raise prunekit.CheckpointError(
+            f"--stream reads a checkpoint folder (config.json and safetensors); {model_dir} is not one"
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    cal = calibration_batches(
+        tokenizer,
+        [(calibration_text, load_text(calibration_text))],
+        n_samples=calibration_samples,
+        seq_len=seq_len,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    result = prune_checkpoint(
+        source,
+        out,
+        method,
+        sparsity=sparsity,
+        pattern=pattern,
+        calibration=cal,
+        allocation=allocation or "uniform",
+        overwrite=overwrite,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - t0
+    record = {
+        "source": model_dir,
+        "method": method,
+        "sparsity": sparsity,
+        "pattern": result.pattern,
+        "allocation": result.allocation,
+        "calibration": cal.protocol,
+        "prune_seconds": seconds,
+        "streamed": True,
+        "notes": result.notes,
+    }
+    atomic_write(out / RECORD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    console.print(
+        f"pruned with {method} ({result.pattern}, {result.allocation} allocation, sparsity {sparsity:g}) in "
+        f"{seconds:.1f} s, one decoder layer at a time; saved to {out}",
+        highlight=False,
+    )
 
 
 def eval_ppl(

@@ -61,3 +61,28 @@ def test_refusals_come_before_anything_is_written(tmp_path):
     (tmp_path / "empty" / "config.json").write_text((src / "config.json").read_text())
     with pytest.raises(pk.CheckpointError, match="no safetensors"):
         prune_checkpoint(tmp_path / "empty", tmp_path / "c", "wanda", sparsity=0.5, calibration=calibration())
+
+
+def test_prune_llm_stream_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from prunekit import datasets
+    from prunekit.cli import app
+
+    runner = CliRunner()
+    base = ["prune-llm", "smollm2-135m", "--method", "wanda", "--sparsity", "0.5", "--stream"]
+    for extra, said in ((["--method", "llm-mlp"], "layer-wise"), (["--eval-tokens", "64"], "--eval-tokens 0")):
+        r = runner.invoke(app, [*base, *extra, "--out", str(tmp_path / "x")], terminal_width=200)
+        assert r.exit_code == 2 and said in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "x").exists()
+    if not datasets.is_installed("smollm2"):
+        pytest.skip("SmolLM2-135M is not installed: prunekit data install smollm2")
+    args = [*base, "--eval-tokens", "0", "--calibration-samples", "2", "--seq-len", "16", "--no-progress"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "s")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "one decoder layer at a time" in r.output
+    files = {p.name for p in (tmp_path / "s").iterdir()}
+    assert {"config.json", "model.safetensors.index.json", "prunekit_llm.json", "tokenizer.json"} <= files
+    again = pytest.importorskip("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    w = again.model.layers[3].mlp.up_proj.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
