@@ -31,7 +31,7 @@ from prunekit.errors import CheckpointError, ConfigError
 from prunekit.llm.prune import LLMPruneResult, prune_causal_lm
 from prunekit.llm.runner import LayerStore
 
-__all__ = ["ShardStore", "checkpoint_tensors", "prune_checkpoint"]
+__all__ = ["ShardStore", "checkpoint_tensors", "prune_checkpoint", "read_tensor"]
 
 #: the layer-wise solvers :func:`prune_checkpoint` runs
 STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -62,6 +62,61 @@ def checkpoint_tensors(directory: str | os.PathLike) -> dict[str, Path]:
     )
 
 
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_HEADERS: dict[Path, tuple[int, dict[str, Any]]] = {}
+
+
+def _header(file: Path) -> tuple[int, dict[str, Any]]:
+    key = file.resolve()
+    stat = key.stat()
+    cached = _HEADERS.get(key)
+    if cached is not None and cached[1].get("__stat__") == (stat.st_size, stat.st_mtime_ns):
+        return cached
+    with open(key, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header["__stat__"] = (stat.st_size, stat.st_mtime_ns)
+    _HEADERS[key] = (8 + size, header)
+    return _HEADERS[key]
+
+
+def read_tensor(file: str | os.PathLike, name: str) -> Tensor:
+    """Tensor ``name`` of the safetensors ``file``, read with plain file reads into memory of its own.
+
+    ``safetensors.safe_open`` maps the whole file and copies the tensor out of the mapping, so each tensor
+    read also counts the mapped pages it touched in the process's resident memory until the file is closed;
+    reading the bytes directly keeps the peak at the tensor itself, which is the point of streaming. The
+    format (an 8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the
+    data) is read, never executed. Raises :class:`~prunekit.errors.CheckpointError` for an unknown name or
+    dtype."""
+    path = Path(file)
+    start, header = _header(path)
+    entry = header.get(name)
+    if entry is None:
+        raise CheckpointError(f"{path} holds no tensor {name!r}")
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which prunekit does not read")
+    begin, end = entry["data_offsets"]
+    buf = bytearray(end - begin)
+    with open(path, "rb") as f:
+        f.seek(start + begin)
+        f.readinto(buf)
+    flat = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+    return flat.reshape(entry["shape"])
+
+
 class ShardStore(LayerStore):
     """Decoder layers read from a safetensors checkpoint and, pruned, written to one shard each.
 
@@ -80,18 +135,11 @@ class ShardStore(LayerStore):
         self.total_size = 0
 
     def _read(self, names: list[str]) -> dict[str, Tensor]:
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
+        out: dict[str, Tensor] = {}
         for n in names:
             if n not in self.files:
                 raise CheckpointError(f"the checkpoint has no tensor {n!r}, which the model's config needs")
-            by_file.setdefault(self.files[n], []).append(n)
-        out: dict[str, Tensor] = {}
-        for file, keys in by_file.items():
-            with safe_open(str(file), framework="pt") as f:
-                for k in keys:
-                    out[k] = f.get_tensor(k).to(self.dtype)
+            out[n] = read_tensor(self.files[n], n).to(self.dtype)
         return out
 
     def load(self, index: int, layer: nn.Module) -> None:
@@ -125,7 +173,7 @@ class ShardStore(LayerStore):
         if self.out is None:
             return
         rest = [k for k in self.files if not k.startswith(f"{self.prefix}.")]
-        tensors = {k: t.contiguous() for k, t in self._read(rest).items()}
+        tensors = {k: t.contiguous() for k, t in self._read(rest).items()}  # as large as the embeddings, once more
         name = "model-rest.safetensors"
         save_file(tensors, str(self.out / name), metadata={"format": "pt"})
         for k, t in tensors.items():
@@ -146,9 +194,8 @@ def _skeleton(source: Path, files: dict[str, Path], dtype: torch.dtype) -> tuple
     prefix = family_for(model).layers
     params = dict(model.named_parameters())
     store = ShardStore(files, prefix, None, dtype)
-    outside = [k for k in files if not k.startswith(f"{prefix}.") and k in params]
-    for k, t in store._read(outside).items():
-        set_module_tensor_to_device(model, k, "cpu", value=t)
+    for k in [k for k in files if not k.startswith(f"{prefix}.") and k in params]:  # one tensor live at a time
+        set_module_tensor_to_device(model, k, "cpu", value=store._read([k])[k])
     model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(f"{prefix}.")]
     if missing:
@@ -218,6 +265,7 @@ def prune_checkpoint(
         n_layers = len(family_for(model).layer_list(model))
         if sorted(store.written) != list(range(n_layers)):
             raise CheckpointError(f"only layers {sorted(store.written)} of {n_layers} were written")
+        model.to("meta")  # the tensors outside the layers are written from the files: free the model's copies first
         store.write_rest(model)
         (tmp / INDEX).write_text(
             json.dumps({"metadata": {"total_size": store.total_size}, "weight_map": store.weight_map}, indent=2)

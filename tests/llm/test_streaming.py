@@ -86,3 +86,25 @@ def test_prune_llm_stream_on_the_command_line(tmp_path):
     again = pytest.importorskip("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / "s")
     w = again.model.layers[3].mlp.up_proj.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_read_tensor_equals_safetensors_for_every_dtype(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prunekit.llm.streaming import read_tensor
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        f"t.{dtype}".replace("torch.", ""): (torch.randn(3, 5, generator=g) * 100).to(dtype)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8)
+    }
+    tensors["empty"] = torch.zeros(0, 4)
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["mask"] = torch.rand(4, 4, generator=g) > 0.5
+    save_file(tensors, str(tmp_path / "a.safetensors"))
+    ref = load_file(str(tmp_path / "a.safetensors"))
+    for name, t in ref.items():
+        got = read_tensor(tmp_path / "a.safetensors", name)
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), name
+    with pytest.raises(pk.CheckpointError, match="no tensor"):
+        read_tensor(tmp_path / "a.safetensors", "missing")
