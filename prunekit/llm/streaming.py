@@ -117,6 +117,30 @@ def read_tensor(file: str | os.PathLike, name: str) -> Tensor:
     return flat.reshape(entry["shape"])
 
 
+def _give_back_freed_memory() -> None:
+    """Return the heap pages freed with a layer to the operating system (glibc's ``malloc_trim``).
+
+    Without it the resident set grows by most of a layer per layer although nothing stays referenced:
+    glibc raises its mmap threshold after large frees, so later layer-sized tensors come from the heap,
+    whose freed pages it keeps (SmolLM2: +350 MB over 30 layers; with the trim the peak stays at one
+    layer). A no-op where the C library has no ``malloc_trim``."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
 class ShardStore(LayerStore):
     """Decoder layers read from a safetensors checkpoint and, pruned, written to one shard each.
 
@@ -164,6 +188,7 @@ class ShardStore(LayerStore):
                 self.weight_map[k] = name
                 self.total_size += t.numel() * t.element_size()
         layer.to("meta")
+        _give_back_freed_memory()
 
     def write_rest(self, model: nn.Module) -> None:
         """Write every checkpoint tensor outside the decoder layers, unchanged (cast to ``dtype``), as the
