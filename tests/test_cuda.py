@@ -35,19 +35,11 @@ def test_structural_pruning_on_cuda_equals_cpu():
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_llm_pruning_on_cuda_matches_cpu(method):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    cpu = transformers.LlamaForCausalLM(cfg).eval()
+    from tests.llm.conftest import calibration, tiny_model
+
+    cpu = tiny_model("llama")
     gpu = copy.deepcopy(cpu).cuda()
-    batches = [torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    batches = calibration()
     pk.prune(cpu, method, sparsity=0.5, pattern="2:4", calibration=batches, measure=False)
     pk.prune(gpu, method, sparsity=0.5, pattern="2:4", calibration=[b.cuda() for b in batches], measure=False)
     assert _devices(gpu) == {"cuda"}
