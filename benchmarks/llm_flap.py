@@ -69,15 +69,31 @@ def _reload_check(model: Any, tok: Any, ids: Any) -> dict[str, Any]:
     }
 
 
-def _prune(allocation: str, sparsity: float, cal: Any, tok: Any, ids: Any, args: argparse.Namespace) -> dict:
+def _prune(
+    allocation: str,
+    standardization: str | None,
+    sparsity: float,
+    cal: Any,
+    tok: Any,
+    ids: Any,
+    args: argparse.Namespace,
+) -> dict:
     import prunekit as pk
     from prunekit.llm.models import load_causal_lm
 
     model, _ = load_causal_lm(args.model)
     params_dense = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
+    options = {} if standardization is None else {"standardization": standardization}
     report = pk.prune(
-        model, "flap", sparsity=sparsity, allocation=allocation, calibration=cal, progress=False, measure=False
+        model,
+        "flap",
+        sparsity=sparsity,
+        allocation=allocation,
+        calibration=cal,
+        progress=False,
+        measure=False,
+        **options,
     )
     seconds = time.perf_counter() - t0
     # the widths and the accounting, read back from the pruned model (the same numbers prune_flap reports)
@@ -91,6 +107,7 @@ def _prune(allocation: str, sparsity: float, cal: Any, tok: Any, ids: Any, args:
     row = {
         "allocation": allocation,
         "structure": {"global": "AL-AM", "uniform": "UL-UM"}[allocation],
+        "standardization": standardization,
         "sparsity_asked": sparsity,
         "ppl": ppl.ppl,
         "nll": ppl.nll,
@@ -126,6 +143,12 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--eval-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--standardizations",
+        nargs="+",
+        default=["per-layer", "across-layers"],
+        help="AL-AM variants (flap's standardization)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -159,16 +182,17 @@ def main() -> None:
     del dense
     rows: list[dict] = []
     for s in args.sparsities:
-        uniform = _prune("uniform", s, cal, tok, ids, args)
+        uniform = _prune("uniform", None, s, cal, tok, ids, args)
         share = (targeted - uniform["projection_weights_after"]) / targeted
-        adaptive = _prune("global", share, cal, tok, ids, args)
-        for row in (uniform, adaptive):
+        adaptive = [_prune("global", how, share, cal, tok, ids, args) for how in args.standardizations]
+        for row in (uniform, *adaptive):
             row["target"] = s
             row["removed_params"] = targeted - row["projection_weights_after"]
             row["removed_share"] = row["removed_params"] / targeted
             rows.append(row)
             print(
-                f"{row['structure']} target {s}: removed {row['removed_share']:.4f}, ppl {row['ppl']:.2f}, "
+                f"{row['structure']} {row['standardization'] or ''} target {s}: removed {row['removed_share']:.4f}, "
+                f"ppl {row['ppl']:.2f}, "
                 f"reload identical {row['reload']['identical_logits']}",
                 flush=True,
             )
@@ -202,20 +226,22 @@ def _markdown(rec: dict) -> str:
         f"Targeted parameters: the weights of the 7 projections of the {len(rec['rows'][0]['heads_per_layer'])} "
         f"decoder layers, {rec['targeted_params']:,}. Dense perplexity: {rec['dense']['ppl']:.2f}.",
         "",
-        "| target | structure | removed (of targeted) | removed params | model params | Persuasion ppl | prune s "
-        "| reload: identical logits | stock config |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | structure | standardization | removed (of targeted) | removed params | model params "
+        "| Persuasion ppl | prune s | reload: identical logits | stock config |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rec["rows"]:
         lines.append(
-            f"| {r['target']:g} | {r['structure']} | {100 * r['removed_share']:.3f}% | {r['removed_params']:,} | "
+            f"| {r['target']:g} | {r['structure']} | {r['standardization'] or '-'} | {100 * r['removed_share']:.3f}% | "
+            f"{r['removed_params']:,} | "
             f"{r['params_after']:,} | {r['ppl']:.2f} | {r['prune_seconds']:.0f} | "
             f"{'yes' if r['reload']['identical_logits'] else 'NO'} | {'yes' if r['reload']['stock_config'] else 'no'} |"
         )
     lines += ["", "Per-layer widths (layer 0 first):", ""]
     for r in rec["rows"]:
         lines.append(
-            f"* target {r['target']:g}, {r['structure']}: query heads {r['heads_per_layer']}, key-value heads "
+            f"* target {r['target']:g}, {r['structure']}{' ' + r['standardization'] if r['standardization'] else ''}: "
+            f"query heads {r['heads_per_layer']}, key-value heads "
             f"{r['kv_heads_per_layer']}, MLP channels {r['mlp_width_per_layer']}"
         )
     lines += [

@@ -9,8 +9,13 @@ Adaptive Structured Pruning for Large Language Models"), physical removal with p
    key-value group: its key / value head and the query heads that share it (with multi-head attention,
    a single head), scoring the sum over its query heads' channels. Removing whole groups keeps the same
    number of query heads per key-value head in every layer, which grouped-query attention needs.
-3. Standardisation: within each kind of unit (attention groups, MLP channels) over all layers,
-   ``Z = (S - E[S]) / sqrt(E[(S - E[S])^2])`` (the population standard deviation; all-equal scores give 0).
+3. Standardisation, ``Z = (S - E[S]) / sqrt(E[(S - E[S])^2])`` (the population standard deviation; all-equal
+   scores give 0), so that scores of different layers and kinds, whose magnitudes differ, can be compared.
+   Two readings (:func:`flap_scores`): ``standardization="per-layer"`` (default) standardises each layer's
+   attention channels and its MLP channels within the layer, a group then scoring the mean of its
+   channels' values; ``"across-layers"`` standardises each kind (group scores, each the sum of its channels'
+   scores, and channel scores) over all layers together, which keeps the layers' differences in scale. On
+   SmolLM2-135M the per-layer reading is the one that beats uniform widths (docs/results/llm/flap.md).
 4. Adaptive structure, the paper's AL-AM (``allocation="global"``, the default): the units of both kinds
    and all layers are ranked together by ``Z`` and removed lowest first, each weighing the parameters it
    removes (a group of 3 query heads of size 64 in a 576-wide model weighs as much as 170 MLP channels),
@@ -54,6 +59,7 @@ from prunekit.errors import (
     InvalidSparsityError,
     MissingDataError,
     NothingToPruneError,
+    UnknownNameError,
     UnsupportedModuleError,
 )
 from prunekit.layout import layer_weight
@@ -71,10 +77,12 @@ from prunekit.llm.structured import choose_gqa_shape
 from prunekit.surgery.blocks import overlaps_ignored
 from prunekit.surgery.hf import head_config_fields, own_config_, sync_hf_config
 
-__all__ = ["FlapResult", "STRUCTURES", "flap_removal", "prune_flap", "standardize"]
+__all__ = ["FlapResult", "STANDARDIZATIONS", "STRUCTURES", "flap_removal", "flap_scores", "prune_flap", "standardize"]
 
 #: the paper's names of the two structures this module builds, by the allocation that selects them
 STRUCTURES = {"global": "AL-AM", "uniform": "UL-UM"}
+#: the two readings of the paper's standardisation (:func:`flap_scores`)
+STANDARDIZATIONS = ("per-layer", "across-layers")
 
 
 @dataclass
@@ -127,6 +135,47 @@ def _kept_limit(n: int, max_share: float | None) -> int:
     return max(limit, 0)
 
 
+def flap_scores(
+    attention: Sequence[Tensor | None],
+    mlp: Sequence[Tensor | None],
+    groups: int,
+    standardization: str = "per-layer",
+) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """Standardised scores of every layer's key-value groups and MLP channels (FLAP's standardisation).
+
+    ``attention[l]``: the fluctuation scores of layer ``l``'s attention output projection's input channels,
+    [query heads * head_dim] with the heads of each of the ``groups`` key-value groups adjacent; ``mlp[l]``:
+    of its MLP channels, [channels]; None leaves that part of the layer out (it is returned as None).
+
+    * ``"per-layer"`` (default): each layer's attention channels and its MLP channels are standardised within
+      the layer; a group scores the mean of its channels' standardised scores. Layers whose activations
+      differ in scale then compete on equal terms.
+    * ``"across-layers"``: a group scores the sum of its channels' scores; group scores are standardised over all
+      layers' groups, channel scores over all layers' channels (:func:`standardize`).
+
+    Returns ([groups] or None per layer, [channels] or None per layer), float64. Raises
+    :class:`~prunekit.errors.UnknownNameError` for another ``standardization``.
+    """
+    if standardization not in STANDARDIZATIONS:
+        raise UnknownNameError("flap standardization", standardization, STANDARDIZATIONS)
+    if standardization == "per-layer":
+        return (
+            [None if a is None else standardize(a).reshape(groups, -1).mean(1) for a in attention],
+            [None if m is None else standardize(m) for m in mlp],
+        )
+    sums = [None if a is None else a.double().reshape(groups, -1).sum(1) for a in attention]
+    return _standardize_pooled(sums), _standardize_pooled(list(mlp))
+
+
+def _standardize_pooled(scores: list[Tensor | None]) -> list[Tensor | None]:
+    """:func:`standardize` over the entries of every tensor together, returned split as they came."""
+    present = [s.reshape(-1) for s in scores if s is not None]
+    if not present:
+        return list(scores)
+    z = iter(standardize(torch.cat(present)).split([s.numel() for s in present]))
+    return [None if s is None else next(z) for s in scores]
+
+
 def flap_removal(
     group_scores: Sequence[Tensor | None],
     channel_scores: Sequence[Tensor | None],
@@ -137,13 +186,13 @@ def flap_removal(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """FLAP's adaptive structure search (AL-AM): which key-value groups and MLP channels each layer loses.
 
-    ``group_scores[l]``: the fluctuation scores of layer ``l``'s key-value groups, [groups]; ``channel_scores[l]``:
-    of its MLP channels, [channels]; None leaves that part of the layer out (``ignore=``). ``group_params[l]`` /
-    ``channel_params[l]``: the parameters one unit of the layer removes. Scores are standardised within each
-    kind over all layers (:func:`standardize`), ranked together (ties: groups before channels, then layer
-    and index order), and removed lowest first while the removed parameters stay within ``target``; a unit
-    that would overshoot is passed over. Each layer keeps one unit of each kind, and at most ``max_share``
-    (a fraction) of its units of a kind go.
+    ``group_scores[l]``: the standardised scores of layer ``l``'s key-value groups, [groups];
+    ``channel_scores[l]``: of its MLP channels, [channels] (:func:`flap_scores`); None leaves that part of the
+    layer out (``ignore=``). ``group_params[l]`` / ``channel_params[l]``: the parameters one unit of the layer
+    removes. All units are ranked together (ties: groups before channels, then layer and index order) and
+    removed lowest first while the removed parameters stay within ``target``; a unit that would overshoot is
+    passed over. Each layer keeps one unit of each kind, and at most ``max_share`` (a fraction) of its units
+    of a kind go.
 
     Returns the removed group indices and the removed channel indices per layer (ascending). Raises
     :class:`~prunekit.errors.InvalidSparsityError` when ``target`` exceeds what may go under those limits.
@@ -160,7 +209,7 @@ def flap_removal(
         present = [(i, s.reshape(-1)) for i, s in enumerate(scores) if s is not None]
         if not present:
             continue
-        z_parts.append(standardize(torch.cat([s for _, s in present])))
+        z_parts.append(torch.cat([s.double() for _, s in present]))
         for i, s in present:
             units += [(kind, i, j) for j in range(s.numel())]
             limits[kind, i] = _kept_limit(s.numel(), max_share)
@@ -254,6 +303,7 @@ def prune_flap(
     calibration: Any,
     allocation: str | Allocation | None = "global",
     bias_compensation: bool = True,
+    standardization: str | None = None,
     device: str | None = None,
     progress: bool | None = None,
     ignored: list[str] | None = None,
@@ -264,17 +314,26 @@ def prune_flap(
     ``calibration``: token batches [batch, seq_len] (see :func:`prunekit.llm.runner.as_batches`);
     ``allocation``: "global" or a :class:`~prunekit.allocation.Global` (adaptive, AL-AM) or "uniform"
     (UL-UM); ``bias_compensation``: fold the removed channels' mean inputs into the output biases;
+    ``standardization``: one of :data:`STANDARDIZATIONS` (default "per-layer"), adaptive structure only;
     ``ignored``: module names (``ignore=``) whose layers' attention or MLP are left whole and not counted.
 
     Raises, before anything changes: :class:`~prunekit.errors.InvalidSparsityError` for a sparsity outside
     [0, 1) or one that would empty a layer's attention or MLP; :class:`~prunekit.errors.ConfigError` for an
-    allocation other than those; :class:`~prunekit.errors.UnknownNameError` for an unknown allocation name;
+    allocation other than those or a standardization with the uniform structure;
+    :class:`~prunekit.errors.UnknownNameError` for an unknown allocation or standardization name;
     :class:`~prunekit.errors.MissingDataError` without calibration;
     :class:`~prunekit.errors.UnsupportedModuleError` for a family whose heads or MLP cannot be cut by name,
     or layers that already differ; :class:`~prunekit.errors.NothingToPruneError` when ``ignored`` covers
     every layer.
     """
     structure, max_share = _structure(allocation)
+    if standardization is not None and standardization not in STANDARDIZATIONS:
+        raise UnknownNameError("flap standardization", standardization, STANDARDIZATIONS)
+    if structure == "UL-UM" and standardization is not None:
+        raise ConfigError(
+            "standardization decides how flap ranks units across layers (allocation='global'); the uniform "
+            "structure ranks each layer's units by their raw scores, so it takes no standardization"
+        )
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity!r}")
     if calibration is None:
@@ -354,9 +413,15 @@ def prune_flap(
     gone_groups: list[list[int]] = [[] for _ in layers]
     gone_channels: list[list[int]] = [[] for _ in layers]
     if structure == "AL-AM":
-        gone_groups, gone_channels = flap_removal(
-            [h.reshape(n_kv, per).sum(1) if on else None for h, on in zip(head_scores, heads_on)],
+        group_z, channel_z = flap_scores(
+            [visitor.scores[i][0] if on else None for i, on in enumerate(heads_on)],
             [visitor.scores[i][1] if on else None for i, on in enumerate(mlp_on)],
+            n_kv,
+            standardization or "per-layer",
+        )
+        gone_groups, gone_channels = flap_removal(
+            group_z,
+            channel_z,
             group_params,
             channel_params,
             target,

@@ -184,7 +184,7 @@ class FlapMethod(Method):
     needs_data = True
     structural = True
     default_allocation = "global"
-    options: ClassVar[frozenset[str]] = frozenset({"bias_compensation", "device", "progress"})
+    options: ClassVar[frozenset[str]] = frozenset({"bias_compensation", "standardization", "device", "progress"})
     description = (
         "FLAP adaptive structured pruning: standardised fluctuation scores ranked globally over heads and MLP "
         "channels of all layers, bias compensation; per-layer widths, physical (An et al. 2024)"
@@ -193,7 +193,8 @@ class FlapMethod(Method):
 
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         """Remove ``request.sparsity`` of the decoder layers' attention and MLP parameters with
-        :func:`prunekit.llm.flap.prune_flap` (options ``bias_compensation``, ``device``, ``progress``).
+        :func:`prunekit.llm.flap.prune_flap` (options ``bias_compensation``, ``standardization``, ``device``,
+        ``progress``).
 
         Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured,
         :class:`~prunekit.errors.ConfigError` for an allocation other than global / uniform, and what
@@ -214,6 +215,7 @@ class FlapMethod(Method):
             calibration=request.calibration,
             allocation=request.allocation,
             bias_compensation=bool(opts.get("bias_compensation", True)),
+            standardization=opts.get("standardization"),
             device=opts.get("device"),
             progress=opts.get("progress"),
             ignored=request.ignored_modules,

@@ -12,7 +12,7 @@ import torch
 
 import prunekit as pk
 from prunekit.llm import load_causal_lm
-from prunekit.llm.flap import flap_removal, prune_flap, standardize
+from prunekit.llm.flap import flap_removal, flap_scores, prune_flap, standardize
 from prunekit.surgery import from_pretrained_pruned
 
 transformers = pytest.importorskip("transformers")
@@ -74,12 +74,36 @@ def test_standardize_subtracts_the_mean_and_divides_by_the_population_std() -> N
     assert torch.equal(standardize(torch.full((3,), 7.0)), torch.zeros(3, dtype=torch.float64))
 
 
-# Two layers. Groups (10 parameters each) score [10, 30] and [20, 40]: standardised over both layers,
+def test_the_two_readings_of_the_standardisation_by_hand() -> None:
+    attention = [torch.tensor([1.0, 3.0, 5.0, 7.0])]  # one layer, 2 key-value groups of 2 channels each
+    mlp = [torch.tensor([1.0, 2.0, 3.0])]
+    # across layers (one layer here): group sums [4, 12] -> [-1, 1]; channels [1, 2, 3] -> [-1.2247, 0, 1.2247]
+    groups, channels = flap_scores(attention, mlp, 2, "across-layers")
+    assert torch.allclose(groups[0], torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(channels[0], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) * math.sqrt(1.5))
+    # per-layer: channels [1, 3, 5, 7] -> [-3, -1, 1, 3] / sqrt(5); a group is the mean of its two
+    groups, _ = flap_scores(attention, mlp, 2, "per-layer")
+    assert torch.allclose(groups[0], torch.tensor([-2.0, 2.0], dtype=torch.float64) / math.sqrt(5))
+    # two layers at different scales: across-layers keeps the scale, per-layer removes it
+    big = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])]
+    _, glob = flap_scores([None, None], big, 2, "across-layers")
+    _, local = flap_scores([None, None], big, 2, "per-layer")
+    assert float(glob[0].max()) < float(glob[1].min())
+    assert torch.equal(local[0], local[1])
+    with pytest.raises(pk.UnknownNameError, match="per-layer"):
+        flap_scores(attention, mlp, 2, "per-head")
+
+
+# Two layers, standardised across layers. Groups (10 parameters each) score [10, 30] and [20, 40]:
 # z = [-1.342, 0.447], [-0.447, 1.342]. Channels (1 parameter each) score [1, 2, 3] and [4, 5, 6]:
 # z = [-1.464, -0.878, -0.293], [0.293, 0.878, 1.464]. Joint order: ch0.0, g0.0, ch0.1, g1.0, ch0.2,
 # ch1.0, g0.1, ch1.1, g1.1, ch1.2. Raw scores would put every channel before every group.
-GROUPS = [torch.tensor([10.0, 30.0]), torch.tensor([20.0, 40.0])]
-CHANNELS = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0])]
+GROUPS, CHANNELS = flap_scores(
+    [torch.tensor([10.0, 30.0]), torch.tensor([20.0, 40.0])],  # one channel per group
+    [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0])],
+    2,
+    "across-layers",
+)
 
 
 @pytest.mark.parametrize(
@@ -94,6 +118,7 @@ CHANNELS = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0])]
     ],
 )
 def test_global_ranking_of_standardised_scores_by_hand(target, groups, channels) -> None:  # noqa: ANN001
+    assert torch.allclose(GROUPS[0], torch.tensor([-3.0, 1.0], dtype=torch.float64) / math.sqrt(5))
     assert flap_removal(GROUPS, CHANNELS, [10, 10], [1, 1], target) == (groups, channels)
 
 
@@ -108,8 +133,15 @@ def test_each_layer_keeps_a_unit_of_each_kind_and_the_cap_is_honoured() -> None:
 
 def test_parts_left_out_are_not_ranked_nor_standardised_with_the_rest() -> None:
     # layer 1's groups left out: layer 0's groups alone standardise to [-1, 1]; layer 1 keeps both
-    groups, channels = flap_removal([GROUPS[0], None], CHANNELS, [10, 10], [1, 1], 11)
-    assert groups == [[0], []] and channels == [[0], []]
+    groups, channels = flap_scores(
+        [torch.tensor([10.0, 30.0]), None], [torch.tensor([1.0, 2.0, 3.0])] * 2, 2, "across-layers"
+    )
+    assert groups[1] is None and torch.allclose(groups[0], torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    # pooled channel z = [-1.22, 0, 1.22] in both layers: ch0.0, ch1.0, g0.0, ch0.1, ch1.1, (g0.1 kept) ...
+    assert flap_removal(groups, channels, [1, 1], [1, 1], 3) == ([[0], []], [[0], [0]])
+    assert flap_removal(groups, channels, [1, 1], [1, 1], 5) == ([[0], []], [[0, 1], [0, 1]])
+    with pytest.raises(pk.InvalidSparsityError):  # layer 1's groups cannot help
+        flap_removal(groups, channels, [1, 1], [1, 1], 6)
 
 
 # --------------------------------------------------------------------------- pruning a model with flap
@@ -281,6 +313,12 @@ def test_ignored_layers_keep_their_widths_and_are_not_counted() -> None:
         ({"sparsity": 0.3, "allocation": pk.Global(count="units")}, pk.ConfigError, "count='weights'"),
         ({"sparsity": 0.3, "allocation": "no-such"}, pk.UnknownNameError, "uniform"),
         ({"sparsity": 0.3, "structure": "AL-MM"}, pk.ConfigError, "unknown option"),
+        ({"sparsity": 0.3, "standardization": "per-head"}, pk.UnknownNameError, "per-layer"),
+        (
+            {"sparsity": 0.3, "allocation": "uniform", "standardization": "per-layer"},
+            pk.ConfigError,
+            "no standardization",
+        ),
         ({"sparsity": 0.5, "pattern": "2:4", "allocation": "uniform"}, pk.PatternError, "no pattern"),
         ({"sparsity": 0.3, "calibration": None}, pk.MissingDataError, "calibration"),
         ({"sparsity": 0.3, "ignore": ["model.layers"]}, pk.NothingToPruneError, "ignore="),
