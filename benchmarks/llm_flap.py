@@ -149,7 +149,12 @@ def main() -> None:
         default=["per-layer", "across-layers"],
         help="AL-AM variants (flap's standardization)",
     )
+    ap.add_argument("--table-only", action="store_true", help="only rewrite OUT/flap.md from OUT/flap.json")
     args = ap.parse_args()
+    if args.table_only:
+        rec = json.loads((Path(args.out) / "flap.json").read_text())
+        (Path(args.out) / "flap.md").write_text(_markdown(rec))
+        return
 
     import torch
     import transformers
@@ -237,7 +242,30 @@ def _markdown(rec: dict) -> str:
             f"{r['params_after']:,} | {r['ppl']:.2f} | {r['prune_seconds']:.0f} | "
             f"{'yes' if r['reload']['identical_logits'] else 'NO'} | {'yes' if r['reload']['stock_config'] else 'no'} |"
         )
-    lines += ["", "Per-layer widths (layer 0 first):", ""]
+    lines += [""]
+    for target in sorted({r["target"] for r in rec["rows"]}):
+        at = [r for r in rec["rows"] if r["target"] == target]
+        uniform = next(r for r in at if r["structure"] == "UL-UM")
+        lines.append(
+            f"* {target:g}: "
+            + "; ".join(
+                f"AL-AM {r['standardization']} {r['ppl']:.2f} "
+                f"({r['ppl'] / uniform['ppl']:.2f}x UL-UM's {uniform['ppl']:.2f})"
+                for r in at
+                if r["structure"] == "AL-AM"
+            )
+        )
+    lines += [
+        "",
+        "Standardisation (`flap`'s option `standardization`): `per-layer` (the default) standardises each layer's "
+        "attention channels and MLP channels within the layer, a key-value group scoring the mean of its channels' "
+        "values; `across-layers` standardises group scores (sums over their channels) and channel scores over all "
+        "layers together, which keeps the layers' differences in activation scale, so the layers whose inputs "
+        "vary least lose the most (widths below).",
+        "",
+        "Per-layer widths (layer 0 first):",
+        "",
+    ]
     for r in rec["rows"]:
         lines.append(
             f"* target {r['target']:g}, {r['structure']}{' ' + r['standardization'] if r['standardization'] else ''}: "
@@ -257,7 +285,8 @@ def _markdown(rec: dict) -> str:
         "include the zero biases that bias compensation adds where the config then gives every layer a bias. "
         "Reload: `save_pretrained`, then `prunekit.llm.load_causal_lm` (per-layer widths rebuilt from "
         "`config.prunekit_structure`, safetensors only); logits compared with `torch.equal` on two 128-token "
-        "windows of the evaluation text.",
+        "windows of the evaluation text. Prune seconds are wall time on a shared 2-core machine (other jobs "
+        "running), not a speed measurement.",
         "",
         "Reproduce:",
         "",

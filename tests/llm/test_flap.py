@@ -231,13 +231,16 @@ def test_without_bias_compensation_no_bias_is_added() -> None:
 
 
 def _save_with_tokenizer(model: torch.nn.Module, path) -> None:  # noqa: ANN001
-    from tokenizers import Tokenizer, models
+    """save_pretrained with a word-level tokenizer: Austen's most frequent words, the rest unknown."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     model.save_pretrained(path)
     vocab = {f"t{i}": i for i in range(VOCAB)}
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0"
-    )
+    for i, word in enumerate("the to and of a her I in was it she not that be".split()):
+        vocab[word] = vocab.pop(f"t{i + 1}")
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0")
     tok.save_pretrained(path)
 
 
@@ -257,6 +260,27 @@ def test_per_layer_widths_save_and_reload_with_identical_logits(tmp_path) -> Non
     assert torch.equal(_logits(again), logits)
     loaded, _ = load_causal_lm(tmp_path)  # prunekit's loader reads the record as well
     assert torch.equal(_logits(loaded), logits)
+
+
+def test_the_command_line_prunes_saves_and_evaluates_per_layer_widths(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from prunekit import datasets
+    from prunekit.cli import app
+
+    if not datasets.is_installed("austen"):
+        pytest.skip("the Austen novels are not installed: prunekit data install austen")
+    src, out = tmp_path / "tiny", tmp_path / "pruned"
+    _save_with_tokenizer(_llama(), src)
+    common = ["--calibration-samples", "4", "--seq-len", "32", "--eval-tokens", "128", "--no-progress"]
+    res = CliRunner().invoke(app, ["prune-llm", str(src), "--method", "flap", "-s", "0.35", *common, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "prunekit_structure" in json.loads((out / "config.json").read_text())
+    model, _ = load_causal_lm(out)
+    assert len({layer.mlp.down_proj.in_features for layer in model.model.layers}) > 1
+    res = CliRunner().invoke(app, ["eval-ppl", str(out), "--max-tokens", "128", "--seq-len", "32"])
+    assert res.exit_code == 0, res.output
 
 
 def test_uniform_widths_give_a_stock_config(tmp_path) -> None:  # noqa: ANN001
