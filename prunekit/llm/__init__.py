@@ -5,7 +5,9 @@
   structural engine's head / layer paths).
 * :mod:`~prunekit.apply.solvers` and :mod:`~prunekit.criteria.formulas`: magnitude, Wanda, SparseGPT, OWL.
 * :mod:`~prunekit.llm.prune`: unstructured and N:M pruning; :mod:`~prunekit.llm.structured`: physical
-  removal of heads, MLP channels and layers.
+  removal of heads, MLP channels and layers with the same widths in every layer; :mod:`~prunekit.llm.flap`:
+  FLAP's adaptive structure (per-layer widths from one global ranking), :mod:`~prunekit.llm.removal`: the
+  cuts both share.
 * :mod:`~prunekit.llm.data`: calibration draws and perplexity with a recorded protocol;
   :mod:`~prunekit.llm.models`: real pretrained models from offline GGUF packages.
 * :func:`recover` (:mod:`prunekit.llm.recover`): LoRA or distillation recovery, masks kept exact;
@@ -19,6 +21,7 @@ Importing this package needs only torch; transformers is imported where a model 
 from prunekit.apply.solvers import MagnitudeSolver, Solver, SparseGPTSolver, WandaSolver
 from prunekit.calibration.families import FAMILIES, Family, family_for
 from prunekit.llm.data import CalibrationSet, Perplexity, calibration_batches, perplexity, token_hash
+from prunekit.llm.flap import FlapResult, prune_flap
 from prunekit.llm.memory import AllocationMeter
 from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
 from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
@@ -34,6 +37,7 @@ __all__ = [
     "CalibrationSet",
     "FAMILIES",
     "Family",
+    "FlapResult",
     "LLMPruneResult",
     "LayerJob",
     "LayerVisitor",
@@ -57,6 +61,7 @@ __all__ = [
     "perplexity",
     "prune_causal_lm",
     "prune_checkpoint",
+    "prune_flap",
     "prune_structured",
     "recover",
     "remove_layers_",

@@ -6,8 +6,10 @@
   dequantised to float32 on first use, copied into a fresh model built from the same config (transformers
   refuses ``save_pretrained`` on a GGUF-loaded model) and saved as safetensors under the prunekit cache; later
   loads read the safetensors (seconds instead of a minute);
-* a directory written by ``save_pretrained`` (structurally pruned models included: their configs are
-  ordinary configs of their family, see :mod:`prunekit.llm.structured`);
+* a directory written by ``save_pretrained`` (structurally pruned models included: with uniform widths
+  their configs are ordinary configs of their family, see :mod:`prunekit.llm.structured`; per-layer widths,
+  as ``flap`` leaves them, are rebuilt from ``config.prunekit_structure`` by
+  :func:`prunekit.surgery.from_pretrained_pruned`, safetensors only);
 * any Hugging Face hub name (needs network access).
 """
 
@@ -177,6 +179,15 @@ def _clean_cached_config(folder: Path) -> None:
         tmp.replace(path)
 
 
+def _has_structure_record(folder: Path) -> bool:
+    """Whether ``folder/config.json`` carries prunekit's record of shapes the config cannot state."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "prunekit_structure" in config
+
+
 def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name.
 
@@ -211,7 +222,12 @@ def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = 
     else:
         source = key
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if folder.exists() and _has_structure_record(folder):  # per-layer widths the config cannot state
+            from prunekit.surgery.hf import from_pretrained_pruned
+
+            model = from_pretrained_pruned(transformers.AutoModelForCausalLM, str(folder), dtype=dtype)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         where = "the folder" if folder.exists() else "the name"

@@ -17,8 +17,9 @@
   ``"block-influence"``, the only one for layers).
 
 The cutting itself is the structural engine's (:func:`prunekit.surgery.remove.remove_`: slice the
-tensors, update the Linears' size attributes); this module decides what to cut, adds the zero biases that
-compensation needs and keeps the attention modules' head counts and the config in step.
+tensors, update the Linears' size attributes), through the helpers in :mod:`prunekit.llm.removal` (shared
+with ``flap``, :mod:`prunekit.llm.flap`, which gives each layer its own widths); this module decides what to
+cut and keeps the config in step.
 
 Every layer loses the same number of heads / channels, so the pruned model is an ordinary config of its
 family (``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``intermediate_size``,
@@ -33,11 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.calibration.families import Attention, Family, family_for
+from prunekit.calibration.families import Family, family_for
 from prunekit.criteria import formulas as criteria
 from prunekit.errors import (
     ConfigError,
@@ -48,10 +48,19 @@ from prunekit.errors import (
     UnsupportedModuleError,
 )
 from prunekit.layout import layer_weight
+from prunekit.llm.removal import (
+    ChannelStats,
+    bias_possible,
+    cut_heads_,
+    cut_mlp_channels_,
+    ensure_bias,
+    head_shape,
+    select_gqa_heads,
+    set_if_present,
+)
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
 from prunekit.surgery.blocks import overlaps_ignored
 from prunekit.surgery.hf import head_config_fields, own_config_, record_hf_structure
-from prunekit.surgery.remove import remove_
 
 __all__ = [
     "CRITERIA",
@@ -88,71 +97,6 @@ class StructuredResult:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-class _ChannelStats:
-    """Running E[x_j] and E[x_j^2] of a Linear's input channels (float64)."""
-
-    def __init__(self, width: int, device: torch.device):
-        self.sum = torch.zeros(width, dtype=torch.float64, device=device)
-        self.sq = torch.zeros(width, dtype=torch.float64, device=device)
-        self.n = 0
-
-    def add(self, x: Tensor) -> None:
-        x2 = x.reshape(-1, x.shape[-1]).double()
-        self.sum += x2.sum(0)
-        self.sq += x2.pow(2).sum(0)
-        self.n += x2.shape[0]
-
-    @property
-    def mean(self) -> Tensor:
-        return self.sum / max(self.n, 1)
-
-    @property
-    def sq_mean(self) -> Tensor:
-        return self.sq / max(self.n, 1)
-
-
-def _ensure_bias(linear: nn.Module) -> nn.Linear:
-    """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go)."""
-    if not isinstance(linear, nn.Linear):
-        raise UnsupportedModuleError(f"bias compensation handles nn.Linear only, not {type(linear).__name__}")
-    if linear.bias is None:
-        w = linear.weight
-        linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
-    return linear
-
-
-def _drop(layer: nn.Module, removal: dict[str, dict[int, np.ndarray]], name: str, dim: int, index: Tensor) -> None:
-    """Add "remove ``index`` along ``dim`` of ``name``'s weight" (and of its bias for output rows) to a plan."""
-    module = layer.get_submodule(name)
-    removal[f"{name}.weight"] = {dim: index.cpu().numpy()}
-    if dim == 0 and getattr(module, "bias", None) is not None:
-        removal[f"{name}.bias"] = {0: index.cpu().numpy()}
-
-
-def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
-    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut).
-
-    The sum becomes a new parameter: the old bias may be shared with another model and stays as it was.
-    """
-    if removed.numel() == 0:
-        return
-    delta = out_proj.weight.detach()[:, removed].double() @ mean[removed].to(out_proj.weight.device)
-    old = out_proj.bias
-    out_proj.bias = nn.Parameter(old.detach() + delta.to(old.dtype), requires_grad=old.requires_grad)
-
-
-def _set_if_present(module: nn.Module, attr: str, value: int) -> None:
-    """``module.<attr> = value`` when ``module`` has that attribute (a size a Hugging Face module keeps)."""
-    if hasattr(module, attr):
-        setattr(module, attr, value)
-
-
-def _bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
-    if getattr(out_proj, "bias", None) is not None:
-        return True
-    return family_for(model).bias_field(part) is not None
 
 
 def choose_gqa_shape(
@@ -218,7 +162,7 @@ class _ChannelVisitor(LayerVisitor):
         self.criterion = criterion
         self.compensate = bias_compensation
         self.result = result
-        self._stats: _ChannelStats | None = None
+        self._stats: ChannelStats | None = None
         self._did_bias = False
         cfg = model.config
         if unit == "mlp":
@@ -229,7 +173,7 @@ class _ChannelVisitor(LayerVisitor):
                 raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
         else:
             self.attn = adapter.require_attention()
-            self.n_heads, self.n_kv, self.head_dim = _head_shape(model, adapter, self.attn)
+            self.n_heads, self.n_kv, self.head_dim = head_shape(model, adapter, self.attn)
             checked: dict[tuple[int, int], bool] = {}
 
             def allowed(heads: int, kv: int) -> bool:
@@ -248,7 +192,7 @@ class _ChannelVisitor(LayerVisitor):
         if self.criterion != "fluctuation":
             return {}
         w = layer_weight(job.layer.get_submodule(self.out_name))
-        self._stats = _ChannelStats(w.shape[1], w.device)
+        self._stats = ChannelStats(w.shape[1], w.device)
         return {self.out_name: self._stats.add}
 
     def _channel_scores(self, job: LayerJob) -> Tensor:
@@ -272,58 +216,22 @@ class _ChannelVisitor(LayerVisitor):
         layer = job.layer
         out = layer.get_submodule(self.out_name)
         part = "mlp" if self.unit == "mlp" else "attention"
-        if self.unit == "mlp":
-            keep = torch.sort(torch.topk(scores, self.keep_count, sorted=False).indices).values
-            keep_cols = keep
-            kept = {"channels": keep.tolist()}
-        else:
-            head_scores = scores.reshape(self.n_heads, self.head_dim).sum(1)
-            per = self.n_heads // self.n_kv
-            group_scores = head_scores.reshape(self.n_kv, per).sum(1)
-            groups = torch.sort(torch.topk(group_scores, self.groups, sorted=False).indices).values
-            heads = []
-            for g in groups.tolist():
-                within = head_scores[g * per : (g + 1) * per]
-                top = torch.sort(torch.topk(within, self.per_group, sorted=False).indices).values
-                heads += [g * per + int(h) for h in top]
-            q_rows = torch.cat([torch.arange(h * self.head_dim, (h + 1) * self.head_dim) for h in heads])
-            kv_rows = torch.cat([torch.arange(g * self.head_dim, (g + 1) * self.head_dim) for g in groups.tolist()])
-            keep_cols = q_rows
-            kept = {"kv_groups": groups.tolist(), "heads": heads}
-        width = layer_weight(out).shape[1]
-        removed_mask = torch.ones(width, dtype=torch.bool)
-        removed_mask[keep_cols] = False
-        removed = removed_mask.nonzero().flatten()
-        do_bias = self.compensate and self.criterion == "fluctuation" and _bias_possible(self.model, part, out)
+        do_bias = self.compensate and self.criterion == "fluctuation" and bias_possible(self.model, part, out)
+        mean = None
         if do_bias:
             assert self._stats is not None
-            _compensate(_ensure_bias(out), removed.to(layer_weight(out).device), self._stats.mean)
-        # the structural engine's surgery slices every tensor and updates the Linears' size attributes
-        removal: dict[str, dict[int, np.ndarray]] = {}
-        _drop(layer, removal, self.out_name, 1, removed)
+            mean = self._stats.mean
         if self.unit == "mlp":
-            for name in self.mlp.inputs:
-                if do_bias:
-                    _ensure_bias(layer.get_submodule(name))
-                _drop(layer, removal, name, 0, removed)
+            keep = torch.sort(torch.topk(scores, self.keep_count, sorted=False).indices).values
+            kept = {"channels": keep.tolist()}
+            removed_mask = torch.ones(scores.numel(), dtype=torch.bool)
+            removed_mask[keep.cpu()] = False
+            cut_mlp_channels_(layer, self.mlp, removed_mask.nonzero().flatten(), mean)
         else:
-            kv_removed = torch.ones(self.n_kv * self.head_dim, dtype=torch.bool)
-            kv_removed[kv_rows] = False
-            for name in (self.attn.q, self.attn.k, self.attn.v):
-                if do_bias:
-                    _ensure_bias(layer.get_submodule(name))
-            _drop(layer, removal, self.attn.q, 0, removed)
-            _drop(layer, removal, self.attn.k, 0, kv_removed.nonzero().flatten())
-            _drop(layer, removal, self.attn.v, 0, kv_removed.nonzero().flatten())
-        remove_(layer, removal)
-        if self.unit == "mlp":
-            mlp_module = layer.get_submodule(self.mlp.output.rpartition(".")[0]) if "." in self.mlp.output else layer
-            _set_if_present(mlp_module, "intermediate_size", self.keep_count)
-        else:
-            attn = layer.get_submodule(self.attn.module)
-            _set_if_present(attn, "num_key_value_groups", self.per_group)
-            for attr, value in (("num_heads", len(heads)), ("num_key_value_heads", self.groups)):
-                _set_if_present(attn, attr, value)
+            head_scores = scores.reshape(self.n_heads, self.head_dim).sum(1)
+            groups, heads = select_gqa_heads(head_scores, self.n_kv, self.groups, self.per_group)
+            kept = {"kv_groups": groups, "heads": heads}
+            cut_heads_(layer, self.attn, heads, groups, self.head_dim, mean)
         self.result.kept[job.index] = kept
         self._stats = None
         self._did_bias = do_bias
@@ -337,7 +245,7 @@ class _ChannelVisitor(LayerVisitor):
                 # the config now gives every layer these biases: the kept layers get zero ones (exact)
                 for prefix in self.kept_whole:
                     for name in _unit_projections(self.adapter, self.unit):
-                        _ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
+                        ensure_bias(self.model.get_submodule(f"{prefix}.{name}"))
             return
         if self.unit == "mlp":
             setattr(cfg, self.mlp.config_field, self.keep_count)
@@ -348,31 +256,6 @@ class _ChannelVisitor(LayerVisitor):
             field_name = self.adapter.bias_field("mlp" if self.unit == "mlp" else "attention")
             if field_name:
                 setattr(cfg, field_name, True)
-
-
-def _head_shape(model: nn.Module, adapter: Family, attn: Attention) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head size) of the decoder layers, read from their projections; every
-    layer must have the same, else :class:`UnsupportedModuleError` (before anything changes)."""
-    cfg: Any = model.config  # a Hugging Face config: its fields depend on the family
-    shapes = set()
-    for layer in adapter.layer_list(model):
-        module = layer.get_submodule(attn.module)
-        head_dim = int(getattr(module, "head_dim", 0) or getattr(cfg, "head_dim", 0) or 0)
-        if not head_dim:
-            head_dim = cfg.hidden_size // cfg.num_attention_heads
-        q = layer_weight(layer.get_submodule(attn.q)).shape[0]
-        k = layer_weight(layer.get_submodule(attn.k)).shape[0]
-        if q % head_dim or k % head_dim:
-            raise UnsupportedModuleError(
-                f"{attn.q} has {q} rows, which is not a whole number of heads of size {head_dim}"
-            )
-        shapes.add((q // head_dim, k // head_dim, head_dim))
-    if len(shapes) != 1:
-        raise UnsupportedModuleError(
-            "llm-heads keeps the same heads in every layer, but the decoder layers already differ "
-            f"({sorted(shapes)}); prune heads with the 'head' method instead, or start from the dense model"
-        )
-    return shapes.pop()
 
 
 class _InfluenceVisitor(LayerVisitor):
@@ -407,7 +290,7 @@ def remove_layers_(model: nn.Module, drop: list[int]) -> None:
     for new_idx, layer in enumerate(new_layers):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
-                _set_if_present(module, "layer_idx", new_idx)
+                set_if_present(module, "layer_idx", new_idx)
     adapter.set_layer_list(model, new_layers)
     cfg: Any = model.config
     cfg.num_hidden_layers = len(keep)

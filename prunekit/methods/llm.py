@@ -2,7 +2,8 @@
 
 Importing this module registers ``wanda``, ``sparsegpt`` (layer-wise, unstructured or N:M, any allocation),
 ``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude`` (aliases: the solver with ``allocation="owl"``) and
-``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical; allocation ``uniform`` only).
+``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical; allocation ``uniform`` only) and ``flap``
+(structured, physical, per-layer widths; allocation ``global``, the paper's adaptive structure, or ``uniform``).
 ``magnitude`` itself is the core's method (per-matrix magnitude with any pattern), which is the layer-wise
 magnitude baseline of the papers. Importing needs only torch; transformers is used by the models passed in.
 """
@@ -16,7 +17,7 @@ from torch import nn
 from prunekit.errors import ConfigError, PatternError
 from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
 
-__all__ = ["LM_METHOD_NAMES", "LayerwiseLLMMethod", "StructuredLLMMethod", "register"]
+__all__ = ["FlapMethod", "LM_METHOD_NAMES", "LayerwiseLLMMethod", "StructuredLLMMethod", "register"]
 
 _LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "sequential"})
 
@@ -173,6 +174,55 @@ class StructuredLLMMethod(Method):
         return MethodOutcome(layer_sparsity={}, notes=result.notes)
 
 
+class FlapMethod(Method):
+    """FLAP (An et al. 2024): fluctuation scores standardised per kind of unit, one global ranking of
+    key-value groups and MLP channels over all decoder layers, bias compensation; physical, per-layer widths
+    (see :mod:`prunekit.llm.flap`). ``allocation="global"`` (default) is the paper's adaptive AL-AM,
+    ``"uniform"`` its UL-UM baseline at the same parameter budget."""
+
+    name = "flap"
+    needs_data = True
+    structural = True
+    default_allocation = "global"
+    options: ClassVar[frozenset[str]] = frozenset({"bias_compensation", "standardization", "device", "progress"})
+    description = (
+        "FLAP adaptive structured pruning: standardised fluctuation scores ranked globally over heads and MLP "
+        "channels of all layers, bias compensation; per-layer widths, physical (An et al. 2024)"
+    )
+    paper = "Fluctuation-based Adaptive Structured Pruning for Large Language Models"
+
+    def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Remove ``request.sparsity`` of the decoder layers' attention and MLP parameters with
+        :func:`prunekit.llm.flap.prune_flap` (options ``bias_compensation``, ``standardization``, ``device``,
+        ``progress``).
+
+        Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured,
+        :class:`~prunekit.errors.ConfigError` for an allocation other than global / uniform, and what
+        :func:`~prunekit.llm.flap.prune_flap` raises.
+        """
+        from prunekit.granularity.patterns import Unstructured
+        from prunekit.llm.flap import prune_flap
+
+        if not isinstance(request.pattern, Unstructured):
+            raise PatternError(
+                f"flap removes whole key-value groups and MLP channels, so it takes no pattern (pattern=None or "
+                f"'unstructured'), not {request.pattern}"
+            )
+        opts = request.options
+        result = prune_flap(
+            model,
+            sparsity=request.sparsity,
+            calibration=request.calibration,
+            allocation=request.allocation,
+            bias_compensation=bool(opts.get("bias_compensation", True)),
+            standardization=opts.get("standardization"),
+            device=opts.get("device"),
+            progress=opts.get("progress"),
+            ignored=request.ignored_modules,
+        )
+        return MethodOutcome(layer_sparsity={}, notes=result.notes)
+
+
 _LAYERWISE = (
     (
         "wanda",
@@ -215,13 +265,13 @@ _STRUCTURED = (
     (
         "llm-heads",
         "heads",
-        "remove attention heads (GQA aware) by FLAP fluctuation or Taylor scores, with bias compensation; physical",
+        "remove attention heads (GQA aware) by FLAP fluctuation or magnitude, with bias compensation; physical",
         "Fluctuation-based Adaptive Structured Pruning for Large Language Models",
     ),
     (
         "llm-mlp",
         "mlp",
-        "remove MLP intermediate channels by FLAP fluctuation or Taylor scores, with bias compensation; physical",
+        "remove MLP intermediate channels by FLAP fluctuation or magnitude, with bias compensation; physical",
         "Fluctuation-based Adaptive Structured Pruning for Large Language Models",
     ),
     (
@@ -235,7 +285,7 @@ _STRUCTURED = (
 
 def _add(name: str, method: Method, description: str) -> None:
     if name in METHODS:
-        if isinstance(METHODS.get(name), (LayerwiseLLMMethod, StructuredLLMMethod)):
+        if isinstance(METHODS.get(name), (LayerwiseLLMMethod, StructuredLLMMethod, FlapMethod)):
             return  # registered by an earlier import
         raise ConfigError(f"method {name!r} is already registered by another module; the LLM method cannot be added")
     METHODS.add(name, method, description)
@@ -248,6 +298,7 @@ def register() -> None:
         _add(name, LayerwiseLLMMethod(name, solver, owl, description, paper), description)
     for name, unit, description, paper in _STRUCTURED:
         _add(name, StructuredLLMMethod(name, unit, description, paper), description)
+    _add(FlapMethod.name, FlapMethod(), FlapMethod.description)
 
 
 register()
@@ -257,4 +308,5 @@ LM_METHOD_NAMES: tuple[str, ...] = (
     "magnitude",
     *(entry[0] for entry in _LAYERWISE),
     *(entry[0] for entry in _STRUCTURED),
+    FlapMethod.name,
 )

@@ -69,7 +69,7 @@ def test_a_padded_batch_gives_the_masks_of_its_sequences_unpadded(method: str) -
     _assert_same(got, ref, exact=False)
 
 
-METHODS = ["wanda", "sparsegpt", "owl-wanda", "llm-mlp", "llm-heads", "llm-layers"]
+METHODS = ["wanda", "sparsegpt", "owl-wanda", "llm-mlp", "llm-heads", "llm-layers", "flap"]
 
 
 @pytest.mark.parametrize("method", METHODS)

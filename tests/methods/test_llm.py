@@ -13,7 +13,7 @@ from prunekit.methods import llm as _llm_methods  # noqa: F401  (registers the m
 from tests.llm.conftest import VOCAB, calibration, tiny_model
 
 UNSTRUCTURED = ["magnitude", "wanda", "sparsegpt", "owl-wanda", "owl-sparsegpt", "owl-magnitude"]
-STRUCTURED = ["llm-heads", "llm-mlp", "llm-layers"]
+STRUCTURED = ["llm-heads", "llm-mlp", "llm-layers", "flap"]
 
 
 def _decoder_weights(model):
