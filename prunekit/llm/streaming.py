@@ -213,9 +213,16 @@ def _skeleton(source: Path, files: dict[str, Path], dtype: torch.dtype) -> tuple
     from accelerate.utils import set_module_tensor_to_device
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from prunekit.surgery.hf import HF_CONFIG_KEY, apply_hf_structure
+
     config = AutoConfig.from_pretrained(str(source))
+    record = getattr(config, HF_CONFIG_KEY, None)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if isinstance(record, dict) and record.get("error"):
+            raise CheckpointError(f"{source}: the pruned model cannot be rebuilt from its config: {record['error']}")
+        if record:  # widths the config cannot state (a structurally pruned checkpoint): reshaped on meta
+            apply_hf_structure(model, record)
     prefix = family_for(model).layers
     params = dict(model.named_parameters())
     store = ShardStore(files, prefix, None, dtype)

@@ -455,7 +455,7 @@ def from_pretrained_pruned(model_class: Any, path: str, *, dtype: torch.dtype | 
         raise CheckpointError(f"{directory}: the pruned model cannot be rebuilt from its config: {record['error']}")
     model = model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)
     if record:
-        _apply_hf_structure(model, record)
+        apply_hf_structure(model, record)
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     state = _checkpoint_names_to_model(model, _read_safetensors(directory), set(tensors), directory)
     unexpected = sorted(set(state) - set(tensors))
@@ -529,7 +529,11 @@ def _read_safetensors(directory: Any) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory} holds no safetensors weights (model.safetensors); save with safe_serialization")
 
 
-def _apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
+def apply_hf_structure(model: nn.Module, record: dict[str, Any]) -> None:
+    """Reshape a model freshly built from its config as its ``config.prunekit_structure`` ``record`` says (per
+    tensor shapes and size attributes the config cannot state), in place. New tensors are zero-filled on the
+    device of the ones they replace (``meta`` stays ``meta``). Raises
+    :class:`~prunekit.errors.CheckpointError` when the record names a tensor or module the model lacks."""
     from prunekit.errors import CheckpointError
     from prunekit.surgery.record import reshape_slot, set_size_attrs
     from prunekit.surgery.remove import tensor_slots

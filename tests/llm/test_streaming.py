@@ -108,3 +108,18 @@ def test_read_tensor_equals_safetensors_for_every_dtype(tmp_path):
         assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), name
     with pytest.raises(pk.CheckpointError, match="no tensor"):
         read_tensor(tmp_path / "a.safetensors", "missing")
+
+
+def test_a_checkpoint_with_per_layer_widths_streams(tmp_path):
+    from prunekit.surgery import from_pretrained_pruned
+
+    model = tiny_model("llama", layers=3)
+    pk.prune(model, "flap", sparsity=0.35, calibration=calibration(), measure=False)  # widths differ by layer
+    model.save_pretrained(tmp_path / "src")
+    assert model.config.prunekit_structure  # the config cannot state the widths
+    batches = calibration(seed=5)
+    prune_checkpoint(tmp_path / "src", tmp_path / "out", "wanda", sparsity=0.5, calibration=batches, progress=False)
+    prune_causal_lm(model, "wanda", sparsity=0.5, calibration=batches, progress=False)
+    again = from_pretrained_pruned(type(model), str(tmp_path / "out"))
+    mine, theirs = model.state_dict(), again.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
