@@ -106,3 +106,37 @@ def test_groups_come_from_the_input_tensors_not_names():
     assert shared.norms.keys() == alone.norms.keys()
     for key, value in shared.norms.items():
         assert torch.equal(value, alone.norms[key]), key
+
+
+class _Norms(LayerVisitor):
+    """Gathers every Linear's Wanda norms; changes nothing, but says it modifies (so the runner may cut the
+    statistics forward short when the visitor reads no outputs)."""
+
+    def __init__(self, wants_outputs: bool):
+        self.wants_outputs = wants_outputs
+        self.norms: dict[str, torch.Tensor] = {}
+        self.observed = 0
+
+    def start(self, job):
+        self.solvers = {rel: WandaSolver(m, rel) for rel, m in job.linears.items()}
+        return {rel: s.add_batch for rel, s in self.solvers.items()}
+
+    def observe(self, job, inputs, outputs):
+        self.observed += 1
+
+    def finish(self, job):
+        for rel, s in self.solvers.items():
+            self.norms[f"{job.index}.{rel}"] = s.sq_norms.clone()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_statistics_pass_cut_short_gathers_the_same_statistics(family):
+    model = tiny_model(family)
+    full, short = _Norms(True), _Norms(False)
+    data = calibration(n=3)
+    run_layerwise(model, data, full, progress=False)
+    run_layerwise(model, data, short, progress=False)
+    assert full.observed == 2 * 3 and short.observed == 2  # cut short after the first batch of each layer
+    assert full.norms.keys() == short.norms.keys() and len(full.norms) > 0
+    for key, value in full.norms.items():
+        assert torch.equal(value, short.norms[key]), key
