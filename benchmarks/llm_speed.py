@@ -37,9 +37,13 @@ import prunekit as pk
 from prunekit.datasets import load_text
 from prunekit.llm import load_causal_lm, perplexity
 method, pattern = sys.argv[1], (None if sys.argv[2] == "unstructured" else sys.argv[2])
+layers, samples, eval_tokens = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 model, tok = load_causal_lm("smollm2-135m")
+if layers:
+    model.model.layers = model.model.layers[:layers]
+    model.config.num_hidden_layers = layers
 ids = torch.tensor(tok(load_text("emma"), add_special_tokens=False)["input_ids"], dtype=torch.long)
-starts = torch.randint(0, len(ids) - 256 + 1, (64,), generator=torch.Generator().manual_seed(0))
+starts = torch.randint(0, len(ids) - 256 + 1, (samples,), generator=torch.Generator().manual_seed(0))
 windows = [ids[s : s + 256].unsqueeze(0) for s in starts.tolist()]
 out = {"load_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if method != "dense":
@@ -47,8 +51,9 @@ if method != "dense":
     pk.prune(model, method, sparsity=0.5, pattern=pattern, calibration=windows, progress=False)
     out["prune_wall_s"], out["prune_cpu_s"] = time.perf_counter() - w, time.process_time() - c
 out["peak_prune_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-ppl = perplexity(model, tok, load_text("persuasion"), max_tokens=16384, seq_len=512)
-out["ppl"], out["predicted_tokens"] = ppl.ppl, ppl.tokens
+if eval_tokens:
+    ppl = perplexity(model, tok, load_text("persuasion"), max_tokens=eval_tokens, seq_len=512)
+    out["ppl"], out["predicted_tokens"] = ppl.ppl, ppl.tokens
 out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -65,13 +70,14 @@ REFERENCE = {
 }
 
 
-def run_child(tree: Path, config: str) -> dict:
+def run_child(tree: Path, config: str, protocol: argparse.Namespace) -> dict:
     method, _, pattern = config.partition(":")
+    sizes = [str(protocol.layers), str(protocol.samples), str(protocol.eval_tokens)]
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, method, pattern or "unstructured"],
+        [sys.executable, "-c", CHILD, method, pattern or "unstructured", *sizes],
         cwd=tree,
         capture_output=True,
         text=True,
@@ -94,10 +100,23 @@ def worktree(rev: str, where: Path) -> Path:
 def write(result: dict) -> None:
     out = ROOT / "docs/results/llm"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = result["name"]
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    proto = result["protocol"]
+    reduced = proto["layers"] != "all" or proto["samples"] != 64 or proto["eval_tokens"] != 16384
     lines = [
         "# Wanda and SparseGPT on SmolLM2-135M: prune time, peak memory, perplexity",
         "",
+        *(
+            [
+                f"**Reduced protocol**: the first {proto['layers']} decoder layers, {proto['samples']} calibration "
+                f"windows, {proto['eval_tokens']} perplexity tokens (0: none); figures compare the two trees with "
+                "each other only, not with the reference.",
+                "",
+            ]
+            if reduced
+            else []
+        ),
         "Protocol: float32, 2 threads; calibration 64 x 256 tokens of *Emma* (starts "
         "`torch.randint(0, len(ids) - 256 + 1, (64,), generator=torch.Generator().manual_seed(0))`); every Linear in "
         "the decoder layers; perplexity on the first 16,384 tokens of *Persuasion*, 32 windows of 512. One fresh "
@@ -121,8 +140,13 @@ def write(result: dict) -> None:
                 f"| {config} | {label} | {s.get('prune_wall_s', nan):.1f} | {s.get('prune_cpu_s', nan):.1f} "
                 f"| {s.get('peak_prune_mib', nan):.0f} | {s.get('ppl', nan):.3f} |"
             )
+        if "median_ratio_cpu" in row:
+            lines.append(
+                f"| {config} | ratio this tree / baseline, median of {len(row['ratio_cpu'])} interleaved rounds | "
+                f"{row['median_ratio_wall']:.3f} | {row['median_ratio_cpu']:.3f} | | |"
+            )
         ref = REFERENCE.get(config, {})
-        if ref:
+        if ref and not reduced:
             lines.append(
                 f"| {config} | llm-compressor 0.14 (quoted, not re-measured) | {ref.get('prune_s', '')} | | ~1,500 "
                 f"| {ref.get('ppl', '')} |"
@@ -135,7 +159,7 @@ def write(result: dict) -> None:
         "Reproduce: `" + result["command"] + "`",
         "",
     ]
-    (out / "speed.md").write_text("\n".join(lines))
+    (out / f"{name}.md").write_text("\n".join(lines))
 
 
 def main() -> int:
@@ -144,6 +168,10 @@ def main() -> int:
     ap.add_argument("--rev", default=None, help="run this committed revision instead of the working tree")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="method:pattern, comma separated; 'dense' too")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all; reduced protocol)")
+    ap.add_argument("--samples", type=int, default=64, help="calibration windows (the protocol: 64)")
+    ap.add_argument("--eval-tokens", type=int, default=16384, help="perplexity tokens (0: no perplexity)")
+    ap.add_argument("--name", default="speed", help="results file name under docs/results/llm/")
     args = ap.parse_args()
     import torch
 
@@ -163,6 +191,8 @@ def main() -> int:
             },
             "trees": {"new": f"this tree ({rev(new)}{'' if args.rev else ' + working tree'})"},
             "reference": REFERENCE,
+            "name": args.name,
+            "protocol": {"layers": args.layers or "all", "samples": args.samples, "eval_tokens": args.eval_tokens},
             "configs": {},
         }
         if old is not None:
@@ -176,7 +206,7 @@ def main() -> int:
                     for tag, tree in order:
                         if tree is None:
                             continue
-                        got = run_child(tree, config)
+                        got = run_child(tree, config, args)
                         row[tag]["runs"].append(got)
                         runs = row[tag]["runs"]
                         row[tag]["median"] = {
@@ -184,6 +214,13 @@ def main() -> int:
                             for k in ("prune_wall_s", "prune_cpu_s", "peak_prune_mib", "peak_mib", "ppl")
                             if all(k in x for x in runs)
                         }
+                        if old is not None and len(row["new"]["runs"]) == len(row["old"]["runs"]):
+                            a, b = row["new"]["runs"][-1], row["old"]["runs"][-1]
+                            if "prune_cpu_s" in a:
+                                row.setdefault("ratio_cpu", []).append(a["prune_cpu_s"] / b["prune_cpu_s"])
+                                row.setdefault("ratio_wall", []).append(a["prune_wall_s"] / b["prune_wall_s"])
+                                row["median_ratio_cpu"] = statistics.median(row["ratio_cpu"])
+                                row["median_ratio_wall"] = statistics.median(row["ratio_wall"])
                         print(config, tag, json.dumps(got), flush=True)
                         write(result)
         finally:
