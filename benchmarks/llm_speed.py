@@ -32,7 +32,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[6]))
 import prunekit as pk
 from prunekit.datasets import load_text
 from prunekit.llm import load_causal_lm, perplexity
@@ -72,8 +72,9 @@ REFERENCE = {
 
 def run_child(tree: Path, config: str, protocol: argparse.Namespace) -> dict:
     method, _, pattern = config.partition(":")
-    sizes = [str(protocol.layers), str(protocol.samples), str(protocol.eval_tokens)]
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    sizes = [str(protocol.layers), str(protocol.samples), str(protocol.eval_tokens), str(protocol.threads)]
+    threads = str(protocol.threads)
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(
@@ -110,8 +111,9 @@ def write(result: dict) -> None:
         *(
             [
                 f"**Reduced protocol**: the first {proto['layers']} decoder layers, {proto['samples']} calibration "
-                f"windows, {proto['eval_tokens']} perplexity tokens (0: none); figures compare the two trees with "
-                "each other only, not with the reference.",
+                f"windows, {proto['eval_tokens']} perplexity tokens (0: none), "
+                f"{result['environment']['threads']} thread(s); figures compare the two trees with each other only, "
+                "not with the reference.",
                 "",
             ]
             if reduced
@@ -171,6 +173,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all; reduced protocol)")
     ap.add_argument("--samples", type=int, default=64, help="calibration windows (the protocol: 64)")
     ap.add_argument("--eval-tokens", type=int, default=16384, help="perplexity tokens (0: no perplexity)")
+    ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads per run (the protocol: 2)")
     ap.add_argument("--name", default="speed", help="results file name under docs/results/llm/")
     args = ap.parse_args()
     import torch
@@ -187,7 +190,7 @@ def main() -> int:
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                 "python": platform.python_version(),
                 "torch": torch.__version__,
-                "threads": 2,
+                "threads": args.threads,
             },
             "trees": {"new": f"this tree ({rev(new)}{'' if args.rev else ' + working tree'})"},
             "reference": REFERENCE,
