@@ -119,14 +119,15 @@ def write(result: dict) -> None:
             if reduced
             else []
         ),
-        "Protocol: float32, 2 threads; calibration 64 x 256 tokens of *Emma* (starts "
+        "Protocol (full): float32, 2 threads; calibration 64 x 256 tokens of *Emma* (starts "
         "`torch.randint(0, len(ids) - 256 + 1, (64,), generator=torch.Generator().manual_seed(0))`); every Linear in "
         "the decoder layers; perplexity on the first 16,384 tokens of *Persuasion*, 32 windows of 512. One fresh "
         "process per run; this tree and the baseline interleaved per configuration. Peak = `ru_maxrss` of the "
-        "process (model load, calibration text and pruning; the perplexity pass after it in `speed.json`).",
+        "process (model load, calibration text and pruning; the perplexity pass after it in the .json).",
         "",
-        f"Machine: {result['environment']['machine']}; the 2 cores are shared with other jobs (load averages per "
-        "run in `speed.json`), so wall times are inflated and noisy; CPU time (both threads) is the steadier figure.",
+        f"Machine: {result['environment']['machine']}; the 2 cores were shared with other jobs (load averages per "
+        "run in the .json), so wall times are inflated and noisy; CPU time is the steadier figure (at 2 threads on a "
+        "contended machine OpenMP threads also spin while waiting, which inflates it too).",
         "",
         "| configuration | tree | prune wall s | prune CPU s | peak MiB (prune) | perplexity |",
         "|---|---|---:|---:|---:|---:|",
@@ -137,10 +138,10 @@ def write(result: dict) -> None:
             if not s:
                 continue
             label = result["trees"][tag]
-            nan = float("nan")
+            ppl = f"{s['ppl']:.3f}" if "ppl" in s else "-"
             lines.append(
-                f"| {config} | {label} | {s.get('prune_wall_s', nan):.1f} | {s.get('prune_cpu_s', nan):.1f} "
-                f"| {s.get('peak_prune_mib', nan):.0f} | {s.get('ppl', nan):.3f} |"
+                f"| {config} | {label} | {s.get('prune_wall_s', 0.0):.1f} | {s.get('prune_cpu_s', 0.0):.1f} "
+                f"| {s.get('peak_prune_mib', 0.0):.0f} | {ppl} |"
             )
         if "median_ratio_cpu" in row:
             lines.append(
@@ -155,13 +156,19 @@ def write(result: dict) -> None:
             )
     lines += [
         "",
-        "llm-compressor is not installed here and was not run: its figures are the ones quoted in the issue "
-        "(same protocol, measured elsewhere), so the time ratios against it mix two machines.",
+        "llm-compressor's rows are the figures quoted in the issue (same protocol, measured elsewhere, not "
+        "re-measured here: a full run takes many minutes on this contended machine), so time ratios against them "
+        "mix two machines. `nm_gap.md` runs llm-compressor 0.14 itself on three decoder layers.",
         "",
         "Reproduce: `" + result["command"] + "`",
         "",
     ]
     (out / f"{name}.md").write_text("\n".join(lines))
+
+
+def rewrite(name: str) -> None:
+    """Write the .md again from an existing .json (after a change of layout)."""
+    write(json.loads((ROOT / "docs/results/llm" / f"{name}.json").read_text()))
 
 
 def main() -> int:
@@ -175,7 +182,11 @@ def main() -> int:
     ap.add_argument("--eval-tokens", type=int, default=16384, help="perplexity tokens (0: no perplexity)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads per run (the protocol: 2)")
     ap.add_argument("--name", default="speed", help="results file name under docs/results/llm/")
+    ap.add_argument("--rewrite", action="store_true", help="only write the .md again from the .json")
     args = ap.parse_args()
+    if args.rewrite:
+        rewrite(args.name)
+        return 0
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
