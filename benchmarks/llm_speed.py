@@ -154,6 +154,7 @@ def write(result: dict) -> None:
                 f"| {config} | llm-compressor 0.14 (quoted, not re-measured) | {ref.get('prune_s', '')} | | ~1,500 "
                 f"| {ref.get('ppl', '')} |"
             )
+    lines += ["", *result.get("notes", [])]
     lines += [
         "",
         "llm-compressor's rows are the figures quoted in the issue (same protocol, measured elsewhere, not "
@@ -167,8 +168,20 @@ def write(result: dict) -> None:
 
 
 def rewrite(name: str) -> None:
-    """Write the .md again from an existing .json (after a change of layout)."""
-    write(json.loads((ROOT / "docs/results/llm" / f"{name}.json").read_text()))
+    """Write the .md again from an existing .json (after a change of layout), adding the per-round ratios of
+    runs written without them."""
+    result = json.loads((ROOT / "docs/results/llm" / f"{name}.json").read_text())
+    for row in result["configs"].values():
+        new, old = row.get("new", {}).get("runs", []), row.get("old", {}).get("runs", [])
+        if new and len(new) == len(old) and "ratio_cpu" not in row and all("prune_cpu_s" in r for r in new):
+            row["ratio_cpu"] = [a["prune_cpu_s"] / b["prune_cpu_s"] for a, b in zip(new, old)]
+            row["ratio_wall"] = [a["prune_wall_s"] / b["prune_wall_s"] for a, b in zip(new, old)]
+            row["median_ratio_cpu"] = statistics.median(row["ratio_cpu"])
+            row["median_ratio_wall"] = statistics.median(row["ratio_wall"])
+    result.setdefault("name", name)
+    result.setdefault("protocol", {"layers": "all", "samples": 64, "eval_tokens": 16384})
+    result["configs"] = {c: r for c, r in result["configs"].items() if r.get("new", {}).get("runs")}
+    write(result)
 
 
 def main() -> int:
