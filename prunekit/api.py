@@ -68,8 +68,10 @@ def prune(
 
     Common options: ``seed`` (0), ``prune_classifier`` (False), ``skip_incompatible`` (False: leave layers
     that do not fit the pattern dense instead of failing), ``measure`` (True: measure FLOPs, file sizes and
-    latency before/after; False: count the parameters only, the other figures are None), ``measure_latency``
-    (True when example inputs are given), ``latency_threads`` (1). Methods document their own options.
+    latency before/after; False: count the parameters only, the other figures are None; default None: True,
+    except for a causal LM of a known family, whose report stays cheap, counts and per-layer sparsities, and
+    whose perplexity is :func:`prunekit.llm.perplexity`'s job), ``measure_latency`` (True when example inputs
+    are given), ``latency_threads`` (1). Methods document their own options.
 
     Latency: the dense model (a copy taken before pruning) and the pruned one are timed interleaved at
     ``latency_threads`` threads (:func:`prunekit.eval.latency.compare_latency`); ``report.latency`` holds the
@@ -138,7 +140,7 @@ def prune(
             "or calibration=loss_fn (a callable model -> scalar loss)"
         )
     seed = check_seed(options.pop("seed", 0))
-    do_measure = bool(options.pop("measure", True))
+    do_measure = _default_measure(model, options.pop("measure", None))
     do_latency = bool(options.pop("measure_latency", True)) and do_measure and example_inputs is not None
     threads = options.pop("latency_threads", 1)
     prune_classifier = bool(options.pop("prune_classifier", False))
@@ -232,6 +234,16 @@ def _carried_example(model: nn.Module, seed: int) -> tuple[Any, str | None]:
         "(pass example_inputs= to choose them, and to time the model)"
     )
     return x, note
+
+
+def _default_measure(model: nn.Module, given: Any) -> bool:
+    """``measure=``: what was given, or by default True except for a causal LM of a known family (counts only:
+    its file sizes and a dense copy for latency cost seconds and a model's worth of memory)."""
+    if given is not None:
+        return bool(given)
+    from prunekit.calibration.families import has_family
+
+    return not has_family(model)
 
 
 def _forward_only(named: Method, m: Method) -> bool:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.apply.masks import apply_mask_, assign_weight_, get_mask
+from prunekit.apply.obs_sweep import block_mask, sweep_rows
 from prunekit.criteria import formulas as criteria
 from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured
@@ -188,6 +189,30 @@ class Solver:
     def free(self) -> None:
         """Drop accumulated statistics (the runner calls this once the layer is solved)."""
 
+    def adopt_statistics(self, source: Solver) -> None:
+        """Use the input statistics ``source`` gathered instead of gathering its own: ``source`` solves a
+        matrix fed the very same inputs (q/k/v of an attention block, gate/up of a gated MLP), so its
+        statistics are this matrix's too. Raises :class:`~prunekit.errors.ModelError` when the two read
+        inputs of different widths or layouts."""
+        if type(source) is not type(self) or source.columns != self.columns or source.groups != self.groups:
+            raise ModelError(
+                f"{self.layer_name or 'a layer'} cannot share the input statistics of "
+                f"{source.layer_name or 'another layer'}: they read {self.columns} and "
+                f"{source.columns} input features"
+            )
+        self.nsamples = source.nsamples
+
+    @classmethod
+    def prune_shared(cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity) -> list[Tensor]:
+        """Prune matrices fed the same inputs, whose statistics ``solvers[0]`` gathered alone, each at its own
+        sparsity; returns their keep-masks. The result equals pruning each with statistics of its own (the
+        default: every member adopts the first one's statistics, then prunes). Raises what :meth:`prune` and
+        :meth:`adopt_statistics` raise."""
+        first = solvers[0]
+        for solver in solvers[1:]:
+            solver.adopt_statistics(first)
+        return [solver.prune(sparsity, pattern) for solver, sparsity in zip(solvers, sparsities)]
+
 
 class MagnitudeSolver(Solver):
     """Layer-wise magnitude pruning: score ``|W_ij|``, lowest removed over the whole matrix (or per N:M
@@ -244,6 +269,12 @@ class WandaSolver(Solver):
     def free(self) -> None:
         """Drop the input norms."""
         self.sq_norms = self.sq_norms.new_empty(0)
+
+    def adopt_statistics(self, source: Solver) -> None:
+        """Read ``source``'s input norms (by reference: Wanda only reads them)."""
+        super().adopt_statistics(source)
+        assert isinstance(source, WandaSolver)
+        self.sq_norms = source.sq_norms
 
 
 class SparseGPTSolver(Solver):
@@ -385,12 +416,9 @@ class SparseGPTSolver(Solver):
         U = self._factor(H)
         return criteria.sparsegpt(W, torch.diagonal(U, dim1=-2, dim2=-1)).reshape(self.rows, self.columns)
 
-    def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
-        """Solve the layer-wise problem (see the class docstring), write the updated weights in place and
-        return the keep-mask [out, in]. Consumes ``H``. Raises what the class docstring lists, and what
-        :meth:`Solver.prune` raises for the pattern and sparsity."""
-        w_view = weight_matrix(self.module)
-        check_pattern(pattern, self.layer_name, self.pattern_view(w_view))
+    def _check_ready(self, sparsity: float, pattern: Granularity) -> float:
+        """Refuse what :meth:`prune` refuses before anything changes; the sparsity to reach."""
+        check_pattern(pattern, self.layer_name, self.pattern_view(weight_matrix(self.module)))
         sparsity = check_sparsity(sparsity, pattern)
         if isinstance(pattern, NM) and self.blocksize % pattern.m:
             raise PatternError(f"SparseGPT blocksize {self.blocksize} must be a multiple of m={pattern.m}")
@@ -398,6 +426,14 @@ class SparseGPTSolver(Solver):
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
         if not torch.isfinite(self.H).all():
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
+        return sparsity
+
+    def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
+        """Solve the layer-wise problem (see the class docstring), write the updated weights in place and
+        return the keep-mask [out, in]. Consumes ``H``. Raises what the class docstring lists, and what
+        :meth:`Solver.prune` raises for the pattern and sparsity."""
+        sparsity = self._check_ready(sparsity, pattern)
+        w_view = weight_matrix(self.module)
         W = w_view.float().clone()
         order = self._channel_major(pattern)
         if order is None:
@@ -414,6 +450,53 @@ class SparseGPTSolver(Solver):
         if not torch.isfinite(W).all():
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {self.layer_name or 'a layer'}")
         return store_matrix_(self.module, W.to(w_view.dtype), keep)
+
+    def adopt_statistics(self, source: Solver) -> None:
+        """Take a copy of ``source``'s Hessian (the solve changes the Hessian it is given)."""
+        super().adopt_statistics(source)
+        assert isinstance(source, SparseGPTSolver)
+        self.H = source.H.clone()
+
+    @classmethod
+    def prune_shared(cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity) -> list[Tensor]:
+        """Prune Linears fed the same inputs against the Hessian ``solvers[0]`` gathered: one damped inverse
+        Hessian factorisation for all of them, and one column sweep over their rows stacked (each row's OBS
+        updates involve only its own row, so stacking changes nothing; an unstructured block mask is still
+        chosen within each matrix, at its own sparsity). Equals :meth:`prune` of each with its own copy of
+        the statistics, up to float rounding of the stacked products. Convolutions, and members with other
+        block sizes or damping, take the generic path (:meth:`Solver.prune_shared`). Raises what
+        :meth:`prune` raises, before any weight changes."""
+        first = solvers[0]
+        assert isinstance(first, SparseGPTSolver)
+        members = [s for s in solvers if isinstance(s, SparseGPTSolver)]
+        if (
+            len(members) != len(solvers)
+            or any(s.patches is not None for s in members)
+            or any((s.blocksize, s.percdamp) != (first.blocksize, first.percdamp) for s in members)
+        ):
+            return super().prune_shared(solvers, sparsities, pattern)
+        for s in members[1:]:
+            Solver.adopt_statistics(s, first)  # widths and sample count; the Hessian stays the first's
+        reached = [first._check_ready(sp, pattern) for sp in sparsities]
+        for s in members[1:]:
+            check_pattern(pattern, s.layer_name, weight_matrix(s.module))
+        views = [weight_matrix(s.module) for s in members]
+        W = torch.cat([v.float() for v in views])
+        segments, row = [], 0
+        for v, sp in zip(views, reached):
+            segments.append((row, row + v.shape[0], sp))
+            row += v.shape[0]
+        keep = first._solve(W, first._take_hessian(), reached[0], pattern, segments)
+        if not torch.isfinite(W).all():
+            names = ", ".join(s.layer_name or "a layer" for s in members)
+            raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {names}")
+        for s in members[1:]:
+            s.damping_used = first.damping_used
+            s.H = s.H.new_empty(0)
+        return [
+            store_matrix_(s.module, W[r0:r1].to(v.dtype), keep[r0:r1])
+            for s, v, (r0, r1, _) in zip(members, views, segments)
+        ]
 
     def _channel_major(self, pattern: Granularity) -> Tensor | None:
         """For an unstructured mask of a convolution with a kernel > 1: the position-major column of each
@@ -432,14 +515,26 @@ class SparseGPTSolver(Solver):
         self.H = H.new_empty(0)
         return H
 
-    def _solve(self, W: Tensor, H: Tensor, sparsity: float, pattern: Granularity) -> Tensor:
+    def _solve(
+        self,
+        W: Tensor,
+        H: Tensor,
+        sparsity: float,
+        pattern: Granularity,
+        segments: list[tuple[int, int, float]] | None = None,
+    ) -> Tensor:
         """Prune ``W`` [rows, in'] in place against ``H`` [in', in'] (consumed), or a batch of such problems
-        ([groups, rows, in'] against [groups, in', in']); returns the keep-mask shaped like ``W``."""
+        ([groups, rows, in'] against [groups, in', in']); returns the keep-mask shaped like ``W``.
+        ``segments``: ``(first row, end row, sparsity)`` of matrices stacked in ``W`` whose unstructured block
+        masks are chosen separately (default: all rows at ``sparsity``)."""
         dead = torch.diagonal(H, dim1=-2, dim2=-1) == 0
         torch.diagonal(H, dim1=-2, dim2=-1)[dead] = 1.0
         W.masked_fill_(dead.unsqueeze(-2), 0.0)
         U = self._factor(H)
         del H
+        segments = segments if segments is not None else [(0, W.shape[-2], sparsity)]
+        if W.dim() == 2:
+            return sweep_rows(W, U, self.blocksize, pattern, segments)
         keep = torch.ones_like(W, dtype=torch.bool)
         cols = W.shape[-1]
         for i1 in range(0, cols, self.blocksize):
@@ -448,9 +543,7 @@ class SparseGPTSolver(Solver):
             U1 = U[..., i1:i2, i1:i2]
             d = torch.diagonal(U1, dim1=-2, dim2=-1)
             Err1 = torch.zeros_like(W1)
-            keep1 = torch.ones_like(W1, dtype=torch.bool)
-            if not isinstance(pattern, NM) and sparsity > 0:
-                keep1 = Unstructured().mask(criteria.sparsegpt(W1, d), sparsity)
+            keep1 = block_mask(W1, d, pattern, segments)
             for i in range(i2 - i1):
                 if isinstance(pattern, NM) and i % pattern.m == 0:
                     group = slice(i, i + pattern.m)

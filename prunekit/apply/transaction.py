@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,7 +12,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["transaction"]
+__all__ = ["SPILL_BYTES", "transaction"]
+
+#: models whose parameters and buffers take more bytes than this are snapshotted to a temporary file
+SPILL_BYTES = 64 << 20
 
 _SHALLOW_DICTS = ("_parameters", "_buffers", "_modules")
 
@@ -64,12 +68,46 @@ def restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch
                 t.data = data[id(t)]
 
 
+class _Saved:
+    """The values of a state dict, copied: in memory, or written to an anonymous temporary file when they
+    take more than :data:`SPILL_BYTES` (the file's pages stay in the OS cache, not in this process)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        size = sum(v.numel() * v.element_size() for v in state.values())
+        self.file: Any = None
+        self.tensors: dict[str, torch.Tensor] = {}
+        values = {k: v.detach() for k, v in state.items()}
+        if size > SPILL_BYTES and all(v.device.type == "cpu" for v in values.values()):
+            try:
+                self.file = tempfile.TemporaryFile(prefix="prunekit-snapshot-")
+                torch.save(values, self.file)
+                self.file.flush()
+                return
+            except OSError:  # no room for the file: keep the copy in memory
+                self.close()
+        self.tensors = {k: v.clone() for k, v in values.items()}
+
+    def load(self) -> dict[str, torch.Tensor]:
+        if self.file is None:
+            return self.tensors
+        self.file.seek(0)
+        loaded: dict[str, torch.Tensor] = torch.load(self.file, weights_only=True)
+        return loaded
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 @contextmanager
 def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]:
     """Snapshot ``model``; if the block raises, restore it and re-raise.
 
     The default snapshot copies every parameter and buffer value and remembers which parametrizations
-    exist: it undoes value changes and added masks bit for bit. ``structural=True`` is for surgery that
+    exist: it undoes value changes and added masks bit for bit. A model of more than
+    :data:`SPILL_BYTES` keeps that copy in a temporary file instead of memory (read back only on failure), so
+    a transaction does not double the memory a large model takes. ``structural=True`` is for surgery that
     replaces modules, parameters and attributes instead of writing into tensors: it snapshots the module
     tree (attribute dicts and tensor references, configs deep-copied) without copying any weight, and
     restores the original objects on failure.
@@ -82,7 +120,7 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
             restore_tree(snap)
             raise
         return
-    tensors = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    tensors = _Saved(model.state_dict(keep_vars=True))
     existing = {
         (name, p)
         for name, m in model.named_modules()
@@ -101,7 +139,9 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
                         own_parametrized_class_(m)
                         parametrize.remove_parametrizations(m, p, leave_parametrized=False)
         current = model.state_dict(keep_vars=True)
-        for k, v in tensors.items():
+        for k, v in tensors.load().items():
             if k in current:
                 current[k].data.copy_(v)
         raise
+    finally:
+        tensors.close()

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 from prunekit.calibration.families import family_for, prunable_linears
-from prunekit.errors import ConfigError, InvalidSparsityError, NothingToPruneError, UnknownNameError
+from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NothingToPruneError, UnknownNameError
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerStore, LayerVisitor, RunSummary, run_layerwise
 
-__all__ = ["LLMPruneResult", "OWL", "SolveVisitor", "prune_causal_lm", "select_targets"]
+__all__ = ["LLMPruneResult", "OWL", "SharedInputs", "SolveVisitor", "prune_causal_lm", "select_targets"]
 
 
 @dataclass
@@ -57,6 +57,63 @@ class LLMPruneResult:
     allocation: str = "uniform"
 
 
+class SharedInputs:
+    """The solvers of one decoder layer, grouped by the input tensor they are fed.
+
+    The runner hands Linears that read the same tensor (q/k/v after the attention norm, gate/up after the MLP
+    norm) the same tensor object, in call order; the first matrix of each group gathers the statistics
+    (Wanda's column norms, SparseGPT's ``X^T X``) for all of them, so each is accumulated once. Grouping is
+    learned on the first batch, from the tensors themselves, never from module names. ``share=False`` keeps
+    one accumulator per matrix (the reference path). Raises :class:`~prunekit.errors.ModelError` when a later
+    batch feeds a group's members different tensors.
+    """
+
+    def __init__(self, solvers: Mapping[str, Solver], *, share: bool = True):
+        self.solvers = dict(solvers)
+        self.share = share
+        self.leader: dict[str, str] = {}
+        self._last: dict[str, Tensor] = {}  # leader -> the input it gathered last
+
+    def consumers(self) -> dict[str, InputConsumer]:
+        """One consumer per solver, by relative name (for :meth:`LayerVisitor.start`)."""
+        return {rel: self._consumer(rel) for rel in self.solvers}
+
+    def _consumer(self, rel: str) -> InputConsumer:
+        def consume(x: Tensor) -> None:
+            lead = self.leader.get(rel)
+            if lead is None:
+                found = (other for other, seen in self._last.items() if seen is x) if self.share else iter(())
+                lead = self.leader[rel] = next(found, rel)
+            if lead == rel:
+                self.solvers[rel].add_batch(x)
+                self._last[rel] = x
+            elif self._last.get(lead) is not x:
+                raise ModelError(
+                    f"{self.solvers[rel].layer_name} read the same input tensor as {self.solvers[lead].layer_name} "
+                    "in the first calibration batch but not in a later one; pass share_inputs=False"
+                )
+
+        return consume
+
+    def groups(self) -> list[list[Solver]]:
+        """The solvers by group, each group's statistics gatherer first (a solver never fed: alone)."""
+        out: dict[str, list[Solver]] = {}
+        for rel in self.solvers:
+            lead = self.leader.get(rel, rel)
+            out.setdefault(lead, [self.solvers[lead]])
+            if rel != lead:
+                out[lead].append(self.solvers[rel])
+        self._last = {}
+        return list(out.values())
+
+    def adopt(self) -> list[Solver]:
+        """Let every member read its group's statistics (:meth:`Solver.adopt_statistics`); all solvers."""
+        for group in self.groups():
+            for solver in group[1:]:
+                solver.adopt_statistics(group[0])
+        return list(self.solvers.values())
+
+
 class _OutlierVisitor(LayerVisitor):
     """Read-only pass: OWL's outlier ratio of every block from the Wanda scores of its matrices.
 
@@ -66,7 +123,7 @@ class _OutlierVisitor(LayerVisitor):
 
     modifies = False
 
-    def __init__(self, selected: set[str], owl: OWL):
+    def __init__(self, selected: set[str], owl: OWL, share_inputs: bool = True):
         self.selected = selected
         self.owl = owl
         self.members: dict[str, set[str]] = {}
@@ -74,24 +131,26 @@ class _OutlierVisitor(LayerVisitor):
             self.members.setdefault(owl.block(name), set()).add(name)
         self.pending: dict[str, dict[str, Tensor]] = {}
         self.ratios: dict[str, float] = {}
-        self._stats: dict[str, WandaSolver] = {}
+        self.share_inputs = share_inputs
+        self._stats = SharedInputs({})
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
-        self._stats = {
+        solvers = {
             rel: WandaSolver(mod, job.full_name(rel))
             for rel, mod in job.linears.items()
             if job.full_name(rel) in self.selected
         }
-        return {rel: s.add_batch for rel, s in self._stats.items()}
+        self._stats = SharedInputs(solvers, share=self.share_inputs)
+        return self._stats.consumers()
 
     def finish(self, job: LayerJob) -> None:
-        for solver in self._stats.values():
+        for solver in self._stats.adopt():
             block = self.owl.block(solver.layer_name)
             self.pending.setdefault(block, {})[solver.layer_name] = solver.scores().cpu()
             solver.free()
             if len(self.pending[block]) == len(self.members[block]):
                 self.ratios[block] = self.owl.ratio(list(self.pending.pop(block).values()))
-        self._stats = {}
+        self._stats = SharedInputs({})
 
 
 class _ScoreVisitor(LayerVisitor):
@@ -99,28 +158,32 @@ class _ScoreVisitor(LayerVisitor):
 
     modifies = False
 
-    def __init__(self, solver: type[Solver], solver_options: dict[str, Any], selected: set[str]):
+    def __init__(
+        self, solver: type[Solver], solver_options: dict[str, Any], selected: set[str], share_inputs: bool = True
+    ):
         self.solver = solver
         self.options = solver_options
         self.selected = selected
+        self.share_inputs = share_inputs
         self.scores: dict[str, Tensor] = {}
-        self._solvers: dict[str, Solver] = {}
+        self._solvers = SharedInputs({})
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
-        self._solvers = {
+        solvers = {
             rel: self.solver(mod, job.full_name(rel), **self.options)
             for rel, mod in job.linears.items()
             if job.full_name(rel) in self.selected
         }
+        self._solvers = SharedInputs(solvers, share=self.share_inputs)
         if self.solver.name == "magnitude":
             return {}
-        return {rel: s.add_batch for rel, s in self._solvers.items()}
+        return self._solvers.consumers()
 
     def finish(self, job: LayerJob) -> None:
-        for solver in self._solvers.values():
+        for solver in self._solvers.adopt():
             self.scores[solver.layer_name] = solver.scores().float().cpu()
             solver.free()
-        self._solvers = {}
+        self._solvers = SharedInputs({})
 
 
 class SolveVisitor(LayerVisitor):
@@ -128,9 +191,12 @@ class SolveVisitor(LayerVisitor):
     ``plan`` (qualified name -> sparsity), each solved at its own sparsity with ``pattern`` once its decoder
     layer's calibration inputs are gathered (SparseGPT: Frantar & Alistarh 2023; Wanda: Sun et al. 2023).
 
-    A matrix planned at sparsity 0 is left as it is (no solver, no statistics). ``layer_sparsity`` holds
-    what each matrix reached. :func:`prune_causal_lm` uses it; pass it to ``run_layerwise`` to run the pass
-    with other runner options (devices, activation offloading).
+    A matrix planned at sparsity 0 is left as it is (no solver, no statistics). Matrices fed the same input
+    tensor share one statistics accumulator and are solved together (:class:`SharedInputs`,
+    :meth:`~prunekit.apply.solvers.Solver.prune_shared`: SparseGPT factorises their inverse Hessian once);
+    ``share_inputs=False`` gathers and solves each alone. ``layer_sparsity`` holds what each matrix reached.
+    :func:`prune_causal_lm` uses it; pass it to ``run_layerwise`` to run the pass with other runner options
+    (devices, activation offloading).
     """
 
     def __init__(
@@ -139,37 +205,44 @@ class SolveVisitor(LayerVisitor):
         solver_options: dict[str, Any],
         plan: dict[str, float],
         pattern: Granularity,
+        share_inputs: bool = True,
     ):
         self.solver = solver
         self.options = solver_options
         self.plan = plan
         self.pattern = pattern
+        self.share_inputs = share_inputs
         self.layer_sparsity: dict[str, float] = {}
-        self._solvers: dict[str, Solver] = {}
+        self._solvers = SharedInputs({})
+
+    wants_outputs = False
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         """A solver for each planned Linear of ``job``'s layer; its statistics gatherer, by relative name."""
-        self._solvers = {}
+        solvers: dict[str, Solver] = {}
         for rel, mod in job.linears.items():
             name = job.full_name(rel)
             if name not in self.plan:
                 continue
             if self.plan[name] > 0.0 or isinstance(self.pattern, NM):
-                self._solvers[rel] = self.solver(mod, name, **self.options)
+                solvers[rel] = self.solver(mod, name, **self.options)
             else:
                 self.layer_sparsity[name] = 0.0
+        self._solvers = SharedInputs(solvers, share=self.share_inputs)
         if self.solver.name == "magnitude":
             return {}
-        return {rel: s.add_batch for rel, s in self._solvers.items()}
+        return self._solvers.consumers()
 
     def finish(self, job: LayerJob) -> None:
-        """Solve every matrix of the layer at its planned sparsity and pattern; record what it reached."""
-        for solver in self._solvers.values():
-            sparsity = self.plan[solver.layer_name]
-            solver.prune(sparsity, self.pattern)
-            self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, self.pattern)
-            solver.free()
-        self._solvers = {}
+        """Solve every matrix of the layer at its planned sparsity and pattern, the matrices of each group
+        of shared inputs together; record what each reached."""
+        for group in self._solvers.groups():
+            sparsities = [self.plan[s.layer_name] for s in group]
+            self.solver.prune_shared(group, sparsities, self.pattern)
+            for solver, sparsity in zip(group, sparsities):
+                self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, self.pattern)
+                solver.free()
+        self._solvers = SharedInputs({})
 
 
 def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
@@ -212,6 +285,7 @@ def _matrix_sparsities(
     solver_options: dict[str, Any],
     result: LLMPruneResult,
     run: dict[str, Any],
+    share_inputs: bool,
 ) -> dict[str, float]:
     """The sparsity of every selected matrix under ``allocation`` (a read-only pass where it needs scores)."""
     names = sorted(selected)
@@ -220,7 +294,7 @@ def _matrix_sparsities(
     if isinstance(allocation, Uniform):
         return {n: sparsity for n in names}
     if isinstance(allocation, OWL):
-        outliers = _OutlierVisitor(selected, allocation)
+        outliers = _OutlierVisitor(selected, allocation, share_inputs)
         result.summaries.append(run_layerwise(model, calibration, outliers, description="owl: outliers", **run))
         block_numel: dict[str, int] = {}
         for n in names:
@@ -234,7 +308,7 @@ def _matrix_sparsities(
         return {n: per_block[allocation.block(n)] for n in names}
     if not allocation.needs_scores:
         return allocation.allocate([LayerInfo(n, shapes[n]) for n in names], sparsity)
-    scorer = _ScoreVisitor(SOLVERS[method], solver_options, selected)
+    scorer = _ScoreVisitor(SOLVERS[method], solver_options, selected, share_inputs)
     if method == "magnitude" and calibration is None:
         _walk(model, scorer)
     else:
@@ -261,6 +335,7 @@ def prune_causal_lm(
     progress: bool | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    share_inputs: bool = True,
     store: LayerStore | None = None,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
@@ -270,7 +345,10 @@ def prune_causal_lm(
     the matrices, a name in :data:`prunekit.allocation.builtin.ALLOCATIONS` or an
     :class:`~prunekit.allocation.builtin.Allocation` (default uniform; see the module docstring). The overall
     sparsity over the pruned matrices is ``sparsity`` up to rounding (Wanda rounds per output row:
-    ``round(s * in)`` weights of each).
+    ``round(s * in)`` weights of each). ``share_inputs``: matrices of a decoder layer fed the same input
+    tensor (q/k/v, gate/up) share one statistics accumulator and, for SparseGPT, one inverse-Hessian
+    factorisation and column sweep (:class:`SharedInputs`); False gathers and solves each matrix alone (the
+    same masks and, up to float rounding, the same weights, more slowly).
 
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.
@@ -308,7 +386,7 @@ def prune_causal_lm(
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
     options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
     run: dict[str, Any] = {"device": device, "progress": progress, "layer_store": store}
-    plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run)
+    plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run, share_inputs)
     wrong = sorted(n for n in selected if not 0.0 <= plan.get(n, -1.0) < 1.0)
     if wrong:  # checked before the pruning pass changes anything
         raise ConfigError(
@@ -316,7 +394,7 @@ def prune_causal_lm(
             f"{plan.get(wrong[0])}); an allocation must return one for every layer it is given"
         )
     label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
-    visitor = SolveVisitor(SOLVERS[method], options, plan, granularity)
+    visitor = SolveVisitor(SOLVERS[method], options, plan, granularity, share_inputs)
     if method == "magnitude" and calibration is None:
         _walk(model, visitor, store)
     else:

@@ -61,15 +61,21 @@ class LayerVisitor:
     """
 
     modifies: bool = True
+    #: whether :meth:`observe` reads the layer's outputs; a visitor that ``modifies`` the layer and says False
+    #: lets the runner stop each statistics forward after the last hooked Linear has seen its input
+    wants_outputs: bool = True
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         """Consumers of Linear inputs, keyed by the Linear's name relative to the layer. A consumer sees the
-        inputs at real tokens only: [tokens, in] when the batch is padded (``attention_mask == 0``)."""
+        inputs at real tokens only: [tokens, in] when the batch is padded (``attention_mask == 0``). Linears
+        fed the same input tensor in a batch (q/k/v, gate/up) are handed the same tensor object, in the order
+        the layer calls them, so a visitor can detect shared inputs with ``is``."""
         return {}
 
     def observe(self, job: LayerJob, inputs: Tensor, outputs: Tensor) -> None:
         """Called per batch with the layer's input and output hidden states (before :meth:`finish`); when the
-        batch is padded, only the real tokens' states, as [tokens, hidden]."""
+        batch is padded, only the real tokens' states, as [tokens, hidden]. Not called for the batches the
+        runner cut short (``wants_outputs`` False on a visitor that ``modifies``); the first one always is."""
 
     def finish(self, job: LayerJob) -> None:
         """Solve: prune the layer in place from the statistics gathered."""
@@ -296,11 +302,46 @@ def _restore(model: nn.Module, layers: nn.ModuleList, before: dict[int, torch.de
                     t.data = t.data.to(before[id(t)])
 
 
-def _token_hook(consume: InputConsumer, current: list[Tensor | None], where: str) -> Callable[..., None]:
-    """A forward hook feeding ``consume`` a Linear's inputs at the real tokens of the batch in ``current[0]``."""
+class _BatchState:
+    """What the Linear hooks of the layer being run need to know about the current batch.
 
-    def hook(_module: nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
-        consume(real_tokens(inputs[0].detach(), current[0], where))
+    ``views`` maps a raw input tensor (by id, the tensor kept alive beside it) to the real-token view handed
+    to consumers, so Linears fed the same tensor (q/k/v, gate/up) receive the same view object.
+    ``stop_after``: when set, the layer's forward is cut short once that many hooked calls have fed their
+    inputs and every one of the ``consumers`` hooked Linears has been fed (the statistics pass of a visitor
+    that needs no layer outputs skips the rest of the layer; a layer whose calls vary by batch, such as a
+    mixture of experts, simply runs in full when they do not add up).
+    """
+
+    def __init__(self) -> None:
+        self.tokens: Tensor | None = None
+        self.views: dict[int, tuple[Tensor, Tensor]] = {}
+        self.calls = 0
+        self.fed: set[str] = set()
+        self.consumers = 0
+        self.stop_after: int | None = None
+
+    def begin(self, tokens: Tensor | None) -> None:
+        self.tokens = tokens
+        self.views = {}
+        self.calls = 0
+        self.fed = set()
+
+
+def _token_hook(consume: InputConsumer, state: _BatchState, where: str) -> Callable[..., None]:
+    """A forward pre-hook feeding ``consume`` a Linear's inputs at the real tokens of the current batch."""
+
+    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        raw = inputs[0]
+        seen = state.views.get(id(raw))
+        if seen is None or seen[0] is not raw:
+            seen = (raw, real_tokens(raw.detach(), state.tokens, where))
+            state.views[id(raw)] = seen
+        consume(seen[1])
+        state.calls += 1
+        state.fed.add(where)
+        if state.stop_after is not None and state.calls >= state.stop_after and len(state.fed) == state.consumers:
+            raise _StopForward
 
     return hook
 
@@ -353,17 +394,28 @@ def run_layerwise(
             job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
             consumers = visitor.start(job)
             handles = []
-            current: list[Tensor | None] = [None]  # the real-token mask of the batch being run
+            state = _BatchState()
+            state.consumers = len(consumers)
             for rel, consume in consumers.items():
                 module = layer.get_submodule(rel)
-                handles.append(module.register_forward_hook(_token_hook(consume, current, job.full_name(rel))))
+                handles.append(module.register_forward_pre_hook(_token_hook(consume, state, job.full_name(rel))))
+            # a visitor that changes the layer and reads no layer outputs needs the forward only up to the
+            # last hooked Linear: the first batch runs in full and counts the hooked calls, the others stop there
+            cut_short = visitor.modifies and not visitor.wants_outputs and bool(consumers)
             outputs: list[Tensor] = []
             try:
-                for rec in records:
+                for b, rec in enumerate(records):
                     x = rec.hidden.to(exec_device)
                     args, kwargs = rec.calls[i]
-                    current[0] = rec.tokens
-                    out = _unwrap(layer(x, *args, **kwargs))
+                    state.begin(rec.tokens)
+                    try:
+                        out = _unwrap(layer(x, *args, **kwargs))
+                    except _StopForward:
+                        continue
+                    finally:
+                        state.views = {}
+                    if cut_short and b == 0:
+                        state.stop_after = state.calls
                     visitor.observe(
                         job, real_tokens(x, rec.tokens, job.prefix), real_tokens(out, rec.tokens, job.prefix)
                     )

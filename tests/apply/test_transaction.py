@@ -64,3 +64,22 @@ def test_structural_restores_the_objects_the_surgery_replaced():
     assert type(model[2]) is nn.Linear
     with torch.no_grad():
         assert torch.equal(model(x), out)
+
+
+@pytest.mark.parametrize("spill", [True, False])
+def test_a_snapshot_kept_in_a_file_undoes_changes_bit_for_bit(monkeypatch, spill):
+    import prunekit.apply.transaction as tx
+
+    monkeypatch.setattr(tx, "SPILL_BYTES", 0 if spill else 1 << 40)
+    model = _model()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="inside"), transaction(model):
+        with torch.no_grad():
+            model[0].weight.mul_(3.0)
+            model[0].bias.add_(1.0)
+        pk.apply_mask_(model[0], torch.zeros(4, 3, dtype=torch.bool))
+        raise RuntimeError("inside")
+    assert_unchanged(model, before)
+    with transaction(model), torch.no_grad():  # success keeps the change
+        model[2].bias.zero_()
+    assert torch.count_nonzero(model[2].bias) == 0
