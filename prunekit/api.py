@@ -230,8 +230,8 @@ def _carried_example(model: nn.Module, seed: int) -> tuple[Any, str | None]:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
     note = (
-        f"example inputs: a random batch of the shape the model carries {tuple(shape)}, for tracing and FLOPs "
-        "(pass example_inputs= to choose them, and to time the model)"
+        f"example_inputs: a random batch of the shape the model carries {tuple(shape)}, used as if given (FLOPs "
+        "are counted on it; pass example_inputs= to choose them, and to time the model)"
     )
     return x, note
 

@@ -309,6 +309,16 @@ def check_output_directory(directory: str | os.PathLike, *, overwrite: bool = Fa
             f"{directory} already exists and is not empty; choose another output directory or pass "
             "--overwrite (overwrite=True in Python) to replace it"
         )
+    if overwrite and directory.is_dir():
+        # replacing the working folder, the home folder or a folder holding either would delete what the
+        # user is working in (and the working folder cannot be moved aside)
+        resolved = directory.resolve()
+        for where in (Path.cwd().resolve(), Path.home().resolve()):
+            if resolved == where or resolved in where.parents:
+                raise CheckpointError(
+                    f"{directory} is {where} or a folder that holds it; an output replaces its folder whole, so "
+                    "write into a new folder of its own (e.g. --out ./pruned)"
+                )
     return directory
 
 

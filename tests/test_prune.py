@@ -408,7 +408,7 @@ def test_a_model_that_carries_its_input_shape_is_traced_and_counted_on_it():
     assert report.after.params < report.before.params
     assert report.before.flops and report.after.flops and report.after.flops < report.before.flops
     assert report.before.latency_ms is None  # random inputs are not timed
-    assert any("carries (1, 1, 28, 28)" in n for n in report.notes)
+    assert any("the model carries (1, 1, 28, 28)" in n for n in report.notes)
     bare = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     with pytest.raises(pk.DataError, match="pass example_inputs="):  # nothing carried: nothing guessed
         pk.prune(bare, "l1-channel", sparsity=0.5)

@@ -152,7 +152,9 @@ def prune_llm(
         before = _ppl(model, tokenizer, eval_text, eval_tokens) if eval_tokens else None
         if before is not None:
             console.print(f"dense:  {before}", highlight=False)
-        options: dict[str, Any] = {"progress": progress, "measure": False}
+        options: dict[str, Any] = {"measure": False}
+        if method != "magnitude":  # the core's per-matrix magnitude runs no layer loop, so it takes no progress
+            options["progress"] = progress
         if device:
             options["device"] = device
         params_before = sum(p.numel() for p in model.parameters())
@@ -221,10 +223,10 @@ def _prune_streaming(
     from prunekit.llm.streaming import STREAMING_METHODS, prune_checkpoint
     from prunekit.serialization import atomic_write
 
-    if method not in STREAMING_METHODS:
+    if method not in STREAMING_METHODS and not (method.startswith("owl-") and method[4:] in STREAMING_METHODS):
         raise prunekit.ConfigError(
-            f"--stream prunes with the layer-wise methods {', '.join(STREAMING_METHODS)}; {method!r} changes "
-            "shapes or needs the whole model: drop --stream"
+            f"--stream prunes with the layer-wise methods {', '.join(STREAMING_METHODS)} (and their owl- aliases); "
+            f"{method!r} is not one of them: drop --stream"
         )
     if eval_tokens:
         raise prunekit.ConfigError(
@@ -242,9 +244,18 @@ def _prune_streaming(
         raise prunekit.CheckpointError(
             f"--stream reads a checkpoint folder (config.json and safetensors); {model_dir} is not one"
         )
+    from prunekit.llm.streaming import checkpoint_tensors
+
+    checkpoint_tensors(source)  # a folder without safetensors weights is refused before anything else
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as e:
+        raise prunekit.CheckpointError(
+            f"{source} has no tokenizer the calibration text can be tokenized with ({type(e).__name__}); save the "
+            "model's tokenizer into it (tokenizer.save_pretrained(folder))"
+        ) from None
     cal = calibration_batches(
         tokenizer,
         [(calibration_text, load_text(calibration_text))],
@@ -260,7 +271,7 @@ def _prune_streaming(
         sparsity=sparsity,
         pattern=pattern,
         calibration=cal,
-        allocation=allocation or "uniform",
+        allocation=allocation or ("owl" if method.startswith("owl-") else "uniform"),
         overwrite=overwrite,
         progress=progress,
     )

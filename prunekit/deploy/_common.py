@@ -76,10 +76,22 @@ def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     return (example_inputs,), {}
 
 
-def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
-    """Every dimension of every tensor input marked ``Dim.AUTO``: torch.export keeps dynamic what the model
-    lets vary (batch, sequence) and fixes the rest (channels)."""
+def _varying_dims(t: Tensor) -> dict[int, Any]:
+    """The dimensions an export leaves free: the batch (dim 0), and the sequence of integer token ids
+    ``[batch, seq_len]``. Image sizes and channels stay as the example has them: a model whose Linear follows
+    a flatten accepts no other size, and marking them free only defers the failure to the runtime."""
     auto = torch.export.Dim.AUTO
+    if t.dim() == 0:
+        return {}
+    dims = {0: auto}
+    if t.dim() == 2 and not t.is_floating_point():
+        dims[1] = auto
+    return dims
+
+
+def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """The batch dimension of every tensor input (and the sequence of token-id inputs) marked ``Dim.AUTO``
+    (see :func:`_varying_dims`): torch.export keeps them dynamic where the model lets them vary."""
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs)
     except TypeError as e:
@@ -90,13 +102,11 @@ def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any
     for name, value in bound.arguments.items():
         kind = inspect.signature(model.forward).parameters[name].kind
         if kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes[name] = tuple({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None for v in value)
+            shapes[name] = tuple(_varying_dims(v) if torch.is_tensor(v) else None for v in value)
         elif kind is inspect.Parameter.VAR_KEYWORD:
-            shapes[name] = {
-                k: ({d: auto for d in range(v.dim())} if torch.is_tensor(v) else None) for k, v in value.items()
-            }
+            shapes[name] = {k: (_varying_dims(v) if torch.is_tensor(v) else None) for k, v in value.items()}
         else:
-            shapes[name] = {d: auto for d in range(value.dim())} if torch.is_tensor(value) else None
+            shapes[name] = _varying_dims(value) if torch.is_tensor(value) else None
     return shapes
 
 

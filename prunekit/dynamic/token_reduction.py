@@ -160,6 +160,13 @@ class TokenReduction(Patch):
 def _resolve(model: nn.Module, what: str) -> tuple[Family, list[nn.Module], str]:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} takes an nn.Module, got {type(model).__name__}")
+    flags = ("grad_checkpointing", "gradient_checkpointing")
+    if any(getattr(m, f, False) is True for m in model.modules() for f in flags):
+        raise ConfigError(
+            f"{what}: the model recomputes its blocks in the backward pass (gradient checkpointing), which would "
+            "rerun them on other token counts; turn it off first (timm: model.set_grad_checkpointing(False), "
+            "transformers: model.gradient_checkpointing_disable())"
+        )
     found = find_blocks(model)
     if found is None:
         raise UnsupportedModuleError(

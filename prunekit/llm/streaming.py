@@ -268,17 +268,29 @@ def prune_checkpoint(
     """
     from prunekit.serialization import atomic_directory, check_output_directory
 
+    if isinstance(method, str) and method.startswith("owl-") and method[4:] in STREAMING_METHODS:
+        if allocation not in ("uniform", "owl"):
+            raise ConfigError(
+                f"{method} is {method[4:]} with allocation='owl'; it cannot take allocation={allocation!r}"
+            )
+        method, allocation = method[4:], "owl"  # the registered alias: the solver with OWL's allocation
     if method not in STREAMING_METHODS:
         raise ConfigError(
-            f"prune_checkpoint streams the layer-wise methods {', '.join(STREAMING_METHODS)}; {method!r} is not "
-            "one (structured methods change the shapes: load the model with load_causal_lm and use pk.prune)"
+            f"prune_checkpoint streams the layer-wise methods {', '.join(STREAMING_METHODS)} (and their owl- "
+            f"aliases); {method!r} is not one of them: load the model with load_causal_lm and use pk.prune"
         )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"dtype is a floating torch.dtype such as torch.float32 or torch.bfloat16, got {dtype!r}")
     src = Path(source)
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src} is not a saved language model (no config.json)")
     dst = Path(out)
-    if dst.resolve() == src.resolve():
-        raise CheckpointError(f"out {dst} is the source checkpoint; write the pruned model to another folder")
+    s_res, d_res = src.resolve(), dst.resolve()
+    if d_res == s_res or s_res in d_res.parents or d_res in s_res.parents:
+        raise CheckpointError(
+            f"out {dst} is the source checkpoint {src}, inside it or a folder holding it (replacing it would delete "
+            "the source); write the pruned model to a folder of its own"
+        )
     check_output_directory(dst, overwrite=overwrite)
     files = checkpoint_tensors(src)
     model, prefix = _skeleton(src, files, dtype)

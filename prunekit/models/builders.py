@@ -96,9 +96,12 @@ def _timm(name: str, pretrained: bool, seed: int = 0) -> tuple[nn.Module, bool, 
         import timm
     except ImportError:
         raise ConfigError("timm:NAME models need the timm package: pip install 'timm==1.0.29'") from None
-    names = timm.list_models()
-    if name not in names:
-        raise UnknownNameError("timm model", name, names)
+    if not name or not timm.is_model(name.split(".", 1)[0]):  # "NAME.TAG" names a pretrained tag of NAME
+        import difflib
+
+        names = timm.list_models()
+        close = difflib.get_close_matches(name, names, n=8, cutoff=0.6)
+        raise UnknownNameError("timm model", name, close or names[:8] + ["... (timm.list_models() has them all)"])
     torch.manual_seed(seed)
     local = _timm_cached_weights(name) if pretrained else None
     if local is None:
