@@ -305,7 +305,10 @@ def merge_tokens(
     ] = None,
     protect_cls: Annotated[
         bool | None,
-        typer.Option("--protect-cls/--no-protect-cls", help="keep the leading tokens (class, distillation, register) out of merging (default: yes)"),
+        typer.Option(
+            "--protect-cls/--no-protect-cls",
+            help="keep the leading tokens (class, distillation, register) out of merging (default: yes)",
+        ),
     ] = None,
     proportional_attention: Annotated[bool, typer.Option(help="add log(size) to attention scores")] = True,
     metric: Annotated[
