@@ -225,3 +225,19 @@ def test_saving_over_a_saved_model_needs_overwrite_and_leaves_one_model(tmp_path
     again = pk.load_model(out, model=SmallCNN())
     for a, b in zip(again.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_overwrite_never_replaces_the_working_folder_or_one_holding_it(tmp_path, monkeypatch):
+    from prunekit.serialization import check_output_directory
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in (work, tmp_path, "."):
+        with pytest.raises(pk.CheckpointError, match="new folder of its own"):
+            check_output_directory(out, overwrite=True)
+    assert (work / "precious.txt").read_text() == "mine"
+    (work / "old").mkdir()
+    (work / "old" / "x").write_text("replaceable")
+    assert check_output_directory(work / "old", overwrite=True) == work / "old"  # a folder of its own: fine

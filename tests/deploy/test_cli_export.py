@@ -36,6 +36,8 @@ def test_export_saved_model_to_onnx(saved, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.report.json"]
     report = json.loads((out / "model.onnx.report.json").read_text())
     assert report["check"]["passed"] and report["path"] == str(out / "model.onnx")
+    # only the batch is left free: the Linear after the flatten takes no other image size
+    assert [d[1:] for d in report["runtime_config"]["dynamic_inputs"].values()] == [[1, 28, 28]]
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(load_onnx(out / "model.onnx")(x), model.eval()(x), atol=1e-4, rtol=1e-4)

@@ -334,3 +334,13 @@ def test_real_minilm_padded_batch():
     assert torch.allclose(merged, alone, atol=1e-5)
     print((merged * dense).sum(-1))
     assert float((merged * dense).sum(-1).min()) > 0.9
+
+
+def test_gradient_checkpointing_is_refused():
+    m = _timm_vit()
+    m.set_grad_checkpointing(True)  # blocks recomputed in backward on other token counts
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        dyn.merge_tokens_(m, r=2)
+    m.set_grad_checkpointing(False)
+    with dyn.merge_tokens_(m, r=2):
+        pass

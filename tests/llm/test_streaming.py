@@ -123,3 +123,18 @@ def test_a_checkpoint_with_per_layer_widths_streams(tmp_path):
     again = from_pretrained_pruned(type(model), str(tmp_path / "out"))
     mine, theirs = model.state_dict(), again.state_dict()
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_an_out_that_holds_the_source_is_refused_and_owl_aliases_stream(tmp_path):
+    parent = tmp_path / "work"
+    src = parent / "src"
+    tiny_model("llama").save_pretrained(src)
+    (parent / "notes.txt").write_text("mine")
+    for out in (parent, src / "inside"):  # replacing the parent would delete the source
+        with pytest.raises(pk.CheckpointError, match="folder of its own"):
+            prune_checkpoint(src, out, "wanda", sparsity=0.5, calibration=calibration(), overwrite=True)
+    assert (parent / "notes.txt").read_text() == "mine" and (src / "config.json").is_file()
+    with pytest.raises(pk.ConfigError, match="torch.dtype"):
+        prune_checkpoint(src, tmp_path / "d", "wanda", sparsity=0.5, calibration=calibration(), dtype="float16")
+    result = prune_checkpoint(src, tmp_path / "owl", "owl-wanda", sparsity=0.5, calibration=calibration())
+    assert result.allocation.startswith("owl")
