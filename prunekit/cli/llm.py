@@ -271,7 +271,7 @@ def _prune_streaming(
         sparsity=sparsity,
         pattern=pattern,
         calibration=cal,
-        allocation=allocation or ("owl" if method.startswith("owl-") else "uniform"),
+        allocation=allocation or "uniform",  # an owl- alias brings its own allocation
         overwrite=overwrite,
         progress=progress,
     )

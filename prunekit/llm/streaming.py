@@ -74,21 +74,20 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_HEADERS: dict[Path, tuple[int, dict[str, Any]]] = {}
+_HEADERS: dict[Path, tuple[tuple[int, int], int, dict[str, Any]]] = {}  # file -> (size, mtime), data start, header
 
 
 def _header(file: Path) -> tuple[int, dict[str, Any]]:
     key = file.resolve()
     stat = key.stat()
+    version = (stat.st_size, stat.st_mtime_ns)
     cached = _HEADERS.get(key)
-    if cached is not None and cached[1].get("__stat__") == (stat.st_size, stat.st_mtime_ns):
-        return cached
-    with open(key, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    header["__stat__"] = (stat.st_size, stat.st_mtime_ns)
-    _HEADERS[key] = (8 + size, header)
-    return _HEADERS[key]
+    if cached is None or cached[0] != version:
+        with open(key, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            cached = (version, 8 + size, json.loads(f.read(size)))
+        _HEADERS[key] = cached
+    return cached[1], cached[2]
 
 
 def read_tensor(file: str | os.PathLike, name: str) -> Tensor:
@@ -190,7 +189,7 @@ class ShardStore(LayerStore):
         layer.to("meta")
         _give_back_freed_memory()
 
-    def write_rest(self, model: nn.Module) -> None:
+    def write_rest(self) -> None:
         """Write every checkpoint tensor outside the decoder layers, unchanged (cast to ``dtype``), as the
         source names it, to one shard."""
         from safetensors.torch import save_file
@@ -310,7 +309,7 @@ def prune_checkpoint(
         if sorted(store.written) != list(range(n_layers)):
             raise CheckpointError(f"only layers {sorted(store.written)} of {n_layers} were written")
         model.to("meta")  # the tensors outside the layers are written from the files: free the model's copies first
-        store.write_rest(model)
+        store.write_rest()
         (tmp / INDEX).write_text(
             json.dumps({"metadata": {"total_size": store.total_size}, "weight_map": store.weight_map}, indent=2)
         )
