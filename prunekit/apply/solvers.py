@@ -167,8 +167,10 @@ class Solver:
         """Importance of every weight, shaped like the [out, in] weight (higher = keep)."""
         raise NotImplementedError
 
-    def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
+    def prune(self, sparsity: float, pattern: Granularity, *, keep_statistics: bool = False) -> Tensor:
         """Zero the lowest-scoring weights in place; returns the keep-mask (True = kept) as [out, in].
+        ``keep_statistics``: leave the input statistics in place for matrices fed the same inputs that
+        :meth:`adopt_statistics` them afterwards (this base class never consumes them).
 
         Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured / N:M or an N:M
         that does not divide the inputs, :class:`~prunekit.errors.InvalidSparsityError` for a sparsity
@@ -203,15 +205,21 @@ class Solver:
         self.nsamples = source.nsamples
 
     @classmethod
-    def prune_shared(cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity) -> list[Tensor]:
+    def prune_shared(
+        cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity, *, keep_statistics: bool = False
+    ) -> list[Tensor]:
         """Prune matrices fed the same inputs, whose statistics ``solvers[0]`` gathered alone, each at its own
         sparsity; returns their keep-masks. The result equals pruning each with statistics of its own (the
-        default: every member adopts the first one's statistics, then prunes). Raises what :meth:`prune` and
+        default: every member adopts the first one's statistics, then prunes). ``keep_statistics``: the first
+        keeps its statistics for members that follow later. Raises what :meth:`prune` and
         :meth:`adopt_statistics` raise."""
         first = solvers[0]
         for solver in solvers[1:]:
             solver.adopt_statistics(first)
-        return [solver.prune(sparsity, pattern) for solver, sparsity in zip(solvers, sparsities)]
+        return [
+            solver.prune(sparsity, pattern, keep_statistics=keep_statistics and solver is first)
+            for solver, sparsity in zip(solvers, sparsities)
+        ]
 
 
 class MagnitudeSolver(Solver):
@@ -428,18 +436,20 @@ class SparseGPTSolver(Solver):
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
         return sparsity
 
-    def prune(self, sparsity: float, pattern: Granularity) -> Tensor:
+    def prune(self, sparsity: float, pattern: Granularity, *, keep_statistics: bool = False) -> Tensor:
         """Solve the layer-wise problem (see the class docstring), write the updated weights in place and
-        return the keep-mask [out, in]. Consumes ``H``. Raises what the class docstring lists, and what
-        :meth:`Solver.prune` raises for the pattern and sparsity."""
+        return the keep-mask [out, in]. Consumes ``H`` unless ``keep_statistics`` (then the solve works on a
+        copy, for matrices that :meth:`adopt_statistics` it afterwards). Raises what the class docstring
+        lists, and what :meth:`Solver.prune` raises for the pattern and sparsity."""
         sparsity = self._check_ready(sparsity, pattern)
         w_view = weight_matrix(self.module)
         W = w_view.float().clone()
         order = self._channel_major(pattern)
         if order is None:
-            keep = self._solve(self._batched(W), self._take_hessian(), sparsity, pattern).reshape(W.shape)
+            H = self.H.clone() if keep_statistics else self._take_hessian()
+            keep = self._solve(self._batched(W), H, sparsity, pattern).reshape(W.shape)
         else:  # a convolution's unstructured mask: columns solved channel-major, then put back
-            H = self._take_hessian()
+            H = self.H.clone() if keep_statistics else self._take_hessian()
             Hp = H[..., order, :][..., order]
             del H
             Wp = self._batched(W)[..., order]
@@ -458,14 +468,17 @@ class SparseGPTSolver(Solver):
         self.H = source.H.clone()
 
     @classmethod
-    def prune_shared(cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity) -> list[Tensor]:
+    def prune_shared(
+        cls, solvers: list[Solver], sparsities: list[float], pattern: Granularity, *, keep_statistics: bool = False
+    ) -> list[Tensor]:
         """Prune Linears fed the same inputs against the Hessian ``solvers[0]`` gathered: one damped inverse
         Hessian factorisation for all of them, and one column sweep over their rows stacked (each row's OBS
         updates involve only its own row, so stacking changes nothing; an unstructured block mask is still
         chosen within each matrix, at its own sparsity). Equals :meth:`prune` of each with its own copy of
         the statistics, up to float rounding of the stacked products. Convolutions, and members with other
-        block sizes or damping, take the generic path (:meth:`Solver.prune_shared`). Raises what
-        :meth:`prune` raises, before any weight changes."""
+        block sizes or damping, take the generic path (:meth:`Solver.prune_shared`). ``keep_statistics``:
+        the first keeps its Hessian (the solve works on a copy). Raises what :meth:`prune` raises, before any
+        weight changes."""
         first = solvers[0]
         assert isinstance(first, SparseGPTSolver)
         members = [s for s in solvers if isinstance(s, SparseGPTSolver)]
@@ -474,7 +487,7 @@ class SparseGPTSolver(Solver):
             or any(s.patches is not None for s in members)
             or any((s.blocksize, s.percdamp) != (first.blocksize, first.percdamp) for s in members)
         ):
-            return super().prune_shared(solvers, sparsities, pattern)
+            return super().prune_shared(solvers, sparsities, pattern, keep_statistics=keep_statistics)
         for s in members[1:]:
             Solver.adopt_statistics(s, first)  # widths and sample count; the Hessian stays the first's
         reached = [first._check_ready(sp, pattern) for sp in sparsities]
@@ -486,7 +499,8 @@ class SparseGPTSolver(Solver):
         for v, sp in zip(views, reached):
             segments.append((row, row + v.shape[0], sp))
             row += v.shape[0]
-        keep = first._solve(W, first._take_hessian(), reached[0], pattern, segments)
+        H = first.H.clone() if keep_statistics else first._take_hessian()
+        keep = first._solve(W, H, reached[0], pattern, segments)
         if not torch.isfinite(W).all():
             names = ", ".join(s.layer_name or "a layer" for s in members)
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {names}")

@@ -194,9 +194,12 @@ class SolveVisitor(LayerVisitor):
     A matrix planned at sparsity 0 is left as it is (no solver, no statistics). Matrices fed the same input
     tensor share one statistics accumulator and are solved together (:class:`SharedInputs`,
     :meth:`~prunekit.apply.solvers.Solver.prune_shared`: SparseGPT factorises their inverse Hessian once);
-    ``share_inputs=False`` gathers and solves each alone. ``layer_sparsity`` holds what each matrix reached.
-    :func:`prune_causal_lm` uses it; pass it to ``run_layerwise`` to run the pass with other runner options
-    (devices, activation offloading).
+    ``share_inputs=False`` gathers and solves each alone. ``true_sequential``: each matrix is calibrated on
+    inputs computed with the matrices its layer calls before it already pruned (o_proj after q/k/v, the MLP
+    after the attention; :mod:`prunekit.llm.runner`); False: every matrix of a layer sees the dense layer's
+    inputs (the order of Wanda's and llm-compressor's pipelines). ``layer_sparsity`` holds what each matrix
+    reached. :func:`prune_causal_lm` uses it; pass it to ``run_layerwise`` to run the pass with other runner
+    options (devices, activation offloading).
     """
 
     def __init__(
@@ -206,14 +209,17 @@ class SolveVisitor(LayerVisitor):
         plan: dict[str, float],
         pattern: Granularity,
         share_inputs: bool = True,
+        true_sequential: bool = True,
     ):
         self.solver = solver
         self.options = solver_options
         self.plan = plan
         self.pattern = pattern
         self.share_inputs = share_inputs
+        self.sequential = true_sequential
         self.layer_sparsity: dict[str, float] = {}
         self._solvers = SharedInputs({})
+        self._solved: set[str] = set()
 
     wants_outputs = False
 
@@ -233,16 +239,50 @@ class SolveVisitor(LayerVisitor):
             return {}
         return self._solvers.consumers()
 
+    def solve(self, job: LayerJob, names: list[str], complete: bool) -> None:
+        """Prune the matrices ``names`` (relative to the layer) now (true-sequential order, see
+        :meth:`LayerVisitor.solve`): a group of shared inputs gathered whole is solved together; a matrix
+        pruned in its own pre-hook (``complete`` False) keeps its statistics for the matrices of its group
+        that follow, which adopt them."""
+        shared = self._solvers
+        groups: dict[str, list[str]] = {}
+        for rel in names:
+            groups.setdefault(shared.leader.get(rel, rel), []).append(rel)
+        for lead, members in groups.items():
+            if lead in members:
+                group = [shared.solvers[lead]] + [shared.solvers[r] for r in members if r != lead]
+                self._prune_group(group, keep=not complete)
+                continue
+            leader = shared.solvers[lead]
+            for rel in members:
+                shared.solvers[rel].adopt_statistics(leader)
+            self._prune_group([shared.solvers[rel] for rel in members])
+        self._solved.update(job.full_name(rel) for rel in names)
+
+    def _prune_group(self, group: list[Solver], keep: bool = False) -> None:
+        """Solve matrices fed one input (statistics in ``group[0]``); ``keep``: the first keeps them."""
+        sparsities = [self.plan[s.layer_name] for s in group]
+        self.solver.prune_shared(group, sparsities, self.pattern, keep_statistics=keep)
+        for solver, sparsity in zip(group, sparsities):
+            self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, self.pattern)
+            if not (keep and solver is group[0]):
+                solver.free()
+
     def finish(self, job: LayerJob) -> None:
-        """Solve every matrix of the layer at its planned sparsity and pattern, the matrices of each group
-        of shared inputs together; record what each reached."""
+        """Solve every matrix of the layer not solved yet at its planned sparsity and pattern, the matrices of
+        each group of shared inputs together; record what each reached; free the statistics."""
         for group in self._solvers.groups():
-            sparsities = [self.plan[s.layer_name] for s in group]
-            self.solver.prune_shared(group, sparsities, self.pattern)
-            for solver, sparsity in zip(group, sparsities):
-                self.layer_sparsity[solver.layer_name] = check_sparsity(sparsity, self.pattern)
+            todo = [s for s in group if s.layer_name not in self._solved]
+            if todo and todo[0] is group[0]:
+                self._prune_group(todo)
+            elif todo:  # members of a group whose leader a sequential pass already solved
+                for solver in todo:
+                    solver.adopt_statistics(group[0])
+                self._prune_group(todo)
+            for solver in group:
                 solver.free()
         self._solvers = SharedInputs({})
+        self._solved = set()
 
 
 def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
@@ -337,6 +377,8 @@ def prune_causal_lm(
     percdamp: float = 0.01,
     share_inputs: bool = True,
     store: LayerStore | None = None,
+    true_sequential: bool = True,
+    merge_mib: float = 1024.0,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
@@ -350,14 +392,23 @@ def prune_causal_lm(
     factorisation and column sweep (:class:`SharedInputs`); False gathers and solves each matrix alone (the
     same masks and, up to float rounding, the same weights, more slowly).
 
+    ``true_sequential`` (default True): each matrix is calibrated on inputs computed with the matrices called
+    before it in its decoder layer already pruned (the ``--true-sequential`` order of the SparseGPT and GPTQ
+    reference code; Frantar & Alistarh 2023), which lets a layer be pruned within one forward pass of the
+    calibration set; False: all matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's
+    order: a statistics pass, then an output pass). ``merge_mib``: equal-length calibration batches are run as
+    one batch when a layer's forward on it is estimated to need at most this many MiB (then each layer runs
+    once; otherwise it runs in stages); 0 never merges. See :mod:`prunekit.llm.runner`.
+
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.
 
     Raises :class:`~prunekit.errors.ConfigError` for N:M with an allocation other than uniform,
     :class:`~prunekit.errors.UnknownNameError` for an unknown method or allocation,
     :class:`~prunekit.errors.InvalidSparsityError`, :class:`~prunekit.errors.PatternError`,
-    :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``), all before
-    the model changes.
+    :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``),
+    :class:`~prunekit.errors.ConfigError` for a ``true_sequential`` that is not a bool or a negative
+    ``merge_mib``, all before the model changes.
     """
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise method", method, SOLVERS)
@@ -378,6 +429,10 @@ def prune_causal_lm(
     if sparsity is None:
         raise InvalidSparsityError("pass sparsity= a fraction in [0, 1) (or an N:M pattern, which fixes it)")
     sparsity = check_sparsity(sparsity, Unstructured())
+    if not isinstance(true_sequential, bool):
+        raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
+    if isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0:
+        raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
     selected = select_targets(model, targets)
     for name in sorted(selected):
         check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
@@ -394,11 +449,13 @@ def prune_causal_lm(
             f"{plan.get(wrong[0])}); an allocation must return one for every layer it is given"
         )
     label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
-    visitor = SolveVisitor(SOLVERS[method], options, plan, granularity, share_inputs)
+    visitor = SolveVisitor(SOLVERS[method], options, plan, granularity, share_inputs, true_sequential)
     if method == "magnitude" and calibration is None:
         _walk(model, visitor, store)
     else:
-        result.summaries.append(run_layerwise(model, calibration, visitor, description=label, **run))
+        result.summaries.append(
+            run_layerwise(model, calibration, visitor, description=label, merge_mib=merge_mib, **run)
+        )
     result.layer_sparsity = visitor.layer_sparsity
     if not isinstance(alloc, Uniform):
         values = result.layer_sparsity.values()

@@ -9,6 +9,14 @@
    weights; those outputs are the next layer's inputs, so every layer is calibrated on the inputs it
    will really see.
 
+A visitor that is ``sequential`` (true-sequential order, as the ``--true-sequential`` mode of the GPTQ and
+SparseGPT reference code: Frantar et al. 2023, Frantar & Alistarh 2023) has each Linear calibrated on inputs
+computed with the Linears called before it in the same layer already pruned. When the calibration set fits in
+one batch (equal-length batches are merged up to ``merge_mib``), each Linear is pruned inside the layer's one
+forward pass, as soon as its input arrives, so a layer costs a single forward; otherwise the layer runs in
+stages, each up to the next group of Linears that read one input tensor (q/k/v, o, gate/up, down), and
+then once more for its outputs.
+
 Only one layer and the activations of the calibration set are ever live on the execution device: layers
 not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
 differ only in their :class:`~prunekit.calibration.families.Family`.
@@ -29,7 +37,16 @@ from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
 
-__all__ = ["InputConsumer", "LayerJob", "LayerStore", "LayerVisitor", "RunSummary", "as_batches", "run_layerwise"]
+__all__ = [
+    "InputConsumer",
+    "LayerJob",
+    "LayerStore",
+    "LayerVisitor",
+    "RunSummary",
+    "as_batches",
+    "merge_batches",
+    "run_layerwise",
+]
 
 InputConsumer = Callable[[Tensor], None]
 
@@ -65,6 +82,11 @@ class LayerVisitor:
     #: lets the runner stop each statistics forward after the last hooked Linear has seen its input
     wants_outputs: bool = True
 
+    #: True-sequential order: :meth:`solve` prunes each group of Linears as soon as its inputs are gathered,
+    #: before any Linear called after it in the layer is fed (see the module docstring); :meth:`observe` is not
+    #: called. The runner uses it only for a visitor that ``modifies`` and does not want outputs.
+    sequential: bool = False
+
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         """Consumers of Linear inputs, keyed by the Linear's name relative to the layer. A consumer sees the
         inputs at real tokens only: [tokens, in] when the batch is padded (``attention_mask == 0``). Linears
@@ -77,8 +99,17 @@ class LayerVisitor:
         batch is padded, only the real tokens' states, as [tokens, hidden]. Not called for the batches the
         runner cut short (``wants_outputs`` False on a visitor that ``modifies``); the first one always is."""
 
+    def solve(self, job: LayerJob, names: list[str], complete: bool) -> None:
+        """(``sequential`` visitors) Prune the Linears ``names`` (relative to the layer) now, from the inputs
+        gathered so far. ``complete``: every Linear that reads their input tensor is among ``names`` (a stage of
+        several batches); False in the one-batch path, where ``names`` is the Linear being called and those
+        that read the same tensor in the previous layer, and another one reading it may still follow (then
+        it adopts the statistics of the group's first, which must keep them until :meth:`finish`)."""
+        raise NotImplementedError
+
     def finish(self, job: LayerJob) -> None:
-        """Solve: prune the layer in place from the statistics gathered."""
+        """Solve: prune the layer in place from the statistics gathered (for a ``sequential`` visitor, what
+        :meth:`solve` has not pruned yet)."""
 
 
 class LayerStore:
@@ -346,6 +377,236 @@ def _token_hook(consume: InputConsumer, state: _BatchState, where: str) -> Calla
     return hook
 
 
+class _StageState:
+    """The current batch of a ``sequential`` visitor's layer: its real tokens, the real-token views of the
+    Linear inputs seen (by the raw tensor's id), the input tensor of the stage's group and the Linears fed."""
+
+    def __init__(self) -> None:
+        self.tokens: Tensor | None = None
+        self.views: dict[int, tuple[Tensor, Tensor]] = {}
+        self.stage_input: Tensor | None = None
+        self.fed: dict[str, None] = {}  # ordered set of relative names
+        #: one merged batch: Linears (relative names) that read one tensor, in call order, learned on the
+        #: previous layer (decoder layers share their structure), and the tensor each was fed in this layer
+        self.groups: dict[str, list[str]] = {}
+        self.readers: dict[int, tuple[Tensor, list[str]]] = {}
+        self.fed_with: dict[str, Tensor] = {}
+
+    def begin(self, tokens: Tensor | None) -> None:
+        self.tokens = tokens
+        self.views = {}
+        self.stage_input = None
+
+    def view(self, raw: Tensor, where: str) -> Tensor:
+        seen = self.views.get(id(raw))
+        if seen is None or seen[0] is not raw:
+            seen = (raw, real_tokens(raw.detach(), self.tokens, where))
+            self.views[id(raw)] = seen
+        return seen[1]
+
+
+def _sequential_hook(
+    rel: str,
+    consumers: Mapping[str, InputConsumer],
+    state: _StageState,
+    solved: set[str],
+    visitor: LayerVisitor,
+    job: LayerJob,
+    inline: bool,
+) -> Callable[..., None]:
+    """Forward pre-hook of a Linear under a ``sequential`` visitor. ``inline`` (one merged batch): feed the
+    input and prune the Linear at once (its forward then runs pruned), together with the Linears that read
+    the same tensor after it in the previous layer (q with k and v): those are fed the same input now and
+    checked to read it when they are called. Staged: feed the first unsolved Linear's input and every later
+    one reading the same tensor; stop the forward at the next unsolved Linear that reads another tensor.
+    Solved Linears just run."""
+    where = job.full_name(rel)
+
+    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        raw = inputs[0]
+        if inline:
+            readers = state.readers.setdefault(id(raw), (raw, []))
+            readers[1].append(rel)
+            if rel in solved:  # fed ahead with the group it led on the previous layer: check the guess
+                if state.fed_with.get(rel) is not raw:
+                    raise ModelError(
+                        f"{where} did not read the same input as the other Linears it read it with in the "
+                        "previous decoder layer; pass merge_mib=0 (staged calibration)"
+                    )
+                return
+            group = [r for r in state.groups.get(rel, [rel]) if r not in solved and r in consumers]
+            if rel not in group:
+                group = [rel]
+            view = state.view(raw, where)
+            for member in group:
+                consumers[member](view)
+                state.fed_with[member] = raw
+            visitor.solve(job, group, False)
+            solved.update(group)
+            return
+        if rel in solved:
+            return
+        if state.stage_input is None:
+            state.stage_input = raw
+        elif raw is not state.stage_input:
+            raise _StopForward
+        consumers[rel](state.view(raw, where))
+        state.fed[rel] = None
+
+    return hook
+
+
+def _run_sequential(
+    job: LayerJob,
+    index: int,
+    records: list[_Record],
+    consumers: Mapping[str, InputConsumer],
+    visitor: LayerVisitor,
+    device: torch.device,
+    store: torch.device,
+    groups: _StageState | None = None,
+) -> list[Tensor]:
+    """Calibrate and prune ``job``'s layer in true-sequential order (see the module docstring); returns the
+    pruned layer's outputs, one per record. ``groups``: the state of the previous layer's run (its groups of
+    Linears reading one tensor), carried from layer to layer."""
+    layer = job.layer
+    state = groups if groups is not None else _StageState()
+    solved: set[str] = set()
+    inline = len(records) == 1
+    handles = [
+        layer.get_submodule(rel).register_forward_pre_hook(
+            _sequential_hook(rel, consumers, state, solved, visitor, job, inline)
+        )
+        for rel in consumers
+    ]
+    try:
+        if inline:
+            rec = records[0]
+            args, kwargs = rec.calls[index]
+            state.begin(rec.tokens)
+            state.readers, state.fed_with = {}, {}
+            out = _unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store)
+            state.views = {}
+            # what read one tensor here is the guess for the next layer
+            state.groups = {rels[0]: rels for _raw, rels in state.readers.values()}
+            state.readers, state.fed_with = {}, {}
+            return [out]
+        while len(solved) < len(consumers):
+            state.fed = {}
+            for rec in records:
+                args, kwargs = rec.calls[index]
+                state.begin(rec.tokens)
+                try:
+                    layer(rec.hidden.to(device), *args, **kwargs)
+                except _StopForward:
+                    pass
+                finally:
+                    state.views = {}
+                    state.stage_input = None
+            if not state.fed:  # the rest is never called; the visitor's finish reports it
+                break
+            visitor.solve(job, list(state.fed), True)
+            solved.update(state.fed)
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = []
+    for rec in records:
+        args, kwargs = rec.calls[index]
+        outputs.append(_unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store))
+    return outputs
+
+
+def _layer_workspace(model: nn.Module, batch: int, seq_len: int) -> int:
+    """Bytes a decoder layer's forward may hold at once for a batch [batch, seq_len], estimated from the
+    config: three MLP-wide activations and six hidden-wide ones per token, plus one attention score matrix."""
+    config = getattr(model, "config", None)
+
+    def field(*names: str) -> int | None:
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    hidden = field("hidden_size", "n_embd", "d_model") or 4096
+    wide = field("intermediate_size", "ffn_dim", "n_inner") or 4 * hidden
+    heads = field("num_attention_heads", "n_head") or 1
+    size = next(model.parameters()).element_size()
+    tokens = batch * seq_len
+    return size * (tokens * (3 * wide + 6 * hidden) + batch * heads * seq_len * seq_len)
+
+
+def merge_batches(model: nn.Module, batches: list[dict[str, Tensor]], merge_mib: float) -> list[dict[str, Tensor]]:
+    """``batches`` as one batch when they all have the same length and a layer's forward on the merged batch
+    is estimated to need at most ``merge_mib`` MiB (:func:`_layer_workspace`); else unchanged. Merging
+    changes no statistic: every token is still seen once, padding (``attention_mask``) stays masked."""
+    if len(batches) < 2 or merge_mib <= 0:
+        return batches
+    if len({b["input_ids"].shape[1] for b in batches}) != 1:
+        return batches
+    rows = sum(int(b["input_ids"].shape[0]) for b in batches)
+    if _layer_workspace(model, rows, int(batches[0]["input_ids"].shape[1])) > merge_mib * 2**20:
+        return batches
+    ids = torch.cat([b["input_ids"] for b in batches])
+    merged = {"input_ids": ids}
+    if any("attention_mask" in b for b in batches):
+        masks = [b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in batches]
+        merged["attention_mask"] = torch.cat([m.to(masks[0].dtype) for m in masks])
+    return [merged]
+
+
+def _run_two_pass(
+    job: LayerJob,
+    index: int,
+    records: list[_Record],
+    consumers: Mapping[str, InputConsumer],
+    visitor: LayerVisitor,
+    device: torch.device,
+    store: torch.device,
+) -> list[Tensor]:
+    """A statistics pass over every record (hooks feed ``consumers``, :meth:`LayerVisitor.observe` sees the
+    outputs), the visitor's :meth:`~LayerVisitor.finish`, then, for a visitor that ``modifies``, an output
+    pass with the new weights; returns the layer's outputs, one per record."""
+    layer, i, exec_device = job.layer, index, device
+    handles = []
+    state = _BatchState()
+    state.consumers = len(consumers)
+    for rel, consume in consumers.items():
+        module = layer.get_submodule(rel)
+        handles.append(module.register_forward_pre_hook(_token_hook(consume, state, job.full_name(rel))))
+    # a visitor that changes the layer and reads no layer outputs needs the forward only up to the
+    # last hooked Linear: the first batch runs in full and counts the hooked calls, the others stop there
+    cut_short = visitor.modifies and not visitor.wants_outputs and bool(consumers)
+    outputs: list[Tensor] = []
+    try:
+        for b, rec in enumerate(records):
+            x = rec.hidden.to(exec_device)
+            args, kwargs = rec.calls[i]
+            state.begin(rec.tokens)
+            try:
+                out = _unwrap(layer(x, *args, **kwargs))
+            except _StopForward:
+                continue
+            finally:
+                state.views = {}
+            if cut_short and b == 0:
+                state.stop_after = state.calls
+            visitor.observe(job, real_tokens(x, rec.tokens, job.prefix), real_tokens(out, rec.tokens, job.prefix))
+            if not visitor.modifies:
+                outputs.append(out.to(store))
+            del out, x
+    finally:
+        for h in handles:
+            h.remove()
+    visitor.finish(job)
+    if visitor.modifies:
+        for rec in records:
+            args, kwargs = rec.calls[i]
+            outputs.append(_unwrap(layer(rec.hidden.to(exec_device), *args, **kwargs)).to(store))
+    return outputs
+
+
 @torch.no_grad()
 def run_layerwise(
     model: nn.Module,
@@ -357,6 +618,7 @@ def run_layerwise(
     progress: bool | None = None,
     description: str = "layers",
     layer_store: LayerStore | None = None,
+    merge_mib: float = 1024.0,
 ) -> RunSummary:
     """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
 
@@ -365,7 +627,9 @@ def run_layerwise(
     states of the calibration set on the CPU between layers. ``progress``: None shows a bar on a terminal and
     logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent. ``layer_store``: a
     :class:`LayerStore` that gives each layer its weights before it is worked on and takes them back after
-    (:mod:`prunekit.llm.streaming`); None: the layers are in memory.
+    (:mod:`prunekit.llm.streaming`); None: the layers are in memory. ``merge_mib``: for a ``sequential``
+    visitor, equal-length calibration batches are merged into one when a layer's forward on it is estimated
+    to need at most this many MiB (:func:`merge_batches`), so each layer runs once; 0 never merges.
 
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what
     :func:`as_batches` raises for the calibration data, :class:`~prunekit.errors.DataError` for token ids
@@ -375,6 +639,9 @@ def run_layerwise(
     adapter = family_for(model)
     batches = as_batches(calibration)
     _check_vocabulary(model, batches)
+    sequential = visitor.sequential and visitor.modifies and not visitor.wants_outputs
+    if sequential:
+        batches = merge_batches(model, batches, merge_mib)
     exec_device = torch.device(device) if device is not None else _model_device(model)
     store = torch.device("cpu") if offload_activations else exec_device
     was_training = model.training
@@ -383,6 +650,7 @@ def run_layerwise(
     records = _capture_inputs(model, batches, adapter, exec_device, store)
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
+    carried = _StageState()  # groups of Linears reading one tensor, learned layer to layer
     with ProgressBar(description, len(layers), enabled=progress) as bar:
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
@@ -393,43 +661,11 @@ def run_layerwise(
                 layer.to(exec_device)
             job = LayerJob(i, layer, f"{adapter.layers}.{i}", prunable_linears(layer))
             consumers = visitor.start(job)
-            handles = []
-            state = _BatchState()
-            state.consumers = len(consumers)
-            for rel, consume in consumers.items():
-                module = layer.get_submodule(rel)
-                handles.append(module.register_forward_pre_hook(_token_hook(consume, state, job.full_name(rel))))
-            # a visitor that changes the layer and reads no layer outputs needs the forward only up to the
-            # last hooked Linear: the first batch runs in full and counts the hooked calls, the others stop there
-            cut_short = visitor.modifies and not visitor.wants_outputs and bool(consumers)
-            outputs: list[Tensor] = []
-            try:
-                for b, rec in enumerate(records):
-                    x = rec.hidden.to(exec_device)
-                    args, kwargs = rec.calls[i]
-                    state.begin(rec.tokens)
-                    try:
-                        out = _unwrap(layer(x, *args, **kwargs))
-                    except _StopForward:
-                        continue
-                    finally:
-                        state.views = {}
-                    if cut_short and b == 0:
-                        state.stop_after = state.calls
-                    visitor.observe(
-                        job, real_tokens(x, rec.tokens, job.prefix), real_tokens(out, rec.tokens, job.prefix)
-                    )
-                    if not visitor.modifies:
-                        outputs.append(out.to(store))
-                    del out, x
-            finally:
-                for h in handles:
-                    h.remove()
-            visitor.finish(job)
-            if visitor.modifies:
-                for rec in records:
-                    args, kwargs = rec.calls[i]
-                    outputs.append(_unwrap(layer(rec.hidden.to(exec_device), *args, **kwargs)).to(store))
+            if sequential and consumers:
+                outputs = _run_sequential(job, i, records, consumers, visitor, exec_device, store, carried)
+                visitor.finish(job)
+            else:
+                outputs = _run_two_pass(job, i, records, consumers, visitor, exec_device, store)
             for rec, out in zip(records, outputs):
                 rec.hidden = out
             del outputs

@@ -19,7 +19,9 @@ from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
 
 __all__ = ["FlapMethod", "LM_METHOD_NAMES", "LayerwiseLLMMethod", "StructuredLLMMethod", "register"]
 
-_LAYERWISE_OPTIONS = frozenset({"blocksize", "percdamp", "device", "progress", "sequential"})
+_LAYERWISE_OPTIONS = frozenset(
+    {"blocksize", "percdamp", "device", "progress", "sequential", "true_sequential", "merge_mib"}
+)
 
 
 class LayerwiseLLMMethod(Method):
@@ -72,6 +74,13 @@ class LayerwiseLLMMethod(Method):
         if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
             from prunekit.apply.solve import solve_layerwise
 
+            lm_only = sorted(k for k in ("true_sequential", "merge_mib") if k in opts)
+            if lm_only:
+                raise ConfigError(
+                    f"option {lm_only[0]} applies to causal LMs pruned decoder layer by decoder layer; for "
+                    f"{type(model).__name__} use sequential=True / False (prunekit.apply.solve)"
+                )
+
             self.check_allocation(request.allocation)
             solved = solve_layerwise(
                 model,
@@ -105,7 +114,7 @@ class LayerwiseLLMMethod(Method):
             targets=selected,
             device=opts.get("device"),
             progress=opts.get("progress"),
-            **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
+            **{k: opts[k] for k in ("blocksize", "percdamp", "true_sequential", "merge_mib") if k in opts},
         )
         notes = list(result.notes)
         outside = sorted(set(names) - selected)
