@@ -29,7 +29,16 @@ from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
 
-__all__ = ["InputConsumer", "LayerJob", "LayerStore", "LayerVisitor", "RunSummary", "as_batches", "run_layerwise"]
+__all__ = [
+    "InputConsumer",
+    "LayerJob",
+    "LayerStore",
+    "LayerVisitor",
+    "RunSummary",
+    "as_batches",
+    "check_vocabulary",
+    "run_layerwise",
+]
 
 InputConsumer = Callable[[Tensor], None]
 
@@ -174,8 +183,9 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def _check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
-    """Refuse token ids the model's input embedding has no row for (text tokenized for another model)."""
+def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
+    """Refuse token ids the model's input embedding has no row for (text tokenized for another model), with a
+    :class:`~prunekit.errors.DataError`. ``batches``: as :func:`as_batches` returns them."""
     get = getattr(model, "get_input_embeddings", None)
     size = getattr(get() if callable(get) else None, "num_embeddings", None)
     if not isinstance(size, int):
@@ -374,7 +384,7 @@ def run_layerwise(
     """
     adapter = family_for(model)
     batches = as_batches(calibration)
-    _check_vocabulary(model, batches)
+    check_vocabulary(model, batches)
     exec_device = torch.device(device) if device is not None else _model_device(model)
     store = torch.device("cpu") if offload_activations else exec_device
     was_training = model.training

@@ -8,7 +8,7 @@ import torch
 
 import prunekit as pk
 from prunekit.criteria.formulas import loss_change
-from prunekit.errors import ConfigError, MissingDataError, NothingToPruneError, UnknownNameError
+from prunekit.errors import ConfigError, DataError, MissingDataError, NothingToPruneError, UnknownNameError
 from prunekit.llm.llm_pruner import llm_pruner_scores, prune_llm_pruner
 from prunekit.surgery import from_pretrained_pruned
 
@@ -205,6 +205,8 @@ def test_refusals_name_what_is_supported():
         prune_llm_pruner(model, sparsity=0.2, calibration=CALIB, layers=(1, 5))
     with pytest.raises(ConfigError, match="uniform"):
         pk.prune(model, "llm-pruner", sparsity=0.2, calibration=CALIB, allocation="global")
+    with pytest.raises(DataError, match="vocabulary"):
+        prune_llm_pruner(model, sparsity=0.2, calibration=[torch.full((1, 8), VOCAB)])
     with pytest.raises(NothingToPruneError):
         prune_llm_pruner(model, sparsity=0.2, calibration=CALIB, ignored=["model.layers"])
     for k, v in model.state_dict().items():
