@@ -5,11 +5,12 @@ already there, ``--fresh`` starts over; ``OUT/recovery.md`` is rewritten from th
 
 * ``dense``: perplexity on *Persuasion* and the two offline lm-eval tasks (``austen_lastword``,
   ``austen_cloze``, built from *Persuasion* too);
-* ``llm-mlp`` 0.3 and ``llm-layers`` 0.2: ``pk.prune(model, "llm-mlp", sparsity=0.3, calibration=...)``
-  with calibration windows from *Emma*, perplexity pruned, LoRA recovery
-  (:func:`prunekit.llm.recover`) on Pride and Prejudice, Mansfield Park, Northanger Abbey and Sense and
-  Sensibility (never *Emma*, never *Persuasion*), perplexity recovered, share of the gap to dense closed,
-  tasks on the recovered model (saved under the cache for the throughput stage);
+* ``llm-mlp`` 0.3, ``llm-layers`` 0.2 and ``llm-pruner`` 0.2 (LLM-Pruner, Ma et al. 2023, at 20% of the
+  decoder layers' attention and MLP parameters, as in the paper):
+  ``pk.prune(model, "llm-mlp", sparsity=0.3, calibration=...)`` with calibration windows from *Emma*,
+  perplexity pruned, LoRA recovery (:func:`prunekit.llm.recover`) on Pride and Prejudice, Mansfield Park,
+  Northanger Abbey and Sense and Sensibility (never *Emma*, never *Persuasion*), perplexity recovered, share
+  of the gap to dense closed, tasks on the recovered model (saved under the cache for the throughput stage);
 * ``sparse`` (50% unstructured) and ``sparse-2:4`` with ``--sparse-method`` (SparseGPT by default):
   perplexity and tasks;
 * ``throughput``: prefill and decode tokens/s of the recovered structured models against dense, timed
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-STAGES = ("dense", "llm-mlp", "llm-layers", "sparse", "sparse-2:4", "throughput")
-STRUCTURED = {"llm-mlp": 0.3, "llm-layers": 0.2}
+STAGES = ("dense", "llm-mlp", "llm-layers", "llm-pruner", "sparse", "sparse-2:4", "throughput")
+STRUCTURED = {"llm-mlp": 0.3, "llm-layers": 0.2, "llm-pruner": 0.2}
 TRAIN_TEXTS = ("prideprejudice", "mansfieldpark", "northangerabbey", "sensesensibility")
 
 
@@ -246,7 +247,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "| model | austen_lastword acc (ppl) | austen_cloze acc / acc_norm |",
         "|---|---|---|",
     ]
-    for stage in ("dense", "sparse", "sparse-2:4", "llm-mlp", "llm-layers"):
+    for stage in ("dense", "sparse", "sparse-2:4", *STRUCTURED):
         r = recs.get(stage)
         if not r or not r.get("tasks"):
             continue
@@ -254,8 +255,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             "dense": "dense",
             "sparse": f"{r.get('method')} 50%",
             "sparse-2:4": f"{r.get('method')} 2:4",
-            "llm-mlp": "llm-mlp 0.3 + LoRA",
-            "llm-layers": "llm-layers 0.2 + LoRA",
+            **{name: f"{name} {sp} + LoRA" for name, sp in STRUCTURED.items()},
         }[stage]
         a, b = _fmt_tasks(r["tasks"])
         lines.append(f"| {label} (ppl {r['ppl']:.2f}) | {a} | {b} |")

@@ -1,6 +1,6 @@
 """The formulas of the layer-wise criteria as pure functions from tensors to scores (magnitude, Wanda,
-SparseGPT's saliency, FLAP's fluctuation, ShortGPT's block influence), for the layer-wise solvers and the
-structured language-model methods.
+SparseGPT's saliency, FLAP's fluctuation, ShortGPT's block influence, LLM-Pruner's element-wise Taylor
+importance), for the layer-wise solvers and the structured language-model methods.
 
 Scores are shaped like what they score; higher means more important (kept).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["block_influence", "fluctuation", "magnitude", "sparsegpt", "wanda"]
+__all__ = ["block_influence", "fluctuation", "loss_change", "magnitude", "sparsegpt", "wanda"]
 
 
 def magnitude(weight: Tensor) -> Tensor:
@@ -54,3 +54,21 @@ def block_influence(inputs: Tensor, outputs: Tensor) -> Tensor:
     ``inputs``, ``outputs``: a block's hidden states [..., hidden]; the result is [...] (the last dim gone).
     """
     return 1.0 - torch.nn.functional.cosine_similarity(inputs.float(), outputs.float(), dim=-1)
+
+
+def loss_change(weight: Tensor, grad: Tensor, fisher: Tensor | None = None) -> Tensor:
+    """LLM-Pruner's element-wise importance (Ma, Fang & Wang 2023, "LLM-Pruner: On the Structural Pruning of
+    Large Language Models", Eq. 5): the change of the loss ``L`` when one weight is set to zero, by Taylor
+    expansion around the trained weights.
+
+    * first order (``fisher`` None): ``I = |w * dL/dw|``;
+    * with the second-order term: ``I = |w * dL/dw - 1/2 * w^2 * F|``, where ``F`` approximates the Hessian's
+      diagonal by the Fisher information, ``F = E_n[(dL_n/dw)^2]`` over calibration sequences ``n``.
+
+    ``weight``, ``grad`` and ``fisher`` share one shape; the result has it too (float32 or wider).
+    """
+    w = weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight
+    first = w * grad.to(w.dtype)
+    if fisher is None:
+        return first.abs()
+    return (first - 0.5 * w.pow(2) * fisher.to(w.dtype)).abs()

@@ -6,8 +6,8 @@
 * :mod:`~prunekit.apply.solvers` and :mod:`~prunekit.criteria.formulas`: magnitude, Wanda, SparseGPT, OWL.
 * :mod:`~prunekit.llm.prune`: unstructured and N:M pruning; :mod:`~prunekit.llm.structured`: physical
   removal of heads, MLP channels and layers with the same widths in every layer; :mod:`~prunekit.llm.flap`:
-  FLAP's adaptive structure (per-layer widths from one global ranking), :mod:`~prunekit.llm.removal`: the
-  cuts both share.
+  FLAP's adaptive structure (per-layer widths from one global ranking), :mod:`~prunekit.llm.llm_pruner`:
+  LLM-Pruner's gradient-scored coupled groups, :mod:`~prunekit.llm.removal`: the cuts they share.
 * :mod:`~prunekit.llm.data`: calibration draws and perplexity with a recorded protocol;
   :mod:`~prunekit.llm.models`: real pretrained models from offline GGUF packages.
 * :func:`recover` (:mod:`prunekit.llm.recover`): LoRA or distillation recovery, masks kept exact;
@@ -22,6 +22,7 @@ from prunekit.apply.solvers import MagnitudeSolver, Solver, SparseGPTSolver, Wan
 from prunekit.calibration.families import FAMILIES, Family, family_for
 from prunekit.llm.data import CalibrationSet, Perplexity, calibration_batches, perplexity, token_hash
 from prunekit.llm.flap import FlapResult, prune_flap
+from prunekit.llm.llm_pruner import LLMPrunerResult, prune_llm_pruner
 from prunekit.llm.memory import AllocationMeter
 from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir, load_causal_lm
 from prunekit.llm.prune import OWL, LLMPruneResult, prune_causal_lm
@@ -39,6 +40,7 @@ __all__ = [
     "Family",
     "FlapResult",
     "LLMPruneResult",
+    "LLMPrunerResult",
     "LayerJob",
     "LayerVisitor",
     "MagnitudeSolver",
@@ -62,6 +64,7 @@ __all__ = [
     "prune_causal_lm",
     "prune_checkpoint",
     "prune_flap",
+    "prune_llm_pruner",
     "prune_structured",
     "recover",
     "remove_layers_",

@@ -70,6 +70,7 @@ from prunekit.llm.removal import (
     cut_mlp_channels_,
     ensure_bias,
     head_shape,
+    row_params,
     select_gqa_heads,
 )
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor, run_layerwise
@@ -77,7 +78,16 @@ from prunekit.llm.structured import choose_gqa_shape
 from prunekit.surgery.blocks import overlaps_ignored
 from prunekit.surgery.hf import head_config_fields, own_config_, sync_hf_config
 
-__all__ = ["FlapResult", "STANDARDIZATIONS", "STRUCTURES", "flap_removal", "flap_scores", "prune_flap", "standardize"]
+__all__ = [
+    "FlapResult",
+    "STANDARDIZATIONS",
+    "STRUCTURES",
+    "flap_removal",
+    "flap_scores",
+    "prune_flap",
+    "standardize",
+    "uniform_plan",
+]
 
 #: the paper's names of the two structures this module builds, by the allocation that selects them
 STRUCTURES = {"global": "AL-AM", "uniform": "UL-UM"}
@@ -268,12 +278,6 @@ class _FluctuationPass(LayerVisitor):
         self.stats = None
 
 
-def _rows_params(module: nn.Module) -> int:
-    """Parameters one output row of a Linear carries (its inputs, plus one for a bias)."""
-    w = layer_weight(module)
-    return int(w.shape[1]) + (1 if getattr(module, "bias", None) is not None else 0)
-
-
 def _structure(allocation: str | Allocation | None) -> tuple[str, float | None]:
     alloc = resolve_allocation("global" if allocation is None else allocation)
     if isinstance(alloc, Uniform):
@@ -365,16 +369,16 @@ def prune_flap(
             "ignore= covers the attention and MLP of every decoder layer: flap has nothing to remove"
         )
     q_head = [
-        head_dim * (_rows_params(ly.get_submodule(attn.q)) + layer_weight(ly.get_submodule(attn.o)).shape[0])
+        head_dim * (row_params(ly.get_submodule(attn.q)) + layer_weight(ly.get_submodule(attn.o)).shape[0])
         for ly in layers
     ]
     kv_head = [
-        head_dim * (_rows_params(ly.get_submodule(attn.k)) + _rows_params(ly.get_submodule(attn.v))) for ly in layers
+        head_dim * (row_params(ly.get_submodule(attn.k)) + row_params(ly.get_submodule(attn.v))) for ly in layers
     ]
     group_params = [per * q + kv for q, kv in zip(q_head, kv_head)]
     widths = [int(layer_weight(ly.get_submodule(mlp.output)).shape[1]) for ly in layers]
     channel_params = [
-        sum(_rows_params(ly.get_submodule(n)) for n in mlp.inputs)
+        sum(row_params(ly.get_submodule(n)) for n in mlp.inputs)
         + int(layer_weight(ly.get_submodule(mlp.output)).shape[0])
         for ly in layers
     ]
@@ -384,7 +388,7 @@ def prune_flap(
     shape = (n_kv, per)
     mlp_count = 0
     if structure == "UL-UM":
-        shape, mlp_count = _uniform_plan(
+        shape, mlp_count = uniform_plan(
             model,
             sparsity,
             target,
@@ -482,7 +486,7 @@ def prune_flap(
     return result
 
 
-def _uniform_plan(
+def uniform_plan(
     model: nn.Module,
     sparsity: float,
     target: int,
@@ -494,8 +498,16 @@ def _uniform_plan(
     widths: list[int],
     channel_params: list[int],
 ) -> tuple[tuple[int, int], int]:
-    """UL-UM: (kept key-value groups, query heads per group) of every layer and the MLP channels every layer
-    loses, so that the total removed is closest to ``target``. Refuses a target that empties the MLP."""
+    """Uniform widths (FLAP's UL-UM, also LLM-Pruner's): (kept key-value groups, query heads per group) of every
+    layer and the MLP channels every layer loses, so that the parameters removed come closest to ``target``.
+
+    ``head_shape_``: (query heads, key-value heads, head size); ``heads_on`` / ``mlp_on``: per decoder layer,
+    whether its attention / MLP is pruned; ``q_head`` / ``kv_head``: per layer, the parameters one query head
+    / one key-value head carries; ``widths``: MLP widths; ``channel_params``: parameters per MLP channel. The
+    attention shape is the one closest to ``sparsity`` that the config can state
+    (:func:`prunekit.llm.structured.choose_gqa_shape`); the MLP makes up the rest. Raises
+    :class:`~prunekit.errors.InvalidSparsityError` for a target that empties the MLP and
+    :class:`~prunekit.errors.UnsupportedModuleError` when the pruned layers' MLP widths already differ."""
     n_heads, n_kv, head_dim = head_shape_
     shape = (n_kv, n_heads // n_kv)
     attn_layers = [i for i, on in enumerate(heads_on) if on]

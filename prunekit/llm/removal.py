@@ -33,6 +33,7 @@ __all__ = [
     "cut_mlp_channels_",
     "ensure_bias",
     "head_shape",
+    "row_params",
     "select_gqa_heads",
     "set_if_present",
 ]
@@ -108,11 +109,21 @@ def bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
     return family_for(model).bias_field(part) is not None
 
 
-def select_gqa_heads(head_scores: Tensor, n_kv: int, groups: int, per_group: int) -> tuple[list[int], list[int]]:
-    """(kept key-value groups, kept query heads) of one layer: the ``groups`` groups with the highest summed
-    head score, and in each the ``per_group`` best heads. ``head_scores``: [query heads]; ascending indices."""
+def row_params(module: nn.Module) -> int:
+    """Parameters one output row of a Linear carries (its inputs, plus one for a bias)."""
+    w = layer_weight(module)
+    return int(w.shape[1]) + (1 if getattr(module, "bias", None) is not None else 0)
+
+
+def select_gqa_heads(
+    head_scores: Tensor, n_kv: int, groups: int, per_group: int, group_scores: Tensor | None = None
+) -> tuple[list[int], list[int]]:
+    """(kept key-value groups, kept query heads) of one layer: the ``groups`` groups with the highest score,
+    and in each the ``per_group`` best heads. ``head_scores``: [query heads]; ``group_scores``: [n_kv], the
+    groups' own scores (default: the sum of their heads' scores). Returns ascending indices."""
     per = head_scores.numel() // n_kv
-    group_scores = head_scores.reshape(n_kv, per).sum(1)
+    if group_scores is None:
+        group_scores = head_scores.reshape(n_kv, per).sum(1)
     kept_groups = torch.sort(torch.topk(group_scores, groups, sorted=False).indices).values.tolist()
     heads: list[int] = []
     for g in kept_groups:

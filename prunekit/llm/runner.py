@@ -44,6 +44,7 @@ __all__ = [
     "LayerVisitor",
     "RunSummary",
     "as_batches",
+    "check_vocabulary",
     "merge_batches",
     "run_layerwise",
 ]
@@ -205,8 +206,9 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def _check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
-    """Refuse token ids the model's input embedding has no row for (text tokenized for another model)."""
+def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
+    """Refuse token ids the model's input embedding has no row for (text tokenized for another model), with a
+    :class:`~prunekit.errors.DataError`. ``batches``: as :func:`as_batches` returns them."""
     get = getattr(model, "get_input_embeddings", None)
     size = getattr(get() if callable(get) else None, "num_embeddings", None)
     if not isinstance(size, int):
@@ -638,7 +640,7 @@ def run_layerwise(
     """
     adapter = family_for(model)
     batches = as_batches(calibration)
-    _check_vocabulary(model, batches)
+    check_vocabulary(model, batches)
     sequential = visitor.sequential and visitor.modifies and not visitor.wants_outputs
     if sequential:
         batches = merge_batches(model, batches, merge_mib)

@@ -2,8 +2,9 @@
 
 Importing this module registers ``wanda``, ``sparsegpt`` (layer-wise, unstructured or N:M, any allocation),
 ``owl-wanda``, ``owl-sparsegpt``, ``owl-magnitude`` (aliases: the solver with ``allocation="owl"``) and
-``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical; allocation ``uniform`` only) and ``flap``
-(structured, physical, per-layer widths; allocation ``global``, the paper's adaptive structure, or ``uniform``).
+``llm-heads``, ``llm-mlp``, ``llm-layers`` (structured, physical; allocation ``uniform`` only), ``flap``
+(structured, physical, per-layer widths; allocation ``global``, the paper's adaptive structure, or ``uniform``)
+and ``llm-pruner`` (LLM-Pruner's gradient-scored coupled groups, physical; allocation ``uniform`` only).
 ``magnitude`` itself is the core's method (per-matrix magnitude with any pattern), which is the layer-wise
 magnitude baseline of the papers. Importing needs only torch; transformers is used by the models passed in.
 """
@@ -17,7 +18,14 @@ from torch import nn
 from prunekit.errors import ConfigError, PatternError
 from prunekit.methods.base import METHODS, Method, MethodOutcome, PruneRequest
 
-__all__ = ["FlapMethod", "LM_METHOD_NAMES", "LayerwiseLLMMethod", "StructuredLLMMethod", "register"]
+__all__ = [
+    "FlapMethod",
+    "LLMPrunerMethod",
+    "LM_METHOD_NAMES",
+    "LayerwiseLLMMethod",
+    "StructuredLLMMethod",
+    "register",
+]
 
 _LAYERWISE_OPTIONS = frozenset(
     {"blocksize", "percdamp", "device", "progress", "sequential", "true_sequential", "merge_mib"}
@@ -232,6 +240,62 @@ class FlapMethod(Method):
         return MethodOutcome(layer_sparsity={}, notes=result.notes)
 
 
+class LLMPrunerMethod(Method):
+    """LLM-Pruner (Ma, Fang & Wang 2023): coupled groups (key-value groups with their query heads, MLP
+    channels) scored by the first- or second-order Taylor change of the language-model loss, the same widths
+    removed from every pruned layer; physical (see :mod:`prunekit.llm.llm_pruner`). LoRA recovery afterwards:
+    :func:`prunekit.llm.recover`."""
+
+    name = "llm-pruner"
+    needs_data = True
+    structural = True
+    default_allocation = "uniform"
+    options: ClassVar[frozenset[str]] = frozenset({"criterion", "aggregation", "layers", "progress"})
+    description = (
+        "LLM-Pruner: attention groups and MLP channels with their coupled slices, scored by the Taylor change of "
+        "the LM loss (|w*g|, optionally second order), the same widths removed from every layer; physical "
+        "(Ma et al. 2023)"
+    )
+    paper = "LLM-Pruner: On the Structural Pruning of Large Language Models"
+
+    def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
+        """Remove ``request.sparsity`` of the decoder layers' attention and MLP parameters with
+        :func:`prunekit.llm.llm_pruner.prune_llm_pruner` (options ``criterion``: "taylor" or "taylor2",
+        ``aggregation``: "sum", "max", "prod" or "last", ``layers``: (start, end), ``progress``).
+
+        Raises :class:`~prunekit.errors.PatternError` for a pattern other than unstructured,
+        :class:`~prunekit.errors.ConfigError` for an allocation other than uniform, and what
+        :func:`~prunekit.llm.llm_pruner.prune_llm_pruner` raises.
+        """
+        from prunekit.allocation.builtin import Uniform
+        from prunekit.granularity.patterns import Unstructured
+        from prunekit.llm.llm_pruner import prune_llm_pruner
+
+        if not isinstance(request.pattern, Unstructured):
+            raise PatternError(
+                "llm-pruner removes whole key-value groups, query heads and MLP channels, so it takes no pattern "
+                f"(pattern=None or 'unstructured'), not {request.pattern}"
+            )
+        alloc = request.allocation
+        if alloc is not None and not isinstance(alloc, Uniform):
+            raise ConfigError(
+                "llm-pruner removes the same heads and MLP channels from every pruned layer (so the config states "
+                f"the shape); it supports allocation='uniform' only, not {alloc!s}"
+            )
+        opts = request.options
+        result = prune_llm_pruner(
+            model,
+            sparsity=request.sparsity,
+            calibration=request.calibration,
+            criterion=opts.get("criterion", "taylor"),
+            aggregation=opts.get("aggregation", "sum"),
+            layers=opts.get("layers"),
+            ignored=request.ignored_modules,
+            progress=opts.get("progress"),
+        )
+        return MethodOutcome(layer_sparsity={}, notes=result.notes)
+
+
 _LAYERWISE = (
     (
         "wanda",
@@ -294,7 +358,7 @@ _STRUCTURED = (
 
 def _add(name: str, method: Method, description: str) -> None:
     if name in METHODS:
-        if isinstance(METHODS.get(name), (LayerwiseLLMMethod, StructuredLLMMethod, FlapMethod)):
+        if isinstance(METHODS.get(name), (LayerwiseLLMMethod, StructuredLLMMethod, FlapMethod, LLMPrunerMethod)):
             return  # registered by an earlier import
         raise ConfigError(f"method {name!r} is already registered by another module; the LLM method cannot be added")
     METHODS.add(name, method, description)
@@ -308,6 +372,7 @@ def register() -> None:
     for name, unit, description, paper in _STRUCTURED:
         _add(name, StructuredLLMMethod(name, unit, description, paper), description)
     _add(FlapMethod.name, FlapMethod(), FlapMethod.description)
+    _add(LLMPrunerMethod.name, LLMPrunerMethod(), LLMPrunerMethod.description)
 
 
 register()
@@ -318,4 +383,5 @@ LM_METHOD_NAMES: tuple[str, ...] = (
     *(entry[0] for entry in _LAYERWISE),
     *(entry[0] for entry in _STRUCTURED),
     FlapMethod.name,
+    LLMPrunerMethod.name,
 )
