@@ -83,6 +83,16 @@ def prune_llm(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="show a progress bar (default: on a terminal)")
     ] = None,
+    true_sequential: Annotated[
+        bool | None,
+        typer.Option(
+            "--true-sequential/--two-pass",
+            help="wanda / sparsegpt and their owl- aliases: calibrate each matrix on inputs computed "
+            "with the matrices before it in its layer already pruned, one forward per layer (default), or all of "
+            "a layer's matrices on the dense layer's inputs (Wanda's and llm-compressor's order; "
+            "true_sequential=False in Python)",
+        ),
+    ] = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -124,10 +134,16 @@ def prune_llm(
         if eval_tokens < 0:
             raise prunekit.ConfigError(f"--eval-tokens takes a count >= 0 (0 skips the evaluation), got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
+        base = method[4:] if method.startswith("owl-") else method
+        if true_sequential is not None and base not in ("wanda", "sparsegpt"):
+            raise prunekit.ConfigError(
+                f"--true-sequential / --two-pass choose the calibration order of wanda and sparsegpt (and "
+                f"owl-wanda, owl-sparsegpt); {method!r} takes neither"
+            )
         if stream:
             _prune_streaming(
                 model_dir, method, sparsity, pattern, allocation, calibration_text, calibration_samples, seq_len,
-                seed, eval_tokens, device, out, overwrite, progress,
+                seed, eval_tokens, device, out, overwrite, progress, true_sequential,
             )  # fmt: skip
             return
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
@@ -157,6 +173,8 @@ def prune_llm(
             options["progress"] = progress
         if device:
             options["device"] = device
+        if true_sequential is not None:
+            options["true_sequential"] = true_sequential
         params_before = sum(p.numel() for p in model.parameters())
         t0 = time.perf_counter()
         report = prunekit.prune(
@@ -214,6 +232,7 @@ def _prune_streaming(
     out: Path,
     overwrite: bool,
     progress: bool | None,
+    true_sequential: bool | None = None,
 ) -> None:
     """``prune-llm --stream``: :func:`prunekit.llm.prune_checkpoint` from the checkpoint folder into --out."""
     import prunekit
@@ -274,6 +293,7 @@ def _prune_streaming(
         allocation=allocation or "uniform",  # an owl- alias brings its own allocation
         overwrite=overwrite,
         progress=progress,
+        **({} if true_sequential is None else {"true_sequential": true_sequential}),
     )
     seconds = time.perf_counter() - t0
     record = {

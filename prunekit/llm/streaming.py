@@ -249,6 +249,8 @@ def prune_checkpoint(
     dtype: torch.dtype = torch.float32,
     overwrite: bool = False,
     progress: bool | None = None,
+    true_sequential: bool = True,
+    merge_mib: float = 1024.0,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -258,7 +260,11 @@ def prune_checkpoint(
     dtype the layers are computed in and written in (float32 by default, as :func:`load_causal_lm` loads).
     ``out`` is written whole or not at all (a non-empty folder is refused unless ``overwrite``). Returns the
     :class:`~prunekit.llm.prune.LLMPruneResult`. Peak memory: the tensors outside the decoder layers, about
-    two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring).
+    two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring),
+    plus, when the calibration batches are merged (``true_sequential`` and ``merge_mib`` as in
+    :func:`prunekit.llm.prune_causal_lm`, with the same defaults, so the weights equal the in-memory run's), one
+    layer's forward on the merged batch, estimated at most ``merge_mib`` MiB; ``merge_mib=0`` keeps the
+    calibration in its own batches (each layer then runs in stages).
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
     :class:`~prunekit.errors.CheckpointError` for a folder without a safetensors checkpoint or with tensors
@@ -304,6 +310,8 @@ def prune_checkpoint(
             allocation=allocation,
             progress=progress,
             store=store,
+            true_sequential=true_sequential,
+            merge_mib=merge_mib,
         )
         n_layers = len(family_for(model).layer_list(model))
         if sorted(store.written) != list(range(n_layers)):

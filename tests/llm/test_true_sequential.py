@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -157,3 +158,33 @@ def test_bad_options_are_refused_before_anything_changes():
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
     with pytest.raises(ConfigError, match="true_sequential"):
         pk.prune(cnn, "wanda", sparsity=0.5, calibration=[torch.randn(2, 3, 8, 8)], true_sequential=True)
+
+
+def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path):
+    import transformers
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+    src = tmp_path / "tiny-lm"
+    tiny_model("llama", layers=2, vocab_size=64).save_pretrained(src)
+    fast.save_pretrained(src)
+    weights = {}
+    for flag in ("--two-pass", "--true-sequential"):
+        out = tmp_path / flag.strip("-")
+        args = ["prune-llm", str(src), "--method", "wanda", "--sparsity", "0.5", flag, "--calibration-text", "emma"]
+        args += ["-n", "2", "--seq-len", "8", "--eval-tokens", "0", "--no-progress", "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "prunekit_llm.json").read_text())["method"] == "wanda"
+        weights[flag] = load_file(out / "model.safetensors")
+    o_proj = "model.layers.0.self_attn.o_proj.weight"
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(weights["--two-pass"][q_proj], weights["--true-sequential"][q_proj])
+    assert not torch.equal(weights["--two-pass"][o_proj], weights["--true-sequential"][o_proj])
