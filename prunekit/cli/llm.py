@@ -293,7 +293,7 @@ def _prune_streaming(
         allocation=allocation or "uniform",  # an owl- alias brings its own allocation
         overwrite=overwrite,
         progress=progress,
-        **({} if true_sequential is None else {"true_sequential": true_sequential}),
+        true_sequential=True if true_sequential is None else true_sequential,
     )
     seconds = time.perf_counter() - t0
     record = {
