@@ -261,6 +261,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs/results/llm"))
     ap.add_argument("--dense", action="store_true", help="also measure the dense perplexity")
+    ap.add_argument("--tools", default=",".join(TOOLS), help="which tools to run (default: both)")
     args = ap.parse_args()
     import torch
     import transformers
@@ -304,7 +305,8 @@ def main() -> int:
         out = Path(args.out)
         for config in configs:
             for rnd in range(args.rounds):
-                order = TOOLS if rnd % 2 == 0 else TOOLS[::-1]
+                tools = [t for t in TOOLS if t in args.tools.split(",")]
+                order = tools if rnd % 2 == 0 else tools[::-1]
                 for tool in order:
                     rec = run_child(tool, args, data, model_dir, config)
                     rec["round"] = rnd

@@ -378,7 +378,7 @@ def prune_causal_lm(
     share_inputs: bool = True,
     store: LayerStore | None = None,
     true_sequential: bool = True,
-    merge_mib: float = 1024.0,
+    merge_mib: float = 128.0,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
@@ -394,11 +394,11 @@ def prune_causal_lm(
 
     ``true_sequential`` (default True): each matrix is calibrated on inputs computed with the matrices called
     before it in its decoder layer already pruned (the ``--true-sequential`` order of the SparseGPT and GPTQ
-    reference code; Frantar & Alistarh 2023), which lets a layer be pruned within one forward pass of the
-    calibration set; False: all matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's
-    order: a statistics pass, then an output pass). ``merge_mib``: equal-length calibration batches are run as
-    one batch when a layer's forward on it is estimated to need at most this many MiB (then each layer runs
-    once; otherwise it runs in stages); 0 never merges. See :mod:`prunekit.llm.runner`.
+    reference code; Frantar & Alistarh 2023), in one forward pass of the calibration set per layer (each
+    batch's pass waits at every Linear until all batches have fed it; :mod:`prunekit.llm.runner`); False: all
+    matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a statistics pass,
+    then an output pass). ``merge_mib``: consecutive equal-length calibration batches are merged into larger
+    batches while a layer's forward on one is estimated to need at most this many MiB; 0 never merges.
 
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.

@@ -11,11 +11,11 @@
 
 A visitor that is ``sequential`` (true-sequential order, as the ``--true-sequential`` mode of the GPTQ and
 SparseGPT reference code: Frantar et al. 2023, Frantar & Alistarh 2023) has each Linear calibrated on inputs
-computed with the Linears called before it in the same layer already pruned. When the calibration set fits in
-one batch (equal-length batches are merged up to ``merge_mib``), each Linear is pruned inside the layer's one
-forward pass, as soon as its input arrives, so a layer costs a single forward; otherwise the layer runs in
-stages, each up to the next group of Linears that read one input tensor (q/k/v, o, gate/up, down), and
-then once more for its outputs.
+computed with the Linears called before it in the same layer already pruned, still in one forward pass per
+batch: each batch's pass runs as a coroutine that waits at every Linear until all batches have brought their
+input to it; the Linear is then pruned and the passes go on (:func:`_run_sequential`). Equal-length batches
+are first merged into larger ones up to ``merge_mib`` (larger products run faster; the merged batches' layer
+intermediates are what such a pass holds beyond the two-pass order's).
 
 Only one layer and the activations of the calibration set are ever live on the execution device: layers
 not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
@@ -24,6 +24,7 @@ differ only in their :class:`~prunekit.calibration.families.Family`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,10 +103,10 @@ class LayerVisitor:
 
     def solve(self, job: LayerJob, names: list[str], complete: bool) -> None:
         """(``sequential`` visitors) Prune the Linears ``names`` (relative to the layer) now, from the inputs
-        gathered so far. ``complete``: every Linear that reads their input tensor is among ``names`` (a stage of
-        several batches); False in the one-batch path, where ``names`` is the Linear being called and those
-        that read the same tensor in the previous layer, and another one reading it may still follow (then
-        it adopts the statistics of the group's first, which must keep them until :meth:`finish`)."""
+        gathered so far (every batch's input to them). ``complete``: no Linear outside ``names`` reads their
+        input tensor. The runner passes False: ``names`` are the Linear reached and those that read the same
+        tensor in the previous layer, and another one reading it may still follow (then it adopts the
+        statistics of the group's first, which must keep them until :meth:`finish`)."""
         raise NotImplementedError
 
     def finish(self, job: LayerJob) -> None:
@@ -379,83 +380,67 @@ def _token_hook(consume: InputConsumer, state: _BatchState, where: str) -> Calla
     return hook
 
 
-class _StageState:
-    """The current batch of a ``sequential`` visitor's layer: its real tokens, the real-token views of the
-    Linear inputs seen (by the raw tensor's id), the input tensor of the stage's group and the Linears fed."""
-
-    def __init__(self) -> None:
-        self.tokens: Tensor | None = None
-        self.views: dict[int, tuple[Tensor, Tensor]] = {}
-        self.stage_input: Tensor | None = None
-        self.fed: dict[str, None] = {}  # ordered set of relative names
-        #: one merged batch: Linears (relative names) that read one tensor, in call order, learned on the
-        #: previous layer (decoder layers share their structure), and the tensor each was fed in this layer
-        self.groups: dict[str, list[str]] = {}
-        self.readers: dict[int, tuple[Tensor, list[str]]] = {}
-        self.fed_with: dict[str, Tensor] = {}
-
-    def begin(self, tokens: Tensor | None) -> None:
-        self.tokens = tokens
-        self.views = {}
-        self.stage_input = None
-
-    def view(self, raw: Tensor, where: str) -> Tensor:
-        seen = self.views.get(id(raw))
-        if seen is None or seen[0] is not raw:
-            seen = (raw, real_tokens(raw.detach(), self.tokens, where))
-            self.views[id(raw)] = seen
-        return seen[1]
+class _Abort(BaseException):
+    """Raised inside a worker whose layer pass is abandoned (another batch failed)."""
 
 
-def _sequential_hook(
-    rel: str,
-    consumers: Mapping[str, InputConsumer],
-    state: _StageState,
-    solved: set[str],
-    visitor: LayerVisitor,
-    job: LayerJob,
-    inline: bool,
-) -> Callable[..., None]:
-    """Forward pre-hook of a Linear under a ``sequential`` visitor. ``inline`` (one merged batch): feed the
-    input and prune the Linear at once (its forward then runs pruned), together with the Linears that read
-    the same tensor after it in the previous layer (q with k and v): those are fed the same input now and
-    checked to read it when they are called. Staged: feed the first unsolved Linear's input and every later
-    one reading the same tensor; stop the forward at the next unsolved Linear that reads another tensor.
-    Solved Linears just run."""
-    where = job.full_name(rel)
+class _Worker:
+    """One calibration batch's pass through a decoder layer, run as a coroutine on a thread of its own.
 
-    def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        raw = inputs[0]
-        if inline:
-            readers = state.readers.setdefault(id(raw), (raw, []))
-            readers[1].append(rel)
-            if rel in solved:  # fed ahead with the group it led on the previous layer: check the guess
-                if state.fed_with.get(rel) is not raw:
-                    raise ModelError(
-                        f"{where} did not read the same input as the other Linears it read it with in the "
-                        "previous decoder layer; pass merge_mib=0 (staged calibration)"
-                    )
-                return
-            group = [r for r in state.groups.get(rel, [rel]) if r not in solved and r in consumers]
-            if rel not in group:
-                group = [rel]
-            view = state.view(raw, where)
-            for member in group:
-                consumers[member](view)
-                state.fed_with[member] = raw
-            visitor.solve(job, group, False)
-            solved.update(group)
-            return
-        if rel in solved:
-            return
-        if state.stage_input is None:
-            state.stage_input = raw
-        elif raw is not state.stage_input:
-            raise _StopForward
-        consumers[rel](state.view(raw, where))
-        state.fed[rel] = None
+    :meth:`resume` runs the pass until it pauses at a Linear's forward pre-hook (:meth:`pause`) or ends; only
+    one worker runs at a time, so the computation is the same, in the same order, as running the batches one
+    after another, while each pass can wait at a Linear until every batch's input to it has been gathered.
+    """
 
-    return hook
+    def __init__(self, index: int, run: Callable[[], Tensor], threads: int):
+        self.index = index
+        self._run_pass = run
+        self._threads = threads
+        self._go = threading.Semaphore(0)
+        self._back = threading.Semaphore(0)
+        self.at: tuple[str, Tensor] | None = None  # (relative name, raw input) where the pass is paused
+        self.result: Tensor | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.abort = False
+        self._thread = threading.Thread(target=self._main, name=f"prunekit-calibration-{index}", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        self._go.acquire()
+        try:
+            torch.set_num_threads(self._threads)
+            with torch.no_grad():
+                if not self.abort:
+                    self.result = self._run_pass()
+        except _Abort:
+            pass
+        except BaseException as e:  # handed to the coordinating thread
+            self.error = e
+        self.done = True
+        self.at = None
+        self._back.release()
+
+    def resume(self) -> None:
+        """Run the pass until it pauses or ends (the calling thread waits)."""
+        self._go.release()
+        self._back.acquire()
+
+    def pause(self, rel: str, raw: Tensor) -> None:
+        """Called on the worker's thread: hand control back, waiting at Linear ``rel`` with input ``raw``."""
+        self.at = (rel, raw)
+        self._back.release()
+        self._go.acquire()
+        self.at = None
+        if self.abort:
+            raise _Abort
+
+    def close(self) -> None:
+        """Abandon a paused pass and wait for its thread to end."""
+        if not self.done:
+            self.abort = True
+            self.resume()
+        self._thread.join()
 
 
 def _run_sequential(
@@ -466,57 +451,107 @@ def _run_sequential(
     visitor: LayerVisitor,
     device: torch.device,
     store: torch.device,
-    groups: _StageState | None = None,
+    groups: dict[str, list[str]],
 ) -> list[Tensor]:
-    """Calibrate and prune ``job``'s layer in true-sequential order (see the module docstring); returns the
-    pruned layer's outputs, one per record. ``groups``: the state of the previous layer's run (its groups of
-    Linears reading one tensor), carried from layer to layer."""
+    """Calibrate and prune ``job``'s layer in true-sequential order with one forward pass per batch; returns
+    the pruned layer's outputs, one per record.
+
+    Every batch's pass runs as a :class:`_Worker`. A pass pauses at the pre-hook of each Linear not yet
+    pruned; once every batch waits at the same Linear, the inputs are fed to its consumer (batch order) and
+    the visitor prunes it, then the passes go on with the pruned weights. Linears that read the same tensor
+    (q/k/v, gate/up) are fed and pruned together when the first is reached: ``groups`` holds, per first
+    Linear, the group found in the previous layer (decoder layers share their structure), and is updated
+    with this layer's; each member is checked to be called on that very tensor.
+    """
     layer = job.layer
-    state = groups if groups is not None else _StageState()
     solved: set[str] = set()
-    inline = len(records) == 1
-    handles = [
-        layer.get_submodule(rel).register_forward_pre_hook(
-            _sequential_hook(rel, consumers, state, solved, visitor, job, inline)
-        )
-        for rel in consumers
-    ]
+    fed_with: list[dict[str, Tensor]] = [{} for _ in records]
+    readers: list[dict[int, tuple[Tensor, list[str]]]] = [{} for _ in records]
+    views: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in records]
+    local = threading.local()
+
+    def view(b: int, raw: Tensor, where: str) -> Tensor:
+        seen = views[b].get(id(raw))
+        if seen is None or seen[0] is not raw:
+            seen = (raw, real_tokens(raw.detach(), records[b].tokens, where))
+            views[b][id(raw)] = seen
+        return seen[1]
+
+    def hook_for(rel: str) -> Callable[..., None]:
+        where = job.full_name(rel)
+
+        def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            worker: _Worker | None = getattr(local, "worker", None)
+            if worker is None:
+                return
+            raw = inputs[0]
+            readers[worker.index].setdefault(id(raw), (raw, []))[1].append(rel)
+            if rel in solved:
+                if rel in fed_with[worker.index] and fed_with[worker.index][rel] is not raw:
+                    raise ModelError(
+                        f"{where} did not read the same input as the Linears it was grouped with (those that "
+                        "read one tensor in the previous decoder layer); pass true_sequential=False"
+                    )
+                return
+            worker.pause(rel, raw)
+
+        return hook
+
+    def pass_for(b: int, worker_box: list[_Worker]) -> Callable[[], Tensor]:
+        rec = records[b]
+        args, kwargs = rec.calls[index]
+
+        def run() -> Tensor:
+            local.worker = worker_box[0]
+            return _unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store)
+
+        return run
+
+    handles = [layer.get_submodule(rel).register_forward_pre_hook(hook_for(rel)) for rel in consumers]
+    workers: list[_Worker] = []
+    threads = torch.get_num_threads()
     try:
-        if inline:
-            rec = records[0]
-            args, kwargs = rec.calls[index]
-            state.begin(rec.tokens)
-            state.readers, state.fed_with = {}, {}
-            out = _unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store)
-            state.views = {}
-            # what read one tensor here is the guess for the next layer
-            state.groups = {rels[0]: rels for _raw, rels in state.readers.values()}
-            state.readers, state.fed_with = {}, {}
-            return [out]
-        while len(solved) < len(consumers):
-            state.fed = {}
-            for rec in records:
-                args, kwargs = rec.calls[index]
-                state.begin(rec.tokens)
-                try:
-                    layer(rec.hidden.to(device), *args, **kwargs)
-                except _StopForward:
-                    pass
-                finally:
-                    state.views = {}
-                    state.stage_input = None
-            if not state.fed:  # the rest is never called; the visitor's finish reports it
+        for b in range(len(records)):
+            box: list[_Worker] = []
+            box.append(_Worker(b, pass_for(b, box), threads))
+            workers.append(box[0])
+        while True:
+            for w in workers:
+                if not w.done:
+                    w.resume()
+                if w.error is not None:
+                    raise w.error
+            waiting = [w for w in workers if not w.done]
+            if not waiting:
                 break
-            visitor.solve(job, list(state.fed), True)
-            solved.update(state.fed)
+            at = {w.at[0] for w in waiting if w.at is not None}
+            if len(at) != 1 or len(waiting) != len(workers):
+                raise ModelError(
+                    f"the calibration batches took different paths through {job.prefix} (Linears reached: "
+                    f"{sorted(at)}); true-sequential calibration needs the same calls in every batch: pass "
+                    "true_sequential=False"
+                )
+            rel = at.pop()
+            group = [r for r in groups.get(rel, [rel]) if r in consumers and r not in solved]
+            if rel not in group:
+                group = [rel]
+            for w in workers:
+                assert w.at is not None
+                raw = w.at[1]
+                x = view(w.index, raw, job.full_name(rel))
+                for member in group:
+                    consumers[member](x)
+                    fed_with[w.index][member] = raw
+            visitor.solve(job, group, False)
+            solved.update(group)
     finally:
         for h in handles:
             h.remove()
-    outputs = []
-    for rec in records:
-        args, kwargs = rec.calls[index]
-        outputs.append(_unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store))
-    return outputs
+        for w in workers:
+            w.close()
+    for reader in readers[0].values():  # the groups of this layer: the guess for the next one
+        groups[reader[1][0]] = reader[1]
+    return [w.result for w in workers if w.result is not None]
 
 
 def _layer_workspace(model: nn.Module, batch: int, seq_len: int) -> int:
@@ -540,22 +575,38 @@ def _layer_workspace(model: nn.Module, batch: int, seq_len: int) -> int:
 
 
 def merge_batches(model: nn.Module, batches: list[dict[str, Tensor]], merge_mib: float) -> list[dict[str, Tensor]]:
-    """``batches`` as one batch when they all have the same length and a layer's forward on the merged batch
-    is estimated to need at most ``merge_mib`` MiB (:func:`_layer_workspace`); else unchanged. Merging
-    changes no statistic: every token is still seen once, padding (``attention_mask``) stays masked."""
+    """Consecutive ``batches`` of the same length merged into larger batches, each one's layer forward
+    estimated to need at most ``merge_mib`` MiB (:func:`_layer_workspace`); a batch over the budget on its
+    own stays as it is, and ``merge_mib=0`` merges nothing. Merging changes no statistic: every token is still
+    seen once, padding (``attention_mask``) stays masked; larger batches make larger, faster matrix products.
+    """
     if len(batches) < 2 or merge_mib <= 0:
         return batches
-    if len({b["input_ids"].shape[1] for b in batches}) != 1:
-        return batches
-    rows = sum(int(b["input_ids"].shape[0]) for b in batches)
-    if _layer_workspace(model, rows, int(batches[0]["input_ids"].shape[1])) > merge_mib * 2**20:
-        return batches
-    ids = torch.cat([b["input_ids"] for b in batches])
-    merged = {"input_ids": ids}
-    if any("attention_mask" in b for b in batches):
-        masks = [b.get("attention_mask", torch.ones_like(b["input_ids"])) for b in batches]
-        merged["attention_mask"] = torch.cat([m.to(masks[0].dtype) for m in masks])
-    return [merged]
+    budget = merge_mib * 2**20
+    out: list[dict[str, Tensor]] = []
+    chunk: list[dict[str, Tensor]] = []
+
+    def flush() -> None:
+        if len(chunk) == 1:
+            out.append(chunk[0])
+        elif chunk:
+            ids = torch.cat([c["input_ids"] for c in chunk])
+            merged = {"input_ids": ids}
+            if any("attention_mask" in c for c in chunk):
+                masks = [c.get("attention_mask", torch.ones_like(c["input_ids"])) for c in chunk]
+                merged["attention_mask"] = torch.cat([m.to(masks[0].dtype) for m in masks])
+            out.append(merged)
+        chunk.clear()
+
+    for batch in batches:
+        if chunk:
+            rows = sum(int(c["input_ids"].shape[0]) for c in chunk) + int(batch["input_ids"].shape[0])
+            seq = int(batch["input_ids"].shape[1])
+            if seq != int(chunk[0]["input_ids"].shape[1]) or _layer_workspace(model, rows, seq) > budget:
+                flush()
+        chunk.append(batch)
+    flush()
+    return out
 
 
 def _run_two_pass(
@@ -620,7 +671,7 @@ def run_layerwise(
     progress: bool | None = None,
     description: str = "layers",
     layer_store: LayerStore | None = None,
-    merge_mib: float = 1024.0,
+    merge_mib: float = 128.0,
 ) -> RunSummary:
     """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
 
@@ -630,8 +681,8 @@ def run_layerwise(
     logs otherwise (see :mod:`prunekit.progress`), True forces the bar, False is silent. ``layer_store``: a
     :class:`LayerStore` that gives each layer its weights before it is worked on and takes them back after
     (:mod:`prunekit.llm.streaming`); None: the layers are in memory. ``merge_mib``: for a ``sequential``
-    visitor, equal-length calibration batches are merged into one when a layer's forward on it is estimated
-    to need at most this many MiB (:func:`merge_batches`), so each layer runs once; 0 never merges.
+    visitor, consecutive equal-length calibration batches are merged while a layer's forward on the merged
+    batch is estimated to need at most this many MiB (:func:`merge_batches`); 0 never merges.
 
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what
     :func:`as_batches` raises for the calibration data, :class:`~prunekit.errors.DataError` for token ids
@@ -652,7 +703,7 @@ def run_layerwise(
     records = _capture_inputs(model, batches, adapter, exec_device, store)
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
-    carried = _StageState()  # groups of Linears reading one tensor, learned layer to layer
+    carried: dict[str, list[str]] = {}  # groups of Linears reading one tensor, learned layer to layer
     with ProgressBar(description, len(layers), enabled=progress) as bar:
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
@@ -665,6 +716,8 @@ def run_layerwise(
             consumers = visitor.start(job)
             if sequential and consumers:
                 outputs = _run_sequential(job, i, records, consumers, visitor, exec_device, store, carried)
+                if len(outputs) != len(records):
+                    raise ModelError(f"{job.prefix} returned no output for some calibration batches")
                 visitor.finish(job)
             else:
                 outputs = _run_two_pass(job, i, records, consumers, visitor, exec_device, store)

@@ -250,7 +250,7 @@ def prune_checkpoint(
     overwrite: bool = False,
     progress: bool | None = None,
     true_sequential: bool = True,
-    merge_mib: float = 1024.0,
+    merge_mib: float = 128.0,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -261,10 +261,9 @@ def prune_checkpoint(
     ``out`` is written whole or not at all (a non-empty folder is refused unless ``overwrite``). Returns the
     :class:`~prunekit.llm.prune.LLMPruneResult`. Peak memory: the tensors outside the decoder layers, about
     two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring),
-    plus, when the calibration batches are merged (``true_sequential`` and ``merge_mib`` as in
-    :func:`prunekit.llm.prune_causal_lm`, with the same defaults, so the weights equal the in-memory run's), one
-    layer's forward on the merged batch, estimated at most ``merge_mib`` MiB; ``merge_mib=0`` keeps the
-    calibration in its own batches (each layer then runs in stages).
+    plus, in true-sequential order, the intermediates every batch holds while it waits at a Linear, and one
+    merged batch's forward (estimated at most ``merge_mib`` MiB); ``true_sequential`` and ``merge_mib`` are
+    :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
     :class:`~prunekit.errors.CheckpointError` for a folder without a safetensors checkpoint or with tensors
