@@ -16,6 +16,11 @@ Parts (``--parts``, default all; each part's record replaces its earlier one in 
   target >= 1.4x) and vs dense PyTorch fp32 (target >= 4x), the same IR with decompression off, and MNIST
   test accuracy (10,000 images) of the pruned PyTorch model and of the int8 OpenVINO one (target: within
   0.5 points).
+* ``smollm2``: SmolLM2-135M pruned with ``llm-mlp`` 0.3, exported to OpenVINO with int8 weights: perplexity
+  (PyTorch dense / pruned, OpenVINO without and with the KV cache), prefill of a 512-token window, and greedy
+  generation (64-token prompt, 32 new tokens, batch 1) through the KV-cache graph (``OpenVINOCausalLM``)
+  against transformers ``generate`` (dense and pruned, fp32, with its cache); the fp32 KV-cache export's
+  greedy tokens are checked equal to transformers'.
 * ``sparsify``: ``prunekit.deploy.sparsify_`` on 1024-4096-4096-1024 MLPs at 90% and 50% zeros, batch 8
   (and 1): whole-model latency vs the dense PyTorch model (target >= 2x at 90%) and the per-layer
   decisions (at 50% the probe should decline).
@@ -346,7 +351,9 @@ def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
     window = {"input_ids": ids[:512].unsqueeze(0)}
     with tempfile.TemporaryDirectory() as d:
         log(f"smollm2: pruned perplexity {rec['ppl_pruned_pytorch']:.2f}; exporting to OpenVINO, int8 weights")
-        report = export_openvino(model, example, Path(d) / "lm.xml", quantize="int8-weights", measure_latency=False)
+        report = export_openvino(
+            model, example, Path(d) / "lm.xml", quantize="int8-weights", kv_cache=False, measure_latency=False
+        )
         rec["openvino"] = {
             "precision": report.precision,
             "runtime_config": report.runtime_config,
@@ -366,12 +373,87 @@ def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
         "dense_pytorch": round(512 / (c_dense.baseline.median_ms / 1000), 1),
         "pruned_int8_openvino": round(512 / (c_dense.candidate.median_ms / 1000), 1),
     }
-    rec["not_measured"] = (
-        "generation tokens/s: the OpenVINO graph is exported without a KV cache "
-        "(use_cache=False), so token-by-token generation through it would recompute the prefix"
-    )
     log(f"smollm2: int8 OV prefill {c_dense.speedup:.2f}x dense PyTorch")
+    rec["generation"] = smollm2_generation(args, model, dense, tok, evaluation, ids, example, rec)
     return rec
+
+
+def smollm2_generation(
+    args: argparse.Namespace,
+    model: nn.Module,
+    dense: nn.Module,
+    tok: Any,
+    evaluation: str,
+    ids: torch.Tensor,
+    example: dict,
+    rec: dict[str, Any],
+) -> dict[str, Any]:
+    """The KV-cache route: the pruned model exported with its cache (int8 weights, and fp32 for the token
+    check), perplexity through it, greedy tokens against transformers, and generation timed interleaved."""
+    from prunekit.deploy import OpenVINOCausalLM
+    from prunekit.deploy.openvino_lm import GreedyCall, hf_greedy
+    from prunekit.llm import perplexity
+
+    prompt_len, new = 64, 32
+    prompt = ids[:prompt_len].unsqueeze(0)
+    out: dict[str, Any] = {"prompt_tokens": prompt_len, "new_tokens": new, "batch": 1}
+    with tempfile.TemporaryDirectory() as d:
+        log("smollm2: exporting the pruned model with its KV cache (int8 weights, and fp32)")
+        kv_report = export_openvino(
+            model, example, Path(d) / "kv.xml", quantize="int8-weights", kv_cache=True, measure_latency=False
+        )
+        fp32_report = export_openvino(model, example, Path(d) / "kv32.xml", kv_cache=True, measure_latency=False)
+        out["openvino_kv"] = {
+            "precision": kv_report.precision,
+            "runtime_config": kv_report.runtime_config,
+            "file_mb": round(kv_report.file_bytes / 1e6, 1),
+            "check": kv_report.check,
+            "fp32_check": fp32_report.check,
+        }
+        ov_kv = OpenVINOCausalLM(Path(d) / "kv.xml", threads=args.threads)
+        ov_fp32 = OpenVINOCausalLM(Path(d) / "kv32.xml", threads=args.threads)
+        out["ppl_pruned_int8_openvino_kv"] = perplexity(_Logits(ov_kv), tok, evaluation).ppl
+        out["ppl_kv_minus_no_cache"] = out["ppl_pruned_int8_openvino_kv"] - rec["ppl_pruned_int8_openvino"]
+        log(
+            f"smollm2: perplexity int8 OV with KV route {out['ppl_pruned_int8_openvino_kv']:.4f}, without "
+            f"{rec['ppl_pruned_int8_openvino']:.4f}; greedy tokens vs transformers"
+        )
+        eos = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = None  # 32 tokens on both sides, no stop
+        with torch.no_grad():
+            want = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=new,
+                pad_token_id=0,
+            )
+        model.generation_config.eos_token_id = eos
+        got32 = ov_fp32.generate(prompt, new)
+        got8 = ov_kv.generate(prompt, new)
+        out["greedy_fp32_openvino_equals_transformers"] = bool(torch.equal(got32, want))
+        agree = (got8[0, prompt_len:] == want[0, prompt_len:]).int().tolist()
+        out["greedy_int8_openvino_tokens_equal_to_transformers"] = f"{sum(agree)} of {new}"
+        out["greedy_int8_first_difference"] = agree.index(0) if 0 in agree else None
+        log(
+            f"smollm2: fp32 OV greedy == transformers: {out['greedy_fp32_openvino_equals_transformers']}; int8 OV "
+            f"{out['greedy_int8_openvino_tokens_equal_to_transformers']}; timing generation"
+        )
+        timing = {"threads": args.threads, "budget_s": args.budget * 3, "min_rounds": 7}
+        candidate = GreedyCall(lambda x: ov_kv.generate(x, new))
+        c_dense = compare_latency(GreedyCall(lambda x: hf_greedy(dense, x, new)), candidate, prompt, **timing)
+        c_pruned = compare_latency(GreedyCall(lambda x: hf_greedy(model, x, new)), candidate, prompt, **timing)
+        assert hf_greedy(dense, prompt, new).shape == candidate(prompt).shape == (1, prompt_len + new)
+    out["generation_vs_dense_pytorch"] = cmp_dict(c_dense)
+    out["generation_vs_pruned_pytorch"] = cmp_dict(c_pruned)
+    out["tokens_per_s"] = {
+        "note": f"{new} new tokens / median time of a whole generate call (the {prompt_len}-token prefill included)",
+        "dense_pytorch": round(new / (c_dense.baseline.median_ms / 1000), 1),
+        "pruned_pytorch": round(new / (c_pruned.baseline.median_ms / 1000), 1),
+        "pruned_int8_openvino_kv": round(new / (c_dense.candidate.median_ms / 1000), 1),
+    }
+    log(f"smollm2: generation int8 OV {c_dense.speedup:.2f}x dense PyTorch, {c_pruned.speedup:.2f}x pruned PyTorch")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -490,10 +572,32 @@ def write_markdown(results: dict[str, Any]) -> str:
             "",
             f"Prefill of a 512-token window, batch 1: OpenVINO int8 pruned vs dense PyTorch "
             f"{fmt_cmp(r['prefill_512_vs_dense_pytorch'])}, vs the pruned model in PyTorch "
-            f"{fmt_cmp(r['prefill_512_vs_pruned_pytorch'])}; tokens/s {r['prefill_tokens_per_s']}. "
-            f"Not measured: {r['not_measured']}.",
+            f"{fmt_cmp(r['prefill_512_vs_pruned_pytorch'])}; tokens/s {r['prefill_tokens_per_s']} "
+            "(the graph without a KV cache, `kv_cache=False`).",
             "",
         ]
+        g = r.get("generation")
+        if g:
+            t = g["tokens_per_s"]
+            lines += [
+                f"Generation with the KV cache (`export_openvino(kv_cache=True)`, run by `OpenVINOCausalLM`; "
+                f"{g['openvino_kv']['precision']}; IR {g['openvino_kv']['file_mb']} MB): prompt of "
+                f"{g['prompt_tokens']} tokens, {g['new_tokens']} greedy new tokens, batch {g['batch']}, against "
+                "transformers `generate` with its cache (fp32). Perplexity through the KV route "
+                f"{g['ppl_pruned_int8_openvino_kv']:.4f} vs {r['ppl_pruned_int8_openvino']:.4f} without the cache "
+                f"(difference {g['ppl_kv_minus_no_cache']:.1e}). Greedy tokens: fp32 OpenVINO KV route equal to "
+                f"transformers: {'yes' if g['greedy_fp32_openvino_equals_transformers'] else 'NO'}; int8: "
+                f"{g['greedy_int8_openvino_tokens_equal_to_transformers']} equal.",
+                "",
+                "| generation (64 + 32 tokens) | OpenVINO int8 pruned, KV cache |",
+                "|---|---|",
+                f"| vs dense PyTorch | {fmt_cmp(g['generation_vs_dense_pytorch'])} |",
+                f"| vs pruned PyTorch | {fmt_cmp(g['generation_vs_pruned_pytorch'])} |",
+                "",
+                f"Tokens/s ({t['note']}): dense PyTorch {t['dense_pytorch']}, pruned PyTorch "
+                f"{t['pruned_pytorch']}, pruned int8 OpenVINO with KV cache {t['pruned_int8_openvino_kv']}.",
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -34,9 +34,21 @@ from prunekit.deploy._common import (
     staged_files,
     weight_sparsity,
 )
+from prunekit.deploy._kv import (
+    KV_FAMILIES,
+    KVStep,
+    check_kv_family,
+    empty_past,
+    is_causal_lm,
+    kv_dynamic_shapes,
+    kv_example,
+    kv_input_names,
+    kv_layout,
+    kv_output_names,
+)
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
-from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
+from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError, UnsupportedModuleError
 from prunekit.eval.latency import LatencyComparison, compare_latency
 
 __all__ = [
@@ -136,9 +148,12 @@ def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModu
     return OvModule(path, config)
 
 
-def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
+def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes: Any = None) -> Any:
+    """``model`` through torch.export and openvino.convert_model; ``shapes``: torch.export dynamic shapes
+    (default: :func:`~prunekit.deploy._common.dynamic_shapes` when ``dynamic``)."""
     ov = require("openvino")
-    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+    if shapes is None and dynamic:
+        shapes = dynamic_shapes(model, args, kwargs)
     try:
         # not size-oblivious: a dimension of size 1 in the example stays fixed at 1 (size-oblivious tracing
         # gave Hugging Face models graphs whose output depended on the input values at other batch sizes)
@@ -263,6 +278,7 @@ def export_openvino(
     threads: int = 1,
     latency_budget_s: float = 3.0,
     overwrite: bool = False,
+    kv_cache: bool | None = None,
 ) -> DeployReport:
     """Export ``model`` to OpenVINO IR at ``path`` (``.xml``, with its ``.bin``), optionally quantised, and report.
 
@@ -294,6 +310,19 @@ def export_openvino(
     masked model's dense original) in OpenVINO, the dense model in PyTorch fp32 and the model's own PyTorch
     form, interleaved at ``threads`` threads.
 
+    ``kv_cache`` (Hugging Face causal LMs of the families in :data:`prunekit.deploy._kv.KV_FAMILIES`): True
+    exports the decoding step with its key/value cache as explicit tensors (inputs ``input_ids [batch, seq]``,
+    ``attention_mask [batch, past + seq]``, ``position_ids [batch, seq]``, ``past_key_values.{i}.key`` /
+    ``.value [batch, kv_heads_i, past, head_dim]`` with ``past`` >= 0; outputs ``logits [batch, seq,
+    vocab]`` and ``present.{i}.key`` / ``.value [batch, kv_heads_i, past + seq, head_dim]``), run by
+    :class:`prunekit.deploy.OpenVINOCausalLM` (greedy ``generate``). ``example_inputs`` are then the
+    ``input_ids`` (a tensor, or a dict holding them) of a batch of 2 or more with 2 or more tokens; the
+    graph is traced continuing a cache of those ids, checked there, from an empty cache and for a one-token
+    step, and latency is that of greedy generation of 8 tokens after them (against ``transformers``
+    ``generate`` with its cache). None (default): True for a causal LM of a supported family exported with
+    ``dynamic=True`` and ``quantize`` None or ``"int8-weights"``, else False (the graph returns the logits of
+    the whole sequence without a cache; a note says why). False: always the graph without a cache.
+
     Writes ``path``, its ``.bin`` and ``<name>.report.json`` (the runtime settings that
     :func:`load_openvino` applies) all or nothing. Raises
     :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an unknown ``quantize`` / ``precision``
@@ -302,7 +331,11 @@ def export_openvino(
     a mode that does not use it (and for ``sparse_rate`` outside (0, 1), ``threads`` < 1, a non-bool
     ``dynamic``, a negative ``atol`` / ``rtol`` or a ``latency_budget_s`` <= 0),
     :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino / nncf,
-    :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted.
+    :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted,
+    :class:`~prunekit.errors.UnsupportedModuleError` for ``kv_cache=True`` on a model that is not a causal LM
+    of a supported family (the message names them), and
+    :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for ``kv_cache=True`` with
+    ``dynamic=False`` or ``quantize="int8"``.
     """
     if quantize not in QUANTIZE_MODES:
         raise UnsupportedRuntimeOptionError(
@@ -331,13 +364,23 @@ def export_openvino(
     if not 0 < sparse_rate < 1:
         raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
     check_export_options(dynamic=dynamic, atol=atol, rtol=rtol, threads=threads, latency_budget_s=latency_budget_s)
+    kv_on, kv_note = _decide_kv(model, kv_cache, dynamic=dynamic, quantize=quantize)
     ov = require("openvino")
     if quantize is not None:
         require("nncf")
     target = check_target(path, ".xml", overwrite=overwrite, companions=(".bin",))
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
-    ref = reference_outputs(prepared, args, kwargs)
+    kv_step = KVStep(prepared) if kv_on else None
+    graph: nn.Module = prepared if kv_step is None else kv_step
+    prompt = torch.empty(0)
+    if kv_step is not None:
+        notes = [n for n in notes if not n.startswith("Hugging Face config.use_cache")]
+        prompt = _example_ids(args, kwargs)
+        args, kwargs = kv_example(kv_step, prompt), {}
+    if kv_note:
+        notes.append(kv_note)
+    ref = reference_outputs(graph, args, kwargs)
     linear_sparsity = {
         n: s for n, s in layer_sparsity(prepared).items() if isinstance(prepared.get_submodule(n), nn.Linear)
     }
@@ -356,6 +399,11 @@ def export_openvino(
     notes.append(f"sparse-weight decompression {'on' if sparse_on else 'off'}: {why}")
 
     def build(m: nn.Module) -> Any:
+        if kv_on:
+            step = KVStep(m)
+            ov_model = _convert(step, kv_example(step, prompt), {}, dynamic, kv_dynamic_shapes(step.n_layers))
+            _name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
+            return _quantize(ov_model, quantize, None, None, subset_size)
         ov_model = _quantize(_convert(m, args, kwargs, dynamic), quantize, calibration, example_inputs, subset_size)
         if not dynamic:
             _reshape_static(ov_model, args, kwargs)
@@ -374,6 +422,8 @@ def export_openvino(
                 f"the CPU plugin compiled at {hint} although {precision} was asked; this CPU cannot run {precision}"
             )
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
+        if kv_step is not None:
+            check = _check_kv_steps(kv_step, compiled, prompt, check, atol=atol, rtol=rtol)
         exact = quantize is None and precision == "f32"
         if exact and not check["passed"]:
             raise ExportCheckError(
@@ -423,7 +473,11 @@ def export_openvino(
         )
         latency: dict[str, LatencyComparison] = {}
         dense_bytes: int | None = None
-        if measure_latency:
+        if measure_latency and kv_on:
+            latency, dense_bytes = _measure_generation(
+                prepared, out, dense, build, prompt, config, threads, latency_budget_s
+            )
+        elif measure_latency:
             latency, dense_bytes = _measure(
                 prepared, compiled, dense, build, args, kwargs, config, threads, latency_budget_s
             )
@@ -434,7 +488,8 @@ def export_openvino(
             path=str(target),
             files=[str(target.parent / p.name) for p in files] + [str(report_path)],
             file_bytes=files_size(files),
-            precision=f"{_PRECISION_TEXT[quantize]}; inference precision hint {precision}",
+            precision=f"{_PRECISION_TEXT[quantize]}; inference precision hint {precision}"
+            + ("; key/value cache at the inference precision" if kv_on else ""),
             runtime_config=config,
             weight_sparsity=weight_sparsity(prepared),
             sparse_layers=sparse_layers,
@@ -484,4 +539,141 @@ def _measure(
             latency["vs dense openvino"] = timed(dense_compiled, compiled, inputs)
             latency["vs dense pytorch"] = timed(dense_prepared, compiled, inputs)
     latency["vs same model in pytorch"] = timed(prepared, compiled, inputs)
+    return latency, dense_bytes
+
+
+def _decide_kv(model: nn.Module, kv_cache: Any, *, dynamic: bool, quantize: str | None) -> tuple[bool, str | None]:
+    """Whether the export takes the KV-cache route, and a note saying why for a causal LM."""
+    if kv_cache is not None and not isinstance(kv_cache, bool):
+        raise ConfigError(f"kv_cache is True, False or None (decide from the model), got {kv_cache!r}")
+    if kv_cache is False:
+        return False, None
+    if kv_cache is True:
+        if not dynamic:
+            raise UnsupportedRuntimeOptionError(
+                "kv_cache=True grows the cache by one token per step, so its shapes must stay dynamic: pass "
+                "dynamic=True (or kv_cache=False for a fixed-shape graph without a cache)"
+            )
+        if quantize == "int8":
+            raise UnsupportedRuntimeOptionError(
+                "kv_cache=True supports quantize=None and 'int8-weights' (activations are not calibrated on "
+                "decoding steps); pass one of them, or kv_cache=False for int8 activations without a cache"
+            )
+        check_kv_family(model)
+        return True, "key/value cache as explicit inputs and outputs (kv_cache=True); run with OpenVINOCausalLM"
+    if not is_causal_lm(model):
+        return False, None
+    try:
+        check_kv_family(model)
+    except UnsupportedModuleError as e:
+        return False, f"exported without a KV cache (each call recomputes the whole prefix): {e}"
+    if not dynamic or quantize == "int8":
+        why = "dynamic=False" if not dynamic else "quantize='int8'"
+        return False, (
+            f"exported without a KV cache because of {why} (kv_cache=True needs dynamic shapes and no int8 activations)"
+        )
+    return True, (
+        "key/value cache as explicit inputs and outputs (kv_cache=None chose it for a causal LM of the "
+        f"{', '.join(KV_FAMILIES)} families; kv_cache=False gives the graph without a cache); run it with "
+        "prunekit.deploy.OpenVINOCausalLM"
+    )
+
+
+def _example_ids(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The ``input_ids`` of the example inputs (a tensor, or a dict holding them)."""
+    if kwargs and "input_ids" in kwargs and not args:
+        return kwargs["input_ids"]
+    if len(args) == 1 and not kwargs and torch.is_tensor(args[0]):
+        return args[0]
+    raise DataError(
+        "a KV-cache export takes example_inputs as input_ids: an integer tensor [batch, seq] or a dict "
+        "{'input_ids': ...}"
+    )
+
+
+def _name_ports(ov_model: Any, inputs: list[str], outputs: list[str]) -> None:
+    """Give the converted graph's inputs and outputs these names (in order)."""
+    if len(ov_model.inputs) != len(inputs) or len(ov_model.outputs) != len(outputs):
+        raise ExportFailedError(
+            f"the converted decoding step has {len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs, "
+            f"expected {len(inputs)} and {len(outputs)}"
+        )
+    for port, name in zip(ov_model.inputs, inputs):
+        port.get_tensor().set_names({name})
+    for port, name in zip(ov_model.outputs, outputs):
+        port.get_tensor().set_names({name})
+
+
+def _check_kv_steps(
+    step: KVStep, compiled: OvModule, prompt: torch.Tensor, check: dict[str, Any], *, atol: float, rtol: float
+) -> dict[str, Any]:
+    """The traced step's check extended to a first call from an empty cache (the prompt) and a one-token step
+    after it, sizes the trace saw only as 2 or more (a cache of length 0, one new token). The result holds the
+    largest errors of the three, ``passed`` only when all three pass."""
+    b, s = prompt.shape
+    dtype = next(step.lm.parameters()).dtype
+    ones = torch.ones(b, s, dtype=torch.long)
+    first = [prompt, ones, torch.arange(s).expand(b, s).contiguous(), *empty_past(kv_layout(step.lm), b, dtype)]
+    results = [check]
+    with torch.no_grad():
+        ref1 = [t.float() for t in step(*first)]
+        got1 = compiled.run([t.numpy() for t in first])
+        results.append(compare_outputs(ref1, got1, atol=atol, rtol=rtol))
+        cache = [torch.from_numpy(np.ascontiguousarray(g)).to(dtype) for g in got1[1:]]
+        second = [prompt[:, -1:], torch.ones(b, s + 1, dtype=torch.long), torch.full((b, 1), s), *cache]
+        ref2 = [t.float() for t in step(*second)]
+        results.append(compare_outputs(ref2, compiled.run([t.numpy() for t in second]), atol=atol, rtol=rtol))
+    merged = dict(check)
+    merged["max_abs_diff"] = max(r["max_abs_diff"] for r in results)
+    merged["relative_l2_error"] = max(r["relative_l2_error"] for r in results)
+    merged["passed"] = all(r["passed"] for r in results)
+    merged["steps"] = (
+        f"a {s}-token step after a {s}-token cache, a {s}-token first call from an empty cache and a "
+        f"one-token step after it (batch {b})"
+    )
+    return merged
+
+
+#: new tokens generated per timed call when an export on the KV-cache route measures its latency
+GENERATION_TOKENS = 8
+
+
+def _measure_generation(
+    prepared: nn.Module,
+    path: Path,
+    dense: nn.Module | None,
+    build: Any,
+    prompt: torch.Tensor,
+    config: dict,
+    threads: int,
+    budget_s: float,
+) -> tuple[dict[str, LatencyComparison], int | None]:
+    """Greedy generation of :data:`GENERATION_TOKENS` tokens after ``prompt`` through the exported graph
+    (:class:`~prunekit.deploy.openvino_lm.OpenVINOCausalLM`) against ``transformers`` ``generate`` (with its
+    cache) of the dense model and of the model itself, and against the dense model exported the same way."""
+    from prunekit.deploy.openvino_lm import GreedyCall, OpenVINOCausalLM, hf_greedy
+
+    ov = require("openvino")
+    timed = partial(compare_latency, threads=threads, budget_s=budget_s)
+    n = GENERATION_TOKENS
+    lm = OpenVINOCausalLM(path, config=config)
+    candidate = GreedyCall(lambda ids: lm.generate(ids, n))
+    latency: dict[str, LatencyComparison] = {}
+    dense_bytes = None
+    if dense is not None:
+        dense_prepared, _ = export_copy(dense)
+        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
+            dense_path = Path(d) / "dense.xml"
+            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
+            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
+            dense_lm = OpenVINOCausalLM(dense_path, config=config)
+            latency["generation vs dense openvino"] = timed(
+                GreedyCall(lambda ids: dense_lm.generate(ids, n)), candidate, prompt
+            )
+            latency["generation vs dense pytorch"] = timed(
+                GreedyCall(lambda ids: hf_greedy(dense_prepared, ids, n)), candidate, prompt
+            )
+    latency["generation vs same model in pytorch"] = timed(
+        GreedyCall(lambda ids: hf_greedy(prepared, ids, n)), candidate, prompt
+    )
     return latency, dense_bytes
