@@ -11,22 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import DataError, UnsupportedModuleError
+from prunekit.deploy._common import compare_outputs
+from prunekit.deploy.errors import ExportFailedError, UnsupportedRuntimeOptionError
+from prunekit.errors import ConfigError, DataError, UnsupportedModuleError
 
 __all__ = [
     "KV_FAMILIES",
     "KVStep",
     "check_kv_family",
+    "check_kv_steps",
+    "decide_kv",
     "empty_past",
+    "example_ids",
     "is_causal_lm",
     "kv_dynamic_shapes",
     "kv_example",
     "kv_input_names",
     "kv_layout",
     "kv_output_names",
+    "name_ports",
     "step_mask",
 ]
 
@@ -216,3 +223,96 @@ def kv_dynamic_shapes(n_layers: int) -> dict[str, Any]:
         "position_ids": two,
         "past": tuple({0: auto, 2: auto} for _ in range(2 * n_layers)),
     }
+
+
+def decide_kv(model: nn.Module, kv_cache: Any, *, dynamic: bool, quantize: str | None) -> tuple[bool, str | None]:
+    """Whether the export takes the KV-cache route, and a note saying why for a causal LM."""
+    if kv_cache is not None and not isinstance(kv_cache, bool):
+        raise ConfigError(f"kv_cache is True, False or None (decide from the model), got {kv_cache!r}")
+    if kv_cache is False:
+        return False, None
+    if kv_cache is True:
+        if not dynamic:
+            raise UnsupportedRuntimeOptionError(
+                "kv_cache=True grows the cache by one token per step, so its shapes must stay dynamic: pass "
+                "dynamic=True (or kv_cache=False for a fixed-shape graph without a cache)"
+            )
+        if quantize == "int8":
+            raise UnsupportedRuntimeOptionError(
+                "kv_cache=True supports quantize=None and 'int8-weights' (activations are not calibrated on "
+                "decoding steps); pass one of them, or kv_cache=False for int8 activations without a cache"
+            )
+        check_kv_family(model)
+        return True, "key/value cache as explicit inputs and outputs (kv_cache=True); run with OpenVINOCausalLM"
+    if not is_causal_lm(model):
+        return False, None
+    try:
+        check_kv_family(model)
+    except UnsupportedModuleError as e:
+        return False, f"exported without a KV cache (each call recomputes the whole prefix): {e}"
+    if not dynamic or quantize == "int8":
+        why = "dynamic=False" if not dynamic else "quantize='int8'"
+        return False, (
+            f"exported without a KV cache because of {why} (kv_cache=True needs dynamic shapes and no int8 activations)"
+        )
+    return True, (
+        "key/value cache as explicit inputs and outputs (kv_cache=None chose it for a causal LM of the "
+        f"{', '.join(KV_FAMILIES)} families; kv_cache=False gives the graph without a cache); run it with "
+        "prunekit.deploy.OpenVINOCausalLM"
+    )
+
+
+def example_ids(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The ``input_ids`` of the example inputs (a tensor, or a dict holding them)."""
+    if kwargs and "input_ids" in kwargs and not args:
+        return kwargs["input_ids"]
+    if len(args) == 1 and not kwargs and torch.is_tensor(args[0]):
+        return args[0]
+    raise DataError(
+        "a KV-cache export takes example_inputs as input_ids: an integer tensor [batch, seq] or a dict "
+        "{'input_ids': ...}"
+    )
+
+
+def name_ports(ov_model: Any, inputs: list[str], outputs: list[str]) -> None:
+    """Give the converted graph's inputs and outputs these names (in order)."""
+    if len(ov_model.inputs) != len(inputs) or len(ov_model.outputs) != len(outputs):
+        raise ExportFailedError(
+            f"the converted decoding step has {len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs, "
+            f"expected {len(inputs)} and {len(outputs)}"
+        )
+    for port, name in zip(ov_model.inputs, inputs):
+        port.get_tensor().set_names({name})
+    for port, name in zip(ov_model.outputs, outputs):
+        port.get_tensor().set_names({name})
+
+
+def check_kv_steps(
+    step: KVStep, run: Any, prompt: torch.Tensor, check: dict[str, Any], *, atol: float, rtol: float
+) -> dict[str, Any]:
+    """The traced step's ``check`` extended to a first call from an empty cache (the prompt) and a one-token
+    step after it, sizes the trace saw only as 2 or more (a cache of length 0, one new token). ``run``: the
+    exported graph (a flat list of numpy inputs to its numpy outputs). The result holds the largest errors of
+    the three, ``passed`` only when all three pass."""
+    b, s = prompt.shape
+    dtype = next(step.lm.parameters()).dtype
+    ones = torch.ones(b, s, dtype=torch.long)
+    first = [prompt, ones, torch.arange(s).expand(b, s).contiguous(), *empty_past(kv_layout(step.lm), b, dtype)]
+    results = [check]
+    with torch.no_grad():
+        ref1 = [t.float() for t in step(*first)]
+        got1 = run([t.numpy() for t in first])
+        results.append(compare_outputs(ref1, got1, atol=atol, rtol=rtol))
+        cache = [torch.from_numpy(np.ascontiguousarray(g)).to(dtype) for g in got1[1:]]
+        second = [prompt[:, -1:], torch.ones(b, s + 1, dtype=torch.long), torch.full((b, 1), s), *cache]
+        ref2 = [t.float() for t in step(*second)]
+        results.append(compare_outputs(ref2, run([t.numpy() for t in second]), atol=atol, rtol=rtol))
+    merged = dict(check)
+    merged["max_abs_diff"] = max(r["max_abs_diff"] for r in results)
+    merged["relative_l2_error"] = max(r["relative_l2_error"] for r in results)
+    merged["passed"] = all(r["passed"] for r in results)
+    merged["steps"] = (
+        f"a {s}-token step after a {s}-token cache, a {s}-token first call from an empty cache and a "
+        f"one-token step after it (batch {b})"
+    )
+    return merged

@@ -35,20 +35,19 @@ from prunekit.deploy._common import (
     weight_sparsity,
 )
 from prunekit.deploy._kv import (
-    KV_FAMILIES,
     KVStep,
-    check_kv_family,
-    empty_past,
-    is_causal_lm,
+    check_kv_steps,
+    decide_kv,
+    example_ids,
     kv_dynamic_shapes,
     kv_example,
     kv_input_names,
-    kv_layout,
     kv_output_names,
+    name_ports,
 )
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
-from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError, UnsupportedModuleError
+from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
 from prunekit.eval.latency import LatencyComparison, compare_latency
 
 __all__ = [
@@ -364,7 +363,7 @@ def export_openvino(
     if not 0 < sparse_rate < 1:
         raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
     check_export_options(dynamic=dynamic, atol=atol, rtol=rtol, threads=threads, latency_budget_s=latency_budget_s)
-    kv_on, kv_note = _decide_kv(model, kv_cache, dynamic=dynamic, quantize=quantize)
+    kv_on, kv_note = decide_kv(model, kv_cache, dynamic=dynamic, quantize=quantize)
     ov = require("openvino")
     if quantize is not None:
         require("nncf")
@@ -376,7 +375,7 @@ def export_openvino(
     prompt = torch.empty(0)
     if kv_step is not None:
         notes = [n for n in notes if not n.startswith("Hugging Face config.use_cache")]
-        prompt = _example_ids(args, kwargs)
+        prompt = example_ids(args, kwargs)
         args, kwargs = kv_example(kv_step, prompt), {}
     if kv_note:
         notes.append(kv_note)
@@ -402,7 +401,7 @@ def export_openvino(
         if kv_on:
             step = KVStep(m)
             ov_model = _convert(step, kv_example(step, prompt), {}, dynamic, kv_dynamic_shapes(step.n_layers))
-            _name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
+            name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
             return _quantize(ov_model, quantize, None, None, subset_size)
         ov_model = _quantize(_convert(m, args, kwargs, dynamic), quantize, calibration, example_inputs, subset_size)
         if not dynamic:
@@ -423,7 +422,7 @@ def export_openvino(
             )
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
         if kv_step is not None:
-            check = _check_kv_steps(kv_step, compiled, prompt, check, atol=atol, rtol=rtol)
+            check = check_kv_steps(kv_step, compiled.run, prompt, check, atol=atol, rtol=rtol)
         exact = quantize is None and precision == "f32"
         if exact and not check["passed"]:
             raise ExportCheckError(
@@ -474,7 +473,9 @@ def export_openvino(
         latency: dict[str, LatencyComparison] = {}
         dense_bytes: int | None = None
         if measure_latency and kv_on:
-            latency, dense_bytes = _measure_generation(
+            from prunekit.deploy.openvino_lm import measure_generation
+
+            latency, dense_bytes = measure_generation(
                 prepared, out, dense, build, prompt, config, threads, latency_budget_s
             )
         elif measure_latency:
@@ -539,141 +540,4 @@ def _measure(
             latency["vs dense openvino"] = timed(dense_compiled, compiled, inputs)
             latency["vs dense pytorch"] = timed(dense_prepared, compiled, inputs)
     latency["vs same model in pytorch"] = timed(prepared, compiled, inputs)
-    return latency, dense_bytes
-
-
-def _decide_kv(model: nn.Module, kv_cache: Any, *, dynamic: bool, quantize: str | None) -> tuple[bool, str | None]:
-    """Whether the export takes the KV-cache route, and a note saying why for a causal LM."""
-    if kv_cache is not None and not isinstance(kv_cache, bool):
-        raise ConfigError(f"kv_cache is True, False or None (decide from the model), got {kv_cache!r}")
-    if kv_cache is False:
-        return False, None
-    if kv_cache is True:
-        if not dynamic:
-            raise UnsupportedRuntimeOptionError(
-                "kv_cache=True grows the cache by one token per step, so its shapes must stay dynamic: pass "
-                "dynamic=True (or kv_cache=False for a fixed-shape graph without a cache)"
-            )
-        if quantize == "int8":
-            raise UnsupportedRuntimeOptionError(
-                "kv_cache=True supports quantize=None and 'int8-weights' (activations are not calibrated on "
-                "decoding steps); pass one of them, or kv_cache=False for int8 activations without a cache"
-            )
-        check_kv_family(model)
-        return True, "key/value cache as explicit inputs and outputs (kv_cache=True); run with OpenVINOCausalLM"
-    if not is_causal_lm(model):
-        return False, None
-    try:
-        check_kv_family(model)
-    except UnsupportedModuleError as e:
-        return False, f"exported without a KV cache (each call recomputes the whole prefix): {e}"
-    if not dynamic or quantize == "int8":
-        why = "dynamic=False" if not dynamic else "quantize='int8'"
-        return False, (
-            f"exported without a KV cache because of {why} (kv_cache=True needs dynamic shapes and no int8 activations)"
-        )
-    return True, (
-        "key/value cache as explicit inputs and outputs (kv_cache=None chose it for a causal LM of the "
-        f"{', '.join(KV_FAMILIES)} families; kv_cache=False gives the graph without a cache); run it with "
-        "prunekit.deploy.OpenVINOCausalLM"
-    )
-
-
-def _example_ids(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The ``input_ids`` of the example inputs (a tensor, or a dict holding them)."""
-    if kwargs and "input_ids" in kwargs and not args:
-        return kwargs["input_ids"]
-    if len(args) == 1 and not kwargs and torch.is_tensor(args[0]):
-        return args[0]
-    raise DataError(
-        "a KV-cache export takes example_inputs as input_ids: an integer tensor [batch, seq] or a dict "
-        "{'input_ids': ...}"
-    )
-
-
-def _name_ports(ov_model: Any, inputs: list[str], outputs: list[str]) -> None:
-    """Give the converted graph's inputs and outputs these names (in order)."""
-    if len(ov_model.inputs) != len(inputs) or len(ov_model.outputs) != len(outputs):
-        raise ExportFailedError(
-            f"the converted decoding step has {len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs, "
-            f"expected {len(inputs)} and {len(outputs)}"
-        )
-    for port, name in zip(ov_model.inputs, inputs):
-        port.get_tensor().set_names({name})
-    for port, name in zip(ov_model.outputs, outputs):
-        port.get_tensor().set_names({name})
-
-
-def _check_kv_steps(
-    step: KVStep, compiled: OvModule, prompt: torch.Tensor, check: dict[str, Any], *, atol: float, rtol: float
-) -> dict[str, Any]:
-    """The traced step's check extended to a first call from an empty cache (the prompt) and a one-token step
-    after it, sizes the trace saw only as 2 or more (a cache of length 0, one new token). The result holds the
-    largest errors of the three, ``passed`` only when all three pass."""
-    b, s = prompt.shape
-    dtype = next(step.lm.parameters()).dtype
-    ones = torch.ones(b, s, dtype=torch.long)
-    first = [prompt, ones, torch.arange(s).expand(b, s).contiguous(), *empty_past(kv_layout(step.lm), b, dtype)]
-    results = [check]
-    with torch.no_grad():
-        ref1 = [t.float() for t in step(*first)]
-        got1 = compiled.run([t.numpy() for t in first])
-        results.append(compare_outputs(ref1, got1, atol=atol, rtol=rtol))
-        cache = [torch.from_numpy(np.ascontiguousarray(g)).to(dtype) for g in got1[1:]]
-        second = [prompt[:, -1:], torch.ones(b, s + 1, dtype=torch.long), torch.full((b, 1), s), *cache]
-        ref2 = [t.float() for t in step(*second)]
-        results.append(compare_outputs(ref2, compiled.run([t.numpy() for t in second]), atol=atol, rtol=rtol))
-    merged = dict(check)
-    merged["max_abs_diff"] = max(r["max_abs_diff"] for r in results)
-    merged["relative_l2_error"] = max(r["relative_l2_error"] for r in results)
-    merged["passed"] = all(r["passed"] for r in results)
-    merged["steps"] = (
-        f"a {s}-token step after a {s}-token cache, a {s}-token first call from an empty cache and a "
-        f"one-token step after it (batch {b})"
-    )
-    return merged
-
-
-#: new tokens generated per timed call when an export on the KV-cache route measures its latency
-GENERATION_TOKENS = 8
-
-
-def _measure_generation(
-    prepared: nn.Module,
-    path: Path,
-    dense: nn.Module | None,
-    build: Any,
-    prompt: torch.Tensor,
-    config: dict,
-    threads: int,
-    budget_s: float,
-) -> tuple[dict[str, LatencyComparison], int | None]:
-    """Greedy generation of :data:`GENERATION_TOKENS` tokens after ``prompt`` through the exported graph
-    (:class:`~prunekit.deploy.openvino_lm.OpenVINOCausalLM`) against ``transformers`` ``generate`` (with its
-    cache) of the dense model and of the model itself, and against the dense model exported the same way."""
-    from prunekit.deploy.openvino_lm import GreedyCall, OpenVINOCausalLM, hf_greedy
-
-    ov = require("openvino")
-    timed = partial(compare_latency, threads=threads, budget_s=budget_s)
-    n = GENERATION_TOKENS
-    lm = OpenVINOCausalLM(path, config=config)
-    candidate = GreedyCall(lambda ids: lm.generate(ids, n))
-    latency: dict[str, LatencyComparison] = {}
-    dense_bytes = None
-    if dense is not None:
-        dense_prepared, _ = export_copy(dense)
-        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
-            dense_path = Path(d) / "dense.xml"
-            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
-            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
-            dense_lm = OpenVINOCausalLM(dense_path, config=config)
-            latency["generation vs dense openvino"] = timed(
-                GreedyCall(lambda ids: dense_lm.generate(ids, n)), candidate, prompt
-            )
-            latency["generation vs dense pytorch"] = timed(
-                GreedyCall(lambda ids: hf_greedy(dense_prepared, ids, n)), candidate, prompt
-            )
-    latency["generation vs same model in pytorch"] = timed(
-        GreedyCall(lambda ids: hf_greedy(prepared, ids, n)), candidate, prompt
-    )
     return latency, dense_bytes

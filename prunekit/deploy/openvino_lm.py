@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.deploy._common import report_path_of
+from prunekit.deploy._common import export_copy, files_size, report_path_of
 from prunekit.deploy._kv import kv_input_names, kv_output_names
+from prunekit.deploy.errors import require
 from prunekit.deploy.openvino import OvModule, runtime_config
 from prunekit.errors import CheckpointError, ConfigError, DataError, ModelError
+from prunekit.eval.latency import LatencyComparison, compare_latency
 
-__all__ = ["GreedyCall", "OpenVINOCausalLM", "hf_greedy"]
+__all__ = ["GENERATION_TOKENS", "GreedyCall", "OpenVINOCausalLM", "hf_greedy", "measure_generation"]
 
 
 class OpenVINOCausalLM(nn.Module):
@@ -181,3 +185,46 @@ class GreedyCall(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         """``fn(input_ids)``: the generated ids."""
         return self.fn(input_ids)
+
+
+#: new tokens generated per timed call when an export on the KV-cache route measures its latency
+GENERATION_TOKENS = 8
+
+
+def measure_generation(
+    prepared: nn.Module,
+    path: Path,
+    dense: nn.Module | None,
+    build: Any,
+    prompt: torch.Tensor,
+    config: dict,
+    threads: int,
+    budget_s: float,
+) -> tuple[dict[str, LatencyComparison], int | None]:
+    """Greedy generation of :data:`GENERATION_TOKENS` tokens after ``prompt`` through the exported graph
+    (:class:`~prunekit.deploy.openvino_lm.OpenVINOCausalLM`) against ``transformers`` ``generate`` (with its
+    cache) of the dense model and of the model itself, and against the dense model exported the same way."""
+    ov = require("openvino")
+    timed = partial(compare_latency, threads=threads, budget_s=budget_s)
+    n = GENERATION_TOKENS
+    lm = OpenVINOCausalLM(path, config=config)
+    candidate = GreedyCall(lambda ids: lm.generate(ids, n))
+    latency: dict[str, LatencyComparison] = {}
+    dense_bytes = None
+    if dense is not None:
+        dense_prepared, _ = export_copy(dense)
+        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
+            dense_path = Path(d) / "dense.xml"
+            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
+            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
+            dense_lm = OpenVINOCausalLM(dense_path, config=config)
+            latency["generation vs dense openvino"] = timed(
+                GreedyCall(lambda ids: dense_lm.generate(ids, n)), candidate, prompt
+            )
+            latency["generation vs dense pytorch"] = timed(
+                GreedyCall(lambda ids: hf_greedy(dense_prepared, ids, n)), candidate, prompt
+            )
+    latency["generation vs same model in pytorch"] = timed(
+        GreedyCall(lambda ids: hf_greedy(prepared, ids, n)), candidate, prompt
+    )
+    return latency, dense_bytes

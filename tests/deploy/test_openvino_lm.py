@@ -122,6 +122,14 @@ def test_latency_is_generation_against_transformers(tmp_path):
     report = export_openvino(model, IDS, tmp_path / "lm.xml", latency_budget_s=0.3)
     assert list(report.latency) == ["generation vs same model in pytorch"]
     assert report.latency["generation vs same model in pytorch"].candidate.median_ms > 0
+    dense = tiny_model("llama", seed=1)
+    report = export_openvino(model, IDS, tmp_path / "b.xml", baseline=dense, latency_budget_s=0.3)
+    assert sorted(report.latency) == [
+        "generation vs dense openvino",
+        "generation vs dense pytorch",
+        "generation vs same model in pytorch",
+    ]
+    assert report.dense_file_bytes and report.dense_file_bytes > 0
 
 
 def test_refusals(tmp_path):
