@@ -16,6 +16,13 @@ Parts (``--parts``, default all; each part's record replaces its earlier one in 
   target >= 1.4x) and vs dense PyTorch fp32 (target >= 4x), the same IR with decompression off, and MNIST
   test accuracy (10,000 images) of the pruned PyTorch model and of the int8 OpenVINO one (target: within
   0.5 points).
+* ``smollm2``: SmolLM2-135M pruned with ``llm-mlp`` 0.3, exported to OpenVINO with int8 weights: perplexity
+  (PyTorch dense / pruned, OpenVINO without and with the KV cache), prefill of a 512-token window, and greedy
+  generation (64-token prompt, 32 new tokens, batch 1) through the KV-cache graph (``OpenVINOCausalLM``)
+  against transformers ``generate`` (dense and pruned, fp32, with its cache); how many of the int8
+  route's greedy tokens equal transformers', whether they equal those of the int8 graph without a cache
+  (the sequence recomputed for every token), and the int8 route's next-token agreement along
+  transformers' sequence.
 * ``sparsify``: ``prunekit.deploy.sparsify_`` on 1024-4096-4096-1024 MLPs at 90% and 50% zeros, batch 8
   (and 1): whole-model latency vs the dense PyTorch model (target >= 2x at 90%) and the per-layer
   decisions (at 50% the probe should decline).
@@ -23,7 +30,8 @@ Parts (``--parts``, default all; each part's record replaces its earlier one in 
 Every ratio is timed interleaved in this process (``prunekit.eval.latency.compare_latency``, medians of paired
 ratios with a 95% interval) at ``--threads`` threads (1 by default).
 
-    python benchmarks/deploy.py                      # all parts (~15 min on 2 busy cores)
+    python benchmarks/deploy.py                      # all parts (~20 min on 2 busy cores)
+    python benchmarks/deploy.py --parts smollm2      # 5 min alone at a load of 4 on 2 cores
     python benchmarks/deploy.py --parts sparsify     # one part
 """
 
@@ -305,6 +313,15 @@ def part_sparsify(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- smollm2
 
 
+def greedy_recomputing(lm: nn.Module, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy tokens through a graph without a cache: the whole sequence recomputed for every new token."""
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(new):
+            seq = torch.cat([seq, lm(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return seq
+
+
 class _Logits(nn.Module):
     """A runtime module called like a Hugging Face causal LM (``model(input_ids=..., use_cache=False).logits``),
     so that :func:`prunekit.llm.perplexity` evaluates it exactly as it evaluates the PyTorch model."""
@@ -346,7 +363,9 @@ def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
     window = {"input_ids": ids[:512].unsqueeze(0)}
     with tempfile.TemporaryDirectory() as d:
         log(f"smollm2: pruned perplexity {rec['ppl_pruned_pytorch']:.2f}; exporting to OpenVINO, int8 weights")
-        report = export_openvino(model, example, Path(d) / "lm.xml", quantize="int8-weights", measure_latency=False)
+        report = export_openvino(
+            model, example, Path(d) / "lm.xml", quantize="int8-weights", kv_cache=False, measure_latency=False
+        )
         rec["openvino"] = {
             "precision": report.precision,
             "runtime_config": report.runtime_config,
@@ -356,6 +375,7 @@ def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
         }
         ov_lm = _Logits(load_openvino(Path(d) / "lm.xml", threads=args.threads))
         rec["ppl_pruned_int8_openvino"] = perplexity(ov_lm, tok, evaluation).ppl
+        no_cache_tokens = greedy_recomputing(ov_lm, ids[:64].unsqueeze(0), 32)  # the KV route must give these
         log(f"smollm2: int8 OpenVINO perplexity {rec['ppl_pruned_int8_openvino']:.2f}; timing 512-token prefill")
         timing = {"threads": args.threads, "budget_s": args.budget * 3, "min_rounds": 7}
         c_dense = compare_latency(_Logits(lambda **kw: dense(**kw, use_cache=False).logits), ov_lm, window, **timing)
@@ -366,12 +386,90 @@ def part_smollm2(args: argparse.Namespace) -> dict[str, Any]:
         "dense_pytorch": round(512 / (c_dense.baseline.median_ms / 1000), 1),
         "pruned_int8_openvino": round(512 / (c_dense.candidate.median_ms / 1000), 1),
     }
-    rec["not_measured"] = (
-        "generation tokens/s: the OpenVINO graph is exported without a KV cache "
-        "(use_cache=False), so token-by-token generation through it would recompute the prefix"
-    )
     log(f"smollm2: int8 OV prefill {c_dense.speedup:.2f}x dense PyTorch")
+    rec["generation"] = smollm2_generation(args, model, dense, tok, evaluation, ids, rec, no_cache_tokens)
     return rec
+
+
+def smollm2_generation(
+    args: argparse.Namespace,
+    model: nn.Module,
+    dense: nn.Module,
+    tok: Any,
+    evaluation: str,
+    ids: torch.Tensor,
+    rec: dict[str, Any],
+    no_cache_tokens: torch.Tensor,
+) -> dict[str, Any]:
+    """The KV-cache route: the pruned model exported with its cache (int8 weights), perplexity through it,
+    greedy tokens against transformers', and generation timed interleaved. (That an fp32 KV-cache export's
+    greedy tokens equal transformers' is a test, on tiny models: tests/deploy/test_openvino_lm.py.)"""
+    from prunekit.deploy import OpenVINOCausalLM
+    from prunekit.deploy.openvino_lm import GreedyCall, hf_greedy
+    from prunekit.llm import perplexity
+
+    prompt_len, new = 64, 32
+    prompt = ids[:prompt_len].unsqueeze(0)
+    # 2 x 16 tokens: a quicker trace and check than the 2 x 128 of the export without a cache
+    example = {"input_ids": torch.stack([ids[:16], ids[16:32]])}
+    out: dict[str, Any] = {"prompt_tokens": prompt_len, "new_tokens": new, "batch": 1}
+    with tempfile.TemporaryDirectory() as d:
+        log("smollm2: exporting the pruned model with its KV cache (int8 weights)")
+        kv_report = export_openvino(
+            model, example, Path(d) / "kv.xml", quantize="int8-weights", kv_cache=True, measure_latency=False
+        )
+        out["openvino_kv"] = {
+            "precision": kv_report.precision,
+            "runtime_config": kv_report.runtime_config,
+            "file_mb": round(kv_report.file_bytes / 1e6, 1),
+            "check": kv_report.check,
+        }
+        ov_kv = OpenVINOCausalLM(Path(d) / "kv.xml", threads=args.threads)
+        out["ppl_pruned_int8_openvino_kv"] = perplexity(_Logits(ov_kv), tok, evaluation).ppl
+        out["ppl_kv_minus_no_cache"] = out["ppl_pruned_int8_openvino_kv"] - rec["ppl_pruned_int8_openvino"]
+        log(
+            f"smollm2: perplexity int8 OV with KV route {out['ppl_pruned_int8_openvino_kv']:.4f}, without "
+            f"{rec['ppl_pruned_int8_openvino']:.4f}; greedy tokens vs transformers"
+        )
+        eos = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = None  # 32 tokens on both sides, no stop
+        with torch.no_grad():
+            want = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=new,
+                pad_token_id=0,
+            )
+        model.generation_config.eos_token_id = eos
+        got8 = ov_kv.generate(prompt, new)
+        agree = (got8[0, prompt_len:] == want[0, prompt_len:]).int().tolist()
+        out["greedy_int8_openvino_tokens_equal_to_transformers"] = f"{sum(agree)} of {new}"
+        out["greedy_int8_first_difference"] = agree.index(0) if 0 in agree else None
+        out["greedy_int8_kv_equals_no_cache"] = bool(torch.equal(got8, no_cache_tokens))
+        with torch.no_grad():  # each next token predicted along transformers' sequence: no divergence carried
+            forced = model(input_ids=want, use_cache=False).logits[0, prompt_len - 1 : -1].argmax(-1)
+        forced_ov = ov_kv(want)[0, prompt_len - 1 : -1].argmax(-1)
+        out["int8_next_token_agreement_along_transformers"] = f"{int((forced == forced_ov).sum())} of {new}"
+        log(
+            f"smollm2: int8 OV greedy tokens equal to transformers' (fp32): "
+            f"{out['greedy_int8_openvino_tokens_equal_to_transformers']}; timing generation"
+        )
+        timing = {"threads": args.threads, "budget_s": args.budget * 3, "min_rounds": 7}
+        candidate = GreedyCall(lambda x: ov_kv.generate(x, new))
+        c_dense = compare_latency(GreedyCall(lambda x: hf_greedy(dense, x, new)), candidate, prompt, **timing)
+        c_pruned = compare_latency(GreedyCall(lambda x: hf_greedy(model, x, new)), candidate, prompt, **timing)
+        assert hf_greedy(dense, prompt, new).shape == candidate(prompt).shape == (1, prompt_len + new)
+    out["generation_vs_dense_pytorch"] = cmp_dict(c_dense)
+    out["generation_vs_pruned_pytorch"] = cmp_dict(c_pruned)
+    out["tokens_per_s"] = {
+        "note": f"{new} new tokens / median time of a whole generate call (the {prompt_len}-token prefill included)",
+        "dense_pytorch": round(new / (c_dense.baseline.median_ms / 1000), 1),
+        "pruned_pytorch": round(new / (c_pruned.baseline.median_ms / 1000), 1),
+        "pruned_int8_openvino_kv": round(new / (c_dense.candidate.median_ms / 1000), 1),
+    }
+    log(f"smollm2: generation int8 OV {c_dense.speedup:.2f}x dense PyTorch, {c_pruned.speedup:.2f}x pruned PyTorch")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -490,10 +588,44 @@ def write_markdown(results: dict[str, Any]) -> str:
             "",
             f"Prefill of a 512-token window, batch 1: OpenVINO int8 pruned vs dense PyTorch "
             f"{fmt_cmp(r['prefill_512_vs_dense_pytorch'])}, vs the pruned model in PyTorch "
-            f"{fmt_cmp(r['prefill_512_vs_pruned_pytorch'])}; tokens/s {r['prefill_tokens_per_s']}. "
-            f"Not measured: {r['not_measured']}.",
+            f"{fmt_cmp(r['prefill_512_vs_pruned_pytorch'])}; tokens/s {r['prefill_tokens_per_s']} "
+            "(the graph without a KV cache, `kv_cache=False`).",
             "",
         ]
+        g = r.get("generation")
+        if g:
+            t = g["tokens_per_s"]
+            lines += [
+                f"Generation with the KV cache (`export_openvino(kv_cache=True)`, run by `OpenVINOCausalLM`; "
+                f"{g['openvino_kv']['precision']}; IR {g['openvino_kv']['file_mb']} MB): prompt of "
+                f"{g['prompt_tokens']} tokens, {g['new_tokens']} greedy new tokens, batch {g['batch']}, against "
+                "transformers `generate` with its cache (fp32). Perplexity through the KV route "
+                f"{g['ppl_pruned_int8_openvino_kv']:.4f} vs {r['ppl_pruned_int8_openvino']:.4f} without the cache "
+                f"(difference {g['ppl_kv_minus_no_cache']:.1e}). Greedy tokens of the int8 KV route equal to "
+                "those of transformers on the fp32 pruned model: "
+                f"{g['greedy_int8_openvino_tokens_equal_to_transformers']} (first difference at new token "
+                f"{g['greedy_int8_first_difference']}; after a first difference the two sequences part, so later "
+                "positions are not comparable)"
+                + (
+                    f"; predicting each next token along transformers' sequence, the int8 route agrees on "
+                    f"{g['int8_next_token_agreement_along_transformers']}; the int8 KV route's greedy tokens equal "
+                    "the int8 graph without a cache recomputing the sequence for every token: "
+                    f"{'yes' if g['greedy_int8_kv_equals_no_cache'] else 'NO'}"
+                    if "greedy_int8_kv_equals_no_cache" in g
+                    else ""
+                )
+                + ". int8 weights move the logits by a relative L2 error of "
+                f"{g['openvino_kv']['check']['relative_l2_error']:.1%} on the export check.",
+                "",
+                "| generation (64 + 32 tokens) | OpenVINO int8 pruned, KV cache |",
+                "|---|---|",
+                f"| vs dense PyTorch | {fmt_cmp(g['generation_vs_dense_pytorch'])} |",
+                f"| vs pruned PyTorch | {fmt_cmp(g['generation_vs_pruned_pytorch'])} |",
+                "",
+                f"Tokens/s ({t['note']}): dense PyTorch {t['dense_pytorch']}, pruned PyTorch "
+                f"{t['pruned_pytorch']}, pruned int8 OpenVINO with KV cache {t['pruned_int8_openvino_kv']}.",
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ kernels inside PyTorch.
 
 * :func:`export_onnx` / :func:`load_onnx`: torch's ONNX exporter, checked in ONNX Runtime.
 * :func:`export_openvino` / :func:`load_openvino`: OpenVINO IR, fp32 or NNCF int8, precision set explicitly,
-  sparse int8 kernels where the sparsity pays.
+  sparse int8 kernels where the sparsity pays; causal LMs with their key/value cache, run greedily by
+  :class:`OpenVINOCausalLM`.
 * :func:`sparsify_` / :func:`densify_`: CSR / BSR kernels per layer where a timing probe shows a gain.
 * :func:`semi_structured_`: 2:4 sparse Linear layers on NVIDIA GPUs.
 * :func:`compare_outputs`: the check every export runs (tolerances, max and relative error).
@@ -20,6 +21,7 @@ from prunekit.deploy.errors import (
 )
 from prunekit.deploy.onnx import OrtModule, export_onnx, load_onnx
 from prunekit.deploy.openvino import OvModule, export_openvino, load_openvino
+from prunekit.deploy.openvino_lm import OpenVINOCausalLM
 from prunekit.deploy.recipe import ExportStage, FineTuneStage, PruneStage, QuantizeStage, Recipe, RecipeResult
 from prunekit.deploy.report import DeployReport
 from prunekit.deploy.sparse import (
@@ -41,6 +43,7 @@ __all__ = [
     "ExportStage",
     "FineTuneStage",
     "LayerDecision",
+    "OpenVINOCausalLM",
     "OrtModule",
     "OvModule",
     "PruneStage",

@@ -34,6 +34,17 @@ from prunekit.deploy._common import (
     staged_files,
     weight_sparsity,
 )
+from prunekit.deploy._kv import (
+    KVStep,
+    check_kv_steps,
+    decide_kv,
+    example_ids,
+    kv_dynamic_shapes,
+    kv_example,
+    kv_input_names,
+    kv_output_names,
+    name_ports,
+)
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
@@ -136,9 +147,12 @@ def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModu
     return OvModule(path, config)
 
 
-def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
+def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes: Any = None) -> Any:
+    """``model`` through torch.export and openvino.convert_model; ``shapes``: torch.export dynamic shapes
+    (default: :func:`~prunekit.deploy._common.dynamic_shapes` when ``dynamic``)."""
     ov = require("openvino")
-    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+    if shapes is None and dynamic:
+        shapes = dynamic_shapes(model, args, kwargs)
     try:
         # not size-oblivious: a dimension of size 1 in the example stays fixed at 1 (size-oblivious tracing
         # gave Hugging Face models graphs whose output depended on the input values at other batch sizes)
@@ -263,6 +277,7 @@ def export_openvino(
     threads: int = 1,
     latency_budget_s: float = 3.0,
     overwrite: bool = False,
+    kv_cache: bool | None = None,
 ) -> DeployReport:
     """Export ``model`` to OpenVINO IR at ``path`` (``.xml``, with its ``.bin``), optionally quantised, and report.
 
@@ -294,6 +309,19 @@ def export_openvino(
     masked model's dense original) in OpenVINO, the dense model in PyTorch fp32 and the model's own PyTorch
     form, interleaved at ``threads`` threads.
 
+    ``kv_cache`` (Hugging Face causal LMs of the families in :data:`prunekit.deploy._kv.KV_FAMILIES`): True
+    exports the decoding step with its key/value cache as explicit tensors (inputs ``input_ids [batch, seq]``,
+    ``attention_mask [batch, past + seq]``, ``position_ids [batch, seq]``, ``past_key_values.{i}.key`` /
+    ``.value [batch, kv_heads_i, past, head_dim]`` with ``past`` >= 0; outputs ``logits [batch, seq,
+    vocab]`` and ``present.{i}.key`` / ``.value [batch, kv_heads_i, past + seq, head_dim]``), run by
+    :class:`prunekit.deploy.OpenVINOCausalLM` (greedy ``generate``). ``example_inputs`` are then the
+    ``input_ids`` (a tensor, or a dict holding them) of a batch of 2 or more with 2 or more tokens; the
+    graph is traced continuing a cache of those ids, checked there, from an empty cache and for a one-token
+    step, and latency is that of greedy generation of 8 tokens after them (against ``transformers``
+    ``generate`` with its cache). None (default): True for a causal LM of a supported family exported with
+    ``dynamic=True`` and ``quantize`` None or ``"int8-weights"``, else False (the graph returns the logits of
+    the whole sequence without a cache; a note says why). False: always the graph without a cache.
+
     Writes ``path``, its ``.bin`` and ``<name>.report.json`` (the runtime settings that
     :func:`load_openvino` applies) all or nothing. Raises
     :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for an unknown ``quantize`` / ``precision``
@@ -302,7 +330,11 @@ def export_openvino(
     a mode that does not use it (and for ``sparse_rate`` outside (0, 1), ``threads`` < 1, a non-bool
     ``dynamic``, a negative ``atol`` / ``rtol`` or a ``latency_budget_s`` <= 0),
     :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino / nncf,
-    :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted.
+    :class:`~prunekit.deploy.errors.ExportFailedError` when the model cannot be converted,
+    :class:`~prunekit.errors.UnsupportedModuleError` for ``kv_cache=True`` on a model that is not a causal LM
+    of a supported family (the message names them), and
+    :class:`~prunekit.deploy.errors.UnsupportedRuntimeOptionError` for ``kv_cache=True`` with
+    ``dynamic=False`` or ``quantize="int8"``.
     """
     if quantize not in QUANTIZE_MODES:
         raise UnsupportedRuntimeOptionError(
@@ -331,13 +363,23 @@ def export_openvino(
     if not 0 < sparse_rate < 1:
         raise ConfigError(f"sparse_rate must lie in (0, 1), got {sparse_rate}")
     check_export_options(dynamic=dynamic, atol=atol, rtol=rtol, threads=threads, latency_budget_s=latency_budget_s)
+    kv_on, kv_note = decide_kv(model, kv_cache, dynamic=dynamic, quantize=quantize)
     ov = require("openvino")
     if quantize is not None:
         require("nncf")
     target = check_target(path, ".xml", overwrite=overwrite, companions=(".bin",))
     args, kwargs = split_inputs(example_inputs)
     prepared, notes = export_copy(model)
-    ref = reference_outputs(prepared, args, kwargs)
+    kv_step = KVStep(prepared) if kv_on else None
+    graph: nn.Module = prepared if kv_step is None else kv_step
+    prompt = torch.empty(0)
+    if kv_step is not None:
+        notes = [n for n in notes if not n.startswith("Hugging Face config.use_cache")]
+        prompt = example_ids(args, kwargs)
+        args, kwargs = kv_example(kv_step, prompt), {}
+    if kv_note:
+        notes.append(kv_note)
+    ref = reference_outputs(graph, args, kwargs)
     linear_sparsity = {
         n: s for n, s in layer_sparsity(prepared).items() if isinstance(prepared.get_submodule(n), nn.Linear)
     }
@@ -356,6 +398,11 @@ def export_openvino(
     notes.append(f"sparse-weight decompression {'on' if sparse_on else 'off'}: {why}")
 
     def build(m: nn.Module) -> Any:
+        if kv_on:
+            step = KVStep(m)
+            ov_model = _convert(step, kv_example(step, prompt), {}, dynamic, kv_dynamic_shapes(step.n_layers))
+            name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
+            return _quantize(ov_model, quantize, None, None, subset_size)
         ov_model = _quantize(_convert(m, args, kwargs, dynamic), quantize, calibration, example_inputs, subset_size)
         if not dynamic:
             _reshape_static(ov_model, args, kwargs)
@@ -374,6 +421,8 @@ def export_openvino(
                 f"the CPU plugin compiled at {hint} although {precision} was asked; this CPU cannot run {precision}"
             )
         check = compare_outputs(ref, got, atol=atol, rtol=rtol)
+        if kv_step is not None:
+            check = check_kv_steps(kv_step, compiled.run, prompt, check, atol=atol, rtol=rtol)
         exact = quantize is None and precision == "f32"
         if exact and not check["passed"]:
             raise ExportCheckError(
@@ -423,7 +472,13 @@ def export_openvino(
         )
         latency: dict[str, LatencyComparison] = {}
         dense_bytes: int | None = None
-        if measure_latency:
+        if measure_latency and kv_on:
+            from prunekit.deploy.openvino_lm import measure_generation
+
+            latency, dense_bytes = measure_generation(
+                prepared, out, dense, build, prompt, config, threads, latency_budget_s
+            )
+        elif measure_latency:
             latency, dense_bytes = _measure(
                 prepared, compiled, dense, build, args, kwargs, config, threads, latency_budget_s
             )
@@ -434,7 +489,8 @@ def export_openvino(
             path=str(target),
             files=[str(target.parent / p.name) for p in files] + [str(report_path)],
             file_bytes=files_size(files),
-            precision=f"{_PRECISION_TEXT[quantize]}; inference precision hint {precision}",
+            precision=f"{_PRECISION_TEXT[quantize]}; inference precision hint {precision}"
+            + ("; key/value cache at the inference precision" if kv_on else ""),
             runtime_config=config,
             weight_sparsity=weight_sparsity(prepared),
             sparse_layers=sparse_layers,
