@@ -129,11 +129,13 @@ def runtime_config(
     return config
 
 
-def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModule:
+def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> Any:
     """An exported OpenVINO ``.xml`` compiled on the CPU with the settings recorded at export (precision hint,
     sparse-weight decompression; read from ``<name>.report.json``; without it: f32), called like the
-    PyTorch model. Raises :class:`~prunekit.errors.CheckpointError` when the file does not exist and
-    :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino."""
+    PyTorch model: an :class:`OvModule`, or, for a causal LM exported with its KV cache (inputs
+    ``past_key_values.*``), a :class:`prunekit.deploy.OpenVINOCausalLM` (``model(input_ids)`` gives logits,
+    ``.generate`` decodes greedily). Raises :class:`~prunekit.errors.CheckpointError` when the file does not
+    exist and :class:`~prunekit.deploy.errors.RuntimeMissingError` without openvino."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; export a model first with prunekit.deploy.export_openvino")
@@ -144,7 +146,13 @@ def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> OvModu
         threads=threads,
         sparse_rate=recorded.get("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"),
     )
-    return OvModule(path, config)
+    ov = require("openvino")
+    graph = ov.Core().read_model(str(path))
+    if any(name.startswith("past_key_values.") for port in graph.inputs for name in port.get_names()):
+        from prunekit.deploy.openvino_lm import OpenVINOCausalLM
+
+        return OpenVINOCausalLM(path, threads=threads)
+    return OvModule(graph, config)
 
 
 def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes: Any = None) -> Any:

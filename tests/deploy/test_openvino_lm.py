@@ -155,3 +155,17 @@ def test_refusals(tmp_path):
     with pytest.raises(pk.DataError, match="2 or more"):
         export_openvino(llama, IDS[:, :1], tmp_path / "b.xml", measure_latency=False)
     assert not list(tmp_path.glob("b.*"))
+
+
+def test_load_openvino_gives_the_causal_lm_wrapper_for_a_kv_graph(tmp_path):
+    from prunekit.deploy import load_openvino
+
+    model = tiny_model("llama")
+    ids = IDS
+    path = tmp_path / "lm.xml"
+    export_openvino(model, {"input_ids": ids}, path, measure_latency=False)
+    loaded = load_openvino(path)
+    assert isinstance(loaded, OpenVINOCausalLM)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    torch.testing.assert_close(torch.as_tensor(loaded(ids)), expected, rtol=1e-4, atol=1e-4)
