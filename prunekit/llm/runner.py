@@ -12,10 +12,11 @@
 A visitor that is ``sequential`` (true-sequential order, as the ``--true-sequential`` mode of the GPTQ and
 SparseGPT reference code: Frantar et al. 2023, Frantar & Alistarh 2023) has each Linear calibrated on inputs
 computed with the Linears called before it in the same layer already pruned, still in one forward pass per
-batch: each batch's pass runs as a coroutine that waits at every Linear until all batches have brought their
-input to it; the Linear is then pruned and the passes go on (:func:`_run_sequential`). Equal-length batches
-are first merged into larger ones up to ``merge_mib`` (larger products run faster; the merged batches' layer
-intermediates are what such a pass holds beyond the two-pass order's).
+batch: each batch's pass runs as a coroutine (a greenlet) that waits at every Linear until all batches have
+brought their input to it; the Linear is then pruned and the passes go on (:func:`_run_sequential`).
+Equal-length batches are first merged into larger ones up to ``merge_mib`` (larger products run faster).
+While they wait, the passes hold one layer's intermediates for the whole calibration set, beyond what the
+two-pass order holds.
 
 Only one layer and the activations of the calibration set are ever live on the execution device: layers
 not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
@@ -24,7 +25,6 @@ differ only in their :class:`~prunekit.calibration.families.Family`.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -385,62 +385,56 @@ class _Abort(BaseException):
 
 
 class _Worker:
-    """One calibration batch's pass through a decoder layer, run as a coroutine on a thread of its own.
+    """One calibration batch's pass through a decoder layer, run as a coroutine (a greenlet, on the calling
+    thread).
 
     :meth:`resume` runs the pass until it pauses at a Linear's forward pre-hook (:meth:`pause`) or ends; only
     one worker runs at a time, so the computation is the same, in the same order, as running the batches one
     after another, while each pass can wait at a Linear until every batch's input to it has been gathered.
     """
 
-    def __init__(self, index: int, run: Callable[[], Tensor], threads: int):
+    def __init__(self, index: int, run: Callable[[], Tensor]):
+        import greenlet
+
         self.index = index
         self._run_pass = run
-        self._threads = threads
-        self._go = threading.Semaphore(0)
-        self._back = threading.Semaphore(0)
+        self._greenlet = greenlet.greenlet(self._main)
         self.at: tuple[str, Tensor] | None = None  # (relative name, raw input) where the pass is paused
         self.result: Tensor | None = None
         self.error: BaseException | None = None
         self.done = False
         self.abort = False
-        self._thread = threading.Thread(target=self._main, name=f"prunekit-calibration-{index}", daemon=True)
-        self._thread.start()
 
     def _main(self) -> None:
-        self._go.acquire()
         try:
-            torch.set_num_threads(self._threads)
-            with torch.no_grad():
-                if not self.abort:
-                    self.result = self._run_pass()
+            if not self.abort:
+                self.result = self._run_pass()
         except _Abort:
             pass
-        except BaseException as e:  # handed to the coordinating thread
+        except BaseException as e:  # handed to the coordinating code
             self.error = e
         self.done = True
         self.at = None
-        self._back.release()
 
     def resume(self) -> None:
-        """Run the pass until it pauses or ends (the calling thread waits)."""
-        self._go.release()
-        self._back.acquire()
+        """Run the pass until it pauses or ends."""
+        self._greenlet.switch()
 
     def pause(self, rel: str, raw: Tensor) -> None:
-        """Called on the worker's thread: hand control back, waiting at Linear ``rel`` with input ``raw``."""
+        """Called inside the pass: hand control back, waiting at Linear ``rel`` with input ``raw``."""
         self.at = (rel, raw)
-        self._back.release()
-        self._go.acquire()
+        parent = self._greenlet.parent
+        assert parent is not None
+        parent.switch()
         self.at = None
         if self.abort:
             raise _Abort
 
     def close(self) -> None:
-        """Abandon a paused pass and wait for its thread to end."""
+        """Abandon a paused pass (it unwinds with :class:`_Abort`)."""
         if not self.done:
             self.abort = True
             self.resume()
-        self._thread.join()
 
 
 def _run_sequential(
@@ -468,7 +462,7 @@ def _run_sequential(
     fed_with: list[dict[str, Tensor]] = [{} for _ in records]
     readers: list[dict[int, tuple[Tensor, list[str]]]] = [{} for _ in records]
     views: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in records]
-    local = threading.local()
+    active: list[_Worker] = []  # the worker whose pass is running
 
     def view(b: int, raw: Tensor, where: str) -> Tensor:
         seen = views[b].get(id(raw))
@@ -481,9 +475,9 @@ def _run_sequential(
         where = job.full_name(rel)
 
         def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
-            worker: _Worker | None = getattr(local, "worker", None)
-            if worker is None:
+            if not active:
                 return
+            worker = active[0]
             raw = inputs[0]
             readers[worker.index].setdefault(id(raw), (raw, []))[1].append(rel)
             if rel in solved:
@@ -497,28 +491,30 @@ def _run_sequential(
 
         return hook
 
-    def pass_for(b: int, worker_box: list[_Worker]) -> Callable[[], Tensor]:
+    def pass_for(b: int) -> Callable[[], Tensor]:
         rec = records[b]
         args, kwargs = rec.calls[index]
 
         def run() -> Tensor:
-            local.worker = worker_box[0]
             return _unwrap(layer(rec.hidden.to(device), *args, **kwargs)).to(store)
 
         return run
 
+    def resume(w: _Worker) -> None:
+        active[:] = [w]
+        try:
+            w.resume()
+        finally:
+            active.clear()
+
     handles = [layer.get_submodule(rel).register_forward_pre_hook(hook_for(rel)) for rel in consumers]
     workers: list[_Worker] = []
-    threads = torch.get_num_threads()
     try:
-        for b in range(len(records)):
-            box: list[_Worker] = []
-            box.append(_Worker(b, pass_for(b, box), threads))
-            workers.append(box[0])
+        workers = [_Worker(b, pass_for(b)) for b in range(len(records))]
         while True:
             for w in workers:
                 if not w.done:
-                    w.resume()
+                    resume(w)
                 if w.error is not None:
                     raise w.error
             waiting = [w for w in workers if not w.done]
@@ -548,7 +544,10 @@ def _run_sequential(
         for h in handles:
             h.remove()
         for w in workers:
-            w.close()
+            if not w.done:
+                active[:] = [w]
+                w.close()
+                active.clear()
     for reader in readers[0].values():  # the groups of this layer: the guess for the next one
         groups[reader[1][0]] = reader[1]
     return [w.result for w in workers if w.result is not None]
