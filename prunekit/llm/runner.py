@@ -26,6 +26,7 @@ differ only in their :class:`~prunekit.calibration.families.Family`.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -459,16 +460,17 @@ def _run_sequential(
     """
     layer = job.layer
     solved: set[str] = set()
-    fed_with: list[dict[str, Tensor]] = [{} for _ in records]
-    readers: list[dict[int, tuple[Tensor, list[str]]]] = [{} for _ in records]
-    views: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in records]
+    # weak references only: the passes hold their tensors; nothing here may keep a batch's input alive
+    fed_with: list[dict[str, weakref.ref[Tensor]]] = [{} for _ in records]
+    readers: list[tuple[weakref.ref[Tensor], list[str]]] = []  # batch 0: Linears by the tensor they read
+    views: list[tuple[weakref.ref[Tensor], Tensor] | None] = [None] * len(records)  # the latest pause's
     active: list[_Worker] = []  # the worker whose pass is running
 
     def view(b: int, raw: Tensor, where: str) -> Tensor:
-        seen = views[b].get(id(raw))
-        if seen is None or seen[0] is not raw:
-            seen = (raw, real_tokens(raw.detach(), records[b].tokens, where))
-            views[b][id(raw)] = seen
+        seen = views[b]
+        if seen is None or seen[0]() is not raw:
+            seen = (weakref.ref(raw), real_tokens(raw.detach(), records[b].tokens, where))
+            views[b] = seen
         return seen[1]
 
     def hook_for(rel: str) -> Callable[..., None]:
@@ -479,9 +481,15 @@ def _run_sequential(
                 return
             worker = active[0]
             raw = inputs[0]
-            readers[worker.index].setdefault(id(raw), (raw, []))[1].append(rel)
+            if worker.index == 0:
+                entry = next((e for e in readers if e[0]() is raw), None)
+                if entry is None:
+                    readers.append((weakref.ref(raw), [rel]))
+                else:
+                    entry[1].append(rel)
             if rel in solved:
-                if rel in fed_with[worker.index] and fed_with[worker.index][rel] is not raw:
+                fed = fed_with[worker.index].get(rel)
+                if fed is not None and fed() is not raw:
                     raise ModelError(
                         f"{where} did not read the same input as the Linears it was grouped with (those that "
                         "read one tensor in the previous decoder layer); pass true_sequential=False"
@@ -537,7 +545,7 @@ def _run_sequential(
                 x = view(w.index, raw, job.full_name(rel))
                 for member in group:
                     consumers[member](x)
-                    fed_with[w.index][member] = raw
+                    fed_with[w.index][member] = weakref.ref(raw)
             visitor.solve(job, group, False)
             solved.update(group)
     finally:
@@ -548,8 +556,8 @@ def _run_sequential(
                 active[:] = [w]
                 w.close()
                 active.clear()
-    for reader in readers[0].values():  # the groups of this layer: the guess for the next one
-        groups[reader[1][0]] = reader[1]
+    for _ref, rels in readers:  # the groups of this layer: the guess for the next one
+        groups[rels[0]] = rels
     return [w.result for w in workers if w.result is not None]
 
 
