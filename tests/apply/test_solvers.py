@@ -217,3 +217,25 @@ def test_a_depthwise_conv_reaches_the_sparsity_over_the_layer():
     solver.add_batch(torch.randn(4, 16, 8, 8))
     keep = solver.prune(0.5, Unstructured())
     assert (~keep).sum().item() == 72 and torch.equal(conv.weight != 0, keep.reshape(16, 1, 3, 3))
+
+
+def test_wanda_row_mask_by_selection_equals_a_stable_sort_with_ties():
+    """The row mask is found by selection (kthvalue); it drops exactly what a stable sort's first k would,
+    ties (many equal scores, e.g. dead inputs) going lower index first."""
+    from prunekit.apply.solvers import _row_mask
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        rows, cols = torch.randint(1, 20, (2,), generator=g).tolist()
+        if trial % 2:
+            scores = torch.randint(0, 4, (rows, cols), generator=g).float()  # heavy ties
+        else:
+            scores = torch.rand(rows, cols, generator=g)
+        sparsity = torch.rand(1, generator=g).item()
+        k = round(sparsity * cols)
+        expected = torch.ones(rows, cols, dtype=torch.bool)
+        if k:
+            expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        got = _row_mask(scores, sparsity)
+        assert torch.equal(got, expected), (trial, sparsity)
+        assert (~got).sum(dim=1).eq(k).all()
