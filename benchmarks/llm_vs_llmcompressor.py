@@ -187,6 +187,9 @@ def run_child(tool: str, args: argparse.Namespace, data: Path, model_dir: str, c
         raise SystemExit(f"{tool} {config} failed:\n{proc.stderr[-4000:]}")
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec.update(tool=tool, config=config, process_s=time.perf_counter() - t, load_before=load0)
+    rec["tree"] = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     rec["load_after"] = os.getloadavg()[0]
     return rec
 
@@ -262,6 +265,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs/results/llm"))
     ap.add_argument("--dense", action="store_true", help="also measure the dense perplexity")
     ap.add_argument("--tools", default=",".join(TOOLS), help="which tools to run (default: both)")
+    ap.add_argument("--merge", action="store_true", help="keep the runs of other configurations already in OUT's .json")
     args = ap.parse_args()
     import torch
     import transformers
@@ -303,6 +307,13 @@ def main() -> int:
             saved = torch.load(data)
             result["dense_ppl"], _ = _dense_ppl(model, saved["eval_ids"], 512)
         out = Path(args.out)
+        previous = out / "vs_llmcompressor.json"
+        if args.merge and previous.exists():
+            kept = json.loads(previous.read_text())
+            result["runs"] = [r for r in kept["runs"] if r["config"] not in configs]
+            result["configs"] = [c for c in kept["configs"] if c not in configs] + configs
+            result["dense_ppl"] = result.get("dense_ppl", kept.get("dense_ppl"))
+            result["command"] = kept.get("command", "") + "; " + result["command"]
         for config in configs:
             for rnd in range(args.rounds):
                 tools = [t for t in TOOLS if t in args.tools.split(",")]
