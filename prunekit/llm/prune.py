@@ -378,7 +378,7 @@ def prune_causal_lm(
     share_inputs: bool = True,
     store: LayerStore | None = None,
     true_sequential: bool = True,
-    merge_mib: float = 128.0,
+    merge_mib: float = 32.0,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 

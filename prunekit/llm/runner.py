@@ -678,7 +678,7 @@ def run_layerwise(
     progress: bool | None = None,
     description: str = "layers",
     layer_store: LayerStore | None = None,
-    merge_mib: float = 128.0,
+    merge_mib: float = 32.0,
 ) -> RunSummary:
     """Run ``visitor`` over every decoder layer of ``model`` (see the module docstring).
 

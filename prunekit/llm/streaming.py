@@ -250,7 +250,7 @@ def prune_checkpoint(
     overwrite: bool = False,
     progress: bool | None = None,
     true_sequential: bool = True,
-    merge_mib: float = 128.0,
+    merge_mib: float = 32.0,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
