@@ -89,6 +89,17 @@ def perplexity(model, ids, seq_len):
     return float(torch.exp(torch.tensor(nll / count))), count
 """
 
+#: after the pruning call (wall and CPU time started as w, c): peak memory, perplexity, zeros, the record
+_TAIL = r"""
+out["prune_wall_s"], out["prune_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+out["peak_prune_mib"] = status_mib("VmHWM")
+if data["eval_ids"].numel():
+    out["ppl"], out["predicted_tokens"] = perplexity(model, data["eval_ids"], data["seq_len"])
+out["zeros"] = sum(int((m.weight == 0).sum()) for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and ".layers." in n)
+print(json.dumps(out))
+"""
+
 _PRUNEKIT = (
     _COMMON
     + r"""
@@ -102,14 +113,8 @@ out["rss_before_prune_mib"], out["peak_reset"] = status_mib("VmRSS"), reset_peak
 w, c = time.perf_counter(), time.process_time()
 pk.prune(model, method, sparsity=0.5, pattern=None if pattern == "unstructured" else pattern,
          calibration=windows, progress=False)
-out["prune_wall_s"], out["prune_cpu_s"] = time.perf_counter() - w, time.process_time() - c
-out["peak_prune_mib"] = status_mib("VmHWM")
-if data["eval_ids"].numel():
-    out["ppl"], out["predicted_tokens"] = perplexity(model, data["eval_ids"], data["seq_len"])
-out["zeros"] = sum(int((m.weight == 0).sum()) for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and ".layers." in n)
-print(json.dumps(out))
 """
+    + _TAIL
 )
 
 _LLMCOMPRESSOR = (
@@ -134,14 +139,8 @@ out["rss_before_prune_mib"], out["peak_reset"] = status_mib("VmRSS"), reset_peak
 w, c = time.perf_counter(), time.process_time()
 oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(windows),
         max_seq_length=windows[0].numel(), shuffle_calibration_samples=False, pipeline="sequential")
-out["prune_wall_s"], out["prune_cpu_s"] = time.perf_counter() - w, time.process_time() - c
-out["peak_prune_mib"] = status_mib("VmHWM")
-if data["eval_ids"].numel():
-    out["ppl"], out["predicted_tokens"] = perplexity(model, data["eval_ids"], data["seq_len"])
-out["zeros"] = sum(int((m.weight == 0).sum()) for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and ".layers." in n)
-print(json.dumps(out))
 """
+    + _TAIL
 )
 
 

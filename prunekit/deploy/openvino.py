@@ -8,6 +8,8 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,18 @@ def runtime_config(
     if sparse_rate is not None:
         config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(sparse_rate)
     return config
+
+
+@contextmanager
+def dense_export(dense: nn.Module, build: Callable[[nn.Module], Any]) -> Iterator[tuple[nn.Module, Path, int]]:
+    """The dense model exported the same way (``build``) into a temporary folder, for latency baselines:
+    yields its prepared copy, the ``.xml`` path and the IR's size in bytes; the folder goes afterwards."""
+    dense_prepared, _ = export_copy(dense)
+    ov = require("openvino")
+    with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
+        path = Path(d) / "dense.xml"
+        ov.save_model(build(dense_prepared), str(path), compress_to_fp16=False)
+        yield dense_prepared, path, files_size([path, path.with_suffix(".bin")])
 
 
 def load_openvino(path: str | os.PathLike, *, threads: int | None = 1) -> Any:
@@ -538,12 +552,7 @@ def _measure(
     latency: dict[str, LatencyComparison] = {}
     dense_bytes = None
     if dense is not None:
-        dense_prepared, _ = export_copy(dense)
-        ov = require("openvino")
-        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
-            dense_path = Path(d) / "dense.xml"
-            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
-            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
+        with dense_export(dense, build) as (dense_prepared, dense_path, dense_bytes):
             dense_compiled = OvModule(dense_path, config)
             latency["vs dense openvino"] = timed(dense_compiled, compiled, inputs)
             latency["vs dense pytorch"] = timed(dense_prepared, compiled, inputs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -16,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.deploy._common import export_copy, files_size, report_path_of
+from prunekit.deploy._common import report_path_of
 from prunekit.deploy._kv import kv_input_names, kv_output_names
 from prunekit.deploy.errors import require
-from prunekit.deploy.openvino import OvModule, runtime_config
+from prunekit.deploy.openvino import OvModule, dense_export, runtime_config
 from prunekit.errors import CheckpointError, ConfigError, DataError, ModelError
 from prunekit.eval.latency import LatencyComparison, compare_latency
 
@@ -204,7 +203,7 @@ def measure_generation(
     """Greedy generation of :data:`GENERATION_TOKENS` tokens after ``prompt`` through the exported graph
     (:class:`~prunekit.deploy.openvino_lm.OpenVINOCausalLM`) against ``transformers`` ``generate`` (with its
     cache) of the dense model and of the model itself, and against the dense model exported the same way."""
-    ov = require("openvino")
+    require("openvino")
     timed = partial(compare_latency, threads=threads, budget_s=budget_s)
     n = GENERATION_TOKENS
     lm = OpenVINOCausalLM(path, config=config)
@@ -212,11 +211,7 @@ def measure_generation(
     latency: dict[str, LatencyComparison] = {}
     dense_bytes = None
     if dense is not None:
-        dense_prepared, _ = export_copy(dense)
-        with tempfile.TemporaryDirectory(prefix="prunekit-dense-") as d:
-            dense_path = Path(d) / "dense.xml"
-            ov.save_model(build(dense_prepared), str(dense_path), compress_to_fp16=False)
-            dense_bytes = files_size([dense_path, dense_path.with_suffix(".bin")])
+        with dense_export(dense, build) as (dense_prepared, dense_path, dense_bytes):
             dense_lm = OpenVINOCausalLM(dense_path, config=config)
             latency["generation vs dense openvino"] = timed(
                 GreedyCall(lambda ids: dense_lm.generate(ids, n)), candidate, prompt
