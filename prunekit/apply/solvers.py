@@ -41,6 +41,7 @@ __all__ = [
     "SparseGPTSolver",
     "WandaSolver",
     "check_pattern",
+    "row_mask",
     "check_sparsity",
     "store_matrix_",
     "stored_mask",
@@ -119,7 +120,7 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
     return float(sparsity)
 
 
-def _row_mask(scores: Tensor, sparsity: float) -> Tensor:
+def row_mask(scores: Tensor, sparsity: float) -> Tensor:
     """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row (ties: lower index
     first, as a stable sort would order them). Found by selection (``kthvalue``), not a full sort."""
     k = round(sparsity * scores.shape[1])
@@ -284,7 +285,7 @@ class WandaSolver(Solver):
     def unstructured_mask(self, scores: Tensor, sparsity: float) -> Tensor:
         """Keep-mask [out, in] that drops the lowest ``round(sparsity * in)`` scores of every output row, as
         Wanda compares weights per output."""
-        return _row_mask(scores, sparsity)
+        return row_mask(scores, sparsity)
 
     def free(self) -> None:
         """Drop the input norms."""

@@ -222,7 +222,7 @@ def test_a_depthwise_conv_reaches_the_sparsity_over_the_layer():
 def test_wanda_row_mask_by_selection_equals_a_stable_sort_with_ties():
     """The row mask is found by selection (kthvalue); it drops exactly what a stable sort's first k would,
     ties (many equal scores, e.g. dead inputs) going lower index first."""
-    from prunekit.apply.solvers import _row_mask
+    from prunekit.apply.solvers import row_mask
 
     g = torch.Generator().manual_seed(0)
     for trial in range(200):
@@ -236,6 +236,6 @@ def test_wanda_row_mask_by_selection_equals_a_stable_sort_with_ties():
         expected = torch.ones(rows, cols, dtype=torch.bool)
         if k:
             expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
-        got = _row_mask(scores, sparsity)
+        got = row_mask(scores, sparsity)
         assert torch.equal(got, expected), (trial, sparsity)
         assert (~got).sum(dim=1).eq(k).all()

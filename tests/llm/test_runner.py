@@ -72,7 +72,7 @@ def _runner_peak(layers: int, **options) -> tuple[int, int]:
     "options", [{"merge_mib": 0}, {"true_sequential": False}, {}], ids=["unmerged", "two-pass", "merged"]
 )
 def test_runner_peak_memory_grows_with_one_layer_not_with_depth(options):
-    from prunekit.llm.runner import _layer_workspace
+    from prunekit.llm.sequential import layer_workspace
 
     peak2, layer_bytes = _runner_peak(2, **options)
     peak8, _ = _runner_peak(8, **options)
@@ -82,7 +82,7 @@ def test_runner_peak_memory_grows_with_one_layer_not_with_depth(options):
     # passes hold while they wait at a Linear: one layer's intermediates for the whole calibration set
     # (2 batches of 2 x 32 tokens), as estimated for a merged batch
     two_pass = options.get("true_sequential") is False
-    waiting = 0 if two_pass else _layer_workspace(tiny_model("llama", layers=2), 4, 32)
+    waiting = 0 if two_pass else layer_workspace(tiny_model("llama", layers=2), 4, 32)
     assert peak8 < 8 * layer_bytes / 1.5 + waiting, (peak8, layer_bytes, waiting)
 
 

@@ -11,7 +11,7 @@ import torch
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.llm.prune import prune_causal_lm
-from prunekit.llm.runner import _layer_workspace, merge_batches
+from prunekit.llm.sequential import layer_workspace, merge_batches
 
 from .conftest import FAMILIES, calibration, tiny_model
 
@@ -124,7 +124,7 @@ def test_merge_batches_merges_only_equal_lengths_within_the_budget():
     mixed = [same[0], {"input_ids": torch.ones(1, 9, dtype=torch.long)}, same[1]]
     out = merge_batches(model, mixed, 1024)  # only neighbours of one length merge
     assert [b["input_ids"].shape[1] for b in out] == [8, 9, 8]
-    per_window = _layer_workspace(model, 1, 8) / 2**20
+    per_window = layer_workspace(model, 1, 8) / 2**20
     chunks = merge_batches(model, [{"input_ids": torch.zeros(1, 8, dtype=torch.long)}] * 5, 2.5 * per_window)
     assert [c["input_ids"].shape[0] for c in chunks] == [2, 2, 1]  # merged while within the budget
     masked = [
