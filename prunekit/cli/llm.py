@@ -192,6 +192,13 @@ def prune_llm(
             "pattern": str(gran),
             "allocation": report.settings["allocation"],
             "calibration": cal.protocol,
+            "calibration_order": (
+                None
+                if base not in ("wanda", "sparsegpt")
+                else "two-pass"
+                if true_sequential is False
+                else "true-sequential"
+            ),
             "prune_seconds": seconds,
             "params_before": params_before,
             "params_after": sum(p.numel() for p in model.parameters()),
@@ -205,7 +212,9 @@ def prune_llm(
             tokenizer.save_pretrained(tmp)
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
         console.print(
-            f"pruned with {method} ({gran}, {record['allocation']} allocation, sparsity {sparsity:g}) "
+            f"pruned with {method} ({'structured' if chosen.structural else gran}, {record['allocation']} "
+            f"allocation, sparsity {sparsity:g}"
+            f"{', ' + record['calibration_order'] + ' order' if record['calibration_order'] else ''}) "
             f"in {seconds:.1f} s; "
             f"parameters {record['params_before']:,} -> {record['params_after']:,}, "
             f"non-zero {record['nonzero_after']:,}; saved to {out}",

@@ -89,10 +89,23 @@ class OpenVINOCausalLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits ``[batch, seq, vocab]`` (float32) of ``input_ids [batch, seq]`` from an empty cache;
         ``attention_mask [batch, seq]`` (1 = token, 0 = padding; default all ones)."""
-        ids = _ids(input_ids)
+        ids = self._checked_ids(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _mask(attention_mask, ids.shape)
         logits, _ = self.step(ids, mask, _positions(mask), self.empty_cache(ids.shape[0]))
         return torch.from_numpy(logits)
+
+    def _checked_ids(self, input_ids: Any) -> np.ndarray:
+        """``input_ids`` as int64 numpy; :class:`~prunekit.errors.DataError` for ids outside the vocabulary
+        (the logits' width), which the runtime would read past its embedding table without an error."""
+        ids = _ids(input_ids)
+        width = self.runtime.compiled.outputs[0].get_partial_shape()[-1]
+        if width.is_static and ids.size and (ids.min() < 0 or ids.max() >= width.get_length()):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise DataError(
+                f"token id {bad} is outside the model's vocabulary (ids 0 to {width.get_length() - 1}); tokenize "
+                "with the model's own tokenizer"
+            )
+        return ids
 
     def generate(
         self,
@@ -109,11 +122,18 @@ class OpenVINOCausalLM(nn.Module):
         token with the cache carried. ``attention_mask [batch, prompt]``: 0 marks (left) padding; positions
         count the unmasked tokens as ``transformers`` counts them. With ``eos_token_id``, a row that produced
         it continues with ``pad_token_id`` (default: ``eos_token_id``), and decoding stops when every row has.
-        Raises :class:`~prunekit.errors.ConfigError` for ``max_new_tokens`` < 0."""
+        Raises :class:`~prunekit.errors.ConfigError` for ``max_new_tokens`` < 0 and
+        :class:`~prunekit.errors.DataError` for ids outside the vocabulary or padding that is not on the left."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens is an integer >= 0, got {max_new_tokens!r}")
-        ids = _ids(input_ids)
+        ids = self._checked_ids(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _mask(attention_mask, ids.shape)
+        if (np.diff(mask.astype(np.int64), axis=1) < 0).any():
+            raise DataError(
+                "generate takes left padding only (attention_mask 0s before the 1s of each row, as transformers "
+                "expects for decoder-only models): new tokens would follow the padding; pad on the left "
+                "(tokenizer.padding_side = 'left')"
+            )
         batch = ids.shape[0]
         positions = _positions(mask)
         pad = eos_token_id if pad_token_id is None else pad_token_id

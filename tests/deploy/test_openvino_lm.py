@@ -169,3 +169,19 @@ def test_load_openvino_gives_the_causal_lm_wrapper_for_a_kv_graph(tmp_path):
     with torch.no_grad():
         expected = model(input_ids=ids).logits
     torch.testing.assert_close(torch.as_tensor(loaded(ids)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_refuses_ids_outside_the_vocabulary_and_right_padding(tmp_path):
+    from prunekit.errors import DataError
+
+    model = tiny_model("llama")
+    export_openvino(model, {"input_ids": IDS}, tmp_path / "lm.xml", measure_latency=False)
+    lm = OpenVINOCausalLM(tmp_path / "lm.xml")
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        lm.generate(IDS + VOCAB, 2)
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        lm(IDS - VOCAB)
+    right = torch.ones_like(IDS)
+    right[1, -2:] = 0
+    with pytest.raises(DataError, match="left padding only"):
+        lm.generate(IDS, 2, attention_mask=right)

@@ -187,7 +187,10 @@ def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path):
         args += ["-n", "2", "--seq-len", "8", "--eval-tokens", "0", "--no-progress", "--out", str(out)]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
-        assert json.loads((out / "prunekit_llm.json").read_text())["method"] == "wanda"
+        record = json.loads((out / "prunekit_llm.json").read_text())
+        assert record["method"] == "wanda"
+        assert record["calibration_order"] == ("two-pass" if flag == "--two-pass" else "true-sequential")
+        assert record["calibration_order"] + " order" in " ".join(result.output.split())
         weights[flag] = load_file(out / "model.safetensors")
     o_proj = "model.layers.0.self_attn.o_proj.weight"
     q_proj = "model.layers.0.self_attn.q_proj.weight"
