@@ -83,8 +83,8 @@ class _Saved:
                 torch.save(values, self.file)
                 self.file.flush()
                 return
-            except OSError:  # no room for the file: keep the copy in memory
-                self.close()
+            except (OSError, RuntimeError):  # no room for the file (torch.save reports a full disk as a
+                self.close()  # RuntimeError "unexpected pos"): keep the copy in memory
         self.tensors = {k: v.clone() for k, v in values.items()}
 
     def load(self) -> dict[str, torch.Tensor]:

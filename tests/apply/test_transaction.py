@@ -83,3 +83,23 @@ def test_a_snapshot_kept_in_a_file_undoes_changes_bit_for_bit(monkeypatch, spill
     with transaction(model), torch.no_grad():  # success keeps the change
         model[2].bias.zero_()
     assert torch.count_nonzero(model[2].bias) == 0
+
+
+def test_a_full_disk_keeps_the_snapshot_in_memory(monkeypatch):
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos"): the snapshot falls back to memory
+    and still undoes the changes."""
+    import prunekit.apply.transaction as tx
+
+    monkeypatch.setattr(tx, "SPILL_BYTES", 0)
+
+    def full_disk(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 520421120 vs 520421008")
+
+    monkeypatch.setattr(tx.torch, "save", full_disk)
+    model = _model()
+    before = snapshot(model)
+    with pytest.raises(KeyError, match="inside"), transaction(model):
+        with torch.no_grad():
+            model[0].weight.mul_(3.0)
+        raise KeyError("inside")
+    assert_unchanged(model, before)
