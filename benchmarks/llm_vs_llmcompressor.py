@@ -111,8 +111,9 @@ out = {"load_peak_mib": rss_mib()}
 windows = [w.unsqueeze(0) for w in data["windows"]]
 out["rss_before_prune_mib"], out["peak_reset"] = status_mib("VmRSS"), reset_peak()
 w, c = time.perf_counter(), time.process_time()
-pk.prune(model, method, sparsity=0.5, pattern=None if pattern == "unstructured" else pattern,
-         calibration=windows, progress=False)
+if method != "dense":  # "dense": the perplexity of the model as loaded, through the same loop
+    pk.prune(model, method, sparsity=0.5, pattern=None if pattern == "unstructured" else pattern,
+             calibration=windows, progress=False)
 """
     + _TAIL
 )
@@ -300,11 +301,7 @@ def main() -> int:
             **protocol,
         }
         if args.dense:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            saved = torch.load(data)
-            result["dense_ppl"], _ = _dense_ppl(model, saved["eval_ids"], 512)
+            result["dense_ppl"] = run_child("prunekit", args, data, model_dir, "dense:unstructured")["ppl"]
         out = Path(args.out)
         previous = out / "vs_llmcompressor.json"
         if args.merge and previous.exists():
@@ -324,19 +321,6 @@ def main() -> int:
                     print(json.dumps(rec), flush=True)
                     write(result, out)
     return 0
-
-
-def _dense_ppl(model, ids, seq_len):  # type: ignore[no-untyped-def]
-    import torch
-
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, len(ids) - seq_len + 1, seq_len):
-            x = ids[s : s + seq_len].unsqueeze(0)
-            logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-            nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-            count += seq_len - 1
-    return float(torch.exp(torch.tensor(nll / count))), count
 
 
 if __name__ == "__main__":
