@@ -24,7 +24,7 @@ from prunekit.eval.latency import compare_latency, time_model
 from prunekit.eval.report import ModelStats, Report, count_params, layer_stats, measure, weight_shapes
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.targets import Ignore, check_finite, ignored_modules, select_targets
+from prunekit.targets import Ignore, Target, check_finite, ignored_modules, select_targets, state_prefixes
 
 __all__ = ["prune"]
 
@@ -167,17 +167,30 @@ def prune(
         seed=seed,
         options=options,
     )
+    # a method that writes only its targets, reported by counts: the rest of the model is counted once, after
+    # the call (a model mapped from its checkpoint file then reads its embeddings only after the peak)
+    touched = _touched_modules(model, targets) if m.writes_targets_only and not m.structural else None
+    counted_before = count_params(model, touched) if touched is not None and not do_measure else None
     try:
-        before = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
+        if counted_before is not None:
+            before = ModelStats(0, 0)
+        else:
+            before = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
     except PrunekitError:
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
         raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
     dense_copy, latency_note = _dense_copy(model) if do_latency else (None, None)
     shapes_before = weight_shapes(model) if m.structural else None
-    with transaction(model, structural=m.structural):
+    with transaction(model, structural=m.structural, modules=touched):
         outcome = m.run(model, request)
     after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
+    if counted_before is not None:  # the untouched tensors' counts are the same after as before
+        targets_after = count_params(model, touched)
+        before = ModelStats(
+            after.params - targets_after[0] + counted_before[0],
+            after.nonzero_params - targets_after[1] + counted_before[1],
+        )
     comparison = None
     if do_latency:
         if dense_copy is not None:
@@ -215,6 +228,20 @@ def prune(
         notes=notes,
         latency=comparison,
     )
+
+
+def _touched_modules(model: nn.Module, targets: list[Target]) -> list[nn.Module] | None:
+    """The targets' modules, for a method that writes nothing else; None (snapshot and count everything)
+    when a tensor outside them shares storage with one inside (tied weights: writing one writes both)."""
+    modules = list({id(t.module): t.module for t in targets}.values())
+    prefixes = state_prefixes(model, modules)
+    inside, outside = set(), set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if value.device.type == "meta":
+            continue
+        (inside if key.startswith(prefixes) else outside).add(value.untyped_storage().data_ptr())
+    inside.discard(0)
+    return None if inside & outside else modules
 
 
 def _carried_example(model: nn.Module, seed: int) -> tuple[Any, str | None]:

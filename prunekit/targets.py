@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
 from prunekit.layout import WeightLayout, is_prunable, parametrization_list, weight_layout
 
-__all__ = ["Ignore", "Selection", "Target", "check_finite", "ignored_modules", "select_targets"]
+__all__ = ["Ignore", "Selection", "Target", "check_finite", "ignored_modules", "select_targets", "state_prefixes"]
 
 # the torch layer types prunekit prunes; transformers' Conv1D is recognised too (see prunekit.layout)
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -206,3 +206,10 @@ def check_finite(targets: Iterable[Target]) -> None:
             f"{len(bad)} layer(s) hold NaN or infinite weights: {', '.join(bad[:5])}"
             f"{' ...' if len(bad) > 5 else ''}. Fix or reload the weights before pruning."
         )
+
+
+def state_prefixes(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[str, ...]:
+    """The state-dict key prefixes (``"model.layers.0.mlp.up_proj."``) of ``modules``, submodules of ``model``
+    (``""`` for ``model`` itself, which matches every key); ``str.startswith`` takes the tuple."""
+    wanted = {id(m) for m in modules}
+    return tuple(f"{name}." if name else "" for name, m in model.named_modules() if id(m) in wanted)

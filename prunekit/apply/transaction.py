@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from prunekit.targets import state_prefixes
 
 __all__ = ["SPILL_BYTES", "transaction"]
 
@@ -101,7 +103,9 @@ class _Saved:
 
 
 @contextmanager
-def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]:
+def transaction(
+    model: nn.Module, *, structural: bool = False, modules: Iterable[nn.Module] | None = None
+) -> Iterator[None]:
     """Snapshot ``model``; if the block raises, restore it and re-raise.
 
     The default snapshot copies every parameter and buffer value and remembers which parametrizations
@@ -110,7 +114,10 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
     a transaction does not double the memory a large model takes. ``structural=True`` is for surgery that
     replaces modules, parameters and attributes instead of writing into tensors: it snapshots the module
     tree (attribute dicts and tensor references, configs deep-copied) without copying any weight, and
-    restores the original objects on failure.
+    restores the original objects on failure. ``modules`` (value snapshots only): the block changes nothing
+    but these submodules' tensors and parametrizations, so only their tensors are copied (a layer-wise solver
+    that rewrites its target Linears: the embeddings are neither copied nor, for a model mapped from its
+    checkpoint file, read into memory).
     """
     if structural:
         snap = snapshot_tree(model)
@@ -120,7 +127,11 @@ def transaction(model: nn.Module, *, structural: bool = False) -> Iterator[None]
             restore_tree(snap)
             raise
         return
-    tensors = _Saved(model.state_dict(keep_vars=True))
+    state = model.state_dict(keep_vars=True)
+    if modules is not None:
+        prefixes = state_prefixes(model, modules)
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)} if prefixes else {}
+    tensors = _Saved(state)
     existing = {
         (name, p)
         for name, m in model.named_modules()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from prunekit.errors import DataError, PrunekitError
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
 from prunekit.layout import is_prunable
 from prunekit.serialization import SAVED_METADATA, atomic_write, dense_size, sparse_size
+from prunekit.targets import state_prefixes
 
 __all__ = [
     "LayerStats",
@@ -115,16 +116,18 @@ def _layer_fields(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
+def count_params(model: nn.Module, modules: Iterable[nn.Module] | None = None) -> tuple[int, int]:
     """``(parameters, non-zero parameters)`` of ``model`` as it computes: masks folded in, buffers left out,
     every entry of :func:`~prunekit.apply.masks.effective_state_dict` counted. One tensor at a time, so counting
-    a large masked model costs no copy of it."""
+    a large masked model costs no copy of it. ``modules``: count only the tensors of these submodules (None:
+    all)."""
     buffers = {k for k, _ in model.named_buffers()}
+    prefixes = state_prefixes(model, modules) if modules is not None else ("",)
     total = nonzero = 0
 
     def add(key: str, value: torch.Tensor) -> None:
         nonlocal total, nonzero
-        if key not in buffers:
+        if key not in buffers and key.startswith(prefixes):
             total += value.numel()
             nonzero += int(torch.count_nonzero(value))
 

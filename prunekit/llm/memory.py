@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["AllocationMeter", "tensor_bytes"]
+__all__ = ["AllocationMeter", "release_freed_memory", "tensor_bytes"]
 
 
 class AllocationMeter(TorchDispatchMode):
@@ -71,3 +71,29 @@ def tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes held by a module's parameters and buffers (``numel * element_size`` summed; shared tensors
     counted each time they appear)."""
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def release_freed_memory() -> None:
+    """Return heap pages freed since the last call to the operating system (glibc's ``malloc_trim``); a
+    no-op where the C library has none.
+
+    The layer-wise runner calls it after every decoder layer. Without it the resident set grows layer
+    after layer although nothing stays referenced: glibc raises its mmap threshold after large frees, so
+    later layer-sized tensors come from the heap, whose freed pages it keeps (SmolLM2-135M streamed from
+    its files: +350 MB over 30 layers; in memory, true-sequential Wanda: about +10 MB a layer).
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None

@@ -379,6 +379,7 @@ def prune_causal_lm(
     store: LayerStore | None = None,
     true_sequential: bool = True,
     merge_mib: float = 32.0,
+    spill_activations: bool = True,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
@@ -399,6 +400,9 @@ def prune_causal_lm(
     matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a statistics pass,
     then an output pass). ``merge_mib``: consecutive equal-length calibration batches are merged into larger
     batches while a layer's forward on one is estimated to need at most this many MiB; 0 never merges.
+    ``spill_activations`` (true-sequential order, CPU; default True): the MLP's intermediate-size inputs that
+    the passes wait with at the down projection stay in a temporary file until the projection is pruned (read
+    back exactly), so that the peak memory stays near the two-pass order's; False keeps them in memory.
 
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.
@@ -407,8 +411,8 @@ def prune_causal_lm(
     :class:`~prunekit.errors.UnknownNameError` for an unknown method or allocation,
     :class:`~prunekit.errors.InvalidSparsityError`, :class:`~prunekit.errors.PatternError`,
     :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``),
-    :class:`~prunekit.errors.ConfigError` for a ``true_sequential`` that is not a bool or a negative
-    ``merge_mib``, all before the model changes.
+    :class:`~prunekit.errors.ConfigError` for a ``true_sequential`` or ``spill_activations`` that is not a
+    bool or a negative ``merge_mib``, all before the model changes.
     """
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise method", method, SOLVERS)
@@ -431,6 +435,8 @@ def prune_causal_lm(
     sparsity = check_sparsity(sparsity, Unstructured())
     if not isinstance(true_sequential, bool):
         raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
+    if not isinstance(spill_activations, bool):
+        raise ConfigError(f"spill_activations must be True or False, got {spill_activations!r}")
     if isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0:
         raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
     selected = select_targets(model, targets)
@@ -454,7 +460,15 @@ def prune_causal_lm(
         _walk(model, visitor, store)
     else:
         result.summaries.append(
-            run_layerwise(model, calibration, visitor, description=label, merge_mib=merge_mib, **run)
+            run_layerwise(
+                model,
+                calibration,
+                visitor,
+                description=label,
+                merge_mib=merge_mib,
+                spill_activations=spill_activations,
+                **run,
+            )
         )
     result.layer_sparsity = visitor.layer_sparsity
     if not isinstance(alloc, Uniform):

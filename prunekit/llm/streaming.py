@@ -116,30 +116,6 @@ def read_tensor(file: str | os.PathLike, name: str) -> Tensor:
     return flat.reshape(entry["shape"])
 
 
-def _give_back_freed_memory() -> None:
-    """Return the heap pages freed with a layer to the operating system (glibc's ``malloc_trim``).
-
-    Without it the resident set grows by most of a layer per layer although nothing stays referenced:
-    glibc raises its mmap threshold after large frees, so later layer-sized tensors come from the heap,
-    whose freed pages it keeps (SmolLM2: +350 MB over 30 layers; with the trim the peak stays at one
-    layer). A no-op where the C library has no ``malloc_trim``."""
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = lib if hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
-
-
 class ShardStore(LayerStore):
     """Decoder layers read from a safetensors checkpoint and, pruned, written to one shard each.
 
@@ -187,7 +163,6 @@ class ShardStore(LayerStore):
                 self.weight_map[k] = name
                 self.total_size += t.numel() * t.element_size()
         layer.to("meta")
-        _give_back_freed_memory()
 
     def write_rest(self) -> None:
         """Write every checkpoint tensor outside the decoder layers, unchanged (cast to ``dtype``), as the
@@ -251,6 +226,7 @@ def prune_checkpoint(
     progress: bool | None = None,
     true_sequential: bool = True,
     merge_mib: float = 32.0,
+    spill_activations: bool = True,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -261,8 +237,9 @@ def prune_checkpoint(
     ``out`` is written whole or not at all (a non-empty folder is refused unless ``overwrite``). Returns the
     :class:`~prunekit.llm.prune.LLMPruneResult`. Peak memory: the tensors outside the decoder layers, about
     two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring),
-    plus, in true-sequential order, the intermediates every batch holds while it waits at a Linear, and one
-    merged batch's forward (estimated at most ``merge_mib`` MiB); ``true_sequential`` and ``merge_mib`` are
+    plus, in true-sequential order, the intermediates every batch holds while it waits at a Linear (the
+    largest in a temporary file with ``spill_activations``), and one merged batch's forward (estimated at most
+    ``merge_mib`` MiB); ``true_sequential``, ``merge_mib`` and ``spill_activations`` are
     :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
@@ -311,6 +288,7 @@ def prune_checkpoint(
             store=store,
             true_sequential=true_sequential,
             merge_mib=merge_mib,
+            spill_activations=spill_activations,
         )
         n_layers = len(family_for(model).layer_list(model))
         if sorted(store.written) != list(range(n_layers)):

@@ -76,6 +76,8 @@ class Method:
     description: str = ""
     needs_data: bool = False
     structural: bool = False  # changes shapes: prune() snapshots the whole module tree
+    #: changes nothing but its targets' modules (their weights and masks): prune() snapshots those only
+    writes_targets_only: bool = False
     default_pattern: str | Granularity | None = None
     default_allocation: str | Allocation | None = "uniform"
     options: ClassVar[frozenset[str]] = frozenset()  # method-specific keyword options it accepts

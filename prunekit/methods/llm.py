@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _LAYERWISE_OPTIONS = frozenset(
-    {"blocksize", "percdamp", "device", "progress", "sequential", "true_sequential", "merge_mib"}
+    {"blocksize", "percdamp", "device", "progress", "sequential", "true_sequential", "merge_mib", "spill_activations"}
 )
 
 
@@ -44,6 +44,7 @@ class LayerwiseLLMMethod(Method):
 
     needs_data = True
     structural = False
+    writes_targets_only = True
     default_allocation = "uniform"
     options: ClassVar[frozenset[str]] = _LAYERWISE_OPTIONS
 
@@ -82,7 +83,7 @@ class LayerwiseLLMMethod(Method):
         if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
             from prunekit.apply.solve import solve_layerwise
 
-            lm_only = sorted(k for k in ("true_sequential", "merge_mib") if k in opts)
+            lm_only = sorted(k for k in ("true_sequential", "merge_mib", "spill_activations") if k in opts)
             if lm_only:
                 raise ConfigError(
                     f"option {lm_only[0]} applies to causal LMs pruned decoder layer by decoder layer; for "
@@ -122,7 +123,11 @@ class LayerwiseLLMMethod(Method):
             targets=selected,
             device=opts.get("device"),
             progress=opts.get("progress"),
-            **{k: opts[k] for k in ("blocksize", "percdamp", "true_sequential", "merge_mib") if k in opts},
+            **{
+                k: opts[k]
+                for k in ("blocksize", "percdamp", "true_sequential", "merge_mib", "spill_activations")
+                if k in opts
+            },
         )
         notes = list(result.notes)
         outside = sorted(set(names) - selected)

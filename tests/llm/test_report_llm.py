@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 import prunekit as pk
 
 from .conftest import calibration, tiny_model
@@ -18,3 +20,27 @@ def test_language_model_report_counts_by_default_and_sizes_on_request():
     full = pk.prune(copy.deepcopy(base), "wanda", sparsity=0.5, calibration=calibration(), progress=False, measure=True)
     assert full.after.sparse_bytes is not None and full.after.sparse_bytes < full.after.dense_bytes
     assert full.after.nonzero_params == cheap.after.nonzero_params
+
+
+def test_counts_before_pruning_are_the_whole_models():
+    """The layer-wise methods count the untouched tensors once, after the call; the figures are the whole
+    model's before pruning, also when a target shares its weight with an untouched module (tied)."""
+    from prunekit.api import _touched_modules
+    from prunekit.eval.report import count_params
+    from prunekit.targets import select_targets
+
+    for tied in (False, True):
+        base = tiny_model("llama", tie_word_embeddings=tied)
+        if tied:
+            base.tie_weights()
+        with torch.no_grad():  # some zeros outside the targets, so that the counts tell them apart
+            base.model.embed_tokens.weight[:3] = 0
+        expected = count_params(base)
+        model = copy.deepcopy(base)
+        targets = select_targets(model, None, prune_classifier=True).targets
+        assert (_touched_modules(model, targets) is None) == tied
+        report = pk.prune(
+            model, "wanda", sparsity=0.5, calibration=calibration(), progress=False, prune_classifier=True
+        )
+        assert (report.before.params, report.before.nonzero_params) == expected
+        assert report.after.params == expected[0] and report.after.nonzero_params == count_params(model)[1]
