@@ -235,7 +235,8 @@ def _touched_modules(model: nn.Module, targets: list[Target]) -> list[nn.Module]
     when a tensor outside them shares storage with one inside (tied weights: writing one writes both)."""
     modules = list({id(t.module): t.module for t in targets}.values())
     prefixes = state_prefixes(model, modules)
-    inside, outside = set(), set()
+    inside: set[int] = set()
+    outside: set[int] = set()
     for key, value in model.state_dict(keep_vars=True).items():
         if value.device.type == "meta":
             continue
