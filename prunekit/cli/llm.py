@@ -93,6 +93,21 @@ def prune_llm(
             "true_sequential=False in Python)",
         ),
     ] = None,
+    merge_mib: Annotated[
+        float | None,
+        typer.Option(
+            help="wanda / sparsegpt, true-sequential: merge equal-length calibration windows into batches whose "
+            "layer forward is estimated at most this many MiB (default 32; 0 never merges)",
+        ),
+    ] = None,
+    spill_activations: Annotated[
+        bool | None,
+        typer.Option(
+            "--spill-activations/--keep-activations",
+            help="wanda / sparsegpt, true-sequential: keep the MLP's intermediate-size inputs that the passes wait "
+            "with in a temporary file (default; read back exactly) or in memory",
+        ),
+    ] = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -135,15 +150,26 @@ def prune_llm(
             raise prunekit.ConfigError(f"--eval-tokens takes a count >= 0 (0 skips the evaluation), got {eval_tokens}")
         check_output_directory(out, overwrite=overwrite)
         base = method[4:] if method.startswith("owl-") else method
-        if true_sequential is not None and base not in ("wanda", "sparsegpt"):
+        order = {
+            k: v
+            for k, v in (
+                ("true_sequential", true_sequential),
+                ("merge_mib", merge_mib),
+                ("spill_activations", spill_activations),
+            )
+            if v is not None
+        }
+        if merge_mib is not None and not merge_mib >= 0:
+            raise prunekit.ConfigError(f"--merge-mib takes a number of MiB >= 0 (0: never merge), got {merge_mib}")
+        if order and base not in ("wanda", "sparsegpt"):
             raise prunekit.ConfigError(
-                f"--true-sequential / --two-pass choose the calibration order of wanda and sparsegpt (and "
-                f"owl-wanda, owl-sparsegpt); {method!r} takes neither"
+                f"--true-sequential / --two-pass, --merge-mib and --spill-activations / --keep-activations set the "
+                f"calibration passes of wanda and sparsegpt (and owl-wanda, owl-sparsegpt); {method!r} takes none"
             )
         if stream:
             _prune_streaming(
                 model_dir, method, sparsity, pattern, allocation, calibration_text, calibration_samples, seq_len,
-                seed, eval_tokens, device, out, overwrite, progress, true_sequential,
+                seed, eval_tokens, device, out, overwrite, progress, order,
             )  # fmt: skip
             return
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
@@ -173,8 +199,7 @@ def prune_llm(
             options["progress"] = progress
         if device:
             options["device"] = device
-        if true_sequential is not None:
-            options["true_sequential"] = true_sequential
+        options.update(order)
         params_before = sum(p.numel() for p in model.parameters())
         t0 = time.perf_counter()
         report = prunekit.prune(
@@ -241,7 +266,7 @@ def _prune_streaming(
     out: Path,
     overwrite: bool,
     progress: bool | None,
-    true_sequential: bool | None = None,
+    order: dict[str, Any] | None = None,
 ) -> None:
     """``prune-llm --stream``: :func:`prunekit.llm.prune_checkpoint` from the checkpoint folder into --out."""
     import prunekit
@@ -302,7 +327,7 @@ def _prune_streaming(
         allocation=allocation or "uniform",  # an owl- alias brings its own allocation
         overwrite=overwrite,
         progress=progress,
-        true_sequential=True if true_sequential is None else true_sequential,
+        **(order or {}),
     )
     seconds = time.perf_counter() - t0
     record = {

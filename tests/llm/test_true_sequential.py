@@ -165,7 +165,7 @@ def test_bad_options_are_refused_before_anything_changes():
         pk.prune(cnn, "wanda", sparsity=0.5, calibration=[torch.randn(2, 3, 8, 8)], true_sequential=True)
 
 
-def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path):
+def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path, monkeypatch):
     import transformers
     from safetensors.torch import load_file
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -196,6 +196,31 @@ def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path):
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(weights["--two-pass"][q_proj], weights["--true-sequential"][q_proj])
     assert not torch.equal(weights["--two-pass"][o_proj], weights["--true-sequential"][o_proj])
+
+    from prunekit.llm import prune as llm_prune
+
+    passed = []
+    run = llm_prune.run_layerwise
+
+    def spy(*args, **kwargs):
+        passed.append({k: kwargs[k] for k in ("merge_mib", "spill_activations")})
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(llm_prune, "run_layerwise", spy)
+    common = ["-n", "2", "--seq-len", "8", "--eval-tokens", "0", "--no-progress", "--calibration-text", "emma"]
+    for stream in ("--no-stream", "--stream"):
+        out = tmp_path / f"kept{stream}"
+        args = ["prune-llm", str(src), "--method", "wanda", "--sparsity", "0.5", "--merge-mib", "0"]
+        result = CliRunner().invoke(app, args + ["--keep-activations", stream, *common, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert passed[-1] == {"merge_mib": 0.0, "spill_activations": False}
+        saved = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
+        assert torch.equal(saved[o_proj], weights["--true-sequential"][o_proj])
+    for bad, says in ((["--method", "magnitude", "--merge-mib", "8"], "takes none"), (["--merge-mib", "-1"], ">= 0")):
+        args = ["prune-llm", str(src), "--method", "wanda", "--sparsity", "0.5", *common, "--out", str(tmp_path / "x")]
+        result = CliRunner().invoke(app, args + bad)
+        assert result.exit_code != 0 and says in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
