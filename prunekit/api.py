@@ -21,7 +21,15 @@ from prunekit.errors import (
     PrunekitError,
 )
 from prunekit.eval.latency import compare_latency, time_model
-from prunekit.eval.report import ModelStats, Report, count_params, layer_stats, measure, weight_shapes
+from prunekit.eval.report import (
+    ModelStats,
+    Report,
+    count_params,
+    count_params_within,
+    layer_stats,
+    measure,
+    weight_shapes,
+)
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
 from prunekit.targets import Ignore, Target, check_finite, ignored_modules, select_targets, state_prefixes
@@ -184,13 +192,13 @@ def prune(
     shapes_before = weight_shapes(model) if m.structural else None
     with transaction(model, structural=m.structural, modules=touched):
         outcome = m.run(model, request)
-    after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
     if counted_before is not None:  # the untouched tensors' counts are the same after as before
-        targets_after = count_params(model, touched)
-        before = ModelStats(
-            after.params - targets_after[0] + counted_before[0],
-            after.nonzero_params - targets_after[1] + counted_before[1],
-        )
+        assert touched is not None
+        total, nonzero, total_in, nonzero_in = count_params_within(model, touched)
+        after = ModelStats(total, nonzero)
+        before = ModelStats(total - total_in + counted_before[0], nonzero - nonzero_in + counted_before[1])
+    else:
+        after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
     comparison = None
     if do_latency:
         if dense_copy is not None:

@@ -121,15 +121,24 @@ def count_params(model: nn.Module, modules: Iterable[nn.Module] | None = None) -
     every entry of :func:`~prunekit.apply.masks.effective_state_dict` counted. One tensor at a time, so counting
     a large masked model costs no copy of it. ``modules``: count only the tensors of these submodules (None:
     all)."""
+    counts = count_params_within(model, modules if modules is not None else [model])
+    return counts[2], counts[3]
+
+
+def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[int, int, int, int]:
+    """:func:`count_params` of the whole ``model`` and of the tensors of ``modules`` in one pass:
+    ``(parameters, non-zero parameters, parameters within, non-zero within)``."""
     buffers = {k for k, _ in model.named_buffers()}
-    prefixes = state_prefixes(model, modules) if modules is not None else ("",)
-    total = nonzero = 0
+    prefixes = state_prefixes(model, modules)
+    total = nonzero = total_in = nonzero_in = 0
 
     def add(key: str, value: torch.Tensor) -> None:
-        nonlocal total, nonzero
-        if key not in buffers and key.startswith(prefixes):
-            total += value.numel()
-            nonzero += int(torch.count_nonzero(value))
+        nonlocal total, nonzero, total_in, nonzero_in
+        if key not in buffers:
+            n, nz = value.numel(), int(torch.count_nonzero(value))
+            total, nonzero = total + n, nonzero + nz
+            if key.startswith(prefixes):
+                total_in, nonzero_in = total_in + n, nonzero_in + nz
 
     with torch.no_grad():
         for key, value in model.state_dict().items():  # what effective_state_dict keeps as it is
@@ -139,7 +148,7 @@ def count_params(model: nn.Module, modules: Iterable[nn.Module] | None = None) -
             if parametrize.is_parametrized(module):
                 for pname in module.parametrizations.keys():
                     add(f"{mname}.{pname}" if mname else pname, getattr(module, pname).detach())
-    return total, nonzero
+    return total, nonzero, total_in, nonzero_in
 
 
 @contextmanager

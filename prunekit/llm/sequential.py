@@ -87,6 +87,10 @@ class _Worker:
             self.resume()
 
 
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class _Spill:
     """Tensors of waiting passes, written to an anonymous temporary file while their passes wait (the
     storage is emptied, ``resize_(0)``, so the tensor objects the paused frames hold stay valid) and read
@@ -166,10 +170,13 @@ def run_sequential(
     ``groups`` holds, per first Linear, the group found in the previous layer (decoder layers share their
     structure), and is updated with this layer's; each member is checked to be called on that very tensor.
 
-    ``spill``: an input a pass waits with that is larger than the batch's layer input (the MLP's down
-    projection reads an intermediate-size tensor) is written to a temporary file while the pass waits and
-    read back before it goes on (:class:`_Spill`, exact), so that the waiting passes hold little more than
-    their hidden states: with SmolLM2-135M, about 6 KB less per calibration token.
+    ``spill``: an input a pass waits with that is at least as large as the batch's layer input and is not that
+    input (the normalised hidden states q/k/v and gate/up read, the attention output, the MLP's
+    intermediate-size input to its down projection) is written to a temporary file while the pass waits and
+    read back before it goes on (:class:`_Spill`, exact), and the freed heap is given back to the operating
+    system after each group is pruned. With SmolLM2-135M and 64 x 256 calibration tokens this lowered the peak
+    resident set of Wanda 50% from about 1,700 to about 1,490 MiB (spilling only the down projection's input:
+    about 1,530; only the inputs one Linear reads: about 1,540).
     """
     layer = job.layer
     solved: set[str] = set()
@@ -249,11 +256,12 @@ def run_sequential(
         assert w.at is not None
         rel, raw = w.at
         x = view(w.index, raw, job.full_name(rel))
-        for member in group_at(rel):
+        group = group_at(rel)
+        for member in group:
             consumers[member](x)
             fed_with[w.index][member] = weakref.ref(raw)
         hidden = records[w.index].hidden
-        if spilled is not None and raw.numel() > hidden.numel():
+        if spilled is not None and raw.numel() >= hidden.numel() and not _same_storage(raw, hidden):
             del x
             views[w.index] = None  # the view (a copy when padding was dropped) goes with it
             spilled.put(w.index, raw)
@@ -293,7 +301,7 @@ def run_sequential(
             group = group_at(rel)
             visitor.solve(job, group, False)
             solved.update(group)
-            release_freed_memory()
+            release_freed_memory()  # what the spilled inputs and the solve freed, before the passes go on
     finally:
         for h in handles:
             h.remove()
