@@ -394,14 +394,19 @@ class SparseGPTSolver(Solver):
         """Upper Cholesky factor of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds."""
         mean_diag = torch.mean(torch.diag(H)).item()
         fractions = [self.percdamp] + [max(self.percdamp, 1e-4) * 10.0**i for i in range(1, 7)]
-        eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
         for frac in fractions:
-            damped = H + (frac * mean_diag) * eye
+            # at most three [in, in] matrices live at once besides H (the down projection's Hessian of an LLM
+            # is the largest matrix of its layer's solve)
+            damped = H.clone()
+            damped.diagonal().add_(frac * mean_diag)
             L, info = torch.linalg.cholesky_ex(damped)
+            del damped
             if info.item() == 0:
                 Hinv = torch.cholesky_inverse(L)
+                del L
                 U: Tensor
                 U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+                del Hinv
                 if info.item() == 0 and torch.isfinite(U).all():
                     if frac != self.percdamp:
                         warnings.warn(

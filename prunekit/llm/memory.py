@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["AllocationMeter", "release_freed_memory", "tensor_bytes"]
+__all__ = ["AllocationMeter", "HeapTrimmer", "release_freed_memory", "tensor_bytes"]
 
 
 class AllocationMeter(TorchDispatchMode):
@@ -97,3 +97,42 @@ def release_freed_memory() -> None:
 
 
 _LIBC: Any = None
+
+
+def resident_bytes() -> int:
+    """The process's resident set in bytes (Linux ``/proc/self/statm``); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _page_size()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _page_size() -> int:
+    import mmap
+
+    return mmap.PAGESIZE
+
+
+class HeapTrimmer:
+    """``trim()`` calls :func:`release_freed_memory` only when the resident set has grown by more than
+    ``slack_mib`` since the last trim (or since its lowest reading after it): a trim walks the whole heap
+    (milliseconds), a reading of the resident set costs microseconds. Where the resident set cannot be read,
+    it never trims."""
+
+    def __init__(self, slack_mib: float = 32.0):
+        self.slack = int(slack_mib * 2**20)
+        self.low = resident_bytes()
+        self.trims = 0
+
+    def trim(self) -> None:
+        """Trim if the resident set grew by more than the slack since the last trim or its lowest since."""
+        now = resident_bytes()
+        if not now:
+            return
+        if now > self.low + self.slack:
+            release_freed_memory()
+            self.trims += 1
+            self.low = resident_bytes() or now
+        else:
+            self.low = min(self.low, now)

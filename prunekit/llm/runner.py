@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from prunekit.calibration.families import Family, family_for, prunable_linears
 from prunekit.errors import DataError, MissingDataError, ModelError
-from prunekit.llm.memory import release_freed_memory
-from prunekit.llm.sequential import merge_batches, run_sequential
+from prunekit.llm.memory import HeapTrimmer, release_freed_memory
+from prunekit.llm.sequential import ActivationSpill, closing_spill, merge_batches, run_sequential
 from prunekit.padding import real_tokens, token_mask
 from prunekit.progress import ProgressBar
 
@@ -482,7 +482,9 @@ def run_layerwise(
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
     carried: dict[str, list[str]] = {}  # groups of Linears reading one tensor, learned layer to layer
-    with ProgressBar(description, len(layers), enabled=progress) as bar:
+    spill = ActivationSpill() if sequential and spill_activations else None
+    trimmer = HeapTrimmer()
+    with ProgressBar(description, len(layers), enabled=progress) as bar, closing_spill(spill):
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
             if layer_store is not None:
@@ -494,7 +496,7 @@ def run_layerwise(
             consumers = visitor.start(job)
             if sequential and consumers:
                 outputs = run_sequential(
-                    job, i, records, consumers, visitor, exec_device, store, carried, spill_activations
+                    job, i, records, consumers, visitor, exec_device, store, carried, spill, trimmer
                 )
                 if len(outputs) != len(records):
                     raise ModelError(f"{job.prefix} returned no output for some calibration batches")

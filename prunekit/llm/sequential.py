@@ -10,20 +10,21 @@ the ``--true-sequential`` order of the SparseGPT and GPTQ reference code (Franta
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ModelError
-from prunekit.llm.memory import release_freed_memory
+from prunekit.llm.memory import HeapTrimmer
 from prunekit.padding import real_tokens
 
 if TYPE_CHECKING:
     from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor
 
-__all__ = ["layer_workspace", "merge_batches", "run_sequential"]
+__all__ = ["ActivationSpill", "layer_workspace", "merge_batches", "run_sequential"]
 
 
 def _unwrap(out: Any) -> Tensor:
@@ -91,10 +92,12 @@ def _same_storage(a: Tensor, b: Tensor) -> bool:
     return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-class _Spill:
+class ActivationSpill:
     """Tensors of waiting passes, written to an anonymous temporary file while their passes wait (the
     storage is emptied, ``resize_(0)``, so the tensor objects the paused frames hold stay valid) and read
-    back, bit for bit, before the pass goes on. The file's pages sit in the OS cache, not in this process."""
+    back, bit for bit, before the pass goes on. The file's pages sit in the OS cache, not in this process.
+    One file serves a whole run: its space is reused layer after layer (writing into pages the OS already
+    holds costs less than into new ones); :meth:`close` deletes it."""
 
     def __init__(self) -> None:
         self._file: Any = None
@@ -144,9 +147,20 @@ class _Spill:
             self._end = 0  # every pass has its tensor back: the file's space is free again
 
     def close(self) -> None:
+        """Delete the file (what is still spilled is lost: :meth:`restore` every pass first)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@contextmanager
+def closing_spill(spill: ActivationSpill | None) -> Iterator[None]:
+    """Close ``spill`` (when one is given) on leaving the block, whatever happens inside."""
+    try:
+        yield
+    finally:
+        if spill is not None:
+            spill.close()
 
 
 def run_sequential(
@@ -158,7 +172,8 @@ def run_sequential(
     device: torch.device,
     store: torch.device,
     groups: dict[str, list[str]],
-    spill: bool = True,
+    spill: ActivationSpill | None = None,
+    trimmer: HeapTrimmer | None = None,
 ) -> list[Tensor]:
     """Calibrate and prune ``job``'s layer in true-sequential order with one forward pass per batch; returns
     the pruned layer's outputs, one per record.
@@ -170,13 +185,14 @@ def run_sequential(
     ``groups`` holds, per first Linear, the group found in the previous layer (decoder layers share their
     structure), and is updated with this layer's; each member is checked to be called on that very tensor.
 
-    ``spill``: an input a pass waits with that is at least as large as the batch's layer input and is not that
-    input (the normalised hidden states q/k/v and gate/up read, the attention output, the MLP's
-    intermediate-size input to its down projection) is written to a temporary file while the pass waits and
-    read back before it goes on (:class:`_Spill`, exact), and the freed heap is given back to the operating
-    system after each group is pruned. With SmolLM2-135M and 64 x 256 calibration tokens this lowered the peak
-    resident set of Wanda 50% from about 1,700 to about 1,490 MiB (spilling only the down projection's input:
-    about 1,530; only the inputs one Linear reads: about 1,540).
+    ``spill`` (an :class:`ActivationSpill`, or None to keep everything in memory): an input a pass waits with
+    that is at least as large as the batch's layer input and is not that input (the normalised hidden states
+    q/k/v and gate/up read, the attention output, the MLP's intermediate-size input to its down projection) is
+    written to a temporary file while the pass waits and read back before it goes on (exact). ``trimmer``
+    gives the freed heap back to the operating system after each group is pruned, when the resident set has
+    grown. With SmolLM2-135M and 64 x 256 calibration tokens, spilling lowered the peak resident set of Wanda
+    50% from about 1,700 to about 1,490 MiB (spilling only the down projection's input: about 1,530; only the
+    inputs one Linear reads: about 1,540).
     """
     layer = job.layer
     solved: set[str] = set()
@@ -236,7 +252,7 @@ def run_sequential(
 
         return run
 
-    spilled = _Spill() if spill else None
+    spilled = spill
 
     def resume(w: _Worker) -> None:
         if spilled is not None:
@@ -299,9 +315,12 @@ def run_sequential(
                 )
             rel = at.pop()
             group = group_at(rel)
+            if trimmer is not None:  # the heap the passes freed on their way here (spilled inputs) goes first
+                trimmer.trim()
             visitor.solve(job, group, False)
             solved.update(group)
-            release_freed_memory()  # what the spilled inputs and the solve freed, before the passes go on
+            if trimmer is not None:  # what the spilled inputs and the solve freed, before the passes go on
+                trimmer.trim()
     finally:
         for h in handles:
             h.remove()
@@ -312,8 +331,6 @@ def run_sequential(
                 active[:] = [w]
                 w.close()
                 active.clear()
-        if spilled is not None:
-            spilled.close()
     for _ref, rels in readers:  # the groups of this layer: the guess for the next one
         groups[rels[0]] = rels
     return [w.result for w in workers if w.result is not None]

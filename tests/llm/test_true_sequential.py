@@ -232,14 +232,14 @@ def test_spilled_activations_prune_bit_for_bit(monkeypatch, family, method, padd
     from prunekit.llm import sequential
 
     spilled = []
-    put = sequential._Spill.put
+    put = sequential.ActivationSpill.put
 
     def counting_put(self, worker, t):
         done = put(self, worker, t)
         spilled.append((done, t.untyped_storage().nbytes()))  # emptied while the pass waits
         return done
 
-    monkeypatch.setattr(sequential._Spill, "put", counting_put)
+    monkeypatch.setattr(sequential.ActivationSpill, "put", counting_put)
     base = tiny_model(family, layers=2)
     batches = calibration(n=3)
     if padded and family == "opt":
@@ -265,9 +265,9 @@ def test_spilled_activations_prune_bit_for_bit(monkeypatch, family, method, padd
 
 
 def test_spill_gives_back_the_same_bytes_and_keeps_what_it_cannot_take(tmp_path):
-    from prunekit.llm.sequential import _Spill
+    from prunekit.llm.sequential import ActivationSpill
 
-    spill = _Spill()
+    spill = ActivationSpill()
     x = torch.randn(64, 48)
     view = x[3:]  # a view of the same storage, as a paused frame may hold
     expected = x.clone()
@@ -300,3 +300,21 @@ def test_first_layer_is_solved_in_groups(monkeypatch):
     prune_causal_lm(tiny_model("llama", layers=2), "wanda", sparsity=0.5, calibration=calibration(n=2), progress=False)
     for index in (0, 1):
         assert [names for i, names in seen if i == index] == _LLAMA_GROUPS
+
+
+def test_heap_trimmer_trims_only_after_growth(monkeypatch):
+    from prunekit.llm import memory
+
+    readings = iter([100, 110, 90, 200, 150, 160, 300, 300])  # MiB: init, then each trim() call (and after a trim)
+    trims = []
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(readings) * 2**20)
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(1))
+    t = memory.HeapTrimmer(slack_mib=32)  # low 100
+    t.trim()  # 110: within the slack
+    t.trim()  # 90: a new low
+    assert not trims
+    t.trim()  # 200 > 90 + 32: trims, then reads 150 as the new low
+    assert len(trims) == 1 and t.low == 150 * 2**20
+    t.trim()  # 160: within the slack of 150
+    t.trim()  # 300: trims again, reads 300
+    assert len(trims) == 2 and t.trims == 2
