@@ -609,7 +609,7 @@ CASES = [
         "CLI prune-llm llm-mlp with --two-pass",
         cli_tiny_lm("--method", "llm-mlp", "--sparsity", "0.3", "--two-pass"),
         pk.ConfigError,
-        "calibration order of wanda and sparsegpt",
+        "calibration passes of wanda and sparsegpt",
     ),
     Case("CLI eval-ppl on a missing folder", cli_missing("eval-ppl"), pk.CheckpointError, "there is no folder"),
 ]

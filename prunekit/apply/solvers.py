@@ -395,9 +395,7 @@ class SparseGPTSolver(Solver):
         mean_diag = torch.mean(torch.diag(H)).item()
         fractions = [self.percdamp] + [max(self.percdamp, 1e-4) * 10.0**i for i in range(1, 7)]
         for frac in fractions:
-            # at most three [in, in] matrices live at once besides H (the down projection's Hessian of an LLM
-            # is the largest matrix of its layer's solve)
-            damped = H.clone()
+            damped = H.clone()  # at most three [in, in] matrices live at once besides H
             damped.diagonal().add_(frac * mean_diag)
             L, info = torch.linalg.cholesky_ex(damped)
             del damped
