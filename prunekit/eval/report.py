@@ -131,14 +131,21 @@ def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple
     buffers = {k for k, _ in model.named_buffers()}
     prefixes = state_prefixes(model, modules)
     total = nonzero = total_in = nonzero_in = 0
+    seen: set[tuple[int, int, int]] = set()  # a tied tensor (embedding and LM head) is one set of parameters
 
     def add(key: str, value: torch.Tensor) -> None:
         nonlocal total, nonzero, total_in, nonzero_in
-        if key not in buffers:
-            n, nz = value.numel(), int(torch.count_nonzero(value))
-            total, nonzero = total + n, nonzero + nz
-            if key.startswith(prefixes):
-                total_in, nonzero_in = total_in + n, nonzero_in + nz
+        if key in buffers:
+            return
+        if value.device.type != "meta":
+            ident = (value.untyped_storage().data_ptr(), int(value.storage_offset()), value.numel())
+            if ident in seen:
+                return
+            seen.add(ident)
+        n, nz = value.numel(), int(torch.count_nonzero(value))
+        total, nonzero = total + n, nonzero + nz
+        if key.startswith(prefixes):
+            total_in, nonzero_in = total_in + n, nonzero_in + nz
 
     with torch.no_grad():
         for key, value in model.state_dict().items():  # what effective_state_dict keeps as it is

@@ -40,4 +40,5 @@ def test_counts_before_pruning_are_the_whole_models():
             model, "wanda", sparsity=0.5, calibration=calibration(), progress=False, prune_classifier=True
         )
         assert (report.before.params, report.before.nonzero_params) == expected
+        assert expected[0] == sum(p.numel() for p in base.parameters())  # a tied matrix counted once
         assert report.after.params == expected[0] and report.after.nonzero_params == count_params(model)[1]
