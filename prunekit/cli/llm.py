@@ -104,8 +104,8 @@ def prune_llm(
         bool | None,
         typer.Option(
             "--spill-activations/--keep-activations",
-            help="wanda / sparsegpt, true-sequential: keep the MLP's intermediate-size inputs that the passes wait "
-            "with in a temporary file (default; read back exactly) or in memory",
+            help="wanda / sparsegpt, true-sequential: keep the inputs the passes wait with (all but each layer's "
+            "own input) in a temporary file (default; read back exactly) or in memory",
         ),
     ] = None,
     stream: Annotated[

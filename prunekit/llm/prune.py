@@ -400,9 +400,9 @@ def prune_causal_lm(
     matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a statistics pass,
     then an output pass). ``merge_mib``: consecutive equal-length calibration batches are merged into larger
     batches while a layer's forward on one is estimated to need at most this many MiB; 0 never merges.
-    ``spill_activations`` (true-sequential order, CPU; default True): the MLP's intermediate-size inputs that
-    the passes wait with at the down projection stay in a temporary file until the projection is pruned (read
-    back exactly), so that the peak memory stays near the two-pass order's; False keeps them in memory.
+    ``spill_activations`` (true-sequential order, CPU; default True): the inputs the passes wait with (all but
+    the layer's own input) stay in a temporary file until the passes go on (read back exactly), so that the
+    peak memory stays near the two-pass order's; False keeps them in memory.
 
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.

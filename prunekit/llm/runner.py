@@ -15,8 +15,8 @@ computed with the Linears called before it in the same layer already pruned, sti
 batch: each batch's pass runs as a coroutine (a greenlet) that waits at every Linear until all batches have
 brought their input to it; the Linear is then pruned and the passes go on (:mod:`prunekit.llm.sequential`).
 Equal-length batches are first merged into larger ones up to ``merge_mib`` (larger products run faster).
-While they wait, the passes hold one layer's intermediates for the whole calibration set; the largest (the
-MLP's intermediate-size inputs to its down projection) wait in a temporary file (``spill_activations``).
+While they wait, the passes hold one layer's intermediates for the whole calibration set; the inputs they wait
+with (all but the layer's own input) wait in a temporary file (``spill_activations``).
 
 Only one layer and the activations of the calibration set are ever live on the execution device: layers
 not being worked on may stay on the CPU while a GPU holds the current one (``device="cuda"``). Families
@@ -457,10 +457,9 @@ def run_layerwise(
     (:mod:`prunekit.llm.streaming`); None: the layers are in memory. ``merge_mib``: for a ``sequential``
     visitor, consecutive equal-length calibration batches are merged while a layer's forward on the merged
     batch is estimated to need at most this many MiB (:func:`~prunekit.llm.sequential.merge_batches`); 0 never
-    merges. ``spill_activations`` (``sequential`` visitors, CPU): a pass waiting at a Linear whose input is
-    larger than the layer's input (the MLP down projection) keeps that input in a temporary file until it goes
-    on, which bounds the waiting passes' memory near the two-pass order's (read back exactly; about 0.1 s per
-    100 MB).
+    merges. ``spill_activations`` (``sequential`` visitors, CPU): a pass waiting at a Linear keeps the input it
+    waits with (unless it is the layer's own input) in a temporary file until it goes on, which bounds the
+    waiting passes' memory near the two-pass order's (read back exactly; about 0.1 s per 100 MB).
 
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what
     :func:`as_batches` raises for the calibration data, :class:`~prunekit.errors.DataError` for token ids
