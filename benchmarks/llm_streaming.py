@@ -1,13 +1,17 @@
 """Benchmark: pruning a causal LM from its safetensors files one decoder layer at a time
 (``prunekit.llm.prune_checkpoint``) against the same run in memory.
 
-For each model, two fresh processes (so that each peak is its own): ``stream`` prunes the checkpoint into a
-folder with ``prune_checkpoint``; ``memory`` loads the whole model (``load_causal_lm``), prunes it with
-``prune_causal_lm`` and saves it with ``save_pretrained``. Each records its peak resident memory
-(``ru_maxrss``) and its resident memory after the imports and the tokenizer (the interpreter's own share),
-and the prune time. The parent then compares the two outputs tensor by tensor (bit for bit) and computes the
-memory bound the issue states: the tensors outside the decoder layers + two decoder layers + the calibration
-set's hidden states (inputs and outputs of a layer, float32), from the checkpoint's shapes.
+For each model, three fresh processes (so that each peak is its own): ``stream`` prunes the checkpoint into
+a folder with ``prune_checkpoint``; ``memory`` loads the whole model (``load_causal_lm``), prunes it with
+``prune_causal_lm`` and saves it with ``save_pretrained``; ``one-layer`` runs the same ``prune_causal_lm`` on
+the model cut to its first decoder layer (random weights), to measure the calibration activations. Each
+records its peak resident memory (``ru_maxrss``) and its resident memory after the imports and the tokenizer
+(the interpreter's own share), and the prune time. The parent then compares the two outputs tensor by tensor
+(bit for bit) and computes the memory bound the issue states: the tensors outside the decoder layers + two
+decoder layers + the calibration activations, float32; the activations computed (the calibration set's
+hidden states, a layer's inputs and outputs, from the checkpoint's shapes) and measured (the ``one-layer``
+run's peak above its base, less the tensors outside the layers and one layer: hidden states, the layer
+forward's working memory and the kernels its first call loads).
 
     python benchmarks/llm_streaming.py --models smollm2-135m --method wanda --n-samples 16 --seq-len 256
 
@@ -51,6 +55,17 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.child == "stream":
         prune_checkpoint(src, args.dest, args.method, sparsity=args.sparsity, calibration=calib, progress=False)
+    elif args.child == "one-layer":  # the same run on the model cut to its first decoder layer (random weights)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.from_pretrained(str(src))
+        text = getattr(cfg, "text_config", cfg)
+        text.num_hidden_layers = 1
+        if getattr(text, "layer_types", None):
+            text.layer_types = text.layer_types[:1]
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        prune_causal_lm(model, args.method, sparsity=args.sparsity, calibration=calib, progress=False)
     else:
         model, _ = load_causal_lm(args.model)
         prune_causal_lm(model, args.method, sparsity=args.sparsity, calibration=calib, progress=False)
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--child", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["stream", "memory", "one-layer"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--dest", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         src = cached_model_dir(name)
         with tempfile.TemporaryDirectory() as tmp:
             runs = {}
-            for mode in ("stream", "memory"):
+            for mode in ("stream", "memory", "one-layer"):
                 cmd = [sys.executable, __file__, "--child", mode, "--model", name, "--dest", f"{tmp}/{mode}"]
                 cmd += ["--method", args.method, "--sparsity", str(args.sparsity), "--text", args.text]
                 cmd += ["--n-samples", str(args.n_samples), "--seq-len", str(args.seq_len)]
@@ -173,22 +188,34 @@ def markdown(res: dict[str, Any]) -> str:
         f"`save_pretrained`): {res['method']} {res['sparsity']:g}, calibration {res['calibration']}, "
         f"{res['threads']} threads, each in a fresh process. Memory: peak resident set (`ru_maxrss`) minus the "
         "resident set after the imports and the tokenizer (the interpreter's own share, in the base column). "
-        "Bound: tensors outside the decoder layers + two decoder layers + the calibration hidden states (a "
-        "layer's inputs and outputs), all float32, from the checkpoint's shapes.",
+        "Bound: tensors outside the decoder layers + two decoder layers + the calibration activations, all "
+        "float32. Computed, the activations are the calibration set's hidden states (a layer's inputs and "
+        "outputs) from the checkpoint's shapes; measured, they are what the same pruning run takes on the model "
+        "cut to its first decoder layer (a fresh process, random weights) above the tensors outside the layers "
+        "and that one layer: the hidden states and also the layer forward's working memory and the kernels "
+        "the first forward loads.",
         "",
         f"Reproduce: `{res['command']}`",
         "",
-        "| model | whole model (fp32) | bound | streamed: peak - base | in memory: peak - base | base | "
-        "prune time stream / memory | weights equal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | whole model (fp32) | bound, computed activations | bound, measured activations | "
+        "streamed: peak - base | in memory: peak - base | base | prune time stream / memory | weights equal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         s, m, b, same = r["runs"]["stream"], r["runs"]["memory"], r["bound"], r["same"]
         equal = not (same["different"] or same["only_in_stream"] or same["only_in_memory"])
+        one = r["runs"].get("one-layer")
+        measured = "-"
+        if one:
+            acts = one["peak_mb"] - one["base_mb"] - b["outside_layers_mb"] - b["one_layer_mb"]
+            measured = (
+                f"{b['outside_layers_mb'] + 2 * b['one_layer_mb'] + acts:.0f} MB ({b['outside_layers_mb']:.0f} + "
+                f"2 x {b['one_layer_mb']:.1f} + {acts:.0f} measured)"
+            )
         lines.append(
             f"| {r['model']} | {b['whole_model_mb']:.0f} MB ({b['layers']} layers of {b['one_layer_mb']:.1f} MB) | "
             f"{b['bound_mb']:.0f} MB ({b['outside_layers_mb']:.0f} outside + 2 x {b['one_layer_mb']:.1f} + "
-            f"{b['activations_mb']:.0f} activations) | {s['peak_mb'] - s['base_mb']:.0f} MB | "
+            f"{b['activations_mb']:.0f} activations) | {measured} | {s['peak_mb'] - s['base_mb']:.0f} MB | "
             f"{m['peak_mb'] - m['base_mb']:.0f} MB | {s['base_mb']:.0f} / {m['base_mb']:.0f} MB | "
             f"{s['seconds']:.1f} s / {m['seconds']:.1f} s | "
             f"{'yes, all ' + str(same['tensors']) + ' tensors' if equal else 'NO: ' + str(same)} |"

@@ -32,7 +32,7 @@ from prunekit.eval.report import (
 )
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.targets import Ignore, Target, check_finite, ignored_modules, select_targets, state_prefixes
+from prunekit.targets import Ignore, Target, check_finite, check_untied, ignored_modules, select_targets, tied_outside
 
 __all__ = ["prune"]
 
@@ -89,7 +89,8 @@ def prune(
     :func:`prunekit.squash_masks_` folds them in. Any error leaves the model exactly as it was.
 
     Raises :class:`~prunekit.errors.ModelError` when ``model`` is not a module,
-    :class:`~prunekit.errors.InvalidSparsityError` for a missing sparsity or one outside [0, 1),
+    :class:`~prunekit.errors.InvalidSparsityError` for a missing sparsity (an N:M ``pattern`` fixes it: "2:4"
+    alone prunes at 0.5) or one outside [0, 1),
     :class:`~prunekit.errors.ConfigError` for options the method does not accept (the message lists those it
     does), :class:`~prunekit.errors.UnknownNameError` for an unknown method, pattern or allocation, and what
     the method raises; every error is a :class:`~prunekit.errors.PrunekitError`.
@@ -104,8 +105,13 @@ def prune(
             sparsity = method.target_sparsity(None)
         pattern, allocation, ignore = _from_pruner(method, sparsity, pattern, allocation, ignore, options)
     elif sparsity is None:
+        fixed = parse_pattern(pattern)
+        if isinstance(fixed, NM):  # an N:M pattern fixes the sparsity (2:4 -> 0.5)
+            sparsity = fixed.fixed_sparsity
+    if sparsity is None:
         raise InvalidSparsityError(
-            "no sparsity given: pass sparsity= (a number in [0, 1), the fraction of the selected weights to remove)"
+            "no sparsity given: pass sparsity= (a number in [0, 1), the fraction of the selected weights to remove), "
+            "or an N:M pattern, which fixes it"
         )
     m = resolve_method(method)
     unknown = set(options) - COMMON_OPTIONS - set(m.options)
@@ -163,6 +169,7 @@ def prune(
     if not m.structural:
         targets, misfits = split_by_pattern(targets, gran, skip_incompatible)
         ignored += misfits
+        check_untied(model, targets)
     request = PruneRequest(
         sparsity=float(sparsity),
         pattern=gran,
@@ -242,15 +249,7 @@ def _touched_modules(model: nn.Module, targets: list[Target]) -> list[nn.Module]
     """The targets' modules, for a method that writes nothing else; None (snapshot and count everything)
     when a tensor outside them shares storage with one inside (tied weights: writing one writes both)."""
     modules = list({id(t.module): t.module for t in targets}.values())
-    prefixes = state_prefixes(model, modules)
-    inside: set[int] = set()
-    outside: set[int] = set()
-    for key, value in model.state_dict(keep_vars=True).items():
-        if value.device.type == "meta":
-            continue
-        (inside if key.startswith(prefixes) else outside).add(value.untyped_storage().data_ptr())
-    inside.discard(0)
-    return None if inside & outside else modules
+    return None if tied_outside(model, modules) else modules
 
 
 def _carried_example(model: nn.Module, seed: int) -> tuple[Any, str | None]:

@@ -13,7 +13,17 @@ from torch.nn.utils import parametrize
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
 from prunekit.layout import WeightLayout, is_prunable, parametrization_list, weight_layout
 
-__all__ = ["Ignore", "Selection", "Target", "check_finite", "ignored_modules", "select_targets", "state_prefixes"]
+__all__ = [
+    "Ignore",
+    "Selection",
+    "Target",
+    "check_finite",
+    "check_untied",
+    "ignored_modules",
+    "select_targets",
+    "state_prefixes",
+    "tied_outside",
+]
 
 # the torch layer types prunekit prunes; transformers' Conv1D is recognised too (see prunekit.layout)
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -213,3 +223,55 @@ def state_prefixes(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[str,
     (``""`` for ``model`` itself, which matches every key); ``str.startswith`` takes the tuple."""
     wanted = {id(m) for m in modules}
     return tuple(f"{name}." if name else "" for name, m in model.named_modules() if id(m) in wanted)
+
+
+def _storage_owners(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
+    """For each storage of ``model``'s parameters and buffers (by data pointer; meta and empty tensors left
+    out): who holds it, as ``(id(module), qualified name)`` for every path to it (a module reused under two
+    names is listed under both)."""
+    owners: dict[int, list[tuple[int, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for table in (module._parameters, module._buffers):
+            for tname, t in table.items():
+                if t is None or t.device.type == "meta":
+                    continue
+                ptr = t.untyped_storage().data_ptr()
+                if ptr:
+                    owners.setdefault(ptr, []).append((id(module), f"{mname}.{tname}" if mname else tname))
+    return owners
+
+
+def tied_outside(model: nn.Module, modules: Iterable[nn.Module]) -> list[tuple[str, str]]:
+    """Tensors of ``modules`` (submodules of ``model``, with everything under them) that share storage with a
+    tensor of ``model`` outside them, as ``(name inside, name outside)`` pairs: tied weights, such as a
+    language model's head and its input embedding. Writing one writes the other."""
+    return _tied(_storage_owners(model), modules)
+
+
+def _tied(owners: dict[int, list[tuple[int, str]]], modules: Iterable[nn.Module]) -> list[tuple[str, str]]:
+    inside = {id(m) for module in modules for m in module.modules()}
+    pairs = []
+    for holders in owners.values():
+        ins = [name for owner, name in holders if owner in inside]
+        outs = [name for owner, name in holders if owner not in inside]
+        if ins and outs:
+            pairs.append((ins[0], outs[0]))
+    return pairs
+
+
+def check_untied(model: nn.Module, targets: Iterable[Target]) -> None:
+    """Refuse to mask a target whose weight is tied to a tensor outside it: the mask would act on the target
+    alone until it is squashed, and then on both. Raises :class:`~prunekit.errors.ConfigError` naming the two
+    tensors and how to untie them or leave the target out."""
+    owners = _storage_owners(model)
+    for t in targets:
+        pairs = _tied(owners, [t.module])
+        if pairs:
+            inside, outside = pairs[0]
+            raise ConfigError(
+                f"{inside} is the same tensor as {outside} (tied weights): a mask on {t.name} would prune "
+                f"{outside} too once the masks are squashed, and change the model's outputs. Leave {t.name} out "
+                f"(ignore=[{t.name!r}], or prune_classifier=False for a classifier), or untie the two first (give "
+                f"{t.name} its own copy: module.weight = nn.Parameter(module.weight.detach().clone()), and set "
+                "config.tie_word_embeddings = False on a Hugging Face model)"
+            )

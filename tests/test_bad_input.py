@@ -272,6 +272,27 @@ def llm_calibration(batches: Any, method: str = "wanda", **options: Any) -> Call
     return setup
 
 
+def lm_magnitude(**options: Any) -> Callable[[Path], Setup]:
+    def setup(tmp: Path) -> Setup:
+        from prunekit.llm import prune_causal_lm
+
+        model = tiny_llama()
+        return Setup(call=lambda: prune_causal_lm(model, "magnitude", **options), model=model)
+
+    return setup
+
+
+def lm_targets(targets: Any) -> Callable[[Path], Setup]:
+    return lm_magnitude(sparsity=0.5, targets=targets)
+
+
+def lm_magnitude_spill(tmp: Path) -> Setup:
+    from prunekit.llm import prune_causal_lm
+
+    model = tiny_llama()
+    return Setup(call=lambda: prune_causal_lm(model, "magnitude", sparsity=0.5, spill_activations=False), model=model)
+
+
 # the command line -----------------------------------------------------------------------------------------
 
 
@@ -484,6 +505,33 @@ CASES = [
         "blocksize must be a positive integer",
     ),
     Case(
+        "wanda with SparseGPT's blocksize",
+        llm_calibration([torch.randint(0, 64, (1, 8))], "wanda", blocksize=64),
+        pk.ConfigError,
+        "blocksize is a SparseGPT option; wanda does not use it",
+    ),
+    Case(
+        "wanda two-pass with merge_mib",
+        llm_calibration([torch.randint(0, 64, (1, 8))], "wanda", true_sequential=False, merge_mib=64),
+        pk.ConfigError,
+        "merge_mib apply to the true-sequential order only",
+    ),
+    Case(
+        "prune_causal_lm targets as one string",
+        lm_targets("model.layers.0.mlp.up_proj"),
+        pk.ConfigError,
+        "pass ['model.layers.0.mlp.up_proj']",
+    ),
+    Case("prune_causal_lm targets naming no module", lm_targets(["model.layers.0.mlp.nope"]), pk.ConfigError, "e.g."),
+    Case("prune_causal_lm targets outside the layers", lm_targets(["lm_head"]), pk.ConfigError, "leave the others out"),
+    Case("prune_causal_lm pattern 5:7", lm_magnitude(pattern="5:7"), pk.PatternError, "Leave it out of targets="),
+    Case(
+        "prune_causal_lm magnitude with spill_activations",
+        lm_magnitude_spill,
+        pk.ConfigError,
+        "magnitude uses no calibration statistics",
+    ),
+    Case(
         "measure on inputs the model cannot run",
         api(cnn, lambda m: pk.measure(m, torch.randn(2, 5))),
         pk.DataError,
@@ -610,6 +658,18 @@ CASES = [
         cli_tiny_lm("--method", "llm-mlp", "--sparsity", "0.3", "--two-pass"),
         pk.ConfigError,
         "calibration passes of wanda and sparsegpt",
+    ),
+    Case(
+        "CLI prune-llm --two-pass with --merge-mib",
+        cli_tiny_lm("--method", "wanda", "--sparsity", "0.5", "--two-pass", "--merge-mib", "64"),
+        pk.ConfigError,
+        "with --two-pass every matrix",
+    ),
+    Case(
+        "CLI prune-llm unknown method with --merge-mib",
+        cli_tiny_lm("--method", "bogus", "--sparsity", "0.5", "--merge-mib", "64"),
+        pk.UnknownNameError,
+        "wanda",
     ),
     Case("CLI eval-ppl on a missing folder", cli_missing("eval-ppl"), pk.CheckpointError, "there is no folder"),
 ]

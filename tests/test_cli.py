@@ -405,3 +405,34 @@ def test_bench_into_a_store_then_report_it_and_a_failed_run_exits_1(tmp_path, mo
     result = runner.invoke(app, ["bench", str(spec), "--store", str(tmp_path / "failed.db"), "--no-progress"])
     assert result.exit_code == 1, result.output  # as `python -m prunekit.bench run` did
     assert "2 failed" in result.output and "kaput" in result.output
+
+
+def test_sigterm_leaves_no_half_written_output(tmp_path):
+    """``kill`` (SIGTERM) during a command that writes a folder: exit status 143 and no temporary folder left."""
+    import signal
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, time
+import prunekit.cli as cli
+from prunekit.serialization import atomic_directory
+
+@cli.app.command("hold")
+def hold(out: str) -> None:
+    with atomic_directory(out) as tmp:
+        (tmp / "weights").write_text("half")
+        print("ready", flush=True)
+        time.sleep(60)
+
+sys.argv = ["prunekit", "hold", {str(tmp_path / "out")!r}]
+cli.main()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted" in err
+    assert list(tmp_path.iterdir()) == []

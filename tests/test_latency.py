@@ -59,3 +59,27 @@ def test_a_model_against_itself_is_never_called_faster_or_slower():
     assert cmp.verdict not in ("faster", "slower")
     t = time_model(model, x, budget_s=0.2)
     assert t.q1_ms <= t.median_ms <= t.q3_ms and t.runs >= 7
+
+
+def test_a_fast_model_is_timed_in_blocks_of_calls_and_a_slow_one_call_by_call():
+    import time
+
+    from prunekit.eval.latency import BLOCK_MS, MAX_BLOCK_CALLS, compare_latency
+
+    class Counted(nn.Module):
+        def __init__(self, sleep_ms: float) -> None:
+            super().__init__()
+            self.sleep_ms, self.calls = sleep_ms, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.sleep_ms:
+                time.sleep(self.sleep_ms / 1000)
+            return x
+
+    slow, fast = Counted(1.5 * BLOCK_MS), Counted(0.0)
+    cmp = compare_latency(slow, fast, torch.zeros(1), warmup=2, min_rounds=5, max_rounds=5, budget_s=0.0)
+    assert slow.calls == 2 + 5  # warm-up, then one call a round
+    assert fast.calls >= 2 + 5 * 10 and (fast.calls - 2) % 5 == 0 and fast.calls <= 2 + 5 * MAX_BLOCK_CALLS
+    assert cmp.baseline.runs == cmp.candidate.runs == 5
+    assert cmp.candidate.median_ms < BLOCK_MS / 10  # a block's mean per call, not the block

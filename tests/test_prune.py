@@ -412,3 +412,37 @@ def test_a_model_that_carries_its_input_shape_is_traced_and_counted_on_it():
     bare = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     with pytest.raises(pk.DataError, match="pass example_inputs="):  # nothing carried: nothing guessed
         pk.prune(bare, "l1-channel", sparsity=0.5)
+
+
+def test_an_nm_pattern_alone_fixes_the_sparsity():
+    """``pattern="2:4"`` without ``sparsity``: every group of 4 input weights keeps 2 (sparsity 0.5)."""
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    pk.prune(model, "magnitude", pattern="2:4", measure=False)
+    pk.squash_masks_(model)
+    w = model[0].weight
+    assert torch.equal((w.reshape(-1, 4) != 0).sum(1), torch.full((w.numel() // 4,), 2))
+    assert bool(torch.all(model[2].weight != 0))  # the classifier stays dense by default
+    with pytest.raises(pk.InvalidSparsityError, match="N:M pattern, which fixes it"):
+        pk.prune(ThreeLayer(), "magnitude", measure=False)
+
+
+def test_a_target_tied_to_a_tensor_outside_it_is_refused():
+    """A head tied to the input embedding: masking the head would prune the embedding too once squashed."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, num_hidden_layers=1,
+        vocab_size=64, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    before = snapshot(model)
+    with pytest.raises(pk.ConfigError, match="lm_head.weight is the same tensor as model.embed_tokens.weight"):
+        pk.prune(model, "magnitude", sparsity=0.5, prune_classifier=True, measure=False)
+    assert_unchanged(model, before)
+    assert pk.targets.tied_outside(model, [model.lm_head]) == [("lm_head.weight", "model.embed_tokens.weight")]
+    pk.prune(model, "magnitude", sparsity=0.5, measure=False)  # the head left dense: the decoder is pruned
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    shared = nn.Linear(8, 8)  # one module called twice is not a tie
+    twice = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(8, 2))
+    pk.prune(twice, "magnitude", sparsity=0.5, measure=False)
+    assert float((twice[0].weight == 0).float().mean()) == 0.5

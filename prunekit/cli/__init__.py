@@ -50,17 +50,35 @@ app.command("advise")(bench.advise)
 app.command("papers")(bench.papers)
 
 
+_signals: list[int] = []  # SIGTERM received (the CLI layer may re-raise the interrupt as another one)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM in the main thread: interrupt as Ctrl-C does, so that unfinished outputs are cleaned up."""
+    _signals.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the ``prunekit`` command and of ``python -m prunekit``: every error becomes a message and
-    exit status 2 (``PRUNEKIT_DEBUG=1`` shows the traceback of an unexpected one), Ctrl-C exit status 130."""
+    exit status 2 (``PRUNEKIT_DEBUG=1`` shows the traceback of an unexpected one), Ctrl-C exit status 130,
+    SIGTERM (``kill``, a job scheduler's stop) exit status 143; after either, no half-written output is left
+    (the temporary folders of :func:`prunekit.serialization.atomic_directory` are removed)."""
     import os
+    import signal
     import sys
 
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as e:  # typer turns an interrupt into exit status 130, silently
+            if e.code != 130:
+                raise
+            raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written for the unfinished step")
-        sys.exit(130)
+        sys.exit(143 if _signals else 130)
     except Exception as e:  # not a PrunekitError (those are handled per command): still a message, exit 2
         if os.environ.get("PRUNEKIT_DEBUG"):
             raise

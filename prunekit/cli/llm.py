@@ -113,8 +113,8 @@ def prune_llm(
         typer.Option(
             "--stream/--no-stream",
             help="read and write the checkpoint one decoder layer at a time, never holding the whole model (for "
-            "models larger than memory; like prunekit.llm.prune_checkpoint; magnitude, wanda, sparsegpt; needs "
-            "--eval-tokens 0)",
+            "models larger than memory; like prunekit.llm.prune_checkpoint; magnitude, wanda, sparsegpt and their "
+            "owl- aliases; needs --eval-tokens 0)",
         ),
     ] = False,
 ) -> None:
@@ -161,6 +161,12 @@ def prune_llm(
         }
         if merge_mib is not None and not merge_mib >= 0:
             raise prunekit.ConfigError(f"--merge-mib takes a number of MiB >= 0 (0: never merge), got {merge_mib}")
+        if true_sequential is False and (merge_mib is not None or spill_activations is not None):
+            raise prunekit.ConfigError(
+                "--merge-mib and --spill-activations / --keep-activations set the true-sequential passes; with "
+                "--two-pass every matrix of a layer is calibrated in one statistics pass: leave them out"
+            )
+        prunekit.methods.base.resolve_method(method)  # an unknown name fails first, with the known ones
         if order and base not in ("wanda", "sparsegpt"):
             raise prunekit.ConfigError(
                 f"--true-sequential / --two-pass, --merge-mib and --spill-activations / --keep-activations set the "
@@ -217,13 +223,7 @@ def prune_llm(
             "pattern": str(gran),
             "allocation": report.settings["allocation"],
             "calibration": cal.protocol,
-            "calibration_order": (
-                None
-                if base not in ("wanda", "sparsegpt")
-                else "two-pass"
-                if true_sequential is False
-                else "true-sequential"
-            ),
+            **_pass_record(base, order),
             "prune_seconds": seconds,
             "params_before": params_before,
             "params_after": sum(p.numel() for p in model.parameters()),
@@ -249,6 +249,23 @@ def prune_llm(
             console.print(f"  {note}", highlight=False)
     except PrunekitError as e:
         fail(e)
+
+
+def _pass_record(base: str, order: dict[str, Any]) -> dict[str, Any]:
+    """The calibration-pass settings a run used, for its record: the order (``true-sequential`` or
+    ``two-pass``; None for a method without calibration passes) and, in true-sequential order, ``merge_mib``
+    and ``spill_activations`` with their defaults filled in."""
+    from prunekit.llm.prune import DEFAULT_MERGE_MIB
+
+    if base not in ("wanda", "sparsegpt"):
+        return {"calibration_order": None}
+    if order.get("true_sequential") is False:
+        return {"calibration_order": "two-pass"}
+    return {
+        "calibration_order": "true-sequential",
+        "merge_mib": order.get("merge_mib", DEFAULT_MERGE_MIB),
+        "spill_activations": order.get("spill_activations", True),
+    }
 
 
 def _prune_streaming(
@@ -337,6 +354,7 @@ def _prune_streaming(
         "pattern": result.pattern,
         "allocation": result.allocation,
         "calibration": cal.protocol,
+        **_pass_record(method[4:] if method.startswith("owl-") else method, order or {}),
         "prune_seconds": seconds,
         "streamed": True,
         "notes": result.notes,

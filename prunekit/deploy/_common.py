@@ -328,6 +328,8 @@ class RuntimeModule(nn.Module):
         :class:`~prunekit.errors.DataError` when the number of tensor inputs is not the graph's."""
         if kwargs and all(name in kwargs for name in self.input_names) and not args:
             tensors = [kwargs[name] for name in self.input_names]
+        elif not kwargs and all(isinstance(a, Tensor) for a in args):
+            tensors = list(args)
         else:
             tensors = flat_tensors(args, kwargs)
         if len(tensors) != len(self.input_names):

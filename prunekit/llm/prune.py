@@ -31,11 +31,26 @@ from torch import Tensor, nn
 from prunekit.allocation.builtin import OWL, Allocation, LayerInfo, Uniform, resolve_allocation
 from prunekit.apply.solvers import SOLVERS, Solver, WandaSolver, check_pattern, check_sparsity, weight_matrix
 from prunekit.calibration.families import family_for, prunable_linears
-from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NothingToPruneError, UnknownNameError
+from prunekit.errors import (
+    ConfigError,
+    InvalidSparsityError,
+    ModelError,
+    NothingToPruneError,
+    PatternError,
+    UnknownNameError,
+)
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerStore, LayerVisitor, RunSummary, run_layerwise
 
-__all__ = ["LLMPruneResult", "OWL", "SharedInputs", "SolveVisitor", "prune_causal_lm", "select_targets"]
+__all__ = [
+    "DEFAULT_MERGE_MIB",
+    "LLMPruneResult",
+    "OWL",
+    "SharedInputs",
+    "SolveVisitor",
+    "prune_causal_lm",
+    "select_targets",
+]
 
 
 @dataclass
@@ -285,15 +300,37 @@ class SolveVisitor(LayerVisitor):
         self._solved = set()
 
 
-def select_targets(model: nn.Module, targets: Iterable[str] | None) -> set[str]:
-    """Full names of the decoder-layer Linears to prune (all of them when ``targets`` is None)."""
+def select_targets(model: nn.Module, targets: Iterable[str] | None, *, outside_ok: bool = False) -> set[str]:
+    """Full names of the decoder-layer Linears to prune (all of them when ``targets`` is None).
+
+    ``targets``: module names (a list, not one string). Raises :class:`~prunekit.errors.ConfigError` for a
+    string, a name that is no module of ``model``, and (unless ``outside_ok``, where such names are left out)
+    a module that is not a Linear inside the decoder layers; :class:`~prunekit.errors.NothingToPruneError`
+    when nothing is left to prune."""
     adapter = family_for(model)
     layers = adapter.layer_list(model)
     available = {f"{adapter.layers}.{i}.{rel}" for i, layer in enumerate(layers) for rel in prunable_linears(layer)}
+    example = min(available, key=lambda n: (len(n), n)) if available else f"{adapter.layers}.0.<linear>"
     if targets is None:
         chosen = available
     else:
-        chosen = set(targets) & available
+        if isinstance(targets, str):
+            raise ConfigError(f"targets is a list of module names, got the string {targets!r}; pass [{targets!r}]")
+        names = list(targets)
+        modules = dict(model.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ConfigError(
+                f"targets names {len(unknown)} module(s) the model does not have (e.g. {unknown[0]!r}); pass full "
+                f"module names such as {example!r}"
+            )
+        outside = [n for n in names if n not in available]
+        if outside and not outside_ok:
+            raise ConfigError(
+                f"{outside[0]!r} is not a Linear inside the decoder layers; the layer-wise LLM methods prune the "
+                f"Linears under {adapter.layers}.* (e.g. {example!r}); leave the others out"
+            )
+        chosen = set(names) & available
     if not chosen:
         raise NothingToPruneError(
             "no Linear inside the decoder layers is selected for pruning "
@@ -362,6 +399,71 @@ def _matrix_sparsities(
     return allocation.allocate(infos, sparsity)
 
 
+#: MiB a merged calibration batch's layer forward may take (``merge_mib``'s default; see :func:`prune_causal_lm`)
+DEFAULT_MERGE_MIB = 32.0
+
+
+def _pass_options(
+    method: str,
+    blocksize: int | None,
+    percdamp: float | None,
+    true_sequential: bool | None,
+    merge_mib: float | None,
+    spill_activations: bool | None,
+) -> tuple[bool, float, bool, dict[str, Any]]:
+    """:func:`prune_causal_lm`'s solver and calibration-pass options checked against ``method`` and resolved
+    to their defaults: (true_sequential, merge_mib, spill_activations, solver options). An option the method
+    does not use is refused (:class:`~prunekit.errors.ConfigError`), never ignored."""
+    solver_given = [k for k, v in (("blocksize", blocksize), ("percdamp", percdamp)) if v is not None]
+    if solver_given and method != "sparsegpt":
+        one = len(solver_given) == 1
+        raise ConfigError(
+            f"{' and '.join(solver_given)} {'is a SparseGPT option' if one else 'are SparseGPT options'}; {method} "
+            f"does not use {'it' if one else 'them'}: leave {'it' if one else 'them'} out"
+        )
+    pass_given = [
+        k
+        for k, v in (
+            ("true_sequential", true_sequential),
+            ("merge_mib", merge_mib),
+            ("spill_activations", spill_activations),
+        )
+        if v is not None
+    ]
+    if pass_given and method == "magnitude":
+        raise ConfigError(
+            f"{', '.join(pass_given)} set the calibration passes of wanda and sparsegpt; magnitude uses no "
+            "calibration statistics: leave them out"
+        )
+    if true_sequential is not None and not isinstance(true_sequential, bool):
+        raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
+    if spill_activations is not None and not isinstance(spill_activations, bool):
+        raise ConfigError(f"spill_activations must be True or False, got {spill_activations!r}")
+    if merge_mib is not None and (
+        isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0
+    ):
+        raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
+    if true_sequential is False:
+        late = [k for k in pass_given if k != "true_sequential"]
+        if late:
+            raise ConfigError(
+                f"{' and '.join(late)} apply to the true-sequential order only; with true_sequential=False every "
+                "matrix of a layer is calibrated in one statistics pass: leave them out"
+            )
+    solver: dict[str, Any] = {}
+    if method == "sparsegpt":
+        solver = {
+            "blocksize": 128 if blocksize is None else blocksize,
+            "percdamp": 0.01 if percdamp is None else percdamp,
+        }
+    return (
+        true_sequential is not False,
+        DEFAULT_MERGE_MIB if merge_mib is None else float(merge_mib),
+        spill_activations is not False,
+        solver,
+    )
+
+
 def prune_causal_lm(
     model: nn.Module,
     method: str,
@@ -373,13 +475,13 @@ def prune_causal_lm(
     targets: Iterable[str] | None = None,
     device: str | None = None,
     progress: bool | None = None,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
+    blocksize: int | None = None,
+    percdamp: float | None = None,
     share_inputs: bool = True,
     store: LayerStore | None = None,
-    true_sequential: bool = True,
-    merge_mib: float = 32.0,
-    spill_activations: bool = True,
+    true_sequential: bool | None = None,
+    merge_mib: float | None = None,
+    spill_activations: bool | None = None,
 ) -> LLMPruneResult:
     """Prune every (selected) Linear of the decoder layers of ``model`` in place, one layer at a time.
 
@@ -391,15 +493,21 @@ def prune_causal_lm(
     ``round(s * in)`` weights of each). ``share_inputs``: matrices of a decoder layer fed the same input
     tensor (q/k/v, gate/up) share one statistics accumulator and, for SparseGPT, one inverse-Hessian
     factorisation and column sweep (:class:`SharedInputs`); False gathers and solves each matrix alone (the
-    same masks and, up to float rounding, the same weights, more slowly).
+    same masks and, up to float rounding, the same weights, more slowly). ``targets``: full names of the
+    decoder-layer Linears to prune (a list; default all of them; anything else is refused, see
+    :func:`select_targets`).
 
-    ``true_sequential`` (default True): each matrix is calibrated on inputs computed with the matrices called
-    before it in its decoder layer already pruned (the ``--true-sequential`` order of the SparseGPT and GPTQ
-    reference code; Frantar & Alistarh 2023), in one forward pass of the calibration set per layer (each
-    batch's pass waits at every Linear until all batches have fed it; :mod:`prunekit.llm.runner`); False: all
-    matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a statistics pass,
-    then an output pass). ``merge_mib``: consecutive equal-length calibration batches are merged into larger
-    batches while a layer's forward on one is estimated to need at most this many MiB; 0 never merges.
+    ``blocksize`` (default 128 columns) and ``percdamp`` (default 0.01 of the mean Hessian diagonal) are
+    SparseGPT's; the other methods refuse them.
+
+    ``true_sequential`` (Wanda and SparseGPT; default True): each matrix is calibrated on inputs computed with
+    the matrices called before it in its decoder layer already pruned (the ``--true-sequential`` order of the
+    SparseGPT and GPTQ reference code; Frantar & Alistarh 2023), in one forward pass of the calibration set per
+    layer (each batch's pass waits at every Linear until all batches have fed it; :mod:`prunekit.llm.runner`);
+    False: all matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a
+    statistics pass, then an output pass). ``merge_mib`` (default :data:`DEFAULT_MERGE_MIB`, 32): consecutive
+    equal-length calibration batches are merged into larger batches while a layer's forward on one is
+    estimated to need at most this many MiB; 0 never merges.
     ``spill_activations`` (true-sequential order, CPU; default True): the inputs the passes wait with (all but
     the layer's own input) stay in a temporary file until the passes go on (read back exactly), so that the
     peak memory stays near the two-pass order's; False keeps them in memory.
@@ -412,7 +520,9 @@ def prune_causal_lm(
     :class:`~prunekit.errors.InvalidSparsityError`, :class:`~prunekit.errors.PatternError`,
     :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``),
     :class:`~prunekit.errors.ConfigError` for a ``true_sequential`` or ``spill_activations`` that is not a
-    bool or a negative ``merge_mib``, all before the model changes.
+    bool or a negative ``merge_mib``, for an option the method does not use (``blocksize`` / ``percdamp``
+    other than with SparseGPT; the calibration-pass options with magnitude; ``merge_mib`` or
+    ``spill_activations`` with ``true_sequential=False``), all before the model changes.
     """
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise method", method, SOLVERS)
@@ -433,19 +543,21 @@ def prune_causal_lm(
     if sparsity is None:
         raise InvalidSparsityError("pass sparsity= a fraction in [0, 1) (or an N:M pattern, which fixes it)")
     sparsity = check_sparsity(sparsity, Unstructured())
-    if not isinstance(true_sequential, bool):
-        raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
-    if not isinstance(spill_activations, bool):
-        raise ConfigError(f"spill_activations must be True or False, got {spill_activations!r}")
-    if isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0:
-        raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
+    true_sequential, merge_mib, spill_activations, options = _pass_options(
+        method, blocksize, percdamp, true_sequential, merge_mib, spill_activations
+    )
     selected = select_targets(model, targets)
     for name in sorted(selected):
-        check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
+        try:
+            check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
+        except PatternError as e:
+            raise PatternError(
+                str(e).split(" Add it to ignore=")[0] + " Leave it out of targets=[...] (prune_causal_lm) or add it "
+                "to ignore=[...] (pk.prune, which also takes skip_incompatible=True)."
+            ) from None
     adapter = family_for(model)
     n_layers = len(adapter.layer_list(model))
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
-    options: dict[str, Any] = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
     run: dict[str, Any] = {"device": device, "progress": progress, "layer_store": store}
     plan = _matrix_sparsities(model, method, alloc, sparsity, selected, calibration, options, result, run, share_inputs)
     wrong = sorted(n for n in selected if not 0.0 <= plan.get(n, -1.0) < 1.0)

@@ -359,8 +359,10 @@ def layer_workspace(model: nn.Module, batch: int, seq_len: int) -> int:
 def merge_batches(model: nn.Module, batches: list[dict[str, Tensor]], merge_mib: float) -> list[dict[str, Tensor]]:
     """Consecutive ``batches`` of the same length merged into larger batches, each one's layer forward
     estimated to need at most ``merge_mib`` MiB (:func:`layer_workspace`); a batch over the budget on its
-    own stays as it is, and ``merge_mib=0`` merges nothing. Merging changes no statistic: every token is still
-    seen once, padding (``attention_mask``) stays masked; larger batches make larger, faster matrix products.
+    own stays as it is, and ``merge_mib=0`` merges nothing. Every token is still seen once and padding
+    (``attention_mask``) stays masked, so the statistics are the same sums; they are added up in another
+    order, so they (and the pruned weights) can differ from an unmerged run's by float rounding. Larger
+    batches make larger, faster matrix products.
     """
     if len(batches) < 2 or merge_mib <= 0:
         return batches

@@ -224,13 +224,13 @@ def prune_checkpoint(
     dtype: torch.dtype = torch.float32,
     overwrite: bool = False,
     progress: bool | None = None,
-    true_sequential: bool = True,
-    merge_mib: float = 32.0,
-    spill_activations: bool = True,
+    true_sequential: bool | None = None,
+    merge_mib: float | None = None,
+    spill_activations: bool | None = None,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
-    ``method``: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (Wanda: Sun et al. 2024; SparseGPT: Frantar &
+    ``method``: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (Wanda: Sun et al. 2023; SparseGPT: Frantar &
     Alistarh 2023), ``sparsity`` / ``pattern`` / ``allocation`` as in :func:`prunekit.llm.prune_causal_lm`;
     ``calibration``: token batches ``[batch, seq_len]`` made with the checkpoint's tokenizer. ``dtype``: the
     dtype the layers are computed in and written in (float32 by default, as :func:`load_causal_lm` loads).

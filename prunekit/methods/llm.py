@@ -111,7 +111,7 @@ class LayerwiseLLMMethod(Method):
                 "other models (prunekit.apply.solve)"
             )
         names = [t.name for t in request.targets]
-        selected = select_targets(model, names)
+        selected = select_targets(model, names, outside_ok=True)
         self.check_allocation(request.allocation)
         result = prune_causal_lm(
             model,

@@ -109,3 +109,21 @@ def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):
     with pytest.raises(pk.DataError, match=r"shape \(1, 3, 10, 10\).*Pass an input the model accepts"):
         export_openvino(model, torch.randn(1, 3, 10, 10), tmp_path / "m.xml", measure_latency=False)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_calls_of_changing_shapes_each_give_their_own_outputs(tmp_path):
+    """Repeated calls reuse the request's own input tensors when the shape and dtype fit, and go through
+    OpenVINO's input conversion when they do not: every call returns the outputs of its own inputs."""
+    model = _cnn().eval()
+    export_openvino(model, torch.randn(2, 1, 10, 10), tmp_path / "m.xml", measure_latency=False)
+    ov_model = load_openvino(tmp_path / "m.xml")
+    for batch in (2, 2, 5, 1, 5, 2):
+        x = torch.randn(batch, 1, 10, 10)
+        with torch.no_grad():
+            torch.testing.assert_close(ov_model(x), model(x), atol=1e-4, rtol=1e-4)
+    out = ov_model(x)
+    kept = out.clone()
+    ov_model(torch.randn(2, 1, 10, 10))
+    assert torch.equal(out, kept)  # an output is a copy: the next call does not overwrite it
+    with pytest.raises(pk.DataError, match="of shape"):
+        ov_model(torch.randn(2, 1, 12, 12))

@@ -172,6 +172,7 @@ def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from prunekit.cli import app
+    from prunekit.llm import prune as llm_prune
 
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(61)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -191,13 +192,15 @@ def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path, monkeypatch):
         assert record["method"] == "wanda"
         assert record["calibration_order"] == ("two-pass" if flag == "--two-pass" else "true-sequential")
         assert record["calibration_order"] + " order" in " ".join(result.output.split())
+        if flag == "--two-pass":
+            assert "merge_mib" not in record and "spill_activations" not in record
+        else:
+            assert record["merge_mib"] == llm_prune.DEFAULT_MERGE_MIB and record["spill_activations"] is True
         weights[flag] = load_file(out / "model.safetensors")
     o_proj = "model.layers.0.self_attn.o_proj.weight"
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(weights["--two-pass"][q_proj], weights["--true-sequential"][q_proj])
     assert not torch.equal(weights["--two-pass"][o_proj], weights["--true-sequential"][o_proj])
-
-    from prunekit.llm import prune as llm_prune
 
     passed = []
     run = llm_prune.run_layerwise
@@ -214,6 +217,12 @@ def test_cli_prune_llm_passes_the_calibration_order_on(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, args + ["--keep-activations", stream, *common, "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert passed[-1] == {"merge_mib": 0.0, "spill_activations": False}
+        record = json.loads((out / "prunekit_llm.json").read_text())
+        assert (record["calibration_order"], record["merge_mib"], record["spill_activations"]) == (
+            "true-sequential",
+            0.0,
+            False,
+        )
         saved = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
         assert torch.equal(saved[o_proj], weights["--true-sequential"][o_proj])
     for bad, says in ((["--method", "magnitude", "--merge-mib", "8"], "takes none"), (["--merge-mib", "-1"], ">= 0")):
