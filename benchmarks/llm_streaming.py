@@ -4,14 +4,15 @@
 For each model, three fresh processes (so that each peak is its own): ``stream`` prunes the checkpoint into
 a folder with ``prune_checkpoint``; ``memory`` loads the whole model (``load_causal_lm``), prunes it with
 ``prune_causal_lm`` and saves it with ``save_pretrained``; ``one-layer`` runs the same ``prune_causal_lm`` on
-the model cut to its first decoder layer (random weights), to measure the calibration activations. Each
-records its peak resident memory (``ru_maxrss``) and its resident memory after the imports and the tokenizer
-(the interpreter's own share), and the prune time. The parent then compares the two outputs tensor by tensor
-(bit for bit) and computes the memory bound the issue states: the tensors outside the decoder layers + two
-decoder layers + the calibration activations, float32; the activations computed (the calibration set's
-hidden states, a layer's inputs and outputs, from the checkpoint's shapes) and measured (the ``one-layer``
-run's peak above its base, less the tensors outside the layers and one layer: hidden states, the layer
-forward's working memory and the kernels its first call loads).
+the model cut to its first decoder layer (random weights), to measure the calibration activations. The
+first two record their peak resident memory (``ru_maxrss``) and their resident memory after the imports and
+the tokenizer (the interpreter's own share), and the prune time; ``one-layer`` records its resident memory
+once the model is built and the peak above it during the pruning call (``VmHWM`` reset right before it).
+The parent then compares the two outputs tensor by tensor (bit for bit) and computes the memory bound the
+issue states: the tensors outside the decoder layers + two decoder layers + the calibration activations,
+float32; the activations computed (the calibration set's hidden states, a layer's inputs and outputs, from
+the checkpoint's shapes) and measured (the ``one-layer`` run's peak above its resident model: hidden
+states, the layer forward's working memory and the kernels its first call loads).
 
     python benchmarks/llm_streaming.py --models smollm2-135m --method wanda --n-samples 16 --seq-len 256
 
@@ -36,6 +37,26 @@ OUT = Path("docs/results/llm")
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> float:
+    """Free what can be freed, reset the peak resident set (``VmHWM``; Linux: 5 into ``clear_refs``) to the
+    current one, and return it in MB."""
+    import gc
+
+    from prunekit.llm.memory import release_freed_memory
+
+    gc.collect()
+    release_freed_memory()
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -65,7 +86,15 @@ def child(args: argparse.Namespace) -> None:
             text.layer_types = text.layer_types[:1]
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        # the model is resident now: what the pruning run adds on top is the calibration activations (with
+        # the layer forward's working memory and the kernels its first call loads), measured from here
+        base = _reset_peak()
+        t0 = time.perf_counter()
         prune_causal_lm(model, args.method, sparsity=args.sparsity, calibration=calib, progress=False)
+        seconds = time.perf_counter() - t0
+        peak = _status_mb("VmHWM")
+        print(json.dumps({"mode": args.child, "base_mb": base, "peak_mb": peak, "seconds": seconds}))
+        return
     else:
         model, _ = load_causal_lm(args.model)
         prune_causal_lm(model, args.method, sparsity=args.sparsity, calibration=calib, progress=False)
@@ -190,10 +219,10 @@ def markdown(res: dict[str, Any]) -> str:
         "resident set after the imports and the tokenizer (the interpreter's own share, in the base column). "
         "Bound: tensors outside the decoder layers + two decoder layers + the calibration activations, all "
         "float32. Computed, the activations are the calibration set's hidden states (a layer's inputs and "
-        "outputs) from the checkpoint's shapes; measured, they are what the same pruning run takes on the model "
-        "cut to its first decoder layer (a fresh process, random weights) above the tensors outside the layers "
-        "and that one layer: the hidden states and also the layer forward's working memory and the kernels "
-        "the first forward loads.",
+        "outputs) from the checkpoint's shapes; measured, they are what the same pruning call takes above the "
+        "resident model when the model is cut to its first decoder layer (a fresh process, random weights, "
+        "peak reset before the call): the hidden states and also the layer forward's working memory and the "
+        "kernels the first forward loads.",
         "",
         f"Reproduce: `{res['command']}`",
         "",
@@ -207,7 +236,7 @@ def markdown(res: dict[str, Any]) -> str:
         one = r["runs"].get("one-layer")
         measured = "-"
         if one:
-            acts = one["peak_mb"] - one["base_mb"] - b["outside_layers_mb"] - b["one_layer_mb"]
+            acts = one["peak_mb"] - one["base_mb"]
             measured = (
                 f"{b['outside_layers_mb'] + 2 * b['one_layer_mb'] + acts:.0f} MB ({b['outside_layers_mb']:.0f} + "
                 f"2 x {b['one_layer_mb']:.1f} + {acts:.0f} measured)"

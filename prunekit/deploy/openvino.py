@@ -56,6 +56,7 @@ __all__ = [
     "OvModule",
     "PRECISIONS",
     "QUANTIZE_MODES",
+    "SPARSE_ALIGN",
     "SPARSE_RATE",
     "export_openvino",
     "load_openvino",
@@ -67,6 +68,9 @@ PRECISIONS = ("f32", "bf16", "f16")
 #: weight sparsity from which the CPU plugin's sparse int8 kernel is switched on (measured on an AMX CPU with
 #: OpenVINO 2026.4: 1.1-1.7x at 70% zeros, 1.5-2.0x at 90%; nothing on weight-only int8 or fp32)
 SPARSE_RATE = 0.7
+#: the CPU plugin's sparse int8 kernel runs a fully connected layer only when its input size is a multiple of
+#: this (measured with OpenVINO 2026.4: 768 and 832 inputs ran sparse, 784 and 800 did not)
+SPARSE_ALIGN = 64
 
 
 class OvModule(RuntimeModule):
@@ -506,6 +510,18 @@ def export_openvino(
             check["passed"] = None
             check["note"] = "quantised or reduced precision: the error is reported, not held to atol/rtol"
         sparse_layers = compiled.sparse_layers()
+        inputs_of = {n: int(prepared.get_submodule(n).weight.shape[1]) for n in linear_sparsity}
+        unaligned = [
+            f"{n} ({inputs_of[n]} inputs)"
+            for n, sp in linear_sparsity.items()
+            if sp >= sparse_rate and inputs_of[n] % SPARSE_ALIGN
+        ]
+        if sparse_on and unaligned:
+            notes.append(
+                f"Linear layers at >= {100 * sparse_rate:.0f}% zeros left on the dense kernel, the sparse one "
+                f"taking only input sizes that are multiples of {SPARSE_ALIGN} (measured with OpenVINO 2026.4): "
+                + ", ".join(unaligned)
+            )
         if sparse_on and not sparse_layers:
             notes.append(
                 "the CPU plugin ran no layer on its sparse kernel (it needs int8 AMX support and layers "

@@ -127,3 +127,16 @@ def test_calls_of_changing_shapes_each_give_their_own_outputs(tmp_path):
     assert torch.equal(out, kept)  # an output is a copy: the next call does not overwrite it
     with pytest.raises(pk.DataError, match="of shape"):
         ov_model(torch.randn(2, 1, 12, 12))
+
+
+def test_a_sparse_layer_the_kernel_cannot_take_is_named_in_the_notes(tmp_path):
+    from prunekit.deploy.openvino import SPARSE_ALIGN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 2 * SPARSE_ALIGN), nn.ReLU(), nn.Linear(2 * SPARSE_ALIGN, 10))
+    pk.prune(model, "magnitude", sparsity=0.9, measure=False)  # the classifier stays dense
+    calibration = [(torch.randn(4, 100), None) for _ in range(4)]
+    report = export_openvino(
+        model, torch.randn(2, 100), tmp_path / "u.xml", quantize="int8", calibration=calibration, measure_latency=False
+    )
+    assert any(f"multiples of {SPARSE_ALIGN}" in n and "0 (100 inputs)" in n for n in report.notes), report.notes
