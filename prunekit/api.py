@@ -32,7 +32,7 @@ from prunekit.eval.report import (
 )
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
 from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
-from prunekit.targets import Ignore, Target, check_finite, check_untied, ignored_modules, select_targets, tied_outside
+from prunekit.targets import Ignore, Target, check_finite, ignored_modules, select_targets, tied_outside
 
 __all__ = ["prune"]
 
@@ -169,7 +169,6 @@ def prune(
     if not m.structural:
         targets, misfits = split_by_pattern(targets, gran, skip_incompatible)
         ignored += misfits
-        check_untied(model, targets)
     request = PruneRequest(
         sparsity=float(sparsity),
         pattern=gran,
@@ -182,6 +181,7 @@ def prune(
         seed=seed,
         options=options,
     )
+    m.check_request(model, request)  # what the method refuses from its options, before any time is spent
     # a method that writes only its targets, reported by counts: the rest of the model is counted once, after
     # the call (a model mapped from its checkpoint file then reads its embeddings only after the peak)
     touched = _touched_modules(model, targets) if m.writes_targets_only and not m.structural else None

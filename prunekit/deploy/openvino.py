@@ -114,8 +114,13 @@ class OvModule(RuntimeModule):
                         "fixed at 1: export with a batch of 2 or more to keep the batch dynamic)"
                     )
             self._accepted.add(key)
-        own = self._own_inputs(len(inputs))
-        if own is not None and all(o.shape == a.shape and o.dtype == a.dtype for o, a in zip(own, inputs)):
+        if self._own is None:  # numpy views of the request's input tensors, kept until an inference replaces them
+            try:
+                self._own = [self.request.get_input_tensor(i).data for i in range(len(inputs))]
+            except RuntimeError:  # a dynamic input before its first inference has no tensor yet
+                self._own = []
+        own = self._own
+        if len(own) == len(inputs) and all(o.shape == a.shape and o.dtype == a.dtype for o, a in zip(own, inputs)):
             for o, a in zip(own, inputs):
                 o[...] = a
             self.request.infer()
@@ -123,16 +128,6 @@ class OvModule(RuntimeModule):
             self._own = None  # the request may hold other input tensors after this call
             self.request.infer(inputs)
         return [self.request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
-
-    def _own_inputs(self, n: int) -> list[np.ndarray] | None:
-        """Numpy views of the request's ``n`` input tensors (kept until an inference replaces them); None when
-        an input has no tensor yet (a dynamic input before its first inference)."""
-        if self._own is None:
-            try:
-                self._own = [self.request.get_input_tensor(i).data for i in range(n)]
-            except RuntimeError:
-                return None
-        return self._own
 
     def property(self, name: str) -> Any:
         """A property of the compiled model, e.g. ``"INFERENCE_PRECISION_HINT"`` (``get_property``)."""
@@ -510,7 +505,7 @@ def export_openvino(
             check["passed"] = None
             check["note"] = "quantised or reduced precision: the error is reported, not held to atol/rtol"
         sparse_layers = compiled.sparse_layers()
-        inputs_of = {n: int(prepared.get_submodule(n).weight.shape[1]) for n in linear_sparsity}
+        inputs_of = {n: int(getattr(prepared.get_submodule(n), "in_features", 0)) for n in linear_sparsity}
         unaligned = [
             f"{n} ({inputs_of[n]} inputs)"
             for n, sp in linear_sparsity.items()

@@ -41,6 +41,7 @@ from prunekit.errors import (
 )
 from prunekit.granularity.patterns import NM, Granularity, Unstructured, parse_pattern
 from prunekit.llm.runner import InputConsumer, LayerJob, LayerStore, LayerVisitor, RunSummary, run_layerwise
+from prunekit.llm.sequential import DEFAULT_MERGE_MIB, resolve_pass_options
 
 __all__ = [
     "DEFAULT_MERGE_MIB",
@@ -399,71 +400,6 @@ def _matrix_sparsities(
     return allocation.allocate(infos, sparsity)
 
 
-#: MiB a merged calibration batch's layer forward may take (``merge_mib``'s default; see :func:`prune_causal_lm`)
-DEFAULT_MERGE_MIB = 32.0
-
-
-def _pass_options(
-    method: str,
-    blocksize: int | None,
-    percdamp: float | None,
-    true_sequential: bool | None,
-    merge_mib: float | None,
-    spill_activations: bool | None,
-) -> tuple[bool, float, bool, dict[str, Any]]:
-    """:func:`prune_causal_lm`'s solver and calibration-pass options checked against ``method`` and resolved
-    to their defaults: (true_sequential, merge_mib, spill_activations, solver options). An option the method
-    does not use is refused (:class:`~prunekit.errors.ConfigError`), never ignored."""
-    solver_given = [k for k, v in (("blocksize", blocksize), ("percdamp", percdamp)) if v is not None]
-    if solver_given and method != "sparsegpt":
-        one = len(solver_given) == 1
-        raise ConfigError(
-            f"{' and '.join(solver_given)} {'is a SparseGPT option' if one else 'are SparseGPT options'}; {method} "
-            f"does not use {'it' if one else 'them'}: leave {'it' if one else 'them'} out"
-        )
-    pass_given = [
-        k
-        for k, v in (
-            ("true_sequential", true_sequential),
-            ("merge_mib", merge_mib),
-            ("spill_activations", spill_activations),
-        )
-        if v is not None
-    ]
-    if pass_given and method == "magnitude":
-        raise ConfigError(
-            f"{', '.join(pass_given)} set the calibration passes of wanda and sparsegpt; magnitude uses no "
-            "calibration statistics: leave them out"
-        )
-    if true_sequential is not None and not isinstance(true_sequential, bool):
-        raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
-    if spill_activations is not None and not isinstance(spill_activations, bool):
-        raise ConfigError(f"spill_activations must be True or False, got {spill_activations!r}")
-    if merge_mib is not None and (
-        isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0
-    ):
-        raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
-    if true_sequential is False:
-        late = [k for k in pass_given if k != "true_sequential"]
-        if late:
-            raise ConfigError(
-                f"{' and '.join(late)} apply to the true-sequential order only; with true_sequential=False every "
-                "matrix of a layer is calibrated in one statistics pass: leave them out"
-            )
-    solver: dict[str, Any] = {}
-    if method == "sparsegpt":
-        solver = {
-            "blocksize": 128 if blocksize is None else blocksize,
-            "percdamp": 0.01 if percdamp is None else percdamp,
-        }
-    return (
-        true_sequential is not False,
-        DEFAULT_MERGE_MIB if merge_mib is None else float(merge_mib),
-        spill_activations is not False,
-        solver,
-    )
-
-
 def prune_causal_lm(
     model: nn.Module,
     method: str,
@@ -543,7 +479,7 @@ def prune_causal_lm(
     if sparsity is None:
         raise InvalidSparsityError("pass sparsity= a fraction in [0, 1) (or an N:M pattern, which fixes it)")
     sparsity = check_sparsity(sparsity, Unstructured())
-    true_sequential, merge_mib, spill_activations, options = _pass_options(
+    true_sequential, merge_mib, spill_activations, options = resolve_pass_options(
         method, blocksize, percdamp, true_sequential, merge_mib, spill_activations
     )
     selected = select_targets(model, targets)

@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import ModelError
+from prunekit.errors import ConfigError, ModelError
 from prunekit.llm.memory import HeapTrimmer
 from prunekit.padding import real_tokens
 
 if TYPE_CHECKING:
     from prunekit.llm.runner import InputConsumer, LayerJob, LayerVisitor
 
-__all__ = ["ActivationSpill", "layer_workspace", "merge_batches", "run_sequential"]
+__all__ = [
+    "DEFAULT_MERGE_MIB",
+    "ActivationSpill",
+    "layer_workspace",
+    "merge_batches",
+    "resolve_pass_options",
+    "run_sequential",
+]
 
 
 def _unwrap(out: Any) -> Tensor:
@@ -391,3 +398,70 @@ def merge_batches(model: nn.Module, batches: list[dict[str, Tensor]], merge_mib:
         chunk.append(batch)
     flush()
     return out
+
+
+#: MiB a merged calibration batch's layer forward may take (``merge_mib``'s default; see
+#: :func:`prunekit.llm.prune.prune_causal_lm`)
+DEFAULT_MERGE_MIB = 32.0
+
+
+def resolve_pass_options(
+    method: str,
+    blocksize: int | None,
+    percdamp: float | None,
+    true_sequential: bool | None,
+    merge_mib: float | None,
+    spill_activations: bool | None,
+) -> tuple[bool, float, bool, dict[str, Any]]:
+    """:func:`prunekit.llm.prune.prune_causal_lm`'s solver and calibration-pass options checked against
+    ``method`` ("magnitude", "wanda" or "sparsegpt") and resolved to their defaults: (true_sequential,
+    merge_mib, spill_activations, solver options). An option the method does not use is refused
+    (:class:`~prunekit.errors.ConfigError`), never ignored."""
+    solver_given = [k for k, v in (("blocksize", blocksize), ("percdamp", percdamp)) if v is not None]
+    if solver_given and method != "sparsegpt":
+        one = len(solver_given) == 1
+        raise ConfigError(
+            f"{' and '.join(solver_given)} {'is a SparseGPT option' if one else 'are SparseGPT options'}; {method} "
+            f"does not use {'it' if one else 'them'}: leave {'it' if one else 'them'} out"
+        )
+    pass_given = [
+        k
+        for k, v in (
+            ("true_sequential", true_sequential),
+            ("merge_mib", merge_mib),
+            ("spill_activations", spill_activations),
+        )
+        if v is not None
+    ]
+    if pass_given and method == "magnitude":
+        raise ConfigError(
+            f"{', '.join(pass_given)} set the calibration passes of wanda and sparsegpt; magnitude uses no "
+            "calibration statistics: leave them out"
+        )
+    if true_sequential is not None and not isinstance(true_sequential, bool):
+        raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")
+    if spill_activations is not None and not isinstance(spill_activations, bool):
+        raise ConfigError(f"spill_activations must be True or False, got {spill_activations!r}")
+    if merge_mib is not None and (
+        isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0
+    ):
+        raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
+    if true_sequential is False:
+        late = [k for k in pass_given if k != "true_sequential"]
+        if late:
+            raise ConfigError(
+                f"{' and '.join(late)} apply to the true-sequential order only; with true_sequential=False every "
+                "matrix of a layer is calibrated in one statistics pass: leave them out"
+            )
+    solver: dict[str, Any] = {}
+    if method == "sparsegpt":
+        solver = {
+            "blocksize": 128 if blocksize is None else blocksize,
+            "percdamp": 0.01 if percdamp is None else percdamp,
+        }
+    return (
+        true_sequential is not False,
+        DEFAULT_MERGE_MIB if merge_mib is None else float(merge_mib),
+        spill_activations is not False,
+        solver,
+    )

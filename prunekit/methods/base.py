@@ -20,7 +20,7 @@ from prunekit.criteria import Criterion, resolve_criterion
 from prunekit.errors import ConfigError
 from prunekit.granularity.patterns import Granularity
 from prunekit.registry import Registry
-from prunekit.targets import Target
+from prunekit.targets import Target, check_untied
 
 __all__ = [
     "APoZ",
@@ -93,6 +93,14 @@ class Method:
     def for_pattern(self, pattern: Granularity) -> Method:
         """The method that carries out ``pattern`` (by default this one, which checks the pattern itself)."""
         return self
+
+    def check_request(self, model: nn.Module, request: PruneRequest) -> None:
+        """Refuse, before :func:`prunekit.prune` spends any time on ``model`` (counting, snapshotting), what
+        :meth:`run` would refuse from the request alone; raises a :class:`~prunekit.errors.PrunekitError`.
+        The base method refuses, unless it is structural, a target tied to a tensor outside it
+        (:func:`prunekit.targets.check_untied`: a mask on it would act on both once squashed)."""
+        if not self.structural:
+            check_untied(model, request.targets)
 
     def model_problem(self, model: nn.Module) -> str | None:
         """Why this method cannot act on ``model`` at all, whatever the request (e.g. a run-time gating method

@@ -68,6 +68,36 @@ class LayerwiseLLMMethod(Method):
                 f"with allocation={str(allocation)!r}"
             )
 
+    def check_request(self, model: nn.Module, request: PruneRequest) -> None:
+        """The options :meth:`run` refuses, refused up front: the causal-LM options on another model, and on a
+        causal LM ``sequential=False`` and the options the solver or its calibration order does not use
+        (:func:`prunekit.llm.prune.resolve_pass_options`); raises :class:`~prunekit.errors.ConfigError`."""
+        from prunekit.calibration.families import has_family
+        from prunekit.llm.prune import resolve_pass_options, select_targets
+        from prunekit.targets import check_untied
+
+        opts = request.options
+        if not has_family(model):
+            lm_only = sorted(k for k in ("true_sequential", "merge_mib", "spill_activations") if k in opts)
+            if lm_only:
+                raise ConfigError(
+                    f"option {lm_only[0]} applies to causal LMs pruned decoder layer by decoder layer; for "
+                    f"{type(model).__name__} use sequential=True / False (prunekit.apply.solve)"
+                )
+            super().check_request(model, request)
+            return
+        if not opts.get("sequential", True):
+            raise ConfigError(
+                "a causal LM is pruned one decoder layer after another; sequential=False applies to "
+                "other models (prunekit.apply.solve)"
+            )
+        resolve_pass_options(
+            self.solver,
+            *(opts.get(k) for k in ("blocksize", "percdamp", "true_sequential", "merge_mib", "spill_activations")),
+        )
+        pruned = select_targets(model, [t.name for t in request.targets], outside_ok=True)
+        check_untied(model, [t for t in request.targets if t.name in pruned])  # the others stay dense
+
     def run(self, model: nn.Module, request: PruneRequest) -> MethodOutcome:
         """Prune the request's targets with the solver: a causal LM of a known family decoder layer by
         decoder layer (:func:`prunekit.llm.prune.prune_causal_lm`; targets outside the decoder layers stay
@@ -80,15 +110,9 @@ class LayerwiseLLMMethod(Method):
         from prunekit.llm.prune import prune_causal_lm, select_targets
 
         opts = request.options
+        self.check_request(model, request)
         if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
             from prunekit.apply.solve import solve_layerwise
-
-            lm_only = sorted(k for k in ("true_sequential", "merge_mib", "spill_activations") if k in opts)
-            if lm_only:
-                raise ConfigError(
-                    f"option {lm_only[0]} applies to causal LMs pruned decoder layer by decoder layer; for "
-                    f"{type(model).__name__} use sequential=True / False (prunekit.apply.solve)"
-                )
 
             self.check_allocation(request.allocation)
             solved = solve_layerwise(
@@ -105,11 +129,6 @@ class LayerwiseLLMMethod(Method):
                 **{k: opts[k] for k in ("blocksize", "percdamp") if k in opts},
             )
             return MethodOutcome(layer_sparsity=solved.layer_sparsity, notes=solved.notes)
-        if not opts.get("sequential", True):
-            raise ConfigError(
-                "a causal LM is pruned one decoder layer after another; sequential=False applies to "
-                "other models (prunekit.apply.solve)"
-            )
         names = [t.name for t in request.targets]
         selected = select_targets(model, names, outside_ok=True)
         self.check_allocation(request.allocation)

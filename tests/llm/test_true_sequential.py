@@ -327,3 +327,22 @@ def test_heap_trimmer_trims_only_after_growth(monkeypatch):
     t.trim()  # 160: within the slack of 150
     t.trim()  # 300: trims again, reads 300
     assert len(trims) == 2 and t.trims == 2
+
+
+def test_pass_options_resolve_to_their_defaults_and_refuse_what_a_method_does_not_use():
+    from prunekit.llm.prune import DEFAULT_MERGE_MIB, resolve_pass_options
+
+    assert resolve_pass_options("sparsegpt", None, None, None, None, None) == (
+        True,
+        DEFAULT_MERGE_MIB,
+        True,
+        {"blocksize": 128, "percdamp": 0.01},
+    )
+    assert resolve_pass_options("wanda", None, None, False, None, None) == (False, DEFAULT_MERGE_MIB, True, {})
+    for method, args, says in (
+        ("wanda", (64, None, None, None, None), "blocksize is a SparseGPT option"),
+        ("magnitude", (None, None, True, None, None), "magnitude uses no calibration statistics"),
+        ("sparsegpt", (None, None, False, None, False), "spill_activations apply to the true-sequential order only"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            resolve_pass_options(method, *args)
