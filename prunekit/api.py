@@ -101,7 +101,10 @@ def prune(
             "pk.build_model('torchvision:resnet18') or pass your own model"
         )
     if isinstance(method, Pruner):
-        if sparsity is None:  # the Pruner's own sparsity, or its schedule's final one
+        given = parse_pattern(pattern) if pattern is not None else None
+        if sparsity is None and isinstance(given, NM):  # an N:M pattern given with the pruner fixes it
+            sparsity = given.fixed_sparsity
+        if sparsity is None:  # the Pruner's own sparsity, or its schedule's final one, or its N:M's
             sparsity = method.target_sparsity(None)
         pattern, allocation, ignore = _from_pruner(method, sparsity, pattern, allocation, ignore, options)
     elif sparsity is None:
@@ -148,6 +151,11 @@ def prune(
     alloc = resolve_allocation(allocation if allocation is not None else m.default_allocation)
     if isinstance(gran, NM) and alloc.name != "uniform":
         raise ConfigError(f"pattern {gran} fixes every layer's sparsity; allocation must be 'uniform', got {alloc}")
+    if isinstance(gran, NM) and options.get("overrides"):
+        raise ConfigError(
+            f"pattern {gran} fixes every layer's sparsity at {gran.fixed_sparsity:g}; overrides cannot change it "
+            "(leave a layer dense with ignore=[name], or use an unstructured pattern with overrides)"
+        )
     if m.needs_data and calibration is None and not (example_inputs is not None and _forward_only(named, m)):
         raise MissingDataError(
             f"method {m.name!r} needs data: pass calibration=batches (an iterable of (inputs, targets)) "

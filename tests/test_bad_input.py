@@ -373,6 +373,12 @@ CASES = [
     Case("Pruner granularity 0:4", pruner_plan(cnn, granularity="0:4"), pk.PatternError, "0 < n < m"),
     Case("Pruner granularity 4:2", pruner_plan(cnn, granularity="4:2"), pk.PatternError, "0 < n < m"),
     Case("Pruner granularity 0x3", pruner_plan(cnn, granularity="0x3"), pk.PatternError, "positive integer sizes"),
+    Case(
+        "overrides under an N:M pattern",
+        api(cnn, lambda m: pk.prune(m, "magnitude", pattern="2:4", overrides={"2": 0.3}, measure=False)),
+        pk.ConfigError,
+        "overrides cannot change it",
+    ),
     Case("Pruner override sparsity 1.5", pruner_plan(cnn, overrides={"2": 1.5}), pk.InvalidSparsityError, "[0, 1)"),
     Case("Pruner override of an unknown layer", pruner_plan(cnn, overrides={"conv9": 0.3}), pk.ConfigError, "'conv9'"),
     Case(
@@ -524,12 +530,12 @@ CASES = [
     ),
     Case("prune_causal_lm targets naming no module", lm_targets(["model.layers.0.mlp.nope"]), pk.ConfigError, "e.g."),
     Case("prune_causal_lm targets outside the layers", lm_targets(["lm_head"]), pk.ConfigError, "leave the others out"),
-    Case("prune_causal_lm pattern 5:7", lm_magnitude(pattern="5:7"), pk.PatternError, "Leave it out of targets="),
+    Case("prune_causal_lm pattern 5:7", lm_magnitude(pattern="5:7"), pk.PatternError, "14 of the 14 selected"),
     Case(
         "prune_causal_lm magnitude with spill_activations",
         lm_magnitude_spill,
         pk.ConfigError,
-        "magnitude uses no calibration statistics",
+        "magnitude prunes from the weights alone",
     ),
     Case(
         "measure on inputs the model cannot run",

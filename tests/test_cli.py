@@ -436,3 +436,13 @@ cli.main()
     assert proc.returncode == 143, err
     assert "interrupted" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_with_an_nm_pattern_and_no_sparsity_takes_the_pattern_s():
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    res = CliRunner().invoke(app, ["prune", "prunekit:lenet-300-100", "--pattern", "1:4", "--no-latency"])
+    assert res.exit_code == 0, res.output
+    assert "sparsity=0.75" in res.output.replace(" ", "")

@@ -424,6 +424,10 @@ def test_an_nm_pattern_alone_fixes_the_sparsity():
     assert bool(torch.all(model[2].weight != 0))  # the classifier stays dense by default
     with pytest.raises(pk.InvalidSparsityError, match="N:M pattern, which fixes it"):
         pk.prune(ThreeLayer(), "magnitude", measure=False)
+    for pruner, pattern in ((pk.Pruner("magnitude"), "2:4"), (pk.Pruner("magnitude", granularity="2:4"), None)):
+        model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+        pk.prune(model, pruner, pattern=pattern, measure=False)
+        assert float((model[0].weight == 0).float().mean()) == 0.5
 
 
 def test_a_target_tied_to_a_tensor_outside_it_is_refused():

@@ -143,3 +143,18 @@ def test_readme_blocks_run(blocks, tmp_path):
     cmd = [sys.executable, "-c", _DRIVER, json.dumps(steps)]
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
+
+
+YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+
+
+@pytest.mark.parametrize("recipe", YAML_BLOCKS, ids=[f"yaml{i}" for i in range(len(YAML_BLOCKS))])
+def test_readme_recipes_run_as_written(recipe, tmp_path):
+    """Each YAML recipe of the README, saved as a file and run with ``prunekit run``, exits 0 and writes its
+    export folder whole (the model and recipe.json)."""
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    cmd = [sys.executable, "-m", "prunekit", "run", "recipe.yaml"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
+    outs = re.findall(r"out: ([\w.-]+)", recipe)
+    assert outs and all((tmp_path / o / "recipe.json").is_file() for o in outs)

@@ -162,9 +162,18 @@ def prune_llm(
         if merge_mib is not None and not merge_mib >= 0:
             raise prunekit.ConfigError(f"--merge-mib takes a number of MiB >= 0 (0: never merge), got {merge_mib}")
         if true_sequential is False and (merge_mib is not None or spill_activations is not None):
+            given = " and ".join(
+                flag
+                for flag, v in (
+                    ("--merge-mib", merge_mib),
+                    ("--spill-activations" if spill_activations else "--keep-activations", spill_activations),
+                )
+                if v is not None
+            )
             raise prunekit.ConfigError(
-                "--merge-mib and --spill-activations / --keep-activations set the true-sequential passes; with "
-                "--two-pass every matrix of a layer is calibrated in one statistics pass: leave them out"
+                f"{given} set{'s' if ' and ' not in given else ''} the true-sequential passes; with --two-pass every "
+                "matrix of a layer is calibrated in one statistics pass: leave "
+                f"{'it' if ' and ' not in given else 'them'} out"
             )
         prunekit.methods.base.resolve_method(method)  # an unknown name fails first, with the known ones
         if order and base not in ("wanda", "sparsegpt"):
@@ -361,7 +370,8 @@ def _prune_streaming(
     }
     atomic_write(out / RECORD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     console.print(
-        f"pruned with {method} ({result.pattern}, {result.allocation} allocation, sparsity {sparsity:g}) in "
+        f"pruned with {method} ({result.pattern}, {result.allocation} allocation, sparsity {sparsity:g}"
+        f"{', ' + record['calibration_order'] + ' order' if record['calibration_order'] else ''}) in "
         f"{seconds:.1f} s, one decoder layer at a time; saved to {out}",
         highlight=False,
     )

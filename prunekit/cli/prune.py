@@ -74,8 +74,13 @@ def prune(
         ),
     ] = None,
     sparsity: Annotated[
-        float, typer.Option("--sparsity", "-s", help="fraction of weights to remove (in [0, 1))")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            "--sparsity",
+            "-s",
+            help="fraction of weights to remove (in [0, 1)); default 0.5, or what an N:M --pattern fixes",
+        ),
+    ] = None,
     pattern: Annotated[
         str | None,
         typer.Option(
@@ -167,6 +172,11 @@ def prune(
         else:
             calib = None
         metric_before = task[1](m) if task is not None else None
+        if sparsity is None:  # 0.5, or what an N:M pattern fixes
+            from prunekit.granularity.patterns import NM, parse_pattern
+
+            fixed = parse_pattern(chosen.granularity if isinstance(chosen, pk.Pruner) else pattern)
+            sparsity = fixed.fixed_sparsity if isinstance(fixed, NM) else 0.5
         report = pk.prune(
             m,
             chosen,

@@ -324,10 +324,19 @@ class RuntimeModule(nn.Module):
         raise NotImplementedError
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the runtime with the inputs as the PyTorch model takes them; torch tensors come back. Raises
-        :class:`~prunekit.errors.DataError` when the number of tensor inputs is not the graph's."""
-        if kwargs and all(name in kwargs for name in self.input_names) and not args:
-            tensors = [kwargs[name] for name in self.input_names]
+        """Call the runtime with the inputs as the PyTorch model takes them; torch tensors come back. Tensor
+        keyword inputs are matched to the graph's inputs by name, after the positional ones. Raises
+        :class:`~prunekit.errors.DataError` for a keyword the graph has no input of (or one given twice) and
+        when the number of tensor inputs is not the graph's."""
+        if kwargs and all(isinstance(v, Tensor) for v in kwargs.values()) and all(isinstance(a, Tensor) for a in args):
+            rest = self.input_names[len(args) :]
+            unknown = sorted(set(kwargs) - set(rest))
+            if unknown:
+                raise DataError(
+                    f"the exported model has no input {unknown[0]!r} after its {len(args)} positional one(s); its "
+                    f"inputs, in order: {', '.join(self.input_names)}"
+                )
+            tensors = list(args) + [kwargs[name] for name in rest if name in kwargs]
         elif not kwargs and all(isinstance(a, Tensor) for a in args):
             tensors = list(args)
         else:

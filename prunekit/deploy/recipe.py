@@ -24,6 +24,7 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -340,7 +341,14 @@ def _data(recipe: Recipe) -> tuple[_Split, _Split, str] | None:
 
 
 def _row(
-    stage: str, model: nn.Module, x: torch.Tensor, test: _Split | None, threads: int, start: float, notes: list[str]
+    stage: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    test: _Split | None,
+    threads: int,
+    start: float,
+    notes: list[str],
+    eval_batch: int = 500,
 ) -> dict[str, Any]:
     from prunekit.deploy._common import weight_sparsity
     from prunekit.eval.accuracy import accuracy
@@ -356,8 +364,9 @@ def _row(
         others = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
         zeros += sum(int((w == 0).sum()) for w in others)
         sparsity = zeros / (sum(w.numel() for w in ws) + sum(w.numel() for w in others))
-    # 500 at a time, as before: a torch-quantised model's outputs depend on the batch (activation ranges)
-    acc = accuracy(model, *test, batch=500) if test is not None else None
+    # 500 at a time, as before: a torch-quantised model's outputs depend on the batch (activation ranges); an
+    # exported model at the batch it was exported with (a batch of 1 is fixed in the graph)
+    acc = accuracy(model, *test, batch=eval_batch) if test is not None else None
     return {
         "stage": stage,
         "accuracy": acc,
@@ -445,24 +454,21 @@ def _run(recipe: Recipe) -> RecipeResult:
             elif name == "quantize":
                 notes.append(f"NNCF {stage.mode} applied at the export stage")
             elif name == "export":
-                export_report = _export(recipe, stage, by.get("quantize"), model, dense, x, data)
-                ev = export_report.pop("_module")
-                export_notes = [f"{stage.to}: {export_report['precision']}"]
-                rows.append(
-                    {
-                        **_row("export", ev, x, test, recipe.threads, t0, export_notes),
-                        "params": None,
-                        "weight_sparsity": export_report["weight_sparsity"],
-                    }
-                )
+
+                def finish(ev: nn.Module, report: dict[str, Any], folder: Path, t0: float = t0) -> None:
+                    # inside the export's temporary folder: the folder appears only once this succeeds
+                    row = _row("export", ev, x, test, recipe.threads, t0, [f"{report['to']}: {report['precision']}"],
+                               eval_batch=len(x))  # fmt: skip
+                    rows.append({**row, "params": None, "weight_sparsity": report["weight_sparsity"]})
+                    done = RecipeResult(recipe.to_dict(), rows, report)
+                    (folder / "recipe.json").write_text(json.dumps(done.to_dict(), indent=2, default=str))
+
+                export_report = _export(recipe, stage, by.get("quantize"), model, dense, x, data, finish)
                 bar.advance(1, f"recipe: {name}")
                 continue
             rows.append(_row(name, model, x, test, recipe.threads, t0, notes))
             bar.advance(1, f"recipe: {name}")
-    result = RecipeResult(recipe.to_dict(), rows, export_report)
-    if "export" in by:
-        (Path(by["export"].out) / "recipe.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    return result
+    return RecipeResult(recipe.to_dict(), rows, export_report)
 
 
 def _export(
@@ -473,7 +479,10 @@ def _export(
     dense: nn.Module,
     x: torch.Tensor,
     data: tuple[_Split, _Split, str] | None,
+    finish: Callable[[nn.Module, dict[str, Any], Path], None],
 ) -> dict[str, Any]:
+    """Export into ``stage.out`` through a temporary folder; ``finish(runtime module, report, folder)`` runs
+    in that folder before it takes the place of ``stage.out``, so a failure there leaves nothing behind."""
     from prunekit.deploy._common import RuntimeModule, report_path_of
     from prunekit.deploy.onnx import export_onnx, load_onnx
     from prunekit.deploy.openvino import export_openvino, load_openvino
@@ -510,10 +519,11 @@ def _export(
         report.path = report.path.replace(str(tmp), str(stage.out))
         report.files = [f.replace(str(tmp), str(stage.out)) for f in report.files]
         report.to_json(report_path_of(tmp / ("model.onnx" if stage.to == "onnx" else "model.xml")))
-    path = Path(stage.out) / ("model.onnx" if stage.to == "onnx" else "model.xml")
-    module: RuntimeModule
-    if stage.to == "onnx":
-        module = load_onnx(path, threads=recipe.threads)
-    else:
-        module = load_openvino(path, threads=recipe.threads)
-    return {**report.to_dict(), "_module": module}
+        module: RuntimeModule
+        if stage.to == "onnx":
+            module = load_onnx(tmp / "model.onnx", threads=recipe.threads)
+        else:
+            module = load_openvino(tmp / "model.xml", threads=recipe.threads)
+        out = {**report.to_dict(), "to": stage.to}
+        finish(module, out, tmp)
+    return out

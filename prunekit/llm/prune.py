@@ -315,7 +315,7 @@ def select_targets(model: nn.Module, targets: Iterable[str] | None, *, outside_o
     if targets is None:
         chosen = available
     else:
-        if isinstance(targets, str):
+        if isinstance(targets, (str, bytes)):
             raise ConfigError(f"targets is a list of module names, got the string {targets!r}; pass [{targets!r}]")
         names = list(targets)
         modules = dict(model.named_modules())
@@ -483,14 +483,22 @@ def prune_causal_lm(
         method, blocksize, percdamp, true_sequential, merge_mib, spill_activations
     )
     selected = select_targets(model, targets)
+    misfits = []  # N:M that does not divide a matrix's input size: all of them named at once
+    group = granularity.m if isinstance(granularity, NM) else 0
     for name in sorted(selected):
-        try:
-            check_pattern(granularity, name, weight_matrix(model.get_submodule(name)))
-        except PatternError as e:
-            raise PatternError(
-                str(e).split(" Add it to ignore=")[0] + " Leave it out of targets=[...] (prune_causal_lm) or add it "
-                "to ignore=[...] (pk.prune, which also takes skip_incompatible=True)."
-            ) from None
+        weight = weight_matrix(model.get_submodule(name))
+        if group and weight.dim() >= 2 and weight.shape[1] % group:
+            misfits.append((name, int(weight.shape[1])))
+        else:
+            check_pattern(granularity, name, weight)
+    if misfits:
+        inputs = ", ".join(str(n) for n in sorted({n for _, n in misfits}))
+        raise PatternError(
+            f"{granularity} needs input sizes that are multiples of {group}; {len(misfits)} of the "
+            f"{len(selected)} selected matrices have {inputs} inputs (e.g. {misfits[0][0]}). Choose an N:M whose M "
+            "divides every input size (2:4 divides those of the supported families), or leave those matrices "
+            "out of the selection"
+        )
     adapter = family_for(model)
     n_layers = len(adapter.layer_list(model))
     result = LLMPruneResult(method, str(granularity), {}, [sparsity] * n_layers, allocation=str(alloc))
@@ -504,7 +512,7 @@ def prune_causal_lm(
         )
     label = method if isinstance(alloc, Uniform) else f"{alloc}-{method}"
     visitor = SolveVisitor(SOLVERS[method], options, plan, granularity, share_inputs, true_sequential)
-    if method == "magnitude" and calibration is None:
+    if method == "magnitude":  # no statistics: no pass over the calibration set (OWL's ran in the plan above)
         _walk(model, visitor, store)
     else:
         result.summaries.append(

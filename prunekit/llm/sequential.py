@@ -435,8 +435,9 @@ def resolve_pass_options(
     ]
     if pass_given and method == "magnitude":
         raise ConfigError(
-            f"{', '.join(pass_given)} set the calibration passes of wanda and sparsegpt; magnitude uses no "
-            "calibration statistics: leave them out"
+            f"{', '.join(pass_given)} set the calibration passes of wanda and sparsegpt; magnitude prunes from "
+            "the weights alone (with OWL, the allocation reads its own statistics pass), so no pass order "
+            "applies: leave them out"
         )
     if true_sequential is not None and not isinstance(true_sequential, bool):
         raise ConfigError(f"true_sequential must be True or False, got {true_sequential!r}")

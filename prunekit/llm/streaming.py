@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,9 @@ def prune_checkpoint(
     true_sequential: bool | None = None,
     merge_mib: float | None = None,
     spill_activations: bool | None = None,
+    blocksize: int | None = None,
+    percdamp: float | None = None,
+    targets: Iterable[str] | None = None,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -239,7 +243,8 @@ def prune_checkpoint(
     two decoder layers and the calibration set's hidden states ``[tokens, hidden]`` (see the module docstring),
     plus, in true-sequential order, the intermediates every batch holds while it waits at a Linear (the
     largest in a temporary file with ``spill_activations``), and one merged batch's forward (estimated at most
-    ``merge_mib`` MiB); ``true_sequential``, ``merge_mib`` and ``spill_activations`` are
+    ``merge_mib`` MiB); ``true_sequential``, ``merge_mib``, ``spill_activations``, SparseGPT's ``blocksize`` and
+    ``percdamp``, and ``targets`` (the decoder-layer Linears to prune, by full name) are
     :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
@@ -289,6 +294,9 @@ def prune_checkpoint(
             true_sequential=true_sequential,
             merge_mib=merge_mib,
             spill_activations=spill_activations,
+            blocksize=blocksize,
+            percdamp=percdamp,
+            targets=targets,
         )
         n_layers = len(family_for(model).layer_list(model))
         if sorted(store.written) != list(range(n_layers)):

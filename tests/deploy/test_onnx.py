@@ -197,3 +197,35 @@ def test_wrong_input_shape_is_a_data_error_that_names_it(tmp_path):
         export_onnx(model, torch.randn(1, 3, 224, 224), tmp_path / "m.onnx", measure_latency=False)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     assert_unchanged(model, before)
+
+
+class _ThreeInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.lin(a) + 2 * b + 3 * c
+
+
+def test_keyword_inputs_are_matched_by_name_in_every_runtime(tmp_path):
+    from prunekit.deploy import load_onnx
+
+    model = _ThreeInputs().eval()
+    x, y, z = (torch.randn(2, 4) for _ in range(3))
+    export_onnx(model, (x, y, z), tmp_path / "three.onnx", measure_latency=False)
+    runtimes = [load_onnx(tmp_path / "three.onnx")]
+    try:
+        from prunekit.deploy import export_openvino, load_openvino
+
+        export_openvino(model, (x, y, z), tmp_path / "three.xml", measure_latency=False)
+        runtimes.append(load_openvino(tmp_path / "three.xml"))
+    except pk.PrunekitError:  # openvino not installed: ONNX Runtime alone
+        pass
+    with torch.no_grad():
+        ref = model(x, c=z, b=y)
+    for rt in runtimes:
+        torch.testing.assert_close(rt(x, c=z, b=y), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rt(c=z, a=x, b=y), ref, atol=1e-5, rtol=1e-5)
+        with pytest.raises(pk.DataError, match="no input 'd'"):
+            rt(x, y, d=z)

@@ -138,3 +138,20 @@ def test_an_out_that_holds_the_source_is_refused_and_owl_aliases_stream(tmp_path
         prune_checkpoint(src, tmp_path / "d", "wanda", sparsity=0.5, calibration=calibration(), dtype="float16")
     result = prune_checkpoint(src, tmp_path / "owl", "owl-wanda", sparsity=0.5, calibration=calibration())
     assert result.allocation.startswith("owl")
+
+
+def test_streaming_takes_the_solver_options_and_targets_of_the_in_memory_run(tmp_path):
+    model = tiny_model("llama", layers=2)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    batches = calibration()
+    targets = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    options = {"blocksize": 16, "percdamp": 0.05, "targets": targets}
+    streamed = prune_checkpoint(src, tmp_path / "out", "sparsegpt", sparsity=0.5, calibration=batches, **options)
+    in_memory = prune_causal_lm(model, "sparsegpt", sparsity=0.5, calibration=batches, progress=False, **options)
+    assert sorted(streamed.layer_sparsity) == sorted(in_memory.layer_sparsity) == sorted(targets)
+    again = type(model).from_pretrained(tmp_path / "out").eval()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(pk.ConfigError, match="blocksize is a SparseGPT option"):
+        prune_checkpoint(src, tmp_path / "w", "wanda", sparsity=0.5, calibration=batches, blocksize=16)
+    assert not (tmp_path / "w").exists()

@@ -341,8 +341,21 @@ def test_pass_options_resolve_to_their_defaults_and_refuse_what_a_method_does_no
     assert resolve_pass_options("wanda", None, None, False, None, None) == (False, DEFAULT_MERGE_MIB, True, {})
     for method, args, says in (
         ("wanda", (64, None, None, None, None), "blocksize is a SparseGPT option"),
-        ("magnitude", (None, None, True, None, None), "magnitude uses no calibration statistics"),
+        ("magnitude", (None, None, True, None, None), "magnitude prunes from the weights alone"),
         ("sparsegpt", (None, None, False, None, False), "spill_activations apply to the true-sequential order only"),
     ):
         with pytest.raises(ConfigError, match=says):
             resolve_pass_options(method, *args)
+
+
+def test_magnitude_runs_no_calibration_pass():
+    """Magnitude reads the weights alone: with calibration data it runs no pass over it, and prunes the same."""
+    from prunekit.llm import prune_causal_lm
+
+    a, b = tiny_model("llama"), tiny_model("llama")
+    b.load_state_dict(a.state_dict())
+    with_data = prune_causal_lm(a, "magnitude", sparsity=0.5, calibration=calibration(n=2), progress=False)
+    prune_causal_lm(b, "magnitude", sparsity=0.5, progress=False)
+    assert with_data.summaries == []
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
