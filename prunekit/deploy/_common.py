@@ -346,7 +346,9 @@ class RuntimeModule(nn.Module):
                 f"the exported model takes {len(self.input_names)} input(s) ({', '.join(self.input_names)}), "
                 f"got {len(tensors)}"
             )
-        outs = [torch.from_numpy(np.asarray(o)) for o in self.run([t.detach().cpu().numpy() for t in tensors])]
+        # numpy has no bfloat16: such inputs go in as float32, which the runtime converts as it does float64
+        arrays = [(t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for t in tensors]
+        outs = [torch.from_numpy(np.asarray(o)) for o in self.run(arrays)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

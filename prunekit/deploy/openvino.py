@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from prunekit.deploy._common import (
-    RuntimeModule,
     check_batch_dynamic,
     check_export_options,
     check_target,
@@ -48,6 +47,7 @@ from prunekit.deploy._kv import (
     name_ports,
 )
 from prunekit.deploy.errors import ExportCheckError, ExportFailedError, UnsupportedRuntimeOptionError, require
+from prunekit.deploy.ov_runtime import SPARSE_ALIGN, SPARSE_RATE, TIED_DIMS, OvModule, runtime_config
 from prunekit.deploy.report import DeployReport
 from prunekit.errors import CheckpointError, ConfigError, DataError, MissingDataError
 from prunekit.eval.latency import LatencyComparison, compare_latency
@@ -58,6 +58,7 @@ __all__ = [
     "QUANTIZE_MODES",
     "SPARSE_ALIGN",
     "SPARSE_RATE",
+    "TIED_DIMS",
     "export_openvino",
     "load_openvino",
     "runtime_config",
@@ -65,96 +66,6 @@ __all__ = [
 
 QUANTIZE_MODES = (None, "int8-weights", "int8")
 PRECISIONS = ("f32", "bf16", "f16")
-#: weight sparsity from which the CPU plugin's sparse int8 kernel is switched on (measured on an AMX CPU with
-#: OpenVINO 2026.4: 1.1-1.7x at 70% zeros, 1.5-2.0x at 90%; nothing on weight-only int8 or fp32)
-SPARSE_RATE = 0.7
-#: the CPU plugin's sparse int8 kernel runs a fully connected layer only when its input size is a multiple of
-#: this (measured with OpenVINO 2026.4: 768 and 832 inputs ran sparse, 784 and 800 did not)
-SPARSE_ALIGN = 64
-
-
-class OvModule(RuntimeModule):
-    """An OpenVINO compiled model (CPU) called like the PyTorch model, returning torch tensors."""
-
-    def __init__(self, model_or_path: Any, config: dict[str, Any]):
-        ov = require("openvino")
-        core = ov.Core()
-        model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
-        self_compiled = core.compile_model(model, "CPU", config)
-        names = []
-        for i, inp in enumerate(self_compiled.inputs):
-            try:
-                names.append(inp.get_any_name())
-            except RuntimeError:
-                names.append(f"input{i}")
-        super().__init__(names)
-        self.compiled = self_compiled
-        self.request = self_compiled.create_infer_request()
-        self.config = dict(config)
-        self._accepted: set[tuple] = set()  # input shapes and dtypes already checked against the IR
-        self._own: list[np.ndarray] | None = None
-        self._n_outputs = len(self_compiled.outputs)
-
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """The compiled model's outputs (numpy copies) for the numpy inputs. Raises
-        :class:`~prunekit.errors.DataError` for an input whose shape the IR does not accept (a dimension the
-        export fixed).
-
-        Inputs of the shape and dtype of the request's own input tensors are copied into them and the request
-        is run as it is, which skips the Python-side input conversion of ``InferRequest.infer(inputs)`` (about
-        60 us a call, as much as a small model's whole inference); other inputs go through that conversion."""
-        ov = require("openvino")
-        key = tuple((a.shape, a.dtype.str) for a in inputs)
-        if key not in self._accepted:
-            for name, port, a in zip(self.input_names, self.compiled.inputs, inputs):
-                if not port.get_partial_shape().compatible(ov.PartialShape(list(a.shape))):
-                    raise DataError(
-                        f"the exported model takes {name} of shape {port.get_partial_shape()}, got {list(a.shape)}; "
-                        "export with an example of the shape you will run (a dimension of size 1 in the example is "
-                        "fixed at 1: export with a batch of 2 or more to keep the batch dynamic)"
-                    )
-            self._accepted.add(key)
-        if self._own is None:  # numpy views of the request's input tensors, kept until an inference replaces them
-            try:
-                self._own = [self.request.get_input_tensor(i).data for i in range(len(inputs))]
-            except RuntimeError:  # a dynamic input before its first inference has no tensor yet
-                self._own = []
-        own = self._own
-        if len(own) == len(inputs) and all(o.shape == a.shape and o.dtype == a.dtype for o, a in zip(own, inputs)):
-            for o, a in zip(own, inputs):
-                o[...] = a
-            self.request.infer()
-        else:
-            self._own = None  # the request may hold other input tensors after this call
-            self.request.infer(inputs)
-        return [self.request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
-
-    def property(self, name: str) -> Any:
-        """A property of the compiled model, e.g. ``"INFERENCE_PRECISION_HINT"`` (``get_property``)."""
-        return self.compiled.get_property(name)
-
-    def sparse_layers(self) -> list[str]:
-        """OpenVINO layers that ran on a sparse kernel (read from the executed graph after an inference)."""
-        out = []
-        for op in self.compiled.get_runtime_model().get_ops():
-            info = op.get_rt_info()
-            if "primitiveType" in info and "sparse" in info["primitiveType"].astype(str).lower():
-                out.append(op.get_friendly_name().split("/")[0])
-        return out
-
-
-def runtime_config(
-    *, precision: str = "f32", threads: int | None = 1, sparse_rate: float | None = None
-) -> dict[str, Any]:
-    """The CPU plugin settings prunekit compiles with: the inference precision hint set explicitly (the
-    plugin's default on AMX / AVX-512-BF16 CPUs is bf16), latency mode with one stream, ``threads`` threads,
-    and ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` when ``sparse_rate`` is given."""
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    if sparse_rate is not None:
-        config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(sparse_rate)
-    return config
 
 
 @contextmanager
@@ -218,13 +129,20 @@ def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes:
     # wrong results silently), the dynamic ones stay dynamic
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     traced = []
+    same: dict[str, list[list[int]]] = {}  # dynamic dimensions torch.export found equal, by their symbol
     for spec in program.graph_signature.input_specs:
         if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
             val = placeholders[spec.arg.name].meta.get("val") if hasattr(spec.arg, "name") else None
             if isinstance(val, torch.Tensor):
+                for j, d in enumerate(val.shape):
+                    if not isinstance(d, int):
+                        same.setdefault(str(d), []).append([len(traced), j])
                 traced.append([d if isinstance(d, int) else -1 for d in val.shape])
     if len(traced) == len(ov_model.inputs):
         ov_model.reshape({i: ov.PartialShape(s) for i, s in enumerate(traced)})
+        tied = [group for group in same.values() if len(group) > 1]
+        if tied:  # kept in the IR: the CPU plugin does not check that such inputs agree (OvModule does)
+            ov_model.set_rt_info(json.dumps(tied), TIED_DIMS)
     return ov_model
 
 
@@ -451,7 +369,10 @@ def export_openvino(
             ov_model = _convert(step, kv_example(step, prompt), {}, dynamic, kv_dynamic_shapes(step.n_layers))
             name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
             return _quantize(ov_model, quantize, None, None, subset_size)
-        ov_model = _quantize(_convert(m, args, kwargs, dynamic), quantize, calibration, example_inputs, subset_size)
+        converted = _convert(m, args, kwargs, dynamic)
+        ov_model = _quantize(converted, quantize, calibration, example_inputs, subset_size)
+        if converted.has_rt_info(TIED_DIMS) and not ov_model.has_rt_info(TIED_DIMS):
+            ov_model.set_rt_info(converted.get_rt_info(TIED_DIMS).astype(str), TIED_DIMS)
         if not dynamic:
             _reshape_static(ov_model, args, kwargs)
         return ov_model
