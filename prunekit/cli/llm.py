@@ -19,12 +19,13 @@ from prunekit.allocation.builtin import ALLOCATIONS
 from prunekit.cli._common import check_json_out, console, fail, write_json_out
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.llm.data import DEFAULT_EVAL_TOKENS
+from prunekit.llm.streaming import RECORD
 from prunekit.methods.llm import LM_METHOD_NAMES
 
 __all__ = ["RECORD_FILE", "eval_ppl", "prune_llm"]
 
 #: the file in --out that records the source, the settings, the calibration protocol and the perplexities
-RECORD_FILE = "prunekit_llm.json"
+RECORD_FILE = RECORD  # prunekit_llm.json, beside the pruned model
 
 
 def _ppl(model: Any, tokenizer: Any, text: str, max_tokens: int, seq_len: int = 512) -> Any:
@@ -300,7 +301,6 @@ def _prune_streaming(
     from prunekit.llm.data import calibration_batches
     from prunekit.llm.models import OFFLINE_MODELS, cached_model_dir
     from prunekit.llm.streaming import STREAMING_METHODS, prune_checkpoint
-    from prunekit.serialization import atomic_write
 
     if method not in STREAMING_METHODS and not (method.startswith("owl-") and method[4:] in STREAMING_METHODS):
         raise prunekit.ConfigError(
@@ -342,6 +342,13 @@ def _prune_streaming(
         seq_len=seq_len,
         seed=seed,
     )
+    record = {
+        "source": model_dir,
+        "method": method,
+        "sparsity": sparsity,
+        "calibration": cal.protocol,
+        **_pass_record(method[4:] if method.startswith("owl-") else method, order or {}),
+    }
     t0 = time.perf_counter()
     result = prune_checkpoint(
         source,
@@ -353,22 +360,10 @@ def _prune_streaming(
         allocation=allocation or "uniform",  # an owl- alias brings its own allocation
         overwrite=overwrite,
         progress=progress,
+        record=record,  # written inside --out before it takes its place
         **(order or {}),
     )
     seconds = time.perf_counter() - t0
-    record = {
-        "source": model_dir,
-        "method": method,
-        "sparsity": sparsity,
-        "pattern": result.pattern,
-        "allocation": result.allocation,
-        "calibration": cal.protocol,
-        **_pass_record(method[4:] if method.startswith("owl-") else method, order or {}),
-        "prune_seconds": seconds,
-        "streamed": True,
-        "notes": result.notes,
-    }
-    atomic_write(out / RECORD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     console.print(
         f"pruned with {method} ({result.pattern}, {result.allocation} allocation, sparsity {sparsity:g}"
         f"{', ' + record['calibration_order'] + ' order' if record['calibration_order'] else ''}) in "

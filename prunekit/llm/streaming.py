@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,13 @@ from prunekit.errors import CheckpointError, ConfigError
 from prunekit.llm.prune import LLMPruneResult, prune_causal_lm
 from prunekit.llm.runner import LayerStore
 
-__all__ = ["ShardStore", "checkpoint_tensors", "prune_checkpoint", "read_tensor"]
+__all__ = ["RECORD", "ShardStore", "checkpoint_tensors", "prune_checkpoint", "read_tensor"]
 
 #: the layer-wise solvers :func:`prune_checkpoint` runs
 STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt")
 INDEX = "model.safetensors.index.json"
+#: the file, in a pruned checkpoint's folder, that records how it was pruned
+RECORD = "prunekit_llm.json"
 
 
 def checkpoint_tensors(directory: str | os.PathLike) -> dict[str, Path]:
@@ -231,6 +234,7 @@ def prune_checkpoint(
     blocksize: int | None = None,
     percdamp: float | None = None,
     targets: Iterable[str] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -246,6 +250,10 @@ def prune_checkpoint(
     ``merge_mib`` MiB); ``true_sequential``, ``merge_mib``, ``spill_activations``, SparseGPT's ``blocksize`` and
     ``percdamp``, and ``targets`` (the decoder-layer Linears to prune, by full name) are
     :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
+
+    ``record``: fields to keep with the pruned checkpoint, written with the run's own (pattern, allocation,
+    notes, prune seconds) to ``out/prunekit_llm.json`` inside the folder before it takes the place of ``out``;
+    None writes no record.
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
     :class:`~prunekit.errors.CheckpointError` for a folder without a safetensors checkpoint or with tensors
@@ -282,6 +290,7 @@ def prune_checkpoint(
     model, prefix = _skeleton(src, files, dtype)
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         store = ShardStore(files, prefix, tmp, dtype)
+        start = time.perf_counter()
         result = prune_causal_lm(
             model,
             method,
@@ -314,5 +323,10 @@ def prune_checkpoint(
             if key in config:
                 config[key] = str(dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / RECORD).unlink(missing_ok=True)  # a pruned source's record is not this run's
+        if record is not None:
+            mine = {"pattern": result.pattern, "allocation": result.allocation, "streamed": True}
+            mine |= {"prune_seconds": time.perf_counter() - start, "notes": result.notes}
+            (tmp / RECORD).write_text(json.dumps({**record, **mine}, indent=2, default=str))
     result.notes.append(f"streamed from {src} one decoder layer at a time; written to {dst}")
     return result

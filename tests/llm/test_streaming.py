@@ -155,3 +155,18 @@ def test_streaming_takes_the_solver_options_and_targets_of_the_in_memory_run(tmp
     with pytest.raises(pk.ConfigError, match="blocksize is a SparseGPT option"):
         prune_checkpoint(src, tmp_path / "w", "wanda", sparsity=0.5, calibration=batches, blocksize=16)
     assert not (tmp_path / "w").exists()
+
+
+def test_the_record_is_written_inside_the_output_and_a_source_s_is_not_copied(tmp_path):
+    import json
+
+    from prunekit.llm.streaming import RECORD
+
+    src = tmp_path / "src"
+    tiny_model("llama", layers=1).save_pretrained(src)
+    (src / RECORD).write_text(json.dumps({"method": "an earlier run"}))
+    prune_checkpoint(src, tmp_path / "a", "magnitude", sparsity=0.5, record={"source": "tiny"})
+    record = json.loads((tmp_path / "a" / RECORD).read_text())
+    assert record["source"] == "tiny" and record["streamed"] is True and record["pattern"] == "unstructured"
+    prune_checkpoint(src, tmp_path / "b", "magnitude", sparsity=0.5)
+    assert not (tmp_path / "b" / RECORD).exists()
