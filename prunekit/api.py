@@ -232,6 +232,7 @@ def prune(
         "seed": seed,
         **({"overrides": options["overrides"]} if "overrides" in options else {}),
     }
+    ignored += list(outcome.left_dense.items())
     notes = list(outcome.notes)
     notes += [f"{name}: {why}" for name, why in ignored]
     if not m.structural:

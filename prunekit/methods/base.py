@@ -62,11 +62,13 @@ class PruneRequest:
 
 @dataclass
 class MethodOutcome:
-    """What a method reports back: the sparsity it aimed for per layer, notes, and its plan if it made one."""
+    """What a method reports back: the sparsity it aimed for per layer, notes, its plan if it made one, and
+    the targets it left dense (name -> why), which the report lists with the ignored layers."""
 
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     plan: Plan | None = None
+    left_dense: dict[str, str] = field(default_factory=dict)
 
 
 class Method:

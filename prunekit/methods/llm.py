@@ -148,11 +148,11 @@ class LayerwiseLLMMethod(Method):
                 if k in opts
             },
         )
-        notes = list(result.notes)
         outside = sorted(set(names) - selected)
-        if outside:
-            notes.append(f"left dense (outside the decoder layers): {', '.join(outside)}")
-        return MethodOutcome(layer_sparsity=result.layer_sparsity, notes=notes)
+        why = "left dense: outside the decoder layers the layer-wise LLM methods prune"
+        return MethodOutcome(
+            layer_sparsity=result.layer_sparsity, notes=list(result.notes), left_dense=dict.fromkeys(outside, why)
+        )
 
 
 class StructuredLLMMethod(Method):

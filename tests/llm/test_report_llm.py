@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import prunekit as pk
@@ -42,3 +43,12 @@ def test_counts_before_pruning_are_the_whole_models():
         assert (report.before.params, report.before.nonzero_params) == expected
         assert expected[0] == sum(p.numel() for p in base.parameters())  # a tied matrix counted once
         assert report.after.params == expected[0] and report.after.nonzero_params == count_params(model)[1]
+
+
+def test_a_target_the_method_leaves_dense_is_reported_with_the_ignored_layers():
+    model = tiny_model("llama")
+    report = pk.prune(model, "wanda", sparsity=0.5, calibration=calibration(), progress=False, prune_classifier=True)
+    head = next(r for r in report.layers if r.name == "lm_head")
+    assert head.ignored is not None and "outside the decoder layers" in head.ignored
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)  # over the matrices it pruned, not the dense head
+    assert any(n.startswith("lm_head: left dense") for n in report.notes)
