@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from prunekit.errors import CheckpointError, ConfigError, DataError, ModelError
 from prunekit.serialization import make_folder
 
 __all__ = [
+    "INPUT_LAYOUT",
     "RuntimeModule",
     "check_batch_dynamic",
     "check_export_options",
@@ -35,10 +37,12 @@ __all__ = [
     "files_size",
     "flat_outputs",
     "flat_tensors",
+    "input_layout",
     "layer_sparsity",
     "reference_outputs",
     "split_inputs",
     "staged_files",
+    "tensor_paths",
     "weight_sparsity",
 ]
 
@@ -105,9 +109,36 @@ def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any
             shapes[name] = tuple(_varying_dims(v) if torch.is_tensor(v) else None for v in value)
         elif kind is inspect.Parameter.VAR_KEYWORD:
             shapes[name] = {k: (_varying_dims(v) if torch.is_tensor(v) else None) for k, v in value.items()}
+        elif isinstance(value, _CONTAINERS):  # a dict or tuple argument: its tensors' dimensions, in its shape
+            shapes[name] = pytree.tree_map(lambda v: _varying_dims(v) if torch.is_tensor(v) else None, value)
         else:
             shapes[name] = _varying_dims(value) if torch.is_tensor(value) else None
     return shapes
+
+
+#: key, in an exported model file's metadata, of the layout of its nested inputs (:func:`input_layout`)
+INPUT_LAYOUT = "prunekit_input_layout"
+_CONTAINERS = (dict, list, tuple)
+
+
+def tensor_paths(params: Sequence[str], args: tuple, kwargs: dict) -> list[tuple[str, Tensor]]:
+    """Every tensor among ``args`` (named by the forward's positional parameters ``params``) and ``kwargs``,
+    with its key path (``"['feats']['u']"``), in the order an export flattens them."""
+    named: dict[str, Any] = {params[i] if i < len(params) else f"*{i}": a for i, a in enumerate(args)}
+    named.update(kwargs)
+    leaves, _ = pytree.tree_flatten_with_path(named)
+    return [(pytree.keystr(path), v) for path, v in leaves if isinstance(v, Tensor)]
+
+
+def input_layout(model: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    """For inputs nested in containers (a dict or tuple argument): JSON text of the forward's positional
+    parameter names and the key path of every tensor in the graph's order, which the runtime modules use to
+    match a call's nested inputs by name; None when every input is a tensor (matched by position and name)."""
+    if not any(isinstance(v, _CONTAINERS) for v in (*args, *kwargs.values())):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [n for n, p in inspect.signature(model.forward).parameters.items() if p.kind in kinds]
+    return json.dumps({"params": params, "paths": [path for path, _ in tensor_paths(params, args, kwargs)]})
 
 
 def flat_tensors(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -315,26 +346,49 @@ class RuntimeModule(nn.Module):
     Subclasses implement :meth:`run` on the flat list of numpy inputs.
     """
 
-    def __init__(self, input_names: Sequence[str]):
+    def __init__(self, input_names: Sequence[str], layout: str | None = None):
         super().__init__()
         self.input_names = list(input_names)
+        #: the export's record of nested inputs (:func:`input_layout`): parameter names and key paths
+        self.layout: dict[str, list[str]] | None = json.loads(layout) if layout else None
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
         """The runtime's outputs for the flat list of numpy inputs, in the graph's input order."""
         raise NotImplementedError
 
+    def _nested(self, args: tuple, kwargs: dict) -> list[Tensor]:
+        """The graph's inputs from a call with nested inputs, matched by their key paths."""
+        if self.layout is None:
+            raise DataError(
+                "this exported model was called with nested inputs (a dict, list or tuple), and its file records "
+                "no layout to match them by name (export it again with this version of prunekit), so pass its "
+                f"inputs as tensors, in order: {', '.join(self.input_names)}"
+            )
+        pairs = tensor_paths(self.layout["params"], args, kwargs)
+        given = dict(pairs)
+        want = self.layout["paths"]
+        if len(given) != len(pairs) or set(given) != set(want):
+            raise DataError(
+                f"the exported model takes the tensors {', '.join(want)} (by key path), got {', '.join(given)}"
+            )
+        return [given[p] for p in want]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the runtime with the inputs as the PyTorch model takes them; torch tensors come back. Tensor
-        keyword inputs are matched to the graph's inputs by name, after the positional ones. Raises
+        keyword inputs are matched to the graph's inputs by name, after the positional ones; nested inputs (a
+        dict or tuple argument) by their key paths, as the export recorded them. Raises
         :class:`~prunekit.errors.DataError` for a keyword the graph has no input of (or one given twice) and
         when the number of tensor inputs is not the graph's."""
-        if kwargs and all(isinstance(v, Tensor) for v in kwargs.values()) and all(isinstance(a, Tensor) for a in args):
+        if any(isinstance(v, _CONTAINERS) for v in (*args, *kwargs.values())):
+            tensors = self._nested(args, kwargs)
+        elif kwargs and all(isinstance(a, Tensor) for a in args):
+            kwargs = {k: v for k, v in kwargs.items() if isinstance(v, Tensor)}  # flags and None: constants
             rest = self.input_names[len(args) :]
             unknown = sorted(set(kwargs) - set(rest))
             if unknown:
                 raise DataError(
-                    f"the exported model has no input {unknown[0]!r} after its {len(args)} positional one(s); its "
-                    f"inputs, in order: {', '.join(self.input_names)}"
+                    f"the exported model has no input {unknown[0]!r} after its {len(args)} positional one(s) (not "
+                    f"an input, or given twice); its inputs, in order: {', '.join(self.input_names)}"
                 )
             tensors = list(args) + [kwargs[name] for name in rest if name in kwargs]
         elif not kwargs and all(isinstance(a, Tensor) for a in args):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.deploy._common import (
+    INPUT_LAYOUT,
     RuntimeModule,
     check_batch_dynamic,
     check_export_options,
@@ -26,6 +27,7 @@ from prunekit.deploy._common import (
     export_copy,
     files_size,
     flat_tensors,
+    input_layout,
     layer_sparsity,
     reference_outputs,
     report_path_of,
@@ -62,7 +64,8 @@ class OrtModule(RuntimeModule):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 4  # failures are raised as exceptions, not logged
         self_session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        super().__init__([i.name for i in self_session.get_inputs()])
+        layout = self_session.get_modelmeta().custom_metadata_map.get(INPUT_LAYOUT)
+        super().__init__([i.name for i in self_session.get_inputs()], layout)
         self.session = self_session
         self.path = str(path)
         self.threads = threads
@@ -167,6 +170,9 @@ def _to_onnx_file(
             f"torch's ONNX exporter could not convert {type(model).__name__} to opset {opset} (its graph stays at "
             f"opset {written}{why}); nothing was written. {_opset_advice()}"
         )
+    layout = input_layout(model, args, kwargs)
+    if layout:  # nested inputs: their key paths, so that calls can match them by name
+        program.model.metadata_props[INPUT_LAYOUT] = layout
     program.save(str(path))
 
 

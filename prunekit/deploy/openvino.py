@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from prunekit.deploy._common import (
+    INPUT_LAYOUT,
     check_batch_dynamic,
     check_export_options,
     check_target,
@@ -28,6 +29,7 @@ from prunekit.deploy._common import (
     export_copy,
     files_size,
     flat_tensors,
+    input_layout,
     layer_sparsity,
     reference_outputs,
     report_path_of,
@@ -143,6 +145,9 @@ def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes:
         tied = [group for group in same.values() if len(group) > 1]
         if tied:  # kept in the IR: the CPU plugin does not check that such inputs agree (OvModule does)
             ov_model.set_rt_info(json.dumps(tied), TIED_DIMS)
+    layout = input_layout(model, args, kwargs)
+    if layout:  # nested inputs: their key paths, so that calls can match them by name
+        ov_model.set_rt_info(layout, INPUT_LAYOUT)
     return ov_model
 
 
@@ -371,8 +376,9 @@ def export_openvino(
             return _quantize(ov_model, quantize, None, None, subset_size)
         converted = _convert(m, args, kwargs, dynamic)
         ov_model = _quantize(converted, quantize, calibration, example_inputs, subset_size)
-        if converted.has_rt_info(TIED_DIMS) and not ov_model.has_rt_info(TIED_DIMS):
-            ov_model.set_rt_info(converted.get_rt_info(TIED_DIMS).astype(str), TIED_DIMS)
+        for key in (TIED_DIMS, INPUT_LAYOUT):  # kept through quantisation
+            if converted.has_rt_info(key) and not ov_model.has_rt_info(key):
+                ov_model.set_rt_info(converted.get_rt_info(key).astype(str), key)
         if not dynamic:
             _reshape_static(ov_model, args, kwargs)
         return ov_model

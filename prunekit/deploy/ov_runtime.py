@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.deploy._common import RuntimeModule
+from prunekit.deploy._common import INPUT_LAYOUT, RuntimeModule
 from prunekit.deploy.errors import require
 from prunekit.errors import DataError
 
@@ -40,7 +40,9 @@ class OvModule(RuntimeModule):
                 names.append(inp.get_any_name())
             except RuntimeError:
                 names.append(f"input{i}")
-        super().__init__(names)
+        super().__init__(
+            names, model.get_rt_info(INPUT_LAYOUT).astype(str) if model.has_rt_info(INPUT_LAYOUT) else None
+        )
         self.compiled = self_compiled
         self.request = self_compiled.create_infer_request()
         self.config = dict(config)

@@ -229,3 +229,37 @@ def test_keyword_inputs_are_matched_by_name_in_every_runtime(tmp_path):
         torch.testing.assert_close(rt(c=z, a=x, b=y), ref, atol=1e-5, rtol=1e-5)
         with pytest.raises(pk.DataError, match="no input 'd'"):
             rt(x, y, d=z)
+
+
+class _NestedInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.a(x) + self.b(feats["u"]) - self.c(feats["v"])
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_nested_inputs_are_matched_by_key_in_every_runtime(tmp_path, dynamic):
+    from prunekit.deploy import load_onnx
+
+    model = _NestedInputs().eval()
+    x, u, v = (torch.randn(3, 6) for _ in range(3))
+    example = {"x": x, "feats": {"v": v, "u": u}}  # keys in another order than the calls below
+    export_onnx(model, example, tmp_path / "n.onnx", dynamic=dynamic, measure_latency=False)
+    runtimes = [load_onnx(tmp_path / "n.onnx")]
+    try:
+        from prunekit.deploy import export_openvino, load_openvino
+
+        export_openvino(model, example, tmp_path / "n.xml", dynamic=dynamic, measure_latency=False)
+        runtimes.append(load_openvino(tmp_path / "n.xml"))
+    except pk.PrunekitError:  # openvino not installed: ONNX Runtime alone
+        pass
+    with torch.no_grad():
+        ref = model(x, {"u": u, "v": v})
+    for rt in runtimes:
+        torch.testing.assert_close(rt(x, {"u": u, "v": v}), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rt(feats={"u": u, "v": v}, x=x), ref, atol=1e-5, rtol=1e-5)
+        with pytest.raises(pk.DataError, match="by key path"):
+            rt(x, {"u": u, "w": v})
