@@ -3,6 +3,7 @@ checked in ONNX Runtime against PyTorch's outputs and timed there against the de
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -51,6 +52,17 @@ _EXPORTER_OPSET = 18
 _LOWEST_OPSET = 13
 
 
+#: numpy element types of ONNX Runtime's input type names
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
 class OrtModule(RuntimeModule):
     """An ONNX Runtime session (CPU) called like the PyTorch model: ``OrtModule(path)(x)`` -> tensor(s)."""
 
@@ -67,12 +79,16 @@ class OrtModule(RuntimeModule):
         layout = self_session.get_modelmeta().custom_metadata_map.get(INPUT_LAYOUT)
         super().__init__([i.name for i in self_session.get_inputs()], layout)
         self.session = self_session
+        self._dtypes = [_ORT_TYPES.get(i.type) for i in self_session.get_inputs()]
         self.path = str(path)
         self.threads = threads
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """The session's outputs (numpy arrays) for the numpy inputs, fed by input name in graph order."""
-        return self.session.run(None, dict(zip(self.input_names, inputs)))
+        """The session's outputs (numpy arrays) for the numpy inputs, fed by input name in graph order, each
+        converted to the element type its graph input takes (float64 to float32, int32 to int64, ...), as
+        OpenVINO does."""
+        fed = [a if t is None or a.dtype == t else a.astype(t) for a, t in zip(inputs, self._dtypes)]
+        return self.session.run(None, dict(zip(self.input_names, fed)))
 
 
 def load_onnx(path: str | os.PathLike, *, threads: int | None = 1) -> OrtModule:
@@ -136,6 +152,10 @@ def _to_onnx_file(
     saved) when the exporter could not convert the graph to ``opset``."""
     require("onnx")
     require("onnxscript")
+    if args and isinstance(args[-1], dict):  # torch's exporter would read a trailing dict as keyword inputs
+        sig = inspect.signature(model.forward)
+        if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values()):
+            args, kwargs = (), dict(sig.bind(*args, **kwargs).arguments)
     shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
     log = _ConverterLog()
     converter_logger = logging.getLogger("onnxscript")

@@ -514,6 +514,8 @@ def prune_causal_lm(
     visitor = SolveVisitor(SOLVERS[method], options, plan, granularity, share_inputs, true_sequential)
     if method == "magnitude":  # no statistics: no pass over the calibration set (OWL's ran in the plan above)
         _walk(model, visitor, store)
+        if calibration is not None and not isinstance(alloc, OWL):
+            result.notes.append("magnitude reads the weights alone: the calibration data was not used")
     else:
         result.summaries.append(
             run_layerwise(

@@ -252,8 +252,8 @@ def prune_checkpoint(
     :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
 
     ``record``: fields to keep with the pruned checkpoint, written with the run's own (pattern, allocation,
-    notes, prune seconds) to ``out/prunekit_llm.json`` inside the folder before it takes the place of ``out``;
-    None writes no record.
+    notes, prune seconds; these take precedence over a field of the same name) to ``out/prunekit_llm.json``
+    inside the folder before it takes the place of ``out``; None writes no record.
 
     Raises :class:`~prunekit.errors.ConfigError` for a method other than the layer-wise ones,
     :class:`~prunekit.errors.CheckpointError` for a folder without a safetensors checkpoint or with tensors

@@ -258,8 +258,11 @@ def test_nested_inputs_are_matched_by_key_in_every_runtime(tmp_path, dynamic):
         pass
     with torch.no_grad():
         ref = model(x, {"u": u, "v": v})
+    export_onnx(model, (x, {"u": u, "v": v}), tmp_path / "p.onnx", dynamic=dynamic, measure_latency=False)
+    runtimes.append(load_onnx(tmp_path / "p.onnx"))  # the dict as the last positional input
     for rt in runtimes:
         torch.testing.assert_close(rt(x, {"u": u, "v": v}), ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(rt(feats={"u": u, "v": v}, x=x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rt(x.double(), {"u": u, "v": v}), ref, atol=1e-5, rtol=1e-5)  # converted
         with pytest.raises(pk.DataError, match="by key path"):
             rt(x, {"u": u, "w": v})
