@@ -151,6 +151,17 @@ def _convert(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool, shapes:
     return ov_model
 
 
+def _finite_attention(model: nn.Module) -> bool:
+    """Switch a Hugging Face model (a prunekit export copy) from ``sdpa`` attention to its ``eager`` form, whose
+    mask adds the dtype's lowest finite value instead of masking out: a fully masked row then stays finite in
+    OpenVINO. True when it switched."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
+    getattr(model, "set_attn_implementation")("eager")  # noqa: B009 - transformers' method, not in nn.Module's type
+    return True
+
+
 def _calibration_items(calibration: Any, example_inputs: Any) -> list[list[np.ndarray]]:
     """Calibration batches as lists of numpy inputs in the graph's order. Each batch is the model's inputs,
     or ``(inputs, targets)``, or a dict of keyword inputs (``labels`` dropped), as prunekit's calibration."""
@@ -350,6 +361,11 @@ def export_openvino(
         args, kwargs = kv_example(kv_step, prompt), {}
     if kv_note:
         notes.append(kv_note)
+    if kv_step is None and _finite_attention(prepared):
+        notes.append(
+            "attention exported in its eager form (softmax over a finite mask value): OpenVINO's fused attention "
+            "gives NaN for the fully masked positions of a left-padded row, which then spread to its tokens"
+        )
     ref = reference_outputs(graph, args, kwargs)
     linear_sparsity = {
         n: s for n, s in layer_sparsity(prepared).items() if isinstance(prepared.get_submodule(n), nn.Linear)
@@ -374,6 +390,7 @@ def export_openvino(
             ov_model = _convert(step, kv_example(step, prompt), {}, dynamic, kv_dynamic_shapes(step.n_layers))
             name_ports(ov_model, kv_input_names(step.n_layers), kv_output_names(step.n_layers))
             return _quantize(ov_model, quantize, None, None, subset_size)
+        _finite_attention(m)
         converted = _convert(m, args, kwargs, dynamic)
         ov_model = _quantize(converted, quantize, calibration, example_inputs, subset_size)
         for key in (TIED_DIMS, INPUT_LAYOUT):  # kept through quantisation

@@ -185,3 +185,28 @@ def test_generate_refuses_ids_outside_the_vocabulary_and_right_padding(tmp_path)
     right[1, -2:] = 0
     with pytest.raises(DataError, match="left padding only"):
         lm.generate(IDS, 2, attention_mask=right)
+
+
+def test_a_left_padded_row_stays_finite_without_the_cache(tmp_path):
+    """The graph without a KV cache on a batch whose second row is left-padded: the real tokens' logits equal
+    PyTorch's (fused attention gave NaN for the fully masked padded positions, which spread to the row)."""
+    from prunekit.deploy import load_openvino
+
+    model = tiny_model("llama").eval()
+    before, attention = snapshot(model), model.config._attn_implementation
+    ids = torch.randint(0, VOCAB, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    report = export_openvino(
+        model, {"input_ids": ids, "attention_mask": mask}, tmp_path / "m.xml", kv_cache=False, measure_latency=False
+    )
+    assert_unchanged(model, before)  # the attention form is switched in the exported copy only
+    assert model.config._attn_implementation == attention == "sdpa"
+    assert any("eager form" in n for n in report.notes)
+    mask[1, :3] = 0
+    got = load_openvino(tmp_path / "m.xml")(input_ids=ids, attention_mask=mask)
+    got = got[0] if isinstance(got, tuple) else got
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[1, 3:], ref[1, 3:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-4)
