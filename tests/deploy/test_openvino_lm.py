@@ -210,3 +210,6 @@ def test_a_left_padded_row_stays_finite_without_the_cache(tmp_path):
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[1, 3:], ref[1, 3:], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-4)
+    # a graph without an attention mask cannot be given padding: the fused attention stays
+    report = export_openvino(model, {"input_ids": ids}, tmp_path / "ids.xml", kv_cache=False, measure_latency=False)
+    assert not any("eager form" in n for n in report.notes)
