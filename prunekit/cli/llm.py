@@ -265,17 +265,15 @@ def _pass_record(base: str, order: dict[str, Any]) -> dict[str, Any]:
     """The calibration-pass settings a run used, for its record: the order (``true-sequential`` or
     ``two-pass``; None for a method without calibration passes) and, in true-sequential order, ``merge_mib``
     and ``spill_activations`` with their defaults filled in."""
-    from prunekit.llm.prune import DEFAULT_MERGE_MIB
+    from prunekit.llm.sequential import resolve_pass_options
 
     if base not in ("wanda", "sparsegpt"):
         return {"calibration_order": None}
-    if order.get("true_sequential") is False:
+    keys = ("true_sequential", "merge_mib", "spill_activations")
+    sequential, merge_mib, spill, _ = resolve_pass_options(base, None, None, *(order.get(k) for k in keys))
+    if not sequential:
         return {"calibration_order": "two-pass"}
-    return {
-        "calibration_order": "true-sequential",
-        "merge_mib": order.get("merge_mib", DEFAULT_MERGE_MIB),
-        "spill_activations": order.get("spill_activations", True),
-    }
+    return {"calibration_order": "true-sequential", "merge_mib": merge_mib, "spill_activations": spill}
 
 
 def _prune_streaming(

@@ -381,7 +381,7 @@ class RuntimeModule(nn.Module):
         when the number of tensor inputs is not the graph's."""
         if any(isinstance(v, _CONTAINERS) for v in (*args, *kwargs.values())):
             tensors = self._nested(args, kwargs)
-        elif kwargs and all(isinstance(a, Tensor) for a in args):
+        elif all(isinstance(a, Tensor) for a in args):
             kwargs = {k: v for k, v in kwargs.items() if isinstance(v, Tensor)}  # flags and None: constants
             rest = self.input_names[len(args) :]
             unknown = sorted(set(kwargs) - set(rest))
@@ -391,8 +391,6 @@ class RuntimeModule(nn.Module):
                     f"an input, or given twice); its inputs, in order: {', '.join(self.input_names)}"
                 )
             tensors = list(args) + [kwargs[name] for name in rest if name in kwargs]
-        elif not kwargs and all(isinstance(a, Tensor) for a in args):
-            tensors = list(args)
         else:
             tensors = flat_tensors(args, kwargs)
         if len(tensors) != len(self.input_names):

@@ -73,7 +73,8 @@ class LayerwiseLLMMethod(Method):
         causal LM ``sequential=False`` and the options the solver or its calibration order does not use
         (:func:`prunekit.llm.prune.resolve_pass_options`); raises :class:`~prunekit.errors.ConfigError`."""
         from prunekit.calibration.families import has_family
-        from prunekit.llm.prune import resolve_pass_options, select_targets
+        from prunekit.llm.prune import select_targets
+        from prunekit.llm.sequential import resolve_pass_options
         from prunekit.targets import check_untied
 
         opts = request.options
@@ -103,14 +104,14 @@ class LayerwiseLLMMethod(Method):
         decoder layer (:func:`prunekit.llm.prune.prune_causal_lm`; targets outside the decoder layers stay
         dense, with a note), any other model with :func:`prunekit.apply.solve.solve_layerwise`.
 
-        Raises :class:`~prunekit.errors.ConfigError` for an allocation an ``owl-*`` alias refuses and for
-        ``sequential=False`` on a causal LM, and what the solvers raise.
+        Raises :class:`~prunekit.errors.ConfigError` for an allocation an ``owl-*`` alias refuses, and what the
+        solvers raise; the options were checked before by :meth:`check_request` (:func:`prunekit.prune` calls
+        it first).
         """
         from prunekit.calibration.families import has_family
         from prunekit.llm.prune import prune_causal_lm, select_targets
 
         opts = request.options
-        self.check_request(model, request)
         if not has_family(model):  # any other model (a CNN, a ViT, an encoder): every target Linear / Conv
             from prunekit.apply.solve import solve_layerwise
 
