@@ -30,41 +30,56 @@ class AllocationMeter(TorchDispatchMode):
         super().__init__()
         self.live_bytes = 0
         self.peak_bytes = 0
-        self._storages: dict[int, list[Any]] = {}  # data_ptr -> [nbytes, ids of the live tensors using it]
+        # storage identity (its StorageImpl, stable when the storage is resized or emptied in place) ->
+        # [the storage, its bytes when last seen, ids of the live tensors using it]; holding the storage keeps
+        # the identity unique while it is tracked, and it is let go with the last of its tensors
+        self._storages: dict[int, list[Any]] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         inputs = {
-            t.untyped_storage().data_ptr()
+            t.untyped_storage()._cdata
             for t in tree_flatten((args, kwargs or {}))[0]
             if isinstance(t, Tensor) and t.device.type != "meta"
         }
+        changed = False
         for t in tree_flatten(out)[0]:
             if isinstance(t, Tensor) and t.device.type != "meta":
-                self._track(t, inputs)
+                changed |= self._track(t, inputs)
+        if changed:
+            # storages resized in place (emptied to disk and read back, grown by ``resize_``) change size
+            # without an operator creating anything: the live figure is summed anew
+            for entry in self._storages.values():
+                entry[1] = entry[0].nbytes()
+            self.live_bytes = sum(entry[1] for entry in self._storages.values())
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         return out
 
-    def _track(self, t: Tensor, inputs: set[int]) -> None:
+    def _track(self, t: Tensor, inputs: set[int]) -> bool:
+        """Track ``t``'s storage; True when the bytes held may have grown (a new storage, or one resized)."""
         storage = t.untyped_storage()
-        key = storage.data_ptr()
+        key = storage._cdata
         entry = self._storages.get(key)
+        grew = False
         if entry is None:
-            if key in inputs or key == 0:
-                return  # a view of (or a write into) a tensor that existed before: no new memory
-            entry = [storage.nbytes(), set()]
+            if key in inputs or storage.nbytes() == 0:
+                return False  # a view of (or a write into) a tensor that existed before: no new memory
+            entry = [storage, storage.nbytes(), set()]
             self._storages[key] = entry
-            self.live_bytes += entry[0]
-            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        if id(t) in entry[1]:
-            return
-        entry[1].add(id(t))
-        weakref.finalize(t, self._release, key, entry, id(t))
+            grew = True
+        elif entry[1] != storage.nbytes():  # written into after an in-place resize
+            entry[1] = storage.nbytes()
+            grew = True
+        if id(t) not in entry[2]:
+            entry[2].add(id(t))
+            weakref.finalize(t, self._release, key, entry, id(t))
+        return grew
 
     def _release(self, key: int, entry: list[Any], tid: int) -> None:
-        entry[1].discard(tid)
-        if not entry[1] and self._storages.get(key) is entry:
+        entry[2].discard(tid)
+        if not entry[2] and self._storages.get(key) is entry:
             del self._storages[key]
-            self.live_bytes -= entry[0]
+            self.live_bytes -= entry[1]
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:

@@ -135,3 +135,23 @@ def test_offloaded_activations_give_the_same_weights():
         pruned.append(model.state_dict())
     for key, value in pruned[0].items():
         assert torch.equal(value, pruned[1][key]), key
+
+
+def test_allocation_meter_follows_storages_emptied_and_refilled_in_place():
+    # the activation spill empties a storage in place (``resize_(0)``) while its tensor lives, and refills
+    # it later: the meter counts what is held at each moment, and memory reused at the emptied storage's old
+    # address is new memory
+    with AllocationMeter() as meter:
+        a = torch.ones(1024)  # 4 KiB
+        held = meter.live_bytes
+        a.untyped_storage().resize_(0)
+        b = torch.ones(1024)  # may land where a's bytes were
+        assert meter.live_bytes == held  # a holds nothing now; b holds 4 KiB
+        assert meter.peak_bytes == held
+        a.untyped_storage().resize_(4096)
+        a.fill_(2.0)  # the refilled storage is seen at its next write
+        assert meter.live_bytes == 2 * held
+        assert meter.peak_bytes == 2 * held
+        del a, b
+    assert held == 4096
+    assert meter.live_bytes == 0
