@@ -77,7 +77,10 @@ def store_matrix_(module: nn.Module, matrix: Tensor, keep: Tensor) -> Tensor:
     assert layout is not None
     if not parametrize.is_parametrized(module, "weight"):
         w = layout.to_canonical(layer_weight(module).data)
-        w.copy_(from_matrix(matrix * keep.to(matrix.dtype), w.shape).to(w.dtype))
+        if matrix.data_ptr() == w.data_ptr() and matrix.shape == w.shape and matrix.stride() == w.stride():
+            w.masked_fill_(~keep.to(w.device), 0)  # the matrix is the weight itself: zero in place
+        else:
+            w.copy_(from_matrix(matrix * keep.to(matrix.dtype), w.shape).to(w.dtype))
         return keep
     shape = layout.canonical_shape(tuple(layer_weight(module).shape))
     existing = get_mask(module, "weight")
@@ -131,6 +134,9 @@ def row_mask(scores: Tensor, sparsity: float) -> Tensor:
         keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
         return keep
     kth = scores.kthvalue(k, dim=1, keepdim=True).values  # the k-th lowest score of each row
+    drop = scores <= kth
+    if bool((drop.sum(dim=1) == k).all()):  # no row has a tie at its k-th score: the k lowest are these
+        return ~drop
     drop = scores < kth
     tied = scores == kth
     # of the scores equal to the k-th, drop the first ones (lowest index) until k are dropped
@@ -298,6 +304,10 @@ class WandaSolver(Solver):
         self.sq_norms = source.sq_norms
 
 
+#: inputs at least this wide accumulate SparseGPT's Hessian by its upper blocks (narrower: one full product)
+_SYMMETRIC_BLOCKS_FROM = 256
+
+
 class SparseGPTSolver(Solver):
     """SparseGPT (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
     One-Shot").
@@ -349,6 +359,22 @@ class SparseGPTSolver(Solver):
         self.H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(module).device)
         self.damping_used: float | None = None
 
+    @property
+    def H(self) -> Tensor:
+        """The running Hessian ``2 X X^T / n``, symmetric ([in', in'] or [groups, in', in'], float32).
+        :meth:`add_batch` accumulates only its upper triangle (by column blocks); the lower one is filled
+        in from it when ``H`` is next read."""
+        if self._lower_stale:
+            H = self._H
+            H.copy_(torch.triu(H) + torch.triu(H, 1).transpose(-2, -1))
+            self._lower_stale = False
+        return self._H
+
+    @H.setter
+    def H(self, value: Tensor) -> None:
+        self._H = value
+        self._lower_stale = False
+
     def add_batch(self, x: Tensor) -> None:
         """Fold inputs ``x`` (shaped as :meth:`Solver.add_batch` says) into the running ``H = 2 X X^T / n``
         (float32, [in', in'], or [groups, in', in'] for a grouped convolution)."""
@@ -360,10 +386,20 @@ class SparseGPTSolver(Solver):
         k = x2.shape[0]
         if k == 0:
             return
-        self.H.mul_(self.nsamples / (self.nsamples + k))
+        H = self._H
+        H.mul_(self.nsamples / (self.nsamples + k))
         self.nsamples += k
         x2 = x2 * math.sqrt(2.0 / self.nsamples)
-        self.H.addmm_(x2.t(), x2)
+        n = x2.shape[1]
+        if n < _SYMMETRIC_BLOCKS_FROM:
+            H.addmm_(x2.t(), x2)
+            return
+        # H is symmetric: the blocks on and above the diagonal only, 4 column blocks (about 28% fewer
+        # operations than the full product, which BLAS has no symmetric rank-k update for in torch)
+        b = -(-n // 4)
+        for i in range(0, n, b):
+            H[i : i + b, i:].addmm_(x2[:, i : i + b].t(), x2[:, i:])
+        self._lower_stale = True
 
     def _add_rows(self, rows: Tensor) -> None:
         """Accumulate patch rows [n, groups, in'] of a convolution into ``H`` (running mean of ``2 x x^T``)."""
@@ -506,7 +542,8 @@ class SparseGPTSolver(Solver):
             return super().prune_shared(solvers, sparsities, pattern, keep_statistics=keep_statistics)
         for s in members[1:]:
             Solver.adopt_statistics(s, first)  # widths and sample count; the Hessian stays the first's
-        reached = [first._check_ready(sp, pattern) for sp in sparsities]
+        reached = [first._check_ready(sparsities[0], pattern)]  # the shared Hessian is checked once
+        reached += [check_sparsity(sp, pattern) for sp in sparsities[1:]]
         for s in members[1:]:
             check_pattern(pattern, s.layer_name, weight_matrix(s.module))
         views = [weight_matrix(s.module) for s in members]

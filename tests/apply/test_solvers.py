@@ -58,6 +58,24 @@ def _identity_inputs(columns: int) -> torch.Tensor:
     return torch.eye(columns) * (columns / 2) ** 0.5
 
 
+@pytest.mark.parametrize("columns", [64, 300, 577])
+def test_sparsegpt_hessian_is_the_running_mean_of_2_x_xT_and_symmetric(columns):
+    # wide inputs accumulate the upper blocks only; the Hessian read back is whole and exactly symmetric
+    torch.manual_seed(0)
+    solver = SparseGPTSolver(nn.Linear(columns, 8, bias=False))
+    batches = [torch.randn(2, 50, columns, dtype=torch.float64).float() for _ in range(3)]
+    for x in batches:
+        solver.add_batch(x)
+    X = torch.cat([x.reshape(-1, columns) for x in batches]).double()
+    expected = (2.0 / X.shape[0]) * X.t() @ X
+    H = solver.H
+    assert torch.equal(H, H.t())
+    torch.testing.assert_close(H.double(), expected, rtol=1e-5, atol=1e-5)
+    solver.add_batch(batches[0])  # and reading it between batches changes nothing that follows
+    X = torch.cat([X, batches[0].reshape(-1, columns).double()])
+    torch.testing.assert_close(solver.H.double(), (2.0 / X.shape[0]) * X.t() @ X, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("blocksize", [32, 8])
 def test_sparsegpt_with_identity_hessian_is_magnitude_pruning(blocksize):
     torch.manual_seed(0)
