@@ -355,15 +355,18 @@ class SparseGPTSolver(Solver):
             )
         self.blocksize = blocksize
         self.percdamp = percdamp
-        shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
-        self.H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(module).device)
+        self._H: Tensor | None = None  # allocated when first read or fed: a layer's matrices wait their turn
+        self._lower_stale = False
         self.damping_used: float | None = None
 
     @property
     def H(self) -> Tensor:
-        """The running Hessian ``2 X X^T / n``, symmetric ([in', in'] or [groups, in', in'], float32).
-        :meth:`add_batch` accumulates only its upper triangle (by column blocks); the lower one is filled
-        in from it when ``H`` is next read."""
+        """The running Hessian ``2 X X^T / n``, symmetric ([in', in'] or [groups, in', in'], float32; zeros
+        before any input). :meth:`add_batch` accumulates only its upper triangle (by column blocks); the lower
+        one is filled in from it when ``H`` is next read."""
+        if self._H is None:
+            shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
+            self._H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(self.module).device)
         if self._lower_stale:
             H = self._H
             H.copy_(torch.triu(H) + torch.triu(H, 1).transpose(-2, -1))
@@ -386,7 +389,7 @@ class SparseGPTSolver(Solver):
         k = x2.shape[0]
         if k == 0:
             return
-        H = self._H
+        H = self.H
         H.mul_(self.nsamples / (self.nsamples + k))
         self.nsamples += k
         x2 = x2 * math.sqrt(2.0 / self.nsamples)
@@ -427,14 +430,16 @@ class SparseGPTSolver(Solver):
         return torch.stack([self._inverse_factor(h) for h in H])
 
     def _inverse_factor(self, H: Tensor) -> Tensor:
-        """Upper Cholesky factor of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds."""
-        mean_diag = torch.mean(torch.diag(H)).item()
+        """Upper Cholesky factor of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds.
+        ``H`` is damped in place (the callers hand over the Hessian or a copy of it), so that at most two
+        [in, in] matrices live at once besides it."""
+        diagonal = torch.diagonal(H)
+        undamped = diagonal.clone()
+        mean_diag = torch.mean(undamped).item()
         fractions = [self.percdamp] + [max(self.percdamp, 1e-4) * 10.0**i for i in range(1, 7)]
         for frac in fractions:
-            damped = H.clone()  # at most three [in, in] matrices live at once besides H
-            damped.diagonal().add_(frac * mean_diag)
-            L, info = torch.linalg.cholesky_ex(damped)
-            del damped
+            diagonal.copy_(undamped).add_(frac * mean_diag)
+            L, info = torch.linalg.cholesky_ex(H)
             if info.item() == 0:
                 Hinv = torch.cholesky_inverse(L)
                 del L
@@ -631,7 +636,7 @@ class SparseGPTSolver(Solver):
 
     def free(self) -> None:
         """Drop the Hessian."""
-        self.H = self.H.new_empty(0)
+        self.H = torch.empty(0, dtype=torch.float32, device=layer_weight(self.module).device)
 
 
 SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (MagnitudeSolver, WandaSolver, SparseGPTSolver)}
