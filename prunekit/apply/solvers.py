@@ -364,13 +364,17 @@ class SparseGPTSolver(Solver):
         """The running Hessian ``2 X X^T / n``, symmetric ([in', in'] or [groups, in', in'], float32; zeros
         before any input). :meth:`add_batch` accumulates only its upper triangle (by column blocks); the lower
         one is filled in from it when ``H`` is next read."""
+        H = self._accumulator()
+        if self._lower_stale:
+            H.copy_(torch.triu(H) + torch.triu(H, 1).transpose(-2, -1))
+            self._lower_stale = False
+        return H
+
+    def _accumulator(self) -> Tensor:
+        """``H`` as it is being accumulated (its lower triangle possibly stale), allocated when first needed."""
         if self._H is None:
             shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
             self._H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(self.module).device)
-        if self._lower_stale:
-            H = self._H
-            H.copy_(torch.triu(H) + torch.triu(H, 1).transpose(-2, -1))
-            self._lower_stale = False
         return self._H
 
     @H.setter
@@ -389,7 +393,7 @@ class SparseGPTSolver(Solver):
         k = x2.shape[0]
         if k == 0:
             return
-        H = self.H
+        H = self._accumulator()
         H.mul_(self.nsamples / (self.nsamples + k))
         self.nsamples += k
         x2 = x2 * math.sqrt(2.0 / self.nsamples)
