@@ -370,17 +370,17 @@ class SparseGPTSolver(Solver):
             self._lower_stale = False
         return H
 
+    @H.setter
+    def H(self, value: Tensor) -> None:
+        self._H = value
+        self._lower_stale = False
+
     def _accumulator(self) -> Tensor:
         """``H`` as it is being accumulated (its lower triangle possibly stale), allocated when first needed."""
         if self._H is None:
             shape = (self.columns, self.columns) if self.groups == 1 else (self.groups, self.columns, self.columns)
             self._H = torch.zeros(shape, dtype=torch.float32, device=layer_weight(self.module).device)
         return self._H
-
-    @H.setter
-    def H(self, value: Tensor) -> None:
-        self._H = value
-        self._lower_stale = False
 
     def add_batch(self, x: Tensor) -> None:
         """Fold inputs ``x`` (shaped as :meth:`Solver.add_batch` says) into the running ``H = 2 X X^T / n``
