@@ -228,7 +228,10 @@ class WandaSolver(Solver):
             self.sq_norms += part.square().sum(dim=0).double()
 
     def scores(self) -> Tensor:
-        """``|W_ij| * ||X_j||_2`` shaped [out, in] (float32), each row with its own group's norms."""
+        """``|W_ij| * ||X_j||_2`` shaped [out, in] (float32), each row with its own group's norms. Raises
+        :class:`~prunekit.errors.NonFiniteWeightsError` when the inputs held NaN or inf (no ranking exists)."""
+        if not torch.isfinite(self.sq_norms).all():
+            raise NonFiniteWeightsError(f"Wanda: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
         norms = self.sq_norms.float()
         if norms.dim() == 2:  # grouped convolution: the norms of each row's own group
             norms = norms.repeat_interleave(self.rows // self.groups, dim=0)
@@ -514,7 +517,7 @@ class SparseGPTSolver(Solver):
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {names}")
         for s in members[1:]:
             s.damping_used = first.damping_used
-            s.H = s.H.new_empty(0)
+            s.free()
         return [
             store_matrix_(s.module, W[r0:r1].to(v.dtype), keep[r0:r1])
             for s, v, (r0, r1, _) in zip(members, views, segments)

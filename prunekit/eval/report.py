@@ -142,12 +142,15 @@ def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple
     total = nonzero = total_in = nonzero_in = 0
     seen: set[tuple[int, int, int]] = set()  # a tied tensor (embedding and LM head) is one set of parameters
 
-    def add(key: str, value: torch.Tensor) -> None:
+    def add(key: str, value: torch.Tensor, stored: torch.Tensor | None = None) -> None:
+        """Count ``value`` under ``key``; ``stored``: the tensor that identifies it (a masked tensor is
+        computed anew and freed at once, so its address may be the previous one's: its original is used)."""
         nonlocal total, nonzero, total_in, nonzero_in
         if key in buffers:
             return
-        if value.device.type != "meta":
-            ident = (value.untyped_storage().data_ptr(), int(value.storage_offset()), value.numel())
+        owner = value if stored is None else stored
+        if owner.device.type != "meta":
+            ident = (owner.untyped_storage().data_ptr(), int(owner.storage_offset()), owner.numel())
             if ident in seen:
                 return
             seen.add(ident)
@@ -163,7 +166,10 @@ def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple
         for mname, module in model.named_modules():  # and what it computes: each masked tensor in turn
             if parametrize.is_parametrized(module):
                 for pname in module.parametrizations.keys():
-                    add(f"{mname}.{pname}" if mname else pname, getattr(module, pname).detach())
+                    plist = module.parametrizations[pname]  # one original, or several (weight_norm's)
+                    original = getattr(plist, "original", None)
+                    original = getattr(plist, "original0", None) if original is None else original
+                    add(f"{mname}.{pname}" if mname else pname, getattr(module, pname).detach(), original)
     return total, nonzero, total_in, nonzero_in
 
 

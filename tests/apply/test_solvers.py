@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
-from prunekit.errors import InvalidSparsityError, PatternError
+from prunekit.errors import InvalidSparsityError, NonFiniteWeightsError, PatternError
 from prunekit.granularity.patterns import NM, Block, Unstructured
 from prunekit.im2col import Patches, to_matrix
 
@@ -257,3 +257,11 @@ def test_wanda_row_mask_by_selection_equals_a_stable_sort_with_ties():
         got = row_mask(scores, sparsity)
         assert torch.equal(got, expected), (trial, sparsity)
         assert (~got).sum(dim=1).eq(k).all()
+
+
+def test_wanda_refuses_non_finite_inputs():
+    # a NaN k-th score would compare false with everything and drop nothing: the layer would stay dense
+    solver = WandaSolver(nn.Linear(5, 2))
+    solver.add_batch(torch.full((3, 5), float("nan")))
+    with pytest.raises(NonFiniteWeightsError, match="NaN or inf"):
+        solver.prune(0.5, Unstructured())

@@ -46,3 +46,15 @@ def test_report_json_is_written_whole_and_reads_back(tmp_path, monkeypatch):
         report.to_json(path)
     monkeypatch.undo()
     assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_counts_of_a_masked_model_are_every_tensor_once():
+    # each masked weight is computed and freed in turn, so the next one may land at its address: the counts
+    # identify a masked tensor by its stored original, and count every layer (a tied pair once)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 10))
+    report = pk.prune(model, "magnitude", sparsity=0.5, measure=False)
+    params = sum(m.weight.numel() + m.bias.numel() for m in model)
+    nonzero = sum(int(torch.count_nonzero(m.weight)) + int(torch.count_nonzero(m.bias)) for m in model)
+    assert (report.after.params, report.after.nonzero_params) == (params, nonzero)
+    assert count_params(model) == (params, nonzero)
