@@ -17,6 +17,7 @@ __all__ = [
     "Ignore",
     "Selection",
     "Target",
+    "all_finite",
     "check_finite",
     "check_untied",
     "ignored_modules",
@@ -196,7 +197,7 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
     return Selection(targets, ignored)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def all_finite(t: torch.Tensor) -> bool:
     """Are all values finite? A finite sum proves it (a NaN or inf element makes the sum NaN or inf) at the
     cost of one reduction; only a non-finite sum (a bad value, or an overflow) needs the elementwise test."""
     t = t.detach()
@@ -210,7 +211,7 @@ def check_finite(targets: Iterable[Target]) -> None:
 
     Raises :class:`~prunekit.errors.NonFiniteWeightsError` naming the layers that hold one.
     """
-    bad = [t.name for t in targets if not _all_finite(t.weight)]
+    bad = [t.name for t in targets if not all_finite(t.weight)]
     if bad:
         raise NonFiniteWeightsError(
             f"{len(bad)} layer(s) hold NaN or infinite weights: {', '.join(bad[:5])}"

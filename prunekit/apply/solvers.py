@@ -29,9 +29,10 @@ from prunekit.apply.matrix_io import store_matrix_, stored_mask, weight_matrix
 from prunekit.apply.obs_sweep import block_mask, sweep_rows
 from prunekit.criteria import formulas as criteria
 from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
-from prunekit.granularity.patterns import NM, Granularity, Unstructured
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, kth_lowest
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix
 from prunekit.layout import layer_weight, weight_layout
+from prunekit.targets import all_finite
 
 __all__ = [
     "MagnitudeSolver",
@@ -71,7 +72,8 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
 
 def row_mask(scores: Tensor, sparsity: float) -> Tensor:
     """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row (ties: lower index
-    first, as a stable sort would order them). Found by selection (``kthvalue``), not a full sort."""
+    first, as a stable sort would order them). Found by selection (:func:`~prunekit.granularity.patterns.kth_lowest`),
+    not a full sort."""
     k = round(sparsity * scores.shape[1])
     if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
@@ -79,7 +81,7 @@ def row_mask(scores: Tensor, sparsity: float) -> Tensor:
         keep = torch.ones_like(scores, dtype=torch.bool)
         keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
         return keep
-    kth = scores.kthvalue(k, dim=1, keepdim=True).values  # the k-th lowest score of each row
+    kth = kth_lowest(scores, k, dim=1)  # the k-th lowest score of each row, [out, 1]
     drop = scores <= kth
     if bool((drop.sum(dim=1) == k).all()):  # no row has a tie at its k-th score: the k lowest are these
         return ~drop
@@ -343,18 +345,22 @@ class SparseGPTSolver(Solver):
         if k == 0:
             return
         H = self._accumulator()
-        H.mul_(self.nsamples / (self.nsamples + k))
+        # the running mean: H <- H * n / (n + k) + 2 / (n + k) * X^T X, scaled inside the product (no
+        # separate pass over H, no scaled copy of X)
+        beta = self.nsamples / (self.nsamples + k)
         self.nsamples += k
-        x2 = x2 * math.sqrt(2.0 / self.nsamples)
+        alpha = 2.0 / self.nsamples
         n = x2.shape[1]
+        # H is symmetric: from wide inputs on, the blocks on and above the diagonal only, 4 column blocks
+        # (about 28% fewer operations than the full product, which BLAS has no symmetric rank-k update for in
+        # torch). Either way the upper triangle is what counts (a scaled product need not come out exactly
+        # symmetric): the lower one is filled in from it when H is read
         if n < _SYMMETRIC_BLOCKS_FROM:
-            H.addmm_(x2.t(), x2)
-            return
-        # H is symmetric: the blocks on and above the diagonal only, 4 column blocks (about 28% fewer
-        # operations than the full product, which BLAS has no symmetric rank-k update for in torch)
-        b = -(-n // 4)
-        for i in range(0, n, b):
-            H[i : i + b, i:].addmm_(x2[:, i : i + b].t(), x2[:, i:])
+            H.addmm_(x2.t(), x2, beta=beta, alpha=alpha)
+        else:
+            b = -(-n // 4)
+            for i in range(0, n, b):
+                H[i : i + b, i:].addmm_(x2[:, i : i + b].t(), x2[:, i:], beta=beta, alpha=alpha)
         self._lower_stale = True
 
     def _add_rows(self, rows: Tensor) -> None:
@@ -383,9 +389,16 @@ class SparseGPTSolver(Solver):
         return torch.stack([self._inverse_factor(h) for h in H])
 
     def _inverse_factor(self, H: Tensor) -> Tensor:
-        """Upper Cholesky factor of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds.
-        ``H`` is damped in place (the callers hand over the Hessian or a copy of it), so that at most two
-        [in, in] matrices live at once besides it."""
+        """Upper Cholesky factor ``U`` of ``(H + damp I)^-1`` (``U^T U = (H + damp I)^-1``), raising ``damp``
+        until the factorisation succeeds. ``H`` [in, in] is overwritten (the callers hand over the Hessian or a
+        copy of it), so that at most two [in, in] matrices live at once besides it.
+
+        ``H^-1`` is never formed: with ``J`` the reversal of the index order and ``J H J = L L^T`` (lower
+        Cholesky factor), ``H^-1 = (J L^-1 J)^T (J L^-1 J)`` and ``J L^-1 J`` is upper triangular with a
+        positive diagonal, so it is ``U``. One factorisation and one triangular solve instead of a
+        factorisation, an inversion from it and a second factorisation: fewer operations, and closer to the
+        float64 factor (the reference code factors ``H``, inverts and factors again)."""
+        H.copy_(H.flip((-2, -1)))  # J H J
         diagonal = torch.diagonal(H)
         undamped = diagonal.clone()
         mean_diag = torch.mean(undamped).item()
@@ -394,12 +407,12 @@ class SparseGPTSolver(Solver):
             diagonal.copy_(undamped).add_(frac * mean_diag)
             L, info = torch.linalg.cholesky_ex(H)
             if info.item() == 0:
-                Hinv = torch.cholesky_inverse(L)
+                inverse = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+                torch.linalg.solve_triangular(L, inverse, upper=False, out=inverse)  # L^-1, in place
                 del L
-                U: Tensor
-                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-                del Hinv
-                if info.item() == 0 and torch.isfinite(U).all():
+                U = inverse.flip((-2, -1))
+                del inverse
+                if all_finite(U):
                     if frac != self.percdamp:
                         warnings.warn(
                             f"SparseGPT: the Cholesky factorisation of the Hessian of {self.layer_name or 'a layer'} "
@@ -424,7 +437,7 @@ class SparseGPTSolver(Solver):
         """
         if self.nsamples == 0:
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
-        if not torch.isfinite(self.H).all():
+        if not all_finite(self.H):
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
         W = self._batched(weight_matrix(self.module).float().clone())
         H = self.H.clone()
@@ -442,7 +455,7 @@ class SparseGPTSolver(Solver):
             raise PatternError(f"SparseGPT blocksize {self.blocksize} must be a multiple of m={pattern.m}")
         if self.nsamples == 0:
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
-        if not torch.isfinite(self.H).all():
+        if not all_finite(self.H):
             raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
         return sparsity
 
@@ -467,7 +480,7 @@ class SparseGPTSolver(Solver):
             self._batched(W)[..., order] = Wp
             keep = torch.empty_like(W, dtype=torch.bool)
             self._batched(keep)[..., order] = kept
-        if not torch.isfinite(W).all():
+        if not all_finite(W):
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {self.layer_name or 'a layer'}")
         return store_matrix_(self.module, W.to(w_view.dtype), keep)
 
@@ -512,7 +525,7 @@ class SparseGPTSolver(Solver):
             row += v.shape[0]
         H = first.H.clone() if keep_statistics else first._take_hessian()
         keep = first._solve(W, H, reached[0], pattern, segments)
-        if not torch.isfinite(W).all():
+        if not all_finite(W):
             names = ", ".join(s.layer_name or "a layer" for s in members)
             raise NonFiniteWeightsError(f"SparseGPT produced non-finite weights in {names}")
         for s in members[1:]:

@@ -127,11 +127,12 @@ def count_params(model: nn.Module, modules: Iterable[nn.Module] | None = None) -
 
 def count_nonzero(t: torch.Tensor) -> int:
     """Non-zero entries of ``t`` (NaN counts as non-zero); on CPU a comparison and an int32 sum in blocks of
-    2^30 entries, about three times as fast as ``torch.count_nonzero``."""
+    2^20 entries, several times as fast as ``torch.count_nonzero``, with temporaries of a few MiB whatever the
+    size of ``t`` (an embedding matrix counted whole would need its size again in int32 flags)."""
     if t.device.type != "cpu":
         return int(torch.count_nonzero(t))
     flat = t.reshape(-1)
-    return sum(int((part != 0).sum(dtype=torch.int32)) for part in flat.split(1 << 30))
+    return sum(int((part != 0).sum(dtype=torch.int32)) for part in flat.split(1 << 20))
 
 
 def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[int, int, int, int]:

@@ -445,8 +445,8 @@ def prune_causal_lm(
     equal-length calibration batches are merged into larger batches while a layer's forward on one is
     estimated to need at most this many MiB; 0 never merges.
     ``spill_activations`` (true-sequential order, CPU; default True): the inputs the passes wait with (all but
-    the layer's own input) stay in a temporary file until the passes go on (read back exactly), so that the
-    peak memory stays near the two-pass order's; False keeps them in memory.
+    the layer's own input, from each layer's second pause on) stay in a temporary file until the passes go on
+    (read back exactly), so that the peak memory stays near the two-pass order's; False keeps them in memory.
 
     ``store``: where the decoder layers' weights come from and go to when they are not in memory (see
     :func:`prunekit.llm.streaming.prune_checkpoint`); None: the model is in memory.

@@ -458,7 +458,8 @@ def run_layerwise(
     visitor, consecutive equal-length calibration batches are merged while a layer's forward on the merged
     batch is estimated to need at most this many MiB (:func:`~prunekit.llm.sequential.merge_batches`); 0 never
     merges. ``spill_activations`` (``sequential`` visitors, CPU): a pass waiting at a Linear keeps the input it
-    waits with (unless it is the layer's own input) in a temporary file until it goes on, which bounds the
+    waits with (unless it is the layer's own input, or the layer's first pause) in a temporary file until it
+    goes on, which bounds the
     waiting passes' memory near the two-pass order's (read back exactly; about 0.1 s per 100 MB).
 
     Raises :class:`~prunekit.errors.UnsupportedModuleError` for a model of no known causal-LM family, what

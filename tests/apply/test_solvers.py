@@ -265,3 +265,20 @@ def test_wanda_refuses_non_finite_inputs():
     solver.add_batch(torch.full((3, 5), float("nan")))
     with pytest.raises(NonFiniteWeightsError, match="NaN or inf"):
         solver.prune(0.5, Unstructured())
+
+
+@pytest.mark.parametrize("columns", [5, 64, 300])
+def test_sparsegpt_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(columns):
+    # U upper triangular with a positive diagonal and U^T U = (H + damp I)^-1: the float64 factor, within
+    # float32 rounding, on an ill-conditioned Hessian (a few loud input features)
+    torch.manual_seed(0)
+    X = torch.randn(4 * columns, columns, dtype=torch.float64) * torch.rand(columns, dtype=torch.float64)
+    X[:, : max(1, columns // 20)] *= 40
+    H = 2 * X.t() @ X / X.shape[0]
+    solver = SparseGPTSolver(nn.Linear(columns, 4, bias=False), percdamp=0.01)
+    U = solver._inverse_factor(H.float().clone())
+    assert torch.equal(U, torch.triu(U)) and bool((torch.diagonal(U) > 0).all())
+    damped = H + 0.01 * torch.diagonal(H).mean() * torch.eye(columns, dtype=torch.float64)
+    reference = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    torch.testing.assert_close(U.double(), reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+    assert solver.damping_used == 0.01

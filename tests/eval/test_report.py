@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.eval.report import count_params
+from prunekit.eval.report import count_nonzero, count_params
 
 
 def test_count_params_folds_masks_in_and_leaves_buffers_out():
@@ -58,3 +58,13 @@ def test_counts_of_a_masked_model_are_every_tensor_once():
     nonzero = sum(int(torch.count_nonzero(m.weight)) + int(torch.count_nonzero(m.bias)) for m in model)
     assert (report.after.params, report.after.nonzero_params) == (params, nonzero)
     assert count_params(model) == (params, nonzero)
+
+
+def test_count_nonzero_over_many_blocks_equals_torch_count_nonzero():
+    # counted in blocks of 2^20 entries: a tensor of several blocks and a ragged end, NaN counted as non-zero
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 3, (3 * (1 << 20) + 12347,), generator=g).float()  # 5 x 631,615
+    t[7] = float("nan")
+    assert count_nonzero(t) == int(torch.count_nonzero(t))
+    assert count_nonzero(t.reshape(-1, 5)[:, 1:]) == int(torch.count_nonzero(t.reshape(-1, 5)[:, 1:]))
+    assert count_nonzero(torch.zeros(0)) == 0

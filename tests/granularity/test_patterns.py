@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.granularity.patterns import lowest_k_mask
+from prunekit.granularity.patterns import kth_lowest, lowest_k_mask
 
 
 def test_nm_exact_hand_computed():
@@ -135,3 +135,30 @@ def test_physical_granularities_parse_and_make_no_masks():
         pk.Channel(physical=True).mask(torch.rand(4, 3), 0.5)
     with pytest.raises(pk.UnknownNameError, match="physical-channel"):
         pk.parse_pattern("heads!")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_lowest_is_torch_kthvalue_with_ties_and_nan(dtype):
+    # numpy's selection for float32 / float64, torch's otherwise: the same values, NaN ranking highest
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 7, (9, 13), generator=g).to(dtype)  # many ties
+    values[2, 3] = values[5, 0] = float("nan")
+    values[4, :] = float("nan")
+    for k in (1, 5, 13):
+        torch.testing.assert_close(
+            kth_lowest(values, k, dim=1), values.kthvalue(k, dim=1, keepdim=True).values, equal_nan=True
+        )
+        assert kth_lowest(values, k, dim=1).dtype == dtype
+    for k in (1, 9):
+        torch.testing.assert_close(
+            kth_lowest(values, k, dim=0), values.kthvalue(k, dim=0, keepdim=True).values, equal_nan=True
+        )
+    flat = values.reshape(-1)
+    for k in (1, 40, 100, flat.numel()):
+        got = kth_lowest(values, k)
+        assert got.dim() == 0
+        torch.testing.assert_close(got, flat.kthvalue(k).values, equal_nan=True)
+    t = values.t()  # a strided view
+    torch.testing.assert_close(kth_lowest(t, 4, dim=-1), t.kthvalue(4, dim=-1, keepdim=True).values, equal_nan=True)
+    with pytest.raises(IndexError):
+        kth_lowest(values.float(), values.numel() + 1)
