@@ -4,8 +4,8 @@
 
 The llm-compressor environment: a virtual environment with ``torch==2.14.1`` (the local wheel),
 ``pip install --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0`` and ``transformers==5.17.0
-datasets accelerate loguru pyyaml pydantic psutil pillow nvidia-ml-py`` (llm-compressor pins torch<=2.14.0,
-hence ``--no-deps``; its AutoRound extra is not needed for Wanda or SparseGPT).
+datasets accelerate loguru pyyaml pydantic psutil pillow nvidia-ml-py requests`` (llm-compressor pins
+torch<=2.14.0, hence ``--no-deps``; its AutoRound extra is not needed for Wanda or SparseGPT).
 
 Protocol (the issue's): SmolLM2-135M in float32, 2 threads (``torch.set_num_threads(2)``, ``OMP_NUM_THREADS=2``);
 calibration 64 windows of 256 tokens of *Emma* (the book's lines joined with newlines, tokenised without
@@ -24,7 +24,17 @@ log-likelihood over every window, exponentiated), so only the pruning differs.
 Every run is a fresh child process. Prune time is the wall time of the pruning call and the child's CPU
 time. Peak memory: the peak resident set during the pruning call alone (``VmHWM`` reset through
 ``/proc/self/clear_refs`` right before it, so the model load's transient does not count; the resident model
-and interpreter do), with the resident set just before pruning beside it. Configurations run in turn; within
+and interpreter do), with the resident set just before pruning beside it; a thread also samples the
+resident set's anonymous and file-backed parts every 10 ms (``RssAnon``, ``RssFile``), whose peaks go to the
+.json.
+
+Same library files (default; ``--no-share-torch`` turns it off): the resident set counts the pages of shared
+libraries a process has touched, and how many pages a touch maps depends on how the file sits in the OS
+page cache (large folios), not on the program: the same torch 2.14.1 wheel installed twice measured 726 and
+522 MiB resident right after ``import torch``. So the llm-compressor child imports torch, triton and the
+NVIDIA libraries from prunekit's environment's files (a folder of links put first on its ``PYTHONPATH``),
+after checking that both environments hold the same torch and triton versions; everything else, its
+transformers included, comes from its own environment. Configurations run in turn; within
 a configuration the two tools alternate, the
 order flipping every round. Writes ``docs/results/llm/vs_llmcompressor.{md,json}`` after every run.
 """
@@ -66,6 +76,33 @@ def status_mib(field):
     return float("nan")
 
 
+class RssSampler:
+    # peaks of RssAnon and RssFile, sampled every 10 ms on a thread while the pruning call runs
+
+    def __init__(self):
+        import threading
+        self.peak = {"RssAnon": 0.0, "RssFile": 0.0, "VmRSS": 0.0}
+        self.at_peak = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            now = {k: status_mib(k) for k in self.peak}
+            for k, v in now.items():
+                self.peak[k] = max(self.peak[k], v)
+            if now["VmRSS"] >= self.peak["VmRSS"]:
+                self.at_peak = now
+            self._stop.wait(0.01)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return {"peak_anon_mib": self.peak["RssAnon"], "peak_file_mib": self.peak["RssFile"],
+                "sampled_peak_rss_mib": self.peak["VmRSS"], "at_sampled_peak": self.at_peak}
+
+
 def reset_peak():
     # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one
     import gc
@@ -93,6 +130,7 @@ def perplexity(model, ids, seq_len):
 _TAIL = r"""
 out["prune_wall_s"], out["prune_cpu_s"] = time.perf_counter() - w, time.process_time() - c
 out["peak_prune_mib"] = status_mib("VmHWM")
+out.update(sampler.stop())
 if data["eval_ids"].numel():
     out["ppl"], out["predicted_tokens"] = perplexity(model, data["eval_ids"], data["seq_len"])
 out["zeros"] = sum(int((m.weight == 0).sum()) for n, m in model.named_modules()
@@ -110,6 +148,7 @@ model.eval()
 out = {"load_peak_mib": rss_mib()}
 windows = [w.unsqueeze(0) for w in data["windows"]]
 out["rss_before_prune_mib"], out["peak_reset"] = status_mib("VmRSS"), reset_peak()
+sampler = RssSampler()
 w, c = time.perf_counter(), time.process_time()
 if method != "dense":  # "dense": the perplexity of the model as loaded, through the same loop
     pk.prune(model, method, sparsity=0.5, pattern=None if pattern == "unstructured" else pattern,
@@ -137,6 +176,7 @@ modifier = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[metho
 structure = "0:0" if pattern == "unstructured" else pattern
 recipe = [modifier(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"])]
 out["rss_before_prune_mib"], out["peak_reset"] = status_mib("VmRSS"), reset_peak()
+sampler = RssSampler()
 w, c = time.perf_counter(), time.process_time()
 oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(windows),
         max_seq_length=windows[0].numel(), shuffle_calibration_samples=False, pipeline="sequential")
@@ -168,12 +208,39 @@ def prepare(args: argparse.Namespace, path: Path) -> tuple[str, dict]:
     return model_dir, {"calibration_token_sha256": digest, "eval_tokens": int(eval_ids.numel())}
 
 
+SHARED_PACKAGES = ("torch", "torchgen", "functorch", "triton", "nvidia")
+
+
+def build_shim(lc_python: str, folder: Path) -> str:
+    """A folder of links to this environment's torch, triton and NVIDIA packages, for the llm-compressor
+    child's ``PYTHONPATH`` (see the module docstring); refuses environments with other torch or triton
+    versions."""
+    import importlib.metadata as md
+
+    import torch
+
+    probe = "import importlib.metadata as md; print(md.version('torch'), md.version('triton'))"
+    theirs = subprocess.run([lc_python, "-c", probe], capture_output=True, text=True).stdout.split()
+    ours = [md.version("torch"), md.version("triton")]
+    if theirs != ours:
+        raise SystemExit(
+            f"--share-torch needs the same torch and triton in both environments: prunekit's {ours}, "
+            f"llm-compressor's {theirs or '?'}; install those versions or pass --no-share-torch"
+        )
+    site = Path(torch.__file__).resolve().parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_PACKAGES:
+        if (site / name).exists():
+            (folder / name).symlink_to(site / name, target_is_directory=True)
+    return str(folder)
+
+
 def run_child(tool: str, args: argparse.Namespace, data: Path, model_dir: str, config: str) -> dict:
     python = sys.executable if tool == "prunekit" else args.lc_python
     code = _PRUNEKIT if tool == "prunekit" else _LLMCOMPRESSOR
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = str(ROOT) if tool == "prunekit" else ""
+    env["PYTHONPATH"] = str(ROOT) if tool == "prunekit" else (args.shim or "")
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(
@@ -211,11 +278,19 @@ def write(result: dict, out: Path) -> None:
         "alternate within each configuration (order flipped every round). Prune time: wall (CPU) seconds of the "
         "pruning call; peak: the peak resident set during the pruning call (`VmHWM`, reset right before it; "
         "the resident model and interpreter count, the load's transient does not), resident set before pruning "
-        "in brackets; the load average (1 min) before each run is in the .json.",
+        "in brackets; peak anon: the highest anonymous resident set sampled every 10 ms during the call (the "
+        "memory the process allocated itself, without library and model-file pages). "
+        + (
+            "Both tools import torch, triton and the NVIDIA libraries from the same files (see the script's "
+            "docstring). "
+            if result.get("shared_torch_files")
+            else "Each tool imports torch from its own environment's files. "
+        )
+        + "The load average (1 min) before each run is in the .json.",
         "",
-        "| configuration | tool | rounds | prune wall s | prune CPU s | peak MiB | perplexity | time ratio "
-        "| ppl vs reference | peak vs reference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | tool | rounds | prune wall s | prune CPU s | peak MiB | peak anon MiB | perplexity "
+        "| time ratio | ppl vs reference | peak vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config in result["configs"]:
         got = {tool: [r for r in runs if r["config"] == config and r["tool"] == tool] for tool in TOOLS}
@@ -228,6 +303,8 @@ def write(result: dict, out: Path) -> None:
             cpu = _median([r["prune_cpu_s"] for r in rs])
             peak = _median([r["peak_prune_mib"] for r in rs])
             before = _median([r["rss_before_prune_mib"] for r in rs])
+            anon = [r["peak_anon_mib"] for r in rs if "peak_anon_mib" in r]
+            anon_s = f"{_median(anon):.0f}" if anon else "-"
             ppl = rs[-1].get("ppl")
             ratio = pplr = peakr = ""
             if tool == "prunekit" and ref:
@@ -238,8 +315,8 @@ def write(result: dict, out: Path) -> None:
                 peakr = f"{peak / _median([r['peak_prune_mib'] for r in ref]):.2f}x"
             ppl_s = f"{ppl:.2f}" if ppl is not None else "-"
             lines.append(
-                f"| {config} | {tool} | {len(rs)} | {wall:.1f} | {cpu:.1f} | {peak:.0f} ({before:.0f}) | {ppl_s} "
-                f"| {ratio} | {pplr} | {peakr} |"
+                f"| {config} | {tool} | {len(rs)} | {wall:.1f} | {cpu:.1f} | {peak:.0f} ({before:.0f}) | {anon_s} "
+                f"| {ppl_s} | {ratio} | {pplr} | {peakr} |"
             )
     dense = result.get("dense_ppl")
     lines += [
@@ -266,6 +343,13 @@ def main() -> int:
     ap.add_argument("--dense", action="store_true", help="also measure the dense perplexity")
     ap.add_argument("--tools", default=",".join(TOOLS), help="which tools to run (default: both)")
     ap.add_argument("--merge", action="store_true", help="keep the runs of other configurations already in OUT's .json")
+    ap.add_argument(
+        "--share-torch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="llm-compressor imports torch, triton and the NVIDIA libraries from this environment's files "
+        "(default; see the module docstring)",
+    )
     args = ap.parse_args()
     import torch
     import transformers
@@ -274,6 +358,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "tokens.pt"
         model_dir, protocol = prepare(args, data)
+        args.shim = build_shim(args.lc_python, Path(tmp) / "shim") if args.share_torch else None
         lc_versions = subprocess.run(
             [
                 args.lc_python,
@@ -297,6 +382,7 @@ def main() -> int:
                 f"llm-compressor {' / '.join(lc_versions) or '?'} (llmcompressor / torch / transformers)"
             ),
             "configs": configs,
+            "shared_torch_files": bool(args.share_torch),
             "runs": [],
             **protocol,
         }

@@ -121,7 +121,10 @@ def count_params(model: nn.Module, modules: Iterable[nn.Module] | None = None) -
     every entry of :func:`~prunekit.apply.masks.effective_state_dict` counted. One tensor at a time, so counting
     a large masked model costs no copy of it. ``modules``: count only the tensors of these submodules (None:
     all)."""
-    counts = count_params_within(model, modules if modules is not None else [model])
+    if modules is None:
+        counts = count_params_within(model, [model])
+    else:  # only the tensors within are read (a model mapped from its checkpoint file reads nothing else)
+        counts = count_params_within(model, modules, outside=False)
     return counts[2], counts[3]
 
 
@@ -135,9 +138,12 @@ def count_nonzero(t: torch.Tensor) -> int:
     return sum(int((part != 0).sum(dtype=torch.int32)) for part in flat.split(1 << 20))
 
 
-def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[int, int, int, int]:
+def count_params_within(
+    model: nn.Module, modules: Iterable[nn.Module], *, outside: bool = True
+) -> tuple[int, int, int, int]:
     """:func:`count_params` of the whole ``model`` and of the tensors of ``modules`` in one pass:
-    ``(parameters, non-zero parameters, parameters within, non-zero within)``."""
+    ``(parameters, non-zero parameters, parameters within, non-zero within)``. ``outside=False`` counts the
+    tensors within only (the whole-model figures are then those of the tensors within too)."""
     buffers = {k for k, _ in model.named_buffers()}
     prefixes = state_prefixes(model, modules)
     total = nonzero = total_in = nonzero_in = 0
@@ -147,7 +153,7 @@ def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple
         """Count ``value`` under ``key``; ``stored``: the tensor that identifies it (a masked tensor is
         computed anew and freed at once, so its address may be the previous one's: its original is used)."""
         nonlocal total, nonzero, total_in, nonzero_in
-        if key in buffers:
+        if key in buffers or not (outside or key.startswith(prefixes)):
             return
         owner = value if stored is None else stored
         if owner.device.type != "meta":
@@ -167,10 +173,13 @@ def count_params_within(model: nn.Module, modules: Iterable[nn.Module]) -> tuple
         for mname, module in model.named_modules():  # and what it computes: each masked tensor in turn
             if parametrize.is_parametrized(module):
                 for pname in module.parametrizations.keys():
+                    key = f"{mname}.{pname}" if mname else pname
+                    if not (outside or key.startswith(prefixes)):
+                        continue  # not computed either
                     plist = module.parametrizations[pname]  # one original, or several (weight_norm's)
                     original = getattr(plist, "original", None)
                     original = getattr(plist, "original0", None) if original is None else original
-                    add(f"{mname}.{pname}" if mname else pname, getattr(module, pname).detach(), original)
+                    add(key, getattr(module, pname).detach(), original)
     return total, nonzero, total_in, nonzero_in
 
 

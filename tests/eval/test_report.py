@@ -68,3 +68,20 @@ def test_count_nonzero_over_many_blocks_equals_torch_count_nonzero():
     assert count_nonzero(t) == int(torch.count_nonzero(t))
     assert count_nonzero(t.reshape(-1, 5)[:, 1:]) == int(torch.count_nonzero(t.reshape(-1, 5)[:, 1:]))
     assert count_nonzero(torch.zeros(0)) == 0
+
+
+def test_counting_some_modules_reads_no_tensor_outside_them(monkeypatch):
+    # pk.prune counts a layer-wise method's targets before the call: a model mapped from its checkpoint file
+    # must not read its embeddings into memory for it (they are counted once, after the call)
+    from prunekit.eval import report
+
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3), nn.Linear(3, 2))
+    pk.prune(model, "magnitude", sparsity=0.5, ignore=[model[0]], prune_classifier=True, measure=False)
+    read = []
+    count = report.count_nonzero
+    monkeypatch.setattr(report, "count_nonzero", lambda t: read.append(tuple(t.shape)) or count(t))
+    params, nonzero = count_params(model, [model[1]])
+    assert sorted(read) == [(3,), (3, 4)]  # the bias and the masked weight (computed): not the embedding's
+    assert (params, nonzero) == (15, int((model[1].weight != 0).sum()) + int((model[1].bias != 0).sum()))
+    read.clear()
+    assert count_params(model)[0] == 40 + 15 + 8 and (10, 4) in read
