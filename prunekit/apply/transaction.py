@@ -70,30 +70,59 @@ def restore_tree(snapshot: list[tuple[nn.Module, dict[str, Any], dict[int, torch
                 t.data = data[id(t)]
 
 
+def _raw(t: torch.Tensor) -> Any:
+    """The bytes of a contiguous CPU tensor, as a writable buffer over its memory (no copy)."""
+    import ctypes
+
+    return (ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr())
+
+
 class _Saved:
-    """The values of a state dict, copied: in memory, or written to an anonymous temporary file when they
-    take more than :data:`SPILL_BYTES` (the file's pages stay in the OS cache, not in this process)."""
+    """The values of a state dict, copied: in memory, or written as raw bytes to an anonymous temporary file
+    when they take more than :data:`SPILL_BYTES` (the file's pages stay in the OS cache, not in this process).
+    The file holds each tensor's bytes back to back; shapes and dtypes stay here, so reading it back
+    unpickles nothing (and costs a copy at memory speed, not a serialisation)."""
 
     def __init__(self, state: dict[str, torch.Tensor]):
         size = sum(v.numel() * v.element_size() for v in state.values())
         self.file: Any = None
         self.tensors: dict[str, torch.Tensor] = {}
+        self.index: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
         values = {k: v.detach() for k, v in state.items()}
-        if size > SPILL_BYTES and all(v.device.type == "cpu" for v in values.values()):
+        plain = all(v.device.type == "cpu" and v.layout == torch.strided for v in values.values())
+        if size > SPILL_BYTES and plain:
             try:
                 self.file = tempfile.TemporaryFile(prefix="prunekit-snapshot-")
-                torch.save(values, self.file)
+                self._write(values)
                 self.file.flush()
                 return
-            except (OSError, RuntimeError):  # no room for the file (torch.save reports a full disk as a
-                self.close()  # RuntimeError "unexpected pos"): keep the copy in memory
+            except OSError:  # no room for the file: keep the copy in memory
+                self.close()
+                self.index = {}
         self.tensors = {k: v.clone() for k, v in values.items()}
+
+    def _write(self, values: dict[str, torch.Tensor]) -> None:
+        offset = 0
+        for key, value in values.items():
+            flat = value.resolve_conj().resolve_neg().contiguous()
+            n = flat.numel() * flat.element_size()
+            if n:
+                self.file.write(_raw(flat))
+            self.index[key] = (offset, tuple(flat.shape), flat.dtype)
+            offset += n
 
     def load(self) -> dict[str, torch.Tensor]:
         if self.file is None:
             return self.tensors
-        self.file.seek(0)
-        loaded: dict[str, torch.Tensor] = torch.load(self.file, weights_only=True)
+        loaded: dict[str, torch.Tensor] = {}
+        for key, (offset, shape, dtype) in self.index.items():
+            t = torch.empty(shape, dtype=dtype)
+            n = t.numel() * t.element_size()
+            if n:
+                self.file.seek(offset)
+                if self.file.readinto(_raw(t)) != n:
+                    raise OSError("the snapshot in the temporary file could not be read back whole")
+            loaded[key] = t
         return loaded
 
     def close(self) -> None:

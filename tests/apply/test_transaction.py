@@ -86,16 +86,20 @@ def test_a_snapshot_kept_in_a_file_undoes_changes_bit_for_bit(monkeypatch, spill
 
 
 def test_a_full_disk_keeps_the_snapshot_in_memory(monkeypatch):
-    """torch.save reports a full disk as a RuntimeError ("unexpected pos"): the snapshot falls back to memory
-    and still undoes the changes."""
+    """A write to the temporary file that fails (a full disk: OSError ENOSPC) part way: the snapshot falls back
+    to memory and still undoes the changes."""
+    import errno
+
     import prunekit.apply.transaction as tx
 
     monkeypatch.setattr(tx, "SPILL_BYTES", 0)
+    write = tx._Saved._write
 
-    def full_disk(*_args, **_kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 520421120 vs 520421008")
+    def full_disk(self, values):
+        write(self, dict(list(values.items())[:1]))  # the first tensor fits, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tx.torch, "save", full_disk)
+    monkeypatch.setattr(tx._Saved, "_write", full_disk)
     model = _model()
     before = snapshot(model)
     with pytest.raises(KeyError, match="inside"), transaction(model):
@@ -119,3 +123,31 @@ def test_a_transaction_over_some_modules_restores_those_only():
     for k in ("2.weight", "2.bias", "0.weight"):
         assert torch.equal(model.state_dict()[k], before[k]), k
     assert torch.equal(model[0].bias, before["0.bias"] + 1)
+
+
+def test_a_snapshot_file_keeps_any_dtype_layout_and_size_bit_for_bit(monkeypatch):
+    # the file holds raw bytes back to back: bfloat16, bool, integer, empty and non-contiguous tensors come
+    # back exactly (NaN payloads and signed zeros included)
+    import prunekit.apply.transaction as tx
+
+    monkeypatch.setattr(tx, "SPILL_BYTES", 0)
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.a = nn.Parameter(torch.randn(5, 3).to(torch.bfloat16))
+    module.b = nn.Parameter(torch.randn(3, 4).t(), requires_grad=False)  # a transposed view
+    module.b.data[0, 0], module.b.data[1, 1] = float("nan"), -0.0
+    module.register_buffer("mask", torch.rand(6) > 0.5)
+    module.register_buffer("steps", torch.arange(4, dtype=torch.int64))
+    module.register_buffer("empty", torch.zeros(0, 7))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(KeyError), transaction(module), torch.no_grad():
+        for v in module.state_dict().values():
+            v.zero_() if v.dtype != torch.bool else v.logical_not_()
+        raise KeyError("inside")
+
+    def bits(t):
+        return t if t.dtype == torch.bool else t.contiguous().view(torch.uint8)
+
+    for k, v in module.state_dict().items():
+        assert v.dtype == before[k].dtype and v.shape == before[k].shape, k
+        assert torch.equal(bits(v), bits(before[k])), k
