@@ -345,16 +345,13 @@ class SparseGPTSolver(Solver):
         if k == 0:
             return
         H = self._accumulator()
-        # the running mean: H <- H * n / (n + k) + 2 / (n + k) * X^T X, scaled inside the product (no
-        # separate pass over H, no scaled copy of X)
+        # the running mean H <- H n/(n + k) + 2/(n + k) X^T X, scaled inside the product
         beta = self.nsamples / (self.nsamples + k)
         self.nsamples += k
         alpha = 2.0 / self.nsamples
         n = x2.shape[1]
-        # H is symmetric: from wide inputs on, the blocks on and above the diagonal only, 4 column blocks
-        # (about 28% fewer operations than the full product, which BLAS has no symmetric rank-k update for in
-        # torch). Either way the upper triangle is what counts (a scaled product need not come out exactly
-        # symmetric): the lower one is filled in from it when H is read
+        # wide inputs: only the 4 column blocks on and above the diagonal (28% fewer operations). Either way the
+        # upper triangle counts; the lower one is filled in from it when H is read (exactly symmetric)
         if n < _SYMMETRIC_BLOCKS_FROM:
             H.addmm_(x2.t(), x2, beta=beta, alpha=alpha)
         else:
@@ -389,15 +386,10 @@ class SparseGPTSolver(Solver):
         return torch.stack([self._inverse_factor(h) for h in H])
 
     def _inverse_factor(self, H: Tensor) -> Tensor:
-        """Upper Cholesky factor ``U`` of ``(H + damp I)^-1`` (``U^T U = (H + damp I)^-1``), raising ``damp``
-        until the factorisation succeeds. ``H`` [in, in] is overwritten (the callers hand over the Hessian or a
-        copy of it), so that at most two [in, in] matrices live at once besides it.
-
-        ``H^-1`` is never formed: with ``J`` the reversal of the index order and ``J H J = L L^T`` (lower
-        Cholesky factor), ``H^-1 = (J L^-1 J)^T (J L^-1 J)`` and ``J L^-1 J`` is upper triangular with a
-        positive diagonal, so it is ``U``. One factorisation and one triangular solve instead of a
-        factorisation, an inversion from it and a second factorisation: fewer operations, and closer to the
-        float64 factor (the reference code factors ``H``, inverts and factors again)."""
+        """Upper Cholesky factor ``U`` of ``(H + damp I)^-1``, raising ``damp`` until the factorisation succeeds;
+        ``H`` [in, in] is overwritten (the callers hand it over). ``H^-1`` is never formed: with ``J`` the index
+        reversal and ``J H J = L L^T``, ``U = J L^-1 J`` (upper, positive diagonal): one factorisation and one
+        triangular solve, closer to the float64 factor than factorise, invert, factorise again."""
         H.copy_(H.flip((-2, -1)))  # J H J
         diagonal = torch.diagonal(H)
         undamped = diagonal.clone()

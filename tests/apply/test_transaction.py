@@ -89,17 +89,27 @@ def test_a_full_disk_keeps_the_snapshot_in_memory(monkeypatch):
     """A write to the temporary file that fails (a full disk: OSError ENOSPC) part way: the snapshot falls back
     to memory and still undoes the changes."""
     import errno
+    import tempfile
 
     import prunekit.apply.transaction as tx
 
     monkeypatch.setattr(tx, "SPILL_BYTES", 0)
-    write = tx._Saved._write
+    make_file = tempfile.TemporaryFile
 
-    def full_disk(self, values):
-        write(self, dict(list(values.items())[:1]))  # the first tensor fits, then the disk is full
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FillingFile:  # the first tensor fits, then the disk is full
+        def __init__(self, *args, **kwargs):
+            self.file, self.writes = make_file(*args, **kwargs), 0
 
-    monkeypatch.setattr(tx._Saved, "_write", full_disk)
+        def write(self, buffer):
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(buffer)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(tx.tempfile, "TemporaryFile", FillingFile)
     model = _model()
     before = snapshot(model)
     with pytest.raises(KeyError, match="inside"), transaction(model):
