@@ -152,7 +152,7 @@ sampler = RssSampler()
 w, c = time.perf_counter(), time.process_time()
 if method != "dense":  # "dense": the perplexity of the model as loaded, through the same loop
     pk.prune(model, method, sparsity=0.5, pattern=None if pattern == "unstructured" else pattern,
-             calibration=windows, progress=False)
+             calibration=windows, progress=False, **json.loads(sys.argv[5]))
 """
     + _TAIL
 )
@@ -244,7 +244,7 @@ def run_child(tool: str, args: argparse.Namespace, data: Path, model_dir: str, c
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(
-        [python, "-c", code, str(data), model_dir, config, threads],
+        [python, "-c", code, str(data), model_dir, config, threads, json.dumps(args.prunekit_options)],
         capture_output=True,
         text=True,
         env=env,
@@ -350,6 +350,12 @@ def main() -> int:
         help="llm-compressor imports torch, triton and the NVIDIA libraries from this environment's files "
         "(default; see the module docstring)",
     )
+    ap.add_argument(
+        "--prunekit-options",
+        type=json.loads,
+        default={},
+        help="more keyword arguments for prunekit.prune, as JSON (e.g. '{\"true_sequential\": false}')",
+    )
     args = ap.parse_args()
     import torch
     import transformers
@@ -382,6 +388,7 @@ def main() -> int:
                 f"llm-compressor {' / '.join(lc_versions) or '?'} (llmcompressor / torch / transformers)"
             ),
             "configs": configs,
+            "prunekit_options": args.prunekit_options,
             "shared_torch_files": bool(args.share_torch),
             "runs": [],
             **protocol,

@@ -31,7 +31,7 @@ from prunekit.eval.report import (
     weight_shapes,
 )
 from prunekit.granularity.patterns import NM, Unstructured, check_sparsity, parse_pattern
-from prunekit.methods.base import Method, PruneRequest, ScoreMethod, resolve_method
+from prunekit.methods.base import METHODS, Method, PruneRequest, ScoreMethod, resolve_method
 from prunekit.targets import Ignore, Target, check_finite, ignored_modules, select_targets, tied_outside
 
 __all__ = ["prune"]
@@ -119,11 +119,21 @@ def prune(
     m = resolve_method(method)
     unknown = set(options) - COMMON_OPTIONS - set(m.options)
     if unknown:
+        hint = ""
+        if "overrides" in unknown:  # per-layer sparsities: the score methods' option, not every method's
+            takers = sorted(n for n in METHODS.names() if "overrides" in METHODS.get(n).options)
+            hint = (
+                f"; overrides= (per-layer sparsities) is an option of {', '.join(takers)}; with {m.name!r} keep "
+                "layers whole with ignore=[...] or spread the sparsity with allocation="
+            )
         raise ConfigError(
             f"unknown option(s) {sorted(unknown)} for method {m.name!r}; it accepts: "
-            f"{', '.join(sorted(COMMON_OPTIONS | set(m.options)))}"
+            f"{', '.join(sorted(COMMON_OPTIONS | set(m.options)))}{hint}"
         )
     check_sparsity(sparsity)
+    sparsity = float(sparsity)
+    if options.get("device") is not None:
+        _check_device(options["device"])
     gran = parse_pattern(pattern if pattern is not None else m.default_pattern)
     if m.structural and pattern is not None:
         _check_structural_pattern(m, gran)
@@ -148,7 +158,11 @@ def prune(
         raise InvalidSparsityError(
             f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass sparsity={gran.fixed_sparsity:g}"
         )
-    alloc = resolve_allocation(allocation if allocation is not None else m.default_allocation)
+    # N:M fixes every layer's sparsity: with no allocation given, a registered score method (snip's default is
+    # global) takes uniform, the only one that applies; a Pruner's own allocation or an owl-* alias stays asked for
+    nm_default = isinstance(gran, NM) and isinstance(m, ScoreMethod) and not isinstance(method, Pruner)
+    default_alloc = "uniform" if nm_default else m.default_allocation
+    alloc = resolve_allocation(allocation if allocation is not None else default_alloc)
     if isinstance(gran, NM) and alloc.name != "uniform":
         raise ConfigError(f"pattern {gran} fixes every layer's sparsity; allocation must be 'uniform', got {alloc}")
     if isinstance(gran, NM) and options.get("overrides"):
@@ -205,24 +219,29 @@ def prune(
         raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
     dense_copy, latency_note = _dense_copy(model) if do_latency else (None, None)
     shapes_before = weight_shapes(model) if m.structural else None
+    # the figures after the call are taken inside the transaction too: an error (or Ctrl-C) while measuring
+    # or timing the pruned model still gives the model back as it was
     with transaction(model, structural=m.structural, modules=touched):
         outcome = m.run(model, request)
-    if counted_before is not None:  # the untouched tensors' counts are the same after as before
-        assert touched is not None
-        total, nonzero, total_in, nonzero_in = count_params_within(model, touched)
-        after = ModelStats(total, nonzero)
-        before = ModelStats(total - total_in + counted_before[0], nonzero - nonzero_in + counted_before[1])
-    else:
-        after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
-    comparison = None
-    if do_latency:
-        if dense_copy is not None:
-            comparison = compare_latency(dense_copy, model, example_inputs, threads=threads)
-            before.set_timing(comparison.baseline)
-            after.set_timing(comparison.candidate)
-            del dense_copy
-        else:  # too large to copy: the after model alone, with its spread
-            after.set_timing(time_model(model, example_inputs, threads=threads))
+        if counted_before is not None:  # the untouched tensors' counts are the same after as before
+            assert touched is not None
+            total, nonzero, total_in, nonzero_in = count_params_within(model, touched)
+            after = ModelStats(total, nonzero)
+            before = ModelStats(total - total_in + counted_before[0], nonzero - nonzero_in + counted_before[1])
+        else:
+            after = measure(model, example_inputs, latency=False) if do_measure else ModelStats(*count_params(model))
+        comparison = None
+        if do_latency:
+            if dense_copy is not None:
+                comparison = compare_latency(dense_copy, model, example_inputs, threads=threads)
+                before.set_timing(comparison.baseline)
+                after.set_timing(comparison.candidate)
+                del dense_copy
+            else:  # too large to copy: the after model alone, with its spread
+                after.set_timing(time_model(model, example_inputs, threads=threads))
+        ignored += list(outcome.left_dense.items())
+        layers = layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before)
+        unprunable = [] if m.structural else _unprunable_notes(model, request.ignored_modules)
     settings = {
         "method": named.name,
         **({"criterion": str(named.criterion)} if isinstance(named, ScoreMethod) else {}),
@@ -232,11 +251,9 @@ def prune(
         "seed": seed,
         **({"overrides": options["overrides"]} if "overrides" in options else {}),
     }
-    ignored += list(outcome.left_dense.items())
     notes = list(outcome.notes)
     notes += [f"{name}: {why}" for name, why in ignored]
-    if not m.structural:
-        notes += _unprunable_notes(model, request.ignored_modules)
+    notes += unprunable
     if calibration is not None:
         notes += _unused_calibration_note(named)
     if latency_note:
@@ -248,10 +265,35 @@ def prune(
         settings=settings,
         before=before,
         after=after,
-        layers=layer_stats(model, outcome.layer_sparsity, dict(ignored), shapes_before),
+        layers=layers,
         notes=notes,
         latency=comparison,
     )
+
+
+def _check_device(device: Any) -> None:
+    """Refuse a ``device=`` that is not a torch device, or one this machine does not have
+    (:class:`~prunekit.errors.ConfigError`), before anything runs."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"device={device!r} is not a torch device ({e}); pass e.g. 'cpu' or 'cuda:0'") from e
+    if d.type == "cpu" or d.type == "meta":
+        if d.type == "meta":
+            raise ConfigError("device='meta' holds no data to compute on; pass 'cpu' or an accelerator")
+        return
+    backend = getattr(torch, d.type, None)
+    available = getattr(backend, "is_available", None)
+    count = getattr(backend, "device_count", None)
+    if available is None or not available():
+        raise ConfigError(
+            f"device={device!r}: no {d.type} device is available here; pass device='cpu', or leave device out "
+            "to compute where the model is"
+        )
+    if d.index is not None and callable(count) and d.index >= count():
+        raise ConfigError(f"device={device!r}: this machine has {count()} {d.type} device(s), numbered from 0")
 
 
 def _touched_modules(model: nn.Module, targets: list[Target]) -> list[nn.Module] | None:

@@ -1,12 +1,39 @@
-"""Calling a model on example inputs given in any of the usual forms (a bottom module: imports only torch)."""
+"""Calling a model on example inputs given in any of the usual forms, and in eval mode for a while (a bottom
+module: imports only torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
-__all__ = ["call_model"]
+__all__ = ["call_model", "eval_mode", "restore_modes", "training_modes"]
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule of ``model`` (itself included) with its ``training`` flag, to :func:`restore_modes`."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    """Give every module of :func:`training_modes` its own flag back (``model.train(flag)`` would set one flag
+    on every submodule: a frozen BatchNorm or dropout kept in eval mode inside a training model would switch)."""
+    for module, flag in modes:
+        module.training = flag
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model): ...`` runs the block with every module in eval mode and gives each module its
+    own train/eval flag back afterwards, also when the block raises."""
+    modes = training_modes(model)
+    model.eval()
+    try:
+        yield model
+    finally:
+        restore_modes(modes)
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

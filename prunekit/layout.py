@@ -26,7 +26,16 @@ from typing import cast
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["WeightLayout", "base_class", "is_prunable", "layer_weight", "parametrization_list", "weight_layout"]
+__all__ = [
+    "WeightLayout",
+    "base_class",
+    "is_parametrization_key",
+    "is_prunable",
+    "layer_weight",
+    "parametrization_list",
+    "plain_key",
+    "weight_layout",
+]
 
 # where transformers defines (or once defined) its Conv1D
 _HF_CONV1D_MODULES = ("transformers.pytorch_utils", "transformers.modeling_utils")
@@ -67,6 +76,20 @@ def parametrization_list(module: nn.Module, name: str = "weight") -> parametrize
     """
     plists = cast(nn.ModuleDict, module.parametrizations)
     return cast(parametrize.ParametrizationList, plists[name])
+
+
+def is_parametrization_key(key: str) -> bool:
+    """Whether a state-dict ``key`` lies inside a parametrization (``conv.parametrizations.weight.original``, or
+    ``parametrizations.weight.original`` of a parametrized root module)."""
+    return key.startswith("parametrizations.") or ".parametrizations." in key
+
+
+def plain_key(key: str) -> str:
+    """The plain name of a state-dict ``key``: ``[m.]parametrizations.weight.original`` -> ``[m.]weight``
+    (other keys as they are)."""
+    if key.startswith("parametrizations."):
+        key = key[len("parametrizations.") :]
+    return key.replace(".parametrizations.", ".").replace(".original", "")
 
 
 def _swap_within_groups(t: Tensor, groups: int) -> Tensor:

@@ -46,14 +46,16 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         self._start = time.perf_counter()
         if self.mode == "bar":
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(
+            self._bar = Progress(  # on standard error, as the terminal test reads it: stdout stays the program's
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 transient=False,
+                console=Console(file=sys.stderr),
             )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.description, total=self.total)

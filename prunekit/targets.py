@@ -168,6 +168,9 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
         if name == classifier:
             ignored.append((name, "final classifier, kept dense by default (prune_classifier=True prunes it)"))
             continue
+        if module.weight.numel() == 0:
+            ignored.append((name, f"empty weight {tuple(module.weight.shape)}: nothing to prune"))
+            continue
         key = _weight_identity(module)
         if key in seen:
             ignored.append((name, "shares its weight with a layer already selected"))
@@ -201,8 +204,10 @@ def all_finite(t: torch.Tensor) -> bool:
     """Are all values finite? A finite sum proves it (a NaN or inf element makes the sum NaN or inf) at the
     cost of one reduction; only a non-finite sum (a bad value, or an overflow) needs the elementwise test."""
     t = t.detach()
-    if not t.is_floating_point() or t.numel() == 0:
-        return True
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0 or t.device.type == "meta":
+        return True  # integers and bools are finite; a meta tensor holds no values
+    if t.element_size() == 1:  # 8-bit floats: no sum kernel; checked as float16 (every fp8 value fits)
+        t = t.to(torch.float16)
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 

@@ -517,10 +517,10 @@ CASES = [
         "blocksize is a SparseGPT option; wanda does not use it",
     ),
     Case(
-        "wanda two-pass with merge_mib",
-        llm_calibration([torch.randint(0, 64, (1, 8))], "wanda", true_sequential=False, merge_mib=64),
+        "wanda two-pass with spill_activations",
+        llm_calibration([torch.randint(0, 64, (1, 8))], "wanda", true_sequential=False, spill_activations=True),
         pk.ConfigError,
-        "merge_mib apply to the true-sequential order only",
+        "spill_activations applies to the true-sequential order only",
     ),
     Case(
         "prune_causal_lm targets as one string",
@@ -738,3 +738,69 @@ def test_the_installed_command_refuses_a_nonempty_out_folder(tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "pass --overwrite" in _flat(proc.stderr)
     assert files_snapshot([d]) == before
+
+
+# ---------------------------------------------------------------------------------------- a new user's inputs
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _cal() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 8, generator=g), torch.randint(0, 4, (8,), generator=g))]
+
+
+def test_the_progress_bar_goes_to_stderr_not_stdout(capsys):
+    pk.prune(_mlp(), "wanda", sparsity=0.5, calibration=_cal(), measure=False, progress=True)
+    out, err = capsys.readouterr()
+    assert "wanda" not in out and "━" not in out
+    assert "━" in err or "wanda" in err
+
+
+def test_a_parametrized_root_module_is_counted_pruned():
+    report = pk.prune(nn.Linear(10, 10), "magnitude", sparsity=0.5, prune_classifier=True, measure=False)
+    assert report.after.params == 110
+    assert report.after.nonzero_params == 60  # 50 of the 100 weights, and the 10 biases
+
+
+@pytest.mark.parametrize("device", ["tpu:7", "meta", "no-such-device"])
+def test_a_device_this_machine_lacks_is_refused_and_the_model_kept(device):
+    model = _mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.ConfigError, match="device"):
+        pk.prune(model, "wanda", sparsity=0.5, calibration=_cal(), device=device, measure=False)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(pk.ConfigError, match="no cuda device is available"):
+        pk.prune(_mlp(), "sparsegpt", sparsity=0.5, calibration=_cal(), device="cuda", measure=False)
+
+
+def test_overrides_on_a_layerwise_solver_says_which_methods_take_it():
+    with pytest.raises(pk.ConfigError, match="overrides= .*is an option of .*magnitude"):
+        pk.prune(_mlp(), "wanda", sparsity=0.5, calibration=_cal(), overrides={"0": 0.3}, measure=False)
+
+
+def test_a_numpy_sparsity_is_a_number():
+    np = pytest.importorskip("numpy")
+    report = pk.prune(_mlp(), "magnitude", sparsity=np.float32(0.5), measure=False)
+    assert report.settings["sparsity"] == 0.5 and isinstance(report.settings["sparsity"], float)
+
+
+def test_nm_with_a_method_whose_default_allocation_is_global_takes_uniform():
+    report = pk.prune(_mlp(), "snip", pattern="2:4", calibration=_cal(), measure=False)
+    assert report.settings["allocation"] == "uniform"
+    with pytest.raises(pk.ConfigError, match="allocation must be 'uniform'"):
+        pk.prune(_mlp(), "snip", pattern="2:4", allocation="global", calibration=_cal(), measure=False)
+
+
+def test_an_empty_layer_is_left_out_with_a_note():
+    model = nn.Sequential(nn.Linear(8, 0), nn.Linear(0, 4), nn.Linear(4, 2))
+    report = pk.prune(model, "magnitude", sparsity=0.5, prune_classifier=True, example_inputs=torch.randn(3, 8))
+    assert any("empty weight" in n for n in report.notes)
+    assert float((model[2].weight == 0).float().mean()) == 0.5

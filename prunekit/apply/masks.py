@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
 from prunekit.errors import PlanError, UnsupportedModuleError
-from prunekit.layout import parametrization_list
+from prunekit.layout import is_parametrization_key, parametrization_list
 
 __all__ = [
     "Mask",
@@ -188,7 +188,7 @@ def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
     (``layer.weight``, not ``layer.parametrizations.weight.original``), mask buffers left out."""
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
-        if ".parametrizations." not in key:
+        if not is_parametrization_key(key):
             out[key] = value
     for mname, module in model.named_modules():
         if parametrize.is_parametrized(module):

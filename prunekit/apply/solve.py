@@ -60,6 +60,7 @@ from prunekit.apply.solvers import (
 )
 from prunekit.calibration import FORMS, Calibration, current_token_mask
 from prunekit.calibration.collect import modules_called
+from prunekit.calls import eval_mode, restore_modes, training_modes
 from prunekit.errors import (
     ConfigError,
     DataError,
@@ -407,7 +408,7 @@ def solve_layerwise(
     home = params[0].device if params else torch.device("cpu")
     exec_device = torch.device(device) if device is not None else home
     taps = _taps(layers)
-    was_training = model.training
+    modes = training_modes(model)
     result = LayerwiseResult(cls.name, str(granularity), str(alloc), {}, [], sequential=sequential)
     if exec_device != home:
         model.to(exec_device)
@@ -428,7 +429,7 @@ def solve_layerwise(
         if runner is not None:
             result.forward_passes = runner.passes
     finally:
-        model.train(was_training)
+        restore_modes(modes)
         if exec_device != home:
             model.to(home)
     result.seconds = time.perf_counter() - start
@@ -587,10 +588,6 @@ def reconstruction_errors(
 
         return hook
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _Runner(model, _read_batches(calibration, exec_device)).run({t.module: hook_for(t) for t in taps.values()})
-    finally:
-        model.train(was_training)
     return totals

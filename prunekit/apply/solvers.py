@@ -72,16 +72,16 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
 
 def row_mask(scores: Tensor, sparsity: float) -> Tensor:
     """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row (ties: lower index
-    first, as a stable sort would order them). Found by selection (:func:`~prunekit.granularity.patterns.kth_lowest`),
-    not a full sort."""
+    first, as a stable sort; NaN ranks highest), by selection (:func:`~prunekit.granularity.patterns.kth_lowest`)."""
     k = round(sparsity * scores.shape[1])
     if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
-    if scores.device.type != "cpu" or k >= scores.shape[1]:
+    # each row's k-th lowest score [out, 1]; a sort off the CPU, for whole rows, or for a row of < k numbers (NaN)
+    kth = kth_lowest(scores, k, dim=1) if scores.device.type == "cpu" and k < scores.shape[1] else None
+    if kth is None or bool(torch.isnan(kth).any()):
         keep = torch.ones_like(scores, dtype=torch.bool)
         keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
         return keep
-    kth = kth_lowest(scores, k, dim=1)  # the k-th lowest score of each row, [out, 1]
     drop = scores <= kth
     if bool((drop.sum(dim=1) == k).all()):  # no row has a tie at its k-th score: the k lowest are these
         return ~drop

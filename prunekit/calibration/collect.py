@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.calibration.batches import Calibration, current_token_mask, output_logits
+from prunekit.calls import restore_modes, training_modes
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.layout import layer_weight, weight_layout
 
@@ -213,12 +214,12 @@ def _preserved(model: nn.Module) -> Iterator[None]:
     params = list(model.named_parameters())
     saved_grads = [(p, p.grad) for _, p in params]
     saved_req = [(p, p.requires_grad) for _, p in params]
-    was = model.training
+    modes = training_modes(model)
     try:
         model.eval()
         yield
     finally:
-        model.train(was)
+        restore_modes(modes)
         for p, g in saved_grads:
             p.grad = g
         for p, r in saved_req:

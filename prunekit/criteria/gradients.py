@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunekit.calls import restore_modes, training_modes
 from prunekit.errors import DataError, MissingDataError
 
 __all__ = ["accumulate_gradients"]
@@ -49,7 +50,7 @@ def accumulate_gradients(
     loss_fn = loss_fn or nn.functional.cross_entropy
     saved_grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
     saved_req = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
+    modes = training_modes(model)
 
     def current(entry: Tensor | tuple[nn.Module, str]) -> Tensor:
         return getattr(entry[0], entry[1]) if isinstance(entry, tuple) else entry
@@ -90,7 +91,7 @@ def accumulate_gradients(
                     sums[name] += w.grad.detach()
             batches += 1
     finally:
-        model.train(was_training)
+        restore_modes(modes)
         for n, p in model.named_parameters():
             p.requires_grad_(saved_req[n])
             p.grad = saved_grads[n]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.calls import eval_mode
+
 __all__ = ["accuracy"]
 
 
@@ -16,10 +18,8 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     gradients; the model's training mode is restored afterwards. The count of correct predictions is exact,
     so the result does not depend on ``batch`` unless the model's outputs do.
     """
-    was = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(images), batch):
-        correct += int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(images), batch):
+            correct += int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
     return correct / len(images)

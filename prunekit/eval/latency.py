@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunekit.calls import call_model
+from prunekit.calls import call_model, restore_modes, training_modes
 
 __all__ = [
     "BLOCK_MS",
@@ -209,8 +209,9 @@ def _run_rounds(
     return times
 
 
-def _eval_mode(models: Sequence[nn.Module]) -> list[bool]:
-    modes = [m.training for m in models]
+def _eval_mode(models: Sequence[nn.Module]) -> list[tuple[nn.Module, bool]]:
+    """Put ``models`` in eval mode; every module's own flag, for :func:`~prunekit.calls.restore_modes`."""
+    modes = [entry for m in models for entry in training_modes(m)]
     for m in models:
         m.eval()
     return modes
@@ -239,7 +240,7 @@ def time_model(
                 [model], inputs, warmup=warmup, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s
             )
     finally:
-        model.train(modes[0])
+        restore_modes(modes)
     return _timing(times, n)
 
 
@@ -272,8 +273,7 @@ def compare_latency(
                 budget_s=budget_s,
             )
     finally:
-        baseline.train(modes[0])
-        candidate.train(modes[1])
+        restore_modes(modes)
     ratios = [c / b for b, c in zip(base, cand) if b > 0]
     ratio = statistics.median(ratios)
     low, high = median_interval(ratios)

@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.apply.masks import effective_state_dict
-from prunekit.calls import call_model
+from prunekit.calls import call_model, restore_modes, training_modes
 from prunekit.errors import DataError, PrunekitError
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
-from prunekit.layout import is_prunable
+from prunekit.layout import is_parametrization_key, is_prunable
 from prunekit.serialization import SAVED_METADATA, atomic_write, dense_size, sparse_size
 from prunekit.targets import state_prefixes
 
@@ -144,7 +144,7 @@ def count_params_within(
     """:func:`count_params` of the whole ``model`` and of the tensors of ``modules`` in one pass:
     ``(parameters, non-zero parameters, parameters within, non-zero within)``. ``outside=False`` counts the
     tensors within only (the whole-model figures are then those of the tensors within too)."""
-    buffers = {k for k, _ in model.named_buffers()}
+    buffers = {k for k, _ in model.named_buffers(remove_duplicate=False)}  # a buffer two modules hold: both names
     prefixes = state_prefixes(model, modules)
     total = nonzero = total_in = nonzero_in = 0
     seen: set[tuple[int, int, int]] = set()  # a tied tensor (embedding and LM head) is one set of parameters
@@ -168,7 +168,7 @@ def count_params_within(
 
     with torch.no_grad():
         for key, value in model.state_dict().items():  # what effective_state_dict keeps as it is
-            if ".parametrizations." not in key:
+            if not is_parametrization_key(key):
                 add(key, value)
         for mname, module in model.named_modules():  # and what it computes: each masked tensor in turn
             if parametrize.is_parametrized(module):
@@ -235,7 +235,7 @@ def measure(
     params, nonzero = count_params(model)
     stats = ModelStats(params=params, nonzero_params=nonzero)
     if example_inputs is not None:
-        was_training = model.training
+        modes = training_modes(model)
         model.eval()
         try:
             try:
@@ -251,14 +251,14 @@ def measure(
             stats.flops = total
             saved = 0.0
             for name, module in model.named_modules():
-                if is_prunable(module) and name in per_module and module.weight is not None:
+                if is_prunable(module) and name in per_module and module.weight is not None and module.weight.numel():
                     w = module.weight
                     saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
             stats.effective_flops = int(round(total - saved))
             if latency:
                 stats.set_timing(time_model(model, example_inputs, threads=threads))
         finally:
-            model.train(was_training)
+            restore_modes(modes)
     if sizes:
         state = effective_state_dict(model)
         stats.dense_bytes = dense_size(state, SAVED_METADATA)  # the files' exact sizes, without serialising

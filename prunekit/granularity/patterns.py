@@ -23,6 +23,7 @@ have a meaning for (:meth:`prunekit.criteria.Criterion.check_level`).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -58,13 +59,15 @@ def kth_lowest(values: Tensor, k: int, dim: int | None = None) -> Tensor:
     value is the same either way, NaN ranking above every number. Raises ``IndexError`` for ``k`` outside
     ``1..n`` (``n``: the number of values, or the size of ``dim``).
     """
+    if values.dim() == 0:  # one value: its own slice along dimension 0 or -1
+        values = values.reshape(1)
     n = values.numel() if dim is None else values.shape[dim]
     if not 1 <= k <= n:
         raise IndexError(f"kth_lowest: k={k} is outside 1..{n}")
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and values.dim() > 0:
         import numpy as np
 
-        array = values.detach().numpy()
+        array = values.detach().resolve_neg().numpy()  # a negated view is read as its values
         if dim is None:
             return torch.as_tensor(np.partition(array.reshape(-1), k - 1)[k - 1])
         axis = dim % values.dim()
@@ -79,7 +82,7 @@ def lowest_k_mask(flat: Tensor, k: int) -> Tensor:
     """Boolean mask of the ``k`` lowest entries of a 1-D tensor, in O(n).
 
     Ties at the threshold go to the lower indices, so the result is deterministic (the same as a stable
-    sort) without sorting the whole tensor.
+    sort) without sorting the whole tensor. NaN ranks above every number (as in ``torch.sort``).
     """
     out = torch.zeros_like(flat, dtype=torch.bool)
     if k <= 0:
@@ -87,10 +90,13 @@ def lowest_k_mask(flat: Tensor, k: int) -> Tensor:
     if k >= flat.numel():
         return ~out
     thr = kth_lowest(flat.cpu(), k).to(flat.device)
-    out = flat < thr
+    if bool(torch.isnan(thr)):  # fewer than k numbers: all of them, then NaNs (ranked highest) by index
+        out, tied = ~torch.isnan(flat), torch.isnan(flat)
+    else:
+        out, tied = flat < thr, flat == thr
     need = k - int(out.sum())
     if need > 0:
-        ties = torch.nonzero(flat == thr).reshape(-1)[:need]
+        ties = torch.nonzero(tied).reshape(-1)[:need]
         out[ties] = True
     return out
 
@@ -502,7 +508,8 @@ def check_sparsity(sparsity: float) -> None:
 
     Raises :class:`~prunekit.errors.InvalidSparsityError` saying so.
     """
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+    # numbers.Real: Python and NumPy numbers (a NumPy float32 from a sweep is a number too); not bool
+    if not isinstance(sparsity, numbers.Real) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
         raise InvalidSparsityError(
             f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}"
         )

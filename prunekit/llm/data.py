@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit.calls import eval_mode
 from prunekit.errors import DataError
 
 __all__ = [
@@ -199,23 +200,21 @@ def perplexity(
     if ids.numel() < 2:
         raise DataError("the evaluation text has fewer than two tokens")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count, predicted_to = 0.0, 0, 1 - p  # text tokens [.., predicted_to) are already scored
-    for begin in range(0, ids.numel(), stride):
-        end = min(begin + length, ids.numel())
-        window = torch.cat([prefix, ids[begin:end]]).unsqueeze(0).to(dev)
-        logits = model(input_ids=window, use_cache=False).logits[0, :-1].float()
-        targets = window[0, 1:]  # text tokens begin + 1 - p .. end - 1
-        first_new = max(predicted_to - (begin + 1 - p), 0)
-        if first_new < targets.numel():
-            nll = torch.nn.functional.cross_entropy(logits[first_new:], targets[first_new:], reduction="sum")
-            total += float(nll)
-            count += targets.numel() - first_new
-        predicted_to = end
-        if end == ids.numel():
-            break
-    model.train(was_training)
+    with eval_mode(model):
+        for begin in range(0, ids.numel(), stride):
+            end = min(begin + length, ids.numel())
+            window = torch.cat([prefix, ids[begin:end]]).unsqueeze(0).to(dev)
+            logits = model(input_ids=window, use_cache=False).logits[0, :-1].float()
+            targets = window[0, 1:]  # text tokens begin + 1 - p .. end - 1
+            first_new = max(predicted_to - (begin + 1 - p), 0)
+            if first_new < targets.numel():
+                nll = torch.nn.functional.cross_entropy(logits[first_new:], targets[first_new:], reduction="sum")
+                total += float(nll)
+                count += targets.numel() - first_new
+            predicted_to = end
+            if end == ids.numel():
+                break
     nll_mean = total / count
     protocol = {
         "corpus": name,

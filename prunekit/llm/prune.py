@@ -238,6 +238,7 @@ class SolveVisitor(LayerVisitor):
         self._solved: set[str] = set()
 
     wants_outputs = False
+    merges_batches = True  # the solvers' statistics are sums over tokens: any batching gives them
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         """A solver for each planned Linear of ``job``'s layer; its statistics gatherer, by relative name."""
@@ -441,9 +442,9 @@ def prune_causal_lm(
     SparseGPT and GPTQ reference code; Frantar & Alistarh 2023), in one forward pass of the calibration set per
     layer (each batch's pass waits at every Linear until all batches have fed it; :mod:`prunekit.llm.runner`);
     False: all matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a
-    statistics pass, then an output pass). ``merge_mib`` (default :data:`DEFAULT_MERGE_MIB`, 32): consecutive
-    equal-length calibration batches are merged into larger batches while a layer's forward on one is
-    estimated to need at most this many MiB; 0 never merges.
+    statistics pass, then an output pass). ``merge_mib`` (either order; default :data:`DEFAULT_MERGE_MIB`, 32):
+    consecutive equal-length calibration batches are merged into larger batches while a layer's forward on one
+    is estimated to need at most this many MiB; 0 never merges.
     ``spill_activations`` (true-sequential order, CPU; default True): the inputs the passes wait with (all but
     the layer's own input, from each layer's second pause on) stay in a temporary file until the passes go on
     (read back exactly), so that the peak memory stays near the two-pass order's; False keeps them in memory.
@@ -457,8 +458,8 @@ def prune_causal_lm(
     :class:`~prunekit.errors.MissingDataError` (Wanda, SparseGPT and OWL need ``calibration``),
     :class:`~prunekit.errors.ConfigError` for a ``true_sequential`` or ``spill_activations`` that is not a
     bool or a negative ``merge_mib``, for an option the method does not use (``blocksize`` / ``percdamp``
-    other than with SparseGPT; the calibration-pass options with magnitude; ``merge_mib`` or
-    ``spill_activations`` with ``true_sequential=False``), all before the model changes.
+    other than with SparseGPT; the calibration-pass options with magnitude; ``spill_activations`` with
+    ``true_sequential=False``), all before the model changes.
     """
     if method not in SOLVERS:
         raise UnknownNameError("layer-wise method", method, SOLVERS)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.apply.masks import get_mask, original_parameter
+from prunekit.calls import restore_modes, training_modes
 from prunekit.errors import (
     ConfigError,
     DataError,
@@ -387,13 +388,13 @@ def recover(
     )
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     hf_model: Any = model  # a Hugging Face PreTrainedModel: gradient checkpointing is its own
-    was_training = model.training
+    modes = training_modes(model)
     was_checkpointing = bool(
         model.is_activation_checkpointing
         if hasattr(type(model), "is_activation_checkpointing")
         else getattr(model, "is_gradient_checkpointing", False)
     )
-    teacher_training = teacher.training if teacher is not None else False
+    teacher_modes = training_modes(teacher) if teacher is not None else []
     config = peft.LoraConfig(
         r=rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=names, bias="none"
     )
@@ -477,9 +478,8 @@ def recover(
             hf_model.gradient_checkpointing_disable()
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(n, p.requires_grad))
-        model.train(was_training)
-        if teacher is not None:
-            teacher.train(teacher_training)
+        restore_modes(modes)
+        restore_modes(teacher_modes)
     after = (
         perplexity(model, tokenizer, eval_text, name=eval_name, seq_len=eval_seq_len, max_tokens=eval_tokens)
         if eval_text is not None

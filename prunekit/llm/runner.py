@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.calibration.families import Family, family_for, prunable_linears
+from prunekit.calls import eval_mode
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.llm.memory import HeapTrimmer, release_freed_memory
 from prunekit.llm.sequential import ActivationSpill, closing_spill, merge_batches, run_sequential
@@ -90,6 +91,11 @@ class LayerVisitor:
     #: before any Linear called after it in the layer is fed (see the module docstring); :meth:`observe` is not
     #: called. The runner uses it only for a visitor that ``modifies`` and does not want outputs.
     sequential: bool = False
+
+    #: whether the runner may merge consecutive equal-length calibration batches (``merge_mib``) for this
+    #: visitor: its statistics are sums over tokens, the same over any batching up to float rounding. Used only
+    #: for a visitor that ``modifies`` and does not want outputs.
+    merges_batches: bool = False
 
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         """Consumers of Linear inputs, keyed by the Linear's name relative to the layer. A consumer sees the
@@ -471,20 +477,19 @@ def run_layerwise(
     batches = as_batches(calibration)
     check_vocabulary(model, batches)
     sequential = visitor.sequential and visitor.modifies and not visitor.wants_outputs
-    if sequential:
+    if (sequential or visitor.merges_batches) and visitor.modifies and not visitor.wants_outputs:
         batches = merge_batches(model, batches, merge_mib)
     exec_device = torch.device(device) if device is not None else _model_device(model)
     store = torch.device("cpu") if offload_activations else exec_device
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
-    records = _capture_inputs(model, batches, adapter, exec_device, store)
     layers = adapter.layer_list(model)
     per_layer: list[float] = []
     carried: dict[str, list[str]] = {}  # groups of Linears reading one tensor, learned layer to layer
     spill = ActivationSpill() if sequential and spill_activations else None
     trimmer = HeapTrimmer()
-    with ProgressBar(description, len(layers), enabled=progress) as bar, closing_spill(spill):
+    # every module's own train/eval flag comes back afterwards, also when a layer fails
+    with eval_mode(model), ProgressBar(description, len(layers), enabled=progress) as bar, closing_spill(spill):
+        records = _capture_inputs(model, batches, adapter, exec_device, store)
         for i, layer in enumerate(layers):
             t0 = time.perf_counter()
             if layer_store is not None:
@@ -513,6 +518,5 @@ def run_layerwise(
             release_freed_memory()
             per_layer.append(time.perf_counter() - t0)
             bar.advance(description=f"{description} {i + 1}/{len(layers)}")
-    model.train(was_training)
     tokens = sum(_token_count(b) for b in batches)
     return RunSummary(len(layers), len(batches), tokens, time.perf_counter() - start, per_layer)

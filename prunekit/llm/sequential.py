@@ -453,13 +453,11 @@ def resolve_pass_options(
         isinstance(merge_mib, bool) or not isinstance(merge_mib, (int, float)) or not merge_mib >= 0
     ):
         raise ConfigError(f"merge_mib must be a number of MiB >= 0 (0: never merge batches), got {merge_mib!r}")
-    if true_sequential is False:
-        late = [k for k in pass_given if k != "true_sequential"]
-        if late:
-            raise ConfigError(
-                f"{' and '.join(late)} apply to the true-sequential order only; with true_sequential=False every "
-                "matrix of a layer is calibrated in one statistics pass: leave them out"
-            )
+    if true_sequential is False and spill_activations is not None:
+        raise ConfigError(
+            "spill_activations applies to the true-sequential order only (passes waiting at a Linear); with "
+            "true_sequential=False every matrix of a layer is calibrated in one statistics pass: leave it out"
+        )
     solver: dict[str, Any] = {}
     if method == "sparsegpt":
         solver = {

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.allocation.builtin import Allocation
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
-from prunekit.calls import call_model
+from prunekit.calls import call_model, restore_modes, training_modes
 from prunekit.criteria.base import Criterion
 from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
 from prunekit.padding import real_tokens, token_mask
@@ -260,13 +260,13 @@ def apply_head_plan_proved_(
 
 
 def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
-    was = model.training
+    modes = training_modes(model)
     model.eval()
     try:
         with torch.no_grad():
             out = call_model(model, inputs)
     finally:
-        model.train(was)
+        restore_modes(modes)
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
 
 
@@ -381,7 +381,7 @@ def plan_layers(
     for _, st in stacks:
         for child in st:
             handles.append(child.register_forward_hook(hook, with_kwargs=True))
-    was = model.training
+    modes = training_modes(model)
     model.eval()
     try:
         with torch.no_grad():
@@ -389,7 +389,7 @@ def plan_layers(
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
+        restore_modes(modes)
     live = []  # (stack name, stack module, block names, candidate mask)
     ignored = list(ignored)
     full = {id(m): n for n, m in model.named_modules()}

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 from prunekit.allocation.builtin import Allocation
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
 from prunekit.apply.transaction import restore_tree, snapshot_tree
-from prunekit.calls import call_model
+from prunekit.calls import call_model, restore_modes, training_modes
 from prunekit.criteria.base import Criterion
 from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError, PrunekitError
 from prunekit.layout import is_prunable
@@ -403,7 +403,7 @@ def _protect_members(g: Group, remove: np.ndarray) -> np.ndarray:
 
 def still_runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], where: list[str] | None = None) -> bool:
     """Does ``model`` run on ``inputs`` with outputs of ``shapes``? On a raise, ``where`` gets the module that did."""
-    was = model.training
+    modes = training_modes(model)
     model.eval()
     names = {id(m): n for n, m in model.named_modules()} if where is not None else {}
     stack: list[str] = []
@@ -435,7 +435,7 @@ def still_runs(model: nn.Module, inputs: Any, shapes: list[tuple[int, ...]], whe
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
+        restore_modes(modes)
 
 
 def _probe(

@@ -13,6 +13,7 @@ from prunekit.api import prune
 from prunekit.errors import (
     ConfigError,
 )
+from prunekit.layout import is_parametrization_key, plain_key
 from prunekit.train.callbacks import Callback
 from prunekit.train.during import NetworkSlimming, bn_channel_masks, remove_bn_channels
 
@@ -85,9 +86,9 @@ def _plain_state(model: nn.Module) -> dict[str, Tensor]:
     """Parameters and buffers under their plain names (originals of masked weights), masks excluded."""
     out = {}
     for k, v in model.state_dict().items():
-        if k.endswith(".mask") and ".parametrizations." in k:
+        if k.endswith(".mask") and is_parametrization_key(k):
             continue
-        out[k.replace(".parametrizations.", ".").replace(".original", "")] = v
+        out[plain_key(k)] = v
     return out
 
 
@@ -96,9 +97,9 @@ def _rewind(model: nn.Module, state: dict[str, Tensor]) -> None:
     current = model.state_dict()
     with torch.no_grad():
         for k, v in current.items():
-            if k.endswith(".mask") and ".parametrizations." in k:
+            if k.endswith(".mask") and is_parametrization_key(k):
                 continue
-            plain = k.replace(".parametrizations.", ".").replace(".original", "")
+            plain = plain_key(k)
             v.copy_(state[plain])
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.apply.masks import apply_mask_, masked_parameters, masked_sparsity
+from prunekit.calls import eval_mode
 from prunekit.errors import CheckpointError, ConfigError, DataError
 from prunekit.train.callbacks import Callback
 from prunekit.train.methods import training_callback
@@ -216,15 +217,13 @@ class Trainer:
         default the validation data, in eval mode. Raises :class:`~prunekit.errors.DataError` for data that
         is not a pair of tensors of equal length."""
         x, y = _as_tensors(data, "data") if data is not None else self.val  # type: ignore[misc]
-        was = self.model.training
-        self.model.eval()
         loss, correct = 0.0, 0
-        for i in range(0, len(x), self.config.eval_batch_size):
-            out = self.model(x[i : i + self.config.eval_batch_size])
-            t = y[i : i + self.config.eval_batch_size]
-            loss += F.cross_entropy(out, t, reduction="sum").item()
-            correct += (out.argmax(1) == t).sum().item()
-        self.model.train(was)
+        with eval_mode(self.model):
+            for i in range(0, len(x), self.config.eval_batch_size):
+                out = self.model(x[i : i + self.config.eval_batch_size])
+                t = y[i : i + self.config.eval_batch_size]
+                loss += F.cross_entropy(out, t, reduction="sum").item()
+                correct += (out.argmax(1) == t).sum().item()
         return {"loss": loss / len(x), "accuracy": correct / len(x)}
 
     # ---- training --------------------------------------------------------------------------------

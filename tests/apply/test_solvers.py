@@ -282,3 +282,30 @@ def test_sparsegpt_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inv
     reference = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
     torch.testing.assert_close(U.double(), reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
     assert solver.damping_used == 0.01
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_row_mask_with_nan_rows_matches_a_stable_sort(seed):
+    from prunekit.apply.solvers import row_mask
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (6, 12), generator=g).float()
+    scores[torch.rand(6, 12, generator=g) < 0.5] = float("nan")
+    for sparsity in (0.25, 0.5, 0.75, 0.9):
+        k = round(sparsity * 12)
+        expected = torch.ones_like(scores, dtype=torch.bool)
+        expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        assert torch.equal(row_mask(scores, sparsity), expected)
+
+
+def test_all_finite_on_complex_fp8_integer_and_meta_tensors():
+    from prunekit.targets import all_finite
+
+    assert not all_finite(torch.tensor([complex(1, float("nan"))]))
+    assert not all_finite(torch.tensor([complex(float("inf"), 0)]))
+    assert all_finite(torch.tensor([1 + 2j, 3 - 1j]))
+    assert not all_finite(torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn))
+    assert not all_finite(torch.tensor([float("inf")]).to(torch.float8_e5m2))
+    assert all_finite(torch.tensor([1.0, -2.0]).to(torch.float8_e5m2))
+    assert all_finite(torch.tensor([1, 2]))
+    assert all_finite(torch.empty(3, device="meta"))

@@ -85,3 +85,15 @@ def test_counting_some_modules_reads_no_tensor_outside_them(monkeypatch):
     assert (params, nonzero) == (15, int((model[1].weight != 0).sum()) + int((model[1].bias != 0).sum()))
     read.clear()
     assert count_params(model)[0] == 40 + 15 + 8 and (10, 4) in read
+
+
+def test_count_params_leaves_out_a_buffer_two_modules_hold():
+    from prunekit.eval.report import count_params
+
+    model = nn.Module()
+    model.a = nn.Linear(4, 4, bias=False)
+    model.b, model.c = nn.Module(), nn.Module()
+    shared = torch.arange(100.0)
+    model.b.register_buffer("pos", shared)
+    model.c.register_buffer("pos", shared)
+    assert count_params(model) == (16, 16)

@@ -162,3 +162,33 @@ def test_kth_lowest_is_torch_kthvalue_with_ties_and_nan(dtype):
     torch.testing.assert_close(kth_lowest(t, 4, dim=-1), t.kthvalue(4, dim=-1, keepdim=True).values, equal_nan=True)
     with pytest.raises(IndexError):
         kth_lowest(values.float(), values.numel() + 1)
+
+
+def _stable_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    out[torch.argsort(flat, stable=True)[:k]] = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_lowest_k_mask_ranks_nan_highest_as_a_stable_sort(seed):
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randint(0, 4, (30,), generator=g).float()
+    flat[torch.randperm(30, generator=g)[: int(torch.randint(1, 30, (1,), generator=g))]] = float("nan")
+    for k in range(0, 31):
+        assert torch.equal(lowest_k_mask(flat, k), _stable_lowest(flat, k)), k
+
+
+def test_unstructured_mask_with_mostly_nan_scores_still_drops_the_numbers_first():
+    scores = torch.tensor([[float("nan")] * 6 + [1.0, 2.0, 3.0, 4.0]]).reshape(2, 5)
+    keep = pk.Unstructured().mask(scores, 0.8)
+    assert int((~keep).sum()) == 8
+    assert not bool((~keep)[~torch.isnan(scores) & keep].any())
+    assert bool((~keep)[~torch.isnan(scores)].all())  # every number is dropped before any NaN
+
+
+def test_kth_lowest_of_a_zero_dim_tensor():
+    assert float(kth_lowest(torch.tensor(3.0), 1)) == 3.0
+    assert kth_lowest(torch.tensor(3.0), 1, dim=0).tolist() == [3.0]
+    with pytest.raises(IndexError):
+        kth_lowest(torch.tensor(3.0), 2)

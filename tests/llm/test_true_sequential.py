@@ -78,7 +78,14 @@ def test_true_sequential_equals_pruning_one_group_after_another(method, merge_mi
     for group in _LLAMA_GROUPS:
         targets = [f"model.layers.0.{rel}" for rel in group]
         prune_causal_lm(
-            reference, method, sparsity=0.5, calibration=batches, progress=False, targets=targets, true_sequential=False
+            reference,
+            method,
+            sparsity=0.5,
+            calibration=batches,
+            progress=False,
+            targets=targets,
+            true_sequential=False,
+            merge_mib=merge_mib,
         )
     a, b = _linear_weights(ours), _linear_weights(reference)
     for name in a:
@@ -100,6 +107,27 @@ def test_two_pass_order_calibrates_later_matrices_on_dense_inputs():
     a, b = _linear_weights(seq), _linear_weights(two)
     assert torch.equal(a["model.layers.0.self_attn.q_proj"], b["model.layers.0.self_attn.q_proj"])
     assert not torch.equal(a["model.layers.0.self_attn.o_proj"], b["model.layers.0.self_attn.o_proj"])
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_two_pass_order_merges_batches_too_and_prunes_alike(method):
+    """The two-pass order merges equal-length batches as well (its statistics are sums over tokens): the same
+    masks as batch by batch for Wanda, up to near-ties of the block mask for SparseGPT."""
+    base = tiny_model("llama", layers=2)
+    batches = calibration(n=3)
+    merged, single = copy.deepcopy(base), copy.deepcopy(base)
+    run = prune_causal_lm(merged, method, sparsity=0.5, calibration=batches, progress=False, true_sequential=False)
+    prune_causal_lm(
+        single, method, sparsity=0.5, calibration=batches, progress=False, true_sequential=False, merge_mib=0
+    )
+    assert run.summaries[-1].batches == 1
+    a, b = _linear_weights(merged), _linear_weights(single)
+    for name in a:
+        if method == "wanda":
+            assert torch.equal(a[name], b[name]), name
+        else:
+            differ = (a[name] == 0) != (b[name] == 0)
+            assert differ.float().mean() <= 0.005, (name, int(differ.sum()))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -344,7 +372,7 @@ def test_pass_options_resolve_to_their_defaults_and_refuse_what_a_method_does_no
     for method, args, says in (
         ("wanda", (64, None, None, None, None), "blocksize is a SparseGPT option"),
         ("magnitude", (None, None, True, None, None), "magnitude prunes from the weights alone"),
-        ("sparsegpt", (None, None, False, None, False), "spill_activations apply to the true-sequential order only"),
+        ("sparsegpt", (None, None, False, None, False), "spill_activations applies to the true-sequential order only"),
     ):
         with pytest.raises(ConfigError, match=says):
             resolve_pass_options(method, *args)

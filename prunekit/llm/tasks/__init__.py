@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.calls import restore_modes, training_modes
 from prunekit.errors import ConfigError, SourceMissingError, UnknownNameError
 
 __all__ = ["OFFLINE_TASKS", "TASKS_DIR", "TaskResults", "evaluate_tasks"]
@@ -153,7 +154,7 @@ def evaluate_tasks(
         ) from e
     from lm_eval.models.huggingface import HFLM
 
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     quiet = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
     levels = [lg.level for lg in quiet]
@@ -177,7 +178,7 @@ def evaluate_tasks(
         )
         seconds = time.perf_counter() - t0
     finally:
-        model.train(was_training)
+        restore_modes(modes)
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
     metrics: dict[str, dict[str, float]] = {}

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import prunekit.surgery.rules  # noqa: F401  (the rule modules register themselves)
-from prunekit.calls import call_model
+from prunekit.calls import call_model, restore_modes, training_modes
 from prunekit.errors import ModelError, UnsupportedModuleError
 from prunekit.surgery.graph.groups import TraceResult, build_groups
 from prunekit.surgery.graph.labels import ParamView, atoms_of, axis_label, compress, const_label
@@ -294,7 +294,7 @@ def trace_groups(
     when ``opaque`` names a module the model does not have, and
     :class:`~prunekit.errors.UnsupportedModuleError` (with ``strict``) on an operation without a rule.
     """
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     tr = Tracer(model, strict)
     handles = []
@@ -353,7 +353,7 @@ def trace_groups(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        restore_modes(modes)
     out_tensors = [o for o in tree_flatten(output)[0] if isinstance(o, Tensor)]
     for o in out_tensors:
         tr.pin(tr.label(o))
