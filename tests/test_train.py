@@ -221,6 +221,15 @@ def test_drop_and_grow_exact():
     assert new.sum() == mask.sum()
 
 
+def test_dynamic_sparse_training_warns_when_no_update_step_fits(digits):
+    train, _ = digits
+    cfg = TrainConfig(**{**QUICK, "epochs": 1})
+    with pytest.warns(UserWarning, match="no drop-and-grow step will run"):
+        trainer = Trainer(mlp(), train, None, cfg, method=RigL(0.8, update_every=10_000))
+        trainer.fit()
+    assert trainer.callbacks[0].updates == 0
+
+
 def test_rigl_keeps_sparsity_and_grows_by_gradient(digits):
     train, _ = digits
     grown_ok = []

@@ -71,9 +71,9 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
 
 
 def row_mask(scores: Tensor, sparsity: float) -> Tensor:
-    """Keep-mask that drops the ``round(sparsity * in)`` lowest scores of every output row (ties: lower index
-    first, as a stable sort; NaN ranks highest), by selection (:func:`~prunekit.granularity.patterns.kth_lowest`)."""
-    k = round(sparsity * scores.shape[1])
+    """Keep-mask dropping the ``round(sparsity * in)`` lowest scores of every row, at most ``in - 1`` (a row keeps
+    a weight; ties: lower index first; NaN ranks highest), by :func:`~prunekit.granularity.patterns.kth_lowest`."""
+    k = min(round(sparsity * scores.shape[1]), scores.shape[1] - 1)
     if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
     # each row's k-th lowest score [out, 1]; a sort off the CPU, for whole rows, or for a row of < k numbers (NaN)

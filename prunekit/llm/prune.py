@@ -427,8 +427,8 @@ def prune_causal_lm(
     the matrices, a name in :data:`prunekit.allocation.builtin.ALLOCATIONS` or an
     :class:`~prunekit.allocation.builtin.Allocation` (default uniform; see the module docstring). The overall
     sparsity over the pruned matrices is ``sparsity`` up to rounding (Wanda rounds per output row:
-    ``round(s * in)`` weights of each). ``share_inputs``: matrices of a decoder layer fed the same input
-    tensor (q/k/v, gate/up) share one statistics accumulator and, for SparseGPT, one inverse-Hessian
+    ``round(s * in)`` weights of each, at most ``in - 1``). ``share_inputs``: matrices of a decoder layer fed the
+    same input tensor (q/k/v, gate/up) share one statistics accumulator and, for SparseGPT, one inverse-Hessian
     factorisation and column sweep (:class:`SharedInputs`); False gathers and solves each matrix alone (the
     same masks and, up to float rounding, the same weights, more slowly). ``targets``: full names of the
     decoder-layer Linears to prune (a list; default all of them; anything else is refused, see

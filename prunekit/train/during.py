@@ -324,6 +324,16 @@ class DynamicSparse(Callback):
         prune(
             trainer.model, "random", sparsity=self.sparsity, allocation=self.allocation, seed=self.seed, measure=False
         )
+        if self.update_every >= self.end * trainer.total_steps:
+            import warnings
+
+            warnings.warn(
+                f"{type(self).__name__}: no drop-and-grow step will run: updates happen every {self.update_every} "
+                f"steps before step {self.end * trainer.total_steps:.0f} (end={self.end} of "
+                f"{trainer.total_steps} steps), so the masks stay the random start; train longer or pass a "
+                "smaller update_every",
+                stacklevel=2,
+            )
 
     def is_update_step(self, trainer: Trainer) -> bool:
         """Whether the step now running (``trainer.step + 1`` once it finishes) drops and regrows weights:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver
+from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver, row_mask
 from prunekit.errors import InvalidSparsityError, NonFiniteWeightsError, PatternError
 from prunekit.granularity.patterns import NM, Block, Unstructured
 from prunekit.im2col import Patches, to_matrix
@@ -250,7 +250,7 @@ def test_wanda_row_mask_by_selection_equals_a_stable_sort_with_ties():
         else:
             scores = torch.rand(rows, cols, generator=g)
         sparsity = torch.rand(1, generator=g).item()
-        k = round(sparsity * cols)
+        k = min(round(sparsity * cols), cols - 1)  # a row keeps one
         expected = torch.ones(rows, cols, dtype=torch.bool)
         if k:
             expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
@@ -309,3 +309,10 @@ def test_all_finite_on_complex_fp8_integer_and_meta_tensors():
     assert all_finite(torch.tensor([1.0, -2.0]).to(torch.float8_e5m2))
     assert all_finite(torch.tensor([1, 2]))
     assert all_finite(torch.empty(3, device="meta"))
+
+
+def test_row_mask_never_empties_a_row():
+    scores = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
+    assert row_mask(scores, 0.9).sum(dim=1).tolist() == [1, 1, 1, 1]  # round(2.7) = 3 capped at 2
+    assert row_mask(torch.rand(3, 1), 0.6).sum(dim=1).tolist() == [1, 1, 1]
+    assert (~row_mask(torch.rand(2, 10), 0.7)).sum(dim=1).tolist() == [7, 7]
