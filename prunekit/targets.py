@@ -193,9 +193,19 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
         if unknown:
             raise ConfigError(f"ignore= names no module of the model: {', '.join(map(repr, unknown))}")
     if not targets:
+        why = "; ".join(f"{n or '(model)'}: {r}" for n, r in ignored[:4]) + (" ..." if len(ignored) > 4 else "")
+        hints = [
+            h
+            for h, r in (
+                ("check ignore=", "ignored by the user"),
+                ("pass prune_classifier=True for a one-layer model", "final classifier"),
+            )
+            if any(x.startswith(r) for _, x in ignored)
+        ]
         raise NothingToPruneError(
-            "nothing to prune: the model has no Linear or Conv weight left after ignores "
-            f"({len(ignored)} ignored). Check ignore= or pass prune_classifier=True for a one-layer model."
+            "nothing to prune: the model has no Linear or Conv weight left to prune"
+            + (f" ({why})" if ignored else "")
+            + (f"; {' or '.join(hints)}" if hints else "")
         )
     return Selection(targets, ignored)
 

@@ -804,3 +804,56 @@ def test_an_empty_layer_is_left_out_with_a_note():
     report = pk.prune(model, "magnitude", sparsity=0.5, prune_classifier=True, example_inputs=torch.randn(3, 8))
     assert any("empty weight" in n for n in report.notes)
     assert float((model[2].weight == 0).float().mean()) == 0.5
+
+
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.fc1, self.fc = nn.Linear(32, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.c1(x)))
+        x = torch.relu(self.bn2(self.c2(x))).mean((2, 3))
+        return self.fc(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("method", ["taylor-channel", "hessian-channel"])
+def test_structural_criteria_refuse_nan_scores_and_change_nothing(method):
+    torch.manual_seed(0)
+    model, x = _ConvNet(), torch.randn(2, 3, 16, 16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss(m):  # a finite loss whose gradients are NaN (0 * inf through torch.where)
+        out = m(x)
+        return torch.where(torch.zeros_like(out, dtype=torch.bool), out * float("inf"), out).pow(2).mean()
+
+    with pytest.raises(pk.errors.DataError, match="NaN scores for c1.weight"):
+        pk.prune(model, method, sparsity=0.5, calibration=loss, example_inputs=x, measure_latency=False)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_check_run_error_no_removed_size_explains_is_raised_not_swallowed():
+    torch.manual_seed(0)
+    model, x, calls = _ConvNet(), torch.randn(2, 3, 16, 16), [0]
+
+    def flaky(_module, _inputs, _output):  # fails once: on the check run after the surgery
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("flaky hook")
+
+    model.fc1.register_forward_hook(flaky)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.errors.ModelError, match="RuntimeError: flaky hook.*retried group by group"):
+        pk.prune(model, "l1-channel", sparsity=0.5, example_inputs=x, measure_latency=False)
+    assert model.c1.weight.shape == (16, 3, 3, 3)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_nothing_to_prune_says_why_each_layer_was_left():
+    with pytest.raises(pk.errors.NothingToPruneError, match=r"empty weight \(0, 4\)") as info:
+        pk.prune(nn.Sequential(nn.Linear(4, 0)), "magnitude", sparsity=0.5, prune_classifier=True)
+    assert "prune_classifier" not in str(info.value)  # it was passed: no advice to pass it
+    with pytest.raises(pk.errors.NothingToPruneError, match="pass prune_classifier=True"):
+        pk.prune(nn.Sequential(nn.Linear(4, 3)), "magnitude", sparsity=0.5)

@@ -28,8 +28,15 @@ from torch import Tensor, nn
 from prunekit.apply.matrix_io import store_matrix_, stored_mask, weight_matrix
 from prunekit.apply.obs_sweep import block_mask, sweep_rows
 from prunekit.criteria import formulas as criteria
-from prunekit.errors import ConfigError, InvalidSparsityError, ModelError, NonFiniteWeightsError, PatternError
-from prunekit.granularity.patterns import NM, Granularity, Unstructured, kth_lowest
+from prunekit.errors import (
+    ConfigError,
+    DataError,
+    InvalidSparsityError,
+    ModelError,
+    NonFiniteWeightsError,
+    PatternError,
+)
+from prunekit.granularity.patterns import NM, Granularity, Unstructured, row_mask
 from prunekit.im2col import Patches, check_matrix_layer, from_matrix
 from prunekit.layout import layer_weight, weight_layout
 from prunekit.targets import all_finite
@@ -70,26 +77,7 @@ def check_sparsity(sparsity: float, pattern: Granularity) -> float:
     return float(sparsity)
 
 
-def row_mask(scores: Tensor, sparsity: float) -> Tensor:
-    """Keep-mask dropping the ``round(sparsity * in)`` lowest scores of every row, at most ``in - 1`` (a row keeps
-    a weight; ties: lower index first; NaN ranks highest), by :func:`~prunekit.granularity.patterns.kth_lowest`."""
-    k = min(round(sparsity * scores.shape[1]), scores.shape[1] - 1)
-    if k <= 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    # each row's k-th lowest score [out, 1]; a sort off the CPU, for whole rows, or for a row of < k numbers (NaN)
-    kth = kth_lowest(scores, k, dim=1) if scores.device.type == "cpu" and k < scores.shape[1] else None
-    if kth is None or bool(torch.isnan(kth).any()):
-        keep = torch.ones_like(scores, dtype=torch.bool)
-        keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
-        return keep
-    drop = scores <= kth
-    if bool((drop.sum(dim=1) == k).all()):  # no row has a tie at its k-th score: the k lowest are these
-        return ~drop
-    drop = scores < kth
-    tied = scores == kth
-    # of the scores equal to the k-th, drop the first ones (lowest index) until k are dropped
-    drop |= tied & (tied.cumsum(dim=1) <= k - drop.sum(dim=1, keepdim=True))
-    return ~drop
+_CHECK_DATA = ": check the calibration data and the layers before it (an overflow?)"
 
 
 class Solver:
@@ -231,9 +219,9 @@ class WandaSolver(Solver):
 
     def scores(self) -> Tensor:
         """``|W_ij| * ||X_j||_2`` shaped [out, in] (float32), each row with its own group's norms. Raises
-        :class:`~prunekit.errors.NonFiniteWeightsError` when the inputs held NaN or inf (no ranking exists)."""
+        :class:`~prunekit.errors.DataError` when the inputs held NaN or inf (no ranking exists)."""
         if not torch.isfinite(self.sq_norms).all():
-            raise NonFiniteWeightsError(f"Wanda: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
+            raise DataError(f"Wanda: the inputs of {self.layer_name or 'a layer'} hold NaN or inf" + _CHECK_DATA)
         norms = self.sq_norms.float()
         if norms.dim() == 2:  # grouped convolution: the norms of each row's own group
             norms = norms.repeat_interleave(self.rows // self.groups, dim=0)
@@ -285,7 +273,7 @@ class SparseGPTSolver(Solver):
     reference implementation), so that every column block mixes kernel positions and can drop the positions
     whose inputs are weak (border padding, 1x1 feature maps) instead of an equal share of each. Raises
     :class:`~prunekit.errors.ModelError` when no input reached the layer or ``H`` cannot be factorised,
-    :class:`~prunekit.errors.NonFiniteWeightsError` for NaN / inf inputs or results,
+    :class:`~prunekit.errors.DataError` for NaN / inf inputs, ``NonFiniteWeightsError`` for such results,
     :class:`~prunekit.errors.PatternError` when ``blocksize`` is not a multiple of an N:M pattern's ``m``, and
     :class:`~prunekit.errors.ConfigError` (at construction) for a ``blocksize`` that is not a positive integer
     or a negative ``percdamp``.
@@ -430,7 +418,7 @@ class SparseGPTSolver(Solver):
         if self.nsamples == 0:
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
         if not all_finite(self.H):
-            raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
+            raise DataError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf" + _CHECK_DATA)
         W = self._batched(weight_matrix(self.module).float().clone())
         H = self.H.clone()
         dead = torch.diagonal(H, dim1=-2, dim2=-1) == 0
@@ -448,7 +436,7 @@ class SparseGPTSolver(Solver):
         if self.nsamples == 0:
             raise ModelError(f"SparseGPT: no calibration inputs reached {self.layer_name or 'this layer'}")
         if not all_finite(self.H):
-            raise NonFiniteWeightsError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf")
+            raise DataError(f"SparseGPT: the inputs of {self.layer_name or 'a layer'} hold NaN or inf" + _CHECK_DATA)
         return sparsity
 
     def prune(self, sparsity: float, pattern: Granularity, *, keep_statistics: bool = False) -> Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "PATTERN_NAMES",
     "Unstructured",
     "kth_lowest",
+    "row_mask",
     "lowest_k_mask",
     "check_sparsity",
     "parse_pattern",
@@ -513,3 +514,25 @@ def check_sparsity(sparsity: float) -> None:
         raise InvalidSparsityError(
             f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}"
         )
+
+
+def row_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """Keep-mask dropping the ``round(sparsity * in)`` lowest scores of every row, at most ``in - 1`` (a row keeps
+    a weight; ties: lower index first; NaN ranks highest), by :func:`~prunekit.granularity.patterns.kth_lowest`."""
+    k = min(round(sparsity * scores.shape[1]), scores.shape[1] - 1)
+    if k <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    # each row's k-th lowest score [out, 1]; a sort off the CPU, for whole rows, or for a row of < k numbers (NaN)
+    kth = kth_lowest(scores, k, dim=1) if scores.device.type == "cpu" and k < scores.shape[1] else None
+    if kth is None or bool(torch.isnan(kth).any()):
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        return keep
+    drop = scores <= kth
+    if bool((drop.sum(dim=1) == k).all()):  # no row has a tie at its k-th score: the k lowest are these
+        return ~drop
+    drop = scores < kth
+    tied = scores == kth
+    # of the scores equal to the k-th, drop the first ones (lowest index) until k are dropped
+    drop |= tied & (tied.cumsum(dim=1) <= k - drop.sum(dim=1, keepdim=True))
+    return ~drop

@@ -218,7 +218,8 @@ def apply_head_plan_proved_(
     model is restored and :class:`NothingToPruneError` names the module that broke. ``apply``: the function
     that applies a head plan (default :func:`apply_head_plan_`)."""
     from prunekit.apply.transaction import restore_tree, snapshot_tree
-    from prunekit.surgery.engine import single_thread, still_runs
+    from prunekit.surgery.engine import single_thread
+    from prunekit.surgery.proof import still_runs
 
     apply = apply or apply_head_plan_
     if inputs is None:

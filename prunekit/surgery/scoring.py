@@ -374,6 +374,11 @@ class UnitScorer:
             contrib = crit.contribution(ScoreInput(t, LayerStats(key), None, key, self.seed))
         else:
             return
+        if bool(torch.isnan(contrib).any()):
+            raise DataError(
+                f"criterion {crit.name!r} gave NaN scores for {key}: its statistics are not finite (check the "
+                "calibration data and the model's outputs)"
+            )
         with torch.no_grad():
             for d in want:
                 self._cache[(key, d)] = (_per_index(contrib, d).cpu().numpy(), _slice_sizes(tuple(contrib.shape), d))

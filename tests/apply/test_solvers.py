@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.apply.solvers import MagnitudeSolver, SparseGPTSolver, WandaSolver, row_mask
-from prunekit.errors import InvalidSparsityError, NonFiniteWeightsError, PatternError
+from prunekit.errors import DataError, InvalidSparsityError, PatternError
 from prunekit.granularity.patterns import NM, Block, Unstructured
 from prunekit.im2col import Patches, to_matrix
 
@@ -263,7 +263,7 @@ def test_wanda_refuses_non_finite_inputs():
     # a NaN k-th score would compare false with everything and drop nothing: the layer would stay dense
     solver = WandaSolver(nn.Linear(5, 2))
     solver.add_batch(torch.full((3, 5), float("nan")))
-    with pytest.raises(NonFiniteWeightsError, match="NaN or inf"):
+    with pytest.raises(DataError, match="NaN or inf: check the calibration data"):
         solver.prune(0.5, Unstructured())
 
 
