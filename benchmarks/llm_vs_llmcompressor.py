@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -376,7 +377,7 @@ def main() -> int:
             text=True,
         ).stdout.split()[-3:]
         result = {
-            "command": "python " + " ".join(sys.argv),
+            "command": "python " + shlex.join(sys.argv),
             "protocol": (
                 f"SmolLM2-135M float32, {args.threads} threads; calibration {args.samples} x 256 tokens of Emma "
                 f"(seeded starts); perplexity on the first {protocol['eval_tokens']:,} tokens of Persuasion in "

@@ -666,8 +666,8 @@ CASES = [
         "calibration passes of wanda and sparsegpt",
     ),
     Case(
-        "CLI prune-llm --two-pass with --merge-mib",
-        cli_tiny_lm("--method", "wanda", "--sparsity", "0.5", "--two-pass", "--merge-mib", "64"),
+        "CLI prune-llm --two-pass with --keep-activations",
+        cli_tiny_lm("--method", "wanda", "--sparsity", "0.5", "--two-pass", "--keep-activations"),
         pk.ConfigError,
         "with --two-pass every matrix",
     ),

@@ -97,7 +97,7 @@ def prune_llm(
     merge_mib: Annotated[
         float | None,
         typer.Option(
-            help="wanda / sparsegpt, true-sequential: merge equal-length calibration windows into batches whose "
+            help="wanda / sparsegpt, either order: merge equal-length calibration windows into batches whose "
             "layer forward is estimated at most this many MiB (default 32; 0 never merges)",
         ),
     ] = None,
@@ -162,19 +162,11 @@ def prune_llm(
         }
         if merge_mib is not None and not merge_mib >= 0:
             raise prunekit.ConfigError(f"--merge-mib takes a number of MiB >= 0 (0: never merge), got {merge_mib}")
-        if true_sequential is False and (merge_mib is not None or spill_activations is not None):
-            given = " and ".join(
-                flag
-                for flag, v in (
-                    ("--merge-mib", merge_mib),
-                    ("--spill-activations" if spill_activations else "--keep-activations", spill_activations),
-                )
-                if v is not None
-            )
+        if true_sequential is False and spill_activations is not None:
+            flag = "--spill-activations" if spill_activations else "--keep-activations"
             raise prunekit.ConfigError(
-                f"{given} set{'s' if ' and ' not in given else ''} the true-sequential passes; with --two-pass every "
-                "matrix of a layer is calibrated in one statistics pass: leave "
-                f"{'it' if ' and ' not in given else 'them'} out"
+                f"{flag} sets the true-sequential passes; with --two-pass every matrix of a layer is calibrated in "
+                "one statistics pass: leave it out"
             )
         prunekit.methods.base.resolve_method(method)  # an unknown name fails first, with the known ones
         if order and base not in ("wanda", "sparsegpt"):
