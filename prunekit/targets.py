@@ -165,11 +165,11 @@ def select_targets(model: nn.Module, ignore: Ignore = None, *, prune_classifier:
         if match(module, name):
             ignored.append((name, "ignored by the user"))
             continue
-        if name == classifier:
-            ignored.append((name, "final classifier, kept dense by default (prune_classifier=True prunes it)"))
-            continue
         if module.weight.numel() == 0:
             ignored.append((name, f"empty weight {tuple(module.weight.shape)}: nothing to prune"))
+            continue
+        if name == classifier:
+            ignored.append((name, "final classifier, kept dense by default (prune_classifier=True prunes it)"))
             continue
         key = _weight_identity(module)
         if key in seen:

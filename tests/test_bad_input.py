@@ -857,3 +857,6 @@ def test_nothing_to_prune_says_why_each_layer_was_left():
     assert "prune_classifier" not in str(info.value)  # it was passed: no advice to pass it
     with pytest.raises(pk.errors.NothingToPruneError, match="pass prune_classifier=True"):
         pk.prune(nn.Sequential(nn.Linear(4, 3)), "magnitude", sparsity=0.5)
+    with pytest.raises(pk.errors.NothingToPruneError, match=r"1: empty weight \(0, 4\)") as info:
+        pk.prune(nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 0)), "magnitude", sparsity=0.5)  # empty last layer
+    assert "prune_classifier" not in str(info.value)
