@@ -280,9 +280,9 @@ def _check_device(device: Any) -> None:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
         raise ConfigError(f"device={device!r} is not a torch device ({e}); pass e.g. 'cpu' or 'cuda:0'") from e
-    if d.type == "cpu" or d.type == "meta":
-        if d.type == "meta":
-            raise ConfigError("device='meta' holds no data to compute on; pass 'cpu' or an accelerator")
+    if d.type == "meta":
+        raise ConfigError("device='meta' holds no data to compute on; pass 'cpu' or an accelerator")
+    if d.type == "cpu":
         return
     backend = getattr(torch, d.type, None)
     available = getattr(backend, "is_available", None)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.calibration.batches import Calibration, current_token_mask, output_logits
-from prunekit.calls import restore_modes, training_modes
+from prunekit.calls import eval_mode
 from prunekit.errors import DataError, MissingDataError, ModelError
 from prunekit.layout import layer_weight, weight_layout
 
@@ -214,12 +214,10 @@ def _preserved(model: nn.Module) -> Iterator[None]:
     params = list(model.named_parameters())
     saved_grads = [(p, p.grad) for _, p in params]
     saved_req = [(p, p.requires_grad) for _, p in params]
-    modes = training_modes(model)
     try:
-        model.eval()
-        yield
+        with eval_mode(model):
+            yield
     finally:
-        restore_modes(modes)
         for p, g in saved_grads:
             p.grad = g
         for p, r in saved_req:

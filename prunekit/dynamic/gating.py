@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit.calls import restore_modes, training_modes
+from prunekit.calls import eval_mode
 from prunekit.errors import ConfigError, UnsupportedModuleError
 from prunekit.train.callbacks import Callback
 from prunekit.train.methods import TrainingMethod
@@ -367,12 +367,10 @@ def _gate_state(gates: list[nn.Module]) -> list[dict[str, Any]]:
 
 def _run(model: nn.Module, x: Tensor, hooks: list[tuple[nn.Module, Callable[..., Any]]]) -> None:
     handles = [m.register_forward_hook(h) for m, h in hooks]
-    modes = training_modes(model)
-    model.eval()
     try:
-        model(x)
+        with eval_mode(model):
+            model(x)
     finally:
-        restore_modes(modes)
         for h in handles:
             h.remove()
 

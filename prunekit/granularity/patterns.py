@@ -522,8 +522,8 @@ def row_mask(scores: Tensor, sparsity: float) -> Tensor:
     k = min(round(sparsity * scores.shape[1]), scores.shape[1] - 1)
     if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
-    # each row's k-th lowest score [out, 1]; a sort off the CPU, for whole rows, or for a row of < k numbers (NaN)
-    kth = kth_lowest(scores, k, dim=1) if scores.device.type == "cpu" and k < scores.shape[1] else None
+    # each row's k-th lowest score [out, 1]; a sort off the CPU, or for a row of fewer than k numbers (NaN)
+    kth = kth_lowest(scores, k, dim=1) if scores.device.type == "cpu" else None
     if kth is None or bool(torch.isnan(kth).any()):
         keep = torch.ones_like(scores, dtype=torch.bool)
         keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)

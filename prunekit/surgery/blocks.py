@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.allocation.builtin import Allocation
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
-from prunekit.calls import call_model, restore_modes, training_modes
+from prunekit.calls import call_model, eval_mode
 from prunekit.criteria.base import Criterion
 from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
 from prunekit.padding import real_tokens, token_mask
@@ -261,13 +261,8 @@ def apply_head_plan_proved_(
 
 
 def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
-    modes = training_modes(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = call_model(model, inputs)
-    finally:
-        restore_modes(modes)
+    with eval_mode(model), torch.no_grad():
+        out = call_model(model, inputs)
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
 
 
@@ -382,15 +377,12 @@ def plan_layers(
     for _, st in stacks:
         for child in st:
             handles.append(child.register_forward_hook(hook, with_kwargs=True))
-    modes = training_modes(model)
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        restore_modes(modes)
     live = []  # (stack name, stack module, block names, candidate mask)
     ignored = list(ignored)
     full = {id(m): n for n, m in model.named_modules()}

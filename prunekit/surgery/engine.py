@@ -25,12 +25,7 @@ from prunekit.allocation.builtin import Allocation
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
 from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.criteria.base import Criterion
-from prunekit.errors import (
-    ConfigError,
-    DataError,
-    InvalidSparsityError,
-    NothingToPruneError,
-)
+from prunekit.errors import ConfigError, DataError, InvalidSparsityError, NothingToPruneError
 from prunekit.layout import is_prunable
 from prunekit.surgery.changes import output_axis, recurrent_notes, sync_config
 from prunekit.surgery.graph import Group, TraceResult, trace_groups
