@@ -120,12 +120,15 @@ def prune(
     unknown = set(options) - COMMON_OPTIONS - set(m.options)
     if unknown:
         hint = ""
-        if "overrides" in unknown:  # per-layer sparsities: the score methods' option, not every method's
-            takers = sorted(n for n in METHODS.names() if "overrides" in METHODS.get(n).options)
-            hint = (
-                f"; overrides= (per-layer sparsities) is an option of {', '.join(takers)}; with {m.name!r} keep "
-                "layers whole with ignore=[...] or spread the sparsity with allocation="
-            )
+        for option in sorted(unknown):  # another method's option: say whose, so the user can switch or drop it
+            takers = sorted(n for n in METHODS.names() if option in METHODS.get(n).options)
+            if option == "overrides":  # per-layer sparsities: the score methods' option, not every method's
+                hint += (
+                    f"; overrides= (per-layer sparsities) is an option of {', '.join(takers)}; with {m.name!r} keep "
+                    "layers whole with ignore=[...] or spread the sparsity with allocation="
+                )
+            elif takers:
+                hint += f"; {option} is an option of {', '.join(takers)} only"
         raise ConfigError(
             f"unknown option(s) {sorted(unknown)} for method {m.name!r}; it accepts: "
             f"{', '.join(sorted(COMMON_OPTIONS | set(m.options)))}{hint}"

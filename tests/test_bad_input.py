@@ -514,7 +514,7 @@ CASES = [
         "wanda with SparseGPT's blocksize",
         llm_calibration([torch.randint(0, 64, (1, 8))], "wanda", blocksize=64),
         pk.ConfigError,
-        "blocksize is a SparseGPT option; wanda does not use it",
+        "blocksize is an option of owl-sparsegpt, sparsegpt only",
     ),
     Case(
         "wanda two-pass with spill_activations",

@@ -96,9 +96,26 @@ class Solver:
         self.patches = Patches.of(module)
         self.groups = 1 if self.patches is None else self.patches.groups
 
+    def check_inputs(self, x: Tensor) -> None:
+        """Refuse inputs ``x`` this layer cannot have read: a width other than its input features (for a
+        convolution, other than its input channels): :class:`~prunekit.errors.DataError`."""
+        if self.patches is None:
+            got, want, what = (x.shape[-1] if x.dim() else None), self.columns, "features in the last dimension"
+        else:
+            spatial = len(getattr(self.module, "kernel_size", ()))
+            want, what = int(getattr(self.module, "in_channels", 0)), "channels"
+            got = x.shape[-(spatial + 1)] if x.dim() > spatial else None
+        if got != want:
+            raise DataError(
+                f"{self.layer_name or 'this layer'} reads inputs with {want} {what}; got a tensor of shape "
+                f"{tuple(x.shape)}: feed it the inputs of this layer"
+            )
+
     def add_batch(self, x: Tensor) -> None:
         """Accumulate statistics of inputs ``x`` of this layer: [..., in] for a Linear / ``Conv1D``, the
-        convolution's input [B, C, *spatial] (or [C, *spatial]) for a convolution (turned into patches)."""
+        convolution's input [B, C, *spatial] (or [C, *spatial]) for a convolution (turned into patches).
+        Raises :class:`~prunekit.errors.DataError` for inputs of another width (:meth:`check_inputs`)."""
+        self.check_inputs(x)
         if self.patches is not None:
             for rows in self.patches.rows(x):
                 self.nsamples += rows.shape[0]
@@ -202,7 +219,9 @@ class WandaSolver(Solver):
         self.sq_norms = torch.zeros(shape, dtype=torch.float64, device=layer_weight(module).device)
 
     def add_batch(self, x: Tensor) -> None:
-        """Add the squared inputs ``x`` (shaped as :meth:`Solver.add_batch` says) to ``sq_norms``."""
+        """Add the squared inputs ``x`` (shaped as :meth:`Solver.add_batch` says) to ``sq_norms``. Raises
+        :class:`~prunekit.errors.DataError` for inputs of another width."""
+        self.check_inputs(x)
         if self.patches is not None:
             for rows in self.patches.rows(x):  # [n, groups, in']
                 self.nsamples += rows.shape[0]
@@ -323,7 +342,9 @@ class SparseGPTSolver(Solver):
 
     def add_batch(self, x: Tensor) -> None:
         """Fold inputs ``x`` (shaped as :meth:`Solver.add_batch` says) into the running ``H = 2 X X^T / n``
-        (float32, [in', in'], or [groups, in', in'] for a grouped convolution)."""
+        (float32, [in', in'], or [groups, in', in'] for a grouped convolution). Raises
+        :class:`~prunekit.errors.DataError` for inputs of another width."""
+        self.check_inputs(x)
         if self.patches is not None:
             for rows in self.patches.rows(x):
                 self._add_rows(rows)

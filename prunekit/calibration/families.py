@@ -31,6 +31,7 @@ __all__ = [
     "Attention",
     "AttentionLayout",
     "BERT_ATTENTION",
+    "TIMM_ATTENTION",
     "FAMILIES",
     "Family",
     "GPT2_ATTENTION",
@@ -54,7 +55,10 @@ class AttentionLayout:
     ``style``: how heads sit in the projections: ``"qkvo"`` (separate q/k/v/o Linears, heads in output rows
     of q/k/v and input columns of o, grouped-query aware), ``"gpt2"`` (one ``c_attn`` Conv1D holding
     ``[q | k | v]`` in its columns, ``c_proj`` rows), ``"bert"`` (``query/key/value`` Linears; the output
-    projection ``o`` is a sibling of the attention module, named relative to its parent).
+    projection ``o`` is a sibling of the attention module, named relative to its parent), ``"packed"`` (one
+    ``qkv`` Linear holding ``[q | k | v]`` in its output rows, heads in input columns of ``proj``: timm's
+    vision transformers; only a module with no parameters of its own and nothing sized by the head count
+    beside those two: a per-head table, as in Swin's windows, would not follow the heads).
     ``q``, ``k``, ``v``, ``o``: attribute names (``o`` for BERT: a path from the attention module's parent).
     ``head_dim_attr``: the module attribute giving the head size (else ``config.head_dim``).
     """
@@ -77,6 +81,13 @@ class AttentionLayout:
             )
         if self.style == "bert":
             return all(n in children for n in (self.q, self.k, self.v)) and hasattr(module, self.head_dim_attr)
+        if self.style == "packed":
+            return (
+                isinstance(children.get(self.q), nn.Linear)
+                and isinstance(children.get(self.o), nn.Linear)
+                and isinstance(getattr(module, self.head_dim_attr, None), int)
+                and isinstance(getattr(module, "num_heads", None), int)
+            )
         return all(n in children for n in (self.q, self.k, self.v, self.o))
 
 
@@ -84,6 +95,7 @@ LLAMA_ATTENTION = AttentionLayout("qkvo", "q_proj", "k_proj", "v_proj", "o_proj"
 OPT_ATTENTION = AttentionLayout("qkvo", "q_proj", "k_proj", "v_proj", "out_proj")
 GPT2_ATTENTION = AttentionLayout("gpt2", "c_attn", "c_attn", "c_attn", "c_proj")
 BERT_ATTENTION = AttentionLayout("bert", "query", "key", "value", "output.dense", head_dim_attr="attention_head_size")
+TIMM_ATTENTION = AttentionLayout("packed", "qkv", "qkv", "qkv", "proj")
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,13 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 #: every attention layout a family declares, the generic head path's search order for models of no family
-ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (LLAMA_ATTENTION, OPT_ATTENTION, GPT2_ATTENTION, BERT_ATTENTION)
+ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
+    LLAMA_ATTENTION,
+    OPT_ATTENTION,
+    GPT2_ATTENTION,
+    BERT_ATTENTION,
+    TIMM_ATTENTION,
+)
 
 #: MLP input projections (relative to a block) of families not in the table whose MLP width a config names
 _OTHER_MLP_INPUTS: tuple[tuple[str, bool], ...] = (

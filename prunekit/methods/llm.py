@@ -23,12 +23,13 @@ __all__ = [
     "LLMPrunerMethod",
     "LM_METHOD_NAMES",
     "LayerwiseLLMMethod",
+    "SparseGPTLLMMethod",
     "StructuredLLMMethod",
     "register",
 ]
 
 _LAYERWISE_OPTIONS = frozenset(
-    {"blocksize", "percdamp", "device", "progress", "sequential", "true_sequential", "merge_mib", "spill_activations"}
+    {"device", "progress", "sequential", "true_sequential", "merge_mib", "spill_activations"}
 )
 
 
@@ -55,6 +56,13 @@ class LayerwiseLLMMethod(Method):
         self.default_allocation = "owl" if owl else "uniform"
         self.description = description
         self.paper = paper
+
+    @classmethod
+    def for_solver(cls, name: str, solver: str, owl: bool, description: str, paper: str) -> LayerwiseLLMMethod:
+        """The method of ``solver`` ("magnitude", "wanda", "sparsegpt"): SparseGPT's takes its own options
+        (``blocksize``, ``percdamp``) as well."""
+        kind = SparseGPTLLMMethod if solver == "sparsegpt" else cls
+        return kind(name, solver, owl, description, paper)
 
     def check_allocation(self, allocation: object) -> None:
         """Refuse an allocation other than OWL for the ``owl-*`` aliases
@@ -154,6 +162,13 @@ class LayerwiseLLMMethod(Method):
         return MethodOutcome(
             layer_sparsity=result.layer_sparsity, notes=list(result.notes), left_dense=dict.fromkeys(outside, why)
         )
+
+
+class SparseGPTLLMMethod(LayerwiseLLMMethod):
+    """:class:`LayerwiseLLMMethod` of SparseGPT, which also takes ``blocksize`` (columns solved together) and
+    ``percdamp`` (damping as a fraction of the mean Hessian diagonal)."""
+
+    options: ClassVar[frozenset[str]] = _LAYERWISE_OPTIONS | {"blocksize", "percdamp"}
 
 
 class StructuredLLMMethod(Method):
@@ -393,7 +408,7 @@ def register() -> None:
     """Add the LLM methods to the registry (idempotent). Raises :class:`~prunekit.errors.ConfigError` when
     another module registered one of their names."""
     for name, solver, owl, description, paper in _LAYERWISE:
-        _add(name, LayerwiseLLMMethod(name, solver, owl, description, paper), description)
+        _add(name, LayerwiseLLMMethod.for_solver(name, solver, owl, description, paper), description)
     for name, unit, description, paper in _STRUCTURED:
         _add(name, StructuredLLMMethod(name, unit, description, paper), description)
     _add(FlapMethod.name, FlapMethod(), FlapMethod.description)

@@ -4,9 +4,9 @@ Attention blocks are recognised by their projections, not by class, through the 
 family table (:mod:`prunekit.calibration.families`, shared with the layer-wise runner and the structured
 language-model methods; the model's own family first): ``q_proj/k_proj/v_proj/o_proj`` (LLaMA, Qwen2,
 Mistral, ...), ``q_proj/k_proj/v_proj/out_proj`` (OPT), ``c_attn/c_proj`` (GPT-2) and ``query/key/value``
-with a sibling ``output.dense`` (BERT); ``nn.MultiheadAttention`` by its class. A head unit is one key/value
-group with all the query heads that share it, so grouped-query attention stays valid (the ratio of query to
-key/value heads is unchanged).
+with a sibling ``output.dense`` (BERT), ``qkv/proj`` (timm's vision transformers); ``nn.MultiheadAttention``
+by its class. A head unit is one key/value group with all the query heads that share it, so grouped-query
+attention stays valid (the ratio of query to key/value heads is unchanged).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ __all__ = ["AttentionBlock", "find_attention"]
 @dataclass
 class AttentionBlock:
     """Where the heads of one attention module live. Slices are in output rows of q/k/v and input
-    columns of o (for GPT-2's Conv1D the weight is transposed: columns of c_attn, rows of c_proj)."""
+    columns of o (for GPT-2's Conv1D the weight is transposed: columns of c_attn, rows of c_proj).
+    ``style``: "llama" | "gpt2" | "bert" | "packed" (timm's one ``qkv`` Linear) | "mha"
+    (``nn.MultiheadAttention``)."""
 
     name: str
     module: nn.Module
-    style: str  # "llama" | "gpt2" | "bert" | "mha" (nn.MultiheadAttention)
+    style: str
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -73,6 +75,14 @@ class AttentionBlock:
             if self.module.in_proj_bias is not None:
                 out[f"{n}.in_proj_bias"] = {0: rows}
             out[f"{n}.out_proj.weight"] = {1: q_idx}
+        elif self.style == "packed":  # one qkv Linear: rows [q | k | v], proj columns (timm)
+            lay = self.layout or AttentionLayout("packed", "qkv", "qkv", "qkv", "proj")
+            inner = self.num_heads * d
+            rows = np.concatenate([q_idx, q_idx + inner, q_idx + 2 * inner])
+            out[f"{n}.{lay.q}.weight"] = {0: rows}
+            if getattr(self.module, lay.q).bias is not None:
+                out[f"{n}.{lay.q}.bias"] = {0: rows}
+            out[f"{n}.{lay.o}.weight"] = {1: q_idx}
         elif self.style == "bert":
             for p in ("query", "key", "value"):
                 out[f"{n}.{p}.weight"] = {0: q_idx}
@@ -114,6 +124,10 @@ class AttentionBlock:
             for attr, val in (("num_heads", new_heads), ("num_key_value_heads", new_kv)):
                 if hasattr(m, attr):
                     setattr(m, attr, val)
+        elif self.style == "packed":
+            m.num_heads = new_heads
+            if isinstance(getattr(m, "attn_dim", None), int):
+                m.attn_dim = new_heads * self.head_dim
         elif self.style == "mha":
             pass  # the module's handler already gave it the class that runs fewer heads during the surgery
         elif self.style == "bert":
@@ -126,7 +140,9 @@ class AttentionBlock:
 
 def find_attention(model: nn.Module) -> list[AttentionBlock]:
     """Every attention module of a transformer, by its projections (the family table's layouts: q/k/v/o as
-    in LLaMA or OPT, GPT-2's c_attn, BERT's query/key/value) or its class (``nn.MultiheadAttention``)."""
+    in LLaMA or OPT, GPT-2's c_attn, BERT's query/key/value, timm's qkv/proj) or its class
+    (``nn.MultiheadAttention``). Raises :class:`~prunekit.errors.UnsupportedModuleError` for a module of a known
+    layout whose heads cannot be removed (its head size unknown, or something else sized by its heads)."""
     cfg = getattr(model, "config", None)
     out = []
     mods = dict(model.named_modules())
@@ -172,6 +188,8 @@ def _attention_block(
         h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
         kv = _rows(f"{name}.{layout.k}", ch[layout.k]) // hd
         return AttentionBlock(name, m, "llama", h, kv, hd, ch[layout.o], f"{name}.{layout.o}", layout)
+    if layout.style == "packed":
+        return _packed_block(name, m, ch, layout, hd)
     if layout.style == "gpt2":
         h = cast(torch.Tensor, ch[layout.o].weight).shape[0] // hd
         return AttentionBlock(name, m, "gpt2", h, h, hd, ch[layout.o], f"{name}.{layout.o}", layout)
@@ -182,6 +200,49 @@ def _attention_block(
         raise UnsupportedModuleError(f"module '{name}': no output projection found next to it ({out_name})")
     h = _rows(f"{name}.{layout.q}", ch[layout.q]) // hd
     return AttentionBlock(name, m, "bert", h, h, hd, outm, out_name, layout)
+
+
+#: children of a packed (timm) attention module that head removal leaves as they are: dropouts, and norms
+#: over one head's features (q_norm / k_norm); ``norm`` (over all heads) only when it is an identity
+_PACKED_SPECTATORS = (nn.Dropout, nn.Identity)
+
+
+def _packed_block(
+    name: str, m: nn.Module, ch: dict[str, nn.Module], layout: AttentionLayout, hd: int
+) -> AttentionBlock:
+    """The :class:`AttentionBlock` of a packed ``qkv`` / ``proj`` attention module (timm's ``Attention``);
+    raises :class:`~prunekit.errors.UnsupportedModuleError` when something besides the two projections
+    depends on the head count (a parameter of the module itself, such as a relative-position table per head,
+    a norm over all heads, a gate), since removing heads would leave it the wrong size."""
+    heads = int(cast(Any, m).num_heads)
+    qkv, proj = cast(nn.Linear, ch[layout.q]), cast(nn.Linear, ch[layout.o])
+    why = None
+    own = [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
+    if own:
+        why = f"it holds {', '.join(own[:3])} itself, which head removal would not resize"
+    elif qkv.out_features != 3 * heads * hd or proj.in_features != heads * hd:
+        why = (
+            f"its {layout.q} has {qkv.out_features} outputs and {layout.o} {proj.in_features} inputs, not "
+            f"3 x and 1 x {heads} heads x {hd}"
+        )
+    elif getattr(m, "gate", None) is not None:
+        why = "it has a gate sized by its heads"
+    else:
+        for child_name, child in ch.items():
+            if child_name in (layout.q, layout.o) or isinstance(child, _PACKED_SPECTATORS):
+                continue
+            shape = getattr(child, "normalized_shape", None)
+            if child_name in ("q_norm", "k_norm") and tuple(shape or ()) == (hd,):
+                continue  # normalises each head on its own
+            if any(True for _ in child.parameters()):
+                why = f"its child '{child_name}' ({type(child).__name__}) may depend on the head count"
+                break
+    if why:
+        raise UnsupportedModuleError(
+            f"attention module '{name}' ({type(m).__name__}) cannot lose heads: {why}. Keep it with "
+            f"ignore=['{name}'], or remove channels instead (l2-channel)"
+        )
+    return AttentionBlock(name, m, "packed", heads, heads, hd, proj, f"{name}.{layout.o}", layout)
 
 
 def _rows(name: str, mod: nn.Module) -> int:

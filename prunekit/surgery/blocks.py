@@ -127,7 +127,12 @@ def plan_heads(
     alloc = structural_allocation(allocation, sparsity, global_cap)
     blocks = find_attention(model)
     if not blocks:
-        raise NothingToPruneError("no attention module with q/k/v/o projections was found for Head()")
+        raise NothingToPruneError(
+            "no attention module was found for Head(): heads are found in q_proj/k_proj/v_proj/o_proj (LLaMA, "
+            "OPT, ...), c_attn/c_proj (GPT-2), query/key/value (BERT), qkv/proj (timm's ViT, DeiT) and "
+            "nn.MultiheadAttention (torchvision's ViT); for this model remove channels (l2-channel) or blocks "
+            "(layer) instead"
+        )
     ignored = list(ignored)
     kept_by_user = [b.name for b in blocks if overlaps_ignored(b.name, ignored) is not None]
     if kept_by_user:

@@ -180,6 +180,18 @@ def test_invalid_inputs_are_refused():
         solver.prune(0.5, Block(2, 2))
 
 
+@pytest.mark.parametrize("cls", [MagnitudeSolver, WandaSolver, SparseGPTSolver])
+def test_inputs_of_another_width_are_refused_with_the_width_the_layer_reads(cls):
+    solver = cls(nn.Linear(6, 4), "fc")
+    with pytest.raises(DataError, match=r"fc reads inputs with 6 features.*shape \(3, 5\)"):
+        solver.add_batch(torch.randn(3, 5))
+    conv = cls(nn.Conv2d(3, 4, 3), "conv")
+    with pytest.raises(DataError, match=r"conv reads inputs with 3 channels.*shape \(2, 4, 8, 8\)"):
+        conv.add_batch(torch.randn(2, 4, 8, 8))
+    conv.add_batch(torch.randn(3, 8, 8))  # an unbatched input is fine
+    assert solver.nsamples == 0 and conv.nsamples == 36
+
+
 def test_sparsegpt_nm_groups_are_the_granularity_nm_groups():
     # with H = I SparseGPT makes no updates and ranks by |w|: its 2:4 mask must be NM(2, 4) of |W| as
     # prunekit.granularity.patterns groups a [out, in, kh, kw] weight (input channels at each kernel position)

@@ -8,6 +8,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.surgery.attention import find_attention
+from prunekit.surgery.blocks import apply_head_plan_, plan_heads
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,3 +88,53 @@ def test_unit_tensors_are_the_slices_of_one_head_and_need_the_root_model() -> No
     blk.root = None  # a block built by hand has no model to read its tensors from: refused, not (None, ...)
     with pytest.raises(ConfigError, match="no root model"):
         blk.unit_tensors(0)
+
+
+def _timm_vit(**kwargs: object) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5, **kwargs
+    ).eval()
+
+
+def test_timm_attention_heads_are_rows_of_its_qkv_and_removing_one_equals_zeroing_it():
+    model = _timm_vit()
+    blocks = find_attention(model)
+    assert [(b.name, b.style, b.num_heads, b.head_dim) for b in blocks] == [
+        ("blocks.0.attn", "packed", 3, 64),
+        ("blocks.1.attn", "packed", 3, 64),
+    ]
+    removal = blocks[0].unit_removal([1])
+    rows = list(range(64, 128)) + list(range(256, 320)) + list(range(448, 512))
+    assert removal["blocks.0.attn.qkv.weight"][0].tolist() == rows
+    assert removal["blocks.0.attn.qkv.bias"][0].tolist() == rows
+    assert removal["blocks.0.attn.proj.weight"][1].tolist() == list(range(64, 128))
+
+    x = torch.randn(2, 3, 32, 32)
+    reference = _timm_vit()
+    plan = plan_heads(model, 0.34)
+    removed = [r.tolist() for r in plan.remove]
+    assert [len(r) for r in removed] == [1, 1]
+    with torch.no_grad():  # the same heads silenced in the dense model: their value rows and proj columns zero
+        for b, (head,) in zip(find_attention(reference), removed):
+            v = slice(2 * 192 + head * 64, 2 * 192 + (head + 1) * 64)
+            b.module.qkv.weight[v] = 0
+            b.module.qkv.bias[v] = 0
+            b.module.proj.weight[:, head * 64 : (head + 1) * 64] = 0
+    apply_head_plan_(model, plan)
+    assert model.blocks[0].attn.num_heads == 2 and model.blocks[0].attn.attn_dim == 128
+    assert model.blocks[0].attn.qkv.weight.shape == (384, 192) and model.blocks[0].attn.proj.weight.shape == (192, 128)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_timm_attention_with_something_sized_by_its_heads_is_refused_by_name():
+    model = _timm_vit()
+    model.blocks[1].attn.register_buffer("per_head", torch.zeros(3))
+    with pytest.raises(pk.UnsupportedModuleError, match=r"'blocks.1.attn'.*per_head.*ignore=\['blocks.1.attn'\]"):
+        find_attention(model)
+    model = _timm_vit(scale_attn_norm=True)  # a norm over all heads' features
+    with pytest.raises(pk.UnsupportedModuleError, match="child 'norm' \\(LayerNorm\\)"):
+        find_attention(model)
+    model = _timm_vit(qk_norm=True)  # a norm over each head's own features follows the heads
+    assert [b.style for b in find_attention(model)] == ["packed", "packed"]
