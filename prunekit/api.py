@@ -13,7 +13,6 @@ from prunekit.apply.plan import Pruner, check_seed, split_by_pattern
 from prunekit.apply.transaction import transaction
 from prunekit.errors import (
     ConfigError,
-    DataError,
     InvalidSparsityError,
     MissingDataError,
     ModelError,
@@ -26,6 +25,7 @@ from prunekit.eval.report import (
     Report,
     count_params,
     count_params_within,
+    forward_failure,
     layer_stats,
     measure,
     weight_shapes,
@@ -219,7 +219,7 @@ def prune(
     except PrunekitError:
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
-        raise DataError(f"the model does not run on example_inputs ({type(e).__name__}: {e}); check their shape") from e
+        raise forward_failure(e) from e
     dense_copy, latency_note = _dense_copy(model) if do_latency else (None, None)
     shapes_before = weight_shapes(model) if m.structural else None
     # the figures after the call are taken inside the transaction too: an error (or Ctrl-C) while measuring

@@ -270,6 +270,13 @@ def _bad_cases():
             pk.InvalidSparsityError,
             "[0, 1)",
         ),
+        (
+            "tensor sparsity",
+            SmallCNN(),
+            dict(method="magnitude", sparsity=torch.tensor(0.5)),
+            pk.InvalidSparsityError,
+            "pass float(sparsity)",
+        ),
         ("unknown method", SmallCNN(), dict(method="magic", sparsity=0.5), pk.UnknownNameError, "magnitude"),
         (
             "unknown pattern",
@@ -329,9 +336,23 @@ def _bad_cases():
             SmallCNN(),
             dict(method="magnitude", sparsity=0.5, example_inputs=torch.randn(1, 3)),
             pk.DataError,
-            "example_inputs",
+            "check their shape, dtype and device",
+        ),
+        (
+            "forward out of memory",
+            _OutOfMemory(),
+            dict(method="magnitude", sparsity=0.5, example_inputs=torch.randn(1, 1, 28, 28)),
+            pk.DataError,
+            "it ran out of memory: pass a smaller batch",
         ),
     ]
+
+
+class _OutOfMemory(SmallCNN):
+    """A model whose forward pass runs out of memory, as a too large batch would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 @pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])

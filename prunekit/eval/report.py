@@ -36,12 +36,27 @@ __all__ = [
     "Report",
     "count_flops",
     "count_params",
+    "forward_failure",
     "layer_stats",
     "measure",
     "no_fused_attention",
     "time_forward",
     "weight_shapes",
 ]
+
+
+def forward_failure(e: BaseException) -> DataError:
+    """The :class:`~prunekit.errors.DataError` for a forward pass on ``example_inputs`` that raised ``e``: what
+    failed (its first line) and what to do, which depends on the failure (memory: a smaller batch; otherwise the
+    inputs' shape, dtype and device)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in first.lower()
+    todo = (
+        "it ran out of memory: pass a smaller batch"
+        if memory
+        else "check their shape, dtype and device: pass a batch the model accepts"
+    )
+    return DataError(f"the model does not run on example_inputs ({type(e).__name__}: {first}); {todo}")
 
 
 @dataclass
@@ -242,12 +257,8 @@ def measure(
                 total, per_module = count_flops(model, example_inputs)
             except PrunekitError:
                 raise
-            except (RuntimeError, TypeError, ValueError, IndexError) as e:
-                first = str(e).splitlines()[0] if str(e) else ""
-                raise DataError(
-                    f"the model does not run on example_inputs ({type(e).__name__}: {first}); check their shape: "
-                    "pass a batch the model accepts"
-                ) from e
+            except (RuntimeError, TypeError, ValueError, IndexError, MemoryError) as e:
+                raise forward_failure(e) from e
             stats.flops = total
             saved = 0.0
             for name, module in model.named_modules():

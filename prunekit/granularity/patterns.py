@@ -511,8 +511,11 @@ def check_sparsity(sparsity: float) -> None:
     """
     # numbers.Real: Python and NumPy numbers (a NumPy float32 from a sweep is a number too); not bool
     if not isinstance(sparsity, numbers.Real) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+        hint = ""
+        if not isinstance(sparsity, (numbers.Real, str)) and hasattr(sparsity, "__float__"):
+            hint = " (a tensor or another number type: pass float(sparsity))"
         raise InvalidSparsityError(
-            f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}"
+            f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}{hint}"
         )
 
 
