@@ -241,11 +241,11 @@ def state_prefixes(model: nn.Module, modules: Iterable[nn.Module]) -> tuple[str,
     return tuple(f"{name}." if name else "" for name, m in model.named_modules() if id(m) in wanted)
 
 
-def _storage_owners(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
-    """For each storage of ``model``'s parameters and buffers (by data pointer; meta and empty tensors left
-    out): who holds it, as ``(id(module), qualified name)`` for every path to it (a module reused under two
-    names is listed under both)."""
-    owners: dict[int, list[tuple[int, str]]] = {}
+def _storage_owners(model: nn.Module) -> dict[tuple[str, int], list[tuple[int, str]]]:
+    """For each storage of ``model``'s parameters and buffers (by device and data pointer: pointers on two
+    devices may be equal; meta and empty tensors left out): who holds it, as ``(id(module), qualified name)``
+    for every path to it (a module reused under two names is listed under both)."""
+    owners: dict[tuple[str, int], list[tuple[int, str]]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for table in (module._parameters, module._buffers):
             for tname, t in table.items():
@@ -253,7 +253,7 @@ def _storage_owners(model: nn.Module) -> dict[int, list[tuple[int, str]]]:
                     continue
                 ptr = t.untyped_storage().data_ptr()
                 if ptr:
-                    owners.setdefault(ptr, []).append((id(module), f"{mname}.{tname}" if mname else tname))
+                    owners.setdefault((str(t.device), ptr), []).append((id(module), f"{mname}.{tname}" if mname else tname))
     return owners
 
 
@@ -264,7 +264,7 @@ def tied_outside(model: nn.Module, modules: Iterable[nn.Module]) -> list[tuple[s
     return _tied(_storage_owners(model), modules)
 
 
-def _tied(owners: dict[int, list[tuple[int, str]]], modules: Iterable[nn.Module]) -> list[tuple[str, str]]:
+def _tied(owners: dict[tuple[str, int], list[tuple[int, str]]], modules: Iterable[nn.Module]) -> list[tuple[str, str]]:
     inside = {id(m) for module in modules for m in module.modules()}
     pairs = []
     for holders in owners.values():
