@@ -253,7 +253,9 @@ def _storage_owners(model: nn.Module) -> dict[tuple[str, int], list[tuple[int, s
                     continue
                 ptr = t.untyped_storage().data_ptr()
                 if ptr:
-                    owners.setdefault((str(t.device), ptr), []).append((id(module), f"{mname}.{tname}" if mname else tname))
+                    owners.setdefault((str(t.device), ptr), []).append(
+                        (id(module), f"{mname}.{tname}" if mname else tname)
+                    )
     return owners
 
 

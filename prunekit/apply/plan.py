@@ -193,14 +193,17 @@ class Plan:
             raise PlanError(f"{path} is not a valid plan file: {e}; pass the JSON file Plan.save wrote") from None
 
     def table(self) -> Table:
-        """A rich table: per pruned parameter its shape, target and achieved sparsity; ignored layers dim."""
+        """A rich table: per pruned parameter its shape, target and achieved sparsity; the layers left dense
+        dim, with the reason in the last column."""
         t = Table(title=f"plan: {self.method}  overall sparsity {self.sparsity:.4f}")
-        for col in ("layer", "shape", "target", "sparsity"):
-            t.add_column(col, justify="left" if col == "layer" else "right")
+        for col in ("layer", "shape", "target", "sparsity", "note"):
+            t.add_column(col, justify="right" if col in ("shape", "target", "sparsity") else "left")
         for lp in self.layers:
-            t.add_row(f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}")
-        for name, _why in self.ignored:
-            t.add_row(name, "", "-", "dense", style="dim")
+            t.add_row(
+                f"{lp.name}.{lp.param}", "x".join(map(str, lp.shape)), f"{lp.sparsity:.4f}", f"{lp.achieved:.4f}", ""
+            )
+        for name, why in self.ignored:
+            t.add_row(name, "", "-", "dense", why, style="dim")
         return t
 
     def __str__(self) -> str:

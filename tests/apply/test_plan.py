@@ -71,3 +71,12 @@ def test_channel_repruning_takes_dead_rows_first():
         assert not (mask & ~first[name]).any()  # only shrinks
         rows = mask.reshape(mask.shape[0], -1).all(1)
         assert int((~rows).sum()) == round(0.5 * mask.shape[0]), name  # the earlier rows count towards the target
+
+
+def test_the_plan_table_gives_the_reason_each_layer_is_left_dense():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    plan = pk.Pruner("magnitude", pk.NM(2, 4), "uniform", sparsity=0.5, skip_incompatible=True).plan(model)
+    text = " ".join(str(plan).split())
+    assert "2.weight │ 8x8 │ 0.5000 │ 0.5000" in text
+    assert "0 │ │ - │ dense │ does not fit pattern 2:4" in text  # 3 inputs: not a multiple of 4
+    assert "4 │ │ - │ dense │ final classifier, kept dense by default" in text
