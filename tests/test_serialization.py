@@ -241,3 +241,15 @@ def test_overwrite_never_replaces_the_working_folder_or_one_holding_it(tmp_path,
     (work / "old").mkdir()
     (work / "old" / "x").write_text("replaceable")
     assert check_output_directory(work / "old", overwrite=True) == work / "old"  # a folder of its own: fine
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_structurally_pruned_model_with_masks_on_top_saves_and_reloads(tmp_path, sparse):
+    model, x = pk.build_model("prunekit:lenet5"), torch.randn(2, 1, 28, 28)
+    pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=x)
+    pk.prune(model, "magnitude", sparsity=0.5, measure=False)  # masks on the new, smaller weights
+    assert pk.get_mask(model.features[0]) is not None
+    pk.save_model(model, tmp_path / "m", sparse=sparse)
+    again = pk.load_model(tmp_path / "m")
+    assert again.features[0].weight.shape == (3, 1, 5, 5)
+    torch.testing.assert_close(again(x), model.eval()(x), rtol=0, atol=0)

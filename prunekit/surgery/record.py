@@ -7,10 +7,11 @@ saved state dict loads strictly. The record is independent of how the pruning wa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunekit.errors import CheckpointError
 from prunekit.surgery.remove import STATE_ATTR, structure_state, tensor_slots
@@ -28,6 +29,8 @@ def structure_record(model: nn.Module) -> dict[str, Any] | None:
     for key in st["original_shapes"]:
         if key in slots:
             shapes[key] = list(getattr(slots[key][0].module, slots[key][0].attr).shape)
+        elif (shape := _parametrized_shape(model, key)) is not None:  # a mask on it since: its shape is the same
+            shapes[key] = shape
     if not shapes and not st["removed_layers"]:
         return None
     return {
@@ -38,6 +41,19 @@ def structure_record(model: nn.Module) -> dict[str, Any] | None:
         "attrs": {k: dict(v) for k, v in st["attrs"].items()},
         "config": dict(st.get("config", {})),
     }
+
+
+def _parametrized_shape(model: nn.Module, key: str) -> list[int] | None:
+    """The shape of tensor ``key`` ("module.attr") when ``attr`` is parametrized (a mask attached after the
+    structural change), read from the stored original; None when there is no such tensor."""
+    mname, _, attr = key.rpartition(".")
+    try:
+        mod = model.get_submodule(mname) if mname else model
+    except AttributeError:
+        return None
+    if not parametrize.is_parametrized(mod, attr):
+        return None
+    return list(cast(Any, mod).parametrizations[attr].original.shape)
 
 
 def reshape_slot(slots: dict[str, list[Any]], key: str, shape: Any) -> None:
