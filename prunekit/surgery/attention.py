@@ -11,6 +11,7 @@ attention stays valid (the ratio of query to key/value heads is unchanged).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +23,7 @@ from prunekit.calibration.families import AttentionLayout, layouts_for
 from prunekit.errors import ConfigError, UnsupportedModuleError
 from prunekit.surgery.remove import Removal
 
-__all__ = ["AttentionBlock", "find_attention"]
+__all__ = ["AttentionBlock", "find_attention", "overlaps_ignored"]
 
 
 @dataclass
@@ -138,40 +139,52 @@ class AttentionBlock:
             m.split_size = new_heads * self.head_dim
 
 
-def find_attention(model: nn.Module) -> list[AttentionBlock]:
+def overlaps_ignored(name: str, ignored: Iterable[str]) -> str | None:
+    """The ``ignore=`` module that ``name`` (a block) lies inside, equals or contains; None when none does.
+    The model itself (name "") contains everything."""
+    for ig in ignored:
+        if ig == name or not ig or not name or name.startswith(ig + ".") or ig.startswith(name + "."):
+            return ig
+    return None
+
+
+def find_attention(model: nn.Module, ignored: Iterable[str] = ()) -> list[AttentionBlock]:
     """Every attention module of a transformer, by its projections (the family table's layouts: q/k/v/o as
     in LLaMA or OPT, GPT-2's c_attn, BERT's query/key/value, timm's qkv/proj) or its class
     (``nn.MultiheadAttention``). Raises :class:`~prunekit.errors.UnsupportedModuleError` for a module of a known
-    layout whose heads cannot be removed (its head size unknown, or something else sized by its heads)."""
+    layout whose heads cannot be removed (its head size unknown, or something else sized by its heads),
+    unless ``ignored`` (module names ``ignore=`` matched) covers it: such a module is left out."""
     cfg = getattr(model, "config", None)
     out = []
     mods = dict(model.named_modules())
     layouts = layouts_for(model)
+    ignored = list(ignored)
     for name, m in mods.items():
-        if isinstance(m, nn.MultiheadAttention):
-            from prunekit.surgery.mha import check_head_prunable, inner_width
-
-            check_head_prunable(name, m)
-            out.append(
-                AttentionBlock(
-                    name,
-                    m,
-                    "mha",
-                    inner_width(m) // m.head_dim,
-                    inner_width(m) // m.head_dim,
-                    int(m.head_dim),
-                    m.out_proj,
-                    f"{name}.out_proj",
-                )
-            )
-            continue
-        ch = dict(m.named_children())
-        layout = next((lay for lay in layouts if lay.matches(ch, m)), None)
-        if layout is not None:
-            out.append(_attention_block(name, m, ch, layout, cfg, mods))
-    for b in out:
-        b.root = model
+        try:
+            block = _block_of(name, m, layouts, cfg, mods)
+        except UnsupportedModuleError:
+            if overlaps_ignored(name, ignored) is not None:
+                continue  # kept whole by the user: its heads are not touched, whatever its layout
+            raise
+        if block is not None:
+            block.root = model
+            out.append(block)
     return out
+
+
+def _block_of(
+    name: str, m: nn.Module, layouts: tuple[AttentionLayout, ...], cfg: Any, mods: dict[str, nn.Module]
+) -> AttentionBlock | None:
+    """The :class:`AttentionBlock` of module ``name`` when it is an attention module, else None."""
+    if isinstance(m, nn.MultiheadAttention):
+        from prunekit.surgery.mha import check_head_prunable, inner_width
+
+        check_head_prunable(name, m)
+        heads = inner_width(m) // m.head_dim
+        return AttentionBlock(name, m, "mha", heads, heads, int(m.head_dim), m.out_proj, f"{name}.out_proj")
+    ch = dict(m.named_children())
+    layout = next((lay for lay in layouts if lay.matches(ch, m)), None)
+    return None if layout is None else _attention_block(name, m, ch, layout, cfg, mods)
 
 
 def _attention_block(

@@ -24,7 +24,7 @@ from prunekit.calls import call_model, eval_mode
 from prunekit.criteria.base import Criterion
 from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
 from prunekit.padding import real_tokens, token_mask
-from prunekit.surgery.attention import AttentionBlock, find_attention
+from prunekit.surgery.attention import AttentionBlock, find_attention, overlaps_ignored
 from prunekit.surgery.hf import exact_head_notes, fit_head_counts, own_config_, record_head_attrs, renumber_layers
 from prunekit.surgery.remove import remove_, size_attrs, structure_state
 from prunekit.surgery.scoring import (
@@ -38,15 +38,6 @@ from prunekit.surgery.scoring import (
 )
 
 # ------------------------------------------------------------------------------------------------- heads
-
-
-def overlaps_ignored(name: str, ignored: Iterable[str]) -> str | None:
-    """The ``ignore=`` module that ``name`` (a block) lies inside, equals or contains; None when none does.
-    The model itself (name "") contains everything."""
-    for ig in ignored:
-        if ig == name or not ig or not name or name.startswith(ig + ".") or ig.startswith(name + "."):
-            return ig
-    return None
 
 
 @dataclass
@@ -125,7 +116,8 @@ def plan_heads(
         raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
     crit = level_criterion(criterion, "head", "attention heads")
     alloc = structural_allocation(allocation, sparsity, global_cap)
-    blocks = find_attention(model)
+    ignored = list(ignored)
+    blocks = find_attention(model, ignored)
     if not blocks:
         raise NothingToPruneError(
             "no attention module was found for Head(): heads are found in q_proj/k_proj/v_proj/o_proj (LLaMA, "
@@ -133,7 +125,6 @@ def plan_heads(
             "nn.MultiheadAttention (torchvision's ViT); for this model remove channels (l2-channel) or blocks "
             "(layer) instead"
         )
-    ignored = list(ignored)
     kept_by_user = [b.name for b in blocks if overlaps_ignored(b.name, ignored) is not None]
     if kept_by_user:
         blocks = [b for b in blocks if b.name not in kept_by_user]

@@ -138,3 +138,15 @@ def test_a_timm_attention_with_something_sized_by_its_heads_is_refused_by_name()
         find_attention(model)
     model = _timm_vit(qk_norm=True)  # a norm over each head's own features follows the heads
     assert [b.style for b in find_attention(model)] == ["packed", "packed"]
+
+
+def test_an_attention_module_that_cannot_lose_heads_is_passed_over_when_ignore_names_it():
+    model = _timm_vit()
+    model.blocks[1].attn.register_buffer("per_head", torch.zeros(3))
+    x = torch.randn(1, 3, 32, 32)
+    report = pk.prune(model, "head", sparsity=0.34, example_inputs=x, ignore=["blocks.1"])
+    assert model.blocks[0].attn.num_heads == 2 and model.blocks[1].attn.num_heads == 3
+    assert report.after.params < report.before.params
+    refused = _timm_vit(scale_attn_norm=True)
+    with pytest.raises(pk.NothingToPruneError):
+        pk.prune(refused, "head", sparsity=0.34, example_inputs=x, ignore=["blocks.0.attn", "blocks.1.attn"])
