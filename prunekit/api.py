@@ -100,6 +100,13 @@ def prune(
             f"prune takes a torch.nn.Module, got {type(model).__name__}; build one from a spec with "
             "pk.build_model('torchvision:resnet18') or pass your own model"
         )
+    on_meta = next((n for n, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"), None)
+    if on_meta is not None:
+        raise ModelError(
+            f"the model's weights are on the meta device ({on_meta}, ...): they hold no values to prune. Load "
+            "them first (e.g. from_pretrained without device_map='meta', or model.to_empty(device='cpu') "
+            "followed by load_state_dict)"
+        )
     if isinstance(method, Pruner):
         given = parse_pattern(pattern) if pattern is not None else None
         if sparsity is None and isinstance(given, NM):  # an N:M pattern given with the pruner fixes it

@@ -471,3 +471,12 @@ def test_a_target_tied_to_a_tensor_outside_it_is_refused():
     twice = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(8, 2))
     pk.prune(twice, "magnitude", sparsity=0.5, measure=False)
     assert float((twice[0].weight == 0).float().mean()) == 0.5
+
+
+@pytest.mark.parametrize("method", ["magnitude", "l2-channel", "wanda"])
+def test_a_model_on_the_meta_device_is_refused_before_anything_runs(method):
+    with torch.device("meta"):
+        model = SmallCNN()
+    with pytest.raises(pk.ModelError, match=r"meta device \(conv1.weight, ...\).*Load them first"):
+        pk.prune(model, method, sparsity=0.5, example_inputs=torch.randn(1, 4, 8, 8), calibration=[])
+    assert all(t.device.type == "meta" for t in model.state_dict().values())
