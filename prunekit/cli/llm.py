@@ -182,6 +182,13 @@ def prune_llm(
             return
         # an unknown name, or N:M under a non-uniform allocation, fails before the model is loaded
         chosen = prunekit.methods.base.resolve_method(method)
+        if chosen.structural and method not in LM_METHOD_NAMES:
+            structured = [n for n in LM_METHOD_NAMES if prunekit.methods.base.resolve_method(n).structural]
+            raise prunekit.ConfigError(
+                f"{method} removes structure found by tracing a model from example inputs, which prune-llm does "
+                f"not take; for a language model use {', '.join(structured)} (or prune it in Python: "
+                f"prunekit.prune(model, {method!r}, ..., example_inputs=token_ids))"
+            )
         alloc = resolve_allocation(allocation if allocation is not None else chosen.default_allocation)
         if isinstance(gran, NM) and not isinstance(alloc, Uniform):
             raise prunekit.ConfigError(
@@ -203,7 +210,7 @@ def prune_llm(
         if before is not None:
             console.print(f"dense:  {before}", highlight=False)
         options: dict[str, Any] = {"measure": False}
-        if method != "magnitude":  # the core's per-matrix magnitude runs no layer loop, so it takes no progress
+        if "progress" in chosen.options:  # methods without a layer loop (magnitude, l2-channel) take none
             options["progress"] = progress
         if device:
             options["device"] = device

@@ -170,6 +170,28 @@ def test_cli_prune_llm_and_eval_ppl(tmp_path):
     assert json.loads((tmp_path / "ppl.json").read_text())["protocol"]["seq_len"] == 32
     res = runner.invoke(app, ["prune-llm", str(src), "--method", "wanda", "--out", str(out)])
     assert res.exit_code == 2 and "sparsity" in res.output
+    # a traced structural method: refused with the language-model ones named, before the model is loaded
+    res = runner.invoke(
+        app, ["prune-llm", str(src), "--method", "l2-channel", "-s", "0.5", "--out", str(tmp_path / "c")]
+    )
+    assert res.exit_code == 2 and "llm-heads, llm-mlp, llm-layers, flap, llm-pruner" in " ".join(res.output.split())
+    # a method without a layer loop is not handed the command's progress option
+    res = runner.invoke(
+        app,
+        [
+            "prune-llm",
+            str(src),
+            "--method",
+            "magnitude",
+            "-s",
+            "0.5",
+            "--eval-tokens",
+            "0",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
 
 
 class BosByteTokenizer(ByteTokenizer):
