@@ -215,9 +215,10 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None:
+def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]], what: str = "calibration") -> None:
     """Refuse token ids the model's input embedding has no row for (text tokenized for another model), with a
-    :class:`~prunekit.errors.DataError`. ``batches``: as :func:`as_batches` returns them."""
+    :class:`~prunekit.errors.DataError` that calls the data ``what``. ``batches``: as :func:`as_batches`
+    returns them."""
     get = getattr(model, "get_input_embeddings", None)
     size = getattr(get() if callable(get) else None, "num_embeddings", None)
     if not isinstance(size, int):
@@ -228,8 +229,8 @@ def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]]) -> None
         if low < 0 or high >= size:
             bad = low if low < 0 else high
             raise DataError(
-                f"calibration token id {bad} is outside the model's vocabulary (ids 0 to {size - 1}); tokenize "
-                "the calibration text with the model's own tokenizer (load_causal_lm returns it with the model)"
+                f"{what} token id {bad} is outside the model's vocabulary (ids 0 to {size - 1}); tokenize "
+                f"the {what} text with the model's own tokenizer (load_causal_lm returns it with the model)"
             )
 
 

@@ -108,6 +108,7 @@ def test_recovered_model_saves_and_reloads_to_identical_logits(tmp_path):
         (None, {"lr": -1.0}, ConfigError, "lr"),
         (None, {"target_modules": ["nope_proj"]}, ConfigError, "q_proj"),
         ([torch.zeros(2, 8)], {}, DataError, "LongTensor"),
+        ([torch.full((1, 8), 10_000)], {}, DataError, "recovery token id 10000 is outside the model's vocabulary"),
     ],
 )
 def test_bad_inputs_raise_and_leave_the_model_unchanged(data, kwargs, error, advice):
