@@ -79,7 +79,7 @@ def _call(model: nn.Module, inputs: Any) -> Any:
         return model(inputs)
     except PrunekitError:
         raise
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:  # (assert: a model's input check)
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         first = str(e).splitlines()[0] if str(e) else ""
         raise DataError(

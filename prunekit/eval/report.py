@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -223,6 +224,34 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), per_module
 
 
+def _count_flops_or_none(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]] | None:
+    """:func:`count_flops`, or None (with a warning) when torch's FLOP counter fails on a model that runs
+    (its module tracking asserts on some models' autograd use). Raises
+    :class:`~prunekit.errors.DataError` (:func:`forward_failure`) when the model itself does not run."""
+    caught = (RuntimeError, TypeError, ValueError, IndexError, MemoryError, AssertionError)
+    try:
+        return count_flops(model, inputs)
+    except PrunekitError:
+        raise
+    except caught as e:
+        counter_error = e
+    try:  # the model alone: if it runs, the counter was at fault, not the inputs
+        with torch.no_grad(), parametrize.cached():
+            call_model(model, inputs)
+    except PrunekitError:
+        raise
+    except caught as e:
+        raise forward_failure(e) from e
+    first = str(counter_error).splitlines()[0] if str(counter_error) else ""
+    warnings.warn(
+        f"FLOPs not counted: torch's FLOP counter failed on this model ({type(counter_error).__name__}: {first}), "
+        "though the model runs on example_inputs; the report leaves FLOPs out",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
+
+
 def time_forward(model: nn.Module, inputs: Any, *, warmup: int = 3, repeats: int = 20, budget_s: float = 3.0) -> float:
     """Median wall time of a forward pass in milliseconds at the current thread count (see
     :func:`prunekit.eval.latency.time_model` for the spread, and :func:`prunekit.eval.latency.compare_latency` to
@@ -253,19 +282,16 @@ def measure(
         modes = training_modes(model)
         model.eval()
         try:
-            try:
-                total, per_module = count_flops(model, example_inputs)
-            except PrunekitError:
-                raise
-            except (RuntimeError, TypeError, ValueError, IndexError, MemoryError) as e:
-                raise forward_failure(e) from e
-            stats.flops = total
-            saved = 0.0
-            for name, module in model.named_modules():
-                if is_prunable(module) and name in per_module and module.weight is not None and module.weight.numel():
-                    w = module.weight
-                    saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
-            stats.effective_flops = int(round(total - saved))
+            counted = _count_flops_or_none(model, example_inputs)
+            if counted is not None:
+                total, per_module = counted
+                stats.flops = total
+                saved = 0.0
+                for name, module in model.named_modules():
+                    w = getattr(module, "weight", None)
+                    if is_prunable(module) and name in per_module and w is not None and w.numel():
+                        saved += per_module[name] * (1.0 - torch.count_nonzero(w).item() / w.numel())
+                stats.effective_flops = int(round(total - saved))
             if latency:
                 stats.set_timing(time_model(model, example_inputs, threads=threads))
         finally:

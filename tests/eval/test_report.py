@@ -97,3 +97,18 @@ def test_count_params_leaves_out_a_buffer_two_modules_hold():
     model.b.register_buffer("pos", shared)
     model.c.register_buffer("pos", shared)
     assert count_params(model) == (16, 16)
+
+
+def test_a_flop_counter_failure_on_a_model_that_runs_leaves_flops_out_with_a_warning(monkeypatch):
+    import prunekit.eval.report as report
+
+    def broken_counter(model: nn.Module, inputs: object) -> tuple[int, dict[str, int]]:
+        raise AssertionError("Expected gradient function to be set")  # torch's module tracker on some models
+
+    monkeypatch.setattr(report, "count_flops", broken_counter)
+    model, x = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(3, 4)
+    with pytest.warns(RuntimeWarning, match="FLOPs not counted.*Expected gradient function"):
+        stats = report.measure(model, x, latency=False)
+    assert stats.flops is None and stats.effective_flops is None and stats.params == 58
+    with pytest.raises(pk.DataError, match="does not run on example_inputs.*check their shape"):
+        report.measure(model, torch.randn(3, 5), latency=False)  # the model itself fails: the inputs are wrong
