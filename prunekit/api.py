@@ -16,6 +16,7 @@ from prunekit.errors import (
     InvalidSparsityError,
     MissingDataError,
     ModelError,
+    NothingToPruneError,
     PatternError,
     PrunekitError,
 )
@@ -233,6 +234,13 @@ def prune(
     # or timing the pruned model still gives the model back as it was
     with transaction(model, structural=m.structural, modules=touched):
         outcome = m.run(model, request)
+        if shapes_before is not None and sparsity > 0 and weight_shapes(model) == shapes_before:
+            why = "; ".join(str(n).splitlines()[0] for n in outcome.notes[:3])
+            raise NothingToPruneError(
+                f"{m.name} at sparsity {sparsity:g} removed nothing: every layer keeps its shape"
+                + (f" ({why})" if why else "")
+                + "; the model is unchanged. Pass a larger sparsity"
+            )
         if counted_before is not None:  # the untouched tensors' counts are the same after as before
             assert touched is not None
             total, nonzero, total_in, nonzero_in = count_params_within(model, touched)

@@ -171,6 +171,11 @@ class _ChannelVisitor(LayerVisitor):
             self.keep_count = width - round(sparsity * width)
             if self.keep_count < 1:
                 raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
+            if self.keep_count == width and sparsity > 0:
+                raise NothingToPruneError(
+                    f"sparsity {sparsity:g} removes round({sparsity:g} x {width}) = 0 of the {width} MLP channels of "
+                    f"each layer; the model is unchanged. Pass a sparsity above {0.5 / width:.2g}"
+                )
         else:
             self.attn = adapter.require_attention()
             self.n_heads, self.n_kv, self.head_dim = head_shape(model, adapter, self.attn)
@@ -182,6 +187,26 @@ class _ChannelVisitor(LayerVisitor):
                 return checked[heads, kv]
 
             self.groups, self.per_group = choose_gqa_shape(self.n_heads, self.n_kv, sparsity, allowed)
+            per_group = self.n_heads // self.n_kv
+            if (self.groups, self.per_group) == (self.n_kv, per_group) and sparsity > 0:
+                dense = 2 * self.n_heads + 2 * self.n_kv
+                shares = [
+                    1.0 - (2 * g * q + 2 * g) / dense
+                    for g in range(1, self.n_kv + 1)
+                    for q in range(1, per_group + 1)
+                    if (g, q) != (self.n_kv, per_group) and allowed(g * q, g)
+                ]
+                least = (
+                    f"; the smallest sparsity that removes heads is just above {min(shares) / 2:.3g} (the smallest "
+                    f"share the config can state is {min(shares):.3g})"
+                    if shares
+                    else ""
+                )
+                raise NothingToPruneError(
+                    f"sparsity {sparsity:g} is closest to removing no attention head ({self.n_heads} query heads in "
+                    f"{self.n_kv} key-value groups per layer, in shapes the config can state){least}; the model is "
+                    "unchanged"
+                )
             self.head_fields = head_config_fields(model, self.groups * self.per_group, self.groups, self.head_dim)
 
     @property
@@ -361,6 +386,11 @@ def prune_structured(
     result = StructuredResult(unit, _count(model), 0)
     if unit == "layers":
         n_layers = len(layer_names)
+        if round(sparsity * n_layers) == 0 and sparsity > 0:
+            raise NothingToPruneError(
+                f"sparsity {sparsity:g} removes round({sparsity:g} x {n_layers}) = 0 of the {n_layers} decoder "
+                f"layers; the model is unchanged. Pass a sparsity above {0.5 / n_layers:.2g}"
+            )
         visitor = _InfluenceVisitor()
         run_layerwise(model, calibration, visitor, device=device, progress=progress, description="block influence")
         bi = visitor.influence()

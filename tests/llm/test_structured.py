@@ -115,3 +115,27 @@ def test_choose_gqa_shape_skips_shapes_the_config_cannot_state() -> None:
     assert choose_gqa_shape(8, 4, 0.5) == (3, 1)  # the closest share of parameters, with no constraint
     assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: 64 % heads == 0) == (2, 2)
     assert choose_gqa_shape(8, 4, 0.5, lambda heads, kv: False) == (4, 2)  # nothing stateable: keep all
+
+
+@pytest.mark.parametrize(
+    ("method", "sparsity", "phrase"),
+    [
+        ("llm-layers", 0.1, "removes round(0.1 x 2) = 0 of the 2 decoder layers"),
+        ("llm-mlp", 0.003, "removes round(0.003 x 128) = 0 of the 128 MLP channels of each layer"),
+        ("llm-heads", 0.01, "closest to removing no attention head"),
+        ("flap", 0.001, "flap at sparsity 0.001 removed nothing: every layer keeps its shape"),
+        ("llm-pruner", 0.001, "llm-pruner at sparsity 0.001 removed nothing"),
+    ],
+)
+def test_a_sparsity_too_small_to_remove_a_unit_is_refused_and_the_model_is_unchanged(method, sparsity, phrase):
+    from conftest import assert_unchanged, snapshot
+
+    import prunekit as pk
+
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(pk.NothingToPruneError, match="the model is unchanged") as info:
+        pk.prune(model, method, sparsity=sparsity, calibration=calibration(), progress=False)
+    assert phrase in str(info.value)
+    assert_unchanged(model, before)
+    assert not any(n.endswith("bias") for n, _ in model.named_parameters())  # no bias compensation left behind

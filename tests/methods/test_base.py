@@ -4,6 +4,7 @@ refuses patterns its criterion has no meaning for and hands physical patterns to
 import pytest
 import torch
 from conftest import SmallCNN, ThreeLayer, assert_unchanged, snapshot
+from torch import nn
 
 import prunekit as pk
 from prunekit.criteria import CRITERIA, CriterionLevelError
@@ -71,6 +72,8 @@ def test_physical_patterns_run_through_the_structural_composition():
 
         def run(self, model, request):
             seen["request"] = request
+            model.fc = nn.Linear(16, 4)  # removes something, as a structural method does (8 -> 4 units)
+            model.head = nn.Linear(4, 3)
             return pk.MethodOutcome({}, ["stub"])
 
     def physical_method(level, criterion):
