@@ -56,6 +56,18 @@ def test_methods_lists_every_registry():
         assert name in result.output
 
 
+def test_methods_name_shows_the_options_prune_accepts():
+    result = runner.invoke(app, ["methods", "wanda"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "true_sequential" in text and "prune_classifier" in text and "percdamp" not in text
+    assert "A Simple and Effective Pruning Approach" in text
+    result = runner.invoke(app, ["methods", "sparsegpt"], terminal_width=200)
+    assert "blocksize" in result.output and "percdamp" in result.output
+    result = runner.invoke(app, ["methods", "wandaa"])
+    assert result.exit_code == 2 and "wanda" in result.output
+
+
 def test_prune_save_and_report(tmp_path):
     out = tmp_path / "r18"
     result = runner.invoke(

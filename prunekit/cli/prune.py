@@ -296,10 +296,40 @@ def report(
         fail(e)
 
 
-def methods() -> None:
-    """List the registered methods, criteria, allocations, patterns and schedules."""
+def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="a method's name: show its options, defaults and paper instead of the lists")
+    ] = None,
+) -> None:
+    """List the registered methods, criteria, allocations, patterns and schedules; with a NAME, that method's
+    options (the keyword options of prunekit.prune, --option KEY=VALUE on the command line), defaults and
+    paper."""
     from prunekit import ALLOCATIONS, CRITERIA, METHODS
     from prunekit.schedules.builtin import SCHEDULES
+
+    if name is not None:
+        from prunekit.api import COMMON_OPTIONS
+        from prunekit.methods.base import resolve_method
+
+        try:
+            m = resolve_method(name)
+        except PrunekitError as e:
+            fail(e)
+        t = Table(title=f"method {m.name}", title_justify="left", show_header=False)
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        t.add_row("description", m.description)
+        t.add_row("when", m.when)
+        t.add_row("data", "calibration= (needed)" if m.needs_data else "none needed")
+        t.add_row("removes", "structure (the model gets smaller)" if m.structural else "weights under masks")
+        t.add_row("default pattern", str(m.default_pattern or "unstructured"))
+        t.add_row("default allocation", str(m.default_allocation))
+        t.add_row("options", ", ".join(sorted(m.options)) or "-")
+        t.add_row("options of every method", ", ".join(sorted(COMMON_OPTIONS)))
+        if m.paper:
+            t.add_row("paper", m.paper)
+        console.print(t)
+        return
 
     t = Table(title="methods", title_justify="left")
     for col in ("name", "when", "data", "description"):
