@@ -257,8 +257,18 @@ def apply_head_plan_proved_(
 
 
 def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
-    with eval_mode(model), torch.no_grad():
-        out = call_model(model, inputs)
+    """The shapes of the dense model's outputs on ``inputs``; :class:`~prunekit.errors.DataError` when it does
+    not run on them (nothing has changed yet)."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = call_model(model, inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise DataError(
+            f"the model does not run on example_inputs {shape} ({type(e).__name__}: {first}); pass a batch the "
+            "model accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
+        ) from e
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
 
 
