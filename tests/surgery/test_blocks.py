@@ -126,18 +126,10 @@ def test_magnitude_removes_the_blocks_with_the_smallest_mean_weight():
 
 
 def test_head_pruning_on_inputs_the_model_cannot_run_is_a_data_error_and_changes_nothing():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    pytest.importorskip("transformers")
+    from unit_models import tiny_llama
+
+    model = tiny_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.DataError, match=r"does not run on example_inputs \(1, 8\).*LongTensor \[batch, seq_len\]"):
         pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 8))  # floats, not token ids
