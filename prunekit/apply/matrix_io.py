@@ -11,7 +11,7 @@ from prunekit.apply.masks import apply_mask_, assign_weight_, get_mask
 from prunekit.im2col import check_matrix_layer, from_matrix, to_matrix
 from prunekit.layout import layer_weight, weight_layout
 
-__all__ = ["store_matrix_", "stored_mask", "weight_matrix"]
+__all__ = ["check_inputs", "store_matrix_", "stored_mask", "weight_matrix"]
 
 
 def weight_matrix(module: nn.Module) -> Tensor:
@@ -65,3 +65,22 @@ def stored_mask(module: nn.Module, keep: Tensor) -> Tensor:
     assert layout is not None
     shape = layout.canonical_shape(tuple(layer_weight(module).shape))
     return layout.from_canonical(from_matrix(keep, shape)).contiguous()
+
+
+def check_inputs(module: nn.Module, x: Tensor, columns: int, *, im2col: bool, name: str = "") -> None:
+    """Refuse inputs ``x`` that ``module`` cannot have read: for a Linear / ``Conv1D`` a last dimension other
+    than its ``columns`` input features, for a convolution seen through im2col (``im2col``) a channel count
+    other than its ``in_channels``. Raises :class:`~prunekit.errors.DataError` naming the layer (``name``)."""
+    from prunekit.errors import DataError
+
+    if not im2col:
+        got, want, what = (x.shape[-1] if x.dim() else None), columns, "features in the last dimension"
+    else:
+        spatial = len(getattr(module, "kernel_size", ()))
+        want, what = int(getattr(module, "in_channels", 0)), "channels"
+        got = x.shape[-(spatial + 1)] if x.dim() > spatial else None
+    if got != want:
+        raise DataError(
+            f"{name or 'this layer'} reads inputs with {want} {what}; got a tensor of shape {tuple(x.shape)}: feed "
+            "it the inputs of this layer"
+        )

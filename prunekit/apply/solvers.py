@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from prunekit.apply.matrix_io import store_matrix_, stored_mask, weight_matrix
+from prunekit.apply.matrix_io import check_inputs, store_matrix_, stored_mask, weight_matrix
 from prunekit.apply.obs_sweep import block_mask, sweep_rows
 from prunekit.criteria import formulas as criteria
 from prunekit.errors import (
@@ -97,19 +97,8 @@ class Solver:
         self.groups = 1 if self.patches is None else self.patches.groups
 
     def check_inputs(self, x: Tensor) -> None:
-        """Refuse inputs ``x`` this layer cannot have read: a width other than its input features (for a
-        convolution, other than its input channels): :class:`~prunekit.errors.DataError`."""
-        if self.patches is None:
-            got, want, what = (x.shape[-1] if x.dim() else None), self.columns, "features in the last dimension"
-        else:
-            spatial = len(getattr(self.module, "kernel_size", ()))
-            want, what = int(getattr(self.module, "in_channels", 0)), "channels"
-            got = x.shape[-(spatial + 1)] if x.dim() > spatial else None
-        if got != want:
-            raise DataError(
-                f"{self.layer_name or 'this layer'} reads inputs with {want} {what}; got a tensor of shape "
-                f"{tuple(x.shape)}: feed it the inputs of this layer"
-            )
+        """Refuse inputs ``x`` of another width than the layer reads (:func:`prunekit.apply.matrix_io.check_inputs`)."""
+        check_inputs(self.module, x, self.columns, im2col=self.patches is not None, name=self.layer_name)
 
     def add_batch(self, x: Tensor) -> None:
         """Accumulate statistics of inputs ``x`` of this layer: [..., in] for a Linear / ``Conv1D``, the

@@ -313,8 +313,8 @@ def methods(
 
         try:
             m = resolve_method(name)
-        except PrunekitError as e:
-            fail(e)
+        except PrunekitError as err:
+            fail(err)
         t = Table(title=f"method {m.name}", title_justify="left", show_header=False)
         t.add_column("field", style="bold")
         t.add_column("value")

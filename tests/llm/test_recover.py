@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_unchanged, snapshot
-from tests.llm.conftest import VOCAB, calibration, tiny_model
+from tests.llm.conftest import calibration, tiny_model
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft", reason="LoRA recovery needs peft (pip install peft==0.21.2)")
@@ -129,9 +129,17 @@ def test_a_failure_while_training_leaves_the_model_unchanged():
     model = tiny_model()
     pk.prune(model, "magnitude", sparsity=0.5, measure=False)
     state = snapshot(model)
-    bad = [calibration(1, 1, 16)[0], torch.full((1, 16), VOCAB + 5)]  # the second batch is out of vocabulary
-    with pytest.raises(IndexError):
-        recover(model, bad, steps=2, progress=False)
+    calls = []
+
+    def fail_on_the_second_step(module, args, output):  # a failure after one optimizer step has run
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a failure in the second training step")
+
+    model.model.layers[0].register_forward_hook(fail_on_the_second_step)
+    with pytest.raises(RuntimeError, match="second training step"):
+        recover(model, calibration(2, 1, 16), steps=2, progress=False)
+    assert len(calls) == 2
     assert_unchanged(model, state)
     assert not any("lora" in n for n, _ in model.named_modules())
 
