@@ -171,6 +171,8 @@ class _ChannelVisitor(LayerVisitor):
             self.keep_count = width - round(sparsity * width)
             if self.keep_count < 1:
                 raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
+            if self.keep_count == width:
+                self.compensate = False  # nothing removed: no bias to add back
             if self.keep_count == width and sparsity > 0:
                 raise NothingToPruneError(
                     f"sparsity {sparsity:g} removes round({sparsity:g} x {width}) = 0 of the {width} MLP channels of "
@@ -188,6 +190,8 @@ class _ChannelVisitor(LayerVisitor):
 
             self.groups, self.per_group = choose_gqa_shape(self.n_heads, self.n_kv, sparsity, allowed)
             per_group = self.n_heads // self.n_kv
+            if (self.groups, self.per_group) == (self.n_kv, per_group):
+                self.compensate = False  # nothing removed: no bias to add back
             if (self.groups, self.per_group) == (self.n_kv, per_group) and sparsity > 0:
                 dense = 2 * self.n_heads + 2 * self.n_kv
                 shares = [

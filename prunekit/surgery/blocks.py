@@ -22,7 +22,14 @@ from prunekit.allocation.builtin import Allocation
 from prunekit.allocation.units import allocate_units, structural_allocation, unique_names
 from prunekit.calls import call_model, eval_mode
 from prunekit.criteria.base import Criterion
-from prunekit.errors import DataError, InvalidSparsityError, NothingToPruneError, PlanError
+from prunekit.errors import (
+    DataError,
+    InvalidSparsityError,
+    NothingToPruneError,
+    PlanError,
+    PrunekitError,
+    UnsupportedModuleError,
+)
 from prunekit.padding import real_tokens, token_mask
 from prunekit.surgery.attention import AttentionBlock, find_attention, overlaps_ignored
 from prunekit.surgery.hf import exact_head_notes, fit_head_counts, own_config_, record_head_attrs, renumber_layers
@@ -118,6 +125,11 @@ def plan_heads(
     alloc = structural_allocation(allocation, sparsity, global_cap)
     ignored = list(ignored)
     blocks = find_attention(model, ignored)
+    if not blocks and ignored and _has_attention(model):
+        raise NothingToPruneError(
+            f"ignore= ({', '.join(ignored[:4])}) covers every attention module that could lose heads, so Head() has "
+            "nothing to remove; ignore fewer modules"
+        )
     if not blocks:
         raise NothingToPruneError(
             "no attention module was found for Head(): heads are found in q_proj/k_proj/v_proj/o_proj (LLaMA, "
@@ -179,6 +191,14 @@ def plan_heads(
             + (" ..." if len(kept_by_user) > 8 else "")
         )
     return HeadPlan(blocks, remove, notes, crit.name, scores)
+
+
+def _has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has an attention module of a known layout, one that cannot lose heads included."""
+    try:
+        return bool(find_attention(model))
+    except UnsupportedModuleError:
+        return True
 
 
 def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
@@ -262,6 +282,8 @@ def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     try:
         with eval_mode(model), torch.no_grad():
             out = call_model(model, inputs)
+    except PrunekitError:
+        raise
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__

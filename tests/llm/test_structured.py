@@ -139,3 +139,16 @@ def test_a_sparsity_too_small_to_remove_a_unit_is_refused_and_the_model_is_uncha
     assert phrase in str(info.value)
     assert_unchanged(model, before)
     assert not any(n.endswith("bias") for n, _ in model.named_parameters())  # no bias compensation left behind
+
+
+@pytest.mark.parametrize("method", ["llm-heads", "llm-mlp"])
+def test_sparsity_zero_changes_nothing_not_even_bias_compensation(method):
+    from conftest import assert_unchanged, snapshot
+
+    import prunekit as pk
+
+    model = tiny_model()
+    before = snapshot(model)
+    pk.prune(model, method, sparsity=0.0, calibration=calibration(), progress=False)
+    assert_unchanged(model, before)
+    assert not model.config.attention_bias and not model.config.mlp_bias

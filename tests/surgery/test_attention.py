@@ -148,5 +148,5 @@ def test_an_attention_module_that_cannot_lose_heads_is_passed_over_when_ignore_n
     assert model.blocks[0].attn.num_heads == 2 and model.blocks[1].attn.num_heads == 3
     assert report.after.params < report.before.params
     refused = _timm_vit(scale_attn_norm=True)
-    with pytest.raises(pk.NothingToPruneError):
+    with pytest.raises(pk.NothingToPruneError, match="covers every attention module that could lose heads"):
         pk.prune(refused, "head", sparsity=0.34, example_inputs=x, ignore=["blocks.0.attn", "blocks.1.attn"])

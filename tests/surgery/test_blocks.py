@@ -133,4 +133,6 @@ def test_head_pruning_on_inputs_the_model_cannot_run_is_a_data_error_and_changes
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.DataError, match=r"does not run on example_inputs \(1, 8\).*LongTensor \[batch, seq_len\]"):
         pk.prune(model, "head", sparsity=0.5, example_inputs=torch.randn(1, 8))  # floats, not token ids
+    with pytest.raises(pk.DataError, match=r"does not run on example_inputs \(1, 8\)"):
+        pk.prune(model, "l2-channel", sparsity=0.5, example_inputs=torch.randn(1, 8))  # the tracer's forward
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
