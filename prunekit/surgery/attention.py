@@ -23,7 +23,7 @@ from prunekit.calibration.families import AttentionLayout, layouts_for
 from prunekit.errors import ConfigError, UnsupportedModuleError
 from prunekit.surgery.remove import Removal
 
-__all__ = ["AttentionBlock", "find_attention", "overlaps_ignored"]
+__all__ = ["AttentionBlock", "find_attention", "has_attention", "overlaps_ignored"]
 
 
 @dataclass
@@ -270,3 +270,11 @@ def _rows(name: str, mod: nn.Module) -> int:
             f"heads cannot be counted; use a channel method (l2-channel) for this model"
         )
     return int(w.shape[layout.out_axis])
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has an attention module of a known layout, one that cannot lose heads included."""
+    try:
+        return bool(find_attention(model))
+    except UnsupportedModuleError:
+        return True

@@ -27,11 +27,9 @@ from prunekit.errors import (
     InvalidSparsityError,
     NothingToPruneError,
     PlanError,
-    PrunekitError,
-    UnsupportedModuleError,
 )
 from prunekit.padding import real_tokens, token_mask
-from prunekit.surgery.attention import AttentionBlock, find_attention, overlaps_ignored
+from prunekit.surgery.attention import AttentionBlock, find_attention, has_attention, overlaps_ignored
 from prunekit.surgery.hf import exact_head_notes, fit_head_counts, own_config_, record_head_attrs, renumber_layers
 from prunekit.surgery.remove import remove_, size_attrs, structure_state
 from prunekit.surgery.scoring import (
@@ -125,7 +123,7 @@ def plan_heads(
     alloc = structural_allocation(allocation, sparsity, global_cap)
     ignored = list(ignored)
     blocks = find_attention(model, ignored)
-    if not blocks and ignored and _has_attention(model):
+    if not blocks and ignored and has_attention(model):
         raise NothingToPruneError(
             f"ignore= ({', '.join(ignored[:4])}) covers every attention module that could lose heads, so Head() has "
             "nothing to remove; ignore fewer modules"
@@ -193,14 +191,6 @@ def plan_heads(
     return HeadPlan(blocks, remove, notes, crit.name, scores)
 
 
-def _has_attention(model: nn.Module) -> bool:
-    """Whether ``model`` has an attention module of a known layout, one that cannot lose heads included."""
-    try:
-        return bool(find_attention(model))
-    except UnsupportedModuleError:
-        return True
-
-
 def apply_head_plan_(model: nn.Module, plan: HeadPlan) -> None:
     """Remove the planned key/value groups (with their query heads) in place: the q/k/v rows and output
     projection columns are sliced (:func:`~prunekit.surgery.remove.remove_`), each block's head counts are
@@ -235,14 +225,14 @@ def apply_head_plan_proved_(
     that applies a head plan (default :func:`apply_head_plan_`)."""
     from prunekit.apply.transaction import restore_tree, snapshot_tree
     from prunekit.surgery.engine import single_thread
-    from prunekit.surgery.proof import still_runs
+    from prunekit.surgery.proof import output_shapes, still_runs
 
     apply = apply or apply_head_plan_
     if inputs is None:
         apply(model, plan)
         return
     with single_thread():
-        shapes = _output_shapes(model, inputs)
+        shapes = output_shapes(model, inputs)
         snap = snapshot_tree(model)
         apply(model, plan)
         where: list[str] = []
@@ -274,24 +264,6 @@ def apply_head_plan_proved_(
             f"count: {', '.join(kept[:8])}"
         )
         apply(model, plan)
-
-
-def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
-    """The shapes of the dense model's outputs on ``inputs``; :class:`~prunekit.errors.DataError` when it does
-    not run on them (nothing has changed yet)."""
-    try:
-        with eval_mode(model), torch.no_grad():
-            out = call_model(model, inputs)
-    except PrunekitError:
-        raise
-    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise DataError(
-            f"the model does not run on example_inputs {shape} ({type(e).__name__}: {first}); pass a batch the "
-            "model accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
-        ) from e
-    return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
 
 
 # ------------------------------------------------------------------------------------------------ layers

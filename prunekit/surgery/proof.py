@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from prunekit.apply.transaction import restore_tree, snapshot_tree
-from prunekit.calls import call_model, restore_modes, training_modes
-from prunekit.errors import ModelError, PrunekitError
+from prunekit.calls import call_model, eval_mode, restore_modes, training_modes
+from prunekit.errors import DataError, ModelError, PrunekitError
 from prunekit.surgery.remove import Removal, remove_
 
 if TYPE_CHECKING:
@@ -162,3 +162,21 @@ def keep_groups(plan: StructuralPlan, bad: set[int]) -> None:
     plan.notes.append(f"{len(bad)} group(s) kept because the model's code fixes their size: " + ", ".join(names[:8]))
     for i in bad:
         plan.remove[i] = np.zeros(0, dtype=np.int64)
+
+
+def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
+    """The shapes of the dense model's outputs on ``inputs``; :class:`~prunekit.errors.DataError` when it does
+    not run on them (nothing has changed yet)."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = call_model(model, inputs)
+    except PrunekitError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise DataError(
+            f"the model does not run on example_inputs {shape} ({type(e).__name__}: {first}); pass a batch the "
+            "model accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
+        ) from e
+    return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
