@@ -89,4 +89,17 @@ __all__ = [
     "SourceMissingError",
     "UnknownNameError",
     "UnsupportedModuleError",
+    "inputs_failure",
 ]
+
+
+def inputs_failure(e: BaseException, inputs: object) -> DataError:
+    """The :class:`DataError` for a model that raised ``e`` on ``example_inputs`` ``inputs`` before anything
+    changed: the inputs' shape, the failure's first line, and what to pass instead."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    shape = getattr(inputs, "shape", None)
+    what = tuple(shape) if shape is not None else type(inputs).__name__
+    return DataError(
+        f"the model does not run on example_inputs {what} ({type(e).__name__}: {first}); pass a batch the model "
+        "accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
+    )

@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunekit.apply.transaction import restore_tree, snapshot_tree
 from prunekit.calls import call_model, eval_mode, restore_modes, training_modes
-from prunekit.errors import DataError, ModelError, PrunekitError
+from prunekit.errors import ModelError, PrunekitError, inputs_failure
 from prunekit.surgery.remove import Removal, remove_
 
 if TYPE_CHECKING:
@@ -173,10 +173,5 @@ def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     except PrunekitError:
         raise
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise DataError(
-            f"the model does not run on example_inputs {shape} ({type(e).__name__}: {first}); pass a batch the "
-            "model accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
-        ) from e
+        raise inputs_failure(e, inputs) from e
     return [tuple(o.shape) for o in tree_flatten(out)[0] if isinstance(o, Tensor)]

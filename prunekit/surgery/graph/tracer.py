@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 import prunekit.surgery.rules  # noqa: F401  (the rule modules register themselves)
 from prunekit.calls import call_model, restore_modes, training_modes
-from prunekit.errors import DataError, ModelError, PrunekitError, UnsupportedModuleError
+from prunekit.errors import ModelError, PrunekitError, UnsupportedModuleError, inputs_failure
 from prunekit.surgery.graph.groups import TraceResult, build_groups
 from prunekit.surgery.graph.labels import ParamView, atoms_of, axis_label, compress, const_label
 from prunekit.surgery.graph.registry import (
@@ -353,12 +353,7 @@ def trace_groups(
     except PrunekitError:
         raise
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:  # the model's own failure
-        first = str(e).splitlines()[0] if str(e) else ""
-        shape = tuple(example_inputs.shape) if isinstance(example_inputs, Tensor) else type(example_inputs).__name__
-        raise DataError(
-            f"the model does not run on example_inputs {shape} ({type(e).__name__}: {first}); pass a batch the "
-            "model accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
-        ) from e
+        raise inputs_failure(e, example_inputs) from e
     finally:
         for h in handles:
             h.remove()
