@@ -19,6 +19,7 @@ from prunekit.errors import (
     NothingToPruneError,
     PatternError,
     PrunekitError,
+    inputs_failure,
 )
 from prunekit.eval.latency import compare_latency, time_model
 from prunekit.eval.report import (
@@ -26,7 +27,6 @@ from prunekit.eval.report import (
     Report,
     count_params,
     count_params_within,
-    forward_failure,
     layer_stats,
     measure,
     weight_shapes,
@@ -227,7 +227,7 @@ def prune(
     except PrunekitError:
         raise
     except Exception as e:  # the forward pass itself failed: nothing was changed yet
-        raise forward_failure(e) from e
+        raise inputs_failure(e, example_inputs) from e
     dense_copy, latency_note = _dense_copy(model) if do_latency else (None, None)
     shapes_before = weight_shapes(model) if m.structural else None
     # the figures after the call are taken inside the transaction too: an error (or Ctrl-C) while measuring

@@ -95,11 +95,16 @@ __all__ = [
 
 def inputs_failure(e: BaseException, inputs: object) -> DataError:
     """The :class:`DataError` for a model that raised ``e`` on ``example_inputs`` ``inputs`` before anything
-    changed: the inputs' shape, the failure's first line, and what to pass instead."""
+    changed: the inputs' shape, the failure's first line, and what to do, which depends on the failure (memory:
+    a smaller batch; otherwise the inputs' shape, dtype and device)."""
     first = str(e).splitlines()[0] if str(e) else ""
     shape = getattr(inputs, "shape", None)
-    what = tuple(shape) if shape is not None else type(inputs).__name__
-    return DataError(
-        f"the model does not run on example_inputs {what} ({type(e).__name__}: {first}); pass a batch the model "
-        "accepts (token ids, a LongTensor [batch, seq_len], for a language model)"
+    what = f"{tuple(shape)} " if shape is not None else ""
+    memory = isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in first.lower()
+    todo = (
+        "it ran out of memory: pass a smaller batch"
+        if memory
+        else "check their shape, dtype and device: pass a batch the model accepts (token ids, a LongTensor "
+        "[batch, seq_len], for a language model)"
     )
+    return DataError(f"the model does not run on example_inputs {what}({type(e).__name__}: {first}); {todo}")

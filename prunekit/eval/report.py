@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from prunekit.apply.masks import effective_state_dict
 from prunekit.calls import call_model, restore_modes, training_modes
-from prunekit.errors import DataError, PrunekitError
+from prunekit.errors import PrunekitError, inputs_failure
 from prunekit.eval.latency import LatencyComparison, Timing, time_model
 from prunekit.layout import is_parametrization_key, is_prunable
 from prunekit.serialization import SAVED_METADATA, atomic_write, dense_size, sparse_size
@@ -37,27 +37,12 @@ __all__ = [
     "Report",
     "count_flops",
     "count_params",
-    "forward_failure",
     "layer_stats",
     "measure",
     "no_fused_attention",
     "time_forward",
     "weight_shapes",
 ]
-
-
-def forward_failure(e: BaseException) -> DataError:
-    """The :class:`~prunekit.errors.DataError` for a forward pass on ``example_inputs`` that raised ``e``: what
-    failed (its first line) and what to do, which depends on the failure (memory: a smaller batch; otherwise the
-    inputs' shape, dtype and device)."""
-    first = str(e).splitlines()[0] if str(e) else ""
-    memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in first.lower()
-    todo = (
-        "it ran out of memory: pass a smaller batch"
-        if memory
-        else "check their shape, dtype and device: pass a batch the model accepts"
-    )
-    return DataError(f"the model does not run on example_inputs ({type(e).__name__}: {first}); {todo}")
 
 
 @dataclass
@@ -227,7 +212,7 @@ def count_flops(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]]:
 def _count_flops_or_none(model: nn.Module, inputs: Any) -> tuple[int, dict[str, int]] | None:
     """:func:`count_flops`, or None (with a warning) when torch's FLOP counter fails on a model that runs
     (its module tracking asserts on some models' autograd use). Raises
-    :class:`~prunekit.errors.DataError` (:func:`forward_failure`) when the model itself does not run."""
+    :class:`~prunekit.errors.DataError` (:func:`~prunekit.errors.inputs_failure`) when the model itself does not run."""
     caught = (RuntimeError, TypeError, ValueError, IndexError, MemoryError, AssertionError)
     try:
         return count_flops(model, inputs)
@@ -241,7 +226,7 @@ def _count_flops_or_none(model: nn.Module, inputs: Any) -> tuple[int, dict[str, 
     except PrunekitError:
         raise
     except caught as e:
-        raise forward_failure(e) from e
+        raise inputs_failure(e, inputs) from e
     first = str(counter_error).splitlines()[0] if str(counter_error) else ""
     warnings.warn(
         f"FLOPs not counted: torch's FLOP counter failed on this model ({type(counter_error).__name__}: {first}), "
