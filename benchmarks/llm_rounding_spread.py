@@ -1,7 +1,7 @@
 """How far float rounding alone moves the perplexity of Wanda / SparseGPT, for prunekit and llm-compressor 0.14.
 
     .venv/bin/python benchmarks/llm_rounding_spread.py --lc-python /path/to/lc-venv/bin/python \
-        [--configs sparsegpt:unstructured,sparsegpt:2:4] [--orders 4]
+        [--configs sparsegpt:unstructured,sparsegpt:2:4] [--orders 4] [--merge] [--rewrite]
 
 The side-by-side protocol of ``llm_vs_llmcompressor.py`` (its children are reused: same model, token ids,
 perplexity loop, pruning calls), run with the same 64 calibration windows fed in ``--orders`` different orders:
@@ -12,7 +12,10 @@ merged batch). Whatever the perplexity does across orders is the rounding sensit
 model, which bounds how closely two correct implementations can agree. Both tools get the same orders; runs
 alternate between the tools.
 
-Writes ``OUT/rounding_spread.{md,json}`` (default OUT: docs/results/llm) after every run.
+Writes ``OUT/rounding_spread.{md,json}`` (default OUT: docs/results/llm) after every run: perplexity per order
+and its spread for each tool, and, paired by order, the medians of prunekit against llm-compressor (perplexity,
+prune time, peak memory). ``--merge`` keeps the runs of other configurations already in the .json;
+``--rewrite`` only remakes the .md from the .json.
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ def reorder(data: Path, seed: int, dest: Path) -> None:
     torch.save(record, dest)
 
 
+def paired(runs: list[dict], config: str) -> list[tuple[dict, dict]]:
+    """(prunekit run, llm-compressor run) for every order of ``config`` that both tools ran."""
+    by = {(r["tool"], r["order"]): r for r in runs if r["config"] == config}
+    orders = sorted({o for _, o in by})
+    return [
+        (by["prunekit", o], by["llm-compressor", o])
+        for o in orders
+        if ("prunekit", o) in by and ("llm-compressor", o) in by
+    ]
+
+
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "rounding_spread.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -69,11 +83,31 @@ def write(result: dict, out: Path) -> None:
             medians[config, tool] = med
             per = ", ".join(f"{r['order']}: {r['ppl']:.2f}" for r in rs)
             lines.append(f"| {config} | {tool} | {per} | {med:.2f} | {100 * (max(ppls) - min(ppls)) / med:.2f}% |")
-    lines += ["", "| configuration | prunekit median vs llm-compressor median |", "|---|---:|"]
+    lines += [
+        "",
+        "Paired by order (the two tools' runs on the same order of windows, back to back): medians over orders.",
+        "",
+        "| configuration | orders | perplexity, prunekit median vs llm-compressor median | prune time ratio "
+        "| peak memory ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for config in result["configs"]:
         a, b = medians.get((config, "prunekit")), medians.get((config, "llm-compressor"))
-        if a and b:
-            lines.append(f"| {config} | {100 * (a / b - 1):+.2f}% |")
+        if not (a and b):
+            continue
+        pairs = paired(result["runs"], config)
+        time_r = statistics.median(p["prune_wall_s"] / q["prune_wall_s"] for p, q in pairs) if pairs else None
+        peak_r = statistics.median(p["peak_prune_mib"] / q["peak_prune_mib"] for p, q in pairs) if pairs else None
+        lines.append(
+            f"| {config} | {len(pairs)} | {100 * (a / b - 1):+.2f}% | "
+            + (f"{time_r:.2f}x | {peak_r:.2f}x |" if pairs else "- | - |")
+        )
+    lines += [
+        "",
+        "Prune time: wall seconds of the pruning call; peak: the peak resident set during it (`VmHWM` reset right "
+        "before it), as in `vs_llmcompressor.md`. Targets (the issue's): perplexity within 1% of the reference's, "
+        "time ratio <= 0.5x, peak memory no higher.",
+    ]
     lines += ["", f"Reproduce: `{result['command']}`", ""]
     (out / "rounding_spread.md").write_text("\n".join(lines))
 
@@ -88,7 +122,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tools", default=",".join(side.TOOLS))
     ap.add_argument("--out", default=str(side.ROOT / "docs/results/llm"))
+    ap.add_argument("--merge", action="store_true", help="keep the runs of other configurations already in OUT's .json")
+    ap.add_argument("--rewrite", action="store_true", help="only rewrite OUT's .md from its .json (runs nothing)")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.rewrite:
+        write(json.loads((out / "rounding_spread.json").read_text()), out)
+        return 0
     args.prunekit_options = {}
     import torch
     import transformers
@@ -111,6 +151,14 @@ def main() -> int:
             "runs": [],
             **protocol,
         }
+        previous = out / "rounding_spread.json"
+        if args.merge and previous.exists():
+            kept = json.loads(previous.read_text())
+            if kept.get("calibration_token_sha256") != result.get("calibration_token_sha256"):
+                raise SystemExit(f"--merge: {previous} was run on other calibration tokens; leave --merge out")
+            result["runs"] = [r for r in kept["runs"] if r["config"] not in configs]
+            result["configs"] = [c for c in kept["configs"] if c not in configs] + configs
+            result["command"] = kept.get("command", "") + "; " + result["command"]
         for config in configs:
             for order in range(args.orders):
                 data = Path(tmp) / f"tokens-{order}.pt"
@@ -122,7 +170,7 @@ def main() -> int:
                     print(
                         json.dumps({k: rec[k] for k in ("tool", "config", "order", "ppl", "prune_wall_s")}), flush=True
                     )
-                    write(result, Path(args.out))
+                    write(result, out)
     return 0
 
 
