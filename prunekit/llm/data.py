@@ -11,7 +11,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +72,7 @@ class CalibrationSet:
     """``n_samples`` windows of ``seq_len`` tokens drawn at random (seeded) from a text, as batches.
 
     Iterating over it yields the batches (token ids, shape ``(batch_size, seq_len)``), so it can be passed
-    as ``calibration=`` directly.
+    as ``calibration=`` directly; ``cal[i]`` is batch ``i`` and ``cal[i:j]`` a list of those batches.
     """
 
     batches: list[Tensor]
@@ -80,6 +80,13 @@ class CalibrationSet:
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter(self.batches)
+
+    @overload
+    def __getitem__(self, index: int) -> Tensor: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Tensor]: ...
+    def __getitem__(self, index: int | slice) -> Tensor | list[Tensor]:
+        return self.batches[index]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -62,7 +62,10 @@ class HeadPlan:
         by = f" (criterion {self.criterion})" if self.criterion else ""
         lines = [f"head plan{by}:"]
         for b, r in zip(self.blocks, self.remove):
-            lines.append(f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({len(r) * b.q_per_kv} query heads)")
+            heads = len(r) * b.q_per_kv
+            lines.append(
+                f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({heads} query head{'' if heads == 1 else 's'})"
+            )
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 

@@ -74,6 +74,8 @@ def test_calibration_draw_is_seeded_and_recorded():
     assert a.protocol["token_sha256"] == b.protocol["token_sha256"] != c.protocol["token_sha256"]
     assert len(a.batches) == 4 and a.batches[0].shape == (1, 64)
     assert a.protocol["texts"] == ["prideprejudice"] and a.protocol["seed"] == 1
+    assert torch.equal(a[1], a.batches[1]) and not torch.equal(a[0], a[1])  # indexable like the list it holds
+    assert [t.data_ptr() for t in a[1:3]] == [t.data_ptr() for t in a.batches[1:3]]
     with pytest.raises(DataError, match="fewer than seq_len"):
         calibration_batches(ByteTokenizer(), "short", n_samples=1, seq_len=64)
 
