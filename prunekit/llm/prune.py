@@ -441,8 +441,9 @@ def prune_causal_lm(
     the matrices called before it in its decoder layer already pruned (the ``--true-sequential`` order of the
     SparseGPT and GPTQ reference code; Frantar & Alistarh 2023), in one forward pass of the calibration set per
     layer (each batch's pass waits at every Linear until all batches have fed it; :mod:`prunekit.llm.runner`);
-    False: all matrices of a layer see the dense layer's inputs (Wanda's and llm-compressor's order: a
-    statistics pass, then an output pass). ``merge_mib`` (either order; default :data:`DEFAULT_MERGE_MIB`, 32):
+    False: all matrices of a layer see the dense layer's inputs (the order of the Wanda reference, of the SparseGPT
+    reference without ``--true-sequential``, and of llm-compressor: a statistics pass, then an output pass).
+    ``merge_mib`` (either order; default :data:`DEFAULT_MERGE_MIB`, 32):
     consecutive equal-length calibration batches are merged into larger batches while a layer's forward on one
     is estimated to need at most this many MiB; 0 never merges.
     ``spill_activations`` (true-sequential order, CPU; default True): the inputs the passes wait with (all but
