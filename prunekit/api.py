@@ -144,7 +144,7 @@ def prune(
     check_sparsity(sparsity)
     sparsity = float(sparsity)
     if options.get("device") is not None:
-        _check_device(options["device"])
+        check_device(options["device"])
     gran = parse_pattern(pattern if pattern is not None else m.default_pattern)
     if m.structural and pattern is not None:
         _check_structural_pattern(m, gran)
@@ -289,7 +289,7 @@ def prune(
     )
 
 
-def _check_device(device: Any) -> None:
+def check_device(device: Any) -> None:
     """Refuse a ``device=`` that is not a torch device, or one this machine does not have
     (:class:`~prunekit.errors.ConfigError`), before anything runs."""
     import torch

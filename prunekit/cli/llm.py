@@ -310,7 +310,9 @@ def _prune_streaming(
             "`prunekit eval-ppl OUT` afterwards if the model fits in memory)"
         )
     if device:
-        raise prunekit.ConfigError("--stream computes on the CPU; drop --device")
+        from prunekit.api import check_device
+
+        check_device(device)  # before the checkpoint and its tokenizer are read
     source = cached_model_dir(model_dir) if model_dir in OFFLINE_MODELS else Path(model_dir)
     if model_dir in OFFLINE_MODELS and not source.is_dir():
         from prunekit.llm.models import load_causal_lm
@@ -358,6 +360,7 @@ def _prune_streaming(
         overwrite=overwrite,
         progress=progress,
         record=record,  # written inside --out before it takes its place
+        device=device,
         **(order or {}),
     )
     seconds = time.perf_counter() - t0

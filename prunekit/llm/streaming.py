@@ -235,6 +235,7 @@ def prune_checkpoint(
     percdamp: float | None = None,
     targets: Iterable[str] | None = None,
     record: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> LLMPruneResult:
     """Prune the causal LM checkpoint in folder ``source`` into folder ``out`` without loading it whole.
 
@@ -250,6 +251,13 @@ def prune_checkpoint(
     ``merge_mib`` MiB); ``true_sequential``, ``merge_mib``, ``spill_activations``, SparseGPT's ``blocksize`` and
     ``percdamp``, and ``targets`` (the decoder-layer Linears to prune, by full name) are
     :func:`prunekit.llm.prune_causal_lm`'s, with the same defaults, so the weights equal the in-memory run's.
+
+    ``device``: where each decoder layer and the calibration activations are computed (e.g. ``"cuda"``; default:
+    the CPU): a layer is read to the CPU, moved there, pruned, moved back and written, as
+    :func:`prunekit.llm.prune_causal_lm` does with ``device=`` for a model kept on the CPU; the tensors outside
+    the layers go there for the capture of the first layer's inputs only. The activations then stay on that
+    device (nothing is spilled to a file there). Refused (:class:`~prunekit.errors.ConfigError`) before
+    anything is read when this machine has no such device.
 
     ``record``: fields to keep with the pruned checkpoint, written with the run's own (pattern, allocation,
     notes, prune seconds; these take precedence over a field of the same name) to ``out/prunekit_llm.json``
@@ -273,6 +281,10 @@ def prune_checkpoint(
             f"prune_checkpoint streams the layer-wise methods {', '.join(STREAMING_METHODS)} (and their owl- "
             f"aliases); {method!r} is not one of them: load the model with load_causal_lm and use pk.prune"
         )
+    if device is not None:
+        from prunekit.api import check_device
+
+        check_device(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ConfigError(f"dtype is a floating torch.dtype such as torch.float32 or torch.bfloat16, got {dtype!r}")
     src = Path(source)
@@ -306,6 +318,7 @@ def prune_checkpoint(
             blocksize=blocksize,
             percdamp=percdamp,
             targets=targets,
+            device=device,
         )
         n_layers = len(family_for(model).layer_list(model))
         if sorted(store.written) != list(range(n_layers)):

@@ -63,6 +63,35 @@ def test_refusals_come_before_anything_is_written(tmp_path):
         prune_checkpoint(tmp_path / "empty", tmp_path / "c", "wanda", sparsity=0.5, calibration=calibration())
 
 
+def test_device_is_passed_to_the_runner_and_an_absent_one_is_refused_first(tmp_path, monkeypatch):
+    import prunekit.llm.streaming as streaming
+
+    src = tmp_path / "src"
+    tiny_model("llama", layers=2).save_pretrained(src)
+    before = _digest(src)
+    seen = []
+    real = streaming.prune_causal_lm
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "prune_causal_lm", spy)
+    plain = prune_checkpoint(src, tmp_path / "a", "wanda", sparsity=0.5, calibration=calibration(), progress=False)
+    on_cpu = prune_checkpoint(
+        src, tmp_path / "b", "wanda", sparsity=0.5, calibration=calibration(), progress=False, device="cpu"
+    )
+    assert seen == [None, "cpu"] and on_cpu.layer_sparsity == plain.layer_sparsity
+    a = {p.name: p.read_bytes() for p in (tmp_path / "a").glob("*.safetensors")}
+    assert a and a == {p.name: p.read_bytes() for p in (tmp_path / "b").glob("*.safetensors")}
+    absent = "cuda:0" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(pk.ConfigError, match="device"):
+        prune_checkpoint(src, tmp_path / "c", "wanda", sparsity=0.5, calibration=calibration(), device=absent)
+    with pytest.raises(pk.ConfigError, match="not a torch device"):
+        prune_checkpoint(src, tmp_path / "c", "wanda", sparsity=0.5, calibration=calibration(), device="gpu0")
+    assert not (tmp_path / "c").exists() and len(seen) == 2 and _digest(src) == before
+
+
 def test_prune_llm_stream_on_the_command_line(tmp_path):
     from typer.testing import CliRunner
 
@@ -71,7 +100,12 @@ def test_prune_llm_stream_on_the_command_line(tmp_path):
 
     runner = CliRunner()
     base = ["prune-llm", "smollm2-135m", "--method", "wanda", "--sparsity", "0.5", "--stream"]
-    for extra, said in ((["--method", "llm-mlp"], "layer-wise"), (["--eval-tokens", "64"], "--eval-tokens 0")):
+    absent = "cuda:0" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    for extra, said in (
+        (["--method", "llm-mlp"], "layer-wise"),
+        (["--eval-tokens", "64"], "--eval-tokens 0"),
+        (["--eval-tokens", "0", "--device", absent], "device="),
+    ):
         r = runner.invoke(app, [*base, *extra, "--out", str(tmp_path / "x")], terminal_width=200)
         assert r.exit_code == 2 and said in " ".join(r.output.split()), r.output
     assert not (tmp_path / "x").exists()
