@@ -11,6 +11,7 @@ from torch import nn
 from prunekit.allocation.builtin import resolve_allocation
 from prunekit.apply.plan import Pruner, check_seed, split_by_pattern
 from prunekit.apply.transaction import transaction
+from prunekit.calls import check_device
 from prunekit.errors import (
     ConfigError,
     InvalidSparsityError,
@@ -287,31 +288,6 @@ def prune(
         notes=notes,
         latency=comparison,
     )
-
-
-def check_device(device: Any) -> None:
-    """Refuse a ``device=`` that is not a torch device, or one this machine does not have
-    (:class:`~prunekit.errors.ConfigError`), before anything runs."""
-    import torch
-
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ConfigError(f"device={device!r} is not a torch device ({e}); pass e.g. 'cpu' or 'cuda:0'") from e
-    if d.type == "meta":
-        raise ConfigError("device='meta' holds no data to compute on; pass 'cpu' or an accelerator")
-    if d.type == "cpu":
-        return
-    backend = getattr(torch, d.type, None)
-    available = getattr(backend, "is_available", None)
-    count = getattr(backend, "device_count", None)
-    if available is None or not available():
-        raise ConfigError(
-            f"device={device!r}: no {d.type} device is available here; pass device='cpu', or leave device out "
-            "to compute where the model is"
-        )
-    if d.index is not None and callable(count) and d.index >= count():
-        raise ConfigError(f"device={device!r}: this machine has {count()} {d.type} device(s), numbered from 0")
 
 
 def _touched_modules(model: nn.Module, targets: list[Target]) -> list[nn.Module] | None:

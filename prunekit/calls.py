@@ -1,5 +1,5 @@
-"""Calling a model on example inputs given in any of the usual forms, and in eval mode for a while (a bottom
-module: imports only torch)."""
+"""Calling a model on example inputs given in any of the usual forms, in eval mode for a while, and on a device
+this machine has (a bottom module: imports only torch and prunekit's errors)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["call_model", "eval_mode", "restore_modes", "training_modes"]
+__all__ = ["call_model", "check_device", "eval_mode", "restore_modes", "training_modes"]
 
 
 def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -44,3 +44,30 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def check_device(device: Any) -> None:
+    """Refuse a ``device=`` that is not a torch device, or one this machine does not have
+    (:class:`~prunekit.errors.ConfigError`), before anything runs."""
+    import torch
+
+    from prunekit.errors import ConfigError
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"device={device!r} is not a torch device ({e}); pass e.g. 'cpu' or 'cuda:0'") from e
+    if d.type == "meta":
+        raise ConfigError("device='meta' holds no data to compute on; pass 'cpu' or an accelerator")
+    if d.type == "cpu":
+        return
+    backend = getattr(torch, d.type, None)
+    available = getattr(backend, "is_available", None)
+    count = getattr(backend, "device_count", None)
+    if available is None or not available():
+        raise ConfigError(
+            f"device={device!r}: no {d.type} device is available here; pass device='cpu', or leave device out "
+            "to compute where the model is"
+        )
+    if d.index is not None and callable(count) and d.index >= count():
+        raise ConfigError(f"device={device!r}: this machine has {count()} {d.type} device(s), numbered from 0")

@@ -310,7 +310,7 @@ def _prune_streaming(
             "`prunekit eval-ppl OUT` afterwards if the model fits in memory)"
         )
     if device:
-        from prunekit.api import check_device
+        from prunekit.calls import check_device
 
         check_device(device)  # before the checkpoint and its tokenizer are read
     source = cached_model_dir(model_dir) if model_dir in OFFLINE_MODELS else Path(model_dir)

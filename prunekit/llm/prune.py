@@ -410,7 +410,7 @@ def prune_causal_lm(
     calibration: Any = None,
     allocation: str | Allocation | None = None,
     targets: Iterable[str] | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     progress: bool | None = None,
     blocksize: int | None = None,
     percdamp: float | None = None,

@@ -282,7 +282,7 @@ def prune_checkpoint(
             f"aliases); {method!r} is not one of them: load the model with load_causal_lm and use pk.prune"
         )
     if device is not None:
-        from prunekit.api import check_device
+        from prunekit.calls import check_device
 
         check_device(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
