@@ -166,10 +166,9 @@ def prune(
             "criterion with that pattern (prunekit.Pruner(criterion=..., granularity=...)) or a structural method "
             "(prunekit methods)"
         )
-    if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
-        raise InvalidSparsityError(
-            f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass sparsity={gran.fixed_sparsity:g}"
-        )
+    if isinstance(gran, NM):
+        gran.check_sparsity(sparsity)
+        sparsity = gran.fixed_sparsity  # exact (0.333333 given for 2:3 is 1/3)
     # N:M fixes every layer's sparsity: with no allocation given, a registered score method (snip's default is
     # global) takes uniform, the only one that applies; a Pruner's own allocation or an owl-* alias stays asked for
     nm_default = isinstance(gran, NM) and isinstance(m, ScoreMethod) and not isinstance(method, Pruner)

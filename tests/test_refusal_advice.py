@@ -175,6 +175,15 @@ CASES = [
         _prune("magnitude", sparsity=0.5, pattern="2:4"),
     ),
     Case(
+        "N:M whose sparsity has no short decimal (2:3 fixes 1/3): the printed figure is accepted back",
+        lambda: nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3)),
+        _prune("magnitude", sparsity=0.3, pattern="2:3"),
+        pk.InvalidSparsityError,
+        "pass sparsity=0.333333",
+        _prune("magnitude", sparsity=0.333333, pattern="2:3"),
+        lambda m: float((m[2].weight == 0).float().mean()) == pytest.approx(1 / 3),
+    ),
+    Case(
         "N:M with a non-uniform allocation: use uniform",
         MLP,
         _prune("magnitude", sparsity=0.5, pattern="2:4", allocation="global"),

@@ -340,10 +340,9 @@ class Pruner:
         if sparsity is None:
             raise InvalidSparsityError("no sparsity given: pass sparsity=... (a number in [0, 1))")
         check_sparsity(sparsity)
-        if isinstance(g, NM) and not math.isclose(sparsity, g.fixed_sparsity, abs_tol=1e-9):
-            raise InvalidSparsityError(
-                f"pattern {g} fixes the sparsity at {g.fixed_sparsity:g}; pass sparsity={g.fixed_sparsity:g}"
-            )
+        if isinstance(g, NM):
+            g.check_sparsity(sparsity)
+            return g.fixed_sparsity
         return float(sparsity)
 
     def select(self, model: nn.Module) -> tuple[list[Target], list[tuple[str, str]]]:

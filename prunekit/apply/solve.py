@@ -379,11 +379,7 @@ def solve_layerwise(
     if not isinstance(granularity, (Unstructured, NM)):
         check_pattern(granularity, "", torch.zeros(1, 1))  # raises the solvers' PatternError
     if isinstance(granularity, NM):
-        if sparsity is not None and abs(sparsity - granularity.fixed_sparsity) > 1e-9:
-            raise InvalidSparsityError(
-                f"pattern {granularity} fixes the sparsity at {granularity.fixed_sparsity:g}; "
-                f"pass sparsity={granularity.fixed_sparsity:g} (or leave it out)"
-            )
+        granularity.check_sparsity(sparsity)
         sparsity = granularity.fixed_sparsity
     if sparsity is None:
         raise InvalidSparsityError("pass sparsity= a fraction in [0, 1) (or an N:M pattern, which fixes it)")

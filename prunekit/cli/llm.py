@@ -8,7 +8,6 @@ prunekit eval-ppl DIR --eval-text persuasion --max-tokens 4096
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -137,11 +136,9 @@ def prune_llm(
             sparsity = gran.fixed_sparsity
         # everything that can be checked without the model is checked before it is loaded and evaluated
         check_sparsity(sparsity)
-        if isinstance(gran, NM) and not math.isclose(sparsity, gran.fixed_sparsity, abs_tol=1e-9):
-            raise prunekit.InvalidSparsityError(
-                f"pattern {gran} fixes the sparsity at {gran.fixed_sparsity:g}; pass --sparsity "
-                f"{gran.fixed_sparsity:g} or leave --sparsity out"
-            )
+        if isinstance(gran, NM):
+            gran.check_sparsity(sparsity, spelled="--sparsity ")
+            sparsity = gran.fixed_sparsity
         if calibration_samples < 1 or seq_len < 1:
             raise prunekit.DataError(
                 f"calibration needs --calibration-samples and --seq-len of at least 1, got {calibration_samples} "

@@ -257,6 +257,17 @@ class NM(Granularity):
         """``1 - n / m``: an N:M pattern fixes the sparsity (0.5 for 2:4)."""
         return 1.0 - self.n / self.m
 
+    def check_sparsity(self, sparsity: float | None, *, spelled: str = "sparsity=") -> None:
+        """Raise :class:`~prunekit.errors.InvalidSparsityError` when ``sparsity`` is given and is not
+        :attr:`fixed_sparsity` to within 1e-6 (so that the six digits the message prints are accepted back: 2:3
+        fixes 1/3, and ``0.333333`` passes). ``spelled``: how the message writes the argument (``"--sparsity "``
+        on the command line)."""
+        if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-6):
+            raise InvalidSparsityError(
+                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; pass {spelled}{self.fixed_sparsity:g} "
+                "or leave it out"
+            )
+
     def check(self, name: str, weight: Tensor) -> None:
         """Raise :class:`~prunekit.errors.PatternError` unless ``weight`` has an input dim (``dim() >= 2``)
         whose size is a multiple of ``m``."""
@@ -299,10 +310,7 @@ class NM(Granularity):
         Raises :class:`~prunekit.errors.InvalidSparsityError` when ``sparsity`` is given and is not
         :attr:`fixed_sparsity`, and :class:`~prunekit.errors.PatternError` as :meth:`check` does.
         """
-        if sparsity is not None and not math.isclose(sparsity, self.fixed_sparsity, abs_tol=1e-9):
-            raise InvalidSparsityError(
-                f"pattern {self} fixes the sparsity at {self.fixed_sparsity:g}; pass sparsity={self.fixed_sparsity:g}"
-            )
+        self.check_sparsity(sparsity)
         self.check("this weight", scores)
         groups = self._grouped(scores)
         # drop the (m - n) lowest of each group; stable sort keeps ties deterministic

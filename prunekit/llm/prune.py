@@ -467,11 +467,7 @@ def prune_causal_lm(
     granularity = parse_pattern(pattern)
     alloc = resolve_allocation(allocation)
     if isinstance(granularity, NM):
-        if sparsity is not None and abs(sparsity - granularity.fixed_sparsity) > 1e-9:
-            raise InvalidSparsityError(
-                f"pattern {granularity} fixes the sparsity at {granularity.fixed_sparsity:g}; "
-                f"pass sparsity={granularity.fixed_sparsity:g} (or leave it out)"
-            )
+        granularity.check_sparsity(sparsity)
         if not isinstance(alloc, Uniform):
             raise ConfigError(
                 f"pattern {granularity} fixes every matrix at {granularity.fixed_sparsity:g} sparsity; allocation "
