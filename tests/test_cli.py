@@ -62,6 +62,7 @@ def test_methods_name_shows_the_options_prune_accepts():
     text = " ".join(result.output.split())
     assert "true_sequential" in text and "prune_classifier" in text and "percdamp" not in text
     assert "A Simple and Effective Pruning Approach" in text
+    assert "zeroed in place on a causal LM" in text and "weights under masks" not in text
     result = runner.invoke(app, ["methods", "sparsegpt"], terminal_width=200)
     assert "blocksize" in result.output and "percdamp" in result.output
     result = runner.invoke(app, ["methods", "wandaa"])

@@ -321,7 +321,10 @@ def methods(
         t.add_row("description", m.description)
         t.add_row("when", m.when)
         t.add_row("data", "calibration= (needed)" if m.needs_data else "none needed")
-        t.add_row("removes", "structure (the model gets smaller)" if m.structural else "weights under masks")
+        removes = getattr(m, "removes", None)
+        t.add_row(
+            "removes", removes or ("structure (the model gets smaller)" if m.structural else "weights under masks")
+        )
         t.add_row("default pattern", str(m.default_pattern or "unstructured"))
         t.add_row("default allocation", str(m.default_allocation))
         t.add_row("options", ", ".join(sorted(m.options)) or "-")

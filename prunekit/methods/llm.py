@@ -48,6 +48,8 @@ class LayerwiseLLMMethod(Method):
     writes_targets_only = True
     default_allocation = "uniform"
     options: ClassVar[frozenset[str]] = _LAYERWISE_OPTIONS
+    #: what ``prunekit methods NAME`` says the method removes
+    removes = "weights: zeroed in place on a causal LM (no masks to squash); on other models, zeroed under masks"
 
     def __init__(self, name: str, solver: str, owl: bool, description: str, paper: str):
         self.name = name
