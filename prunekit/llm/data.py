@@ -81,6 +81,11 @@ class CalibrationSet:
     def __iter__(self) -> Iterator[Tensor]:
         return iter(self.batches)
 
+    def __repr__(self) -> str:
+        shapes = sorted({tuple(b.shape) for b in self.batches})
+        texts = self.protocol.get("texts")
+        return f"CalibrationSet({len(self.batches)} batches of shape {', '.join(map(str, shapes))}, texts={texts})"
+
     @overload
     def __getitem__(self, index: int) -> Tensor: ...
     @overload
@@ -108,15 +113,28 @@ def calibration_batches(
     names and hashes, the tokenizer and the hash of the drawn token ids. Batches are ``[batch_size, seq_len]``
     token ids (the last one smaller when ``batch_size`` does not divide ``n_samples``).
 
-    Raises :class:`~prunekit.errors.DataError` for ``n_samples`` or ``seq_len`` below 1 and for a text of no
-    more than ``seq_len`` tokens.
+    Raises :class:`~prunekit.errors.DataError` for ``n_samples``, ``seq_len`` or ``batch_size`` that are not
+    whole numbers of at least 1, for ``texts`` of another form and for a text of no more than ``seq_len`` tokens.
     """
+    for what, value, example in (
+        ("n_samples", n_samples, 32),
+        ("seq_len", seq_len, 512),
+        ("batch_size", batch_size, 1),
+    ):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):  # int, numpy integers
+            raise DataError(f"{what} must be a whole number, got {value!r}: pass e.g. {what}={example}")
+    n_samples, seq_len, batch_size = int(n_samples), int(seq_len), int(batch_size)
     named = [("text", texts)] if isinstance(texts, str) else list(texts)
-    if n_samples < 1 or seq_len < 1:
+    if not all(isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in named):
+        raise DataError(
+            "texts is one string or a list of (name, text) pairs, e.g. [('emma', load_text('emma'))]; got "
+            f"{type(texts).__name__} of {', '.join(sorted({type(t).__name__ for t in named})) or 'nothing'}"
+        )
+    if n_samples < 1 or seq_len < 1 or batch_size < 1:
         raise DataError(
             f"calibration needs at least one window of at least one token, got n_samples={n_samples}, "
-            f"seq_len={seq_len}: pass n_samples >= 1 and seq_len >= 1 (prunekit prune-llm: --calibration-samples "
-            "N and --seq-len N, both at least 1)"
+            f"seq_len={seq_len}, batch_size={batch_size}: pass n_samples, seq_len and batch_size >= 1 (prunekit "
+            "prune-llm: --calibration-samples N and --seq-len N, both at least 1)"
         )
     ids = torch.cat([tokenize(tokenizer, t) for _, t in named]) if named else torch.empty(0, dtype=torch.long)
     if ids.numel() <= seq_len:

@@ -78,6 +78,17 @@ def test_calibration_draw_is_seeded_and_recorded():
     assert [t.data_ptr() for t in a[1:3]] == [t.data_ptr() for t in a.batches[1:3]]
     with pytest.raises(DataError, match="fewer than seq_len"):
         calibration_batches(ByteTokenizer(), "short", n_samples=1, seq_len=64)
+    with pytest.raises(DataError, match=r"\(name, text\) pairs"):  # a list of plain strings
+        calibration_batches(ByteTokenizer(), [text, text], n_samples=2, seq_len=8)
+    with pytest.raises(DataError, match="n_samples must be a whole number"):
+        calibration_batches(ByteTokenizer(), text, n_samples=2.5, seq_len=8)
+    with pytest.raises(DataError, match="batch_size"):
+        calibration_batches(ByteTokenizer(), text, n_samples=2, seq_len=8, batch_size=0)
+    import numpy as np
+
+    d = calibration_batches(ByteTokenizer(), [["prideprejudice", text]], n_samples=np.int64(4), seq_len=64, seed=1)
+    assert d.protocol["token_sha256"] == a.protocol["token_sha256"]  # numpy ints and [name, text] lists are fine
+    assert repr(a) == "CalibrationSet(4 batches of shape (1, 64), texts=['prideprejudice'])"
 
 
 def _need_smollm2() -> None:
