@@ -62,10 +62,13 @@ class HeadPlan:
         by = f" (criterion {self.criterion})" if self.criterion else ""
         lines = [f"head plan{by}:"]
         for b, r in zip(self.blocks, self.remove):
-            heads = len(r) * b.q_per_kv
-            lines.append(
-                f"  {b.name}: -{len(r)}/{b.groups} key/value groups ({heads} query head{'' if heads == 1 else 's'})"
-            )
+            if b.q_per_kv == 1:  # multi-head attention: a group is one head
+                lines.append(f"  {b.name}: -{len(r)}/{b.groups} heads")
+            else:
+                heads = len(r) * b.q_per_kv
+                lines.append(
+                    f"  {b.name}: -{len(r)}/{b.groups} key/value groups, -{heads}/{b.groups * b.q_per_kv} query heads"
+                )
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 

@@ -60,11 +60,11 @@ def test_gqa_heads_keep_the_group_ratio_and_update_config(tmp_path) -> None:  # 
     model = _build("qwen2")
     plan = plan_heads(model, 0.5)
     assert all(len(r) == 1 for r in plan.remove)  # 2 key/value groups -> 1 per layer
-    assert "-1/2 key/value groups (4 query heads)" in str(plan)
+    assert "-1/2 key/value groups, -4/8 query heads" in str(plan)
     one = plan_heads(_build("llama"), 0.5)  # 4 heads in 2 groups: 2 query heads a group
-    assert "(2 query heads)" in str(one)
-    mha = plan_heads(_build("gpt2"), 0.25)  # one query head a group: singular
-    assert "-1/4 key/value groups (1 query head)" in str(mha)
+    assert "-1/2 key/value groups, -2/4 query heads" in str(one)
+    mha = plan_heads(_build("gpt2"), 0.25)  # multi-head attention: a group is one head
+    assert "-1/4 heads" in str(mha) and "key/value" not in str(mha)
     apply_head_plan_(model, plan)
     attn = model.model.layers[0].self_attn
     assert attn.q_proj.out_features == 4 * attn.head_dim and attn.k_proj.out_features == attn.head_dim
