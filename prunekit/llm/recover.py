@@ -93,7 +93,7 @@ class RecoveryReport:
         text = (
             f"{self.method} recovery: {self.steps} steps, {self.tokens:,} tokens in {self.seconds:.1f} s; "
             f"loss {first:.3f} -> {last:.3f} (mean of the first / last {k} steps); {self.adapted_matrices} matrices "
-            f"adapted, {self.zeros_kept:,} pruned weights kept at zero"
+            f"adapted, {self.zeros_kept:,} zero weights (pruned, or zero before) kept at zero"
         )
         if self.perplexity_before is not None and self.perplexity_after is not None:
             text += f"; perplexity {self.perplexity_before.ppl:.2f} -> {self.perplexity_after.ppl:.2f}"

@@ -216,7 +216,8 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
 
 
 def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]], what: str = "calibration") -> None:
-    """Refuse token ids the model's input embedding has no row for (text tokenized for another model), with a
+    """Refuse token ids the model's input embedding has no row for (text tokenized for another model), and
+    sequences longer than the model's context (``config.max_position_embeddings`` or ``n_positions``), with a
     :class:`~prunekit.errors.DataError` that calls the data ``what``. ``batches``: as :func:`as_batches`
     returns them."""
     get = getattr(model, "get_input_embeddings", None)
@@ -232,6 +233,17 @@ def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]], what: s
                 f"{what} token id {bad} is outside the model's vocabulary (ids 0 to {size - 1}); tokenize "
                 f"the {what} text with the model's own tokenizer (load_causal_lm returns it with the model)"
             )
+    config = getattr(model, "config", None)
+    limit = next(
+        (v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)), None
+    )
+    longest = max((int(b["input_ids"].shape[-1]) for b in batches), default=0)
+    if limit is not None and longest > limit:
+        raise DataError(
+            f"{what} sequences of {longest} tokens are longer than the model's context ({limit} positions, "
+            f"config.max_position_embeddings); pass shorter windows (seq_len <= {limit}; prunekit prune-llm: "
+            f"--seq-len {limit} or less)"
+        )
 
 
 def _token_count(batch: dict[str, Tensor]) -> int:

@@ -106,6 +106,12 @@ def test_empty_or_malformed_calibration_is_refused():
         as_batches([{"ids": torch.zeros(1, 4, dtype=torch.long)}])
     with pytest.raises(DataError):
         as_batches([torch.randn(2, 4)])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for family in ("llama", "gpt2"):  # max_position_embeddings, n_positions: 128
+        m = model if family == "llama" else tiny_model(family)
+        with pytest.raises(DataError, match=r"longer than the model's context \(128 positions"):
+            prune_causal_lm(m, "wanda", sparsity=0.5, calibration=[torch.zeros(1, 129, dtype=torch.long)])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_as_batches_accepts_common_shapes():
