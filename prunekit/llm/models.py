@@ -188,6 +188,37 @@ def _has_structure_record(folder: Path) -> bool:
     return isinstance(config, dict) and "prunekit_structure" in config
 
 
+def _in_hub_cache(name: str) -> bool:
+    """Is hub model ``name``'s config in the local Hugging Face cache (loadable without the network)?"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id, or no huggingface_hub: the loader below says what is wrong
+        return True
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Can a TCP connection be opened to the Hugging Face endpoint (``HF_ENDPOINT``) within ``timeout``
+    seconds? False at once with ``HF_HUB_OFFLINE`` set."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+    except Exception:
+        return True  # the loader below reports what is missing
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) for an offline model name, a ``save_pretrained`` directory or a hub name.
 
@@ -221,6 +252,12 @@ def load_causal_lm(name_or_dir: str | os.PathLike[str], *, dtype: torch.dtype = 
         source: str | Path = folder
     else:
         source = key
+        if not _in_hub_cache(key) and not _hub_reachable():  # fail now, not after the hub client's retries
+            raise CheckpointError(
+                f"unknown model {key!r}: not a folder, not in the Hugging Face cache, and the hub cannot be reached "
+                f"from here; pass an offline name ({', '.join(OFFLINE_MODELS)}) or a folder written by `prunekit "
+                "prune-llm --out` / save_pretrained"
+            )
     try:
         if folder.exists() and _has_structure_record(folder):  # per-layer widths the config cannot state
             from prunekit.surgery.hf import from_pretrained_pruned

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+import prunekit as pk
 from prunekit.errors import DataError
 from prunekit.llm.data import calibration_batches, perplexity, token_hash
 
@@ -228,3 +229,20 @@ def test_windows_start_with_bos_when_the_tokenizer_adds_one():
     assert result.nll * result.tokens > first  # the first window is part of the total
     cal = calibration_batches(BosByteTokenizer(), text, n_samples=2, seq_len=16)
     assert all(b[0, 0] == 0 for b in cal.batches) and cal.protocol["bos"] is True
+
+
+def test_an_unknown_hub_name_fails_at_once_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    import prunekit.llm.models as models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models._hub_reachable() is False
+    monkeypatch.setattr(models, "_in_hub_cache", lambda name: False)
+    t = time.perf_counter()
+    with pytest.raises(pk.CheckpointError, match="hub cannot be reached") as e:
+        models.load_causal_lm("someorg/no-such-model")
+    assert "smollm2-135m" in str(e.value) and time.perf_counter() - t < 5  # no retries against the hub
+    monkeypatch.setattr(models, "_in_hub_cache", lambda name: True)  # cached: the loader is asked (and says why)
+    with pytest.raises(pk.CheckpointError, match="cannot load a causal language model"):
+        models.load_causal_lm("someorg/no-such-model")
