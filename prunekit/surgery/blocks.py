@@ -188,6 +188,15 @@ def plan_heads(
         notes += fit_notes
     else:
         notes += exact_head_notes(model, blocks, remove)
+    total = sum(b.groups for b in blocks)
+    removed = sum(len(r) for r in remove)
+    if total and removed / total + 1 / total < sparsity:  # short of the request by more than one group
+        unit = "heads" if all(b.q_per_kv == 1 for b in blocks) else "key/value groups"
+        notes.append(
+            f"removed {removed} of {total} {unit} ({removed / total:.0%}) for sparsity {sparsity:g}: every "
+            f"attention module keeps at least one {unit[:-1]}"
+            + ("" if exact else ", and a Hugging Face config must be able to state the head counts left")
+        )
     if kept_by_user:
         notes.append(
             f"{len(kept_by_user)} attention module(s) keep all their heads because ignore= names them: "

@@ -215,8 +215,8 @@ def fit_head_counts(
     if allowed == [b0.groups]:
         return remove, [
             (
-                f"{cls} cannot state {heads} heads of size {b0.head_dim}; the new sizes are recorded in "
-                "config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
+                f"{cls} cannot state {heads} head{'' if heads == 1 else 's'} of size {b0.head_dim}; the new sizes are "
+                "recorded in config.prunekit_structure: reload with prunekit.surgery.from_pretrained_pruned"
             )
         ]
     keep = min(allowed, key=lambda g: (abs(g - want), g == b0.groups, -g))
