@@ -48,7 +48,11 @@ def prune_llm(
     ] = "sparsegpt",
     sparsity: Annotated[
         float | None,
-        typer.Option("--sparsity", "-s", help="fraction of weights to remove (in [0, 1); fixed by an N:M --pattern)"),
+        typer.Option(
+            "--sparsity",
+            "-s",
+            help="fraction of weights to remove, in [0, 1): required, unless an N:M --pattern fixes it",
+        ),
     ] = None,
     pattern: Annotated[
         str | None, typer.Option(help="what is removed (N:M such as 2:4 or 4:8; default: unstructured)")
