@@ -51,7 +51,7 @@ def prune_llm(
         typer.Option(
             "--sparsity",
             "-s",
-            help="fraction of weights to remove, in [0, 1): required, unless an N:M --pattern fixes it",
+            help="fraction of weights to remove (in [0, 1); required unless an N:M --pattern fixes it)",
         ),
     ] = None,
     pattern: Annotated[
