@@ -63,7 +63,7 @@ from prunekit.errors import (
 from prunekit.layout import layer_weight
 from prunekit.llm.flap import uniform_plan
 from prunekit.llm.removal import cut_heads_, cut_mlp_channels_, head_shape, row_params, select_gqa_heads
-from prunekit.llm.runner import as_batches, check_vocabulary
+from prunekit.llm.runner import as_batches, check_token_batches
 from prunekit.padding import token_mask
 from prunekit.progress import ProgressBar
 from prunekit.surgery.blocks import overlaps_ignored
@@ -236,7 +236,7 @@ def _gradients(
     entropy) and, with ``second_order``, ``E_n[(dL_n/dw)^2]`` over sequences ``n``. float32, on the
     parameters' devices. Leaves the model as it found it (requires_grad, .grad, dtypes, train / eval)."""
     batches = as_batches(calibration)
-    check_vocabulary(model, batches)
+    check_token_batches(model, batches)
     if second_order:  # per-sequence gradients: one sequence at a time
         batches = [
             {k: v[r : r + 1] for k, v in b.items()} for b in batches for r in range(int(b["input_ids"].shape[0]))

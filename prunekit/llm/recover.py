@@ -376,9 +376,9 @@ def recover(
     batches, data_record = _batches_from(
         texts_or_batches, tokenizer, steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed
     )
-    from prunekit.llm.runner import check_vocabulary
+    from prunekit.llm.runner import check_token_batches
 
-    check_vocabulary(model, [{"input_ids": ids} for ids, _ in batches], "recovery")
+    check_token_batches(model, [{"input_ids": ids} for ids, _ in batches], "recovery")
     from prunekit.llm.data import perplexity
 
     modules = dict(model.named_modules())

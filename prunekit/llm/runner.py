@@ -48,7 +48,7 @@ __all__ = [
     "LayerVisitor",
     "RunSummary",
     "as_batches",
-    "check_vocabulary",
+    "check_token_batches",
     "merge_batches",
     "run_layerwise",
 ]
@@ -215,16 +215,15 @@ def as_batches(calibration: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]], what: str = "calibration") -> None:
+def check_token_batches(model: nn.Module, batches: list[dict[str, Tensor]], what: str = "calibration") -> None:
     """Refuse token ids the model's input embedding has no row for (text tokenized for another model), and
     sequences longer than the model's context (``config.max_position_embeddings`` or ``n_positions``), with a
     :class:`~prunekit.errors.DataError` that calls the data ``what``. ``batches``: as :func:`as_batches`
     returns them."""
     get = getattr(model, "get_input_embeddings", None)
-    size = getattr(get() if callable(get) else None, "num_embeddings", None)
-    if not isinstance(size, int):
-        return
-    for b in batches:
+    found = getattr(get() if callable(get) else None, "num_embeddings", None)
+    size: int = found if isinstance(found, int) else 0
+    for b in batches if size else []:
         ids = b["input_ids"]
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= size:
@@ -234,15 +233,16 @@ def check_vocabulary(model: nn.Module, batches: list[dict[str, Tensor]], what: s
                 f"the {what} text with the model's own tokenizer (load_causal_lm returns it with the model)"
             )
     config = getattr(model, "config", None)
-    limit = next(
-        (v for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)), None
+    field, limit = next(
+        ((k, v) for k in ("max_position_embeddings", "n_positions") if isinstance(v := getattr(config, k, None), int)),
+        (None, None),
     )
     longest = max((int(b["input_ids"].shape[-1]) for b in batches), default=0)
     if limit is not None and longest > limit:
         raise DataError(
             f"{what} sequences of {longest} tokens are longer than the model's context ({limit} positions, "
-            f"config.max_position_embeddings); pass shorter windows (seq_len <= {limit}; prunekit prune-llm: "
-            f"--seq-len {limit} or less)"
+            f"config.{field}); pass shorter windows (seq_len <= {limit}; prunekit prune-llm: --seq-len {limit} or "
+            "less)"
         )
 
 
@@ -488,7 +488,7 @@ def run_layerwise(
     """
     adapter = family_for(model)
     batches = as_batches(calibration)
-    check_vocabulary(model, batches)
+    check_token_batches(model, batches)
     sequential = visitor.sequential and visitor.modifies and not visitor.wants_outputs
     if (sequential or visitor.merges_batches) and visitor.modifies and not visitor.wants_outputs:
         batches = merge_batches(model, batches, merge_mib)
