@@ -270,6 +270,12 @@ def prune(
         **({"overrides": options["overrides"]} if "overrides" in options else {}),
     }
     notes = list(outcome.notes)
+    if not m.structural and sparsity > 0 and after.nonzero_params == before.nonzero_params:
+        notes.append(
+            "nothing was removed: as many non-zero weights after as before (layers that were already at least "
+            f"{sparsity:g} sparse keep what they have; see the per-layer sparsity); pass a larger sparsity to "
+            "prune further"
+        )
     notes += [f"{name}: {why}" for name, why in ignored]
     notes += unprunable
     if calibration is not None:

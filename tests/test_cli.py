@@ -331,6 +331,17 @@ def test_every_command_and_parameter_has_a_help_text():
         assert name in paths
 
 
+def test_command_lists_show_each_summary_as_one_sentence_run():
+    # typer's rich mode keeps a docstring's line breaks in the command list, which cut summaries mid-sentence
+    for args, command, words in (
+        ([], "prune", "print the before/after report and the task metric"),
+        (["dynamic"], "skip-layers", "prints the perplexity before and after"),
+    ):
+        out = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output
+        line = next(line for line in out.splitlines() if f" {command} " in line)
+        assert words in line, out
+
+
 def test_python_m_prunekit_is_the_same_application():
     """The two entry points: the ``prunekit`` script runs prunekit.cli:main, and so does ``python -m prunekit``;
     the former ``python -m prunekit.bench`` is gone in favour of ``prunekit bench``."""

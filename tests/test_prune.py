@@ -161,6 +161,18 @@ def test_pruning_twice_only_shrinks_masks():
     assert report.sparsity == pytest.approx(0.8, abs=1e-3)
 
 
+def test_a_second_prune_that_removes_nothing_says_so():
+    torch.manual_seed(0)
+    model = ThreeLayer()
+    first = pk.prune(model, "magnitude", sparsity=0.5, measure=False)
+    assert not any("nothing was removed" in n for n in first.notes)
+    again = pk.prune(model, "magnitude", sparsity=0.3, measure=False)
+    assert again.after.nonzero_params == first.after.nonzero_params
+    assert any(n.startswith("nothing was removed") and "0.3" in n for n in again.notes), again.notes
+    further = pk.prune(model, "magnitude", sparsity=0.7, measure=False)
+    assert not any("nothing was removed" in n for n in further.notes)
+
+
 def test_ignore_by_name_module_and_filter():
     model = SmallCNN()
     r = pk.prune(model, "magnitude", sparsity=0.5, ignore=["conv1"], measure=False)

@@ -50,6 +50,23 @@ app.command("advise")(bench.advise)
 app.command("papers")(bench.papers)
 
 
+def _one_line_summaries(typer_app: typer.Typer) -> None:
+    """Give every command a ``short_help``: the first paragraph of its docstring on one line. In the command
+    list typer's rich mode keeps a docstring's line breaks, which cut the summaries mid-sentence."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            first = inspect.cleandoc(info.callback.__doc__).split("\n\n")[0]
+            info.short_help = " ".join(first.split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_summaries(group.typer_instance)
+
+
+_one_line_summaries(app)
+
+
 _signals: list[int] = []  # SIGTERM received (the CLI layer may re-raise the interrupt as another one)
 
 

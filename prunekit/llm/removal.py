@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from prunekit.calibration.families import MLP, Attention, Family, family_for
 from prunekit.errors import UnsupportedModuleError
-from prunekit.layout import layer_weight
+from prunekit.layout import layer_weight, weight_layout
 from prunekit.surgery.remove import remove_
 
 __all__ = [
     "ChannelStats",
     "bias_possible",
+    "canonical_weight",
     "cut_heads_",
     "cut_mlp_channels_",
     "ensure_bias",
@@ -65,33 +66,50 @@ class ChannelStats:
         return self.sq / max(self.n, 1)
 
 
-def ensure_bias(linear: nn.Module) -> nn.Linear:
-    """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go)."""
+def ensure_bias(linear: nn.Module) -> nn.Module:
+    """Give a bias-free Linear a zero bias (so that bias compensation has somewhere to go); a projection that
+    has a bias already (a Linear or transformers' Conv1D) is returned as it is. Raises
+    :class:`~prunekit.errors.UnsupportedModuleError` for a bias-free projection that is not an ``nn.Linear``."""
+    if getattr(linear, "bias", None) is not None and weight_layout(linear) is not None:
+        return linear
     if not isinstance(linear, nn.Linear):
         raise UnsupportedModuleError(f"bias compensation handles nn.Linear only, not {type(linear).__name__}")
-    if linear.bias is None:
-        w = linear.weight
-        linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+    w = linear.weight
+    linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
     return linear
 
 
+def canonical_weight(module: nn.Module) -> Tensor:
+    """``module``'s weight as ``[out, in]`` (an ``nn.Linear``'s as stored, a transformers Conv1D's transposed)."""
+    layout = weight_layout(module)
+    if layout is None:
+        raise UnsupportedModuleError(f"{type(module).__name__} is not a Linear or Conv1D projection")
+    return layout.to_canonical(layer_weight(module))
+
+
 def _drop(layer: nn.Module, removal: dict[str, dict[int, np.ndarray]], name: str, dim: int, index: Tensor) -> None:
-    """Add "remove ``index`` along ``dim`` of ``name``'s weight" (and of its bias for output rows) to a plan."""
+    """Add "remove ``index`` along ``dim`` of ``name``'s weight" (and of its bias for output rows) to a plan.
+    ``dim``: 0 output rows, 1 input columns, whichever axes the layer stores them on."""
     module = layer.get_submodule(name)
-    removal[f"{name}.weight"] = {dim: index.cpu().numpy()}
+    layout = weight_layout(module)
+    if layout is None:
+        raise UnsupportedModuleError(f"{name} is a {type(module).__name__}, not a Linear or Conv1D projection")
+    removal[f"{name}.weight"] = {layout.out_axis if dim == 0 else layout.in_axis: index.cpu().numpy()}
     if dim == 0 and getattr(module, "bias", None) is not None:
         removal[f"{name}.bias"] = {0: index.cpu().numpy()}
 
 
-def _compensate(out_proj: nn.Linear, removed: Tensor, mean: Tensor) -> None:
-    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut).
+def _compensate(out_proj: nn.Module, removed: Tensor, mean: Tensor) -> None:
+    """FLAP bias compensation: ``b += W[:, removed] @ E[x_removed]`` (before the columns are cut; ``W`` as
+    ``[out, in]``).
 
     The sum becomes a new parameter: the old bias may be shared with another model and stays as it was.
     """
     if removed.numel() == 0:
         return
-    delta = out_proj.weight.detach()[:, removed].double() @ mean[removed].to(out_proj.weight.device)
-    old = out_proj.bias
+    w = canonical_weight(out_proj).detach()
+    delta = w[:, removed].double() @ mean[removed].to(w.device)
+    old = layer_weight(out_proj, "bias")
     out_proj.bias = nn.Parameter(old.detach() + delta.to(old.dtype), requires_grad=old.requires_grad)
 
 
@@ -110,9 +128,8 @@ def bias_possible(model: nn.Module, part: str, out_proj: nn.Module) -> bool:
 
 
 def row_params(module: nn.Module) -> int:
-    """Parameters one output row of a Linear carries (its inputs, plus one for a bias)."""
-    w = layer_weight(module)
-    return int(w.shape[1]) + (1 if getattr(module, "bias", None) is not None else 0)
+    """Parameters one output row of a Linear (or Conv1D) carries (its inputs, plus one for a bias)."""
+    return int(canonical_weight(module).shape[1]) + (1 if getattr(module, "bias", None) is not None else 0)
 
 
 def select_gqa_heads(
@@ -159,7 +176,7 @@ def cut_mlp_channels_(layer: nn.Module, mlp: MLP, removed: Tensor, mean: Tensor 
         _drop(layer, removal, name, 0, removed)
     remove_(layer, removal)
     mlp_module = layer.get_submodule(mlp.output.rpartition(".")[0]) if "." in mlp.output else layer
-    set_if_present(mlp_module, "intermediate_size", int(layer_weight(out).shape[1]))
+    set_if_present(mlp_module, "intermediate_size", int(canonical_weight(out).shape[1]))
 
 
 def cut_heads_(

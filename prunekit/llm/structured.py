@@ -47,10 +47,10 @@ from prunekit.errors import (
     UnknownNameError,
     UnsupportedModuleError,
 )
-from prunekit.layout import layer_weight
 from prunekit.llm.removal import (
     ChannelStats,
     bias_possible,
+    canonical_weight,
     cut_heads_,
     cut_mlp_channels_,
     ensure_bias,
@@ -167,7 +167,9 @@ class _ChannelVisitor(LayerVisitor):
         cfg = model.config
         if unit == "mlp":
             self.mlp = adapter.require_mlp()
-            width = getattr(cfg, self.mlp.config_field)
+            width = getattr(cfg, self.mlp.config_field, None)
+            if width is None:  # a config that leaves the MLP width to its default (GPT-2's n_inner=None)
+                width = _mlp_width(model, adapter, self.mlp)
             self.keep_count = width - round(sparsity * width)
             if self.keep_count < 1:
                 raise InvalidSparsityError(f"sparsity {sparsity} would remove every MLP channel")
@@ -220,12 +222,12 @@ class _ChannelVisitor(LayerVisitor):
     def start(self, job: LayerJob) -> Mapping[str, InputConsumer]:
         if self.criterion != "fluctuation":
             return {}
-        w = layer_weight(job.layer.get_submodule(self.out_name))
+        w = canonical_weight(job.layer.get_submodule(self.out_name))
         self._stats = ChannelStats(w.shape[1], w.device)
         return {self.out_name: self._stats.add}
 
     def _channel_scores(self, job: LayerJob) -> Tensor:
-        w = layer_weight(job.layer.get_submodule(self.out_name)).detach()
+        w = canonical_weight(job.layer.get_submodule(self.out_name)).detach()
         if self.criterion == "fluctuation":
             assert self._stats is not None
             return criteria.fluctuation(self._stats.mean.float(), self._stats.sq_mean.float(), w)
@@ -285,6 +287,11 @@ class _ChannelVisitor(LayerVisitor):
             field_name = self.adapter.bias_field("mlp" if self.unit == "mlp" else "attention")
             if field_name:
                 setattr(cfg, field_name, True)
+
+
+def _mlp_width(model: nn.Module, adapter: Family, mlp: Any) -> int:
+    """The MLP width of the first decoder layer, read from its output projection's input dimension."""
+    return int(canonical_weight(adapter.layer_list(model)[0].get_submodule(mlp.output)).shape[1])
 
 
 class _InfluenceVisitor(LayerVisitor):

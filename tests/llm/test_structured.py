@@ -68,6 +68,29 @@ def test_removing_dead_mlp_channels_leaves_outputs_unchanged():
     torch.testing.assert_close(_logits(model, ids), before, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_mlp_channels_of_conv1d_and_config_default_widths(tmp_path, family):
+    # GPT-2 keeps its projections in transformers' Conv1D ([in, out]) and leaves n_inner=None (4 x n_embd)
+    model = tiny_model(family, layers=2)
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # a quarter of the channels contribute nothing: exactly those go, outputs stay
+        for layer in model.model.decoder.layers if family == "opt" else model.transformer.h:
+            if family == "gpt2":
+                width = layer.mlp.c_proj.weight.shape[0]
+                layer.mlp.c_proj.weight[: width // 4] = 0
+            else:
+                width = layer.fc2.weight.shape[1]
+                layer.fc2.weight[:, : width // 4] = 0
+    before = _logits(model, ids)
+    result = prune_structured(model, "mlp", sparsity=0.25, calibration=calibration(), bias_compensation=False)
+    assert result.params_after < result.params_before
+    torch.testing.assert_close(_logits(model, ids), before, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(_logits(reloaded, ids), _logits(model, ids))
+    assert sum(p.numel() for p in reloaded.parameters()) == result.params_after
+
+
 def test_bias_compensation_reduces_the_error():
     ids = calibration(n=2, seed=3)
     errors = {}
