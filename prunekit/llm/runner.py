@@ -412,7 +412,8 @@ def _run_two_pass(
 ) -> list[Tensor]:
     """A statistics pass over every record (hooks feed ``consumers``, :meth:`LayerVisitor.observe` sees the
     outputs), the visitor's :meth:`~LayerVisitor.finish`, then, for a visitor that ``modifies``, an output
-    pass with the new weights; returns the layer's outputs, one per record."""
+    pass with the new weights (each record then holds its output at once); returns the layer's outputs, one
+    per record."""
     layer, i, exec_device = job.layer, index, device
     handles = []
     state = _BatchState()
@@ -448,7 +449,9 @@ def _run_two_pass(
     if visitor.modifies:
         for rec in records:
             args, kwargs = rec.calls[i]
-            outputs.append(_unwrap(layer(rec.hidden.to(exec_device), *args, **kwargs)).to(store))
+            out = _unwrap(layer(rec.hidden.to(exec_device), *args, **kwargs)).to(store)
+            rec.hidden = out  # the batch's input is not needed any more: hold its output alone
+            outputs.append(out)
     return outputs
 
 
