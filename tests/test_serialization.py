@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 from conftest import SmallCNN
+from torch import nn
 
 import prunekit as pk
 from prunekit.apply.masks import effective_state_dict
@@ -253,3 +254,38 @@ def test_a_structurally_pruned_model_with_masks_on_top_saves_and_reloads(tmp_pat
     again = pk.load_model(tmp_path / "m")
     assert again.features[0].weight.shape == (3, 1, 5, 5)
     torch.testing.assert_close(again(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_a_module_that_reads_its_version_from_the_state_dict_reloads(tmp_path):
+    # torchvision's MNASNet refuses a state dict without the module versions a torch state dict carries
+    model = pk.build_model("torchvision:mnasnet0_5").eval()
+    pk.save_model(model, tmp_path / "m")
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(pk.load_model(tmp_path / "m")(x), model(x))
+    legacy = json.loads((tmp_path / "m" / RECORD).read_text())
+    del legacy["module_versions"]  # a save from before the versions were recorded: the architecture's own
+    (tmp_path / "m" / RECORD).write_text(json.dumps(legacy))
+    assert torch.equal(pk.load_model(tmp_path / "m")(x), model(x))
+
+
+class _WeightNormed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 16, 3, padding=1))
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.c2(torch.relu(self.c1(x))).mean((2, 3)))
+
+
+def test_a_model_with_its_own_parametrization_saves_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    model, x = _WeightNormed(), torch.randn(2, 3, 8, 8)
+    pk.prune(model, "magnitude", sparsity=0.5, example_inputs=x)
+    pk.save_model(model, tmp_path / "m")
+    for attach in (False, True):
+        again = pk.load_model(tmp_path / "m", model=_WeightNormed(), attach_masks=attach)
+        assert nn.utils.parametrize.is_parametrized(again.c1, "weight")  # the model keeps its weight norm
+        torch.testing.assert_close(again(x), model(x), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(again.c1.weight.eq(0), model.c1.weight.eq(0))

@@ -82,6 +82,7 @@ def save_model(
         "masked": [f"{m}.{p}" if m else p for m, _, p, _ in masked_parameters(model)],
         "structure": structure_record(model),
         "dtype": str(next((p.dtype for p in model.parameters()), torch.float32)).removeprefix("torch."),
+        "module_versions": _module_versions(model),
         **(extra or {}),
     }
     make_folder(directory)
@@ -107,8 +108,11 @@ def load_model(
     The architecture comes from ``model`` if given, else from the recorded source spec (only registered
     builders are used; no code is loaded from the directory). Weights load strictly. With
     ``attach_masks=True`` the masks of the pruned parameters are attached again (keep-mask = non-zero),
-    so that fine-tuning keeps the zeros. Raises :class:`~prunekit.errors.CheckpointError` when the
-    record or weights are missing or corrupt, no architecture is known, or the weights do not fit it.
+    so that fine-tuning keeps the zeros. A tensor the architecture computes through a parametrization of its
+    own (``weight_norm``, ...) is saved as the tensor it computes and set back through the parametrization's
+    ``right_inverse``: equal to within float rounding, not bit for bit. Raises
+    :class:`~prunekit.errors.CheckpointError` when the record or weights are missing or corrupt, no
+    architecture is known, or the weights do not fit it.
     """
     directory = Path(directory)
     record = read_record(directory)
@@ -121,16 +125,55 @@ def load_model(
         model = _build_recorded(directory, record["source"])
     if record.get("structure"):
         apply_structure_record(model, record["structure"])
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in {directory} do not fit the architecture: {e}") from None
+    _load_weights(model, state, record.get("module_versions"), directory)
     if attach_masks:
         modules = dict(model.named_modules())
         for key in record.get("masked", []):
             mname, _, pname = key.rpartition(".")
             apply_mask_(modules[mname], getattr(modules[mname], pname) != 0, pname)
     return model.eval()
+
+
+def _module_versions(model: nn.Module) -> dict[str, int]:
+    """The ``_version`` of every module that states one (by prefix, "" for the root): what a state dict's
+    ``_metadata`` carries and some modules' loading reads (torchvision's MNASNet refuses a state without it)."""
+    meta = getattr(model.state_dict(), "_metadata", None) or {}
+    return {k: int(v["version"]) for k, v in meta.items() if isinstance(v, dict) and v.get("version") is not None}
+
+
+def _load_weights(model: nn.Module, state: dict[str, Any], versions: Any, directory: Path) -> None:
+    """``model.load_state_dict(state, strict=True)``, with the module versions the save recorded (or, for a
+    save that recorded none, the architecture's own). A tensor that ``model`` computes through a
+    parametrization of its own (``weight_norm``, ...) is saved as the tensor it computes (``c1.weight``) and
+    set here through the parametrization's ``right_inverse``. Raises CheckpointError when the weights do not fit."""
+    from collections import OrderedDict
+
+    from torch.nn.utils import parametrize
+
+    if not isinstance(versions, dict):
+        versions = _module_versions(model)
+    computed: dict[str, tuple[nn.Module, str, Any]] = {}
+    for mname, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for pname in module.parametrizations.keys():
+                key = f"{mname}.{pname}" if mname else pname
+                if key in state:
+                    computed[key] = (module, pname, state[key])
+    ordered: OrderedDict[str, Any] = OrderedDict((k, v) for k, v in state.items() if k not in computed)
+    ordered._metadata = OrderedDict((k, {"version": v}) for k, v in versions.items())  # type: ignore[attr-defined]
+    try:
+        result = model.load_state_dict(ordered, strict=not computed)
+        if computed:
+            fed = tuple(f"{k.rpartition('.')[0]}.parametrizations.{k.rpartition('.')[2]}." for k in computed)
+            fed = tuple(f.removeprefix(".") for f in fed)
+            missing = [k for k in result.missing_keys if not k.startswith(fed)]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
+            with torch.no_grad():
+                for module, pname, value in computed.values():
+                    setattr(module, pname, value)  # the parametrization's right_inverse sets its own tensors
+    except (RuntimeError, ValueError, KeyError, NotImplementedError) as e:
+        raise CheckpointError(f"the weights in {directory} do not fit the architecture: {e}") from None
 
 
 def _build_recorded(directory: Path, source: Any) -> nn.Module:
